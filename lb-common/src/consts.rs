@@ -1,0 +1,117 @@
+//! Every size, code and map name the kernel program and userspace agree on, in one place.
+
+/// Address family codes used in map keys and values (xlb's own codes, not libc's `AF_*`).
+pub mod family {
+    /// IPv4: the address occupies the first 4 bytes of a 16-byte address field, the rest is zero.
+    pub const IPV4: u8 = 4;
+    /// IPv6: the address occupies all 16 bytes.
+    pub const IPV6: u8 = 6;
+}
+
+/// IP protocol numbers (IANA) of the transports xlb balances.
+pub mod proto {
+    /// Transmission Control Protocol.
+    pub const TCP: u8 = 6;
+    /// User Datagram Protocol.
+    pub const UDP: u8 = 17;
+}
+
+/// Capacity limits. Maps are sized from these; userspace validation enforces them.
+pub mod limits {
+    /// Virtual services (VIP, port, protocol) in the `SERVICES` map.
+    pub const MAX_SERVICES: u32 = 16_384;
+    /// Backend pools per service. Pool 0 is the only pool until locality pools exist.
+    pub const MAX_POOLS_PER_SERVICE: u32 = 8;
+    /// Backend tables: one per (service, pool), indexed `service_id * MAX_POOLS_PER_SERVICE + pool`.
+    pub const MAX_TABLES: u32 = MAX_SERVICES * MAX_POOLS_PER_SERVICE;
+    /// Backends across all services (the `BACKENDS` registry).
+    pub const MAX_BACKENDS: u32 = 16_384;
+    /// Backends in one service.
+    pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
+    /// Round-robin slots in one backend table (a backend of weight w fills about w slots).
+    pub const MAX_TABLE_SLOTS: usize = 2_048;
+    /// Default entries in each of the two flow tables (`FLOWS`, `REPLIES`); `flow_table_size`
+    /// in the config overrides it at load time.
+    pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+    /// Highest backend weight, as in HAProxy (0 means: no new flows).
+    pub const MAX_WEIGHT: u32 = 256;
+    /// Network interfaces xlb can attach to (entries of the `EGRESS_PORTS` devmap).
+    pub const MAX_INTERFACES: u32 = 64;
+}
+
+/// Timing constants of the data plane.
+pub mod timing {
+    /// A flow entry's `last_seen_ns` is refreshed only when it is older than this, so that an
+    /// established flow does not write to its entry on every packet (1 s in nanoseconds).
+    pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
+}
+
+/// Names of the BPF maps, as declared by `lb-ebpf` and looked up by `lb-userspace`.
+pub mod map_names {
+    /// See `lb-ebpf/src/maps.rs` for what each map holds and who reads and writes it.
+    pub const SERVICES: &str = "SERVICES";
+    /// Outer map of the per-(service, pool) backend tables.
+    pub const BACKEND_TABLES: &str = "BACKEND_TABLES";
+    /// Backend registry: id -> address.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Round-robin cursors, one per backend table.
+    pub const RR_CURSORS: &str = "RR_CURSORS";
+    /// Client-to-VIP flows -> backend.
+    pub const FLOWS: &str = "FLOWS";
+    /// Backend-to-client replies -> VIP.
+    pub const REPLIES: &str = "REPLIES";
+    /// Interfaces xlb may redirect to.
+    pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
+    /// Per-CPU traffic counters per service.
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Per-CPU traffic counters per backend.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU data-plane event counters (see [`super::events`]).
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Names of the BPF programs in the object.
+pub mod program_names {
+    /// The XDP balancer.
+    pub const BALANCER: &str = "xlb";
+}
+
+/// Indexes into the `EVENTS` per-CPU array: things the data plane did that an operator may
+/// need to know about. Each counts packets.
+pub mod events {
+    /// A new flow to a service that had no backend available: dropped.
+    pub const NO_BACKEND: u32 = 0;
+    /// A new flow could not be inserted into `FLOWS`/`REPLIES`: dropped.
+    pub const FLOW_INSERT_FAILED: u32 = 1;
+    /// After NAT, the kernel's FIB had no neighbour entry for the next hop: passed to the
+    /// kernel, which resolves it and forwards the packet.
+    pub const FIB_NO_NEIGHBOUR: u32 = 2;
+    /// After NAT, the FIB lookup failed for another reason (no route, forwarding disabled,
+    /// needs fragmentation, ...): passed to the kernel, which forwards or rejects it.
+    pub const FIB_FAILED: u32 = 3;
+    /// After NAT, the next hop is on an interface without xlb: passed to the kernel.
+    pub const EGRESS_NOT_XLB: u32 = 4;
+    /// A service packet with TTL/hop limit <= 1: passed untouched so the kernel answers it.
+    pub const TTL_EXPIRED: u32 = 5;
+    /// An IPv4 fragment addressed to a service: passed untouched (fragments carry no ports).
+    pub const FRAGMENT: u32 = 6;
+    /// An IPv4 packet whose header is malformed (bad IHL or lengths): passed untouched.
+    pub const MALFORMED: u32 = 7;
+    /// Number of event counters.
+    pub const COUNT: u32 = 8;
+
+    /// Display names, indexed by event code.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "no_backend",
+        "flow_insert_failed",
+        "fib_no_neighbour",
+        "fib_failed",
+        "egress_not_xlb",
+        "ttl_expired",
+        "fragment",
+        "malformed",
+    ];
+}
+
+// A table must have room for one slot per backend of a service.
+const _: () = assert!(limits::MAX_BACKENDS_PER_SERVICE as usize <= limits::MAX_TABLE_SLOTS);

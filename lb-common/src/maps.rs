@@ -1,0 +1,167 @@
+//! Keys and values of the BPF maps. Every type is `#[repr(C)]` with explicit padding fields
+//! (never implicit padding, which the kernel would hash or compare as garbage), and its size is
+//! checked at compile time. Ports are in network byte order, exactly as they are on the wire;
+//! addresses are 16 bytes with IPv4 in the first four (see [`crate::consts::family`]).
+
+use crate::consts::limits::MAX_TABLE_SLOTS;
+
+/// Key of `SERVICES`: a virtual service as it appears in a client's packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Virtual IP address.
+    pub addr: [u8; 16],
+    /// Virtual port, network byte order.
+    pub port: u16,
+    /// IP protocol number (`proto::TCP` or `proto::UDP`).
+    pub proto: u8,
+    /// Address family (`family::IPV4` or `family::IPV6`).
+    pub family: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Stable id chosen by userspace; indexes the per-service maps (`SERVICE_STATS`, tables).
+    pub id: u32,
+    /// Reserved for per-service options; zero.
+    pub flags: u32,
+}
+
+/// Value of `BACKENDS`: where a backend lives. Written by userspace before any table refers to
+/// the backend's id, and never changed while one does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendEntry {
+    /// Backend IP address.
+    pub addr: [u8; 16],
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Address family of `addr`.
+    pub family: u8,
+    /// Explicit padding; zero.
+    pub _pad: u8,
+    /// Pool of the service the backend belongs to.
+    pub pool: u32,
+}
+
+/// A backend table: the round-robin sequence of backend ids for new flows of one
+/// (service, pool). Built whole in userspace (smooth weighted round robin) and published by
+/// swapping it into `BACKEND_TABLES`; the kernel only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BackendTable {
+    /// Number of valid slots; 0 means no backend can take new flows.
+    pub len: u32,
+    /// Increments with every table userspace publishes for this (service, pool).
+    pub generation: u32,
+    /// Backend ids (indexes into `BACKENDS`); only `slots[..len]` is meaningful.
+    pub slots: [u32; MAX_TABLE_SLOTS],
+}
+
+impl BackendTable {
+    /// A table with no slots: new flows find no backend.
+    pub const EMPTY: Self = Self {
+        len: 0,
+        generation: 0,
+        slots: [0; MAX_TABLE_SLOTS],
+    };
+}
+
+/// Key of `FLOWS` and `REPLIES`: a packet's 5-tuple as it arrives at xlb.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src_addr: [u8; 16],
+    /// Destination address.
+    pub dst_addr: [u8; 16],
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Address family.
+    pub family: u8,
+    /// Explicit padding; zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of `FLOWS` and `REPLIES`: how to rewrite the packets of one direction of a flow.
+/// In `FLOWS` (client to VIP) `addr:port` is the backend, the new destination; in `REPLIES`
+/// (backend to client) it is the VIP, the new source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    /// Address written into the packet.
+    pub addr: [u8; 16],
+    /// Port written into the packet, network byte order.
+    pub port: u16,
+    /// Explicit padding; zero.
+    pub _pad: u16,
+    /// Backend that serves the flow (index into `BACKENDS` and `BACKEND_STATS`).
+    pub backend_id: u32,
+    /// Service the flow belongs to (index into `SERVICE_STATS`).
+    pub service_id: u32,
+    /// Reserved for flow state; zero.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` when a packet of this direction was last seen, refreshed at most
+    /// once per `timing::LAST_SEEN_REFRESH_NS`.
+    pub last_seen_ns: u64,
+}
+
+/// Per-CPU traffic counters of one service or one backend (`SERVICE_STATS`, `BACKEND_STATS`).
+/// "Forward" is client to backend, "reverse" is backend to client. Userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Packets from clients, rewritten towards a backend.
+    pub fwd_packets: u64,
+    /// Bytes (L3 and up) of those packets.
+    pub fwd_bytes: u64,
+    /// Packets from backends, rewritten back to the VIP.
+    pub rev_packets: u64,
+    /// Bytes (L3 and up) of those packets.
+    pub rev_bytes: u64,
+    /// Flows created (a backend chosen by round robin).
+    pub new_flows: u64,
+    /// New flows dropped because no backend could take them (services only).
+    pub no_backend: u64,
+}
+
+impl TrafficCounters {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        self.fwd_packets += other.fwd_packets;
+        self.fwd_bytes += other.fwd_bytes;
+        self.rev_packets += other.rev_packets;
+        self.rev_bytes += other.rev_bytes;
+        self.new_flows += other.new_flows;
+        self.no_backend += other.no_backend;
+    }
+}
+
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<ServiceEntry>() == 8);
+const _: () = assert!(size_of::<BackendEntry>() == 24);
+const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<NatEntry>() == 40);
+const _: () = assert!(size_of::<TrafficCounters>() == 48);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and integer arrays, and have
+    // no implicit padding (the size asserts above would fail if they had).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for BackendEntry {}
+    unsafe impl aya::Pod for BackendTable {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}

@@ -1,0 +1,47 @@
+//! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with aya-build (a nested nightly
+//! cargo with `-Z build-std=core`) and leaves the object in `OUT_DIR/xlb`, which
+//! `dataplane` embeds. Needs the nightly toolchain with rust-src and `bpf-linker`;
+//! `cargo xtask setup` installs both.
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    // Building the object depends on the bpf-linker binary, which cargo cannot track itself.
+    let bpf_linker = which::which("bpf-linker")
+        .context("bpf-linker is not installed: run `cargo xtask setup` (or see README.md)")?;
+    println!("cargo:rerun-if-changed={}", bpf_linker.display());
+
+    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = packages
+        .iter()
+        .find(|package| package.name.as_str() == "lb-ebpf")
+        .ok_or_else(|| anyhow!("package lb-ebpf not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", ebpf.manifest_path))?;
+    // The round-robin cursor is advanced with an atomic fetch-and-add whose result is used;
+    // LLVM emits that instruction (BPF_ATOMIC | BPF_FETCH, kernel 5.12+) only for BPF cpu v3
+    // and later, and fails with "Invalid usage of the XADD return value" for the default cpu.
+    // aya-build sets the nested cargo's RUSTFLAGS itself and has no way to add one, so the flag
+    // goes in as a release-profile rustflag, an unstable cargo feature the nested nightly cargo
+    // honours. Build scripts and proc macros of that build run on the host and must not get
+    // it, hence the empty build-override. The nested cargo inherits this environment.
+    // SAFETY: the build script is single-threaded at this point.
+    unsafe {
+        std::env::set_var("CARGO_UNSTABLE_PROFILE_RUSTFLAGS", "true");
+        std::env::set_var("CARGO_PROFILE_RELEASE_RUSTFLAGS", "-C target-cpu=v3");
+        std::env::set_var("CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_RUSTFLAGS", "");
+    }
+    aya_build::build_ebpf(
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        Toolchain::default(),
+    )
+}

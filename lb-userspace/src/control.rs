@@ -1,0 +1,427 @@
+//! The control plane: turns a [`Config`] into the contents of the data plane's maps and keeps
+//! them in step when the configuration changes, touching only what changed.
+//!
+//! It speaks to the maps through the [`DataplaneMaps`] trait, so all of its logic (id
+//! allocation, table building, the order of updates) is tested without a kernel.
+//!
+//! The order of updates keeps every intermediate state valid for a packet that arrives
+//! between two of them: a backend's address is written before any table names it, a table is
+//! published before its service appears, a service disappears before its table is emptied,
+//! and a backend's flows are purged only after the last table naming it was replaced.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, Result};
+use lb_common::{
+    BackendEntry, BackendTable, ServiceEntry, ServiceKey,
+    consts::limits::{MAX_BACKENDS, MAX_POOLS_PER_SERVICE, MAX_SERVICES},
+};
+
+use crate::{
+    config::{Config, Protocol, ServiceConfig},
+    table::{backend_table, smooth_weighted_sequence},
+    wire::{backend_entry, service_key},
+};
+
+/// Writes the control plane makes to the data plane.
+pub trait DataplaneMaps {
+    /// Records where backend `id` lives (`BACKENDS`).
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()>;
+    /// Atomically replaces the backend table at `index` (`BACKEND_TABLES`).
+    fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()>;
+    /// Restarts the round-robin cursor of table `index` (`RR_CURSORS`).
+    fn reset_cursor(&mut self, index: u32) -> Result<()>;
+    /// Adds or updates a service (`SERVICES`).
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()>;
+    /// Removes a service (`SERVICES`).
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Deletes every flow (both directions) served by one of `backend_ids`; returns how many
+    /// flows were deleted.
+    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize>;
+}
+
+/// Index in `BACKEND_TABLES` (and `RR_CURSORS`) of a service's pool.
+pub fn table_index(service_id: u32, pool: u32) -> u32 {
+    service_id * MAX_POOLS_PER_SERVICE + pool
+}
+
+/// A service as the data plane has it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Id in the data plane (index of its counters and tables).
+    pub id: u32,
+    /// Name from the config.
+    pub name: String,
+    /// Virtual IP and port.
+    pub listen: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Backends, in config order.
+    pub backends: Vec<BackendState>,
+    /// The published round-robin sequence of backend ids.
+    pub table: Vec<u32>,
+    /// Generation of the published table.
+    pub generation: u32,
+}
+
+/// A backend as the data plane has it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    /// Id in the data plane (index of its counters, value in tables and flows).
+    pub id: u32,
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Weight in the published table.
+    pub weight: u32,
+}
+
+/// What one [`Balancer::apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Services added.
+    pub services_added: usize,
+    /// Services removed.
+    pub services_removed: usize,
+    /// Backends added.
+    pub backends_added: usize,
+    /// Backends removed.
+    pub backends_removed: usize,
+    /// Tables published.
+    pub tables_published: usize,
+    /// Flows deleted because their backend left.
+    pub flows_purged: usize,
+}
+
+/// The control plane's record of what it has put in the data plane.
+#[derive(Debug)]
+pub struct Balancer {
+    services: Vec<ServiceState>,
+    service_ids: IdAllocator,
+    backend_ids: IdAllocator,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Balancer {
+    /// A balancer with nothing applied yet.
+    pub fn new() -> Self {
+        Self {
+            services: Vec::new(),
+            service_ids: IdAllocator::new(MAX_SERVICES),
+            backend_ids: IdAllocator::new(MAX_BACKENDS),
+        }
+    }
+
+    /// The services as applied, in config order.
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Makes the data plane serve `config`. Services and backends that stay keep their ids, so
+    /// their established flows keep working.
+    pub fn apply(&mut self, config: &Config, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
+        let mut summary = ApplySummary::default();
+        let mut previous = std::mem::take(&mut self.services);
+        let mut retired_backends = Vec::new();
+        let mut applied = Vec::with_capacity(config.services.len());
+
+        for service in &config.services {
+            let existing = previous
+                .iter()
+                .position(|s| s.listen == service.listen && s.protocol == service.protocol)
+                .map(|i| previous.swap_remove(i));
+            let state = self.apply_service(service, existing, maps, &mut summary, &mut retired_backends)?;
+            applied.push(state);
+        }
+
+        for removed in previous {
+            let key = service_key(removed.listen, removed.protocol);
+            maps.remove_service(&key)
+                .with_context(|| format!("removing service {}", removed.name))?;
+            maps.publish_table(table_index(removed.id, 0), &BackendTable::EMPTY)
+                .with_context(|| format!("emptying the table of service {}", removed.name))?;
+            summary.tables_published += 1;
+            summary.services_removed += 1;
+            self.service_ids.release(removed.id);
+            retired_backends.extend(removed.backends.iter().map(|b| b.id));
+        }
+
+        if !retired_backends.is_empty() {
+            summary.flows_purged = maps.purge_flows(&retired_backends)?;
+            summary.backends_removed += retired_backends.len();
+            for id in retired_backends {
+                self.backend_ids.release(id);
+            }
+        }
+        self.services = applied;
+        Ok(summary)
+    }
+
+    fn apply_service(
+        &mut self,
+        service: &ServiceConfig,
+        existing: Option<ServiceState>,
+        maps: &mut impl DataplaneMaps,
+        summary: &mut ApplySummary,
+        retired_backends: &mut Vec<u32>,
+    ) -> Result<ServiceState> {
+        let is_new = existing.is_none();
+        let mut state = match existing {
+            Some(state) => state,
+            None => {
+                let id = self
+                    .service_ids
+                    .allocate()
+                    .context("no free service id (too many services)")?;
+                maps.reset_cursor(table_index(id, 0))?;
+                summary.services_added += 1;
+                ServiceState {
+                    id,
+                    name: service.name.clone(),
+                    listen: service.listen,
+                    protocol: service.protocol,
+                    backends: Vec::new(),
+                    table: Vec::new(),
+                    generation: 0,
+                }
+            }
+        };
+        state.name.clone_from(&service.name);
+
+        let mut old_backends = std::mem::take(&mut state.backends);
+        for backend in &service.backends {
+            let id = match old_backends.iter().position(|b| b.address == backend.address) {
+                Some(i) => old_backends.swap_remove(i).id,
+                None => {
+                    let id = self
+                        .backend_ids
+                        .allocate()
+                        .context("no free backend id (too many backends)")?;
+                    maps.set_backend(id, &backend_entry(backend.address, 0))
+                        .with_context(|| format!("adding backend {} of service {}", backend.address, service.name))?;
+                    summary.backends_added += 1;
+                    id
+                }
+            };
+            state.backends.push(BackendState {
+                id,
+                address: backend.address,
+                weight: backend.weight,
+            });
+        }
+        retired_backends.extend(old_backends.iter().map(|b| b.id));
+
+        let weights: Vec<(u32, u32)> = state.backends.iter().map(|b| (b.id, b.weight)).collect();
+        let sequence = smooth_weighted_sequence(&weights);
+        if is_new || sequence != state.table {
+            state.generation = state.generation.wrapping_add(1);
+            maps.publish_table(table_index(state.id, 0), &backend_table(&sequence, state.generation))
+                .with_context(|| format!("publishing the table of service {}", service.name))?;
+            state.table = sequence;
+            summary.tables_published += 1;
+        }
+        if is_new {
+            let entry = ServiceEntry { id: state.id, flags: 0 };
+            maps.set_service(&service_key(service.listen, service.protocol), &entry)
+                .with_context(|| format!("adding service {}", service.name))?;
+        }
+        Ok(state)
+    }
+}
+
+/// Hands out small integer ids next-fit, like PIDs: a released id is reused only after every
+/// other free id has been handed out, so an id is not recycled while a packet that read an old
+/// table might still be using it.
+#[derive(Debug)]
+struct IdAllocator {
+    in_use: Vec<bool>,
+    next: usize,
+}
+
+impl IdAllocator {
+    fn new(capacity: u32) -> Self {
+        Self {
+            in_use: vec![false; capacity as usize],
+            next: 0,
+        }
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        let capacity = self.in_use.len();
+        for offset in 0..capacity {
+            let id = (self.next + offset) % capacity;
+            if !self.in_use[id] {
+                self.in_use[id] = true;
+                self.next = (id + 1) % capacity;
+                return Some(id as u32);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, id: u32) {
+        self.in_use[id as usize] = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// In-memory maps that record every write in order.
+    #[derive(Default)]
+    struct FakeMaps {
+        log: Vec<String>,
+        backends: HashMap<u32, BackendEntry>,
+        tables: HashMap<u32, Vec<u32>>,
+        services: HashMap<ServiceKey, ServiceEntry>,
+        flows_by_backend: HashMap<u32, usize>,
+    }
+
+    impl DataplaneMaps for FakeMaps {
+        fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+            self.log.push(format!("backend {id}"));
+            self.backends.insert(id, *entry);
+            Ok(())
+        }
+        fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+            let slots = table.slots[..table.len as usize].to_vec();
+            for id in &slots {
+                assert!(self.backends.contains_key(id), "table {index} names backend {id} before it was written");
+            }
+            self.log.push(format!("table {index} {slots:?}"));
+            self.tables.insert(index, slots);
+            Ok(())
+        }
+        fn reset_cursor(&mut self, index: u32) -> Result<()> {
+            self.log.push(format!("cursor {index}"));
+            Ok(())
+        }
+        fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+            assert!(self.tables.contains_key(&table_index(entry.id, 0)), "service before its table");
+            self.log.push(format!("service+ {}", entry.id));
+            self.services.insert(*key, *entry);
+            Ok(())
+        }
+        fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+            let entry = self.services.remove(key).expect("removing a service that is not there");
+            self.log.push(format!("service- {}", entry.id));
+            Ok(())
+        }
+        fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+            for (index, slots) in &self.tables {
+                for id in backend_ids {
+                    assert!(!slots.contains(id), "purging backend {id} still in table {index}");
+                }
+            }
+            let mut ids = backend_ids.to_vec();
+            ids.sort_unstable();
+            self.log.push(format!("purge {ids:?}"));
+            Ok(backend_ids.iter().map(|id| self.flows_by_backend.remove(id).unwrap_or(0)).sum())
+        }
+    }
+
+    fn config(services: &str) -> Config {
+        Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap()
+    }
+
+    const WEB: &str = r#"
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080", weight = 2 } ]
+"#;
+
+    const DNS: &str = r#"
+[[service]]
+name = "dns"
+listen = "198.18.100.1:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.11:53" } ]
+"#;
+
+    #[test]
+    fn first_apply_writes_backends_then_table_then_service() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        let summary = balancer.apply(&config(WEB), &mut maps).unwrap();
+        assert_eq!(
+            maps.log,
+            ["cursor 0", "backend 0", "backend 1", "table 0 [1, 0, 1]", "service+ 0"]
+        );
+        assert_eq!(summary.services_added, 1);
+        assert_eq!(summary.backends_added, 2);
+        let key = service_key("198.18.100.1:80".parse().unwrap(), Protocol::Tcp);
+        assert_eq!(maps.services[&key], ServiceEntry { id: 0, flags: 0 });
+        assert_eq!(maps.backends[&1].port, 8080u16.to_be());
+    }
+
+    #[test]
+    fn applying_the_same_config_again_changes_nothing() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer.apply(&config(WEB), &mut maps).unwrap();
+        maps.log.clear();
+        let summary = balancer.apply(&config(WEB), &mut maps).unwrap();
+        assert!(maps.log.is_empty(), "{:?}", maps.log);
+        assert_eq!(summary, ApplySummary::default());
+    }
+
+    #[test]
+    fn a_weight_change_republishes_only_the_table() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer.apply(&config(&format!("{WEB}{DNS}")), &mut maps).unwrap();
+        maps.log.clear();
+        balancer
+            .apply(&config(&format!("{}{DNS}", WEB.replace("weight = 2", "weight = 1"))), &mut maps)
+            .unwrap();
+        assert_eq!(maps.log, ["table 0 [0, 1]"]);
+        assert_eq!(balancer.services()[0].generation, 2);
+    }
+
+    #[test]
+    fn removed_backends_leave_the_table_before_their_flows_are_purged() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer.apply(&config(WEB), &mut maps).unwrap();
+        maps.flows_by_backend.insert(1, 5);
+        maps.log.clear();
+        let one_backend = WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "");
+        let summary = balancer.apply(&config(&one_backend), &mut maps).unwrap();
+        assert_eq!(maps.log, ["table 0 [0]", "purge [1]"]);
+        assert_eq!(summary.flows_purged, 5);
+        assert_eq!(summary.backends_removed, 1);
+    }
+
+    #[test]
+    fn removed_services_disappear_before_their_table_is_emptied() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer.apply(&config(&format!("{WEB}{DNS}")), &mut maps).unwrap();
+        maps.log.clear();
+        let summary = balancer.apply(&config(DNS), &mut maps).unwrap();
+        assert_eq!(maps.log, ["service- 0", "table 0 []", "purge [0, 1]"]);
+        assert_eq!(summary.services_removed, 1);
+        assert_eq!(balancer.services().len(), 1);
+        assert_eq!(balancer.services()[0].id, 1, "the remaining service keeps its id");
+    }
+
+    #[test]
+    fn ids_are_not_reused_right_away() {
+        let mut ids = IdAllocator::new(3);
+        assert_eq!(ids.allocate(), Some(0));
+        assert_eq!(ids.allocate(), Some(1));
+        ids.release(0);
+        assert_eq!(ids.allocate(), Some(2), "next-fit skips the just-released id");
+        assert_eq!(ids.allocate(), Some(0), "then wraps around to it");
+        assert_eq!(ids.allocate(), None);
+    }
+}

@@ -1,0 +1,273 @@
+//! The loaded XDP program and its maps: loading the embedded object, attaching it to
+//! interfaces, and the map writes of [`DataplaneMaps`].
+
+use std::collections::HashSet;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    BackendEntry, BackendTable, FlowKey, NatEntry, ServiceEntry, ServiceKey, TrafficCounters,
+    consts::{events, map_names, program_names},
+};
+use tracing::{info, warn};
+
+use crate::{config::XdpMode, control::DataplaneMaps, netif};
+
+/// The XDP object built from `lb-ebpf` by build.rs.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+
+/// Typed handles on the maps the control plane writes and reads.
+pub struct Maps {
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    tables: ArrayOfMaps<MapData, Array<MapData, BackendTable>>,
+    backends: Array<MapData, BackendEntry>,
+    cursors: Array<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, NatEntry>,
+    replies: HashMap<MapData, FlowKey, NatEntry>,
+    egress_ports: DevMapHash<MapData>,
+    service_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    events: PerCpuArray<MapData, u64>,
+}
+
+/// An interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Interface name.
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// The mode the program runs in there.
+    pub mode: XdpMode,
+    link: XdpLinkId,
+}
+
+/// The XDP program, loaded and verified, with its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// The maps.
+    pub maps: Maps,
+    attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads the program into the kernel (without attaching it) with flow tables of
+    /// `flow_table_size` entries each.
+    pub fn load(flow_table_size: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, flow_table_size)
+            .map_max_entries(map_names::REPLIES, flow_table_size)
+            .load(XDP_OBJECT)
+            .context("loading the XDP object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(program_names::BALANCER)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
+            .try_into()?;
+        program.load().context("loading the XDP program (verifier)")?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// The XDP program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(program_names::BALANCER)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(program_names::BALANCER)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// Attaches the program to every interface, or to none: if one attach fails, the ones
+    /// already made are undone and the error names the interface.
+    pub fn attach_all(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
+        for interface in interfaces {
+            if let Err(error) = self.attach(interface, mode) {
+                self.detach_all();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
+        let ifindex = netif::index(interface)?;
+        let program = self.program_mut();
+        let attached = match mode {
+            XdpMode::Native => attach_in(program, ifindex, AyaXdpMode::Driver).map(|link| (link, XdpMode::Native)),
+            XdpMode::Generic => attach_in(program, ifindex, AyaXdpMode::Skb).map(|link| (link, XdpMode::Generic)),
+            XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
+                Ok(link) => Ok((link, XdpMode::Native)),
+                Err(native_error) => {
+                    warn!(interface, "native XDP unavailable ({native_error:#}); using generic mode");
+                    attach_in(program, ifindex, AyaXdpMode::Skb).map(|link| (link, XdpMode::Generic))
+                }
+            },
+        };
+        let (link, mode) = attached.with_context(|| format!("attaching to interface {interface}"))?;
+        self.maps
+            .egress_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding interface {interface} to {}", map_names::EGRESS_PORTS))?;
+        info!(interface, ifindex, ?mode, "attached");
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            ifindex,
+            mode,
+            link,
+        });
+        Ok(())
+    }
+
+    /// Detaches the program from every interface.
+    pub fn detach_all(&mut self) {
+        for attachment in std::mem::take(&mut self.attachments) {
+            let _ = self.maps.egress_ports.remove(attachment.ifindex);
+            match self.program_mut().detach(attachment.link) {
+                Ok(()) => info!(interface = attachment.interface, "detached"),
+                Err(error) => warn!(interface = attachment.interface, "detach failed: {error}"),
+            }
+        }
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn attach_in(program: &mut Xdp, ifindex: u32, mode: AyaXdpMode) -> Result<XdpLinkId> {
+    Ok(program.attach_to_if_index(ifindex, mode)?)
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+            T::try_from(map).with_context(|| format!("map {name}"))
+        }
+        Ok(Self {
+            services: take(ebpf, map_names::SERVICES)?,
+            tables: take(ebpf, map_names::BACKEND_TABLES)?,
+            backends: take(ebpf, map_names::BACKENDS)?,
+            cursors: take(ebpf, map_names::RR_CURSORS)?,
+            flows: take(ebpf, map_names::FLOWS)?,
+            replies: take(ebpf, map_names::REPLIES)?,
+            egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
+            service_stats: take(ebpf, map_names::SERVICE_STATS)?,
+            backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
+            events: take(ebpf, map_names::EVENTS)?,
+        })
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn service_counters(&self, service_id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.service_stats, service_id)
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.backend_stats, backend_id)
+    }
+
+    /// Data-plane event counts (indexed as `lb_common::consts::events`), summed over CPUs.
+    pub fn events(&self) -> Result<[u64; events::COUNT as usize]> {
+        let mut totals = [0u64; events::COUNT as usize];
+        for (event, total) in totals.iter_mut().enumerate() {
+            *total = self.events.get(&(event as u32), 0)?.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Number of entries in the client-to-backend flow table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// The flows in the client-to-backend table (key as received, entry with the backend).
+    pub fn flows(&self) -> Vec<(FlowKey, NatEntry)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+}
+
+fn sum_counters(map: &PerCpuArray<MapData, TrafficCounters>, index: u32) -> Result<TrafficCounters> {
+    let mut total = TrafficCounters::default();
+    for counters in map.get(&index, 0)?.iter() {
+        total.accumulate(counters);
+    }
+    Ok(total)
+}
+
+impl DataplaneMaps for Maps {
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+        Ok(self.backends.set(id, entry, 0)?)
+    }
+
+    fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        // A fresh inner map per table: published tables are never written again (see the
+        // comment on BACKEND_TABLES in lb-ebpf/src/maps.rs). Our handle on it closes at the end
+        // of this function; the outer map's reference keeps it alive.
+        let mut inner: Array<MapData, BackendTable> = Array::create(1, 0)?;
+        inner.set(0, table, 0)?;
+        self.tables.set(index, &inner, 0)?;
+        Ok(())
+    }
+
+    fn reset_cursor(&mut self, index: u32) -> Result<()> {
+        Ok(self.cursors.set(index, 0, 0)?)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        Ok(self.services.insert(key, entry, 0)?)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Ok(self.services.remove(key)?)
+    }
+
+    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+        let retired: HashSet<u32> = backend_ids.iter().copied().collect();
+        let purged = purge(&mut self.flows, &retired);
+        purge(&mut self.replies, &retired);
+        Ok(purged)
+    }
+}
+
+/// Deletes the entries of `table` whose backend is in `retired`; returns how many.
+fn purge(table: &mut HashMap<MapData, FlowKey, NatEntry>, retired: &HashSet<u32>) -> usize {
+    let doomed: Vec<FlowKey> = table
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, entry)| retired.contains(&entry.backend_id))
+        .map(|(key, _)| key)
+        .collect();
+    for key in &doomed {
+        // The LRU may have evicted the entry since the scan; that is fine.
+        let _ = table.remove(key);
+    }
+    doomed.len()
+}

@@ -1,0 +1,13 @@
+//! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an XDP program.
+//!
+//! This crate is the userspace half: configuration ([`config`]), the control plane that
+//! decides what the kernel's maps hold ([`control`], [`table`]), the loaded program and its
+//! maps ([`dataplane`]), and the daemon ([`daemon`]) that the `xlb` binary runs.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod netif;
+pub mod table;
+pub mod wire;

@@ -1,0 +1,81 @@
+//! Conversions between socket addresses and the wire-format fields of the map keys and values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use lb_common::{BackendEntry, ServiceKey, consts::family};
+
+use crate::config::Protocol;
+
+/// A 16-byte map address field: IPv4 in the first 4 bytes, IPv6 in all 16.
+pub fn addr_field(ip: IpAddr) -> [u8; 16] {
+    let mut field = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => field[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => field = v6.octets(),
+    }
+    field
+}
+
+/// The address family code of `ip`.
+pub fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => family::IPV4,
+        IpAddr::V6(_) => family::IPV6,
+    }
+}
+
+/// The IP address held in a map address field of the given family.
+pub fn ip_from_field(field: &[u8; 16], family_code: u8) -> IpAddr {
+    if family_code == family::IPV6 {
+        IpAddr::V6(Ipv6Addr::from(*field))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(field[0], field[1], field[2], field[3]))
+    }
+}
+
+/// A port as stored in maps: network byte order.
+pub fn port_field(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The `SERVICES` key of a service.
+pub fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
+    ServiceKey {
+        addr: addr_field(listen.ip()),
+        port: port_field(listen.port()),
+        proto: protocol.number(),
+        family: family_of(listen.ip()),
+    }
+}
+
+/// The `BACKENDS` entry of a backend.
+pub fn backend_entry(address: SocketAddr, pool: u32) -> BackendEntry {
+    BackendEntry {
+        addr: addr_field(address.ip()),
+        port: port_field(address.port()),
+        family: family_of(address.ip()),
+        _pad: 0,
+        pool,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_in_network_order() {
+        let key = service_key("198.18.100.1:80".parse().unwrap(), Protocol::Udp);
+        assert_eq!(key.addr[..4], [198, 18, 100, 1]);
+        assert_eq!(key.addr[4..], [0; 12]);
+        assert_eq!(key.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(key.proto, 17);
+        assert_eq!(key.family, family::IPV4);
+
+        let entry = backend_entry("[fd00::1]:8080".parse().unwrap(), 2);
+        assert_eq!(entry.port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(entry.family, family::IPV6);
+        assert_eq!(ip_from_field(&entry.addr, entry.family), "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(entry.pool, 2);
+    }
+}
