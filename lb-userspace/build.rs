@@ -7,8 +7,16 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     // Building the object depends on the bpf-linker binary, which cargo cannot track itself.
-    let bpf_linker = which::which("bpf-linker")
-        .context("bpf-linker is not installed: run `cargo xtask setup` (or see README.md)")?;
+    println!("cargo:rerun-if-env-changed=PATH");
+    let Ok(bpf_linker) = which::which("bpf-linker") else {
+        // Without bpf-linker the object cannot be built. Leave an empty one so that the pure
+        // logic can still be checked, linted and unit-tested; loading it fails with a message
+        // that says how to get the real one (see dataplane::Dataplane::load).
+        println!("cargo:warning=bpf-linker not found: building xlb WITHOUT its XDP program; run `cargo xtask setup`");
+        let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+        std::fs::write(std::path::Path::new(&out_dir).join("xlb"), [])?;
+        return Ok(());
+    };
     println!("cargo:rerun-if-changed={}", bpf_linker.display());
 
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, PerCpuArray},
@@ -58,6 +58,12 @@ impl Dataplane {
     /// Loads the program into the kernel (without attaching it) with flow tables of
     /// `flow_table_size` entries each.
     pub fn load(flow_table_size: u32) -> Result<Self> {
+        if XDP_OBJECT.is_empty() {
+            bail!(
+                "this xlb was built without its XDP program because bpf-linker was missing; \
+                 run `cargo xtask setup` and build again"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, flow_table_size)
             .map_max_entries(map_names::REPLIES, flow_table_size)
@@ -105,6 +111,7 @@ impl Dataplane {
 
     fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = netif::index(interface)?;
+        self.maps.add_egress_port(ifindex)?;
         let program = self.program_mut();
         let attached = match mode {
             XdpMode::Native => attach_in(program, ifindex, AyaXdpMode::Driver).map(|link| (link, XdpMode::Native)),
@@ -117,11 +124,13 @@ impl Dataplane {
                 }
             },
         };
-        let (link, mode) = attached.with_context(|| format!("attaching to interface {interface}"))?;
-        self.maps
-            .egress_ports
-            .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding interface {interface} to {}", map_names::EGRESS_PORTS))?;
+        let (link, mode) = match attached {
+            Ok(attached) => attached,
+            Err(error) => {
+                let _ = self.maps.egress_ports.remove(ifindex);
+                return Err(error.context(format!("attaching to interface {interface}")));
+            }
+        };
         info!(interface, ifindex, ?mode, "attached");
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
@@ -182,6 +191,14 @@ impl Maps {
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             events: take(ebpf, map_names::EVENTS)?,
         })
+    }
+
+    /// Lets the program redirect packets to interface `ifindex` (attaching does this; tests
+    /// that run the program without attaching it call it directly).
+    pub fn add_egress_port(&mut self, ifindex: u32) -> Result<()> {
+        self.egress_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding interface {ifindex} to {}", map_names::EGRESS_PORTS))
     }
 
     /// A service's counters, summed over CPUs.

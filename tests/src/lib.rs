@@ -1,1 +1,10 @@
+//! xlb's test harness, shared by the integration tests and `cargo xtask demo`: network
+//! namespaces and the standard topology, the backend server and clients, process handling,
+//! and a packet builder for BPF_PROG_TEST_RUN.
 
+pub mod client;
+pub mod netns;
+pub mod packet;
+pub mod process;
+pub mod server;
+pub mod topology;

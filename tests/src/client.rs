@@ -1,0 +1,96 @@
+//! Test clients: one new flow per call, checking that the payload comes back intact.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, header::HOST};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    time::timeout,
+};
+
+use crate::server::BACKEND_HEADER;
+
+/// How long one exchange may take.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `len` pseudo-random bytes determined by `seed` (xorshift64*), so a corrupted byte is a
+/// mismatch rather than an accident.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// POSTs `payload` over a new TCP connection to `vip`, checks that the body comes back
+/// byte for byte, and returns the name of the backend that answered.
+pub async fn http_echo(vip: SocketAddr, payload: Vec<u8>) -> Result<String> {
+    timeout(EXCHANGE_TIMEOUT, async {
+        let stream = TcpStream::connect(vip).await.with_context(|| format!("connecting to {vip}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let sent = Bytes::from(payload);
+        let request = Request::post("/echo")
+            .header(HOST, vip.to_string())
+            .body(Full::new(sent.clone()))?;
+        let response = sender.send_request(request).await.context("HTTP request")?;
+        ensure!(response.status().is_success(), "HTTP status {}", response.status());
+        let backend = response
+            .headers()
+            .get(BACKEND_HEADER)
+            .context("the response names no backend")?
+            .to_str()?
+            .to_owned();
+        let received = response.into_body().collect().await?.to_bytes();
+        check_echo(&sent, &received)?;
+        Ok(backend)
+    })
+    .await
+    .with_context(|| format!("HTTP exchange with {vip} timed out"))?
+}
+
+/// Sends `datagrams` datagrams of `payload` from one new UDP socket (one flow) to `vip` and
+/// checks every reply; returns the backend's name, which must be the same for all of them.
+pub async fn udp_echo(vip: SocketAddr, payload: &[u8], datagrams: usize) -> Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+    socket.connect(vip).await?;
+    let mut backend: Option<String> = None;
+    let mut buffer = vec![0u8; 65_536];
+    for n in 0..datagrams {
+        socket.send(payload).await?;
+        let len = timeout(EXCHANGE_TIMEOUT, socket.recv(&mut buffer))
+            .await
+            .with_context(|| format!("no UDP reply from {vip} to datagram {n}"))??;
+        let reply = &buffer[..len];
+        let split = reply.iter().position(|&b| b == b'\n').context("reply without a name")?;
+        let name = String::from_utf8_lossy(&reply[..split]).into_owned();
+        check_echo(payload, &reply[split + 1..])?;
+        match &backend {
+            None => backend = Some(name),
+            Some(first) if *first != name => bail!("one UDP flow was answered by {first} and then {name}"),
+            Some(_) => {}
+        }
+    }
+    backend.context("no datagram sent")
+}
+
+fn check_echo(sent: &[u8], received: &[u8]) -> Result<()> {
+    if sent != received {
+        let first_difference = sent.iter().zip(received).position(|(a, b)| a != b);
+        bail!(
+            "payload corrupted: sent {} bytes, received {} (first difference at {first_difference:?})",
+            sent.len(),
+            received.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! Tier 2: the XDP program through BPF_PROG_TEST_RUN. A crafted frame goes in; the verdict and
+//! the exact frame that comes out are checked against a frame built from scratch (so checksums
+//! are verified by recomputation). Needs root: run with `cargo xtask test`.
+//!
+//! Each test builds a namespace with two veth interfaces and permanent neighbour entries, so
+//! the program's FIB lookups have deterministic answers:
+//!
+//! ```text
+//!   c0  198.18.0.1/24  02:00:00:00:00:01   client 198.18.0.2 (…:02), local backend 198.18.0.21 (…:21)
+//!   s0  198.18.1.1/24  02:00:00:00:01:01   backends 198.18.1.11-13 (02:00:00:00:01:11-13)
+//!                                          198.18.1.99 has no neighbour entry
+//! ```
+
+use std::net::SocketAddrV4;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{BackendTable, consts::events};
+use xlb::{
+    config::Config,
+    control::{Balancer, DataplaneMaps as _, table_index},
+    dataplane::Dataplane,
+    netif,
+};
+use xlb_tests::{
+    netns::Netns,
+    packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, Transport, hex_diff, verify_checksums},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+fn verdict_name(verdict: u32) -> &'static str {
+    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"]
+        .get(verdict as usize)
+        .copied()
+        .unwrap_or("unknown verdict")
+}
+
+const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+
+fn backend_mac(last: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x01, last]
+}
+
+const CONFIG: &str = r#"
+interfaces = ["c0", "s0"]
+
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "dns"
+listen = "198.18.100.1:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.11:5353" }, { address = "198.18.1.12:5353" } ]
+
+[[service]]
+name = "local"
+listen = "198.18.100.2:80"
+protocol = "tcp"
+backends = [ { address = "198.18.0.21:8080" } ]
+
+[[service]]
+name = "unresolved"
+listen = "198.18.100.3:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.99:8080" } ]
+"#;
+
+/// The program loaded with [`CONFIG`] applied, in a namespace built as the module says.
+struct PacketLab {
+    dataplane: Dataplane,
+    balancer: Balancer,
+    c0: u32,
+    s0: u32,
+}
+
+/// Builds the namespace, then runs `test` inside it (FIB lookups happen in the caller's
+/// namespace).
+fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
+    let ns = Netns::new("pkt").expect("creating the namespace");
+    for command in [
+        "link add name c0 address 02:00:00:00:00:01 type veth peer name c1",
+        "link add name s0 address 02:00:00:00:01:01 type veth peer name s1",
+        "link set dev c0 up",
+        "link set dev c1 up",
+        "link set dev s0 up",
+        "link set dev s1 up",
+        "addr add 198.18.0.1/24 dev c0",
+        "addr add 198.18.1.1/24 dev s0",
+        "neigh add 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent",
+        "neigh add 198.18.0.21 lladdr 02:00:00:00:00:21 dev c0 nud permanent",
+        "neigh add 198.18.1.11 lladdr 02:00:00:00:01:11 dev s0 nud permanent",
+        "neigh add 198.18.1.12 lladdr 02:00:00:00:01:12 dev s0 nud permanent",
+        "neigh add 198.18.1.13 lladdr 02:00:00:00:01:13 dev s0 nud permanent",
+    ] {
+        ns.ip(command).unwrap();
+    }
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    ns.enter(|| {
+        let config = Config::parse(CONFIG).expect("valid config");
+        let mut dataplane = Dataplane::load(config.flow_table_size).expect("loading the program");
+        let mut balancer = Balancer::new();
+        balancer.apply(&config, &mut dataplane.maps).expect("applying the config");
+        let c0 = netif::index("c0").unwrap();
+        let s0 = netif::index("s0").unwrap();
+        dataplane.maps.add_egress_port(c0).unwrap();
+        dataplane.maps.add_egress_port(s0).unwrap();
+        let mut lab = PacketLab { dataplane, balancer, c0, s0 };
+        test(&mut lab);
+    })
+    .expect("entering the namespace");
+}
+
+impl PacketLab {
+    /// Runs the program once on `frame` as if it arrived on `ifindex`.
+    fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 512];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|field: &u32| field.to_ne_bytes())
+            .collect();
+        let result = self
+            .dataplane
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs `input` and asserts the exact verdict and output frame.
+    fn expect(&self, case: &str, input: &Frame, ifindex: u32, verdict: u32, output: &Frame) {
+        self.expect_bytes(case, &input.build(), ifindex, verdict, &output.build());
+    }
+
+    fn expect_bytes(&self, case: &str, input: &[u8], ifindex: u32, verdict: u32, expected: &[u8]) {
+        let (actual_verdict, actual) = self.run(input, ifindex);
+        assert_eq!(
+            verdict_name(actual_verdict),
+            verdict_name(verdict),
+            "{case}: verdict"
+        );
+        assert!(
+            actual == expected,
+            "{case}: output frame differs\n{}",
+            hex_diff(expected, &actual)
+        );
+    }
+
+    /// Runs `input`, expects it passed to the kernel untouched.
+    fn expect_untouched(&self, case: &str, input: &[u8], ifindex: u32) {
+        self.expect_bytes(case, input, ifindex, XDP_PASS, input);
+    }
+
+    fn service_new_flows(&self, name: &str) -> u64 {
+        let service = self.balancer.services().iter().find(|s| s.name == name).unwrap();
+        self.dataplane.maps.service_counters(service.id).unwrap().new_flows
+    }
+
+    fn event(&self, event: u32) -> u64 {
+        self.dataplane.maps.events().unwrap()[event as usize]
+    }
+}
+
+fn endpoint(text: &str) -> SocketAddrV4 {
+    text.parse().unwrap()
+}
+
+/// The frame `input` becomes on its way to a backend: destination rewritten, TTL decremented,
+/// MACs from the FIB.
+fn to_backend(input: &Frame, backend: &str, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Frame {
+    input.clone().with(|f| {
+        f.dst = endpoint(backend);
+        f.ttl -= 1;
+        f.eth_dst = dst_mac;
+        f.eth_src = src_mac;
+    })
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn new_flows_take_backends_in_turn_and_established_flows_stay() {
+    with_lab(|lab| {
+        let first = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        let expected = to_backend(&first, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("new flow", &first, lab.c0, XDP_REDIRECT, &expected);
+        verify_checksums(&expected.build()).unwrap();
+
+        // Five more flows continue the rotation exactly: .12 .13 .11 .12 .13.
+        for (i, backend) in [12, 13, 11, 12, 13].into_iter().enumerate() {
+            let input = Frame::tcp(&format!("198.18.0.2:{}", 40_001 + i), "198.18.100.1:80");
+            // Backend 198.18.1.N has MAC 02:00:00:00:01:N (N written in hex).
+            let mac = backend_mac(0x10 + backend - 10);
+            let output = to_backend(&input, &format!("198.18.1.{backend}:8080"), mac, S0_MAC);
+            lab.expect(&format!("new flow {}", i + 2), &input, lab.c0, XDP_REDIRECT, &output);
+        }
+
+        // Later packets of the first flow stay on its backend, whatever the cursor says.
+        for seq in 1..4 {
+            let later = first.clone().with(|f| {
+                f.transport = Transport::Tcp { flags: TCP_ACK, seq: 1_000 + seq };
+                f.payload = vec![seq as u8; 100 * seq as usize];
+            });
+            let output = to_backend(&later, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+            lab.expect(&format!("established packet {seq}"), &later, lab.c0, XDP_REDIRECT, &output);
+        }
+        assert_eq!(lab.service_new_flows("web"), 6);
+        let flows = lab.dataplane.maps.flows();
+        assert_eq!(flows.len(), 6, "one flow-table entry per flow");
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn replies_are_translated_back_to_the_vip() {
+    with_lab(|lab| {
+        let request = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        let (verdict, _) = lab.run(&request.build(), lab.c0);
+        assert_eq!(verdict, XDP_REDIRECT);
+
+        let reply = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40000").with(|f| {
+            f.transport = Transport::Tcp { flags: TCP_ACK | 0x02, seq: 77 };
+            f.eth_dst = S0_MAC;
+            f.eth_src = backend_mac(0x11);
+        });
+        let expected = reply.clone().with(|f| {
+            f.src = endpoint("198.18.100.1:80");
+            f.ttl -= 1;
+            f.eth_dst = CLIENT_MAC;
+            f.eth_src = LB_MAC;
+        });
+        lab.expect("reply", &reply, lab.s0, XDP_REDIRECT, &expected);
+
+        // A backend packet to the client that belongs to no flow is not ours.
+        let stray = reply.clone().with(|f| f.dst = endpoint("198.18.0.2:40999"));
+        lab.expect_untouched("reply of an unknown flow", &stray.build(), lab.s0);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn udp_flows_are_balanced_and_a_zero_checksum_stays_zero() {
+    with_lab(|lab| {
+        let first = Frame::udp("198.18.0.2:5000", "198.18.100.1:53");
+        let output = to_backend(&first, "198.18.1.11:5353", backend_mac(0x11), S0_MAC);
+        lab.expect("udp new flow", &first, lab.c0, XDP_REDIRECT, &output);
+
+        let unchecked = Frame::udp("198.18.0.2:5001", "198.18.100.1:53")
+            .with(|f| f.transport = Transport::Udp { zero_checksum: true });
+        let output = to_backend(&unchecked, "198.18.1.12:5353", backend_mac(0x12), S0_MAC);
+        let built = output.build();
+        assert_eq!(&built[40..42], &[0, 0], "the expected frame keeps a zero checksum");
+        lab.expect("udp without checksum", &unchecked, lab.c0, XDP_REDIRECT, &output);
+
+        // Ethernet padding after the IP packet is carried along untouched.
+        let mut padded = Frame::udp("198.18.0.2:5002", "198.18.100.1:53").build();
+        padded.extend_from_slice(&[0xee; 10]);
+        let mut expected = to_backend(
+            &Frame::udp("198.18.0.2:5002", "198.18.100.1:53"),
+            "198.18.1.11:5353",
+            backend_mac(0x11),
+            S0_MAC,
+        )
+        .build();
+        expected.extend_from_slice(&[0xee; 10]);
+        lab.expect_bytes("padded frame", &padded, lab.c0, XDP_REDIRECT, &expected);
+        assert_eq!(lab.service_new_flows("dns"), 3);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn forwarding_follows_the_fib() {
+    with_lab(|lab| {
+        // The backend is behind the interface the packet came in on: XDP_TX.
+        let input = Frame::tcp("198.18.0.2:40000", "198.18.100.2:80");
+        let output = to_backend(&input, "198.18.0.21:8080", [0x02, 0, 0, 0, 0, 0x21], LB_MAC);
+        lab.expect("backend on the ingress interface", &input, lab.c0, XDP_TX, &output);
+
+        // No neighbour entry for the backend yet: the rewritten packet goes to the kernel,
+        // which resolves the neighbour and forwards it (so TTL and MACs are left to it).
+        let input = Frame::tcp("198.18.0.2:40000", "198.18.100.3:80");
+        let output = input.clone().with(|f| f.dst = endpoint("198.18.1.99:8080"));
+        lab.expect("backend without a neighbour entry", &input, lab.c0, XDP_PASS, &output);
+        assert_eq!(lab.event(events::FIB_NO_NEIGHBOUR), 1);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn ip_options_are_honoured() {
+    with_lab(|lab| {
+        let input = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
+            .with(|f| f.ip_options = vec![0x01, 0x01, 0x01, 0x00]);
+        let output = to_backend(&input, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("IPv4 header with options", &input, lab.c0, XDP_REDIRECT, &output);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn traffic_that_is_not_for_a_service_passes_untouched() {
+    with_lab(|lab| {
+        let cases = [
+            ("other port", Frame::tcp("198.18.0.2:40000", "198.18.100.1:81")),
+            ("other address", Frame::tcp("198.18.0.2:40000", "198.18.100.9:80")),
+            ("udp to a tcp service", Frame::udp("198.18.0.2:40000", "198.18.100.1:80")),
+            ("tcp to a udp service", Frame::tcp("198.18.0.2:40000", "198.18.100.1:53")),
+            ("to the balancer itself", Frame::tcp("198.18.0.2:40000", "198.18.0.1:22")),
+        ];
+        for (case, frame) in cases {
+            lab.expect_untouched(case, &frame.build(), lab.c0);
+        }
+        let arp = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x0806);
+        lab.expect_untouched("ARP", &arp.build(), lab.c0);
+        let vlan = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x8100);
+        lab.expect_untouched("VLAN-tagged", &vlan.build(), lab.c0);
+        assert_eq!(lab.service_new_flows("web"), 0);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn malformed_packets_are_never_rewritten() {
+    with_lab(|lab| {
+        let valid = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        let bytes = valid.build();
+        // Every truncation (BPF_PROG_TEST_RUN needs at least an Ethernet header).
+        for len in 14..bytes.len() {
+            lab.expect_untouched(&format!("truncated to {len} bytes"), &bytes[..len], lab.c0);
+        }
+        let udp = Frame::udp("198.18.0.2:5000", "198.18.100.1:53").build();
+        for len in 14..udp.len() {
+            lab.expect_untouched(&format!("UDP truncated to {len} bytes"), &udp[..len], lab.c0);
+        }
+
+        let cases = [
+            ("IHL below 5", valid.clone().with(|f| f.ihl_override = Some(4))),
+            ("IHL beyond the packet", valid.clone().with(|f| f.ihl_override = Some(15))),
+            ("version 6 in an IPv4 frame", valid.clone().with(|f| f.version = 6)),
+            ("total length beyond the frame", valid.clone().with(|f| f.total_length_override = Some(1_400))),
+            ("total length shorter than the headers", valid.clone().with(|f| f.total_length_override = Some(30))),
+            ("TCP data offset below 5", valid.clone().with(|f| f.tcp_doff_override = Some(4))),
+            ("TCP data offset beyond the segment", valid.clone().with(|f| f.tcp_doff_override = Some(15))),
+            ("TTL 1", valid.clone().with(|f| f.ttl = 1)),
+            ("TTL 0", valid.clone().with(|f| f.ttl = 0)),
+            ("first fragment", valid.clone().with(|f| f.ip_frag = IP_MF)),
+            ("later fragment", valid.clone().with(|f| f.ip_frag = 185)),
+        ];
+        for (case, frame) in cases {
+            lab.expect_untouched(case, &frame.build(), lab.c0);
+        }
+        // A UDP length field longer than the IP payload.
+        let mut bad_udp = Frame::udp("198.18.0.2:5000", "198.18.100.1:53").build();
+        bad_udp[38..40].copy_from_slice(&500u16.to_be_bytes());
+        lab.expect_untouched("UDP length beyond the packet", &bad_udp, lab.c0);
+
+        assert_eq!(lab.service_new_flows("web"), 0, "no malformed packet created a flow");
+        assert_eq!(lab.service_new_flows("dns"), 0);
+        assert!(lab.dataplane.maps.flows().is_empty());
+        assert_eq!(lab.event(events::TTL_EXPIRED), 2);
+        assert_eq!(lab.event(events::FRAGMENT), 2);
+        assert!(lab.event(events::MALFORMED) >= 7, "malformed: {}", lab.event(events::MALFORMED));
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn an_empty_table_drops_new_flows_but_keeps_established_ones() {
+    with_lab(|lab| {
+        let established = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        let output = to_backend(&established, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("before", &established, lab.c0, XDP_REDIRECT, &output);
+
+        let web = lab.balancer.services().iter().find(|s| s.name == "web").unwrap().id;
+        lab.dataplane
+            .maps
+            .publish_table(table_index(web, 0), &BackendTable::EMPTY)
+            .unwrap();
+
+        let new = Frame::tcp("198.18.0.2:40001", "198.18.100.1:80");
+        let (verdict, _) = lab.run(&new.build(), lab.c0);
+        assert_eq!(verdict_name(verdict), verdict_name(XDP_DROP), "a new flow with no backend");
+        assert_eq!(lab.dataplane.maps.service_counters(web).unwrap().no_backend, 1);
+        assert_eq!(lab.event(events::NO_BACKEND), 1);
+
+        lab.expect("established flow after the swap", &established, lab.c0, XDP_REDIRECT, &output);
+    });
+}
