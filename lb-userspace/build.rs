@@ -12,9 +12,13 @@ fn main() -> anyhow::Result<()> {
         // Without bpf-linker the object cannot be built. Leave an empty one so that the pure
         // logic can still be checked, linted and unit-tested; loading it fails with a message
         // that says how to get the real one (see dataplane::Dataplane::load).
-        println!("cargo:warning=bpf-linker not found: building xlb WITHOUT its XDP program; run `cargo xtask setup`");
+        println!(
+            "cargo:warning=bpf-linker not found: building xlb WITHOUT its XDP program; run `cargo xtask setup`"
+        );
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
-        std::fs::write(std::path::Path::new(&out_dir).join("xlb"), [])?;
+        for object in ["xlb", "xlb-noop"] {
+            std::fs::write(std::path::Path::new(&out_dir).join(object), [])?;
+        }
         return Ok(());
     };
     println!("cargo:rerun-if-changed={}", bpf_linker.display());

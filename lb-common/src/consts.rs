@@ -70,10 +70,12 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
 }
 
-/// Names of the BPF programs in the object.
+/// Names of the BPF programs.
 pub mod program_names {
-    /// The XDP balancer.
+    /// The XDP balancer (object `xlb`).
     pub const BALANCER: &str = "xlb";
+    /// The reference program that counts and passes (object `xlb-noop`).
+    pub const NOOP: &str = "xlb_noop";
 }
 
 /// Indexes into the `EVENTS` per-CPU array: things the data plane did that an operator may

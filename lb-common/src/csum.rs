@@ -85,7 +85,10 @@ mod tests {
     fn sum_matches_rfc1071_example() {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         let folded = fold(sum(&data, 0));
-        assert_eq!(u16::from_ne_bytes(folded.to_ne_bytes()), u16::from_ne_bytes([0xdd, 0xf2]));
+        assert_eq!(
+            u16::from_ne_bytes(folded.to_ne_bytes()),
+            u16::from_ne_bytes([0xdd, 0xf2])
+        );
     }
 
     /// An incremental update must equal recomputing the checksum from scratch.
@@ -125,7 +128,8 @@ mod tests {
     /// A valid packet sums (checksum field included) to all ones.
     #[test]
     fn checksum_of_data_with_its_checksum_is_zero() {
-        let mut data = *b"\x45\x00\x00\x3c\x1c\x46\x40\x00\x40\x06\x00\x00\xac\x10\x0a\x63\xac\x10\x0a\x0c";
+        let mut data =
+            *b"\x45\x00\x00\x3c\x1c\x46\x40\x00\x40\x06\x00\x00\xac\x10\x0a\x63\xac\x10\x0a\x0c";
         let check = checksum(&data, 0);
         data[10..12].copy_from_slice(&check.to_ne_bytes());
         assert_eq!(checksum(&data, 0), 0);

@@ -81,7 +81,12 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &ServiceEn
     if rewrite_ipv4(ctx, pkt, End::Destination, &flow.addr, flow.port).is_none() {
         return xdp_action::XDP_PASS;
     }
-    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, Direction::ToBackend);
+    count_traffic(
+        flow.service_id,
+        flow.backend_id,
+        pkt.ip_len,
+        Direction::ToBackend,
+    );
     let rewritten = FlowKey {
         dst_addr: flow.addr,
         dst_port: flow.port,
@@ -103,7 +108,12 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut NatEntry
     if rewrite_ipv4(ctx, pkt, End::Source, &reply.addr, reply.port).is_none() {
         return xdp_action::XDP_PASS;
     }
-    count_traffic(reply.service_id, reply.backend_id, pkt.ip_len, Direction::ToClient);
+    count_traffic(
+        reply.service_id,
+        reply.backend_id,
+        pkt.ip_len,
+        Direction::ToClient,
+    );
     let rewritten = FlowKey {
         src_addr: reply.addr,
         src_port: reply.port,
@@ -115,7 +125,12 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut NatEntry
 /// Chooses the backend of a new flow by round robin over its service's table and records the
 /// flow in both directions. `Err` carries the verdict when the flow cannot be placed.
 #[inline(always)]
-fn new_flow(pkt: &Packet, key: &FlowKey, service: &ServiceEntry, now: u64) -> Result<NatEntry, u32> {
+fn new_flow(
+    pkt: &Packet,
+    key: &FlowKey,
+    service: &ServiceEntry,
+    now: u64,
+) -> Result<NatEntry, u32> {
     let table_index = service.id * MAX_POOLS_PER_SERVICE;
     let Some(backend_id) = next_backend(table_index) else {
         count_no_backend(service.id);

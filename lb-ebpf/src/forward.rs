@@ -40,7 +40,12 @@ pub fn forward_ipv4(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> u32 {
 
     // SAFETY: the helper reads and writes `fib`, whose size we pass.
     let rc = unsafe {
-        fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count_event(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {

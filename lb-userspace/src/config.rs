@@ -175,14 +175,19 @@ impl Config {
         if validator.errors.is_empty() {
             Ok(config)
         } else {
-            validator.errors.sort_by_key(|error| (error.line, error.column));
+            validator
+                .errors
+                .sort_by_key(|error| (error.line, error.column));
             Err(validator.errors)
         }
     }
 
     /// Number of backends across all services.
     pub fn backend_count(&self) -> usize {
-        self.services.iter().map(|service| service.backends.len()).sum()
+        self.services
+            .iter()
+            .map(|service| service.backends.len())
+            .sum()
     }
 }
 
@@ -236,7 +241,11 @@ impl Validator<'_> {
         let whole_file = 0..0;
         let interfaces = match raw.interfaces {
             None => {
-                self.error(&whole_file, "missing key `interfaces` (the interfaces to attach to, e.g. [\"eth0\"])".into());
+                self.error(
+                    &whole_file,
+                    "missing key `interfaces` (the interfaces to attach to, e.g. [\"eth0\"])"
+                        .into(),
+                );
                 Vec::new()
             }
             Some(list) => self.interfaces(list),
@@ -267,10 +276,19 @@ impl Validator<'_> {
         };
 
         if raw.service.is_empty() {
-            self.error(&whole_file, "no [[service]] defined: xlb would balance nothing".into());
+            self.error(
+                &whole_file,
+                "no [[service]] defined: xlb would balance nothing".into(),
+            );
         }
         if raw.service.len() > limits::MAX_SERVICES as usize {
-            self.error(&raw.service[limits::MAX_SERVICES as usize].span(), format!("too many services: at most {} are supported", limits::MAX_SERVICES));
+            self.error(
+                &raw.service[limits::MAX_SERVICES as usize].span(),
+                format!(
+                    "too many services: at most {} are supported",
+                    limits::MAX_SERVICES
+                ),
+            );
         }
         let mut services = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -281,13 +299,25 @@ impl Validator<'_> {
                 continue;
             };
             if let Some(first) = names.get(&service.name) {
-                self.error(&span, format!("service {:?}: the name is already used by the service at line {first}", service.name));
+                self.error(
+                    &span,
+                    format!(
+                        "service {:?}: the name is already used by the service at line {first}",
+                        service.name
+                    ),
+                );
             } else {
                 names.insert(service.name.clone(), line_of(self.text, span.start));
             }
             let listener = (service.listen, service.protocol);
             if let Some(first) = listeners.get(&listener) {
-                self.error(&span, format!("service {:?}: {} {} is already the service at line {first}", service.name, service.protocol, service.listen));
+                self.error(
+                    &span,
+                    format!(
+                        "service {:?}: {} {} is already the service at line {first}",
+                        service.name, service.protocol, service.listen
+                    ),
+                );
             } else {
                 listeners.insert(listener, line_of(self.text, span.start));
             }
@@ -295,7 +325,13 @@ impl Validator<'_> {
         }
         let backends: usize = services.iter().map(|service| service.backends.len()).sum();
         if backends > limits::MAX_BACKENDS as usize {
-            self.error(&whole_file, format!("{backends} backends in all: at most {} are supported", limits::MAX_BACKENDS));
+            self.error(
+                &whole_file,
+                format!(
+                    "{backends} backends in all: at most {} are supported",
+                    limits::MAX_BACKENDS
+                ),
+            );
         }
         Config {
             interfaces,
@@ -309,10 +345,19 @@ impl Validator<'_> {
         let span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
-            self.error(&span, "interfaces: the list is empty; name at least one interface".into());
+            self.error(
+                &span,
+                "interfaces: the list is empty; name at least one interface".into(),
+            );
         }
         if list.len() > limits::MAX_INTERFACES as usize {
-            self.error(&span, format!("interfaces: at most {} are supported", limits::MAX_INTERFACES));
+            self.error(
+                &span,
+                format!(
+                    "interfaces: at most {} are supported",
+                    limits::MAX_INTERFACES
+                ),
+            );
         }
         let mut names = Vec::new();
         for name in list {
@@ -321,11 +366,19 @@ impl Validator<'_> {
                 || value.len() > MAX_INTERFACE_NAME
                 || value == "."
                 || value == ".."
-                || value.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+                || value
+                    .chars()
+                    .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
             {
-                self.error(&name.span(), format!("interfaces: {value:?} is not a valid interface name"));
+                self.error(
+                    &name.span(),
+                    format!("interfaces: {value:?} is not a valid interface name"),
+                );
             } else if names.contains(value) {
-                self.error(&name.span(), format!("interfaces: {value:?} is listed twice"));
+                self.error(
+                    &name.span(),
+                    format!("interfaces: {value:?} is listed twice"),
+                );
             } else {
                 names.push(value.clone());
             }
@@ -344,7 +397,9 @@ impl Validator<'_> {
                 let value = name.get_ref();
                 if value.is_empty()
                     || value.len() > MAX_SERVICE_NAME
-                    || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
                 {
                     self.error(&name.span(), format!("service name {value:?}: use 1 to {MAX_SERVICE_NAME} letters, digits, '-', '_' or '.'"));
                 }
@@ -354,14 +409,20 @@ impl Validator<'_> {
         let label = format!("service {name:?}");
         let protocol = match raw.protocol {
             None => {
-                self.error(span, format!("{label}: missing key `protocol` (\"tcp\" or \"udp\")"));
+                self.error(
+                    span,
+                    format!("{label}: missing key `protocol` (\"tcp\" or \"udp\")"),
+                );
                 Protocol::Tcp
             }
             Some(protocol) => match protocol.get_ref().as_str() {
                 "tcp" => Protocol::Tcp,
                 "udp" => Protocol::Udp,
                 other => {
-                    self.error(&protocol.span(), format!("{label}: unknown protocol {other:?}, expected \"tcp\" or \"udp\""));
+                    self.error(
+                        &protocol.span(),
+                        format!("{label}: unknown protocol {other:?}, expected \"tcp\" or \"udp\""),
+                    );
                     Protocol::Tcp
                 }
             },
@@ -371,7 +432,10 @@ impl Validator<'_> {
             Some(scheduler) => match scheduler.get_ref().as_str() {
                 "round-robin" => Scheduler::RoundRobin,
                 other => {
-                    self.error(&scheduler.span(), format!("{label}: unknown scheduler {other:?}, expected \"round-robin\""));
+                    self.error(
+                        &scheduler.span(),
+                        format!("{label}: unknown scheduler {other:?}, expected \"round-robin\""),
+                    );
                     Scheduler::RoundRobin
                 }
             },
@@ -411,10 +475,20 @@ impl Validator<'_> {
         let span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
-            self.error(&span, format!("{label}: no backends; a service needs at least one"));
+            self.error(
+                &span,
+                format!("{label}: no backends; a service needs at least one"),
+            );
         }
         if list.len() > limits::MAX_BACKENDS_PER_SERVICE as usize {
-            self.error(&span, format!("{label}: {} backends, at most {} are supported", list.len(), limits::MAX_BACKENDS_PER_SERVICE));
+            self.error(
+                &span,
+                format!(
+                    "{label}: {} backends, at most {} are supported",
+                    list.len(),
+                    limits::MAX_BACKENDS_PER_SERVICE
+                ),
+            );
         }
         let mut backends: Vec<BackendConfig> = Vec::new();
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -450,7 +524,13 @@ impl Validator<'_> {
                     if (0..=limits::MAX_WEIGHT as i64).contains(&value) {
                         value as u32
                     } else {
-                        self.error(&weight.span(), format!("{label}: weight {value} is out of range 0..={}", limits::MAX_WEIGHT));
+                        self.error(
+                            &weight.span(),
+                            format!(
+                                "{label}: weight {value} is out of range 0..={}",
+                                limits::MAX_WEIGHT
+                            ),
+                        );
                         1
                     }
                 }
@@ -460,7 +540,10 @@ impl Validator<'_> {
             }
         }
         if !backends.is_empty() && backends.iter().all(|backend| backend.weight == 0) {
-            self.error(&span, format!("{label}: every backend has weight 0, so no new flow could be placed"));
+            self.error(
+                &span,
+                format!("{label}: every backend has weight 0, so no new flow could be placed"),
+            );
         }
         backends
     }
@@ -563,8 +646,14 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
         assert_eq!(
             web.backends,
             [
-                BackendConfig { address: "198.18.1.11:8080".parse().unwrap(), weight: 1 },
-                BackendConfig { address: "198.18.1.12:8080".parse().unwrap(), weight: 2 },
+                BackendConfig {
+                    address: "198.18.1.11:8080".parse().unwrap(),
+                    weight: 1
+                },
+                BackendConfig {
+                    address: "198.18.1.12:8080".parse().unwrap(),
+                    weight: 2
+                },
             ]
         );
         let dns = &config.services[1];
@@ -578,11 +667,17 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
         let text = "interfaces = [\"eth0\"]\nbogus = 1\n";
         let errors = errors_of(text);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("2:1: unknown field `bogus`"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("2:1: unknown field `bogus`"),
+            "{errors:?}"
+        );
 
         let text = VALID.replace("scheduler = \"round-robin\"", "schedular = \"round-robin\"");
         let errors = errors_of(&text);
-        assert!(errors[0].contains("unknown field `schedular`"), "{errors:?}");
+        assert!(
+            errors[0].contains("unknown field `schedular`"),
+            "{errors:?}"
+        );
         assert!(errors[0].starts_with("9:"), "{errors:?}");
     }
 
@@ -590,7 +685,10 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
     fn syntax_errors_are_located() {
         let errors = errors_of("interfaces = [\"eth0\"\n");
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("1:") || errors[0].starts_with("2:"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("1:") || errors[0].starts_with("2:"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -622,7 +720,10 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         ];
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
         for (error, expected) in errors.iter().zip(expected) {
-            assert!(error.starts_with(expected), "got {error:?}, expected it to start with {expected:?}");
+            assert!(
+                error.starts_with(expected),
+                "got {error:?}, expected it to start with {expected:?}"
+            );
         }
     }
 
@@ -633,8 +734,14 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         );
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 2, "{errors:#?}");
-        assert!(errors[0].contains("the name is already used by the service at line 5"), "{errors:?}");
-        assert!(errors[1].contains("tcp 198.18.100.1:80 is already the service at line 5"), "{errors:?}");
+        assert!(
+            errors[0].contains("the name is already used by the service at line 5"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("tcp 198.18.100.1:80 is already the service at line 5"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -651,7 +758,10 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         );
         assert!(errors_of(&no_backends)[0].contains("no backends; a service needs at least one"));
 
-        let all_zero = VALID.replace("{ address = \"198.18.1.13:5353\" }", "{ address = \"198.18.1.13:5353\", weight = 0 }");
+        let all_zero = VALID.replace(
+            "{ address = \"198.18.1.13:5353\" }",
+            "{ address = \"198.18.1.13:5353\", weight = 0 }",
+        );
         assert!(errors_of(&all_zero)[0].contains("every backend has weight 0"));
 
         let missing = "interfaces = [\"eth0\"]\n[[service]]\nname = \"x\"\n";
@@ -673,7 +783,10 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         ] {
             let text = VALID.replace("198.18.100.1:80", listen);
             let errors = errors_of(&text);
-            assert!(errors.iter().any(|e| e.contains(problem)), "{listen}: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.contains(problem)),
+                "{listen}: {errors:?}"
+            );
         }
     }
 
@@ -690,10 +803,21 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         let errors = ConfigErrors {
             path: "/etc/xlb.toml".into(),
             errors: vec![
-                ConfigError { line: 3, column: 7, message: "bad".into() },
-                ConfigError { line: 0, column: 0, message: "worse".into() },
+                ConfigError {
+                    line: 3,
+                    column: 7,
+                    message: "bad".into(),
+                },
+                ConfigError {
+                    line: 0,
+                    column: 0,
+                    message: "worse".into(),
+                },
             ],
         };
-        assert_eq!(errors.to_string(), "/etc/xlb.toml:3:7: bad\n/etc/xlb.toml: worse");
+        assert_eq!(
+            errors.to_string(),
+            "/etc/xlb.toml:3:7: bad\n/etc/xlb.toml: worse"
+        );
     }
 }

@@ -123,7 +123,11 @@ impl Balancer {
 
     /// Makes the data plane serve `config`. Services and backends that stay keep their ids, so
     /// their established flows keep working.
-    pub fn apply(&mut self, config: &Config, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        maps: &mut impl DataplaneMaps,
+    ) -> Result<ApplySummary> {
         let mut summary = ApplySummary::default();
         let mut previous = std::mem::take(&mut self.services);
         let mut retired_backends = Vec::new();
@@ -134,7 +138,8 @@ impl Balancer {
                 .iter()
                 .position(|s| s.listen == service.listen && s.protocol == service.protocol)
                 .map(|i| previous.swap_remove(i));
-            let state = self.apply_service(service, existing, maps, &mut summary, &mut retired_backends)?;
+            let state =
+                self.apply_service(service, existing, maps, &mut summary, &mut retired_backends)?;
             applied.push(state);
         }
 
@@ -194,7 +199,10 @@ impl Balancer {
 
         let mut old_backends = std::mem::take(&mut state.backends);
         for backend in &service.backends {
-            let id = match old_backends.iter().position(|b| b.address == backend.address) {
+            let id = match old_backends
+                .iter()
+                .position(|b| b.address == backend.address)
+            {
                 Some(i) => old_backends.swap_remove(i).id,
                 None => {
                     let id = self
@@ -202,7 +210,12 @@ impl Balancer {
                         .allocate()
                         .context("no free backend id (too many backends)")?;
                     maps.set_backend(id, &backend_entry(backend.address, 0))
-                        .with_context(|| format!("adding backend {} of service {}", backend.address, service.name))?;
+                        .with_context(|| {
+                            format!(
+                                "adding backend {} of service {}",
+                                backend.address, service.name
+                            )
+                        })?;
                     summary.backends_added += 1;
                     id
                 }
@@ -219,13 +232,19 @@ impl Balancer {
         let sequence = smooth_weighted_sequence(&weights);
         if is_new || sequence != state.table {
             state.generation = state.generation.wrapping_add(1);
-            maps.publish_table(table_index(state.id, 0), &backend_table(&sequence, state.generation))
-                .with_context(|| format!("publishing the table of service {}", service.name))?;
+            maps.publish_table(
+                table_index(state.id, 0),
+                &backend_table(&sequence, state.generation),
+            )
+            .with_context(|| format!("publishing the table of service {}", service.name))?;
             state.table = sequence;
             summary.tables_published += 1;
         }
         if is_new {
-            let entry = ServiceEntry { id: state.id, flags: 0 };
+            let entry = ServiceEntry {
+                id: state.id,
+                flags: 0,
+            };
             maps.set_service(&service_key(service.listen, service.protocol), &entry)
                 .with_context(|| format!("adding service {}", service.name))?;
         }
@@ -293,7 +312,10 @@ mod tests {
         fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
             let slots = table.slots[..table.len as usize].to_vec();
             for id in &slots {
-                assert!(self.backends.contains_key(id), "table {index} names backend {id} before it was written");
+                assert!(
+                    self.backends.contains_key(id),
+                    "table {index} names backend {id} before it was written"
+                );
             }
             self.log.push(format!("table {index} {slots:?}"));
             self.tables.insert(index, slots);
@@ -304,26 +326,38 @@ mod tests {
             Ok(())
         }
         fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
-            assert!(self.tables.contains_key(&table_index(entry.id, 0)), "service before its table");
+            assert!(
+                self.tables.contains_key(&table_index(entry.id, 0)),
+                "service before its table"
+            );
             self.log.push(format!("service+ {}", entry.id));
             self.services.insert(*key, *entry);
             Ok(())
         }
         fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-            let entry = self.services.remove(key).expect("removing a service that is not there");
+            let entry = self
+                .services
+                .remove(key)
+                .expect("removing a service that is not there");
             self.log.push(format!("service- {}", entry.id));
             Ok(())
         }
         fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
             for (index, slots) in &self.tables {
                 for id in backend_ids {
-                    assert!(!slots.contains(id), "purging backend {id} still in table {index}");
+                    assert!(
+                        !slots.contains(id),
+                        "purging backend {id} still in table {index}"
+                    );
                 }
             }
             let mut ids = backend_ids.to_vec();
             ids.sort_unstable();
             self.log.push(format!("purge {ids:?}"));
-            Ok(backend_ids.iter().map(|id| self.flows_by_backend.remove(id).unwrap_or(0)).sum())
+            Ok(backend_ids
+                .iter()
+                .map(|id| self.flows_by_backend.remove(id).unwrap_or(0))
+                .sum())
         }
     }
 
@@ -354,7 +388,13 @@ backends = [ { address = "198.18.1.11:53" } ]
         let summary = balancer.apply(&config(WEB), &mut maps).unwrap();
         assert_eq!(
             maps.log,
-            ["cursor 0", "backend 0", "backend 1", "table 0 [1, 0, 1]", "service+ 0"]
+            [
+                "cursor 0",
+                "backend 0",
+                "backend 1",
+                "table 0 [1, 0, 1]",
+                "service+ 0"
+            ]
         );
         assert_eq!(summary.services_added, 1);
         assert_eq!(summary.backends_added, 2);
@@ -378,10 +418,15 @@ backends = [ { address = "198.18.1.11:53" } ]
     fn a_weight_change_republishes_only_the_table() {
         let mut maps = FakeMaps::default();
         let mut balancer = Balancer::new();
-        balancer.apply(&config(&format!("{WEB}{DNS}")), &mut maps).unwrap();
+        balancer
+            .apply(&config(&format!("{WEB}{DNS}")), &mut maps)
+            .unwrap();
         maps.log.clear();
         balancer
-            .apply(&config(&format!("{}{DNS}", WEB.replace("weight = 2", "weight = 1"))), &mut maps)
+            .apply(
+                &config(&format!("{}{DNS}", WEB.replace("weight = 2", "weight = 1"))),
+                &mut maps,
+            )
             .unwrap();
         assert_eq!(maps.log, ["table 0 [0, 1]"]);
         assert_eq!(balancer.services()[0].generation, 2);
@@ -405,13 +450,19 @@ backends = [ { address = "198.18.1.11:53" } ]
     fn removed_services_disappear_before_their_table_is_emptied() {
         let mut maps = FakeMaps::default();
         let mut balancer = Balancer::new();
-        balancer.apply(&config(&format!("{WEB}{DNS}")), &mut maps).unwrap();
+        balancer
+            .apply(&config(&format!("{WEB}{DNS}")), &mut maps)
+            .unwrap();
         maps.log.clear();
         let summary = balancer.apply(&config(DNS), &mut maps).unwrap();
         assert_eq!(maps.log, ["service- 0", "table 0 []", "purge [0, 1]"]);
         assert_eq!(summary.services_removed, 1);
         assert_eq!(balancer.services().len(), 1);
-        assert_eq!(balancer.services()[0].id, 1, "the remaining service keeps its id");
+        assert_eq!(
+            balancer.services()[0].id,
+            1,
+            "the remaining service keeps its id"
+        );
     }
 
     #[test]
@@ -420,7 +471,11 @@ backends = [ { address = "198.18.1.11:53" } ]
         assert_eq!(ids.allocate(), Some(0));
         assert_eq!(ids.allocate(), Some(1));
         ids.release(0);
-        assert_eq!(ids.allocate(), Some(2), "next-fit skips the just-released id");
+        assert_eq!(
+            ids.allocate(),
+            Some(2),
+            "next-fit skips the just-released id"
+        );
         assert_eq!(ids.allocate(), Some(0), "then wraps around to it");
         assert_eq!(ids.allocate(), None);
     }

@@ -5,12 +5,7 @@ use std::{future::Future, path::Path};
 use anyhow::{Context as _, Result, bail};
 use tracing::info;
 
-use crate::{
-    config::Config,
-    control::Balancer,
-    dataplane::Dataplane,
-    netif,
-};
+use crate::{config::Config, control::Balancer, dataplane::Dataplane, netif};
 
 /// Runs the balancer for the configuration at `config_path` until `shutdown` completes.
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {

@@ -17,8 +17,10 @@ use tracing::{info, warn};
 
 use crate::{config::XdpMode, control::DataplaneMaps, netif};
 
-/// The XDP object built from `lb-ebpf` by build.rs.
+/// The balancer's XDP object, built from `lb-ebpf` by build.rs.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+/// The reference program's object (see [`NoopProgram`]).
+static NOOP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-noop"));
 
 /// Typed handles on the maps the control plane writes and reads.
 pub struct Maps {
@@ -58,12 +60,7 @@ impl Dataplane {
     /// Loads the program into the kernel (without attaching it) with flow tables of
     /// `flow_table_size` entries each.
     pub fn load(flow_table_size: u32) -> Result<Self> {
-        if XDP_OBJECT.is_empty() {
-            bail!(
-                "this xlb was built without its XDP program because bpf-linker was missing; \
-                 run `cargo xtask setup` and build again"
-            );
-        }
+        ensure_built(XDP_OBJECT)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, flow_table_size)
             .map_max_entries(map_names::REPLIES, flow_table_size)
@@ -73,7 +70,9 @@ impl Dataplane {
             .program_mut(program_names::BALANCER)
             .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
             .try_into()?;
-        program.load().context("loading the XDP program (verifier)")?;
+        program
+            .load()
+            .context("loading the XDP program (verifier)")?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
@@ -113,17 +112,24 @@ impl Dataplane {
         let ifindex = netif::index(interface)?;
         self.maps.add_egress_port(ifindex)?;
         let program = self.program_mut();
-        let attached = match mode {
-            XdpMode::Native => attach_in(program, ifindex, AyaXdpMode::Driver).map(|link| (link, XdpMode::Native)),
-            XdpMode::Generic => attach_in(program, ifindex, AyaXdpMode::Skb).map(|link| (link, XdpMode::Generic)),
-            XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
-                Ok(link) => Ok((link, XdpMode::Native)),
-                Err(native_error) => {
-                    warn!(interface, "native XDP unavailable ({native_error:#}); using generic mode");
-                    attach_in(program, ifindex, AyaXdpMode::Skb).map(|link| (link, XdpMode::Generic))
-                }
-            },
-        };
+        let attached =
+            match mode {
+                XdpMode::Native => attach_in(program, ifindex, AyaXdpMode::Driver)
+                    .map(|link| (link, XdpMode::Native)),
+                XdpMode::Generic => attach_in(program, ifindex, AyaXdpMode::Skb)
+                    .map(|link| (link, XdpMode::Generic)),
+                XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
+                    Ok(link) => Ok((link, XdpMode::Native)),
+                    Err(native_error) => {
+                        warn!(
+                            interface,
+                            "native XDP unavailable ({native_error:#}); using generic mode"
+                        );
+                        attach_in(program, ifindex, AyaXdpMode::Skb)
+                            .map(|link| (link, XdpMode::Generic))
+                    }
+                },
+            };
         let (link, mode) = match attached {
             Ok(attached) => attached,
             Err(error) => {
@@ -231,7 +237,10 @@ impl Maps {
     }
 }
 
-fn sum_counters(map: &PerCpuArray<MapData, TrafficCounters>, index: u32) -> Result<TrafficCounters> {
+fn sum_counters(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    index: u32,
+) -> Result<TrafficCounters> {
     let mut total = TrafficCounters::default();
     for counters in map.get(&index, 0)?.iter() {
         total.accumulate(counters);
@@ -287,4 +296,53 @@ fn purge(table: &mut HashMap<MapData, FlowKey, NatEntry>, retired: &HashSet<u32>
         let _ = table.remove(key);
     }
     doomed.len()
+}
+
+fn ensure_built(object: &[u8]) -> Result<()> {
+    if object.is_empty() {
+        bail!(
+            "this xlb was built without its XDP programs because bpf-linker was missing; \
+             run `cargo xtask setup` and build again"
+        );
+    }
+    Ok(())
+}
+
+/// The reference XDP program (`lb-ebpf/src/noop.rs`): counts each packet and passes it.
+/// Benchmarks compare the balancer with it. Tests attach it to the far end of veth links: a
+/// veth delivers XDP_TX frames to its peer promptly only when the peer runs an XDP program.
+pub struct NoopProgram {
+    ebpf: Ebpf,
+}
+
+impl NoopProgram {
+    /// Loads the program (without attaching it).
+    pub fn load() -> Result<Self> {
+        ensure_built(NOOP_OBJECT)?;
+        let mut ebpf = Ebpf::load(NOOP_OBJECT).context("loading the reference XDP object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(program_names::NOOP)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::NOOP))?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the reference XDP program")?;
+        Ok(Self { ebpf })
+    }
+
+    /// The program, for `BPF_PROG_TEST_RUN` or attaching.
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(program_names::NOOP)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// Attaches it to `interface` in native mode; it stays attached while `self` lives.
+    pub fn attach(&mut self, interface: &str) -> Result<()> {
+        let ifindex = netif::index(interface)?;
+        attach_in(self.program_mut(), ifindex, AyaXdpMode::Driver)
+            .with_context(|| format!("attaching the reference program to {interface}"))?;
+        Ok(())
+    }
 }

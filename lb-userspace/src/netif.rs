@@ -22,6 +22,7 @@ pub fn index(name: &str) -> Result<u32> {
 /// for an interface that does not forward.
 pub fn ipv4_forwarding(name: &str) -> Result<bool> {
     let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-    let value = std::fs::read_to_string(&path).map_err(|error| anyhow::anyhow!("reading {path}: {error}"))?;
+    let value = std::fs::read_to_string(&path)
+        .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))?;
     Ok(value.trim() == "1")
 }

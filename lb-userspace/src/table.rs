@@ -18,8 +18,13 @@ pub fn smooth_weighted_sequence(backends: &[(u32, u32)]) -> Vec<u32> {
     if weighted.is_empty() {
         return Vec::new();
     }
-    let divisor = weighted.iter().fold(0, |acc, &(_, weight)| gcd(acc, weight));
-    let mut weights: Vec<u64> = weighted.iter().map(|&(_, weight)| weight / divisor).collect();
+    let divisor = weighted
+        .iter()
+        .fold(0, |acc, &(_, weight)| gcd(acc, weight));
+    let mut weights: Vec<u64> = weighted
+        .iter()
+        .map(|&(_, weight)| weight / divisor)
+        .collect();
     if weights.iter().sum::<u64>() > MAX_TABLE_SLOTS as u64 {
         weights = scale_to(&weights, MAX_TABLE_SLOTS as u64);
     }
@@ -44,7 +49,10 @@ pub fn smooth_weighted_sequence(backends: &[(u32, u32)]) -> Vec<u32> {
 
 /// A [`BackendTable`] holding `sequence`.
 pub fn backend_table(sequence: &[u32], generation: u32) -> BackendTable {
-    assert!(sequence.len() <= MAX_TABLE_SLOTS, "a table holds at most {MAX_TABLE_SLOTS} slots");
+    assert!(
+        sequence.len() <= MAX_TABLE_SLOTS,
+        "a table holds at most {MAX_TABLE_SLOTS} slots"
+    );
     let mut table = BackendTable::EMPTY;
     table.len = sequence.len() as u32;
     table.generation = generation;
@@ -61,8 +69,11 @@ fn scale_to(weights: &[u64], capacity: u64) -> Vec<u64> {
     let total: u64 = weights.iter().sum();
     let spare = capacity - count;
     let mut scaled: Vec<u64> = weights.iter().map(|w| 1 + w * spare / total).collect();
-    let mut by_remainder: Vec<(u64, usize)> =
-        weights.iter().enumerate().map(|(i, w)| (w * spare % total, i)).collect();
+    let mut by_remainder: Vec<(u64, usize)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w * spare % total, i))
+        .collect();
     by_remainder.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut used: u64 = scaled.iter().sum();
     for (_, i) in by_remainder {
@@ -95,18 +106,30 @@ mod tests {
 
     #[test]
     fn equal_weights_take_turns() {
-        assert_eq!(smooth_weighted_sequence(&[(7, 1), (8, 1), (9, 1)]), [7, 8, 9]);
-        assert_eq!(smooth_weighted_sequence(&[(7, 5), (8, 5), (9, 5)]), [7, 8, 9]);
+        assert_eq!(
+            smooth_weighted_sequence(&[(7, 1), (8, 1), (9, 1)]),
+            [7, 8, 9]
+        );
+        assert_eq!(
+            smooth_weighted_sequence(&[(7, 5), (8, 5), (9, 5)]),
+            [7, 8, 9]
+        );
     }
 
     #[test]
     fn weights_are_spread_not_bunched() {
         // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-        assert_eq!(smooth_weighted_sequence(&[(1, 5), (2, 1), (3, 1)]), [1, 1, 2, 1, 3, 1, 1]);
+        assert_eq!(
+            smooth_weighted_sequence(&[(1, 5), (2, 1), (3, 1)]),
+            [1, 1, 2, 1, 3, 1, 1]
+        );
         let sequence = smooth_weighted_sequence(&[(1, 3), (2, 3), (3, 1)]);
         assert_eq!(shares(&sequence), HashMap::from([(1, 3), (2, 3), (3, 1)]));
         // No backend of weight 3 takes more than two slots in a row.
-        assert!(sequence.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "{sequence:?}");
+        assert!(
+            sequence.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+            "{sequence:?}"
+        );
     }
 
     #[test]
@@ -127,10 +150,18 @@ mod tests {
         assert_eq!(counts.len(), 1000, "every backend keeps a slot");
         for (lighter, heavier) in backends.iter().zip(&backends[1..]) {
             if heavier.1 > lighter.1 {
-                assert!(counts[&heavier.0] >= counts[&lighter.0], "{lighter:?} vs {heavier:?}");
+                assert!(
+                    counts[&heavier.0] >= counts[&lighter.0],
+                    "{lighter:?} vs {heavier:?}"
+                );
             }
         }
-        assert!(counts[&255] > counts[&0], "{} vs {}", counts[&255], counts[&0]);
+        assert!(
+            counts[&255] > counts[&0],
+            "{} vs {}",
+            counts[&255],
+            counts[&0]
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ mod tests {
         let entry = backend_entry("[fd00::1]:8080".parse().unwrap(), 2);
         assert_eq!(entry.port.to_ne_bytes(), 8080u16.to_be_bytes());
         assert_eq!(entry.family, family::IPV6);
-        assert_eq!(ip_from_field(&entry.addr, entry.family), "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip_from_field(&entry.addr, entry.family),
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(entry.pool, 2);
     }
 }

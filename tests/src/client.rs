@@ -35,15 +35,22 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
 /// byte for byte, and returns the name of the backend that answered.
 pub async fn http_echo(vip: SocketAddr, payload: Vec<u8>) -> Result<String> {
     timeout(EXCHANGE_TIMEOUT, async {
-        let stream = TcpStream::connect(vip).await.with_context(|| format!("connecting to {vip}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream = TcpStream::connect(vip)
+            .await
+            .with_context(|| format!("connecting to {vip}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let sent = Bytes::from(payload);
         let request = Request::post("/echo")
             .header(HOST, vip.to_string())
             .body(Full::new(sent.clone()))?;
         let response = sender.send_request(request).await.context("HTTP request")?;
-        ensure!(response.status().is_success(), "HTTP status {}", response.status());
+        ensure!(
+            response.status().is_success(),
+            "HTTP status {}",
+            response.status()
+        );
         let backend = response
             .headers()
             .get(BACKEND_HEADER)
@@ -71,12 +78,17 @@ pub async fn udp_echo(vip: SocketAddr, payload: &[u8], datagrams: usize) -> Resu
             .await
             .with_context(|| format!("no UDP reply from {vip} to datagram {n}"))??;
         let reply = &buffer[..len];
-        let split = reply.iter().position(|&b| b == b'\n').context("reply without a name")?;
+        let split = reply
+            .iter()
+            .position(|&b| b == b'\n')
+            .context("reply without a name")?;
         let name = String::from_utf8_lossy(&reply[..split]).into_owned();
         check_echo(payload, &reply[split + 1..])?;
         match &backend {
             None => backend = Some(name),
-            Some(first) if *first != name => bail!("one UDP flow was answered by {first} and then {name}"),
+            Some(first) if *first != name => {
+                bail!("one UDP flow was answered by {first} and then {name}")
+            }
             Some(_) => {}
         }
     }

@@ -29,7 +29,9 @@ pub fn delete_all_with_prefix(prefix: &str) -> Result<Vec<String>> {
     let output = run(Command::new("ip").args(["netns", "list"]))?;
     let mut deleted = Vec::new();
     for line in output.lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
         if name.starts_with(prefix) {
             let _ = run(Command::new("ip").args(["netns", "delete", name]));
             deleted.push(name.to_owned());
@@ -62,7 +64,9 @@ impl Netns {
 
     /// Runs `ip -n <name> <args>`; `args` is split on whitespace.
     pub fn ip(&self, args: &str) -> Result<String> {
-        run(Command::new("ip").args(["-n", &self.name]).args(args.split_whitespace()))
+        run(Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace()))
     }
 
     /// Runs `program args...` inside the namespace and returns its standard output.
@@ -92,7 +96,11 @@ impl Netns {
                 .spawn(|| {
                     // SAFETY: setns on this thread only, with a valid namespace descriptor.
                     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+                        bail!(
+                            "setns into {}: {}",
+                            self.name,
+                            std::io::Error::last_os_error()
+                        );
                     }
                     Ok(f())
                 })
@@ -104,7 +112,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }
 

@@ -91,12 +91,25 @@ impl Frame {
 
     /// A TCP SYN from `src` to `dst`.
     pub fn tcp(src: &str, dst: &str) -> Self {
-        Self::new(parse(src), parse(dst), Transport::Tcp { flags: TCP_SYN, seq: 1_000 })
+        Self::new(
+            parse(src),
+            parse(dst),
+            Transport::Tcp {
+                flags: TCP_SYN,
+                seq: 1_000,
+            },
+        )
     }
 
     /// A UDP datagram from `src` to `dst`, with a checksum.
     pub fn udp(src: &str, dst: &str) -> Self {
-        Self::new(parse(src), parse(dst), Transport::Udp { zero_checksum: false })
+        Self::new(
+            parse(src),
+            parse(dst),
+            Transport::Udp {
+                zero_checksum: false,
+            },
+        )
     }
 
     /// The same frame with other fields, for fluent construction.
@@ -132,9 +145,15 @@ impl Frame {
             }
         };
         let check_at = if proto == 6 { 16 } else { 6 };
-        let skip_l4_checksum = matches!(self.transport, Transport::Udp { zero_checksum: true });
+        let skip_l4_checksum = matches!(
+            self.transport,
+            Transport::Udp {
+                zero_checksum: true
+            }
+        );
         if !skip_l4_checksum {
-            let mut check = csum::checksum(&l4, pseudo_header_sum(self.src, self.dst, proto, l4.len()));
+            let mut check =
+                csum::checksum(&l4, pseudo_header_sum(self.src, self.dst, proto, l4.len()));
             if proto == 17 && check == 0 {
                 check = 0xffff;
             }
@@ -146,7 +165,9 @@ impl Frame {
         let ihl = self.ihl_override.unwrap_or((header_len / 4) as u8);
         ip.push(self.version << 4 | ihl);
         ip.push(0); // TOS
-        let total = self.total_length_override.unwrap_or((header_len + l4.len()) as u16);
+        let total = self
+            .total_length_override
+            .unwrap_or((header_len + l4.len()) as u16);
         ip.extend_from_slice(&total.to_be_bytes());
         ip.extend_from_slice(&self.ip_id.to_be_bytes());
         ip.extend_from_slice(&self.ip_frag.to_be_bytes());
@@ -170,7 +191,9 @@ impl Frame {
 }
 
 fn parse(endpoint: &str) -> SocketAddrV4 {
-    endpoint.parse().unwrap_or_else(|_| panic!("{endpoint:?} is not IPv4:port"))
+    endpoint
+        .parse()
+        .unwrap_or_else(|_| panic!("{endpoint:?} is not IPv4:port"))
 }
 
 /// The one's-complement sum of the IPv4 pseudo header.
@@ -201,7 +224,10 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let src = SocketAddrV4::new([ip[12], ip[13], ip[14], ip[15]].into(), 0);
     let dst = SocketAddrV4::new([ip[16], ip[17], ip[18], ip[19]].into(), 0);
     if csum::checksum(l4, pseudo_header_sum(src, dst, proto, l4.len())) != 0 {
-        return Err(format!("bad {} checksum", if proto == 6 { "TCP" } else { "UDP" }));
+        return Err(format!(
+            "bad {} checksum",
+            if proto == 6 { "TCP" } else { "UDP" }
+        ));
     }
     Ok(())
 }
@@ -214,7 +240,11 @@ pub fn hex_diff(expected: &[u8], actual: &[u8]) -> String {
         for (label, bytes) in [("expected", expected), ("actual  ", actual)] {
             let _ = write!(out, "{label} {row:04x}:");
             for i in row..(row + 16).min(len) {
-                let mark = if expected.get(i) != actual.get(i) { '*' } else { ' ' };
+                let mark = if expected.get(i) != actual.get(i) {
+                    '*'
+                } else {
+                    ' '
+                };
                 match bytes.get(i) {
                     Some(b) => {
                         let _ = write!(out, "{mark}{b:02x}");
@@ -237,7 +267,8 @@ mod tests {
         for frame in [
             Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"),
             Frame::udp("198.18.0.2:40000", "198.18.100.1:53"),
-            Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ip_options = vec![1, 1, 1, 0]),
+            Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
+                .with(|f| f.ip_options = vec![1, 1, 1, 0]),
             Frame::udp("198.18.0.2:1", "198.18.100.1:53").with(|f| f.payload = vec![0xff; 33]),
         ] {
             let bytes = frame.build();

@@ -19,7 +19,10 @@ pub fn bin_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable without a directory")?.to_owned();
+    let mut dir = exe
+        .parent()
+        .context("executable without a directory")?
+        .to_owned();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -91,12 +94,20 @@ impl Process {
                 drop(lines);
                 // Let the readers drain what is left.
                 thread::sleep(Duration::from_millis(50));
-                bail!("{} exited ({status}) before printing {needle:?}:\n{}", self.name, self.output());
+                bail!(
+                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(lines);
-                bail!("{} did not print {needle:?} within {timeout:?}:\n{}", self.name, self.output());
+                bail!(
+                    "{} did not print {needle:?} within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
             lines = self.output.changed.wait_timeout(lines, wait).unwrap().0;
@@ -112,7 +123,11 @@ impl Process {
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
         // SAFETY: kill(2) on the PID of a child we own and have not reaped.
         if unsafe { libc::kill(self.child.id() as libc::pid_t, signal) } != 0 {
-            bail!("kill {}: {}", self.child.id(), std::io::Error::last_os_error());
+            bail!(
+                "kill {}: {}",
+                self.child.id(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -132,7 +147,11 @@ impl Process {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        Err(anyhow!("{} did not stop within {timeout:?} after SIGTERM:\n{}", self.name, self.output()))
+        Err(anyhow!(
+            "{} did not stop within {timeout:?} after SIGTERM:\n{}",
+            self.name,
+            self.output()
+        ))
     }
 
     /// Whether the process has exited.

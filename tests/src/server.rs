@@ -59,11 +59,19 @@ pub async fn bind_and_serve(
     ready: impl FnOnce(),
 ) -> Result<()> {
     let http = match http {
-        Some(address) => Some(TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?),
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
         None => None,
     };
     let udp = match udp {
-        Some(address) => Some(UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?),
+        Some(address) => Some(
+            UdpSocket::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
         None => None,
     };
     ready();

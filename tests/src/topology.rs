@@ -61,6 +61,7 @@ pub struct Lab {
     pub switch: Netns,
     /// The balancer's interfaces, for its config.
     pub balancer_interfaces: Vec<String>,
+    wiring: Wiring,
 }
 
 impl Lab {
@@ -77,6 +78,7 @@ impl Lab {
                 Wiring::OneInterface => vec!["eth0".into()],
                 Wiring::TwoInterfaces => vec!["eth0".into(), "eth1".into()],
             },
+            wiring,
         };
         lab.wire(wiring).context("building the test network")?;
         Ok(lab)
@@ -125,6 +127,15 @@ impl Lab {
         Ok(())
     }
 
+    /// The far ends of the balancer's links: (host, interface). XDP_TX on a veth reaches the
+    /// peer promptly only if the peer runs an XDP program, so tests attach one there.
+    pub fn balancer_peers(&self) -> Vec<(&Netns, &'static str)> {
+        match self.wiring {
+            Wiring::OneInterface => vec![(&self.switch, "lb")],
+            Wiring::TwoInterfaces => vec![(&self.client, "eth0"), (&self.switch, "lb")],
+        }
+    }
+
     /// The address of a backend server on `port`.
     pub fn backend_endpoint(&self, index: usize, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(backend_addr(index), port))
@@ -133,10 +144,19 @@ impl Lab {
 
 /// A veth pair with one end in each namespace, both up, with the offloads set as the module
 /// documentation explains.
+///
+/// The order matters: a veth accepts XDP_REDIRECTed frames only if its peer had GRO (or an
+/// XDP program) when the veth came up, because the kernel computes its `ndo_xdp_xmit`
+/// capability then. So both ends get their offloads before either comes up.
 fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    a.ip(&format!("link add name {a_name} type veth peer name {b_name} netns {}", b.name()))?;
+    a.ip(&format!(
+        "link add name {a_name} type veth peer name {b_name} netns {}",
+        b.name()
+    ))?;
     for (ns, name) in [(a, a_name), (b, b_name)] {
         ns.exec("ethtool", &["-K", name, "tx", "off", "gro", "on"])?;
+    }
+    for (ns, name) in [(a, a_name), (b, b_name)] {
         ns.ip(&format!("link set dev {name} up"))?;
     }
     Ok(())

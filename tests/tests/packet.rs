@@ -32,10 +32,16 @@ const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 fn verdict_name(verdict: u32) -> &'static str {
-    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"]
-        .get(verdict as usize)
-        .copied()
-        .unwrap_or("unknown verdict")
+    [
+        "XDP_ABORTED",
+        "XDP_DROP",
+        "XDP_PASS",
+        "XDP_TX",
+        "XDP_REDIRECT",
+    ]
+    .get(verdict as usize)
+    .copied()
+    .unwrap_or("unknown verdict")
 }
 
 const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -106,12 +112,19 @@ fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
         let config = Config::parse(CONFIG).expect("valid config");
         let mut dataplane = Dataplane::load(config.flow_table_size).expect("loading the program");
         let mut balancer = Balancer::new();
-        balancer.apply(&config, &mut dataplane.maps).expect("applying the config");
+        balancer
+            .apply(&config, &mut dataplane.maps)
+            .expect("applying the config");
         let c0 = netif::index("c0").unwrap();
         let s0 = netif::index("s0").unwrap();
         dataplane.maps.add_egress_port(c0).unwrap();
         dataplane.maps.add_egress_port(s0).unwrap();
-        let mut lab = PacketLab { dataplane, balancer, c0, s0 };
+        let mut lab = PacketLab {
+            dataplane,
+            balancer,
+            c0,
+            s0,
+        };
         test(&mut lab);
     })
     .expect("entering the namespace");
@@ -165,8 +178,17 @@ impl PacketLab {
     }
 
     fn service_new_flows(&self, name: &str) -> u64 {
-        let service = self.balancer.services().iter().find(|s| s.name == name).unwrap();
-        self.dataplane.maps.service_counters(service.id).unwrap().new_flows
+        let service = self
+            .balancer
+            .services()
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap();
+        self.dataplane
+            .maps
+            .service_counters(service.id)
+            .unwrap()
+            .new_flows
     }
 
     fn event(&self, event: u32) -> u64 {
@@ -204,17 +226,32 @@ fn new_flows_take_backends_in_turn_and_established_flows_stay() {
             // Backend 198.18.1.N has MAC 02:00:00:00:01:N (N written in hex).
             let mac = backend_mac(0x10 + backend - 10);
             let output = to_backend(&input, &format!("198.18.1.{backend}:8080"), mac, S0_MAC);
-            lab.expect(&format!("new flow {}", i + 2), &input, lab.c0, XDP_REDIRECT, &output);
+            lab.expect(
+                &format!("new flow {}", i + 2),
+                &input,
+                lab.c0,
+                XDP_REDIRECT,
+                &output,
+            );
         }
 
         // Later packets of the first flow stay on its backend, whatever the cursor says.
         for seq in 1..4 {
             let later = first.clone().with(|f| {
-                f.transport = Transport::Tcp { flags: TCP_ACK, seq: 1_000 + seq };
+                f.transport = Transport::Tcp {
+                    flags: TCP_ACK,
+                    seq: 1_000 + seq,
+                };
                 f.payload = vec![seq as u8; 100 * seq as usize];
             });
             let output = to_backend(&later, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
-            lab.expect(&format!("established packet {seq}"), &later, lab.c0, XDP_REDIRECT, &output);
+            lab.expect(
+                &format!("established packet {seq}"),
+                &later,
+                lab.c0,
+                XDP_REDIRECT,
+                &output,
+            );
         }
         assert_eq!(lab.service_new_flows("web"), 6);
         let flows = lab.dataplane.maps.flows();
@@ -231,7 +268,10 @@ fn replies_are_translated_back_to_the_vip() {
         assert_eq!(verdict, XDP_REDIRECT);
 
         let reply = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40000").with(|f| {
-            f.transport = Transport::Tcp { flags: TCP_ACK | 0x02, seq: 77 };
+            f.transport = Transport::Tcp {
+                flags: TCP_ACK | 0x02,
+                seq: 77,
+            };
             f.eth_dst = S0_MAC;
             f.eth_src = backend_mac(0x11);
         });
@@ -257,12 +297,25 @@ fn udp_flows_are_balanced_and_a_zero_checksum_stays_zero() {
         let output = to_backend(&first, "198.18.1.11:5353", backend_mac(0x11), S0_MAC);
         lab.expect("udp new flow", &first, lab.c0, XDP_REDIRECT, &output);
 
-        let unchecked = Frame::udp("198.18.0.2:5001", "198.18.100.1:53")
-            .with(|f| f.transport = Transport::Udp { zero_checksum: true });
+        let unchecked = Frame::udp("198.18.0.2:5001", "198.18.100.1:53").with(|f| {
+            f.transport = Transport::Udp {
+                zero_checksum: true,
+            }
+        });
         let output = to_backend(&unchecked, "198.18.1.12:5353", backend_mac(0x12), S0_MAC);
         let built = output.build();
-        assert_eq!(&built[40..42], &[0, 0], "the expected frame keeps a zero checksum");
-        lab.expect("udp without checksum", &unchecked, lab.c0, XDP_REDIRECT, &output);
+        assert_eq!(
+            &built[40..42],
+            &[0, 0],
+            "the expected frame keeps a zero checksum"
+        );
+        lab.expect(
+            "udp without checksum",
+            &unchecked,
+            lab.c0,
+            XDP_REDIRECT,
+            &output,
+        );
 
         // Ethernet padding after the IP packet is carried along untouched.
         let mut padded = Frame::udp("198.18.0.2:5002", "198.18.100.1:53").build();
@@ -287,13 +340,25 @@ fn forwarding_follows_the_fib() {
         // The backend is behind the interface the packet came in on: XDP_TX.
         let input = Frame::tcp("198.18.0.2:40000", "198.18.100.2:80");
         let output = to_backend(&input, "198.18.0.21:8080", [0x02, 0, 0, 0, 0, 0x21], LB_MAC);
-        lab.expect("backend on the ingress interface", &input, lab.c0, XDP_TX, &output);
+        lab.expect(
+            "backend on the ingress interface",
+            &input,
+            lab.c0,
+            XDP_TX,
+            &output,
+        );
 
         // No neighbour entry for the backend yet: the rewritten packet goes to the kernel,
         // which resolves the neighbour and forwards it (so TTL and MACs are left to it).
         let input = Frame::tcp("198.18.0.2:40000", "198.18.100.3:80");
         let output = input.clone().with(|f| f.dst = endpoint("198.18.1.99:8080"));
-        lab.expect("backend without a neighbour entry", &input, lab.c0, XDP_PASS, &output);
+        lab.expect(
+            "backend without a neighbour entry",
+            &input,
+            lab.c0,
+            XDP_PASS,
+            &output,
+        );
         assert_eq!(lab.event(events::FIB_NO_NEIGHBOUR), 1);
     });
 }
@@ -305,7 +370,13 @@ fn ip_options_are_honoured() {
         let input = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
             .with(|f| f.ip_options = vec![0x01, 0x01, 0x01, 0x00]);
         let output = to_backend(&input, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
-        lab.expect("IPv4 header with options", &input, lab.c0, XDP_REDIRECT, &output);
+        lab.expect(
+            "IPv4 header with options",
+            &input,
+            lab.c0,
+            XDP_REDIRECT,
+            &output,
+        );
     });
 }
 
@@ -314,18 +385,34 @@ fn ip_options_are_honoured() {
 fn traffic_that_is_not_for_a_service_passes_untouched() {
     with_lab(|lab| {
         let cases = [
-            ("other port", Frame::tcp("198.18.0.2:40000", "198.18.100.1:81")),
-            ("other address", Frame::tcp("198.18.0.2:40000", "198.18.100.9:80")),
-            ("udp to a tcp service", Frame::udp("198.18.0.2:40000", "198.18.100.1:80")),
-            ("tcp to a udp service", Frame::tcp("198.18.0.2:40000", "198.18.100.1:53")),
-            ("to the balancer itself", Frame::tcp("198.18.0.2:40000", "198.18.0.1:22")),
+            (
+                "other port",
+                Frame::tcp("198.18.0.2:40000", "198.18.100.1:81"),
+            ),
+            (
+                "other address",
+                Frame::tcp("198.18.0.2:40000", "198.18.100.9:80"),
+            ),
+            (
+                "udp to a tcp service",
+                Frame::udp("198.18.0.2:40000", "198.18.100.1:80"),
+            ),
+            (
+                "tcp to a udp service",
+                Frame::tcp("198.18.0.2:40000", "198.18.100.1:53"),
+            ),
+            (
+                "to the balancer itself",
+                Frame::tcp("198.18.0.2:40000", "198.18.0.1:22"),
+            ),
         ];
         for (case, frame) in cases {
             lab.expect_untouched(case, &frame.build(), lab.c0);
         }
         let arp = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x0806);
         lab.expect_untouched("ARP", &arp.build(), lab.c0);
-        let vlan = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x8100);
+        let vlan =
+            Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x8100);
         lab.expect_untouched("VLAN-tagged", &vlan.build(), lab.c0);
         assert_eq!(lab.service_new_flows("web"), 0);
     });
@@ -343,17 +430,44 @@ fn malformed_packets_are_never_rewritten() {
         }
         let udp = Frame::udp("198.18.0.2:5000", "198.18.100.1:53").build();
         for len in 14..udp.len() {
-            lab.expect_untouched(&format!("UDP truncated to {len} bytes"), &udp[..len], lab.c0);
+            lab.expect_untouched(
+                &format!("UDP truncated to {len} bytes"),
+                &udp[..len],
+                lab.c0,
+            );
         }
 
         let cases = [
-            ("IHL below 5", valid.clone().with(|f| f.ihl_override = Some(4))),
-            ("IHL beyond the packet", valid.clone().with(|f| f.ihl_override = Some(15))),
-            ("version 6 in an IPv4 frame", valid.clone().with(|f| f.version = 6)),
-            ("total length beyond the frame", valid.clone().with(|f| f.total_length_override = Some(1_400))),
-            ("total length shorter than the headers", valid.clone().with(|f| f.total_length_override = Some(30))),
-            ("TCP data offset below 5", valid.clone().with(|f| f.tcp_doff_override = Some(4))),
-            ("TCP data offset beyond the segment", valid.clone().with(|f| f.tcp_doff_override = Some(15))),
+            (
+                "IHL below 5",
+                valid.clone().with(|f| f.ihl_override = Some(4)),
+            ),
+            (
+                "IHL beyond the packet",
+                valid.clone().with(|f| f.ihl_override = Some(15)),
+            ),
+            (
+                "version 6 in an IPv4 frame",
+                valid.clone().with(|f| f.version = 6),
+            ),
+            (
+                "total length beyond the frame",
+                valid
+                    .clone()
+                    .with(|f| f.total_length_override = Some(1_400)),
+            ),
+            (
+                "total length shorter than the headers",
+                valid.clone().with(|f| f.total_length_override = Some(30)),
+            ),
+            (
+                "TCP data offset below 5",
+                valid.clone().with(|f| f.tcp_doff_override = Some(4)),
+            ),
+            (
+                "TCP data offset beyond the segment",
+                valid.clone().with(|f| f.tcp_doff_override = Some(15)),
+            ),
             ("TTL 1", valid.clone().with(|f| f.ttl = 1)),
             ("TTL 0", valid.clone().with(|f| f.ttl = 0)),
             ("first fragment", valid.clone().with(|f| f.ip_frag = IP_MF)),
@@ -367,12 +481,20 @@ fn malformed_packets_are_never_rewritten() {
         bad_udp[38..40].copy_from_slice(&500u16.to_be_bytes());
         lab.expect_untouched("UDP length beyond the packet", &bad_udp, lab.c0);
 
-        assert_eq!(lab.service_new_flows("web"), 0, "no malformed packet created a flow");
+        assert_eq!(
+            lab.service_new_flows("web"),
+            0,
+            "no malformed packet created a flow"
+        );
         assert_eq!(lab.service_new_flows("dns"), 0);
         assert!(lab.dataplane.maps.flows().is_empty());
         assert_eq!(lab.event(events::TTL_EXPIRED), 2);
         assert_eq!(lab.event(events::FRAGMENT), 2);
-        assert!(lab.event(events::MALFORMED) >= 7, "malformed: {}", lab.event(events::MALFORMED));
+        assert!(
+            lab.event(events::MALFORMED) >= 7,
+            "malformed: {}",
+            lab.event(events::MALFORMED)
+        );
     });
 }
 
@@ -384,7 +506,13 @@ fn an_empty_table_drops_new_flows_but_keeps_established_ones() {
         let output = to_backend(&established, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
         lab.expect("before", &established, lab.c0, XDP_REDIRECT, &output);
 
-        let web = lab.balancer.services().iter().find(|s| s.name == "web").unwrap().id;
+        let web = lab
+            .balancer
+            .services()
+            .iter()
+            .find(|s| s.name == "web")
+            .unwrap()
+            .id;
         lab.dataplane
             .maps
             .publish_table(table_index(web, 0), &BackendTable::EMPTY)
@@ -392,10 +520,23 @@ fn an_empty_table_drops_new_flows_but_keeps_established_ones() {
 
         let new = Frame::tcp("198.18.0.2:40001", "198.18.100.1:80");
         let (verdict, _) = lab.run(&new.build(), lab.c0);
-        assert_eq!(verdict_name(verdict), verdict_name(XDP_DROP), "a new flow with no backend");
-        assert_eq!(lab.dataplane.maps.service_counters(web).unwrap().no_backend, 1);
+        assert_eq!(
+            verdict_name(verdict),
+            verdict_name(XDP_DROP),
+            "a new flow with no backend"
+        );
+        assert_eq!(
+            lab.dataplane.maps.service_counters(web).unwrap().no_backend,
+            1
+        );
         assert_eq!(lab.event(events::NO_BACKEND), 1);
 
-        lab.expect("established flow after the swap", &established, lab.c0, XDP_REDIRECT, &output);
+        lab.expect(
+            "established flow after the swap",
+            &established,
+            lab.c0,
+            XDP_REDIRECT,
+            &output,
+        );
     });
 }
