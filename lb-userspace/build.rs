@@ -7,14 +7,26 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     // Building the object depends on the bpf-linker binary, which cargo cannot track itself.
-    println!("cargo:rerun-if-env-changed=PATH");
     let Ok(bpf_linker) = which::which("bpf-linker") else {
         // Without bpf-linker the object cannot be built. Leave an empty one so that the pure
         // logic can still be checked, linted and unit-tested; loading it fails with a message
-        // that says how to get the real one (see dataplane::Dataplane::load).
+        // that says how to get the real one (see dataplane::Dataplane::load). Watching the
+        // path where `cargo xtask setup` installs bpf-linker makes cargo run this script again
+        // once it is there.
         println!(
             "cargo:warning=bpf-linker not found: building xlb WITHOUT its XDP program; run `cargo xtask setup`"
         );
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo"))
+            });
+        if let Some(cargo_home) = cargo_home {
+            println!(
+                "cargo:rerun-if-changed={}",
+                cargo_home.join("bin/bpf-linker").display()
+            );
+        }
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
         for object in ["xlb", "xlb-noop"] {
             std::fs::write(std::path::Path::new(&out_dir).join(object), [])?;

@@ -75,13 +75,9 @@ fn scale_to(weights: &[u64], capacity: u64) -> Vec<u64> {
         .map(|(i, w)| (w * spare % total, i))
         .collect();
     by_remainder.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut used: u64 = scaled.iter().sum();
-    for (_, i) in by_remainder {
-        if used >= capacity {
-            break;
-        }
+    let used: u64 = scaled.iter().sum();
+    for (_, i) in by_remainder.into_iter().take((capacity - used) as usize) {
         scaled[i] += 1;
-        used += 1;
     }
     scaled
 }

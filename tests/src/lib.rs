@@ -6,5 +6,6 @@ pub mod client;
 pub mod netns;
 pub mod packet;
 pub mod process;
+pub mod scenario;
 pub mod server;
 pub mod topology;

@@ -1,0 +1,140 @@
+//! `cargo xtask demo`: xlb balancing real traffic between namespaces, end to end.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Result, bail};
+use xlb_tests::{
+    netns::run_prefix,
+    scenario::{
+        HTTP_PORT, TCP_SERVICE_PORT, UDP_PORT, UDP_SERVICE_PORT, backend_name, balancer_config,
+        run_traffic, start_backends, start_xlb, tally,
+    },
+    topology::{Lab, VIP, Wiring, backend_addr},
+};
+
+use crate::{
+    cargo,
+    janitor::Janitor,
+    setup,
+    steps::{Steps, note},
+};
+
+const CONNECTIONS: usize = 30;
+const FLOWS: usize = 30;
+const BACKENDS: usize = 3;
+
+/// Runs `cargo xtask demo`.
+pub fn run() -> Result<()> {
+    let mut steps = Steps::new("demo", setup::STEPS + 7);
+    setup::run(&mut steps)?;
+    steps.run("build (cargo build --bins)", cargo::build_binaries)?;
+    let bin_dir = cargo::bin_dir()?;
+    // SAFETY: no other thread runs yet; the harness reads this to find the binaries.
+    unsafe { std::env::set_var("XLB_BIN_DIR", &bin_dir) };
+    let _janitor = Janitor::install(run_prefix())?;
+
+    let lab = steps.run(
+        &format!("network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a namespace"),
+        || Lab::new(Wiring::TwoInterfaces, BACKENDS),
+    )?;
+    let _backends = steps.run(
+        &format!("backends: HTTP echo on :{HTTP_PORT}, UDP echo on :{UDP_PORT}"),
+        || start_backends(&lab),
+    )?;
+    let config = balancer_config(&lab, "auto");
+    let mut xlb = steps.run("xlb run (attach XDP, fill the maps)", || {
+        start_xlb(&lab.balancer, &config)
+    })?;
+    for line in config
+        .lines()
+        .filter(|l| l.starts_with("listen") || l.starts_with("interfaces"))
+    {
+        note(line);
+    }
+    for line in xlb.output().lines().filter(|l| l.contains("attached")) {
+        note(line);
+    }
+
+    let traffic = steps.run(
+        &format!(
+            "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
+             {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
+        ),
+        || {
+            run_traffic(&lab, CONNECTIONS, FLOWS)
+                .map_err(|e| e.context(format!("xlb's log:\n{}", xlb.output())))
+        },
+    )?;
+    steps.run("stop xlb (SIGTERM: detach)", || {
+        let status = xlb.stop(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("xlb exited with {status}:\n{}", xlb.output());
+        }
+        Ok(())
+    })?;
+    let counted = counted_flows(&xlb.output());
+
+    println!();
+    println!(
+        "xlb balanced {CONNECTIONS} TCP connections and {FLOWS} UDP flows over {BACKENDS} backends:"
+    );
+    println!();
+    println!(
+        "{:<8} {:<14} {:>16} {:>11}   {:>20}",
+        "backend", "address", "TCP connections", "UDP flows", "xlb counted TCP/UDP"
+    );
+    let tcp = tally(&traffic.tcp);
+    let udp = tally(&traffic.udp);
+    for i in 0..BACKENDS {
+        let name = backend_name(i);
+        let addr = backend_addr(i);
+        let count = |map: &BTreeMap<String, usize>| map.get(&name).copied().unwrap_or(0);
+        let xlb_tcp = counted
+            .get(&format!("{addr}:{HTTP_PORT}"))
+            .copied()
+            .unwrap_or(0);
+        let xlb_udp = counted
+            .get(&format!("{addr}:{UDP_PORT}"))
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "{name:<8} {:<14} {:>16} {:>11}   {:>20}",
+            addr.to_string(),
+            count(&tcp),
+            count(&udp),
+            format!("{xlb_tcp}/{xlb_udp}")
+        );
+    }
+    println!(
+        "{:<8} {:<14} {:>16} {:>11}",
+        "total",
+        "",
+        traffic.tcp.len(),
+        traffic.udp.len()
+    );
+    println!();
+
+    steps.run("tear down the namespaces", || {
+        drop(lab);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// New flows per backend address, from the counters xlb logs when it stops.
+fn counted_flows(log: &str) -> BTreeMap<String, u64> {
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .map(|value| value.trim_matches('"').to_owned())
+    };
+    log.lines()
+        .filter(|line| line.contains("backend counters"))
+        .filter_map(|line| {
+            Some((
+                field(line, "backend=")?,
+                field(line, "new_flows=")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,163 @@
+//! Installs what building and testing xlb need, skipping what is already there: Debian
+//! packages, the nightly toolchain with rust-src (for `-Z build-std=core`), and bpf-linker
+//! built against the system's LLVM 22.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::steps::{Steps, note};
+
+/// Number of steps [`run`] takes.
+pub const STEPS: usize = 4;
+
+/// Debian packages the tests and the demo use: `ip`, `ethtool`, `sysctl`.
+const PACKAGES: &[&str] = &["iproute2", "ethtool", "procps"];
+/// The LLVM that bpf-linker is built against (it must match rustc's LLVM major version).
+const LLVM_PACKAGE: &str = "llvm-22-dev";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The bpf-linker release known to work with LLVM 22 here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Runs the setup steps.
+pub fn run(steps: &mut Steps) -> Result<()> {
+    steps.run("running as root", check_root)?;
+    steps.run(
+        &format!("Debian packages ({})", PACKAGES.join(", ")),
+        || ensure_packages(PACKAGES),
+    )?;
+    steps.run("Rust nightly toolchain with rust-src", ensure_nightly)?;
+    steps.run(
+        &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+        ensure_bpf_linker,
+    )?;
+    Ok(())
+}
+
+fn check_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "xlb's setup, tests and demo need root (packages, network namespaces, BPF); \
+             run them as root, e.g. `sudo -E cargo xtask test`"
+        );
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        note("already installed");
+        return Ok(());
+    }
+    note(&format!("installing {}", missing.join(" ")));
+    quiet(Command::new("apt-get").arg("update"), "apt-get update")?;
+    quiet(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
+fn ensure_nightly() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        note("installing the nightly toolchain");
+        quiet(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if components.lines().any(|line| line.starts_with("rust-src")) {
+        note("nightly and rust-src already installed");
+        return Ok(());
+    }
+    note("adding rust-src to nightly");
+    quiet(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src",
+    )
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if let Ok(version) = output(Command::new("bpf-linker").arg("--version")) {
+        note(&format!("already installed: {}", version.trim()));
+        return Ok(());
+    }
+    if !installed(LLVM_PACKAGE) {
+        note(&format!("installing {LLVM_PACKAGE}"));
+        ensure_packages(&[LLVM_PACKAGE])?;
+    }
+    note("building bpf-linker with cargo install (about a minute)");
+    quiet(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+        "cargo install bpf-linker",
+    )?;
+    output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but is not on PATH (add ~/.cargo/bin to PATH)")?;
+    Ok(())
+}
+
+/// Runs a command, showing its output only if it fails.
+fn quiet(command: &mut Command, what: &str) -> Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn output(command: &mut Command) -> Result<String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
