@@ -12,6 +12,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use lb_common::consts::limits;
@@ -90,6 +91,10 @@ pub struct ServiceConfig {
     pub scheduler: Scheduler,
     /// Backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Health checks: can a backend serve at all?
+    pub health: HealthConfig,
+    /// Load checks: is a backend busy? `None`: no load checks.
+    pub load: Option<LoadConfig>,
 }
 
 /// One backend of a service.
@@ -99,6 +104,85 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     /// Share of new flows relative to the other backends (0: none).
     pub weight: u32,
+    /// Port the health check connects to, if not the backend's own.
+    pub check_port: Option<u16>,
+    /// Port of the load agent, if not the service's `load.agent_port`.
+    pub agent_port: Option<u16>,
+}
+
+impl BackendConfig {
+    /// Where the health check goes.
+    pub fn check_address(&self) -> SocketAddr {
+        SocketAddr::new(
+            self.address.ip(),
+            self.check_port.unwrap_or(self.address.port()),
+        )
+    }
+}
+
+/// How a service's backends are health-checked (HAProxy's meaning of rise and fall).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What a check does.
+    pub check: HealthCheck,
+    /// Time between the starts of two checks of one backend.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passing checks that bring a Down backend Up.
+    pub rise: u32,
+    /// Consecutive failing checks that take an Up backend Down.
+    pub fall: u32,
+    /// After coming Up, the backend's weight ramps from nothing to full over this time.
+    pub slowstart: Option<Duration>,
+}
+
+/// One health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// No checks: backends are always Up.
+    None,
+    /// A TCP connection must be accepted.
+    Tcp,
+    /// An HTTP/1.1 GET must answer with a status in `expect`.
+    Http {
+        /// Request path.
+        path: String,
+        /// Accepted status codes, as inclusive ranges.
+        expect: Vec<(u16, u16)>,
+        /// Host header (default: the backend's address).
+        host: Option<String>,
+    },
+    /// A UDP datagram `send` must get a reply (equal to `expect`, if given).
+    Udp {
+        /// Payload sent.
+        send: Vec<u8>,
+        /// Reply required, if any.
+        expect: Option<Vec<u8>>,
+    },
+}
+
+/// How a service's backends are load-checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Port of the HAProxy-style agent on each backend (a backend may override it).
+    pub agent_port: Option<u16>,
+    /// Time between two load checks.
+    pub interval: Duration,
+    /// How long an agent may take to answer.
+    pub timeout: Duration,
+    /// A backend whose agent reports a weight below this percentage is Overloaded.
+    pub overload_below: Option<u32>,
+    /// A backend with more active flows than this is Overloaded.
+    pub max_flows: Option<u64>,
+}
+
+impl LoadConfig {
+    /// Where backend `backend`'s agent listens, if it has one.
+    pub fn agent_address(&self, backend: &BackendConfig) -> Option<SocketAddr> {
+        let port = backend.agent_port.or(self.agent_port)?;
+        Some(SocketAddr::new(backend.address.ip(), port))
+    }
 }
 
 /// One problem in a configuration file, at a 1-based line and column.
@@ -209,6 +293,8 @@ struct RawService {
     protocol: Option<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
     backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    health: Option<Spanned<RawHealth>>,
+    load: Option<Spanned<RawLoad>>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +302,33 @@ struct RawService {
 struct RawBackend {
     address: Option<Spanned<String>>,
     weight: Option<Spanned<i64>>,
+    check_port: Option<Spanned<i64>>,
+    agent_port: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    check: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+    send: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    slowstart: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    agent_port: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    overload_below: Option<Spanned<String>>,
+    max_flows: Option<Spanned<i64>>,
 }
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -226,6 +339,18 @@ const MAX_SERVICE_NAME: usize = 64;
 const MIN_FLOW_TABLE_SIZE: i64 = 1_024;
 /// Largest flow table (each entry costs about 150 bytes of kernel memory, twice).
 const MAX_FLOW_TABLE_SIZE: i64 = 1 << 26;
+/// Defaults of the health checks (HAProxy's: inter 2s, rise 2, fall 3).
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+/// Bounds of check and agent intervals.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Highest rise or fall.
+const MAX_RISE_FALL: i64 = 100;
+/// Default agent (load check) interval.
+const DEFAULT_LOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 struct Validator<'a> {
     text: &'a str,
@@ -454,6 +579,25 @@ impl Validator<'_> {
             }
             Some(backends) => self.backends(backends, &label, listen),
         };
+        let health = self.health(raw.health, protocol, &label);
+        let load = raw.load.map(|load| self.load(load, &label));
+        match &load {
+            None => {
+                if backends.iter().any(|b| b.agent_port.is_some()) {
+                    self.error(span, format!("{label}: a backend sets `agent_port` but the service has no `load` checks"));
+                }
+            }
+            Some(load) => {
+                let has_agent =
+                    load.agent_port.is_some() || backends.iter().any(|b| b.agent_port.is_some());
+                if !has_agent && load.max_flows.is_none() {
+                    self.error(span, format!("{label}: load: set `agent_port` (an agent reports the load) or `max_flows` (xlb counts active flows), or both"));
+                }
+                if load.overload_below.is_some() && !has_agent {
+                    self.error(span, format!("{label}: load: `overload_below` compares the agents' weights, so it needs `agent_port`"));
+                }
+            }
+        }
         if self.errors.len() > errors_before {
             return None;
         }
@@ -463,7 +607,323 @@ impl Validator<'_> {
             protocol,
             scheduler,
             backends,
+            health,
+            load,
         })
+    }
+
+    fn health(
+        &mut self,
+        raw: Option<Spanned<RawHealth>>,
+        protocol: Protocol,
+        label: &str,
+    ) -> HealthConfig {
+        let defaults = |check| HealthConfig {
+            check,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            slowstart: None,
+        };
+        let Some(raw) = raw else {
+            // TCP services are checked by connecting; a UDP service has no universal check.
+            return defaults(match protocol {
+                Protocol::Tcp => HealthCheck::Tcp,
+                Protocol::Udp => HealthCheck::None,
+            });
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let what = format!("{label}: health");
+        let kind = match &raw.check {
+            None => {
+                self.error(
+                    &span,
+                    format!("{what}: missing key `check` (\"tcp\", \"http\", \"udp\" or \"none\")"),
+                );
+                "none".to_owned()
+            }
+            Some(check) => check.get_ref().clone(),
+        };
+        // Keys that only some kinds of check take.
+        let only_for =
+            |validator: &mut Self, key: &Option<Spanned<String>>, name: &str, kinds: &[&str]| {
+                if let Some(value) = key
+                    && !kinds.contains(&kind.as_str())
+                {
+                    validator.error(
+                        &value.span(),
+                        format!("{what}: `{name}` does not apply to check = {kind:?}"),
+                    );
+                }
+            };
+        only_for(self, &raw.path, "path", &["http"]);
+        only_for(self, &raw.host, "host", &["http"]);
+        only_for(self, &raw.send, "send", &["udp"]);
+        only_for(self, &raw.expect, "expect", &["http", "udp"]);
+
+        let check = match kind.as_str() {
+            "none" => HealthCheck::None,
+            "tcp" => HealthCheck::Tcp,
+            "http" => {
+                let path = match &raw.path {
+                    None => "/".to_owned(),
+                    Some(path)
+                        if !path.get_ref().starts_with('/')
+                            || path.get_ref().chars().any(char::is_whitespace) =>
+                    {
+                        self.error(
+                            &path.span(),
+                            format!(
+                                "{what}: path {:?} must start with '/' and contain no spaces",
+                                path.get_ref()
+                            ),
+                        );
+                        "/".to_owned()
+                    }
+                    Some(path) => path.get_ref().clone(),
+                };
+                let expect = match &raw.expect {
+                    None => vec![(200, 399)],
+                    Some(expect) => {
+                        parse_status_ranges(expect.get_ref()).unwrap_or_else(|problem| {
+                            self.error(
+                                &expect.span(),
+                                format!("{what}: expect {:?}: {problem}", expect.get_ref()),
+                            );
+                            vec![(200, 399)]
+                        })
+                    }
+                };
+                let host = raw.host.as_ref().map(|host| {
+                    let value = host.get_ref();
+                    if value.is_empty()
+                        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        self.error(
+                            &host.span(),
+                            format!("{what}: host {value:?} is not a valid Host header"),
+                        );
+                    }
+                    value.clone()
+                });
+                HealthCheck::Http { path, expect, host }
+            }
+            "udp" => {
+                let send = match &raw.send {
+                    None => {
+                        self.error(&span, format!("{what}: a udp check needs `send`, the payload of the probe datagram"));
+                        Vec::new()
+                    }
+                    Some(send) if send.get_ref().is_empty() => {
+                        self.error(&send.span(), format!("{what}: `send` is empty"));
+                        Vec::new()
+                    }
+                    Some(send) => send.get_ref().as_bytes().to_vec(),
+                };
+                let expect = raw
+                    .expect
+                    .as_ref()
+                    .map(|expect| expect.get_ref().as_bytes().to_vec());
+                HealthCheck::Udp { send, expect }
+            }
+            other => {
+                if let Some(check) = &raw.check {
+                    self.error(&check.span(), format!("{what}: unknown check {other:?}, expected \"tcp\", \"http\", \"udp\" or \"none\""));
+                }
+                HealthCheck::None
+            }
+        };
+        let interval = self.duration_or(
+            &raw.interval,
+            &format!("{what}: interval"),
+            DEFAULT_CHECK_INTERVAL,
+            MIN_INTERVAL,
+            MAX_INTERVAL,
+        );
+        let timeout = self.duration_or(
+            &raw.timeout,
+            &format!("{what}: timeout"),
+            DEFAULT_CHECK_TIMEOUT.min(interval),
+            Duration::from_millis(1),
+            MAX_INTERVAL,
+        );
+        if let Some(raw_timeout) = &raw.timeout
+            && timeout > interval
+        {
+            self.error(
+                &raw_timeout.span(),
+                format!(
+                    "{what}: timeout {} is longer than the interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let rise = self.count_or(&raw.rise, &format!("{what}: rise"), DEFAULT_RISE);
+        let fall = self.count_or(&raw.fall, &format!("{what}: fall"), DEFAULT_FALL);
+        let slowstart = raw.slowstart.as_ref().and_then(|value| {
+            self.duration(
+                value,
+                &format!("{what}: slowstart"),
+                Duration::from_millis(1),
+                MAX_INTERVAL,
+            )
+        });
+        HealthConfig {
+            check,
+            interval,
+            timeout: timeout.min(interval),
+            rise,
+            fall,
+            slowstart,
+        }
+    }
+
+    fn load(&mut self, raw: Spanned<RawLoad>, label: &str) -> LoadConfig {
+        let raw = raw.into_inner();
+        let what = format!("{label}: load");
+        let agent_port = raw
+            .agent_port
+            .as_ref()
+            .and_then(|port| self.port(port, &format!("{what}: agent_port")));
+        let interval = self.duration_or(
+            &raw.interval,
+            &format!("{what}: interval"),
+            DEFAULT_LOAD_INTERVAL,
+            MIN_INTERVAL,
+            MAX_INTERVAL,
+        );
+        let timeout = self.duration_or(
+            &raw.timeout,
+            &format!("{what}: timeout"),
+            interval.min(DEFAULT_CHECK_TIMEOUT),
+            Duration::from_millis(1),
+            MAX_INTERVAL,
+        );
+        if let Some(raw_timeout) = &raw.timeout
+            && timeout > interval
+        {
+            self.error(
+                &raw_timeout.span(),
+                format!("{what}: timeout is longer than the interval"),
+            );
+        }
+        let overload_below = raw.overload_below.as_ref().and_then(|value| {
+            let parsed = value
+                .get_ref()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .filter(|n| *n <= 100);
+            if parsed.is_none() {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{what}: overload_below {:?} is not a percentage like \"20%\"",
+                        value.get_ref()
+                    ),
+                );
+            }
+            parsed
+        });
+        let max_flows = raw.max_flows.as_ref().and_then(|value| {
+            let n = *value.get_ref();
+            if (1..=i64::from(u32::MAX)).contains(&n) {
+                Some(n as u64)
+            } else {
+                self.error(
+                    &value.span(),
+                    format!("{what}: max_flows {n} is out of range 1..={}", u32::MAX),
+                );
+                None
+            }
+        });
+        LoadConfig {
+            agent_port,
+            interval,
+            timeout: timeout.min(interval),
+            overload_below,
+            max_flows,
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: &Spanned<String>,
+        what: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(duration) if (min..=max).contains(&duration) => Some(duration),
+            Ok(_) => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{what}: {:?} is out of range {}..={}",
+                        value.get_ref(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{what}: {:?} is not a duration like \"500ms\" or \"2s\" ({error})",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_or(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        what: &str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        value
+            .as_ref()
+            .and_then(|value| self.duration(value, what, min, max))
+            .unwrap_or(default)
+    }
+
+    fn count_or(&mut self, value: &Option<Spanned<i64>>, what: &str, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(value) if (1..=MAX_RISE_FALL).contains(value.get_ref()) => *value.get_ref() as u32,
+            Some(value) => {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{what}: {} is out of range 1..={MAX_RISE_FALL}",
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn port(&mut self, value: &Spanned<i64>, what: &str) -> Option<u16> {
+        match u16::try_from(*value.get_ref()) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                self.error(
+                    &value.span(),
+                    format!("{what}: {} is not a port (1..=65535)", value.get_ref()),
+                );
+                None
+            }
+        }
     }
 
     fn backends(
@@ -535,8 +995,21 @@ impl Validator<'_> {
                     }
                 }
             };
+            let check_port = raw
+                .check_port
+                .as_ref()
+                .and_then(|port| self.port(port, &format!("{label}: check_port")));
+            let agent_port = raw
+                .agent_port
+                .as_ref()
+                .and_then(|port| self.port(port, &format!("{label}: agent_port")));
             if let Some(address) = address {
-                backends.push(BackendConfig { address, weight });
+                backends.push(BackendConfig {
+                    address,
+                    weight,
+                    check_port,
+                    agent_port,
+                });
             }
         }
         if !backends.is_empty() && backends.iter().all(|backend| backend.weight == 0) {
@@ -575,6 +1048,29 @@ impl Validator<'_> {
             None => Some(address),
         }
     }
+}
+
+/// Parses HTTP status ranges like "200-399" or "200,204,301-302".
+fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let status = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|code| (100..=599).contains(code))
+            .ok_or_else(|| format!("{s:?} is not an HTTP status (100..=599)"))
+    };
+    text.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((low, high)) => {
+                let (low, high) = (status(low)?, status(high)?);
+                if low > high {
+                    return Err(format!("range {low}-{high} is empty"));
+                }
+                Ok((low, high))
+            }
+            None => status(part).map(|code| (code, code)),
+        })
+        .collect()
 }
 
 /// A [`ConfigError`] at the position of byte offset `span.start` of `text`.
@@ -648,11 +1144,15 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
             [
                 BackendConfig {
                     address: "198.18.1.11:8080".parse().unwrap(),
-                    weight: 1
+                    weight: 1,
+                    check_port: None,
+                    agent_port: None,
                 },
                 BackendConfig {
                     address: "198.18.1.12:8080".parse().unwrap(),
-                    weight: 2
+                    weight: 2,
+                    check_port: None,
+                    agent_port: None,
                 },
             ]
         );
@@ -819,5 +1319,190 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
             errors.to_string(),
             "/etc/xlb.toml:3:7: bad\n/etc/xlb.toml: worse"
         );
+    }
+
+    fn with_service_keys(keys: &str) -> String {
+        format!(
+            "interfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nlisten = \"198.18.100.1:80\"\nprotocol = \"tcp\"\nbackends = [ {{ address = \"198.18.1.11:8080\" }} ]\n{keys}\n"
+        )
+    }
+
+    #[test]
+    fn health_and_load_as_in_the_documentation() {
+        let text = r#"
+interfaces = ["eth0"]
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080", check_port = 8081, agent_port = 9778 }, { address = "198.18.1.12:8080" } ]
+health = { check = "http", path = "/", expect = "200-399", interval = "500ms", timeout = "300ms", rise = 2, fall = 3, slowstart = "5s" }
+load = { agent_port = 9777, interval = "1s", overload_below = "20%", max_flows = 10000 }
+"#;
+        let service = &Config::parse(text).unwrap().services[0];
+        assert_eq!(
+            service.health,
+            HealthConfig {
+                check: HealthCheck::Http {
+                    path: "/".into(),
+                    expect: vec![(200, 399)],
+                    host: None
+                },
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(300),
+                rise: 2,
+                fall: 3,
+                slowstart: Some(Duration::from_secs(5)),
+            }
+        );
+        let load = service.load.as_ref().unwrap();
+        assert_eq!(load.agent_port, Some(9777));
+        assert_eq!(load.interval, Duration::from_secs(1));
+        assert_eq!(load.overload_below, Some(20));
+        assert_eq!(load.max_flows, Some(10_000));
+        let (first, second) = (&service.backends[0], &service.backends[1]);
+        assert_eq!(first.check_address(), "198.18.1.11:8081".parse().unwrap());
+        assert_eq!(second.check_address(), "198.18.1.12:8080".parse().unwrap());
+        assert_eq!(
+            load.agent_address(first),
+            Some("198.18.1.11:9778".parse().unwrap())
+        );
+        assert_eq!(
+            load.agent_address(second),
+            Some("198.18.1.12:9777".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn health_defaults_depend_on_the_protocol() {
+        let config = Config::parse(VALID).unwrap();
+        assert_eq!(config.services[0].health.check, HealthCheck::Tcp);
+        assert_eq!(config.services[0].health.interval, Duration::from_secs(2));
+        assert_eq!(
+            (
+                config.services[0].health.rise,
+                config.services[0].health.fall
+            ),
+            (2, 3)
+        );
+        assert_eq!(
+            config.services[1].health.check,
+            HealthCheck::None,
+            "UDP has no default check"
+        );
+        assert_eq!(config.services[0].load, None);
+    }
+
+    #[test]
+    fn udp_and_http_checks() {
+        let udp = Config::parse(&with_service_keys(
+            r#"health = { check = "udp", send = "ping", expect = "pong", interval = "1s", timeout = "1s" }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            udp.services[0].health.check,
+            HealthCheck::Udp {
+                send: b"ping".to_vec(),
+                expect: Some(b"pong".to_vec())
+            }
+        );
+        let http = Config::parse(&with_service_keys(
+            r#"health = { check = "http", path = "/healthz", expect = "200,204,301-302", host = "app.example" }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            http.services[0].health.check,
+            HealthCheck::Http {
+                path: "/healthz".into(),
+                expect: vec![(200, 200), (204, 204), (301, 302)],
+                host: Some("app.example".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_health_and_load_settings_are_reported() {
+        for (keys, problem) in [
+            (r#"health = { check = "icmp" }"#, "unknown check \"icmp\""),
+            (r#"health = { interval = "1s" }"#, "missing key `check`"),
+            (
+                r#"health = { check = "tcp", interval = "soon" }"#,
+                "\"soon\" is not a duration",
+            ),
+            (
+                r#"health = { check = "tcp", interval = "1ms" }"#,
+                "is out of range 10ms..=1h",
+            ),
+            (
+                r#"health = { check = "tcp", interval = "1s", timeout = "2s" }"#,
+                "timeout 2s is longer than the interval 1s",
+            ),
+            (
+                r#"health = { check = "tcp", rise = 0 }"#,
+                "rise: 0 is out of range 1..=100",
+            ),
+            (
+                r#"health = { check = "tcp", fall = 1000 }"#,
+                "fall: 1000 is out of range",
+            ),
+            (
+                r#"health = { check = "tcp", path = "/" }"#,
+                "`path` does not apply to check = \"tcp\"",
+            ),
+            (
+                r#"health = { check = "http", send = "x" }"#,
+                "`send` does not apply",
+            ),
+            (
+                r#"health = { check = "http", expect = "2xx" }"#,
+                "\"2xx\" is not an HTTP status",
+            ),
+            (
+                r#"health = { check = "http", expect = "399-200" }"#,
+                "range 399-200 is empty",
+            ),
+            (
+                r#"health = { check = "http", path = "health" }"#,
+                "must start with '/'",
+            ),
+            (r#"health = { check = "udp" }"#, "a udp check needs `send`"),
+            (
+                r#"health = { check = "tcp", slowstart = "forever" }"#,
+                "slowstart",
+            ),
+            (
+                r#"health = { check = "tcp", retries = 3 }"#,
+                "unknown field `retries`",
+            ),
+            (r#"load = { interval = "1s" }"#, "set `agent_port`"),
+            (
+                r#"load = { max_flows = 10, overload_below = "20%" }"#,
+                "`overload_below` compares the agents' weights",
+            ),
+            (
+                r#"load = { agent_port = 70000 }"#,
+                "agent_port: 70000 is not a port",
+            ),
+            (
+                r#"load = { agent_port = 9777, overload_below = "20" }"#,
+                "is not a percentage",
+            ),
+            (
+                r#"load = { agent_port = 9777, overload_below = "120%" }"#,
+                "is not a percentage",
+            ),
+            (r#"load = { max_flows = 0 }"#, "max_flows 0 is out of range"),
+        ] {
+            let errors = errors_of(&with_service_keys(keys));
+            assert!(
+                errors.iter().any(|e| e.contains(problem)),
+                "{keys}: expected {problem:?} in {errors:#?}"
+            );
+        }
+        let agent_without_load = VALID.replace(
+            "{ address = \"198.18.1.11:8080\" }",
+            "{ address = \"198.18.1.11:8080\", agent_port = 9777 }",
+        );
+        assert!(errors_of(&agent_without_load)[0].contains("has no `load` checks"));
     }
 }

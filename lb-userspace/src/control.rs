@@ -18,7 +18,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Protocol, ServiceConfig},
+    config::{Config, Protocol},
     table::{backend_table, smooth_weighted_sequence},
     wire::{backend_entry, service_key},
 };
@@ -43,6 +43,40 @@ pub trait DataplaneMaps {
 /// Index in `BACKEND_TABLES` (and `RR_CURSORS`) of a service's pool.
 pub fn table_index(service_id: u32, pool: u32) -> u32 {
     service_id * MAX_POOLS_PER_SERVICE + pool
+}
+
+/// What the data plane should serve: a service and the weights its backends should have in
+/// its table right now (0: no new flows, but the backend and its flows stay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name (for logs and errors).
+    pub name: String,
+    /// Virtual IP and port.
+    pub listen: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Backends and their current weights, in config order.
+    pub backends: Vec<(SocketAddr, u32)>,
+}
+
+impl ServiceSpec {
+    /// Every service of `config` with every backend at its configured weight.
+    pub fn all_up(config: &Config) -> Vec<Self> {
+        config
+            .services
+            .iter()
+            .map(|service| Self {
+                name: service.name.clone(),
+                listen: service.listen,
+                protocol: service.protocol,
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|b| (b.address, b.weight))
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 /// A service as the data plane has it now.
@@ -121,19 +155,20 @@ impl Balancer {
         &self.services
     }
 
-    /// Makes the data plane serve `config`. Services and backends that stay keep their ids, so
-    /// their established flows keep working.
+    /// Makes the data plane serve `services`. Services and backends that stay keep their ids,
+    /// so their established flows keep working; only tables whose sequence changes are
+    /// published.
     pub fn apply(
         &mut self,
-        config: &Config,
+        services: &[ServiceSpec],
         maps: &mut impl DataplaneMaps,
     ) -> Result<ApplySummary> {
         let mut summary = ApplySummary::default();
         let mut previous = std::mem::take(&mut self.services);
         let mut retired_backends = Vec::new();
-        let mut applied = Vec::with_capacity(config.services.len());
+        let mut applied = Vec::with_capacity(services.len());
 
-        for service in &config.services {
+        for service in services {
             let existing = previous
                 .iter()
                 .position(|s| s.listen == service.listen && s.protocol == service.protocol)
@@ -168,7 +203,7 @@ impl Balancer {
 
     fn apply_service(
         &mut self,
-        service: &ServiceConfig,
+        service: &ServiceSpec,
         existing: Option<ServiceState>,
         maps: &mut impl DataplaneMaps,
         summary: &mut ApplySummary,
@@ -198,23 +233,17 @@ impl Balancer {
         state.name.clone_from(&service.name);
 
         let mut old_backends = std::mem::take(&mut state.backends);
-        for backend in &service.backends {
-            let id = match old_backends
-                .iter()
-                .position(|b| b.address == backend.address)
-            {
+        for &(address, weight) in &service.backends {
+            let id = match old_backends.iter().position(|b| b.address == address) {
                 Some(i) => old_backends.swap_remove(i).id,
                 None => {
                     let id = self
                         .backend_ids
                         .allocate()
                         .context("no free backend id (too many backends)")?;
-                    maps.set_backend(id, &backend_entry(backend.address, 0))
+                    maps.set_backend(id, &backend_entry(address, 0))
                         .with_context(|| {
-                            format!(
-                                "adding backend {} of service {}",
-                                backend.address, service.name
-                            )
+                            format!("adding backend {address} of service {}", service.name)
                         })?;
                     summary.backends_added += 1;
                     id
@@ -222,8 +251,8 @@ impl Balancer {
             };
             state.backends.push(BackendState {
                 id,
-                address: backend.address,
-                weight: backend.weight,
+                address,
+                weight,
             });
         }
         retired_backends.extend(old_backends.iter().map(|b| b.id));
@@ -287,20 +316,21 @@ impl IdAllocator {
     }
 }
 
+/// An in-memory stand-in for the maps, for testing the control plane without a kernel.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use std::collections::HashMap;
 
     use super::*;
 
     /// In-memory maps that record every write in order.
     #[derive(Default)]
-    struct FakeMaps {
-        log: Vec<String>,
-        backends: HashMap<u32, BackendEntry>,
-        tables: HashMap<u32, Vec<u32>>,
-        services: HashMap<ServiceKey, ServiceEntry>,
-        flows_by_backend: HashMap<u32, usize>,
+    pub(crate) struct FakeMaps {
+        pub(crate) log: Vec<String>,
+        pub(crate) backends: HashMap<u32, BackendEntry>,
+        pub(crate) tables: HashMap<u32, Vec<u32>>,
+        pub(crate) services: HashMap<ServiceKey, ServiceEntry>,
+        pub(crate) flows_by_backend: HashMap<u32, usize>,
     }
 
     impl DataplaneMaps for FakeMaps {
@@ -360,9 +390,16 @@ mod tests {
                 .sum())
         }
     }
+}
 
-    fn config(services: &str) -> Config {
-        Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap()
+#[cfg(test)]
+mod tests {
+    use super::{fake::FakeMaps, *};
+
+    fn config(services: &str) -> Vec<ServiceSpec> {
+        ServiceSpec::all_up(
+            &Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap(),
+        )
     }
 
     const WEB: &str = r#"

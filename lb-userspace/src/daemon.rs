@@ -5,7 +5,7 @@ use std::{future::Future, path::Path};
 use anyhow::{Context as _, Result, bail};
 use tracing::info;
 
-use crate::{config::Config, control::Balancer, dataplane::Dataplane, netif};
+use crate::{config::Config, control::Balancer, dataplane::Dataplane, monitor::Monitor, netif};
 
 /// Runs the balancer for the configuration at `config_path` until `shutdown` completes.
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -13,26 +13,27 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Resu
     preflight(&config)?;
 
     let mut dataplane = Dataplane::load(config.flow_table_size)?;
-    let mut balancer = Balancer::new();
-    let summary = balancer
-        .apply(&config, &mut dataplane.maps)
+    let interfaces = config.interfaces.clone();
+    let mode = config.xdp_mode;
+    let service_count = config.services.len();
+    let mut monitor = Monitor::new(config);
+    // The first health checks decide each backend's initial state, so that no flow goes to a
+    // backend that is down when xlb starts.
+    monitor
+        .start(&mut dataplane.maps)
+        .await
         .context("filling the maps")?;
-    info!(
-        services = summary.services_added,
-        backends = summary.backends_added,
-        "maps filled"
-    );
     // Attach only once the maps are complete, so the first packet already finds its service.
-    dataplane.attach_all(&config.interfaces, config.xdp_mode)?;
+    dataplane.attach_all(&interfaces, mode)?;
     info!(
-        services = config.services.len(),
-        interfaces = config.interfaces.len(),
+        services = service_count,
+        interfaces = interfaces.len(),
         "ready: xlb is balancing"
     );
 
-    shutdown.await;
+    monitor.run(&mut dataplane.maps, shutdown).await?;
     info!("shutting down");
-    log_counters(&dataplane, &balancer);
+    log_counters(&dataplane, monitor.balancer());
     dataplane.detach_all();
     Ok(())
 }

@@ -231,6 +231,23 @@ impl Maps {
         self.flows.keys().filter(Result::is_ok).count()
     }
 
+    /// Active flows per backend id: entries of the client-to-backend table that saw a packet
+    /// within `window` (entries refresh their time at most once a second).
+    pub fn active_flows(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<std::collections::HashMap<u32, u64>> {
+        let now = monotonic_ns()?;
+        let window = window.as_nanos() as u64;
+        let mut counts = std::collections::HashMap::new();
+        for (_, entry) in self.flows.iter().filter_map(Result::ok) {
+            if now.saturating_sub(entry.last_seen_ns) <= window {
+                *counts.entry(entry.backend_id).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// The flows in the client-to-backend table (key as received, entry with the backend).
     pub fn flows(&self) -> Vec<(FlowKey, NatEntry)> {
         self.flows.iter().filter_map(Result::ok).collect()
@@ -296,6 +313,19 @@ fn purge(table: &mut HashMap<MapData, FlowKey, NatEntry>, retired: &HashSet<u32>
         let _ = table.remove(key);
     }
     doomed.len()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps flow entries.
+fn monotonic_ns() -> Result<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
 fn ensure_built(object: &[u8]) -> Result<()> {

@@ -4,10 +4,14 @@
 //! decides what the kernel's maps hold ([`control`], [`table`]), the loaded program and its
 //! maps ([`dataplane`]), and the daemon ([`daemon`]) that the `xlb` binary runs.
 
+pub mod agent;
+pub mod backend_state;
+pub mod checks;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod monitor;
 pub mod netif;
 pub mod table;
 pub mod wire;

@@ -17,7 +17,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{BackendTable, consts::events};
 use xlb::{
     config::Config,
-    control::{Balancer, DataplaneMaps as _, table_index},
+    control::{Balancer, DataplaneMaps as _, ServiceSpec, table_index},
     dataplane::Dataplane,
     netif,
 };

@@ -1,0 +1,223 @@
+//! Health checks: can a backend serve at all? Each returns `Ok(())` or why it failed.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Request, header::HOST};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    time::timeout,
+};
+
+use crate::config::HealthCheck;
+
+/// Runs `check` against `target`, failing if it takes longer than `limit`.
+pub async fn run(check: &HealthCheck, target: SocketAddr, limit: Duration) -> Result<(), String> {
+    let attempt = async {
+        match check {
+            HealthCheck::None => Ok(()),
+            HealthCheck::Tcp => tcp(target).await,
+            HealthCheck::Http { path, expect, host } => {
+                http(target, path, expect, host.as_deref()).await
+            }
+            HealthCheck::Udp { send, expect } => udp(target, send, expect.as_deref()).await,
+        }
+    };
+    timeout(limit, attempt).await.unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {}",
+            humantime::format_duration(limit)
+        ))
+    })
+}
+
+async fn tcp(target: SocketAddr) -> Result<(), String> {
+    TcpStream::connect(target)
+        .await
+        .map(drop)
+        .map_err(|e| format!("connect {target}: {e}"))
+}
+
+async fn http(
+    target: SocketAddr,
+    path: &str,
+    expect: &[(u16, u16)],
+    host: Option<&str>,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP to {target}: {e}"))?;
+    let connection = tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(HOST, host.map_or_else(|| target.to_string(), str::to_owned))
+        .header("user-agent", "xlb-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("HTTP request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP GET {path}: {e}"));
+    connection.abort();
+    let status = response?.status().as_u16();
+    if expect
+        .iter()
+        .any(|(low, high)| (*low..=*high).contains(&status))
+    {
+        Ok(())
+    } else {
+        Err(format!("HTTP GET {path}: status {status}"))
+    }
+}
+
+async fn udp(target: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<(), String> {
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a valid address");
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("UDP socket: {e}"))?;
+    socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("UDP to {target}: {e}"))?;
+    socket
+        .send(send)
+        .await
+        .map_err(|e| format!("UDP send to {target}: {e}"))?;
+    let mut reply = vec![0u8; 65_536];
+    let len = socket
+        .recv(&mut reply)
+        .await
+        .map_err(|e| format!("UDP reply from {target}: {e}"))?;
+    match expect {
+        Some(expected) if reply[..len] != *expected => Err(format!(
+            "UDP reply from {target} is not the expected one ({len} bytes)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn tcp_checks_pass_on_a_listener_and_fail_without_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        assert_eq!(run(&HealthCheck::Tcp, address, LIMIT).await, Ok(()));
+        drop(listener);
+        let error = run(&HealthCheck::Tcp, address, LIMIT).await.unwrap_err();
+        assert!(error.contains("Connection refused"), "{error}");
+    }
+
+    /// Serves one HTTP response with `status` to every connection, recording the request.
+    async fn http_server(status: u16) -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (requests, received) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buffer = vec![0u8; 4096];
+                let len = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer)
+                    .await
+                    .unwrap();
+                let _ = requests
+                    .send(String::from_utf8_lossy(&buffer[..len]).into_owned())
+                    .await;
+                let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                stream.write_all(response.as_bytes()).await.unwrap();
+            }
+        });
+        (address, received)
+    }
+
+    #[tokio::test]
+    async fn http_checks_compare_the_status_and_send_the_host_header() {
+        let check = |host: Option<&str>| HealthCheck::Http {
+            path: "/healthz".into(),
+            expect: vec![(200, 299), (302, 302)],
+            host: host.map(str::to_owned),
+        };
+        let (ok, mut requests) = http_server(204).await;
+        assert_eq!(run(&check(Some("app.example")), ok, LIMIT).await, Ok(()));
+        let request = requests.recv().await.unwrap();
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("host: app.example\r\n"),
+            "{request}"
+        );
+
+        let (failing, _) = http_server(503).await;
+        assert_eq!(
+            run(&check(None), failing, LIMIT).await,
+            Err("HTTP GET /healthz: status 503".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_checks_need_a_reply_and_the_expected_one() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            loop {
+                let (len, peer) = server.recv_from(&mut buffer).await.unwrap();
+                let reply = if &buffer[..len] == b"ping" {
+                    &b"pong"[..]
+                } else {
+                    &b"what"[..]
+                };
+                server.send_to(reply, peer).await.unwrap();
+            }
+        });
+        let check = |expect: Option<&[u8]>| HealthCheck::Udp {
+            send: b"ping".to_vec(),
+            expect: expect.map(<[u8]>::to_vec),
+        };
+        assert_eq!(run(&check(None), address, LIMIT).await, Ok(()));
+        assert_eq!(run(&check(Some(b"pong")), address, LIMIT).await, Ok(()));
+        assert!(
+            run(&check(Some(b"other")), address, LIMIT)
+                .await
+                .unwrap_err()
+                .contains("not the expected one")
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_time_out() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let check = HealthCheck::Udp {
+            send: b"ping".to_vec(),
+            expect: None,
+        };
+        let error = run(
+            &check,
+            silent.local_addr().unwrap(),
+            Duration::from_millis(30),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error, "no answer within 30ms");
+    }
+}

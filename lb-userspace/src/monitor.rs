@@ -1,0 +1,553 @@
+//! Keeps the data plane's tables true to what the backends can do.
+//!
+//! One task per backend runs its health checks, one per agent asks for its load; they report
+//! to the monitor, which owns the backends' state ([`BackendStatus`]). After every change the
+//! monitor recomputes each service's table weights and applies them through the
+//! [`Balancer`], which publishes only the tables that changed (atomically, see
+//! `BACKEND_TABLES`). A backend that goes Down leaves its table at once, and then its flows are
+//! purged so that UDP flows and retries move to live backends. Every state change is logged
+//! with its reason.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    sync::mpsc,
+    task::JoinSet,
+    time::{Instant, MissedTickBehavior, interval},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent::{self, AgentReport},
+    backend_state::{BackendStatus, Health, Reported, State, table_weights},
+    checks,
+    config::{Config, HealthCheck},
+    control::{Balancer, DataplaneMaps, ServiceSpec},
+    dataplane::Maps,
+};
+
+/// A flow counts as active if a packet of it passed within this window.
+pub const ACTIVE_FLOW_WINDOW: Duration = Duration::from_secs(10);
+/// How often slow start re-weights a ramping backend.
+const RAMP_STEP: Duration = Duration::from_millis(200);
+
+/// Where a backend is: indexes into the config's services and their backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BackendRef {
+    service: usize,
+    backend: usize,
+}
+
+/// What a checker task reports.
+enum Event {
+    Health(BackendRef, Result<(), String>),
+    Agent(BackendRef, Result<AgentReport, String>),
+}
+
+/// The monitor: backend states, the balancer, and the checker tasks.
+pub struct Monitor {
+    config: Config,
+    balancer: Balancer,
+    statuses: Vec<Vec<BackendStatus>>,
+    agent_errors: HashMap<BackendRef, String>,
+    tasks: JoinSet<()>,
+}
+
+impl Monitor {
+    /// A monitor for `config`; nothing is checked or applied yet.
+    pub fn new(config: Config) -> Self {
+        let statuses = config
+            .services
+            .iter()
+            .map(|service| {
+                let health = || match service.health.check {
+                    HealthCheck::None => Health::unchecked(),
+                    _ => Health::unknown(),
+                };
+                service
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus::new(b.weight, health()))
+                    .collect()
+            })
+            .collect();
+        Self {
+            config,
+            balancer: Balancer::new(),
+            statuses,
+            agent_errors: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// The balancer (ids of services and backends as applied).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Runs every backend's first health check at once (they decide its initial health) and
+    /// fills the maps accordingly. Takes at most the longest check timeout.
+    pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
+        let mut first = JoinSet::new();
+        for (service_index, service) in self.config.services.iter().enumerate() {
+            if service.health.check == HealthCheck::None {
+                continue;
+            }
+            for (backend_index, backend) in service.backends.iter().enumerate() {
+                let (check, target, limit) = (
+                    service.health.check.clone(),
+                    backend.check_address(),
+                    service.health.timeout,
+                );
+                let at = BackendRef {
+                    service: service_index,
+                    backend: backend_index,
+                };
+                first.spawn(async move { (at, checks::run(&check, target, limit).await) });
+            }
+        }
+        while let Some(joined) = first.join_next().await {
+            let (at, result) = joined.context("a health check task failed")?;
+            let health = &self.config.services[at.service].health;
+            self.statuses[at.service][at.backend]
+                .health
+                .observe(result, health.rise, health.fall);
+        }
+        self.evaluate(maps)
+    }
+
+    /// Runs the checkers and reacts to them until `shutdown` completes.
+    pub async fn run(&mut self, maps: &mut Maps, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (events, mut received) = mpsc::channel(1024);
+        self.spawn_checkers(&events);
+        let mut ramp = interval(RAMP_STEP);
+        ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let flow_count_every = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| {
+                s.load
+                    .as_ref()
+                    .filter(|l| l.max_flows.is_some())
+                    .map(|l| l.interval)
+            })
+            .min();
+        let mut flow_count = interval(flow_count_every.unwrap_or(Duration::from_secs(3600)));
+        flow_count.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(event) = received.recv() => {
+                    if self.handle(event) {
+                        self.evaluate(maps)?;
+                    }
+                }
+                _ = ramp.tick() => {
+                    if self.any_ramping() {
+                        self.evaluate(maps)?;
+                    }
+                }
+                _ = flow_count.tick(), if flow_count_every.is_some() => {
+                    self.count_flows(maps)?;
+                    self.evaluate(maps)?;
+                }
+            }
+        }
+        self.tasks.abort_all();
+        Ok(())
+    }
+
+    fn spawn_checkers(&mut self, events: &mpsc::Sender<Event>) {
+        for (service_index, service) in self.config.services.iter().enumerate() {
+            for (backend_index, backend) in service.backends.iter().enumerate() {
+                let at = BackendRef {
+                    service: service_index,
+                    backend: backend_index,
+                };
+                if service.health.check != HealthCheck::None {
+                    let (check, target) = (service.health.check.clone(), backend.check_address());
+                    let (every, limit) = (service.health.interval, service.health.timeout);
+                    let events = events.clone();
+                    self.tasks.spawn(async move {
+                        let mut ticks = interval(every);
+                        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        ticks.tick().await; // the first check ran in `start`
+                        loop {
+                            ticks.tick().await;
+                            let result = checks::run(&check, target, limit).await;
+                            if events.send(Event::Health(at, result)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                let agent = service
+                    .load
+                    .as_ref()
+                    .and_then(|load| Some((load.agent_address(backend)?, load)));
+                if let Some((address, load)) = agent {
+                    let (every, limit) = (load.interval, load.timeout);
+                    let events = events.clone();
+                    self.tasks.spawn(async move {
+                        let mut ticks = interval(every);
+                        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        loop {
+                            ticks.tick().await;
+                            let result = agent::query(address, limit).await;
+                            if events.send(Event::Agent(at, result)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records an event; returns whether anything that decides the tables changed.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Health(at, result) => {
+                let health = &self.config.services[at.service].health;
+                let status = &mut self.statuses[at.service][at.backend];
+                status
+                    .health
+                    .observe(result, health.rise, health.fall)
+                    .is_some()
+            }
+            Event::Agent(at, Err(error)) => {
+                // An unreachable agent leaves the backend as it was (HAProxy does the same);
+                // health checks decide whether it can serve.
+                if self.agent_errors.get(&at) != Some(&error) {
+                    warn!(
+                        service = self.config.services[at.service].name,
+                        backend = %self.address(at),
+                        "load check failed, keeping the last known load: {error}"
+                    );
+                    self.agent_errors.insert(at, error);
+                }
+                false
+            }
+            Event::Agent(at, Ok(report)) => {
+                if self.agent_errors.remove(&at).is_some() {
+                    info!(service = self.config.services[at.service].name, backend = %self.address(at), "load check answers again");
+                }
+                let load = self.config.services[at.service].load.as_ref();
+                let status = &mut self.statuses[at.service][at.backend];
+                let before = (status.agent.clone(), status.overloaded);
+                status.agent.apply(&report);
+                if let Some(load) = load {
+                    status.update_overload(load);
+                }
+                before != (status.agent.clone(), status.overloaded)
+            }
+        }
+    }
+
+    fn address(&self, at: BackendRef) -> SocketAddr {
+        self.config.services[at.service].backends[at.backend].address
+    }
+
+    fn any_ramping(&self) -> bool {
+        let now = Instant::now();
+        self.config
+            .services
+            .iter()
+            .zip(&self.statuses)
+            .any(|(service, statuses)| {
+                statuses
+                    .iter()
+                    .any(|s| s.health.is_up() && s.ramping(service.health.slowstart, now))
+            })
+    }
+
+    /// Counts the active flows of the backends of services with `max_flows`.
+    fn count_flows(&mut self, maps: &Maps) -> Result<()> {
+        let counts = maps.active_flows(ACTIVE_FLOW_WINDOW)?;
+        for (service_index, service) in self.config.services.iter().enumerate() {
+            let Some(load) = service.load.as_ref().filter(|l| l.max_flows.is_some()) else {
+                continue;
+            };
+            let Some(applied) = self.balancer.services().get(service_index) else {
+                continue;
+            };
+            for (status, backend) in self.statuses[service_index]
+                .iter_mut()
+                .zip(&applied.backends)
+            {
+                status.active_flows = Some(counts.get(&backend.id).copied().unwrap_or(0));
+                status.update_overload(load);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs state changes, recomputes every table's weights, applies them, and purges the
+    /// flows of backends that just went Down.
+    pub fn evaluate(&mut self, maps: &mut impl DataplaneMaps) -> Result<()> {
+        let now = Instant::now();
+        let mut newly_down = Vec::new();
+        let mut specs = Vec::with_capacity(self.config.services.len());
+        for (service_index, service) in self.config.services.iter().enumerate() {
+            let statuses = &mut self.statuses[service_index];
+            for (backend_index, status) in statuses.iter_mut().enumerate() {
+                let (state, reason) =
+                    status.state(service.load.as_ref(), service.health.slowstart, now);
+                let address = service.backends[backend_index].address;
+                match &status.reported {
+                    None => {
+                        info!(service = service.name, backend = %address, state = %state, reason, "backend state");
+                    }
+                    Some(previous) if previous.state != state => {
+                        if previous.state == State::Down {
+                            status.came_up_at = Some(now);
+                        }
+                        if state == State::Down {
+                            newly_down.push((service_index, backend_index));
+                        }
+                        info!(
+                            service = service.name,
+                            backend = %address,
+                            from = %previous.state,
+                            state = %state,
+                            reason,
+                            "backend state changed"
+                        );
+                    }
+                    Some(previous) => {
+                        if previous.reason != reason {
+                            debug!(service = service.name, backend = %address, reason, "backend load");
+                            if let Some(reported) = &mut status.reported {
+                                reported.reason = reason;
+                            }
+                        }
+                        continue;
+                    }
+                }
+                status.reported = Some(Reported {
+                    state,
+                    reason,
+                    since: now,
+                });
+            }
+            let refs: Vec<&BackendStatus> = statuses.iter().collect();
+            let weights =
+                table_weights(&refs, service.load.as_ref(), service.health.slowstart, now);
+            specs.push(ServiceSpec {
+                name: service.name.clone(),
+                listen: service.listen,
+                protocol: service.protocol,
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|b| b.address)
+                    .zip(weights)
+                    .collect(),
+            });
+        }
+        let summary = self.balancer.apply(&specs, maps)?;
+        if summary.tables_published > 0 {
+            debug!(tables = summary.tables_published, "tables published");
+        }
+        if !newly_down.is_empty() {
+            let ids: Vec<u32> = newly_down
+                .iter()
+                .map(|&(s, b)| self.balancer.services()[s].backends[b].id)
+                .collect();
+            let purged = maps.purge_flows(&ids)?;
+            for &(s, b) in &newly_down {
+                let service = &self.config.services[s];
+                info!(service = service.name, backend = %service.backends[b].address, purged, "flows of a Down backend purged");
+            }
+        }
+        Ok(())
+    }
+
+    /// The reported state of every backend: (service name, backend address, report).
+    pub fn states(&self) -> Vec<(String, SocketAddr, Option<Reported>)> {
+        let mut states = Vec::new();
+        for (service, statuses) in self.config.services.iter().zip(&self.statuses) {
+            for (backend, status) in service.backends.iter().zip(statuses) {
+                states.push((
+                    service.name.clone(),
+                    backend.address,
+                    status.reported.clone(),
+                ));
+            }
+        }
+        states
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{backend_state::AgentAdmin, control::fake::FakeMaps};
+
+    const CONFIG: &str = r#"
+interfaces = ["eth0"]
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+health = { check = "tcp", interval = "100ms", timeout = "50ms", rise = 2, fall = 3, slowstart = "10s" }
+load = { agent_port = 9777, interval = "100ms", overload_below = "20%" }
+"#;
+
+    const B1: BackendRef = BackendRef {
+        service: 0,
+        backend: 0,
+    };
+    const B2: BackendRef = BackendRef {
+        service: 0,
+        backend: 1,
+    };
+
+    /// A monitor whose backends all passed their first check, applied to fake maps.
+    fn started() -> (Monitor, FakeMaps) {
+        let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap());
+        for status in &mut monitor.statuses[0] {
+            status.health.observe(Ok(()), 2, 3);
+        }
+        let mut maps = FakeMaps::default();
+        monitor.evaluate(&mut maps).unwrap();
+        (monitor, maps)
+    }
+
+    fn table(maps: &FakeMaps) -> Vec<u32> {
+        maps.tables[&0].clone()
+    }
+
+    fn fail() -> Event {
+        Event::Health(B2, Err("connection refused".into()))
+    }
+
+    fn state_of(monitor: &Monitor, at: BackendRef) -> State {
+        monitor.statuses[at.service][at.backend]
+            .reported
+            .as_ref()
+            .unwrap()
+            .state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_failing_fall_checks_leaves_at_once_and_its_flows_are_purged() {
+        let (mut monitor, mut maps) = started();
+        assert_eq!(table(&maps), [0, 1, 2]);
+        maps.flows_by_backend.insert(1, 7);
+
+        for n in 1..=2 {
+            assert!(!monitor.handle(fail()), "failure {n} of 3 changes nothing");
+        }
+        assert!(monitor.handle(fail()));
+        maps.log.clear();
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(
+            maps.log,
+            ["table 0 [0, 2]", "purge [1]"],
+            "the table first, then the purge"
+        );
+        assert_eq!(state_of(&monitor, B2), State::Down);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_backend_rises_then_ramps_up_slowly() {
+        let (mut monitor, mut maps) = started();
+        for _ in 0..3 {
+            monitor.handle(fail());
+        }
+        monitor.evaluate(&mut maps).unwrap();
+        assert!(!monitor.handle(Event::Health(B2, Ok(()))), "rise is 2");
+        assert!(monitor.handle(Event::Health(B2, Ok(()))));
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(state_of(&monitor, B2), State::Up);
+        // Slow start: weight 1 against 100 at first, then growing.
+        let weights = |monitor: &Monitor| {
+            monitor.balancer().services()[0]
+                .backends
+                .iter()
+                .map(|b| b.weight)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(weights(&monitor), [100, 1, 100]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(monitor.any_ramping());
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(weights(&monitor), [100, 50, 100]);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!monitor.any_ramping());
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(weights(&monitor), [100, 100, 100]);
+        assert_eq!(table(&maps), [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_and_overload_stop_new_flows_without_purging() {
+        let (mut monitor, mut maps) = started();
+        maps.flows_by_backend.insert(0, 3);
+        let drain = AgentReport {
+            admin: Some(AgentAdmin::Drain),
+            ..Default::default()
+        };
+        assert!(monitor.handle(Event::Agent(B1, Ok(drain))));
+        maps.log.clear();
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(maps.log, ["table 0 [1, 2]"], "no purge for a drain");
+        assert_eq!(state_of(&monitor, B1), State::Draining);
+
+        let busy = AgentReport {
+            weight_percent: Some(10),
+            ..Default::default()
+        };
+        assert!(monitor.handle(Event::Agent(B2, Ok(busy))));
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(state_of(&monitor, B2), State::Overloaded);
+        assert_eq!(
+            table(&maps),
+            [2],
+            "only the backend with room takes new flows"
+        );
+
+        let ready = AgentReport {
+            weight_percent: Some(100),
+            ready: true,
+            ..Default::default()
+        };
+        monitor.handle(Event::Agent(B1, Ok(ready.clone())));
+        monitor.handle(Event::Agent(B2, Ok(ready)));
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(table(&maps), [0, 1, 2]);
+        assert!(!maps.log.iter().any(|line| line.starts_with("purge")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_agent_changes_nothing() {
+        let (mut monitor, mut maps) = started();
+        assert!(!monitor.handle(Event::Agent(B1, Err("refused".into()))));
+        monitor.evaluate(&mut maps).unwrap();
+        assert_eq!(state_of(&monitor, B1), State::Up);
+        assert_eq!(table(&maps), [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_backends_down_leaves_an_empty_table() {
+        let (mut monitor, mut maps) = started();
+        for backend in 0..3 {
+            for _ in 0..3 {
+                monitor.handle(Event::Health(
+                    BackendRef {
+                        service: 0,
+                        backend,
+                    },
+                    Err("timed out".into()),
+                ));
+            }
+        }
+        monitor.evaluate(&mut maps).unwrap();
+        assert!(table(&maps).is_empty());
+    }
+}
