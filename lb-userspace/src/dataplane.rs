@@ -22,10 +22,14 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The reference program's object (see [`NoopProgram`]).
 static NOOP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-noop"));
 
+/// The outer map of the backend tables, as userspace holds it.
+type TableMap = ArrayOfMaps<MapData, Array<MapData, BackendTable>>;
+
 /// Typed handles on the maps the control plane writes and reads.
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
-    tables: ArrayOfMaps<MapData, Array<MapData, BackendTable>>,
+    tables: TableMap,
+    tables_id: u32,
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
     flows: HashMap<MapData, FlowKey, NatEntry>,
@@ -185,9 +189,16 @@ impl Maps {
                 .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
             T::try_from(map).with_context(|| format!("map {name}"))
         }
+        // The tables' map id lets a second handle be opened (see `table_publisher`).
+        let tables_id = match ebpf.map(map_names::BACKEND_TABLES) {
+            Some(aya::maps::Map::ArrayOfMaps(data)) => data.info()?.id(),
+            _ => bail!("{} is not an array of maps", map_names::BACKEND_TABLES),
+        };
+        let tables: TableMap = take(ebpf, map_names::BACKEND_TABLES)?;
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
-            tables: take(ebpf, map_names::BACKEND_TABLES)?,
+            tables,
+            tables_id,
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             flows: take(ebpf, map_names::FLOWS)?,
@@ -271,13 +282,7 @@ impl DataplaneMaps for Maps {
     }
 
     fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
-        // A fresh inner map per table: published tables are never written again (see the
-        // comment on BACKEND_TABLES in lb-ebpf/src/maps.rs). Our handle on it closes at the end
-        // of this function; the outer map's reference keeps it alive.
-        let mut inner: Array<MapData, BackendTable> = Array::create(1, 0)?;
-        inner.set(0, table, 0)?;
-        self.tables.set(index, &inner, 0)?;
-        Ok(())
+        publish(&mut self.tables, index, table)
     }
 
     fn reset_cursor(&mut self, index: u32) -> Result<()> {
@@ -297,6 +302,39 @@ impl DataplaneMaps for Maps {
         let purged = purge(&mut self.flows, &retired);
         purge(&mut self.replies, &retired);
         Ok(purged)
+    }
+}
+
+/// Publishes `table` at `index` of the outer map. A fresh inner map per table: published
+/// tables are never written again (see the comment on BACKEND_TABLES in lb-ebpf/src/maps.rs).
+/// Our handle on the inner map closes on return; the outer map's reference keeps it alive.
+fn publish(tables: &mut TableMap, index: u32, table: &BackendTable) -> Result<()> {
+    let mut inner: Array<MapData, BackendTable> = Array::create(1, 0)?;
+    inner.set(0, table, 0)?;
+    tables.set(index, &inner, 0)?;
+    Ok(())
+}
+
+/// A second handle on the backend tables, for publishing from another thread (tests and
+/// benchmarks that swap tables while packets run).
+pub struct TablePublisher {
+    tables: TableMap,
+}
+
+impl TablePublisher {
+    /// Atomically replaces the table at `index`.
+    pub fn publish(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        publish(&mut self.tables, index, table)
+    }
+}
+
+impl Maps {
+    /// A [`TablePublisher`] on the same backend tables.
+    pub fn table_publisher(&self) -> Result<TablePublisher> {
+        let data = MapData::from_id(self.tables_id)?;
+        Ok(TablePublisher {
+            tables: TableMap::try_from(aya::maps::Map::ArrayOfMaps(data))?,
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
 use hyper::{Request, header::HOST};
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -105,4 +106,82 @@ fn check_echo(sent: &[u8], received: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A download in progress: the backend is known once the headers arrived; [`Self::finish`]
+/// reads the rest and checks every byte.
+pub struct Download {
+    /// The backend that serves it.
+    pub backend: String,
+    bytes: usize,
+    body: Incoming,
+}
+
+/// Starts `GET /download` of `bytes` bytes that the backend spreads over `ms` milliseconds,
+/// over a new TCP connection to `vip`.
+pub async fn start_download(vip: SocketAddr, bytes: usize, ms: u64) -> Result<Download> {
+    let stream = timeout(EXCHANGE_TIMEOUT, TcpStream::connect(vip))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connecting to {vip}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::get(format!("/download?bytes={bytes}&ms={ms}"))
+        .header(HOST, vip.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let response = timeout(EXCHANGE_TIMEOUT, sender.send_request(request))
+        .await
+        .context("no response")??;
+    ensure!(
+        response.status().is_success(),
+        "HTTP status {}",
+        response.status()
+    );
+    let backend = response
+        .headers()
+        .get(BACKEND_HEADER)
+        .context("the response names no backend")?
+        .to_str()?
+        .to_owned();
+    Ok(Download {
+        backend,
+        bytes,
+        body: response.into_body(),
+    })
+}
+
+impl Download {
+    /// Reads the rest of the download and checks it byte for byte; returns its length.
+    pub async fn finish(self) -> Result<usize> {
+        let received = self
+            .body
+            .collect()
+            .await
+            .context("download interrupted")?
+            .to_bytes();
+        check_echo(&payload(self.bytes as u64, self.bytes), &received)?;
+        Ok(received.len())
+    }
+}
+
+/// How a TCP connection attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connect {
+    /// Established.
+    Connected,
+    /// Refused: a host answered with a reset.
+    Refused,
+    /// No answer within the limit.
+    TimedOut,
+}
+
+/// Tries to connect to `vip` within `limit`.
+pub async fn try_connect(vip: SocketAddr, limit: Duration) -> Result<Connect> {
+    match timeout(limit, TcpStream::connect(vip)).await {
+        Err(_) => Ok(Connect::TimedOut),
+        Ok(Ok(_)) => Ok(Connect::Connected),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(Connect::Refused),
+        Ok(Err(e)) => Err(e).with_context(|| format!("connecting to {vip}")),
+    }
 }

@@ -1,7 +1,7 @@
 //! The standard scenario shared by the end-to-end tests and `cargo xtask demo`: backend
 //! servers on every backend host, xlb on the balancer host, and traffic from the client.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 
@@ -16,6 +16,8 @@ use crate::{
 pub const HTTP_PORT: u16 = 8080;
 /// Port of the backends' UDP servers.
 pub const UDP_PORT: u16 = 5353;
+/// Port of the backends' load agents.
+pub const AGENT_PORT: u16 = 9777;
 /// Port of the TCP (HTTP) service on the VIP.
 pub const TCP_SERVICE_PORT: u16 = 80;
 /// Port of the UDP service on the VIP.
@@ -30,33 +32,80 @@ pub fn backend_name(index: usize) -> String {
     format!("b{}", index + 1)
 }
 
-/// Starts `xlb-backend` (HTTP and UDP) on every backend host and waits until each is ready.
-pub fn start_backends(lab: &Lab) -> Result<Vec<Process>> {
-    let program = binary("xlb-backend")?;
-    (0..lab.backends.len())
-        .map(|i| start_backend(lab, i, &program))
-        .collect()
+/// A backend server process and the file its load agent answers from.
+pub struct Backend {
+    /// Name (b1, b2, ...).
+    pub name: String,
+    index: usize,
+    process: Option<Process>,
+    agent_file: PathBuf,
 }
 
-/// Starts `xlb-backend` on backend host `index` and waits until it is ready.
-pub fn start_backend(lab: &Lab, index: usize, program: &Path) -> Result<Process> {
-    let name = backend_name(index);
-    let mut command = lab.backends[index].command(program);
-    command.args([
-        "--name",
-        &name,
-        "--http",
-        &lab.backend_endpoint(index, HTTP_PORT).to_string(),
-        "--udp",
-        &lab.backend_endpoint(index, UDP_PORT).to_string(),
-    ]);
-    let mut process = Process::spawn(&name, command)?;
-    process.wait_for_output("ready", STARTUP)?;
-    Ok(process)
+impl Backend {
+    /// Makes the agent answer `reply` from now on (HAProxy agent words, e.g. "drain", "10%").
+    pub fn set_agent_reply(&self, reply: &str) -> Result<()> {
+        std::fs::write(&self.agent_file, reply)
+            .with_context(|| format!("agent file of {}", self.name))
+    }
+
+    /// Stops the server (SIGTERM): its host stays up, its ports close.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again.
+    pub fn start(&mut self, lab: &Lab) -> Result<()> {
+        self.stop()?;
+        let program = binary("xlb-backend")?;
+        let mut command = lab.backends[self.index].command(program);
+        command.args([
+            "--name",
+            &self.name,
+            "--http",
+            &lab.backend_endpoint(self.index, HTTP_PORT).to_string(),
+            "--udp",
+            &lab.backend_endpoint(self.index, UDP_PORT).to_string(),
+            "--agent",
+            &lab.backend_endpoint(self.index, AGENT_PORT).to_string(),
+            "--agent-file",
+        ]);
+        command.arg(&self.agent_file);
+        let mut process = Process::spawn(&self.name, command)?;
+        process.wait_for_output("ready", STARTUP)?;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+/// Starts `xlb-backend` (HTTP, UDP and a load agent answering "up 100%") on every backend host
+/// and waits until each is ready.
+pub fn start_backends(lab: &Lab) -> Result<Vec<Backend>> {
+    (0..lab.backends.len())
+        .map(|index| {
+            let name = backend_name(index);
+            let agent_file = temp_file(&format!("{name}-agent"), "up 100%")?;
+            let mut backend = Backend {
+                name,
+                index,
+                process: None,
+                agent_file,
+            };
+            backend.start(lab)?;
+            Ok(backend)
+        })
+        .collect()
 }
 
 /// A config that balances TCP port 80 and UDP port 53 of the VIP over every backend.
 pub fn balancer_config(lab: &Lab, xdp_mode: &str) -> String {
+    balancer_config_with(lab, xdp_mode, "", "")
+}
+
+/// [`balancer_config`] with extra keys (such as `health = {...}`) for the TCP and the UDP service.
+pub fn balancer_config_with(lab: &Lab, xdp_mode: &str, tcp_keys: &str, udp_keys: &str) -> String {
     let backends = |port: u16| {
         (0..lab.backends.len())
             .map(|i| format!("{{ address = \"{}\" }}", lab.backend_endpoint(i, port)))
@@ -78,12 +127,14 @@ name = "web"
 listen = "{VIP}:{TCP_SERVICE_PORT}"
 protocol = "tcp"
 backends = [ {http} ]
+{tcp_keys}
 
 [[service]]
 name = "dns"
 listen = "{VIP}:{UDP_SERVICE_PORT}"
 protocol = "udp"
 backends = [ {udp} ]
+{udp_keys}
 "#,
         http = backends(HTTP_PORT),
         udp = backends(UDP_PORT),

@@ -12,31 +12,15 @@ use crate::{
 
 /// The tiers: name and cargo arguments. The root-only tests are `#[ignore]`d so that a plain
 /// `cargo test` (tier 1) runs without privileges; tiers 2 and 3 run exactly those.
-const TIERS: [(&str, &[&str]); 3] = [
-    ("tier 1: unit tests", &["test"]),
+const TIERS: [(&str, &str); 3] = [
+    ("tier 1: unit tests", "test"),
     (
         "tier 2: packet tests (BPF_PROG_TEST_RUN)",
-        &[
-            "test",
-            "-p",
-            "xlb-tests",
-            "--test",
-            "packet",
-            "--",
-            "--ignored",
-        ],
+        "test -p xlb-tests --test packet -- --ignored",
     ),
     (
         "tier 3: end-to-end tests in network namespaces",
-        &[
-            "test",
-            "-p",
-            "xlb-tests",
-            "--test",
-            "balance",
-            "--",
-            "--ignored",
-        ],
+        "test -p xlb-tests --test balance --test health -- --ignored",
     ),
 ];
 
@@ -57,7 +41,8 @@ pub fn run() -> Result<()> {
     for (tier, args) in TIERS {
         let mut counts = TestCounts::default();
         let outcome = steps.run(tier, || {
-            let (ok, tier_counts) = cargo::test(args, &envs)?;
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let (ok, tier_counts) = cargo::test(&args, &envs)?;
             counts = tier_counts;
             if !ok {
                 bail!("{} failed", counts.failed.max(1));
