@@ -2,6 +2,7 @@
 //! namespaces and the standard topology, the backend server and clients, process handling,
 //! and a packet builder for BPF_PROG_TEST_RUN.
 
+pub mod bench;
 pub mod client;
 pub mod netns;
 pub mod packet;

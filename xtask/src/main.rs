@@ -3,7 +3,9 @@
 //! - `cargo xtask setup`: install what building and testing need (idempotent).
 //! - `cargo xtask test`: setup, build, then every test tier; non-zero exit on any failure.
 //! - `cargo xtask demo`: setup, build, then balance real traffic in a namespace topology.
+//! - `cargo xtask bench [--quick]`: setup, build, run the benchmarks, write BENCHMARKS.md.
 
+mod bench;
 mod cargo;
 mod demo;
 mod janitor;
@@ -32,6 +34,13 @@ enum Command {
     /// Set up, build, and balance real TCP and UDP traffic over three backends in network
     /// namespaces, then print how the flows were spread.
     Demo,
+    /// Set up, build (release), run the benchmarks and write BENCHMARKS.md.
+    Bench {
+        /// Run every part briefly, only to check that the benchmarks work; writes
+        /// target/BENCHMARKS.quick.md instead.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(&mut steps::Steps::new("setup", setup::STEPS)),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench { quick } => bench::run(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

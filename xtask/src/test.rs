@@ -26,7 +26,7 @@ const TIERS: [(&str, &str); 3] = [
 
 /// Runs `cargo xtask test`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("test", setup::STEPS + 2 + TIERS.len());
+    let mut steps = Steps::new("test", setup::STEPS + 3 + TIERS.len());
     setup::run(&mut steps)?;
     steps.run("build (cargo build --bins)", cargo::build_binaries)?;
 
@@ -51,6 +51,16 @@ pub fn run() -> Result<()> {
         });
         results.push((tier, counts, outcome.is_ok()));
     }
+    // The benchmarks must keep working; quick mode checks that without judging any number.
+    let benches = steps.run("benchmarks still run (cargo xtask bench --quick)", || {
+        let status = cargo::command()
+            .args(["xtask", "bench", "--quick"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo xtask bench --quick failed ({status})");
+        }
+        Ok(())
+    });
     steps.run("no network namespace left behind", || {
         let left = janitor.sweep()?;
         if !left.is_empty() {
@@ -73,11 +83,19 @@ pub fn run() -> Result<()> {
             counts.passed, counts.failed, counts.ignored
         );
     }
-    let failed: Vec<&str> = results
+    println!(
+        "{:<48} {:>7}",
+        "benchmarks (--quick)",
+        if benches.is_ok() { "ran" } else { "FAILED" }
+    );
+    let mut failed: Vec<&str> = results
         .iter()
         .filter(|(_, _, ok)| !ok)
         .map(|(tier, _, _)| *tier)
         .collect();
+    if benches.is_err() {
+        failed.push("benchmarks (--quick)");
+    }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join("; "));
     }

@@ -1,0 +1,104 @@
+//! Helpers for the benchmark programs in `tests/benches` (run by `cargo xtask bench`): timing,
+//! statistics, and the markdown section each program prints for BENCHMARKS.md.
+//!
+//! A program prints its section between [`BEGIN`] and [`END`] lines on standard output; xtask
+//! collects the sections of all programs into BENCHMARKS.md. Progress goes to standard error.
+
+use std::time::Duration;
+
+/// Line that starts a benchmark's markdown section.
+pub const BEGIN: &str = "<!-- xlb-bench-section -->";
+/// Line that ends it.
+pub const END: &str = "<!-- /xlb-bench-section -->";
+
+/// Whether the program runs in quick mode (`-- --quick`): every part briefly, to check that
+/// the benchmark still works, with numbers that mean little.
+pub fn quick() -> bool {
+    std::env::args().any(|arg| arg == "--quick")
+}
+
+/// The median of `values` (which it sorts).
+pub fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// The `p`-th percentile of `values` (nearest rank; sorts them).
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// CPU time this thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A markdown table.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table in markdown.
+    pub fn markdown(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut out = line(&self.header);
+        out.push_str(&line(&vec!["---".to_owned(); self.header.len()]));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// Prints a section of BENCHMARKS.md: a title, markdown text, between the markers.
+pub fn print_section(title: &str, body: &str) {
+    println!("{BEGIN}");
+    println!("## {title}\n");
+    println!("{}", body.trim_end());
+    println!("{END}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(percentile(&mut [1.0, 2.0, 3.0, 4.0], 99.0), 4.0);
+        assert_eq!(percentile(&mut [5.0; 10], 50.0), 5.0);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut table = Table::new(&["a", "b"]);
+        table.row(vec!["1".into(), "2".into()]);
+        assert_eq!(table.markdown(), "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
+    }
+}

@@ -1,0 +1,157 @@
+//! `cargo xtask bench`: runs the benchmark programs of `tests/benches` and writes their results
+//! to BENCHMARKS.md with the date, the machine and the commit. `--quick` runs every part
+//! briefly (to check the benchmarks still work) and writes to `target/BENCHMARKS.quick.md`.
+
+use std::{
+    fmt::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use xlb_tests::bench::{BEGIN, END};
+
+use crate::{cargo, janitor::Janitor, setup, steps::Steps};
+
+/// The benchmark programs, in the order their sections appear.
+pub const BENCHES: &[&str] = &["swap", "failover"];
+
+/// Runs `cargo xtask bench [--quick]`.
+pub fn run(quick: bool) -> Result<()> {
+    let mut steps = Steps::new("bench", setup::STEPS + 2 + BENCHES.len());
+    setup::run(&mut steps)?;
+    steps.run("build (cargo build --release --bins)", || {
+        let status = cargo::command()
+            .args(["build", "--release", "--bins"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build --release failed ({status})");
+        }
+        Ok(())
+    })?;
+    let run_id = std::process::id().to_string();
+    let _janitor = Janitor::install(format!("xlbt{run_id}-"))?;
+    let bin_dir = cargo::bin_dir()?.with_file_name("release");
+
+    let mut sections = Vec::new();
+    for bench in BENCHES {
+        let section = steps.run(&format!("benchmark {bench}"), || {
+            let mut command = cargo::command();
+            command
+                .args([
+                    "bench",
+                    "--quiet",
+                    "-p",
+                    "xlb-tests",
+                    "--bench",
+                    bench,
+                    "--",
+                ])
+                .args(quick.then_some("--quick"))
+                .env(xlb_tests::netns::RUN_ENV, &run_id)
+                .env("XLB_BIN_DIR", &bin_dir)
+                .stderr(Stdio::inherit());
+            let output = command
+                .output()
+                .with_context(|| format!("running {command:?}"))?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() {
+                bail!("benchmark {bench} failed ({}):\n{stdout}", output.status);
+            }
+            extract_section(&stdout)
+                .with_context(|| format!("benchmark {bench} printed no section"))
+        })?;
+        println!("{section}");
+        sections.push(section);
+    }
+
+    let path = if quick {
+        cargo::bin_dir()?.with_file_name("BENCHMARKS.quick.md")
+    } else {
+        std::path::PathBuf::from("BENCHMARKS.md")
+    };
+    steps.run(&format!("write {}", path.display()), || {
+        let mut document = header(quick)?;
+        for section in &sections {
+            let _ = writeln!(document, "\n{section}");
+        }
+        std::fs::write(&path, document)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The text between the markers a benchmark prints.
+fn extract_section(stdout: &str) -> Option<String> {
+    let start = stdout.find(BEGIN)? + BEGIN.len();
+    let end = stdout[start..].find(END)? + start;
+    Some(stdout[start..end].trim().to_owned())
+}
+
+/// Title, date, machine, commit and command.
+fn header(quick: bool) -> Result<String> {
+    let text = |program: &str, args: &[&str]| -> String {
+        Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let dirty = if text("git", &["status", "--porcelain"]).is_empty() {
+        ""
+    } else {
+        " (with uncommitted changes)"
+    };
+    let mut out = String::from("# Benchmarks\n\n");
+    if quick {
+        out.push_str(
+            "Quick mode: every part ran briefly to check it works; the numbers mean little.\n\n",
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- date: {}",
+        text("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        out,
+        "- machine: {cpus} CPUs ({cpu}), Linux {}",
+        text("uname", &["-r"])
+    );
+    let _ = writeln!(
+        out,
+        "- commit: {}{dirty}",
+        text("git", &["rev-parse", "--short", "HEAD"])
+    );
+    let _ = writeln!(
+        out,
+        "- command: `cargo xtask bench{}` (as root)",
+        if quick { " --quick" } else { "" }
+    );
+    out.push_str(
+        "\nThese machines are shared and noisy: compare numbers within one run, not across runs.\n",
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_found_between_the_markers() {
+        let stdout = format!("noise\n{BEGIN}\n## Title\n\ntext\n{END}\nmore");
+        assert_eq!(extract_section(&stdout).unwrap(), "## Title\n\ntext");
+        assert_eq!(extract_section("nothing"), None);
+    }
+}
