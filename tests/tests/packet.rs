@@ -629,3 +629,41 @@ fn table_swaps_are_atomic_under_concurrent_traffic() {
         );
     });
 }
+
+/// Active flows per backend, as the monitor counts them for `max_flows`: entries of the flow
+/// table stamped by the program within the window.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn active_flows_are_counted_per_backend() {
+    with_lab(|lab| {
+        for port in 0..7u16 {
+            let input = Frame::tcp(&format!("198.18.0.2:{}", 30_000 + port), "198.18.100.1:80");
+            assert_eq!(lab.run(&input.build(), lab.c0).0, XDP_REDIRECT);
+        }
+        let web = lab
+            .balancer
+            .services()
+            .iter()
+            .find(|s| s.name == "web")
+            .unwrap();
+        let ids: Vec<u32> = web.backends.iter().map(|b| b.id).collect();
+        let counts = lab
+            .dataplane
+            .maps
+            .active_flows(std::time::Duration::from_secs(10))
+            .unwrap();
+        let per_backend: Vec<u64> = ids
+            .iter()
+            .map(|id| counts.get(id).copied().unwrap_or(0))
+            .collect();
+        assert_eq!(per_backend, [3, 2, 2]);
+        // A window that ended before the flows began counts none of them.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let none = lab
+            .dataplane
+            .maps
+            .active_flows(std::time::Duration::from_millis(10))
+            .unwrap();
+        assert!(none.is_empty(), "{none:?}");
+    });
+}
