@@ -398,7 +398,15 @@ impl NoopProgram {
         Ok(Self { ebpf })
     }
 
-    /// The program, for `BPF_PROG_TEST_RUN` or attaching.
+    /// The program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(program_names::NOOP)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// The program, for attaching.
     pub fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(program_names::NOOP)

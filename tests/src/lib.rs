@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod netns;
 pub mod packet;
+pub mod packet_net;
 pub mod process;
 pub mod scenario;
 pub mod server;

@@ -2,18 +2,10 @@
 //! the exact frame that comes out are checked against a frame built from scratch (so checksums
 //! are verified by recomputation). Needs root: run with `cargo xtask test`.
 //!
-//! Each test builds a namespace with two veth interfaces and permanent neighbour entries, so
-//! the program's FIB lookups have deterministic answers:
-//!
-//! ```text
-//!   c0  198.18.0.1/24  02:00:00:00:00:01   client 198.18.0.2 (…:02), local backend 198.18.0.21 (…:21)
-//!   s0  198.18.1.1/24  02:00:00:00:01:01   backends 198.18.1.11-13 (02:00:00:00:01:11-13)
-//!                                          198.18.1.99 has no neighbour entry
-//! ```
+//! Each test builds the namespace of `xlb_tests::packet_net` (fixed routes and neighbours).
 
 use std::net::SocketAddrV4;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{BackendTable, consts::events};
 use xlb::{
     config::Config,
@@ -22,7 +14,7 @@ use xlb::{
     netif,
 };
 use xlb_tests::{
-    netns::Netns,
+    packet_net,
     packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, Transport, hex_diff, verify_checksums},
 };
 
@@ -86,28 +78,10 @@ struct PacketLab {
     s0: u32,
 }
 
-/// Builds the namespace, then runs `test` inside it (FIB lookups happen in the caller's
-/// namespace).
+/// Builds the namespace (see `xlb_tests::packet_net`), then runs `test` inside it: FIB
+/// lookups happen in the caller's namespace.
 fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
-    let ns = Netns::new("pkt").expect("creating the namespace");
-    for command in [
-        "link add name c0 address 02:00:00:00:00:01 type veth peer name c1",
-        "link add name s0 address 02:00:00:00:01:01 type veth peer name s1",
-        "link set dev c0 up",
-        "link set dev c1 up",
-        "link set dev s0 up",
-        "link set dev s1 up",
-        "addr add 198.18.0.1/24 dev c0",
-        "addr add 198.18.1.1/24 dev s0",
-        "neigh add 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent",
-        "neigh add 198.18.0.21 lladdr 02:00:00:00:00:21 dev c0 nud permanent",
-        "neigh add 198.18.1.11 lladdr 02:00:00:00:01:11 dev s0 nud permanent",
-        "neigh add 198.18.1.12 lladdr 02:00:00:00:01:12 dev s0 nud permanent",
-        "neigh add 198.18.1.13 lladdr 02:00:00:00:01:13 dev s0 nud permanent",
-    ] {
-        ns.ip(command).unwrap();
-    }
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    let ns = packet_net::build().expect("creating the namespace");
     ns.enter(|| {
         let config = Config::parse(CONFIG).expect("valid config");
         let mut dataplane = Dataplane::load(config.flow_table_size).expect("loading the program");
@@ -119,12 +93,7 @@ fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
         let s0 = netif::index("s0").unwrap();
         dataplane.maps.add_egress_port(c0).unwrap();
         dataplane.maps.add_egress_port(s0).unwrap();
-        let mut lab = PacketLab {
-            dataplane,
-            balancer,
-            c0,
-            s0,
-        };
+        let mut lab = PacketLab { dataplane, balancer, c0, s0 };
         test(&mut lab);
     })
     .expect("entering the namespace");
@@ -133,24 +102,8 @@ fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
 impl PacketLab {
     /// Runs the program once on `frame` as if it arrived on `ifindex`.
     fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 512];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|field: &u32| field.to_ne_bytes())
-            .collect();
-        let result = self
-            .dataplane
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let result = packet_net::run(self.dataplane.program(), frame, ifindex, 1).unwrap();
+        (result.verdict, result.frame)
     }
 
     /// Runs `input` and asserts the exact verdict and output frame.

@@ -1,0 +1,119 @@
+//! Per-packet cost of the XDP program, through BPF_PROG_TEST_RUN, against the reference
+//! program that only counts and passes. Needs root. Run by `cargo xtask bench`.
+//!
+//! The kernel does not restore a frame between the repetitions of one test run, so a rewritten
+//! packet would take another path on the next repetition. The established and reply cases
+//! therefore use a service whose backend is the VIP itself: the rewrite does all its work but
+//! leaves the frame as it was, and TTL 255 leaves room for the decrements of a run. New flows
+//! cannot repeat at all (the first run records the flow), so each new flow is one run of its
+//! own, compared with single runs of the reference program.
+
+use anyhow::{Result, ensure};
+use xlb::{
+    config::Config,
+    control::{Balancer, ServiceSpec},
+    dataplane::{Dataplane, NoopProgram},
+    netif,
+};
+use xlb_tests::{
+    bench::{Table, median, print_section, quick},
+    packet::Frame,
+    packet_net,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+/// Repetitions per test run (the TTL of 255 must outlast them).
+const REPEAT: u32 = 250;
+
+const CONFIG: &str = r#"
+interfaces = ["c0", "s0"]
+
+[[service]]
+name = "loopback"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.100.1:80" } ]
+
+[[service]]
+name = "new"
+listen = "198.18.100.2:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+"#;
+
+fn main() -> Result<()> {
+    let quick = quick();
+    let rounds = if quick { 5 } else { 200 };
+    let new_flows = if quick { 200 } else { 20_000 };
+    let ns = packet_net::build()?;
+    let rows = ns.enter(|| -> Result<Vec<(String, f64, f64)>> {
+        let config = Config::parse(CONFIG).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut dataplane = Dataplane::load(1 << 18)?;
+        Balancer::new().apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)?;
+        let (c0, s0) = (netif::index("c0")?, netif::index("s0")?);
+        dataplane.maps.add_egress_port(c0)?;
+        dataplane.maps.add_egress_port(s0)?;
+        let noop = NoopProgram::load()?;
+        let program = dataplane.program();
+
+        let ttl = |frame: Frame| frame.with(|f| f.ttl = 255).build();
+        let established = ttl(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"));
+        let reply = ttl(Frame::tcp("198.18.100.1:80", "198.18.0.2:40000"));
+        let other = ttl(Frame::tcp("198.18.0.2:40000", "198.18.100.9:80"));
+        // The first packet records the flow (both directions).
+        ensure!(packet_net::run(program, &established, c0, 1)?.verdict == XDP_REDIRECT);
+
+        // Median per-packet time over `rounds` test runs of REPEAT repetitions.
+        let per_packet = |program: &aya::programs::Xdp, frame: &[u8], ifindex: u32, verdict: u32| -> Result<f64> {
+            let mut times = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let result = packet_net::run(program, frame, ifindex, REPEAT)?;
+                ensure!(result.verdict == verdict, "verdict {} instead of {verdict}", result.verdict);
+                ensure!(result.frame.len() == frame.len());
+                times.push(result.duration.as_secs_f64() * 1e9);
+            }
+            Ok(median(&mut times))
+        };
+        let noop_ns = per_packet(noop_program(&noop), &established, c0, XDP_PASS)?;
+        let mut rows = vec![("reference: count and pass".to_owned(), noop_ns, noop_ns)];
+        rows.push(("not for a service (passed)".into(), per_packet(program, &other, c0, XDP_PASS)?, noop_ns));
+        rows.push(("established TCP flow, IPv4".into(), per_packet(program, &established, c0, XDP_REDIRECT)?, noop_ns));
+        rows.push(("reply of a flow, IPv4".into(), per_packet(program, &reply, s0, XDP_REDIRECT)?, noop_ns));
+
+        // New flows: one run each, against single runs of the reference program.
+        let (mut new, mut single_noop) = (Vec::new(), Vec::new());
+        for i in 0..new_flows {
+            let frame = Frame::tcp(&format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000), "198.18.100.2:80").build();
+            let result = packet_net::run(program, &frame, c0, 1)?;
+            ensure!(result.verdict == XDP_REDIRECT, "new flow {i}: verdict {}", result.verdict);
+            new.push(result.duration.as_secs_f64() * 1e9);
+            single_noop.push(packet_net::run(noop_program(&noop), &frame, c0, 1)?.duration.as_secs_f64() * 1e9);
+        }
+        let single_noop_ns = median(&mut single_noop);
+        rows.push(("reference, single runs".into(), single_noop_ns, single_noop_ns));
+        rows.push(("new flow (miss, round robin, insert both directions)".into(), median(&mut new), single_noop_ns));
+        Ok(rows)
+    })??;
+
+    let mut table = Table::new(&["case", "ns per packet (median)", "× reference"]);
+    for (case, ns, reference) in rows {
+        table.row(vec![case, format!("{ns:.0}"), format!("{:.2}", ns / reference)]);
+    }
+    print_section(
+        "Per-packet cost (BPF_PROG_TEST_RUN)",
+        &format!(
+            "Median of {rounds} test runs of {REPEAT} repetitions each (new flows: {new_flows} single \
+             runs, against single runs of the reference, which include the kernel's timing \
+             overhead of one run). The reference program counts the packet in a per-CPU array \
+             and passes it. Goals: an established flow at most 2× the reference, a new flow at \
+             most 4×.\n\n{}",
+            table.markdown()
+        ),
+    );
+    Ok(())
+}
+
+fn noop_program(noop: &NoopProgram) -> &aya::programs::Xdp {
+    noop.program()
+}

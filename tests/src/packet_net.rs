@@ -1,0 +1,76 @@
+//! The network of the packet tests and benchmarks, which run the XDP program through
+//! BPF_PROG_TEST_RUN: one namespace with two veth interfaces and permanent neighbour entries,
+//! so that the program's FIB lookups have fixed answers.
+//!
+//! ```text
+//!   c0  198.18.0.1/24  02:00:00:00:00:01   client 198.18.0.2 (…:02), local backend 198.18.0.21 (…:21)
+//!   s0  198.18.1.1/24  02:00:00:00:01:01   backends 198.18.1.11-13 (02:00:00:00:01:11-13)
+//!                                          198.18.1.99 has no neighbour entry
+//!                                          198.18.100.0/24 routed via 198.18.1.2 (…:01:02)
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+
+use crate::netns::Netns;
+
+/// Builds the namespace.
+pub fn build() -> Result<Netns> {
+    let ns = Netns::new("pkt")?;
+    for command in [
+        "link add name c0 address 02:00:00:00:00:01 type veth peer name c1",
+        "link add name s0 address 02:00:00:00:01:01 type veth peer name s1",
+        "link set dev c0 up",
+        "link set dev c1 up",
+        "link set dev s0 up",
+        "link set dev s1 up",
+        "addr add 198.18.0.1/24 dev c0",
+        "addr add 198.18.1.1/24 dev s0",
+        "neigh add 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent",
+        "neigh add 198.18.0.21 lladdr 02:00:00:00:00:21 dev c0 nud permanent",
+        "neigh add 198.18.1.11 lladdr 02:00:00:00:01:11 dev s0 nud permanent",
+        "neigh add 198.18.1.12 lladdr 02:00:00:00:01:12 dev s0 nud permanent",
+        "neigh add 198.18.1.13 lladdr 02:00:00:00:01:13 dev s0 nud permanent",
+        "neigh add 198.18.1.2 lladdr 02:00:00:00:01:02 dev s0 nud permanent",
+        "route add 198.18.100.0/24 via 198.18.1.2 dev s0",
+    ] {
+        ns.ip(command).with_context(|| format!("ip {command}"))?;
+    }
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    Ok(ns)
+}
+
+/// What one BPF_PROG_TEST_RUN returned.
+pub struct RunResult {
+    /// The program's verdict.
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Average time of one run, measured by the kernel.
+    pub duration: Duration,
+}
+
+/// Runs `program` `repeat` times on `frame` as if it arrived on interface `ifindex`. The
+/// kernel does not restore the frame between repetitions: a program that rewrites it sees its
+/// own output the next time.
+pub fn run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + 512];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|field: &u32| field.to_ne_bytes())
+        .collect();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(RunResult { verdict: result.return_value, frame: out, duration: result.duration })
+}
