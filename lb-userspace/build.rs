@@ -50,14 +50,20 @@ fn main() -> anyhow::Result<()> {
     // The round-robin cursor is advanced with an atomic fetch-and-add whose result is used;
     // LLVM emits that instruction (BPF_ATOMIC | BPF_FETCH, kernel 5.12+) only for BPF cpu v3
     // and later, and fails with "Invalid usage of the XADD return value" for the default cpu.
-    // aya-build sets the nested cargo's RUSTFLAGS itself and has no way to add one, so the flag
-    // goes in as a release-profile rustflag, an unstable cargo feature the nested nightly cargo
+    // bpf-linker (which generates the code) asks LLVM by default to keep memcpy as a pseudo
+    // instruction in order, which turns every memset (zeroing a struct) into a call to a
+    // byte-by-byte loop; without that, LLVM writes the zeroes inline, a word at a time.
+    // aya-build sets the nested cargo's RUSTFLAGS itself and has no way to add one, so these
+    // flags go in as a release-profile rustflag, an unstable cargo feature the nested nightly cargo
     // honours. Build scripts and proc macros of that build run on the host and must not get
     // it, hence the empty build-override. The nested cargo inherits this environment.
     // SAFETY: the build script is single-threaded at this point.
     unsafe {
         std::env::set_var("CARGO_UNSTABLE_PROFILE_RUSTFLAGS", "true");
-        std::env::set_var("CARGO_PROFILE_RELEASE_RUSTFLAGS", "-C target-cpu=v3");
+        std::env::set_var(
+            "CARGO_PROFILE_RELEASE_RUSTFLAGS",
+            "-C target-cpu=v3 -C link-arg=--disable-expand-memcpy-in-order",
+        );
         std::env::set_var("CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_RUSTFLAGS", "");
     }
     aya_build::build_ebpf(

@@ -30,8 +30,8 @@ pub mod limits {
     pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
     /// Round-robin slots in one backend table (a backend of weight w fills about w slots).
     pub const MAX_TABLE_SLOTS: usize = 2_048;
-    /// Default entries in each of the two flow tables (`FLOWS`, `REPLIES`); `flow_table_size`
-    /// in the config overrides it at load time.
+    /// Default number of flows the flow table holds (`flow_table_size` in the config); each flow
+    /// takes two entries of `FLOWS`, one per direction.
     pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
     /// Highest backend weight, as in HAProxy (0 means: no new flows).
     pub const MAX_WEIGHT: u32 = 256;
@@ -39,11 +39,15 @@ pub mod limits {
     pub const MAX_INTERFACES: u32 = 64;
 }
 
-/// Timing constants of the data plane.
+/// Timing constants of the data plane (times from `bpf_ktime_get_coarse_ns`, the coarse
+/// monotonic clock).
 pub mod timing {
     /// A flow entry's `last_seen_ns` is refreshed only when it is older than this, so that an
     /// established flow does not write to its entry on every packet (1 s in nanoseconds).
     pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
+    /// A flow's cached next hop is taken from the FIB again when it is older than this, so
+    /// route and neighbour changes reach established flows within it (1 s in nanoseconds).
+    pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 }
 
 /// Names of the BPF maps, as declared by `lb-ebpf` and looked up by `lb-userspace`.
@@ -56,10 +60,8 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     /// Round-robin cursors, one per backend table.
     pub const RR_CURSORS: &str = "RR_CURSORS";
-    /// Client-to-VIP flows -> backend.
+    /// Flows, both directions: 5-tuple -> rewrite and next hop.
     pub const FLOWS: &str = "FLOWS";
-    /// Backend-to-client replies -> VIP.
-    pub const REPLIES: &str = "REPLIES";
     /// Interfaces xlb may redirect to.
     pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
     /// Per-CPU traffic counters per service.
@@ -83,7 +85,7 @@ pub mod program_names {
 pub mod events {
     /// A new flow to a service that had no backend available: dropped.
     pub const NO_BACKEND: u32 = 0;
-    /// A new flow could not be inserted into `FLOWS`/`REPLIES`: dropped.
+    /// A new flow could not be inserted into `FLOWS`: dropped.
     pub const FLOW_INSERT_FAILED: u32 = 1;
     /// After NAT, the kernel's FIB had no neighbour entry for the next hop: passed to the
     /// kernel, which resolves it and forwards the packet.

@@ -25,32 +25,30 @@ pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
     !fold(add_diff16((!check) as u32, old, new))
 }
 
-/// Returns checksum `check` updated for a 4-byte field changing from `old` to `new`.
+/// Returns checksum `check` updated for a 4-byte field changing from `old` to `new`, both
+/// loaded in native order. (Its two halves are the field's two native-order 16-bit words,
+/// whatever the machine's byte order.)
 #[inline(always)]
-pub fn replace4(check: u16, old: &[u8; 4], new: &[u8; 4]) -> u16 {
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
     let mut acc = (!check) as u32;
-    acc = add_diff16(acc, word(old, 0), word(new, 0));
-    acc = add_diff16(acc, word(old, 2), word(new, 2));
+    acc = add_diff16(acc, old as u16, new as u16);
+    acc = add_diff16(acc, (old >> 16) as u16, (new >> 16) as u16);
     !fold(acc)
 }
 
-/// Returns checksum `check` updated for a 16-byte field (an IPv6 address) changing.
+/// Returns checksum `check` updated for a 16-byte field (an IPv6 address) changing, given as
+/// four native-order words.
 #[inline(always)]
-pub fn replace16_bytes(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+pub const fn replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
     let mut acc = (!check) as u32;
     // Eight additions of at most 2 * 0xffff each cannot overflow 32 bits.
     let mut i = 0;
-    while i < 16 {
-        acc = add_diff16(acc, word(old, i), word(new, i));
-        i += 2;
+    while i < 4 {
+        acc = add_diff16(acc, old[i] as u16, new[i] as u16);
+        acc = add_diff16(acc, (old[i] >> 16) as u16, (new[i] >> 16) as u16);
+        i += 1;
     }
     !fold(acc)
-}
-
-/// The native-order 16-bit word at byte offset `at` of `bytes`.
-#[inline(always)]
-fn word<const N: usize>(bytes: &[u8; N], at: usize) -> u16 {
-    u16::from_ne_bytes([bytes[at], bytes[at + 1]])
 }
 
 /// The one's-complement sum of `data` (native-order words, an odd trailing byte padded with
@@ -103,11 +101,11 @@ mod tests {
             }
             let check = checksum(&data, 0);
 
-            let old4: [u8; 4] = data[4..8].try_into().unwrap();
-            let new4 = [round as u8, 0xff, 0x00, (round >> 3) as u8];
-            data[4..8].copy_from_slice(&new4);
-            let check = replace4(check, &old4, &new4);
-            assert_eq!(check, checksum(&data, 0), "replace4, round {round}");
+            let old4 = u32::from_ne_bytes(data[4..8].try_into().unwrap());
+            let new4 = u32::from_ne_bytes([round as u8, 0xff, 0x00, (round >> 3) as u8]);
+            data[4..8].copy_from_slice(&new4.to_ne_bytes());
+            let check = replace32(check, old4, new4);
+            assert_eq!(check, checksum(&data, 0), "replace32, round {round}");
 
             let old2 = u16::from_ne_bytes([data[10], data[11]]);
             let new2 = (round as u16).wrapping_mul(7919);
@@ -115,13 +113,16 @@ mod tests {
             let check = replace16(check, old2, new2);
             assert_eq!(check, checksum(&data, 0), "replace16, round {round}");
 
-            let old16: [u8; 16] = data[16..32].try_into().unwrap();
-            let mut new16 = old16;
-            new16.reverse();
-            new16[0] ^= round as u8;
-            data[16..32].copy_from_slice(&new16);
-            let check = replace16_bytes(check, &old16, &new16);
-            assert_eq!(check, checksum(&data, 0), "replace16_bytes, round {round}");
+            let words = |bytes: &[u8]| -> [u32; 4] {
+                core::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+            };
+            let old16 = words(&data[16..32]);
+            let mut new_bytes: [u8; 16] = data[16..32].try_into().unwrap();
+            new_bytes.reverse();
+            new_bytes[0] ^= round as u8;
+            data[16..32].copy_from_slice(&new_bytes);
+            let check = replace128(check, &old16, &words(&new_bytes));
+            assert_eq!(check, checksum(&data, 0), "replace128, round {round}");
         }
     }
 

@@ -1,16 +1,22 @@
 //! Keys and values of the BPF maps. Every type is `#[repr(C)]` with explicit padding fields
 //! (never implicit padding, which the kernel would hash or compare as garbage), and its size is
 //! checked at compile time. Ports are in network byte order, exactly as they are on the wire;
-//! addresses are 16 bytes with IPv4 in the first four (see [`crate::consts::family`]).
+//! addresses are [`Addr`]s.
 
 use crate::consts::limits::MAX_TABLE_SLOTS;
+
+/// An IP address in a map: the 16 bytes of an IPv6 address, or the 4 bytes of an IPv4 address
+/// followed by 12 zero bytes (see [`crate::consts::family`]), in wire order. It is held as four
+/// words loaded in the machine's byte order, so its bytes in memory are the bytes on the wire,
+/// and the XDP program copies and compares it a word at a time.
+pub type Addr = [u32; 4];
 
 /// Key of `SERVICES`: a virtual service as it appears in a client's packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     /// Virtual IP address.
-    pub addr: [u8; 16],
+    pub addr: Addr,
     /// Virtual port, network byte order.
     pub port: u16,
     /// IP protocol number (`proto::TCP` or `proto::UDP`).
@@ -35,7 +41,7 @@ pub struct ServiceEntry {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendEntry {
     /// Backend IP address.
-    pub addr: [u8; 16],
+    pub addr: Addr,
     /// Backend port, network byte order.
     pub port: u16,
     /// Address family of `addr`.
@@ -69,14 +75,14 @@ impl BackendTable {
     };
 }
 
-/// Key of `FLOWS` and `REPLIES`: a packet's 5-tuple as it arrives at xlb.
+/// Key of `FLOWS`: a packet's 5-tuple as it arrives at xlb.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address.
-    pub src_addr: [u8; 16],
+    pub src_addr: Addr,
     /// Destination address.
-    pub dst_addr: [u8; 16],
+    pub dst_addr: Addr,
     /// Source port, network byte order.
     pub src_port: u16,
     /// Destination port, network byte order.
@@ -89,27 +95,47 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `FLOWS` and `REPLIES`: how to rewrite the packets of one direction of a flow.
-/// In `FLOWS` (client to VIP) `addr:port` is the backend, the new destination; in `REPLIES`
-/// (backend to client) it is the VIP, the new source.
+/// Directions of a flow, as recorded in [`FlowEntry::direction`].
+pub mod direction {
+    /// Client to VIP: the destination is rewritten to the backend.
+    pub const TO_BACKEND: u8 = 0;
+    /// Backend to client: the source is rewritten back to the VIP.
+    pub const TO_CLIENT: u8 = 1;
+}
+
+/// Value of `FLOWS`: how to rewrite and where to send the packets of one direction of a flow.
+/// Each flow has two entries, one per direction, keyed by the 5-tuple as it arrives at xlb.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatEntry {
-    /// Address written into the packet.
-    pub addr: [u8; 16],
+pub struct FlowEntry {
+    /// Address written into the packet: the backend (new destination) for `TO_BACKEND`, the
+    /// VIP (new source) for `TO_CLIENT`.
+    pub addr: Addr,
     /// Port written into the packet, network byte order.
     pub port: u16,
-    /// Explicit padding; zero.
-    pub _pad: u16,
+    /// [`direction::TO_BACKEND`] or [`direction::TO_CLIENT`].
+    pub direction: u8,
+    /// Reserved for flow state; zero.
+    pub flags: u8,
     /// Backend that serves the flow (index into `BACKENDS` and `BACKEND_STATS`).
     pub backend_id: u32,
     /// Service the flow belongs to (index into `SERVICE_STATS`).
     pub service_id: u32,
-    /// Reserved for flow state; zero.
-    pub flags: u32,
-    /// `bpf_ktime_get_ns()` when a packet of this direction was last seen, refreshed at most
+    /// Next hop of this direction, cached from the kernel's FIB: the interface (0 when not
+    /// resolved)...
+    pub hop_ifindex: u32,
+    /// ...the next hop's MAC address...
+    pub hop_dst_mac: [u8; 6],
+    /// ...and the source MAC to use.
+    pub hop_src_mac: [u8; 6],
+    /// Explicit padding; zero.
+    pub _pad: [u8; 4],
+    /// Coarse monotonic time (ns) a packet of this direction was last seen, refreshed at most
     /// once per `timing::LAST_SEEN_REFRESH_NS`.
     pub last_seen_ns: u64,
+    /// Coarse monotonic time (ns) the next hop was last taken from the FIB; it is looked up
+    /// again after `timing::NEXT_HOP_TTL_NS`.
+    pub hop_checked_ns: u64,
 }
 
 /// Per-CPU traffic counters of one service or one backend (`SERVICE_STATS`, `BACKEND_STATS`).
@@ -148,7 +174,7 @@ const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 24);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<NatEntry>() == 40);
+const _: () = assert!(size_of::<FlowEntry>() == 64);
 const _: () = assert!(size_of::<TrafficCounters>() == 48);
 
 #[cfg(feature = "user")]
@@ -162,6 +188,6 @@ mod pod {
     unsafe impl aya::Pod for BackendEntry {}
     unsafe impl aya::Pod for BackendTable {}
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for TrafficCounters {}
 }

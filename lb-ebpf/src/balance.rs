@@ -1,33 +1,35 @@
-//! The balancer's decisions: is this packet for a service or a reply of a balanced flow, which
-//! backend serves a new flow, and what gets counted.
+//! The balancer's decisions: does this packet belong to a flow, or is it the first packet of a
+//! new flow to a service; which backend serves a new flow; and what gets counted.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, NatEntry, ServiceEntry, ServiceKey, TrafficCounters,
+    FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
     consts::{
         events,
         limits::{MAX_POOLS_PER_SERVICE, MAX_TABLE_SLOTS},
         timing::LAST_SEEN_REFRESH_NS,
     },
+    direction,
 };
 
 use crate::{
-    forward::forward_ipv4,
+    forward::{resolve, send, send_cached},
     maps::{
-        BACKEND_STATS, BACKEND_TABLES, BACKENDS, FLOWS, REPLIES, RR_CURSORS, SERVICE_STATS,
-        SERVICES, count_event,
+        BACKEND_STATS, BACKEND_TABLES, BACKENDS, FLOWS, RR_CURSORS, SERVICE_STATS, SERVICES,
+        count_event,
     },
     nat::{End, rewrite_ipv4},
     packet::{Packet, parse},
 };
 
-/// Handles one frame and returns the XDP verdict.
+/// Handles one frame and returns the XDP verdict. One hash lookup decides a packet of an
+/// established flow (either direction); a second, the first packet of a new flow.
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
     let Some(pkt) = parse(ctx) else {
@@ -42,6 +44,9 @@ pub fn process(ctx: &XdpContext) -> u32 {
         family: pkt.family,
         _pad: [0; 2],
     };
+    if let Some(entry) = FLOWS.get_ptr_mut(&key) {
+        return established(ctx, &pkt, &key, entry);
+    }
     let service_key = ServiceKey {
         addr: pkt.dst,
         port: pkt.dport,
@@ -51,112 +56,92 @@ pub fn process(ctx: &XdpContext) -> u32 {
     if let Some(service) = SERVICES.get_ptr(&service_key) {
         // SAFETY: copy the value out at once; the element may be replaced after this.
         let service = unsafe { *service };
-        return to_backend(ctx, &pkt, &key, &service);
-    }
-    if let Some(reply) = REPLIES.get_ptr_mut(&key) {
-        return to_client(ctx, &pkt, &key, reply);
+        return new_flow(ctx, &pkt, &key, &service);
     }
     xdp_action::XDP_PASS
 }
 
-/// A packet from a client to a service: rewrite its destination to the flow's backend.
+/// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
+/// the entry's next hop.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &ServiceEntry) -> u32 {
+fn established(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, entry: *mut FlowEntry) -> u32 {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return xdp_action::XDP_PASS;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = match FLOWS.get_ptr_mut(key) {
-        Some(entry) => {
-            refresh_last_seen(entry, now);
-            // SAFETY: a valid map value; copied out before the packet is changed.
-            unsafe { *entry }
-        }
-        None => match new_flow(pkt, key, service, now) {
-            Ok(flow) => flow,
-            Err(verdict) => return verdict,
-        },
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
+    // same flow) only store a recent time or the same next hop.
+    let flow = unsafe { &mut *entry };
+    if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
+    let (end, rewritten) = if flow.direction == direction::TO_BACKEND {
+        let rewritten = FlowKey {
+            dst_addr: flow.addr,
+            dst_port: flow.port,
+            ..*key
+        };
+        (End::Destination, rewritten)
+    } else {
+        let rewritten = FlowKey {
+            src_addr: flow.addr,
+            src_port: flow.port,
+            ..*key
+        };
+        (End::Source, rewritten)
     };
-    if rewrite_ipv4(ctx, pkt, End::Destination, &flow.addr, flow.port).is_none() {
+    if rewrite_ipv4(ctx, pkt, end, &flow.addr, flow.port).is_none() {
         return xdp_action::XDP_PASS;
     }
-    count_traffic(
-        flow.service_id,
-        flow.backend_id,
-        pkt.ip_len,
-        Direction::ToBackend,
-    );
-    let rewritten = FlowKey {
-        dst_addr: flow.addr,
-        dst_port: flow.port,
-        ..*key
-    };
-    forward_ipv4(ctx, pkt, &rewritten)
+    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    send_cached(ctx, pkt, &rewritten, flow, now)
 }
 
-/// A packet from a backend to a client of a balanced flow: rewrite its source back to the VIP.
+/// The first packet of a flow to a service: choose a backend by round robin, record both
+/// directions of the flow, rewrite, send.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, reply: *mut NatEntry) -> u32 {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &ServiceEntry) -> u32 {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return xdp_action::XDP_PASS;
     }
-    refresh_last_seen(reply, unsafe { bpf_ktime_get_ns() });
-    // SAFETY: a valid map value; copied out before the packet is changed.
-    let reply = unsafe { *reply };
-    if rewrite_ipv4(ctx, pkt, End::Source, &reply.addr, reply.port).is_none() {
-        return xdp_action::XDP_PASS;
-    }
-    count_traffic(
-        reply.service_id,
-        reply.backend_id,
-        pkt.ip_len,
-        Direction::ToClient,
-    );
-    let rewritten = FlowKey {
-        src_addr: reply.addr,
-        src_port: reply.port,
-        ..*key
-    };
-    forward_ipv4(ctx, pkt, &rewritten)
-}
-
-/// Chooses the backend of a new flow by round robin over its service's table and records the
-/// flow in both directions. `Err` carries the verdict when the flow cannot be placed.
-#[inline(always)]
-fn new_flow(
-    pkt: &Packet,
-    key: &FlowKey,
-    service: &ServiceEntry,
-    now: u64,
-) -> Result<NatEntry, u32> {
     let table_index = service.id * MAX_POOLS_PER_SERVICE;
     let Some(backend_id) = next_backend(table_index) else {
         count_no_backend(service.id);
-        return Err(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     };
     let Some(backend) = BACKENDS.get(backend_id) else {
         count_no_backend(service.id);
-        return Err(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     };
-    let forward = NatEntry {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let rewritten = FlowKey {
+        dst_addr: backend.addr,
+        dst_port: backend.port,
+        ..*key
+    };
+    // Resolve the next hop before recording the flow, so the entry is complete when written.
+    let hop = resolve(ctx, pkt, &rewritten);
+    let mut forward = FlowEntry {
         addr: backend.addr,
         port: backend.port,
-        _pad: 0,
+        direction: direction::TO_BACKEND,
         backend_id,
         service_id: service.id,
-        flags: 0,
         last_seen_ns: now,
+        ..FlowEntry::default()
     };
+    if let Ok(hop) = &hop {
+        hop.store(&mut forward, now);
+    }
     if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_err() {
-        // Another CPU placed this flow between our lookup and insert: follow its choice.
-        return match FLOWS.get_ptr(key) {
-            // SAFETY: a valid map value, copied out.
-            Some(existing) => Ok(unsafe { *existing }),
+        // Another CPU recorded this flow between our lookup and insert: follow its choice.
+        return match FLOWS.get_ptr_mut(key) {
+            Some(entry) => established(ctx, pkt, key, entry),
             None => {
                 count_event(events::FLOW_INSERT_FAILED);
-                Err(xdp_action::XDP_DROP)
+                xdp_action::XDP_DROP
             }
         };
     }
@@ -167,25 +152,29 @@ fn new_flow(
         dst_port: pkt.sport,
         ..*key
     };
-    let reply = NatEntry {
+    let reply = FlowEntry {
         addr: pkt.dst,
         port: pkt.dport,
-        ..forward
+        direction: direction::TO_CLIENT,
+        backend_id,
+        service_id: service.id,
+        last_seen_ns: now,
+        ..FlowEntry::default()
     };
-    if REPLIES.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
+    if FLOWS.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
         let _ = FLOWS.remove(key);
         count_event(events::FLOW_INSERT_FAILED);
-        return Err(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     }
-    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { (*counters).new_flows += 1 };
+    count_new_flow(service.id, backend_id);
+    if rewrite_ipv4(ctx, pkt, End::Destination, &backend.addr, backend.port).is_none() {
+        return xdp_action::XDP_PASS;
     }
-    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: as above.
-        unsafe { (*counters).new_flows += 1 };
+    count_traffic(service.id, backend_id, pkt.ip_len, direction::TO_BACKEND);
+    match hop {
+        Ok(hop) => send(ctx, pkt, &hop),
+        Err(verdict) => verdict,
     }
-    Ok(forward)
 }
 
 /// The next backend id of a table, advancing its round-robin cursor atomically so that
@@ -214,28 +203,11 @@ fn next_backend(table_index: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-fn refresh_last_seen(entry: *mut NatEntry, now: u64) {
-    // SAFETY: a valid map value; a racing writer only ever stores another recent time.
-    unsafe {
-        if now.wrapping_sub((*entry).last_seen_ns) > LAST_SEEN_REFRESH_NS {
-            (*entry).last_seen_ns = now;
-        }
-    }
-}
-
-/// Which way a packet goes through the balancer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    ToBackend,
-    ToClient,
-}
-
-#[inline(always)]
-fn count_traffic(service_id: u32, backend_id: u32, bytes: u16, direction: Direction) {
+fn count_traffic(service_id: u32, backend_id: u32, bytes: u16, flow_direction: u8) {
     let add = |counters: *mut TrafficCounters| {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
-            if direction == Direction::ToBackend {
+            if flow_direction == direction::TO_BACKEND {
                 (*counters).fwd_packets += 1;
                 (*counters).fwd_bytes += bytes as u64;
             } else {
@@ -249,6 +221,18 @@ fn count_traffic(service_id: u32, backend_id: u32, bytes: u16, direction: Direct
     }
     if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
         add(counters);
+    }
+}
+
+#[inline(always)]
+fn count_new_flow(service_id: u32, backend_id: u32) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { (*counters).new_flows += 1 };
+    }
+    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe { (*counters).new_flows += 1 };
     }
 }
 

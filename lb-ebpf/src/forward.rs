@@ -1,7 +1,9 @@
-//! Sends a rewritten packet on its way: the kernel's FIB chooses the next hop and its MAC
-//! addresses, then the packet leaves through the interface it arrived on (`XDP_TX`) or another
-//! interface xlb is attached to (`XDP_REDIRECT`). When the FIB cannot answer (for example no
-//! neighbour entry yet), the packet goes to the kernel, which resolves and forwards it.
+//! Sends a rewritten packet on its way. The kernel's FIB chooses the next hop and its MAC
+//! addresses; each direction of a flow caches that answer in its flow entry and asks the FIB
+//! again only once it is `NEXT_HOP_TTL_NS` old, so established packets skip the lookup. The
+//! packet leaves through the interface it arrived on (`XDP_TX`) or another interface xlb is
+//! attached to (`XDP_REDIRECT`). When the FIB cannot answer (for example no neighbour entry
+//! yet), the packet goes to the kernel, which resolves and forwards it.
 
 use core::mem::{size_of, zeroed};
 
@@ -10,22 +12,43 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{FlowKey, consts::events};
+use lb_common::{
+    FlowEntry, FlowKey,
+    consts::{events, timing::NEXT_HOP_TTL_NS},
+};
 use network_types::eth::EthHdr;
 
 use crate::{
     maps::{EGRESS_PORTS, count_event},
     nat::decrement_ttl_ipv4,
-    packet::{Packet, ptr_at},
+    packet::{Packet, ingress_ifindex, ptr_at},
 };
 
 /// `AF_INET` as the FIB helper expects it.
 const AF_INET: u8 = 2;
 
-/// Forwards an IPv4 packet whose addresses and ports were rewritten to `tuple`. Returns the
-/// XDP verdict.
+/// Where a packet goes next.
+pub struct NextHop {
+    ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+}
+
+impl NextHop {
+    /// Caches this next hop in a flow entry, as of `now`.
+    #[inline(always)]
+    pub fn store(&self, entry: &mut FlowEntry, now: u64) {
+        entry.hop_ifindex = self.ifindex;
+        entry.hop_dst_mac = self.dst_mac;
+        entry.hop_src_mac = self.src_mac;
+        entry.hop_checked_ns = now;
+    }
+}
+
+/// Asks the FIB for the next hop of an IPv4 packet rewritten to `tuple`. `Err` carries the
+/// verdict when the packet must go to the kernel instead.
 #[inline(always)]
-pub fn forward_ipv4(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> u32 {
+pub fn resolve(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> Result<NextHop, u32> {
     let (src, dst) = (&tuple.src_addr, &tuple.dst_addr);
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid "no options" request.
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
@@ -34,9 +57,9 @@ pub fn forward_ipv4(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> u32 {
     fib.sport = tuple.src_port;
     fib.dport = tuple.dst_port;
     fib.__bindgen_anon_1.tot_len = pkt.ip_len;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    fib.ifindex = ingress_ifindex(ctx);
+    fib.__bindgen_anon_3.ipv4_src = src[0];
+    fib.__bindgen_anon_4.ipv4_dst = dst[0];
 
     // SAFETY: the helper reads and writes `fib`, whose size we pass.
     let rc = unsafe {
@@ -53,14 +76,53 @@ pub fn forward_ipv4(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> u32 {
         } else {
             events::FIB_FAILED
         });
-        return xdp_action::XDP_PASS;
+        return Err(xdp_action::XDP_PASS);
     }
-
-    let same_interface = fib.ifindex == ctx.ingress_ifindex() as u32;
-    if !same_interface && EGRESS_PORTS.get(fib.ifindex).is_none() {
+    if fib.ifindex != ingress_ifindex(ctx) && EGRESS_PORTS.get(fib.ifindex).is_none() {
         count_event(events::EGRESS_NOT_XLB);
-        return xdp_action::XDP_PASS;
+        return Err(xdp_action::XDP_PASS);
     }
+    Ok(NextHop {
+        ifindex: fib.ifindex,
+        dst_mac: fib.dmac,
+        src_mac: fib.smac,
+    })
+}
+
+/// Sends a packet of an established flow, rewritten to `tuple`, through the next hop cached in
+/// its entry, refreshing the cache from the FIB when it is missing or stale.
+#[inline(always)]
+pub fn send_cached(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    tuple: &FlowKey,
+    entry: &mut FlowEntry,
+    now: u64,
+) -> u32 {
+    if entry.hop_ifindex != 0 && now.wrapping_sub(entry.hop_checked_ns) < NEXT_HOP_TTL_NS {
+        let hop = NextHop {
+            ifindex: entry.hop_ifindex,
+            dst_mac: entry.hop_dst_mac,
+            src_mac: entry.hop_src_mac,
+        };
+        return send(ctx, pkt, &hop);
+    }
+    match resolve(ctx, pkt, tuple) {
+        Ok(hop) => {
+            hop.store(entry, now);
+            send(ctx, pkt, &hop)
+        }
+        Err(verdict) => {
+            entry.hop_ifindex = 0;
+            verdict
+        }
+    }
+}
+
+/// Sends a rewritten IPv4 packet to `hop`: TTL decremented as a router does, MAC addresses
+/// set, out of the same interface (`XDP_TX`) or another one (`XDP_REDIRECT`).
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
@@ -69,14 +131,14 @@ pub fn forward_ipv4(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> u32 {
     }
     // SAFETY: ptr_at checked the Ethernet header lies inside the frame.
     unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
+        (*eth).dst_addr = hop.dst_mac;
+        (*eth).src_addr = hop.src_mac;
     }
-    if same_interface {
+    if hop.ifindex == ingress_ifindex(ctx) {
         xdp_action::XDP_TX
     } else {
         EGRESS_PORTS
-            .redirect(fib.ifindex, 0)
+            .redirect(hop.ifindex, 0)
             .unwrap_or(xdp_action::XDP_ABORTED)
     }
 }

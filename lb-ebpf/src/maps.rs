@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendEntry, BackendTable, FlowKey, NatEntry, ServiceEntry, ServiceKey, TrafficCounters,
+    BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
     consts::{events, limits},
 };
 
@@ -43,19 +43,14 @@ pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Ar
 #[btf_map]
 pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new();
 
-/// Established flows, client to VIP: 5-tuple as received -> backend to rewrite to.
-/// Written by the program on a flow's first packet; read for every later one; userspace
-/// deletes the entries of a backend that leaves. LRU: the least recently used flows are
-/// evicted when it is full (size: `flow_table_size` in the config).
+/// Established flows, both directions, keyed by the 5-tuple as it arrives: client to VIP
+/// (rewrite the destination to the backend) and backend to client (rewrite the source back to
+/// the VIP), each with its cached next hop. Written by the program on a flow's first packet
+/// (both entries at once) and when a next hop is refreshed; read for every packet of a flow;
+/// userspace deletes the entries of a backend that goes Down. LRU: the least recently used
+/// entries are evicted when it is full (two entries per flow of `flow_table_size`).
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, NatEntry, { limits::DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
-
-/// The reply direction of every flow in `FLOWS`, backend to client: 5-tuple as sent by the
-/// backend -> VIP to rewrite the source back to. Written by the program with the `FLOWS`
-/// entry; read for every reply packet.
-#[btf_map]
-pub static REPLIES: LruHashMap<FlowKey, NatEntry, { limits::DEFAULT_FLOW_TABLE_SIZE as usize }> =
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }> =
     LruHashMap::new();
 
 /// Interfaces xlb is attached to, by ifindex: where `XDP_REDIRECT` may send a packet.

@@ -3,7 +3,7 @@
 use core::ptr::{read_unaligned, write_unaligned};
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{consts::proto, csum};
+use lb_common::{Addr, consts::proto, csum};
 use network_types::ip::Ipv4Hdr;
 
 use crate::packet::{Packet, ptr_at};
@@ -24,7 +24,7 @@ pub fn rewrite_ipv4(
     ctx: &XdpContext,
     pkt: &Packet,
     end: End,
-    addr: &[u8; 16],
+    addr: &Addr,
     port: u16,
 ) -> Option<()> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
@@ -34,7 +34,7 @@ pub fn rewrite_ipv4(
     };
     let port_ptr: *mut u16 = ptr_at(ctx, pkt.l4 + port_offset)?;
     let check_ptr: *mut u16 = ptr_at(ctx, pkt.l4_check_offset())?;
-    let new_addr: [u8; 4] = [addr[0], addr[1], addr[2], addr[3]];
+    let new_addr = addr[0];
 
     // SAFETY: ptr_at checked each field lies inside the frame; unaligned accesses because
     // packet headers have no alignment guarantee.
@@ -43,10 +43,10 @@ pub fn rewrite_ipv4(
             End::Source => &mut (*ip).src_addr,
             End::Destination => &mut (*ip).dst_addr,
         };
-        let old_addr = *addr_field;
-        *addr_field = new_addr;
+        let old_addr = u32::from_ne_bytes(*addr_field);
+        *addr_field = new_addr.to_ne_bytes();
         let ip_check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = csum::replace4(ip_check, &old_addr, &new_addr).to_ne_bytes();
+        (*ip).check = csum::replace32(ip_check, old_addr, new_addr).to_ne_bytes();
 
         let old_port = read_unaligned(port_ptr);
         write_unaligned(port_ptr, port);
@@ -56,7 +56,7 @@ pub fn rewrite_ipv4(
         if pkt.proto == proto::UDP && l4_check == 0 {
             return Some(());
         }
-        let mut updated = csum::replace4(l4_check, &old_addr, &new_addr);
+        let mut updated = csum::replace32(l4_check, old_addr, new_addr);
         updated = csum::replace16(updated, old_port, port);
         // A computed UDP checksum of zero is sent as all ones (RFC 768).
         if pkt.proto == proto::UDP && updated == 0 {

@@ -6,7 +6,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::consts::{events, family, proto};
+use lb_common::{
+    Addr,
+    consts::{events, family, proto},
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::maps::count_event;
@@ -36,10 +39,10 @@ pub struct Packet {
     pub ttl: u8,
     /// IP total length in bytes (header and payload), host order.
     pub ip_len: u16,
-    /// Source address, IPv4 in the first 4 bytes.
-    pub src: [u8; 16],
-    /// Destination address, IPv4 in the first 4 bytes.
-    pub dst: [u8; 16],
+    /// Source address (IPv4: the first word).
+    pub src: Addr,
+    /// Destination address (IPv4: the first word).
+    pub dst: Addr,
     /// Source port.
     pub sport: u16,
     /// Destination port.
@@ -59,11 +62,34 @@ impl Packet {
     }
 }
 
+/// The start of the frame. The context fields are read with volatile loads: the verifier
+/// accepts only loads of exactly their 32 bits, and LLVM may otherwise merge `data` and
+/// `data_end` into one 64-bit load.
+#[inline(always)]
+pub fn data(ctx: &XdpContext) -> usize {
+    // SAFETY: `ctx.ctx` points to the program's context for the whole run.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+}
+
+/// The end of the frame (see [`data`]).
+#[inline(always)]
+pub fn data_end(ctx: &XdpContext) -> usize {
+    // SAFETY: as in `data`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
+/// The index of the interface the frame arrived on (see [`data`]).
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: as in `data`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) }
+}
+
 /// A pointer to a `T` at `offset` in the frame, if the whole `T` lies inside it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
+    let start = data(ctx);
+    if start + offset + size_of::<T>() > data_end(ctx) {
         return None;
     }
     Some((start + offset) as *mut T)
@@ -87,7 +113,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Option<Packet> {
     let ip = unsafe { &*ip };
     let header_len = ((ip.vihl & 0x0f) as usize) << 2;
     let ip_len = u16::from_be_bytes(ip.tot_len);
-    let frame_len = ctx.data_end() - ctx.data();
+    let frame_len = data_end(ctx) - data(ctx);
     if ip.vihl >> 4 != 4
         || header_len < IPV4_MIN_HEADER
         || (ip_len as usize) < header_len
@@ -128,10 +154,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Option<Packet> {
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst))
     };
 
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ip.src_addr);
-    dst[..4].copy_from_slice(&ip.dst_addr);
+    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
     Some(Packet {
         l3,
         l4,

@@ -26,7 +26,7 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// How the XDP program attaches.
     pub xdp_mode: XdpMode,
-    /// Entries in each flow table (`FLOWS` and `REPLIES`).
+    /// Flows the flow table holds (two `FLOWS` entries each, one per direction).
     pub flow_table_size: u32,
     /// Virtual services, in file order.
     pub services: Vec<ServiceConfig>,

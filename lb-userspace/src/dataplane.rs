@@ -10,8 +10,9 @@ use aya::{
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    BackendEntry, BackendTable, FlowKey, NatEntry, ServiceEntry, ServiceKey, TrafficCounters,
+    BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
     consts::{events, map_names, program_names},
+    direction,
 };
 use tracing::{info, warn};
 
@@ -32,8 +33,7 @@ pub struct Maps {
     tables_id: u32,
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
-    flows: HashMap<MapData, FlowKey, NatEntry>,
-    replies: HashMap<MapData, FlowKey, NatEntry>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
     egress_ports: DevMapHash<MapData>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -66,8 +66,8 @@ impl Dataplane {
     pub fn load(flow_table_size: u32) -> Result<Self> {
         ensure_built(XDP_OBJECT)?;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::FLOWS, flow_table_size)
-            .map_max_entries(map_names::REPLIES, flow_table_size)
+            // Two entries per flow, one per direction.
+            .map_max_entries(map_names::FLOWS, flow_table_size.saturating_mul(2))
             .load(XDP_OBJECT)
             .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf
@@ -202,7 +202,6 @@ impl Maps {
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             flows: take(ebpf, map_names::FLOWS)?,
-            replies: take(ebpf, map_names::REPLIES)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
@@ -237,13 +236,8 @@ impl Maps {
         Ok(totals)
     }
 
-    /// Number of entries in the client-to-backend flow table.
-    pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
-    }
-
-    /// Active flows per backend id: entries of the client-to-backend table that saw a packet
-    /// within `window` (entries refresh their time at most once a second).
+    /// Active flows per backend id: flows whose client-to-backend direction saw a packet within
+    /// `window` (entries refresh their time at most once a second).
     pub fn active_flows(
         &self,
         window: std::time::Duration,
@@ -252,16 +246,22 @@ impl Maps {
         let window = window.as_nanos() as u64;
         let mut counts = std::collections::HashMap::new();
         for (_, entry) in self.flows.iter().filter_map(Result::ok) {
-            if now.saturating_sub(entry.last_seen_ns) <= window {
+            if entry.direction == direction::TO_BACKEND
+                && now.saturating_sub(entry.last_seen_ns) <= window
+            {
                 *counts.entry(entry.backend_id).or_default() += 1;
             }
         }
         Ok(counts)
     }
 
-    /// The flows in the client-to-backend table (key as received, entry with the backend).
-    pub fn flows(&self) -> Vec<(FlowKey, NatEntry)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+    /// The flows, by their client-to-backend entry (key as received, entry with the backend).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.direction == direction::TO_BACKEND)
+            .collect()
     }
 }
 
@@ -299,9 +299,7 @@ impl DataplaneMaps for Maps {
 
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
         let retired: HashSet<u32> = backend_ids.iter().copied().collect();
-        let purged = purge(&mut self.flows, &retired);
-        purge(&mut self.replies, &retired);
-        Ok(purged)
+        Ok(purge(&mut self.flows, &retired))
     }
 }
 
@@ -338,29 +336,34 @@ impl Maps {
     }
 }
 
-/// Deletes the entries of `table` whose backend is in `retired`; returns how many.
-fn purge(table: &mut HashMap<MapData, FlowKey, NatEntry>, retired: &HashSet<u32>) -> usize {
-    let doomed: Vec<FlowKey> = table
+/// Deletes the entries (both directions) of the flows whose backend is in `retired`; returns
+/// how many flows.
+fn purge(table: &mut HashMap<MapData, FlowKey, FlowEntry>, retired: &HashSet<u32>) -> usize {
+    let doomed: Vec<(FlowKey, u8)> = table
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, entry)| retired.contains(&entry.backend_id))
-        .map(|(key, _)| key)
+        .map(|(key, entry)| (key, entry.direction))
         .collect();
-    for key in &doomed {
+    for (key, _) in &doomed {
         // The LRU may have evicted the entry since the scan; that is fine.
         let _ = table.remove(key);
     }
-    doomed.len()
+    doomed
+        .iter()
+        .filter(|(_, d)| *d == direction::TO_BACKEND)
+        .count()
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps flow entries.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
+/// stamps flow entries.
 fn monotonic_ns() -> Result<u64> {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec we pass.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)

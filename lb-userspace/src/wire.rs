@@ -2,18 +2,27 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lb_common::{BackendEntry, ServiceKey, consts::family};
+use lb_common::{Addr, BackendEntry, ServiceKey, consts::family};
 
 use crate::config::Protocol;
 
-/// A 16-byte map address field: IPv4 in the first 4 bytes, IPv6 in all 16.
-pub fn addr_field(ip: IpAddr) -> [u8; 16] {
-    let mut field = [0u8; 16];
+/// A map address field: IPv4 in the first 4 bytes, IPv6 in all 16, in wire order.
+pub fn addr_field(ip: IpAddr) -> Addr {
+    let mut bytes = [0u8; 16];
     match ip {
-        IpAddr::V4(v4) => field[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => field = v6.octets(),
+        IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => bytes = v6.octets(),
     }
-    field
+    std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes")))
+}
+
+/// The 16 wire-order bytes of a map address field.
+pub fn addr_bytes(field: &Addr) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    for (i, word) in field.iter().enumerate() {
+        bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    bytes
 }
 
 /// The address family code of `ip`.
@@ -25,11 +34,12 @@ pub fn family_of(ip: IpAddr) -> u8 {
 }
 
 /// The IP address held in a map address field of the given family.
-pub fn ip_from_field(field: &[u8; 16], family_code: u8) -> IpAddr {
+pub fn ip_from_field(field: &Addr, family_code: u8) -> IpAddr {
+    let bytes = addr_bytes(field);
     if family_code == family::IPV6 {
-        IpAddr::V6(Ipv6Addr::from(*field))
+        IpAddr::V6(Ipv6Addr::from(bytes))
     } else {
-        IpAddr::V4(Ipv4Addr::new(field[0], field[1], field[2], field[3]))
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     }
 }
 
@@ -66,8 +76,8 @@ mod tests {
     #[test]
     fn fields_are_in_network_order() {
         let key = service_key("198.18.100.1:80".parse().unwrap(), Protocol::Udp);
-        assert_eq!(key.addr[..4], [198, 18, 100, 1]);
-        assert_eq!(key.addr[4..], [0; 12]);
+        assert_eq!(addr_bytes(&key.addr)[..4], [198, 18, 100, 1]);
+        assert_eq!(addr_bytes(&key.addr)[4..], [0; 12]);
         assert_eq!(key.port.to_ne_bytes(), [0, 80]);
         assert_eq!(key.proto, 17);
         assert_eq!(key.family, family::IPV4);

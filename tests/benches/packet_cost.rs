@@ -65,11 +65,19 @@ fn main() -> Result<()> {
         ensure!(packet_net::run(program, &established, c0, 1)?.verdict == XDP_REDIRECT);
 
         // Median per-packet time over `rounds` test runs of REPEAT repetitions.
-        let per_packet = |program: &aya::programs::Xdp, frame: &[u8], ifindex: u32, verdict: u32| -> Result<f64> {
+        let per_packet = |program: &aya::programs::Xdp,
+                          frame: &[u8],
+                          ifindex: u32,
+                          verdict: u32|
+         -> Result<f64> {
             let mut times = Vec::with_capacity(rounds);
             for _ in 0..rounds {
                 let result = packet_net::run(program, frame, ifindex, REPEAT)?;
-                ensure!(result.verdict == verdict, "verdict {} instead of {verdict}", result.verdict);
+                ensure!(
+                    result.verdict == verdict,
+                    "verdict {} instead of {verdict}",
+                    result.verdict
+                );
                 ensure!(result.frame.len() == frame.len());
                 times.push(result.duration.as_secs_f64() * 1e9);
             }
@@ -77,28 +85,65 @@ fn main() -> Result<()> {
         };
         let noop_ns = per_packet(noop_program(&noop), &established, c0, XDP_PASS)?;
         let mut rows = vec![("reference: count and pass".to_owned(), noop_ns, noop_ns)];
-        rows.push(("not for a service (passed)".into(), per_packet(program, &other, c0, XDP_PASS)?, noop_ns));
-        rows.push(("established TCP flow, IPv4".into(), per_packet(program, &established, c0, XDP_REDIRECT)?, noop_ns));
-        rows.push(("reply of a flow, IPv4".into(), per_packet(program, &reply, s0, XDP_REDIRECT)?, noop_ns));
+        rows.push((
+            "not for a service (passed)".into(),
+            per_packet(program, &other, c0, XDP_PASS)?,
+            noop_ns,
+        ));
+        rows.push((
+            "established TCP flow, IPv4".into(),
+            per_packet(program, &established, c0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
+        rows.push((
+            "reply of a flow, IPv4".into(),
+            per_packet(program, &reply, s0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
 
         // New flows: one run each, against single runs of the reference program.
         let (mut new, mut single_noop) = (Vec::new(), Vec::new());
         for i in 0..new_flows {
-            let frame = Frame::tcp(&format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000), "198.18.100.2:80").build();
+            let frame = Frame::tcp(
+                &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
+                "198.18.100.2:80",
+            )
+            .build();
             let result = packet_net::run(program, &frame, c0, 1)?;
-            ensure!(result.verdict == XDP_REDIRECT, "new flow {i}: verdict {}", result.verdict);
+            ensure!(
+                result.verdict == XDP_REDIRECT,
+                "new flow {i}: verdict {}",
+                result.verdict
+            );
             new.push(result.duration.as_secs_f64() * 1e9);
-            single_noop.push(packet_net::run(noop_program(&noop), &frame, c0, 1)?.duration.as_secs_f64() * 1e9);
+            single_noop.push(
+                packet_net::run(noop_program(&noop), &frame, c0, 1)?
+                    .duration
+                    .as_secs_f64()
+                    * 1e9,
+            );
         }
         let single_noop_ns = median(&mut single_noop);
-        rows.push(("reference, single runs".into(), single_noop_ns, single_noop_ns));
-        rows.push(("new flow (miss, round robin, insert both directions)".into(), median(&mut new), single_noop_ns));
+        rows.push((
+            "reference, single runs".into(),
+            single_noop_ns,
+            single_noop_ns,
+        ));
+        rows.push((
+            "new flow (miss, round robin, insert both directions)".into(),
+            median(&mut new),
+            single_noop_ns,
+        ));
         Ok(rows)
     })??;
 
     let mut table = Table::new(&["case", "ns per packet (median)", "× reference"]);
     for (case, ns, reference) in rows {
-        table.row(vec![case, format!("{ns:.0}"), format!("{:.2}", ns / reference)]);
+        table.row(vec![
+            case,
+            format!("{ns:.0}"),
+            format!("{:.2}", ns / reference),
+        ]);
     }
     print_section(
         "Per-packet cost (BPF_PROG_TEST_RUN)",

@@ -72,5 +72,9 @@ pub fn run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Run
         })
         .context("BPF_PROG_TEST_RUN")?;
     out.truncate(result.data_size_out as usize);
-    Ok(RunResult { verdict: result.return_value, frame: out, duration: result.duration })
+    Ok(RunResult {
+        verdict: result.return_value,
+        frame: out,
+        duration: result.duration,
+    })
 }

@@ -14,8 +14,8 @@ use xlb::{
     netif,
 };
 use xlb_tests::{
-    packet_net,
     packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, Transport, hex_diff, verify_checksums},
+    packet_net,
 };
 
 const XDP_DROP: u32 = 1;
@@ -93,7 +93,12 @@ fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
         let s0 = netif::index("s0").unwrap();
         dataplane.maps.add_egress_port(c0).unwrap();
         dataplane.maps.add_egress_port(s0).unwrap();
-        let mut lab = PacketLab { dataplane, balancer, c0, s0 };
+        let mut lab = PacketLab {
+            dataplane,
+            balancer,
+            c0,
+            s0,
+        };
         test(&mut lab);
     })
     .expect("entering the namespace");
