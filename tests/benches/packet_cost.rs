@@ -124,9 +124,20 @@ fn main() -> Result<()> {
             );
         }
         let single_noop_ns = median(&mut single_noop);
+        let mut single_established = Vec::new();
+        for _ in 0..new_flows {
+            let result = packet_net::run(program, &established, c0, 1)?;
+            ensure!(result.verdict == XDP_REDIRECT);
+            single_established.push(result.duration.as_secs_f64() * 1e9);
+        }
         rows.push((
             "reference, single runs".into(),
             single_noop_ns,
+            single_noop_ns,
+        ));
+        rows.push((
+            "established TCP flow, single runs".into(),
+            median(&mut single_established),
             single_noop_ns,
         ));
         rows.push((
