@@ -1,7 +1,8 @@
 //! The backend server used by tests and the demo:
 //! - HTTP/1.1 (hyper): names itself in an `x-backend` header; `GET /download?bytes=N&ms=T`
 //!   streams N deterministic bytes (see [`crate::client::payload`]) spread over T milliseconds;
-//!   any other request gets its body echoed back;
+//!   `GET /count` answers how many other requests it has served; any other request gets its
+//!   body echoed back;
 //! - UDP: answers each datagram with its name, a newline and the datagram;
 //! - an HAProxy-style load agent: answers each connection with one line read from a file (so
 //!   a test changes the backend's reported load by writing the file).
@@ -11,6 +12,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -89,14 +94,22 @@ async fn stream_download(bytes: usize, ms: u64, chunks: mpsc::Sender<Bytes>) {
 
 /// Serves HTTP on `listener` until the task is dropped.
 pub async fn serve_http(name: String, listener: TcpListener) -> Result<()> {
+    let served = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, _) = listener.accept().await.context("accept")?;
         let name = name.clone();
+        let served = Arc::clone(&served);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let name = name.clone();
+                let served = Arc::clone(&served);
                 async move {
                     let response = Response::builder().header(BACKEND_HEADER, name);
+                    if request.uri().path() == "/count" {
+                        let count = Bytes::from(served.load(Ordering::Relaxed).to_string());
+                        return Ok(response.body(Either::Right(Full::new(count))).expect("valid"));
+                    }
+                    served.fetch_add(1, Ordering::Relaxed);
                     if let Some((bytes, ms)) = download_request(&request) {
                         let (chunks, receiver) = mpsc::channel(4);
                         tokio::spawn(stream_download(bytes, ms, chunks));

@@ -1,0 +1,367 @@
+//! End to end, client -> balancer -> 3 backends in network namespaces, each variant on a
+//! freshly built topology, in one run:
+//!
+//! - `route`: no balancer; the balancer namespace only routes, to one backend (the path's
+//!   baseline);
+//! - `nft`: nftables DNAT with `numgen inc mod 3` (the kernel's own answer to the same job);
+//! - `xlb native` and `xlb generic`: xlb in each XDP mode.
+//!
+//! Metrics: small UDP packets delivered per second at the backends (trafgen, 1,024 source
+//! ports) and the machine's CPU time per million of them; TCP throughput to one backend
+//! (iperf3); HTTP requests per second over keep-alive connections and over a new connection
+//! each (wrk against the backends' HTTP servers), with p99 latency; round-robin fairness
+//! (max/min requests per backend). Needs root. Run by `cargo xtask bench`.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use xlb_tests::{
+    bench::{Table, print_section, quick},
+    client::http_get_body,
+    netns::Netns,
+    process::{Process, temp_file},
+    scenario::{HTTP_PORT, balancer_config_with, start_backends, start_xlb},
+    topology::{CLIENT, Lab, VIP, Wiring, backend_addr},
+};
+
+/// Port the UDP packets go to on the backends (no server: the backend's stack counts and
+/// drops them, so the measure is delivery, not an application).
+const DISCARD_PORT: u16 = 9;
+const UDP_SERVICE_PORT: u16 = 53;
+const IPERF_PORT: u16 = 5201;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Route,
+    Nft,
+    Xlb(&'static str),
+}
+
+impl Variant {
+    fn name(self) -> String {
+        match self {
+            Self::Route => "route".into(),
+            Self::Nft => "nft".into(),
+            Self::Xlb(mode) => format!("xlb {mode}"),
+        }
+    }
+}
+
+/// What one variant measured.
+#[derive(Default)]
+struct Results {
+    udp_pps: f64,
+    cpu_ms_per_million: f64,
+    tcp_gbps: f64,
+    http_rps: f64,
+    http_p99_ms: f64,
+    conn_rps: f64,
+    conn_p99_ms: f64,
+    fairness: Option<f64>,
+}
+
+struct Settings {
+    udp_packets: u64,
+    seconds: u32,
+}
+
+fn main() -> Result<()> {
+    let settings = if quick() {
+        Settings { udp_packets: 20_000, seconds: 1 }
+    } else {
+        Settings { udp_packets: 2_000_000, seconds: 4 }
+    };
+    let variants = [Variant::Route, Variant::Nft, Variant::Xlb("native"), Variant::Xlb("generic")];
+    let mut results = Vec::new();
+    for variant in variants {
+        eprintln!("e2e: {}", variant.name());
+        results.push(measure(variant, &settings).with_context(|| variant.name())?);
+    }
+    print_section("End to end: route, nftables, xlb", &report(&variants, &results, &settings));
+    Ok(())
+}
+
+fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
+    let lab = Lab::new(Wiring::TwoInterfaces, 3)?;
+    let _backends = start_backends(&lab)?;
+    let b1 = backend_addr(0);
+    let mut iperf_command = lab.backends[0].command("iperf3");
+    iperf_command.args(["-s", "-B", &b1.to_string(), "-p", &IPERF_PORT.to_string()]);
+    let _iperf = Process::spawn("iperf3", iperf_command)?;
+    lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    lab.client.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
+
+    let _xlb = match variant {
+        Variant::Xlb(mode) => {
+            let mut config = balancer_config_with(&lab, mode, "", "");
+            // The UDP service of the standard config goes to the echo servers; here it goes
+            // to a port without a server, and iperf3 gets a service of its own.
+            config = config.replace(&format!(":{}\" }}", xlb_tests::scenario::UDP_PORT), &format!(":{DISCARD_PORT}\" }}"));
+            write!(
+                config,
+                "\n[[service]]\nname = \"iperf\"\nlisten = \"{VIP}:{IPERF_PORT}\"\nprotocol = \"tcp\"\n\
+                 backends = [ {{ address = \"{b1}:{IPERF_PORT}\" }} ]\nhealth = {{ check = \"none\" }}\n"
+            )?;
+            Some(start_xlb(&lab.balancer, &config)?)
+        }
+        Variant::Nft => {
+            nft_dnat(&lab.balancer)?;
+            None
+        }
+        Variant::Route => None,
+    };
+
+    // Where each test sends: the VIP, or backend 1 itself when there is no balancer.
+    let (http_target, udp_target, iperf_target) = match variant {
+        Variant::Route => (SocketAddr::from((b1, HTTP_PORT)), SocketAddr::from((b1, DISCARD_PORT)), b1),
+        _ => (SocketAddr::from((VIP, 80)), SocketAddr::from((VIP, UDP_SERVICE_PORT)), VIP),
+    };
+    // Warm up: neighbours resolved, servers answering.
+    wrk(&lab.client, http_target, 1, false).context("warm-up")?;
+
+    let (udp_pps, cpu_ms_per_million) = udp_flood(&lab, udp_target, settings.udp_packets)?;
+    let tcp_gbps = iperf(&lab.client, iperf_target, settings.seconds)?;
+    let (http_rps, http_p99_ms) = wrk(&lab.client, http_target, settings.seconds, false)?;
+    let before = served(&lab)?;
+    let (conn_rps, conn_p99_ms) = wrk(&lab.client, http_target, settings.seconds, true)?;
+    let after = served(&lab)?;
+    let fairness = (variant != Variant::Route).then(|| {
+        let counts: Vec<f64> = after.iter().zip(&before).map(|(a, b)| (a - b) as f64).collect();
+        let max = counts.iter().copied().fold(f64::MIN, f64::max);
+        let min = counts.iter().copied().fold(f64::MAX, f64::min);
+        if min > 0.0 { max / min } else { f64::INFINITY }
+    });
+    Ok(Results { udp_pps, cpu_ms_per_million, tcp_gbps, http_rps, http_p99_ms, conn_rps, conn_p99_ms, fairness })
+}
+
+/// nftables DNAT in the balancer namespace: round robin over the three backends per new flow.
+fn nft_dnat(balancer: &Netns) -> Result<()> {
+    let backends = (0..3).map(|i| format!("{i} : {}", backend_addr(i))).collect::<Vec<_>>().join(", ");
+    let rules = format!(
+        "table ip xlbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
+         ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 3 map {{ {backends} }} : {HTTP_PORT}\n\
+         ip daddr {VIP} udp dport {UDP_SERVICE_PORT} dnat to numgen inc mod 3 map {{ {backends} }} : {DISCARD_PORT}\n\
+         ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {}\n  }}\n}}\n",
+        backend_addr(0)
+    );
+    let path = temp_file("nft.rules", &rules)?;
+    balancer.exec("nft", &["-f", path.to_str().context("path")?])?;
+    Ok(())
+}
+
+/// Busy CPU time of the whole machine, from /proc/stat.
+fn busy_cpu() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis(busy * 1000 / ticks))
+}
+
+/// Packets received so far on every backend's interface.
+fn backend_rx(lab: &Lab) -> Result<u64> {
+    let mut total = 0;
+    for backend in &lab.backends {
+        total += backend.exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"])?.trim().parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Sends `packets` 60-byte UDP frames from 1,024 source ports; returns the packets per
+/// second delivered to the backends and the machine's CPU milliseconds per million of them.
+fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(f64, f64)> {
+    let lb_mac = mac_of(&lab.balancer, "eth0")?;
+    let config = format!(
+        "{{\n  eth(da={lb_mac}, sa={client_mac}),\n  ipv4(sa={CLIENT}, da={ip}, ttl=64),\n  \
+         udp(sp=dinc(1024, 2047), dp={port}),\n  fill(0x41, 18)\n}}\n",
+        client_mac = mac_of(&lab.client, "eth0")?,
+        ip = target.ip(),
+        port = target.port()
+    );
+    let path = temp_file("trafgen.cfg", &config)?;
+    let (rx_before, cpu_before, start) = (backend_rx(lab)?, busy_cpu()?, Instant::now());
+    lab.client.exec(
+        "trafgen",
+        &[
+            "--dev",
+            "eth0",
+            "--conf",
+            path.to_str().context("path")?,
+            "--num",
+            &packets.to_string(),
+            // One generator CPU, leaving the other to the balancer and the backends; a small
+            // TX ring (a large one overruns the veth and trafgen gives up with EAGAIN); and
+            // the system's socket memory left alone (a namespace may not change it).
+            "--cpus",
+            "1",
+            "--ring-size",
+            "64KiB",
+            "--no-sock-mem",
+            "-q",
+        ],
+    )?;
+    // Let queued packets drain.
+    std::thread::sleep(Duration::from_millis(200));
+    let elapsed = start.elapsed().as_secs_f64() - 0.2;
+    let delivered = backend_rx(lab)? - rx_before;
+    let cpu = (busy_cpu()? - cpu_before).as_secs_f64();
+    if delivered == 0 {
+        bail!("no UDP packet reached a backend");
+    }
+    Ok((delivered as f64 / elapsed, cpu * 1e3 / (delivered as f64 / 1e6)))
+}
+
+fn mac_of(host: &Netns, interface: &str) -> Result<String> {
+    let link = host.ip(&format!("link show dev {interface}"))?;
+    link.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .context("no MAC address")
+}
+
+/// TCP throughput from the client to `target` in Gbit/s (iperf3, one stream).
+fn iperf(client: &Netns, target: std::net::Ipv4Addr, seconds: u32) -> Result<f64> {
+    let out = client.exec(
+        "iperf3",
+        &["-c", &target.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"],
+    )?;
+    let marker = "\"sum_received\"";
+    let at = out.find(marker).context("iperf3 printed no sum_received")?;
+    let rest = &out[at..];
+    let bits = rest
+        .split("\"bits_per_second\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '\n', '}']).next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .context("no bits_per_second")?;
+    Ok(bits / 1e9)
+}
+
+/// HTTP load with wrk (2 threads, 32 connections, `seconds`): requests per second and p99
+/// latency in ms. With `close`, every request opens a new connection.
+fn wrk(client: &Netns, target: SocketAddr, seconds: u32, close: bool) -> Result<(f64, f64)> {
+    let url = format!("http://{target}/");
+    let duration = format!("{seconds}s");
+    let mut args = vec!["-t2", "-c32", "-d", &duration, "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let out = client.exec("wrk", &args)?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("wrk printed no Requests/sec")?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .context("wrk printed no 99% latency")??;
+    Ok((rps, p99))
+}
+
+/// wrk's latency ("1.23ms", "850.00us", "1.10s") in milliseconds.
+fn parse_latency(text: &str) -> Result<f64> {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 1e-3)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1e3)
+    } else {
+        bail!("unknown latency {text:?}")
+    };
+    Ok(number.parse::<f64>()? * factor)
+}
+
+/// Requests each backend has served so far.
+fn served(lab: &Lab) -> Result<Vec<u64>> {
+    lab.balancer.enter(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let mut counts = Vec::new();
+            for i in 0..lab.backends.len() {
+                let body = http_get_body(lab.backend_endpoint(i, HTTP_PORT), "/count").await?;
+                counts.push(body.trim().parse()?);
+            }
+            Ok(counts)
+        })
+    })?
+}
+
+fn report(variants: &[Variant], results: &[Results], settings: &Settings) -> String {
+    type Metric = (&'static str, fn(&Results) -> Option<f64>, &'static str);
+    let metrics: [Metric; 8] = [
+        ("UDP packets/s delivered (64 B)", |r| Some(r.udp_pps), "{:.0}"),
+        ("CPU ms per million packets (machine)", |r| Some(r.cpu_ms_per_million), "{:.0}"),
+        ("TCP throughput, Gbit/s", |r| Some(r.tcp_gbps), "{:.2}"),
+        ("HTTP keep-alive requests/s", |r| Some(r.http_rps), "{:.0}"),
+        ("HTTP keep-alive p99, ms", |r| Some(r.http_p99_ms), "{:.2}"),
+        ("new connections/s", |r| Some(r.conn_rps), "{:.0}"),
+        ("new connections p99, ms", |r| Some(r.conn_p99_ms), "{:.2}"),
+        ("fairness, max/min per backend", |r| r.fairness, "{:.3}"),
+    ];
+    let mut header = vec!["metric".to_owned()];
+    header.extend(variants.iter().map(|v| v.name()));
+    header.extend(["native ÷ route", "native ÷ nft", "generic ÷ route", "generic ÷ nft"].map(str::to_owned));
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = Table::new(&header_refs);
+    for (name, get, _) in metrics {
+        let values: Vec<Option<f64>> = results.iter().map(get).collect();
+        let mut row = vec![name.to_owned()];
+        row.extend(values.iter().map(|v| v.map_or("n/a".into(), format_number)));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".into(),
+        };
+        row.push(ratio(values[2], values[0]));
+        row.push(ratio(values[2], values[1]));
+        row.push(ratio(values[3], values[0]));
+        row.push(ratio(values[3], values[1]));
+        table.row(row);
+    }
+    format!(
+        "Client, balancer, switch (a bridge) and three backends, each in its own namespace, joined by \
+         veth pairs; every variant on a freshly built topology, one after the other in this run. \
+         `route`: no balancer, the balancer namespace forwards to backend 1. `nft`: nftables DNAT, \
+         `numgen inc mod 3` per new flow, conntrack reversing the replies. `xlb`: this project, \
+         native and generic XDP.\n\n\
+         - UDP: trafgen sends {} 60-byte frames from 1,024 source ports as fast as it can; counted \
+         at the backends' interfaces; CPU is the whole machine's busy time (the generator included).\n\
+         - TCP: iperf3, one stream, {}s, to backend 1 (a service of its own for xlb).\n\
+         - HTTP: wrk, 2 threads, 32 connections, {}s, against the backends' HTTP servers (the test \
+         backend, hyper); \"new connections\" sends `Connection: close`.\n\
+         - Fairness: requests served per backend during the new-connections run.\n\n{}",
+        settings.udp_packets,
+        settings.seconds,
+        settings.seconds,
+        table.markdown()
+    )
+}
+
+fn format_number(value: f64) -> String {
+    if value.is_infinite() {
+        "∞".into()
+    } else if value >= 1000.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
