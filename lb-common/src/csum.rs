@@ -114,7 +114,9 @@ mod tests {
             assert_eq!(check, checksum(&data, 0), "replace16, round {round}");
 
             let words = |bytes: &[u8]| -> [u32; 4] {
-                core::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+                core::array::from_fn(|i| {
+                    u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+                })
             };
             let old16 = words(&data[16..32]);
             let mut new_bytes: [u8; 16] = data[16..32].try_into().unwrap();

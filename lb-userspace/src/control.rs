@@ -29,6 +29,14 @@ pub trait DataplaneMaps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()>;
     /// Atomically replaces the backend table at `index` (`BACKEND_TABLES`).
     fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()>;
+    /// Atomically replaces several tables (each one atomically; they need not change at the
+    /// same instant). The maps do this in one batch.
+    fn publish_tables(&mut self, tables: &[(u32, BackendTable)]) -> Result<()> {
+        for (index, table) in tables {
+            self.publish_table(*index, table)?;
+        }
+        Ok(())
+    }
     /// Restarts the round-robin cursor of table `index` (`RR_CURSORS`).
     fn reset_cursor(&mut self, index: u32) -> Result<()>;
     /// Adds or updates a service (`SERVICES`).
@@ -165,7 +173,7 @@ impl Balancer {
     ) -> Result<ApplySummary> {
         let mut summary = ApplySummary::default();
         let mut previous = std::mem::take(&mut self.services);
-        let mut retired_backends = Vec::new();
+        let mut changes = Changes::default();
         let mut applied = Vec::with_capacity(services.len());
 
         for service in services {
@@ -173,27 +181,43 @@ impl Balancer {
                 .iter()
                 .position(|s| s.listen == service.listen && s.protocol == service.protocol)
                 .map(|i| previous.swap_remove(i));
-            let state =
-                self.apply_service(service, existing, maps, &mut summary, &mut retired_backends)?;
-            applied.push(state);
+            applied.push(self.apply_service(
+                service,
+                existing,
+                maps,
+                &mut summary,
+                &mut changes,
+            )?);
+        }
+        // Every changed table in one batch, then the new services that need them.
+        summary.tables_published += changes.tables.len();
+        maps.publish_tables(&changes.tables)
+            .context("publishing tables")?;
+        for (key, entry, name) in &changes.new_services {
+            maps.set_service(key, entry)
+                .with_context(|| format!("adding service {name}"))?;
         }
 
+        let mut emptied = Vec::new();
         for removed in previous {
             let key = service_key(removed.listen, removed.protocol);
             maps.remove_service(&key)
                 .with_context(|| format!("removing service {}", removed.name))?;
-            maps.publish_table(table_index(removed.id, 0), &BackendTable::EMPTY)
-                .with_context(|| format!("emptying the table of service {}", removed.name))?;
-            summary.tables_published += 1;
+            emptied.push((table_index(removed.id, 0), BackendTable::EMPTY));
             summary.services_removed += 1;
             self.service_ids.release(removed.id);
-            retired_backends.extend(removed.backends.iter().map(|b| b.id));
+            changes
+                .retired_backends
+                .extend(removed.backends.iter().map(|b| b.id));
         }
+        summary.tables_published += emptied.len();
+        maps.publish_tables(&emptied)
+            .context("emptying the tables of removed services")?;
 
-        if !retired_backends.is_empty() {
-            summary.flows_purged = maps.purge_flows(&retired_backends)?;
-            summary.backends_removed += retired_backends.len();
-            for id in retired_backends {
+        if !changes.retired_backends.is_empty() {
+            summary.flows_purged = maps.purge_flows(&changes.retired_backends)?;
+            summary.backends_removed += changes.retired_backends.len();
+            for id in changes.retired_backends {
                 self.backend_ids.release(id);
             }
         }
@@ -207,7 +231,7 @@ impl Balancer {
         existing: Option<ServiceState>,
         maps: &mut impl DataplaneMaps,
         summary: &mut ApplySummary,
-        retired_backends: &mut Vec<u32>,
+        changes: &mut Changes,
     ) -> Result<ServiceState> {
         let is_new = existing.is_none();
         let mut state = match existing {
@@ -255,30 +279,41 @@ impl Balancer {
                 weight,
             });
         }
-        retired_backends.extend(old_backends.iter().map(|b| b.id));
+        changes
+            .retired_backends
+            .extend(old_backends.iter().map(|b| b.id));
 
         let weights: Vec<(u32, u32)> = state.backends.iter().map(|b| (b.id, b.weight)).collect();
         let sequence = smooth_weighted_sequence(&weights);
         if is_new || sequence != state.table {
             state.generation = state.generation.wrapping_add(1);
-            maps.publish_table(
-                table_index(state.id, 0),
-                &backend_table(&sequence, state.generation),
-            )
-            .with_context(|| format!("publishing the table of service {}", service.name))?;
+            let table = backend_table(&sequence, state.generation);
+            changes.tables.push((table_index(state.id, 0), table));
             state.table = sequence;
-            summary.tables_published += 1;
         }
         if is_new {
             let entry = ServiceEntry {
                 id: state.id,
                 flags: 0,
             };
-            maps.set_service(&service_key(service.listen, service.protocol), &entry)
-                .with_context(|| format!("adding service {}", service.name))?;
+            let key = service_key(service.listen, service.protocol);
+            changes
+                .new_services
+                .push((key, entry, service.name.clone()));
         }
         Ok(state)
     }
+}
+
+/// What one apply writes after visiting every service.
+#[derive(Default)]
+struct Changes {
+    /// Tables to publish, by index.
+    tables: Vec<(u32, BackendTable)>,
+    /// Services to add once their tables are published.
+    new_services: Vec<(ServiceKey, ServiceEntry, String)>,
+    /// Backends that left; their flows are purged at the end.
+    retired_backends: Vec<u32>,
 }
 
 /// Hands out small integer ids next-fit, like PIDs: a released id is reused only after every

@@ -13,7 +13,9 @@ pub fn addr_field(ip: IpAddr) -> Addr {
         IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
         IpAddr::V6(v6) => bytes = v6.octets(),
     }
-    std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes")))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    })
 }
 
 /// The 16 wire-order bytes of a map address field.

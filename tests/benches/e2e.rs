@@ -71,17 +71,31 @@ struct Settings {
 
 fn main() -> Result<()> {
     let settings = if quick() {
-        Settings { udp_packets: 20_000, seconds: 1 }
+        Settings {
+            udp_packets: 20_000,
+            seconds: 1,
+        }
     } else {
-        Settings { udp_packets: 2_000_000, seconds: 4 }
+        Settings {
+            udp_packets: 2_000_000,
+            seconds: 4,
+        }
     };
-    let variants = [Variant::Route, Variant::Nft, Variant::Xlb("native"), Variant::Xlb("generic")];
+    let variants = [
+        Variant::Route,
+        Variant::Nft,
+        Variant::Xlb("native"),
+        Variant::Xlb("generic"),
+    ];
     let mut results = Vec::new();
     for variant in variants {
         eprintln!("e2e: {}", variant.name());
         results.push(measure(variant, &settings).with_context(|| variant.name())?);
     }
-    print_section("End to end: route, nftables, xlb", &report(&variants, &results, &settings));
+    print_section(
+        "End to end: route, nftables, xlb",
+        &report(&variants, &results, &settings),
+    );
     Ok(())
 }
 
@@ -93,14 +107,18 @@ fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
     iperf_command.args(["-s", "-B", &b1.to_string(), "-p", &IPERF_PORT.to_string()]);
     let _iperf = Process::spawn("iperf3", iperf_command)?;
     lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-    lab.client.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
+    lab.client
+        .sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
 
     let _xlb = match variant {
         Variant::Xlb(mode) => {
             let mut config = balancer_config_with(&lab, mode, "", "");
             // The UDP service of the standard config goes to the echo servers; here it goes
             // to a port without a server, and iperf3 gets a service of its own.
-            config = config.replace(&format!(":{}\" }}", xlb_tests::scenario::UDP_PORT), &format!(":{DISCARD_PORT}\" }}"));
+            config = config.replace(
+                &format!(":{}\" }}", xlb_tests::scenario::UDP_PORT),
+                &format!(":{DISCARD_PORT}\" }}"),
+            );
             write!(
                 config,
                 "\n[[service]]\nname = \"iperf\"\nlisten = \"{VIP}:{IPERF_PORT}\"\nprotocol = \"tcp\"\n\
@@ -117,8 +135,16 @@ fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
 
     // Where each test sends: the VIP, or backend 1 itself when there is no balancer.
     let (http_target, udp_target, iperf_target) = match variant {
-        Variant::Route => (SocketAddr::from((b1, HTTP_PORT)), SocketAddr::from((b1, DISCARD_PORT)), b1),
-        _ => (SocketAddr::from((VIP, 80)), SocketAddr::from((VIP, UDP_SERVICE_PORT)), VIP),
+        Variant::Route => (
+            SocketAddr::from((b1, HTTP_PORT)),
+            SocketAddr::from((b1, DISCARD_PORT)),
+            b1,
+        ),
+        _ => (
+            SocketAddr::from((VIP, 80)),
+            SocketAddr::from((VIP, UDP_SERVICE_PORT)),
+            VIP,
+        ),
     };
     // Warm up: neighbours resolved, servers answering.
     wrk(&lab.client, http_target, 1, false).context("warm-up")?;
@@ -130,17 +156,33 @@ fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
     let (conn_rps, conn_p99_ms) = wrk(&lab.client, http_target, settings.seconds, true)?;
     let after = served(&lab)?;
     let fairness = (variant != Variant::Route).then(|| {
-        let counts: Vec<f64> = after.iter().zip(&before).map(|(a, b)| (a - b) as f64).collect();
+        let counts: Vec<f64> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b) as f64)
+            .collect();
         let max = counts.iter().copied().fold(f64::MIN, f64::max);
         let min = counts.iter().copied().fold(f64::MAX, f64::min);
         if min > 0.0 { max / min } else { f64::INFINITY }
     });
-    Ok(Results { udp_pps, cpu_ms_per_million, tcp_gbps, http_rps, http_p99_ms, conn_rps, conn_p99_ms, fairness })
+    Ok(Results {
+        udp_pps,
+        cpu_ms_per_million,
+        tcp_gbps,
+        http_rps,
+        http_p99_ms,
+        conn_rps,
+        conn_p99_ms,
+        fairness,
+    })
 }
 
 /// nftables DNAT in the balancer namespace: round robin over the three backends per new flow.
 fn nft_dnat(balancer: &Netns) -> Result<()> {
-    let backends = (0..3).map(|i| format!("{i} : {}", backend_addr(i))).collect::<Vec<_>>().join(", ");
+    let backends = (0..3)
+        .map(|i| format!("{i} : {}", backend_addr(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let rules = format!(
         "table ip xlbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n\
          ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 3 map {{ {backends} }} : {HTTP_PORT}\n\
@@ -165,7 +207,12 @@ fn busy_cpu() -> Result<Duration> {
         .map(|f| f.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: u64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_millis(busy * 1000 / ticks))
@@ -175,7 +222,10 @@ fn busy_cpu() -> Result<Duration> {
 fn backend_rx(lab: &Lab) -> Result<u64> {
     let mut total = 0;
     for backend in &lab.backends {
-        total += backend.exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"])?.trim().parse::<u64>()?;
+        total += backend
+            .exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"])?
+            .trim()
+            .parse::<u64>()?;
     }
     Ok(total)
 }
@@ -221,7 +271,10 @@ fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(f64, f64)> 
     if delivered == 0 {
         bail!("no UDP packet reached a backend");
     }
-    Ok((delivered as f64 / elapsed, cpu * 1e3 / (delivered as f64 / 1e6)))
+    Ok((
+        delivered as f64 / elapsed,
+        cpu * 1e3 / (delivered as f64 / 1e6),
+    ))
 }
 
 fn mac_of(host: &Netns, interface: &str) -> Result<String> {
@@ -237,7 +290,15 @@ fn mac_of(host: &Netns, interface: &str) -> Result<String> {
 fn iperf(client: &Netns, target: std::net::Ipv4Addr, seconds: u32) -> Result<f64> {
     let out = client.exec(
         "iperf3",
-        &["-c", &target.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"],
+        &[
+            "-c",
+            &target.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
     )?;
     let marker = "\"sum_received\"";
     let at = out.find(marker).context("iperf3 printed no sum_received")?;
@@ -292,7 +353,9 @@ fn parse_latency(text: &str) -> Result<f64> {
 /// Requests each backend has served so far.
 fn served(lab: &Lab) -> Result<Vec<u64>> {
     lab.balancer.enter(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let mut counts = Vec::new();
             for i in 0..lab.backends.len() {
@@ -307,8 +370,16 @@ fn served(lab: &Lab) -> Result<Vec<u64>> {
 fn report(variants: &[Variant], results: &[Results], settings: &Settings) -> String {
     type Metric = (&'static str, fn(&Results) -> Option<f64>, &'static str);
     let metrics: [Metric; 8] = [
-        ("UDP packets/s delivered (64 B)", |r| Some(r.udp_pps), "{:.0}"),
-        ("CPU ms per million packets (machine)", |r| Some(r.cpu_ms_per_million), "{:.0}"),
+        (
+            "UDP packets/s delivered (64 B)",
+            |r| Some(r.udp_pps),
+            "{:.0}",
+        ),
+        (
+            "CPU ms per million packets (machine)",
+            |r| Some(r.cpu_ms_per_million),
+            "{:.0}",
+        ),
         ("TCP throughput, Gbit/s", |r| Some(r.tcp_gbps), "{:.2}"),
         ("HTTP keep-alive requests/s", |r| Some(r.http_rps), "{:.0}"),
         ("HTTP keep-alive p99, ms", |r| Some(r.http_p99_ms), "{:.2}"),
@@ -318,7 +389,15 @@ fn report(variants: &[Variant], results: &[Results], settings: &Settings) -> Str
     ];
     let mut header = vec!["metric".to_owned()];
     header.extend(variants.iter().map(|v| v.name()));
-    header.extend(["native ÷ route", "native ÷ nft", "generic ÷ route", "generic ÷ nft"].map(str::to_owned));
+    header.extend(
+        [
+            "native ÷ route",
+            "native ÷ nft",
+            "generic ÷ route",
+            "generic ÷ nft",
+        ]
+        .map(str::to_owned),
+    );
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = Table::new(&header_refs);
     for (name, get, _) in metrics {

@@ -191,13 +191,20 @@ pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
     let stream = timeout(EXCHANGE_TIMEOUT, TcpStream::connect(address))
         .await
         .context("connect timed out")??;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = Request::get(path)
         .header(HOST, address.to_string())
         .body(http_body_util::Empty::<Bytes>::new())?;
-    let response = timeout(EXCHANGE_TIMEOUT, sender.send_request(request)).await.context("no response")??;
-    ensure!(response.status().is_success(), "HTTP status {}", response.status());
+    let response = timeout(EXCHANGE_TIMEOUT, sender.send_request(request))
+        .await
+        .context("no response")??;
+    ensure!(
+        response.status().is_success(),
+        "HTTP status {}",
+        response.status()
+    );
     let body = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
 }

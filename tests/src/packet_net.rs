@@ -6,7 +6,8 @@
 //!   c0  198.18.0.1/24  02:00:00:00:00:01   client 198.18.0.2 (…:02), local backend 198.18.0.21 (…:21)
 //!   s0  198.18.1.1/24  02:00:00:00:01:01   backends 198.18.1.11-13 (02:00:00:00:01:11-13)
 //!                                          198.18.1.99 has no neighbour entry
-//!                                          198.18.100.0/24 routed via 198.18.1.2 (…:01:02)
+//!                                          198.18.100.0/24 and the rest of 198.18.0.0/15
+//!                                          routed via 198.18.1.2 (…:01:02)
 //! ```
 
 use std::time::Duration;
@@ -35,6 +36,7 @@ pub fn build() -> Result<Netns> {
         "neigh add 198.18.1.13 lladdr 02:00:00:00:01:13 dev s0 nud permanent",
         "neigh add 198.18.1.2 lladdr 02:00:00:00:01:02 dev s0 nud permanent",
         "route add 198.18.100.0/24 via 198.18.1.2 dev s0",
+        "route add 198.18.0.0/15 via 198.18.1.2 dev s0",
     ] {
         ns.ip(command).with_context(|| format!("ip {command}"))?;
     }

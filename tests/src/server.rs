@@ -107,7 +107,9 @@ pub async fn serve_http(name: String, listener: TcpListener) -> Result<()> {
                     let response = Response::builder().header(BACKEND_HEADER, name);
                     if request.uri().path() == "/count" {
                         let count = Bytes::from(served.load(Ordering::Relaxed).to_string());
-                        return Ok(response.body(Either::Right(Full::new(count))).expect("valid"));
+                        return Ok(response
+                            .body(Either::Right(Full::new(count)))
+                            .expect("valid"));
                     }
                     served.fetch_add(1, Ordering::Relaxed);
                     if let Some((bytes, ms)) = download_request(&request) {

@@ -1,0 +1,273 @@
+//! Scale: kernel memory of the maps and per-packet cost with a full flow table (1,000,000
+//! flows), 1,000 backends in one service, and 10,000 services; and the time to apply each
+//! configuration (build and publish every table). Needs root. Run by `cargo xtask bench`.
+
+use std::{fmt::Write as _, time::Instant};
+
+use anyhow::{Result, anyhow, ensure};
+use aya::maps::{Array, MapData};
+use lb_common::BackendTable;
+use xlb::{
+    config::Config,
+    control::{Balancer, ServiceSpec},
+    dataplane::{Dataplane, NoopProgram},
+    netif,
+};
+use xlb_tests::{
+    bench::{Table, median, print_section, quick},
+    packet::Frame,
+    packet_net,
+};
+
+const XDP_REDIRECT: u32 = 4;
+
+/// Kernel memory (bytes) of the BPF maps this process holds open, from /proc/self/fdinfo.
+fn open_map_memory() -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Kernel memory of one published backend table (an inner map the daemon does not keep open).
+fn table_memory() -> Result<u64> {
+    let before = open_map_memory()?;
+    let _table: Array<MapData, BackendTable> = Array::create(1, 0)?;
+    Ok(open_map_memory()? - before)
+}
+
+fn config(services: usize, backends: usize) -> String {
+    let mut text = String::from("interfaces = [\"c0\", \"s0\"]\n");
+    // The first service's backend is its own VIP, so a repeated packet stays on one path (see
+    // packet_cost.rs).
+    text.push_str(
+        "[[service]]\nname = \"loopback\"\nlisten = \"198.18.100.1:80\"\nprotocol = \"tcp\"\n\
+         backends = [ { address = \"198.18.100.1:80\" } ]\n",
+    );
+    for s in 0..services {
+        let list: Vec<String> = (0..backends)
+            .map(|b| {
+                format!(
+                    "{{ address = \"198.18.{}.{}:{}\" }}",
+                    10 + b / 200,
+                    11 + b % 200,
+                    8000 + s % 1000
+                )
+            })
+            .collect();
+        let _ = write!(
+            text,
+            "[[service]]\nname = \"s{s}\"\nlisten = \"198.18.{}.{}:{}\"\nprotocol = \"tcp\"\nbackends = [ {} ]\n",
+            101 + s / (250 * 50),
+            1 + (s / 50) % 250,
+            80 + s % 50,
+            list.join(", ")
+        );
+    }
+    text
+}
+
+struct Row {
+    name: String,
+    memory_mib: f64,
+    apply_ms: f64,
+    established_warm: f64,
+    established_cold: f64,
+    new_flow: f64,
+    noop_single: f64,
+}
+
+/// Loads the program with a flow table of `flows`, applies `services` services of `backends`
+/// backends, fills the table with `fill` flows, and measures.
+fn measure(
+    name: &str,
+    flows: u32,
+    services: usize,
+    backends: usize,
+    fill: usize,
+    samples: usize,
+) -> Result<Row> {
+    eprintln!("scale: {name}");
+    let ns = packet_net::build()?;
+    ns.enter(|| -> Result<Row> {
+        let config = Config::parse(&config(services, backends)).map_err(|e| anyhow!("{e:?}"))?;
+        let mut dataplane = Dataplane::load(flows)?;
+        let start = Instant::now();
+        let summary = Balancer::new().apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)?;
+        let apply_ms = start.elapsed().as_secs_f64() * 1e3;
+        let (c0, s0) = (netif::index("c0")?, netif::index("s0")?);
+        dataplane.maps.add_egress_port(c0)?;
+        dataplane.maps.add_egress_port(s0)?;
+        let program = dataplane.program();
+        let noop = NoopProgram::load()?;
+
+        // The flows, through the program itself: distinct clients to the first configured
+        // service, or to the loopback one if there is none.
+        let target = if services > 0 {
+            "198.18.101.1:80"
+        } else {
+            "198.18.100.1:80"
+        };
+        let client = |i: usize| {
+            format!(
+                "198.19.{}.{}:{}",
+                (i / 60_000) / 250,
+                1 + (i / 60_000) % 250,
+                1_024 + i % 60_000
+            )
+        };
+        let flow = |i: usize| Frame::tcp(&client(i), target).with(|f| f.ttl = 255).build();
+        let mut new = Vec::with_capacity(fill);
+        for i in 0..fill {
+            let result = packet_net::run(program, &flow(i), c0, 1)?;
+            ensure!(
+                result.verdict == XDP_REDIRECT,
+                "flow {i}: verdict {}",
+                result.verdict
+            );
+            new.push(result.duration.as_secs_f64() * 1e9);
+        }
+        // Established packets of random flows, one run each (their entries are cold), and the
+        // same flow repeated (warm).
+        let mut cold = Vec::with_capacity(samples);
+        let mut noop_single = Vec::with_capacity(samples);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..samples {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let frame = flow(state as usize % fill.max(1));
+            cold.push(
+                packet_net::run(program, &frame, c0, 1)?
+                    .duration
+                    .as_secs_f64()
+                    * 1e9,
+            );
+            noop_single.push(
+                packet_net::run(noop.program(), &frame, c0, 1)?
+                    .duration
+                    .as_secs_f64()
+                    * 1e9,
+            );
+        }
+        let warm_frame = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
+            .with(|f| f.ttl = 255)
+            .build();
+        ensure!(packet_net::run(program, &warm_frame, c0, 1)?.verdict == XDP_REDIRECT);
+        let mut warm = Vec::new();
+        for _ in 0..50 {
+            warm.push(
+                packet_net::run(program, &warm_frame, c0, 200)?
+                    .duration
+                    .as_secs_f64()
+                    * 1e9,
+            );
+        }
+        let tables = summary.tables_published as u64;
+        let memory = open_map_memory()? + tables * table_memory()?;
+        Ok(Row {
+            name: name.to_owned(),
+            memory_mib: memory as f64 / (1 << 20) as f64,
+            apply_ms,
+            established_warm: median(&mut warm),
+            established_cold: median(&mut cold),
+            new_flow: median(&mut new),
+            noop_single: median(&mut noop_single),
+        })
+    })?
+}
+
+fn main() -> Result<()> {
+    let quick = quick();
+    let (flows, services, backends, samples) = if quick {
+        (20_000, 100, 100, 200)
+    } else {
+        (1_000_000, 10_000, 1_000, 20_000)
+    };
+    let rows = [
+        measure(
+            "1 service, 1 backend, 10,000 flows (default table)",
+            262_144,
+            0,
+            1,
+            samples.min(10_000),
+            samples,
+        )?,
+        // A little room above the fill: the LRU evicts before it is exactly full.
+        measure(
+            &format!("{flows} flows"),
+            flows + flows / 10,
+            0,
+            1,
+            flows as usize,
+            samples,
+        )?,
+        measure(
+            &format!("1 service of {backends} backends"),
+            262_144,
+            1,
+            backends,
+            samples.min(10_000),
+            samples,
+        )?,
+        measure(
+            &format!("{services} services of 3 backends"),
+            262_144,
+            services,
+            3,
+            samples.min(10_000),
+            samples,
+        )?,
+    ];
+    let mut table = Table::new(&[
+        "configuration",
+        "maps, kernel memory (MiB)",
+        "apply config (ms)",
+        "established, warm (ns)",
+        "established, cold (ns)",
+        "new flow (ns)",
+        "reference, single runs (ns)",
+    ]);
+    for row in rows {
+        table.row(vec![
+            row.name,
+            format!("{:.1}", row.memory_mib),
+            format!("{:.0}", row.apply_ms),
+            format!("{:.0}", row.established_warm),
+            format!("{:.0}", row.established_cold),
+            format!("{:.0}", row.new_flow),
+            format!("{:.0}", row.noop_single),
+        ]);
+    }
+    print_section(
+        "Scale",
+        &format!(
+            "The program in the packet-test namespace, its flow table filled through the program \
+             itself (one BPF_PROG_TEST_RUN per new flow). Memory: the `memlock` of every map \
+             (from /proc/self/fdinfo) plus the published tables. Apply: building and publishing \
+             every table and adding every service (tables go in one BPF_MAP_UPDATE_BATCH). \
+             Established, warm: one flow repeated 200 times per run; cold: one run per packet of \
+             a random established flow, against single runs of the reference program (which \
+             include the kernel's per-run timing overhead). New flow: the median over the fill, \
+             so with a full table it includes LRU evictions.\n\n{}",
+            table.markdown()
+        ),
+    );
+    Ok(())
+}
