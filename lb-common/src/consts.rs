@@ -25,7 +25,7 @@ pub mod limits {
     /// Backend tables: one per (service, pool), indexed `service_id * MAX_POOLS_PER_SERVICE + pool`.
     pub const MAX_TABLES: u32 = MAX_SERVICES * MAX_POOLS_PER_SERVICE;
     /// Backends across all services (the `BACKENDS` registry).
-    pub const MAX_BACKENDS: u32 = 16_384;
+    pub const MAX_BACKENDS: u32 = 65_536;
     /// Backends in one service.
     pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
     /// Round-robin slots in one backend table (a backend of weight w fills about w slots).

@@ -74,6 +74,12 @@ pub fn run(quick: bool) -> Result<()> {
         for section in &sections {
             let _ = writeln!(document, "\n{section}");
         }
+        // The hand-written analysis of the results, kept with the benchmarks.
+        if !quick {
+            let analysis = std::fs::read_to_string("tests/benches/ANALYSIS.md")
+                .context("reading tests/benches/ANALYSIS.md")?;
+            let _ = write!(document, "\n{analysis}");
+        }
         std::fs::write(&path, document)?;
         Ok(())
     })?;

@@ -11,8 +11,17 @@ use crate::steps::{Steps, note};
 /// Number of steps [`run`] takes.
 pub const STEPS: usize = 4;
 
-/// Debian packages the tests and the demo use: `ip`, `ethtool`, `sysctl`.
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "procps"];
+/// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
+/// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "procps",
+    "netsniff-ng",
+    "iperf3",
+    "wrk",
+    "nftables",
+];
 /// The LLVM that bpf-linker is built against (it must match rustc's LLVM major version).
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
