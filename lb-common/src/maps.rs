@@ -36,7 +36,8 @@ pub struct ServiceEntry {
 }
 
 /// Value of `BACKENDS`: where a backend lives. Written by userspace before any table refers to
-/// the backend's id, and never changed while one does.
+/// the backend's id, and never changed while one does; cleared when the id is released. A
+/// restarted daemon reads these entries to find the ids its flows refer to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendEntry {
@@ -46,10 +47,15 @@ pub struct BackendEntry {
     pub port: u16,
     /// Address family of `addr`.
     pub family: u8,
-    /// Explicit padding; zero.
-    pub _pad: u8,
-    /// Pool of the service the backend belongs to.
+    /// 1 while the id belongs to a backend, 0 once released (a `u8`, not a `bool`, so that
+    /// every bit pattern is valid).
+    pub in_use: u8,
+    /// The service the backend belongs to.
+    pub service_id: u32,
+    /// The backend's pool in that service.
     pub pool: u32,
+    /// Explicit padding; zero.
+    pub _pad: u32,
 }
 
 /// A backend table: the round-robin sequence of backend ids for new flows of one
@@ -171,7 +177,7 @@ impl TrafficCounters {
 
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServiceEntry>() == 8);
-const _: () = assert!(size_of::<BackendEntry>() == 24);
+const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowEntry>() == 64);

@@ -13,7 +13,7 @@ use std::{fmt, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{agent::AgentReport, config::LoadConfig};
+use crate::{agent::AgentReport, api::AdminAction, config::LoadConfig};
 
 /// How far above `overload_below` (in percentage points) an agent's weight must climb before an
 /// Overloaded backend counts as having room again.
@@ -179,6 +179,10 @@ pub struct BackendStatus {
     pub came_up_at: Option<Instant>,
     /// The state last reported to operators; `None` before the first report.
     pub reported: Option<Reported>,
+    /// An operator's drain or disable, kept until enable or a reload.
+    pub admin: Option<AdminAction>,
+    /// How long the last health check took.
+    pub check_latency: Option<Duration>,
 }
 
 /// A state as reported to operators.
@@ -203,6 +207,8 @@ impl BackendStatus {
             overloaded: false,
             came_up_at: None,
             reported: None,
+            admin: None,
+            check_latency: None,
         }
     }
 
@@ -239,12 +245,18 @@ impl BackendStatus {
         slowstart: Option<Duration>,
         now: Instant,
     ) -> (State, String) {
+        if self.admin == Some(AdminAction::Disable) {
+            return (State::Down, "disabled by the operator".into());
+        }
         if !self.health.is_known() {
             return (State::Down, "not checked yet".into());
         }
         if !self.health.is_up() {
             let why = self.health.failure().unwrap_or("failing checks");
             return (State::Down, format!("health check: {why}"));
+        }
+        if self.admin == Some(AdminAction::Drain) {
+            return (State::Draining, "drained by the operator".into());
         }
         match &self.agent.admin {
             Some(AgentAdmin::Down(word)) => return (State::Down, format!("agent says {word}")),
@@ -573,5 +585,24 @@ mod tests {
         backend.agent.apply(&report(Some(0), false, None));
         assert_eq!(backend.serving_weight(None, start), 0);
         assert_eq!(backend.state(None, None, start).0, State::Draining);
+    }
+
+    #[test]
+    fn an_operator_can_drain_or_disable_a_healthy_backend() {
+        let now = Instant::now();
+        let mut backend = up_backend();
+        backend.admin = Some(AdminAction::Drain);
+        assert_eq!(
+            backend.state(None, None, now),
+            (State::Draining, "drained by the operator".into())
+        );
+        assert_eq!(table_weights(&[&backend], None, None, now), [0]);
+        backend.admin = Some(AdminAction::Disable);
+        assert_eq!(
+            backend.state(None, None, now),
+            (State::Down, "disabled by the operator".into())
+        );
+        backend.admin = None;
+        assert_eq!(backend.state(None, None, now).0, State::Up);
     }
 }

@@ -28,6 +28,11 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Flows the flow table holds (two `FLOWS` entries each, one per direction).
     pub flow_table_size: u32,
+    /// bpffs directory where the maps and links are pinned, so that the data plane outlives the
+    /// daemon and a restarted daemon takes it over.
+    pub pin_path: PathBuf,
+    /// Address of the Prometheus metrics endpoint, if any.
+    pub metrics: Option<SocketAddr>,
     /// Virtual services, in file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -281,6 +286,8 @@ struct RawConfig {
     interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     xdp_mode: Option<Spanned<String>>,
     flow_table_size: Option<Spanned<i64>>,
+    pin_path: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
 }
@@ -337,6 +344,8 @@ const MAX_INTERFACE_NAME: usize = 15;
 const MAX_SERVICE_NAME: usize = 64;
 /// Smallest flow table: below this the LRU evicts live flows under trivial load.
 const MIN_FLOW_TABLE_SIZE: i64 = 1_024;
+/// Default pin directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xlb";
 /// Largest flow table (each entry costs about 150 bytes of kernel memory, twice).
 const MAX_FLOW_TABLE_SIZE: i64 = 1 << 26;
 /// Defaults of the health checks (HAProxy's: inter 2s, rise 2, fall 3).
@@ -400,6 +409,38 @@ impl Validator<'_> {
             }
         };
 
+        let pin_path = match raw.pin_path {
+            None => PathBuf::from(DEFAULT_PIN_PATH),
+            Some(path) => {
+                let value = PathBuf::from(path.get_ref());
+                if !value.is_absolute() || path.get_ref().contains("..") {
+                    self.error(
+                        &path.span(),
+                        format!(
+                            "pin_path: {:?} must be an absolute path without '..'",
+                            path.get_ref()
+                        ),
+                    );
+                }
+                value
+            }
+        };
+        let metrics =
+            raw.metrics
+                .and_then(|address| match address.get_ref().parse::<SocketAddr>() {
+                    Ok(parsed) if parsed.port() != 0 => Some(parsed),
+                    _ => {
+                        self.error(
+                        &address.span(),
+                        format!(
+                            "metrics: {:?} is not an address with a port, like \"127.0.0.1:9100\"",
+                            address.get_ref()
+                        ),
+                    );
+                        None
+                    }
+                });
+
         if raw.service.is_empty() {
             self.error(
                 &whole_file,
@@ -462,6 +503,8 @@ impl Validator<'_> {
             interfaces,
             xdp_mode,
             flow_table_size,
+            pin_path,
+            metrics,
             services,
         }
     }
@@ -1133,6 +1176,8 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
         assert_eq!(config.interfaces, ["eth0"]);
         assert_eq!(config.xdp_mode, XdpMode::Native);
         assert_eq!(config.flow_table_size, limits::DEFAULT_FLOW_TABLE_SIZE);
+        assert_eq!(config.pin_path, PathBuf::from("/sys/fs/bpf/xlb"));
+        assert_eq!(config.metrics, None);
         assert_eq!(config.services.len(), 2);
         let web = &config.services[0];
         assert_eq!(web.name, "web");
@@ -1504,5 +1549,23 @@ load = { agent_port = 9777, interval = "1s", overload_below = "20%", max_flows =
             "{ address = \"198.18.1.11:8080\", agent_port = 9777 }",
         );
         assert!(errors_of(&agent_without_load)[0].contains("has no `load` checks"));
+    }
+
+    #[test]
+    fn pin_path_and_metrics() {
+        let text = format!("pin_path = \"/sys/fs/bpf/lb1\"\nmetrics = \"127.0.0.1:9100\"\n{VALID}");
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.pin_path, PathBuf::from("/sys/fs/bpf/lb1"));
+        assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        let bad = format!("pin_path = \"xlb\"\nmetrics = \"localhost\"\n{VALID}");
+        let errors = errors_of(&bad);
+        assert!(
+            errors[0].contains("pin_path: \"xlb\" must be an absolute path"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("metrics: \"localhost\" is not an address"),
+            "{errors:?}"
+        );
     }
 }

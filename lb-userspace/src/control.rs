@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     config::{Config, Protocol},
     table::{backend_table, smooth_weighted_sequence},
-    wire::{backend_entry, service_key},
+    wire::{backend_address, backend_entry, service_key, service_of_key},
 };
 
 /// Writes the control plane makes to the data plane.
@@ -46,6 +46,22 @@ pub trait DataplaneMaps {
     /// Deletes every flow (both directions) served by one of `backend_ids`; returns how many
     /// flows were deleted.
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize>;
+    /// Clears the entry of a released backend id.
+    fn release_backend(&mut self, id: u32) -> Result<()> {
+        self.set_backend(id, &BackendEntry::default())
+    }
+    /// The services and the backends in use that the maps already hold (pinned maps that a
+    /// previous daemon filled).
+    fn existing(&self) -> Result<Existing>;
+}
+
+/// What pinned maps hold when a daemon starts.
+#[derive(Clone, Debug, Default)]
+pub struct Existing {
+    /// `SERVICES`.
+    pub services: Vec<(ServiceKey, ServiceEntry)>,
+    /// The entries of `BACKENDS` in use, by id.
+    pub backends: Vec<(u32, BackendEntry)>,
 }
 
 /// Index in `BACKEND_TABLES` (and `RR_CURSORS`) of a service's pool.
@@ -218,11 +234,64 @@ impl Balancer {
             summary.flows_purged = maps.purge_flows(&changes.retired_backends)?;
             summary.backends_removed += changes.retired_backends.len();
             for id in changes.retired_backends {
+                maps.release_backend(id)?;
                 self.backend_ids.release(id);
             }
         }
         self.services = applied;
         Ok(summary)
+    }
+
+    /// Takes over what a previous daemon left in pinned maps: its services and backends keep
+    /// their ids, so their flows keep working once [`Self::apply`] runs with the config.
+    /// Backends in use whose service is gone (a daemon stopped mid-apply) are released, with
+    /// their flows. Returns the number of services and backends adopted.
+    pub fn adopt(&mut self, maps: &mut impl DataplaneMaps) -> Result<(usize, usize)> {
+        let existing = maps.existing()?;
+        let mut adopted_backends = 0;
+        for (key, entry) in &existing.services {
+            let Some((listen, protocol)) = service_of_key(key) else {
+                continue;
+            };
+            self.service_ids.claim(entry.id);
+            let backends: Vec<BackendState> = existing
+                .backends
+                .iter()
+                .filter(|(_, backend)| backend.service_id == entry.id)
+                .map(|(id, backend)| {
+                    self.backend_ids.claim(*id);
+                    BackendState {
+                        id: *id,
+                        address: backend_address(backend),
+                        weight: 0,
+                    }
+                })
+                .collect();
+            adopted_backends += backends.len();
+            self.services.push(ServiceState {
+                id: entry.id,
+                name: String::new(),
+                listen,
+                protocol,
+                backends,
+                table: Vec::new(),
+                generation: 0,
+            });
+        }
+        let known: Vec<u32> = existing.services.iter().map(|(_, e)| e.id).collect();
+        let orphans: Vec<u32> = existing
+            .backends
+            .iter()
+            .filter(|(_, backend)| !known.contains(&backend.service_id))
+            .map(|(id, _)| *id)
+            .collect();
+        if !orphans.is_empty() {
+            maps.purge_flows(&orphans)?;
+            for id in orphans {
+                maps.release_backend(id)?;
+            }
+        }
+        Ok((self.services.len(), adopted_backends))
     }
 
     fn apply_service(
@@ -265,7 +334,7 @@ impl Balancer {
                         .backend_ids
                         .allocate()
                         .context("no free backend id (too many backends)")?;
-                    maps.set_backend(id, &backend_entry(address, 0))
+                    maps.set_backend(id, &backend_entry(address, state.id, 0))
                         .with_context(|| {
                             format!("adding backend {address} of service {}", service.name)
                         })?;
@@ -349,6 +418,13 @@ impl IdAllocator {
     fn release(&mut self, id: u32) {
         self.in_use[id as usize] = false;
     }
+
+    /// Marks `id` as taken (adopting ids assigned by an earlier daemon).
+    fn claim(&mut self, id: u32) {
+        if let Some(slot) = self.in_use.get_mut(id as usize) {
+            *slot = true;
+        }
+    }
 }
 
 /// An in-memory stand-in for the maps, for testing the control plane without a kernel.
@@ -406,6 +482,24 @@ pub(crate) mod fake {
                 .expect("removing a service that is not there");
             self.log.push(format!("service- {}", entry.id));
             Ok(())
+        }
+        fn release_backend(&mut self, id: u32) -> Result<()> {
+            self.log.push(format!("release {id}"));
+            self.backends.insert(id, BackendEntry::default());
+            Ok(())
+        }
+        fn existing(&self) -> Result<Existing> {
+            let mut backends: Vec<(u32, BackendEntry)> = self
+                .backends
+                .iter()
+                .filter(|(_, entry)| entry.in_use == 1)
+                .map(|(id, entry)| (*id, *entry))
+                .collect();
+            backends.sort_by_key(|(id, _)| *id);
+            Ok(Existing {
+                services: self.services.iter().map(|(k, e)| (*k, *e)).collect(),
+                backends,
+            })
         }
         fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
             for (index, slots) in &self.tables {
@@ -513,7 +607,7 @@ backends = [ { address = "198.18.1.11:53" } ]
         maps.log.clear();
         let one_backend = WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "");
         let summary = balancer.apply(&config(&one_backend), &mut maps).unwrap();
-        assert_eq!(maps.log, ["table 0 [0]", "purge [1]"]);
+        assert_eq!(maps.log, ["table 0 [0]", "purge [1]", "release 1"]);
         assert_eq!(summary.flows_purged, 5);
         assert_eq!(summary.backends_removed, 1);
     }
@@ -527,7 +621,16 @@ backends = [ { address = "198.18.1.11:53" } ]
             .unwrap();
         maps.log.clear();
         let summary = balancer.apply(&config(DNS), &mut maps).unwrap();
-        assert_eq!(maps.log, ["service- 0", "table 0 []", "purge [0, 1]"]);
+        assert_eq!(
+            maps.log,
+            [
+                "service- 0",
+                "table 0 []",
+                "purge [0, 1]",
+                "release 0",
+                "release 1"
+            ]
+        );
         assert_eq!(summary.services_removed, 1);
         assert_eq!(balancer.services().len(), 1);
         assert_eq!(
@@ -535,6 +638,60 @@ backends = [ { address = "198.18.1.11:53" } ]
             1,
             "the remaining service keeps its id"
         );
+    }
+
+    #[test]
+    fn a_new_balancer_adopts_what_the_maps_hold_and_keeps_the_ids() {
+        let mut maps = FakeMaps::default();
+        let mut first = Balancer::new();
+        first
+            .apply(&config(&format!("{WEB}{DNS}")), &mut maps)
+            .unwrap();
+        let ids = |balancer: &Balancer| -> Vec<(u32, Vec<u32>)> {
+            balancer
+                .services()
+                .iter()
+                .map(|s| (s.id, s.backends.iter().map(|b| b.id).collect()))
+                .collect()
+        };
+        let before = ids(&first);
+
+        // A restarted daemon: same maps, a fresh balancer.
+        let mut second = Balancer::new();
+        assert_eq!(second.adopt(&mut maps).unwrap(), (2, 3));
+        maps.log.clear();
+        let summary = second
+            .apply(&config(&format!("{WEB}{DNS}")), &mut maps)
+            .unwrap();
+        let mut after = ids(&second);
+        after.sort();
+        let mut expected = before.clone();
+        expected.sort();
+        assert_eq!(after, expected, "every service and backend keeps its id");
+        assert_eq!((summary.services_added, summary.backends_added), (0, 0));
+        assert!(
+            maps.log.iter().all(|line| line.starts_with("table")),
+            "{:?}",
+            maps.log
+        );
+        // New ids do not collide with adopted ones.
+        let mut third = config(&format!("{WEB}{DNS}"));
+        third[0]
+            .backends
+            .push(("198.18.1.20:8080".parse().unwrap(), 1));
+        second.apply(&third, &mut maps).unwrap();
+        let new_id = second.services()[0].backends[2].id;
+        assert!(!before.iter().any(|(_, b)| b.contains(&new_id)));
+    }
+
+    #[test]
+    fn orphaned_backends_are_released_on_adoption() {
+        let mut maps = FakeMaps::default();
+        maps.backends
+            .insert(9, backend_entry("198.18.1.99:80".parse().unwrap(), 42, 0));
+        maps.flows_by_backend.insert(9, 2);
+        assert_eq!(Balancer::new().adopt(&mut maps).unwrap(), (0, 0));
+        assert_eq!(maps.log, ["purge [9]", "release 9"]);
     }
 
     #[test]

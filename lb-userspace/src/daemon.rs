@@ -1,22 +1,60 @@
-//! `xlb run`: load, attach, fill the maps, serve until told to stop, detach.
+//! `xlb run`: load (or take over) the data plane, fill its maps, attach, serve the control API
+//! and keep the tables true until told to stop; then leave the data plane forwarding, or detach.
 
-use std::{future::Future, path::Path};
+use std::{future::Future, path::Path, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use tracing::info;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
 
-use crate::{config::Config, control::Balancer, dataplane::Dataplane, monitor::Monitor, netif};
+use crate::{
+    api::{self, Request, Response},
+    config::Config,
+    control::Balancer,
+    dataplane::Dataplane,
+    monitor::Monitor,
+    netif, pins,
+};
 
-/// Runs the balancer for the configuration at `config_path` until `shutdown` completes.
-pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// How `xlb run` runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The control API's socket.
+    pub socket: PathBuf,
+    /// On exit, detach from the interfaces and remove the pins instead of leaving the data
+    /// plane forwarding.
+    pub detach_on_exit: bool,
+}
+
+/// Runs the balancer for the configuration at `config_path` until `shutdown` completes. SIGHUP
+/// reloads the configuration.
+pub async fn run(
+    config_path: &Path,
+    options: &Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let config = Config::load(config_path)?;
     preflight(&config)?;
+    // One daemon per socket and per pin directory; the kernel refuses a second one on an
+    // interface that already has an XDP program that is not ours to take over.
+    let listener = api::bind(&options.socket)?;
+    let lock_dir = options.socket.parent().unwrap_or(Path::new("/run/xlb"));
+    let _lock = pins::PinLock::take(&config.pin_path, lock_dir)?;
+    pins::prepare(&config.pin_path)?;
 
-    let mut dataplane = Dataplane::load(config.flow_table_size)?;
+    let pin_path = config.pin_path.clone();
+    let mut dataplane = Dataplane::load_pinned(config.flow_table_size, &pin_path)?;
     let interfaces = config.interfaces.clone();
     let mode = config.xdp_mode;
     let service_count = config.services.len();
-    let mut monitor = Monitor::new(config);
+    let mut monitor = Monitor::new(config, Some(config_path.to_owned()));
+    if dataplane.adopted() {
+        let (services, backends) = monitor.adopt(&mut dataplane.maps)?;
+        info!(
+            services,
+            backends, "took over the pinned maps and their flows"
+        );
+    }
     // The first health checks decide each backend's initial state, so that no flow goes to a
     // backend that is down when xlb starts.
     monitor
@@ -25,17 +63,46 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Resu
         .context("filling the maps")?;
     // Attach only once the maps are complete, so the first packet already finds its service.
     dataplane.attach_all(&interfaces, mode)?;
-    info!(
-        services = service_count,
-        interfaces = interfaces.len(),
-        "ready: xlb is balancing"
-    );
+    info!(services = service_count, interfaces = interfaces.len(), socket = %options.socket.display(), "ready: xlb is balancing");
 
-    monitor.run(&mut dataplane.maps, shutdown).await?;
+    let (calls, received) = mpsc::channel(16);
+    let api_server = tokio::spawn(api::serve(listener, calls.clone()));
+    let hangups = tokio::spawn(reload_on_sighup(calls));
+
+    monitor.run(&mut dataplane, received, shutdown).await?;
+    api_server.abort();
+    hangups.abort();
+    let _ = std::fs::remove_file(&options.socket);
     info!("shutting down");
     log_counters(&dataplane, monitor.balancer());
-    dataplane.detach_all();
+    if options.detach_on_exit {
+        dataplane.detach_all();
+        dataplane.unpin_maps();
+        info!("detached; pins removed");
+    } else {
+        info!(pins = %pin_path.display(), "the data plane keeps forwarding; the next `xlb run` takes it over");
+    }
     Ok(())
+}
+
+/// Turns every SIGHUP into a reload request.
+async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reload with `xlb reload`");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        info!("SIGHUP: reloading");
+        let (reply, answer) = oneshot::channel();
+        if calls.send((Request::Reload {}, reply)).await.is_err() {
+            return;
+        }
+        match answer.await {
+            Ok(Response::Error(error)) => warn!("reload failed: {error}"),
+            Ok(_) | Err(_) => {}
+        }
+    }
 }
 
 /// Checks what the data plane needs from the host, with errors that say how to fix it.

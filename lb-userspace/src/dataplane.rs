@@ -4,13 +4,18 @@
 use std::{
     collections::HashSet,
     os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
@@ -19,7 +24,11 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::{config::XdpMode, control::DataplaneMaps, netif};
+use crate::{
+    config::XdpMode,
+    control::{DataplaneMaps, Existing},
+    netif,
+};
 
 /// The balancer's XDP object, built from `lb-ebpf` by build.rs.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
@@ -52,29 +61,91 @@ pub struct Attachment {
     pub interface: String,
     /// Interface index.
     pub ifindex: u32,
-    /// The mode the program runs in there.
-    pub mode: XdpMode,
+    /// The mode the program runs in there; `None` when a pinned link was adopted (its mode is
+    /// whatever it was attached with).
+    pub mode: Option<XdpMode>,
+    /// Where the link is pinned, if it is.
+    pub pin: Option<PathBuf>,
     link: XdpLinkId,
 }
 
 /// The XDP program, loaded and verified, with its maps.
+///
+/// With a pin directory, the maps and the links that attach the program to interfaces are
+/// pinned in bpffs: they outlive the process, so the data plane keeps forwarding while no daemon
+/// runs, and the next daemon takes them over (maps with their contents; links by swapping its
+/// own program in, atomically). Without one (tests, benchmarks), everything goes away with the
+/// process.
 pub struct Dataplane {
     ebpf: Ebpf,
     /// The maps.
     pub maps: Maps,
     attachments: Vec<Attachment>,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
+/// Names of every map of the balancer, for pinning.
+const MAP_NAMES: [&str; 9] = [
+    map_names::SERVICES,
+    map_names::BACKEND_TABLES,
+    map_names::BACKENDS,
+    map_names::RR_CURSORS,
+    map_names::FLOWS,
+    map_names::EGRESS_PORTS,
+    map_names::SERVICE_STATS,
+    map_names::BACKEND_STATS,
+    map_names::EVENTS,
+];
+
 impl Dataplane {
-    /// Loads the program into the kernel (without attaching it) with flow tables of
-    /// `flow_table_size` entries each.
+    /// Loads the program into the kernel (without attaching it) with a flow table for
+    /// `flow_table_size` flows, nothing pinned.
     pub fn load(flow_table_size: u32) -> Result<Self> {
+        Self::load_with(flow_table_size, None)
+    }
+
+    /// Loads the program with its maps pinned in `pin_dir` (a bpffs directory): maps already
+    /// pinned there by an earlier daemon are reused, contents and all ([`Self::adopted`]).
+    pub fn load_pinned(flow_table_size: u32, pin_dir: &Path) -> Result<Self> {
+        Self::load_with(flow_table_size, Some(pin_dir))
+    }
+
+    fn load_with(flow_table_size: u32, pin_dir: Option<&Path>) -> Result<Self> {
         ensure_built(XDP_OBJECT)?;
-        let mut ebpf = EbpfLoader::new()
-            // Two entries per flow, one per direction.
-            .map_max_entries(map_names::FLOWS, flow_table_size.saturating_mul(2))
-            .load(XDP_OBJECT)
-            .context("loading the XDP object")?;
+        // Two entries per flow, one per direction.
+        let flow_entries = flow_table_size.saturating_mul(2);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::FLOWS, flow_entries);
+        let mut adopted = false;
+        if let Some(dir) = pin_dir {
+            adopted = dir.join(map_names::FLOWS).exists();
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| match pin_dir {
+            Some(dir) if adopted => format!(
+                "loading the XDP object with the maps pinned in {} (if xlb was upgraded and its \
+                 maps changed, run the old version with --detach-on-exit first, or remove the pins)",
+                dir.display()
+            ),
+            _ => "loading the XDP object".to_owned(),
+        })?;
+        if adopted {
+            let pinned = match ebpf.map(map_names::FLOWS) {
+                Some(map) => map_data(map).info()?.max_entries(),
+                None => 0,
+            };
+            if pinned != flow_entries {
+                bail!(
+                    "the pinned flow table holds {} flows but flow_table_size is {flow_table_size}: \
+                     keep the old size, or stop xlb with --detach-on-exit (dropping every flow) to \
+                     change it",
+                    pinned / 2
+                );
+            }
+        }
         let program: &mut Xdp = ebpf
             .program_mut(program_names::BALANCER)
             .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
@@ -87,7 +158,14 @@ impl Dataplane {
             ebpf,
             maps,
             attachments: Vec::new(),
+            pin_dir: pin_dir.map(Path::to_owned),
+            adopted,
         })
+    }
+
+    /// Whether the maps were pinned by an earlier daemon and taken over with their contents.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The XDP program, for `BPF_PROG_TEST_RUN`.
@@ -106,39 +184,34 @@ impl Dataplane {
     }
 
     /// Attaches the program to every interface, or to none: if one attach fails, the ones
-    /// already made are undone and the error names the interface.
+    /// made by this call are undone and the error names the interface.
     pub fn attach_all(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
+        let before = self.attachments.len();
         for interface in interfaces {
             if let Err(error) = self.attach(interface, mode) {
-                self.detach_all();
+                for attachment in self.attachments.split_off(before) {
+                    self.release(attachment);
+                }
                 return Err(error);
             }
         }
         Ok(())
     }
 
-    fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
+    /// Attaches the program to `interface`. With pinning, a link pinned there by an earlier
+    /// daemon is taken over (the program in it is replaced atomically, so forwarding never
+    /// stops); otherwise a new link is made and pinned.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
         let ifindex = netif::index(interface)?;
         self.maps.add_egress_port(ifindex)?;
-        let program = self.program_mut();
-        let attached =
-            match mode {
-                XdpMode::Native => attach_in(program, ifindex, AyaXdpMode::Driver)
-                    .map(|link| (link, XdpMode::Native)),
-                XdpMode::Generic => attach_in(program, ifindex, AyaXdpMode::Skb)
-                    .map(|link| (link, XdpMode::Generic)),
-                XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
-                    Ok(link) => Ok((link, XdpMode::Native)),
-                    Err(native_error) => {
-                        warn!(
-                            interface,
-                            "native XDP unavailable ({native_error:#}); using generic mode"
-                        );
-                        attach_in(program, ifindex, AyaXdpMode::Skb)
-                            .map(|link| (link, XdpMode::Generic))
-                    }
-                },
-            };
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("link-{interface}")));
+        let attached = match &pin {
+            Some(pin) if pin.exists() => self.adopt_link(pin).map(|link| (link, None)),
+            _ => self.attach_new(ifindex, interface, mode, pin.as_deref()),
+        };
         let (link, mode) = match attached {
             Ok(attached) => attached,
             Err(error) => {
@@ -146,24 +219,110 @@ impl Dataplane {
                 return Err(error.context(format!("attaching to interface {interface}")));
             }
         };
-        info!(interface, ifindex, ?mode, "attached");
+        match mode {
+            Some(mode) => info!(interface, ifindex, ?mode, "attached"),
+            None => info!(
+                interface,
+                ifindex, "took over the pinned link (program replaced)"
+            ),
+        }
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
             ifindex,
             mode,
+            pin,
             link,
         });
         Ok(())
     }
 
-    /// Detaches the program from every interface.
+    fn adopt_link(&mut self, pin: &Path) -> Result<XdpLinkId> {
+        let pinned =
+            PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        Ok(self.program_mut().attach_to_link(link)?)
+    }
+
+    fn attach_new(
+        &mut self,
+        ifindex: u32,
+        interface: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+    ) -> Result<(XdpLinkId, Option<XdpMode>)> {
+        let program = self.program_mut();
+        let (link, mode) = match mode {
+            XdpMode::Native => (
+                attach_in(program, ifindex, AyaXdpMode::Driver)?,
+                XdpMode::Native,
+            ),
+            XdpMode::Generic => (
+                attach_in(program, ifindex, AyaXdpMode::Skb)?,
+                XdpMode::Generic,
+            ),
+            XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
+                Ok(link) => (link, XdpMode::Native),
+                Err(native_error) => {
+                    warn!(
+                        interface,
+                        "native XDP unavailable ({native_error:#}); using generic mode"
+                    );
+                    (
+                        attach_in(program, ifindex, AyaXdpMode::Skb)?,
+                        XdpMode::Generic,
+                    )
+                }
+            },
+        };
+        let Some(pin) = pin else {
+            return Ok((link, Some(mode)));
+        };
+        // Pin the link so it outlives the process, then hand it back to the program.
+        let fd_link = FdLink::try_from(program.take_link(link)?)?;
+        let pinned = fd_link
+            .pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        Ok((program.attach_to_link(link)?, Some(mode)))
+    }
+
+    /// Detaches the program from `interface` and removes its pinned link.
+    pub fn detach(&mut self, interface: &str) {
+        if let Some(i) = self
+            .attachments
+            .iter()
+            .position(|a| a.interface == interface)
+        {
+            let attachment = self.attachments.remove(i);
+            self.release(attachment);
+        }
+    }
+
+    /// Detaches the program from every interface and removes the pinned links.
     pub fn detach_all(&mut self) {
         for attachment in std::mem::take(&mut self.attachments) {
-            let _ = self.maps.egress_ports.remove(attachment.ifindex);
-            match self.program_mut().detach(attachment.link) {
-                Ok(()) => info!(interface = attachment.interface, "detached"),
-                Err(error) => warn!(interface = attachment.interface, "detach failed: {error}"),
+            self.release(attachment);
+        }
+    }
+
+    fn release(&mut self, attachment: Attachment) {
+        if let Some(pin) = &attachment.pin {
+            let _ = std::fs::remove_file(pin);
+        }
+        let _ = self.maps.egress_ports.remove(attachment.ifindex);
+        match self.program_mut().detach(attachment.link) {
+            Ok(()) => info!(interface = attachment.interface, "detached"),
+            Err(error) => warn!(interface = attachment.interface, "detach failed: {error}"),
+        }
+    }
+
+    /// Removes the pinned maps (after [`Self::detach_all`]): the next daemon starts empty.
+    pub fn unpin_maps(&self) {
+        if let Some(dir) = &self.pin_dir {
+            for name in MAP_NAMES {
+                let _ = std::fs::remove_file(dir.join(name));
             }
+            let _ = std::fs::remove_dir(dir);
         }
     }
 
@@ -173,9 +332,35 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        self.detach_all();
+/// The `MapData` inside a map of any kind.
+fn map_data(map: &aya::maps::Map) -> &MapData {
+    use aya::maps::Map;
+    match map {
+        Map::Array(m)
+        | Map::ArrayOfMaps(m)
+        | Map::BloomFilter(m)
+        | Map::CpuMap(m)
+        | Map::DevMap(m)
+        | Map::DevMapHash(m)
+        | Map::HashMap(m)
+        | Map::HashOfMaps(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
+        | Map::RingBuf(m)
+        | Map::SockHash(m)
+        | Map::SockMap(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
+        | Map::XskMap(m)
+        | Map::Unsupported(m) => m,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("every kind of map holds MapData"),
     }
 }
 
@@ -261,6 +446,26 @@ impl Maps {
         Ok(counts)
     }
 
+    /// The entry of one direction of a flow, if the flow table has it.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Deletes both entries of the flow whose client-to-backend key is `key`, served by
+    /// `backend`.
+    pub fn remove_flow(&mut self, key: &FlowKey, backend: std::net::SocketAddr) -> Result<()> {
+        let reply = FlowKey {
+            src_addr: crate::wire::addr_field(backend.ip()),
+            dst_addr: key.src_addr,
+            src_port: crate::wire::port_field(backend.port()),
+            dst_port: key.src_port,
+            ..*key
+        };
+        let _ = self.flows.remove(&reply);
+        let _ = self.flows.remove(key);
+        Ok(())
+    }
+
     /// The flows, by their client-to-backend entry (key as received, entry with the backend).
     pub fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
         self.flows
@@ -305,6 +510,18 @@ impl DataplaneMaps for Maps {
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         Ok(self.services.remove(key)?)
+    }
+
+    fn existing(&self) -> Result<Existing> {
+        let services = self.services.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let entry = self.backends.get(&id, 0)?;
+            if entry.in_use == 1 {
+                backends.push((id, entry));
+            }
+        }
+        Ok(Existing { services, backends })
     }
 
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {

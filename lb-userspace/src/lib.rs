@@ -5,13 +5,19 @@
 //! maps ([`dataplane`]), and the daemon ([`daemon`]) that the `xlb` binary runs.
 
 pub mod agent;
+pub mod api;
 pub mod backend_state;
 pub mod checks;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod monitor;
 pub mod netif;
+pub mod operator;
+pub mod pins;
+pub mod render;
+pub mod simulate;
 pub mod table;
 pub mod wire;

@@ -8,23 +8,33 @@
 //! purged so that UDP flows and retries move to live backends. Every state change is logged
 //! with its reason.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::{
     sync::mpsc,
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
     time::{Instant, MissedTickBehavior, interval},
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     agent::{self, AgentReport},
+    api::Call,
     backend_state::{BackendStatus, Health, Reported, State, table_weights},
     checks,
     config::{Config, HealthCheck},
-    control::{Balancer, DataplaneMaps, ServiceSpec},
-    dataplane::Maps,
+    control::{ApplySummary, Balancer, DataplaneMaps, ServiceSpec},
+    dataplane::{Dataplane, Maps},
+    metrics,
+    operator::Rates,
 };
 
 /// A flow counts as active if a packet of it passed within this window.
@@ -32,53 +42,66 @@ pub const ACTIVE_FLOW_WINDOW: Duration = Duration::from_secs(10);
 /// How often slow start re-weights a ramping backend.
 const RAMP_STEP: Duration = Duration::from_millis(200);
 
+/// How often counters are sampled for rates and metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// Where a backend is: indexes into the config's services and their backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct BackendRef {
-    service: usize,
-    backend: usize,
+pub(crate) struct BackendRef {
+    pub(crate) service: usize,
+    pub(crate) backend: usize,
+    /// The monitor's generation when the checker started: events of checkers from before a
+    /// reload (whose indexes meant other backends) are ignored.
+    pub(crate) generation: u64,
 }
 
 /// What a checker task reports.
-enum Event {
-    Health(BackendRef, Result<(), String>),
+pub(crate) enum Event {
+    /// A health check's result and how long it took.
+    Health(BackendRef, Result<(), String>, Duration),
+    /// An agent's answer.
     Agent(BackendRef, Result<AgentReport, String>),
 }
 
 /// The monitor: backend states, the balancer, and the checker tasks.
 pub struct Monitor {
-    config: Config,
-    balancer: Balancer,
-    statuses: Vec<Vec<BackendStatus>>,
-    agent_errors: HashMap<BackendRef, String>,
-    tasks: JoinSet<()>,
+    pub(crate) config: Config,
+    /// The config file, re-read on reload.
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) balancer: Balancer,
+    pub(crate) statuses: Vec<Vec<BackendStatus>>,
+    pub(crate) agent_errors: HashMap<BackendRef, String>,
+    pub(crate) tasks: JoinSet<()>,
+    pub(crate) rates: Rates,
+    pub(crate) snapshot: metrics::Shared,
+    pub(crate) metrics_server: Option<JoinHandle<()>>,
+    /// Incremented by every reload (see [`BackendRef::generation`]).
+    pub(crate) generation: u64,
 }
 
 impl Monitor {
-    /// A monitor for `config`; nothing is checked or applied yet.
-    pub fn new(config: Config) -> Self {
-        let statuses = config
-            .services
-            .iter()
-            .map(|service| {
-                let health = || match service.health.check {
-                    HealthCheck::None => Health::unchecked(),
-                    _ => Health::unknown(),
-                };
-                service
-                    .backends
-                    .iter()
-                    .map(|b| BackendStatus::new(b.weight, health()))
-                    .collect()
-            })
-            .collect();
+    /// A monitor for `config` (read from `config_path`, which reloads read again); nothing is
+    /// checked or applied yet.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+        let statuses = config.services.iter().map(fresh_statuses).collect();
         Self {
             config,
+            config_path,
             balancer: Balancer::new(),
             statuses,
             agent_errors: HashMap::new(),
             tasks: JoinSet::new(),
+            rates: Rates::default(),
+            snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
+            metrics_server: None,
+            generation: 0,
         }
+    }
+
+    /// Takes over the services and backends a previous daemon left in pinned maps, so their
+    /// ids (and flows) survive the restart.
+    pub fn adopt(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
+        self.balancer.adopt(maps)
     }
 
     /// The balancer (ids of services and backends as applied).
@@ -103,28 +126,76 @@ impl Monitor {
                 let at = BackendRef {
                     service: service_index,
                     backend: backend_index,
+                    generation: self.generation,
                 };
-                first.spawn(async move { (at, checks::run(&check, target, limit).await) });
+                first.spawn(async move {
+                    let started = Instant::now();
+                    let result = checks::run(&check, target, limit).await;
+                    (at, result, started.elapsed())
+                });
             }
         }
         while let Some(joined) = first.join_next().await {
-            let (at, result) = joined.context("a health check task failed")?;
-            let health = &self.config.services[at.service].health;
-            self.statuses[at.service][at.backend]
-                .health
-                .observe(result, health.rise, health.fall);
+            let (at, result, latency) = joined.context("a health check task failed")?;
+            self.handle(Event::Health(at, result, latency));
         }
-        self.evaluate(maps)
+        self.evaluate(maps)?;
+        Ok(())
     }
 
-    /// Runs the checkers and reacts to them until `shutdown` completes.
-    pub async fn run(&mut self, maps: &mut Maps, shutdown: impl Future<Output = ()>) -> Result<()> {
+    /// Runs the checkers, reacts to them and answers operators' `calls` until `shutdown`
+    /// completes.
+    pub async fn run(
+        &mut self,
+        dataplane: &mut Dataplane,
+        mut calls: mpsc::Receiver<Call>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let (events, mut received) = mpsc::channel(1024);
         self.spawn_checkers(&events);
+        self.start_metrics();
         let mut ramp = interval(RAMP_STEP);
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let flow_count_every = self
-            .config
+        let mut sample = interval(SAMPLE_EVERY);
+        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flow_count = interval(self.flow_count_every().unwrap_or(Duration::from_secs(3600)));
+        flow_count.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(event) = received.recv() => {
+                    if self.handle(event) {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
+                }
+                Some((request, reply)) = calls.recv() => {
+                    let response = self.answer(request, dataplane, &events);
+                    let _ = reply.send(response);
+                }
+                _ = ramp.tick() => {
+                    if self.any_ramping() {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
+                }
+                _ = sample.tick() => self.sample(&dataplane.maps),
+                _ = flow_count.tick(), if self.flow_count_every().is_some() => {
+                    self.count_flows(&dataplane.maps)?;
+                    self.evaluate(&mut dataplane.maps)?;
+                }
+            }
+        }
+        self.tasks.abort_all();
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        Ok(())
+    }
+
+    /// How often active flows are counted: the shortest load interval of the services that
+    /// have `max_flows`.
+    fn flow_count_every(&self) -> Option<Duration> {
+        self.config
             .services
             .iter()
             .filter_map(|s| {
@@ -133,52 +204,54 @@ impl Monitor {
                     .filter(|l| l.max_flows.is_some())
                     .map(|l| l.interval)
             })
-            .min();
-        let mut flow_count = interval(flow_count_every.unwrap_or(Duration::from_secs(3600)));
-        flow_count.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                Some(event) = received.recv() => {
-                    if self.handle(event) {
-                        self.evaluate(maps)?;
-                    }
-                }
-                _ = ramp.tick() => {
-                    if self.any_ramping() {
-                        self.evaluate(maps)?;
-                    }
-                }
-                _ = flow_count.tick(), if flow_count_every.is_some() => {
-                    self.count_flows(maps)?;
-                    self.evaluate(maps)?;
-                }
-            }
-        }
-        self.tasks.abort_all();
-        Ok(())
+            .min()
     }
 
-    fn spawn_checkers(&mut self, events: &mpsc::Sender<Event>) {
+    /// Starts (or restarts) the metrics endpoint of the current config.
+    pub(crate) fn start_metrics(&mut self) {
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        if let Some(address) = self.config.metrics {
+            let shared = Arc::clone(&self.snapshot);
+            self.metrics_server = Some(tokio::spawn(async move {
+                if let Err(error) = metrics::serve(address, shared).await {
+                    warn!("metrics endpoint: {error:#}");
+                }
+            }));
+        }
+    }
+
+    /// Starts one checker task per backend health check and per agent.
+    pub(crate) fn spawn_checkers(&mut self, events: &mpsc::Sender<Event>) {
         for (service_index, service) in self.config.services.iter().enumerate() {
             for (backend_index, backend) in service.backends.iter().enumerate() {
                 let at = BackendRef {
                     service: service_index,
                     backend: backend_index,
+                    generation: self.generation,
                 };
                 if service.health.check != HealthCheck::None {
                     let (check, target) = (service.health.check.clone(), backend.check_address());
                     let (every, limit) = (service.health.interval, service.health.timeout);
+                    // A backend checked before (in `start`, or before a reload) waits one
+                    // interval; a new one is checked at once.
+                    let checked = self.statuses[service_index][backend_index]
+                        .health
+                        .is_known();
                     let events = events.clone();
                     self.tasks.spawn(async move {
                         let mut ticks = interval(every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        ticks.tick().await; // the first check ran in `start`
+                        if checked {
+                            ticks.tick().await;
+                        }
                         loop {
                             ticks.tick().await;
+                            let started = Instant::now();
                             let result = checks::run(&check, target, limit).await;
-                            if events.send(Event::Health(at, result)).await.is_err() {
+                            let event = Event::Health(at, result, started.elapsed());
+                            if events.send(event).await.is_err() {
                                 break;
                             }
                         }
@@ -208,11 +281,16 @@ impl Monitor {
     }
 
     /// Records an event; returns whether anything that decides the tables changed.
-    fn handle(&mut self, event: Event) -> bool {
+    pub(crate) fn handle(&mut self, event: Event) -> bool {
+        let (Event::Health(at, ..) | Event::Agent(at, _)) = &event;
+        if at.generation != self.generation {
+            return false;
+        }
         match event {
-            Event::Health(at, result) => {
+            Event::Health(at, result, latency) => {
                 let health = &self.config.services[at.service].health;
                 let status = &mut self.statuses[at.service][at.backend];
+                status.check_latency = Some(latency);
                 status
                     .health
                     .observe(result, health.rise, health.fall)
@@ -247,11 +325,11 @@ impl Monitor {
         }
     }
 
-    fn address(&self, at: BackendRef) -> SocketAddr {
+    pub(crate) fn address(&self, at: BackendRef) -> SocketAddr {
         self.config.services[at.service].backends[at.backend].address
     }
 
-    fn any_ramping(&self) -> bool {
+    pub(crate) fn any_ramping(&self) -> bool {
         let now = Instant::now();
         self.config
             .services
@@ -265,7 +343,7 @@ impl Monitor {
     }
 
     /// Counts the active flows of the backends of services with `max_flows`.
-    fn count_flows(&mut self, maps: &Maps) -> Result<()> {
+    pub(crate) fn count_flows(&mut self, maps: &Maps) -> Result<()> {
         let counts = maps.active_flows(ACTIVE_FLOW_WINDOW)?;
         for (service_index, service) in self.config.services.iter().enumerate() {
             let Some(load) = service.load.as_ref().filter(|l| l.max_flows.is_some()) else {
@@ -287,7 +365,7 @@ impl Monitor {
 
     /// Logs state changes, recomputes every table's weights, applies them, and purges the
     /// flows of backends that just went Down.
-    pub fn evaluate(&mut self, maps: &mut impl DataplaneMaps) -> Result<()> {
+    pub fn evaluate(&mut self, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
         let now = Instant::now();
         let mut newly_down = Vec::new();
         let mut specs = Vec::with_capacity(self.config.services.len());
@@ -363,23 +441,21 @@ impl Monitor {
                 info!(service = service.name, backend = %service.backends[b].address, purged, "flows of a Down backend purged");
             }
         }
-        Ok(())
+        Ok(summary)
     }
+}
 
-    /// The reported state of every backend: (service name, backend address, report).
-    pub fn states(&self) -> Vec<(String, SocketAddr, Option<Reported>)> {
-        let mut states = Vec::new();
-        for (service, statuses) in self.config.services.iter().zip(&self.statuses) {
-            for (backend, status) in service.backends.iter().zip(statuses) {
-                states.push((
-                    service.name.clone(),
-                    backend.address,
-                    status.reported.clone(),
-                ));
-            }
-        }
-        states
-    }
+/// The statuses of a service's backends before any check.
+pub(crate) fn fresh_statuses(service: &crate::config::ServiceConfig) -> Vec<BackendStatus> {
+    let health = || match service.health.check {
+        HealthCheck::None => Health::unchecked(),
+        _ => Health::unknown(),
+    };
+    service
+        .backends
+        .iter()
+        .map(|b| BackendStatus::new(b.weight, health()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -401,15 +477,17 @@ load = { agent_port = 9777, interval = "100ms", overload_below = "20%" }
     const B1: BackendRef = BackendRef {
         service: 0,
         backend: 0,
+        generation: 0,
     };
     const B2: BackendRef = BackendRef {
         service: 0,
         backend: 1,
+        generation: 0,
     };
 
     /// A monitor whose backends all passed their first check, applied to fake maps.
     fn started() -> (Monitor, FakeMaps) {
-        let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap());
+        let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap(), None);
         for status in &mut monitor.statuses[0] {
             status.health.observe(Ok(()), 2, 3);
         }
@@ -423,7 +501,7 @@ load = { agent_port = 9777, interval = "100ms", overload_below = "20%" }
     }
 
     fn fail() -> Event {
-        Event::Health(B2, Err("connection refused".into()))
+        Event::Health(B2, Err("connection refused".into()), Duration::ZERO)
     }
 
     fn state_of(monitor: &Monitor, at: BackendRef) -> State {
@@ -461,8 +539,11 @@ load = { agent_port = 9777, interval = "100ms", overload_below = "20%" }
             monitor.handle(fail());
         }
         monitor.evaluate(&mut maps).unwrap();
-        assert!(!monitor.handle(Event::Health(B2, Ok(()))), "rise is 2");
-        assert!(monitor.handle(Event::Health(B2, Ok(()))));
+        assert!(
+            !monitor.handle(Event::Health(B2, Ok(()), Duration::ZERO)),
+            "rise is 2"
+        );
+        assert!(monitor.handle(Event::Health(B2, Ok(()), Duration::ZERO)));
         monitor.evaluate(&mut maps).unwrap();
         assert_eq!(state_of(&monitor, B2), State::Up);
         // Slow start: weight 1 against 100 at first, then growing.
@@ -542,8 +623,10 @@ load = { agent_port = 9777, interval = "100ms", overload_below = "20%" }
                     BackendRef {
                         service: 0,
                         backend,
+                        generation: 0,
                     },
                     Err("timed out".into()),
+                    Duration::ZERO,
                 ));
             }
         }

@@ -60,15 +60,38 @@ pub fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
     }
 }
 
-/// The `BACKENDS` entry of a backend.
-pub fn backend_entry(address: SocketAddr, pool: u32) -> BackendEntry {
+/// The `BACKENDS` entry of a backend of service `service_id`.
+pub fn backend_entry(address: SocketAddr, service_id: u32, pool: u32) -> BackendEntry {
     BackendEntry {
         addr: addr_field(address.ip()),
         port: port_field(address.port()),
         family: family_of(address.ip()),
-        _pad: 0,
+        in_use: 1,
+        service_id,
         pool,
+        _pad: 0,
     }
+}
+
+/// The address of a `BACKENDS` entry.
+pub fn backend_address(entry: &BackendEntry) -> SocketAddr {
+    SocketAddr::new(
+        ip_from_field(&entry.addr, entry.family),
+        u16::from_be(entry.port),
+    )
+}
+
+/// The VIP, port and protocol of a `SERVICES` key (`None` for an unknown protocol).
+pub fn service_of_key(key: &ServiceKey) -> Option<(SocketAddr, Protocol)> {
+    let protocol = match key.proto {
+        lb_common::consts::proto::TCP => Protocol::Tcp,
+        lb_common::consts::proto::UDP => Protocol::Udp,
+        _ => return None,
+    };
+    Some((
+        SocketAddr::new(ip_from_field(&key.addr, key.family), u16::from_be(key.port)),
+        protocol,
+    ))
 }
 
 #[cfg(test)]
@@ -84,13 +107,18 @@ mod tests {
         assert_eq!(key.proto, 17);
         assert_eq!(key.family, family::IPV4);
 
-        let entry = backend_entry("[fd00::1]:8080".parse().unwrap(), 2);
+        let entry = backend_entry("[fd00::1]:8080".parse().unwrap(), 7, 2);
         assert_eq!(entry.port.to_ne_bytes(), 8080u16.to_be_bytes());
         assert_eq!(entry.family, family::IPV6);
         assert_eq!(
             ip_from_field(&entry.addr, entry.family),
             "fd00::1".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(entry.pool, 2);
+        assert_eq!((entry.in_use, entry.service_id, entry.pool), (1, 7, 2));
+        assert_eq!(backend_address(&entry), "[fd00::1]:8080".parse().unwrap());
+        assert_eq!(
+            service_of_key(&key),
+            Some(("198.18.100.1:80".parse().unwrap(), Protocol::Udp))
+        );
     }
 }

@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         eprintln!("swap: {count} backends");
         for id in 0..count {
             let address = format!("198.18.{}.{}:8080", 2 + id / 250, 1 + id % 250).parse()?;
-            maps.set_backend(id, &backend_entry(address, 0))?;
+            maps.set_backend(id, &backend_entry(address, 0, 0))?;
         }
         // Weights 1 to 4, as a mixed fleet would have.
         let weights: Vec<(u32, u32)> = (0..count).map(|id| (id, 1 + id % 4)).collect();

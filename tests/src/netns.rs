@@ -81,6 +81,18 @@ impl Netns {
         command
     }
 
+    /// A command that runs `program` in the namespace's network only, sharing the caller's
+    /// mounts (`nsenter --net`). `ip netns exec` also gives the program a private mount
+    /// namespace with its own /sys, where a bpffs mounted at /sys/fs/bpf, and anything pinned
+    /// there, dies with the program; a daemon whose pins must outlive it runs this way.
+    pub fn command_network_only(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        command
+    }
+
     /// Sets a sysctl inside the namespace (the `net.*` ones are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])?;
@@ -107,6 +119,22 @@ impl Netns {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+}
+
+impl Netns {
+    /// Runs `future` to completion on a single-threaded runtime inside the namespace.
+    pub fn block_on<F>(&self, future: F) -> Result<F::Output>
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        self.enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(future))
+        })?
     }
 }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use xlb::dataplane::NoopProgram;
 use xlb_tests::{
-    scenario::{backend_name, balancer_config, run_traffic, start_backends, start_xlb, tally},
+    scenario::{backend_name, balancer_config, run_traffic, start_backends, start_xlb_with, tally},
     topology::{Lab, Wiring},
 };
 
@@ -33,7 +33,8 @@ fn round_robin_end_to_end(wiring: Wiring) {
     let lab = Lab::new(wiring, 3).unwrap();
     let _peer_programs = attach_peer_programs(&lab);
     let _backends = start_backends(&lab).unwrap();
-    let mut xlb = start_xlb(&lab.balancer, &balancer_config(&lab, "native")).unwrap();
+    let config = balancer_config(&lab, "native");
+    let mut xlb = start_xlb_with(&lab.balancer, &config, &["--detach-on-exit"]).unwrap();
 
     let traffic =
         run_traffic(&lab, 30, 30).unwrap_or_else(|e| panic!("{e:#}\nxlb:\n{}", xlb.output()));

@@ -15,7 +15,7 @@ use xlb_tests::{
     netns::Netns,
     process::Process,
     scenario::{
-        AGENT_PORT, Backend, TCP_SERVICE_PORT, UDP_SERVICE_PORT, balancer_config_with,
+        AGENT_PORT, Backend, TCP_SERVICE_PORT, UDP_SERVICE_PORT, Xlb, balancer_config_with,
         start_backends, start_xlb, tally,
     },
     topology::{Lab, VIP, Wiring},
@@ -41,7 +41,7 @@ fn udp_keys() -> String {
 struct Setup {
     lab: Lab,
     backends: Vec<Backend>,
-    xlb: Process,
+    xlb: Xlb,
 }
 
 fn setup() -> Setup {
@@ -52,20 +52,13 @@ fn setup() -> Setup {
     Setup { lab, backends, xlb }
 }
 
-/// Runs `future` on a runtime in namespace `ns` (so its sockets live there).
+/// Runs `future` in namespace `ns` (so its sockets live there).
 fn block_on_in<F>(ns: &Netns, future: F) -> F::Output
 where
     F: Future + Send,
     F::Output: Send,
 {
-    ns.enter(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
-    })
-    .unwrap()
+    ns.block_on(future).unwrap()
 }
 
 fn http_vip() -> SocketAddr {

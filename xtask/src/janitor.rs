@@ -6,7 +6,7 @@ use signal_hook::{
     consts::{SIGINT, SIGTERM},
     iterator::Signals,
 };
-use xlb_tests::netns::delete_all_with_prefix;
+use xlb_tests::{netns::delete_all_with_prefix, scenario::remove_pins_with_prefix};
 
 /// Deletes the namespaces named with `prefix` on drop and on SIGINT/SIGTERM.
 pub struct Janitor {
@@ -20,17 +20,20 @@ impl Janitor {
         let on_signal = prefix.clone();
         std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                eprintln!("xtask: interrupted; removing namespaces {on_signal}*");
+                eprintln!("xtask: interrupted; removing namespaces and pins {on_signal}*");
                 let _ = delete_all_with_prefix(&on_signal);
+                let _ = remove_pins_with_prefix(&on_signal);
                 std::process::exit(128 + signal);
             }
         });
         Ok(Self { prefix })
     }
 
-    /// Deletes the namespaces now; returns the names of those that were still there.
+    /// Deletes the namespaces and pins now; returns the names of those that were still there.
     pub fn sweep(&self) -> Result<Vec<String>> {
-        delete_all_with_prefix(&self.prefix)
+        let mut left = delete_all_with_prefix(&self.prefix)?;
+        left.extend(remove_pins_with_prefix(&self.prefix));
+        Ok(left)
     }
 }
 

@@ -1,0 +1,214 @@
+//! How the CLI shows the daemon's answers: tables that fit an 80-column terminal.
+
+use std::fmt::Write as _;
+
+use crate::api::{BackendStatusReport, Counters, SimulationReport, StatsReport, StatusReport};
+
+/// A number with a k/M/G suffix, for rates.
+pub fn si(value: f64) -> String {
+    let (scaled, suffix) = if value >= 1e9 {
+        (value / 1e9, "G")
+    } else if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        return format!("{value:.0}");
+    };
+    if scaled >= 100.0 {
+        format!("{scaled:.0}{suffix}")
+    } else {
+        format!("{scaled:.1}{suffix}")
+    }
+}
+
+/// A duration in seconds as "12s", "5m", "3h", "2d".
+pub fn age(seconds: f64) -> String {
+    let s = seconds as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn backend_line(out: &mut String, b: &BackendStatusReport) {
+    let agent = b
+        .agent_weight_percent
+        .map_or("-".to_owned(), |p| format!("{p}%"));
+    let _ = writeln!(
+        out,
+        "  {:<21} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+        truncate(&b.address.to_string(), 21),
+        b.state,
+        b.weight,
+        b.effective_weight,
+        agent,
+        si(b.active_flows as f64),
+        si(b.packets_per_second),
+        si(b.bits_per_second),
+        age(b.since_seconds),
+    );
+    let admin = match b.admin {
+        Some(action) => format!("[operator: {action:?}] ").to_lowercase(),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "    {}", truncate(&format!("{admin}{}", b.reason), 76));
+}
+
+/// `xlb status` (and each frame of `xlb top`).
+pub fn status(report: &StatusReport) -> String {
+    let mut out = String::new();
+    for service in &report.services {
+        let _ = writeln!(
+            out,
+            "{} {} {}  {} pkt/s  {}bit/s",
+            service.name,
+            service.protocol,
+            service.listen,
+            si(service.packets_per_second),
+            si(service.bits_per_second)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<21} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+            "BACKEND", "STATE", "WGT", "EFF", "AGNT", "FLOWS", "PKT/S", "BIT/S", "FOR"
+        );
+        for backend in &service.backends {
+            backend_line(&mut out, backend);
+        }
+    }
+    out
+}
+
+fn counters_line(out: &mut String, label: &str, c: &Counters) {
+    let _ = writeln!(
+        out,
+        "  {:<21} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        truncate(label, 21),
+        si(c.packets_to_backend as f64),
+        si(c.bytes_to_backend as f64),
+        si(c.packets_to_client as f64),
+        si(c.bytes_to_client as f64),
+        si(c.new_flows as f64),
+        si(c.no_backend as f64),
+    );
+}
+
+/// `xlb stats`.
+pub fn stats(report: &StatsReport) -> String {
+    let mut out = String::new();
+    for service in &report.services {
+        let _ = writeln!(out, "{}", service.name);
+        let _ = writeln!(
+            out,
+            "  {:<21} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "FLOWS", "NO BKND"
+        );
+        counters_line(&mut out, "(service)", &service.counters);
+        for (address, counters) in &service.backends {
+            counters_line(&mut out, &address.to_string(), counters);
+        }
+    }
+    let nonzero: Vec<String> = report
+        .events
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "events: {}",
+        if nonzero.is_empty() {
+            "none".into()
+        } else {
+            nonzero.join(", ")
+        }
+    );
+    out
+}
+
+/// `xlb simulate`.
+pub fn simulation(report: &SimulationReport) -> String {
+    match report.backend {
+        Some(backend) if report.existing_flow => format!(
+            "{} from {}: existing flow to {backend} ({})\n",
+            report.service, report.client, report.verdict
+        ),
+        Some(backend) => format!(
+            "{} from {}: a new flow would go to {backend} ({})\n",
+            report.service, report.client, report.verdict
+        ),
+        None => format!(
+            "{} from {}: no backend ({})\n",
+            report.service, report.client, report.verdict
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AdminAction, ServiceStatus};
+
+    #[test]
+    fn numbers_and_ages_are_short() {
+        assert_eq!(si(999.0), "999");
+        assert_eq!(si(12_345.0), "12.3k");
+        assert_eq!(si(250_000_000.0), "250M");
+        assert_eq!(age(59.9), "59s");
+        assert_eq!(age(3_600.0), "1h");
+    }
+
+    #[test]
+    fn status_fits_80_columns() {
+        let report = StatusReport {
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                listen: "198.18.100.1:80".parse().unwrap(),
+                protocol: "tcp".into(),
+                packets_per_second: 12_345.0,
+                bits_per_second: 98_765_432.0,
+                backends: vec![BackendStatusReport {
+                    address: "198.18.101.111:65535".parse().unwrap(),
+                    state: "Overloaded".into(),
+                    reason: "agent weight 10% (overloaded below 20%), 12345 active flows (max 10000) and more".into(),
+                    since_seconds: 75.0,
+                    weight: 256,
+                    effective_weight: 25_600,
+                    agent_weight_percent: Some(100),
+                    active_flows: 1_234_567,
+                    packets_per_second: 123_456.0,
+                    bits_per_second: 1.5e9,
+                    admin: Some(AdminAction::Drain),
+                }],
+            }],
+        };
+        let text = status(&report);
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(
+            text.contains(
+                "198.18.101.111:65535  Overloaded 256 25600 100%   1.2M   123k   1.5G   1m"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("[operator: drain]"), "{text}");
+    }
+}
