@@ -14,6 +14,17 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// User Datagram Protocol.
     pub const UDP: u8 = 17;
+    /// ICMP for IPv4 (echo to VIPs, errors about balanced flows).
+    pub const ICMP: u8 = 1;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Values of [`crate::FlowEntry::flags`].
+pub mod flow_flags {
+    /// A TCP FIN or RST was seen in either direction: the flow expires after
+    /// `tcp_closing_timeout` of silence instead of `tcp_idle_timeout`.
+    pub const CLOSING: u8 = 1;
 }
 
 /// Capacity limits. Maps are sized from these; userspace validation enforces them.
@@ -33,6 +44,12 @@ pub mod limits {
     /// Default number of flows the flow table holds (`flow_table_size` in the config); each flow
     /// takes two entries of `FLOWS`, one per direction.
     pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+    /// TCP flows waiting for the client's first ACK (`HALF_OPEN`) hold this fraction of
+    /// `flow_table_size`: a SYN flood churns this smaller table and never the flows that
+    /// completed their handshake.
+    pub const HALF_OPEN_DIVISOR: u32 = 4;
+    /// Distinct virtual IP addresses (`VIPS`).
+    pub const MAX_VIPS: u32 = MAX_SERVICES;
     /// Highest backend weight, as in HAProxy (0 means: no new flows).
     pub const MAX_WEIGHT: u32 = 256;
     /// Network interfaces xlb can attach to (entries of the `EGRESS_PORTS` devmap).
@@ -62,6 +79,10 @@ pub mod map_names {
     pub const RR_CURSORS: &str = "RR_CURSORS";
     /// Flows, both directions: 5-tuple -> rewrite and next hop.
     pub const FLOWS: &str = "FLOWS";
+    /// TCP flows whose handshake has not completed, both directions.
+    pub const HALF_OPEN: &str = "HALF_OPEN";
+    /// Virtual IP addresses, for ICMP.
+    pub const VIPS: &str = "VIPS";
     /// Interfaces xlb may redirect to.
     pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
     /// Per-CPU traffic counters per service.
@@ -97,12 +118,25 @@ pub mod events {
     pub const EGRESS_NOT_XLB: u32 = 4;
     /// A service packet with TTL/hop limit <= 1: passed untouched so the kernel answers it.
     pub const TTL_EXPIRED: u32 = 5;
-    /// An IPv4 fragment addressed to a service: passed untouched (fragments carry no ports).
+    /// An IPv4 or IPv6 fragment: passed untouched (fragments after the first carry no ports,
+    /// so xlb cannot tell their flow).
     pub const FRAGMENT: u32 = 6;
-    /// An IPv4 packet whose header is malformed (bad IHL or lengths): passed untouched.
+    /// An IP packet whose header is malformed (bad IHL or lengths, a UDP checksum of zero over
+    /// IPv6): passed untouched.
     pub const MALFORMED: u32 = 7;
+    /// An ICMP or ICMPv6 echo request to a VIP, answered by xlb.
+    pub const ICMP_ECHO_ANSWERED: u32 = 8;
+    /// An ICMP or ICMPv6 error quoting a balanced flow, translated and sent on.
+    pub const ICMP_ERROR_TRANSLATED: u32 = 9;
+    /// An IPv6 packet with an extension header xlb does not skip (routing, fragment, or an
+    /// unknown one, or more than `MAX_IPV6_EXTENSIONS`): passed untouched.
+    pub const IPV6_EXTENSION: u32 = 10;
+    /// A VLAN-tagged frame: passed untouched.
+    pub const VLAN: u32 = 11;
+    /// A TCP flow completed its handshake and moved from `HALF_OPEN` to `FLOWS`.
+    pub const FLOW_PROMOTED: u32 = 12;
     /// Number of event counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 13;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -114,6 +148,11 @@ pub mod events {
         "ttl_expired",
         "fragment",
         "malformed",
+        "icmp_echo_answered",
+        "icmp_error_translated",
+        "ipv6_extension",
+        "vlan",
+        "flow_promoted",
     ];
 }
 

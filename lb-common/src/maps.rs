@@ -81,6 +81,18 @@ impl BackendTable {
     };
 }
 
+/// Key of `VIPS`: a virtual IP address, whatever its ports and protocols.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// The address.
+    pub addr: Addr,
+    /// Address family.
+    pub family: u8,
+    /// Explicit padding; zero.
+    pub _pad: [u8; 3],
+}
+
 /// Key of `FLOWS`: a packet's 5-tuple as it arrives at xlb.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -121,7 +133,7 @@ pub struct FlowEntry {
     pub port: u16,
     /// [`direction::TO_BACKEND`] or [`direction::TO_CLIENT`].
     pub direction: u8,
-    /// Reserved for flow state; zero.
+    /// Flow state, [`crate::consts::flow_flags`].
     pub flags: u8,
     /// Backend that serves the flow (index into `BACKENDS` and `BACKEND_STATS`).
     pub backend_id: u32,
@@ -180,6 +192,7 @@ const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<FlowEntry>() == 64);
 const _: () = assert!(size_of::<TrafficCounters>() == 48);
 
@@ -194,6 +207,7 @@ mod pod {
     unsafe impl aya::Pod for BackendEntry {}
     unsafe impl aya::Pod for BackendTable {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for TrafficCounters {}
 }

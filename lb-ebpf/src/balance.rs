@@ -9,43 +9,54 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
+    FlowEntry, FlowKey, ServiceKey, TrafficCounters,
     consts::{
-        events,
+        events, flow_flags,
         limits::{MAX_POOLS_PER_SERVICE, MAX_TABLE_SLOTS},
+        proto,
         timing::LAST_SEEN_REFRESH_NS,
     },
     direction,
 };
 
 use crate::{
-    forward::{resolve, send, send_cached},
+    forward::{Route, resolve, send, send_cached},
+    icmp,
     maps::{
-        BACKEND_STATS, BACKEND_TABLES, BACKENDS, FLOWS, RR_CURSORS, SERVICE_STATS, SERVICES,
-        count_event,
+        BACKEND_STATS, BACKEND_TABLES, BACKENDS, FLOWS, FlowTable, HALF_OPEN, RR_CURSORS,
+        SERVICE_STATS, SERVICES, count_event, scratch,
     },
-    nat::{End, rewrite_ipv4},
-    packet::{Packet, parse},
+    nat::{End, rewrite},
+    packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
 };
 
 /// Handles one frame and returns the XDP verdict. One hash lookup decides a packet of an
 /// established flow (either direction); a second, the first packet of a new flow.
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
-    let Some(pkt) = parse(ctx) else {
+    let Some(scratch) = scratch() else {
         return xdp_action::XDP_PASS;
     };
-    let key = FlowKey {
-        src_addr: pkt.src,
-        dst_addr: pkt.dst,
-        src_port: pkt.sport,
-        dst_port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
-    if let Some(entry) = FLOWS.get_ptr_mut(&key) {
-        return established(ctx, &pkt, &key, entry);
+    // SAFETY: this CPU's scratch area, used by nobody else while the program runs; the
+    // references below are to distinct fields.
+    let (pkt, key) = unsafe { (&mut (*scratch).pkt, &mut (*scratch).key) };
+    if parse(ctx, pkt).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    let pkt: &Packet = pkt;
+    if pkt.proto != proto::TCP && pkt.proto != proto::UDP {
+        return icmp::process(ctx, pkt);
+    }
+    key.src_addr = pkt.src;
+    key.dst_addr = pkt.dst;
+    key.src_port = pkt.sport;
+    key.dst_port = pkt.dport;
+    key.proto = pkt.proto;
+    key.family = pkt.family;
+    key._pad = [0; 2];
+    let key: &FlowKey = key;
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        return established(ctx, pkt, key, entry, false);
     }
     let service_key = ServiceKey {
         addr: pkt.dst,
@@ -53,128 +64,235 @@ pub fn process(ctx: &XdpContext) -> u32 {
         proto: pkt.proto,
         family: pkt.family,
     };
-    if let Some(service) = SERVICES.get_ptr(&service_key) {
-        // SAFETY: copy the value out at once; the element may be replaced after this.
-        let service = unsafe { *service };
-        return new_flow(ctx, &pkt, &key, &service);
+    let service = SERVICES.get_ptr(&service_key);
+    if pkt.proto == proto::TCP {
+        if let Some(entry) = HALF_OPEN.get_ptr_mut(key) {
+            // A client packet without SYN completes the handshake; anything else (a
+            // retransmitted SYN, the backend's SYN-ACK) is forwarded as it is.
+            if service.is_some() && pkt.tcp_flags & TCP_SYN == 0 {
+                if let Some(entry) = promote(key, entry) {
+                    return established(ctx, pkt, key, entry, false);
+                }
+            }
+            return established(ctx, pkt, key, entry, true);
+        }
+    }
+    if let Some(service) = service {
+        // SAFETY: copy the id out at once; the element may be replaced after this.
+        let service_id = unsafe { (*service).id };
+        return match new_flow(ctx, pkt, key, service_id) {
+            NewFlow::Done(verdict) => verdict,
+            NewFlow::Raced(entry, half_open) => established(ctx, pkt, key, entry, half_open),
+        };
     }
     xdp_action::XDP_PASS
 }
 
-/// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
-/// the entry's next hop.
+/// What became of a new flow's first packet.
+enum NewFlow {
+    /// Handled, with this verdict.
+    Done(u32),
+    /// Another CPU recorded the flow first: the packet follows that entry (in `HALF_OPEN` if
+    /// the flag says so). Returned rather than handled inside `new_flow`, so that the two
+    /// functions' stack frames are never on the stack at once.
+    Raced(*mut FlowEntry, bool),
+}
+
+/// The flow table: `HALF_OPEN` or `FLOWS`.
 #[inline(always)]
-fn established(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, entry: *mut FlowEntry) -> u32 {
+fn table(half_open: bool) -> &'static FlowTable {
+    if half_open { &HALF_OPEN } else { &FLOWS }
+}
+
+/// The peer key of `key`, written to the scratch area (see [`peer_key`]).
+#[inline(always)]
+fn scratch_peer(key: &FlowKey, entry: &FlowEntry) -> Option<&'static FlowKey> {
+    let scratch = scratch()?;
+    // SAFETY: this CPU's scratch area; `peer` is not otherwise borrowed while this one lives.
+    let peer = unsafe { &mut (*scratch).peer };
+    *peer = peer_key(key, entry);
+    Some(peer)
+}
+
+/// The key of the other direction of the flow whose entry `entry` is stored under `key`.
+#[inline(always)]
+fn peer_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
+    if entry.direction == direction::TO_BACKEND {
+        FlowKey {
+            src_addr: entry.addr,
+            src_port: entry.port,
+            dst_addr: key.src_addr,
+            dst_port: key.src_port,
+            ..*key
+        }
+    } else {
+        FlowKey {
+            src_addr: key.dst_addr,
+            src_port: key.dst_port,
+            dst_addr: entry.addr,
+            dst_port: entry.port,
+            ..*key
+        }
+    }
+}
+
+/// Moves a TCP flow whose handshake completed from `HALF_OPEN` to `FLOWS` (the reply entry
+/// first, so a packet that finds the forward entry finds its reply too). Returns the forward
+/// entry in `FLOWS`.
+#[inline(always)]
+fn promote(key: &FlowKey, entry: *mut FlowEntry) -> Option<*mut FlowEntry> {
+    // SAFETY: valid map values; the helper copies them into the other map.
+    let reply_key = scratch_peer(key, unsafe { &*entry })?;
+    if let Some(reply) = HALF_OPEN.get_ptr(reply_key) {
+        FLOWS
+            .insert(reply_key, unsafe { &*reply }, BPF_ANY as u64)
+            .ok()?;
+    }
+    FLOWS.insert(key, unsafe { &*entry }, BPF_ANY as u64).ok()?;
+    let _ = HALF_OPEN.remove(key);
+    let _ = HALF_OPEN.remove(reply_key);
+    count_event(events::FLOW_PROMOTED);
+    FLOWS.get_ptr_mut(key)
+}
+
+/// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
+/// the entry's next hop. A FIN or RST marks both directions closing; the time a direction was
+/// last seen is refreshed at most once a second, together with the other direction's, so the
+/// two entries of a flow age together. Not inlined: it is called from four places, and one
+/// copy of its locals on the stack is all the 512-byte BPF stack has room for.
+#[inline(never)]
+fn established(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &FlowKey,
+    entry: *mut FlowEntry,
+    half_open: bool,
+) -> u32 {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return xdp_action::XDP_PASS;
     }
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
-    // same flow) only store a recent time or the same next hop.
+    // same flow) only store a recent time, the closing flag or the same next hop.
     let flow = unsafe { &mut *entry };
-    if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS {
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
+    if closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS {
         flow.last_seen_ns = now;
+        if closing {
+            flow.flags |= flow_flags::CLOSING;
+        }
+        let peer = scratch_peer(key, flow).and_then(|peer| table(half_open).get_ptr_mut(peer));
+        if let Some(peer) = peer {
+            // SAFETY: as above.
+            unsafe {
+                (*peer).last_seen_ns = now;
+                if closing {
+                    (*peer).flags |= flow_flags::CLOSING;
+                }
+            }
+        }
     }
-    let (end, rewritten) = if flow.direction == direction::TO_BACKEND {
-        let rewritten = FlowKey {
-            dst_addr: flow.addr,
-            dst_port: flow.port,
-            ..*key
+    let addr = flow.addr;
+    let (end, route) = if flow.direction == direction::TO_BACKEND {
+        let route = Route {
+            src: &key.src_addr,
+            dst: &addr,
+            sport: key.src_port,
+            dport: flow.port,
         };
-        (End::Destination, rewritten)
+        (End::Destination, route)
     } else {
-        let rewritten = FlowKey {
-            src_addr: flow.addr,
-            src_port: flow.port,
-            ..*key
+        let route = Route {
+            src: &addr,
+            dst: &key.dst_addr,
+            sport: flow.port,
+            dport: key.dst_port,
         };
-        (End::Source, rewritten)
+        (End::Source, route)
     };
-    if rewrite_ipv4(ctx, pkt, end, &flow.addr, flow.port).is_none() {
+    if rewrite(ctx, pkt, end, &addr, flow.port).is_none() {
         return xdp_action::XDP_PASS;
     }
     count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
-    send_cached(ctx, pkt, &rewritten, flow, now)
+    send_cached(ctx, pkt, &route, flow, now)
 }
 
 /// The first packet of a flow to a service: choose a backend by round robin, record both
-/// directions of the flow, rewrite, send.
-#[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service: &ServiceEntry) -> u32 {
+/// directions of the flow (TCP in `HALF_OPEN` until the handshake completes, UDP in `FLOWS`),
+/// rewrite, send. Not inlined, for the stack as `established`.
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service_id: u32) -> NewFlow {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
-        return xdp_action::XDP_PASS;
+        return NewFlow::Done(xdp_action::XDP_PASS);
     }
-    let table_index = service.id * MAX_POOLS_PER_SERVICE;
+    let table_index = service_id * MAX_POOLS_PER_SERVICE;
     let Some(backend_id) = next_backend(table_index) else {
-        count_no_backend(service.id);
-        return xdp_action::XDP_DROP;
+        count_no_backend(service_id);
+        return NewFlow::Done(xdp_action::XDP_DROP);
     };
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        count_no_backend(service.id);
-        return xdp_action::XDP_DROP;
+    let (Some(backend), Some(scratch)) = (BACKENDS.get_ptr(backend_id), scratch()) else {
+        count_no_backend(service_id);
+        return NewFlow::Done(xdp_action::XDP_DROP);
     };
+    // SAFETY: a valid map value, and this CPU's scratch area.
+    let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let rewritten = FlowKey {
-        dst_addr: backend.addr,
-        dst_port: backend.port,
-        ..*key
+    let route = Route {
+        src: &key.src_addr,
+        dst: &backend.addr,
+        sport: key.src_port,
+        dport: backend.port,
     };
     // Resolve the next hop before recording the flow, so the entry is complete when written.
-    let hop = resolve(ctx, pkt, &rewritten);
-    let mut forward = FlowEntry {
-        addr: backend.addr,
-        port: backend.port,
-        direction: direction::TO_BACKEND,
-        backend_id,
-        service_id: service.id,
-        last_seen_ns: now,
-        ..FlowEntry::default()
-    };
+    let hop = resolve(ctx, pkt, &route);
+    entry.addr = backend.addr;
+    entry.port = backend.port;
+    entry.direction = direction::TO_BACKEND;
+    entry.flags = 0;
+    entry.backend_id = backend_id;
+    entry.service_id = service_id;
+    entry.last_seen_ns = now;
+    entry._pad = [0; 4];
+    entry.hop_ifindex = 0;
     if let Ok(hop) = &hop {
-        hop.store(&mut forward, now);
+        hop.store(entry, now);
     }
-    if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_err() {
+    let half_open = pkt.proto == proto::TCP;
+    let table = table(half_open);
+    if table.insert(key, &*entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU recorded this flow between our lookup and insert: follow its choice.
-        return match FLOWS.get_ptr_mut(key) {
-            Some(entry) => established(ctx, pkt, key, entry),
+        return match table.get_ptr_mut(key) {
+            Some(existing) => NewFlow::Raced(existing, half_open),
             None => {
                 count_event(events::FLOW_INSERT_FAILED);
-                xdp_action::XDP_DROP
+                NewFlow::Done(xdp_action::XDP_DROP)
             }
         };
     }
-    let reply_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: pkt.src,
-        src_port: backend.port,
-        dst_port: pkt.sport,
-        ..*key
+    // The same entry, turned into the reply direction's.
+    let Some(reply_key) = scratch_peer(key, entry) else {
+        return NewFlow::Done(xdp_action::XDP_DROP);
     };
-    let reply = FlowEntry {
-        addr: pkt.dst,
-        port: pkt.dport,
-        direction: direction::TO_CLIENT,
-        backend_id,
-        service_id: service.id,
-        last_seen_ns: now,
-        ..FlowEntry::default()
-    };
-    if FLOWS.insert(&reply_key, &reply, BPF_ANY as u64).is_err() {
-        let _ = FLOWS.remove(key);
+    entry.addr = pkt.dst;
+    entry.port = pkt.dport;
+    entry.direction = direction::TO_CLIENT;
+    entry.hop_ifindex = 0;
+    if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
+        let _ = table.remove(key);
         count_event(events::FLOW_INSERT_FAILED);
-        return xdp_action::XDP_DROP;
+        return NewFlow::Done(xdp_action::XDP_DROP);
     }
-    count_new_flow(service.id, backend_id);
-    if rewrite_ipv4(ctx, pkt, End::Destination, &backend.addr, backend.port).is_none() {
-        return xdp_action::XDP_PASS;
+    count_new_flow(service_id, backend_id);
+    if rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port).is_none() {
+        return NewFlow::Done(xdp_action::XDP_PASS);
     }
-    count_traffic(service.id, backend_id, pkt.ip_len, direction::TO_BACKEND);
-    match hop {
+    count_traffic(service_id, backend_id, pkt.ip_len, direction::TO_BACKEND);
+    NewFlow::Done(match hop {
         Ok(hop) => send(ctx, pkt, &hop),
         Err(verdict) => verdict,
-    }
+    })
 }
 
 /// The next backend id of a table, advancing its round-robin cursor atomically so that

@@ -5,7 +5,7 @@
 //! attached to (`XDP_REDIRECT`). When the FIB cannot answer (for example no neighbour entry
 //! yet), the packet goes to the kernel, which resolves and forwards it.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
@@ -13,19 +13,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey,
+    Addr, FlowEntry,
     consts::{events, timing::NEXT_HOP_TTL_NS},
 };
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{EGRESS_PORTS, count_event},
-    nat::decrement_ttl_ipv4,
+    maps::{EGRESS_PORTS, count_event, scratch},
+    nat::decrement_ttl,
     packet::{Packet, ingress_ifindex, ptr_at},
 };
 
-/// `AF_INET` as the FIB helper expects it.
+/// `AF_INET` and `AF_INET6` as the FIB helper expects them.
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Where a packet goes next.
 pub struct NextHop {
@@ -45,31 +46,48 @@ impl NextHop {
     }
 }
 
-/// Asks the FIB for the next hop of an IPv4 packet rewritten to `tuple`. `Err` carries the
-/// verdict when the packet must go to the kernel instead.
+/// The addresses and ports of a packet after its rewrite: what the FIB is asked about (the
+/// protocol and family are the packet's). References, not copies: the stack is small.
+pub struct Route<'a> {
+    /// Source address.
+    pub src: &'a Addr,
+    /// Destination address.
+    pub dst: &'a Addr,
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+}
+
+/// Asks the FIB for the next hop of a packet rewritten to `route`. `Err` carries the verdict
+/// when the packet must go to the kernel instead.
 #[inline(always)]
-pub fn resolve(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> Result<NextHop, u32> {
-    let (src, dst) = (&tuple.src_addr, &tuple.dst_addr);
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid "no options" request.
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.family = AF_INET;
+pub fn resolve(ctx: &XdpContext, pkt: &Packet, route: &Route) -> Result<NextHop, u32> {
+    let (src, dst) = (route.src, route.dst);
+    let Some(scratch) = scratch() else {
+        return Err(xdp_action::XDP_PASS);
+    };
+    // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
+    let fib = unsafe { &mut (*scratch).fib };
+    // Every input field is set: a request without options.
+    fib.__bindgen_anon_2.flowinfo = 0;
     fib.l4_protocol = pkt.proto;
-    fib.sport = tuple.src_port;
-    fib.dport = tuple.dst_port;
+    fib.sport = route.sport;
+    fib.dport = route.dport;
     fib.__bindgen_anon_1.tot_len = pkt.ip_len;
     fib.ifindex = ingress_ifindex(ctx);
-    fib.__bindgen_anon_3.ipv4_src = src[0];
-    fib.__bindgen_anon_4.ipv4_dst = dst[0];
+    if pkt.is_ipv6() {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
+    } else {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst[0];
+    }
 
     // SAFETY: the helper reads and writes `fib`, whose size we pass.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { fib_lookup(ctx.ctx.cast(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count_event(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             events::FIB_NO_NEIGHBOUR
@@ -89,13 +107,13 @@ pub fn resolve(ctx: &XdpContext, pkt: &Packet, tuple: &FlowKey) -> Result<NextHo
     })
 }
 
-/// Sends a packet of an established flow, rewritten to `tuple`, through the next hop cached in
+/// Sends a packet of an established flow, rewritten to `route`, through the next hop cached in
 /// its entry, refreshing the cache from the FIB when it is missing or stale.
 #[inline(always)]
 pub fn send_cached(
     ctx: &XdpContext,
     pkt: &Packet,
-    tuple: &FlowKey,
+    route: &Route,
     entry: &mut FlowEntry,
     now: u64,
 ) -> u32 {
@@ -107,7 +125,7 @@ pub fn send_cached(
         };
         return send(ctx, pkt, &hop);
     }
-    match resolve(ctx, pkt, tuple) {
+    match resolve(ctx, pkt, route) {
         Ok(hop) => {
             hop.store(entry, now);
             send(ctx, pkt, &hop)
@@ -119,14 +137,14 @@ pub fn send_cached(
     }
 }
 
-/// Sends a rewritten IPv4 packet to `hop`: TTL decremented as a router does, MAC addresses
-/// set, out of the same interface (`XDP_TX`) or another one (`XDP_REDIRECT`).
+/// Sends a rewritten packet to `hop`: TTL or hop limit decremented as a router does, MAC
+/// addresses set, out of the same interface (`XDP_TX`) or another one (`XDP_REDIRECT`).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
-    if decrement_ttl_ipv4(ctx, pkt).is_none() {
+    if decrement_ttl(ctx, pkt).is_none() {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: ptr_at checked the Ethernet header lies inside the frame.

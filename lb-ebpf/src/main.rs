@@ -10,6 +10,7 @@
 
 mod balance;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;

@@ -2,13 +2,17 @@
 //! `lb_common::consts::limits`; userspace finds each map by the name of its static.
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
+    VipKey,
     consts::{events, limits},
 };
+
+use crate::packet::Packet;
 
 /// Virtual services: (VIP, port, protocol) -> service id.
 /// Written by userspace when it applies a config; read for every packet.
@@ -43,15 +47,32 @@ pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Ar
 #[btf_map]
 pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new();
 
+/// Flow tables: 5-tuple as it arrives -> how to rewrite it and where to send it.
+pub type FlowTable =
+    LruHashMap<FlowKey, FlowEntry, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }>;
+
 /// Established flows, both directions, keyed by the 5-tuple as it arrives: client to VIP
 /// (rewrite the destination to the backend) and backend to client (rewrite the source back to
-/// the VIP), each with its cached next hop. Written by the program on a flow's first packet
-/// (both entries at once) and when a next hop is refreshed; read for every packet of a flow;
-/// userspace deletes the entries of a backend that goes Down. LRU: the least recently used
-/// entries are evicted when it is full (two entries per flow of `flow_table_size`).
+/// the VIP), each with its cached next hop. UDP flows are written here on their first packet;
+/// TCP flows move here from `HALF_OPEN` on the client's first packet after the SYN. The
+/// program refreshes `last_seen_ns` and `flags`; userspace deletes idle and closed flows and
+/// the flows of a backend that goes Down. LRU: when full, the least recently used entries are
+/// evicted (two entries per flow of `flow_table_size`; userspace sets the size at load).
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
+pub static FLOWS: FlowTable = LruHashMap::new();
+
+/// TCP flows whose handshake has not completed (the client has sent a SYN, nothing since),
+/// both directions, as in `FLOWS`. Kept apart so that a flood of spoofed SYNs evicts only
+/// other half-open flows, never an established one. Written by the program on a SYN to a
+/// service; read for packets that miss `FLOWS`; userspace deletes the flows of a backend that
+/// goes Down. LRU, `flow_table_size / HALF_OPEN_DIVISOR` flows.
+#[btf_map]
+pub static HALF_OPEN: FlowTable = LruHashMap::new();
+
+/// Virtual IP addresses of the services, whatever their ports: ICMP echo requests to them are
+/// answered. Written by userspace with the services; read for ICMP echo requests.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, u32, { limits::MAX_VIPS as usize }> = HashMap::new();
 
 /// Interfaces xlb is attached to, by ifindex: where `XDP_REDIRECT` may send a packet.
 /// Written by userspace at attach time; read when the next hop is on another interface.
@@ -72,6 +93,34 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { limits::MAX_BACKENDS as
 /// by userspace.
 #[btf_map]
 pub static EVENTS: PerCpuArray<u64, { events::COUNT as usize }> = PerCpuArray::new();
+
+/// What one packet needs beyond registers: its parsed headers, its flow key, the key of the
+/// other direction, an entry being built, and the FIB helper's parameter block.
+#[repr(C)]
+pub struct Scratch {
+    /// The parsed packet.
+    pub pkt: Packet,
+    /// Its 5-tuple as it arrived (or, for ICMP errors, the quoted flow's).
+    pub key: FlowKey,
+    /// The key of the other direction of a flow.
+    pub peer: FlowKey,
+    /// A flow entry being built.
+    pub entry: FlowEntry,
+    /// Parameters and answer of `bpf_fib_lookup`.
+    pub fib: bpf_fib_lookup,
+}
+
+/// Per-CPU scratch space for one packet at a time, so that these structures stay off the
+/// 512-byte BPF stack, which the program's functions share. Written and read only by the
+/// program, within one packet (XDP runs a packet to completion on its CPU).
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// This CPU's scratch area.
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
 
 /// Counts one data-plane event.
 #[inline(always)]

@@ -1,14 +1,18 @@
-//! Address and port rewriting with incremental checksum updates (RFC 1624).
+//! Address and port rewriting with incremental checksum updates (RFC 1624), for IPv4 and IPv6.
 
 use core::ptr::{read_unaligned, write_unaligned};
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Addr, consts::proto, csum};
-use network_types::ip::Ipv4Hdr;
+use lb_common::{
+    Addr,
+    consts::{family, proto},
+    csum,
+};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::packet::{Packet, ptr_at};
 
-/// Which end of the packet a rewrite changes.
+/// Which end of a packet a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// Source address and port (the reply path: backend -> VIP).
@@ -17,46 +21,124 @@ pub enum End {
     Destination,
 }
 
-/// Rewrites one end of an IPv4 TCP/UDP packet to `addr:port` (port in network order) and
-/// updates the IP and L4 checksums. `None` if the headers are no longer where `pkt` says.
+/// Offset of the source address in an IPv4 header (the destination follows it).
+const IPV4_SRC: usize = 12;
+/// Offset of the source address in an IPv6 header (the destination follows it).
+const IPV6_SRC: usize = 8;
+/// Offset of the header checksum in an IPv4 header.
+const IPV4_CHECK: usize = 10;
+
+/// One address changed in an IP header: the old and new address, and for IPv4 the header
+/// checksum before and after (so a checksum covering the header, as ICMP's covers a quoted
+/// one, can follow).
+pub struct AddrChange {
+    /// The address before.
+    pub old: Addr,
+    /// The address after.
+    pub new: Addr,
+    /// IPv4 header checksum before and after; equal for IPv6, which has none.
+    pub ip_check: (u16, u16),
+}
+
+/// Replaces the source or destination address of the IP header at `l3` by `new`, updating
+/// the IPv4 header checksum.
 #[inline(always)]
-pub fn rewrite_ipv4(
+pub fn set_addr(
     ctx: &XdpContext,
-    pkt: &Packet,
+    l3: usize,
+    ip_family: u8,
     end: End,
-    addr: &Addr,
-    port: u16,
-) -> Option<()> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
+    new: &Addr,
+) -> Option<AddrChange> {
+    if ip_family == family::IPV4 {
+        let offset = l3
+            + IPV4_SRC
+            + match end {
+                End::Source => 0,
+                End::Destination => 4,
+            };
+        let field: *mut u32 = ptr_at(ctx, offset)?;
+        let check: *mut u16 = ptr_at(ctx, l3 + IPV4_CHECK)?;
+        // Make sure the whole fixed header is there (it is, for parsed packets).
+        ptr_at::<Ipv4Hdr>(ctx, l3)?;
+        // SAFETY: ptr_at checked both fields lie inside the frame; unaligned accesses because
+        // packet headers have no alignment guarantee.
+        unsafe {
+            let old = read_unaligned(field);
+            write_unaligned(field, new[0]);
+            let old_check = read_unaligned(check);
+            let new_check = csum::replace32(old_check, old, new[0]);
+            write_unaligned(check, new_check);
+            Some(AddrChange {
+                old: [old, 0, 0, 0],
+                new: *new,
+                ip_check: (old_check, new_check),
+            })
+        }
+    } else {
+        let offset = l3
+            + IPV6_SRC
+            + match end {
+                End::Source => 0,
+                End::Destination => 16,
+            };
+        ptr_at::<Ipv6Hdr>(ctx, l3)?;
+        let field: *mut Addr = ptr_at(ctx, offset)?;
+        // SAFETY: as above.
+        unsafe {
+            let old = read_unaligned(field);
+            write_unaligned(field, *new);
+            Some(AddrChange {
+                old,
+                new: *new,
+                ip_check: (0, 0),
+            })
+        }
+    }
+}
+
+/// Replaces the 16-bit field at `offset` (a port) by `new`; returns the old value.
+#[inline(always)]
+pub fn set_u16(ctx: &XdpContext, offset: usize, new: u16) -> Option<u16> {
+    let field: *mut u16 = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked the field lies inside the frame.
+    unsafe {
+        let old = read_unaligned(field);
+        write_unaligned(field, new);
+        Some(old)
+    }
+}
+
+/// A checksum that covers an address (a pseudo-header's) updated for its change.
+#[inline(always)]
+pub fn check_for_addr(check: u16, ip_family: u8, change: &AddrChange) -> u16 {
+    if ip_family == family::IPV4 {
+        csum::replace32(check, change.old[0], change.new[0])
+    } else {
+        csum::replace128(check, &change.old, &change.new)
+    }
+}
+
+/// Rewrites one end of a TCP/UDP packet to `addr:port` (port in network order) and updates
+/// the IP and L4 checksums. `None` if the headers are no longer where `pkt` says.
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
     let port_offset = match end {
         End::Source => 0,
         End::Destination => 2,
     };
-    let port_ptr: *mut u16 = ptr_at(ctx, pkt.l4 + port_offset)?;
     let check_ptr: *mut u16 = ptr_at(ctx, pkt.l4_check_offset())?;
-    let new_addr = addr[0];
-
-    // SAFETY: ptr_at checked each field lies inside the frame; unaligned accesses because
-    // packet headers have no alignment guarantee.
+    let change = set_addr(ctx, pkt.l3, pkt.family, end, addr)?;
+    let old_port = set_u16(ctx, pkt.l4 + port_offset, port)?;
+    // SAFETY: ptr_at checked the checksum field lies inside the frame.
     unsafe {
-        let addr_field = match end {
-            End::Source => &mut (*ip).src_addr,
-            End::Destination => &mut (*ip).dst_addr,
-        };
-        let old_addr = u32::from_ne_bytes(*addr_field);
-        *addr_field = new_addr.to_ne_bytes();
-        let ip_check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = csum::replace32(ip_check, old_addr, new_addr).to_ne_bytes();
-
-        let old_port = read_unaligned(port_ptr);
-        write_unaligned(port_ptr, port);
-
         let l4_check = read_unaligned(check_ptr);
-        // An IPv4 UDP checksum of zero means "not computed" (RFC 768): it stays zero.
+        // An IPv4 UDP checksum of zero means "not computed" (RFC 768): it stays zero. (Over
+        // IPv6 the parser refused it.)
         if pkt.proto == proto::UDP && l4_check == 0 {
             return Some(());
         }
-        let mut updated = csum::replace32(l4_check, old_addr, new_addr);
+        let mut updated = check_for_addr(l4_check, pkt.family, &change);
         updated = csum::replace16(updated, old_port, port);
         // A computed UDP checksum of zero is sent as all ones (RFC 768).
         if pkt.proto == proto::UDP && updated == 0 {
@@ -67,17 +149,28 @@ pub fn rewrite_ipv4(
     Some(())
 }
 
-/// Decrements the IPv4 TTL, updating the header checksum, as a router does when it forwards.
+/// Decrements the IPv4 TTL or the IPv6 hop limit, as a router does when it forwards.
 #[inline(always)]
-pub fn decrement_ttl_ipv4(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
+pub fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
+    set_ttl(ctx, pkt, pkt.ttl.wrapping_sub(1))
+}
+
+/// Sets the IPv4 TTL (updating the header checksum) or the IPv6 hop limit to `ttl`.
+#[inline(always)]
+pub fn set_ttl(ctx: &XdpContext, pkt: &Packet, ttl: u8) -> Option<()> {
+    if pkt.is_ipv6() {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.l3)?;
+        // SAFETY: ptr_at checked the header lies inside the frame.
+        unsafe { (*ip).hop_limit = ttl };
+        return Some(());
+    }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     unsafe {
-        let ttl = (*ip).ttl;
         // TTL shares a 16-bit word with the protocol: (ttl << 8 | proto) in wire order.
-        let old_word = u16::from_ne_bytes([ttl, (*ip).proto]);
-        let new_word = u16::from_ne_bytes([ttl.wrapping_sub(1), (*ip).proto]);
-        (*ip).ttl = ttl.wrapping_sub(1);
+        let old_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        let new_word = u16::from_ne_bytes([ttl, (*ip).proto]);
+        (*ip).ttl = ttl;
         let check = u16::from_ne_bytes((*ip).check);
         (*ip).check = csum::replace16(check, old_word, new_word).to_ne_bytes();
     }

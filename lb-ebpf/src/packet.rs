@@ -1,7 +1,9 @@
-//! Bounds-checked parsing of Ethernet / IPv4 / TCP|UDP into a [`Packet`].
+//! Bounds-checked parsing of Ethernet / IPv4 or IPv6 / TCP, UDP or ICMP into a [`Packet`].
 //!
-//! Anything that is not a well-formed TCP or UDP packet over IPv4 yields `None` and is passed to
-//! the kernel untouched: xlb never rewrites a packet it did not fully understand.
+//! Anything xlb cannot handle yields `None` and is passed to the kernel untouched: frames that
+//! are not IP (VLAN-tagged ones included), fragments, IPv6 packets with a routing, fragment
+//! or unknown extension header, and malformed headers. xlb never rewrites a packet it did not
+//! fully understand.
 
 use core::mem::size_of;
 
@@ -10,42 +12,74 @@ use lb_common::{
     Addr,
     consts::{events, family, proto},
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 use crate::maps::count_event;
 
 /// EtherType of IPv4, as it is on the wire.
 const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
+/// EtherType of IPv6, as it is on the wire.
+const ETH_P_IPV6_WIRE: u16 = 0x86ddu16.to_be();
+/// EtherTypes of 802.1Q and 802.1ad tags, as they are on the wire.
+const ETH_P_8021Q_WIRE: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD_WIRE: u16 = 0x88a8u16.to_be();
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
 /// Smallest IPv4 header, in bytes.
 const IPV4_MIN_HEADER: usize = 20;
+/// IPv6 extension headers xlb skips: hop-by-hop options and destination options. Neither
+/// changes where the packet goes or how its ports are read.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// At most this many skippable extension headers are followed; more are passed.
+const MAX_IPV6_EXTENSIONS: usize = 4;
 /// Offset of the checksum in a TCP header.
 pub const TCP_CHECK_OFFSET: usize = 16;
 /// Offset of the checksum in a UDP header.
 pub const UDP_CHECK_OFFSET: usize = 6;
+/// Offset of the checksum in an ICMP or ICMPv6 header.
+pub const ICMP_CHECK_OFFSET: usize = 2;
+/// Size of the ICMP header (type, code, checksum, four bytes that depend on the type).
+pub const ICMP_HEADER: usize = 8;
+/// TCP FIN flag: the sender has finished.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag: the first packet of a connection (with ACK: the server's answer).
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag: the connection is aborted.
+pub const TCP_RST: u8 = 0x04;
 
-/// What the balancer needs to know about one packet. Ports are in network byte order.
+/// What the balancer needs to know about one packet. Ports are in network byte order. It lives
+/// in the per-CPU scratch area (`maps::SCRATCH`), not on the stack.
+#[repr(C)]
 pub struct Packet {
     /// Offset of the IP header from the start of the frame.
     pub l3: usize,
-    /// Offset of the TCP/UDP header.
+    /// Offset of the TCP/UDP/ICMP header.
     pub l4: usize,
-    /// `family::IPV4` (IPv6 comes later).
+    /// `family::IPV4` or `family::IPV6`.
     pub family: u8,
-    /// `proto::TCP` or `proto::UDP`.
+    /// `proto::TCP`, `proto::UDP`, `proto::ICMP` or `proto::ICMPV6`.
     pub proto: u8,
-    /// Time to live.
+    /// Time to live, or hop limit.
     pub ttl: u8,
-    /// IP total length in bytes (header and payload), host order.
+    /// TCP flags; 0 for other protocols.
+    pub tcp_flags: u8,
+    /// ICMP type; 0 for other protocols.
+    pub icmp_type: u8,
+    /// Bytes from the IP header to the end of the IP payload, host order.
     pub ip_len: u16,
-    /// Source address (IPv4: the first word).
+    /// Source address (IPv4: the first word, the rest zero).
     pub src: Addr,
-    /// Destination address (IPv4: the first word).
+    /// Destination address (IPv4: the first word, the rest zero).
     pub dst: Addr,
-    /// Source port.
+    /// Source port (0 for ICMP).
     pub sport: u16,
-    /// Destination port.
+    /// Destination port (0 for ICMP).
     pub dport: u16,
 }
 
@@ -54,11 +88,17 @@ impl Packet {
     #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
         self.l4
-            + if self.proto == proto::TCP {
-                TCP_CHECK_OFFSET
-            } else {
-                UDP_CHECK_OFFSET
+            + match self.proto {
+                proto::TCP => TCP_CHECK_OFFSET,
+                proto::UDP => UDP_CHECK_OFFSET,
+                _ => ICMP_CHECK_OFFSET,
             }
+    }
+
+    /// Whether this is an IPv6 packet.
+    #[inline(always)]
+    pub fn is_ipv6(&self) -> bool {
+        self.family == family::IPV6
     }
 }
 
@@ -85,9 +125,17 @@ pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) }
 }
 
+/// Frames are never longer than this (XDP frames fit in a page); offsets beyond it are refused
+/// before they touch a packet pointer. The check also gives the verifier a bound on offsets
+/// that were stored in the scratch map, whose values it cannot know.
+const MAX_OFFSET: usize = 0x3fff;
+
 /// A pointer to a `T` at `offset` in the frame, if the whole `T` lies inside it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
     let start = data(ctx);
     if start + offset + size_of::<T>() > data_end(ctx) {
         return None;
@@ -95,19 +143,31 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Parses the frame. `None`: not a TCP/UDP-over-IPv4 packet xlb can handle.
+/// Parses the frame into `pkt`. `None`: not a packet xlb can handle (see the module
+/// documentation); `pkt` then holds nothing meaningful.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Option<Packet> {
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Option<()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_WIRE {
-        return None;
+    let ether_type = unsafe { (*eth).ether_type };
+    pkt.tcp_flags = 0;
+    pkt.icmp_type = 0;
+    pkt.sport = 0;
+    pkt.dport = 0;
+    if ether_type == ETH_P_IP_WIRE {
+        parse_ipv4(ctx, EthHdr::LEN, pkt)
+    } else if ether_type == ETH_P_IPV6_WIRE {
+        parse_ipv6(ctx, EthHdr::LEN, pkt)
+    } else {
+        if ether_type == ETH_P_8021Q_WIRE || ether_type == ETH_P_8021AD_WIRE {
+            count_event(events::VLAN);
+        }
+        None
     }
-    parse_ipv4(ctx, EthHdr::LEN)
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Option<Packet> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
     let ip = unsafe { &*ip };
@@ -122,50 +182,128 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Option<Packet> {
         count_event(events::MALFORMED);
         return None;
     }
-    if ip.proto != proto::TCP && ip.proto != proto::UDP {
+    if ip.proto != proto::TCP && ip.proto != proto::UDP && ip.proto != proto::ICMP {
         return None;
     }
     if u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_MASK != 0 {
         count_event(events::FRAGMENT);
         return None;
     }
+    pkt.l3 = l3;
+    pkt.l4 = l3 + header_len;
+    pkt.family = family::IPV4;
+    pkt.proto = ip.proto;
+    pkt.ttl = ip.ttl;
+    pkt.ip_len = ip_len;
+    pkt.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+    pkt.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+    parse_l4(ctx, pkt, ip_len as usize - header_len)
+}
 
-    let l4 = l3 + header_len;
-    let l4_len = ip_len as usize - header_len;
-    let (sport, dport) = if ip.proto == proto::TCP {
-        let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
-        // SAFETY: ptr_at checked the fixed TCP header.
-        let tcp = unsafe { &*tcp };
-        let tcp_header_len = (tcp.doff() as usize) << 2;
-        if tcp_header_len < TcpHdr::LEN || tcp_header_len > l4_len {
-            count_event(events::MALFORMED);
-            return None;
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+    // SAFETY: ptr_at checked that the fixed header lies inside the frame.
+    let ip = unsafe { &*ip };
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let frame_len = data_end(ctx) - data(ctx);
+    // A payload length of zero means a jumbogram, which xlb does not handle.
+    if ip.vcf[0] >> 4 != 6 || payload_len == 0 || l3 + Ipv6Hdr::LEN + payload_len > frame_len {
+        count_event(events::MALFORMED);
+        return None;
+    }
+    let mut next = ip.next_hdr;
+    let mut l4 = l3 + Ipv6Hdr::LEN;
+    let end = l4 + payload_len;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_DEST_OPTIONS {
+            break;
         }
-        (u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest))
-    } else {
-        let udp: *const UdpHdr = ptr_at(ctx, l4)?;
-        // SAFETY: ptr_at checked the UDP header.
-        let udp = unsafe { &*udp };
-        let udp_len = u16::from_be_bytes(udp.len) as usize;
-        if udp_len < UdpHdr::LEN || udp_len > l4_len {
-            count_event(events::MALFORMED);
-            return None;
-        }
-        (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst))
-    };
+        // Every extension header starts with (next header, length in 8-byte units - 1).
+        let ext: *const [u8; 2] = ptr_at(ctx, l4)?;
+        // SAFETY: ptr_at checked both bytes lie inside the frame.
+        let ext = unsafe { *ext };
+        next = ext[0];
+        l4 += (ext[1] as usize + 1) * 8;
+    }
+    if next != proto::TCP && next != proto::UDP && next != proto::ICMPV6 {
+        // Routing (43) and fragment (44) headers, more options than we follow, anything else.
+        count_event(if next == 44 {
+            events::FRAGMENT
+        } else {
+            events::IPV6_EXTENSION
+        });
+        return None;
+    }
+    if l4 > end {
+        count_event(events::MALFORMED);
+        return None;
+    }
+    pkt.l3 = l3;
+    pkt.l4 = l4;
+    pkt.family = family::IPV6;
+    pkt.proto = next;
+    pkt.ttl = ip.hop_limit;
+    pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
+    pkt.src = addr_words(&ip.src_addr);
+    pkt.dst = addr_words(&ip.dst_addr);
+    parse_l4(ctx, pkt, end - l4)
+}
 
-    let src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
-    let dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    Some(Packet {
-        l3,
-        l4,
-        family: family::IPV4,
-        proto: ip.proto,
-        ttl: ip.ttl,
-        ip_len,
-        src,
-        dst,
-        sport,
-        dport,
-    })
+/// The 16 bytes of an IPv6 address as an [`Addr`] (four native-order words).
+#[inline(always)]
+pub fn addr_words(bytes: &[u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+        u32::from_ne_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+    ]
+}
+
+/// Reads ports and flags (TCP, UDP) or the type (ICMP) of the transport header at `pkt.l4`,
+/// which with its payload spans `l4_len` bytes.
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Option<()> {
+    match pkt.proto {
+        proto::TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, pkt.l4)?;
+            // SAFETY: ptr_at checked the fixed TCP header.
+            let tcp = unsafe { &*tcp };
+            let tcp_header_len = (tcp.doff() as usize) << 2;
+            if tcp_header_len < TcpHdr::LEN || tcp_header_len > l4_len {
+                count_event(events::MALFORMED);
+                return None;
+            }
+            pkt.sport = u16::from_ne_bytes(tcp.source);
+            pkt.dport = u16::from_ne_bytes(tcp.dest);
+            // The flags are byte 13 of the header (read through the checked header pointer: a
+            // one-byte bounds check of its own would compile to a form the verifier rejects).
+            // SAFETY: inside the TCP header checked above.
+            pkt.tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
+        }
+        proto::UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, pkt.l4)?;
+            // SAFETY: ptr_at checked the UDP header.
+            let udp = unsafe { &*udp };
+            let udp_len = u16::from_be_bytes(udp.len) as usize;
+            // Over IPv6 the UDP checksum is mandatory (RFC 8200 §8.1): zero is malformed.
+            if udp_len < UdpHdr::LEN || udp_len > l4_len || (pkt.is_ipv6() && udp.check == [0, 0]) {
+                count_event(events::MALFORMED);
+                return None;
+            }
+            pkt.sport = u16::from_ne_bytes(udp.src);
+            pkt.dport = u16::from_ne_bytes(udp.dst);
+        }
+        _ => {
+            if l4_len < ICMP_HEADER {
+                count_event(events::MALFORMED);
+                return None;
+            }
+            let icmp: *const [u8; ICMP_HEADER] = ptr_at(ctx, pkt.l4)?;
+            // SAFETY: ptr_at checked the header lies inside the frame.
+            pkt.icmp_type = unsafe { (*icmp)[0] };
+        }
+    }
+    Some(())
 }

@@ -142,6 +142,23 @@ pub struct StatsReport {
     pub services: Vec<ServiceStats>,
     /// Data-plane events, by name.
     pub events: Vec<(String, u64)>,
+    /// The flow tables, as of the last sweep.
+    pub flow_table: FlowTableStats,
+}
+
+/// How full the flow tables are, as the last sweep found them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableStats {
+    /// Established flows.
+    pub established: u64,
+    /// Flows `FLOWS` holds (`flow_table_size`); when full, the least recently used are evicted.
+    pub capacity: u64,
+    /// TCP flows whose handshake has not completed.
+    pub half_open: u64,
+    /// Half-open flows `HALF_OPEN` holds; when full, the least recently used are evicted.
+    pub half_open_capacity: u64,
+    /// Flows deleted since the daemon started because they were idle or closed.
+    pub expired: u64,
 }
 
 /// Counters of one service and its backends.

@@ -19,6 +19,8 @@ use lb_common::consts::limits;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::flows::FlowTimeouts;
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -33,6 +35,8 @@ pub struct Config {
     pub pin_path: PathBuf,
     /// Address of the Prometheus metrics endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// How long flows may stay silent before they are deleted.
+    pub flow_timeouts: FlowTimeouts,
     /// Virtual services, in file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -288,6 +292,9 @@ struct RawConfig {
     flow_table_size: Option<Spanned<i64>>,
     pin_path: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
+    tcp_idle_timeout: Option<Spanned<String>>,
+    tcp_closing_timeout: Option<Spanned<String>>,
+    udp_idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
 }
@@ -441,6 +448,31 @@ impl Validator<'_> {
                     }
                 });
 
+        let defaults = FlowTimeouts::default();
+        let flow_timeouts = FlowTimeouts {
+            tcp_idle: self.duration_or(
+                &raw.tcp_idle_timeout,
+                "tcp_idle_timeout",
+                defaults.tcp_idle,
+                Duration::from_secs(10),
+                Duration::from_secs(7 * 86_400),
+            ),
+            tcp_closing: self.duration_or(
+                &raw.tcp_closing_timeout,
+                "tcp_closing_timeout",
+                defaults.tcp_closing,
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+            ),
+            udp_idle: self.duration_or(
+                &raw.udp_idle_timeout,
+                "udp_idle_timeout",
+                defaults.udp_idle,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            ),
+        };
+
         if raw.service.is_empty() {
             self.error(
                 &whole_file,
@@ -505,6 +537,7 @@ impl Validator<'_> {
             flow_table_size,
             pin_path,
             metrics,
+            flow_timeouts,
             services,
         }
     }
@@ -1078,8 +1111,14 @@ impl Validator<'_> {
             Some("the unspecified address cannot receive traffic")
         } else if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
             Some("multicast and broadcast addresses cannot be balanced")
-        } else if ip.is_ipv6() {
-            Some("IPv6 is not supported yet; this version balances IPv4 only")
+        } else if let IpAddr::V6(v6) = ip
+            && v6.to_ipv4_mapped().is_some()
+        {
+            Some("an IPv4-mapped IPv6 address; write the IPv4 address instead")
+        } else if let IpAddr::V6(v6) = ip
+            && v6.is_unicast_link_local()
+        {
+            Some("link-local addresses are not supported (they need an interface scope)")
         } else {
             None
         };
@@ -1324,7 +1363,8 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
             ("198.18.100.1:0", "port 0"),
             ("224.0.0.1:80", "multicast"),
             ("255.255.255.255:80", "broadcast"),
-            ("[fd00::1]:80", "IPv6 is not supported yet"),
+            ("[::ffff:198.18.0.1]:80", "IPv4-mapped"),
+            ("[fe80::1]:80", "link-local addresses are not supported"),
         ] {
             let text = VALID.replace("198.18.100.1:80", listen);
             let errors = errors_of(&text);

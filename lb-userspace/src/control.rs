@@ -9,18 +9,18 @@
 //! published before its service appears, a service disappears before its table is emptied,
 //! and a backend's flows are purged only after the last table naming it was replaced.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    BackendEntry, BackendTable, ServiceEntry, ServiceKey,
+    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey,
     consts::limits::{MAX_BACKENDS, MAX_POOLS_PER_SERVICE, MAX_SERVICES},
 };
 
 use crate::{
     config::{Config, Protocol},
     table::{backend_table, smooth_weighted_sequence},
-    wire::{backend_address, backend_entry, service_key, service_of_key},
+    wire::{backend_address, backend_entry, service_key, service_of_key, vip_key},
 };
 
 /// Writes the control plane makes to the data plane.
@@ -50,6 +50,10 @@ pub trait DataplaneMaps {
     fn release_backend(&mut self, id: u32) -> Result<()> {
         self.set_backend(id, &BackendEntry::default())
     }
+    /// Marks an address as a VIP (`VIPS`): ICMP echo requests to it are answered.
+    fn add_vip(&mut self, key: &VipKey) -> Result<()>;
+    /// Removes an address from `VIPS`.
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
     /// The services and the backends in use that the maps already hold (pinned maps that a
     /// previous daemon filled).
     fn existing(&self) -> Result<Existing>;
@@ -62,6 +66,8 @@ pub struct Existing {
     pub services: Vec<(ServiceKey, ServiceEntry)>,
     /// The entries of `BACKENDS` in use, by id.
     pub backends: Vec<(u32, BackendEntry)>,
+    /// `VIPS`.
+    pub vips: Vec<VipKey>,
 }
 
 /// Index in `BACKEND_TABLES` (and `RR_CURSORS`) of a service's pool.
@@ -156,6 +162,8 @@ pub struct Balancer {
     services: Vec<ServiceState>,
     service_ids: IdAllocator,
     backend_ids: IdAllocator,
+    /// What `VIPS` holds.
+    vips: BTreeSet<VipKey>,
 }
 
 impl Default for Balancer {
@@ -171,6 +179,7 @@ impl Balancer {
             services: Vec::new(),
             service_ids: IdAllocator::new(MAX_SERVICES),
             backend_ids: IdAllocator::new(MAX_BACKENDS),
+            vips: BTreeSet::new(),
         }
     }
 
@@ -213,6 +222,10 @@ impl Balancer {
             maps.set_service(key, entry)
                 .with_context(|| format!("adding service {name}"))?;
         }
+        let vips: BTreeSet<VipKey> = services.iter().map(|s| vip_key(s.listen.ip())).collect();
+        for vip in vips.difference(&self.vips) {
+            maps.add_vip(vip).context("adding a VIP")?;
+        }
 
         let mut emptied = Vec::new();
         for removed in previous {
@@ -238,6 +251,10 @@ impl Balancer {
                 self.backend_ids.release(id);
             }
         }
+        for vip in self.vips.difference(&vips) {
+            maps.remove_vip(vip).context("removing a VIP")?;
+        }
+        self.vips = vips;
         self.services = applied;
         Ok(summary)
     }
@@ -248,6 +265,7 @@ impl Balancer {
     /// their flows. Returns the number of services and backends adopted.
     pub fn adopt(&mut self, maps: &mut impl DataplaneMaps) -> Result<(usize, usize)> {
         let existing = maps.existing()?;
+        self.vips = existing.vips.iter().copied().collect();
         let mut adopted_backends = 0;
         for (key, entry) in &existing.services {
             let Some((listen, protocol)) = service_of_key(key) else {
@@ -442,6 +460,7 @@ pub(crate) mod fake {
         pub(crate) tables: HashMap<u32, Vec<u32>>,
         pub(crate) services: HashMap<ServiceKey, ServiceEntry>,
         pub(crate) flows_by_backend: HashMap<u32, usize>,
+        pub(crate) vips: std::collections::BTreeSet<VipKey>,
     }
 
     impl DataplaneMaps for FakeMaps {
@@ -499,7 +518,18 @@ pub(crate) mod fake {
             Ok(Existing {
                 services: self.services.iter().map(|(k, e)| (*k, *e)).collect(),
                 backends,
+                vips: self.vips.iter().copied().collect(),
             })
+        }
+        fn add_vip(&mut self, key: &VipKey) -> Result<()> {
+            assert!(self.vips.insert(*key), "adding a VIP twice");
+            self.log.push("vip+".into());
+            Ok(())
+        }
+        fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+            assert!(self.vips.remove(key), "removing a VIP that is not there");
+            self.log.push("vip-".into());
+            Ok(())
         }
         fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
             for (index, slots) in &self.tables {
@@ -548,6 +578,29 @@ backends = [ { address = "198.18.1.11:53" } ]
 "#;
 
     #[test]
+    fn a_vip_stays_while_a_service_uses_it() {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer
+            .apply(&config(&format!("{WEB}{DNS}")), &mut maps)
+            .unwrap();
+        assert_eq!(maps.vips.len(), 1, "two services on one VIP: one VIP");
+        balancer.apply(&config(DNS), &mut maps).unwrap();
+        assert_eq!(maps.vips.len(), 1, "the VIP still serves dns");
+        let other = DNS.replace("198.18.100.1:53", "198.18.100.2:53");
+        balancer.apply(&config(&other), &mut maps).unwrap();
+        assert_eq!(
+            maps.vips.iter().copied().collect::<Vec<_>>(),
+            [crate::wire::vip_key("198.18.100.2".parse().unwrap())]
+        );
+        // A restarted daemon knows which VIPs the maps hold and adds none twice.
+        let mut restarted = Balancer::new();
+        restarted.adopt(&mut maps).unwrap();
+        restarted.apply(&config(&other), &mut maps).unwrap();
+        assert_eq!(maps.vips.len(), 1);
+    }
+
+    #[test]
     fn first_apply_writes_backends_then_table_then_service() {
         let mut maps = FakeMaps::default();
         let mut balancer = Balancer::new();
@@ -559,7 +612,8 @@ backends = [ { address = "198.18.1.11:53" } ]
                 "backend 0",
                 "backend 1",
                 "table 0 [1, 0, 1]",
-                "service+ 0"
+                "service+ 0",
+                "vip+"
             ]
         );
         assert_eq!(summary.services_added, 1);

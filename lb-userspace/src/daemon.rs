@@ -98,9 +98,8 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
         if calls.send((Request::Reload {}, reply)).await.is_err() {
             return;
         }
-        match answer.await {
-            Ok(Response::Error(error)) => warn!("reload failed: {error}"),
-            Ok(_) | Err(_) => {}
+        if let Ok(Response::Error(error)) = answer.await {
+            warn!("reload failed: {error}");
         }
     }
 }

@@ -2,7 +2,6 @@
 //! interfaces, and the map writes of [`DataplaneMaps`].
 
 use std::{
-    collections::HashSet,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -18,15 +17,16 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
-    consts::{events, map_names, program_names},
-    direction,
+    BackendEntry, BackendTable, FlowKey, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
+    consts::{events, limits::HALF_OPEN_DIVISOR, map_names, program_names},
 };
 use tracing::{info, warn};
 
 use crate::{
+    batch,
     config::XdpMode,
     control::{DataplaneMaps, Existing},
+    flows::{FlowTables, FlowTimeouts, SweepReport},
     netif,
 };
 
@@ -47,7 +47,9 @@ pub struct Maps {
     tables_data: MapData,
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
-    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    /// The flow tables (`FLOWS` and `HALF_OPEN`).
+    pub flows: FlowTables,
+    vips: HashMap<MapData, VipKey, u32>,
     egress_ports: DevMapHash<MapData>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -86,12 +88,14 @@ pub struct Dataplane {
 }
 
 /// Names of every map of the balancer, for pinning.
-const MAP_NAMES: [&str; 9] = [
+const MAP_NAMES: [&str; 11] = [
     map_names::SERVICES,
     map_names::BACKEND_TABLES,
     map_names::BACKENDS,
     map_names::RR_CURSORS,
     map_names::FLOWS,
+    map_names::HALF_OPEN,
+    map_names::VIPS,
     map_names::EGRESS_PORTS,
     map_names::SERVICE_STATS,
     map_names::BACKEND_STATS,
@@ -115,8 +119,10 @@ impl Dataplane {
         ensure_built(XDP_OBJECT)?;
         // Two entries per flow, one per direction.
         let flow_entries = flow_table_size.saturating_mul(2);
+        let half_open_entries = (flow_table_size / HALF_OPEN_DIVISOR).saturating_mul(2);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::FLOWS, flow_entries);
+        loader.map_max_entries(map_names::HALF_OPEN, half_open_entries);
         let mut adopted = false;
         if let Some(dir) = pin_dir {
             adopted = dir.join(map_names::FLOWS).exists();
@@ -392,7 +398,11 @@ impl Maps {
             tables_data: MapData::from_id(tables_id)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
-            flows: take(ebpf, map_names::FLOWS)?,
+            flows: FlowTables::new(
+                take(ebpf, map_names::FLOWS)?,
+                take(ebpf, map_names::HALF_OPEN)?,
+            ),
+            vips: take(ebpf, map_names::VIPS)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
@@ -427,52 +437,18 @@ impl Maps {
         Ok(totals)
     }
 
-    /// Active flows per backend id: flows whose client-to-backend direction saw a packet within
-    /// `window` (entries refresh their time at most once a second).
-    pub fn active_flows(
-        &self,
-        window: std::time::Duration,
-    ) -> Result<std::collections::HashMap<u32, u64>> {
-        let now = monotonic_ns()?;
-        let window = window.as_nanos() as u64;
-        let mut counts = std::collections::HashMap::new();
-        for (_, entry) in self.flows.iter().filter_map(Result::ok) {
-            if entry.direction == direction::TO_BACKEND
-                && now.saturating_sub(entry.last_seen_ns) <= window
-            {
-                *counts.entry(entry.backend_id).or_default() += 1;
-            }
-        }
-        Ok(counts)
+    /// Sweeps the flow tables (see [`FlowTables::sweep`]) as of now.
+    pub fn sweep_flows(
+        &mut self,
+        timeouts: &FlowTimeouts,
+        active_window: std::time::Duration,
+    ) -> Result<SweepReport> {
+        self.flows.sweep(timeouts, monotonic_ns()?, active_window)
     }
 
-    /// The entry of one direction of a flow, if the flow table has it.
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
-        self.flows.get(key, 0).ok()
-    }
-
-    /// Deletes both entries of the flow whose client-to-backend key is `key`, served by
-    /// `backend`.
-    pub fn remove_flow(&mut self, key: &FlowKey, backend: std::net::SocketAddr) -> Result<()> {
-        let reply = FlowKey {
-            src_addr: crate::wire::addr_field(backend.ip()),
-            dst_addr: key.src_addr,
-            src_port: crate::wire::port_field(backend.port()),
-            dst_port: key.src_port,
-            ..*key
-        };
-        let _ = self.flows.remove(&reply);
-        let _ = self.flows.remove(key);
-        Ok(())
-    }
-
-    /// The flows, by their client-to-backend entry (key as received, entry with the backend).
-    pub fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
-        self.flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, entry)| entry.direction == direction::TO_BACKEND)
-            .collect()
+    /// The entry of one direction of a flow, if a flow table has it.
+    pub fn flow(&self, key: &FlowKey) -> Option<lb_common::FlowEntry> {
+        self.flows.get(key)
     }
 }
 
@@ -521,12 +497,24 @@ impl DataplaneMaps for Maps {
                 backends.push((id, entry));
             }
         }
-        Ok(Existing { services, backends })
+        let vips = self.vips.keys().collect::<Result<Vec<_>, _>>()?;
+        Ok(Existing {
+            services,
+            backends,
+            vips,
+        })
     }
 
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
-        let retired: HashSet<u32> = backend_ids.iter().copied().collect();
-        Ok(purge(&mut self.flows, &retired))
+        self.flows.purge(backend_ids)
+    }
+
+    fn add_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(self.vips.insert(key, 1, 0)?)
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(self.vips.remove(key)?)
     }
 }
 
@@ -545,24 +533,6 @@ fn publish(tables: &mut TableMap, index: u32, table: &BackendTable) -> Result<()
 /// waits once for all of its updates, so filling or changing thousands of tables takes one
 /// wait instead of thousands. Each table still replaces its slot atomically.
 fn publish_batch(tables: &MapData, entries: &[(u32, BackendTable)]) -> Result<()> {
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    /// `BPF_MAP_UPDATE_BATCH` (kernel 5.6).
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-    if entries.is_empty() {
-        return Ok(());
-    }
     let inner: Vec<Array<MapData, BackendTable>> = entries
         .iter()
         .map(|(_, table)| {
@@ -576,34 +546,7 @@ fn publish_batch(tables: &MapData, entries: &[(u32, BackendTable)]) -> Result<()
         .iter()
         .map(|map| map.map().fd().as_fd().as_raw_fd() as u32)
         .collect();
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: fds.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: tables.fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: `attr` points to `keys` and `fds`, which outlive the call, and holds their length.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if ret < 0 {
-        let error = std::io::Error::last_os_error();
-        bail!(
-            "publishing {} tables (BPF_MAP_UPDATE_BATCH): {error}; {} were published",
-            keys.len(),
-            attr.count
-        );
-    }
-    Ok(())
+    batch::update(tables, &keys, &fds).with_context(|| format!("publishing {} tables", keys.len()))
 }
 
 /// A second handle on the backend tables, for publishing from another thread (tests and
@@ -627,25 +570,6 @@ impl Maps {
             tables: TableMap::try_from(aya::maps::Map::ArrayOfMaps(data))?,
         })
     }
-}
-
-/// Deletes the entries (both directions) of the flows whose backend is in `retired`; returns
-/// how many flows.
-fn purge(table: &mut HashMap<MapData, FlowKey, FlowEntry>, retired: &HashSet<u32>) -> usize {
-    let doomed: Vec<(FlowKey, u8)> = table
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, entry)| retired.contains(&entry.backend_id))
-        .map(|(key, entry)| (key, entry.direction))
-        .collect();
-    for (key, _) in &doomed {
-        // The LRU may have evicted the entry since the scan; that is fine.
-        let _ = table.remove(key);
-    }
-    doomed
-        .iter()
-        .filter(|(_, d)| *d == direction::TO_BACKEND)
-        .count()
 }
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which

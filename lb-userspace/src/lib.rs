@@ -7,11 +7,13 @@
 pub mod agent;
 pub mod api;
 pub mod backend_state;
+pub mod batch;
 pub mod checks;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod flows;
 pub mod metrics;
 pub mod monitor;
 pub mod netif;

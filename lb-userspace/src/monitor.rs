@@ -33,6 +33,7 @@ use crate::{
     config::{Config, HealthCheck},
     control::{ApplySummary, Balancer, DataplaneMaps, ServiceSpec},
     dataplane::{Dataplane, Maps},
+    flows::SweepReport,
     metrics,
     operator::Rates,
 };
@@ -44,6 +45,9 @@ const RAMP_STEP: Duration = Duration::from_millis(200);
 
 /// How often counters are sampled for rates and metrics.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the monitor considers sweeping the flow tables (it sweeps when
+/// [`Monitor::sweep_every`] has passed since the last sweep).
+const SWEEP_TICK: Duration = Duration::from_secs(1);
 
 /// Where a backend is: indexes into the config's services and their backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +81,11 @@ pub struct Monitor {
     pub(crate) metrics_server: Option<JoinHandle<()>>,
     /// Incremented by every reload (see [`BackendRef::generation`]).
     pub(crate) generation: u64,
+    /// What the last sweep of the flow tables found, and when it ran.
+    pub(crate) flow_report: SweepReport,
+    pub(crate) last_sweep: Option<Instant>,
+    /// Flows expired since the daemon started.
+    pub(crate) flows_expired: u64,
 }
 
 impl Monitor {
@@ -95,6 +104,9 @@ impl Monitor {
             snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
             metrics_server: None,
             generation: 0,
+            flow_report: SweepReport::default(),
+            last_sweep: None,
+            flows_expired: 0,
         }
     }
 
@@ -158,8 +170,8 @@ impl Monitor {
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sample = interval(SAMPLE_EVERY);
         sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut flow_count = interval(self.flow_count_every().unwrap_or(Duration::from_secs(3600)));
-        flow_count.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sweep = interval(SWEEP_TICK);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -179,9 +191,13 @@ impl Monitor {
                     }
                 }
                 _ = sample.tick() => self.sample(&dataplane.maps),
-                _ = flow_count.tick(), if self.flow_count_every().is_some() => {
-                    self.count_flows(&dataplane.maps)?;
-                    self.evaluate(&mut dataplane.maps)?;
+                _ = sweep.tick() => {
+                    let due = self
+                        .last_sweep
+                        .is_none_or(|last| last.elapsed() >= self.sweep_every());
+                    if due && self.sweep(&mut dataplane.maps) {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
                 }
             }
         }
@@ -192,10 +208,12 @@ impl Monitor {
         Ok(())
     }
 
-    /// How often active flows are counted: the shortest load interval of the services that
-    /// have `max_flows`.
-    fn flow_count_every(&self) -> Option<Duration> {
-        self.config
+    /// How often the flow tables are swept: often enough for the shortest flow timeout
+    /// (see [`crate::flows::FlowTimeouts::sweep_every`]) and for the shortest load interval
+    /// of the services that have `max_flows`, which need fresh flow counts.
+    fn sweep_every(&self) -> Duration {
+        let load = self
+            .config
             .services
             .iter()
             .filter_map(|s| {
@@ -204,7 +222,30 @@ impl Monitor {
                     .filter(|l| l.max_flows.is_some())
                     .map(|l| l.interval)
             })
-            .min()
+            .min();
+        let timeouts = self.config.flow_timeouts.sweep_every();
+        load.map_or(timeouts, |load| load.min(timeouts))
+    }
+
+    /// Sweeps the flow tables: deletes the flows that are over and counts the active ones.
+    /// Returns whether a service has `max_flows` (and so may need new weights). A failed sweep
+    /// is logged and changes nothing.
+    pub(crate) fn sweep(&mut self, maps: &mut Maps) -> bool {
+        self.last_sweep = Some(Instant::now());
+        match maps.sweep_flows(&self.config.flow_timeouts, ACTIVE_FLOW_WINDOW) {
+            Ok(report) => {
+                if report.expired > 0 {
+                    debug!(expired = report.expired, "flows expired");
+                }
+                self.flows_expired += report.expired;
+                self.flow_report = report;
+            }
+            Err(error) => {
+                warn!("sweeping the flow tables: {error:#}");
+                return false;
+            }
+        }
+        self.count_flows()
     }
 
     /// Starts (or restarts) the metrics endpoint of the current config.
@@ -342,9 +383,10 @@ impl Monitor {
             })
     }
 
-    /// Counts the active flows of the backends of services with `max_flows`.
-    pub(crate) fn count_flows(&mut self, maps: &Maps) -> Result<()> {
-        let counts = maps.active_flows(ACTIVE_FLOW_WINDOW)?;
+    /// Gives the backends of services with `max_flows` their active-flow counts from the last
+    /// sweep. Returns whether there was any such service.
+    pub(crate) fn count_flows(&mut self) -> bool {
+        let mut any = false;
         for (service_index, service) in self.config.services.iter().enumerate() {
             let Some(load) = service.load.as_ref().filter(|l| l.max_flows.is_some()) else {
                 continue;
@@ -352,15 +394,17 @@ impl Monitor {
             let Some(applied) = self.balancer.services().get(service_index) else {
                 continue;
             };
+            any = true;
             for (status, backend) in self.statuses[service_index]
                 .iter_mut()
                 .zip(&applied.backends)
             {
-                status.active_flows = Some(counts.get(&backend.id).copied().unwrap_or(0));
+                let active = self.flow_report.active.get(&backend.id).copied();
+                status.active_flows = Some(active.unwrap_or(0));
                 status.update_overload(load);
             }
         }
-        Ok(())
+        any
     }
 
     /// Logs state changes, recomputes every table's weights, applies them, and purges the

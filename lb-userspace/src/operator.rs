@@ -5,20 +5,23 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use lb_common::{TrafficCounters, consts::events};
+use lb_common::{
+    TrafficCounters,
+    consts::{events, limits::HALF_OPEN_DIVISOR},
+};
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tracing::{info, warn};
 
 use crate::{
     api::{
-        AdminAction, BackendStatusReport, Counters, Request, Response, ServiceStats, ServiceStatus,
-        StatsReport, StatusReport,
+        AdminAction, BackendStatusReport, Counters, FlowTableStats, Request, Response,
+        ServiceStats, ServiceStatus, StatsReport, StatusReport,
     },
     backend_state::State,
     config::Config,
     dataplane::{Dataplane, Maps},
     metrics::{BackendMetrics, ServiceMetrics, Snapshot},
-    monitor::{ACTIVE_FLOW_WINDOW, Event, Monitor, fresh_statuses},
+    monitor::{Event, Monitor, fresh_statuses},
     simulate::simulate,
 };
 
@@ -133,7 +136,7 @@ impl Monitor {
         events: &mpsc::Sender<Event>,
     ) -> Response {
         let result = match request {
-            Request::Status {} => Ok(Response::Status(self.status_report(&dataplane.maps))),
+            Request::Status {} => Ok(Response::Status(self.status_report())),
             Request::Stats {} => self.stats_report(&dataplane.maps).map(Response::Stats),
             Request::Backend {
                 service,
@@ -166,9 +169,9 @@ impl Monitor {
             })
     }
 
-    fn status_report(&self, maps: &Maps) -> StatusReport {
+    fn status_report(&self) -> StatusReport {
         let now = Instant::now();
-        let active = maps.active_flows(ACTIVE_FLOW_WINDOW).unwrap_or_default();
+        let active = &self.flow_report.active;
         let mut report = StatusReport::default();
         for ((config, applied), statuses) in self
             .config
@@ -236,6 +239,14 @@ impl Monitor {
             .map(|n| (*n).to_owned())
             .zip(maps.events()?)
             .collect();
+        let size = u64::from(self.config.flow_table_size);
+        report.flow_table = FlowTableStats {
+            established: self.flow_report.established,
+            capacity: size,
+            half_open: self.flow_report.half_open,
+            half_open_capacity: size / u64::from(HALF_OPEN_DIVISOR),
+            expired: self.flows_expired,
+        };
         Ok(report)
     }
 

@@ -136,7 +136,32 @@ pub fn stats(report: &StatsReport) -> String {
             nonzero.join(", ")
         }
     );
+    let t = &report.flow_table;
+    let _ = writeln!(
+        out,
+        "flows: {} established of {} ({}), {} half-open of {}, {} expired",
+        t.established,
+        t.capacity,
+        percent(t.established, t.capacity),
+        t.half_open,
+        t.half_open_capacity,
+        t.expired
+    );
+    if t.capacity > 0 && t.established * 10 >= t.capacity * 9 {
+        let _ = writeln!(
+            out,
+            "  the flow table is nearly full: the least recently used flows are being evicted \
+             (raise flow_table_size)"
+        );
+    }
     out
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.0}%", part as f64 * 100.0 / whole as f64)
 }
 
 /// `xlb simulate`.

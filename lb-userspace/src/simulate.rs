@@ -29,9 +29,9 @@ pub fn simulate(
     client: SocketAddr,
     ifindex: u32,
 ) -> Result<SimulationReport> {
-    let (IpAddr::V4(client_ip), IpAddr::V4(vip)) = (client.ip(), listen.ip()) else {
-        bail!("simulation supports IPv4 services and clients only");
-    };
+    if client.is_ipv4() != listen.is_ipv4() {
+        bail!("client {client} and service {listen} are not of the same address family");
+    }
     let key = FlowKey {
         src_addr: addr_field(client.ip()),
         dst_addr: addr_field(listen.ip()),
@@ -42,13 +42,7 @@ pub fn simulate(
         _pad: [0; 2],
     };
     let existing_flow = dataplane.maps.flow(&key).is_some();
-    let frame = first_packet(
-        client_ip.octets(),
-        client.port(),
-        vip.octets(),
-        listen.port(),
-        protocol,
-    );
+    let frame = first_packet(client, listen, protocol);
     let mut out = vec![0u8; frame.len() + 256];
     let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
         .iter()
@@ -66,13 +60,9 @@ pub fn simulate(
         .copied()
         .unwrap_or("unknown");
     // Where the rewritten packet goes: its destination, unless the program left it alone.
-    let destination = (out.len() >= 38).then(|| {
-        let ip = IpAddr::from([out[30], out[31], out[32], out[33]]);
-        SocketAddr::new(ip, u16::from_be_bytes([out[36], out[37]]))
-    });
-    let backend = destination.filter(|d| *d != listen);
+    let backend = destination(&out, listen.is_ipv4()).filter(|d| *d != listen);
     if !existing_flow && let Some(backend) = backend {
-        dataplane.maps.remove_flow(&key, backend)?;
+        dataplane.maps.flows.remove(&key, backend);
     }
     Ok(SimulationReport {
         service: service.to_owned(),
@@ -83,11 +73,31 @@ pub fn simulate(
     })
 }
 
-/// The first packet of a flow: a TCP SYN or a small UDP datagram, checksums computed.
-fn first_packet(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, protocol: Protocol) -> Vec<u8> {
+/// The destination address and port of an Ethernet/IP/TCP|UDP frame without options.
+fn destination(frame: &[u8], ipv4: bool) -> Option<SocketAddr> {
+    if ipv4 {
+        let ip: [u8; 4] = frame.get(30..34)?.try_into().ok()?;
+        let port = frame.get(36..38)?;
+        Some(SocketAddr::new(
+            ip.into(),
+            u16::from_be_bytes([port[0], port[1]]),
+        ))
+    } else {
+        let ip: [u8; 16] = frame.get(38..54)?.try_into().ok()?;
+        let port = frame.get(56..58)?;
+        Some(SocketAddr::new(
+            ip.into(),
+            u16::from_be_bytes([port[0], port[1]]),
+        ))
+    }
+}
+
+/// The first packet of a flow from `src` to `dst`: a TCP SYN or a small UDP datagram, over
+/// IPv4 or IPv6, checksums computed.
+fn first_packet(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> Vec<u8> {
     let mut l4 = Vec::new();
-    l4.extend_from_slice(&sport.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&src.port().to_be_bytes());
+    l4.extend_from_slice(&dst.port().to_be_bytes());
     let check_at = match protocol {
         Protocol::Tcp => {
             l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // sequence and acknowledgement
@@ -100,39 +110,54 @@ fn first_packet(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, protocol: Pr
             6
         }
     };
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, protocol.number()]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    let ip_bytes = |address: SocketAddr| -> Vec<u8> {
+        match address.ip() {
+            IpAddr::V4(ip) => ip.octets().to_vec(),
+            IpAddr::V6(ip) => ip.octets().to_vec(),
+        }
+    };
+    let (src_ip, dst_ip) = (ip_bytes(src), ip_bytes(dst));
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src_ip);
+    pseudo.extend_from_slice(&dst_ip);
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, protocol.number()]);
     let check = csum::checksum(&l4, csum::sum(&pseudo, 0));
     l4[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
 
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol.number(), 0, 0]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let check = csum::checksum(&ip, 0);
-    ip[10..12].copy_from_slice(&check.to_ne_bytes());
-
     let mut frame = vec![0u8; 12];
-    frame.extend_from_slice(&[0x08, 0x00]);
-    frame.extend_from_slice(&ip);
+    if src.is_ipv4() {
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol.number(), 0, 0]);
+        ip.extend_from_slice(&src_ip);
+        ip.extend_from_slice(&dst_ip);
+        let check = csum::checksum(&ip, 0);
+        ip[10..12].copy_from_slice(&check.to_ne_bytes());
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+    } else {
+        frame.extend_from_slice(&[0x86, 0xdd]);
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[protocol.number(), 64]);
+        frame.extend_from_slice(&src_ip);
+        frame.extend_from_slice(&dst_ip);
+    }
     frame.extend_from_slice(&l4);
     frame
 }
 
 #[cfg(test)]
 mod tests {
-    use lb_common::consts::proto;
-
     use super::*;
 
     #[test]
     fn first_packets_have_valid_checksums() {
         for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let frame = first_packet([198, 18, 0, 2], 40_000, [198, 18, 100, 1], 80, protocol);
+            let client: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+            let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+            let frame = first_packet(client, vip, protocol);
             assert_eq!(csum::checksum(&frame[14..34], 0), 0, "IPv4 header");
             let mut pseudo = frame[26..34].to_vec();
             pseudo.extend_from_slice(&[0, protocol.number()]);
@@ -142,14 +167,24 @@ mod tests {
                 0,
                 "{protocol}"
             );
+            assert_eq!(frame[23], protocol.number());
+            assert_eq!(destination(&frame, true), Some(vip));
+
+            let client: SocketAddr = "[fd00::2]:40000".parse().unwrap();
+            let vip: SocketAddr = "[fd00:100::1]:80".parse().unwrap();
+            let frame = first_packet(client, vip, protocol);
+            assert_eq!(&frame[12..14], &[0x86, 0xdd]);
+            let l4 = &frame[54..];
+            let mut pseudo = frame[22..54].to_vec();
+            pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol.number()]);
             assert_eq!(
-                frame[23],
-                if protocol == Protocol::Tcp {
-                    proto::TCP
-                } else {
-                    proto::UDP
-                }
+                csum::checksum(l4, csum::sum(&pseudo, 0)),
+                0,
+                "{protocol} v6"
             );
+            assert_eq!(frame[20], protocol.number());
+            assert_eq!(destination(&frame, false), Some(vip));
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lb_common::{Addr, BackendEntry, ServiceKey, consts::family};
+use lb_common::{Addr, BackendEntry, ServiceKey, VipKey, consts::family};
 
 use crate::config::Protocol;
 
@@ -57,6 +57,15 @@ pub fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
         port: port_field(listen.port()),
         proto: protocol.number(),
         family: family_of(listen.ip()),
+    }
+}
+
+/// The `VIPS` key of an address.
+pub fn vip_key(ip: IpAddr) -> VipKey {
+    VipKey {
+        addr: addr_field(ip),
+        family: family_of(ip),
+        _pad: [0; 3],
     }
 }
 

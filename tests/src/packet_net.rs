@@ -3,11 +3,13 @@
 //! so that the program's FIB lookups have fixed answers.
 //!
 //! ```text
-//!   c0  198.18.0.1/24  02:00:00:00:00:01   client 198.18.0.2 (…:02), local backend 198.18.0.21 (…:21)
-//!   s0  198.18.1.1/24  02:00:00:00:01:01   backends 198.18.1.11-13 (02:00:00:00:01:11-13)
-//!                                          198.18.1.99 has no neighbour entry
-//!                                          198.18.100.0/24 and the rest of 198.18.0.0/15
-//!                                          routed via 198.18.1.2 (…:01:02)
+//!   c0  198.18.0.1/24  fd00::1/64    02:00:00:00:00:01
+//!         client 198.18.0.2 and fd00::2 (…:00:02), local backend 198.18.0.21 (…:00:21)
+//!   s0  198.18.1.1/24  fd00:1::1/64  02:00:00:00:01:01
+//!         backends 198.18.1.11-13 and fd00:1::11-13 (02:00:00:00:01:11-13)
+//!         198.18.1.99 has no neighbour entry
+//!         198.18.100.0/24 and the rest of 198.18.0.0/15, and fd00::/8, routed via
+//!         198.18.1.2 / fd00:1::2 (…:01:02)
 //! ```
 
 use std::time::Duration;
@@ -37,10 +39,19 @@ pub fn build() -> Result<Netns> {
         "neigh add 198.18.1.2 lladdr 02:00:00:00:01:02 dev s0 nud permanent",
         "route add 198.18.100.0/24 via 198.18.1.2 dev s0",
         "route add 198.18.0.0/15 via 198.18.1.2 dev s0",
+        "-6 addr add fd00::1/64 dev c0 nodad",
+        "-6 addr add fd00:1::1/64 dev s0 nodad",
+        "-6 neigh add fd00::2 lladdr 02:00:00:00:00:02 dev c0 nud permanent",
+        "-6 neigh add fd00:1::11 lladdr 02:00:00:00:01:11 dev s0 nud permanent",
+        "-6 neigh add fd00:1::12 lladdr 02:00:00:00:01:12 dev s0 nud permanent",
+        "-6 neigh add fd00:1::13 lladdr 02:00:00:00:01:13 dev s0 nud permanent",
+        "-6 neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev s0 nud permanent",
+        "-6 route add fd00::/8 via fd00:1::2 dev s0",
     ] {
         ns.ip(command).with_context(|| format!("ip {command}"))?;
     }
     ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     Ok(ns)
 }
 

@@ -82,7 +82,11 @@ fn setup(extra_tcp_keys: &str) -> Setup {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn status_stats_and_top_show_the_services() {
-    let Setup { lab, xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
     assert_eq!(connections(&lab, 6).len(), 3);
 
     let status = ok(&xlb, &["status"]);
@@ -133,7 +137,11 @@ fn status_stats_and_top_show_the_services() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn an_operator_drains_disables_and_enables_backends() {
-    let Setup { lab, xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
     let b1 = web_backend(0);
     let done = ok(&xlb, &["backend", "drain", "web", &b1]);
     assert!(done.contains("drained"), "{done}");
@@ -172,7 +180,11 @@ fn an_operator_drains_disables_and_enables_backends() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn reload_applies_the_difference_and_an_invalid_file_changes_nothing() {
-    let Setup { lab, mut xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        mut xlb,
+        _backends,
+    } = setup("");
     let original = std::fs::read_to_string(&xlb.config_path).unwrap();
     let client = &lab.client;
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -261,7 +273,11 @@ fn backends_of(xlb: &Xlb) -> Vec<(SocketAddr, String, u32, u32)> {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn simulate_tells_which_backend_a_new_flow_would_get() {
-    let Setup { lab, xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
     let first = ok(&xlb, &["simulate", "web", "198.18.0.2:40000"]);
     let second = ok(&xlb, &["simulate", "web", "198.18.0.2:40000"]);
     assert!(
@@ -352,7 +368,11 @@ fn the_metrics_endpoint_exports_counters_and_states() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn bad_input_gets_clear_errors_and_the_daemon_is_unharmed() {
-    let Setup { lab, xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
     // Malformed requests on the socket.
     for garbage in [
         "hello\n",
@@ -421,7 +441,11 @@ fn bad_input_gets_clear_errors_and_the_daemon_is_unharmed() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_restart_keeps_every_flow() {
-    let Setup { lab, mut xlb, _backends } = setup("");
+    let Setup {
+        lab,
+        mut xlb,
+        _backends,
+    } = setup("");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (download, udp) = std::thread::scope(|scope| {
         // A 3 MB download spread over 3 s, and a UDP flow of a datagram every 20 ms.

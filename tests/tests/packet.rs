@@ -4,17 +4,25 @@
 //!
 //! Each test builds the namespace of `xlb_tests::packet_net` (fixed routes and neighbours).
 
-use std::net::SocketAddrV4;
+use std::{net::SocketAddr, time::Duration};
 
-use lb_common::{BackendTable, consts::events};
+use lb_common::{
+    BackendTable, FlowKey,
+    consts::{events, flow_flags},
+};
 use xlb::{
     config::Config,
     control::{Balancer, DataplaneMaps as _, ServiceSpec, table_index},
     dataplane::Dataplane,
+    flows::FlowTimeouts,
     netif,
+    wire::{addr_field, port_field},
 };
 use xlb_tests::{
-    packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, Transport, hex_diff, verify_checksums},
+    packet::{
+        CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, TCP_FIN, TCP_RST, Transport, hex_diff,
+        verify_checksums,
+    },
     packet_net,
 };
 
@@ -68,6 +76,18 @@ name = "unresolved"
 listen = "198.18.100.3:80"
 protocol = "tcp"
 backends = [ { address = "198.18.1.99:8080" } ]
+
+[[service]]
+name = "web6"
+listen = "[fd00:100::1]:80"
+protocol = "tcp"
+backends = [ { address = "[fd00:1::11]:8080" }, { address = "[fd00:1::12]:8080" } ]
+
+[[service]]
+name = "dns6"
+listen = "[fd00:100::1]:53"
+protocol = "udp"
+backends = [ { address = "[fd00:1::13]:5353" } ]
 "#;
 
 /// The program loaded with [`CONFIG`] applied, in a namespace built as the module says.
@@ -81,9 +101,14 @@ struct PacketLab {
 /// Builds the namespace (see `xlb_tests::packet_net`), then runs `test` inside it: FIB
 /// lookups happen in the caller's namespace.
 fn with_lab(test: impl FnOnce(&mut PacketLab) + Send) {
+    with_lab_config(CONFIG, test);
+}
+
+/// [`with_lab`] with another config (which must name the interfaces c0 and s0).
+fn with_lab_config(config: &str, test: impl FnOnce(&mut PacketLab) + Send) {
     let ns = packet_net::build().expect("creating the namespace");
     ns.enter(|| {
-        let config = Config::parse(CONFIG).expect("valid config");
+        let config = Config::parse(config).expect("valid config");
         let mut dataplane = Dataplane::load(config.flow_table_size).expect("loading the program");
         let mut balancer = Balancer::new();
         balancer
@@ -154,7 +179,7 @@ impl PacketLab {
     }
 }
 
-fn endpoint(text: &str) -> SocketAddrV4 {
+fn endpoint(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
 
@@ -212,8 +237,23 @@ fn new_flows_take_backends_in_turn_and_established_flows_stay() {
             );
         }
         assert_eq!(lab.service_new_flows("web"), 6);
-        let flows = lab.dataplane.maps.flows();
+        let flows = lab.dataplane.maps.flows.all().unwrap();
         assert_eq!(flows.len(), 6, "one flow-table entry per flow");
+        let half_open: Vec<u16> = flows
+            .iter()
+            .filter(|(_, _, half_open)| *half_open)
+            .map(|(key, _, _)| u16::from_be(key.src_port))
+            .collect();
+        assert_eq!(
+            half_open.len(),
+            5,
+            "flows that sent only a SYN are half-open: {half_open:?}"
+        );
+        assert!(
+            !half_open.contains(&40_000),
+            "the flow whose client answered is established"
+        );
+        assert_eq!(lab.event(events::FLOW_PROMOTED), 1);
     });
 }
 
@@ -367,12 +407,16 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
         for (case, frame) in cases {
             lab.expect_untouched(case, &frame.build(), lab.c0);
         }
-        let arp = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x0806);
+        let arp = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
+            .with(|f| f.ether_type_override = Some(0x0806));
         lab.expect_untouched("ARP", &arp.build(), lab.c0);
-        let vlan =
-            Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.ether_type = 0x8100);
+        let vlan = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").with(|f| f.vlan = Some(100));
         lab.expect_untouched("VLAN-tagged", &vlan.build(), lab.c0);
+        let vlan6 = Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80").with(|f| f.vlan = Some(100));
+        lab.expect_untouched("VLAN-tagged IPv6", &vlan6.build(), lab.c0);
+        assert_eq!(lab.event(events::VLAN), 2);
         assert_eq!(lab.service_new_flows("web"), 0);
+        assert_eq!(lab.service_new_flows("web6"), 0);
     });
 }
 
@@ -406,7 +450,7 @@ fn malformed_packets_are_never_rewritten() {
             ),
             (
                 "version 6 in an IPv4 frame",
-                valid.clone().with(|f| f.version = 6),
+                valid.clone().with(|f| f.version = Some(6)),
             ),
             (
                 "total length beyond the frame",
@@ -445,7 +489,7 @@ fn malformed_packets_are_never_rewritten() {
             "no malformed packet created a flow"
         );
         assert_eq!(lab.service_new_flows("dns"), 0);
-        assert!(lab.dataplane.maps.flows().is_empty());
+        assert!(lab.dataplane.maps.flows.all().unwrap().is_empty());
         assert_eq!(lab.event(events::TTL_EXPIRED), 2);
         assert_eq!(lab.event(events::FRAGMENT), 2);
         assert!(
@@ -588,40 +632,583 @@ fn table_swaps_are_atomic_under_concurrent_traffic() {
     });
 }
 
-/// Active flows per backend, as the monitor counts them for `max_flows`: entries of the flow
-/// table stamped by the program within the window.
+/// Active flows per backend, as the monitor counts them for `max_flows`: established flows
+/// stamped by the program within the window.
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn active_flows_are_counted_per_backend() {
     with_lab(|lab| {
         for port in 0..7u16 {
-            let input = Frame::tcp(&format!("198.18.0.2:{}", 30_000 + port), "198.18.100.1:80");
-            assert_eq!(lab.run(&input.build(), lab.c0).0, XDP_REDIRECT);
+            let syn = Frame::tcp(&format!("198.18.0.2:{}", 30_000 + port), "198.18.100.1:80");
+            assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+            let ack = ack_of(&syn);
+            assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
         }
-        let web = lab
-            .balancer
-            .services()
-            .iter()
-            .find(|s| s.name == "web")
-            .unwrap();
-        let ids: Vec<u32> = web.backends.iter().map(|b| b.id).collect();
-        let counts = lab
+        // One more that never completes its handshake: half-open, not active.
+        let syn = Frame::tcp("198.18.0.2:31000", "198.18.100.1:80");
+        assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+
+        let ids = lab.backend_ids("web");
+        let report = lab
             .dataplane
             .maps
-            .active_flows(std::time::Duration::from_secs(10))
+            .sweep_flows(&FlowTimeouts::default(), Duration::from_secs(10))
             .unwrap();
         let per_backend: Vec<u64> = ids
             .iter()
-            .map(|id| counts.get(id).copied().unwrap_or(0))
+            .map(|id| report.active.get(id).copied().unwrap_or(0))
             .collect();
         assert_eq!(per_backend, [3, 2, 2]);
+        assert_eq!((report.established, report.half_open), (7, 1));
         // A window that ended before the flows began counts none of them.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
         let none = lab
             .dataplane
             .maps
-            .active_flows(std::time::Duration::from_millis(10))
+            .sweep_flows(&FlowTimeouts::default(), Duration::from_millis(10))
             .unwrap();
-        assert!(none.is_empty(), "{none:?}");
+        assert!(none.active.is_empty(), "{:?}", none.active);
+        assert_eq!(none.expired, 0);
+    });
+}
+
+/// The client's ACK that follows `syn`.
+fn ack_of(syn: &Frame) -> Frame {
+    syn.clone().with(|f| {
+        f.transport = Transport::Tcp {
+            flags: TCP_ACK,
+            seq: 1_001,
+        }
+    })
+}
+
+impl PacketLab {
+    fn backend_ids(&self, service: &str) -> Vec<u32> {
+        self.balancer
+            .services()
+            .iter()
+            .find(|s| s.name == service)
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| b.id)
+            .collect()
+    }
+}
+
+fn flow_key(client: &str, vip: &str, protocol: u8) -> FlowKey {
+    let (client, vip) = (endpoint(client), endpoint(vip));
+    FlowKey {
+        src_addr: addr_field(client.ip()),
+        dst_addr: addr_field(vip.ip()),
+        src_port: port_field(client.port()),
+        dst_port: port_field(vip.port()),
+        proto: protocol,
+        family: if client.is_ipv4() { 4 } else { 6 },
+        _pad: [0; 2],
+    }
+}
+
+/// A FIN or RST marks both directions of a flow closing; the sweep deletes each kind of flow
+/// after its own timeout.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn flows_expire_by_their_timeouts_and_fin_or_rst_shortens_them() {
+    with_lab(|lab| {
+        let open = |port: u16| {
+            let syn = Frame::tcp(&format!("198.18.0.2:{port}"), "198.18.100.1:80");
+            assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+            assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
+            syn
+        };
+        let kept = open(41_000);
+        let finished = open(41_001);
+        let reset = open(41_002);
+        let fin = ack_of(&finished).with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_FIN | TCP_ACK,
+                seq: 1_001,
+            }
+        });
+        assert_eq!(lab.run(&fin.build(), lab.c0).0, XDP_REDIRECT);
+        // The RST comes from the backend: the reply direction marks the flow too.
+        let rst = Frame::tcp("198.18.1.13:8080", "198.18.0.2:41002").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_RST,
+                seq: 5,
+            };
+            f.eth_dst = S0_MAC;
+        });
+        assert_eq!(lab.run(&rst.build(), lab.s0).0, XDP_REDIRECT);
+        let udp = Frame::udp("198.18.0.2:41003", "198.18.100.1:53");
+        assert_eq!(lab.run(&udp.build(), lab.c0).0, XDP_REDIRECT);
+
+        for (name, frame, closing) in [
+            ("kept", &kept, false),
+            ("finished", &finished, true),
+            ("reset", &reset, true),
+        ] {
+            let key = flow_key(&frame.src.to_string(), "198.18.100.1:80", 6);
+            let entry = lab.dataplane.maps.flow(&key).expect(name);
+            assert_eq!(
+                entry.flags & flow_flags::CLOSING != 0,
+                closing,
+                "{name}: client-to-backend entry"
+            );
+        }
+        let reply_key = |port: u16, backend: &str| FlowKey {
+            src_addr: addr_field(endpoint(backend).ip()),
+            dst_addr: addr_field("198.18.0.2".parse().unwrap()),
+            src_port: port_field(8080),
+            dst_port: port_field(port),
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        let finished_reply = lab
+            .dataplane
+            .maps
+            .flow(&reply_key(41_001, "198.18.1.12:8080"))
+            .expect("the reply entry of the finished flow");
+        assert_ne!(
+            finished_reply.flags & flow_flags::CLOSING,
+            0,
+            "the FIN marked the other direction too"
+        );
+
+        // Closing flows and idle UDP flows expire after their short timeouts; the open TCP
+        // flow stays until its long one.
+        std::thread::sleep(Duration::from_millis(100));
+        let timeouts = FlowTimeouts {
+            tcp_idle: Duration::from_secs(3_600),
+            tcp_closing: Duration::from_millis(50),
+            udp_idle: Duration::from_millis(50),
+        };
+        let report = lab
+            .dataplane
+            .maps
+            .sweep_flows(&timeouts, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(report.expired, 3, "{report:?}");
+        assert_eq!(report.established, 1);
+        let left = lab.dataplane.maps.flows.all().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(u16::from_be(left[0].0.src_port), 41_000);
+        assert!(
+            lab.dataplane
+                .maps
+                .flow(&reply_key(41_001, "198.18.1.12:8080"))
+                .is_none(),
+            "both directions of an expired flow are gone"
+        );
+        // A TCP idle timeout shorter than the silence expires the last one too.
+        let report = lab
+            .dataplane
+            .maps
+            .sweep_flows(
+                &FlowTimeouts {
+                    tcp_idle: Duration::from_millis(50),
+                    ..timeouts
+                },
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert_eq!((report.expired, report.established), (1, 0));
+    });
+}
+
+/// The IPv6 twin of a frame's expected output: as [`to_backend`], for IPv6 endpoints.
+fn to_backend6(input: &Frame, backend: &str, dst_mac: [u8; 6]) -> Frame {
+    to_backend(input, backend, dst_mac, S0_MAC)
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn ipv6_flows_are_balanced_translated_and_forwarded() {
+    with_lab(|lab| {
+        // TCP: two flows take the two backends in turn; the reply returns from the VIP.
+        let first = Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80");
+        let expected = to_backend6(&first, "[fd00:1::11]:8080", backend_mac(0x11));
+        lab.expect("IPv6 new flow", &first, lab.c0, XDP_REDIRECT, &expected);
+        verify_checksums(&expected.build()).unwrap();
+        let second = Frame::tcp("[fd00::2]:40001", "[fd00:100::1]:80");
+        let expected = to_backend6(&second, "[fd00:1::12]:8080", backend_mac(0x12));
+        lab.expect("IPv6 second flow", &second, lab.c0, XDP_REDIRECT, &expected);
+        let later = ack_of(&first).with(|f| f.payload = vec![9; 300]);
+        let expected = to_backend6(&later, "[fd00:1::11]:8080", backend_mac(0x11));
+        lab.expect("IPv6 established", &later, lab.c0, XDP_REDIRECT, &expected);
+
+        let reply = Frame::tcp("[fd00:1::11]:8080", "[fd00::2]:40000").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_ACK,
+                seq: 77,
+            };
+            f.eth_dst = S0_MAC;
+            f.eth_src = backend_mac(0x11);
+        });
+        let expected = reply.clone().with(|f| {
+            f.src = endpoint("[fd00:100::1]:80");
+            f.ttl -= 1;
+            f.eth_dst = CLIENT_MAC;
+            f.eth_src = LB_MAC;
+        });
+        lab.expect("IPv6 reply", &reply, lab.s0, XDP_REDIRECT, &expected);
+
+        // UDP.
+        let datagram = Frame::udp("[fd00::2]:5000", "[fd00:100::1]:53");
+        let expected = to_backend6(&datagram, "[fd00:1::13]:5353", backend_mac(0x13));
+        lab.expect("IPv6 UDP", &datagram, lab.c0, XDP_REDIRECT, &expected);
+
+        // Hop-by-hop and destination options are skipped, and carried along untouched.
+        let options = Frame::tcp("[fd00::2]:40002", "[fd00:100::1]:80").with(|f| {
+            let mut padding = vec![1, 12];
+            padding.extend_from_slice(&[0; 12]);
+            f.ipv6_extensions = vec![(0, vec![1, 4, 0, 0, 0, 0]), (60, padding)];
+        });
+        let expected = to_backend6(&options, "[fd00:1::11]:8080", backend_mac(0x11));
+        lab.expect(
+            "IPv6 with options",
+            &options,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        verify_checksums(
+            &to_backend6(
+                &Frame::tcp("[fd00::2]:40002", "[fd00:100::1]:80"),
+                "[fd00:1::11]:8080",
+                backend_mac(0x11),
+            )
+            .build(),
+        )
+        .unwrap();
+
+        // Headers xlb does not skip, and malformed packets, pass untouched.
+        let base = Frame::tcp("[fd00::2]:40003", "[fd00:100::1]:80");
+        let routing = base
+            .clone()
+            .with(|f| f.ipv6_extensions = vec![(43, vec![0, 0])]);
+        lab.expect_untouched("routing header", &routing.build(), lab.c0);
+        let fragment = base
+            .clone()
+            .with(|f| f.ipv6_extensions = vec![(44, vec![0, 1, 0, 0, 0, 1])]);
+        lab.expect_untouched("fragment header", &fragment.build(), lab.c0);
+        let many = base.clone().with(|f| {
+            f.ipv6_extensions = (0..5).map(|_| (60, vec![1, 4, 0, 0, 0, 0])).collect();
+        });
+        lab.expect_untouched("five option headers", &many.build(), lab.c0);
+        let unchecked = Frame::udp("[fd00::2]:5001", "[fd00:100::1]:53").with(|f| {
+            f.transport = Transport::Udp {
+                zero_checksum: true,
+            }
+        });
+        lab.expect_untouched("IPv6 UDP without checksum", &unchecked.build(), lab.c0);
+        let bytes = base.build();
+        for len in 14..bytes.len() {
+            lab.expect_untouched(&format!("IPv6 truncated to {len}"), &bytes[..len], lab.c0);
+        }
+        let hop_limit = base.clone().with(|f| f.ttl = 1);
+        lab.expect_untouched("hop limit 1", &hop_limit.build(), lab.c0);
+
+        assert_eq!(lab.service_new_flows("web6"), 3);
+        assert_eq!(lab.service_new_flows("dns6"), 1);
+        assert_eq!(lab.event(events::IPV6_EXTENSION), 2);
+        assert_eq!(lab.event(events::FRAGMENT), 1);
+    });
+}
+
+/// ICMP echo requests to a VIP are answered by xlb; to other addresses, passed.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn echo_requests_to_a_vip_are_answered() {
+    with_lab(|lab| {
+        let body = b"ping payload 0123456789".to_vec();
+        for (vip, client, request, reply) in [
+            ("198.18.100.1", "198.18.0.2", 8, 0),
+            ("fd00:100::1", "fd00::2", 128, 129),
+        ] {
+            let ping = Frame::icmp(client, vip, request, body.clone()).with(|f| {
+                f.transport = Transport::Icmp {
+                    kind: request,
+                    code: 0,
+                    rest: [0x12, 0x34, 0, 7],
+                };
+                f.ttl = 60;
+            });
+            let pong = Frame::icmp(vip, client, reply, body.clone()).with(|f| {
+                f.transport = Transport::Icmp {
+                    kind: reply,
+                    code: 0,
+                    rest: [0x12, 0x34, 0, 7],
+                };
+                f.eth_dst = CLIENT_MAC;
+                f.eth_src = LB_MAC;
+            });
+            lab.expect(&format!("echo to {vip}"), &ping, lab.c0, XDP_TX, &pong);
+            verify_checksums(&pong.build()).unwrap();
+        }
+        let elsewhere = Frame::icmp("198.18.0.2", "198.18.100.9", 8, body.clone());
+        lab.expect_untouched("echo to another address", &elsewhere.build(), lab.c0);
+        let reply = Frame::icmp("198.18.0.2", "198.18.100.1", 0, body);
+        lab.expect_untouched("echo reply to a VIP", &reply.build(), lab.c0);
+        assert_eq!(lab.event(events::ICMP_ECHO_ANSWERED), 2);
+    });
+}
+
+/// An ICMP error quoting `quoted` (its first `len` bytes, or all of it), from `router` to `to`.
+fn icmp_error(
+    router: &str,
+    to: &str,
+    kind: u8,
+    code: u8,
+    quoted: &Frame,
+    len: Option<usize>,
+) -> Frame {
+    let mut quote = quoted.ip_packet();
+    if let Some(len) = len {
+        quote.truncate(len);
+    }
+    Frame::icmp(router, to, kind, quote).with(|f| {
+        f.transport = Transport::Icmp {
+            kind,
+            code,
+            rest: [0, 0, 0x05, 0x00],
+        }
+    })
+}
+
+/// ICMP errors about a balanced flow are translated like the flow and reach its other end:
+/// the client-side network's report about a reply goes to the backend, the backend-side
+/// network's report about a request goes to the client.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn icmp_errors_about_a_flow_reach_its_other_end() {
+    with_lab(|lab| {
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+        assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
+
+        // "Fragmentation needed" from a router on the client's side, about a reply xlb sent
+        // from the VIP: it goes to the backend, quoting the reply as the backend sent it.
+        // Once with the whole reply quoted, once with only the 8 bytes RFC 792 promises
+        // (then the quoted TCP checksum is not there to update).
+        let reply_sent = Frame::tcp("198.18.100.1:80", "198.18.0.2:40000").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_ACK,
+                seq: 9,
+            };
+            f.payload = vec![0xab; 200];
+        });
+        let reply_original = reply_sent
+            .clone()
+            .with(|f| f.src = endpoint("198.18.1.11:8080"));
+        for len in [None, Some(28)] {
+            let error = icmp_error("198.18.0.254", "198.18.100.1", 3, 4, &reply_sent, len);
+            let mut original_quote = reply_original.ip_packet();
+            if let Some(len) = len {
+                original_quote.truncate(len);
+                // The quoted TCP checksum is beyond the quote; the IP header's is updated.
+            }
+            let expected =
+                Frame::icmp("198.18.0.254", "198.18.1.11", 3, original_quote).with(|f| {
+                    f.transport = Transport::Icmp {
+                        kind: 3,
+                        code: 4,
+                        rest: [0, 0, 0x05, 0x00],
+                    };
+                    f.ttl -= 1;
+                    f.eth_dst = backend_mac(0x11);
+                    f.eth_src = S0_MAC;
+                });
+            lab.expect(
+                &format!("frag needed toward the backend, quote {len:?}"),
+                &error,
+                lab.c0,
+                XDP_REDIRECT,
+                &expected,
+            );
+        }
+
+        // "Time exceeded" from a router on the backends' side, about a request xlb sent to
+        // the backend: it goes to the client, quoting the request as the client sent it.
+        let request_sent = ack_of(&syn).with(|f| f.dst = endpoint("198.18.1.11:8080"));
+        let error =
+            icmp_error("198.18.1.254", "198.18.0.2", 11, 0, &request_sent, None).with(|f| {
+                f.eth_dst = S0_MAC;
+                f.eth_src = backend_mac(0x02);
+            });
+        let expected =
+            icmp_error("198.18.1.254", "198.18.0.2", 11, 0, &ack_of(&syn), None).with(|f| {
+                f.ttl -= 1;
+                f.eth_dst = CLIENT_MAC;
+                f.eth_src = LB_MAC;
+            });
+        lab.expect(
+            "time exceeded toward the client",
+            &error,
+            lab.s0,
+            XDP_REDIRECT,
+            &expected,
+        );
+
+        // The backend itself reports (port unreachable for a UDP datagram): it reports as
+        // the VIP.
+        let datagram = Frame::udp("198.18.0.2:5000", "198.18.100.1:53");
+        assert_eq!(lab.run(&datagram.build(), lab.c0).0, XDP_REDIRECT);
+        let datagram_sent = datagram
+            .clone()
+            .with(|f| f.dst = endpoint("198.18.1.11:5353"));
+        let error = icmp_error("198.18.1.11", "198.18.0.2", 3, 3, &datagram_sent, None).with(|f| {
+            f.eth_dst = S0_MAC;
+            f.eth_src = backend_mac(0x11);
+        });
+        let expected = icmp_error("198.18.100.1", "198.18.0.2", 3, 3, &datagram, None).with(|f| {
+            f.ttl -= 1;
+            f.eth_dst = CLIENT_MAC;
+            f.eth_src = LB_MAC;
+        });
+        lab.expect(
+            "port unreachable from the backend",
+            &error,
+            lab.s0,
+            XDP_REDIRECT,
+            &expected,
+        );
+
+        // IPv6: "packet too big" about a reply, toward the backend.
+        let syn6 = Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80");
+        assert_eq!(lab.run(&syn6.build(), lab.c0).0, XDP_REDIRECT);
+        let reply6 = Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_ACK | 0x02,
+                seq: 3,
+            }
+        });
+        let reply6_original = reply6
+            .clone()
+            .with(|f| f.src = endpoint("[fd00:1::11]:8080"));
+        let error = icmp_error("fd00::fe", "fd00:100::1", 2, 0, &reply6, None);
+        let expected =
+            icmp_error("fd00::fe", "fd00:1::11", 2, 0, &reply6_original, None).with(|f| {
+                f.ttl -= 1;
+                f.eth_dst = backend_mac(0x11);
+                f.eth_src = S0_MAC;
+            });
+        lab.expect(
+            "packet too big toward the backend",
+            &error,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        verify_checksums(&expected.build()).unwrap();
+
+        // Errors about no known flow, and other ICMP messages, pass untouched.
+        let stranger = Frame::tcp("198.18.100.1:80", "198.18.0.2:40999");
+        let error = icmp_error("198.18.0.254", "198.18.100.1", 3, 4, &stranger, None);
+        lab.expect_untouched("error about an unknown flow", &error.build(), lab.c0);
+        let redirect = icmp_error("198.18.0.254", "198.18.100.1", 5, 0, &reply_sent, None);
+        lab.expect_untouched("redirect", &redirect.build(), lab.c0);
+        let short = icmp_error("198.18.0.254", "198.18.100.1", 3, 4, &reply_sent, Some(24));
+        lab.expect_untouched("quote without ports", &short.build(), lab.c0);
+        assert_eq!(lab.event(events::ICMP_ERROR_TRANSLATED), 5);
+    });
+}
+
+/// A flood of SYNs from spoofed sources fills only the half-open table: an established flow,
+/// even an idle one, keeps its entry and its backend.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_syn_flood_cannot_evict_established_flows() {
+    let config = CONFIG.replace(
+        "interfaces = [\"c0\", \"s0\"]",
+        "interfaces = [\"c0\", \"s0\"]\nflow_table_size = 1024",
+    );
+    with_lab_config(&config, |lab| {
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80");
+        assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+        let ack = ack_of(&syn);
+        let expected = to_backend(&ack, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("established", &ack, lab.c0, XDP_REDIRECT, &expected);
+
+        const FLOOD: usize = 20_000;
+        let mut state = 0x2545_f491_u32;
+        for _ in 0..FLOOD {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [a, b, c, d] = state.to_be_bytes();
+            let spoofed = Frame::tcp(
+                &format!(
+                    "198.19.{a}.{b}:{}",
+                    1024 + u16::from_be_bytes([c, d]) % 60_000
+                ),
+                "198.18.100.1:80",
+            );
+            assert_eq!(lab.run(&spoofed.build(), lab.c0).0, XDP_REDIRECT);
+        }
+        let report = lab
+            .dataplane
+            .maps
+            .sweep_flows(&FlowTimeouts::default(), Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(report.established, 1, "{report:?}");
+        assert!(
+            report.half_open <= 1024 / 4,
+            "the half-open table holds {} flows",
+            report.half_open
+        );
+        lab.expect(
+            "established after the flood",
+            &ack,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        assert_eq!(lab.service_new_flows("web"), 1 + FLOOD as u64);
+    });
+}
+
+/// When the flow table is full, the least recently used flows make room: the table never
+/// grows past its size, and a flow in use keeps its backend.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_full_flow_table_evicts_the_least_recently_used() {
+    let config = CONFIG.replace(
+        "interfaces = [\"c0\", \"s0\"]",
+        "interfaces = [\"c0\", \"s0\"]\nflow_table_size = 1024",
+    );
+    with_lab_config(&config, |lab| {
+        let kept = Frame::udp("198.18.0.2:1000", "198.18.100.1:53");
+        let expected = to_backend(&kept, "198.18.1.11:5353", backend_mac(0x11), S0_MAC);
+        lab.expect("first", &kept, lab.c0, XDP_REDIRECT, &expected);
+        for i in 0..5_000u32 {
+            let flow = Frame::udp(
+                &format!("198.18.{}.{}:2000", 2 + i / 250, 1 + i % 250),
+                "198.18.100.1:53",
+            );
+            assert_eq!(lab.run(&flow.build(), lab.c0).0, XDP_REDIRECT);
+            if i % 100 == 0 {
+                lab.expect("in use", &kept, lab.c0, XDP_REDIRECT, &expected);
+            }
+        }
+        let report = lab
+            .dataplane
+            .maps
+            .sweep_flows(&FlowTimeouts::default(), Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            report.established <= 1024,
+            "{} flows in a table of 1024",
+            report.established
+        );
+        assert!(report.established >= 512, "{report:?}");
+        lab.expect(
+            "kept after 5,000 newer flows",
+            &kept,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
     });
 }

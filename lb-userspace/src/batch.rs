@@ -1,0 +1,146 @@
+//! Batched map operations (`BPF_MAP_*_BATCH`, kernel 5.6), which aya 0.14 does not offer: one
+//! system call reads, writes or deletes thousands of entries, where aya's per-key calls take
+//! one or two each.
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Result, bail};
+use aya::{Pod, maps::MapData};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries asked for per lookup call. Must be at least the longest hash bucket.
+const LOOKUP_CHUNK: usize = 4_096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn call(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` batch member whose pointers the callers keep alive
+    // for the call, with the counts of their buffers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn fd(map: &MapData) -> u32 {
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// Writes `keys[i] -> values[i]` for every `i` with one `BPF_MAP_UPDATE_BATCH`. On error, says
+/// how many were written.
+pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd(map),
+        ..BatchAttr::default()
+    };
+    if let Err(error) = call(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        bail!(
+            "BPF_MAP_UPDATE_BATCH of {} entries: {error}; {} were written",
+            keys.len(),
+            attr.count
+        );
+    }
+    Ok(())
+}
+
+/// Every entry of a hash map, read with `BPF_MAP_LOOKUP_BATCH` (a snapshot per bucket: entries
+/// added or removed while it runs may or may not be seen, as with any iteration).
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &MapData) -> Result<Vec<(K, V)>> {
+    let mut entries = Vec::new();
+    let mut keys = vec![K::default(); LOOKUP_CHUNK];
+    let mut values = vec![V::default(); LOOKUP_CHUNK];
+    // The position token is opaque (a bucket index for hash maps); key-sized and at least 8
+    // bytes is always enough.
+    let token_len = size_of::<K>().max(8);
+    let mut token_in = vec![0u8; token_len];
+    let mut token_out = vec![0u8; token_len];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: LOOKUP_CHUNK as u32,
+            map_fd: fd(map),
+            ..BatchAttr::default()
+        };
+        let result = call(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = attr.count as usize;
+        entries.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        match result {
+            Ok(()) => {}
+            // ENOENT: that was the last batch.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(error) => bail!("BPF_MAP_LOOKUP_BATCH: {error}"),
+        }
+        std::mem::swap(&mut token_in, &mut token_out);
+        first = false;
+    }
+}
+
+/// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; keys that are no longer there (an LRU map may
+/// have evicted them) are skipped. Returns how many were deleted.
+pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: fd(map),
+            ..BatchAttr::default()
+        };
+        let result = call(BPF_MAP_DELETE_BATCH, &mut attr);
+        let done = attr.count as usize;
+        deleted += done;
+        match result {
+            Ok(()) => return Ok(deleted),
+            // The key after the `done` deleted ones is gone already: skip it.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                rest = &rest[(done + 1).min(rest.len())..];
+            }
+            Err(error) => bail!("BPF_MAP_DELETE_BATCH: {error}"),
+        }
+    }
+    Ok(deleted)
+}
