@@ -69,7 +69,12 @@ pub async fn http_echo(vip: SocketAddr, payload: Vec<u8>) -> Result<String> {
 /// Sends `datagrams` datagrams of `payload` from one new UDP socket (one flow) to `vip` and
 /// checks every reply; returns the backend's name, which must be the same for all of them.
 pub async fn udp_echo(vip: SocketAddr, payload: &[u8], datagrams: usize) -> Result<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+    let any: SocketAddr = if vip.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(any).await?;
     socket.connect(vip).await?;
     let mut backend: Option<String> = None;
     let mut buffer = vec![0u8; 65_536];
@@ -207,4 +212,46 @@ pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
     );
     let body = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP/1.1 connection kept open between requests: an established flow that may sit idle.
+pub struct Session {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    vip: SocketAddr,
+}
+
+impl Session {
+    /// Opens a connection to `vip`.
+    pub async fn open(vip: SocketAddr) -> Result<Self> {
+        let stream = timeout(EXCHANGE_TIMEOUT, TcpStream::connect(vip))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connecting to {vip}"))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self { sender, vip })
+    }
+
+    /// Echoes `body` on this connection and returns the backend that answered.
+    pub async fn echo(&mut self, body: Vec<u8>) -> Result<String> {
+        let request = Request::post("/echo")
+            .header(HOST, self.vip.to_string())
+            .body(Full::new(Bytes::from(body.clone())))?;
+        let response = timeout(EXCHANGE_TIMEOUT, self.sender.send_request(request))
+            .await
+            .context("no response")??;
+        let backend = response
+            .headers()
+            .get(BACKEND_HEADER)
+            .context("the response names no backend")?
+            .to_str()?
+            .to_owned();
+        let received = timeout(EXCHANGE_TIMEOUT, response.into_body().collect())
+            .await
+            .context("body timed out")??
+            .to_bytes();
+        check_echo(&body, &received)?;
+        Ok(backend)
+    }
 }

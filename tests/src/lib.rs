@@ -1,9 +1,10 @@
 //! xlb's test harness, shared by the integration tests and `cargo xtask demo`: network
 //! namespaces and the standard topology, the backend server and clients, process handling,
-//! and a packet builder for BPF_PROG_TEST_RUN.
+//! a packet builder for BPF_PROG_TEST_RUN, and a SYN flood.
 
 pub mod bench;
 pub mod client;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod packet_net;

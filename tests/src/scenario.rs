@@ -1,7 +1,12 @@
 //! The standard scenario shared by the end-to-end tests and `cargo xtask demo`: backend
 //! servers on every backend host, xlb on the balancer host, and traffic from the client.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -9,7 +14,7 @@ use crate::{
     client::{http_echo, payload, udp_echo},
     netns::Netns,
     process::{Process, binary, temp_file},
-    topology::{Lab, VIP},
+    topology::{Lab, VIP, VIP6},
 };
 
 /// Port of the backends' HTTP servers.
@@ -61,15 +66,17 @@ impl Backend {
         self.stop()?;
         let program = binary("xlb-backend")?;
         let mut command = lab.backends[self.index].command(program);
+        // Every port on the unspecified IPv6 address: the servers answer IPv4 and IPv6.
+        let any = |port: u16| SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).to_string();
         command.args([
             "--name",
             &self.name,
             "--http",
-            &lab.backend_endpoint(self.index, HTTP_PORT).to_string(),
+            &any(HTTP_PORT),
             "--udp",
-            &lab.backend_endpoint(self.index, UDP_PORT).to_string(),
+            &any(UDP_PORT),
             "--agent",
-            &lab.backend_endpoint(self.index, AGENT_PORT).to_string(),
+            &any(AGENT_PORT),
             "--agent-file",
         ]);
         command.arg(&self.agent_file);
@@ -136,6 +143,35 @@ protocol = "udp"
 backends = [ {udp} ]
 {udp_keys}
 "#,
+        http = backends(HTTP_PORT),
+        udp = backends(UDP_PORT),
+    )
+}
+
+/// [`balancer_config`] plus the same two services on the IPv6 VIP ("web6", "dns6"), balanced
+/// over the backends' IPv6 addresses.
+pub fn dual_stack_config(lab: &Lab, xdp_mode: &str) -> String {
+    let backends = |port: u16| {
+        (0..lab.backends.len())
+            .map(|i| format!("{{ address = \"{}\" }}", lab.backend_endpoint6(i, port)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"{}
+[[service]]
+name = "web6"
+listen = "[{VIP6}]:{TCP_SERVICE_PORT}"
+protocol = "tcp"
+backends = [ {http} ]
+
+[[service]]
+name = "dns6"
+listen = "[{VIP6}]:{UDP_SERVICE_PORT}"
+protocol = "udp"
+backends = [ {udp} ]
+"#,
+        balancer_config(lab, xdp_mode),
         http = backends(HTTP_PORT),
         udp = backends(UDP_PORT),
     )
@@ -270,13 +306,18 @@ pub struct Traffic {
 /// From the client host: `connections` concurrent HTTP connections to the VIP (20 kB to
 /// 50 kB each way, echoed back byte for byte), then `flows` UDP flows of three datagrams each.
 pub fn run_traffic(lab: &Lab, connections: usize, flows: usize) -> Result<Traffic> {
+    run_traffic_to(lab, VIP.into(), connections, flows)
+}
+
+/// [`run_traffic`] to the services on `vip` (the IPv4 or the IPv6 VIP).
+pub fn run_traffic_to(lab: &Lab, vip: IpAddr, connections: usize, flows: usize) -> Result<Traffic> {
     lab.client.enter(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
-            let http_vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+            let http_vip = SocketAddr::new(vip, TCP_SERVICE_PORT);
             let tasks: Vec<_> = (0..connections)
                 .map(|i| {
                     let body = payload(i as u64, 20_000 + 1_000 * (i % 31));
@@ -287,7 +328,7 @@ pub fn run_traffic(lab: &Lab, connections: usize, flows: usize) -> Result<Traffi
             for (i, task) in tasks.into_iter().enumerate() {
                 tcp.push(task.await?.with_context(|| format!("TCP connection {i}"))?);
             }
-            let udp_vip = SocketAddr::from((VIP, UDP_SERVICE_PORT));
+            let udp_vip = SocketAddr::new(vip, UDP_SERVICE_PORT);
             let mut udp = Vec::with_capacity(flows);
             for i in 0..flows {
                 let body = payload(1_000 + i as u64, 1_200);

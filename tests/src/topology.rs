@@ -14,13 +14,20 @@
 //!  backends 198.18.1.11, .12, .13
 //! ```
 //!
+//! Every host is dual-stack: the IPv6 addresses mirror the IPv4 ones (client fd00::2, balancer
+//! fd00::1 and fd00:1::1, backends fd00:1::11, ...; VIP fd00:100::1), from fd00::/8.
+//!
+//! `BehindRouter` is `TwoInterfaces` with a router between the client and the balancer, whose
+//! link to the client has a smaller MTU (1280) than every other link: the client is
+//! 198.18.2.2 (fd00:2::2) behind router 198.18.2.1 / 198.18.0.2 (fd00:2::1 / fd00::2).
+//!
 //! Clients reach the VIP through the balancer; backends use the balancer as their default
 //! gateway, so replies come back through it. Offloads: transmit checksum offload is off on
 //! every sender (an XDP program sees frames, and a partial checksum would be rewritten as if
 //! it were complete), and GRO is on, which gives each veth the NAPI instance that XDP_TX and
 //! XDP_REDIRECT need on the receiving end.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
 
@@ -28,16 +35,23 @@ use crate::netns::Netns;
 
 /// The virtual IP of test services.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-/// The client's address.
+/// The virtual IPv6 address of test services.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+/// The client's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The MTU of the client's link in the `BehindRouter` wiring.
+pub const NARROW_MTU: u32 = 1280;
+/// The client's address (without a router).
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-/// The balancer's address on the client side.
-pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// The balancer's address on the backend side.
-pub const LB_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 
 /// The address of backend `index` (0-based): 198.18.1.11, .12, ...
 pub fn backend_addr(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, 11 + index as u8)
+}
+
+/// The IPv6 address of backend `index` (0-based): fd00:1::11, ::12, ...
+pub fn backend_addr6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11 + index as u16)
 }
 
 /// How the balancer is wired.
@@ -47,6 +61,8 @@ pub enum Wiring {
     OneInterface,
     /// Clients on one interface, backends on another.
     TwoInterfaces,
+    /// As `TwoInterfaces`, with a router and a narrower link between client and balancer.
+    BehindRouter,
 }
 
 /// A built topology. Dropping it deletes every namespace.
@@ -59,6 +75,8 @@ pub struct Lab {
     pub backends: Vec<Netns>,
     /// The switch (a bridge) between them.
     pub switch: Netns,
+    /// The router between client and balancer (`BehindRouter` only).
+    pub router: Option<Netns>,
     /// The balancer's interfaces, for its config.
     pub balancer_interfaces: Vec<String>,
     wiring: Wiring,
@@ -71,12 +89,18 @@ impl Lab {
             client: Netns::new("client")?,
             balancer: Netns::new("lb")?,
             switch: Netns::new("sw")?,
+            router: match wiring {
+                Wiring::BehindRouter => Some(Netns::new("rt")?),
+                _ => None,
+            },
             backends: (0..backends)
                 .map(|i| Netns::new(&format!("b{}", i + 1)))
                 .collect::<Result<_>>()?,
             balancer_interfaces: match wiring {
                 Wiring::OneInterface => vec!["eth0".into()],
-                Wiring::TwoInterfaces => vec!["eth0".into(), "eth1".into()],
+                Wiring::TwoInterfaces | Wiring::BehindRouter => {
+                    vec!["eth0".into(), "eth1".into()]
+                }
             },
             wiring,
         };
@@ -89,36 +113,64 @@ impl Lab {
         sw.ip("link add name br0 type bridge")?;
         sw.ip("link set dev br0 up")?;
 
+        // The balancer's client side: the client itself, or the router.
+        let near = self.router.as_ref().unwrap_or(client);
         match wiring {
-            Wiring::TwoInterfaces => {
-                veth(client, "eth0", lb, "eth0")?;
+            Wiring::TwoInterfaces | Wiring::BehindRouter => {
+                veth(near, "eth0", lb, "eth0")?;
                 veth(lb, "eth1", sw, "lb")?;
                 sw.ip("link set dev lb master br0")?;
-                lb.ip(&format!("addr add {LB_CLIENT_SIDE}/24 dev eth0"))?;
-                lb.ip(&format!("addr add {LB_BACKEND_SIDE}/24 dev eth1"))?;
+                add_addr(lb, "eth0", "198.18.0.1/24", "fd00::1/64")?;
+                add_addr(lb, "eth1", "198.18.1.1/24", "fd00:1::1/64")?;
             }
             Wiring::OneInterface => {
-                veth(client, "eth0", sw, "client")?;
+                veth(near, "eth0", sw, "client")?;
                 veth(lb, "eth0", sw, "lb")?;
                 sw.ip("link set dev client master br0")?;
                 sw.ip("link set dev lb master br0")?;
-                lb.ip(&format!("addr add {LB_CLIENT_SIDE}/24 dev eth0"))?;
-                lb.ip(&format!("addr add {LB_BACKEND_SIDE}/24 dev eth0"))?;
+                add_addr(lb, "eth0", "198.18.0.1/24", "fd00::1/64")?;
+                add_addr(lb, "eth0", "198.18.1.1/24", "fd00:1::1/64")?;
             }
         }
-        client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
-        client.ip(&format!("route add default via {LB_CLIENT_SIDE}"))?;
+        add_addr(near, "eth0", "198.18.0.2/24", "fd00::2/64")?;
+        if let Some(router) = &self.router {
+            veth(client, "eth0", router, "eth1")?;
+            // Only the router's side is narrow: the client advertises its full MSS, so the
+            // backends send full-size segments that the router must refuse.
+            router.ip(&format!("link set dev eth1 mtu {NARROW_MTU}"))?;
+            add_addr(router, "eth1", "198.18.2.1/24", "fd00:2::1/64")?;
+            add_addr(client, "eth0", "198.18.2.2/24", "fd00:2::2/64")?;
+            client.ip("route add default via 198.18.2.1")?;
+            client.ip("-6 route add default via fd00:2::1")?;
+            router.ip("route add default via 198.18.0.1")?;
+            router.ip("-6 route add default via fd00::1")?;
+            router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            lb.ip("route add 198.18.2.0/24 via 198.18.0.2")?;
+            lb.ip("-6 route add fd00:2::/64 via fd00::2")?;
+        } else {
+            client.ip("route add default via 198.18.0.1")?;
+            client.ip("-6 route add default via fd00::1")?;
+        }
 
         for (i, backend) in self.backends.iter().enumerate() {
             let port = format!("b{}", i + 1);
             veth(backend, "eth0", sw, &port)?;
             sw.ip(&format!("link set dev {port} master br0"))?;
-            backend.ip(&format!("addr add {}/24 dev eth0", backend_addr(i)))?;
-            backend.ip(&format!("route add default via {LB_BACKEND_SIDE}"))?;
+            add_addr(
+                backend,
+                "eth0",
+                &format!("{}/24", backend_addr(i)),
+                &format!("{}/64", backend_addr6(i)),
+            )?;
+            backend.ip("route add default via 198.18.1.1")?;
+            backend.ip("-6 route add default via fd00:1::1")?;
             backend.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
+            backend.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
         }
 
         lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // The kernel forwards only what XDP passes to it; it must not tell hosts to bypass us.
         lb.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
         for name in &self.balancer_interfaces {
@@ -127,19 +179,46 @@ impl Lab {
         Ok(())
     }
 
+    /// The client's address of the given family.
+    pub fn client_addr(&self, ipv6: bool) -> IpAddr {
+        match (self.router.is_some(), ipv6) {
+            (false, false) => Ipv4Addr::new(198, 18, 0, 2).into(),
+            (false, true) => CLIENT6.into(),
+            (true, false) => Ipv4Addr::new(198, 18, 2, 2).into(),
+            (true, true) => Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2).into(),
+        }
+    }
+
     /// The far ends of the balancer's links: (host, interface). XDP_TX on a veth reaches the
     /// peer promptly only if the peer runs an XDP program, so tests attach one there.
     pub fn balancer_peers(&self) -> Vec<(&Netns, &'static str)> {
         match self.wiring {
             Wiring::OneInterface => vec![(&self.switch, "lb")],
             Wiring::TwoInterfaces => vec![(&self.client, "eth0"), (&self.switch, "lb")],
+            Wiring::BehindRouter => vec![
+                (self.router.as_ref().expect("a router"), "eth0"),
+                (&self.switch, "lb"),
+            ],
         }
     }
 
     /// The address of a backend server on `port`.
     pub fn backend_endpoint(&self, index: usize, port: u16) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(backend_addr(index), port))
+        SocketAddr::new(backend_addr(index).into(), port)
     }
+
+    /// The IPv6 address of a backend server on `port`.
+    pub fn backend_endpoint6(&self, index: usize, port: u16) -> SocketAddr {
+        SocketAddr::new(backend_addr6(index).into(), port)
+    }
+}
+
+/// Adds an IPv4 and an IPv6 address to `interface` (IPv6 without duplicate address
+/// detection, so the address is usable at once).
+fn add_addr(ns: &Netns, interface: &str, v4: &str, v6: &str) -> Result<()> {
+    ns.ip(&format!("addr add {v4} dev {interface}"))?;
+    ns.ip(&format!("-6 addr add {v6} dev {interface} nodad"))?;
+    Ok(())
 }
 
 /// A veth pair with one end in each namespace, both up, with the offloads set as the module

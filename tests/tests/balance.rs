@@ -4,44 +4,32 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use xlb::dataplane::NoopProgram;
+mod common;
+
+use common::attach_peer_programs;
 use xlb_tests::{
-    scenario::{backend_name, balancer_config, run_traffic, start_backends, start_xlb_with, tally},
-    topology::{Lab, Wiring},
+    scenario::{
+        backend_name, dual_stack_config, run_traffic_to, start_backends, start_xlb_with, tally,
+    },
+    topology::{Lab, VIP, VIP6, Wiring},
 };
 
-/// Attaches the reference XDP program to the far end of each of the balancer's links (see
-/// `Lab::balancer_peers`); they stay attached while the returned programs live.
-fn attach_peer_programs(lab: &Lab) -> Vec<NoopProgram> {
-    lab.balancer_peers()
-        .into_iter()
-        .map(|(host, interface)| {
-            host.enter(|| {
-                let mut program = NoopProgram::load()?;
-                program.attach(interface)?;
-                anyhow::Ok(program)
-            })
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{interface}: {e:#}"))
-        })
-        .collect()
-}
-
-/// 30 concurrent TCP connections and 30 UDP flows through the VIP: each backend must get
-/// exactly 10 of each, and every payload must come back intact.
+/// 30 concurrent TCP connections and 30 UDP flows through the VIP, over IPv4 and over IPv6:
+/// each backend must get exactly 10 of each, and every payload must come back intact.
 fn round_robin_end_to_end(wiring: Wiring) {
     let lab = Lab::new(wiring, 3).unwrap();
     let _peer_programs = attach_peer_programs(&lab);
     let _backends = start_backends(&lab).unwrap();
-    let config = balancer_config(&lab, "native");
+    let config = dual_stack_config(&lab, "native");
     let mut xlb = start_xlb_with(&lab.balancer, &config, &["--detach-on-exit"]).unwrap();
 
-    let traffic =
-        run_traffic(&lab, 30, 30).unwrap_or_else(|e| panic!("{e:#}\nxlb:\n{}", xlb.output()));
-
     let expected: BTreeMap<String, usize> = (0..3).map(|i| (backend_name(i), 10)).collect();
-    assert_eq!(tally(&traffic.tcp), expected, "TCP connections per backend");
-    assert_eq!(tally(&traffic.udp), expected, "UDP flows per backend");
+    for vip in [VIP.into(), VIP6.into()] {
+        let traffic = run_traffic_to(&lab, vip, 30, 30)
+            .unwrap_or_else(|e| panic!("{vip}: {e:#}\nxlb:\n{}", xlb.output()));
+        assert_eq!(tally(&traffic.tcp), expected, "{vip}: TCP connections per backend");
+        assert_eq!(tally(&traffic.udp), expected, "{vip}: UDP flows per backend");
+    }
 
     let status = xlb.stop(Duration::from_secs(10)).unwrap();
     assert!(
@@ -68,6 +56,12 @@ fn round_robin_end_to_end(wiring: Wiring) {
         log.contains("service=\"dns\" new_flows=30"),
         "30 UDP flows counted:\n{log}"
     );
+    for service in ["web6", "dns6"] {
+        assert!(
+            log.contains(&format!("service=\"{service}\" new_flows=30")),
+            "30 IPv6 flows counted for {service}:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! Tier 3: what the network's edge sends a load balancer, with real hosts in network
+//! namespaces: ICMP "fragmentation needed" and "packet too big" from a router with a narrower
+//! link, which must reach the backends for path-MTU discovery to work; and a flood of SYNs
+//! from spoofed sources, which must leave established and new connections working. Needs
+//! root: run with `cargo xtask test`.
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use common::{attach_peer_programs, event, stats};
+use xlb_tests::{
+    client::start_download,
+    flood::legitimate_traffic_under_flood,
+    scenario::{TCP_SERVICE_PORT, balancer_config, dual_stack_config, start_backends, start_xlb},
+    topology::{Lab, NARROW_MTU, VIP, VIP6, Wiring},
+};
+
+/// Backends send full-size segments to a client behind a link of MTU 1280; the router
+/// refuses them with ICMP errors addressed to the VIP. xlb must hand those to the backend
+/// that sent the segment, or the download stalls (a path-MTU black hole).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn path_mtu_discovery_works_through_xlb() {
+    let lab = Lab::new(Wiring::BehindRouter, 3).unwrap();
+    let _peer_programs = attach_peer_programs(&lab);
+    let _backends = start_backends(&lab).unwrap();
+    let xlb = start_xlb(&lab.balancer, &dual_stack_config(&lab, "native")).unwrap();
+
+    for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
+        let address = SocketAddr::new(vip, TCP_SERVICE_PORT);
+        let received = lab
+            .client
+            .block_on(async move {
+                let transfer = async {
+                    let download = start_download(address, 2_000_000, 0).await?;
+                    download.finish().await
+                };
+                tokio::time::timeout(Duration::from_secs(20), transfer).await
+            })
+            .unwrap();
+        match received {
+            Ok(Ok(bytes)) => assert_eq!(bytes, 2_000_000),
+            Ok(Err(error)) => panic!("{vip}: {error:#}\n{}", xlb.output()),
+            Err(_) => panic!(
+                "{vip}: the download stalled behind the {NARROW_MTU}-byte link\n{}",
+                xlb.output()
+            ),
+        }
+    }
+    let stats = stats(&xlb);
+    assert!(
+        event(&stats, "icmp_error_translated") >= 2,
+        "the router's ICMP errors went through xlb: {:?}",
+        stats.events
+    );
+}
+
+/// Spoofed SYNs at the VIP, far more than the half-open table holds, while a download runs,
+/// a keep-alive connection sits idle and new connections come one after another.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_syn_flood_leaves_established_and_new_connections_working() {
+    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    let _peer_programs = attach_peer_programs(&lab);
+    let _backends = start_backends(&lab).unwrap();
+    // The backends' answers to the spoofed sources go back towards the client host, which
+    // drops them.
+    lab.balancer
+        .ip("route add 198.19.0.0/16 via 198.18.0.2")
+        .unwrap();
+    let config = format!(
+        "flow_table_size = 4096\n{}",
+        balancer_config(&lab, "native")
+    );
+    let xlb = start_xlb(&lab.balancer, &config).unwrap();
+
+    let outcome =
+        legitimate_traffic_under_flood(&lab, 4_000_000, 400_000, Duration::from_secs(3))
+            .unwrap();
+    let stats = stats(&xlb);
+    let syns_seen = stats.services[0].counters.new_flows;
+    eprintln!(
+        "flood: {} SYNs in {:?} ({:.0}/s), {syns_seen} new flows at xlb; {} connections during it",
+        outcome.flood.sent,
+        outcome.flood.elapsed,
+        outcome.flood.rate(),
+        outcome.connects.len()
+    );
+    assert!(
+        outcome.flood.sent >= 20_000,
+        "the flood was too small to mean anything: {} SYNs",
+        outcome.flood.sent
+    );
+    assert!(
+        syns_seen > 4 * stats.flow_table.half_open_capacity,
+        "the flood overran the half-open table many times: {syns_seen} new flows, {} half-open \
+         slots",
+        stats.flow_table.half_open_capacity
+    );
+    assert_eq!(
+        outcome.session_after.as_ref(),
+        Ok(&outcome.session_before),
+        "the idle connection kept its flow"
+    );
+    assert_eq!(outcome.download, Ok(4_000_000), "the download completed");
+    assert!(
+        outcome.connect_errors.is_empty(),
+        "new connections failed during the flood: {:?}",
+        outcome.connect_errors
+    );
+    assert!(
+        outcome.connects.len() >= 5,
+        "only {} connections were tried during the flood",
+        outcome.connects.len()
+    );
+    assert!(stats.flow_table.half_open <= stats.flow_table.half_open_capacity);
+}
