@@ -36,6 +36,14 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// TTL (hop limit) of echo replies, as Linux sends them.
 const ECHO_REPLY_TTL: u8 = 64;
 
+/// An updated ICMP checksum as it is stored: 0x0000 and 0xffff are the same one's-complement
+/// value, but only 0xffff is accepted when everything else in the message is zero (an
+/// incremental update can yield 0x0000 there, a full computation never does).
+#[inline(always)]
+fn nonzero(check: u16) -> u16 {
+    if check == 0 { 0xffff } else { check }
+}
+
 /// Handles an ICMP or ICMPv6 packet. A function of its own (a BPF-to-BPF call), so that its
 /// locals do not add to the stack of the TCP/UDP path.
 #[inline(never)]
@@ -94,7 +102,10 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         let new_word = u16::from_ne_bytes([reply, code]);
         (*icmp)[0] = reply;
         let check = read_unaligned(icmp_check);
-        write_unaligned(icmp_check, csum::replace16(check, old_word, new_word));
+        write_unaligned(
+            icmp_check,
+            nonzero(csum::replace16(check, old_word, new_word)),
+        );
         let client_mac = (*eth).src_addr;
         (*eth).src_addr = (*eth).dst_addr;
         (*eth).dst_addr = client_mac;
@@ -270,7 +281,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         }
     }
     // SAFETY: ptr_at checked the field lies inside the frame.
-    unsafe { write_unaligned(icmp_check, check) };
+    unsafe { write_unaligned(icmp_check, nonzero(check)) };
     count_event(events::ICMP_ERROR_TRANSLATED);
 
     let route = Route {

@@ -50,8 +50,12 @@ pub fn syn_flood(
     stop: impl Fn() -> bool,
 ) -> Result<Flood> {
     // IPPROTO_RAW: we write the IP header ourselves (the kernel fills in its checksum).
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
-        .context("opening a raw socket")?;
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .context("opening a raw socket")?;
     let destination = SockAddr::from(SocketAddr::V4(target));
     let mut packet = Frame::tcp("198.19.0.1:1024", &target.to_string())
         .with(|f| {
@@ -78,7 +82,7 @@ pub fn syn_flood(
         let port = 1024 + u16::from_le_bytes([c, d]) % 64_000;
         packet[12..16].copy_from_slice(&source.octets());
         packet[20..22].copy_from_slice(&port.to_be_bytes());
-        rewrite_tcp_checksum(&mut packet);
+        rewrite_checksums(&mut packet);
         // A full socket buffer is back-pressure, not failure: skip the packet.
         if socket.send_to(&packet, &destination).is_ok() {
             sent += 1;
@@ -90,8 +94,12 @@ pub fn syn_flood(
     })
 }
 
-/// Recomputes the TCP checksum of an IPv4 packet without options.
-fn rewrite_tcp_checksum(packet: &mut [u8]) {
+/// Recomputes the header and TCP checksums of an IPv4 packet without options. (The kernel
+/// recomputes the header's anyway; this keeps the packet valid on its own.)
+fn rewrite_checksums(packet: &mut [u8]) {
+    packet[10..12].copy_from_slice(&[0, 0]);
+    let check = csum::checksum(&packet[..20], 0);
+    packet[10..12].copy_from_slice(&check.to_ne_bytes());
     let segment_len = packet.len() - 20;
     packet[36..38].copy_from_slice(&[0, 0]);
     let mut pseudo = [0u8; 12];
@@ -100,26 +108,6 @@ fn rewrite_tcp_checksum(packet: &mut [u8]) {
     pseudo[10..12].copy_from_slice(&(segment_len as u16).to_be_bytes());
     let check = csum::checksum(&packet[20..], csum::sum(&pseudo, 0));
     packet[36..38].copy_from_slice(&check.to_ne_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::packet::verify_checksums;
-
-    #[test]
-    fn rewritten_syns_have_valid_checksums() {
-        let mut packet = Frame::tcp("198.19.0.1:1024", "198.18.100.1:80")
-            .with(|f| f.payload = Vec::new())
-            .ip_packet();
-        packet[12..16].copy_from_slice(&[198, 19, 77, 3]);
-        packet[20..22].copy_from_slice(&4242u16.to_be_bytes());
-        rewrite_tcp_checksum(&mut packet);
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        frame.extend_from_slice(&packet);
-        verify_checksums(&frame).unwrap();
-    }
 }
 
 /// What legitimate traffic went through while a flood ran.
@@ -186,13 +174,18 @@ pub fn legitimate_traffic_under_flood(
                 .echo(payload(2, 100))
                 .await
                 .map_err(|e| format!("{e:#}"));
-            let download = match tokio::time::timeout(Duration::from_secs(30), download.finish())
-                .await
-            {
-                Ok(result) => result.map_err(|e| format!("{e:#}")),
-                Err(_) => Err("the download stalled".into()),
-            };
-            anyhow::Ok((session_before, session_after, download, connects, connect_errors))
+            let download =
+                match tokio::time::timeout(Duration::from_secs(30), download.finish()).await {
+                    Ok(result) => result.map_err(|e| format!("{e:#}")),
+                    Err(_) => Err("the download stalled".into()),
+                };
+            anyhow::Ok((
+                session_before,
+                session_after,
+                download,
+                connects,
+                connect_errors,
+            ))
         });
         let flood = flooder
             .join()
@@ -207,4 +200,24 @@ pub fn legitimate_traffic_under_flood(
             connect_errors,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::verify_checksums;
+
+    #[test]
+    fn rewritten_syns_have_valid_checksums() {
+        let mut packet = Frame::tcp("198.19.0.1:1024", "198.18.100.1:80")
+            .with(|f| f.payload = Vec::new())
+            .ip_packet();
+        packet[12..16].copy_from_slice(&[198, 19, 77, 3]);
+        packet[20..22].copy_from_slice(&4242u16.to_be_bytes());
+        rewrite_checksums(&mut packet);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&packet);
+        verify_checksums(&frame).unwrap();
+    }
 }

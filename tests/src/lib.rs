@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod client;
 pub mod flood;
+pub mod fuzz;
 pub mod netns;
 pub mod packet;
 pub mod packet_net;

@@ -27,8 +27,16 @@ fn round_robin_end_to_end(wiring: Wiring) {
     for vip in [VIP.into(), VIP6.into()] {
         let traffic = run_traffic_to(&lab, vip, 30, 30)
             .unwrap_or_else(|e| panic!("{vip}: {e:#}\nxlb:\n{}", xlb.output()));
-        assert_eq!(tally(&traffic.tcp), expected, "{vip}: TCP connections per backend");
-        assert_eq!(tally(&traffic.udp), expected, "{vip}: UDP flows per backend");
+        assert_eq!(
+            tally(&traffic.tcp),
+            expected,
+            "{vip}: TCP connections per backend"
+        );
+        assert_eq!(
+            tally(&traffic.udp),
+            expected,
+            "{vip}: UDP flows per backend"
+        );
     }
 
     let status = xlb.stop(Duration::from_secs(10)).unwrap();

@@ -79,8 +79,7 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
 
     let outcome =
-        legitimate_traffic_under_flood(&lab, 4_000_000, 400_000, Duration::from_secs(3))
-            .unwrap();
+        legitimate_traffic_under_flood(&lab, 4_000_000, 400_000, Duration::from_secs(3)).unwrap();
     let stats = stats(&xlb);
     let syns_seen = stats.services[0].counters.new_flows;
     eprintln!(

@@ -4,10 +4,12 @@
 //! - `cargo xtask test`: setup, build, then every test tier; non-zero exit on any failure.
 //! - `cargo xtask demo`: setup, build, then balance real traffic in a namespace topology.
 //! - `cargo xtask bench [--quick]`: setup, build, run the benchmarks, write BENCHMARKS.md.
+//! - `cargo xtask fuzz [--cases N] [--seed S]`: the long fuzzing run of the data plane.
 
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod janitor;
 mod setup;
 mod steps;
@@ -41,6 +43,24 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, then run the data-plane fuzzer: generated and mutated frames through the
+    /// program (BPF_PROG_TEST_RUN), each result checked against the invariants.
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// The generator's seed (decimal or 0x-hex); the same seed gives the same frames.
+        #[arg(long, default_value = "0x786c6266757a7a31", value_parser = parse_seed)]
+        seed: u64,
+    },
+}
+
+fn parse_seed(text: &str) -> Result<u64, String> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("{text:?} is not a number (decimal or 0x-hex)"))
 }
 
 fn main() -> ExitCode {
@@ -50,6 +70,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::Fuzz { cases, seed } => fuzz::run(cases, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

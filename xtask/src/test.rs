@@ -16,7 +16,7 @@ const TIERS: [(&str, &str); 3] = [
     ("tier 1: unit tests", "test"),
     (
         "tier 2: packet tests (BPF_PROG_TEST_RUN)",
-        "test -p xlb-tests --test packet -- --ignored",
+        "test -p xlb-tests --test packet --test fuzz -- --ignored",
     ),
     (
         "tier 3: end-to-end tests in network namespaces",

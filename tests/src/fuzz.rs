@@ -1,0 +1,530 @@
+//! The fuzzer's two halves that need no kernel: a deterministic generator of hostile frames
+//! (valid packets of every kind xlb handles, then mutated: truncated, lengths and header
+//! fields set to absurd values, bytes flipped, or random bytes throughout), and a reference
+//! parser, written independently of the XDP program, that says which frames the program may
+//! rewrite at all.
+
+use std::net::SocketAddr;
+
+use crate::packet::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport,
+};
+
+/// A small, fast, seedable generator (xorshift64*), so a failing case can be replayed from
+/// its seed and index.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for case `index` of the run seeded with `seed`.
+    pub fn for_case(seed: u64, index: u64) -> Self {
+        let mut rng = Self((seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+        rng.bits();
+        rng
+    }
+
+    /// The next 64 random bits.
+    pub fn bits(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `bound` (at least 1).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.bits() % bound.max(1)
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What the fuzzer's world looks like: the services of the config the program runs, as
+/// (VIP:port, protocol) pairs, and the backends, client and routers that packets come from.
+pub struct World {
+    /// Services: listen address and protocol number.
+    pub services: Vec<(SocketAddr, u8)>,
+    /// Backend addresses (both families).
+    pub backends: Vec<SocketAddr>,
+}
+
+/// The endpoints of the packet-test network (see `packet_net`) and a config to match.
+pub const WORLD_CONFIG: &str = r#"
+interfaces = ["c0", "s0"]
+
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" } ]
+
+[[service]]
+name = "dns"
+listen = "198.18.100.1:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.13:5353" } ]
+
+[[service]]
+name = "web6"
+listen = "[fd00:100::1]:80"
+protocol = "tcp"
+backends = [ { address = "[fd00:1::11]:8080" }, { address = "[fd00:1::12]:8080" } ]
+
+[[service]]
+name = "dns6"
+listen = "[fd00:100::1]:53"
+protocol = "udp"
+backends = [ { address = "[fd00:1::13]:5353" } ]
+"#;
+
+impl World {
+    /// The world of [`WORLD_CONFIG`].
+    pub fn packet_net() -> Self {
+        let parse = |s: &str| s.parse::<SocketAddr>().expect("valid address");
+        Self {
+            services: vec![
+                (parse("198.18.100.1:80"), PROTO_TCP),
+                (parse("198.18.100.1:53"), PROTO_UDP),
+                (parse("[fd00:100::1]:80"), PROTO_TCP),
+                (parse("[fd00:100::1]:53"), PROTO_UDP),
+            ],
+            backends: [
+                "198.18.1.11:8080",
+                "198.18.1.12:8080",
+                "198.18.1.13:5353",
+                "[fd00:1::11]:8080",
+                "[fd00:1::12]:8080",
+                "[fd00:1::13]:5353",
+            ]
+            .into_iter()
+            .map(parse)
+            .collect(),
+        }
+    }
+}
+
+/// A client endpoint of the family of `like`, from a small pool (so flows repeat and
+/// established-flow paths get exercised).
+fn client(rng: &mut Rng, like: SocketAddr) -> String {
+    let port = 40_000 + rng.below(64) as u16;
+    if like.is_ipv4() {
+        format!("198.18.0.{}:{port}", 2 + rng.below(3))
+    } else {
+        format!("[fd00::{}]:{port}", 2 + rng.below(3))
+    }
+}
+
+/// A valid frame of one of the kinds xlb meets.
+fn valid_frame(rng: &mut Rng, world: &World) -> Frame {
+    let (service, protocol) = *rng.pick(&world.services);
+    let client = client(rng, service);
+    let tcp_flags = *rng.pick(&[TCP_SYN, TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, 0x3f]);
+    let transport = |protocol: u8, rng: &mut Rng| {
+        if protocol == PROTO_TCP {
+            Transport::Tcp {
+                flags: tcp_flags,
+                seq: rng.bits() as u32,
+            }
+        } else {
+            Transport::Udp {
+                zero_checksum: service.is_ipv4() && rng.chance(10),
+            }
+        }
+    };
+    let payload_len = *rng.pick(&[0usize, 1, 16, 100, 1_000]);
+    let mut frame = match rng.below(8) {
+        // To a service.
+        0..=2 => Frame::tcp(&client, &service.to_string()),
+        // A backend's reply to a client.
+        3 => {
+            let backend = *rng.pick(&world.backends);
+            let client = self::client(rng, backend);
+            Frame::tcp(&backend.to_string(), &client)
+        }
+        // Elsewhere: another port, address or protocol.
+        4 => {
+            let mut other = service;
+            other.set_port(*rng.pick(&[22u16, 81, 443, 0, 65_535]));
+            Frame::tcp(&client, &other.to_string())
+        }
+        // ICMP echo, to the VIP or elsewhere.
+        5 => {
+            let vip = service.ip().to_string();
+            let to = if rng.chance(70) {
+                vip
+            } else if service.is_ipv4() {
+                "198.18.100.9".into()
+            } else {
+                "fd00:100::9".into()
+            };
+            let from = client
+                .rsplit_once(':')
+                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_owned());
+            let kind = if service.is_ipv4() { 8 } else { 128 };
+            return Frame::icmp(&from.unwrap(), &to, kind, vec![0x5a; payload_len]);
+        }
+        // An ICMP error quoting a reply from the VIP, or a request to a backend.
+        _ => {
+            let quoted = if rng.chance(50) {
+                Frame::tcp(&service.to_string(), &client)
+            } else {
+                let same_family: Vec<SocketAddr> = world
+                    .backends
+                    .iter()
+                    .copied()
+                    .filter(|b| b.is_ipv4() == service.is_ipv4())
+                    .collect();
+                let backend = *rng.pick(&same_family);
+                let client = self::client(rng, backend);
+                Frame::tcp(&client, &backend.to_string())
+            }
+            .with(|f| f.transport = transport(protocol, rng));
+            let mut quote = quoted.ip_packet();
+            quote.truncate(*rng.pick(&[quote.len(), 28, 48, 60]));
+            let router = if service.is_ipv4() {
+                "198.18.0.254"
+            } else {
+                "fd00::fe"
+            };
+            let to = quoted.src.ip().to_string();
+            let kind = if service.is_ipv4() {
+                *rng.pick(&[3u8, 11, 5, 12])
+            } else {
+                *rng.pick(&[1u8, 2, 3, 4])
+            };
+            return Frame::icmp(router, &to, kind, quote);
+        }
+    };
+    let protocol = if rng.chance(85) {
+        protocol
+    } else {
+        PROTO_TCP + PROTO_UDP - protocol
+    };
+    frame.transport = transport(protocol, rng);
+    frame.payload = (0..payload_len).map(|i| i as u8).collect();
+    if frame.is_ipv6() && rng.chance(15) {
+        let kind = *rng.pick(&[0u8, 60, 43, 44, 0, 60]);
+        frame.ipv6_extensions.push((kind, vec![1, 4, 0, 0, 0, 0]));
+    }
+    if !frame.is_ipv6() && rng.chance(10) {
+        frame.ip_options = vec![1, 1, 1, 0];
+    }
+    if rng.chance(3) {
+        frame.vlan = Some(rng.below(4_096) as u16);
+    }
+    frame.ttl = *rng.pick(&[64u8, 64, 1, 0, 255]);
+    frame
+}
+
+/// Frame `index` of the run seeded with `seed`: a valid frame, often mutated.
+pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
+    let mut rng = Rng::for_case(seed, index);
+    let mut frame = valid_frame(&mut rng, world);
+    // Header fields with absurd values, through the builder (checksums still right).
+    match rng.below(12) {
+        0 => frame.ihl_override = Some(rng.below(16) as u8),
+        1 => frame.total_length_override = Some(rng.bits() as u16),
+        2 => frame.tcp_doff_override = Some(rng.below(16) as u8),
+        3 => frame.version = Some(rng.below(16) as u8),
+        4 => frame.ip_frag = rng.bits() as u16,
+        5 => frame.ether_type_override = Some(*rng.pick(&[ETH_P_IP, ETH_P_IPV6, 0x0806, 0x88a8])),
+        _ => {}
+    }
+    let mut bytes = frame.build();
+    // Byte-level damage: truncation, flips, and random bytes.
+    match rng.below(10) {
+        0..=1 => {
+            let len = 14 + rng.below(bytes.len().saturating_sub(14) as u64 + 1) as usize;
+            bytes.truncate(len);
+        }
+        2..=3 => {
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+            }
+        }
+        4 => {
+            let len = 14 + rng.below(200) as usize;
+            bytes = (0..len).map(|_| rng.bits() as u8).collect();
+            if rng.chance(50) {
+                bytes[12..14].copy_from_slice(&rng.pick(&[ETH_P_IP, ETH_P_IPV6]).to_be_bytes());
+            }
+        }
+        5 => bytes.extend((0..rng.below(64)).map(|_| rng.bits() as u8)),
+        _ => {}
+    }
+    bytes
+}
+
+/// A frame's 5-tuple as the reference parser reads it: (source, destination, protocol).
+pub type Tuple = (SocketAddr, SocketAddr, u8);
+
+/// What the reference parser makes of a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Not something xlb may touch: not IP, tagged, malformed, a fragment, TTL too low to
+    /// forward, a transport xlb does not handle, or an IPv6 extension header it does not skip.
+    Untouchable,
+    /// A well-formed TCP or UDP packet.
+    Transport(Tuple),
+    /// A well-formed ICMP echo request to this address.
+    Echo(std::net::IpAddr),
+    /// A well-formed ICMP error quoting this packet (as it was sent), with its addressee.
+    IcmpError {
+        /// The quoted packet's tuple.
+        quoted: Tuple,
+        /// Where the error is addressed.
+        to: std::net::IpAddr,
+    },
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn ip_at(bytes: &[u8], at: usize, v6: bool) -> Option<std::net::IpAddr> {
+    Some(if v6 {
+        let octets: [u8; 16] = bytes.get(at..at + 16)?.try_into().ok()?;
+        octets.into()
+    } else {
+        let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        octets.into()
+    })
+}
+
+/// Reads a frame as xlb's documentation says it treats frames.
+pub fn read(frame: &[u8]) -> Reading {
+    read_frame(frame).unwrap_or(Reading::Untouchable)
+}
+
+fn read_frame(frame: &[u8]) -> Option<Reading> {
+    let ether_type = u16_at(frame, 12)?;
+    if ether_type == ETH_P_8021Q {
+        return None;
+    }
+    let v6 = match ether_type {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return None,
+    };
+    let (l4, end, proto, src, dst, ttl) = ip_header(frame, 14, v6)?;
+    let segment = &frame[l4..end];
+    // Packets xlb forwards must have TTL to spare; an echo request is answered, not forwarded.
+    let forwardable = ttl > 1;
+    match proto {
+        PROTO_TCP | PROTO_UDP if forwardable => {
+            transport_ok(segment, proto, v6)?;
+            let sport = u16_at(segment, 0)?;
+            let dport = u16_at(segment, 2)?;
+            Some(Reading::Transport((
+                SocketAddr::new(src, sport),
+                SocketAddr::new(dst, dport),
+                proto,
+            )))
+        }
+        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => {
+            if segment.len() < 8 {
+                return None;
+            }
+            let kind = segment[0];
+            let echo = if v6 { 128 } else { 8 };
+            if kind == echo {
+                return Some(Reading::Echo(dst));
+            }
+            let errors: &[u8] = if v6 { &[1, 2, 3] } else { &[3, 11] };
+            if !errors.contains(&kind) || !forwardable {
+                return None;
+            }
+            let quote = &segment[8..];
+            let (q_l4, q_proto, q_src, q_dst) = quoted_header(quote, v6)?;
+            if q_proto != PROTO_TCP && q_proto != PROTO_UDP {
+                return None;
+            }
+            let sport = u16_at(quote, q_l4)?;
+            let dport = u16_at(quote, q_l4 + 2)?;
+            if quote.len() < q_l4 + 8 {
+                return None;
+            }
+            Some(Reading::IcmpError {
+                quoted: (
+                    SocketAddr::new(q_src, sport),
+                    SocketAddr::new(q_dst, dport),
+                    q_proto,
+                ),
+                to: dst,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Validates the IP header at `l3`: (transport offset, end of packet, protocol, source,
+/// destination, TTL).
+fn ip_header(
+    frame: &[u8],
+    l3: usize,
+    v6: bool,
+) -> Option<(usize, usize, u8, std::net::IpAddr, std::net::IpAddr, u8)> {
+    let ip = frame.get(l3..)?;
+    if v6 {
+        if ip.len() < 40 || ip[0] >> 4 != 6 {
+            return None;
+        }
+        let payload = usize::from(u16_at(ip, 4)?);
+        if payload == 0 || 40 + payload > ip.len() {
+            return None;
+        }
+        let (mut next, mut at) = (ip[6], 40);
+        for _ in 0..4 {
+            if next != 0 && next != 60 {
+                break;
+            }
+            next = *ip.get(at)?;
+            at += (usize::from(*ip.get(at + 1)?) + 1) * 8;
+        }
+        if at > 40 + payload {
+            return None;
+        }
+        Some((
+            l3 + at,
+            l3 + 40 + payload,
+            next,
+            ip_at(ip, 8, true)?,
+            ip_at(ip, 24, true)?,
+            ip[7],
+        ))
+    } else {
+        let header = usize::from(*ip.first()? & 0x0f) * 4;
+        let total = usize::from(u16_at(ip, 2)?);
+        if ip[0] >> 4 != 4 || header < 20 || total < header || total > ip.len() {
+            return None;
+        }
+        if u16_at(ip, 6)? & 0x3fff != 0 {
+            return None;
+        }
+        Some((
+            l3 + header,
+            l3 + total,
+            ip[9],
+            ip_at(ip, 12, false)?,
+            ip_at(ip, 16, false)?,
+            ip[8],
+        ))
+    }
+}
+
+/// The quoted packet's header: (transport offset within the quote, protocol, source,
+/// destination). Quotes may be cut short, so only the header itself must be whole.
+fn quoted_header(
+    quote: &[u8],
+    v6: bool,
+) -> Option<(usize, u8, std::net::IpAddr, std::net::IpAddr)> {
+    if v6 {
+        if quote.len() < 40 {
+            return None;
+        }
+        Some((
+            40,
+            quote[6],
+            ip_at(quote, 8, true)?,
+            ip_at(quote, 24, true)?,
+        ))
+    } else {
+        let header = usize::from(*quote.first()? & 0x0f) * 4;
+        if quote[0] >> 4 != 4 || header < 20 || quote.len() < header {
+            return None;
+        }
+        Some((
+            header,
+            quote[9],
+            ip_at(quote, 12, false)?,
+            ip_at(quote, 16, false)?,
+        ))
+    }
+}
+
+fn transport_ok(segment: &[u8], proto: u8, v6: bool) -> Option<()> {
+    if proto == PROTO_TCP {
+        let header = usize::from(*segment.get(12)? >> 4) * 4;
+        (header >= 20 && header <= segment.len()).then_some(())
+    } else {
+        let len = usize::from(u16_at(segment, 4)?);
+        let zero_checksum = u16_at(segment, 6)? == 0;
+        (len >= 8 && len <= segment.len() && !(v6 && zero_checksum)).then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::verify_checksums;
+
+    #[test]
+    fn the_same_seed_gives_the_same_frames() {
+        let world = World::packet_net();
+        for index in 0..100 {
+            assert_eq!(frame(7, index, &world), frame(7, index, &world));
+        }
+        assert_ne!(frame(7, 1, &world), frame(8, 1, &world));
+    }
+
+    #[test]
+    fn the_generator_covers_every_kind_of_frame() {
+        let world = World::packet_net();
+        let (mut transport, mut echo, mut errors, mut untouchable, mut valid) = (0, 0, 0, 0, 0);
+        for index in 0..5_000 {
+            let bytes = frame(1, index, &world);
+            match read(&bytes) {
+                Reading::Transport(_) => transport += 1,
+                Reading::Echo(_) => echo += 1,
+                Reading::IcmpError { .. } => errors += 1,
+                Reading::Untouchable => untouchable += 1,
+            }
+            valid += usize::from(verify_checksums(&bytes).is_ok());
+        }
+        for (kind, count) in [
+            ("transport", transport),
+            ("echo", echo),
+            ("ICMP error", errors),
+            ("untouchable", untouchable),
+            ("checksum-valid", valid),
+        ] {
+            assert!(count > 250, "only {count} {kind} frames in 5,000");
+        }
+    }
+
+    #[test]
+    fn the_reference_reads_built_frames() {
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80").build();
+        assert_eq!(
+            read(&syn),
+            Reading::Transport((
+                "198.18.0.2:40000".parse().unwrap(),
+                "198.18.100.1:80".parse().unwrap(),
+                PROTO_TCP
+            ))
+        );
+        let mut truncated = syn.clone();
+        truncated.truncate(40);
+        assert_eq!(read(&truncated), Reading::Untouchable);
+        let tagged = Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")
+            .with(|f| f.vlan = Some(3))
+            .build();
+        assert_eq!(read(&tagged), Reading::Untouchable);
+        let routed = Frame::tcp("[fd00::2]:1", "[fd00:100::1]:80")
+            .with(|f| f.ipv6_extensions = vec![(43, vec![0, 0])])
+            .build();
+        assert_eq!(read(&routed), Reading::Untouchable);
+        let quoted = Frame::tcp("198.18.100.1:80", "198.18.0.2:40000");
+        let error = Frame::icmp("198.18.0.254", "198.18.100.1", 3, quoted.ip_packet()).build();
+        assert!(matches!(read(&error), Reading::IcmpError { .. }));
+    }
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask fuzz`: the long fuzzing run. The same harness as the 20,000 cases `cargo xtask
+//! test` runs (`tests/tests/fuzz.rs`), with a million cases by default and any seed.
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, janitor::Janitor, setup, steps::Steps};
+
+/// Runs `cases` cases from `seed`.
+pub fn run(cases: u64, seed: u64) -> Result<()> {
+    let mut steps = Steps::new("fuzz", setup::STEPS + 2);
+    setup::run(&mut steps)?;
+    let run_id = std::process::id().to_string();
+    let janitor = Janitor::install(format!("xlbt{run_id}-"))?;
+    steps.run(&format!("{cases} cases from seed {seed:#x}"), || {
+        let envs = [
+            (xlb_tests::netns::RUN_ENV, run_id.clone()),
+            ("XLB_FUZZ_CASES", cases.to_string()),
+            ("XLB_FUZZ_SEED", format!("{seed:#x}")),
+        ];
+        let args = [
+            "test",
+            "-p",
+            "xlb-tests",
+            "--test",
+            "fuzz",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ];
+        let (ok, counts) = cargo::test(&args, &envs)?;
+        if !ok || counts.passed != 1 {
+            bail!("the fuzzer found a violation (the failing case says how to replay it)");
+        }
+        Ok(())
+    })?;
+    steps.run("no network namespace left behind", || {
+        let left = janitor.sweep()?;
+        if !left.is_empty() {
+            bail!("left behind (now removed): {}", left.join(", "));
+        }
+        Ok(())
+    })
+}
