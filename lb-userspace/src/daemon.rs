@@ -115,6 +115,14 @@ pub fn preflight(config: &Config) -> Result<()> {
                  (or net.ipv4.conf.{interface}.forwarding=1)"
             );
         }
+        let ipv6_services = config.services.iter().any(|s| s.listen.is_ipv6());
+        if ipv6_services && !netif::ipv6_forwarding(interface)? {
+            bail!(
+                "IPv6 forwarding is off on {interface}, and the config has IPv6 services. \
+                 Enable it with `sysctl -w net.ipv6.conf.all.forwarding=1` \
+                 (or net.ipv6.conf.{interface}.forwarding=1)"
+            );
+        }
     }
     Ok(())
 }

@@ -21,7 +21,17 @@ pub fn index(name: &str) -> Result<u32> {
 /// (`net.ipv4.conf.<name>.forwarding`). The FIB lookup xlb uses to forward refuses to answer
 /// for an interface that does not forward.
 pub fn ipv4_forwarding(name: &str) -> Result<bool> {
-    let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+    forwarding("ipv4", name)
+}
+
+/// Whether the kernel forwards IPv6 packets that arrive on `name`
+/// (`net.ipv6.conf.<name>.forwarding`), which IPv6 services need likewise.
+pub fn ipv6_forwarding(name: &str) -> Result<bool> {
+    forwarding("ipv6", name)
+}
+
+fn forwarding(family: &str, name: &str) -> Result<bool> {
+    let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
     let value = std::fs::read_to_string(&path)
         .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))?;
     Ok(value.trim() == "1")

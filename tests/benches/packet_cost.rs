@@ -17,7 +17,7 @@ use xlb::{
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
-    packet::Frame,
+    packet::{Frame, TCP_ACK, Transport},
     packet_net,
 };
 
@@ -34,6 +34,12 @@ name = "loopback"
 listen = "198.18.100.1:80"
 protocol = "tcp"
 backends = [ { address = "198.18.100.1:80" } ]
+
+[[service]]
+name = "loopback6"
+listen = "[fd00:100::1]:80"
+protocol = "tcp"
+backends = [ { address = "[fd00:100::1]:80" } ]
 
 [[service]]
 name = "new"
@@ -57,12 +63,32 @@ fn main() -> Result<()> {
         let noop = NoopProgram::load()?;
         let program = dataplane.program();
 
-        let ttl = |frame: Frame| frame.with(|f| f.ttl = 255).build();
-        let established = ttl(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"));
-        let reply = ttl(Frame::tcp("198.18.100.1:80", "198.18.0.2:40000"));
-        let other = ttl(Frame::tcp("198.18.0.2:40000", "198.18.100.9:80"));
-        // The first packet records the flow (both directions).
-        ensure!(packet_net::run(program, &established, c0, 1)?.verdict == XDP_REDIRECT);
+        // Established packets carry ACK: the SYN records a half-open flow, the first ACK
+        // completes it.
+        let ack = |frame: Frame| {
+            frame
+                .with(|f| {
+                    f.ttl = 255;
+                    f.transport = Transport::Tcp {
+                        flags: TCP_ACK,
+                        seq: 2,
+                    };
+                })
+                .build()
+        };
+        let syn = |frame: Frame| frame.with(|f| f.ttl = 255).build();
+        let established = ack(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"));
+        let reply = ack(Frame::tcp("198.18.100.1:80", "198.18.0.2:40000"));
+        let other = ack(Frame::tcp("198.18.0.2:40000", "198.18.100.9:80"));
+        let established6 = ack(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80"));
+        let reply6 = ack(Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000"));
+        for (first, then) in [
+            (syn(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")), &established),
+            (syn(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80")), &established6),
+        ] {
+            ensure!(packet_net::run(program, &first, c0, 1)?.verdict == XDP_REDIRECT);
+            ensure!(packet_net::run(program, then, c0, 1)?.verdict == XDP_REDIRECT);
+        }
 
         // Median per-packet time over `rounds` test runs of REPEAT repetitions.
         let per_packet = |program: &aya::programs::Xdp,
@@ -98,6 +124,16 @@ fn main() -> Result<()> {
         rows.push((
             "reply of a flow, IPv4".into(),
             per_packet(program, &reply, s0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
+        rows.push((
+            "established TCP flow, IPv6".into(),
+            per_packet(program, &established6, c0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
+        rows.push((
+            "reply of a flow, IPv6".into(),
+            per_packet(program, &reply6, s0, XDP_REDIRECT)?,
             noop_ns,
         ));
 
@@ -141,7 +177,7 @@ fn main() -> Result<()> {
             single_noop_ns,
         ));
         rows.push((
-            "new flow (miss, round robin, insert both directions)".into(),
+            "new TCP flow (miss, round robin, half-open entries for both directions)".into(),
             median(&mut new),
             single_noop_ns,
         ));
