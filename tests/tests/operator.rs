@@ -115,7 +115,24 @@ fn status_stats_and_top_show_the_services() {
             .iter()
             .all(|b| b.state == "Up" && b.weight == 1 && b.effective_weight == 100)
     );
-    assert_eq!(web.backends.iter().map(|b| b.active_flows).sum::<u64>(), 6);
+    // Active flows are counted by the flow sweep, every few seconds.
+    let start = Instant::now();
+    loop {
+        let Response::Status(report) =
+            serde_json::from_str(&ok(&xlb, &["--json", "status"])).unwrap()
+        else {
+            panic!("not a status")
+        };
+        let active: u64 = report.services[0].backends.iter().map(|b| b.active_flows).sum();
+        if active == 6 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{active} active flows, not 6"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let stats = ok(&xlb, &["--json", "stats"]);
     let Response::Stats(stats) = serde_json::from_str(&stats).unwrap() else {
