@@ -500,24 +500,28 @@ impl Validator<'_> {
                 self.error(
                     &span,
                     format!(
-                        "service {:?}: the name is already used by the service at line {first}",
-                        service.name
+                        "service {:?}: the name is already used by the service at line {}",
+                        service.name,
+                        line_of(self.text, *first)
                     ),
                 );
             } else {
-                names.insert(service.name.clone(), line_of(self.text, span.start));
+                names.insert(service.name.clone(), span.start);
             }
             let listener = (service.listen, service.protocol);
             if let Some(first) = listeners.get(&listener) {
                 self.error(
                     &span,
                     format!(
-                        "service {:?}: {} {} is already the service at line {first}",
-                        service.name, service.protocol, service.listen
+                        "service {:?}: {} {} is already the service at line {}",
+                        service.name,
+                        service.protocol,
+                        service.listen,
+                        line_of(self.text, *first)
                     ),
                 );
             } else {
-                listeners.insert(listener, line_of(self.text, span.start));
+                listeners.insert(listener, span.start);
             }
             services.push(service);
         }
@@ -1045,9 +1049,10 @@ impl Validator<'_> {
                     }
                     if let Some(backend) = parsed {
                         if let Some(first) = seen.get(&backend) {
+                            let first = line_of(self.text, *first);
                             self.error(&address.span(), format!("{label}: backend {backend} is listed twice (first at line {first})"));
                         } else {
-                            seen.insert(backend, line_of(self.text, address.span().start));
+                            seen.insert(backend, address.span().start);
                         }
                     }
                     parsed
@@ -1589,6 +1594,56 @@ load = { agent_port = 9777, interval = "1s", overload_below = "20%", max_flows =
             "{ address = \"198.18.1.11:8080\", agent_port = 9777 }",
         );
         assert!(errors_of(&agent_without_load)[0].contains("has no `load` checks"));
+    }
+
+    /// The documented limits are config errors, not surprises at run time.
+    #[test]
+    fn limits_are_enforced() {
+        let service = |i: usize, backends: usize| {
+            let list: Vec<String> = (0..backends)
+                .map(|b| format!("{{ address = \"198.19.{}.{}:80\" }}", b / 250, 1 + b % 250))
+                .collect();
+            format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = \"198.18.{}.{}:{}\"\nprotocol = \"tcp\"\nbackends = [ {} ]\n",
+                100 + i / 60_000,
+                1 + (i / 250) % 250,
+                1 + i % 250,
+                list.join(", ")
+            )
+        };
+        let config =
+            |services: Vec<String>| format!("interfaces = [\"eth0\"]\n{}", services.concat());
+        let errors = |text: String| -> String {
+            Config::parse(&text)
+                .unwrap_err()
+                .iter()
+                .map(|e| e.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+
+        let too_many_backends = errors(config(vec![service(0, 1_025)]));
+        assert!(
+            too_many_backends.contains("1025 backends, at most 1024"),
+            "{too_many_backends}"
+        );
+        assert!(Config::parse(&config(vec![service(0, 1_024)])).is_ok());
+
+        let services = (0..limits::MAX_SERVICES as usize + 1)
+            .map(|i| service(i, 1))
+            .collect();
+        let too_many_services = errors(config(services));
+        assert!(
+            too_many_services.contains("too many services: at most 16384"),
+            "{too_many_services}"
+        );
+
+        let services = (0..65).map(|i| service(i, 1_024)).collect();
+        let too_many_in_all = errors(config(services));
+        assert!(
+            too_many_in_all.contains("66560 backends in all: at most 65536"),
+            "{too_many_in_all}"
+        );
     }
 
     #[test]

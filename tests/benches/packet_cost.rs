@@ -83,8 +83,14 @@ fn main() -> Result<()> {
         let established6 = ack(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80"));
         let reply6 = ack(Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000"));
         for (first, then) in [
-            (syn(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")), &established),
-            (syn(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80")), &established6),
+            (
+                syn(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")),
+                &established,
+            ),
+            (
+                syn(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80")),
+                &established6,
+            ),
         ] {
             ensure!(packet_net::run(program, &first, c0, 1)?.verdict == XDP_REDIRECT);
             ensure!(packet_net::run(program, then, c0, 1)?.verdict == XDP_REDIRECT);

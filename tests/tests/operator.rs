@@ -123,7 +123,11 @@ fn status_stats_and_top_show_the_services() {
         else {
             panic!("not a status")
         };
-        let active: u64 = report.services[0].backends.iter().map(|b| b.active_flows).sum();
+        let active: u64 = report.services[0]
+            .backends
+            .iter()
+            .map(|b| b.active_flows)
+            .sum();
         if active == 6 {
             break;
         }

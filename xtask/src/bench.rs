@@ -13,7 +13,14 @@ use xlb_tests::bench::{BEGIN, END};
 use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 
 /// The benchmark programs, in the order their sections appear.
-pub const BENCHES: &[&str] = &["packet_cost", "scale", "swap", "failover", "synflood", "e2e"];
+pub const BENCHES: &[&str] = &[
+    "packet_cost",
+    "scale",
+    "swap",
+    "failover",
+    "synflood",
+    "e2e",
+];
 
 /// Runs `cargo xtask bench [--quick]`.
 pub fn run(quick: bool) -> Result<()> {
