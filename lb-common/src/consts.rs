@@ -31,8 +31,10 @@ pub mod flow_flags {
 pub mod limits {
     /// Virtual services (VIP, port, protocol) in the `SERVICES` map.
     pub const MAX_SERVICES: u32 = 16_384;
-    /// Backend pools per service. Pool 0 is the only pool until locality pools exist.
+    /// Locality pools per service (a service without pools has one, pool 0).
     pub const MAX_POOLS_PER_SERVICE: u32 = 8;
+    /// Client prefixes per service (`CLIENT_POOLS` inner tries; allocated per prefix).
+    pub const MAX_PREFIXES_PER_SERVICE: u32 = 1_048_576;
     /// Backend tables: one per (service, pool), indexed `service_id * MAX_POOLS_PER_SERVICE + pool`.
     pub const MAX_TABLES: u32 = MAX_SERVICES * MAX_POOLS_PER_SERVICE;
     /// Backends across all services (the `BACKENDS` registry).
@@ -83,6 +85,10 @@ pub mod map_names {
     pub const HALF_OPEN: &str = "HALF_OPEN";
     /// Virtual IP addresses, for ICMP.
     pub const VIPS: &str = "VIPS";
+    /// Per service, client prefix -> home pool.
+    pub const CLIENT_POOLS: &str = "CLIENT_POOLS";
+    /// Per-CPU count of new flows placed outside their home pool, per (service, home pool).
+    pub const SPILLED: &str = "SPILLED";
     /// Interfaces xlb may redirect to.
     pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
     /// Per-CPU traffic counters per service.

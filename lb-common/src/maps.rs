@@ -31,9 +31,18 @@ pub struct ServiceKey {
 pub struct ServiceEntry {
     /// Stable id chosen by userspace; indexes the per-service maps (`SERVICE_STATS`, tables).
     pub id: u32,
-    /// Reserved for per-service options; zero.
-    pub flags: u32,
+    /// Number of locality pools; with more than one, a new flow's pool is chosen by its
+    /// client's address (`CLIENT_POOLS`). 0 and 1 both mean one pool, pool 0.
+    pub pools: u8,
+    /// The pool of clients that match no prefix.
+    pub default_pool: u8,
+    /// Explicit padding; zero.
+    pub _pad: [u8; 2],
 }
+
+/// Data of a `CLIENT_POOLS` key: a client address, in wire order (IPv4 in the first 4
+/// bytes). The LPM key's prefix length counts bits from its first byte.
+pub type ClientPrefix = [u8; 16];
 
 /// Value of `BACKENDS`: where a backend lives. Written by userspace before any table refers to
 /// the backend's id, and never changed while one does; cleared when the id is released. A

@@ -5,11 +5,12 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    btf_maps::lpm_trie::Key,
     helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey, ServiceKey, TrafficCounters,
+    ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
     consts::{
         events, flow_flags,
         limits::{MAX_POOLS_PER_SERVICE, MAX_TABLE_SLOTS},
@@ -23,8 +24,8 @@ use crate::{
     forward::{Route, resolve, send, send_cached},
     icmp,
     maps::{
-        BACKEND_STATS, BACKEND_TABLES, BACKENDS, FLOWS, FlowTable, HALF_OPEN, RR_CURSORS,
-        SERVICE_STATS, SERVICES, count_event, scratch,
+        BACKEND_STATS, BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, FlowTable, HALF_OPEN,
+        RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event, scratch,
     },
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
@@ -78,14 +79,33 @@ pub fn process(ctx: &XdpContext) -> u32 {
         }
     }
     if let Some(service) = service {
-        // SAFETY: copy the id out at once; the element may be replaced after this.
-        let service_id = unsafe { (*service).id };
-        return match new_flow(ctx, pkt, key, service_id) {
+        // SAFETY: copy the value out at once; the element may be replaced after this.
+        let service = unsafe { *service };
+        let pool = home_pool(&service, &pkt.src);
+        let table_index = service.id * MAX_POOLS_PER_SERVICE + pool;
+        return match new_flow(ctx, pkt, key, table_index) {
             NewFlow::Done(verdict) => verdict,
             NewFlow::Raced(entry, half_open) => established(ctx, pkt, key, entry, half_open),
         };
     }
     xdp_action::XDP_PASS
+}
+
+/// The home pool of a new flow from `client`: the pool of the longest client prefix that
+/// matches it, or the service's default pool; pool 0 for a service without pools.
+#[inline(always)]
+fn home_pool(service: &ServiceEntry, client: &lb_common::Addr) -> u32 {
+    if service.pools <= 1 {
+        return 0;
+    }
+    // SAFETY: an Addr's four words hold the address's 16 bytes in wire order.
+    let bytes: ClientPrefix = unsafe { core::mem::transmute(*client) };
+    let key = Key::new(128, bytes);
+    match CLIENT_POOLS.get_value_ptr_mut(service.id, &key) {
+        // SAFETY: a valid map value, read at once.
+        Some(pool) if unsafe { *pool } < service.pools as u32 => unsafe { *pool },
+        _ => service.default_pool as u32,
+    }
 }
 
 /// What became of a new flow's first packet.
@@ -220,14 +240,18 @@ fn established(
 
 /// The first packet of a flow to a service: choose a backend by round robin, record both
 /// directions of the flow (TCP in `HALF_OPEN` until the handshake completes, UDP in `FLOWS`),
-/// rewrite, send. Not inlined, for the stack as `established`.
+/// rewrite, send. Not inlined, for the stack as `established`. `table_index` is the table of
+/// the service and home pool (one argument for both: a BPF function takes at most five).
 #[inline(never)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service_id: u32) -> NewFlow {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> NewFlow {
+    let (service_id, pool) = (
+        table_index / MAX_POOLS_PER_SERVICE,
+        table_index % MAX_POOLS_PER_SERVICE,
+    );
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return NewFlow::Done(xdp_action::XDP_PASS);
     }
-    let table_index = service_id * MAX_POOLS_PER_SERVICE;
     let Some(backend_id) = next_backend(table_index) else {
         count_no_backend(service_id);
         return NewFlow::Done(xdp_action::XDP_DROP);
@@ -285,6 +309,9 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, service_id: u32) -> N
         return NewFlow::Done(xdp_action::XDP_DROP);
     }
     count_new_flow(service_id, backend_id);
+    if backend.pool != pool {
+        count_spill(table_index);
+    }
     if rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port).is_none() {
         return NewFlow::Done(xdp_action::XDP_PASS);
     }
@@ -351,6 +378,14 @@ fn count_new_flow(service_id: u32, backend_id: u32) {
     if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: as above.
         unsafe { (*counters).new_flows += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_spill(table_index: u32) {
+    if let Some(spilled) = SPILLED.get_ptr_mut(table_index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *spilled += 1 };
     }
 }
 

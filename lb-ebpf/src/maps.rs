@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    BackendEntry, BackendTable, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
-    VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey,
+    TrafficCounters, VipKey,
     consts::{events, limits},
 };
 
@@ -35,6 +35,23 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry, { limits::MAX_SERVICES as
 #[btf_map]
 pub static BACKEND_TABLES: ArrayOfMaps<Array<BackendTable, 1>, { limits::MAX_TABLES as usize }> =
     ArrayOfMaps::new();
+
+/// Locality: for each service id with pools, an inner LPM trie mapping client prefixes to the
+/// home pool of their new flows. Swapped whole, like the backend tables: a reload builds the
+/// next trie in a fresh inner map and replaces the reference with one update, so a packet sees
+/// the old mapping or the new one, never a mix. Written by userspace when a service's prefixes
+/// change; read once per new flow of a service with pools.
+#[btf_map]
+pub static CLIENT_POOLS: ArrayOfMaps<
+    LpmTrie<ClientPrefix, u32, { limits::MAX_PREFIXES_PER_SERVICE as usize }>,
+    { limits::MAX_SERVICES as usize },
+> = ArrayOfMaps::new();
+
+/// New flows placed outside their home pool (a spill to a fallback pool), per CPU, at the
+/// index of the home pool's table. Written by the program; summed by userspace, which knows
+/// which pool each table was serving from.
+#[btf_map]
+pub static SPILLED: PerCpuArray<u64, { limits::MAX_TABLES as usize }> = PerCpuArray::new();
 
 /// Backend registry: backend id -> address and port.
 /// Written by userspace before any table refers to the id; read once per new flow.

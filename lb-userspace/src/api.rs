@@ -106,6 +106,24 @@ pub struct ServiceStatus {
     pub bits_per_second: f64,
     /// Backends in config order.
     pub backends: Vec<BackendStatusReport>,
+    /// Locality pools (empty for a service without `[[service.pool]]`s).
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One locality pool of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Its backends that have room for new flows (Up), and all of them.
+    pub up: usize,
+    /// Its backends.
+    pub backends: usize,
+    /// The pool that takes its clients' new flows now: itself, or a fallback.
+    pub serving: String,
+    /// New flows of its clients placed in other pools so far, by pool.
+    pub spilled: Vec<(String, u64)>,
 }
 
 /// One backend.
@@ -215,6 +233,12 @@ pub struct SimulationReport {
     pub backend: Option<SocketAddr>,
     /// Whether the client already had a flow (which the packet followed).
     pub existing_flow: bool,
+    /// The client's home pool, for a service with pools.
+    #[serde(default)]
+    pub home_pool: Option<String>,
+    /// The pool of the backend the packet went to, for a service with pools.
+    #[serde(default)]
+    pub backend_pool: Option<String>,
 }
 
 /// A request with the channel its answer goes back on.

@@ -327,6 +327,19 @@ fn slowstart_fraction(
     }
 }
 
+/// Whether any of `backends` has room for new flows: Up (not Overloaded, Draining or Down)
+/// with a weight above zero.
+pub fn has_room(
+    backends: &[&BackendStatus],
+    load: Option<&LoadConfig>,
+    slowstart: Option<Duration>,
+    now: Instant,
+) -> bool {
+    backends.iter().any(|b| {
+        b.state(load, slowstart, now).0 == State::Up && b.serving_weight(slowstart, now) > 0
+    })
+}
+
 /// The table weights of a service's backends, in order. Down and Draining backends get 0. An
 /// Overloaded backend gets 0 while another backend of the service has room (is Up); when none
 /// has, the Overloaded ones share the new flows by their weights, since they are still serving.
@@ -340,10 +353,7 @@ pub fn table_weights(
         .iter()
         .map(|b| b.state(load, slowstart, now).0)
         .collect();
-    let someone_has_room = backends
-        .iter()
-        .zip(&states)
-        .any(|(b, s)| *s == State::Up && b.serving_weight(slowstart, now) > 0);
+    let someone_has_room = has_room(backends, load, slowstart, now);
     backends
         .iter()
         .zip(&states)

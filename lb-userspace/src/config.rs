@@ -12,14 +12,16 @@ use std::{
     net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
+use ipnet::IpNet;
 use lb_common::consts::limits;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::flows::FlowTimeouts;
+use crate::{flows::FlowTimeouts, locality};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,8 +100,15 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// Scheduler for new flows.
     pub scheduler: Scheduler,
-    /// Backends, in file order.
+    /// Backends of every pool, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Locality pools; a service without `[[service.pool]]` has one, "default", with all its
+    /// backends.
+    pub pools: Vec<PoolConfig>,
+    /// The pool of clients that match no prefix.
+    pub default_pool: usize,
+    /// Client prefixes and their home pools (inline and from `client_prefix_file`).
+    pub client_prefixes: Arc<Vec<(IpNet, usize)>>,
     /// Health checks: can a backend serve at all?
     pub health: HealthConfig,
     /// Load checks: is a backend busy? `None`: no load checks.
@@ -117,7 +126,21 @@ pub struct BackendConfig {
     pub check_port: Option<u16>,
     /// Port of the load agent, if not the service's `load.agent_port`.
     pub agent_port: Option<u16>,
+    /// Index of its pool in the service's `pools`.
+    pub pool: usize,
 }
+
+/// A locality pool of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Name (unique in the service).
+    pub name: String,
+    /// Pools (indexes) that take this pool's new flows when it has no room, in order.
+    pub fallback: Vec<usize>,
+}
+
+/// The name of the pool of a service without `[[service.pool]]`.
+pub const DEFAULT_POOL_NAME: &str = "default";
 
 impl BackendConfig {
     /// Where the health check goes.
@@ -248,20 +271,28 @@ impl Config {
                 message: format!("cannot read the file: {error}"),
             }],
         })?;
-        Self::parse(&text).map_err(|errors| ConfigErrors {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, base).map_err(|errors| ConfigErrors {
             path: path.to_owned(),
             errors,
         })
     }
 
-    /// Parses and validates configuration text.
+    /// Parses and validates configuration text (relative prefix-file paths are relative to the
+    /// current directory).
     pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Parses and validates configuration text whose relative paths are relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Self, Vec<ConfigError>> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| {
             let span = error.span().unwrap_or(0..0);
             vec![locate(text, &span, error.message().trim_end().to_owned())]
         })?;
         let mut validator = Validator {
             text,
+            base,
             errors: Vec::new(),
         };
         let config = validator.config(raw);
@@ -307,8 +338,20 @@ struct RawService {
     protocol: Option<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
     backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    pool: Option<Spanned<Vec<Spanned<RawPool>>>>,
+    client_prefixes: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    client_prefix_file: Option<Spanned<String>>,
+    default_pool: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     load: Option<Spanned<RawLoad>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Option<Spanned<String>>,
+    backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    fallback: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +413,7 @@ const DEFAULT_LOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 struct Validator<'a> {
     text: &'a str,
+    base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
@@ -652,13 +696,64 @@ impl Validator<'_> {
             }
             Some(listen) => self.endpoint(&listen, &format!("{label}: listen")),
         };
-        let backends = match raw.backends {
-            None => {
-                self.error(span, format!("{label}: missing key `backends`"));
-                Vec::new()
+        let (backends, pools) = match (raw.backends, raw.pool) {
+            (Some(backends), None) => {
+                let backends = self.backends(backends, &label, listen, 0);
+                let pool = PoolConfig {
+                    name: DEFAULT_POOL_NAME.into(),
+                    fallback: Vec::new(),
+                };
+                (backends, vec![pool])
             }
-            Some(backends) => self.backends(backends, &label, listen),
+            (None, Some(pools)) => self.pools(pools, &label, listen),
+            (Some(backends), Some(_)) => {
+                self.error(&backends.span(), format!("{label}: `backends` and `[[service.pool]]` exclude each other: put every backend in a pool"));
+                (Vec::new(), Vec::new())
+            }
+            (None, None) => {
+                self.error(
+                    span,
+                    format!("{label}: missing key `backends` (or `[[service.pool]]`s)"),
+                );
+                (Vec::new(), Vec::new())
+            }
         };
+        if backends.len() > limits::MAX_BACKENDS_PER_SERVICE as usize {
+            self.error(
+                span,
+                format!(
+                    "{label}: {} backends, at most {} are supported",
+                    backends.len(),
+                    limits::MAX_BACKENDS_PER_SERVICE
+                ),
+            );
+        }
+        let has_pools =
+            pools.len() > 1 || pools.first().is_some_and(|p| p.name != DEFAULT_POOL_NAME);
+        let pool_index = |name: &str| pools.iter().position(|p| p.name == name);
+        let default_pool = match &raw.default_pool {
+            None => 0,
+            Some(name) => pool_index(name.get_ref()).unwrap_or_else(|| {
+                self.error(
+                    &name.span(),
+                    format!(
+                        "{label}: default_pool {:?} is not a pool of the service",
+                        name.get_ref()
+                    ),
+                );
+                0
+            }),
+        };
+        let client_prefixes = self.client_prefixes(
+            raw.client_prefixes,
+            raw.client_prefix_file,
+            &label,
+            listen,
+            &pools,
+        );
+        if !has_pools && !client_prefixes.is_empty() {
+            self.error(span, format!("{label}: client prefixes choose among `[[service.pool]]`s, and the service has none"));
+        }
         let health = self.health(raw.health, protocol, &label);
         let load = raw.load.map(|load| self.load(load, &label));
         match &load {
@@ -687,6 +782,9 @@ impl Validator<'_> {
             protocol,
             scheduler,
             backends,
+            pools,
+            default_pool,
+            client_prefixes: Arc::new(client_prefixes),
             health,
             load,
         })
@@ -1011,23 +1109,19 @@ impl Validator<'_> {
         list: Spanned<Vec<Spanned<RawBackend>>>,
         label: &str,
         listen: Option<SocketAddr>,
+        pool: usize,
     ) -> Vec<BackendConfig> {
         let span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
+            let what = if label.contains(": pool ") {
+                "a pool"
+            } else {
+                "a service"
+            };
             self.error(
                 &span,
-                format!("{label}: no backends; a service needs at least one"),
-            );
-        }
-        if list.len() > limits::MAX_BACKENDS_PER_SERVICE as usize {
-            self.error(
-                &span,
-                format!(
-                    "{label}: {} backends, at most {} are supported",
-                    list.len(),
-                    limits::MAX_BACKENDS_PER_SERVICE
-                ),
+                format!("{label}: no backends; {what} needs at least one"),
             );
         }
         let mut backends: Vec<BackendConfig> = Vec::new();
@@ -1090,6 +1184,7 @@ impl Validator<'_> {
                     weight,
                     check_port,
                     agent_port,
+                    pool,
                 });
             }
         }
@@ -1100,6 +1195,207 @@ impl Validator<'_> {
             );
         }
         backends
+    }
+
+    /// The `[[service.pool]]`s of a service: their backends (in pool order) and the pools.
+    fn pools(
+        &mut self,
+        list: Spanned<Vec<Spanned<RawPool>>>,
+        label: &str,
+        listen: Option<SocketAddr>,
+    ) -> (Vec<BackendConfig>, Vec<PoolConfig>) {
+        let span = list.span();
+        let list = list.into_inner();
+        if list.len() > limits::MAX_POOLS_PER_SERVICE as usize {
+            self.error(
+                &span,
+                format!(
+                    "{label}: {} pools, at most {} are supported",
+                    list.len(),
+                    limits::MAX_POOLS_PER_SERVICE
+                ),
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for raw in &list {
+            match &raw.get_ref().name {
+                None => self.error(&raw.span(), format!("{label}: a pool without `name`")),
+                Some(name) => {
+                    let value = name.get_ref();
+                    if value.is_empty()
+                        || value.len() > MAX_SERVICE_NAME
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    {
+                        self.error(&name.span(), format!("{label}: pool name {value:?}: use 1 to {MAX_SERVICE_NAME} letters, digits, '-', '_' or '.'"));
+                    }
+                    if names.contains(value) {
+                        self.error(
+                            &name.span(),
+                            format!("{label}: pool {value:?} is defined twice"),
+                        );
+                    }
+                    names.push(value.clone());
+                }
+            }
+        }
+        let mut backends = Vec::new();
+        let mut pools = Vec::new();
+        let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+        for (index, raw) in list.into_iter().enumerate() {
+            let pool_span = raw.span();
+            let raw = raw.into_inner();
+            let name = raw.name.map(|n| n.into_inner()).unwrap_or_default();
+            let pool_label = format!("{label}: pool {name:?}");
+            let pool_backends = match raw.backends {
+                None => {
+                    self.error(&pool_span, format!("{pool_label}: missing key `backends`"));
+                    Vec::new()
+                }
+                Some(list) => self.backends(list, &pool_label, listen, index),
+            };
+            for backend in &pool_backends {
+                if let Some(other) = seen.get(&backend.address) {
+                    self.error(&pool_span, format!("{pool_label}: backend {} is already in pool {other:?}; a backend belongs to one pool", backend.address));
+                } else {
+                    seen.insert(backend.address, name.clone());
+                }
+            }
+            backends.extend(pool_backends);
+            let mut fallback = Vec::new();
+            if let Some(list) = raw.fallback {
+                for other in list.into_inner() {
+                    match names.iter().position(|n| n == other.get_ref()) {
+                        None => self.error(
+                            &other.span(),
+                            format!(
+                                "{pool_label}: fallback {:?} is not a pool of the service",
+                                other.get_ref()
+                            ),
+                        ),
+                        Some(i) if i == index => self.error(
+                            &other.span(),
+                            format!("{pool_label}: a pool cannot fall back to itself"),
+                        ),
+                        Some(i) if fallback.contains(&i) => self.error(
+                            &other.span(),
+                            format!(
+                                "{pool_label}: fallback {:?} is listed twice",
+                                other.get_ref()
+                            ),
+                        ),
+                        Some(i) => fallback.push(i),
+                    }
+                }
+            }
+            pools.push(PoolConfig { name, fallback });
+        }
+        (backends, pools)
+    }
+
+    /// The client prefixes of a service, inline and from its prefix file, as (prefix, pool).
+    fn client_prefixes(
+        &mut self,
+        inline: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+        file: Option<Spanned<String>>,
+        label: &str,
+        listen: Option<SocketAddr>,
+        pools: &[PoolConfig],
+    ) -> Vec<(IpNet, usize)> {
+        let mut prefixes: Vec<(IpNet, usize)> = Vec::new();
+        let mut seen: HashMap<IpNet, String> = HashMap::new();
+        // Checks one entry; `Err` is the problem, which the caller reports where it belongs.
+        let mut add = |prefix: &str, pool: &str, origin: String| -> Result<(), String> {
+            let net = locality::parse_prefix(prefix)?;
+            if let Some(listen) = listen
+                && net.addr().is_ipv4() != listen.is_ipv4()
+            {
+                return Err(format!("{net} is not of the service's address family"));
+            }
+            let Some(index) = pools.iter().position(|p| p.name == pool) else {
+                return Err(format!("{net}: {pool:?} is not a pool of the service"));
+            };
+            if let Some(first) = seen.get(&net) {
+                return Err(format!("{net} is listed twice (first {first})"));
+            }
+            seen.insert(net, origin);
+            prefixes.push((net, index));
+            Ok(())
+        };
+        if let Some(inline) = inline {
+            let span = inline.span();
+            for (prefix, pool) in inline.into_inner() {
+                let origin = format!("at line {}", line_of(self.text, pool.span().start));
+                if let Err(problem) = add(&prefix, pool.get_ref(), origin) {
+                    let at = if problem.contains("not a pool") {
+                        pool.span()
+                    } else {
+                        span.clone()
+                    };
+                    self.errors.push(locate(
+                        self.text,
+                        &at,
+                        format!("{label}: client_prefixes: {problem}"),
+                    ));
+                }
+            }
+        }
+        if let Some(file) = file {
+            let path = self.base.join(file.get_ref());
+            match std::fs::read_to_string(&path) {
+                Err(error) => self.errors.push(locate(
+                    self.text,
+                    &file.span(),
+                    format!("{label}: client_prefix_file {}: {error}", path.display()),
+                )),
+                Ok(text) => {
+                    let mut problems: Vec<(usize, String)> = Vec::new();
+                    match locality::parse_prefix_file(&text) {
+                        Err(errors) => problems = errors,
+                        Ok(entries) => {
+                            for (line, net, pool) in entries {
+                                let origin = format!("at {}:{line}", path.display());
+                                if let Err(problem) = add(&net.to_string(), &pool, origin) {
+                                    problems.push((line, problem));
+                                }
+                            }
+                        }
+                    }
+                    // At most a few, so a wrong file does not bury the other errors.
+                    for (line, problem) in problems.iter().take(10) {
+                        self.errors.push(locate(
+                            self.text,
+                            &file.span(),
+                            format!("{label}: {}:{line}: {problem}", path.display()),
+                        ));
+                    }
+                    if problems.len() > 10 {
+                        self.errors.push(locate(
+                            self.text,
+                            &file.span(),
+                            format!(
+                                "{label}: {}: {} more bad lines",
+                                path.display(),
+                                problems.len() - 10
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if prefixes.len() > limits::MAX_PREFIXES_PER_SERVICE as usize {
+            self.errors.push(locate(
+                self.text,
+                &(0..0),
+                format!(
+                    "{label}: {} client prefixes, at most {} are supported",
+                    prefixes.len(),
+                    limits::MAX_PREFIXES_PER_SERVICE
+                ),
+            ));
+        }
+        prefixes
     }
 
     /// Parses `IP:port` and rejects addresses no flow can use.
@@ -1236,12 +1532,14 @@ backends = [ { address = "198.18.1.11:5353", weight = 0 }, { address = "198.18.1
                     weight: 1,
                     check_port: None,
                     agent_port: None,
+                    pool: 0,
                 },
                 BackendConfig {
                     address: "198.18.1.12:8080".parse().unwrap(),
                     weight: 2,
                     check_port: None,
                     agent_port: None,
+                    pool: 0,
                 },
             ]
         );
@@ -1594,6 +1892,187 @@ load = { agent_port = 9777, interval = "1s", overload_below = "20%", max_flows =
             "{ address = \"198.18.1.11:8080\", agent_port = 9777 }",
         );
         assert!(errors_of(&agent_without_load)[0].contains("has no `load` checks"));
+    }
+
+    const POOLS: &str = r#"
+interfaces = ["eth0"]
+
+[[service]]
+name = "video"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+default_pool = "jp"
+client_prefixes = { "198.18.0.0/25" = "kr", "198.18.0.128/25" = "jp" }
+
+[[service.pool]]
+name = "kr"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" } ]
+fallback = ["jp"]
+
+[[service.pool]]
+name = "jp"
+backends = [ { address = "198.18.1.13:8080" } ]
+fallback = ["kr"]
+"#;
+
+    #[test]
+    fn pools_with_fallbacks_and_client_prefixes() {
+        let dir = std::env::temp_dir().join(format!("xlb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("regions.txt"),
+            "# more\n198.18.5.0/24 jp\n198.18.6.7 kr\n",
+        )
+        .unwrap();
+        let text = POOLS.replace(
+            "default_pool = \"jp\"",
+            "default_pool = \"jp\"\nclient_prefix_file = \"regions.txt\"",
+        );
+        let config = Config::parse_in(&text, &dir).unwrap();
+        let video = &config.services[0];
+        let names: Vec<&str> = video.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["kr", "jp"]);
+        assert_eq!(video.pools[0].fallback, [1]);
+        assert_eq!(video.pools[1].fallback, [0]);
+        assert_eq!(video.default_pool, 1);
+        let pools: Vec<usize> = video.backends.iter().map(|b| b.pool).collect();
+        assert_eq!(pools, [0, 0, 1]);
+        let prefixes: Vec<(String, usize)> = video
+            .client_prefixes
+            .iter()
+            .map(|(net, pool)| (net.to_string(), *pool))
+            .collect();
+        assert_eq!(
+            prefixes,
+            [
+                ("198.18.0.0/25".to_owned(), 0),
+                ("198.18.0.128/25".to_owned(), 1),
+                ("198.18.5.0/24".to_owned(), 1),
+                ("198.18.6.7/32".to_owned(), 0)
+            ]
+        );
+        // A service without pools has one, "default", with every backend.
+        let plain = Config::parse(VALID).unwrap();
+        assert_eq!(plain.services[0].pools.len(), 1);
+        assert_eq!(plain.services[0].pools[0].name, DEFAULT_POOL_NAME);
+
+        std::fs::write(
+            dir.join("regions.txt"),
+            "198.18.5.0/24 jp\n198.18.5.0/33 jp\nfd00::/8 kr\n198.18.7.0/24 us\n",
+        )
+        .unwrap();
+        let errors = errors_of_in(&text, &dir);
+        let file = dir.join("regions.txt").display().to_string();
+        assert!(
+            errors[0].contains(&format!("{file}:2: \"198.18.5.0/33\" is not a prefix")),
+            "{errors:?}"
+        );
+        assert_eq!(errors.len(), 1, "a bad line stops the file: {errors:?}");
+        std::fs::write(
+            dir.join("regions.txt"),
+            "fd00::/8 kr\n198.18.7.0/24 us\n198.18.0.0/25 kr\n",
+        )
+        .unwrap();
+        let errors = errors_of_in(&text, &dir);
+        assert!(
+            errors[0].contains(&format!(
+                "{file}:1: fd00::/8 is not of the service's address family"
+            )),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains(&format!("{file}:2: 198.18.7.0/24: \"us\" is not a pool")),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].contains(&format!(
+                "{file}:3: 198.18.0.0/25 is listed twice (first at line 10)"
+            )),
+            "{errors:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let errors = errors_of_in(&text, &dir);
+        assert!(
+            errors[0].contains("client_prefix_file") && errors[0].contains("No such file"),
+            "{errors:?}"
+        );
+    }
+
+    fn errors_of_in(text: &str, dir: &Path) -> Vec<String> {
+        Config::parse_in(text, dir)
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn bad_pools_are_reported() {
+        let cases = [
+            (
+                POOLS.replace("fallback = [\"jp\"]", "fallback = [\"us\"]"),
+                "fallback \"us\" is not a pool of the service",
+            ),
+            (
+                POOLS.replace("fallback = [\"jp\"]", "fallback = [\"kr\"]"),
+                "a pool cannot fall back to itself",
+            ),
+            (
+                POOLS.replace("fallback = [\"jp\"]", "fallback = [\"jp\", \"jp\"]"),
+                "fallback \"jp\" is listed twice",
+            ),
+            (
+                POOLS.replace("name = \"jp\"", "name = \"kr\""),
+                "pool \"kr\" is defined twice",
+            ),
+            (
+                POOLS.replace("198.18.1.13:8080", "198.18.1.12:8080"),
+                "backend 198.18.1.12:8080 is already in pool \"kr\"",
+            ),
+            (
+                POOLS.replace("default_pool = \"jp\"", "default_pool = \"us\""),
+                "default_pool \"us\" is not a pool",
+            ),
+            (
+                POOLS.replace(
+                    "\"198.18.0.128/25\" = \"jp\"",
+                    "\"198.18.0.128/25\" = \"us\"",
+                ),
+                "\"us\" is not a pool of the service",
+            ),
+            (
+                POOLS.replace("\"198.18.0.128/25\" = \"jp\"", "\"fd00::/64\" = \"jp\""),
+                "fd00::/64 is not of the service's address family",
+            ),
+            (
+                POOLS.replace(
+                    "\"198.18.0.128/25\" = \"jp\"",
+                    "\"198.18.0.129/25\" = \"jp\"",
+                ),
+                "did you mean \"198.18.0.128/25\"",
+            ),
+            (
+                POOLS.replace(
+                    "protocol = \"tcp\"",
+                    "protocol = \"tcp\"\nbackends = [ { address = \"198.18.1.9:80\" } ]",
+                ),
+                "`backends` and `[[service.pool]]` exclude each other",
+            ),
+            (
+                VALID.replace(
+                    "scheduler = \"round-robin\"",
+                    "client_prefixes = { \"198.18.0.0/24\" = \"default\" }",
+                ),
+                "client prefixes choose among `[[service.pool]]`s, and the service has none",
+            ),
+        ];
+        for (text, expected) in cases {
+            let errors = errors_of(&text);
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {errors:?}"
+            );
+        }
     }
 
     /// The documented limits are config errors, not surprises at run time.

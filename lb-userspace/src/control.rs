@@ -9,7 +9,9 @@
 //! published before its service appears, a service disappears before its table is emptied,
 //! and a backend's flows are purged only after the last table naming it was replaced.
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+
+use ipnet::IpNet;
 
 use anyhow::{Context as _, Result};
 use lb_common::{
@@ -50,6 +52,11 @@ pub trait DataplaneMaps {
     fn release_backend(&mut self, id: u32) -> Result<()> {
         self.set_backend(id, &BackendEntry::default())
     }
+    /// Atomically replaces the client prefixes of service `service_id` (`CLIENT_POOLS`): each
+    /// prefix and its home pool.
+    fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()>;
+    /// New flows of the table at `index` that were placed outside its home pool so far.
+    fn spilled(&self, index: u32) -> Result<u64>;
     /// Marks an address as a VIP (`VIPS`): ICMP echo requests to it are answered.
     fn add_vip(&mut self, key: &VipKey) -> Result<()>;
     /// Removes an address from `VIPS`.
@@ -75,8 +82,8 @@ pub fn table_index(service_id: u32, pool: u32) -> u32 {
     service_id * MAX_POOLS_PER_SERVICE + pool
 }
 
-/// What the data plane should serve: a service and the weights its backends should have in
-/// its table right now (0: no new flows, but the backend and its flows stay).
+/// What the data plane should serve: a service, the weights its backends should have in the
+/// tables right now (0: no new flows, but the backend and its flows stay), and its locality.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// Name (for logs and errors).
@@ -85,12 +92,52 @@ pub struct ServiceSpec {
     pub listen: SocketAddr,
     /// Transport protocol.
     pub protocol: Protocol,
-    /// Backends and their current weights, in config order.
-    pub backends: Vec<(SocketAddr, u32)>,
+    /// Backends, in config order.
+    pub backends: Vec<BackendSpec>,
+    /// Locality pools.
+    pub locality: Locality,
+}
+
+/// A backend as the data plane should have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Weight in its pool's table.
+    pub weight: u32,
+    /// Its pool.
+    pub pool: u32,
+}
+
+/// A service's locality pools as the data plane should have them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locality {
+    /// Number of pools (at least 1).
+    pub pools: u32,
+    /// For each home pool, the pool whose backends take its new flows now (itself, or a
+    /// fallback when it has no room).
+    pub serving: Vec<u32>,
+    /// The pool of clients that match no prefix.
+    pub default_pool: u32,
+    /// Client prefixes and their home pools.
+    pub prefixes: Arc<Vec<(IpNet, usize)>>,
+}
+
+impl Locality {
+    /// One pool, serving itself: a service without locality.
+    pub fn single() -> Self {
+        Self {
+            pools: 1,
+            serving: vec![0],
+            default_pool: 0,
+            prefixes: Arc::new(Vec::new()),
+        }
+    }
 }
 
 impl ServiceSpec {
-    /// Every service of `config` with every backend at its configured weight.
+    /// Every service of `config` with every backend at its configured weight, each pool
+    /// serving itself.
     pub fn all_up(config: &Config) -> Vec<Self> {
         config
             .services
@@ -102,8 +149,18 @@ impl ServiceSpec {
                 backends: service
                     .backends
                     .iter()
-                    .map(|b| (b.address, b.weight))
+                    .map(|b| BackendSpec {
+                        address: b.address,
+                        weight: b.weight,
+                        pool: b.pool as u32,
+                    })
                     .collect(),
+                locality: Locality {
+                    pools: service.pools.len() as u32,
+                    serving: (0..service.pools.len() as u32).collect(),
+                    default_pool: service.default_pool as u32,
+                    prefixes: Arc::clone(&service.client_prefixes),
+                },
             })
             .collect()
     }
@@ -122,10 +179,12 @@ pub struct ServiceState {
     pub protocol: Protocol,
     /// Backends, in config order.
     pub backends: Vec<BackendState>,
-    /// The published round-robin sequence of backend ids.
-    pub table: Vec<u32>,
-    /// Generation of the published table.
+    /// The published round-robin sequence of backend ids of each home pool's table.
+    pub tables: Vec<Vec<u32>>,
+    /// Generation of the published tables.
     pub generation: u32,
+    /// The locality as published.
+    pub locality: Locality,
 }
 
 /// A backend as the data plane has it now.
@@ -137,6 +196,8 @@ pub struct BackendState {
     pub address: SocketAddr,
     /// Weight in the published table.
     pub weight: u32,
+    /// Its pool.
+    pub pool: u32,
 }
 
 /// What one [`Balancer::apply`] changed.
@@ -218,6 +279,10 @@ impl Balancer {
         summary.tables_published += changes.tables.len();
         maps.publish_tables(&changes.tables)
             .context("publishing tables")?;
+        for (service_id, prefixes) in &changes.prefixes {
+            maps.publish_prefixes(*service_id, prefixes)
+                .context("publishing client prefixes")?;
+        }
         for (key, entry, name) in &changes.new_services {
             maps.set_service(key, entry)
                 .with_context(|| format!("adding service {name}"))?;
@@ -232,7 +297,13 @@ impl Balancer {
             let key = service_key(removed.listen, removed.protocol);
             maps.remove_service(&key)
                 .with_context(|| format!("removing service {}", removed.name))?;
-            emptied.push((table_index(removed.id, 0), BackendTable::EMPTY));
+            for pool in 0..removed.locality.pools {
+                emptied.push((table_index(removed.id, pool), BackendTable::EMPTY));
+            }
+            if !removed.locality.prefixes.is_empty() {
+                maps.publish_prefixes(removed.id, &[])
+                    .with_context(|| format!("clearing the prefixes of {}", removed.name))?;
+            }
             summary.services_removed += 1;
             self.service_ids.release(removed.id);
             changes
@@ -282,18 +353,27 @@ impl Balancer {
                         id: *id,
                         address: backend_address(backend),
                         weight: 0,
+                        pool: backend.pool,
                     }
                 })
                 .collect();
             adopted_backends += backends.len();
+            let pools = u32::from(entry.pools.max(1));
             self.services.push(ServiceState {
                 id: entry.id,
                 name: String::new(),
                 listen,
                 protocol,
                 backends,
-                table: Vec::new(),
+                tables: vec![Vec::new(); pools as usize],
                 generation: 0,
+                locality: Locality {
+                    pools,
+                    serving: (0..pools).collect(),
+                    default_pool: u32::from(entry.default_pool),
+                    // Unknown: published again on the first apply.
+                    prefixes: Arc::new(Vec::new()),
+                },
             });
         }
         let known: Vec<u32> = existing.services.iter().map(|(_, e)| e.id).collect();
@@ -321,6 +401,7 @@ impl Balancer {
         changes: &mut Changes,
     ) -> Result<ServiceState> {
         let is_new = existing.is_none();
+        let locality = &service.locality;
         let mut state = match existing {
             Some(state) => state,
             None => {
@@ -328,7 +409,6 @@ impl Balancer {
                     .service_ids
                     .allocate()
                     .context("no free service id (too many services)")?;
-                maps.reset_cursor(table_index(id, 0))?;
                 summary.services_added += 1;
                 ServiceState {
                     id,
@@ -336,58 +416,114 @@ impl Balancer {
                     listen: service.listen,
                     protocol: service.protocol,
                     backends: Vec::new(),
-                    table: Vec::new(),
+                    tables: Vec::new(),
                     generation: 0,
+                    locality: Locality {
+                        pools: 0,
+                        serving: Vec::new(),
+                        default_pool: 0,
+                        prefixes: Arc::new(Vec::new()),
+                    },
                 }
             }
         };
         state.name.clone_from(&service.name);
+        // Pools that are new to this service start their round robin from the beginning.
+        for pool in state.locality.pools..locality.pools {
+            maps.reset_cursor(table_index(state.id, pool))?;
+        }
 
         let mut old_backends = std::mem::take(&mut state.backends);
-        for &(address, weight) in &service.backends {
-            let id = match old_backends.iter().position(|b| b.address == address) {
+        for backend in &service.backends {
+            let same = |b: &BackendState| b.address == backend.address && b.pool == backend.pool;
+            let id = match old_backends.iter().position(same) {
                 Some(i) => old_backends.swap_remove(i).id,
                 None => {
                     let id = self
                         .backend_ids
                         .allocate()
                         .context("no free backend id (too many backends)")?;
-                    maps.set_backend(id, &backend_entry(address, state.id, 0))
-                        .with_context(|| {
-                            format!("adding backend {address} of service {}", service.name)
-                        })?;
+                    let entry = backend_entry(backend.address, state.id, backend.pool);
+                    maps.set_backend(id, &entry).with_context(|| {
+                        format!(
+                            "adding backend {} of service {}",
+                            backend.address, service.name
+                        )
+                    })?;
                     summary.backends_added += 1;
                     id
                 }
             };
             state.backends.push(BackendState {
                 id,
-                address,
-                weight,
+                address: backend.address,
+                weight: backend.weight,
+                pool: backend.pool,
             });
         }
         changes
             .retired_backends
             .extend(old_backends.iter().map(|b| b.id));
 
-        let weights: Vec<(u32, u32)> = state.backends.iter().map(|b| (b.id, b.weight)).collect();
-        let sequence = smooth_weighted_sequence(&weights);
-        if is_new || sequence != state.table {
-            state.generation = state.generation.wrapping_add(1);
-            let table = backend_table(&sequence, state.generation);
-            changes.tables.push((table_index(state.id, 0), table));
-            state.table = sequence;
+        // One table per home pool, filled with the backends of the pool that serves it.
+        state.tables.resize(
+            locality.pools.max(state.locality.pools) as usize,
+            Vec::new(),
+        );
+        let mut changed_tables = Vec::new();
+        for home in 0..state.tables.len() as u32 {
+            let sequence = match locality.serving.get(home as usize) {
+                Some(&serving) if home < locality.pools => {
+                    let weights: Vec<(u32, u32)> = state
+                        .backends
+                        .iter()
+                        .filter(|b| b.pool == serving)
+                        .map(|b| (b.id, b.weight))
+                        .collect();
+                    smooth_weighted_sequence(&weights)
+                }
+                // A pool the service no longer has: its table is emptied.
+                _ => Vec::new(),
+            };
+            if is_new || sequence != state.tables[home as usize] {
+                changed_tables.push((home, sequence));
+            }
         }
-        if is_new {
+        if !changed_tables.is_empty() {
+            state.generation = state.generation.wrapping_add(1);
+        }
+        for (home, sequence) in changed_tables {
+            let table = backend_table(&sequence, state.generation);
+            changes.tables.push((table_index(state.id, home), table));
+            state.tables[home as usize] = sequence;
+        }
+        state.tables.truncate(locality.pools as usize);
+
+        let prefixes_changed = !Arc::ptr_eq(&state.locality.prefixes, &locality.prefixes)
+            && *state.locality.prefixes != *locality.prefixes;
+        if prefixes_changed || (is_new && !locality.prefixes.is_empty()) {
+            let prefixes = locality
+                .prefixes
+                .iter()
+                .map(|(net, pool)| (*net, *pool as u32))
+                .collect();
+            changes.prefixes.push((state.id, prefixes));
+        }
+        let entry_changed = state.locality.pools != locality.pools
+            || state.locality.default_pool != locality.default_pool;
+        if is_new || entry_changed {
             let entry = ServiceEntry {
                 id: state.id,
-                flags: 0,
+                pools: locality.pools as u8,
+                default_pool: locality.default_pool as u8,
+                _pad: [0; 2],
             };
             let key = service_key(service.listen, service.protocol);
             changes
                 .new_services
                 .push((key, entry, service.name.clone()));
         }
+        state.locality = locality.clone();
         Ok(state)
     }
 }
@@ -397,8 +533,10 @@ impl Balancer {
 struct Changes {
     /// Tables to publish, by index.
     tables: Vec<(u32, BackendTable)>,
-    /// Services to add once their tables are published.
+    /// Services to add (or whose pools changed) once their tables are published.
     new_services: Vec<(ServiceKey, ServiceEntry, String)>,
+    /// Client prefixes to publish, by service id.
+    prefixes: Vec<(u32, Vec<(IpNet, u32)>)>,
     /// Backends that left; their flows are purged at the end.
     retired_backends: Vec<u32>,
 }
@@ -461,6 +599,8 @@ pub(crate) mod fake {
         pub(crate) services: HashMap<ServiceKey, ServiceEntry>,
         pub(crate) flows_by_backend: HashMap<u32, usize>,
         pub(crate) vips: std::collections::BTreeSet<VipKey>,
+        pub(crate) prefixes: HashMap<u32, Vec<(IpNet, u32)>>,
+        pub(crate) spilled: HashMap<u32, u64>,
     }
 
     impl DataplaneMaps for FakeMaps {
@@ -521,6 +661,15 @@ pub(crate) mod fake {
                 vips: self.vips.iter().copied().collect(),
             })
         }
+        fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
+            self.log
+                .push(format!("prefixes {service_id} {}", prefixes.len()));
+            self.prefixes.insert(service_id, prefixes.to_vec());
+            Ok(())
+        }
+        fn spilled(&self, index: u32) -> Result<u64> {
+            Ok(self.spilled.get(&index).copied().unwrap_or(0))
+        }
         fn add_vip(&mut self, key: &VipKey) -> Result<()> {
             assert!(self.vips.insert(*key), "adding a VIP twice");
             self.log.push("vip+".into());
@@ -578,6 +727,72 @@ backends = [ { address = "198.18.1.11:53" } ]
 "#;
 
     #[test]
+    fn each_home_pool_gets_the_table_of_the_pool_that_serves_it() {
+        let text = r#"
+[[service]]
+name = "video"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+client_prefixes = { "198.18.0.0/25" = "kr", "198.18.0.128/25" = "jp" }
+
+[[service.pool]]
+name = "kr"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" } ]
+fallback = ["jp"]
+
+[[service.pool]]
+name = "jp"
+backends = [ { address = "198.18.1.13:8080" } ]
+"#;
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        let mut specs = config(text);
+        balancer.apply(&specs, &mut maps).unwrap();
+        assert_eq!(maps.tables[&table_index(0, 0)], [0, 1]);
+        assert_eq!(maps.tables[&table_index(0, 1)], [2]);
+        assert_eq!(maps.prefixes[&0].len(), 2);
+        let entry = maps.services.values().next().unwrap();
+        assert_eq!((entry.pools, entry.default_pool), (2, 0));
+        assert_eq!(maps.backends[&2].pool, 1, "a backend knows its pool");
+        let prefixes_published = |maps: &FakeMaps| {
+            maps.log
+                .iter()
+                .filter(|l| l.starts_with("prefixes"))
+                .count()
+        };
+        assert_eq!(prefixes_published(&maps), 1);
+
+        // kr has no room: its clients' table is jp's; jp's own is unchanged.
+        maps.log.clear();
+        specs[0].locality.serving = vec![1, 1];
+        balancer.apply(&specs, &mut maps).unwrap();
+        assert_eq!(maps.tables[&table_index(0, 0)], [2]);
+        assert_eq!(maps.log, [format!("table {} [2]", table_index(0, 0))]);
+
+        // Room again: home.
+        specs[0].locality.serving = vec![0, 1];
+        balancer.apply(&specs, &mut maps).unwrap();
+        assert_eq!(maps.tables[&table_index(0, 0)], [0, 1]);
+        assert_eq!(
+            prefixes_published(&maps),
+            0,
+            "unchanged prefixes are not republished"
+        );
+
+        // A reload with other prefixes publishes them whole.
+        let reloaded = config(&text.replace("198.18.0.128/25", "198.18.0.128/26"));
+        balancer.apply(&reloaded, &mut maps).unwrap();
+        assert_eq!(prefixes_published(&maps), 1);
+        assert_eq!(maps.prefixes[&0][1].0.to_string(), "198.18.0.128/26");
+
+        // Removing the service empties both tables and its prefixes.
+        balancer.apply(&[], &mut maps).unwrap();
+        assert!(maps.tables[&table_index(0, 0)].is_empty());
+        assert!(maps.tables[&table_index(0, 1)].is_empty());
+        assert!(maps.prefixes[&0].is_empty());
+    }
+
+    #[test]
     fn a_vip_stays_while_a_service_uses_it() {
         let mut maps = FakeMaps::default();
         let mut balancer = Balancer::new();
@@ -619,7 +834,15 @@ backends = [ { address = "198.18.1.11:53" } ]
         assert_eq!(summary.services_added, 1);
         assert_eq!(summary.backends_added, 2);
         let key = service_key("198.18.100.1:80".parse().unwrap(), Protocol::Tcp);
-        assert_eq!(maps.services[&key], ServiceEntry { id: 0, flags: 0 });
+        assert_eq!(
+            maps.services[&key],
+            ServiceEntry {
+                id: 0,
+                pools: 1,
+                default_pool: 0,
+                _pad: [0; 2]
+            }
+        );
         assert_eq!(maps.backends[&1].port, 8080u16.to_be());
     }
 
@@ -730,9 +953,11 @@ backends = [ { address = "198.18.1.11:53" } ]
         );
         // New ids do not collide with adopted ones.
         let mut third = config(&format!("{WEB}{DNS}"));
-        third[0]
-            .backends
-            .push(("198.18.1.20:8080".parse().unwrap(), 1));
+        third[0].backends.push(BackendSpec {
+            address: "198.18.1.20:8080".parse().unwrap(),
+            weight: 1,
+            pool: 0,
+        });
         second.apply(&third, &mut maps).unwrap();
         let new_id = second.services()[0].backends[2].id;
         assert!(!before.iter().any(|(_, b)| b.contains(&new_id)));

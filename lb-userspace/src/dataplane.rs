@@ -9,16 +9,25 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, MapData, PerCpuArray},
+    maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray,
+        lpm_trie::Key,
+    },
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
 };
+use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, FlowKey, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
-    consts::{events, limits::HALF_OPEN_DIVISOR, map_names, program_names},
+    BackendEntry, BackendTable, ClientPrefix, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
+    VipKey,
+    consts::{
+        events,
+        limits::{HALF_OPEN_DIVISOR, MAX_PREFIXES_PER_SERVICE},
+        map_names, program_names,
+    },
 };
 use tracing::{info, warn};
 
@@ -27,7 +36,7 @@ use crate::{
     config::XdpMode,
     control::{DataplaneMaps, Existing},
     flows::{FlowTables, FlowTimeouts, SweepReport},
-    netif,
+    locality, netif,
 };
 
 /// The balancer's XDP object, built from `lb-ebpf` by build.rs.
@@ -37,6 +46,10 @@ static NOOP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The outer map of the backend tables, as userspace holds it.
 type TableMap = ArrayOfMaps<MapData, Array<MapData, BackendTable>>;
+/// A service's client prefixes: prefix -> home pool.
+type PrefixTrie = LpmTrie<MapData, ClientPrefix, u32>;
+/// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Typed handles on the maps the control plane writes and reads.
 pub struct Maps {
@@ -50,6 +63,8 @@ pub struct Maps {
     /// The flow tables (`FLOWS` and `HALF_OPEN`).
     pub flows: FlowTables,
     vips: HashMap<MapData, VipKey, u32>,
+    client_pools: ArrayOfMaps<MapData, PrefixTrie>,
+    spilled: PerCpuArray<MapData, u64>,
     egress_ports: DevMapHash<MapData>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -88,7 +103,7 @@ pub struct Dataplane {
 }
 
 /// Names of every map of the balancer, for pinning.
-const MAP_NAMES: [&str; 11] = [
+const MAP_NAMES: [&str; 13] = [
     map_names::SERVICES,
     map_names::BACKEND_TABLES,
     map_names::BACKENDS,
@@ -96,6 +111,8 @@ const MAP_NAMES: [&str; 11] = [
     map_names::FLOWS,
     map_names::HALF_OPEN,
     map_names::VIPS,
+    map_names::CLIENT_POOLS,
+    map_names::SPILLED,
     map_names::EGRESS_PORTS,
     map_names::SERVICE_STATS,
     map_names::BACKEND_STATS,
@@ -403,6 +420,8 @@ impl Maps {
                 take(ebpf, map_names::HALF_OPEN)?,
             ),
             vips: take(ebpf, map_names::VIPS)?,
+            client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
+            spilled: take(ebpf, map_names::SPILLED)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
@@ -507,6 +526,24 @@ impl DataplaneMaps for Maps {
 
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
         self.flows.purge(backend_ids)
+    }
+
+    fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
+        // A fresh trie, filled, then swapped in: packets see the old prefixes or the new ones.
+        let mut trie = PrefixTrie::create(MAX_PREFIXES_PER_SERVICE, BPF_F_NO_PREALLOC)?;
+        for (net, pool) in prefixes {
+            let (len, data) = locality::lpm_key(net);
+            trie.insert(&Key::new(len, data), pool, 0)
+                .with_context(|| format!("adding prefix {net}"))?;
+        }
+        self.client_pools
+            .set(service_id, &trie, 0)
+            .with_context(|| format!("publishing the prefixes of service {service_id}"))?;
+        Ok(())
+    }
+
+    fn spilled(&self, index: u32) -> Result<u64> {
+        Ok(self.spilled.get(&index, 0)?.iter().sum())
     }
 
     fn add_vip(&mut self, key: &VipKey) -> Result<()> {

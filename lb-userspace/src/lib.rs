@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod flows;
+pub mod locality;
 pub mod metrics;
 pub mod monitor;
 pub mod netif;

@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub services: Vec<ServiceMetrics>,
     /// Data-plane events: name and count.
     pub events: Vec<(&'static str, u64)>,
+    /// New flows placed outside their home pool: (service, from pool, to pool) and count.
+    pub spills: Vec<((String, String, String), u64)>,
+    /// Flows in the flow tables: established, half-open.
+    pub flows: (u64, u64),
 }
 
 /// One service.
@@ -221,6 +225,33 @@ impl Collector for XlbCollector {
             let labels = [("event", (*event).to_owned())];
             ConstCounter::new(*count).encode(metric.encode_family(&labels)?)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "xlb_pool_spilled_flows",
+            "New flows of a pool's clients placed in another pool (the home pool had no room)",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((service, from, to), count) in &snapshot.spills {
+            let labels = [
+                ("service", service.clone()),
+                ("from", from.clone()),
+                ("to", to.clone()),
+            ];
+            ConstCounter::new(*count).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "xlb_flows",
+            "Flows in the flow tables, as of the last sweep",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (table, count) in [
+            ("established", snapshot.flows.0),
+            ("half_open", snapshot.flows.1),
+        ] {
+            let labels = [("table", table.to_owned())];
+            ConstGauge::new(count as i64).encode(metric.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -308,6 +339,8 @@ mod tests {
                 }],
             }],
             events: vec![("no_backend", 4)],
+            spills: vec![(("video".into(), "kr".into(), "jp".into()), 12)],
+            flows: (7, 2),
         }));
         let text = render(&registry(shared)).unwrap();
         for line in [
@@ -320,6 +353,9 @@ mod tests {
             r#"xlb_backend_weight{service="web",backend="198.18.1.11:8080"} 100"#,
             r#"xlb_backend_health_check_duration_seconds{service="web",backend="198.18.1.11:8080"} 0.002"#,
             r#"xlb_dataplane_events_total{event="no_backend"} 4"#,
+            r#"xlb_pool_spilled_flows_total{service="video",from="kr",to="jp"} 12"#,
+            r#"xlb_flows{table="established"} 7"#,
+            r#"xlb_flows{table="half_open"} 2"#,
             "# EOF",
         ] {
             assert!(

@@ -28,12 +28,15 @@ use tracing::{debug, info, warn};
 use crate::{
     agent::{self, AgentReport},
     api::Call,
-    backend_state::{BackendStatus, Health, Reported, State, table_weights},
+    backend_state::{BackendStatus, Health, Reported, State, has_room, table_weights},
     checks,
     config::{Config, HealthCheck},
-    control::{ApplySummary, Balancer, DataplaneMaps, ServiceSpec},
+    control::{
+        ApplySummary, BackendSpec, Balancer, DataplaneMaps, Locality, ServiceSpec, table_index,
+    },
     dataplane::{Dataplane, Maps},
     flows::SweepReport,
+    locality::serving_pools,
     metrics,
     operator::Rates,
 };
@@ -86,6 +89,10 @@ pub struct Monitor {
     pub(crate) last_sweep: Option<Instant>,
     /// Flows expired since the daemon started.
     pub(crate) flows_expired: u64,
+    /// New flows placed outside their home pool, by (service, from pool, to pool).
+    pub(crate) spills: std::collections::BTreeMap<(String, String, String), u64>,
+    /// The data plane's spill counter of each table when last read.
+    spill_seen: HashMap<u32, u64>,
 }
 
 impl Monitor {
@@ -107,6 +114,8 @@ impl Monitor {
             flow_report: SweepReport::default(),
             last_sweep: None,
             flows_expired: 0,
+            spills: std::collections::BTreeMap::new(),
+            spill_seen: HashMap::new(),
         }
     }
 
@@ -455,9 +464,55 @@ impl Monitor {
                     since: now,
                 });
             }
-            let refs: Vec<&BackendStatus> = statuses.iter().collect();
-            let weights =
-                table_weights(&refs, service.load.as_ref(), service.health.slowstart, now);
+            // Weights and room are judged within each pool; a pool without room spills.
+            let mut weights = vec![0; statuses.len()];
+            let mut room = vec![false; service.pools.len()];
+            for (pool, room) in room.iter_mut().enumerate() {
+                let members: Vec<usize> = (0..statuses.len())
+                    .filter(|&i| service.backends[i].pool == pool)
+                    .collect();
+                let refs: Vec<&BackendStatus> = members.iter().map(|&i| &statuses[i]).collect();
+                let (load, slowstart) = (service.load.as_ref(), service.health.slowstart);
+                for (&i, weight) in members
+                    .iter()
+                    .zip(table_weights(&refs, load, slowstart, now))
+                {
+                    weights[i] = weight;
+                }
+                *room = has_room(&refs, load, slowstart, now);
+            }
+            let fallback: Vec<Vec<usize>> =
+                service.pools.iter().map(|p| p.fallback.clone()).collect();
+            let serving: Vec<u32> = serving_pools(&room, &fallback)
+                .into_iter()
+                .map(|pool| pool as u32)
+                .collect();
+            if let Some(applied) = self.balancer.services().get(service_index)
+                && applied.locality.serving != serving
+                && service.pools.len() > 1
+            {
+                for (home, (&now_serving, pool)) in serving.iter().zip(&service.pools).enumerate() {
+                    let before = applied.locality.serving.get(home).copied();
+                    if before == Some(now_serving) {
+                        continue;
+                    }
+                    let target = &service.pools[now_serving as usize].name;
+                    if now_serving as usize == home {
+                        info!(
+                            service = service.name,
+                            pool = pool.name,
+                            "pool has room again: its clients' new flows stay home"
+                        );
+                    } else {
+                        info!(
+                            service = service.name,
+                            pool = pool.name,
+                            to = target,
+                            "pool has no room: its clients' new flows spill over"
+                        );
+                    }
+                }
+            }
             specs.push(ServiceSpec {
                 name: service.name.clone(),
                 listen: service.listen,
@@ -465,11 +520,23 @@ impl Monitor {
                 backends: service
                     .backends
                     .iter()
-                    .map(|b| b.address)
                     .zip(weights)
+                    .map(|(b, weight)| BackendSpec {
+                        address: b.address,
+                        weight,
+                        pool: b.pool as u32,
+                    })
                     .collect(),
+                locality: Locality {
+                    pools: service.pools.len() as u32,
+                    serving,
+                    default_pool: service.default_pool as u32,
+                    prefixes: std::sync::Arc::clone(&service.client_prefixes),
+                },
             });
         }
+        // Spills so far count toward the pools that were serving until now.
+        self.account_spills(maps);
         let summary = self.balancer.apply(&specs, maps)?;
         if summary.tables_published > 0 {
             debug!(tables = summary.tables_published, "tables published");
@@ -486,6 +553,36 @@ impl Monitor {
             }
         }
         Ok(summary)
+    }
+}
+
+impl Monitor {
+    /// Reads the data plane's spill counters and credits what is new to the pool each home
+    /// pool's table was serving from (as published). Called before every apply and every
+    /// second, so a flow is credited to the wrong pool only if it was placed in the instant a
+    /// table changed.
+    pub(crate) fn account_spills(&mut self, maps: &impl DataplaneMaps) {
+        for (config, applied) in self.config.services.iter().zip(self.balancer.services()) {
+            if config.pools.len() <= 1 || applied.locality.pools as usize != config.pools.len() {
+                continue;
+            }
+            for (home, &serving) in applied.locality.serving.iter().enumerate() {
+                let index = table_index(applied.id, home as u32);
+                let Ok(count) = maps.spilled(index) else {
+                    continue;
+                };
+                let seen = self.spill_seen.insert(index, count).unwrap_or(0);
+                let new = count.saturating_sub(seen);
+                if new > 0 {
+                    let key = (
+                        config.name.clone(),
+                        config.pools[home].name.clone(),
+                        config.pools[serving as usize].name.clone(),
+                    );
+                    *self.spills.entry(key).or_default() += new;
+                }
+            }
+        }
     }
 }
 

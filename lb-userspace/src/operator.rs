@@ -14,12 +14,13 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        AdminAction, BackendStatusReport, Counters, FlowTableStats, Request, Response,
+        AdminAction, BackendStatusReport, Counters, FlowTableStats, PoolStatus, Request, Response,
         ServiceStats, ServiceStatus, StatsReport, StatusReport,
     },
     backend_state::State,
     config::Config,
     dataplane::{Dataplane, Maps},
+    locality::home_pool,
     metrics::{BackendMetrics, ServiceMetrics, Snapshot},
     monitor::{Event, Monitor, fresh_statuses},
     simulate::simulate,
@@ -56,6 +57,7 @@ fn total_bytes(c: &TrafficCounters) -> u64 {
 impl Monitor {
     /// Samples the counters: rates since the last sample, and a fresh metrics snapshot.
     pub(crate) fn sample(&mut self, maps: &Maps) {
+        self.account_spills(maps);
         let now = Instant::now();
         let mut current = HashMap::new();
         for service in self.balancer.services() {
@@ -122,6 +124,8 @@ impl Monitor {
                     .collect(),
             });
         }
+        snapshot.spills = self.spills.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        snapshot.flows = (self.flow_report.established, self.flow_report.half_open);
         if let Ok(counts) = maps.events() {
             snapshot.events = events::NAMES.iter().copied().zip(counts).collect();
         }
@@ -213,9 +217,62 @@ impl Monitor {
                         }
                     })
                     .collect(),
+                pools: self.pool_status(config, applied, statuses),
             });
         }
         report
+    }
+
+    /// The pools of a service with more than one, as `xlb status` shows them.
+    fn pool_status(
+        &self,
+        config: &crate::config::ServiceConfig,
+        applied: &crate::control::ServiceState,
+        statuses: &[crate::backend_state::BackendStatus],
+    ) -> Vec<PoolStatus> {
+        if config.pools.len() <= 1 {
+            return Vec::new();
+        }
+        config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(index, pool)| {
+                let members: Vec<usize> = (0..config.backends.len())
+                    .filter(|&i| config.backends[i].pool == index)
+                    .collect();
+                let up = members
+                    .iter()
+                    .filter(|&&i| {
+                        statuses[i]
+                            .reported
+                            .as_ref()
+                            .is_some_and(|r| r.state == State::Up)
+                    })
+                    .count();
+                let serving = applied
+                    .locality
+                    .serving
+                    .get(index)
+                    .map_or(index, |&s| s as usize);
+                let spilled = self
+                    .spills
+                    .iter()
+                    .filter(|((service, from, _), _)| *service == config.name && *from == pool.name)
+                    .map(|((_, _, to), count)| (to.clone(), *count))
+                    .collect();
+                PoolStatus {
+                    name: pool.name.clone(),
+                    up,
+                    backends: members.len(),
+                    serving: config
+                        .pools
+                        .get(serving)
+                        .map_or(pool.name.clone(), |p| p.name.clone()),
+                    spilled,
+                }
+            })
+            .collect()
     }
 
     fn stats_report(&self, maps: &Maps) -> Result<StatsReport> {
@@ -290,14 +347,23 @@ impl Monitor {
             .first()
             .map(|a| a.ifindex)
             .context("xlb is attached to no interface")?;
-        simulate(
+        let mut report = simulate(
             dataplane,
             &config.name,
             config.listen,
             config.protocol,
             client,
             ifindex,
-        )
+        )?;
+        if config.pools.len() > 1 {
+            let home = home_pool(&config.client_prefixes, config.default_pool, client.ip());
+            report.home_pool = Some(config.pools[home].name.clone());
+            report.backend_pool = report.backend.and_then(|address| {
+                let backend = config.backends.iter().find(|b| b.address == address)?;
+                Some(config.pools[backend.pool].name.clone())
+            });
+        }
+        Ok(report)
     }
 
     /// Re-reads the config file and applies the difference. The new file is validated whole

@@ -88,6 +88,28 @@ pub fn status(report: &StatusReport) -> String {
         for backend in &service.backends {
             backend_line(&mut out, backend);
         }
+        if !service.pools.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<21} {:>5}  {:<16} SPILLED",
+                "POOL", "UP", "NEW FLOWS GO TO"
+            );
+            for pool in &service.pools {
+                let spilled: Vec<String> = pool
+                    .spilled
+                    .iter()
+                    .map(|(to, n)| format!("{} to {to}", si(*n as f64)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {:<21} {:>5}  {:<16} {}",
+                    truncate(&pool.name, 21),
+                    format!("{}/{}", pool.up, pool.backends),
+                    truncate(&pool.serving, 16),
+                    truncate(&spilled.join(", "), 30)
+                );
+            }
+        }
     }
     out
 }
@@ -166,6 +188,21 @@ fn percent(part: u64, whole: u64) -> String {
 
 /// `xlb simulate`.
 pub fn simulation(report: &SimulationReport) -> String {
+    let mut out = simulation_line(report);
+    if let Some(home) = &report.home_pool {
+        let _ = write!(out, "  home pool {home}");
+        match &report.backend_pool {
+            Some(pool) if pool != home => {
+                let _ = writeln!(out, ", which has no room: spills to pool {pool}");
+            }
+            Some(_) => out.push_str(", served at home\n"),
+            None => out.push('\n'),
+        }
+    }
+    out
+}
+
+fn simulation_line(report: &SimulationReport) -> String {
     match report.backend {
         Some(backend) if report.existing_flow => format!(
             "{} from {}: existing flow to {backend} ({})\n",
@@ -185,7 +222,7 @@ pub fn simulation(report: &SimulationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AdminAction, ServiceStatus};
+    use crate::api::{AdminAction, PoolStatus, ServiceStatus};
 
     #[test]
     fn numbers_and_ages_are_short() {
@@ -218,9 +255,22 @@ mod tests {
                     bits_per_second: 1.5e9,
                     admin: Some(AdminAction::Drain),
                 }],
+                pools: vec![PoolStatus {
+                    name: "a-rather-long-pool-name-for-seoul".into(),
+                    up: 1_000,
+                    backends: 1_024,
+                    serving: "tokyo-and-osaka-combined".into(),
+                    spilled: vec![("tokyo".into(), 123_456), ("osaka".into(), 7)],
+                }],
             }],
         };
         let text = status(&report);
+        assert!(
+            text.contains(
+                "a-rather-long-pool-n… 1000/1024  tokyo-and-osaka… 123k to tokyo, 7 to osaka"
+            ),
+            "{text}"
+        );
         for line in text.lines() {
             assert!(
                 line.chars().count() <= 80,

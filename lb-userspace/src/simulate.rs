@@ -70,6 +70,8 @@ pub fn simulate(
         verdict: verdict.to_owned(),
         backend,
         existing_flow,
+        home_pool: None,
+        backend_pool: None,
     })
 }
 
