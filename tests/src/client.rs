@@ -1,6 +1,9 @@
 //! Test clients: one new flow per call, checking that the payload comes back intact.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
@@ -35,8 +38,31 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
 /// POSTs `payload` over a new TCP connection to `vip`, checks that the body comes back
 /// byte for byte, and returns the name of the backend that answered.
 pub async fn http_echo(vip: SocketAddr, payload: Vec<u8>) -> Result<String> {
+    http_echo_from(None, vip, payload).await
+}
+
+/// A TCP connection to `vip`, from the address `source` if given.
+async fn connect(source: Option<IpAddr>, vip: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(vip).await;
+    };
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(vip).await
+}
+
+/// [`http_echo`] from the client address `source` (the host must have it).
+pub async fn http_echo_from(
+    source: Option<IpAddr>,
+    vip: SocketAddr,
+    payload: Vec<u8>,
+) -> Result<String> {
     timeout(EXCHANGE_TIMEOUT, async {
-        let stream = TcpStream::connect(vip)
+        let stream = connect(source, vip)
             .await
             .with_context(|| format!("connecting to {vip}"))?;
         let (mut sender, connection) =
@@ -125,7 +151,17 @@ pub struct Download {
 /// Starts `GET /download` of `bytes` bytes that the backend spreads over `ms` milliseconds,
 /// over a new TCP connection to `vip`.
 pub async fn start_download(vip: SocketAddr, bytes: usize, ms: u64) -> Result<Download> {
-    let stream = timeout(EXCHANGE_TIMEOUT, TcpStream::connect(vip))
+    start_download_from(None, vip, bytes, ms).await
+}
+
+/// [`start_download`] from the client address `source`.
+pub async fn start_download_from(
+    source: Option<IpAddr>,
+    vip: SocketAddr,
+    bytes: usize,
+    ms: u64,
+) -> Result<Download> {
+    let stream = timeout(EXCHANGE_TIMEOUT, connect(source, vip))
         .await
         .context("connect timed out")?
         .with_context(|| format!("connecting to {vip}"))?;

@@ -20,7 +20,7 @@ const TIERS: [(&str, &str); 3] = [
     ),
     (
         "tier 3: end-to-end tests in network namespaces",
-        "test -p xlb-tests --test balance --test health --test operator --test hostile -- --ignored",
+        "test -p xlb-tests --test balance --test health --test operator --test hostile --test locality -- --ignored",
     ),
 ];
 
