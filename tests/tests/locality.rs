@@ -111,19 +111,32 @@ fn only(names: &[&str], counts: &BTreeMap<String, usize>) -> bool {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn clients_stay_home_spill_over_when_home_is_down_or_busy_and_return() {
     let lab = Lab::new(Wiring::TwoInterfaces, 4).unwrap();
-    lab.client.ip(&format!("addr add {JP_CLIENT}/24 dev eth0")).unwrap();
+    lab.client
+        .ip(&format!("addr add {JP_CLIENT}/24 dev eth0"))
+        .unwrap();
     let _peer_programs = attach_peer_programs(&lab);
     let mut backends: Vec<Backend> = start_backends(&lab).unwrap();
     let xlb = start_xlb(&lab.balancer, &config(&lab)).unwrap();
 
     // Normal traffic stays home, round robin within the pool.
     let kr = connections(&lab, KR_CLIENT, 6);
-    assert_eq!(kr, BTreeMap::from([("b1".into(), 3), ("b2".into(), 3)]), "kr clients");
+    assert_eq!(
+        kr,
+        BTreeMap::from([("b1".into(), 3), ("b2".into(), 3)]),
+        "kr clients"
+    );
     let jp = connections(&lab, JP_CLIENT, 6);
-    assert_eq!(jp, BTreeMap::from([("b3".into(), 3), ("b4".into(), 3)]), "jp clients");
+    assert_eq!(
+        jp,
+        BTreeMap::from([("b3".into(), 3), ("b4".into(), 3)]),
+        "jp clients"
+    );
     let (code, simulated, _) = xlb.cli(&["simulate", "video", "198.18.0.2:45000"]).unwrap();
     assert_eq!(code, 0);
-    assert!(simulated.contains("home pool kr, served at home"), "{simulated}");
+    assert!(
+        simulated.contains("home pool kr, served at home"),
+        "{simulated}"
+    );
 
     // The kr pool is overloaded (its agents report 10%): new kr flows spill to jp while an
     // established kr download continues.
@@ -152,12 +165,21 @@ fn clients_stay_home_spill_over_when_home_is_down_or_busy_and_return() {
         (backend, bytes, spilled)
     });
     assert!(["b1", "b2"].contains(&download_backend.as_str()));
-    assert_eq!(downloaded, 2_000_000, "the established kr download completed byte-exact");
-    assert!(only(&["b3", "b4"], &spilled), "new kr flows spilled to jp: {spilled:?}");
+    assert_eq!(
+        downloaded, 2_000_000,
+        "the established kr download completed byte-exact"
+    );
+    assert!(
+        only(&["b3", "b4"], &spilled),
+        "new kr flows spilled to jp: {spilled:?}"
+    );
     let kr_pool = &pools(&xlb)[0];
     assert_eq!(kr_pool.spilled, [("jp".to_owned(), 6)], "{kr_pool:?}");
     let (_, simulated, _) = xlb.cli(&["simulate", "video", "198.18.0.2:45001"]).unwrap();
-    assert!(simulated.contains("home pool kr, which has no room: spills to pool jp"), "{simulated}");
+    assert!(
+        simulated.contains("home pool kr, which has no room: spills to pool jp"),
+        "{simulated}"
+    );
 
     // Recovery brings them home.
     for backend in &backends[..2] {
@@ -172,7 +194,10 @@ fn clients_stay_home_spill_over_when_home_is_down_or_busy_and_return() {
     }
     wait_for_kr_serving(&xlb, "jp");
     assert!(only(&["b3", "b4"], &connections(&lab, KR_CLIENT, 4)));
-    assert!(only(&["b3", "b4"], &connections(&lab, JP_CLIENT, 4)), "jp clients stay home");
+    assert!(
+        only(&["b3", "b4"], &connections(&lab, JP_CLIENT, 4)),
+        "jp clients stay home"
+    );
     for backend in &mut backends[..2] {
         backend.start(&lab).unwrap();
     }
