@@ -24,36 +24,41 @@ const XDP_REDIRECT: u32 = 4;
 /// Repetitions per test run of the repeatable case.
 const REPEAT: u32 = 250;
 
-/// A config with a service without pools (198.18.100.2) and one with two pools and
-/// `prefixes` client prefixes (198.18.100.1): /26s of 10.0.0.0/8 and the client's /16.
+/// A config with an IPv6 service without pools ([fd00:100::2]:80) and one with two pools and
+/// `prefixes` client prefixes ([fd00:100::1]:80): the client's fd00::/32, and /48s of
+/// fd42::/16 (IPv6, the longest keys, and room for any number of prefixes inside fd00::/8).
 fn config(prefixes: usize) -> String {
-    let mut inline = String::from("\"198.18.0.0/16\" = \"kr\"");
+    let mut inline = String::from("\"fd00::/32\" = \"kr\"");
     for i in 0..prefixes.saturating_sub(1) {
-        let (a, b, c) = (i / 1_024, (i / 4) % 256, (i % 4) * 64);
-        let _ = write!(inline, ", \"10.{a}.{b}.{c}/26\" = \"jp\"");
+        let _ = write!(
+            inline,
+            ", \"fd42:{:x}:{:x}::/48\" = \"jp\"",
+            i / 65_536,
+            i % 65_536
+        );
     }
     format!(
         r#"interfaces = ["c0", "s0"]
 
 [[service]]
 name = "pools"
-listen = "198.18.100.1:80"
+listen = "[fd00:100::1]:80"
 protocol = "tcp"
 client_prefixes = {{ {inline} }}
 
 [[service.pool]]
 name = "kr"
-backends = [ {{ address = "198.18.1.11:8080" }}, {{ address = "198.18.1.12:8080" }} ]
+backends = [ {{ address = "[fd00:1::11]:8080" }}, {{ address = "[fd00:1::12]:8080" }} ]
 
 [[service.pool]]
 name = "jp"
-backends = [ {{ address = "198.18.1.13:8080" }} ]
+backends = [ {{ address = "[fd00:1::13]:8080" }} ]
 
 [[service]]
 name = "plain"
-listen = "198.18.100.2:80"
+listen = "[fd00:100::2]:80"
 protocol = "tcp"
-backends = [ {{ address = "198.18.1.11:8080" }}, {{ address = "198.18.1.12:8080" }} ]
+backends = [ {{ address = "[fd00:1::11]:8080" }}, {{ address = "[fd00:1::12]:8080" }} ]
 "#
     )
 }
@@ -78,15 +83,10 @@ fn main() -> Result<()> {
         // Alternate the two services so that both see the same machine state.
         let (mut plain, mut pooled) = (Vec::new(), Vec::new());
         for i in 0..flows {
-            let client = format!(
-                "198.18.{}.{}:{}",
-                i / 60_000,
-                2 + (i / 250) % 250,
-                1_024 + i % 250
-            );
+            let client = format!("[fd00::{:x}]:{}", 2 + i / 60_000, 1_024 + i % 60_000);
             for (vip, times) in [
-                ("198.18.100.2:80", &mut plain),
-                ("198.18.100.1:80", &mut pooled),
+                ("[fd00:100::2]:80", &mut plain),
+                ("[fd00:100::1]:80", &mut pooled),
             ] {
                 let frame = Frame::tcp(&client, vip).build();
                 let result = packet_net::run(program, &frame, c0, 1)?;
@@ -127,20 +127,20 @@ fn main() -> Result<()> {
         };
         rows.push((
             "no backend (repeated runs), service without pools".into(),
-            per_packet("198.18.0.2:40000", "198.18.100.2:80")?,
+            per_packet("[fd00::2]:40000", "[fd00:100::2]:80")?,
         ));
         rows.push((
             format!("no backend (repeated runs), {prefixes} prefixes, client in a sparse part"),
-            per_packet("198.18.0.2:40000", "198.18.100.1:80")?,
+            per_packet("[fd00::2]:40000", "[fd00:100::1]:80")?,
         ));
         let dense = if quick {
-            "10.0.1.70:40000"
+            "[fd42:0:1::5]:40000"
         } else {
-            "10.77.7.70:40000"
+            "[fd42:1:77::5]:40000"
         };
         rows.push((
-            format!("no backend (repeated runs), {prefixes} prefixes, client among the /26s"),
-            per_packet(dense, "198.18.100.1:80")?,
+            format!("no backend (repeated runs), {prefixes} prefixes, client among the /48s"),
+            per_packet(dense, "[fd00:100::1]:80")?,
         ));
         Ok((publish_ms, rows))
     })??;
@@ -158,7 +158,7 @@ fn main() -> Result<()> {
              flow), so they are single runs ({flows} each, alternating), whose timing noise \
              hides a difference this small. The repeatable rows take the same new-flow path \
              with the services' tables emptied (median of {rounds} runs of {REPEAT}); for a \
-             client deep in the trie (one of the 100,000 /26s), the difference, \
+             client deep in the trie (in one of the 100,000 /48s), the difference, \
              {difference:.0} ns, is the cost of choosing the home pool, paid once per new \
              flow, never by established packets. Publishing the prefixes (a fresh \
              trie, swapped in) took {publish_ms:.0} ms.\n\n{}",

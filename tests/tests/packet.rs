@@ -1267,37 +1267,22 @@ fn new_flow_backend(lab: &PacketLab, client: &str, vip: &str) -> String {
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn client_prefixes_choose_the_pool_and_full_pools_spill_to_their_fallback() {
     with_lab_config(LOCALITY, |lab| {
-        assert_eq!(
-            new_flow_backend(lab, "198.18.0.2:40000", "198.18.100.1:80"),
-            "198.18.1.11"
-        );
-        assert_eq!(
-            new_flow_backend(lab, "198.18.0.3:40000", "198.18.100.1:80"),
-            "198.18.1.11"
-        );
-        // 198.18.0.7/32 is longer than 198.18.0.0/24: jp, in turn.
-        assert_eq!(
-            new_flow_backend(lab, "198.18.0.7:40000", "198.18.100.1:80"),
-            "198.18.1.12"
-        );
-        assert_eq!(
-            new_flow_backend(lab, "198.18.0.7:40001", "198.18.100.1:80"),
-            "198.18.1.13"
-        );
-        // No prefix matches: the default pool, jp.
-        assert_eq!(
-            new_flow_backend(lab, "198.18.9.9:40000", "198.18.100.1:80"),
-            "198.18.1.12"
-        );
-        // IPv6: fd00::/64 is jp; the rest go to the first pool, kr.
-        assert_eq!(
-            new_flow_backend(lab, "[fd00::2]:40000", "[fd00:100::1]:80"),
-            "fd00:1::12"
-        );
-        assert_eq!(
-            new_flow_backend(lab, "[fd00:5::2]:40000", "[fd00:100::1]:80"),
-            "fd00:1::11"
-        );
+        let cases = [
+            // (client, VIP, backend): kr is 198.18.1.11, jp .12 and .13 in turn.
+            ("198.18.0.2:40000", "198.18.100.1:80", "198.18.1.11"),
+            ("198.18.0.3:40000", "198.18.100.1:80", "198.18.1.11"),
+            // 198.18.0.7/32 is longer than 198.18.0.0/24: jp.
+            ("198.18.0.7:40000", "198.18.100.1:80", "198.18.1.12"),
+            ("198.18.0.7:40001", "198.18.100.1:80", "198.18.1.13"),
+            // No prefix matches: the default pool, jp.
+            ("198.18.9.9:40000", "198.18.100.1:80", "198.18.1.12"),
+            // IPv6: fd00::/64 is jp; the rest go to the first pool, kr.
+            ("[fd00::2]:40000", "[fd00:100::1]:80", "fd00:1::12"),
+            ("[fd00:5::2]:40000", "[fd00:100::1]:80", "fd00:1::11"),
+        ];
+        for (client, vip, backend) in cases {
+            assert_eq!(new_flow_backend(lab, client, vip), backend, "from {client}");
+        }
 
         // kr has no room: userspace publishes jp's backends in kr's table.
         let config = Config::parse(LOCALITY).unwrap();
