@@ -84,9 +84,10 @@ pub struct Monitor {
     pub(crate) metrics_server: Option<JoinHandle<()>>,
     /// Incremented by every reload (see [`BackendRef::generation`]).
     pub(crate) generation: u64,
-    /// What the last sweep of the flow tables found, and when it ran.
+    /// What the last sweep of the flow tables found, when it ran, and how long it took.
     pub(crate) flow_report: SweepReport,
     pub(crate) last_sweep: Option<Instant>,
+    pub(crate) last_sweep_took: Duration,
     /// Flows expired since the daemon started.
     pub(crate) flows_expired: u64,
     /// New flows placed outside their home pool, by (service, from pool, to pool).
@@ -113,6 +114,7 @@ impl Monitor {
             generation: 0,
             flow_report: SweepReport::default(),
             last_sweep: None,
+            last_sweep_took: Duration::ZERO,
             flows_expired: 0,
             spills: std::collections::BTreeMap::new(),
             spill_seen: HashMap::new(),
@@ -219,7 +221,9 @@ impl Monitor {
 
     /// How often the flow tables are swept: often enough for the shortest flow timeout
     /// (see [`crate::flows::FlowTimeouts::sweep_every`]) and for the shortest load interval
-    /// of the services that have `max_flows`, which need fresh flow counts.
+    /// of the services that have `max_flows`, which need fresh flow counts; but never more
+    /// than a tenth of the time (a sweep reads the whole tables: about a second per million
+    /// flows).
     fn sweep_every(&self) -> Duration {
         let load = self
             .config
@@ -233,15 +237,19 @@ impl Monitor {
             })
             .min();
         let timeouts = self.config.flow_timeouts.sweep_every();
-        load.map_or(timeouts, |load| load.min(timeouts))
+        let wanted = load.map_or(timeouts, |load| load.min(timeouts));
+        wanted.max(self.last_sweep_took * 10)
     }
 
     /// Sweeps the flow tables: deletes the flows that are over and counts the active ones.
     /// Returns whether a service has `max_flows` (and so may need new weights). A failed sweep
     /// is logged and changes nothing.
     pub(crate) fn sweep(&mut self, maps: &mut Maps) -> bool {
-        self.last_sweep = Some(Instant::now());
-        match maps.sweep_flows(&self.config.flow_timeouts, ACTIVE_FLOW_WINDOW) {
+        let started = Instant::now();
+        self.last_sweep = Some(started);
+        let swept = maps.sweep_flows(&self.config.flow_timeouts, ACTIVE_FLOW_WINDOW);
+        self.last_sweep_took = started.elapsed();
+        match swept {
             Ok(report) => {
                 if report.expired > 0 {
                     debug!(expired = report.expired, "flows expired");
