@@ -18,6 +18,16 @@ use tokio::{
 
 use crate::server::BACKEND_HEADER;
 
+/// The name of the backend that sent `response` (the test servers name themselves).
+fn backend_of<B>(response: &hyper::Response<B>) -> Result<String> {
+    Ok(response
+        .headers()
+        .get(BACKEND_HEADER)
+        .context("the response names no backend")?
+        .to_str()?
+        .to_owned())
+}
+
 /// How long one exchange may take.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,12 +88,7 @@ pub async fn http_echo_from(
             "HTTP status {}",
             response.status()
         );
-        let backend = response
-            .headers()
-            .get(BACKEND_HEADER)
-            .context("the response names no backend")?
-            .to_str()?
-            .to_owned();
+        let backend = backend_of(&response)?;
         let received = response.into_body().collect().await?.to_bytes();
         check_echo(&sent, &received)?;
         Ok(backend)
@@ -179,12 +184,7 @@ pub async fn start_download_from(
         "HTTP status {}",
         response.status()
     );
-    let backend = response
-        .headers()
-        .get(BACKEND_HEADER)
-        .context("the response names no backend")?
-        .to_str()?
-        .to_owned();
+    let backend = backend_of(&response)?;
     Ok(Download {
         backend,
         bytes,
@@ -277,12 +277,7 @@ impl Session {
         let response = timeout(EXCHANGE_TIMEOUT, self.sender.send_request(request))
             .await
             .context("no response")??;
-        let backend = response
-            .headers()
-            .get(BACKEND_HEADER)
-            .context("the response names no backend")?
-            .to_str()?
-            .to_owned();
+        let backend = backend_of(&response)?;
         let received = timeout(EXCHANGE_TIMEOUT, response.into_body().collect())
             .await
             .context("body timed out")??
