@@ -21,7 +21,10 @@ use crate::{
     forward::{Route, resolve, send},
     maps::{FLOWS, HALF_OPEN, VIPS, count_event, scratch},
     nat::{End, check_for_addr, set_addr, set_ttl, set_u16},
-    packet::{ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET, ptr_at},
+    packet::{
+        ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET, addr_words,
+        ptr_at,
+    },
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -140,8 +143,8 @@ fn parse_quote(ctx: &XdpContext, pkt: &Packet) -> Option<Quote> {
         (
             l3 + Ipv6Hdr::LEN,
             ip.next_hdr,
-            crate::packet::addr_words(&ip.src_addr),
-            crate::packet::addr_words(&ip.dst_addr),
+            addr_words(&ip.src_addr),
+            addr_words(&ip.dst_addr),
         )
     } else {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;

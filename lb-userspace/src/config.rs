@@ -408,6 +408,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Highest rise or fall.
 const MAX_RISE_FALL: i64 = 100;
+/// Bad client prefixes reported one by one, per source; the rest are counted.
+const MAX_PREFIX_ERRORS: usize = 10;
 /// Default agent (load check) interval.
 const DEFAULT_LOAD_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -644,12 +646,7 @@ impl Validator<'_> {
             }
             Some(name) => {
                 let value = name.get_ref();
-                if value.is_empty()
-                    || value.len() > MAX_SERVICE_NAME
-                    || !value
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                {
+                if !valid_name(value) {
                     self.error(&name.span(), format!("service name {value:?}: use 1 to {MAX_SERVICE_NAME} letters, digits, '-', '_' or '.'"));
                 }
                 value.clone()
@@ -1222,12 +1219,7 @@ impl Validator<'_> {
                 None => self.error(&raw.span(), format!("{label}: a pool without `name`")),
                 Some(name) => {
                     let value = name.get_ref();
-                    if value.is_empty()
-                        || value.len() > MAX_SERVICE_NAME
-                        || !value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    {
+                    if !valid_name(value) {
                         self.error(&name.span(), format!("{label}: pool name {value:?}: use 1 to {MAX_SERVICE_NAME} letters, digits, '-', '_' or '.'"));
                     }
                     if names.contains(value) {
@@ -1325,20 +1317,31 @@ impl Validator<'_> {
         };
         if let Some(inline) = inline {
             let span = inline.span();
+            let mut bad = 0;
             for (prefix, pool) in inline.into_inner() {
                 let origin = format!("at line {}", line_of(self.text, pool.span().start));
                 if let Err(problem) = add(&prefix, pool.get_ref(), origin) {
-                    let at = if problem.contains("not a pool") {
-                        pool.span()
-                    } else {
-                        span.clone()
-                    };
-                    self.errors.push(locate(
-                        self.text,
-                        &at,
-                        format!("{label}: client_prefixes: {problem}"),
-                    ));
+                    bad += 1;
+                    // At most a few, so a long bad table does not bury the other errors; each
+                    // at its own entry, whose line says which one.
+                    if bad <= MAX_PREFIX_ERRORS {
+                        self.errors.push(locate(
+                            self.text,
+                            &pool.span(),
+                            format!("{label}: client_prefixes: {problem}"),
+                        ));
+                    }
                 }
+            }
+            if bad > MAX_PREFIX_ERRORS {
+                self.errors.push(locate(
+                    self.text,
+                    &span,
+                    format!(
+                        "{label}: client_prefixes: {} more bad entries",
+                        bad - MAX_PREFIX_ERRORS
+                    ),
+                ));
             }
         }
         if let Some(file) = file {
@@ -1363,21 +1366,21 @@ impl Validator<'_> {
                         }
                     }
                     // At most a few, so a wrong file does not bury the other errors.
-                    for (line, problem) in problems.iter().take(10) {
+                    for (line, problem) in problems.iter().take(MAX_PREFIX_ERRORS) {
                         self.errors.push(locate(
                             self.text,
                             &file.span(),
                             format!("{label}: {}:{line}: {problem}", path.display()),
                         ));
                     }
-                    if problems.len() > 10 {
+                    if problems.len() > MAX_PREFIX_ERRORS {
                         self.errors.push(locate(
                             self.text,
                             &file.span(),
                             format!(
                                 "{label}: {}: {} more bad lines",
                                 path.display(),
-                                problems.len() - 10
+                                problems.len() - MAX_PREFIX_ERRORS
                             ),
                         ));
                     }
@@ -1431,6 +1434,16 @@ impl Validator<'_> {
             None => Some(address),
         }
     }
+}
+
+/// Whether `name` is a usable service or pool name: 1 to `MAX_SERVICE_NAME` letters, digits,
+/// '-', '_' or '.'.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Parses HTTP status ranges like "200-399" or "200,204,301-302".
@@ -2004,6 +2017,27 @@ fallback = ["kr"]
             .iter()
             .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
             .collect()
+    }
+
+    #[test]
+    fn a_long_bad_prefix_table_is_reported_briefly() {
+        let entries: Vec<String> = (0..25)
+            .map(|i| format!("\"198.18.{i}.1/24\" = \"kr\""))
+            .collect();
+        let text = POOLS.replace(
+            "\"198.18.0.0/25\" = \"kr\", \"198.18.0.128/25\" = \"jp\"",
+            &entries.join(", "),
+        );
+        let errors = errors_of(&text);
+        let prefix_errors = errors
+            .iter()
+            .filter(|e| e.contains("client_prefixes"))
+            .count();
+        assert_eq!(prefix_errors, 11, "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("15 more bad entries")),
+            "{errors:?}"
+        );
     }
 
     #[test]
