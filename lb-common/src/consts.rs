@@ -67,6 +67,13 @@ pub mod timing {
     /// A flow's cached next hop is taken from the FIB again when it is older than this, so
     /// route and neighbour changes reach established flows within it (1 s in nanoseconds).
     pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+    /// The handshake guard counts new TCP flows in windows of this length (100 ms).
+    pub const HANDSHAKE_WINDOW_NS: u64 = 100_000_000;
+    /// How long a half-open flow should stay in `HALF_OPEN` at the least, however fast SYNs
+    /// arrive (2 s: a handshake delayed by a loaded host or one SYN retransmission). Above
+    /// the rate at which LRU eviction would cut that short, SYNs are placed by hash, so a
+    /// handshake whose entry was evicted still finds its backend.
+    pub const HANDSHAKE_KEEP_NS: u64 = 2_000_000_000;
 }
 
 /// Names of the BPF maps, as declared by `lb-ebpf` and looked up by `lb-userspace`.
@@ -77,6 +84,8 @@ pub mod map_names {
     pub const BACKEND_TABLES: &str = "BACKEND_TABLES";
     /// Backend registry: id -> address.
     pub const BACKENDS: &str = "BACKENDS";
+    /// The handshake guard: window count of new TCP flows, budget and hash seed.
+    pub const HANDSHAKE_GUARD: &str = "HANDSHAKE_GUARD";
     /// Round-robin cursors, one per backend table.
     pub const RR_CURSORS: &str = "RR_CURSORS";
     /// Flows, both directions: 5-tuple -> rewrite and next hop.
@@ -141,8 +150,15 @@ pub mod events {
     pub const VLAN: u32 = 11;
     /// A TCP flow completed its handshake and moved from `HALF_OPEN` to `FLOWS`.
     pub const FLOW_PROMOTED: u32 = 12;
+    /// A SYN arrived while new TCP flows came faster than the half-open table can keep them
+    /// (a SYN flood): its backend was chosen by hash of its 5-tuple, not by round robin.
+    pub const SYN_HASHED: u32 = 13;
+    /// A TCP packet without SYN to a service and without a flow entry (its handshake's entry
+    /// was evicted, or the flow began before xlb): its backend was chosen by hash of its
+    /// 5-tuple, which finds the backend of a SYN that was placed by hash.
+    pub const MIDSTREAM_HASHED: u32 = 14;
     /// Number of event counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -159,6 +175,8 @@ pub mod events {
         "ipv6_extension",
         "vlan",
         "flow_promoted",
+        "syn_hashed",
+        "midstream_hashed",
     ];
 }
 

@@ -178,7 +178,7 @@ pub struct TrafficCounters {
     pub rev_packets: u64,
     /// Bytes (L3 and up) of those packets.
     pub rev_bytes: u64,
-    /// Flows created (a backend chosen by round robin).
+    /// Flows created (a backend chosen by round robin, or by hash under a SYN flood).
     pub new_flows: u64,
     /// New flows dropped because no backend could take them (services only).
     pub no_backend: u64,
@@ -196,6 +196,26 @@ impl TrafficCounters {
     }
 }
 
+/// The handshake guard (`HANDSHAKE_GUARD`): how fast new TCP flows enter the half-open table,
+/// and from what rate on a SYN's backend is chosen by hash instead of round robin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeGuard {
+    /// Start (coarse monotonic ns) of the current window of `timing::HANDSHAKE_WINDOW_NS`.
+    /// Written by the program.
+    pub window_start_ns: u64,
+    /// New TCP flows entered into `HALF_OPEN` in the current window. Written by the program.
+    pub window_flows: u64,
+    /// From this many new TCP flows in a window on, SYNs are placed by hash; 0 turns the
+    /// guard off. Written by userspace when it creates the maps.
+    pub budget: u64,
+    /// Seed of [`crate::hash::flow_hash`]: random, written by userspace when it creates the
+    /// maps.
+    pub seed: u32,
+    /// Explicit padding; zero.
+    pub _pad: u32,
+}
+
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);
@@ -204,6 +224,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<FlowEntry>() == 64);
 const _: () = assert!(size_of::<TrafficCounters>() == 48);
+const _: () = assert!(size_of::<HandshakeGuard>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -219,4 +240,5 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for HandshakeGuard {}
 }

@@ -15,9 +15,10 @@ use lb_common::{
         events, flow_flags,
         limits::{MAX_POOLS_PER_SERVICE, MAX_TABLE_SLOTS},
         proto,
-        timing::LAST_SEEN_REFRESH_NS,
+        timing::{HANDSHAKE_WINDOW_NS, LAST_SEEN_REFRESH_NS},
     },
     direction,
+    hash::flow_hash,
 };
 
 use crate::{
@@ -25,7 +26,7 @@ use crate::{
     icmp,
     maps::{
         BACKEND_STATS, BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, FlowTable, HALF_OPEN,
-        RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event, scratch,
+        HANDSHAKE_GUARD, RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event, scratch,
     },
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
@@ -238,7 +239,7 @@ fn established(
     send_cached(ctx, pkt, &route, flow, now)
 }
 
-/// The first packet of a flow to a service: choose a backend by round robin, record both
+/// The first packet of a flow to a service: choose a backend (see [`next_backend`]), record both
 /// directions of the flow (TCP in `HALF_OPEN` until the handshake completes, UDP in `FLOWS`),
 /// rewrite, send. Not inlined, for the stack as `established`. `table_index` is the table of
 /// the service and home pool (one argument for both: a BPF function takes at most five).
@@ -252,7 +253,8 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
         count_event(events::TTL_EXPIRED);
         return NewFlow::Done(xdp_action::XDP_PASS);
     }
-    let Some(backend_id) = next_backend(table_index) else {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(backend_id) = next_backend(table_index, pkt, key, now) else {
         count_no_backend(service_id);
         return NewFlow::Done(xdp_action::XDP_DROP);
     };
@@ -262,7 +264,6 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
     };
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let route = Route {
         src: &key.src_addr,
         dst: &backend.addr,
@@ -322,29 +323,68 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
     })
 }
 
-/// The next backend id of a table, advancing its round-robin cursor atomically so that
-/// concurrent new flows on different CPUs take different slots.
+/// The backend id a new flow gets from a table: the next slot by round robin, advancing the
+/// table's cursor atomically so that concurrent new flows on different CPUs take different
+/// slots; or, for a TCP flow the handshake guard places by hash, the slot its 5-tuple hashes
+/// to.
 #[inline(always)]
-fn next_backend(table_index: u32) -> Option<u32> {
+fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Option<u32> {
     let table = BACKEND_TABLES.get_value(table_index, &0)?;
     let len = table.len as u64;
     if len == 0 {
         return None;
     }
-    let cursor = RR_CURSORS.get_ptr_mut(table_index)?;
-    // SAFETY: the cursor is a valid, 8-byte aligned u64 in an array map shared by all CPUs.
-    // `core::sync::atomic` offers no fetch_add on BPF (the target has no compare-and-swap),
-    // so the intrinsic is used directly. It must be SeqCst: with Relaxed, LLVM 22 selects the
-    // non-fetching BPF_ADD and then uses the register as if it held the old value, so every
-    // flow would get the same slot. SeqCst yields BPF_ADD | BPF_FETCH (`lock xadd` on x86),
-    // which is what the kernel runs for any fetching atomic anyway. Packet tests check that
-    // consecutive flows take consecutive slots.
-    let turn = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) };
+    let turn = match hash_seed(pkt, now) {
+        Some(seed) => flow_hash(key, seed) as u64,
+        None => {
+            let cursor = RR_CURSORS.get_ptr_mut(table_index)?;
+            // SAFETY: the cursor is a valid, 8-byte aligned u64 in an array map shared by all
+            // CPUs. `core::sync::atomic` offers no fetch_add on BPF (the target has no
+            // compare-and-swap), so the intrinsic is used directly. It must be SeqCst: with
+            // Relaxed, LLVM 22 selects the non-fetching BPF_ADD and then uses the register as
+            // if it held the old value, so every flow would get the same slot. SeqCst yields
+            // BPF_ADD | BPF_FETCH (`lock xadd` on x86), which is what the kernel runs for any
+            // fetching atomic anyway. Packet tests check that consecutive flows take
+            // consecutive slots.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) }
+        }
+    };
     let slot = (turn % len) as usize;
     if slot >= MAX_TABLE_SLOTS {
         return None;
     }
     Some(table.slots[slot])
+}
+
+/// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`): `Some(seed)` if its
+/// backend is chosen by hash — a TCP packet without SYN (its handshake's entry is gone), or a
+/// SYN in a window that has seen more new TCP flows than the budget — `None` for round robin.
+/// Counts the flow in the window.
+#[inline(always)]
+fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
+    if pkt.proto != proto::TCP {
+        return None;
+    }
+    let guard = HANDSHAKE_GUARD.get_ptr_mut(0)?;
+    // SAFETY: the guard's single element, shared by all CPUs: the window fields are only a
+    // rate estimate, and the count is advanced atomically.
+    let guard = unsafe { &mut *guard };
+    if now.wrapping_sub(guard.window_start_ns) > HANDSHAKE_WINDOW_NS {
+        guard.window_start_ns = now;
+        guard.window_flows = 0;
+    }
+    // SAFETY: a valid, 8-byte aligned u64 (see `next_backend` for the ordering).
+    let flows =
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut guard.window_flows, 1) };
+    if pkt.tcp_flags & TCP_SYN == 0 {
+        count_event(events::MIDSTREAM_HASHED);
+        return Some(guard.seed);
+    }
+    if guard.budget != 0 && flows >= guard.budget {
+        count_event(events::SYN_HASHED);
+        return Some(guard.seed);
+    }
+    None
 }
 
 #[inline(always)]

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey,
-    TrafficCounters, VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, ServiceEntry,
+    ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
 };
 
@@ -63,6 +63,17 @@ pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Ar
 /// two CPUs never read the same value; userspace only zeroes it when a table index is reused.
 #[btf_map]
 pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new();
+
+/// The handshake guard, one element. A SYN flood churns `HALF_OPEN`: when SYNs arrive faster
+/// than it can keep each for `timing::HANDSHAKE_KEEP_NS`, a legitimate handshake may lose its
+/// entry before the client's ACK, and a round-robin choice cannot be made again. So the
+/// program counts new TCP flows per `timing::HANDSHAKE_WINDOW_NS`, and above the budget it
+/// places SYNs by a seeded hash of the 5-tuple over the same weighted table; a client packet
+/// that finds no entry is placed by the same hash, and so reaches the backend its SYN got.
+/// Userspace writes the budget and the seed when it creates the maps; the program writes the
+/// window and its count (an approximate count: a window restart may race with an increment).
+#[btf_map]
+pub static HANDSHAKE_GUARD: Array<HandshakeGuard, 1> = Array::new();
 
 /// Flow tables: 5-tuple as it arrives -> how to rewrite it and where to send it.
 pub type FlowTable =

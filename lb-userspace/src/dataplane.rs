@@ -2,6 +2,7 @@
 //! interfaces, and the map writes of [`DataplaneMaps`].
 
 use std::{
+    io::Read as _,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -21,12 +22,13 @@ use aya::{
 };
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
-    VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowKey, HandshakeGuard, ServiceEntry, ServiceKey,
+    TrafficCounters, VipKey,
     consts::{
         events,
         limits::{HALF_OPEN_DIVISOR, MAX_PREFIXES_PER_SERVICE},
         map_names, program_names,
+        timing::{HANDSHAKE_KEEP_NS, HANDSHAKE_WINDOW_NS},
     },
 };
 use tracing::{info, warn};
@@ -60,6 +62,7 @@ pub struct Maps {
     tables_data: MapData,
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
+    handshake_guard: Array<MapData, HandshakeGuard>,
     /// The flow tables (`FLOWS` and `HALF_OPEN`).
     pub flows: FlowTables,
     vips: HashMap<MapData, VipKey, u32>,
@@ -103,11 +106,12 @@ pub struct Dataplane {
 }
 
 /// Names of every map of the balancer, for pinning.
-const MAP_NAMES: [&str; 13] = [
+const MAP_NAMES: [&str; 14] = [
     map_names::SERVICES,
     map_names::BACKEND_TABLES,
     map_names::BACKENDS,
     map_names::RR_CURSORS,
+    map_names::HANDSHAKE_GUARD,
     map_names::FLOWS,
     map_names::HALF_OPEN,
     map_names::VIPS,
@@ -176,7 +180,8 @@ impl Dataplane {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.arm_handshake_guard(flow_table_size)?;
         Ok(Self {
             ebpf,
             maps,
@@ -387,6 +392,14 @@ fn map_data(map: &aya::maps::Map) -> &MapData {
     }
 }
 
+/// New TCP flows per handshake-guard window above which SYNs are placed by hash: the rate at
+/// which the half-open table, `flow_table_size / HALF_OPEN_DIVISOR` flows, would keep each
+/// for less than `HANDSHAKE_KEEP_NS`. At least 1.
+pub fn handshake_budget(flow_table_size: u32) -> u64 {
+    let half_open_flows = u64::from(flow_table_size / HALF_OPEN_DIVISOR);
+    (half_open_flows * HANDSHAKE_WINDOW_NS / HANDSHAKE_KEEP_NS).max(1)
+}
+
 fn attach_in(program: &mut Xdp, ifindex: u32, mode: AyaXdpMode) -> Result<XdpLinkId> {
     Ok(program.attach_to_if_index(ifindex, mode)?)
 }
@@ -415,6 +428,7 @@ impl Maps {
             tables_data: MapData::from_id(tables_id)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
+            handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
             flows: FlowTables::new(
                 take(ebpf, map_names::FLOWS)?,
                 take(ebpf, map_names::HALF_OPEN)?,
@@ -427,6 +441,34 @@ impl Maps {
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             events: take(ebpf, map_names::EVENTS)?,
         })
+    }
+
+    /// Sets the handshake guard's budget for `flow_table_size` and a random hash seed, unless
+    /// adopted maps already have them (the seed must not change under established flows that
+    /// were placed by hash).
+    fn arm_handshake_guard(&mut self, flow_table_size: u32) -> Result<()> {
+        if self.handshake_guard()?.budget != 0 {
+            return Ok(());
+        }
+        let mut seed = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut seed))
+            .context("reading a hash seed from /dev/urandom")?;
+        let guard = HandshakeGuard {
+            budget: handshake_budget(flow_table_size),
+            seed: u32::from_ne_bytes(seed),
+            ..HandshakeGuard::default()
+        };
+        self.handshake_guard
+            .set(0, guard, 0)
+            .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// The handshake guard: its budget, hash seed and current window.
+    pub fn handshake_guard(&self) -> Result<HandshakeGuard> {
+        self.handshake_guard
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", map_names::HANDSHAKE_GUARD))
     }
 
     /// Lets the program redirect packets to interface `ifindex` (attaching does this; tests
@@ -677,5 +719,23 @@ impl NoopProgram {
         attach_in(self.program_mut(), ifindex, AyaXdpMode::Driver)
             .with_context(|| format!("attaching the reference program to {interface}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::consts::limits::DEFAULT_FLOW_TABLE_SIZE;
+
+    use super::*;
+
+    /// The budget is the half-open table's size spread over `HANDSHAKE_KEEP_NS`, per window:
+    /// the default table (65,536 half-open flows) takes 32,760 new TCP flows a second by
+    /// round robin; the smallest still takes one per window.
+    #[test]
+    fn the_handshake_budget_keeps_half_open_flows_for_two_seconds() {
+        assert_eq!(handshake_budget(DEFAULT_FLOW_TABLE_SIZE), 3_276);
+        assert_eq!(handshake_budget(1_024), 12);
+        assert_eq!(handshake_budget(4), 1);
+        assert_eq!(handshake_budget(0), 1);
     }
 }

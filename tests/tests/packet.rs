@@ -9,13 +9,15 @@ use std::{net::SocketAddr, time::Duration};
 use lb_common::{
     BackendTable, FlowKey,
     consts::{events, flow_flags},
+    hash::flow_hash,
 };
 use xlb::{
     config::Config,
     control::{Balancer, DataplaneMaps as _, ServiceSpec, table_index},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, handshake_budget},
     flows::FlowTimeouts,
     netif,
+    table::smooth_weighted_sequence,
     wire::{addr_field, port_field},
 };
 use xlb_tests::{
@@ -1166,6 +1168,100 @@ fn a_syn_flood_cannot_evict_established_flows() {
             &expected,
         );
         assert_eq!(lab.service_new_flows("web"), 1 + FLOOD as u64);
+    });
+}
+
+/// Under a SYN flood (more new TCP flows per window than the half-open table can keep for
+/// two seconds), SYNs are placed by a seeded hash of their 5-tuple over the same table, so a
+/// handshake whose half-open entry was evicted still completes: the client's ACK finds no
+/// entry and is placed by the same hash. A client packet without any entry is always placed by
+/// hash; once the flood stops, SYNs take turns again.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
+    const VIP: &str = "198.18.100.1:80";
+    let config = CONFIG.replace(
+        "interfaces = [\"c0\", \"s0\"]",
+        "interfaces = [\"c0\", \"s0\"]\nflow_table_size = 1024",
+    );
+    with_lab_config(&config, |lab| {
+        let guard = lab.dataplane.maps.handshake_guard().unwrap();
+        assert_eq!(guard.budget, handshake_budget(1024));
+        let ids = lab.backend_ids("web");
+        let weights: Vec<(u32, u32)> = ids.iter().map(|&id| (id, 1)).collect();
+        let sequence = smooth_weighted_sequence(&weights);
+        // The backend a flow from `client` hashes to: its address and MAC (the config's
+        // backends are 198.18.1.11 to .13, with MACs 02:00:00:00:01:11 to :13).
+        let hashed = |client: &str| {
+            let key = flow_key(client, VIP, 6);
+            let id = sequence[flow_hash(&key, guard.seed) as usize % sequence.len()];
+            let index = ids.iter().position(|&b| b == id).unwrap() as u8;
+            (
+                format!("198.18.1.{}:8080", 11 + index),
+                backend_mac(0x11 + index),
+            )
+        };
+
+        let orphan = ack_of(&Frame::tcp("198.18.0.2:41000", VIP));
+        let (backend, mac) = hashed("198.18.0.2:41000");
+        let expected = to_backend(&orphan, &backend, mac, S0_MAC);
+        lab.expect(
+            "an ACK without a flow",
+            &orphan,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        assert_eq!(lab.event(events::MIDSTREAM_HASHED), 1);
+        assert_eq!(lab.event(events::SYN_HASHED), 0);
+
+        // Flood until a legitimate SYN lands in a window that is over budget (one round
+        // normally; more if the machine stalled past a window in between).
+        let mut spoofed = 0u32;
+        let mut hashed_syn = None;
+        for round in 0..100u16 {
+            for _ in 0..2 * guard.budget {
+                spoofed += 1;
+                let [_, _, a, b] = spoofed.to_be_bytes();
+                let syn = Frame::tcp(&format!("198.19.{a}.{b}:1024"), VIP);
+                assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+            }
+            let client = format!("198.18.0.2:{}", 42_000 + round);
+            let syn = Frame::tcp(&client, VIP);
+            let before = lab.event(events::SYN_HASHED);
+            let (verdict, output) = lab.run(&syn.build(), lab.c0);
+            assert_eq!(verdict_name(verdict), "XDP_REDIRECT");
+            if lab.event(events::SYN_HASHED) == before + 1 {
+                hashed_syn = Some((client, syn, output));
+                break;
+            }
+        }
+        let (client, syn, output) = hashed_syn.expect("no SYN was placed by hash in 100 rounds");
+        let (backend, mac) = hashed(&client);
+        let expected = to_backend(&syn, &backend, mac, S0_MAC).build();
+        assert!(
+            output == expected,
+            "hashed SYN\n{}",
+            hex_diff(&expected, &output)
+        );
+
+        // The flood evicts the handshake's half-open entries before the client's ACK.
+        let key = flow_key(&client, VIP, 6);
+        lab.dataplane.maps.flows.remove(&key, endpoint(&backend));
+        assert!(lab.dataplane.maps.flow(&key).is_none());
+        let ack = ack_of(&syn);
+        let expected = to_backend(&ack, &backend, mac, S0_MAC);
+        lab.expect("ACK after eviction", &ack, lab.c0, XDP_REDIRECT, &expected);
+        assert_eq!(lab.event(events::MIDSTREAM_HASHED), 2);
+
+        // A window later, with no flood, SYNs take turns again.
+        std::thread::sleep(Duration::from_millis(250));
+        let hashed_so_far = lab.event(events::SYN_HASHED);
+        for port in 43_000..43_003 {
+            let syn = Frame::tcp(&format!("198.18.0.2:{port}"), VIP);
+            assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+        }
+        assert_eq!(lab.event(events::SYN_HASHED), hashed_so_far);
     });
 }
 

@@ -16,11 +16,11 @@ const TIERS: [(&str, &str); 3] = [
     ("tier 1: unit tests", "test"),
     (
         "tier 2: packet tests (BPF_PROG_TEST_RUN)",
-        "test -p xlb-tests --test packet --test fuzz -- --ignored",
+        "test --no-fail-fast -p xlb-tests --test packet --test fuzz -- --ignored",
     ),
     (
         "tier 3: end-to-end tests in network namespaces",
-        "test -p xlb-tests --test balance --test health --test operator --test hostile --test locality -- --ignored",
+        "test --no-fail-fast -p xlb-tests --test balance --test health --test operator --test hostile --test locality -- --ignored",
     ),
 ];
 

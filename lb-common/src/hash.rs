@@ -1,0 +1,84 @@
+//! The hash of a flow's 5-tuple that places a TCP flow when round robin cannot be used (see
+//! `HANDSHAKE_GUARD` in `lb-ebpf/src/maps.rs`). The XDP program and userspace (tests, the
+//! simulator) must compute the same value, so it is defined here once.
+//!
+//! It is MurmurHash3's 32-bit block mix and finaliser over the key's ten 32-bit words: small
+//! enough for the verifier (no loop over bytes, no lookup table), and every input bit reaches
+//! every output bit, so `hash % slots` spreads flows evenly over a table. Written out rather
+//! than taken from a crate because hashing crates work on byte streams through `Hasher`,
+//! which the XDP program cannot afford.
+
+use crate::FlowKey;
+
+/// Hash of `key` under `seed` (a random value chosen when the maps are created, so that
+/// sources cannot aim at one backend).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let words = [
+        key.src_addr[0],
+        key.src_addr[1],
+        key.src_addr[2],
+        key.src_addr[3],
+        key.dst_addr[0],
+        key.dst_addr[1],
+        key.dst_addr[2],
+        key.dst_addr[3],
+        u32::from(key.src_port) | u32::from(key.dst_port) << 16,
+        u32::from(key.proto) | u32::from(key.family) << 8,
+    ];
+    let mut hash = seed;
+    for word in words {
+        let mixed = word
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        hash = (hash ^ mixed)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
+    }
+    hash ^= 40;
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(client: u32, port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: [client, 0, 0, 0],
+            dst_addr: [0x0164_12c6, 0, 0, 0],
+            src_port: port,
+            dst_port: 80u16.to_be(),
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn the_same_flow_hashes_the_same_and_the_seed_changes_it() {
+        let flow = key(0x0200_12c6, 40_000);
+        assert_eq!(flow_hash(&flow, 7), flow_hash(&flow, 7));
+        assert_ne!(flow_hash(&flow, 7), flow_hash(&flow, 8));
+        assert_ne!(flow_hash(&flow, 7), flow_hash(&key(0x0200_12c6, 40_001), 7));
+    }
+
+    /// Consecutive source ports of one client (what a client's connections look like) spread
+    /// over three slots within 3% of a third each.
+    #[test]
+    fn consecutive_ports_spread_evenly_over_slots() {
+        let mut slots = [0u32; 3];
+        for port in 10_000..40_000u16 {
+            slots[(flow_hash(&key(0x0200_12c6, port), 0x5eed) % 3) as usize] += 1;
+        }
+        for count in slots {
+            assert!((9_700..=10_300).contains(&count), "{slots:?}");
+        }
+    }
+}
