@@ -212,8 +212,9 @@ pub struct HandshakeGuard {
     /// Seed of [`crate::hash::flow_hash`]: random, written by userspace when it creates the
     /// maps.
     pub seed: u32,
-    /// Explicit padding; zero.
-    pub _pad: u32,
+    /// 1 if the previous window reached the budget: then every SYN of this window is placed
+    /// by hash, not only those past the budget. Written by the program.
+    pub flooded: u32,
 }
 
 const _: () = assert!(size_of::<ServiceKey>() == 20);

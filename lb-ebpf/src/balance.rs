@@ -157,19 +157,27 @@ fn peer_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
     }
 }
 
-/// Moves a TCP flow whose handshake completed from `HALF_OPEN` to `FLOWS` (the reply entry
-/// first, so a packet that finds the forward entry finds its reply too). Returns the forward
-/// entry in `FLOWS`.
+/// Moves a TCP flow whose handshake completed from `HALF_OPEN` to `FLOWS`: the reply entry
+/// first, so a packet that finds the forward entry finds its reply too. The reply entry is
+/// rebuilt from the forward one rather than copied, because a flood may have evicted the
+/// half-open reply entry while the forward entry survived, and a flow without its reply entry
+/// would send the backend's answers untranslated. Returns the forward entry in `FLOWS`.
 #[inline(always)]
 fn promote(key: &FlowKey, entry: *mut FlowEntry) -> Option<*mut FlowEntry> {
-    // SAFETY: valid map values; the helper copies them into the other map.
-    let reply_key = scratch_peer(key, unsafe { &*entry })?;
-    if let Some(reply) = HALF_OPEN.get_ptr(reply_key) {
-        FLOWS
-            .insert(reply_key, unsafe { &*reply }, BPF_ANY as u64)
-            .ok()?;
+    let scratch = scratch()?;
+    // SAFETY: a valid map value, and this CPU's scratch area (its `entry` is free here).
+    let (forward, reply) = unsafe { (&*entry, &mut (*scratch).entry) };
+    if forward.direction != direction::TO_BACKEND {
+        return None;
     }
-    FLOWS.insert(key, unsafe { &*entry }, BPF_ANY as u64).ok()?;
+    let reply_key = scratch_peer(key, forward)?;
+    *reply = *forward;
+    reply.addr = key.dst_addr;
+    reply.port = key.dst_port;
+    reply.direction = direction::TO_CLIENT;
+    reply.hop_ifindex = 0;
+    FLOWS.insert(reply_key, &*reply, BPF_ANY as u64).ok()?;
+    FLOWS.insert(key, forward, BPF_ANY as u64).ok()?;
     let _ = HALF_OPEN.remove(key);
     let _ = HALF_OPEN.remove(reply_key);
     count_event(events::FLOW_PROMOTED);
@@ -358,7 +366,8 @@ fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Opti
 
 /// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`): `Some(seed)` if its
 /// backend is chosen by hash — a TCP packet without SYN (its handshake's entry is gone), or a
-/// SYN in a window that has seen more new TCP flows than the budget — `None` for round robin.
+/// SYN in a window that has seen more new TCP flows than the budget, or that follows such a
+/// window — `None` for round robin.
 /// Counts the flow in the window.
 #[inline(always)]
 fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
@@ -369,7 +378,12 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
     // SAFETY: the guard's single element, shared by all CPUs: the window fields are only a
     // rate estimate, and the count is advanced atomically.
     let guard = unsafe { &mut *guard };
-    if now.wrapping_sub(guard.window_start_ns) > HANDSHAKE_WINDOW_NS {
+    let elapsed = now.wrapping_sub(guard.window_start_ns);
+    if elapsed > HANDSHAKE_WINDOW_NS {
+        // A window that ends over budget keeps the next one hashing from its first SYN; a gap
+        // of more than a window means the last one saw no flows at all.
+        let over = elapsed <= 2 * HANDSHAKE_WINDOW_NS && guard.window_flows >= guard.budget;
+        guard.flooded = over as u32;
         guard.window_start_ns = now;
         guard.window_flows = 0;
     }
@@ -380,7 +394,7 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
         count_event(events::MIDSTREAM_HASHED);
         return Some(guard.seed);
     }
-    if guard.budget != 0 && flows >= guard.budget {
+    if guard.budget != 0 && (guard.flooded != 0 || flows >= guard.budget) {
         count_event(events::SYN_HASHED);
         return Some(guard.seed);
     }

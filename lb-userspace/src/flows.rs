@@ -180,6 +180,14 @@ impl FlowTables {
         }
     }
 
+    /// Deletes the entry stored under `key` (one direction of a flow) from both tables, as an
+    /// LRU eviction would.
+    pub fn remove_direction(&mut self, key: &FlowKey) {
+        for map in [&mut self.flows, &mut self.half_open] {
+            let _ = map.remove(key);
+        }
+    }
+
     /// Every flow, by its client-to-backend entry, and whether it is still half-open.
     pub fn all(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
         let mut all = Vec::new();

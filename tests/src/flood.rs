@@ -120,15 +120,25 @@ pub struct UnderFlood {
     pub session_after: Result<String, String>,
     /// Bytes of a download that ran through the flood, or what went wrong.
     pub download: Result<usize, String>,
-    /// How long each new connection (with its small exchange) made during the flood took.
+    /// How long each new connection (with its small exchange) begun during the flood took.
     pub connects: Vec<Duration>,
     /// The new connections that failed, and why.
     pub connect_errors: Vec<String>,
 }
 
+/// How long after the flood starts the new connections begin: two handshake-guard windows.
+const FLOOD_UNDER_WAY: Duration = Duration::from_millis(200);
+/// How often a new connection starts during the flood.
+const CONNECT_EVERY: Duration = Duration::from_millis(100);
+/// How long each new connection may take, its exchange included: long enough for two SYN
+/// retransmissions (at 1 and 3 s), which a flood that overloads the client's own link makes
+/// necessary.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// From the client host: opens a keep-alive connection and starts a `download_bytes` download
 /// through the VIP's TCP service, then floods the VIP with up to `count` spoofed SYNs for at
-/// most `limit` while opening new connections one after another; after the flood, uses the
+/// most `limit` while opening new connections, one every `CONNECT_EVERY` from
+/// `FLOOD_UNDER_WAY` into it; after the flood, uses the
 /// idle connection again and finishes the download.
 pub fn legitimate_traffic_under_flood(
     lab: &Lab,
@@ -159,16 +169,35 @@ pub fn legitimate_traffic_under_flood(
             let stream_ms = limit.as_millis() as u64 + 1_000;
             let download = start_download(vip, download_bytes, stream_ms).await?;
             go.send(()).ok();
-            let (mut connects, mut connect_errors) = (Vec::new(), Vec::new());
+            // New connections start once the flood is under way: a SYN sent in the flood's
+            // first 100 ms, before xlb's handshake guard has seen a window over budget, is
+            // placed by round robin, and the flood can evict its entry before a slow
+            // handshake completes (README, "The handshake guard").
+            tokio::time::sleep(FLOOD_UNDER_WAY).await;
+            // One new connection every CONNECT_EVERY while the flood lasts, each on its own
+            // (so a slow handshake, retransmitted after a lost SYN, delays no other), each
+            // allowed CONNECT_TIMEOUT.
+            let mut attempts = tokio::task::JoinSet::new();
+            let mut started = 0u64;
             while flooding.load(Ordering::Acquire) {
-                let begun = Instant::now();
-                let exchange = http_echo(vip, payload(connects.len() as u64, 100));
-                match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-                    Ok(Ok(_)) => connects.push(begun.elapsed()),
-                    Ok(Err(error)) => connect_errors.push(format!("{error:#}")),
-                    Err(_) => connect_errors.push("no answer within 5 s".into()),
+                let request = payload(started, 100);
+                attempts.spawn(async move {
+                    let begun = Instant::now();
+                    match tokio::time::timeout(CONNECT_TIMEOUT, http_echo(vip, request)).await {
+                        Ok(Ok(_)) => Ok(begun.elapsed()),
+                        Ok(Err(error)) => Err(format!("{error:#}")),
+                        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+                    }
+                });
+                started += 1;
+                tokio::time::sleep(CONNECT_EVERY).await;
+            }
+            let (mut connects, mut connect_errors) = (Vec::new(), Vec::new());
+            while let Some(attempt) = attempts.join_next().await {
+                match attempt? {
+                    Ok(took) => connects.push(took),
+                    Err(error) => connect_errors.push(error),
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let session_after = session
                 .echo(payload(2, 100))

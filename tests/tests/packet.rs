@@ -1174,8 +1174,9 @@ fn a_syn_flood_cannot_evict_established_flows() {
 /// Under a SYN flood (more new TCP flows per window than the half-open table can keep for
 /// two seconds), SYNs are placed by a seeded hash of their 5-tuple over the same table, so a
 /// handshake whose half-open entry was evicted still completes: the client's ACK finds no
-/// entry and is placed by the same hash. A client packet without any entry is always placed by
-/// hash; once the flood stops, SYNs take turns again.
+/// entry and is placed by the same hash; a handshake that lost only its reply entry gets it
+/// rebuilt when it completes. The window after one over budget hashes from its first SYN. A client packet without any entry is always placed by hash; once the flood
+/// stops, SYNs take turns again.
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
@@ -1253,6 +1254,80 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
         let expected = to_backend(&ack, &backend, mac, S0_MAC);
         lab.expect("ACK after eviction", &ack, lab.c0, XDP_REDIRECT, &expected);
         assert_eq!(lab.event(events::MIDSTREAM_HASHED), 2);
+
+        // A handshake that lost only its half-open reply entry: the ACK moves the flow to
+        // `FLOWS` with a reply entry rebuilt, so the backend's answers are still translated.
+        let client = "198.18.0.2:45000";
+        let syn = Frame::tcp(client, VIP);
+        let (verdict, output) = lab.run(&syn.build(), lab.c0);
+        assert_eq!(verdict_name(verdict), "XDP_REDIRECT");
+        let backend_ip = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&output[30..34]).unwrap());
+        let backend = format!("{backend_ip}:8080");
+        let reply_key = flow_key(&backend, client, 6);
+        lab.dataplane.maps.flows.remove_direction(&reply_key);
+        let ack = ack_of(&syn);
+        assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
+        assert!(
+            lab.dataplane
+                .maps
+                .flows
+                .all()
+                .unwrap()
+                .iter()
+                .any(|(key, _, half_open)| { *key == flow_key(client, VIP, 6) && !half_open })
+        );
+        let answer = Frame::tcp(&backend, client).with(|f| {
+            f.eth_dst = S0_MAC;
+            f.eth_src = backend_mac(0x11 + backend_ip.octets()[3] - 11);
+        });
+        let expected = answer.clone().with(|f| {
+            f.src = endpoint(VIP);
+            f.ttl -= 1;
+            f.eth_dst = CLIENT_MAC;
+            f.eth_src = LB_MAC;
+        });
+        lab.expect(
+            "answer after a lost reply entry",
+            &answer,
+            lab.s0,
+            XDP_REDIRECT,
+            &expected,
+        );
+
+        // The window after one over budget places SYNs by hash from its first: keep the flood
+        // going one SYN at a time until a window begins, then send a legitimate SYN.
+        let window = lab
+            .dataplane
+            .maps
+            .handshake_guard()
+            .unwrap()
+            .window_start_ns;
+        let began = std::time::Instant::now();
+        let next = loop {
+            spoofed += 1;
+            let [_, _, a, b] = spoofed.to_be_bytes();
+            let syn = Frame::tcp(&format!("198.19.{a}.{b}:1024"), VIP);
+            assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+            let guard = lab.dataplane.maps.handshake_guard().unwrap();
+            if guard.window_start_ns != window {
+                break guard;
+            }
+            assert!(began.elapsed() < Duration::from_secs(5), "no new window");
+        };
+        assert_eq!((next.flooded, next.window_flows), (1, 1), "{next:?}");
+        let client = "198.18.0.2:44000";
+        let syn = Frame::tcp(client, VIP);
+        let (backend, mac) = hashed(client);
+        let before = lab.event(events::SYN_HASHED);
+        let expected = to_backend(&syn, &backend, mac, S0_MAC);
+        lab.expect(
+            "first SYN of a window",
+            &syn,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        assert_eq!(lab.event(events::SYN_HASHED), before + 1);
 
         // A window later, with no flood, SYNs take turns again.
         std::thread::sleep(Duration::from_millis(250));
