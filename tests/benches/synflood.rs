@@ -1,6 +1,6 @@
 //! A SYN flood from spoofed sources against the VIP, with legitimate traffic alongside: how
 //! fast the flood came, how much of it reached xlb, and what the legitimate traffic saw (an
-//! idle keep-alive connection, a long download, new connections one after another). Needs
+//! idle keep-alive connection, a long download, a new connection every 100 ms). Needs
 //! root (network namespaces). Run by `cargo xtask bench`.
 
 use std::{net::SocketAddr, time::Duration};
@@ -55,6 +55,13 @@ fn main() -> Result<()> {
         bail!("xlb stats answered {stdout}");
     };
     let reached = stats.services[0].counters.new_flows;
+    let event = |name: &str| {
+        stats
+            .events
+            .iter()
+            .find(|(event, _)| event == name)
+            .map_or(0, |(_, count)| *count)
+    };
     let mut flooded: Vec<f64> = outcome
         .connects
         .iter()
@@ -75,6 +82,14 @@ fn main() -> Result<()> {
     row(
         "new flows xlb recorded (SYNs that reached it)",
         format!("{reached}"),
+    );
+    row(
+        "SYNs placed by hash (handshake guard on)",
+        format!("{}", event("syn_hashed")),
+    );
+    row(
+        "client packets without a flow, placed by hash (handshakes whose entry was evicted)",
+        format!("{}", event("midstream_hashed")),
     );
     row(
         "half-open table / flow table",
@@ -127,7 +142,8 @@ fn main() -> Result<()> {
         &format!(
             "A raw socket on the client host sends SYNs from random sources of 198.19.0.0/16 to \
              the VIP (bounded: {count} packets or {} s) while the client keeps an idle \
-             keep-alive connection, downloads 8 MB and opens a new connection every 50 ms. The \
+             keep-alive connection, downloads 8 MB and, from 200 ms into the flood, starts a new \
+             connection every 100 ms (each on its own, allowed 5 s). The \
              flood and the client share the machine's two cores with xlb and the backends, so \
              the rate is what one sending thread reaches here, not a limit of xlb.\n\n{}",
             limit.as_secs(),
