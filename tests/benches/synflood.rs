@@ -116,9 +116,10 @@ fn main() -> Result<()> {
     row(
         "new connections during the flood",
         format!(
-            "{} succeeded, {} failed",
+            "{} succeeded, {} failed{}",
             outcome.connects.len(),
-            outcome.connect_errors.len()
+            outcome.connect_errors.len(),
+            failure_kinds(&outcome.connect_errors)
         ),
     );
     row(
@@ -151,4 +152,21 @@ fn main() -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// The distinct reasons of failed connections with their counts, as " (reason ×n, ...)";
+/// empty if none failed.
+fn failure_kinds(errors: &[String]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for error in errors {
+        *kinds.entry(error.as_str()).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(kind, n)| format!("{kind} ×{n}"))
+        .collect();
+    format!(" ({})", kinds.join(", "))
 }
