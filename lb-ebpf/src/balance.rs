@@ -364,11 +364,10 @@ fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Opti
     Some(table.slots[slot])
 }
 
-/// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`): `Some(seed)` if its
-/// backend is chosen by hash — a TCP packet without SYN (its handshake's entry is gone), or a
-/// SYN in a window that has seen more new TCP flows than the budget, or that follows such a
-/// window — `None` for round robin.
-/// Counts the flow in the window.
+/// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`), counting the flow in
+/// the current window: `Some(seed)` if its backend is chosen by hash — a TCP packet without
+/// SYN (its handshake's entry is gone), or a SYN in a window that has seen more new TCP flows
+/// than the budget, or that follows such a window — `None` for round robin.
 #[inline(always)]
 fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
     if pkt.proto != proto::TCP {

@@ -177,6 +177,11 @@ pub struct FlowTableStats {
     pub half_open_capacity: u64,
     /// Flows deleted since the daemon started because they were idle or closed.
     pub expired: u64,
+    /// New TCP flows per 100 ms window above which SYNs are placed by hash, not round robin
+    /// (the handshake guard; see the README).
+    pub handshake_budget: u64,
+    /// Whether the handshake guard is placing SYNs by hash now (a SYN flood).
+    pub handshake_guard_on: bool,
 }
 
 /// Counters of one service and its backends.

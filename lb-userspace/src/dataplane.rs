@@ -400,6 +400,14 @@ pub fn handshake_budget(flow_table_size: u32) -> u64 {
     (half_open_flows * HANDSHAKE_WINDOW_NS / HANDSHAKE_KEEP_NS).max(1)
 }
 
+/// Whether, at `now_ns` (coarse monotonic clock), the program would place a SYN by hash: the
+/// guard's current window is over budget, or follows one that was (as the program decides it,
+/// in `lb-ebpf/src/balance.rs`), and that window is not stale.
+pub fn handshake_guard_on(guard: &HandshakeGuard, now_ns: u64) -> bool {
+    let recent = now_ns.wrapping_sub(guard.window_start_ns) <= 2 * HANDSHAKE_WINDOW_NS;
+    guard.budget != 0 && recent && (guard.flooded != 0 || guard.window_flows >= guard.budget)
+}
+
 fn attach_in(program: &mut Xdp, ifindex: u32, mode: AyaXdpMode) -> Result<XdpLinkId> {
     Ok(program.attach_to_if_index(ifindex, mode)?)
 }
@@ -462,6 +470,14 @@ impl Maps {
         self.handshake_guard
             .set(0, guard, 0)
             .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// Whether the handshake guard is placing SYNs by hash now (see [`handshake_guard_on`]).
+    pub fn handshake_guard_on(&self) -> Result<bool> {
+        Ok(handshake_guard_on(
+            &self.handshake_guard()?,
+            monotonic_ns()?,
+        ))
     }
 
     /// The handshake guard: its budget, hash seed and current window.
@@ -737,5 +753,27 @@ mod tests {
         assert_eq!(handshake_budget(1_024), 12);
         assert_eq!(handshake_budget(4), 1);
         assert_eq!(handshake_budget(0), 1);
+    }
+
+    #[test]
+    fn the_guard_is_on_in_a_window_over_budget_or_after_one_and_off_once_stale() {
+        let window = HANDSHAKE_WINDOW_NS;
+        let guard = |flows, flooded| HandshakeGuard {
+            window_start_ns: 10 * window,
+            window_flows: flows,
+            budget: 100,
+            flooded,
+            ..HandshakeGuard::default()
+        };
+        let now = 10 * window + window / 2;
+        assert!(!handshake_guard_on(&guard(99, 0), now));
+        assert!(handshake_guard_on(&guard(100, 0), now));
+        assert!(handshake_guard_on(&guard(3, 1), now));
+        assert!(!handshake_guard_on(&guard(1_000, 1), 13 * window));
+        let off = HandshakeGuard {
+            budget: 0,
+            ..guard(1_000, 1)
+        };
+        assert!(!handshake_guard_on(&off, now));
     }
 }

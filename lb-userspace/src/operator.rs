@@ -297,12 +297,15 @@ impl Monitor {
             .zip(maps.events()?)
             .collect();
         let size = u64::from(self.config.flow_table_size);
+        let guard = maps.handshake_guard()?;
         report.flow_table = FlowTableStats {
             established: self.flow_report.established,
             capacity: size,
             half_open: self.flow_report.half_open,
             half_open_capacity: size / u64::from(HALF_OPEN_DIVISOR),
             expired: self.flows_expired,
+            handshake_budget: guard.budget,
+            handshake_guard_on: maps.handshake_guard_on()?,
         };
         Ok(report)
     }

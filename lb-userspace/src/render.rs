@@ -169,6 +169,13 @@ pub fn stats(report: &StatsReport) -> String {
         t.half_open_capacity,
         t.expired
     );
+    if t.handshake_guard_on {
+        let _ = writeln!(
+            out,
+            "  SYN flood: handshake guard on, SYNs placed by hash (over {} new per 100 ms)",
+            t.handshake_budget
+        );
+    }
     if t.capacity > 0 && t.established * 10 >= t.capacity * 9 {
         let _ = writeln!(
             out,
@@ -222,7 +229,7 @@ fn simulation_line(report: &SimulationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AdminAction, PoolStatus, ServiceStatus};
+    use crate::api::{AdminAction, FlowTableStats, PoolStatus, ServiceStatus};
 
     #[test]
     fn numbers_and_ages_are_short() {
@@ -285,5 +292,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("[operator: drain]"), "{text}");
+    }
+
+    #[test]
+    fn stats_say_when_the_handshake_guard_is_on() {
+        let mut report = StatsReport {
+            services: Vec::new(),
+            events: vec![("syn_hashed".into(), 250_000), ("vlan".into(), 0)],
+            flow_table: FlowTableStats {
+                established: 10,
+                capacity: 65_536,
+                half_open: 16_384,
+                half_open_capacity: 16_384,
+                expired: 0,
+                handshake_budget: 819,
+                handshake_guard_on: false,
+            },
+        };
+        let calm = stats(&report);
+        assert!(!calm.contains("handshake guard"), "{calm}");
+        assert!(calm.contains("events: syn_hashed 250000\n"), "{calm}");
+        report.flow_table.handshake_guard_on = true;
+        let flood = stats(&report);
+        let line = "  SYN flood: handshake guard on, SYNs placed by hash (over 819 new per 100 ms)";
+        assert!(flood.contains(line), "{flood}");
+        assert!(flood.lines().all(|l| l.chars().count() <= 80), "{flood}");
     }
 }

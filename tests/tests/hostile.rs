@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::{attach_peer_programs, event, stats};
+use xlb::dataplane::handshake_budget;
 use xlb_tests::{
     client::start_download,
     flood::legitimate_traffic_under_flood,
@@ -88,28 +89,22 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
         legitimate_traffic_under_flood(&lab, 4_000_000, 600_000, Duration::from_secs(3)).unwrap();
     let stats = stats(&xlb);
     let syns_seen = stats.services[0].counters.new_flows;
-    let event = |name: &str| {
-        stats
-            .events
-            .iter()
-            .find(|(event, _)| event == name)
-            .map_or(0, |(_, count)| *count)
-    };
     eprintln!(
         "flood: {} SYNs in {:?} ({:.0}/s), {syns_seen} new flows at xlb, {} SYNs placed by \
          hash, {} midstream packets placed by hash; {} connections during it",
         outcome.flood.sent,
         outcome.flood.elapsed,
         outcome.flood.rate(),
-        event("syn_hashed"),
-        event("midstream_hashed"),
+        event(&stats, "syn_hashed"),
+        event(&stats, "midstream_hashed"),
         outcome.connects.len()
     );
     eprintln!("new connections took {:?}", outcome.connects);
+    assert_eq!(stats.flow_table.handshake_budget, handshake_budget(65_536));
     assert!(
-        event("syn_hashed") > syns_seen / 2,
+        event(&stats, "syn_hashed") > syns_seen / 2,
         "the handshake guard placed most of the flood by hash: {} of {syns_seen}",
-        event("syn_hashed")
+        event(&stats, "syn_hashed")
     );
     assert!(
         outcome.flood.sent >= 20_000,
