@@ -196,6 +196,17 @@ fn to_backend(input: &Frame, backend: &str, dst_mac: [u8; 6], src_mac: [u8; 6]) 
     })
 }
 
+/// The frame a backend's `input` becomes on its way to the client: source rewritten to the
+/// VIP, TTL decremented, MACs from the FIB.
+fn to_client(input: &Frame, vip: &str) -> Frame {
+    input.clone().with(|f| {
+        f.src = endpoint(vip);
+        f.ttl -= 1;
+        f.eth_dst = CLIENT_MAC;
+        f.eth_src = LB_MAC;
+    })
+}
+
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn new_flows_take_backends_in_turn_and_established_flows_stay() {
@@ -275,12 +286,7 @@ fn replies_are_translated_back_to_the_vip() {
             f.eth_dst = S0_MAC;
             f.eth_src = backend_mac(0x11);
         });
-        let expected = reply.clone().with(|f| {
-            f.src = endpoint("198.18.100.1:80");
-            f.ttl -= 1;
-            f.eth_dst = CLIENT_MAC;
-            f.eth_src = LB_MAC;
-        });
+        let expected = to_client(&reply, "198.18.100.1:80");
         lab.expect("reply", &reply, lab.s0, XDP_REDIRECT, &expected);
 
         // A backend packet to the client that belongs to no flow is not ours.
@@ -848,12 +854,7 @@ fn ipv6_flows_are_balanced_translated_and_forwarded() {
             f.eth_dst = S0_MAC;
             f.eth_src = backend_mac(0x11);
         });
-        let expected = reply.clone().with(|f| {
-            f.src = endpoint("[fd00:100::1]:80");
-            f.ttl -= 1;
-            f.eth_dst = CLIENT_MAC;
-            f.eth_src = LB_MAC;
-        });
+        let expected = to_client(&reply, "[fd00:100::1]:80");
         lab.expect("IPv6 reply", &reply, lab.s0, XDP_REDIRECT, &expected);
 
         // UDP.
@@ -1280,12 +1281,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
             f.eth_dst = S0_MAC;
             f.eth_src = backend_mac(0x11 + backend_ip.octets()[3] - 11);
         });
-        let expected = answer.clone().with(|f| {
-            f.src = endpoint(VIP);
-            f.ttl -= 1;
-            f.eth_dst = CLIENT_MAC;
-            f.eth_src = LB_MAC;
-        });
+        let expected = to_client(&answer, VIP);
         lab.expect(
             "answer after a lost reply entry",
             &answer,
