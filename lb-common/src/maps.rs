@@ -202,18 +202,20 @@ impl TrafficCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandshakeGuard {
     /// Start (coarse monotonic ns) of the current window of `timing::HANDSHAKE_WINDOW_NS`.
-    /// Written by the program.
+    /// Written by the program, with a compare-and-swap, so one CPU restarts each window.
     pub window_start_ns: u64,
     /// New TCP flows entered into `HALF_OPEN` in the current window. Written by the program.
     pub window_flows: u64,
-    /// From this many new TCP flows in a window on, SYNs are placed by hash; 0 turns the
-    /// guard off. Written by userspace when it creates the maps.
+    /// From this many new TCP flows in a window on, SYNs are placed by hash; 0 keeps SYNs on
+    /// round robin (client packets without SYN and without a flow are placed by hash
+    /// whatever the budget). Written by userspace when it creates the maps.
     pub budget: u64,
     /// Seed of [`crate::hash::flow_hash`]: random, written by userspace when it creates the
     /// maps.
     pub seed: u32,
     /// 1 if the previous window reached the budget: then every SYN of this window is placed
-    /// by hash, not only those past the budget. Written by the program.
+    /// by hash, not only those past the budget. Written by the program, by the CPU that
+    /// restarts the window.
     pub flooded: u32,
 }
 

@@ -1,7 +1,10 @@
 //! The balancer's decisions: does this packet belong to a flow, or is it the first packet of a
 //! new flow to a service; which backend serves a new flow; and what gets counted.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg},
+    ptr::{addr_of_mut, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
@@ -69,11 +72,16 @@ pub fn process(ctx: &XdpContext) -> u32 {
     let service = SERVICES.get_ptr(&service_key);
     if pkt.proto == proto::TCP {
         if let Some(entry) = HALF_OPEN.get_ptr_mut(key) {
-            // A client packet without SYN completes the handshake; anything else (a
-            // retransmitted SYN, the backend's SYN-ACK) is forwarded as it is.
-            if service.is_some() && pkt.tcp_flags & TCP_SYN == 0 {
-                if let Some(entry) = promote(key, entry) {
-                    return established(ctx, pkt, key, entry, false);
+            // A client packet without SYN completes the handshake; a retransmitted SYN makes
+            // sure the reply entry is there for the backend's SYN-ACK; anything else (the
+            // SYN-ACK itself) is forwarded as it is.
+            if service.is_some() {
+                if pkt.tcp_flags & TCP_SYN == 0 {
+                    if let Some(entry) = promote(key, entry) {
+                        return established(ctx, pkt, key, entry, false);
+                    }
+                } else {
+                    restore_reply(key, entry);
                 }
             }
             return established(ctx, pkt, key, entry, true);
@@ -164,24 +172,53 @@ fn peer_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
 /// would send the backend's answers untranslated. Returns the forward entry in `FLOWS`.
 #[inline(always)]
 fn promote(key: &FlowKey, entry: *mut FlowEntry) -> Option<*mut FlowEntry> {
-    let scratch = scratch()?;
-    // SAFETY: a valid map value, and this CPU's scratch area (its `entry` is free here).
-    let (forward, reply) = unsafe { (&*entry, &mut (*scratch).entry) };
-    if forward.direction != direction::TO_BACKEND {
-        return None;
-    }
-    let reply_key = scratch_peer(key, forward)?;
-    *reply = *forward;
-    reply.addr = key.dst_addr;
-    reply.port = key.dst_port;
-    reply.direction = direction::TO_CLIENT;
-    reply.hop_ifindex = 0;
-    FLOWS.insert(reply_key, &*reply, BPF_ANY as u64).ok()?;
+    // SAFETY: a valid map value; the helpers copy it into the other map.
+    let forward = unsafe { &*entry };
+    let reply_key = write_reply(key, forward, &FLOWS)?;
     FLOWS.insert(key, forward, BPF_ANY as u64).ok()?;
     let _ = HALF_OPEN.remove(key);
     let _ = HALF_OPEN.remove(reply_key);
     count_event(events::FLOW_PROMOTED);
     FLOWS.get_ptr_mut(key)
+}
+
+/// For a SYN retransmitted by the client of a half-open flow: puts back the flow's half-open
+/// reply entry if a flood evicted it, so that the backend's SYN-ACK is translated again.
+#[inline(always)]
+fn restore_reply(key: &FlowKey, entry: *mut FlowEntry) {
+    // SAFETY: a valid map value, read before anything is written.
+    let forward = unsafe { &*entry };
+    let missing = scratch_peer(key, forward).is_some_and(|peer| HALF_OPEN.get_ptr(peer).is_none());
+    if missing {
+        let _ = write_reply(key, forward, &HALF_OPEN);
+    }
+}
+
+/// Writes into `table` the reply entry of the flow whose client-to-backend entry `forward` is
+/// stored under `key`, built from it (see [`make_reply`]). Returns the reply's key.
+#[inline(always)]
+fn write_reply(key: &FlowKey, forward: &FlowEntry, table: &FlowTable) -> Option<&'static FlowKey> {
+    if forward.direction != direction::TO_BACKEND {
+        return None;
+    }
+    let scratch = scratch()?;
+    let reply_key = scratch_peer(key, forward)?;
+    // SAFETY: this CPU's scratch area; its `entry` is not otherwise in use here.
+    let reply = unsafe { &mut (*scratch).entry };
+    *reply = *forward;
+    make_reply(reply, key);
+    table.insert(reply_key, &*reply, BPF_ANY as u64).ok()?;
+    Some(reply_key)
+}
+
+/// Turns a flow's client-to-backend entry, stored under `key`, into its reply entry: the
+/// backend's packets get their source rewritten to the VIP; the next hop is resolved anew.
+#[inline(always)]
+fn make_reply(entry: &mut FlowEntry, key: &FlowKey) {
+    entry.addr = key.dst_addr;
+    entry.port = key.dst_port;
+    entry.direction = direction::TO_CLIENT;
+    entry.hop_ifindex = 0;
 }
 
 /// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
@@ -308,10 +345,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
     let Some(reply_key) = scratch_peer(key, entry) else {
         return NewFlow::Done(xdp_action::XDP_DROP);
     };
-    entry.addr = pkt.dst;
-    entry.port = pkt.dport;
-    entry.direction = direction::TO_CLIENT;
-    entry.hop_ifindex = 0;
+    make_reply(entry, key);
     if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
         let _ = table.remove(key);
         count_event(events::FLOW_INSERT_FAILED);
@@ -374,28 +408,41 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
         return None;
     }
     let guard = HANDSHAKE_GUARD.get_ptr_mut(0)?;
-    // SAFETY: the guard's single element, shared by all CPUs: the window fields are only a
-    // rate estimate, and the count is advanced atomically.
-    let guard = unsafe { &mut *guard };
-    let elapsed = now.wrapping_sub(guard.window_start_ns);
-    if elapsed > HANDSHAKE_WINDOW_NS {
-        // A window that ends over budget keeps the next one hashing from its first SYN; a gap
-        // of more than a window means the last one saw no flows at all.
-        let over = elapsed <= 2 * HANDSHAKE_WINDOW_NS && guard.window_flows >= guard.budget;
-        guard.flooded = over as u32;
-        guard.window_start_ns = now;
-        guard.window_flows = 0;
-    }
-    // SAFETY: a valid, 8-byte aligned u64 (see `next_backend` for the ordering).
-    let flows =
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&mut guard.window_flows, 1) };
-    if pkt.tcp_flags & TCP_SYN == 0 {
-        count_event(events::MIDSTREAM_HASHED);
-        return Some(guard.seed);
-    }
-    if guard.budget != 0 && (guard.flooded != 0 || flows >= guard.budget) {
-        count_event(events::SYN_HASHED);
-        return Some(guard.seed);
+    // SAFETY: the guard's single element, shared by all CPUs, used through raw pointers only:
+    // the fields several CPUs write (window start, count) change atomically, and `flooded` is
+    // written only by the CPU that restarted the window. `budget` and `seed` are written by
+    // userspace before the program is attached.
+    unsafe {
+        let start_ptr = addr_of_mut!((*guard).window_start_ns);
+        let flows_ptr = addr_of_mut!((*guard).window_flows);
+        // A plain aligned 8-byte load (BPF has no atomic load instruction; this is one).
+        let start = read_volatile(start_ptr);
+        // Signed: another CPU may have restarted the window after this packet read the clock.
+        let elapsed = now.wrapping_sub(start) as i64;
+        if elapsed > HANDSHAKE_WINDOW_NS as i64 {
+            // One CPU restarts the window: the one whose compare-and-swap moves its start. A
+            // window that ended over budget keeps the next one hashing from its first SYN; a
+            // gap of more than a window means the last one saw no flows at all.
+            let (_, restarted) =
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    start_ptr, start, now,
+                );
+            if restarted {
+                let ended = atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(flows_ptr, 0);
+                let over = elapsed <= 2 * HANDSHAKE_WINDOW_NS as i64 && ended >= (*guard).budget;
+                (*guard).flooded = over as u32;
+            }
+        }
+        // See `next_backend` for the ordering.
+        let flows = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(flows_ptr, 1);
+        if pkt.tcp_flags & TCP_SYN == 0 {
+            count_event(events::MIDSTREAM_HASHED);
+            return Some((*guard).seed);
+        }
+        if (*guard).budget != 0 && ((*guard).flooded != 0 || flows >= (*guard).budget) {
+            count_event(events::SYN_HASHED);
+            return Some((*guard).seed);
+        }
     }
     None
 }

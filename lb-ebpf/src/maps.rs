@@ -69,10 +69,11 @@ pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new(
 /// entry before the client's ACK, and a round-robin choice cannot be made again. So the
 /// program counts new TCP flows per `timing::HANDSHAKE_WINDOW_NS`, and above the budget (and
 /// for the whole window after one that reached it) it places SYNs by a seeded hash of the
-/// 5-tuple over the same weighted table; a client packet
-/// that finds no entry is placed by the same hash, and so reaches the backend its SYN got.
-/// Userspace writes the budget and the seed when it creates the maps; the program writes the
-/// window, its count and the flooded flag (an approximate count: a window restart may race with an increment).
+/// 5-tuple over the same weighted table; a client TCP packet without SYN that finds no entry
+/// is placed by the same hash, and so reaches the backend its SYN got. Userspace writes the
+/// budget and the seed when it creates the maps; the program writes the window (restarted by
+/// one CPU, through a compare-and-swap of its start), its count and the flooded flag. The
+/// count is approximate: flows counted while a window restarts may land in the old one.
 #[btf_map]
 pub static HANDSHAKE_GUARD: Array<HandshakeGuard, 1> = Array::new();
 

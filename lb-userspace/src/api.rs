@@ -178,9 +178,11 @@ pub struct FlowTableStats {
     /// Flows deleted since the daemon started because they were idle or closed.
     pub expired: u64,
     /// New TCP flows per 100 ms window above which SYNs are placed by hash, not round robin
-    /// (the handshake guard; see the README).
+    /// (the handshake guard; see the README). Absent from older daemons' answers.
+    #[serde(default)]
     pub handshake_budget: u64,
     /// Whether the handshake guard is placing SYNs by hash now (a SYN flood).
+    #[serde(default)]
     pub handshake_guard_on: bool,
 }
 

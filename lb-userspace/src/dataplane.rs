@@ -400,12 +400,21 @@ pub fn handshake_budget(flow_table_size: u32) -> u64 {
     (half_open_flows * HANDSHAKE_WINDOW_NS / HANDSHAKE_KEEP_NS).max(1)
 }
 
-/// Whether, at `now_ns` (coarse monotonic clock), the program would place a SYN by hash: the
-/// guard's current window is over budget, or follows one that was (as the program decides it,
-/// in `lb-ebpf/src/balance.rs`), and that window is not stale.
+/// Whether, at `now_ns` (coarse monotonic clock), the program would place a SYN by hash, as
+/// `hash_seed` in `lb-ebpf/src/balance.rs` decides it: within the current window, if it is
+/// over budget or follows one that was; once it has ended, if it ended over budget (the next
+/// SYN restarts the window and carries that over) and not more than a window ago.
 pub fn handshake_guard_on(guard: &HandshakeGuard, now_ns: u64) -> bool {
-    let recent = now_ns.wrapping_sub(guard.window_start_ns) <= 2 * HANDSHAKE_WINDOW_NS;
-    guard.budget != 0 && recent && (guard.flooded != 0 || guard.window_flows >= guard.budget)
+    if guard.budget == 0 {
+        return false;
+    }
+    let over = guard.window_flows >= guard.budget;
+    let elapsed = now_ns.wrapping_sub(guard.window_start_ns) as i64;
+    if elapsed > HANDSHAKE_WINDOW_NS as i64 {
+        over && elapsed <= 2 * HANDSHAKE_WINDOW_NS as i64
+    } else {
+        over || guard.flooded != 0
+    }
 }
 
 fn attach_in(program: &mut Xdp, ifindex: u32, mode: AyaXdpMode) -> Result<XdpLinkId> {
@@ -509,7 +518,14 @@ impl Maps {
     pub fn events(&self) -> Result<[u64; events::COUNT as usize]> {
         let mut totals = [0u64; events::COUNT as usize];
         for (event, total) in totals.iter_mut().enumerate() {
-            *total = self.events.get(&(event as u32), 0)?.iter().sum();
+            *total = match self.events.get(&(event as u32), 0) {
+                Ok(counts) => counts.iter().sum(),
+                // An events map pinned by an older version, with fewer events: none counted.
+                Err(aya::maps::MapError::KeyNotFound | aya::maps::MapError::OutOfBounds { .. }) => {
+                    0
+                }
+                Err(error) => return Err(error.into()),
+            };
         }
         Ok(totals)
     }
@@ -769,6 +785,10 @@ mod tests {
         assert!(!handshake_guard_on(&guard(99, 0), now));
         assert!(handshake_guard_on(&guard(100, 0), now));
         assert!(handshake_guard_on(&guard(3, 1), now));
+        // The window has ended: what counts is whether it ended over budget.
+        let ended = 11 * window + window / 2;
+        assert!(handshake_guard_on(&guard(100, 0), ended));
+        assert!(!handshake_guard_on(&guard(3, 1), ended));
         assert!(!handshake_guard_on(&guard(1_000, 1), 13 * window));
         let off = HandshakeGuard {
             budget: 0,

@@ -86,7 +86,7 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
 
     let outcome =
-        legitimate_traffic_under_flood(&lab, 4_000_000, 600_000, Duration::from_secs(3)).unwrap();
+        legitimate_traffic_under_flood(&lab, 4_000_000, 2_000_000, Duration::from_secs(3)).unwrap();
     let stats = stats(&xlb);
     let syns_seen = stats.services[0].counters.new_flows;
     eprintln!(
@@ -102,11 +102,6 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
     eprintln!("new connections took {:?}", outcome.connects);
     assert_eq!(stats.flow_table.handshake_budget, handshake_budget(65_536));
     assert!(
-        event(&stats, "syn_hashed") > syns_seen / 2,
-        "the handshake guard placed most of the flood by hash: {} of {syns_seen}",
-        event(&stats, "syn_hashed")
-    );
-    assert!(
         outcome.flood.sent >= 20_000,
         "the flood was too small to mean anything: {} SYNs",
         outcome.flood.sent
@@ -116,6 +111,11 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
         "the flood overran the half-open table many times: {syns_seen} new flows, {} half-open \
          slots",
         stats.flow_table.half_open_capacity
+    );
+    assert!(
+        event(&stats, "syn_hashed") > syns_seen / 2,
+        "the handshake guard placed most of the flood by hash: {} of {syns_seen}",
+        event(&stats, "syn_hashed")
     );
     assert_eq!(
         outcome.session_after.as_ref(),
