@@ -1206,6 +1206,23 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
                 backend_mac(0x11 + index),
             )
         };
+        // Asserts that `syn` from `client` came out as `output`, sent to its hash's backend.
+        let assert_hashed = |case: &str, client: &str, syn: &Frame, output: &[u8]| {
+            let (backend, mac) = hashed(client);
+            let expected = to_backend(syn, &backend, mac, S0_MAC).build();
+            assert!(
+                output == expected,
+                "{case}\n{}",
+                hex_diff(&expected, output)
+            );
+        };
+        // One more SYN of the flood, from the next spoofed source.
+        let spoof = |lab: &PacketLab, spoofed: &mut u32| {
+            *spoofed += 1;
+            let [_, _, a, b] = spoofed.to_be_bytes();
+            let syn = Frame::tcp(&format!("198.19.{a}.{b}:1024"), VIP);
+            assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+        };
 
         let orphan = ack_of(&Frame::tcp("198.18.0.2:41000", VIP));
         let (backend, mac) = hashed("198.18.0.2:41000");
@@ -1226,10 +1243,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
         let mut hashed_syn = None;
         for round in 0..100u16 {
             for _ in 0..2 * guard.budget {
-                spoofed += 1;
-                let [_, _, a, b] = spoofed.to_be_bytes();
-                let syn = Frame::tcp(&format!("198.19.{a}.{b}:1024"), VIP);
-                assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+                spoof(lab, &mut spoofed);
             }
             let client = format!("198.18.0.2:{}", 42_000 + round);
             let syn = Frame::tcp(&client, VIP);
@@ -1242,13 +1256,8 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
             }
         }
         let (client, syn, output) = hashed_syn.expect("no SYN was placed by hash in 100 rounds");
+        assert_hashed("hashed SYN", &client, &syn, &output);
         let (backend, mac) = hashed(&client);
-        let expected = to_backend(&syn, &backend, mac, S0_MAC).build();
-        assert!(
-            output == expected,
-            "hashed SYN\n{}",
-            hex_diff(&expected, &output)
-        );
 
         // The flood evicts the handshake's half-open entries before the client's ACK.
         let key = flow_key(&client, VIP, 6);
@@ -1326,10 +1335,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
             let mut previous = Instant::now();
             let (next, gap) = loop {
                 let sent = Instant::now();
-                spoofed += 1;
-                let [_, _, a, b] = spoofed.to_be_bytes();
-                let syn = Frame::tcp(&format!("198.19.{a}.{b}:1024"), VIP);
-                assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+                spoof(lab, &mut spoofed);
                 let guard = lab.dataplane.maps.handshake_guard().unwrap();
                 if guard.window_start_ns != window {
                     break (guard, sent - previous);
@@ -1348,13 +1354,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
             }
             assert_eq!((next.flooded, next.window_flows), (1, 1), "{next:?}");
             assert_eq!(verdict_name(verdict), "XDP_REDIRECT");
-            let (backend, mac) = hashed(&client);
-            let expected = to_backend(&syn, &backend, mac, S0_MAC).build();
-            assert!(
-                output == expected,
-                "first SYN of a window\n{}",
-                hex_diff(&expected, &output)
-            );
+            assert_hashed("first SYN of a window", &client, &syn, &output);
             assert_eq!(lab.event(events::SYN_HASHED), before + 1);
             verified = true;
             break;
