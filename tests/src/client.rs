@@ -166,24 +166,7 @@ pub async fn start_download_from(
     bytes: usize,
     ms: u64,
 ) -> Result<Download> {
-    let stream = timeout(EXCHANGE_TIMEOUT, connect(source, vip))
-        .await
-        .context("connect timed out")?
-        .with_context(|| format!("connecting to {vip}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get(format!("/download?bytes={bytes}&ms={ms}"))
-        .header(HOST, vip.to_string())
-        .body(http_body_util::Empty::<Bytes>::new())?;
-    let response = timeout(EXCHANGE_TIMEOUT, sender.send_request(request))
-        .await
-        .context("no response")??;
-    ensure!(
-        response.status().is_success(),
-        "HTTP status {}",
-        response.status()
-    );
+    let response = get(source, vip, &format!("/download?bytes={bytes}&ms={ms}")).await?;
     let backend = backend_of(&response)?;
     Ok(Download {
         backend,
@@ -227,11 +210,17 @@ pub async fn try_connect(vip: SocketAddr, limit: Duration) -> Result<Connect> {
     }
 }
 
-/// `GET path` over a new connection to `address`; returns the body.
-pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
-    let stream = timeout(EXCHANGE_TIMEOUT, TcpStream::connect(address))
+/// `GET path` over a new connection to `address` from `source` (or any address): the
+/// response, whose body is still to be read, if its status is a success.
+async fn get(
+    source: Option<IpAddr>,
+    address: SocketAddr,
+    path: &str,
+) -> Result<hyper::Response<Incoming>> {
+    let stream = timeout(EXCHANGE_TIMEOUT, connect(source, address))
         .await
-        .context("connect timed out")??;
+        .context("connect timed out")?
+        .with_context(|| format!("connecting to {address}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
@@ -246,6 +235,12 @@ pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
         "HTTP status {}",
         response.status()
     );
+    Ok(response)
+}
+
+/// `GET path` over a new connection to `address`; returns the body.
+pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
+    let response = get(None, address, path).await?;
     let body = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
