@@ -110,10 +110,14 @@ pub mod map_names {
 
 /// Names of the BPF programs.
 pub mod program_names {
-    /// The XDP balancer (object `xlb`).
+    /// The balancer at the XDP hook (object `xlb`).
     pub const BALANCER: &str = "xlb";
-    /// The reference program that counts and passes (object `xlb-noop`).
+    /// The same balancer at the tc ingress hook (object `xlb`).
+    pub const BALANCER_TC: &str = "xlb_tc";
+    /// The reference program that counts and passes, at XDP (object `xlb-noop`).
     pub const NOOP: &str = "xlb_noop";
+    /// The same at tc (object `xlb-noop`).
+    pub const NOOP_TC: &str = "xlb_noop_tc";
 }
 
 /// Indexes into the `EVENTS` per-CPU array: things the data plane did that an operator may
@@ -157,8 +161,12 @@ pub mod events {
     /// was evicted, or the flow began before xlb): its backend was chosen by hash of its
     /// 5-tuple, which finds the backend of a SYN that was placed by hash.
     pub const MIDSTREAM_HASHED: u32 = 14;
+    /// A packet of a flow too big to be sent as one frame (a GRO/GSO super-packet, which only
+    /// generic XDP sees, with a partial checksum it cannot update): passed to the kernel
+    /// untouched. Generic mode needs GRO off on its interfaces; tc mode handles these packets.
+    pub const OVERSIZED_PASSED: u32 = 15;
     /// Number of event counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +185,7 @@ pub mod events {
         "flow_promoted",
         "syn_hashed",
         "midstream_hashed",
+        "oversized_passed",
     ];
 }
 

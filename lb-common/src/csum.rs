@@ -51,6 +51,23 @@ pub const fn replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
     !fold(acc)
 }
 
+/// The one's-complement difference of a 16-byte field changing from `old` to `new` (native
+/// words), as a 32-bit partial sum: what `bpf_l4_csum_replace` takes in its "diff" form (a
+/// header-field size of 0), and what `bpf_csum_diff(old, 16, new, 16, 0)` returns.
+#[inline(always)]
+pub const fn diff128(old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut i = 0;
+    while i < 4 {
+        acc += (!old[i]) as u64 + new[i] as u64;
+        i += 1;
+    }
+    // Eight 32-bit terms: two folds bring the carries back into 32 bits.
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc as u32
+}
+
 /// The one's-complement sum of `data` (native-order words, an odd trailing byte padded with
 /// zero), added to `initial`, not yet folded or complemented. For building and verifying
 /// packets in userspace and tests; the data plane only ever updates checksums incrementally.
@@ -125,6 +142,26 @@ mod tests {
             data[16..32].copy_from_slice(&new_bytes);
             let check = replace128(check, &old16, &words(&new_bytes));
             assert_eq!(check, checksum(&data, 0), "replace128, round {round}");
+        }
+    }
+
+    /// A checksum moved by a [`diff128`], as the kernel's `inet_proto_csum_replace_by_diff`
+    /// moves a complete one, equals [`replace128`]'s.
+    #[test]
+    fn diff128_moves_a_checksum_like_replace128() {
+        let mut state = 0x9e37_79b9u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            state
+        };
+        for _ in 0..2000 {
+            let old = [next(), next(), next(), next()];
+            let new = [next(), next(), 0, next()];
+            let check = next() as u16;
+            let sum = (!check) as u32 as u64 + diff128(&old, &new) as u64;
+            let sum = (sum & 0xffff_ffff) + (sum >> 32);
+            let by_diff = !fold(((sum & 0xffff_ffff) + (sum >> 32)) as u32);
+            assert_eq!(by_diff, replace128(check, &old, &new));
         }
     }
 

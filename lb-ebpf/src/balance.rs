@@ -7,10 +7,9 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    bindings::{BPF_ANY, BPF_NOEXIST},
     btf_maps::lpm_trie::Key,
     helpers::bpf_ktime_get_coarse_ns,
-    programs::XdpContext,
 };
 use lb_common::{
     ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
@@ -26,31 +25,33 @@ use lb_common::{
 
 use crate::{
     forward::{Route, resolve, send, send_cached},
+    frame::Frame,
     icmp,
     maps::{
         BACKEND_STATS, BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, FlowTable, HALF_OPEN,
-        HANDSHAKE_GUARD, RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event, scratch,
+        HANDSHAKE_GUARD, RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event,
     },
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
+    scratch::scratch,
 };
 
 /// Handles one frame and returns the XDP verdict. One hash lookup decides a packet of an
 /// established flow (either direction); a second, the first packet of a new flow.
 #[inline(always)]
-pub fn process(ctx: &XdpContext) -> u32 {
+pub fn process<F: Frame>(frame: &F) -> u32 {
     let Some(scratch) = scratch() else {
-        return xdp_action::XDP_PASS;
+        return F::PASS;
     };
     // SAFETY: this CPU's scratch area, used by nobody else while the program runs; the
     // references below are to distinct fields.
     let (pkt, key) = unsafe { (&mut (*scratch).pkt, &mut (*scratch).key) };
-    if parse(ctx, pkt).is_none() {
-        return xdp_action::XDP_PASS;
+    if parse(frame, pkt).is_none() {
+        return F::PASS;
     }
     let pkt: &Packet = pkt;
     if pkt.proto != proto::TCP && pkt.proto != proto::UDP {
-        return icmp::process(ctx, pkt);
+        return icmp::process(frame, pkt);
     }
     key.src_addr = pkt.src;
     key.dst_addr = pkt.dst;
@@ -61,7 +62,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
     key._pad = [0; 2];
     let key: &FlowKey = key;
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        return established(ctx, pkt, key, entry, false);
+        return established(frame, pkt, key, entry, false);
     }
     let service_key = ServiceKey {
         addr: pkt.dst,
@@ -78,13 +79,13 @@ pub fn process(ctx: &XdpContext) -> u32 {
             if service.is_some() {
                 if pkt.tcp_flags & TCP_SYN == 0 {
                     if let Some(entry) = promote(key, entry) {
-                        return established(ctx, pkt, key, entry, false);
+                        return established(frame, pkt, key, entry, false);
                     }
                 } else {
                     restore_reply(key, entry);
                 }
             }
-            return established(ctx, pkt, key, entry, true);
+            return established(frame, pkt, key, entry, true);
         }
     }
     if let Some(service) = service {
@@ -92,12 +93,12 @@ pub fn process(ctx: &XdpContext) -> u32 {
         let service = unsafe { *service };
         let pool = home_pool(&service, &pkt.src);
         let table_index = service.id * MAX_POOLS_PER_SERVICE + pool;
-        return match new_flow(ctx, pkt, key, table_index) {
+        return match new_flow(frame, pkt, key, table_index) {
             NewFlow::Done(verdict) => verdict,
-            NewFlow::Raced(entry, half_open) => established(ctx, pkt, key, entry, half_open),
+            NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
         };
     }
-    xdp_action::XDP_PASS
+    F::PASS
 }
 
 /// The home pool of a new flow from `client`: the pool of the longest client prefix that
@@ -227,8 +228,8 @@ fn make_reply(entry: &mut FlowEntry, key: &FlowKey) {
 /// two entries of a flow age together. Not inlined: it is called from four places, and one
 /// copy of its locals on the stack is all the 512-byte BPF stack has room for.
 #[inline(never)]
-fn established(
-    ctx: &XdpContext,
+fn established<F: Frame>(
+    frame: &F,
     pkt: &Packet,
     key: &FlowKey,
     entry: *mut FlowEntry,
@@ -236,7 +237,13 @@ fn established(
 ) -> u32 {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
-        return xdp_action::XDP_PASS;
+        return F::PASS;
+    }
+    if frame.oversized() {
+        // A GSO super-packet on generic XDP: it can be neither rewritten correctly (its
+        // checksum is partial) nor transmitted as one frame. The kernel gets it untouched.
+        count_event(events::OVERSIZED_PASSED);
+        return F::PASS;
     }
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
@@ -277,11 +284,11 @@ fn established(
         };
         (End::Source, route)
     };
-    if rewrite(ctx, pkt, end, &addr, flow.port).is_none() {
-        return xdp_action::XDP_PASS;
+    if rewrite(frame, pkt, end, &addr, flow.port).is_none() {
+        return F::PASS;
     }
     count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
-    send_cached(ctx, pkt, &route, flow, now)
+    send_cached(frame, pkt, &route, flow, now)
 }
 
 /// The first packet of a flow to a service: choose a backend (see [`next_backend`]), record both
@@ -289,23 +296,23 @@ fn established(
 /// rewrite, send. Not inlined, for the stack as `established`. `table_index` is the table of
 /// the service and home pool (one argument for both: a BPF function takes at most five).
 #[inline(never)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> NewFlow {
+fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) -> NewFlow {
     let (service_id, pool) = (
         table_index / MAX_POOLS_PER_SERVICE,
         table_index % MAX_POOLS_PER_SERVICE,
     );
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
-        return NewFlow::Done(xdp_action::XDP_PASS);
+        return NewFlow::Done(F::PASS);
     }
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(backend_id) = next_backend(table_index, pkt, key, now) else {
         count_no_backend(service_id);
-        return NewFlow::Done(xdp_action::XDP_DROP);
+        return NewFlow::Done(F::DROP);
     };
     let (Some(backend), Some(scratch)) = (BACKENDS.get_ptr(backend_id), scratch()) else {
         count_no_backend(service_id);
-        return NewFlow::Done(xdp_action::XDP_DROP);
+        return NewFlow::Done(F::DROP);
     };
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
@@ -316,7 +323,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
         dport: backend.port,
     };
     // Resolve the next hop before recording the flow, so the entry is complete when written.
-    let hop = resolve(ctx, pkt, &route);
+    let hop = resolve(frame, pkt, &route);
     entry.addr = backend.addr;
     entry.port = backend.port;
     entry.direction = direction::TO_BACKEND;
@@ -337,30 +344,30 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, table_index: u32) -> 
             Some(existing) => NewFlow::Raced(existing, half_open),
             None => {
                 count_event(events::FLOW_INSERT_FAILED);
-                NewFlow::Done(xdp_action::XDP_DROP)
+                NewFlow::Done(F::DROP)
             }
         };
     }
     // The same entry, turned into the reply direction's.
     let Some(reply_key) = scratch_peer(key, entry) else {
-        return NewFlow::Done(xdp_action::XDP_DROP);
+        return NewFlow::Done(F::DROP);
     };
     make_reply(entry, key);
     if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
         let _ = table.remove(key);
         count_event(events::FLOW_INSERT_FAILED);
-        return NewFlow::Done(xdp_action::XDP_DROP);
+        return NewFlow::Done(F::DROP);
     }
     count_new_flow(service_id, backend_id);
     if backend.pool != pool {
         count_spill(table_index);
     }
-    if rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port).is_none() {
-        return NewFlow::Done(xdp_action::XDP_PASS);
+    if rewrite(frame, pkt, End::Destination, &backend.addr, backend.port).is_none() {
+        return NewFlow::Done(F::PASS);
     }
     count_traffic(service_id, backend_id, pkt.ip_len, direction::TO_BACKEND);
     NewFlow::Done(match hop {
-        Ok(hop) => send(ctx, pkt, &hop),
+        Ok(hop) => send(frame, pkt, &hop),
         Err(verdict) => verdict,
     })
 }

@@ -1,16 +1,16 @@
 //! Sends a rewritten packet on its way. The kernel's FIB chooses the next hop and its MAC
 //! addresses; each direction of a flow caches that answer in its flow entry and asks the FIB
 //! again only once it is `NEXT_HOP_TTL_NS` old, so established packets skip the lookup. The
-//! packet leaves through the interface it arrived on (`XDP_TX`) or another interface xlb is
-//! attached to (`XDP_REDIRECT`). When the FIB cannot answer (for example no neighbour entry
-//! yet), the packet goes to the kernel, which resolves and forwards it.
+//! packet leaves through the interface it arrived on or another interface xlb is attached to
+//! (`XDP_TX` / `XDP_REDIRECT`, or `bpf_redirect` on tc). When the FIB cannot answer (for
+//! example no neighbour entry yet, or a packet too big for the egress MTU), the packet goes to
+//! the kernel, which resolves and forwards it.
 
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::bpf_fib_lookup as fib_lookup,
-    programs::XdpContext,
 };
 use lb_common::{
     Addr, FlowEntry,
@@ -19,9 +19,11 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{EGRESS_PORTS, count_event, scratch},
+    frame::{Frame, ptr_at},
+    maps::{EGRESS_PORTS, count_event},
     nat::decrement_ttl,
-    packet::{Packet, ingress_ifindex, ptr_at},
+    packet::Packet,
+    scratch::scratch,
 };
 
 /// `AF_INET` and `AF_INET6` as the FIB helper expects them.
@@ -62,10 +64,10 @@ pub struct Route<'a> {
 /// Asks the FIB for the next hop of a packet rewritten to `route`. `Err` carries the verdict
 /// when the packet must go to the kernel instead.
 #[inline(always)]
-pub fn resolve(ctx: &XdpContext, pkt: &Packet, route: &Route) -> Result<NextHop, u32> {
+pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextHop, u32> {
     let (src, dst) = (route.src, route.dst);
     let Some(scratch) = scratch() else {
-        return Err(xdp_action::XDP_PASS);
+        return Err(F::PASS);
     };
     // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
     let fib = unsafe { &mut (*scratch).fib };
@@ -74,8 +76,8 @@ pub fn resolve(ctx: &XdpContext, pkt: &Packet, route: &Route) -> Result<NextHop,
     fib.l4_protocol = pkt.proto;
     fib.sport = route.sport;
     fib.dport = route.dport;
-    fib.__bindgen_anon_1.tot_len = pkt.ip_len;
-    fib.ifindex = ingress_ifindex(ctx);
+    fib.__bindgen_anon_1.tot_len = frame.fib_tot_len(pkt.ip_len);
+    fib.ifindex = frame.ingress_ifindex();
     if pkt.is_ipv6() {
         fib.family = AF_INET6;
         fib.__bindgen_anon_3.ipv6_src = *src;
@@ -87,18 +89,18 @@ pub fn resolve(ctx: &XdpContext, pkt: &Packet, route: &Route) -> Result<NextHop,
     }
 
     // SAFETY: the helper reads and writes `fib`, whose size we pass.
-    let rc = unsafe { fib_lookup(ctx.ctx.cast(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe { fib_lookup(frame.raw(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count_event(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             events::FIB_NO_NEIGHBOUR
         } else {
             events::FIB_FAILED
         });
-        return Err(xdp_action::XDP_PASS);
+        return Err(F::PASS);
     }
-    if fib.ifindex != ingress_ifindex(ctx) && EGRESS_PORTS.get(fib.ifindex).is_none() {
+    if fib.ifindex != frame.ingress_ifindex() && EGRESS_PORTS.get(fib.ifindex).is_none() {
         count_event(events::EGRESS_NOT_XLB);
-        return Err(xdp_action::XDP_PASS);
+        return Err(F::PASS);
     }
     Ok(NextHop {
         ifindex: fib.ifindex,
@@ -110,8 +112,8 @@ pub fn resolve(ctx: &XdpContext, pkt: &Packet, route: &Route) -> Result<NextHop,
 /// Sends a packet of an established flow, rewritten to `route`, through the next hop cached in
 /// its entry, refreshing the cache from the FIB when it is missing or stale.
 #[inline(always)]
-pub fn send_cached(
-    ctx: &XdpContext,
+pub fn send_cached<F: Frame>(
+    frame: &F,
     pkt: &Packet,
     route: &Route,
     entry: &mut FlowEntry,
@@ -123,12 +125,12 @@ pub fn send_cached(
             dst_mac: entry.hop_dst_mac,
             src_mac: entry.hop_src_mac,
         };
-        return send(ctx, pkt, &hop);
+        return send(frame, pkt, &hop);
     }
-    match resolve(ctx, pkt, route) {
+    match resolve(frame, pkt, route) {
         Ok(hop) => {
             hop.store(entry, now);
-            send(ctx, pkt, &hop)
+            send(frame, pkt, &hop)
         }
         Err(verdict) => {
             entry.hop_ifindex = 0;
@@ -138,25 +140,20 @@ pub fn send_cached(
 }
 
 /// Sends a rewritten packet to `hop`: TTL or hop limit decremented as a router does, MAC
-/// addresses set, out of the same interface (`XDP_TX`) or another one (`XDP_REDIRECT`).
+/// addresses set, out of the same interface or another one (see [`Frame::transmit`]).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    if decrement_ttl(ctx, pkt).is_none() {
-        return xdp_action::XDP_PASS;
+pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &NextHop) -> u32 {
+    if decrement_ttl(frame, pkt).is_none() {
+        return F::PASS;
     }
+    // After the TTL (whose change may go through a helper, which invalidates packet pointers).
+    let Some(eth) = ptr_at::<F, EthHdr>(frame, 0) else {
+        return F::PASS;
+    };
     // SAFETY: ptr_at checked the Ethernet header lies inside the frame.
     unsafe {
         (*eth).dst_addr = hop.dst_mac;
         (*eth).src_addr = hop.src_mac;
     }
-    if hop.ifindex == ingress_ifindex(ctx) {
-        xdp_action::XDP_TX
-    } else {
-        EGRESS_PORTS
-            .redirect(hop.ifindex, 0)
-            .unwrap_or(xdp_action::XDP_ABORTED)
-    }
+    frame.transmit(hop.ifindex)
 }

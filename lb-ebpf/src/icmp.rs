@@ -6,7 +6,6 @@
 
 use core::ptr::{read_unaligned, write_unaligned};
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     Addr, FlowEntry, FlowKey, VipKey,
     consts::{events, family, proto},
@@ -19,12 +18,13 @@ use network_types::{
 
 use crate::{
     forward::{Route, resolve, send},
-    maps::{FLOWS, HALF_OPEN, VIPS, count_event, scratch},
+    frame::{Frame, ptr_at},
+    maps::{FLOWS, HALF_OPEN, VIPS, count_event},
     nat::{End, check_for_addr, set_addr, set_ttl, set_u16},
     packet::{
         ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET, addr_words,
-        ptr_at,
     },
+    scratch::scratch,
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -50,7 +50,7 @@ fn nonzero(check: u16) -> u16 {
 /// Handles an ICMP or ICMPv6 packet. A function of its own (a BPF-to-BPF call), so that its
 /// locals do not add to the stack of the TCP/UDP path.
 #[inline(never)]
-pub fn process(ctx: &XdpContext, pkt: &Packet) -> u32 {
+pub fn process<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
     let (echo, error) = if pkt.is_ipv6() {
         (
             pkt.icmp_type == ICMPV6_ECHO_REQUEST,
@@ -66,32 +66,31 @@ pub fn process(ctx: &XdpContext, pkt: &Packet) -> u32 {
         )
     };
     if echo {
-        return echo_reply(ctx, pkt).unwrap_or(xdp_action::XDP_PASS);
+        return echo_reply(frame, pkt).unwrap_or(F::PASS);
     }
     if error {
-        return translate_error(ctx, pkt).unwrap_or(xdp_action::XDP_PASS);
+        return translate_error(frame, pkt).unwrap_or(F::PASS);
     }
-    xdp_action::XDP_PASS
+    F::PASS
 }
 
 /// Turns an echo request to a VIP into its reply, sent back where it came from. `None`: not
 /// for a VIP (or not where the parser said), pass it.
 #[inline(always)]
-fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+fn echo_reply<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     let vip = VipKey {
         addr: pkt.dst,
         family: pkt.family,
         _pad: [0; 3],
     };
     VIPS.get_ptr(&vip)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    let icmp_check: *mut u16 = ptr_at(ctx, pkt.l4 + ICMP_CHECK_OFFSET)?;
-    let icmp: *mut [u8; ICMP_HEADER] = ptr_at(ctx, pkt.l4)?;
+    let eth: *mut EthHdr = ptr_at(frame, 0)?;
+    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4 + ICMP_CHECK_OFFSET)?;
+    let icmp: *mut [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4)?;
     // Swapping the addresses leaves every checksum's sum unchanged (ICMPv6's pseudo-header
     // included); set_addr updates the IPv4 header checksum for each step anyway.
-    set_addr(ctx, pkt.l3, pkt.family, End::Source, &pkt.dst)?;
-    set_addr(ctx, pkt.l3, pkt.family, End::Destination, &pkt.src)?;
-    set_ttl(ctx, pkt, ECHO_REPLY_TTL)?;
+    set_addr(frame, pkt.l3, pkt.family, End::Source, &pkt.dst)?;
+    set_addr(frame, pkt.l3, pkt.family, End::Destination, &pkt.src)?;
     let reply = if pkt.is_ipv6() {
         ICMPV6_ECHO_REPLY
     } else {
@@ -113,8 +112,11 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         (*eth).src_addr = (*eth).dst_addr;
         (*eth).dst_addr = client_mac;
     }
+    // Last: on tc, setting an IPv6 hop limit goes through a helper, after which the pointers
+    // above are no longer valid.
+    set_ttl(frame, pkt, ECHO_REPLY_TTL)?;
     count_event(events::ICMP_ECHO_ANSWERED);
-    Some(xdp_action::XDP_TX)
+    Some(frame.transmit(frame.ingress_ifindex()))
 }
 
 /// The packet an ICMP error quotes: its IP header, transport protocol, addresses and ports.
@@ -133,11 +135,11 @@ struct Quote {
 /// Parses the TCP or UDP packet quoted after the ICMP header (at least its first 8 transport
 /// bytes, which hold the ports).
 #[inline(always)]
-fn parse_quote(ctx: &XdpContext, pkt: &Packet) -> Option<Quote> {
+fn parse_quote<F: Frame>(frame: &F, pkt: &Packet) -> Option<Quote> {
     let l3 = pkt.l4 + ICMP_HEADER;
     let end = pkt.l3 + pkt.ip_len as usize;
     let (l4, quoted_proto, src, dst) = if pkt.is_ipv6() {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+        let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
         // SAFETY: ptr_at checked the header lies inside the frame.
         let ip = unsafe { &*ip };
         (
@@ -147,7 +149,7 @@ fn parse_quote(ctx: &XdpContext, pkt: &Packet) -> Option<Quote> {
             addr_words(&ip.dst_addr),
         )
     } else {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+        let ip: *const Ipv4Hdr = ptr_at(frame, l3)?;
         // SAFETY: as above.
         let ip = unsafe { &*ip };
         let header_len = ((ip.vihl & 0x0f) as usize) << 2;
@@ -167,7 +169,7 @@ fn parse_quote(ctx: &XdpContext, pkt: &Packet) -> Option<Quote> {
     if l4 + 8 > end {
         return None;
     }
-    let ports: *const [u16; 2] = ptr_at(ctx, l4)?;
+    let ports: *const [u16; 2] = ptr_at(frame, l4)?;
     // SAFETY: ptr_at checked both ports lie inside the frame.
     let ports = unsafe { read_unaligned(ports) };
     Some(Quote {
@@ -192,8 +194,8 @@ fn parse_quote(ctx: &XdpContext, pkt: &Packet) -> Option<Quote> {
 /// destination becomes the VIP again, and the error goes on to the client; if the backend
 /// itself reported, it reports as the VIP.
 #[inline(always)]
-fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
-    let quote = parse_quote(ctx, pkt)?;
+fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
+    let quote = parse_quote(frame, pkt)?;
     let scratch = scratch()?;
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut (*scratch).key };
@@ -213,14 +215,14 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let entry = unsafe { &*entry };
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
-        return Some(xdp_action::XDP_PASS);
+        return Some(F::PASS);
     }
     let toward_backend = entry.direction == direction::TO_BACKEND;
     // An error toward the backend must be addressed to the VIP the quote came from.
     if toward_backend && pkt.dst != quote.src {
         return None;
     }
-    let icmp_check: *mut u16 = ptr_at(ctx, pkt.l4 + ICMP_CHECK_OFFSET)?;
+    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4 + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.
     let mut check = unsafe { read_unaligned(icmp_check) };
 
@@ -230,11 +232,11 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     } else {
         End::Destination
     };
-    let change = set_addr(ctx, quote.l3, pkt.family, end, &entry.addr)?;
+    let change = set_addr(frame, quote.l3, pkt.family, end, &entry.addr)?;
     check = check_for_addr(check, pkt.family, &change);
     check = csum::replace16(check, change.ip_check.0, change.ip_check.1);
     let port_offset = quote.l4 + if toward_backend { 0 } else { 2 };
-    let old_port = set_u16(ctx, port_offset, entry.port)?;
+    let old_port = set_u16(frame, port_offset, entry.port)?;
     check = csum::replace16(check, old_port, entry.port);
     // The quote's own transport checksum, if the quote is long enough to hold it.
     let quote_check_offset = quote.l4
@@ -244,7 +246,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
             UDP_CHECK_OFFSET
         };
     if quote_check_offset + 2 <= quote.end {
-        if let Some(field) = ptr_at::<u16>(ctx, quote_check_offset) {
+        if let Some(field) = ptr_at::<F, u16>(frame, quote_check_offset) {
             // SAFETY: ptr_at checked the field lies inside the frame.
             unsafe {
                 let old = read_unaligned(field);
@@ -266,7 +268,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let outer = if toward_backend {
         dst = entry.addr;
         Some(set_addr(
-            ctx,
+            frame,
             pkt.l3,
             pkt.family,
             End::Destination,
@@ -274,7 +276,13 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         )?)
     } else if pkt.src == quote.dst {
         src = entry.addr;
-        Some(set_addr(ctx, pkt.l3, pkt.family, End::Source, &entry.addr)?)
+        Some(set_addr(
+            frame,
+            pkt.l3,
+            pkt.family,
+            End::Source,
+            &entry.addr,
+        )?)
     } else {
         None
     };
@@ -293,8 +301,8 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         sport: 0,
         dport: 0,
     };
-    Some(match resolve(ctx, pkt, &route) {
-        Ok(hop) => send(ctx, pkt, &hop),
+    Some(match resolve(frame, pkt, &route) {
+        Ok(hop) => send(frame, pkt, &hop),
         Err(verdict) => verdict,
     })
 }

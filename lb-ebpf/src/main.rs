@@ -1,7 +1,8 @@
-//! xlb's XDP program. It parses a frame, looks up the service or the flow it belongs to,
+//! xlb's data plane. It parses a packet, looks up the service or the flow it belongs to,
 //! rewrites addresses and ports (NAT) and forwards it; everything else passes to the kernel.
 //! All decisions that can be made ahead of time (tables, weights, health) are made in
-//! userspace and arrive here through the maps in `maps.rs`.
+//! userspace and arrive here through the maps in `maps.rs`. The same code runs at two hooks,
+//! XDP and tc ingress (see `frame.rs`), as two programs sharing every map.
 #![no_std]
 #![no_main]
 // The round-robin cursor needs an atomic fetch-and-add (see balance::next_backend).
@@ -10,17 +11,30 @@
 
 mod balance;
 mod forward;
+mod frame;
 mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod scratch;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
-/// The balancer, attached to every interface named in the config.
+use crate::frame::{TcFrame, XdpFrame};
+
+/// The balancer at the XDP hook (native or generic mode).
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
-    balance::process(&ctx)
+    balance::process(&XdpFrame(ctx))
+}
+
+/// The balancer at the tc ingress hook (`xdp_mode = "tc"`).
+#[classifier]
+pub fn xlb_tc(ctx: TcContext) -> i32 {
+    balance::process(&TcFrame(ctx)) as i32
 }
 
 #[cfg(not(test))]

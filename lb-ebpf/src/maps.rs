@@ -2,7 +2,6 @@
 //! `lb_common::consts::limits`; userspace finds each map by the name of its static.
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup,
     btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -11,8 +10,6 @@ use lb_common::{
     ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
 };
-
-use crate::packet::Packet;
 
 /// Virtual services: (VIP, port, protocol) -> service id.
 /// Written by userspace when it applies a config; read for every packet.
@@ -123,34 +120,6 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { limits::MAX_BACKENDS as
 /// by userspace.
 #[btf_map]
 pub static EVENTS: PerCpuArray<u64, { events::COUNT as usize }> = PerCpuArray::new();
-
-/// What one packet needs beyond registers: its parsed headers, its flow key, the key of the
-/// other direction, an entry being built, and the FIB helper's parameter block.
-#[repr(C)]
-pub struct Scratch {
-    /// The parsed packet.
-    pub pkt: Packet,
-    /// Its 5-tuple as it arrived (or, for ICMP errors, the quoted flow's).
-    pub key: FlowKey,
-    /// The key of the other direction of a flow.
-    pub peer: FlowKey,
-    /// A flow entry being built.
-    pub entry: FlowEntry,
-    /// Parameters and answer of `bpf_fib_lookup`.
-    pub fib: bpf_fib_lookup,
-}
-
-/// Per-CPU scratch space for one packet at a time, so that these structures stay off the
-/// 512-byte BPF stack, which the program's functions share. Written and read only by the
-/// program, within one packet (XDP runs a packet to completion on its CPU).
-#[btf_map]
-pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
-
-/// This CPU's scratch area.
-#[inline(always)]
-pub fn scratch() -> Option<*mut Scratch> {
-    SCRATCH.get_ptr_mut(0)
-}
 
 /// Counts one data-plane event.
 #[inline(always)]

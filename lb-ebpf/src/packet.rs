@@ -5,9 +5,6 @@
 //! or unknown extension header, and malformed headers. xlb never rewrites a packet it did not
 //! fully understand.
 
-use core::mem::size_of;
-
-use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr,
     consts::{events, family, proto},
@@ -19,7 +16,10 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::maps::count_event;
+use crate::{
+    frame::{Frame, ptr_at},
+    maps::count_event,
+};
 
 /// EtherType of IPv4, as it is on the wire.
 const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
@@ -38,6 +38,12 @@ const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_DEST_OPTIONS: u8 = 60;
 /// At most this many skippable extension headers are followed; more are passed.
 const MAX_IPV6_EXTENSIONS: usize = 4;
+/// Bytes made directly accessible, on tc, for packets whose header lengths [`pull_headers`]
+/// does not work out: IPv6 with extension headers, and ICMP errors with their quotes.
+const HEADERS_PULLED: usize = 192;
+/// Bytes of a TCP header xlb reads (ports, sequence numbers, flags, checksum); UDP's header is
+/// shorter.
+const TCP_FIXED: usize = 20;
 /// Offset of the checksum in a TCP header.
 pub const TCP_CHECK_OFFSET: usize = 16;
 /// Offset of the checksum in a UDP header.
@@ -102,52 +108,12 @@ impl Packet {
     }
 }
 
-/// The start of the frame. The context fields are read with volatile loads: the verifier
-/// accepts only loads of exactly their 32 bits, and LLVM may otherwise merge `data` and
-/// `data_end` into one 64-bit load.
-#[inline(always)]
-pub fn data(ctx: &XdpContext) -> usize {
-    // SAFETY: `ctx.ctx` points to the program's context for the whole run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
-}
-
-/// The end of the frame (see [`data`]).
-#[inline(always)]
-pub fn data_end(ctx: &XdpContext) -> usize {
-    // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
-}
-
-/// The index of the interface the frame arrived on (see [`data`]).
-#[inline(always)]
-pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
-    // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).ingress_ifindex) }
-}
-
-/// Frames are never longer than this (XDP frames fit in a page); offsets beyond it are refused
-/// before they touch a packet pointer. The check also gives the verifier a bound on offsets
-/// that were stored in the scratch map, whose values it cannot know.
-const MAX_OFFSET: usize = 0x3fff;
-
-/// A pointer to a `T` at `offset` in the frame, if the whole `T` lies inside it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    if offset > MAX_OFFSET {
-        return None;
-    }
-    let start = data(ctx);
-    if start + offset + size_of::<T>() > data_end(ctx) {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
-
 /// Parses the frame into `pkt`. `None`: not a packet xlb can handle (see the module
 /// documentation); `pkt` then holds nothing meaningful.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Option<()> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+pub fn parse<F: Frame>(frame: &F, pkt: &mut Packet) -> Option<()> {
+    pull_headers(frame);
+    let eth: *const EthHdr = ptr_at(frame, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let ether_type = unsafe { (*eth).ether_type };
     pkt.tcp_flags = 0;
@@ -155,9 +121,9 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Option<()> {
     pkt.sport = 0;
     pkt.dport = 0;
     if ether_type == ETH_P_IP_WIRE {
-        parse_ipv4(ctx, EthHdr::LEN, pkt)
+        parse_ipv4(frame, EthHdr::LEN, pkt)
     } else if ether_type == ETH_P_IPV6_WIRE {
-        parse_ipv6(ctx, EthHdr::LEN, pkt)
+        parse_ipv6(frame, EthHdr::LEN, pkt)
     } else {
         if ether_type == ETH_P_8021Q_WIRE || ether_type == ETH_P_8021AD_WIRE {
             count_event(events::VLAN);
@@ -166,14 +132,46 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Option<()> {
     }
 }
 
+/// On tc, makes the headers xlb reads directly accessible when the skb keeps part of them in
+/// its pages, and no more: pulling copies bytes into the skb's head (and may reallocate it),
+/// so a super-packet's payload is left where it is. XDP frames are linear already.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+fn pull_headers<F: Frame>(frame: &F) {
+    if !F::SKB || frame.data_end() - frame.data() >= frame.len() {
+        return;
+    }
+    // Ethernet, and the IP header's first ten bytes: IHL (IPv4), next header (IPv6), protocol.
+    let need = match ptr_at::<F, [u8; 24]>(frame, 0) {
+        None => HEADERS_PULLED,
+        // SAFETY: ptr_at checked the bytes lie inside the frame.
+        Some(head) => match unsafe { *head } {
+            h if [h[12], h[13]] == [0x08, 0x00] => {
+                let ip_header = ((h[14] & 0x0f) as usize) << 2;
+                match h[23] {
+                    proto::TCP => EthHdr::LEN + ip_header + TCP_FIXED,
+                    proto::UDP => EthHdr::LEN + ip_header + UdpHdr::LEN,
+                    _ => HEADERS_PULLED,
+                }
+            }
+            h if [h[12], h[13]] == [0x86, 0xdd] => match h[20] {
+                proto::TCP => EthHdr::LEN + Ipv6Hdr::LEN + TCP_FIXED,
+                proto::UDP => EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN,
+                _ => HEADERS_PULLED,
+            },
+            _ => 0,
+        },
+    };
+    frame.pull(need);
+}
+
+#[inline(always)]
+fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
+    let ip: *const Ipv4Hdr = ptr_at(frame, l3)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
     let ip = unsafe { &*ip };
     let header_len = ((ip.vihl & 0x0f) as usize) << 2;
     let ip_len = u16::from_be_bytes(ip.tot_len);
-    let frame_len = data_end(ctx) - data(ctx);
+    let frame_len = frame.len();
     if ip.vihl >> 4 != 4
         || header_len < IPV4_MIN_HEADER
         || (ip_len as usize) < header_len
@@ -197,16 +195,16 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
     pkt.ip_len = ip_len;
     pkt.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     pkt.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    parse_l4(ctx, pkt, ip_len as usize - header_len)
+    parse_l4(frame, pkt, ip_len as usize - header_len)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
+    let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
     let ip = unsafe { &*ip };
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let frame_len = data_end(ctx) - data(ctx);
+    let frame_len = frame.len();
     // A payload length of zero means a jumbogram, which xlb does not handle.
     if ip.vcf[0] >> 4 != 6 || payload_len == 0 || l3 + Ipv6Hdr::LEN + payload_len > frame_len {
         count_event(events::MALFORMED);
@@ -220,7 +218,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
             break;
         }
         // Every extension header starts with (next header, length in 8-byte units - 1).
-        let ext: *const [u8; 2] = ptr_at(ctx, l4)?;
+        let ext: *const [u8; 2] = ptr_at(frame, l4)?;
         // SAFETY: ptr_at checked both bytes lie inside the frame.
         let ext = unsafe { *ext };
         next = ext[0];
@@ -247,7 +245,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, pkt: &mut Packet) -> Option<()> {
     pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
     pkt.src = addr_words(&ip.src_addr);
     pkt.dst = addr_words(&ip.dst_addr);
-    parse_l4(ctx, pkt, end - l4)
+    parse_l4(frame, pkt, end - l4)
 }
 
 /// The 16 bytes of an IPv6 address as an [`Addr`] (four native-order words).
@@ -264,10 +262,10 @@ pub fn addr_words(bytes: &[u8; 16]) -> Addr {
 /// Reads ports and flags (TCP, UDP) or the type (ICMP) of the transport header at `pkt.l4`,
 /// which with its payload spans `l4_len` bytes.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Option<()> {
+fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> {
     match pkt.proto {
         proto::TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, pkt.l4)?;
+            let tcp: *const TcpHdr = ptr_at(frame, pkt.l4)?;
             // SAFETY: ptr_at checked the fixed TCP header.
             let tcp = unsafe { &*tcp };
             let tcp_header_len = (tcp.doff() as usize) << 2;
@@ -283,7 +281,7 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Option<()> {
             pkt.tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
         }
         proto::UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, pkt.l4)?;
+            let udp: *const UdpHdr = ptr_at(frame, pkt.l4)?;
             // SAFETY: ptr_at checked the UDP header.
             let udp = unsafe { &*udp };
             let udp_len = u16::from_be_bytes(udp.len) as usize;
@@ -300,7 +298,7 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, l4_len: usize) -> Option<()> {
                 count_event(events::MALFORMED);
                 return None;
             }
-            let icmp: *const [u8; ICMP_HEADER] = ptr_at(ctx, pkt.l4)?;
+            let icmp: *const [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4)?;
             // SAFETY: ptr_at checked the header lies inside the frame.
             pkt.icmp_type = unsafe { (*icmp)[0] };
         }

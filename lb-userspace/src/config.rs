@@ -28,8 +28,12 @@ use crate::{flows::FlowTimeouts, locality};
 pub struct Config {
     /// Interfaces the XDP program attaches to.
     pub interfaces: Vec<String>,
-    /// How the XDP program attaches.
+    /// Where the program attaches: an XDP mode or tc, or `auto` (see `hooks`).
     pub xdp_mode: XdpMode,
+    /// The operator states that packets arriving on every interface carry complete
+    /// checksums (for example: transmit checksum offload is off on every veth peer), which xlb
+    /// cannot see for itself; native and generic XDP are then allowed there.
+    pub assume_complete_checksums: bool,
     /// Flows the flow table holds (two `FLOWS` entries each, one per direction).
     pub flow_table_size: u32,
     /// bpffs directory where the maps and links are pinned, so that the data plane outlives the
@@ -43,15 +47,30 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-/// How the XDP program is attached to an interface.
+/// Where the program is attached (`xdp_mode`); see `hooks` for what is correct where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
-    /// Native (driver) mode where the driver supports it, generic mode otherwise.
+    /// Native XDP where every interface is a NIC whose driver supports it, tc otherwise.
     Auto,
-    /// Native mode only: fail if the driver does not support XDP.
+    /// Native (driver) XDP: fastest; correct only where packets arrive with complete
+    /// checksums.
     Native,
-    /// Generic (skb) mode: works everywhere, slower.
+    /// Generic (skb) XDP: correct only where packets arrive with complete checksums and no
+    /// receive offload merges them.
     Generic,
+    /// tc ingress (tcx): correct with partial checksums and GRO/GSO super-packets.
+    Tc,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Tc => "tc",
+        })
+    }
 }
 
 /// Transport protocol of a service.
@@ -320,6 +339,7 @@ impl Config {
 struct RawConfig {
     interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     xdp_mode: Option<Spanned<String>>,
+    assume_complete_checksums: Option<bool>,
     flow_table_size: Option<Spanned<i64>>,
     pin_path: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
@@ -443,8 +463,9 @@ impl Validator<'_> {
                 "auto" => XdpMode::Auto,
                 "native" => XdpMode::Native,
                 "generic" => XdpMode::Generic,
+                "tc" => XdpMode::Tc,
                 other => {
-                    self.error(&mode.span(), format!("xdp_mode: unknown mode {other:?}, expected \"auto\", \"native\" or \"generic\""));
+                    self.error(&mode.span(), format!("xdp_mode: unknown mode {other:?}, expected \"auto\", \"native\", \"generic\" or \"tc\""));
                     XdpMode::Auto
                 }
             },
@@ -584,6 +605,7 @@ impl Validator<'_> {
         Config {
             interfaces,
             xdp_mode,
+            assume_complete_checksums: raw.assume_complete_checksums.unwrap_or(false),
             flow_table_size,
             pin_path,
             metrics,

@@ -3,7 +3,7 @@
 
 use std::{future::Future, path::Path, path::PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -12,6 +12,8 @@ use crate::{
     config::Config,
     control::Balancer,
     dataplane::Dataplane,
+    hooks::{self, Assessment, Plan},
+    links,
     monitor::Monitor,
     netif, pins,
 };
@@ -34,7 +36,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
-    preflight(&config)?;
+    let plan = preflight(&config)?;
+    for reason in &plan.reasons {
+        info!("interface {reason}");
+    }
     // One daemon per socket and per pin directory; the kernel refuses a second one on an
     // interface that already has an XDP program that is not ours to take over.
     let listener = api::bind(&options.socket)?;
@@ -45,7 +50,6 @@ pub async fn run(
     let pin_path = config.pin_path.clone();
     let mut dataplane = Dataplane::load_pinned(config.flow_table_size, &pin_path)?;
     let interfaces = config.interfaces.clone();
-    let mode = config.xdp_mode;
     let service_count = config.services.len();
     let mut monitor = Monitor::new(config, Some(config_path.to_owned()));
     if dataplane.adopted() {
@@ -62,8 +66,8 @@ pub async fn run(
         .await
         .context("filling the maps")?;
     // Attach only once the maps are complete, so the first packet already finds its service.
-    dataplane.attach_all(&interfaces, mode)?;
-    info!(services = service_count, interfaces = interfaces.len(), socket = %options.socket.display(), "ready: xlb is balancing");
+    let hook = dataplane.attach_planned(&interfaces, &plan)?;
+    info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
 
     let (calls, received) = mpsc::channel(16);
     let api_server = tokio::spawn(api::serve(listener, calls.clone()));
@@ -104,8 +108,9 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
     }
 }
 
-/// Checks what the data plane needs from the host, with errors that say how to fix it.
-pub fn preflight(config: &Config) -> Result<()> {
+/// Checks what the data plane needs from the host, with errors that say how to fix it, and
+/// decides where the program runs on the configured interfaces (see `hooks`).
+pub fn preflight(config: &Config) -> Result<Plan> {
     for interface in &config.interfaces {
         netif::index(interface)?;
         if !netif::ipv4_forwarding(interface)? {
@@ -124,7 +129,14 @@ pub fn preflight(config: &Config) -> Result<()> {
             );
         }
     }
-    Ok(())
+    let facts = links::inspect(&config.interfaces)?;
+    let assessments: Vec<Assessment> = facts.iter().map(Assessment::of).collect();
+    hooks::plan(
+        config.xdp_mode,
+        &assessments,
+        config.assume_complete_checksums,
+    )
+    .map_err(|errors| anyhow!(errors.join("\n")))
 }
 
 fn log_counters(dataplane: &Dataplane, balancer: &Balancer) {

@@ -14,11 +14,7 @@ use aya::{
         Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray,
         lpm_trie::Key,
     },
-    programs::{
-        Xdp, XdpMode as AyaXdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::{XdpLink, XdpLinkId},
-    },
+    programs::{SchedClassifier, Xdp, XdpMode as AyaXdpMode},
 };
 use ipnet::IpNet;
 use lb_common::{
@@ -31,13 +27,15 @@ use lb_common::{
         timing::{HANDSHAKE_KEEP_NS, HANDSHAKE_WINDOW_NS},
     },
 };
-use tracing::{info, warn};
+use tracing::warn;
 
+pub use crate::attach::Attachment;
 use crate::{
+    attach::Attachments,
     batch,
-    config::XdpMode,
     control::{DataplaneMaps, Existing},
     flows::{FlowTables, FlowTimeouts, SweepReport},
+    hooks::{Hook, Plan},
     locality, netif,
 };
 
@@ -74,24 +72,9 @@ pub struct Maps {
     events: PerCpuArray<MapData, u64>,
 }
 
-/// An interface the program is attached to.
-#[derive(Debug)]
-pub struct Attachment {
-    /// Interface name.
-    pub interface: String,
-    /// Interface index.
-    pub ifindex: u32,
-    /// The mode the program runs in there; `None` when a pinned link was adopted (its mode is
-    /// whatever it was attached with).
-    pub mode: Option<XdpMode>,
-    /// Where the link is pinned, if it is.
-    pub pin: Option<PathBuf>,
-    link: XdpLinkId,
-}
-
-/// The XDP program, loaded and verified, with its maps.
+/// The balancer's programs (XDP and tc), loaded and verified, with their maps.
 ///
-/// With a pin directory, the maps and the links that attach the program to interfaces are
+/// With a pin directory, the maps and the links that attach a program to interfaces are
 /// pinned in bpffs: they outlive the process, so the data plane keeps forwarding while no daemon
 /// runs, and the next daemon takes them over (maps with their contents; links by swapping its
 /// own program in, atomically). Without one (tests, benchmarks), everything goes away with the
@@ -100,7 +83,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// The maps.
     pub maps: Maps,
-    attachments: Vec<Attachment>,
+    attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
 }
@@ -180,12 +163,19 @@ impl Dataplane {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(program_names::BALANCER_TC)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER_TC))?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the tc program (verifier)")?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.arm_handshake_guard(flow_table_size)?;
         Ok(Self {
             ebpf,
             maps,
-            attachments: Vec::new(),
+            attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
         })
@@ -204,143 +194,66 @@ impl Dataplane {
             .expect("the program was checked at load")
     }
 
-    fn program_mut(&mut self) -> &mut Xdp {
+    /// The tc program, for `BPF_PROG_TEST_RUN`.
+    pub fn tc_program(&self) -> &SchedClassifier {
         self.ebpf
-            .program_mut(program_names::BALANCER)
+            .program(program_names::BALANCER_TC)
             .and_then(|program| program.try_into().ok())
             .expect("the program was checked at load")
     }
 
-    /// Attaches the program to every interface, or to none: if one attach fails, the ones
-    /// made by this call are undone and the error names the interface.
-    pub fn attach_all(&mut self, interfaces: &[String], mode: XdpMode) -> Result<()> {
-        let before = self.attachments.len();
+    /// Attaches as `plan` says: at its hook on every interface, or, if that fails and the
+    /// plan allows it, at tc on every interface; or to none, with an error naming the
+    /// interface.
+    pub fn attach_planned(&mut self, interfaces: &[String], plan: &Plan) -> Result<Hook> {
+        match self.attach_all(interfaces, plan.hook) {
+            Ok(()) => Ok(plan.hook),
+            Err(error) if plan.fall_back_to_tc => {
+                warn!("{error:#}; using tc on every interface instead");
+                self.attach_all(interfaces, Hook::Tc)?;
+                Ok(Hook::Tc)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Attaches at `hook` to every interface, or to none: if one attach fails, the ones made
+    /// by this call are undone and the error names the interface.
+    pub fn attach_all(&mut self, interfaces: &[String], hook: Hook) -> Result<()> {
         for interface in interfaces {
-            if let Err(error) = self.attach(interface, mode) {
-                for attachment in self.attachments.split_off(before) {
-                    self.release(attachment);
+            self.maps.add_egress_port(netif::index(interface)?)?;
+        }
+        let result = self
+            .attachments
+            .attach_all(&mut self.ebpf, interfaces, hook);
+        if result.is_err() {
+            for interface in interfaces {
+                if let Ok(ifindex) = netif::index(interface)
+                    && !self.attachments.list().iter().any(|a| a.ifindex == ifindex)
+                {
+                    let _ = self.maps.egress_ports.remove(ifindex);
                 }
-                return Err(error);
             }
         }
-        Ok(())
+        result
     }
 
-    /// Attaches the program to `interface`. With pinning, a link pinned there by an earlier
-    /// daemon is taken over (the program in it is replaced atomically, so forwarding never
-    /// stops); otherwise a new link is made and pinned.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<()> {
-        let ifindex = netif::index(interface)?;
-        self.maps.add_egress_port(ifindex)?;
-        let pin = self
-            .pin_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("link-{interface}")));
-        let attached = match &pin {
-            Some(pin) if pin.exists() => self.adopt_link(pin).map(|link| (link, None)),
-            _ => self.attach_new(ifindex, interface, mode, pin.as_deref()),
-        };
-        let (link, mode) = match attached {
-            Ok(attached) => attached,
-            Err(error) => {
-                let _ = self.maps.egress_ports.remove(ifindex);
-                return Err(error.context(format!("attaching to interface {interface}")));
-            }
-        };
-        match mode {
-            Some(mode) => info!(interface, ifindex, ?mode, "attached"),
-            None => info!(
-                interface,
-                ifindex, "took over the pinned link (program replaced)"
-            ),
-        }
-        self.attachments.push(Attachment {
-            interface: interface.to_owned(),
-            ifindex,
-            mode,
-            pin,
-            link,
-        });
-        Ok(())
-    }
-
-    fn adopt_link(&mut self, pin: &Path) -> Result<XdpLinkId> {
-        let pinned =
-            PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))?;
-        Ok(self.program_mut().attach_to_link(link)?)
-    }
-
-    fn attach_new(
-        &mut self,
-        ifindex: u32,
-        interface: &str,
-        mode: XdpMode,
-        pin: Option<&Path>,
-    ) -> Result<(XdpLinkId, Option<XdpMode>)> {
-        let program = self.program_mut();
-        let (link, mode) = match mode {
-            XdpMode::Native => (
-                attach_in(program, ifindex, AyaXdpMode::Driver)?,
-                XdpMode::Native,
-            ),
-            XdpMode::Generic => (
-                attach_in(program, ifindex, AyaXdpMode::Skb)?,
-                XdpMode::Generic,
-            ),
-            XdpMode::Auto => match attach_in(program, ifindex, AyaXdpMode::Driver) {
-                Ok(link) => (link, XdpMode::Native),
-                Err(native_error) => {
-                    warn!(
-                        interface,
-                        "native XDP unavailable ({native_error:#}); using generic mode"
-                    );
-                    (
-                        attach_in(program, ifindex, AyaXdpMode::Skb)?,
-                        XdpMode::Generic,
-                    )
-                }
-            },
-        };
-        let Some(pin) = pin else {
-            return Ok((link, Some(mode)));
-        };
-        // Pin the link so it outlives the process, then hand it back to the program.
-        let fd_link = FdLink::try_from(program.take_link(link)?)?;
-        let pinned = fd_link
-            .pin(pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))?;
-        Ok((program.attach_to_link(link)?, Some(mode)))
+    /// Attaches at `hook` to `interface` (see `attach`).
+    pub fn attach(&mut self, interface: &str, hook: Hook) -> Result<()> {
+        self.attach_all(&[interface.to_owned()], hook)
     }
 
     /// Detaches the program from `interface` and removes its pinned link.
     pub fn detach(&mut self, interface: &str) {
-        if let Some(i) = self
-            .attachments
-            .iter()
-            .position(|a| a.interface == interface)
-        {
-            let attachment = self.attachments.remove(i);
-            self.release(attachment);
+        if let Some(ifindex) = self.attachments.detach(&mut self.ebpf, interface) {
+            let _ = self.maps.egress_ports.remove(ifindex);
         }
     }
 
     /// Detaches the program from every interface and removes the pinned links.
     pub fn detach_all(&mut self) {
-        for attachment in std::mem::take(&mut self.attachments) {
-            self.release(attachment);
-        }
-    }
-
-    fn release(&mut self, attachment: Attachment) {
-        if let Some(pin) = &attachment.pin {
-            let _ = std::fs::remove_file(pin);
-        }
-        let _ = self.maps.egress_ports.remove(attachment.ifindex);
-        match self.program_mut().detach(attachment.link) {
-            Ok(()) => info!(interface = attachment.interface, "detached"),
-            Err(error) => warn!(interface = attachment.interface, "detach failed: {error}"),
+        for ifindex in self.attachments.detach_all(&mut self.ebpf) {
+            let _ = self.maps.egress_ports.remove(ifindex);
         }
     }
 
@@ -356,7 +269,13 @@ impl Dataplane {
 
     /// The interfaces the program is attached to.
     pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
+        self.attachments.list()
+    }
+
+    /// The hook the program runs at, if it is attached and the hook is known (an XDP link
+    /// adopted from an older xlb has no recorded mode).
+    pub fn hook(&self) -> Option<Hook> {
+        self.attachments.list().iter().find_map(|a| a.hook)
     }
 }
 
@@ -417,10 +336,6 @@ pub fn handshake_guard_on(guard: &HandshakeGuard, now_ns: u64) -> bool {
     }
 }
 
-fn attach_in(program: &mut Xdp, ifindex: u32, mode: AyaXdpMode) -> Result<XdpLinkId> {
-    Ok(program.attach_to_if_index(ifindex, mode)?)
-}
-
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self> {
         fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -475,6 +390,18 @@ impl Maps {
             budget: handshake_budget(flow_table_size),
             seed: u32::from_ne_bytes(seed),
             ..HandshakeGuard::default()
+        };
+        self.handshake_guard
+            .set(0, guard, 0)
+            .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// Makes this data plane place hashed flows as another one does: gives it `other`'s hash
+    /// seed (to compare two data planes packet for packet, as the fuzzer compares the hooks).
+    pub fn share_hash_seed(&mut self, other: &Maps) -> Result<()> {
+        let guard = HandshakeGuard {
+            seed: other.handshake_guard()?.seed,
+            ..self.handshake_guard()?
         };
         self.handshake_guard
             .set(0, guard, 0)
@@ -707,9 +634,10 @@ fn ensure_built(object: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The reference XDP program (`lb-ebpf/src/noop.rs`): counts each packet and passes it.
-/// Benchmarks compare the balancer with it. Tests attach it to the far end of veth links: a
-/// veth delivers XDP_TX frames to its peer promptly only when the peer runs an XDP program.
+/// The reference programs (`lb-ebpf/src/noop.rs`): count each packet and pass it, at XDP and at
+/// tc. Benchmarks compare the balancer with them. Tests attach the XDP one to the far end of
+/// veth links prepared for native XDP: a veth delivers XDP_TX frames to its peer promptly only
+/// when the peer runs an XDP program.
 pub struct NoopProgram {
     ebpf: Ebpf,
 }
@@ -726,7 +654,20 @@ impl NoopProgram {
         program
             .load()
             .context("loading the reference XDP program")?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(program_names::NOOP_TC)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::NOOP_TC))?
+            .try_into()?;
+        program.load().context("loading the reference tc program")?;
         Ok(Self { ebpf })
+    }
+
+    /// The tc program, for `BPF_PROG_TEST_RUN`.
+    pub fn tc_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(program_names::NOOP_TC)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
     }
 
     /// The program, for `BPF_PROG_TEST_RUN`.
@@ -748,7 +689,8 @@ impl NoopProgram {
     /// Attaches it to `interface` in native mode; it stays attached while `self` lives.
     pub fn attach(&mut self, interface: &str) -> Result<()> {
         let ifindex = netif::index(interface)?;
-        attach_in(self.program_mut(), ifindex, AyaXdpMode::Driver)
+        self.program_mut()
+            .attach_to_if_index(ifindex, AyaXdpMode::Driver)
             .with_context(|| format!("attaching the reference program to {interface}"))?;
         Ok(())
     }

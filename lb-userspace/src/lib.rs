@@ -1,4 +1,4 @@
-//! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an XDP program.
+//! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an XDP (or tc) program.
 //!
 //! This crate is the userspace half: configuration ([`config`]), the control plane that
 //! decides what the kernel's maps hold ([`control`], [`table`]), the loaded program and its
@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod attach;
 pub mod backend_state;
 pub mod batch;
 pub mod checks;
@@ -14,6 +15,8 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod flows;
+pub mod hooks;
+pub mod links;
 pub mod locality;
 pub mod metrics;
 pub mod monitor;

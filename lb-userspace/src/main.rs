@@ -179,9 +179,15 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = daemon::preflight(&config) {
-        eprintln!("{}: {error:#}", path.display());
-        return ExitCode::FAILURE;
+    let plan = match daemon::preflight(&config) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("{}: {error:#}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for reason in &plan.reasons {
+        println!("interface {reason}");
     }
     println!(
         "{}: ok ({} services, {} backends, {} interfaces)",

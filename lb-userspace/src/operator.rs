@@ -20,6 +20,7 @@ use crate::{
     backend_state::State,
     config::Config,
     dataplane::{Dataplane, Maps},
+    hooks::Hook,
     locality::home_pool,
     metrics::{BackendMetrics, ServiceMetrics, Snapshot},
     monitor::{Event, Monitor, fresh_statuses},
@@ -391,7 +392,18 @@ impl Monitor {
         if new.pin_path != self.config.pin_path {
             bail!("pin_path cannot change while xlb runs; nothing was changed");
         }
-        crate::daemon::preflight(&new).context("nothing was changed")?;
+        let plan = crate::daemon::preflight(&new).context("nothing was changed")?;
+        if let Some(running) = dataplane.hook() {
+            let fits = plan.hook == running || (plan.fall_back_to_tc && running == Hook::Tc);
+            if !fits {
+                bail!(
+                    "xlb runs at the {running} hook, and the new configuration needs {}: the hook \
+                     changes only at a restart (which keeps every flow); nothing was changed",
+                    plan.hook
+                );
+            }
+        }
+        let hook = dataplane.hook().unwrap_or(plan.hook);
 
         let added: Vec<String> = new
             .interfaces
@@ -400,7 +412,7 @@ impl Monitor {
             .cloned()
             .collect();
         for (n, interface) in added.iter().enumerate() {
-            if let Err(error) = dataplane.attach(interface, new.xdp_mode) {
+            if let Err(error) = dataplane.attach(interface, hook) {
                 for done in &added[..n] {
                     dataplane.detach(done);
                 }

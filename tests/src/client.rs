@@ -31,18 +31,33 @@ fn backend_of<B>(response: &hyper::Response<B>) -> Result<String> {
 /// How long one exchange may take.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `len` pseudo-random bytes determined by `seed` (xorshift64*), so a corrupted byte is a
-/// mismatch rather than an accident.
+/// `len` pseudo-random bytes determined by `seed` (see [`Payload`]).
 pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
+    Payload::new(seed).take(len).collect()
+}
+
+/// The pseudo-random bytes determined by a seed (xorshift64*), so a corrupted byte is a
+/// mismatch rather than an accident; an iterator, so a receiver can check a long stream as it
+/// arrives.
+pub struct Payload(u64);
+
+impl Payload {
+    /// The bytes of `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+}
+
+impl Iterator for Payload {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let state = &mut self.0;
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        Some((state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8)
+    }
 }
 
 /// POSTs `payload` over a new TCP connection to `vip`, checks that the body comes back
@@ -187,6 +202,30 @@ impl Download {
         check_echo(&payload(self.bytes as u64, self.bytes), &received)?;
         Ok(received.len())
     }
+}
+
+/// POSTs `bytes` bytes of [`payload`] (seed `bytes`) to `/upload` over a new TCP connection
+/// to `vip`; the backend checks every byte as it arrives. Returns the backend's name.
+pub async fn upload(vip: SocketAddr, bytes: usize) -> Result<String> {
+    let stream = TcpStream::connect(vip)
+        .await
+        .with_context(|| format!("connecting to {vip}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::post(format!("/upload?bytes={bytes}"))
+        .header(HOST, vip.to_string())
+        .body(Full::new(Bytes::from(payload(bytes as u64, bytes))))?;
+    let response = sender.send_request(request).await.context("HTTP request")?;
+    let backend = backend_of(&response)?;
+    let status = response.status();
+    let verdict = response.into_body().collect().await?.to_bytes();
+    let verdict = String::from_utf8_lossy(&verdict);
+    ensure!(
+        status.is_success() && verdict == format!("ok {bytes}"),
+        "upload to {backend}: HTTP {status}: {verdict}"
+    );
+    Ok(backend)
 }
 
 /// How a TCP connection attempt ended.

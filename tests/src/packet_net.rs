@@ -1,5 +1,5 @@
-//! The network of the packet tests and benchmarks, which run the XDP program through
-//! BPF_PROG_TEST_RUN: one namespace with two veth interfaces and permanent neighbour entries,
+//! The network of the packet tests and benchmarks, which run the balancer's programs (XDP and
+//! tc) through BPF_PROG_TEST_RUN: one namespace with two veth interfaces and permanent neighbour entries,
 //! so that the program's FIB lookups have fixed answers.
 //!
 //! ```text
@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 
 use crate::netns::Netns;
 
@@ -84,6 +84,71 @@ pub fn run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<Run
             ..TestRunOptions::new()
         })
         .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(result.data_size_out as usize);
+    Ok(RunResult {
+        verdict: result.return_value,
+        frame: out,
+        duration: result.duration,
+    })
+}
+
+/// Offsets of the fields of `struct __sk_buff` that BPF_PROG_TEST_RUN takes from a tc
+/// program's context: the interface the packet arrived on (`ingress_ifindex`, `ifindex`).
+const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_IFINDEX: usize = 40;
+/// Offsets of the GSO fields of `struct __sk_buff` (segments, segment size).
+const SKB_GSO_SEGS: usize = 164;
+const SKB_GSO_SIZE: usize = 176;
+/// Size of `struct __sk_buff`.
+const SKB_CTX_SIZE: usize = 192;
+
+/// Runs the tc `program` on `frame` as if it arrived on interface `ifindex`, like [`run`].
+/// The kernel builds an skb around the frame (its checksums are plain, never partial: a test
+/// run cannot set an skb's checksum state). The verdict is the tc action.
+pub fn run_tc(
+    program: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<RunResult> {
+    run_tc_gso(program, frame, ifindex, repeat, None)
+}
+
+/// [`run_tc`], with the skb marked as a GSO super-packet of `(segments, segment size)`, as GRO
+/// or a sender with segmentation offload makes them.
+pub fn run_tc_gso(
+    program: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    gso: Option<(u32, u32)>,
+) -> Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + 512];
+    let mut ctx = vec![0u8; SKB_CTX_SIZE];
+    let mut put = |offset: usize, value: u32| {
+        ctx[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    };
+    put(SKB_INGRESS_IFINDEX, ifindex);
+    put(SKB_IFINDEX, ifindex);
+    if let Some((segments, size)) = gso {
+        put(SKB_GSO_SEGS, segments);
+        put(SKB_GSO_SIZE, size);
+    }
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| {
+            format!(
+                "BPF_PROG_TEST_RUN (tc) of a {}-byte frame {:02x?}",
+                frame.len(),
+                &frame[..frame.len().min(64)]
+            )
+        })?;
     out.truncate(result.data_size_out as usize);
     Ok(RunResult {
         verdict: result.return_value,

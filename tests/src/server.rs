@@ -1,8 +1,9 @@
 //! The backend server used by tests and the demo:
 //! - HTTP/1.1 (hyper): names itself in an `x-backend` header; `GET /download?bytes=N&ms=T`
 //!   streams N deterministic bytes (see [`crate::client::payload`]) spread over T milliseconds;
-//!   `GET /count` answers how many other requests it has served; any other request gets its
-//!   body echoed back;
+//!   `POST /upload?bytes=N` checks that the body is those N bytes, byte by byte as they arrive,
+//!   and answers `ok N` (or where the first difference is); `GET /count` answers how many other
+//!   requests it has served; any other request gets its body echoed back;
 //! - UDP: answers each datagram with its name, a newline and the datagram;
 //! - an HAProxy-style load agent: answers each connection with one line read from a file (so
 //!   a test changes the backend's reported load by writing the file).
@@ -36,7 +37,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::client::payload;
+use crate::client::{Payload, payload};
 
 /// Header in which the HTTP server names itself.
 pub const BACKEND_HEADER: &str = "x-backend";
@@ -78,6 +79,39 @@ fn download_request(request: &Request<Incoming>) -> Option<(usize, u64)> {
     Some((bytes, ms))
 }
 
+/// The `N` of `/upload?bytes=N`.
+fn upload_request(request: &Request<Incoming>) -> Option<usize> {
+    if request.uri().path() != "/upload" {
+        return None;
+    }
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("bytes=")?.parse().ok())
+}
+
+/// Reads an upload's body and compares it with the payload of seed `bytes` as it arrives:
+/// `ok N`, or what went wrong.
+async fn check_upload(mut body: Incoming, bytes: usize) -> Result<String, hyper::Error> {
+    let mut expected = Payload::new(bytes as u64);
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if let Some(at) = data.iter().position(|&b| Some(b) != expected.next()) {
+            return Ok(format!("mismatch at byte {}", received + at));
+        }
+        received += data.len();
+    }
+    Ok(if received == bytes {
+        format!("ok {bytes}")
+    } else {
+        format!("received {received} of {bytes} bytes")
+    })
+}
+
 /// Streams `bytes` of payload over about `ms` milliseconds into `chunks`.
 async fn stream_download(bytes: usize, ms: u64, chunks: mpsc::Sender<Bytes>) {
     let data = Bytes::from(payload(bytes as u64, bytes));
@@ -88,7 +122,10 @@ async fn stream_download(bytes: usize, ms: u64, chunks: mpsc::Sender<Bytes>) {
         if chunks.send(data.slice(start..end)).await.is_err() {
             return;
         }
-        tokio::time::sleep(pause).await;
+        // A zero sleep still waits for the timer's next tick (about a millisecond).
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -112,6 +149,12 @@ pub async fn serve_http(name: String, listener: TcpListener) -> Result<()> {
                             .expect("valid"));
                     }
                     served.fetch_add(1, Ordering::Relaxed);
+                    if let Some(bytes) = upload_request(&request) {
+                        let verdict = check_upload(request.into_body(), bytes).await?;
+                        return Ok(response
+                            .body(Either::Right(Full::new(Bytes::from(verdict))))
+                            .expect("valid"));
+                    }
                     if let Some((bytes, ms)) = download_request(&request) {
                         let (chunks, receiver) = mpsc::channel(4);
                         tokio::spawn(stream_download(bytes, ms, chunks));

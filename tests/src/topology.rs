@@ -22,10 +22,15 @@
 //! 198.18.2.2 (fd00:2::2) behind router 198.18.2.1 / 198.18.0.2 (fd00:2::1 / fd00::2).
 //!
 //! Clients reach the VIP through the balancer; backends use the balancer as their default
-//! gateway, so replies come back through it. Offloads: transmit checksum offload is off on
-//! every sender (an XDP program sees frames, and a partial checksum would be rewritten as if
-//! it were complete), and GRO is on, which gives each veth the NAPI instance that XDP_TX and
-//! XDP_REDIRECT need on the receiving end.
+//! gateway, so replies come back through it.
+//!
+//! Offloads ([`Offloads`]): by default every veth keeps the kernel's defaults (transmit
+//! checksum offload and TSO on), with GRO turned on after the links came up, as on a container
+//! host; xlb must be correct there as it is (`auto` chooses tc). The prepared variants turn
+//! transmit checksum offload off on every sender, so packets carry complete checksums, which
+//! XDP needs: with GRO on before the links come up (which gives each veth the NAPI instance
+//! that XDP_TX and XDP_REDIRECT need on the receiving end) for native XDP, or with GRO off for
+//! generic XDP.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -54,6 +59,19 @@ pub fn backend_addr6(index: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11 + index as u16)
 }
 
+/// How the veth links' offloads are set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offloads {
+    /// The kernel's defaults (transmit checksum offload, TSO on), GRO turned on after the
+    /// links came up: what a container host has.
+    Default,
+    /// Prepared for native XDP: transmit checksum offload off, GRO on before the links come
+    /// up (tests also attach an XDP program to the balancer's peers).
+    Prepared,
+    /// Prepared for generic XDP: transmit checksum offload off, GRO off.
+    PreparedNoGro,
+}
+
 /// How the balancer is wired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wiring {
@@ -79,12 +97,20 @@ pub struct Lab {
     pub router: Option<Netns>,
     /// The balancer's interfaces, for its config.
     pub balancer_interfaces: Vec<String>,
+    /// How the links' offloads are set.
+    pub offloads: Offloads,
     wiring: Wiring,
 }
 
 impl Lab {
-    /// Builds the topology with `backends` backend hosts.
+    /// Builds the topology with `backends` backend hosts, offloads at their defaults.
     pub fn new(wiring: Wiring, backends: usize) -> Result<Self> {
+        Self::with_offloads(wiring, backends, Offloads::Default)
+    }
+
+    /// Builds the topology with `backends` backend hosts and the links' offloads set as
+    /// `offloads` says.
+    pub fn with_offloads(wiring: Wiring, backends: usize, offloads: Offloads) -> Result<Self> {
         let lab = Self {
             client: Netns::new("client")?,
             balancer: Netns::new("lb")?,
@@ -102,6 +128,7 @@ impl Lab {
                     vec!["eth0".into(), "eth1".into()]
                 }
             },
+            offloads,
             wiring,
         };
         lab.wire(wiring).context("building the test network")?;
@@ -117,15 +144,15 @@ impl Lab {
         let near = self.router.as_ref().unwrap_or(client);
         match wiring {
             Wiring::TwoInterfaces | Wiring::BehindRouter => {
-                veth(near, "eth0", lb, "eth0")?;
-                veth(lb, "eth1", sw, "lb")?;
+                self.veth(near, "eth0", lb, "eth0")?;
+                self.veth(lb, "eth1", sw, "lb")?;
                 sw.ip("link set dev lb master br0")?;
                 add_addr(lb, "eth0", "198.18.0.1/24", "fd00::1/64")?;
                 add_addr(lb, "eth1", "198.18.1.1/24", "fd00:1::1/64")?;
             }
             Wiring::OneInterface => {
-                veth(near, "eth0", sw, "client")?;
-                veth(lb, "eth0", sw, "lb")?;
+                self.veth(near, "eth0", sw, "client")?;
+                self.veth(lb, "eth0", sw, "lb")?;
                 sw.ip("link set dev client master br0")?;
                 sw.ip("link set dev lb master br0")?;
                 add_addr(lb, "eth0", "198.18.0.1/24", "fd00::1/64")?;
@@ -134,7 +161,7 @@ impl Lab {
         }
         add_addr(near, "eth0", "198.18.0.2/24", "fd00::2/64")?;
         if let Some(router) = &self.router {
-            veth(client, "eth0", router, "eth1")?;
+            self.veth(client, "eth0", router, "eth1")?;
             // Only the router's side is narrow: the client advertises its full MSS, so the
             // backends send full-size segments that the router must refuse.
             router.ip(&format!("link set dev eth1 mtu {NARROW_MTU}"))?;
@@ -155,7 +182,7 @@ impl Lab {
 
         for (i, backend) in self.backends.iter().enumerate() {
             let port = format!("b{}", i + 1);
-            veth(backend, "eth0", sw, &port)?;
+            self.veth(backend, "eth0", sw, &port)?;
             sw.ip(&format!("link set dev {port} master br0"))?;
             add_addr(
                 backend,
@@ -221,22 +248,36 @@ fn add_addr(ns: &Netns, interface: &str, v4: &str, v6: &str) -> Result<()> {
     Ok(())
 }
 
-/// A veth pair with one end in each namespace, both up, with the offloads set as the module
-/// documentation explains.
-///
-/// The order matters: a veth accepts XDP_REDIRECTed frames only if its peer had GRO (or an
-/// XDP program) when the veth came up, because the kernel computes its `ndo_xdp_xmit`
-/// capability then. So both ends get their offloads before either comes up.
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    a.ip(&format!(
-        "link add name {a_name} type veth peer name {b_name} netns {}",
-        b.name()
-    ))?;
-    for (ns, name) in [(a, a_name), (b, b_name)] {
-        ns.exec("ethtool", &["-K", name, "tx", "off", "gro", "on"])?;
+impl Lab {
+    /// A veth pair with one end in each namespace, both up, with the offloads set as
+    /// [`Offloads`] says.
+    ///
+    /// For native XDP the order matters: a veth accepts XDP_REDIRECTed frames only if its
+    /// peer had GRO (or an XDP program) when the veth came up, because the kernel computes its
+    /// `ndo_xdp_xmit` capability then. So both ends get their offloads before either comes up.
+    fn veth(&self, a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+        a.ip(&format!(
+            "link add name {a_name} type veth peer name {b_name} netns {}",
+            b.name()
+        ))?;
+        let before_up: &[&str] = match self.offloads {
+            Offloads::Default => &[],
+            Offloads::Prepared => &["tx", "off", "gro", "on"],
+            Offloads::PreparedNoGro => &["tx", "off", "gro", "off"],
+        };
+        for (ns, name) in [(a, a_name), (b, b_name)] {
+            if !before_up.is_empty() {
+                ns.exec("ethtool", &[&["-K", name][..], before_up].concat())?;
+            }
+        }
+        for (ns, name) in [(a, a_name), (b, b_name)] {
+            ns.ip(&format!("link set dev {name} up"))?;
+        }
+        if self.offloads == Offloads::Default {
+            for (ns, name) in [(a, a_name), (b, b_name)] {
+                ns.exec("ethtool", &["-K", name, "gro", "on"])?;
+            }
+        }
+        Ok(())
     }
-    for (ns, name) in [(a, a_name), (b, b_name)] {
-        ns.ip(&format!("link set dev {name} up"))?;
-    }
-    Ok(())
 }

@@ -7,7 +7,11 @@
 //! - a frame is changed only if the reference parser reads it as a TCP/UDP packet to a service
 //!   or of a known flow, an echo request to a VIP, or an ICMP error quoting a known flow;
 //! - a changed frame whose checksums were valid has valid checksums;
-//! - a frame is dropped only if it is a new flow to a service.
+//! - a frame is dropped only if it is a new flow to a service;
+//! - the tc program, run on the same frame with maps of its own in the same state, does exactly
+//!   what the XDP program does: the same frame out, the same verdict (a tc redirect for
+//!   `XDP_TX` and `XDP_REDIRECT`). Frames too short for the kernel to build an skb around
+//!   (without a full IP header) run at XDP only.
 //!
 //! `cargo xtask test` runs 20,000 cases with a fixed seed; `cargo xtask fuzz` runs a million
 //! (or `--cases N`, `--seed S`). Needs root.
@@ -59,6 +63,21 @@ fn flow_key((src, dst, proto): &Tuple) -> lb_common::FlowKey {
 }
 
 const VERDICTS: [&str; 5] = ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"];
+/// tc actions, as BPF_PROG_TEST_RUN returns them.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Whether the kernel builds an skb around `frame` for a tc test run: it needs the fixed
+/// header of an IPv4 or IPv6 packet whole (any other EtherType, just the Ethernet header).
+fn skb_buildable(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.len() >= 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() >= 14 + 40,
+        Some(_) => frame.len() > 14,
+        None => false,
+    }
+}
 
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test` or `cargo xtask fuzz`"]
@@ -69,20 +88,30 @@ fn hostile_frames_never_break_the_invariants() {
     let ns = packet_net::build().expect("creating the namespace");
     ns.enter(|| {
         let config = Config::parse(WORLD_CONFIG).expect("valid config");
-        let mut dataplane = Dataplane::load(config.flow_table_size).expect("loading the program");
-        Balancer::new()
-            .apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)
-            .expect("applying the config");
         let interfaces = [netif::index("c0").unwrap(), netif::index("s0").unwrap()];
-        for ifindex in interfaces {
-            dataplane.maps.add_egress_port(ifindex).unwrap();
-        }
+        let load = || {
+            let mut dataplane =
+                Dataplane::load(config.flow_table_size).expect("loading the program");
+            Balancer::new()
+                .apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)
+                .expect("applying the config");
+            for ifindex in interfaces {
+                dataplane.maps.add_egress_port(ifindex).unwrap();
+            }
+            dataplane
+        };
+        // The XDP program runs on `dataplane`, the tc program on `twin`: same config, same hash
+        // seed, so the same packets leave both in the same state.
+        let dataplane = load();
+        let mut twin = load();
+        twin.maps.share_hash_seed(&dataplane.maps).unwrap();
         let is_service = |dst: &SocketAddr, proto: u8| world.services.contains(&(*dst, proto));
         let is_vip = |ip: &std::net::IpAddr| world.services.iter().any(|(s, _)| s.ip() == *ip);
 
         let started = Instant::now();
         let mut verdicts: BTreeMap<&str, u64> = BTreeMap::new();
         let mut changed = 0u64;
+        let mut tc_compared = 0u64;
         for index in 0..cases {
             let input = fuzz::frame(seed, index, &world);
             let reading = fuzz::read(&input);
@@ -136,10 +165,36 @@ fn hostile_frames_never_break_the_invariants() {
                     "dropped a frame that is no new flow to a service: {replay}"
                 );
             }
+            if skb_buildable(&input) {
+                let tc = packet_net::run_tc(twin.tc_program(), &input, ifindex, 1)
+                    .unwrap_or_else(|e| panic!("tc: {e:#}: {replay}"));
+                let tc_verdict = match tc.verdict {
+                    TC_ACT_UNSPEC => "PASS",
+                    TC_ACT_SHOT => "DROP",
+                    TC_ACT_REDIRECT => "REDIRECT",
+                    _ => "an undocumented tc verdict",
+                };
+                let xdp_verdict = match verdict {
+                    Some("TX") => "REDIRECT",
+                    other => other.unwrap(),
+                };
+                assert_eq!(tc_verdict, xdp_verdict, "tc and XDP disagree: {replay}");
+                assert!(
+                    tc.frame == result.frame,
+                    "tc and XDP output differ: {replay}\ntc     {:02x?}",
+                    tc.frame
+                );
+                tc_compared += 1;
+            }
         }
         eprintln!(
-            "{cases} cases (seed {seed:#x}) in {:.1?}: {changed} changed; verdicts {verdicts:?}",
+            "{cases} cases (seed {seed:#x}) in {:.1?}: {changed} changed; verdicts {verdicts:?}; \
+             {tc_compared} also run at tc",
             started.elapsed()
+        );
+        assert!(
+            tc_compared > cases / 2,
+            "only {tc_compared} of {cases} frames were compared with the tc program"
         );
         assert!(
             changed > cases / 10,

@@ -47,7 +47,7 @@ struct Setup {
 fn setup() -> Setup {
     let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
     let backends = start_backends(&lab).unwrap();
-    let config = balancer_config_with(&lab, "native", &tcp_keys(), &udp_keys());
+    let config = balancer_config_with(&lab, "auto", &tcp_keys(), &udp_keys());
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
     Setup { lab, backends, xlb }
 }

@@ -17,7 +17,7 @@ use xlb_tests::{
     client::start_download,
     flood::legitimate_traffic_under_flood,
     scenario::{TCP_SERVICE_PORT, balancer_config, dual_stack_config, start_backends, start_xlb},
-    topology::{Lab, NARROW_MTU, VIP, VIP6, Wiring},
+    topology::{Lab, NARROW_MTU, Offloads, VIP, VIP6, Wiring},
 };
 
 /// Backends send full-size segments to a client behind a link of MTU 1280; the router
@@ -26,10 +26,21 @@ use xlb_tests::{
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn path_mtu_discovery_works_through_xlb() {
-    let lab = Lab::new(Wiring::BehindRouter, 3).unwrap();
-    let _peer_programs = attach_peer_programs(&lab);
+    path_mtu_discovery(Offloads::Default, "auto");
+}
+
+/// [`path_mtu_discovery_works_through_xlb`] with native XDP, on links prepared for it.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn path_mtu_discovery_works_through_native_xdp() {
+    path_mtu_discovery(Offloads::Prepared, "native");
+}
+
+fn path_mtu_discovery(offloads: Offloads, mode: &str) {
+    let lab = Lab::with_offloads(Wiring::BehindRouter, 3, offloads).unwrap();
+    let _peer_programs = (offloads == Offloads::Prepared).then(|| attach_peer_programs(&lab));
     let _backends = start_backends(&lab).unwrap();
-    let xlb = start_xlb(&lab.balancer, &dual_stack_config(&lab, "native")).unwrap();
+    let xlb = start_xlb(&lab.balancer, &dual_stack_config(&lab, mode)).unwrap();
 
     for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
         let address = SocketAddr::new(vip, TCP_SERVICE_PORT);
@@ -69,7 +80,6 @@ fn path_mtu_discovery_works_through_xlb() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_syn_flood_leaves_established_and_new_connections_working() {
     let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
-    let _peer_programs = attach_peer_programs(&lab);
     let _backends = start_backends(&lab).unwrap();
     // The backends' answers to the spoofed sources go back towards the client host, which
     // drops them.
@@ -79,10 +89,7 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
     // Half-open room for 16,384 flows: a few hundred milliseconds of this flood, enough for
     // a legitimate handshake; the flood overruns it many times over, and would evict the idle
     // connection if SYNs went into the flow table itself.
-    let config = format!(
-        "flow_table_size = 65536\n{}",
-        balancer_config(&lab, "native")
-    );
+    let config = format!("flow_table_size = 65536\n{}", balancer_config(&lab, "auto"));
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
 
     let outcome =

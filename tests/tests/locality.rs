@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::attach_peer_programs;
 use xlb::api::{PoolStatus, Response};
 use xlb_tests::{
     client::{http_echo_from, payload, start_download_from},
@@ -35,7 +34,7 @@ fn config(lab: &Lab) -> String {
     let backend = |i: usize| format!("{{ address = \"{}\" }}", lab.backend_endpoint(i, 8080));
     format!(
         r#"interfaces = [{}]
-xdp_mode = "native"
+xdp_mode = "auto"
 
 [[service]]
 name = "video"
@@ -114,7 +113,6 @@ fn clients_stay_home_spill_over_when_home_is_down_or_busy_and_return() {
     lab.client
         .ip(&format!("addr add {JP_CLIENT}/24 dev eth0"))
         .unwrap();
-    let _peer_programs = attach_peer_programs(&lab);
     let mut backends: Vec<Backend> = start_backends(&lab).unwrap();
     let xlb = start_xlb(&lab.balancer, &config(&lab)).unwrap();
 

@@ -19,7 +19,7 @@ use xlb_tests::{
         Backend, TCP_SERVICE_PORT, UDP_SERVICE_PORT, Xlb, balancer_config, balancer_config_with,
         start_backends, start_xlb, tally,
     },
-    topology::{Lab, VIP, Wiring, backend_addr},
+    topology::{Lab, Offloads, VIP, Wiring, backend_addr},
 };
 
 fn http_vip() -> SocketAddr {
@@ -68,9 +68,13 @@ struct Setup {
 }
 
 fn setup(extra_tcp_keys: &str) -> Setup {
-    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    setup_with(Offloads::Default, "auto", extra_tcp_keys)
+}
+
+fn setup_with(offloads: Offloads, mode: &str, extra_tcp_keys: &str) -> Setup {
+    let lab = Lab::with_offloads(Wiring::TwoInterfaces, 3, offloads).unwrap();
     let backends = start_backends(&lab).unwrap();
-    let config = balancer_config_with(&lab, "native", extra_tcp_keys, "");
+    let config = balancer_config_with(&lab, mode, extra_tcp_keys, "");
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
     Setup {
         lab,
@@ -254,6 +258,28 @@ fn reload_applies_the_difference_and_an_invalid_file_changes_nothing() {
         assert!(error.contains("nothing was changed"), "{error}");
         assert_eq!(backends_of(&xlb), before);
 
+        // A valid file that needs another hook (native XDP, which would corrupt packets on
+        // these links anyway): refused, nothing changes.
+        std::fs::write(
+            &xlb.config_path,
+            without_b3.replace("xdp_mode = \"auto\"", "xdp_mode = \"native\""),
+        )
+        .unwrap();
+        let error = fails(&xlb, &["reload"]);
+        assert!(error.contains("would corrupt packets"), "{error}");
+        assert!(error.contains("nothing was changed"), "{error}");
+        std::fs::write(
+            &xlb.config_path,
+            without_b3.replace("xdp_mode = \"auto\"", "xdp_mode = \"tc\""),
+        )
+        .unwrap();
+        ok(&xlb, &["reload"]);
+        assert_eq!(
+            backends_of(&xlb),
+            before,
+            "xdp_mode tc = what auto chose: no change"
+        );
+
         // SIGHUP reloads too: b3 comes back.
         std::fs::write(&xlb.config_path, &original).unwrap();
         xlb.signal(libc::SIGHUP).unwrap();
@@ -345,7 +371,7 @@ fn the_metrics_endpoint_exports_counters_and_states() {
     let _backends = start_backends(&lab).unwrap();
     let config = format!(
         "metrics = \"127.0.0.1:9100\"\n{}",
-        balancer_config(&lab, "native")
+        balancer_config(&lab, "auto")
     );
     let xlb = start_xlb(&lab.balancer, &config).unwrap();
     connections(&lab, 3);
@@ -449,7 +475,10 @@ fn bad_input_gets_clear_errors_and_the_daemon_is_unharmed() {
     };
     second.truncate(4_000);
     assert!(second.contains("attaching to interface eth0"), "{second}");
-    assert!(second.contains("Device or resource busy"), "{second}");
+    assert!(
+        second.contains("another xlb is attached to eth0 (tc program"),
+        "{second}"
+    );
 
     assert_eq!(
         connections(&lab, 3).len(),
@@ -462,11 +491,23 @@ fn bad_input_gets_clear_errors_and_the_daemon_is_unharmed() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_restart_keeps_every_flow() {
+    restart_keeps_every_flow(Offloads::Default, "auto", None);
+}
+
+/// A restart that moves the data plane from native XDP to tc (the operator changed
+/// `xdp_mode`): the new daemon attaches at tc, then removes the XDP links, and no flow notices.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_restart_that_changes_the_hook_keeps_every_flow() {
+    restart_keeps_every_flow(Offloads::Prepared, "native", Some("tc"));
+}
+
+fn restart_keeps_every_flow(offloads: Offloads, mode: &str, new_mode: Option<&str>) {
     let Setup {
         lab,
         mut xlb,
         _backends,
-    } = setup("");
+    } = setup_with(offloads, mode, "");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (download, udp) = std::thread::scope(|scope| {
         // A 3 MB download spread over 3 s, and a UDP flow of a datagram every 20 ms.
@@ -524,12 +565,34 @@ fn a_restart_keeps_every_flow() {
             xlb.output()
         );
         std::thread::sleep(Duration::from_millis(500));
+        if let Some(new_mode) = new_mode {
+            let config = std::fs::read_to_string(&xlb.config_path).unwrap();
+            let config = config.replace(
+                &format!("xdp_mode = \"{mode}\""),
+                &format!("xdp_mode = \"{new_mode}\""),
+            );
+            std::fs::write(&xlb.config_path, config).unwrap();
+        }
         xlb.restart(&lab.balancer, &[]).unwrap();
         assert!(
             xlb.output().contains("took over the pinned maps"),
             "{}",
             xlb.output()
         );
+        if new_mode.is_some() {
+            assert!(
+                xlb.output()
+                    .contains("removed the link of the previous hook"),
+                "{}",
+                xlb.output()
+            );
+        } else {
+            assert!(
+                xlb.output().contains("took over the pinned link"),
+                "{}",
+                xlb.output()
+            );
+        }
         std::thread::sleep(Duration::from_millis(2_500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (download.join().unwrap(), udp.join().unwrap())

@@ -34,7 +34,10 @@ pub fn run() -> Result<()> {
     let _janitor = Janitor::install(run_prefix())?;
 
     let lab = steps.run(
-        &format!("network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a namespace"),
+        &format!(
+            "network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a \
+             namespace, veth links at their default offloads"
+        ),
         || Lab::new(Wiring::TwoInterfaces, BACKENDS),
     )?;
     let _backends = steps.run(
@@ -42,7 +45,7 @@ pub fn run() -> Result<()> {
         || start_backends(&lab),
     )?;
     let config = balancer_config(&lab, "auto");
-    let mut xlb = steps.run("xlb run (attach XDP, fill the maps)", || {
+    let mut xlb = steps.run("xlb run (fill the maps, choose the hook, attach)", || {
         start_xlb(&lab.balancer, &config)
     })?;
     for line in config
@@ -51,7 +54,11 @@ pub fn run() -> Result<()> {
     {
         note(line);
     }
-    for line in xlb.output().lines().filter(|l| l.contains("attached")) {
+    for line in xlb
+        .output()
+        .lines()
+        .filter(|l| l.contains("interface ") && l.contains(" → ") || l.contains("attached"))
+    {
         note(line);
     }
 

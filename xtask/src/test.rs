@@ -20,7 +20,7 @@ const TIERS: [(&str, &str); 3] = [
     ),
     (
         "tier 3: end-to-end tests in network namespaces",
-        "test --no-fail-fast -p xlb-tests --test balance --test health --test operator --test hostile --test locality -- --ignored",
+        "test --no-fail-fast -p xlb-tests --test balance --test health --test operator --test hostile --test locality --test offloads -- --ignored",
     ),
 ];
 

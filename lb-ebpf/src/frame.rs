@@ -1,0 +1,282 @@
+//! The two hooks xlb runs at, behind one interface: XDP (a frame straight from the driver, or
+//! from the generic hook after the stack built an skb) and tc ingress (an skb, after GRO).
+//!
+//! Parsing, balancing, NAT and forwarding are written once, generic over [`Frame`]; what differs
+//! between the hooks is small and lives here:
+//!
+//! - **Reaching the bytes.** An XDP frame is linear; an skb may keep its payload (and, after
+//!   GRO, part of its headers) in pages, so the tc hook pulls the headers in first.
+//! - **Checksums.** An skb may carry a *partial* checksum (`CHECKSUM_PARTIAL`: the sender left
+//!   the TCP/UDP checksum to the NIC, and the field holds only the pseudo-header's sum; every
+//!   packet from a local socket through a veth with transmit checksum offload, and every GRO
+//!   super-packet, is like this). An RFC 1624 update moves such a field the wrong way. The
+//!   kernel's `bpf_l4_csum_replace` knows the skb's checksum state and updates the field (and
+//!   `skb->csum` of `CHECKSUM_COMPLETE` packets) correctly; XDP has no such state and no such
+//!   helper, so XDP is correct only for frames whose checksums are complete.
+//! - **Sizes.** tc forwards GSO super-packets (up to 64 KB) and lets the kernel segment them; the
+//!   FIB lookup then checks the skb against the MTU the way the kernel does (`tot_len = 0`).
+//!   Generic XDP sees the same super-packets but can neither redirect them nor tell their
+//!   checksum state, so it passes them to the kernel, counted (`oversized_passed`).
+//! - **Verdicts and transmission.** `XDP_TX` / `XDP_REDIRECT` through the devmap, or
+//!   `bpf_redirect` to the egress of any interface.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TC_ACT_UNSPEC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, xdp_action,
+    },
+    helpers::{bpf_check_mtu, bpf_redirect},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::maps::EGRESS_PORTS;
+
+/// Frames of a standard 1500-byte MTU are at most this long (Ethernet header included); only
+/// longer XDP frames need the MTU check (see [`XdpFrame::oversized`]).
+const STANDARD_FRAME: usize = 1514;
+
+/// One packet as a hook hands it to the program. See the module documentation.
+pub trait Frame {
+    /// True for the tc hook: the packet is an skb, and its checksums must be changed through
+    /// the skb helpers (the `skb_*` methods below), never by arithmetic on the field alone.
+    const SKB: bool;
+    /// Verdict: hand the packet to the kernel's stack.
+    const PASS: u32;
+    /// Verdict: drop the packet.
+    const DROP: u32;
+
+    /// Address of the first byte of directly accessible packet data (the Ethernet header).
+    fn data(&self) -> usize;
+    /// Address one past the last directly accessible byte.
+    fn data_end(&self) -> usize;
+    /// Length of the whole packet from the Ethernet header, including data not directly
+    /// accessible (an skb's pages).
+    fn len(&self) -> usize;
+    /// Index of the interface the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+    /// The context pointer helpers take.
+    fn raw(&self) -> *mut c_void;
+    /// Makes the first `len` bytes (at most the packet's length) directly accessible. Every
+    /// packet pointer taken before is invalid afterwards.
+    fn pull(&self, len: usize);
+    /// Whether the packet is too big to be transmitted as one frame (a GSO super-packet that
+    /// only generic XDP can see, and cannot handle).
+    fn oversized(&self) -> bool;
+    /// The `tot_len` to give the FIB lookup for a packet whose IP length is `ip_len`: the
+    /// lookup checks it against the egress MTU; 0 lets it check the skb as the kernel would.
+    fn fib_tot_len(&self, ip_len: u16) -> u16;
+    /// Sends the packet out of interface `ifindex` (the one it came in on, or another one xlb
+    /// is attached to) and returns the verdict that does it.
+    fn transmit(&self, ifindex: u32) -> u32;
+    /// tc only: `bpf_l4_csum_replace` on the checksum at `offset`.
+    fn skb_l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()>;
+    /// tc only: stores `bytes` at `offset`, updating `skb->csum` of a `CHECKSUM_COMPLETE`
+    /// packet for the change (for fields no checksum in the packet compensates).
+    fn skb_store_recompute(&self, offset: usize, bytes: &[u32; 4], len: usize) -> Option<()>;
+}
+
+/// A pointer to a `T` at `offset` in the directly accessible data, if the whole `T` lies there.
+#[inline(always)]
+pub fn ptr_at<F: Frame, T>(frame: &F, offset: usize) -> Option<*mut T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let start = frame.data();
+    if start + offset + core::mem::size_of::<T>() > frame.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Offsets beyond this are refused before they touch a packet pointer (headers are always
+/// near the start). The check also gives the verifier a bound on offsets that were stored in
+/// the scratch map, whose values it cannot know.
+const MAX_OFFSET: usize = 0x3fff;
+
+/// `bpf_l4_csum_replace` flags for a TCP or UDP checksum: the header-field size, and for UDP
+/// over IPv4 "a zero checksum means none, and a computed zero is sent as all ones".
+#[inline(always)]
+pub fn l4_csum_flags(size: u64, udp: bool, pseudo_header: bool) -> u64 {
+    let mut flags = size;
+    if udp {
+        flags |= BPF_F_MARK_MANGLED_0 as u64;
+    }
+    if pseudo_header {
+        flags |= BPF_F_PSEUDO_HDR as u64;
+    }
+    flags
+}
+
+/// The XDP hook (native or generic).
+pub struct XdpFrame(pub XdpContext);
+
+impl Frame for XdpFrame {
+    const SKB: bool = false;
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    // The context fields are read with volatile loads: the verifier accepts only loads of
+    // exactly their 32 bits, and LLVM may otherwise merge `data` and `data_end` into one
+    // 64-bit load.
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: `ctx` points to the program's context for the whole run.
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data) as usize }
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as in `data`.
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: as in `data`.
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).ingress_ifindex) }
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn pull(&self, _len: usize) {}
+
+    /// Native XDP frames never exceed the MTU. Generic XDP runs after GRO and on GSO packets
+    /// from the local stack, whose frames may be up to 64 KB; `bpf_check_mtu` (Linux 5.12)
+    /// tells them apart, and only frames longer than a standard one pay for the call.
+    #[inline(always)]
+    fn oversized(&self) -> bool {
+        if self.len() <= STANDARD_FRAME {
+            return false;
+        }
+        let mut mtu: u32 = 0;
+        // SAFETY: the helper reads the context and writes `mtu`.
+        let rc = unsafe { bpf_check_mtu(self.raw(), 0, &mut mtu, 0, 0) };
+        rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64
+    }
+
+    #[inline(always)]
+    fn fib_tot_len(&self, ip_len: u16) -> u16 {
+        ip_len
+    }
+
+    #[inline(always)]
+    fn transmit(&self, ifindex: u32) -> u32 {
+        if ifindex == self.ingress_ifindex() {
+            xdp_action::XDP_TX
+        } else {
+            EGRESS_PORTS
+                .redirect(ifindex, 0)
+                .unwrap_or(xdp_action::XDP_ABORTED)
+        }
+    }
+
+    #[inline(always)]
+    fn skb_l4_csum_replace(&self, _: usize, _: u64, _: u64, _: u64) -> Option<()> {
+        None
+    }
+
+    #[inline(always)]
+    fn skb_store_recompute(&self, _: usize, _: &[u32; 4], _: usize) -> Option<()> {
+        None
+    }
+}
+
+/// The tc ingress hook (tcx, or clsact on kernels before 6.6).
+pub struct TcFrame(pub TcContext);
+
+impl Frame for TcFrame {
+    const SKB: bool = true;
+    // "Not decided here": the next tcx program, or the stack.
+    const PASS: u32 = TC_ACT_UNSPEC as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: `skb` points to the program's context for the whole run.
+        unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data) as usize }
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as in `data`.
+        unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).data_end) as usize }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: as in `data`.
+        unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).ifindex) }
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn pull(&self, len: usize) {
+        let len = if len < self.len() { len } else { self.len() };
+        if self.data() + len > self.data_end() {
+            // A failure leaves the data as it was; the bounds checks then refuse the packet.
+            let _ = self.0.pull_data(len as u32);
+        }
+    }
+
+    #[inline(always)]
+    fn oversized(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn fib_tot_len(&self, _ip_len: u16) -> u16 {
+        0
+    }
+
+    #[inline(always)]
+    fn transmit(&self, ifindex: u32) -> u32 {
+        // SAFETY: the helper only records where the packet goes.
+        let verdict = unsafe { bpf_redirect(ifindex, 0) };
+        if verdict == TC_ACT_REDIRECT as i64 {
+            TC_ACT_REDIRECT as u32
+        } else {
+            TC_ACT_SHOT as u32
+        }
+    }
+
+    #[inline(always)]
+    fn skb_l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()> {
+        self.0.l4_csum_replace(offset, from, to, flags).ok()
+    }
+
+    #[inline(always)]
+    fn skb_store_recompute(&self, offset: usize, bytes: &[u32; 4], len: usize) -> Option<()> {
+        // SAFETY: the helper copies `len` (at most 16) bytes from `bytes` into the packet.
+        let rc = unsafe {
+            aya_ebpf::helpers::bpf_skb_store_bytes(
+                self.0.skb.skb,
+                offset as u32,
+                bytes.as_ptr().cast(),
+                len as u32,
+                BPF_F_RECOMPUTE_CSUM as u64,
+            )
+        };
+        (rc == 0).then_some(())
+    }
+}
