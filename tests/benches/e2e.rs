@@ -1,10 +1,19 @@
 //! End to end, client -> balancer -> 3 backends in network namespaces, each variant on a
-//! freshly built topology, in one run:
+//! freshly built topology, in one run, on three kinds of links:
+//!
+//! - offloads at their defaults (as on a container host): where xlb must be correct as it is;
+//! - prepared for native XDP (transmit checksum offload off, GRO on before link-up);
+//! - prepared for generic XDP (transmit checksum offload off, GRO off).
+//!
+//! On each, the variants that are correct there:
 //!
 //! - `route`: no balancer; the balancer namespace only routes, to one backend (the path's
 //!   baseline);
 //! - `nft`: nftables DNAT with `numgen inc mod 3` (the kernel's own answer to the same job);
-//! - `xlb native` and `xlb generic`: xlb in each XDP mode.
+//! - `xlb MODE`: xlb with that `xdp_mode` (`auto` chooses tc on veth).
+//!
+//! Every variant is measured [`REPEATS`] times, the variants taking turns, and reported as the
+//! median with the spread (min–max): these machines are noisy.
 //!
 //! Metrics: small UDP packets delivered per second at the backends (trafgen, 1,024 source
 //! ports) and the machine's CPU time per million of them; TCP throughput to one backend
@@ -20,13 +29,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::{
-    bench::{Table, print_section, quick},
+    bench::{Table, median, print_section, quick},
     client::http_get_body,
     netns::Netns,
     process::{Process, temp_file},
     scenario::{HTTP_PORT, balancer_config_with, start_backends, start_xlb},
-    topology::{CLIENT, Lab, VIP, Wiring, backend_addr},
+    topology::{CLIENT, Lab, Offloads, VIP, Wiring, backend_addr},
 };
+
+/// Measurements of each variant (3 runs: median and spread).
+const REPEATS: usize = 3;
 
 /// Port the UDP packets go to on the backends (no server: the backend's stack counts and
 /// drops them, so the measure is delivery, not an application).
@@ -46,6 +58,7 @@ impl Variant {
         match self {
             Self::Route => "route".into(),
             Self::Nft => "nft".into(),
+            Self::Xlb("auto") => "xlb auto (tc)".into(),
             Self::Xlb(mode) => format!("xlb {mode}"),
         }
     }
@@ -67,40 +80,90 @@ struct Results {
 struct Settings {
     udp_packets: u64,
     seconds: u32,
+    repeats: usize,
 }
+
+/// Links of one kind and the variants measured on them.
+struct Group {
+    offloads: Offloads,
+    title: &'static str,
+    variants: &'static [Variant],
+}
+
+const GROUPS: [Group; 3] = [
+    Group {
+        offloads: Offloads::Default,
+        title: "veth at default offloads (transmit checksum offload and TSO on, GRO on): \
+                where native and generic XDP are refused, and `auto` chooses tc",
+        variants: &[Variant::Route, Variant::Nft, Variant::Xlb("auto")],
+    },
+    Group {
+        offloads: Offloads::Prepared,
+        title: "veth prepared for native XDP (transmit checksum offload off, so TSO off; GRO on \
+                before link-up)",
+        variants: &[
+            Variant::Route,
+            Variant::Nft,
+            Variant::Xlb("native"),
+            Variant::Xlb("tc"),
+        ],
+    },
+    Group {
+        offloads: Offloads::PreparedNoGro,
+        title: "veth prepared for generic XDP (transmit checksum offload off, GRO off)",
+        variants: &[Variant::Route, Variant::Nft, Variant::Xlb("generic")],
+    },
+];
 
 fn main() -> Result<()> {
     let settings = if quick() {
         Settings {
             udp_packets: 20_000,
             seconds: 1,
+            repeats: 1,
         }
     } else {
         Settings {
             udp_packets: 2_000_000,
             seconds: 4,
+            repeats: REPEATS,
         }
     };
-    let variants = [
-        Variant::Route,
-        Variant::Nft,
-        Variant::Xlb("native"),
-        Variant::Xlb("generic"),
-    ];
-    let mut results = Vec::new();
-    for variant in variants {
-        eprintln!("e2e: {}", variant.name());
-        results.push(measure(variant, &settings).with_context(|| variant.name())?);
+    // results[group][variant][run]
+    let mut results: Vec<Vec<Vec<Results>>> = GROUPS
+        .iter()
+        .map(|g| g.variants.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for run in 0..settings.repeats {
+        for (g, group) in GROUPS.iter().enumerate() {
+            for (v, variant) in group.variants.iter().enumerate() {
+                eprintln!(
+                    "e2e run {}: {:?}: {}",
+                    run + 1,
+                    group.offloads,
+                    variant.name()
+                );
+                let result = measure(*variant, group.offloads, &settings)
+                    .with_context(|| format!("{:?}: {}", group.offloads, variant.name()))?;
+                results[g][v].push(result);
+            }
+        }
     }
-    print_section(
-        "End to end: route, nftables, xlb",
-        &report(&variants, &results, &settings),
-    );
+    let mut body = intro(&settings);
+    for (group, results) in GROUPS.iter().zip(&results) {
+        write!(
+            body,
+            "\n### {}\n\n{}",
+            group.title,
+            report(group.variants, results)
+        )?;
+    }
+    print_section("End to end: route, nftables, xlb", &body);
     Ok(())
 }
 
-fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
-    let lab = Lab::new(Wiring::TwoInterfaces, 3)?;
+fn measure(variant: Variant, offloads: Offloads, settings: &Settings) -> Result<Results> {
+    let lab = Lab::with_offloads(Wiring::TwoInterfaces, 3, offloads)?;
     let _backends = start_backends(&lab)?;
     let b1 = backend_addr(0);
     let mut iperf_command = lab.backends[0].command("iperf3");
@@ -124,7 +187,11 @@ fn measure(variant: Variant, settings: &Settings) -> Result<Results> {
                 "\n[[service]]\nname = \"iperf\"\nlisten = \"{VIP}:{IPERF_PORT}\"\nprotocol = \"tcp\"\n\
                  backends = [ {{ address = \"{b1}:{IPERF_PORT}\" }} ]\nhealth = {{ check = \"none\" }}\n"
             )?;
-            Some(start_xlb(&lab.balancer, &config)?)
+            let xlb = start_xlb(&lab.balancer, &config)?;
+            if mode == "auto" && !xlb.output().contains("hook=tc") {
+                bail!("auto did not choose tc on veth:\n{}", xlb.output());
+            }
+            Some(xlb)
         }
         Variant::Nft => {
             nft_dnat(&lab.balancer)?;
@@ -367,70 +434,90 @@ fn served(lab: &Lab) -> Result<Vec<u64>> {
     })?
 }
 
-fn report(variants: &[Variant], results: &[Results], settings: &Settings) -> String {
-    type Metric = (&'static str, fn(&Results) -> Option<f64>, &'static str);
-    let metrics: [Metric; 8] = [
-        (
-            "UDP packets/s delivered (64 B)",
-            |r| Some(r.udp_pps),
-            "{:.0}",
-        ),
-        (
-            "CPU ms per million packets (machine)",
-            |r| Some(r.cpu_ms_per_million),
-            "{:.0}",
-        ),
-        ("TCP throughput, Gbit/s", |r| Some(r.tcp_gbps), "{:.2}"),
-        ("HTTP keep-alive requests/s", |r| Some(r.http_rps), "{:.0}"),
-        ("HTTP keep-alive p99, ms", |r| Some(r.http_p99_ms), "{:.2}"),
-        ("new connections/s", |r| Some(r.conn_rps), "{:.0}"),
-        ("new connections p99, ms", |r| Some(r.conn_p99_ms), "{:.2}"),
-        ("fairness, max/min per backend", |r| r.fairness, "{:.3}"),
-    ];
-    let mut header = vec!["metric".to_owned()];
-    header.extend(variants.iter().map(|v| v.name()));
-    header.extend(
-        [
-            "native ÷ route",
-            "native ÷ nft",
-            "generic ÷ route",
-            "generic ÷ nft",
-        ]
-        .map(str::to_owned),
-    );
-    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut table = Table::new(&header_refs);
-    for (name, get, _) in metrics {
-        let values: Vec<Option<f64>> = results.iter().map(get).collect();
-        let mut row = vec![name.to_owned()];
-        row.extend(values.iter().map(|v| v.map_or("n/a".into(), format_number)));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-            _ => "n/a".into(),
-        };
-        row.push(ratio(values[2], values[0]));
-        row.push(ratio(values[2], values[1]));
-        row.push(ratio(values[3], values[0]));
-        row.push(ratio(values[3], values[1]));
-        table.row(row);
-    }
+fn intro(settings: &Settings) -> String {
     format!(
         "Client, balancer, switch (a bridge) and three backends, each in its own namespace, joined by \
-         veth pairs; every variant on a freshly built topology, one after the other in this run. \
-         `route`: no balancer, the balancer namespace forwards to backend 1. `nft`: nftables DNAT, \
-         `numgen inc mod 3` per new flow, conntrack reversing the replies. `xlb`: this project, \
-         native and generic XDP.\n\n\
+         veth pairs; every variant on a freshly built topology, the variants taking turns, {} runs \
+         each: a cell is the median, with the lowest and highest run in parentheses. `route`: no \
+         balancer, the balancer namespace forwards to backend 1. `nft`: nftables DNAT, `numgen inc \
+         mod 3` per new flow, conntrack reversing the replies. `xlb MODE`: this project with that \
+         `xdp_mode` (`auto` chose tc, as it does on veth). Ratios divide medians.\n\n\
          - UDP: trafgen sends {} 60-byte frames from 1,024 source ports as fast as it can; counted \
          at the backends' interfaces; CPU is the whole machine's busy time (the generator included).\n\
          - TCP: iperf3, one stream, {}s, to backend 1 (a service of its own for xlb).\n\
          - HTTP: wrk, 2 threads, 32 connections, {}s, against the backends' HTTP servers (the test \
          backend, hyper); \"new connections\" sends `Connection: close`.\n\
-         - Fairness: requests served per backend during the new-connections run.\n\n{}",
-        settings.udp_packets,
-        settings.seconds,
-        settings.seconds,
-        table.markdown()
+         - Fairness: requests served per backend during the new-connections run.\n",
+        settings.repeats, settings.udp_packets, settings.seconds, settings.seconds,
     )
+}
+
+fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
+    type Metric = (&'static str, fn(&Results) -> Option<f64>);
+    let metrics: [Metric; 8] = [
+        ("UDP packets/s delivered (64 B)", |r| Some(r.udp_pps)),
+        ("CPU ms per million packets (machine)", |r| {
+            Some(r.cpu_ms_per_million)
+        }),
+        ("TCP throughput, Gbit/s", |r| Some(r.tcp_gbps)),
+        ("HTTP keep-alive requests/s", |r| Some(r.http_rps)),
+        ("HTTP keep-alive p99, ms", |r| Some(r.http_p99_ms)),
+        ("new connections/s", |r| Some(r.conn_rps)),
+        ("new connections p99, ms", |r| Some(r.conn_p99_ms)),
+        ("fairness, max/min per backend", |r| r.fairness),
+    ];
+    let position = |wanted: Variant| variants.iter().position(|v| *v == wanted);
+    let (route, nft) = (position(Variant::Route), position(Variant::Nft));
+    let xlbs: Vec<usize> = (0..variants.len())
+        .filter(|&i| matches!(variants[i], Variant::Xlb(_)))
+        .collect();
+    let mut header = vec!["metric".to_owned()];
+    header.extend(variants.iter().map(|v| v.name()));
+    for &x in &xlbs {
+        header.push(format!("{} ÷ route", variants[x].name()));
+        header.push(format!("{} ÷ nft", variants[x].name()));
+    }
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = Table::new(&header_refs);
+    for (name, get) in metrics {
+        let runs: Vec<Vec<f64>> = results
+            .iter()
+            .map(|runs| runs.iter().filter_map(get).collect())
+            .collect();
+        let medians: Vec<Option<f64>> = runs
+            .iter()
+            .map(|values| (!values.is_empty()).then(|| median(&mut values.clone())))
+            .collect();
+        let mut row = vec![name.to_owned()];
+        for (values, middle) in runs.iter().zip(&medians) {
+            row.push(match middle {
+                None => "n/a".into(),
+                Some(m) if values.len() == 1 => format_number(*m),
+                Some(m) => {
+                    let low = values.iter().copied().fold(f64::MAX, f64::min);
+                    let high = values.iter().copied().fold(f64::MIN, f64::max);
+                    format!(
+                        "{} ({}–{})",
+                        format_number(*m),
+                        format_number(low),
+                        format_number(high)
+                    )
+                }
+            });
+        }
+        let ratio = |a: Option<f64>, b: Option<usize>| match (a, b.and_then(|b| medians[b])) {
+            (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => {
+                format!("{:.2}", a / b)
+            }
+            _ => "n/a".into(),
+        };
+        for &x in &xlbs {
+            row.push(ratio(medians[x], route));
+            row.push(ratio(medians[x], nft));
+        }
+        table.row(row);
+    }
+    table.markdown()
 }
 
 fn format_number(value: f64) -> String {

@@ -27,7 +27,7 @@ fn run(interval_ms: u64, fall: u32) -> Result<(Duration, usize, usize)> {
     );
     let _xlb = start_xlb(
         &lab.balancer,
-        &balancer_config_with(&lab, "native", &keys, ""),
+        &balancer_config_with(&lab, "auto", &keys, ""),
     )?;
     let window = Duration::from_millis(interval_ms) * (fall + 1) + Duration::from_millis(500);
     lab.client.enter(|| {

@@ -1,5 +1,6 @@
-//! Per-packet cost of the XDP program, through BPF_PROG_TEST_RUN, against the reference
-//! program that only counts and passes. Needs root. Run by `cargo xtask bench`.
+//! Per-packet cost of the balancer, through BPF_PROG_TEST_RUN, against the reference program
+//! that only counts and passes, at XDP and (established flows) at tc. Needs root. Run by
+//! `cargo xtask bench`.
 //!
 //! The kernel does not restore a frame between the repetitions of one test run, so a rewritten
 //! packet would take another path on the next repetition. The established and reply cases
@@ -23,6 +24,8 @@ use xlb_tests::{
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_REDIRECT: u32 = 7;
 /// Repetitions per test run (the TTL of 255 must outlast them).
 const REPEAT: u32 = 250;
 
@@ -143,6 +146,42 @@ fn main() -> Result<()> {
             noop_ns,
         ));
 
+        // The same at tc, against the reference at tc: the kernel builds an skb for each run.
+        let per_packet_tc = |program: &aya::programs::SchedClassifier,
+                             frame: &[u8],
+                             ifindex: u32,
+                             verdict: u32|
+         -> Result<f64> {
+            let mut times = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let result = packet_net::run_tc(program, frame, ifindex, REPEAT)?;
+                ensure!(
+                    result.verdict == verdict,
+                    "tc verdict {} instead of {verdict}",
+                    result.verdict
+                );
+                times.push(result.duration.as_secs_f64() * 1e9);
+            }
+            Ok(median(&mut times))
+        };
+        let noop_tc_ns = per_packet_tc(noop.tc_program(), &established, c0, TC_ACT_UNSPEC)?;
+        let tc = dataplane.tc_program();
+        rows.push((
+            "tc: reference, count and pass".into(),
+            noop_tc_ns,
+            noop_tc_ns,
+        ));
+        rows.push((
+            "tc: established TCP flow, IPv4".into(),
+            per_packet_tc(tc, &established, c0, TC_ACT_REDIRECT)?,
+            noop_tc_ns,
+        ));
+        rows.push((
+            "tc: established TCP flow, IPv6".into(),
+            per_packet_tc(tc, &established6, c0, TC_ACT_REDIRECT)?,
+            noop_tc_ns,
+        ));
+
         // New flows: one run each, against single runs of the reference program.
         let (mut new, mut single_noop) = (Vec::new(), Vec::new());
         for i in 0..new_flows {
@@ -204,7 +243,8 @@ fn main() -> Result<()> {
             "Median of {rounds} test runs of {REPEAT} repetitions each (new flows: {new_flows} single \
              runs, against single runs of the reference, which include the kernel's timing \
              overhead of one run). The reference program counts the packet in a per-CPU array \
-             and passes it. Goals: an established flow at most 2× the reference, a new flow at \
+             and passes it; the tc rows compare the tc program with the reference at tc (the \
+             same frames; a tc test run builds an skb). Goals: an established flow at most 2× the reference, a new flow at \
              most 4×.\n\n{}",
             table.markdown()
         ),

@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     lab.balancer.ip("route add 198.19.0.0/16 via 198.18.0.2")?;
     let config = format!(
         "flow_table_size = {FLOW_TABLE_SIZE}\n{}",
-        balancer_config(&lab, "native")
+        balancer_config(&lab, "auto")
     );
     let xlb = start_xlb(&lab.balancer, &config)?;
 
