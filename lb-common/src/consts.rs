@@ -106,11 +106,31 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Per-CPU data-plane event counters (see [`super::events`]).
     pub const EVENTS: &str = "EVENTS";
+
+    /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
+    /// between packets).
+    pub const PINNED: [&str; 14] = [
+        SERVICES,
+        BACKEND_TABLES,
+        BACKENDS,
+        RR_CURSORS,
+        HANDSHAKE_GUARD,
+        FLOWS,
+        HALF_OPEN,
+        VIPS,
+        CLIENT_POOLS,
+        SPILLED,
+        EGRESS_PORTS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        EVENTS,
+    ];
 }
 
 /// Names of the BPF programs.
 pub mod program_names {
-    /// The balancer at the XDP hook (object `xlb`).
+    /// The balancer at the XDP hook (object `xlb`); its maps are named by [`super::map_names`]
+    /// (each the name of its `static` in `lb-ebpf/src/maps.rs`).
     pub const BALANCER: &str = "xlb";
     /// The same balancer at the tc ingress hook (object `xlb`).
     pub const BALANCER_TC: &str = "xlb_tc";

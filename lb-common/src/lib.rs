@@ -2,13 +2,22 @@
 //!
 //! Everything that crosses the kernel/userspace boundary is defined here once: map sizes and
 //! names ([`consts`]), the `#[repr(C)]` keys and values of every map ([`maps`]) and the pure
-//! checksum arithmetic both sides use ([`csum`]), and the flow hash both compute ([`hash`]). The crate is `no_std` so the XDP program can
-//! use it; the `user` feature adds `aya::Pod` implementations for userspace.
+//! checksum arithmetic both sides use ([`csum`]), the flow hash both compute ([`hash`]), the
+//! handshake guard's decisions ([`guard`]) and where a table lives ([`tables`]). The crate is
+//! `no_std` so the programs can use it; the `user` feature adds, for userspace, `aya::Pod`
+//! implementations and a builder of test frames ([`frame`]).
 #![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
 
 pub mod consts;
 pub mod csum;
+#[cfg(feature = "user")]
+pub mod frame;
+pub mod guard;
 pub mod hash;
 pub mod maps;
+pub mod tables;
 
 pub use maps::*;

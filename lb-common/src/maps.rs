@@ -233,15 +233,27 @@ const _: () = assert!(size_of::<HandshakeGuard>() == 32);
 mod pod {
     use super::*;
 
-    // SAFETY: all of these are `#[repr(C)]`, contain only integers and integer arrays, and have
-    // no implicit padding (the size asserts above would fail if they had).
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceEntry {}
-    unsafe impl aya::Pod for BackendEntry {}
-    unsafe impl aya::Pod for BackendTable {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for VipKey {}
-    unsafe impl aya::Pod for FlowEntry {}
-    unsafe impl aya::Pod for TrafficCounters {}
-    unsafe impl aya::Pod for HandshakeGuard {}
+    /// Implements `aya::Pod` for each map key and value type.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {
+            $(
+                // SAFETY: every map type is `#[repr(C)]`, contains only integers and integer
+                // arrays, and has no implicit padding (the size asserts above would fail if it
+                // had), so every bit pattern is a valid value.
+                unsafe impl aya::Pod for $t {}
+            )*
+        };
+    }
+
+    pod!(
+        ServiceKey,
+        ServiceEntry,
+        BackendEntry,
+        BackendTable,
+        FlowKey,
+        VipKey,
+        FlowEntry,
+        TrafficCounters,
+        HandshakeGuard,
+    );
 }

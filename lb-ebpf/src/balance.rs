@@ -13,14 +13,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
-    consts::{
-        events, flow_flags,
-        limits::{MAX_POOLS_PER_SERVICE, MAX_TABLE_SLOTS},
-        proto,
-        timing::{HANDSHAKE_WINDOW_NS, LAST_SEEN_REFRESH_NS},
-    },
+    consts::{events, flow_flags, limits::MAX_TABLE_SLOTS, proto, timing::LAST_SEEN_REFRESH_NS},
     direction,
+    guard::{hashes_syn, starts_flooded, window_ended},
     hash::flow_hash,
+    tables::{table_index, table_owner},
 };
 
 use crate::{
@@ -71,28 +68,28 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
         family: pkt.family,
     };
     let service = SERVICES.get_ptr(&service_key);
-    if pkt.proto == proto::TCP {
-        if let Some(entry) = HALF_OPEN.get_ptr_mut(key) {
-            // A client packet without SYN completes the handshake; a retransmitted SYN makes
-            // sure the reply entry is there for the backend's SYN-ACK; anything else (the
-            // SYN-ACK itself) is forwarded as it is.
-            if service.is_some() {
-                if pkt.tcp_flags & TCP_SYN == 0 {
-                    if let Some(entry) = promote(key, entry) {
-                        return established(frame, pkt, key, entry, false);
-                    }
-                } else {
-                    restore_reply(key, entry);
+    if pkt.proto == proto::TCP
+        && let Some(entry) = HALF_OPEN.get_ptr_mut(key)
+    {
+        // A client packet without SYN completes the handshake; a retransmitted SYN makes
+        // sure the reply entry is there for the backend's SYN-ACK; anything else (the
+        // SYN-ACK itself) is forwarded as it is.
+        if service.is_some() {
+            if pkt.tcp_flags & TCP_SYN == 0 {
+                if let Some(entry) = promote(key, entry) {
+                    return established(frame, pkt, key, entry, false);
                 }
+            } else {
+                restore_reply(key, entry);
             }
-            return established(frame, pkt, key, entry, true);
         }
+        return established(frame, pkt, key, entry, true);
     }
     if let Some(service) = service {
         // SAFETY: copy the value out at once; the element may be replaced after this.
         let service = unsafe { *service };
         let pool = home_pool(&service, &pkt.src);
-        let table_index = service.id * MAX_POOLS_PER_SERVICE + pool;
+        let table_index = table_index(service.id, pool);
         return match new_flow(frame, pkt, key, table_index) {
             NewFlow::Done(verdict) => verdict,
             NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
@@ -245,6 +242,7 @@ fn established<F: Frame>(
         count_event(events::OVERSIZED_PASSED);
         return F::PASS;
     }
+    // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
     // same flow) only store a recent time, the closing flag or the same next hop.
@@ -297,14 +295,12 @@ fn established<F: Frame>(
 /// the service and home pool (one argument for both: a BPF function takes at most five).
 #[inline(never)]
 fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) -> NewFlow {
-    let (service_id, pool) = (
-        table_index / MAX_POOLS_PER_SERVICE,
-        table_index % MAX_POOLS_PER_SERVICE,
-    );
+    let (service_id, pool) = table_owner(table_index);
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return NewFlow::Done(F::PASS);
     }
+    // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(backend_id) = next_backend(table_index, pkt, key, now) else {
         count_no_backend(service_id);
@@ -426,18 +422,15 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
         let start = read_volatile(start_ptr);
         // Signed: another CPU may have restarted the window after this packet read the clock.
         let elapsed = now.wrapping_sub(start) as i64;
-        if elapsed > HANDSHAKE_WINDOW_NS as i64 {
-            // One CPU restarts the window: the one whose compare-and-swap moves its start. A
-            // window that ended over budget keeps the next one hashing from its first SYN; a
-            // gap of more than a window means the last one saw no flows at all.
+        if window_ended(elapsed) {
+            // One CPU restarts the window: the one whose compare-and-swap moves its start.
             let (_, restarted) =
                 atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                     start_ptr, start, now,
                 );
             if restarted {
                 let ended = atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(flows_ptr, 0);
-                let over = elapsed <= 2 * HANDSHAKE_WINDOW_NS as i64 && ended >= (*guard).budget;
-                (*guard).flooded = over as u32;
+                (*guard).flooded = starts_flooded(elapsed, ended, (*guard).budget) as u32;
             }
         }
         // See `next_backend` for the ordering.
@@ -446,7 +439,7 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
             count_event(events::MIDSTREAM_HASHED);
             return Some((*guard).seed);
         }
-        if (*guard).budget != 0 && ((*guard).flooded != 0 || flows >= (*guard).budget) {
+        if hashes_syn(flows, (*guard).budget, (*guard).flooded != 0) {
             count_event(events::SYN_HASHED);
             return Some((*guard).seed);
         }

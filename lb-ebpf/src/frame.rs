@@ -85,7 +85,7 @@ pub fn ptr_at<F: Frame, T>(frame: &F, offset: usize) -> Option<*mut T> {
         return None;
     }
     let start = frame.data();
-    if start + offset + core::mem::size_of::<T>() > frame.data_end() {
+    if start + offset + size_of::<T>() > frame.data_end() {
         return None;
     }
     Some((start + offset) as *mut T)

@@ -108,9 +108,7 @@ fn echo_reply<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
             icmp_check,
             nonzero(csum::replace16(check, old_word, new_word)),
         );
-        let client_mac = (*eth).src_addr;
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = client_mac;
+        core::mem::swap(&mut (*eth).src_addr, &mut (*eth).dst_addr);
     }
     // Last: on tc, setting an IPv6 hop limit goes through a helper, after which the pointers
     // above are no longer valid.
@@ -245,20 +243,20 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
         } else {
             UDP_CHECK_OFFSET
         };
-    if quote_check_offset + 2 <= quote.end {
-        if let Some(field) = ptr_at::<F, u16>(frame, quote_check_offset) {
-            // SAFETY: ptr_at checked the field lies inside the frame.
-            unsafe {
-                let old = read_unaligned(field);
-                if !(quote.proto == proto::UDP && old == 0) {
-                    let mut new = check_for_addr(old, pkt.family, &change);
-                    new = csum::replace16(new, old_port, entry.port);
-                    if quote.proto == proto::UDP && new == 0 {
-                        new = 0xffff;
-                    }
-                    write_unaligned(field, new);
-                    check = csum::replace16(check, old, new);
+    if quote_check_offset + 2 <= quote.end
+        && let Some(field) = ptr_at::<F, u16>(frame, quote_check_offset)
+    {
+        // SAFETY: ptr_at checked the field lies inside the frame.
+        unsafe {
+            let old = read_unaligned(field);
+            if !(quote.proto == proto::UDP && old == 0) {
+                let mut new = check_for_addr(old, pkt.family, &change);
+                new = csum::replace16(new, old_port, entry.port);
+                if quote.proto == proto::UDP && new == 0 {
+                    new = 0xffff;
                 }
+                write_unaligned(field, new);
+                check = csum::replace16(check, old, new);
             }
         }
     }
@@ -286,10 +284,10 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     } else {
         None
     };
-    if let Some(change) = outer {
-        if pkt.family == family::IPV6 {
-            check = check_for_addr(check, pkt.family, &change);
-        }
+    if let Some(change) = outer
+        && pkt.family == family::IPV6
+    {
+        check = check_for_addr(check, pkt.family, &change);
     }
     // SAFETY: ptr_at checked the field lies inside the frame.
     unsafe { write_unaligned(icmp_check, nonzero(check)) };

@@ -6,7 +6,19 @@
 #![no_std]
 #![no_main]
 // The round-robin cursor needs an atomic fetch-and-add (see balance::next_backend).
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "the atomic intrinsics, as explained above"
+)]
+#![allow(
+    missing_docs,
+    reason = "aya's program macros generate undocumented entry points"
+)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values go to map helpers by reference, so they are not copied onto the \
+              512-byte BPF stack"
+)]
 #![feature(core_intrinsics)]
 
 mod balance;

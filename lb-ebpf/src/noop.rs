@@ -4,6 +4,10 @@
 //! only when the peer runs an XDP program.
 #![no_std]
 #![no_main]
+#![allow(
+    missing_docs,
+    reason = "aya's program macros generate undocumented entry points"
+)]
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},

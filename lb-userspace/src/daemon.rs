@@ -3,19 +3,16 @@
 
 use std::{future::Future, path::Path, path::PathBuf};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, Request, Response},
+    api::{self, Request, Response, server},
     config::Config,
     control::Balancer,
-    dataplane::Dataplane,
-    hooks::{self, Assessment, Plan},
-    links,
+    dataplane::{Dataplane, pins, preflight},
     monitor::Monitor,
-    netif, pins,
 };
 
 /// How `xlb run` runs.
@@ -42,7 +39,7 @@ pub async fn run(
     }
     // One daemon per socket and per pin directory; the kernel refuses a second one on an
     // interface that already has an XDP program that is not ours to take over.
-    let listener = api::bind(&options.socket)?;
+    let listener = server::bind(&options.socket)?;
     let lock_dir = options.socket.parent().unwrap_or(Path::new("/run/xlb"));
     let _lock = pins::PinLock::take(&config.pin_path, lock_dir)?;
     pins::prepare(&config.pin_path)?;
@@ -70,7 +67,7 @@ pub async fn run(
     info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
 
     let (calls, received) = mpsc::channel(16);
-    let api_server = tokio::spawn(api::serve(listener, calls.clone()));
+    let api_server = tokio::spawn(server::serve(listener, calls.clone()));
     let hangups = tokio::spawn(reload_on_sighup(calls));
 
     monitor.run(&mut dataplane, received, shutdown).await?;
@@ -106,37 +103,6 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
             warn!("reload failed: {error}");
         }
     }
-}
-
-/// Checks what the data plane needs from the host, with errors that say how to fix it, and
-/// decides where the program runs on the configured interfaces (see `hooks`).
-pub fn preflight(config: &Config) -> Result<Plan> {
-    for interface in &config.interfaces {
-        netif::index(interface)?;
-        if !netif::ipv4_forwarding(interface)? {
-            bail!(
-                "IPv4 forwarding is off on {interface}: xlb forwards packets as a router does. \
-                 Enable it with `sysctl -w net.ipv4.conf.all.forwarding=1` \
-                 (or net.ipv4.conf.{interface}.forwarding=1)"
-            );
-        }
-        let ipv6_services = config.services.iter().any(|s| s.listen.is_ipv6());
-        if ipv6_services && !netif::ipv6_forwarding(interface)? {
-            bail!(
-                "IPv6 forwarding is off on {interface}, and the config has IPv6 services. \
-                 Enable it with `sysctl -w net.ipv6.conf.all.forwarding=1` \
-                 (or net.ipv6.conf.{interface}.forwarding=1)"
-            );
-        }
-    }
-    let facts = links::inspect(&config.interfaces)?;
-    let assessments: Vec<Assessment> = facts.iter().map(Assessment::of).collect();
-    hooks::plan(
-        config.xdp_mode,
-        &assessments,
-        config.assume_complete_checksums,
-    )
-    .map_err(|errors| anyhow!(errors.join("\n")))
 }
 
 fn log_counters(dataplane: &Dataplane, balancer: &Balancer) {

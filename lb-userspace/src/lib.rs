@@ -1,29 +1,22 @@
-//! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an XDP (or tc) program.
+//! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an eBPF program at the XDP or tc
+//! hook. This crate is the userspace half, in layers (ARCHITECTURE.md draws them):
 //!
-//! This crate is the userspace half: configuration ([`config`]), the control plane that
-//! decides what the kernel's maps hold ([`control`], [`table`]), the loaded program and its
-//! maps ([`dataplane`]), and the daemon ([`daemon`]) that the `xlb` binary runs.
+//! - [`config`]: the configuration file, validated.
+//! - [`health`]: what xlb knows of each backend (health checks, load agents, state machines).
+//! - [`control`]: what the maps should hold and the order of the writes that get them there.
+//! - [`monitor`]: the owner of the daemon's state; decides ([`monitor::plan`]) and applies.
+//! - [`dataplane`]: the loaded programs and their maps; where and how they attach.
+//! - [`api`] and [`metrics`]: the daemon's edges; [`daemon`] ties everything together for
+//!   `xlb run`, and [`cli`] is the `xlb` command line.
+//! - [`wire`]: the encoding of addresses and ports in the maps, shared by the layers.
 
-pub mod agent;
 pub mod api;
-pub mod attach;
-pub mod backend_state;
-pub mod batch;
-pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod flows;
-pub mod hooks;
-pub mod links;
-pub mod locality;
+pub mod health;
 pub mod metrics;
 pub mod monitor;
-pub mod netif;
-pub mod operator;
-pub mod pins;
-pub mod render;
-pub mod simulate;
-pub mod table;
 pub mod wire;

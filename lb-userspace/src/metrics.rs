@@ -23,7 +23,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::{api::Counters, backend_state::State};
+use crate::{api::Counters, health::state::State};
 
 /// What the metrics expose, as of the monitor's last refresh.
 #[derive(Clone, Debug, Default)]

@@ -6,12 +6,11 @@
 use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Result, ensure};
-use lb_common::BackendTable;
+use lb_common::{BackendTable, tables::table_index};
 use xlb::{
     config::Config,
-    control::{Balancer, DataplaneMaps as _, ServiceSpec, table_index},
-    dataplane::Dataplane,
-    netif,
+    control::{Balancer, DataplaneMaps as _, ServiceSpec},
+    dataplane::{Dataplane, netif},
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

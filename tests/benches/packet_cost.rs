@@ -13,8 +13,7 @@ use anyhow::{Result, ensure};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram},
-    netif,
+    dataplane::{Dataplane, NoopProgram, netif},
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
@@ -100,23 +99,31 @@ fn main() -> Result<()> {
         }
 
         // Median per-packet time over `rounds` test runs of REPEAT repetitions.
-        let per_packet = |program: &aya::programs::Xdp,
-                          frame: &[u8],
-                          ifindex: u32,
-                          verdict: u32|
+        // Median per-packet time over `rounds` test runs of REPEAT repetitions of `run`, each
+        // of which must give `verdict` and keep the frame's length.
+        let median_ns = |run: &dyn Fn() -> Result<packet_net::RunResult>,
+                         length: usize,
+                         verdict: u32|
          -> Result<f64> {
             let mut times = Vec::with_capacity(rounds);
             for _ in 0..rounds {
-                let result = packet_net::run(program, frame, ifindex, REPEAT)?;
+                let result = run()?;
                 ensure!(
                     result.verdict == verdict,
                     "verdict {} instead of {verdict}",
                     result.verdict
                 );
-                ensure!(result.frame.len() == frame.len());
+                ensure!(result.frame.len() == length);
                 times.push(result.duration.as_secs_f64() * 1e9);
             }
             Ok(median(&mut times))
+        };
+        let per_packet = |program: &aya::programs::Xdp, frame: &[u8], ifindex: u32, verdict| {
+            median_ns(
+                &|| packet_net::run(program, frame, ifindex, REPEAT),
+                frame.len(),
+                verdict,
+            )
         };
         let noop_ns = per_packet(noop_program(&noop), &established, c0, XDP_PASS)?;
         let mut rows = vec![("reference: count and pass".to_owned(), noop_ns, noop_ns)];
@@ -147,23 +154,14 @@ fn main() -> Result<()> {
         ));
 
         // The same at tc, against the reference at tc: the kernel builds an skb for each run.
-        let per_packet_tc = |program: &aya::programs::SchedClassifier,
-                             frame: &[u8],
-                             ifindex: u32,
-                             verdict: u32|
-         -> Result<f64> {
-            let mut times = Vec::with_capacity(rounds);
-            for _ in 0..rounds {
-                let result = packet_net::run_tc(program, frame, ifindex, REPEAT)?;
-                ensure!(
-                    result.verdict == verdict,
-                    "tc verdict {} instead of {verdict}",
-                    result.verdict
-                );
-                times.push(result.duration.as_secs_f64() * 1e9);
-            }
-            Ok(median(&mut times))
-        };
+        let per_packet_tc =
+            |program: &aya::programs::SchedClassifier, frame: &[u8], ifindex: u32, verdict| {
+                median_ns(
+                    &|| packet_net::run_tc(program, frame, ifindex, REPEAT),
+                    frame.len(),
+                    verdict,
+                )
+            };
         let noop_tc_ns = per_packet_tc(noop.tc_program(), &established, c0, TC_ACT_UNSPEC)?;
         let tc = dataplane.tc_program();
         rows.push((

@@ -8,11 +8,9 @@ use anyhow::{Result, anyhow, ensure};
 use aya::maps::{Array, MapData};
 use lb_common::BackendTable;
 use xlb::{
-    config::Config,
+    config::{Config, FlowTimeouts},
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram},
-    flows::FlowTimeouts,
-    netif,
+    dataplane::{Dataplane, NoopProgram, netif},
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

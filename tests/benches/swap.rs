@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use xlb::{
     control::DataplaneMaps as _,
+    control::table::{backend_table, smooth_weighted_sequence},
     dataplane::Dataplane,
-    table::{backend_table, smooth_weighted_sequence},
     wire::backend_entry,
 };
 use xlb_tests::bench::{Table, median, percentile, print_section, quick, thread_cpu_time};

@@ -126,7 +126,7 @@ impl Netns {
     /// Runs `future` to completion on a single-threaded runtime inside the namespace.
     pub fn block_on<F>(&self, future: F) -> Result<F::Output>
     where
-        F: std::future::Future + Send,
+        F: Future + Send,
         F::Output: Send,
     {
         self.enter(|| {

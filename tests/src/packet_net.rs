@@ -15,7 +15,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::{
+    TestRunResult,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 
 use crate::netns::Netns;
 
@@ -69,27 +72,12 @@ pub struct RunResult {
 /// kernel does not restore the frame between repetitions: a program that rewrites it sees its
 /// own output the next time.
 pub fn run(program: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunResult> {
-    let mut out = vec![0u8; frame.len() + 512];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
         .iter()
         .flat_map(|field: &u32| field.to_ne_bytes())
         .collect();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    out.truncate(result.data_size_out as usize);
-    Ok(RunResult {
-        verdict: result.return_value,
-        frame: out,
-        duration: result.duration,
-    })
+    test_run(program, frame, &ctx, repeat).context("BPF_PROG_TEST_RUN (XDP)")
 }
 
 /// Offsets of the fields of `struct __sk_buff` that BPF_PROG_TEST_RUN takes from a tc
@@ -123,7 +111,6 @@ pub fn run_tc_gso(
     repeat: u32,
     gso: Option<(u32, u32)>,
 ) -> Result<RunResult> {
-    let mut out = vec![0u8; frame.len() + 512];
     let mut ctx = vec![0u8; SKB_CTX_SIZE];
     let mut put = |offset: usize, value: u32| {
         ctx[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
@@ -134,21 +121,28 @@ pub fn run_tc_gso(
         put(SKB_GSO_SEGS, segments);
         put(SKB_GSO_SIZE, size);
     }
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..TestRunOptions::new()
-        })
-        .with_context(|| {
-            format!(
-                "BPF_PROG_TEST_RUN (tc) of a {}-byte frame {:02x?}",
-                frame.len(),
-                &frame[..frame.len().min(64)]
-            )
-        })?;
+    test_run(program, frame, &ctx, repeat).with_context(|| {
+        format!(
+            "BPF_PROG_TEST_RUN (tc) of a {}-byte frame {:02x?}",
+            frame.len(),
+            &frame[..frame.len().min(64)]
+        )
+    })
+}
+
+/// One BPF_PROG_TEST_RUN of `program` with context `ctx`.
+fn test_run<P>(program: &P, frame: &[u8], ctx: &[u8], repeat: u32) -> Result<RunResult>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 512];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(ctx),
+        repeat,
+        ..TestRunOptions::new()
+    })?;
     out.truncate(result.data_size_out as usize);
     Ok(RunResult {
         verdict: result.return_value,

@@ -76,11 +76,6 @@ impl Process {
         })
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Waits until a line of output contains `needle`. Fails if the process exits first or
     /// `timeout` passes, showing its output.
     pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> Result<()> {
@@ -152,11 +147,6 @@ impl Process {
             self.name,
             self.output()
         ))
-    }
-
-    /// Whether the process has exited.
-    pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
 

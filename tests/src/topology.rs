@@ -32,7 +32,7 @@
 //! that XDP_TX and XDP_REDIRECT need on the receiving end) for native XDP, or with GRO off for
 //! generic XDP.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
 
@@ -204,16 +204,6 @@ impl Lab {
             lb.sysctl(&format!("net.ipv4.conf.{name}.send_redirects"), "0")?;
         }
         Ok(())
-    }
-
-    /// The client's address of the given family.
-    pub fn client_addr(&self, ipv6: bool) -> IpAddr {
-        match (self.router.is_some(), ipv6) {
-            (false, false) => Ipv4Addr::new(198, 18, 0, 2).into(),
-            (false, true) => CLIENT6.into(),
-            (true, false) => Ipv4Addr::new(198, 18, 2, 2).into(),
-            (true, true) => Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2).into(),
-        }
     }
 
     /// The far ends of the balancer's links: (host, interface). XDP_TX on a veth reaches the

@@ -34,6 +34,61 @@ pub fn build_binaries() -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo <args>`, failing with `what` if it fails.
+pub fn checked(args: &[&str], what: &str) -> Result<()> {
+    let status = command()
+        .args(args)
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The standard output of `cargo <args>` (its standard error passes through).
+pub fn output(args: &[&str]) -> Result<String> {
+    let out = command()
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("cargo {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Lints the eBPF crate for its own target, as `lb-userspace/build.rs` builds it (nightly,
+/// `-Z build-std=core`, BPF cpu v3), in a target directory of its own.
+pub fn clippy_ebpf() -> Result<()> {
+    let target_dir = bin_dir()?.with_file_name("clippy-ebpf");
+    let status = Command::new("cargo")
+        .current_dir(
+            cargo_metadata::MetadataCommand::new()
+                .no_deps()
+                .exec()
+                .context("cargo metadata")?
+                .workspace_root
+                .join("lb-ebpf"),
+        )
+        .args(["+nightly", "clippy", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--release", "--target-dir"])
+        .arg(target_dir)
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_UNSTABLE_PROFILE_RUSTFLAGS", "true")
+        .env("CARGO_PROFILE_RELEASE_RUSTFLAGS", "-C target-cpu=v3")
+        .env("CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_RUSTFLAGS", "")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .status()
+        .context("running cargo clippy on lb-ebpf")?;
+    if !status.success() {
+        bail!("cargo clippy on lb-ebpf failed ({status})");
+    }
+    Ok(())
+}
+
 /// Totals of cargo test's "test result:" lines.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TestCounts {
@@ -43,6 +98,15 @@ pub struct TestCounts {
     pub failed: usize,
     /// Tests that were not run.
     pub ignored: usize,
+}
+
+impl TestCounts {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
 }
 
 /// Runs `cargo <args>` with `envs`, echoing its output, and adds up its test results.

@@ -14,6 +14,7 @@ mod janitor;
 mod setup;
 mod steps;
 mod test;
+mod tiers;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: setup, build, and the three test tiers, each reported; fails if any
-//! test fails.
+//! `cargo xtask test`: setup, build, lints, and the three test tiers, each reported; fails if
+//! any step fails.
 
 use anyhow::{Result, bail};
 
@@ -8,27 +8,41 @@ use crate::{
     janitor::Janitor,
     setup,
     steps::Steps,
+    tiers,
 };
-
-/// The tiers: name and cargo arguments. The root-only tests are `#[ignore]`d so that a plain
-/// `cargo test` (tier 1) runs without privileges; tiers 2 and 3 run exactly those.
-const TIERS: [(&str, &str); 3] = [
-    ("tier 1: unit tests", "test"),
-    (
-        "tier 2: packet tests (BPF_PROG_TEST_RUN)",
-        "test --no-fail-fast -p xlb-tests --test packet --test fuzz -- --ignored",
-    ),
-    (
-        "tier 3: end-to-end tests in network namespaces",
-        "test --no-fail-fast -p xlb-tests --test balance --test health --test operator --test hostile --test locality --test offloads -- --ignored",
-    ),
-];
 
 /// Runs `cargo xtask test`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("test", setup::STEPS + 3 + TIERS.len());
+    let mut steps = Steps::new("test", setup::STEPS + 9);
     setup::run(&mut steps)?;
     steps.run("build (cargo build --bins)", cargo::build_binaries)?;
+    steps.run("formatting (cargo fmt --check)", || {
+        cargo::checked(&["fmt", "--all", "--check"], "cargo fmt --check")
+    })?;
+    steps.run(
+        "lints (cargo clippy -- -D warnings, host crates and the eBPF crate)",
+        || {
+            cargo::checked(
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+                "cargo clippy",
+            )?;
+            cargo::clippy_ebpf()
+        },
+    )?;
+    // The root-only tests are `#[ignore]`d so that a plain `cargo test` (tier 1) runs without
+    // privileges; tiers 2 and 3 are the test files that say so on their first line.
+    let (two, three) = steps.run(
+        "test tiers (cargo metadata; every ignored test in a tier)",
+        || {
+            let (two, three) = tiers::discover()?;
+            if two.is_empty() || three.is_empty() {
+                bail!("no test file declares tier 2 or tier 3 (`//! Tier 2` on its first line)");
+            }
+            let listing = cargo::output(&["test", "--", "--ignored", "--list"])?;
+            tiers::check_coverage(&tiers::ignored_tests(&listing), &[&two, &three])?;
+            Ok((two, three))
+        },
+    )?;
 
     let run_id = std::process::id().to_string();
     let janitor = Janitor::install(format!("xlbt{run_id}-"))?;
@@ -36,14 +50,26 @@ pub fn run() -> Result<()> {
         (xlb_tests::netns::RUN_ENV, run_id),
         ("XLB_BIN_DIR", cargo::bin_dir()?.display().to_string()),
     ];
-
+    let unit = vec![vec!["test".to_owned()]];
+    let tiers: [(&str, Vec<Vec<String>>); 3] = [
+        ("tier 1: unit tests", unit),
+        ("tier 2: packet tests (BPF_PROG_TEST_RUN)", two.cargo_runs()),
+        (
+            "tier 3: end-to-end tests in network namespaces",
+            three.cargo_runs(),
+        ),
+    ];
     let mut results: Vec<(&str, TestCounts, bool)> = Vec::new();
-    for (tier, args) in TIERS {
+    for (tier, invocations) in tiers {
         let mut counts = TestCounts::default();
         let outcome = steps.run(tier, || {
-            let args: Vec<&str> = args.split_whitespace().collect();
-            let (ok, tier_counts) = cargo::test(&args, &envs)?;
-            counts = tier_counts;
+            let mut ok = true;
+            for args in &invocations {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (passed, run_counts) = cargo::test(&args, &envs)?;
+                ok &= passed;
+                counts.add(run_counts);
+            }
             if !ok {
                 bail!("{} failed", counts.failed.max(1));
             }

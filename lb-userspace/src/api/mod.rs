@@ -1,0 +1,264 @@
+//! The control API. The daemon serves it on a Unix socket (`server`: owner-only, and it refuses
+//! peers that are neither root nor the daemon's user); every CLI subcommand except `run` and
+//! `check` speaks it (`client`). One JSON request per connection, one JSON response back, each
+//! on one line. This module holds the messages.
+
+pub mod client;
+pub mod server;
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use crate::health::AdminAction;
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+/// How long a client may take to send its request, and the CLI to wait for an answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Services and backends with their state, weights, load and rates. (Variants without
+    /// fields are written `{}` so that unknown fields are refused for them too.)
+    Status {},
+    /// Counters since the program was loaded.
+    Stats {},
+    /// An operator's change to one backend, kept until `enable` or a reload.
+    Backend {
+        /// Service name.
+        service: String,
+        /// Backend address and port.
+        backend: SocketAddr,
+        /// What to do.
+        action: AdminAction,
+    },
+    /// Re-read the config file and apply the difference.
+    Reload {},
+    /// Which backend a new flow from `client` to `service` would get now.
+    Simulate {
+        /// Service name.
+        service: String,
+        /// Client address and port.
+        client: SocketAddr,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `status`.
+    Status(StatusReport),
+    /// Answer to `stats`.
+    Stats(StatsReport),
+    /// Answer to `simulate`.
+    Simulation(SimulationReport),
+    /// A change was made; what it was.
+    Done(String),
+    /// The request failed; why.
+    Error(String),
+}
+
+/// All services.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Services in config order.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// VIP and port.
+    pub listen: SocketAddr,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// Packets per second, both directions, over the last second.
+    pub packets_per_second: f64,
+    /// Bits per second, both directions, over the last second.
+    pub bits_per_second: f64,
+    /// Backends in config order.
+    pub backends: Vec<BackendStatusReport>,
+    /// Locality pools (empty for a service without `[[service.pool]]`s).
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One locality pool of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Its backends that have room for new flows (Up), and all of them.
+    pub up: usize,
+    /// Its backends.
+    pub backends: usize,
+    /// The pool that takes its clients' new flows now: itself, or a fallback.
+    pub serving: String,
+    /// New flows of its clients placed in other pools so far, by pool.
+    pub spilled: Vec<(String, u64)>,
+}
+
+/// One backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatusReport {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Up, Overloaded, Draining or Down.
+    pub state: String,
+    /// Why.
+    pub reason: String,
+    /// Seconds in this state.
+    pub since_seconds: f64,
+    /// Weight in the config.
+    pub weight: u32,
+    /// Weight in the published table (in hundredths of the configured weight unit).
+    pub effective_weight: u32,
+    /// The agent's last weight, if it has an agent.
+    pub agent_weight_percent: Option<u32>,
+    /// Flows with a packet in the last 10 seconds.
+    pub active_flows: u64,
+    /// Packets per second, both directions, over the last second.
+    pub packets_per_second: f64,
+    /// Bits per second, both directions, over the last second.
+    pub bits_per_second: f64,
+    /// An operator's drain or disable in force.
+    pub admin: Option<AdminAction>,
+}
+
+/// Counters since the program was loaded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Services in config order.
+    pub services: Vec<ServiceStats>,
+    /// Data-plane events, by name.
+    pub events: Vec<(String, u64)>,
+    /// The flow tables, as of the last sweep.
+    pub flow_table: FlowTableStats,
+}
+
+/// How full the flow tables are, as the last sweep found them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableStats {
+    /// Established flows.
+    pub established: u64,
+    /// Flows `FLOWS` holds (`flow_table_size`); when full, the least recently used are evicted.
+    pub capacity: u64,
+    /// TCP flows whose handshake has not completed.
+    pub half_open: u64,
+    /// Half-open flows `HALF_OPEN` holds; when full, the least recently used are evicted.
+    pub half_open_capacity: u64,
+    /// Flows deleted since the daemon started because they were idle or closed.
+    pub expired: u64,
+    /// New TCP flows per 100 ms window above which SYNs are placed by hash, not round robin
+    /// (the handshake guard; see the README). Absent from older daemons' answers.
+    #[serde(default)]
+    pub handshake_budget: u64,
+    /// Whether the handshake guard is placing SYNs by hash now (a SYN flood).
+    #[serde(default)]
+    pub handshake_guard_on: bool,
+}
+
+/// Counters of one service and its backends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    /// Name.
+    pub name: String,
+    /// The service's counters.
+    pub counters: Counters,
+    /// Each backend's counters.
+    pub backends: Vec<(SocketAddr, Counters)>,
+}
+
+/// Traffic counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Packets client to backend.
+    pub packets_to_backend: u64,
+    /// Bytes client to backend.
+    pub bytes_to_backend: u64,
+    /// Packets backend to client.
+    pub packets_to_client: u64,
+    /// Bytes backend to client.
+    pub bytes_to_client: u64,
+    /// Flows created.
+    pub new_flows: u64,
+    /// New flows dropped for want of a backend.
+    pub no_backend: u64,
+}
+
+impl From<lb_common::TrafficCounters> for Counters {
+    fn from(c: lb_common::TrafficCounters) -> Self {
+        Self {
+            packets_to_backend: c.fwd_packets,
+            bytes_to_backend: c.fwd_bytes,
+            packets_to_client: c.rev_packets,
+            bytes_to_client: c.rev_bytes,
+            new_flows: c.new_flows,
+            no_backend: c.no_backend,
+        }
+    }
+}
+
+/// What a simulated new flow got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimulationReport {
+    /// Service name.
+    pub service: String,
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// The program's verdict.
+    pub verdict: String,
+    /// The backend the packet was sent to, if any.
+    pub backend: Option<SocketAddr>,
+    /// Whether the client already had a flow (which the packet followed).
+    pub existing_flow: bool,
+    /// The client's home pool, for a service with pools.
+    #[serde(default)]
+    pub home_pool: Option<String>,
+    /// The pool of the backend the packet went to, for a service with pools.
+    #[serde(default)]
+    pub backend_pool: Option<String>,
+}
+
+/// A request with the channel its answer goes back on.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_object_each() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status {}).unwrap(),
+            r#"{"command":"status"}"#
+        );
+        let drain: Request = serde_json::from_str(
+            r#"{"command":"backend","service":"web","backend":"198.18.1.11:8080","action":"drain"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            drain,
+            Request::Backend {
+                service: "web".into(),
+                backend: "198.18.1.11:8080".parse().unwrap(),
+                action: AdminAction::Drain
+            }
+        );
+        for bad in [
+            r#"{"command":"frobnicate"}"#,
+            r#"{"command":"backend","service":"web"}"#,
+            r#"{"command":"status","extra":1}"#,
+            "not json",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+}

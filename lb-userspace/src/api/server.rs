@@ -1,0 +1,146 @@
+//! The daemon's end of the control API: the socket, and one task per connection that hands
+//! the request to the monitor and writes its answer back.
+
+use std::{
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use super::{Call, IO_TIMEOUT, Request, Response};
+
+/// Longest request line the daemon reads.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Binds the API socket: creates its directory, refuses if another daemon answers there,
+/// replaces a stale socket file, and makes the socket owner-only (0600).
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            bail!("another xlb is running: it answers on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the API on `listener`, passing each request to `calls`.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, calls).await {
+                debug!("API connection: {error:#}");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+    let credentials = stream.peer_cred()?;
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    let (reader, mut writer) = stream.into_split();
+    let response = if credentials.uid() != 0 && credentials.uid() != own_uid {
+        warn!(
+            uid = credentials.uid(),
+            "API request from another user refused"
+        );
+        Response::Error(format!(
+            "permission denied: uid {} is neither root nor the daemon's user",
+            credentials.uid()
+        ))
+    } else {
+        let mut line = String::new();
+        let mut limited =
+            AsyncBufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST as u64));
+        match timeout(IO_TIMEOUT, limited.read_line(&mut line)).await {
+            Err(_) => Response::Error("no request within 30 s".into()),
+            Ok(Err(error)) => Response::Error(format!("reading the request: {error}")),
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                Err(error) => Response::Error(format!("malformed request: {error}")),
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if calls.send((request, reply)).await.is_err() {
+                        Response::Error("the daemon is shutting down".into())
+                    } else {
+                        answer.await.unwrap_or_else(|_| {
+                            Response::Error("the daemon is shutting down".into())
+                        })
+                    }
+                }
+            },
+        }
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    writer.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_request_gets_an_error_and_the_server_keeps_serving() {
+        let dir = std::env::temp_dir().join(format!("xlb-api-test-{}", std::process::id()));
+        let path = dir.join("api.sock");
+        let listener = bind(&path).unwrap();
+        let (calls, mut requests) = mpsc::channel::<Call>(4);
+        tokio::spawn(serve(listener, calls));
+        tokio::spawn(async move {
+            while let Some((request, reply)) = requests.recv().await {
+                let _ = reply.send(Response::Done(format!("{request:?}")));
+            }
+        });
+        let answer = |line: &'static str| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut stream = StdUnixStream::connect(&path).unwrap();
+                stream.write_all(line.as_bytes()).unwrap();
+                let mut answer = String::new();
+                BufReader::new(stream).read_line(&mut answer).unwrap();
+                serde_json::from_str::<Response>(answer.trim()).unwrap()
+            })
+        };
+        let Response::Error(error) = answer("{\"command\":\n").await.unwrap() else {
+            panic!()
+        };
+        assert!(error.starts_with("malformed request"), "{error}");
+        assert_eq!(
+            answer("{\"command\":\"status\"}\n").await.unwrap(),
+            Response::Done("Status".into())
+        );
+        // The socket is owner-only, and a second daemon cannot take it.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            bind(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("another xlb is running")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,73 @@
+//! The configuration file: TOML in, a validated [`Config`] out, or every error with its line
+//! and column (`xlb check` prints them like `nginx -t`).
+//!
+//! Parsing happens in two steps. serde reads the file into the `raw` structs, whose leaves
+//! carry their position and whose typed leaves (modes, ports, bounded numbers) are converted
+//! as they are read; syntax errors, unknown keys and values of the wrong TOML type stop there
+//! with one located error. Validation (`validate`) then checks every value and the rules
+//! between them, and collects all the problems it finds, so an operator fixes a file in one
+//! pass. Messages name their place in the file (`service "web": pool "kr": health: ...`).
+
+mod error;
+mod model;
+mod prefixes;
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{
+    BackendConfig, Config, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FlowTimeouts, HealthCheck,
+    HealthConfig, LoadConfig, PoolConfig, Protocol, Scheduler, ServiceConfig, XdpMode,
+};
+pub use prefixes::{parse_prefix, parse_prefix_file};
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigErrors {
+            path: path.to_owned(),
+            errors: vec![ConfigError {
+                line: 0,
+                column: 0,
+                message: format!("cannot read the file: {error}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, base).map_err(|errors| ConfigErrors {
+            path: path.to_owned(),
+            errors,
+        })
+    }
+
+    /// Parses and validates configuration text (relative prefix-file paths are relative to the
+    /// current directory).
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigError>> {
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Parses and validates configuration text whose relative paths are relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Self, Vec<ConfigError>> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|error| {
+            let span = error.span().unwrap_or(0..0);
+            vec![error::locate(
+                text,
+                &span,
+                error.message().trim_end().to_owned(),
+            )]
+        })?;
+        validate::validate(raw, text, base)
+    }
+
+    /// Number of backends across all services.
+    pub fn backend_count(&self) -> usize {
+        self.services
+            .iter()
+            .map(|service| service.backends.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

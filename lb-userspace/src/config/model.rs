@@ -1,0 +1,253 @@
+//! The validated configuration: what the rest of xlb reads. Every value here has been checked
+//! (see `validate`).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use ipnet::IpNet;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Interfaces the program attaches to.
+    pub interfaces: Vec<String>,
+    /// Where the program attaches: an XDP mode or tc, or `auto` (see `hooks`).
+    pub xdp_mode: XdpMode,
+    /// The operator states that packets arriving on every interface carry complete
+    /// checksums (for example: transmit checksum offload is off on every veth peer), which xlb
+    /// cannot see for itself; native and generic XDP are then allowed there.
+    pub assume_complete_checksums: bool,
+    /// Flows the flow table holds (two `FLOWS` entries each, one per direction).
+    pub flow_table_size: u32,
+    /// bpffs directory where the maps and links are pinned, so that the data plane outlives the
+    /// daemon and a restarted daemon takes it over.
+    pub pin_path: PathBuf,
+    /// Address of the Prometheus metrics endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    /// How long flows may stay silent before they are deleted.
+    pub flow_timeouts: FlowTimeouts,
+    /// Virtual services, in file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Where the program is attached (`xdp_mode`); see `hooks` for what is correct where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native XDP where every interface is a NIC whose driver supports it, tc otherwise.
+    Auto,
+    /// Native (driver) XDP: fastest; correct only where packets arrive with complete
+    /// checksums.
+    Native,
+    /// Generic (skb) XDP: correct only where packets arrive with complete checksums and no
+    /// receive offload merges them.
+    Generic,
+    /// tc ingress (tcx): correct with partial checksums and GRO/GSO super-packets.
+    Tc,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Tc => "tc",
+        })
+    }
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::consts::proto::TCP,
+            Self::Udp => lb_common::consts::proto::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// How new flows are spread over a service's backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Smooth weighted round robin, one backend per new flow.
+    RoundRobin,
+}
+
+/// One virtual service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name, used in logs and commands.
+    pub name: String,
+    /// Virtual IP and port.
+    pub listen: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Scheduler for new flows.
+    pub scheduler: Scheduler,
+    /// Backends of every pool, in file order.
+    pub backends: Vec<BackendConfig>,
+    /// Locality pools; a service without `[[service.pool]]` has one, "default", with all its
+    /// backends.
+    pub pools: Vec<PoolConfig>,
+    /// The pool of clients that match no prefix.
+    pub default_pool: usize,
+    /// Client prefixes and their home pools (inline and from `client_prefix_file`).
+    pub client_prefixes: Arc<Vec<(IpNet, usize)>>,
+    /// Health checks: can a backend serve at all?
+    pub health: HealthConfig,
+    /// Load checks: is a backend busy? `None`: no load checks.
+    pub load: Option<LoadConfig>,
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Address and port new flows are sent to.
+    pub address: SocketAddr,
+    /// Share of new flows relative to the other backends (0: none).
+    pub weight: u32,
+    /// Port the health check connects to, if not the backend's own.
+    pub check_port: Option<u16>,
+    /// Port of the load agent, if not the service's `load.agent_port`.
+    pub agent_port: Option<u16>,
+    /// Index of its pool in the service's `pools`.
+    pub pool: usize,
+}
+
+/// A locality pool of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Name (unique in the service).
+    pub name: String,
+    /// Pools (indexes) that take this pool's new flows when it has no room, in order.
+    pub fallback: Vec<usize>,
+}
+
+/// The name of the pool of a service without `[[service.pool]]`.
+pub const DEFAULT_POOL_NAME: &str = "default";
+
+impl BackendConfig {
+    /// Where the health check goes.
+    pub fn check_address(&self) -> SocketAddr {
+        SocketAddr::new(
+            self.address.ip(),
+            self.check_port.unwrap_or(self.address.port()),
+        )
+    }
+}
+
+/// How a service's backends are health-checked (HAProxy's meaning of rise and fall).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What a check does.
+    pub check: HealthCheck,
+    /// Time between the starts of two checks of one backend.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passing checks that bring a Down backend Up.
+    pub rise: u32,
+    /// Consecutive failing checks that take an Up backend Down.
+    pub fall: u32,
+    /// After coming Up, the backend's weight ramps from nothing to full over this time.
+    pub slowstart: Option<Duration>,
+}
+
+/// One health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// No checks: backends are always Up.
+    None,
+    /// A TCP connection must be accepted.
+    Tcp,
+    /// An HTTP/1.1 GET must answer with a status in `expect`.
+    Http {
+        /// Request path.
+        path: String,
+        /// Accepted status codes, as inclusive ranges.
+        expect: Vec<(u16, u16)>,
+        /// Host header (default: the backend's address).
+        host: Option<String>,
+    },
+    /// A UDP datagram `send` must get a reply (equal to `expect`, if given).
+    Udp {
+        /// Payload sent.
+        send: Vec<u8>,
+        /// Reply required, if any.
+        expect: Option<Vec<u8>>,
+    },
+}
+
+/// How a service's backends are load-checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Port of the HAProxy-style agent on each backend (a backend may override it).
+    pub agent_port: Option<u16>,
+    /// Time between two load checks.
+    pub interval: Duration,
+    /// How long an agent may take to answer.
+    pub timeout: Duration,
+    /// A backend whose agent reports a weight below this percentage is Overloaded.
+    pub overload_below: Option<u32>,
+    /// A backend with more active flows than this is Overloaded.
+    pub max_flows: Option<u64>,
+}
+
+impl LoadConfig {
+    /// Where backend `backend`'s agent listens, if it has one.
+    pub fn agent_address(&self, backend: &BackendConfig) -> Option<SocketAddr> {
+        let port = backend.agent_port.or(self.agent_port)?;
+        Some(SocketAddr::new(backend.address.ip(), port))
+    }
+}
+
+/// How long a flow may stay silent before it is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// An established TCP flow.
+    pub tcp_idle: Duration,
+    /// A TCP flow after a FIN or RST, and a TCP flow whose handshake has not completed.
+    pub tcp_closing: Duration,
+    /// A UDP flow.
+    pub udp_idle: Duration,
+}
+
+impl Default for FlowTimeouts {
+    /// IPVS's TCP and Linux conntrack's closing timeouts; a UDP minute.
+    fn default() -> Self {
+        Self {
+            tcp_idle: Duration::from_secs(900),
+            tcp_closing: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FlowTimeouts {
+    /// How often the flow tables should be swept for these timeouts: a quarter of the
+    /// shortest, between one and ten seconds.
+    pub fn sweep_every(&self) -> Duration {
+        (self.tcp_closing.min(self.udp_idle).min(self.tcp_idle) / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+/// Default pin directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xlb";

@@ -1,0 +1,121 @@
+//! In-memory maps for tests of the control plane and the monitor: every write is recorded, in
+//! order, and the contents can be read back.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::Result;
+use ipnet::IpNet;
+use lb_common::{
+    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, tables::table_index,
+};
+
+use super::{DataplaneMaps, Existing};
+
+/// In-memory maps that record every write in order.
+#[derive(Default)]
+pub(crate) struct FakeMaps {
+    pub(crate) log: Vec<String>,
+    pub(crate) backends: HashMap<u32, BackendEntry>,
+    pub(crate) tables: HashMap<u32, Vec<u32>>,
+    pub(crate) services: HashMap<ServiceKey, ServiceEntry>,
+    pub(crate) flows_by_backend: HashMap<u32, usize>,
+    pub(crate) vips: BTreeSet<VipKey>,
+    pub(crate) prefixes: HashMap<u32, Vec<(IpNet, u32)>>,
+    pub(crate) spilled: HashMap<u32, u64>,
+}
+
+impl DataplaneMaps for FakeMaps {
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+        self.log.push(format!("backend {id}"));
+        self.backends.insert(id, *entry);
+        Ok(())
+    }
+    fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        let slots = table.slots[..table.len as usize].to_vec();
+        for id in &slots {
+            assert!(
+                self.backends.contains_key(id),
+                "table {index} names backend {id} before it was written"
+            );
+        }
+        self.log.push(format!("table {index} {slots:?}"));
+        self.tables.insert(index, slots);
+        Ok(())
+    }
+    fn reset_cursor(&mut self, index: u32) -> Result<()> {
+        self.log.push(format!("cursor {index}"));
+        Ok(())
+    }
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        assert!(
+            self.tables.contains_key(&table_index(entry.id, 0)),
+            "service before its table"
+        );
+        self.log.push(format!("service+ {}", entry.id));
+        self.services.insert(*key, *entry);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let entry = self
+            .services
+            .remove(key)
+            .expect("removing a service that is not there");
+        self.log.push(format!("service- {}", entry.id));
+        Ok(())
+    }
+    fn release_backend(&mut self, id: u32) -> Result<()> {
+        self.log.push(format!("release {id}"));
+        self.backends.insert(id, BackendEntry::default());
+        Ok(())
+    }
+    fn existing(&self) -> Result<Existing> {
+        let mut backends: Vec<(u32, BackendEntry)> = self
+            .backends
+            .iter()
+            .filter(|(_, entry)| entry.in_use == 1)
+            .map(|(id, entry)| (*id, *entry))
+            .collect();
+        backends.sort_by_key(|(id, _)| *id);
+        Ok(Existing {
+            services: self.services.iter().map(|(k, e)| (*k, *e)).collect(),
+            backends,
+            vips: self.vips.iter().copied().collect(),
+        })
+    }
+    fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
+        self.log
+            .push(format!("prefixes {service_id} {}", prefixes.len()));
+        self.prefixes.insert(service_id, prefixes.to_vec());
+        Ok(())
+    }
+    fn spilled(&self, index: u32) -> Result<u64> {
+        Ok(self.spilled.get(&index).copied().unwrap_or(0))
+    }
+    fn add_vip(&mut self, key: &VipKey) -> Result<()> {
+        assert!(self.vips.insert(*key), "adding a VIP twice");
+        self.log.push("vip+".into());
+        Ok(())
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        assert!(self.vips.remove(key), "removing a VIP that is not there");
+        self.log.push("vip-".into());
+        Ok(())
+    }
+    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+        for (index, slots) in &self.tables {
+            for id in backend_ids {
+                assert!(
+                    !slots.contains(id),
+                    "purging backend {id} still in table {index}"
+                );
+            }
+        }
+        let mut ids = backend_ids.to_vec();
+        ids.sort_unstable();
+        self.log.push(format!("purge {ids:?}"));
+        Ok(backend_ids
+            .iter()
+            .map(|id| self.flows_by_backend.remove(id).unwrap_or(0))
+            .sum())
+    }
+}

@@ -1,0 +1,26 @@
+//! The control plane: turns a [`Config`] into the contents of the data plane's maps and keeps
+//! them in step when the configuration changes, touching only what changed.
+//!
+//! It speaks to the maps through the [`DataplaneMaps`] trait, so all of its logic (id
+//! allocation, table building, the order of updates) is tested without a kernel.
+//!
+//! The order of updates keeps every intermediate state valid for a packet that arrives
+//! between two of them: a backend's address is written before any table names it, a table is
+//! published before its service appears, a service disappears before its table is emptied,
+//! and a backend's flows are purged only after the last table naming it was replaced.
+
+mod balancer;
+pub mod locality;
+mod maps;
+mod spec;
+pub mod table;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use balancer::{ApplySummary, BackendState, Balancer, ServiceState};
+pub use locality::serving_pools;
+pub use maps::{DataplaneMaps, Existing};
+pub use spec::{BackendSpec, Locality, ServiceSpec};

@@ -1,0 +1,102 @@
+//! What the data plane should serve, as the monitor decides it: services, their backends'
+//! weights, their locality pools.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use ipnet::IpNet;
+
+use crate::config::{Config, Protocol, ServiceConfig};
+
+/// What the data plane should serve: a service, the weights its backends should have in the
+/// tables right now (0: no new flows, but the backend and its flows stay), and its locality.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name (for logs and errors).
+    pub name: String,
+    /// Virtual IP and port.
+    pub listen: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Backends, in config order.
+    pub backends: Vec<BackendSpec>,
+    /// Locality pools.
+    pub locality: Locality,
+}
+
+/// A backend as the data plane should have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Weight in its pool's table.
+    pub weight: u32,
+    /// Its pool.
+    pub pool: u32,
+}
+
+/// A service's locality pools as the data plane should have them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locality {
+    /// Number of pools (at least 1).
+    pub pools: u32,
+    /// For each home pool, the pool whose backends take its new flows now (itself, or a
+    /// fallback when it has no room).
+    pub serving: Vec<u32>,
+    /// The pool of clients that match no prefix.
+    pub default_pool: u32,
+    /// Client prefixes and their home pools.
+    pub prefixes: Arc<Vec<(IpNet, usize)>>,
+}
+
+impl Locality {
+    /// One pool, serving itself: a service without locality.
+    pub fn single() -> Self {
+        Self {
+            pools: 1,
+            serving: vec![0],
+            default_pool: 0,
+            prefixes: Arc::new(Vec::new()),
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// `service` with its backends at `weights` (in config order) and each home pool served by
+    /// the pool `serving` names.
+    pub fn of(service: &ServiceConfig, weights: &[u32], serving: Vec<u32>) -> Self {
+        Self {
+            name: service.name.clone(),
+            listen: service.listen,
+            protocol: service.protocol,
+            backends: service
+                .backends
+                .iter()
+                .zip(weights)
+                .map(|(b, &weight)| BackendSpec {
+                    address: b.address,
+                    weight,
+                    pool: b.pool as u32,
+                })
+                .collect(),
+            locality: Locality {
+                pools: service.pools.len() as u32,
+                serving,
+                default_pool: service.default_pool as u32,
+                prefixes: Arc::clone(&service.client_prefixes),
+            },
+        }
+    }
+
+    /// Every service of `config` with every backend at its configured weight, each pool
+    /// serving itself.
+    pub fn all_up(config: &Config) -> Vec<Self> {
+        config
+            .services
+            .iter()
+            .map(|service| {
+                let weights: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
+                Self::of(service, &weights, (0..service.pools.len() as u32).collect())
+            })
+            .collect()
+    }
+}

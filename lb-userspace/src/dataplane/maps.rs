@@ -1,0 +1,394 @@
+//! The maps as userspace holds them: typed handles, the writes of [`DataplaneMaps`] (tables
+//! published whole, see `BACKEND_TABLES`), counters, the handshake guard's settings, the flow
+//! sweep.
+
+use std::{
+    io::Read as _,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray,
+        lpm_trie::Key,
+    },
+};
+use ipnet::IpNet;
+use lb_common::{
+    BackendEntry, BackendTable, ClientPrefix, FlowKey, HandshakeGuard, ServiceEntry, ServiceKey,
+    TrafficCounters, VipKey,
+    consts::{
+        events,
+        limits::{HALF_OPEN_DIVISOR, MAX_PREFIXES_PER_SERVICE},
+        map_names,
+        timing::{HANDSHAKE_KEEP_NS, HANDSHAKE_WINDOW_NS},
+    },
+    guard::next_syn_hashed,
+};
+
+use super::{
+    batch,
+    flows::{FlowTables, SweepReport},
+};
+use crate::{
+    config::FlowTimeouts,
+    control::{DataplaneMaps, Existing},
+};
+
+/// The outer map of the backend tables, as userspace holds it.
+type TableMap = ArrayOfMaps<MapData, Array<MapData, BackendTable>>;
+/// A service's client prefixes: prefix -> home pool.
+type PrefixTrie = LpmTrie<MapData, ClientPrefix, u32>;
+/// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Typed handles on the maps the control plane writes and reads.
+pub struct Maps {
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    tables: TableMap,
+    tables_id: u32,
+    /// A second handle on the outer map, for batch updates (aya has no batch API).
+    tables_data: MapData,
+    backends: Array<MapData, BackendEntry>,
+    cursors: Array<MapData, u64>,
+    handshake_guard: Array<MapData, HandshakeGuard>,
+    /// The flow tables (`FLOWS` and `HALF_OPEN`).
+    pub flows: FlowTables,
+    vips: HashMap<MapData, VipKey, u32>,
+    client_pools: ArrayOfMaps<MapData, PrefixTrie>,
+    spilled: PerCpuArray<MapData, u64>,
+    egress_ports: DevMapHash<MapData>,
+    service_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    events: PerCpuArray<MapData, u64>,
+}
+
+/// New TCP flows per handshake-guard window above which SYNs are placed by hash: the rate at
+/// which the half-open table, `flow_table_size / HALF_OPEN_DIVISOR` flows, would keep each
+/// for less than `HANDSHAKE_KEEP_NS`. At least 1.
+pub fn handshake_budget(flow_table_size: u32) -> u64 {
+    let half_open_flows = u64::from(flow_table_size / HALF_OPEN_DIVISOR);
+    (half_open_flows * HANDSHAKE_WINDOW_NS / HANDSHAKE_KEEP_NS).max(1)
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+            T::try_from(map).with_context(|| format!("map {name}"))
+        }
+        // The tables' map id lets a second handle be opened (see `table_publisher`).
+        let tables_id = match ebpf.map(map_names::BACKEND_TABLES) {
+            Some(aya::maps::Map::ArrayOfMaps(data)) => data.info()?.id(),
+            _ => bail!("{} is not an array of maps", map_names::BACKEND_TABLES),
+        };
+        let tables: TableMap = take(ebpf, map_names::BACKEND_TABLES)?;
+        Ok(Self {
+            services: take(ebpf, map_names::SERVICES)?,
+            tables,
+            tables_id,
+            tables_data: MapData::from_id(tables_id)?,
+            backends: take(ebpf, map_names::BACKENDS)?,
+            cursors: take(ebpf, map_names::RR_CURSORS)?,
+            handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
+            flows: FlowTables::new(
+                take(ebpf, map_names::FLOWS)?,
+                take(ebpf, map_names::HALF_OPEN)?,
+            ),
+            vips: take(ebpf, map_names::VIPS)?,
+            client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
+            spilled: take(ebpf, map_names::SPILLED)?,
+            egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
+            service_stats: take(ebpf, map_names::SERVICE_STATS)?,
+            backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
+            events: take(ebpf, map_names::EVENTS)?,
+        })
+    }
+
+    /// Sets the handshake guard's budget for `flow_table_size` and a random hash seed, unless
+    /// adopted maps already have them (the seed must not change under established flows that
+    /// were placed by hash).
+    pub(super) fn arm_handshake_guard(&mut self, flow_table_size: u32) -> Result<()> {
+        if self.handshake_guard()?.budget != 0 {
+            return Ok(());
+        }
+        let mut seed = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut seed))
+            .context("reading a hash seed from /dev/urandom")?;
+        let guard = HandshakeGuard {
+            budget: handshake_budget(flow_table_size),
+            seed: u32::from_ne_bytes(seed),
+            ..HandshakeGuard::default()
+        };
+        self.handshake_guard
+            .set(0, guard, 0)
+            .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// Makes this data plane place hashed flows as another one does: gives it `other`'s hash
+    /// seed (to compare two data planes packet for packet, as the fuzzer compares the hooks).
+    pub fn share_hash_seed(&mut self, other: &Maps) -> Result<()> {
+        let guard = HandshakeGuard {
+            seed: other.handshake_guard()?.seed,
+            ..self.handshake_guard()?
+        };
+        self.handshake_guard
+            .set(0, guard, 0)
+            .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// Whether the handshake guard would place the next SYN by hash (see
+    /// [`lb_common::guard::next_syn_hashed`]).
+    pub fn handshake_guard_on(&self) -> Result<bool> {
+        Ok(next_syn_hashed(&self.handshake_guard()?, monotonic_ns()?))
+    }
+
+    /// The handshake guard: its budget, hash seed and current window.
+    pub fn handshake_guard(&self) -> Result<HandshakeGuard> {
+        self.handshake_guard
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", map_names::HANDSHAKE_GUARD))
+    }
+
+    /// Removes `ifindex` from the interfaces the program may redirect to.
+    pub fn remove_egress_port(&mut self, ifindex: u32) {
+        let _ = self.egress_ports.remove(ifindex);
+    }
+
+    /// Lets the program redirect packets to interface `ifindex` (attaching does this; tests
+    /// that run the program without attaching it call it directly).
+    pub fn add_egress_port(&mut self, ifindex: u32) -> Result<()> {
+        self.egress_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding interface {ifindex} to {}", map_names::EGRESS_PORTS))
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn service_counters(&self, service_id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.service_stats, service_id)
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.backend_stats, backend_id)
+    }
+
+    /// Data-plane event counts (indexed as `lb_common::consts::events`), summed over CPUs.
+    pub fn events(&self) -> Result<[u64; events::COUNT as usize]> {
+        let mut totals = [0u64; events::COUNT as usize];
+        for (event, total) in totals.iter_mut().enumerate() {
+            *total = match self.events.get(&(event as u32), 0) {
+                Ok(counts) => counts.iter().sum(),
+                // An events map pinned by an older version, with fewer events: none counted.
+                Err(aya::maps::MapError::KeyNotFound | aya::maps::MapError::OutOfBounds { .. }) => {
+                    0
+                }
+                Err(error) => return Err(error.into()),
+            };
+        }
+        Ok(totals)
+    }
+
+    /// Sweeps the flow tables (see [`FlowTables::sweep`]) as of now.
+    pub fn sweep_flows(
+        &mut self,
+        timeouts: &FlowTimeouts,
+        active_window: std::time::Duration,
+    ) -> Result<SweepReport> {
+        self.flows.sweep(timeouts, monotonic_ns()?, active_window)
+    }
+
+    /// The entry of one direction of a flow, if a flow table has it.
+    pub fn flow(&self, key: &FlowKey) -> Option<lb_common::FlowEntry> {
+        self.flows.get(key)
+    }
+}
+
+fn sum_counters(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    index: u32,
+) -> Result<TrafficCounters> {
+    let mut total = TrafficCounters::default();
+    for counters in map.get(&index, 0)?.iter() {
+        total.accumulate(counters);
+    }
+    Ok(total)
+}
+
+impl DataplaneMaps for Maps {
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+        Ok(self.backends.set(id, entry, 0)?)
+    }
+
+    fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        publish(&mut self.tables, index, table)
+    }
+
+    fn publish_tables(&mut self, tables: &[(u32, BackendTable)]) -> Result<()> {
+        publish_batch(&self.tables_data, tables)
+    }
+
+    fn reset_cursor(&mut self, index: u32) -> Result<()> {
+        Ok(self.cursors.set(index, 0, 0)?)
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        Ok(self.services.insert(key, entry, 0)?)
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Ok(self.services.remove(key)?)
+    }
+
+    fn existing(&self) -> Result<Existing> {
+        let services = self.services.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let entry = self.backends.get(&id, 0)?;
+            if entry.in_use == 1 {
+                backends.push((id, entry));
+            }
+        }
+        let vips = self.vips.keys().collect::<Result<Vec<_>, _>>()?;
+        Ok(Existing {
+            services,
+            backends,
+            vips,
+        })
+    }
+
+    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+        self.flows.purge(backend_ids)
+    }
+
+    fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
+        // A fresh trie, filled, then swapped in: packets see the old prefixes or the new ones.
+        let mut trie = PrefixTrie::create(MAX_PREFIXES_PER_SERVICE, BPF_F_NO_PREALLOC)?;
+        for (net, pool) in prefixes {
+            let (len, data) = lpm_key(net);
+            trie.insert(&Key::new(len, data), pool, 0)
+                .with_context(|| format!("adding prefix {net}"))?;
+        }
+        self.client_pools
+            .set(service_id, &trie, 0)
+            .with_context(|| format!("publishing the prefixes of service {service_id}"))?;
+        Ok(())
+    }
+
+    fn spilled(&self, index: u32) -> Result<u64> {
+        Ok(self.spilled.get(&index, 0)?.iter().sum())
+    }
+
+    fn add_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(self.vips.insert(key, 1, 0)?)
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(self.vips.remove(key)?)
+    }
+}
+
+/// Publishes `table` at `index` of the outer map. A fresh inner map per table: published
+/// tables are never written again (see the comment on BACKEND_TABLES in lb-ebpf/src/maps.rs).
+/// Our handle on the inner map closes on return; the outer map's reference keeps it alive.
+fn publish(tables: &mut TableMap, index: u32, table: &BackendTable) -> Result<()> {
+    let mut inner: Array<MapData, BackendTable> = Array::create(1, 0)?;
+    inner.set(0, table, 0)?;
+    tables.set(index, &inner, 0)?;
+    Ok(())
+}
+
+/// Publishes several tables with one BPF_MAP_UPDATE_BATCH. Each update of an array of maps
+/// makes the kernel wait for an RCU grace period (10-16 ms here) before it returns; a batch
+/// waits once for all of its updates, so filling or changing thousands of tables takes one
+/// wait instead of thousands. Each table still replaces its slot atomically.
+fn publish_batch(tables: &MapData, entries: &[(u32, BackendTable)]) -> Result<()> {
+    let inner: Vec<Array<MapData, BackendTable>> = entries
+        .iter()
+        .map(|(_, table)| {
+            let mut map = Array::create(1, 0)?;
+            map.set(0, table, 0)?;
+            Ok(map)
+        })
+        .collect::<Result<_>>()?;
+    let keys: Vec<u32> = entries.iter().map(|(index, _)| *index).collect();
+    let fds: Vec<u32> = inner
+        .iter()
+        .map(|map| map.map().fd().as_fd().as_raw_fd() as u32)
+        .collect();
+    batch::update(tables, &keys, &fds).with_context(|| format!("publishing {} tables", keys.len()))
+}
+
+/// A second handle on the backend tables, for publishing from another thread (tests and
+/// benchmarks that swap tables while packets run).
+pub struct TablePublisher {
+    tables: TableMap,
+}
+
+impl TablePublisher {
+    /// Atomically replaces the table at `index`.
+    pub fn publish(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        publish(&mut self.tables, index, table)
+    }
+}
+
+impl Maps {
+    /// A [`TablePublisher`] on the same backend tables.
+    pub fn table_publisher(&self) -> Result<TablePublisher> {
+        let data = MapData::from_id(self.tables_id)?;
+        Ok(TablePublisher {
+            tables: TableMap::try_from(aya::maps::Map::ArrayOfMaps(data))?,
+        })
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
+/// stamps flow entries and the handshake guard's windows.
+pub fn monotonic_ns() -> Result<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
+/// The `CLIENT_POOLS` key of a prefix: its length in bits and its address bytes (IPv4 in the
+/// first 4 of 16, as the data plane looks clients up).
+fn lpm_key(net: &IpNet) -> (u32, ClientPrefix) {
+    let mut data = [0u8; 16];
+    match net {
+        IpNet::V4(v4) => data[..4].copy_from_slice(&v4.network().octets()),
+        IpNet::V6(v6) => data = v6.network().octets(),
+    }
+    (u32::from(net.prefix_len()), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::consts::limits::DEFAULT_FLOW_TABLE_SIZE;
+
+    use super::*;
+
+    /// The budget is the half-open table's size spread over `HANDSHAKE_KEEP_NS`, per window:
+    /// the default table (65,536 half-open flows) takes 32,760 new TCP flows a second by
+    /// round robin; the smallest still takes one per window.
+    #[test]
+    fn the_handshake_budget_keeps_half_open_flows_for_two_seconds() {
+        assert_eq!(handshake_budget(DEFAULT_FLOW_TABLE_SIZE), 3_276);
+        assert_eq!(handshake_budget(1_024), 12);
+        assert_eq!(handshake_budget(4), 1);
+        assert_eq!(handshake_budget(0), 1);
+    }
+}

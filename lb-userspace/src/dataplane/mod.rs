@@ -1,0 +1,228 @@
+//! The data plane as userspace holds it: the loaded programs (XDP and tc) and their maps;
+//! where each interface gets the program (`links` reads the host, `hooks` decides,
+//! `preflight` checks it all, `attach` makes and takes over the links); the maps' contents
+//! (`maps`, `flows`, `batch`); and `simulate`, which runs a packet through the loaded program.
+
+pub mod attach;
+mod batch;
+pub mod flows;
+pub mod hooks;
+pub mod links;
+mod maps;
+pub mod netif;
+mod noop;
+mod objects;
+pub mod pins;
+mod preflight;
+pub mod simulate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
+use lb_common::consts::{limits::HALF_OPEN_DIVISOR, map_names, program_names};
+use tracing::warn;
+
+pub use self::{
+    attach::Attachment,
+    flows::SweepReport,
+    maps::{Maps, TablePublisher, handshake_budget, monotonic_ns},
+    noop::NoopProgram,
+    preflight::preflight,
+};
+use self::{
+    attach::Attachments,
+    hooks::{Hook, Plan},
+};
+
+/// The balancer's programs (XDP and tc), loaded and verified, with their maps.
+///
+/// With a pin directory, the maps and the links that attach a program to interfaces are
+/// pinned in bpffs: they outlive the process, so the data plane keeps forwarding while no daemon
+/// runs, and the next daemon takes them over (maps with their contents; links by swapping its
+/// own program in, atomically). Without one (tests, benchmarks), everything goes away with the
+/// process.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// The maps.
+    pub maps: Maps,
+    attachments: Attachments,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
+}
+
+impl Dataplane {
+    /// Loads the program into the kernel (without attaching it) with a flow table for
+    /// `flow_table_size` flows, nothing pinned.
+    pub fn load(flow_table_size: u32) -> Result<Self> {
+        Self::load_with(flow_table_size, None)
+    }
+
+    /// Loads the program with its maps pinned in `pin_dir` (a bpffs directory): maps already
+    /// pinned there by an earlier daemon are reused, contents and all ([`Self::adopted`]).
+    pub fn load_pinned(flow_table_size: u32, pin_dir: &Path) -> Result<Self> {
+        Self::load_with(flow_table_size, Some(pin_dir))
+    }
+
+    fn load_with(flow_table_size: u32, pin_dir: Option<&Path>) -> Result<Self> {
+        // Two entries per flow, one per direction.
+        let flow_entries = flow_table_size.saturating_mul(2);
+        let half_open_entries = (flow_table_size / HALF_OPEN_DIVISOR).saturating_mul(2);
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::FLOWS, flow_entries);
+        loader.map_max_entries(map_names::HALF_OPEN, half_open_entries);
+        let mut adopted = false;
+        if let Some(dir) = pin_dir {
+            adopted = dir.join(map_names::FLOWS).exists();
+            for name in map_names::PINNED {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(objects::balancer()?).with_context(|| match pin_dir {
+            Some(dir) if adopted => format!(
+                "loading the XDP object with the maps pinned in {} (if xlb was upgraded and its \
+                 maps changed, run the old version with --detach-on-exit first, or remove the pins)",
+                dir.display()
+            ),
+            _ => "loading the XDP object".to_owned(),
+        })?;
+        if adopted {
+            let pinned = match ebpf.map(map_names::FLOWS) {
+                Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
+                Some(_) => bail!("{} is not an LRU hash map", map_names::FLOWS),
+                None => 0,
+            };
+            if pinned != flow_entries {
+                bail!(
+                    "the pinned flow table holds {} flows but flow_table_size is {flow_table_size}: \
+                     keep the old size, or stop xlb with --detach-on-exit (dropping every flow) to \
+                     change it",
+                    pinned / 2
+                );
+            }
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(program_names::BALANCER)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the XDP program (verifier)")?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(program_names::BALANCER_TC)
+            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER_TC))?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the tc program (verifier)")?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.arm_handshake_guard(flow_table_size)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            attachments: Attachments::new(pin_dir.map(Path::to_owned)),
+            pin_dir: pin_dir.map(Path::to_owned),
+            adopted,
+        })
+    }
+
+    /// Whether the maps were pinned by an earlier daemon and taken over with their contents.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The XDP program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(program_names::BALANCER)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// The tc program, for `BPF_PROG_TEST_RUN`.
+    pub fn tc_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(program_names::BALANCER_TC)
+            .and_then(|program| program.try_into().ok())
+            .expect("the program was checked at load")
+    }
+
+    /// Attaches as `plan` says: at its hook on every interface, or, if that fails and the
+    /// plan allows it, at tc on every interface; or to none, with an error naming the
+    /// interface.
+    pub fn attach_planned(&mut self, interfaces: &[String], plan: &Plan) -> Result<Hook> {
+        match self.attach_all(interfaces, plan.hook) {
+            Ok(()) => Ok(plan.hook),
+            Err(error) if plan.fall_back_to_tc => {
+                warn!("{error:#}; using tc on every interface instead");
+                self.attach_all(interfaces, Hook::Tc)?;
+                Ok(Hook::Tc)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Attaches at `hook` to every interface, or to none: if one attach fails, the ones made
+    /// by this call are undone and the error names the interface.
+    pub fn attach_all(&mut self, interfaces: &[String], hook: Hook) -> Result<()> {
+        for interface in interfaces {
+            self.maps.add_egress_port(netif::index(interface)?)?;
+        }
+        let result = self
+            .attachments
+            .attach_all(&mut self.ebpf, interfaces, hook);
+        if result.is_err() {
+            for interface in interfaces {
+                if let Ok(ifindex) = netif::index(interface)
+                    && !self.attachments.list().iter().any(|a| a.ifindex == ifindex)
+                {
+                    self.maps.remove_egress_port(ifindex);
+                }
+            }
+        }
+        result
+    }
+
+    /// Attaches at `hook` to `interface` (see `attach`).
+    pub fn attach(&mut self, interface: &str, hook: Hook) -> Result<()> {
+        self.attach_all(&[interface.to_owned()], hook)
+    }
+
+    /// Detaches the program from `interface` and removes its pinned link.
+    pub fn detach(&mut self, interface: &str) {
+        if let Some(ifindex) = self.attachments.detach(&mut self.ebpf, interface) {
+            self.maps.remove_egress_port(ifindex);
+        }
+    }
+
+    /// Detaches the program from every interface and removes the pinned links.
+    pub fn detach_all(&mut self) {
+        for ifindex in self.attachments.detach_all(&mut self.ebpf) {
+            self.maps.remove_egress_port(ifindex);
+        }
+    }
+
+    /// Removes the pinned maps (after [`Self::detach_all`]): the next daemon starts empty.
+    pub fn unpin_maps(&self) {
+        if let Some(dir) = &self.pin_dir {
+            for name in map_names::PINNED {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        self.attachments.list()
+    }
+
+    /// The hook the program runs at, if it is attached and the hook is known (an XDP link
+    /// adopted from an older xlb has no recorded mode).
+    pub fn hook(&self) -> Option<Hook> {
+        self.attachments.list().iter().find_map(|a| a.hook)
+    }
+}

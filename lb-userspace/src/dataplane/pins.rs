@@ -1,0 +1,121 @@
+//! Pinning in bpffs: the pin directory, the bpffs mount it needs, and the lock that keeps two
+//! daemons off the same pins.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tracing::info;
+
+/// `BPF_FS_MAGIC` from linux/magic.h: the filesystem type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is conventionally mounted.
+const BPF_FS_ROOT: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` is a plain C struct of integers, for which all zeroes is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes into the struct we pass and reads the NUL-terminated path.
+    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when `dir` is under it
+/// and it is not mounted yet.
+pub fn prepare(dir: &Path) -> Result<()> {
+    let root = Path::new(BPF_FS_ROOT);
+    if dir.starts_with(root) && !is_bpffs(root) {
+        let source = CString::new("bpf")?;
+        let target = CString::new(BPF_FS_ROOT)?;
+        // SAFETY: valid NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                source.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "mounting bpffs at {BPF_FS_ROOT}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        info!("mounted bpffs at {BPF_FS_ROOT}");
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "pin_path {} is not on a bpffs; mount one there (mount -t bpf bpf DIR) or use a path under {BPF_FS_ROOT}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a pin directory, held while the daemon runs.
+pub struct PinLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl PinLock {
+    /// Takes the lock of `pin_dir`, kept in `lock_dir`; fails at once if another daemon holds it.
+    pub fn take(pin_dir: &Path, lock_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(lock_dir)?;
+        let name: String = pin_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = lock_dir.join(format!("pins{name}.lock"));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another xlb is using the pins in {} (it holds {})",
+                pin_dir.display(),
+                path.display()
+            );
+        }
+        Ok(Self { _file: file, path })
+    }
+}
+
+impl Drop for PinLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_pins_is_refused() {
+        let lock_dir = std::env::temp_dir().join(format!("xlb-lock-test-{}", std::process::id()));
+        let first = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir).unwrap();
+        let error = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir)
+            .err()
+            .unwrap();
+        assert!(
+            error
+                .to_string()
+                .contains("another xlb is using the pins in /sys/fs/bpf/a")
+        );
+        let _other = PinLock::take(Path::new("/sys/fs/bpf/b"), &lock_dir).unwrap();
+        drop(first);
+        let _again = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir).unwrap();
+        let _ = std::fs::remove_dir_all(lock_dir);
+    }
+}

@@ -1,0 +1,133 @@
+//! `xlb simulate`: which backend would a new flow get now? A synthetic first packet runs
+//! through the loaded program (BPF_PROG_TEST_RUN, as Katran's simulator does) and the answer is
+//! read from the rewritten packet. The flow the packet created is then deleted, so the
+//! simulation leaves no flow behind; it does take a turn of the round robin, as a real flow
+//! would.
+
+use std::net::SocketAddr;
+
+use anyhow::{Result, bail};
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{
+    FlowKey,
+    frame::{Frame, TCP_SYN, Transport, locate},
+};
+
+use super::Dataplane;
+use crate::{
+    config::Protocol,
+    wire::{addr_field, family_of, port_field},
+};
+
+const XDP_VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+
+/// What the program did with a simulated new flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Simulation {
+    /// The program's verdict, in words ("redirect", "drop", ...).
+    pub verdict: String,
+    /// The backend the packet was sent to, if any.
+    pub backend: Option<SocketAddr>,
+    /// Whether the client already had a flow (which the packet followed).
+    pub existing_flow: bool,
+}
+
+/// Runs a new flow from `client` to the service at `listen` through the program, as if it
+/// arrived on interface `ifindex`.
+pub fn simulate(
+    dataplane: &mut Dataplane,
+    listen: SocketAddr,
+    protocol: Protocol,
+    client: SocketAddr,
+    ifindex: u32,
+) -> Result<Simulation> {
+    if client.is_ipv4() != listen.is_ipv4() {
+        bail!("client {client} and service {listen} are not of the same address family");
+    }
+    let key = FlowKey {
+        src_addr: addr_field(client.ip()),
+        dst_addr: addr_field(listen.ip()),
+        src_port: port_field(client.port()),
+        dst_port: port_field(listen.port()),
+        proto: protocol.number(),
+        family: family_of(client.ip()),
+        _pad: [0; 2],
+    };
+    let existing_flow = dataplane.maps.flow(&key).is_some();
+    let frame = first_packet(client, listen, protocol).build();
+    let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|field: &u32| field.to_ne_bytes())
+        .collect();
+    let result = dataplane.program().test_run(TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..TestRunOptions::new()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    let verdict = XDP_VERDICTS
+        .get(result.return_value as usize)
+        .copied()
+        .unwrap_or("unknown");
+    // Where the rewritten packet goes: its destination, unless the program left it alone.
+    let backend = destination(&out).filter(|d| *d != listen);
+    if !existing_flow && let Some(backend) = backend {
+        dataplane.maps.flows.remove(&key, backend);
+    }
+    Ok(Simulation {
+        verdict: verdict.to_owned(),
+        backend,
+        existing_flow,
+    })
+}
+
+/// The destination address and port of an Ethernet / IP / TCP or UDP frame.
+fn destination(frame: &[u8]) -> Option<SocketAddr> {
+    let parsed = locate(frame)?;
+    let port = frame.get(parsed.l4 + 2..parsed.l4 + 4)?;
+    let ip: std::net::IpAddr = match parsed.dst.len() {
+        4 => <[u8; 4]>::try_from(parsed.dst.as_slice()).ok()?.into(),
+        _ => <[u8; 16]>::try_from(parsed.dst.as_slice()).ok()?.into(),
+    };
+    Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
+}
+
+/// The first packet of a flow from `src` to `dst`: a TCP SYN or a small UDP datagram.
+fn first_packet(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> Frame {
+    let transport = match protocol {
+        Protocol::Tcp => Transport::Tcp {
+            flags: TCP_SYN,
+            seq: 1,
+        },
+        Protocol::Udp => Transport::Udp {
+            zero_checksum: false,
+        },
+    };
+    Frame::between(src, dst, transport).with(|f| f.payload = b"xlb?".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::frame::verify_checksums;
+
+    use super::*;
+
+    #[test]
+    fn first_packets_are_valid_and_their_destination_is_read_back() {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            for (client, vip) in [
+                ("198.18.0.2:40000", "198.18.100.1:80"),
+                ("[fd00::2]:40000", "[fd00:100::1]:80"),
+            ] {
+                let (client, vip) = (client.parse().unwrap(), vip.parse().unwrap());
+                let frame = first_packet(client, vip, protocol).build();
+                verify_checksums(&frame).unwrap();
+                assert_eq!(locate(&frame).unwrap().proto, protocol.number());
+                assert_eq!(destination(&frame), Some(vip));
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! What xlb knows of each backend: its health checks ([`checks`]), what its load agent says
+//! ([`agent`]), and the state machines that turn both into a state and a weight ([`state`]).
+
+pub mod agent;
+pub mod checks;
+pub mod state;
+
+pub use state::AdminAction;

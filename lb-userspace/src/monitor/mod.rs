@@ -1,0 +1,324 @@
+//! Keeps the data plane's tables true to what the backends can do.
+//!
+//! The [`Monitor`] is the one owner of the daemon's state: the config, every backend's status,
+//! the balancer (what the maps hold). One task per backend runs its health checks, one per
+//! agent asks for its load (`checkers`); they report to the monitor, which records the result
+//! and, when anything that decides the tables changed, decides again: [`plan::plan`], a pure
+//! function of (config, statuses, now), gives the backends' states and every table's weights,
+//! and the monitor logs the changes, applies the tables through the [`Balancer`] (which
+//! publishes only the tables that changed, atomically) and purges the flows of backends that
+//! went Down. Around that loop, in child modules: the flow sweep (`sweep`), the reports and
+//! samples behind `xlb status`, `xlb stats` and the metrics (`reports`), operators' commands
+//! (`operator`) and reloads (`reload`).
+
+mod checkers;
+mod operator;
+pub mod plan;
+mod reload;
+mod reports;
+mod sweep;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    sync::mpsc,
+    task::{JoinHandle, JoinSet},
+    time::{Instant, MissedTickBehavior, interval},
+};
+use tracing::{debug, info};
+
+use self::{
+    checkers::{BackendRef, Event},
+    reports::Rates,
+};
+use crate::{
+    api::Call,
+    config::{Config, HealthCheck, ServiceConfig},
+    control::{ApplySummary, Balancer, DataplaneMaps},
+    dataplane::{Dataplane, Maps, SweepReport},
+    health::{
+        checks,
+        state::{BackendStatus, Health},
+    },
+    metrics,
+};
+
+/// A flow counts as active if a packet of it passed within this window.
+pub const ACTIVE_FLOW_WINDOW: Duration = Duration::from_secs(10);
+/// How often slow start re-weights a ramping backend.
+const RAMP_STEP: Duration = Duration::from_millis(200);
+/// How often counters are sampled for rates and metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the monitor considers sweeping the flow tables (it sweeps when its sweep
+/// interval has passed since the last sweep).
+const SWEEP_TICK: Duration = Duration::from_secs(1);
+
+/// The monitor: backend states, the balancer, and the checker tasks.
+pub struct Monitor {
+    config: Config,
+    /// The config file, re-read on reload.
+    config_path: Option<PathBuf>,
+    balancer: Balancer,
+    /// Every backend's status, per service, in config order.
+    statuses: Vec<Vec<BackendStatus>>,
+    /// The last error of each agent that does not answer (logged once).
+    agent_errors: HashMap<BackendRef, String>,
+    tasks: JoinSet<()>,
+    rates: Rates,
+    snapshot: metrics::Shared,
+    metrics_server: Option<JoinHandle<()>>,
+    /// Incremented by every reload (see [`BackendRef`]).
+    generation: u64,
+    /// What the last sweep of the flow tables found, when it ran, and how long it took.
+    flow_report: SweepReport,
+    last_sweep: Option<Instant>,
+    last_sweep_took: Duration,
+    /// Flows expired since the daemon started.
+    flows_expired: u64,
+    /// New flows placed outside their home pool, by (service, from pool, to pool).
+    spills: BTreeMap<(String, String, String), u64>,
+    /// The data plane's spill counter of each table when last read.
+    spill_seen: HashMap<u32, u64>,
+}
+
+impl Monitor {
+    /// A monitor for `config` (read from `config_path`, which reloads read again); nothing is
+    /// checked or applied yet.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+        let statuses = config.services.iter().map(fresh_statuses).collect();
+        Self {
+            config,
+            config_path,
+            balancer: Balancer::new(),
+            statuses,
+            agent_errors: HashMap::new(),
+            tasks: JoinSet::new(),
+            rates: Rates::default(),
+            snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
+            metrics_server: None,
+            generation: 0,
+            flow_report: SweepReport::default(),
+            last_sweep: None,
+            last_sweep_took: Duration::ZERO,
+            flows_expired: 0,
+            spills: BTreeMap::new(),
+            spill_seen: HashMap::new(),
+        }
+    }
+
+    /// Takes over the services and backends a previous daemon left in pinned maps, so their
+    /// ids (and flows) survive the restart.
+    pub fn adopt(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
+        self.balancer.adopt(maps)
+    }
+
+    /// The balancer (ids of services and backends as applied).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Runs every backend's first health check at once (they decide its initial health) and
+    /// fills the maps accordingly. Takes at most the longest check timeout.
+    pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
+        let mut first = JoinSet::new();
+        for (service_index, service) in self.config.services.iter().enumerate() {
+            if service.health.check == HealthCheck::None {
+                continue;
+            }
+            for (backend_index, backend) in service.backends.iter().enumerate() {
+                let (check, target, limit) = (
+                    service.health.check.clone(),
+                    backend.check_address(),
+                    service.health.timeout,
+                );
+                let at = BackendRef {
+                    service: service_index,
+                    backend: backend_index,
+                    generation: self.generation,
+                };
+                first.spawn(async move {
+                    let started = Instant::now();
+                    let result = checks::run(&check, target, limit).await;
+                    (at, result, started.elapsed())
+                });
+            }
+        }
+        while let Some(joined) = first.join_next().await {
+            let (at, result, latency) = joined.context("a health check task failed")?;
+            self.handle(Event::Health(at, result, latency));
+        }
+        self.evaluate(maps)?;
+        Ok(())
+    }
+
+    /// Runs the checkers, reacts to them and answers operators' `calls` until `shutdown`
+    /// completes.
+    pub async fn run(
+        &mut self,
+        dataplane: &mut Dataplane,
+        mut calls: mpsc::Receiver<Call>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let (events, mut received) = mpsc::channel(1024);
+        self.spawn_checkers(&events);
+        self.start_metrics();
+        let mut ramp = interval(RAMP_STEP);
+        ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sample = interval(SAMPLE_EVERY);
+        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sweep = interval(SWEEP_TICK);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(event) = received.recv() => {
+                    if self.handle(event) {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
+                }
+                Some((request, reply)) = calls.recv() => {
+                    let response = self.answer(request, dataplane, &events);
+                    let _ = reply.send(response);
+                }
+                _ = ramp.tick() => {
+                    if self.any_ramping() {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
+                }
+                _ = sample.tick() => self.sample(&dataplane.maps),
+                _ = sweep.tick() => {
+                    if self.sweep_due() && self.sweep(&mut dataplane.maps) {
+                        self.evaluate(&mut dataplane.maps)?;
+                    }
+                }
+            }
+        }
+        self.tasks.abort_all();
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) the metrics endpoint of the current config.
+    fn start_metrics(&mut self) {
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        if let Some(address) = self.config.metrics {
+            let shared = Arc::clone(&self.snapshot);
+            self.metrics_server = Some(tokio::spawn(async move {
+                if let Err(error) = metrics::serve(address, shared).await {
+                    tracing::warn!("metrics endpoint: {error:#}");
+                }
+            }));
+        }
+    }
+
+    /// Decides again (see [`plan::plan`]), logs what changed, applies the tables and purges the
+    /// flows of backends that just went Down.
+    pub fn evaluate(&mut self, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
+        let serving_before: Vec<Vec<u32>> = (0..self.config.services.len())
+            .map(|i| {
+                self.balancer
+                    .services()
+                    .get(i)
+                    .map(|s| s.locality.serving.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let plan = plan::plan(
+            &self.config,
+            &self.statuses,
+            &serving_before,
+            Instant::now(),
+        );
+        self.log_plan(&plan);
+        self.statuses = plan.statuses.clone();
+        // Spills so far count toward the pools that were serving until now.
+        self.account_spills(maps);
+        let summary = self.balancer.apply(&plan.specs, maps)?;
+        if summary.tables_published > 0 {
+            debug!(tables = summary.tables_published, "tables published");
+        }
+        let newly_down: Vec<(usize, usize)> = plan.newly_down().collect();
+        if !newly_down.is_empty() {
+            let ids: Vec<u32> = newly_down
+                .iter()
+                .map(|&(s, b)| self.balancer.services()[s].backends[b].id)
+                .collect();
+            let purged = maps.purge_flows(&ids)?;
+            for &(s, b) in &newly_down {
+                let service = &self.config.services[s];
+                info!(service = service.name, backend = %service.backends[b].address, purged, "flows of a Down backend purged");
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Logs a plan's state changes, reason changes and spills.
+    fn log_plan(&self, plan: &plan::Plan) {
+        for t in &plan.transitions {
+            let service = &self.config.services[t.service];
+            let address = service.backends[t.backend].address;
+            match t.from {
+                None => {
+                    info!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
+                }
+                Some(from) => info!(
+                    service = service.name,
+                    backend = %address,
+                    from = %from,
+                    state = %t.to,
+                    reason = t.reason,
+                    "backend state changed"
+                ),
+            }
+        }
+        for (s, b, reason) in &plan.reasons {
+            let service = &self.config.services[*s];
+            debug!(service = service.name, backend = %service.backends[*b].address, reason, "backend load");
+        }
+        for spill in &plan.spills {
+            let service = &self.config.services[spill.service];
+            let pool = &service.pools[spill.home].name;
+            if spill.serving == spill.home {
+                info!(
+                    service = service.name,
+                    pool, "pool has room again: its clients' new flows stay home"
+                );
+            } else {
+                info!(
+                    service = service.name,
+                    pool,
+                    to = service.pools[spill.serving].name,
+                    "pool has no room: its clients' new flows spill over"
+                );
+            }
+        }
+    }
+}
+
+/// The statuses of a service's backends before any check.
+fn fresh_statuses(service: &ServiceConfig) -> Vec<BackendStatus> {
+    let health = || match service.health.check {
+        HealthCheck::None => Health::unchecked(),
+        _ => Health::unknown(),
+    };
+    service
+        .backends
+        .iter()
+        .map(|b| BackendStatus::new(b.weight, health()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

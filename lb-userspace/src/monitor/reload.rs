@@ -1,0 +1,133 @@
+//! Reloading the configuration file (`xlb reload`, SIGHUP): the new file is validated whole,
+//! and what cannot change while xlb runs is refused, before anything is applied.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::{sync::mpsc, task::JoinSet};
+use tracing::{info, warn};
+
+use super::{Monitor, checkers::Event, fresh_statuses};
+use crate::{
+    config::Config,
+    dataplane::{Dataplane, hooks::Hook, preflight},
+};
+
+impl Monitor {
+    /// Re-reads the config file and applies the difference. The new file is validated whole
+    /// first; if it is invalid, or asks for what cannot change while xlb runs, nothing changes.
+    /// Backends that stay keep their state and flows; operators' drains and disables end.
+    pub(super) fn reload(
+        &mut self,
+        dataplane: &mut Dataplane,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<String> {
+        let path = self
+            .config_path
+            .clone()
+            .context("this daemon has no config file to reload")?;
+        let new = Config::load(&path).map_err(|errors| anyhow!("{errors}\nnothing was changed"))?;
+        if new.flow_table_size != self.config.flow_table_size {
+            bail!(
+                "flow_table_size cannot change while xlb runs (it sizes the pinned flow table); \
+                 nothing was changed"
+            );
+        }
+        if new.pin_path != self.config.pin_path {
+            bail!("pin_path cannot change while xlb runs; nothing was changed");
+        }
+        let plan = preflight(&new).context("nothing was changed")?;
+        if let Some(running) = dataplane.hook() {
+            let fits = plan.hook == running || (plan.fall_back_to_tc && running == Hook::Tc);
+            if !fits {
+                bail!(
+                    "xlb runs at the {running} hook, and the new configuration needs {}: the hook \
+                     changes only at a restart (which keeps every flow); nothing was changed",
+                    plan.hook
+                );
+            }
+        }
+        let hook = dataplane.hook().unwrap_or(plan.hook);
+
+        let added: Vec<String> = new
+            .interfaces
+            .iter()
+            .filter(|i| !self.config.interfaces.contains(i))
+            .cloned()
+            .collect();
+        for (n, interface) in added.iter().enumerate() {
+            if let Err(error) = dataplane.attach(interface, hook) {
+                for done in &added[..n] {
+                    dataplane.detach(done);
+                }
+                return Err(error.context("nothing was changed"));
+            }
+        }
+        let removed: Vec<String> = self
+            .config
+            .interfaces
+            .iter()
+            .filter(|i| !new.interfaces.contains(i))
+            .cloned()
+            .collect();
+        for interface in &removed {
+            dataplane.detach(interface);
+        }
+
+        // Backends that stay keep what the monitor knows of them.
+        let mut statuses = Vec::with_capacity(new.services.len());
+        for service in &new.services {
+            let mut fresh = fresh_statuses(service);
+            let old = self
+                .config
+                .services
+                .iter()
+                .position(|s| s.listen == service.listen && s.protocol == service.protocol);
+            if let Some(old) = old {
+                for (backend, status) in service.backends.iter().zip(fresh.iter_mut()) {
+                    let before = self.config.services[old]
+                        .backends
+                        .iter()
+                        .position(|b| b.address == backend.address);
+                    if let Some(before) = before {
+                        let mut kept = self.statuses[old][before].clone();
+                        kept.configured_weight = backend.weight;
+                        kept.admin = None;
+                        *status = kept;
+                    }
+                }
+            }
+            statuses.push(fresh);
+        }
+        let metrics_changed = new.metrics != self.config.metrics;
+        self.config = new;
+        self.statuses = statuses;
+        self.agent_errors.clear();
+        self.generation += 1;
+        self.tasks.abort_all();
+        self.tasks = JoinSet::new();
+        self.spawn_checkers(events);
+        if metrics_changed {
+            self.start_metrics();
+        }
+        let summary = self.evaluate(&mut dataplane.maps)?;
+        self.sample(&dataplane.maps);
+        let message = format!(
+            "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed, \
+             {} tables published, {} flows purged, interfaces +{} -{}",
+            path.display(),
+            self.config.services.len(),
+            summary.services_added,
+            summary.services_removed,
+            summary.backends_added,
+            summary.backends_removed,
+            summary.tables_published,
+            summary.flows_purged,
+            added.len(),
+            removed.len(),
+        );
+        info!("{message}");
+        if !removed.is_empty() {
+            warn!(interfaces = ?removed, "detached from interfaces no longer in the config");
+        }
+        Ok(message)
+    }
+}
