@@ -6,6 +6,7 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    record_commit();
     // Building the object depends on the bpf-linker binary, which cargo cannot track itself.
     let Ok(bpf_linker) = which::which("bpf-linker") else {
         // Without bpf-linker the object cannot be built. Leave an empty one so that the pure
@@ -74,4 +75,32 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
+}
+
+/// Sets `XLB_COMMIT` for `xlb --version`: the environment's `XLB_COMMIT` if set (a package
+/// built from a tarball), else the checkout's commit, else "unknown".
+fn record_commit() {
+    println!("cargo:rerun-if-env-changed=XLB_COMMIT");
+    let commit = std::env::var("XLB_COMMIT").ok().or_else(|| {
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git").args(args).output().ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        // Rebuild when HEAD moves: HEAD itself, and the branch it points at.
+        if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
+            println!("cargo:rerun-if-changed={head}");
+        }
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+            && let Some(reference) = git(&["rev-parse", "--git-path", &branch])
+        {
+            println!("cargo:rerun-if-changed={reference}");
+        }
+        git(&["rev-parse", "--short=12", "HEAD"])
+    });
+    println!(
+        "cargo:rustc-env=XLB_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
 }

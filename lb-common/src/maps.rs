@@ -155,8 +155,9 @@ pub struct FlowEntry {
     pub hop_dst_mac: [u8; 6],
     /// ...and the source MAC to use.
     pub hop_src_mac: [u8; 6],
-    /// Explicit padding; zero.
-    pub _pad: [u8; 4],
+    /// When the flow began: coarse monotonic time in whole seconds (0 in entries made before
+    /// xlb recorded it). Both directions carry the same value.
+    pub created_s: u32,
     /// Coarse monotonic time (ns) a packet of this direction was last seen, refreshed at most
     /// once per `timing::LAST_SEEN_REFRESH_NS`.
     pub last_seen_ns: u64,

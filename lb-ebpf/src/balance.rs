@@ -327,7 +327,7 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     entry.backend_id = backend_id;
     entry.service_id = service_id;
     entry.last_seen_ns = now;
-    entry._pad = [0; 4];
+    entry.created_s = (now / 1_000_000_000) as u32;
     entry.hop_ifindex = 0;
     if let Ok(hop) = &hop {
         hop.store(entry, now);

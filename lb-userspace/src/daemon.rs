@@ -8,11 +8,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, Request, Response, server},
+    api::{self, Request, server},
     config::Config,
     control::Balancer,
     dataplane::{Dataplane, pins, preflight},
+    metrics,
     monitor::Monitor,
+    service_manager,
 };
 
 /// How `xlb run` runs.
@@ -23,6 +25,10 @@ pub struct Options {
     /// On exit, detach from the interfaces and remove the pins instead of leaving the data
     /// plane forwarding.
     pub detach_on_exit: bool,
+    /// Where operators' settings are kept.
+    pub state_dir: PathBuf,
+    /// Forget operators' settings at start.
+    pub reset_operator_state: bool,
 }
 
 /// Runs the balancer for the configuration at `config_path` until `shutdown` completes. SIGHUP
@@ -40,6 +46,8 @@ pub async fn run(
     // One daemon per socket and per pin directory; the kernel refuses a second one on an
     // interface that already has an XDP program that is not ours to take over.
     let listener = server::bind(&options.socket)?;
+    // A metrics address that cannot be bound stops xlb here, before it touches anything.
+    let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
     let lock_dir = options.socket.parent().unwrap_or(Path::new("/run/xlb"));
     let _lock = pins::PinLock::take(&config.pin_path, lock_dir)?;
     pins::prepare(&config.pin_path)?;
@@ -48,7 +56,13 @@ pub async fn run(
     let mut dataplane = Dataplane::load_pinned(config.flow_table_size, &pin_path)?;
     let interfaces = config.interfaces.clone();
     let service_count = config.services.len();
-    let mut monitor = Monitor::new(config, Some(config_path.to_owned()));
+    let mut monitor = Monitor::new(
+        config,
+        Some(config_path.to_owned()),
+        Some(&options.state_dir),
+        options.reset_operator_state,
+    )?;
+    monitor.serve_metrics(metrics_listener);
     if dataplane.adopted() {
         let (services, backends) = monitor.adopt(&mut dataplane.maps)?;
         info!(
@@ -65,12 +79,14 @@ pub async fn run(
     // Attach only once the maps are complete, so the first packet already finds its service.
     let hook = dataplane.attach_planned(&interfaces, &plan)?;
     info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
+    service_manager::ready(&format!("{} at the {hook} hook", monitor.summary()));
 
     let (calls, received) = mpsc::channel(16);
     let api_server = tokio::spawn(server::serve(listener, calls.clone()));
     let hangups = tokio::spawn(reload_on_sighup(calls));
 
     monitor.run(&mut dataplane, received, shutdown).await?;
+    service_manager::stopping();
     api_server.abort();
     hangups.abort();
     let _ = std::fs::remove_file(&options.socket);
@@ -96,12 +112,16 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: reloading");
         let (reply, answer) = oneshot::channel();
-        if calls.send((Request::Reload {}, reply)).await.is_err() {
+        let caller = api::Caller("SIGHUP".into());
+        if calls
+            .send((Request::Reload {}, caller, reply))
+            .await
+            .is_err()
+        {
             return;
         }
-        if let Ok(Response::Error(error)) = answer.await {
-            warn!("reload failed: {error}");
-        }
+        // The monitor logs a refused reload.
+        let _ = answer.await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`dataplane`]: the loaded programs and their maps; where and how they attach.
 //! - [`api`] and [`metrics`]: the daemon's edges; [`daemon`] ties everything together for
 //!   `xlb run`, and [`cli`] is the `xlb` command line.
+//! - [`logging`] and [`service_manager`]: the daemon under systemd (journal, readiness).
 //! - [`wire`]: the encoding of addresses and ports in the maps, shared by the layers.
 
 pub mod api;
@@ -17,6 +18,11 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod service_manager;
 pub mod wire;
+
+/// The version and commit, as `xlb --version` and `xlb status` print them: "0.1.0 (abc123)".
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("XLB_COMMIT"), ")");

@@ -181,7 +181,13 @@ pub async fn start_download_from(
     bytes: usize,
     ms: u64,
 ) -> Result<Download> {
-    let response = get(source, vip, &format!("/download?bytes={bytes}&ms={ms}")).await?;
+    let response = get(
+        source,
+        vip,
+        &format!("/download?bytes={bytes}&ms={ms}"),
+        None,
+    )
+    .await?;
     let backend = backend_of(&response)?;
     Ok(Download {
         backend,
@@ -255,6 +261,7 @@ async fn get(
     source: Option<IpAddr>,
     address: SocketAddr,
     path: &str,
+    accept: Option<&str>,
 ) -> Result<hyper::Response<Incoming>> {
     let stream = timeout(EXCHANGE_TIMEOUT, connect(source, address))
         .await
@@ -263,9 +270,11 @@ async fn get(
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(HOST, address.to_string())
-        .body(http_body_util::Empty::<Bytes>::new())?;
+    let mut request = Request::get(path).header(HOST, address.to_string());
+    if let Some(accept) = accept {
+        request = request.header(hyper::header::ACCEPT, accept);
+    }
+    let request = request.body(http_body_util::Empty::<Bytes>::new())?;
     let response = timeout(EXCHANGE_TIMEOUT, sender.send_request(request))
         .await
         .context("no response")??;
@@ -279,9 +288,24 @@ async fn get(
 
 /// `GET path` over a new connection to `address`; returns the body.
 pub async fn http_get_body(address: SocketAddr, path: &str) -> Result<String> {
-    let response = get(None, address, path).await?;
+    Ok(http_get_accepting(address, path, None).await?.1)
+}
+
+/// [`http_get_body`] with an `Accept` header; returns the answer's content type and body.
+pub async fn http_get_accepting(
+    address: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(String, String)> {
+    let response = get(None, address, path, accept).await?;
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((content_type, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// An HTTP/1.1 connection kept open between requests: an established flow that may sit idle.

@@ -188,6 +188,8 @@ pub struct Xlb {
     pub pin_dir: PathBuf,
     /// The config file.
     pub config_path: PathBuf,
+    /// The state directory (operators' settings).
+    pub state_dir: PathBuf,
 }
 
 impl std::ops::Deref for Xlb {
@@ -227,7 +229,9 @@ impl Xlb {
             .arg(&self.socket)
             .arg("run")
             .arg("--config")
-            .arg(&self.config_path);
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
         command.args(args);
         let mut process = Process::spawn("xlb", command)?;
         process.wait_for_output(XLB_READY, STARTUP)?;
@@ -240,6 +244,7 @@ impl Drop for Xlb {
     fn drop(&mut self) {
         let _ = self.process.signal(libc::SIGKILL);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -275,13 +280,16 @@ pub fn start_xlb_with(host: &Netns, config: &str, args: &[&str]) -> Result<Xlb> 
     let config = format!("pin_path = \"{}\"\n{config}", pin_dir.display());
     let config_path = temp_file("xlb.toml", &config)?;
     let socket = config_path.with_extension("sock");
+    let state_dir = config_path.with_extension("state");
     let mut command = host.command_network_only(binary("xlb")?);
     command
         .arg("--socket")
         .arg(&socket)
         .arg("run")
         .arg("--config")
-        .arg(&config_path);
+        .arg(&config_path)
+        .arg("--state-dir")
+        .arg(&state_dir);
     command.args(args);
     let mut process = Process::spawn("xlb", command)?;
     let ready = process.wait_for_output(XLB_READY, STARTUP);
@@ -290,6 +298,7 @@ pub fn start_xlb_with(host: &Netns, config: &str, args: &[&str]) -> Result<Xlb> 
         socket,
         pin_dir,
         config_path,
+        state_dir,
     };
     ready?;
     Ok(xlb)

@@ -12,7 +12,9 @@ use crate::steps::{Steps, note};
 pub const STEPS: usize = 4;
 
 /// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
-/// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks.
+/// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks;
+/// Prometheus and promtool, which read the metrics endpoint in the tests; systemd, whose
+/// `systemd-analyze` checks the unit file; dpkg-dev, which reads the package.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -21,6 +23,9 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "nftables",
+    "prometheus",
+    "systemd",
+    "dpkg-dev",
 ];
 /// The LLVM that bpf-linker is built against (it must match rustc's LLVM major version).
 const LLVM_PACKAGE: &str = "llvm-22-dev";

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use crate::health::AdminAction;
+use crate::health::state::Operator;
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -22,12 +22,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Services and backends with their state, weights, load and rates. (Variants without
-    /// fields are written `{}` so that unknown fields are refused for them too.)
-    Status {},
+    /// Services and backends with their state, weights, load and rates: every service, or
+    /// the one named. (Variants without fields are written `{}` so that unknown fields are
+    /// refused for them too.)
+    Status {
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+    },
     /// Counters since the program was loaded.
     Stats {},
-    /// An operator's change to one backend, kept until `enable` or a reload.
+    /// An operator's change to one backend, kept (across reloads and restarts) until
+    /// `enable`.
     Backend {
         /// Service name.
         service: String,
@@ -45,7 +51,40 @@ pub enum Request {
         /// Client address and port.
         client: SocketAddr,
     },
+    /// The flows in the flow tables, filtered, like `ipvsadm -Lnc`.
+    Flows {
+        /// Only this service's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        /// Only those served by this backend.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<SocketAddr>,
+        /// Only those of clients in this prefix (an address is a host prefix).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// At most this many (default 100).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
 }
+
+/// An operator's change to a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAction {
+    /// No new flows; established flows continue.
+    Drain,
+    /// Administratively Down: out of the table, flows purged.
+    Disable,
+    /// Clear what an operator set (drain, disable, weight).
+    Enable,
+    /// Replace the configured weight (0..=256).
+    Weight(u32),
+}
+
+/// Who sent a request: for the record of operators' changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub String);
 
 /// The daemon's answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,15 +96,23 @@ pub enum Response {
     Stats(StatsReport),
     /// Answer to `simulate`.
     Simulation(SimulationReport),
+    /// Answer to `flows`.
+    Flows(FlowsReport),
     /// A change was made; what it was.
     Done(String),
     /// The request failed; why.
     Error(String),
 }
 
-/// All services.
+/// All services (or the one asked for), and the daemon.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The daemon's version and commit, as `xlb --version` prints them.
+    #[serde(default)]
+    pub version: String,
+    /// The interfaces and the hook the program runs at on each.
+    #[serde(default)]
+    pub interfaces: Vec<(String, String)>,
     /// Services in config order.
     pub services: Vec<ServiceStatus>,
 }
@@ -128,8 +175,41 @@ pub struct BackendStatusReport {
     pub packets_per_second: f64,
     /// Bits per second, both directions, over the last second.
     pub bits_per_second: f64,
-    /// An operator's drain or disable in force.
-    pub admin: Option<AdminAction>,
+    /// What an operator set, who and when, if anything.
+    #[serde(default)]
+    pub operator: Option<Operator>,
+}
+
+/// Flows, as `xlb flows` lists them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowsReport {
+    /// The flows that matched, up to the limit, oldest first.
+    pub flows: Vec<FlowReport>,
+    /// How many matched in all.
+    pub matched: usize,
+}
+
+/// One flow (both of its directions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowReport {
+    /// Service name.
+    pub service: String,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The VIP and port it connected to.
+    pub vip: SocketAddr,
+    /// The backend serving it.
+    pub backend: SocketAddr,
+    /// "half-open" (TCP handshake not completed), "established" or "closing" (FIN or RST
+    /// seen).
+    pub state: String,
+    /// Seconds since it began, if known (entries made by older versions do not say).
+    pub age_seconds: Option<f64>,
+    /// Seconds since its last packet (at most a second stale: times are refreshed once a
+    /// second).
+    pub idle_seconds: f64,
 }
 
 /// Counters since the program was loaded.
@@ -227,8 +307,8 @@ pub struct SimulationReport {
     pub backend_pool: Option<String>,
 }
 
-/// A request with the channel its answer goes back on.
-pub type Call = (Request, oneshot::Sender<Response>);
+/// A request, who sent it, and the channel its answer goes back on.
+pub type Call = (Request, Caller, oneshot::Sender<Response>);
 
 #[cfg(test)]
 mod tests {
@@ -237,7 +317,7 @@ mod tests {
     #[test]
     fn requests_are_one_json_object_each() {
         assert_eq!(
-            serde_json::to_string(&Request::Status {}).unwrap(),
+            serde_json::to_string(&Request::Status { service: None }).unwrap(),
             r#"{"command":"status"}"#
         );
         let drain: Request = serde_json::from_str(
@@ -252,8 +332,31 @@ mod tests {
                 action: AdminAction::Drain
             }
         );
+        let weight: Request = serde_json::from_str(
+            r#"{"command":"backend","service":"web","backend":"[fd00::1]:80","action":{"weight":7}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            weight,
+            Request::Backend {
+                action: AdminAction::Weight(7),
+                ..
+            }
+        ));
+        let flows: Request =
+            serde_json::from_str(r#"{"command":"flows","client":"198.18.0.0/24"}"#).unwrap();
+        assert_eq!(
+            flows,
+            Request::Flows {
+                service: None,
+                backend: None,
+                client: Some("198.18.0.0/24".into()),
+                limit: None
+            }
+        );
         for bad in [
             r#"{"command":"frobnicate"}"#,
+            r#"{"command":"backend","service":"web","backend":"198.18.1.1:80","action":{"weight":-1}}"#,
             r#"{"command":"backend","service":"web"}"#,
             r#"{"command":"status","extra":1}"#,
             "not json",

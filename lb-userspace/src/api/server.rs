@@ -15,7 +15,15 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{Call, IO_TIMEOUT, Request, Response};
+use super::{Call, Caller, IO_TIMEOUT, Request, Response};
+
+/// A user's name and uid ("root (uid 0)"), or the uid alone if it has no name.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -79,7 +87,8 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
                 Err(error) => Response::Error(format!("malformed request: {error}")),
                 Ok(request) => {
                     let (reply, answer) = oneshot::channel();
-                    if calls.send((request, reply)).await.is_err() {
+                    let caller = Caller(user_name(credentials.uid()));
+                    if calls.send((request, caller, reply)).await.is_err() {
                         Response::Error("the daemon is shutting down".into())
                     } else {
                         answer.await.unwrap_or_else(|_| {
@@ -110,7 +119,7 @@ mod tests {
         let (calls, mut requests) = mpsc::channel::<Call>(4);
         tokio::spawn(serve(listener, calls));
         tokio::spawn(async move {
-            while let Some((request, reply)) = requests.recv().await {
+            while let Some((request, _, reply)) = requests.recv().await {
                 let _ = reply.send(Response::Done(format!("{request:?}")));
             }
         });
@@ -130,7 +139,7 @@ mod tests {
         assert!(error.starts_with("malformed request"), "{error}");
         assert_eq!(
             answer("{\"command\":\"status\"}\n").await.unwrap(),
-            Response::Done("Status".into())
+            Response::Done("Status { service: None }".into())
         );
         // The socket is owner-only, and a second daemon cannot take it.
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

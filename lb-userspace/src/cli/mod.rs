@@ -1,144 +1,106 @@
 //! The `xlb` command line: the clap definitions and what each subcommand does. `main.rs` only
 //! calls [`main`].
 
+pub mod args;
 mod render;
 
 use std::{
     io::IsTerminal as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
 use crate::{
-    api::{self, AdminAction, Request, Response, client},
+    api::{AdminAction, Request, Response, client},
     config::Config,
     daemon,
     dataplane::preflight,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use args::{BackendCommand, Cli, Command};
+use clap::{CommandFactory as _, Parser as _};
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
-
-/// xlb: an XDP Layer-4 load balancer for TCP and UDP.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// The daemon's control socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Print the daemon's answer as JSON.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Attach to the configured interfaces and balance until SIGINT or SIGTERM (SIGHUP
-    /// reloads). On exit the data plane keeps forwarding and the next `xlb run` takes it over.
-    Run {
-        /// The configuration file (TOML).
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-        /// On exit, detach from the interfaces and remove the pinned maps (dropping every flow)
-        /// instead of leaving the data plane forwarding.
-        #[arg(long)]
-        detach_on_exit: bool,
-    },
-    /// Validate a configuration file and print every error with its location.
-    Check {
-        /// The configuration file (TOML).
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Services and backends: state and why, weights, load, active flows, rates.
-    Status,
-    /// Counters of every service and backend, and data-plane events.
-    Stats,
-    /// `xlb status` refreshed every second, like top.
-    Top {
-        /// Seconds between refreshes.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
-        /// Stop after this many refreshes (default: until interrupted).
-        #[arg(long)]
-        iterations: Option<u64>,
-    },
-    /// Drain, disable or enable one backend until `enable` or a reload.
-    Backend {
-        /// drain: no new flows; disable: out of the table, flows purged; enable: undo.
-        action: Action,
-        /// The service's name.
-        service: String,
-        /// The backend's address and port.
-        backend: SocketAddr,
-    },
-    /// Re-read the configuration file and apply the difference (like SIGHUP).
-    Reload,
-    /// Which backend would a new flow from CLIENT get now? (Runs a packet through the program.)
-    Simulate {
-        /// The service's name.
-        service: String,
-        /// The client's address and port.
-        client: SocketAddr,
-    },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Action {
-    Drain,
-    Enable,
-    Disable,
-}
 
 /// Runs the `xlb` command with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let json = cli.json;
+    let refuse_json = |command: &str, why: &str| {
+        eprintln!("xlb: --json does not apply to `xlb {command}`: {why}");
+        ExitCode::FAILURE
+    };
     let request = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check { config, offline } => return check(&config, offline, json),
         Command::Run {
             config,
             detach_on_exit,
+            state_dir,
+            reset_operator_state,
         } => {
+            if json {
+                return refuse_json("run", "it prints logs, not an answer");
+            }
+            crate::logging::init();
             return run(
                 &config,
                 &daemon::Options {
                     socket: cli.socket,
                     detach_on_exit,
+                    state_dir,
+                    reset_operator_state,
                 },
             );
+        }
+        Command::Completions { shell } => {
+            if json {
+                return refuse_json("completions", "it prints a shell script");
+            }
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            if json {
+                return refuse_json("man", "it prints a man page");
+            }
+            return man(dir.as_deref());
         }
         Command::Top {
             interval,
             iterations,
-        } => return top(&cli.socket, interval, iterations),
-        Command::Status => Request::Status {},
+        } => return top(&cli.socket, interval, iterations, json),
+        Command::Status { service } => Request::Status { service },
         Command::Stats => Request::Stats {},
-        Command::Backend {
-            action,
+        Command::Flows {
             service,
             backend,
-        } => Request::Backend {
+            client,
+            limit,
+        } => Request::Flows {
             service,
             backend,
-            action: match action {
-                Action::Drain => AdminAction::Drain,
-                Action::Enable => AdminAction::Enable,
-                Action::Disable => AdminAction::Disable,
-            },
+            client,
+            limit: Some(limit as usize),
         },
+        Command::Backend(command) => {
+            let (args, action) = match command {
+                BackendCommand::Drain(args) => (args, AdminAction::Drain),
+                BackendCommand::Disable(args) => (args, AdminAction::Disable),
+                BackendCommand::Enable(args) => (args, AdminAction::Enable),
+                BackendCommand::Weight { backend, weight } => {
+                    (backend, AdminAction::Weight(weight))
+                }
+            };
+            Request::Backend {
+                service: args.service,
+                backend: args.backend,
+                action,
+            }
+        }
         Command::Reload => Request::Reload {},
         Command::Simulate { service, client } => Request::Simulate { service, client },
     };
+    init_client_logging();
     let response = match client::call(&cli.socket, &request) {
         Ok(response) => response,
         Err(error) => {
@@ -146,11 +108,8 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&response).expect("serializable")
-        );
+    if json {
+        print_json(&response);
         return if matches!(response, Response::Error(_)) {
             ExitCode::FAILURE
         } else {
@@ -161,6 +120,7 @@ pub fn main() -> ExitCode {
         Response::Status(report) => print!("{}", render::status(&report)),
         Response::Stats(report) => print!("{}", render::stats(&report)),
         Response::Simulation(report) => print!("{}", render::simulation(&report)),
+        Response::Flows(report) => print!("{}", render::flows(&report)),
         Response::Done(message) => println!("{message}"),
         Response::Error(error) => {
             eprintln!("xlb: {error}");
@@ -170,38 +130,144 @@ pub fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
+/// Logging for commands other than `run`: warnings and errors to stderr.
+fn init_client_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
+/// What `xlb check --json` prints.
+#[derive(Serialize)]
+struct CheckReport {
+    file: PathBuf,
+    ok: bool,
+    /// Every problem: line and column (0 when the problem has no position) and message.
+    errors: Vec<CheckError>,
+    services: usize,
+    backends: usize,
+    interfaces: usize,
+    /// The host's checks: skipped with --offline.
+    host_checked: bool,
+    /// What each interface gets, and why.
+    hooks: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CheckError {
+    line: usize,
+    column: usize,
+    message: String,
+}
+
+fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
+    init_client_logging();
+    let mut report = CheckReport {
+        file: path.to_owned(),
+        ok: false,
+        errors: Vec::new(),
+        services: 0,
+        backends: 0,
+        interfaces: 0,
+        host_checked: !offline,
+        hooks: Vec::new(),
+    };
+    let outcome = match Config::load(path) {
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error{}",
+            report.errors = errors
+                .errors
+                .iter()
+                .map(|e| CheckError {
+                    line: e.line,
+                    column: e.column,
+                    message: e.message.clone(),
+                })
+                .collect();
+            Err(format!(
+                "{errors}\n{}: {} error{}",
                 path.display(),
                 errors.errors.len(),
                 if errors.errors.len() == 1 { "" } else { "s" }
-            );
-            return ExitCode::FAILURE;
+            ))
+        }
+        Ok(config) => {
+            report.services = config.services.len();
+            report.backends = config.backend_count();
+            report.interfaces = config.interfaces.len();
+            if offline {
+                Ok(())
+            } else {
+                match preflight(&config) {
+                    Ok(plan) => {
+                        report.hooks = plan.reasons.clone();
+                        Ok(())
+                    }
+                    Err(error) => {
+                        let message = format!("{error:#}");
+                        report.errors.push(CheckError {
+                            line: 0,
+                            column: 0,
+                            message: message.clone(),
+                        });
+                        Err(format!("{}: {message}", path.display()))
+                    }
+                }
+            }
         }
     };
-    let plan = match preflight(&config) {
-        Ok(plan) => plan,
-        Err(error) => {
-            eprintln!("{}: {error:#}", path.display());
-            return ExitCode::FAILURE;
+    report.ok = outcome.is_ok();
+    if json {
+        print_json(&report);
+    } else {
+        match &outcome {
+            Err(text) => eprintln!("{text}"),
+            Ok(()) => {
+                for reason in &report.hooks {
+                    println!("interface {reason}");
+                }
+                println!(
+                    "{}: ok ({} services, {} backends, {} interfaces{})",
+                    path.display(),
+                    report.services,
+                    report.backends,
+                    report.interfaces,
+                    if offline { "; host not checked" } else { "" }
+                );
+            }
         }
-    };
-    for reason in &plan.reasons {
-        println!("interface {reason}");
     }
-    println!(
-        "{}: ok ({} services, {} backends, {} interfaces)",
-        path.display(),
-        config.services.len(),
-        config.backend_count(),
-        config.interfaces.len()
-    );
-    ExitCode::SUCCESS
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `xlb man`: the page of `xlb` on stdout, or every command's page in `dir`.
+fn man(dir: Option<&Path>) -> ExitCode {
+    let result = match dir {
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xlb: writing the man page: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(path: &Path, options: &daemon::Options) -> ExitCode {
@@ -224,11 +290,19 @@ fn run(path: &Path, options: &daemon::Options) -> ExitCode {
     }
 }
 
-fn top(socket: &Path, interval: f64, iterations: Option<u64>) -> ExitCode {
-    let clear = std::io::stdout().is_terminal();
+fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> ExitCode {
+    init_client_logging();
+    if !(interval.is_finite() && interval > 0.0) {
+        eprintln!("xlb: --interval must be a positive number of seconds, not {interval}");
+        return ExitCode::FAILURE;
+    }
+    let clear = std::io::stdout().is_terminal() && !json;
     let mut shown = 0u64;
     loop {
-        match client::call(socket, &Request::Status {}) {
+        match client::call(socket, &Request::Status { service: None }) {
+            Ok(Response::Status(report)) if json => {
+                println!("{}", serde_json::to_string(&report).expect("serializable"));
+            }
             Ok(Response::Status(report)) => {
                 if clear {
                     print!("\x1b[H\x1b[2J");

@@ -1,8 +1,14 @@
-//! How the CLI shows the daemon's answers: tables that fit an 80-column terminal.
+//! How the CLI shows the daemon's answers: tables that fit an 80-column terminal unless an
+//! address is too long to (addresses are never cut).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr};
 
-use crate::api::{BackendStatusReport, Counters, SimulationReport, StatsReport, StatusReport};
+use crate::{
+    api::{
+        BackendStatusReport, Counters, FlowsReport, SimulationReport, StatsReport, StatusReport,
+    },
+    health::state::{Admin, Operator},
+};
 
 /// A number with a k/M/G suffix, for rates.
 pub fn si(value: f64) -> String {
@@ -43,14 +49,40 @@ fn truncate(text: &str, width: usize) -> String {
     }
 }
 
-fn backend_line(out: &mut String, b: &BackendStatusReport) {
+/// Width of the address column: the longest address, at least 21 (an IPv4 address with port).
+fn address_width<'a>(addresses: impl Iterator<Item = &'a SocketAddr>) -> usize {
+    addresses
+        .map(|a| a.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(21)
+}
+
+/// An operator's setting as `xlb status` shows it: what, who, when.
+fn operator_note(operator: &Operator) -> String {
+    let mut what = Vec::new();
+    match operator.admin {
+        Some(Admin::Drain) => what.push("drained".to_owned()),
+        Some(Admin::Disable) => what.push("disabled".to_owned()),
+        None => {}
+    }
+    if let Some(weight) = operator.weight {
+        what.push(format!("weight {weight}"));
+    }
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(operator.at),
+    );
+    format!("operator: {} by {} at {when}", what.join(", "), operator.by)
+}
+
+fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
     let agent = b
         .agent_weight_percent
         .map_or("-".to_owned(), |p| format!("{p}%"));
     let _ = writeln!(
         out,
-        "  {:<21} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
-        truncate(&b.address.to_string(), 21),
+        "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+        b.address.to_string(),
         b.state,
         b.weight,
         b.effective_weight,
@@ -60,17 +92,35 @@ fn backend_line(out: &mut String, b: &BackendStatusReport) {
         si(b.bits_per_second),
         age(b.since_seconds),
     );
-    let admin = match b.admin {
-        Some(action) => format!("[operator: {action:?}] ").to_lowercase(),
-        None => String::new(),
-    };
-    let _ = writeln!(out, "    {}", truncate(&format!("{admin}{}", b.reason), 76));
+    let _ = writeln!(out, "    {}", truncate(&b.reason, 76));
+    if let Some(operator) = &b.operator {
+        let _ = writeln!(out, "    {}", operator_note(operator));
+    }
 }
 
-/// `xlb status` (and each frame of `xlb top`).
+/// `xlb status` (and each frame of `xlb top`). Addresses are never cut, so they can be
+/// pasted into `xlb backend`; lines are longer than 80 columns only when they must be.
 pub fn status(report: &StatusReport) -> String {
     let mut out = String::new();
+    if !report.version.is_empty() {
+        let interfaces: Vec<String> = report
+            .interfaces
+            .iter()
+            .map(|(name, hook)| format!("{name} ({hook})"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "xlb {}  interfaces: {}",
+            report.version,
+            if interfaces.is_empty() {
+                "none".to_owned()
+            } else {
+                interfaces.join(", ")
+            }
+        );
+    }
     for service in &report.services {
+        let width = address_width(service.backends.iter().map(|b| &b.address));
         let _ = writeln!(
             out,
             "{} {} {}  {} pkt/s  {}bit/s",
@@ -82,11 +132,11 @@ pub fn status(report: &StatusReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<21} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+            "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
             "BACKEND", "STATE", "WGT", "EFF", "AGNT", "FLOWS", "PKT/S", "BIT/S", "FOR"
         );
         for backend in &service.backends {
-            backend_line(&mut out, backend);
+            backend_line(&mut out, backend, width);
         }
         if !service.pools.is_empty() {
             let _ = writeln!(
@@ -114,11 +164,60 @@ pub fn status(report: &StatusReport) -> String {
     out
 }
 
-fn counters_line(out: &mut String, label: &str, c: &Counters) {
+/// `xlb flows`: one line per flow, columns as wide as their widest value.
+pub fn flows(report: &FlowsReport) -> String {
+    let header = [
+        "SERVICE", "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "AGE", "IDLE",
+    ];
+    let rows: Vec<[String; 8]> = report
+        .flows
+        .iter()
+        .map(|f| {
+            [
+                f.service.clone(),
+                f.protocol.clone(),
+                f.client.to_string(),
+                f.vip.to_string(),
+                f.backend.to_string(),
+                f.state.clone(),
+                f.age_seconds.map_or("-".to_owned(), age),
+                age(f.idle_seconds),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 8]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join(" ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
     let _ = writeln!(
         out,
-        "  {:<21} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
-        truncate(label, 21),
+        "{} of {} matching flows shown",
+        report.flows.len(),
+        report.matched
+    );
+    out
+}
+
+fn counters_line(out: &mut String, label: &str, c: &Counters, width: usize) {
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        label,
         si(c.packets_to_backend as f64),
         si(c.bytes_to_backend as f64),
         si(c.packets_to_client as f64),
@@ -132,15 +231,16 @@ fn counters_line(out: &mut String, label: &str, c: &Counters) {
 pub fn stats(report: &StatsReport) -> String {
     let mut out = String::new();
     for service in &report.services {
+        let width = address_width(service.backends.iter().map(|(a, _)| a));
         let _ = writeln!(out, "{}", service.name);
         let _ = writeln!(
             out,
-            "  {:<21} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "  {:<width$} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
             "", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "FLOWS", "NO BKND"
         );
-        counters_line(&mut out, "(service)", &service.counters);
+        counters_line(&mut out, "(service)", &service.counters, width);
         for (address, counters) in &service.backends {
-            counters_line(&mut out, &address.to_string(), counters);
+            counters_line(&mut out, &address.to_string(), counters, width);
         }
     }
     let nonzero: Vec<String> = report
@@ -229,7 +329,7 @@ fn simulation_line(report: &SimulationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AdminAction, FlowTableStats, PoolStatus, ServiceStatus};
+    use crate::api::{FlowReport, FlowTableStats, PoolStatus, ServiceStatus};
 
     #[test]
     fn numbers_and_ages_are_short() {
@@ -243,6 +343,8 @@ mod tests {
     #[test]
     fn status_fits_80_columns() {
         let report = StatusReport {
+            version: "0.1.0 (abc)".into(),
+            interfaces: vec![("eth0".into(), "tc".into())],
             services: vec![ServiceStatus {
                 name: "web".into(),
                 listen: "198.18.100.1:80".parse().unwrap(),
@@ -260,7 +362,12 @@ mod tests {
                     active_flows: 1_234_567,
                     packets_per_second: 123_456.0,
                     bits_per_second: 1.5e9,
-                    admin: Some(AdminAction::Drain),
+                    operator: Some(Operator {
+                        admin: Some(Admin::Drain),
+                        weight: Some(3),
+                        by: "alice (uid 1000)".into(),
+                        at: 1_700_000_000,
+                    }),
                 }],
                 pools: vec![PoolStatus {
                     name: "a-rather-long-pool-name-for-seoul".into(),
@@ -291,7 +398,89 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("[operator: drain]"), "{text}");
+        assert!(
+            text.contains(
+                "    operator: drained, weight 3 by alice (uid 1000) at 2023-11-14T22:13:20Z\n"
+            ),
+            "{text}"
+        );
+        assert!(text.starts_with("xlb 0.1.0 (abc)  interfaces: eth0 (tc)\n"));
+    }
+
+    fn backend(address: &str) -> BackendStatusReport {
+        BackendStatusReport {
+            address: address.parse().unwrap(),
+            state: "Up".into(),
+            reason: "checks pass".into(),
+            since_seconds: 1.0,
+            weight: 1,
+            effective_weight: 100,
+            agent_weight_percent: None,
+            active_flows: 0,
+            packets_per_second: 0.0,
+            bits_per_second: 0.0,
+            operator: None,
+        }
+    }
+
+    #[test]
+    fn long_addresses_are_never_cut_and_columns_stay_aligned() {
+        let long = "[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535";
+        let report = StatusReport {
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                listen: "[fd00::1]:80".parse().unwrap(),
+                protocol: "tcp".into(),
+                packets_per_second: 0.0,
+                bits_per_second: 0.0,
+                backends: vec![backend(long), backend("198.18.1.1:80")],
+                pools: Vec::new(),
+            }],
+            ..StatusReport::default()
+        };
+        let text = status(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].starts_with(&format!("  {long} Up")), "{text}");
+        let state_column = |line: &str| line.find(" Up ").unwrap();
+        assert_eq!(state_column(lines[2]), state_column(lines[4]), "{text}");
+        let stats = stats(&StatsReport {
+            services: vec![crate::api::ServiceStats {
+                name: "web".into(),
+                counters: Counters::default(),
+                backends: vec![(long.parse().unwrap(), Counters::default())],
+            }],
+            ..StatsReport::default()
+        });
+        assert!(stats.contains(long), "{stats}");
+    }
+
+    #[test]
+    fn flows_are_a_table_with_a_count() {
+        let flow = |client: &str, backend: &str, age_seconds| FlowReport {
+            service: "web".into(),
+            protocol: "tcp".into(),
+            client: client.parse().unwrap(),
+            vip: "198.18.0.10:80".parse().unwrap(),
+            backend: backend.parse().unwrap(),
+            state: "established".into(),
+            age_seconds,
+            idle_seconds: 2.5,
+        };
+        let report = FlowsReport {
+            flows: vec![
+                flow("198.18.2.1:40000", "[fd00:1::11]:8080", Some(90.0)),
+                flow("198.18.2.2:40001", "198.18.1.12:8080", None),
+            ],
+            matched: 3,
+        };
+        let text = flows(&report);
+        let expected = "\
+SERVICE PROTO CLIENT           VIP            BACKEND           STATE       AGE IDLE
+web     tcp   198.18.2.1:40000 198.18.0.10:80 [fd00:1::11]:8080 established 1m  2s
+web     tcp   198.18.2.2:40001 198.18.0.10:80 198.18.1.12:8080  established -   2s
+2 of 3 matching flows shown
+";
+        assert_eq!(text, expected);
     }
 
     #[test]

@@ -4,5 +4,3 @@
 pub mod agent;
 pub mod checks;
 pub mod state;
-
-pub use state::AdminAction;

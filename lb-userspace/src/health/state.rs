@@ -134,16 +134,30 @@ pub struct AgentState {
     pub admin: Option<AgentAdmin>,
 }
 
-/// An operator's change to a backend.
+/// An operator's administrative state for a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AdminAction {
+pub enum Admin {
     /// No new flows; established flows continue.
     Drain,
     /// Administratively Down: out of the table, flows purged.
     Disable,
-    /// Clear a drain or disable.
-    Enable,
+}
+
+/// What an operator set on a backend (`xlb backend drain|disable|weight`): kept across
+/// reloads and restarts (in the daemon's state file) until `xlb backend enable`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// Drained or disabled, if either.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// A weight that replaces the configured one (0..=256).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Who set it last: the user's name and uid, or the signal.
+    pub by: String,
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
 }
 
 impl AgentState {
@@ -183,8 +197,8 @@ pub struct BackendStatus {
     pub came_up_at: Option<Instant>,
     /// The state last reported to operators; `None` before the first report.
     pub reported: Option<Reported>,
-    /// An operator's drain or disable, kept until enable or a reload.
-    pub admin: Option<AdminAction>,
+    /// What an operator set on it, if anything.
+    pub operator: Option<Operator>,
     /// How long the last health check took.
     pub check_latency: Option<Duration>,
 }
@@ -211,7 +225,7 @@ impl BackendStatus {
             overloaded: false,
             came_up_at: None,
             reported: None,
-            admin: None,
+            operator: None,
             check_latency: None,
         }
     }
@@ -249,7 +263,8 @@ impl BackendStatus {
         slowstart: Option<Duration>,
         now: Instant,
     ) -> (State, String) {
-        if self.admin == Some(AdminAction::Disable) {
+        let admin = self.operator.as_ref().and_then(|o| o.admin);
+        if admin == Some(Admin::Disable) {
             return (State::Down, "disabled by the operator".into());
         }
         if !self.health.is_known() {
@@ -259,7 +274,7 @@ impl BackendStatus {
             let why = self.health.failure().unwrap_or("failing checks");
             return (State::Down, format!("health check: {why}"));
         }
-        if self.admin == Some(AdminAction::Drain) {
+        if admin == Some(Admin::Drain) {
             return (State::Draining, "drained by the operator".into());
         }
         match &self.agent.admin {
@@ -268,8 +283,13 @@ impl BackendStatus {
             Some(AgentAdmin::Maint) => return (State::Draining, "agent says maint".into()),
             None => {}
         }
-        if self.configured_weight == 0 {
-            return (State::Draining, "weight 0 in the config".into());
+        if self.weight() == 0 {
+            let whose = if self.operator_weight().is_some() {
+                "set by the operator"
+            } else {
+                "in the config"
+            };
+            return (State::Draining, format!("weight 0 {whose}"));
         }
         if self.agent.percent() == 0 {
             return (State::Draining, "agent weight 0%".into());
@@ -303,12 +323,22 @@ impl BackendStatus {
     /// 100% is 100); at least 1 while any of it remains.
     pub fn serving_weight(&self, slowstart: Option<Duration>, now: Instant) -> u32 {
         let ramp = slowstart_fraction(self.came_up_at, slowstart, now);
-        let weight = f64::from(self.configured_weight) * f64::from(self.agent.percent()) * ramp;
-        if self.configured_weight == 0 || self.agent.percent() == 0 {
+        let weight = f64::from(self.weight()) * f64::from(self.agent.percent()) * ramp;
+        if self.weight() == 0 || self.agent.percent() == 0 {
             0
         } else {
             (weight.round() as u32).max(1)
         }
+    }
+
+    /// The operator's weight, if one is set.
+    pub fn operator_weight(&self) -> Option<u32> {
+        self.operator.as_ref().and_then(|o| o.weight)
+    }
+
+    /// The backend's weight: the operator's, or else the configured one.
+    pub fn weight(&self) -> u32 {
+        self.operator_weight().unwrap_or(self.configured_weight)
     }
 
     /// Whether slow start is still ramping (the table needs re-publishing as time passes).

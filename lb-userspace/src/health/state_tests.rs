@@ -234,17 +234,44 @@ fn weights_scale_with_the_agent_and_slow_start() {
 fn an_operator_can_drain_or_disable_a_healthy_backend() {
     let now = Instant::now();
     let mut backend = up_backend();
-    backend.admin = Some(AdminAction::Drain);
+    backend.operator = Some(operator(Some(Admin::Drain), None));
     assert_eq!(
         backend.state(None, None, now),
         (State::Draining, "drained by the operator".into())
     );
     assert_eq!(table_weights(&[&backend], None, None, now), [0]);
-    backend.admin = Some(AdminAction::Disable);
+    backend.operator = Some(operator(Some(Admin::Disable), None));
     assert_eq!(
         backend.state(None, None, now),
         (State::Down, "disabled by the operator".into())
     );
-    backend.admin = None;
+    backend.operator = None;
     assert_eq!(backend.state(None, None, now).0, State::Up);
+}
+
+fn operator(admin: Option<Admin>, weight: Option<u32>) -> Operator {
+    Operator {
+        admin,
+        weight,
+        by: "root (uid 0)".into(),
+        at: 1_700_000_000,
+    }
+}
+
+#[test]
+fn an_operator_weight_replaces_the_configured_one_until_cleared() {
+    let now = Instant::now();
+    let mut backend = up_backend();
+    let configured = backend.serving_weight(None, now);
+    backend.operator = Some(operator(None, Some(5)));
+    assert_eq!(backend.weight(), 5);
+    assert_eq!(backend.serving_weight(None, now), 500);
+    assert_eq!(backend.state(None, None, now).0, State::Up);
+    backend.operator = Some(operator(None, Some(0)));
+    assert_eq!(
+        backend.state(None, None, now),
+        (State::Draining, "weight 0 set by the operator".into())
+    );
+    backend.operator = None;
+    assert_eq!(backend.serving_weight(None, now), configured);
 }

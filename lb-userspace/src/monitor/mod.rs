@@ -12,7 +12,9 @@
 //! (`operator`) and reloads (`reload`).
 
 mod checkers;
+mod flow_list;
 mod operator;
+mod persist;
 pub mod plan;
 mod reload;
 mod reports;
@@ -65,6 +67,11 @@ pub struct Monitor {
     config: Config,
     /// The config file, re-read on reload.
     config_path: Option<PathBuf>,
+    /// Where operators' settings are kept (none: they last as long as the daemon).
+    state_file: Option<PathBuf>,
+    /// What operators set on backends, by service name and address; mirrored into the
+    /// statuses of the backends the config has.
+    operators: persist::Operators,
     balancer: Balancer,
     /// Every backend's status, per service, in config order.
     statuses: Vec<Vec<BackendStatus>>,
@@ -74,6 +81,8 @@ pub struct Monitor {
     rates: Rates,
     snapshot: metrics::Shared,
     metrics_server: Option<JoinHandle<()>>,
+    /// Reloads so far, for the metrics.
+    reloads: metrics::ReloadMetrics,
     /// Incremented by every reload (see [`BackendRef`]).
     generation: u64,
     /// What the last sweep of the flow tables found, when it ran, and how long it took.
@@ -89,13 +98,32 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor for `config` (read from `config_path`, which reloads read again); nothing is
-    /// checked or applied yet.
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+    /// A monitor for `config` (read from `config_path`, which reloads read again), with the
+    /// operators' settings kept in `state_dir` (read now unless `reset`, which forgets them);
+    /// nothing is checked or applied yet.
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        state_dir: Option<&std::path::Path>,
+        reset: bool,
+    ) -> Result<Self> {
         let statuses = config.services.iter().map(fresh_statuses).collect();
-        Self {
+        let state_file = state_dir.map(persist::path);
+        let operators = match &state_file {
+            Some(file) if reset => {
+                let operators = persist::Operators::new();
+                persist::save(file, &operators)?;
+                info!(file = %file.display(), "operator state reset");
+                operators
+            }
+            Some(file) => persist::load(file)?,
+            None => persist::Operators::new(),
+        };
+        let mut monitor = Self {
             config,
             config_path,
+            state_file,
+            operators,
             balancer: Balancer::new(),
             statuses,
             agent_errors: HashMap::new(),
@@ -103,6 +131,11 @@ impl Monitor {
             rates: Rates::default(),
             snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
             metrics_server: None,
+            reloads: metrics::ReloadMetrics {
+                last_succeeded: true,
+                last_success_unix: operator::unix_seconds() as f64,
+                ..metrics::ReloadMetrics::default()
+            },
             generation: 0,
             flow_report: SweepReport::default(),
             last_sweep: None,
@@ -110,7 +143,9 @@ impl Monitor {
             flows_expired: 0,
             spills: BTreeMap::new(),
             spill_seen: HashMap::new(),
-        }
+        };
+        monitor.restore_operators();
+        Ok(monitor)
     }
 
     /// Takes over the services and backends a previous daemon left in pinned maps, so their
@@ -168,7 +203,6 @@ impl Monitor {
     ) -> Result<()> {
         let (events, mut received) = mpsc::channel(1024);
         self.spawn_checkers(&events);
-        self.start_metrics();
         let mut ramp = interval(RAMP_STEP);
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sample = interval(SAMPLE_EVERY);
@@ -184,8 +218,8 @@ impl Monitor {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }
-                Some((request, reply)) = calls.recv() => {
-                    let response = self.answer(request, dataplane, &events);
+                Some((request, caller, reply)) = calls.recv() => {
+                    let response = self.answer(request, &caller, dataplane, &events);
                     let _ = reply.send(response);
                 }
                 _ = ramp.tick() => {
@@ -208,18 +242,25 @@ impl Monitor {
         Ok(())
     }
 
-    /// Starts (or restarts) the metrics endpoint of the current config.
-    fn start_metrics(&mut self) {
+    /// One line on what the daemon balances, for `systemctl status`.
+    pub fn summary(&self) -> String {
+        format!(
+            "balancing {} services ({} backends) on {}",
+            self.config.services.len(),
+            self.config.backend_count(),
+            self.config.interfaces.join(", ")
+        )
+    }
+
+    /// Serves the metrics on `listener` (bound to the config's `metrics` address) from now
+    /// on; none: stops serving them.
+    pub fn serve_metrics(&mut self, listener: Option<tokio::net::TcpListener>) {
         if let Some(server) = self.metrics_server.take() {
             server.abort();
         }
-        if let Some(address) = self.config.metrics {
+        if let Some(listener) = listener {
             let shared = Arc::clone(&self.snapshot);
-            self.metrics_server = Some(tokio::spawn(async move {
-                if let Err(error) = metrics::serve(address, shared).await {
-                    tracing::warn!("metrics endpoint: {error:#}");
-                }
-            }));
+            self.metrics_server = Some(tokio::spawn(metrics::serve(listener, shared)));
         }
     }
 

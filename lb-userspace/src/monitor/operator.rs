@@ -1,39 +1,60 @@
 //! Operators' requests through the control API: answered here, one at a time, by the
-//! monitor (status, stats, backend drain/disable/enable, simulate; reload in `reload`).
+//! monitor (status, stats, flows, backend drain/disable/weight/enable, simulate; reload in
+//! `reload`). What operators set on backends is kept in the state file (`persist`).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::SystemTime};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{Monitor, checkers::Event};
+use super::{Monitor, checkers::Event, persist};
 use crate::{
-    api::{Request, Response, SimulationReport},
+    api::{AdminAction, Caller, Request, Response, SimulationReport},
     control::locality::home_pool,
     dataplane::{Dataplane, Maps, simulate::simulate},
-    health::AdminAction,
+    health::state::Admin,
 };
+
+/// The largest weight (as in the config).
+const MAX_WEIGHT: u32 = 256;
 
 impl Monitor {
     /// Answers one API request.
     pub(super) fn answer(
         &mut self,
         request: Request,
+        caller: &Caller,
         dataplane: &mut Dataplane,
         events: &mpsc::Sender<Event>,
     ) -> Response {
         let result = match request {
-            Request::Status {} => Ok(Response::Status(self.status_report())),
+            Request::Status { service } => self
+                .status_report(service.as_deref(), dataplane)
+                .map(Response::Status),
             Request::Stats {} => self.stats_report(&dataplane.maps).map(Response::Stats),
+            Request::Flows {
+                service,
+                backend,
+                client,
+                limit,
+            } => self
+                .flows_report(
+                    &dataplane.maps,
+                    service.as_deref(),
+                    backend,
+                    client.as_deref(),
+                    limit,
+                )
+                .map(Response::Flows),
             Request::Backend {
                 service,
                 backend,
                 action,
             } => self
-                .set_admin(&service, backend, action, &mut dataplane.maps)
+                .set_operator(&service, backend, action, caller, &mut dataplane.maps)
                 .map(Response::Done),
-            Request::Reload {} => self.reload(dataplane, events).map(Response::Done),
+            Request::Reload {} => self.reload_counted(dataplane, events).map(Response::Done),
             Request::Simulate { service, client } => self
                 .simulate(dataplane, &service, client)
                 .map(Response::Simulation),
@@ -41,7 +62,7 @@ impl Monitor {
         result.unwrap_or_else(|error| Response::Error(format!("{error:#}")))
     }
 
-    fn service_index(&self, name: &str) -> Result<usize> {
+    pub(super) fn service_index(&self, name: &str) -> Result<usize> {
         self.config
             .services
             .iter()
@@ -57,31 +78,108 @@ impl Monitor {
             })
     }
 
-    fn set_admin(
+    /// Applies an operator's change to one backend, records who made it, and keeps it in the
+    /// state file; if the file cannot be written, nothing changes.
+    fn set_operator(
         &mut self,
         service: &str,
         backend: SocketAddr,
         action: AdminAction,
+        caller: &Caller,
         maps: &mut Maps,
     ) -> Result<String> {
-        let s = self.service_index(service)?;
-        let b = self.config.services[s]
-            .backends
-            .iter()
-            .position(|b| b.address == backend)
-            .ok_or_else(|| anyhow!("service {service:?} has no backend {backend}"))?;
-        self.statuses[s][b].admin = match action {
-            AdminAction::Enable => None,
-            other => Some(other),
-        };
-        self.evaluate(maps)?;
+        let key = (service.to_owned(), backend);
+        let known = self.service_index(service).is_ok_and(|s| {
+            self.config.services[s]
+                .backends
+                .iter()
+                .any(|b| b.address == backend)
+        });
+        // A setting on a backend that left the config can still be cleared.
+        let forgotten = action == AdminAction::Enable && self.operators.contains_key(&key);
+        if !known && !forgotten {
+            let s = self.service_index(service)?;
+            let addresses: Vec<String> = self.config.services[s]
+                .backends
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect();
+            bail!(
+                "service {service:?} has no backend {backend} (backends: {})",
+                addresses.join(", ")
+            );
+        }
+        let mut operators = self.operators.clone();
+        let mut setting = operators.get(&key).cloned().unwrap_or_default();
         let verb = match action {
-            AdminAction::Drain => "drained: no new flows, established flows continue",
-            AdminAction::Disable => "disabled: out of the table, its flows purged",
-            AdminAction::Enable => "enabled: back to what its checks say",
+            AdminAction::Drain => {
+                setting.admin = Some(Admin::Drain);
+                "drained: no new flows, established flows continue".to_owned()
+            }
+            AdminAction::Disable => {
+                setting.admin = Some(Admin::Disable);
+                "disabled: out of the table, its flows purged".to_owned()
+            }
+            AdminAction::Weight(weight) => {
+                if weight > MAX_WEIGHT {
+                    bail!(
+                        "weight {weight} is out of range: 0 to {MAX_WEIGHT}; nothing was changed"
+                    );
+                }
+                setting.weight = Some(weight);
+                format!("weight set to {weight} (until `xlb backend enable`)")
+            }
+            AdminAction::Enable => "enabled: what the operator set is cleared; back to the \
+                                    config and the checks"
+                .to_owned(),
         };
-        info!(service, %backend, ?action, "operator changed a backend");
+        if action == AdminAction::Enable {
+            operators.remove(&key);
+        } else {
+            setting.by = caller.0.clone();
+            setting.at = unix_seconds();
+            operators.insert(key, setting);
+        }
+        if let Some(file) = &self.state_file {
+            persist::save(file, &operators).context("nothing was changed")?;
+        }
+        self.operators = operators;
+        let _orphans = self.apply_operators();
+        self.evaluate(maps)?;
+        info!(service, %backend, ?action, by = caller.0, "operator changed a backend");
         Ok(format!("{service} {backend} {verb}"))
+    }
+
+    /// Puts what operators set into the statuses of the backends the config has; returns the
+    /// settings on backends it does not have (kept until `enable`).
+    pub(super) fn apply_operators(&mut self) -> Vec<String> {
+        let mut orphans: Vec<String> = self
+            .operators
+            .keys()
+            .map(|(service, backend)| format!("{service} {backend}"))
+            .collect();
+        for (service, statuses) in self.config.services.iter().zip(&mut self.statuses) {
+            for (backend, status) in service.backends.iter().zip(statuses.iter_mut()) {
+                let key = (service.name.clone(), backend.address);
+                status.operator = self.operators.get(&key).cloned();
+                orphans.retain(|o| *o != format!("{} {}", key.0, key.1));
+            }
+        }
+        orphans
+    }
+
+    /// Applies what operators set and logs it (at start and after a reload).
+    pub(super) fn restore_operators(&mut self) {
+        for ((service, backend), setting) in &self.operators {
+            info!(service, %backend, admin = ?setting.admin, weight = ?setting.weight, by = setting.by, "operator setting kept");
+        }
+        let orphans = self.apply_operators();
+        if !orphans.is_empty() {
+            warn!(
+                backends = ?orphans,
+                "operator settings name backends not in the config; kept until `xlb backend enable`"
+            );
+        }
     }
 
     fn simulate(
@@ -117,4 +215,11 @@ impl Monitor {
         }
         Ok(report)
     }
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -162,7 +162,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        health::{AdminAction, agent::AgentReport},
+        health::{
+            agent::AgentReport,
+            state::{Admin, Operator},
+        },
         monitor::fresh_statuses,
     };
 
@@ -273,7 +276,10 @@ backends = [ { address = "198.18.1.13:80" } ]
         let now = Instant::now();
         let mut statuses = plan(&config, &checked(&config, 2), &[], now).statuses;
         for backend in [0, 1] {
-            statuses[0][backend].admin = Some(AdminAction::Drain);
+            statuses[0][backend].operator = Some(Operator {
+                admin: Some(Admin::Drain),
+                ..Operator::default()
+            });
         }
         let spilled = plan(&config, &statuses, &[vec![0, 1]], now);
         assert_eq!(spilled.specs[0].locality.serving, [1, 1]);
@@ -286,7 +292,7 @@ backends = [ { address = "198.18.1.13:80" } ]
             }]
         );
         for backend in [0, 1] {
-            statuses[0][backend].admin = None;
+            statuses[0][backend].operator = None;
         }
         let home = plan(&config, &statuses, &[vec![1, 1]], now);
         assert_eq!(home.specs[0].locality.serving, [0, 1]);

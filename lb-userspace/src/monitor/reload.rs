@@ -9,12 +9,39 @@ use super::{Monitor, checkers::Event, fresh_statuses};
 use crate::{
     config::Config,
     dataplane::{Dataplane, hooks::Hook, preflight},
+    metrics, service_manager,
 };
 
 impl Monitor {
+    /// [`Self::reload`], counted for the metrics and announced to systemd (reloading, then
+    /// ready again whether it succeeded or not: a failed reload changed nothing).
+    pub(super) fn reload_counted(
+        &mut self,
+        dataplane: &mut Dataplane,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<String> {
+        service_manager::reloading();
+        let result = self.reload(dataplane, events);
+        match &result {
+            Ok(_) => {
+                self.reloads.succeeded += 1;
+                self.reloads.last_succeeded = true;
+                self.reloads.last_success_unix = super::operator::unix_seconds() as f64;
+            }
+            Err(error) => {
+                self.reloads.failed += 1;
+                self.reloads.last_succeeded = false;
+                warn!("reload refused: {error:#}");
+            }
+        }
+        self.sample(&dataplane.maps);
+        service_manager::ready(&self.summary());
+        result
+    }
+
     /// Re-reads the config file and applies the difference. The new file is validated whole
     /// first; if it is invalid, or asks for what cannot change while xlb runs, nothing changes.
-    /// Backends that stay keep their state and flows; operators' drains and disables end.
+    /// Backends that stay keep their state and flows, and operators' settings stay.
     pub(super) fn reload(
         &mut self,
         dataplane: &mut Dataplane,
@@ -46,6 +73,15 @@ impl Monitor {
             }
         }
         let hook = dataplane.hook().unwrap_or(plan.hook);
+        let metrics_changed = new.metrics != self.config.metrics;
+        let metrics_listener = if metrics_changed {
+            new.metrics
+                .map(metrics::bind)
+                .transpose()
+                .context("nothing was changed")?
+        } else {
+            None
+        };
 
         let added: Vec<String> = new
             .interfaces
@@ -90,23 +126,22 @@ impl Monitor {
                     if let Some(before) = before {
                         let mut kept = self.statuses[old][before].clone();
                         kept.configured_weight = backend.weight;
-                        kept.admin = None;
                         *status = kept;
                     }
                 }
             }
             statuses.push(fresh);
         }
-        let metrics_changed = new.metrics != self.config.metrics;
         self.config = new;
         self.statuses = statuses;
+        self.restore_operators();
         self.agent_errors.clear();
         self.generation += 1;
         self.tasks.abort_all();
         self.tasks = JoinSet::new();
         self.spawn_checkers(events);
         if metrics_changed {
-            self.start_metrics();
+            self.serve_metrics(metrics_listener);
         }
         let summary = self.evaluate(&mut dataplane.maps)?;
         self.sample(&dataplane.maps);

@@ -19,9 +19,9 @@ use crate::{
     },
     config::ServiceConfig,
     control::{DataplaneMaps, ServiceState},
-    dataplane::Maps,
+    dataplane::{Dataplane, Maps},
     health::state::{BackendStatus, State},
-    metrics::{BackendMetrics, ServiceMetrics, Snapshot},
+    metrics::{BackendMetrics, GuardMetrics, ServiceMetrics, Snapshot},
 };
 
 /// What a rate is of.
@@ -117,6 +117,12 @@ impl Monitor {
                         counters: counters(Key::Backend(backend.id)),
                         state: status.reported.as_ref().map_or(State::Down, |r| r.state),
                         weight: backend.weight,
+                        active_flows: self
+                            .flow_report
+                            .active
+                            .get(&backend.id)
+                            .copied()
+                            .unwrap_or(0),
                         check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
                     })
                     .collect(),
@@ -124,23 +130,57 @@ impl Monitor {
         }
         snapshot.spills = self.spills.iter().map(|(k, v)| (k.clone(), *v)).collect();
         snapshot.flows = (self.flow_report.established, self.flow_report.half_open);
+        let size = u64::from(self.config.flow_table_size);
+        snapshot.flow_capacity = (size, size / u64::from(HALF_OPEN_DIVISOR));
+        snapshot.flows_expired = self.flows_expired;
+        snapshot.guard = maps
+            .handshake_guard()
+            .ok()
+            .zip(maps.handshake_guard_on().ok())
+            .map(|(guard, hashing)| GuardMetrics {
+                hashing,
+                budget: guard.budget,
+                window_flows: guard.window_flows,
+            });
+        snapshot.reloads = self.reloads;
         if let Ok(counts) = maps.events() {
             snapshot.events = events::NAMES.iter().copied().zip(counts).collect();
         }
         *self.snapshot.lock().expect("the snapshot lock") = snapshot;
     }
 
-    pub(super) fn status_report(&self) -> StatusReport {
+    /// `xlb status`: every service, or the one named (an unknown name is an error).
+    pub(super) fn status_report(
+        &self,
+        only: Option<&str>,
+        dataplane: &Dataplane,
+    ) -> Result<StatusReport> {
+        let only = only.map(|name| self.service_index(name)).transpose()?;
         let now = Instant::now();
         let active = &self.flow_report.active;
-        let mut report = StatusReport::default();
-        for ((config, applied), statuses) in self
+        let mut report = StatusReport {
+            version: crate::VERSION.to_owned(),
+            interfaces: dataplane
+                .attachments()
+                .iter()
+                .map(|a| {
+                    let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
+                    (a.interface.clone(), hook)
+                })
+                .collect(),
+            services: Vec::new(),
+        };
+        for (index, ((config, applied), statuses)) in self
             .config
             .services
             .iter()
             .zip(self.balancer.services())
             .zip(&self.statuses)
+            .enumerate()
         {
+            if only.is_some_and(|o| o != index) {
+                continue;
+            }
             let (pps, bps) = self.rates.of(Key::Service(applied.id));
             report.services.push(ServiceStatus {
                 name: config.name.clone(),
@@ -170,14 +210,14 @@ impl Monitor {
                             active_flows: active.get(&backend.id).copied().unwrap_or(0),
                             packets_per_second: pps,
                             bits_per_second: bps,
-                            admin: status.admin,
+                            operator: status.operator.clone(),
                         }
                     })
                     .collect(),
                 pools: self.pool_status(config, applied, statuses),
             });
         }
-        report
+        Ok(report)
     }
 
     /// The pools of a service with more than one, as `xlb status` shows them.

@@ -38,7 +38,7 @@ const B2: BackendRef = BackendRef {
 
 /// A monitor whose backends all passed their first check, applied to fake maps.
 fn started() -> (Monitor, FakeMaps) {
-    let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap(), None);
+    let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap(), None, None, false).unwrap();
     for status in &mut monitor.statuses[0] {
         status.health.observe(Ok(()), 2, 3);
     }

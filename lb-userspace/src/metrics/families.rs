@@ -1,0 +1,272 @@
+//! The metric families, encoded from a [`Snapshot`] at each scrape. Every family has help
+//! text; names follow Prometheus conventions (counters end in `_total` in their samples,
+//! units in the name).
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::{ServiceMetrics, Shared, Snapshot};
+use crate::{api::Counters, health::state::State};
+
+/// Labels of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// Encodes the snapshot shared with the monitor.
+#[derive(Debug)]
+pub(super) struct XlbCollector(pub(super) Shared);
+
+const STATES: [(State, &str); 4] = [
+    (State::Up, "up"),
+    (State::Overloaded, "overloaded"),
+    (State::Draining, "draining"),
+    (State::Down, "down"),
+];
+
+/// A counter family. A sample without labels is the family's only one.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            // Written `name_total 5`, not `name_total{} 5`.
+            return ConstCounter::new(value).encode(metric);
+        }
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge family. A sample without labels is the family's only one.
+fn gauges<N: EncodeGaugeValue + std::fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            return ConstGauge::new(value).encode(metric);
+        }
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Every backend with the labels that name it.
+fn backends(services: &[ServiceMetrics]) -> impl Iterator<Item = (Labels, &super::BackendMetrics)> {
+    services.iter().flat_map(|service| {
+        service.backends.iter().map(|backend| {
+            (
+                vec![
+                    ("service", service.name.clone()),
+                    ("backend", backend.address.clone()),
+                ],
+                backend,
+            )
+        })
+    })
+}
+
+fn service_labels(service: &ServiceMetrics) -> Labels {
+    vec![("service", service.name.clone())]
+}
+
+impl Collector for XlbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot: Snapshot = self.0.lock().expect("the snapshot lock").clone();
+        let services = &snapshot.services;
+        let e = &mut encoder;
+
+        type Get = fn(&Counters) -> [(&'static str, u64); 2];
+        let traffic: [(&str, &str, Get); 2] = [
+            ("packets", "Packets through xlb", |c| {
+                [
+                    ("to_backend", c.packets_to_backend),
+                    ("to_client", c.packets_to_client),
+                ]
+            }),
+            ("bytes", "Bytes (IP and up) through xlb", |c| {
+                [
+                    ("to_backend", c.bytes_to_backend),
+                    ("to_client", c.bytes_to_client),
+                ]
+            }),
+        ];
+        let with = |mut labels: Labels, key, value: &str| {
+            labels.push((key, value.to_owned()));
+            labels
+        };
+        for (what, help, get) in traffic {
+            let of_services = services.iter().flat_map(|s| {
+                get(&s.counters).map(|(direction, value)| {
+                    (with(service_labels(s), "direction", direction), value)
+                })
+            });
+            counters(e, &format!("xlb_service_{what}"), help, of_services)?;
+            let of_backends = backends(services).flat_map(|(labels, b)| {
+                get(&b.counters)
+                    .map(|(direction, value)| (with(labels.clone(), "direction", direction), value))
+            });
+            counters(e, &format!("xlb_backend_{what}"), help, of_backends)?;
+        }
+        counters(
+            e,
+            "xlb_service_flows",
+            "Flows created",
+            services
+                .iter()
+                .map(|s| (service_labels(s), s.counters.new_flows)),
+        )?;
+        counters(
+            e,
+            "xlb_service_no_backend_drops",
+            "New flows dropped because no backend could take them",
+            services
+                .iter()
+                .map(|s| (service_labels(s), s.counters.no_backend)),
+        )?;
+        counters(
+            e,
+            "xlb_backend_flows",
+            "Flows created",
+            backends(services).map(|(labels, b)| (labels, b.counters.new_flows)),
+        )?;
+        gauges(
+            e,
+            "xlb_backend_active_flows",
+            "Established flows with a packet in the last 10 seconds, as of the last sweep",
+            backends(services).map(|(labels, b)| (labels, b.active_flows as i64)),
+        )?;
+        gauges(
+            e,
+            "xlb_backend_state",
+            "1 for the backend's current state (up, overloaded, draining, down), 0 for the others",
+            backends(services).flat_map(|(labels, b)| {
+                STATES.map(|(state, name)| {
+                    (
+                        with(labels.clone(), "state", name),
+                        i64::from(b.state == state),
+                    )
+                })
+            }),
+        )?;
+        gauges(
+            e,
+            "xlb_backend_weight",
+            "Weight in the published table (100 = configured weight 1 at full load)",
+            backends(services).map(|(labels, b)| (labels, i64::from(b.weight))),
+        )?;
+        gauges(
+            e,
+            "xlb_backend_health_check_duration_seconds",
+            "Duration of the last health check",
+            backends(services)
+                .filter_map(|(labels, b)| b.check_seconds.map(|seconds| (labels, seconds))),
+        )?;
+        counters(
+            e,
+            "xlb_dataplane_events",
+            "Data-plane events (see the README)",
+            snapshot
+                .events
+                .iter()
+                .map(|(event, count)| (vec![("event", (*event).to_owned())], *count)),
+        )?;
+        counters(
+            e,
+            "xlb_pool_spilled_flows",
+            "New flows of a pool's clients placed in another pool (the home pool had no room)",
+            snapshot.spills.iter().map(|((service, from, to), count)| {
+                let labels = vec![
+                    ("service", service.clone()),
+                    ("from", from.clone()),
+                    ("to", to.clone()),
+                ];
+                (labels, *count)
+            }),
+        )?;
+        let tables = |(established, half_open): (u64, u64)| {
+            [("established", established), ("half_open", half_open)]
+                .map(|(table, n)| (vec![("table", table.to_owned())], n as i64))
+        };
+        gauges(
+            e,
+            "xlb_flows",
+            "Flows in the flow tables, as of the last sweep",
+            tables(snapshot.flows),
+        )?;
+        gauges(
+            e,
+            "xlb_flow_table_capacity",
+            "Flows each flow table holds at most (fuller tables evict their least recently used)",
+            tables(snapshot.flow_capacity),
+        )?;
+        counters(
+            e,
+            "xlb_flows_expired",
+            "Flows deleted by the sweep because they were idle or closed",
+            [(Labels::new(), snapshot.flows_expired)],
+        )?;
+        if let Some(guard) = snapshot.guard {
+            gauges(
+                e,
+                "xlb_handshake_guard_hashing",
+                "1 while the handshake guard places new SYNs by hash (a SYN flood), else 0",
+                [(Labels::new(), i64::from(guard.hashing))],
+            )?;
+            gauges(
+                e,
+                "xlb_handshake_guard_window_flows",
+                "New TCP flows in the handshake guard's current window",
+                [(Labels::new(), guard.window_flows as i64)],
+            )?;
+            gauges(
+                e,
+                "xlb_handshake_guard_budget",
+                "New TCP flows per window before the handshake guard hashes (0: never)",
+                [(Labels::new(), guard.budget as i64)],
+            )?;
+        }
+        let reloads = snapshot.reloads;
+        counters(
+            e,
+            "xlb_config_reloads",
+            "Reloads of the configuration, by result (a failed one changed nothing)",
+            [("success", reloads.succeeded), ("failure", reloads.failed)]
+                .map(|(result, n)| (vec![("result", result.to_owned())], n)),
+        )?;
+        gauges(
+            e,
+            "xlb_config_last_reload_successful",
+            "1 if the last reload succeeded (or none was tried), else 0",
+            [(Labels::new(), i64::from(reloads.last_succeeded))],
+        )?;
+        gauges(
+            e,
+            "xlb_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded",
+            [(Labels::new(), reloads.last_success_unix)],
+        )?;
+        gauges(
+            e,
+            "xlb_build_info",
+            "The running xlb's version and commit (always 1)",
+            [(
+                vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                    ("commit", env!("XLB_COMMIT").to_owned()),
+                ],
+                1i64,
+            )],
+        )?;
+        Ok(())
+    }
+}

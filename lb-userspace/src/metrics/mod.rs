@@ -1,0 +1,187 @@
+//! The Prometheus endpoint (`metrics = "127.0.0.1:9814"` in the config): per-service and
+//! per-backend traffic, flows, states, weights and health-check latency, the flow tables, the
+//! handshake guard, reloads, the data plane's events and the build. The monitor refreshes a
+//! [`Snapshot`] once a second; a scrape encodes the latest one (`families`), in the format the
+//! scraper asks for (`format`).
+
+mod families;
+pub mod format;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use self::format::Format;
+use crate::{api::Counters, health::state::State};
+
+/// What the metrics expose, as of the monitor's last refresh.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Services in config order.
+    pub services: Vec<ServiceMetrics>,
+    /// Data-plane events: name and count.
+    pub events: Vec<(&'static str, u64)>,
+    /// New flows placed outside their home pool: (service, from pool, to pool) and count.
+    pub spills: Vec<((String, String, String), u64)>,
+    /// Flows in the flow tables as of the last sweep: established, half-open.
+    pub flows: (u64, u64),
+    /// What the flow tables hold at most: established, half-open.
+    pub flow_capacity: (u64, u64),
+    /// Flows expired by the sweep since the daemon started.
+    pub flows_expired: u64,
+    /// The handshake guard, if it could be read.
+    pub guard: Option<GuardMetrics>,
+    /// Reloads since the daemon started.
+    pub reloads: ReloadMetrics,
+}
+
+/// One service.
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    /// Name.
+    pub name: String,
+    /// Counters.
+    pub counters: Counters,
+    /// Backends.
+    pub backends: Vec<BackendMetrics>,
+}
+
+/// One backend.
+#[derive(Clone, Debug)]
+pub struct BackendMetrics {
+    /// Address and port.
+    pub address: String,
+    /// Counters.
+    pub counters: Counters,
+    /// State.
+    pub state: State,
+    /// Weight in the published table.
+    pub weight: u32,
+    /// Established flows with a packet in the last 10 seconds.
+    pub active_flows: u64,
+    /// Duration of the last health check, in seconds.
+    pub check_seconds: Option<f64>,
+}
+
+/// The handshake guard (see the README's SYN flood section).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuardMetrics {
+    /// Whether SYNs are placed by hash now.
+    pub hashing: bool,
+    /// New TCP flows per window before it hashes (0: never).
+    pub budget: u64,
+    /// New TCP flows in the current window.
+    pub window_flows: u64,
+}
+
+/// Reloads of the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReloadMetrics {
+    /// Reloads applied.
+    pub succeeded: u64,
+    /// Reloads refused (the file or the change was invalid; nothing changed).
+    pub failed: u64,
+    /// Whether the last reload succeeded (true before any).
+    pub last_succeeded: bool,
+    /// When the configuration in force was loaded (seconds since the Unix epoch).
+    pub last_success_unix: f64,
+}
+
+/// The snapshot shared between the monitor and the endpoint.
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// The registry with xlb's collector.
+pub fn registry(shared: Shared) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(families::XlbCollector(shared)));
+    registry
+}
+
+/// Encodes the metrics in `format`.
+pub fn render(registry: &Registry, format: Format) -> Result<String> {
+    let mut text = String::new();
+    encode(&mut text, registry)?;
+    Ok(match format {
+        Format::OpenMetrics => text,
+        Format::Classic => format::classic_from_openmetrics(&text),
+    })
+}
+
+/// Binds the endpoint's address (an error names it: a failed bind stops xlb at start).
+pub fn bind(address: SocketAddr) -> Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(address).with_context(|| {
+        format!("binding the metrics endpoint {address} (the `metrics` key of the config)")
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    if let Ok(address) = listener.local_addr() {
+        info!(%address, "metrics endpoint listening");
+    }
+    let registry = Arc::new(registry(shared));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                warn!("metrics endpoint: accepting a connection: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let registry = Arc::clone(&registry);
+                async move { Ok::<_, std::convert::Infallible>(answer(&request, &registry)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The answer to one HTTP request.
+fn answer(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let response = if request.uri().path() != "/metrics" {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from("try /metrics\n")))
+    } else {
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let format = Format::from_accept(accept);
+        match render(registry, format) {
+            Ok(text) => Response::builder()
+                .header(header::CONTENT_TYPE, format.content_type())
+                .body(Full::new(Bytes::from(text))),
+            Err(error) => {
+                warn!("encoding metrics: {error:#}");
+                Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Full::new(Bytes::new()))
+            }
+        }
+    };
+    response.expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+//! Restarting the daemon: every flow survives, also when the hook changes.
+
+use super::*;
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_restart_keeps_every_flow() {
+    restart_keeps_every_flow(Offloads::Default, "auto", None);
+}
+
+/// A restart that moves the data plane from native XDP to tc (the operator changed
+/// `xdp_mode`): the new daemon attaches at tc, then removes the XDP links, and no flow notices.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_restart_that_changes_the_hook_keeps_every_flow() {
+    restart_keeps_every_flow(Offloads::Prepared, "native", Some("tc"));
+}
+
+fn restart_keeps_every_flow(offloads: Offloads, mode: &str, new_mode: Option<&str>) {
+    let Setup {
+        lab,
+        mut xlb,
+        _backends,
+    } = setup_with(offloads, mode, "");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (download, udp) = std::thread::scope(|scope| {
+        // A 3 MB download spread over 3 s, and a UDP flow of a datagram every 20 ms.
+        let client = &lab.client;
+        let download = scope.spawn(|| {
+            client
+                .block_on(async {
+                    let download = start_download(http_vip(), 3_000_000, 3_000).await?;
+                    let backend = download.backend.clone();
+                    download.finish().await.map(|bytes| (backend, bytes))
+                })
+                .unwrap()
+        });
+        let stop = &stop;
+        let udp = scope.spawn(move || {
+            client
+                .block_on(async move {
+                    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+                    socket
+                        .connect(SocketAddr::from((VIP, UDP_SERVICE_PORT)))
+                        .await
+                        .unwrap();
+                    let (mut sent, mut answers) = (0usize, Vec::new());
+                    let mut buffer = [0u8; 256];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        socket.send(b"still there?").await.unwrap();
+                        sent += 1;
+                        let answer = tokio::time::timeout(
+                            Duration::from_millis(200),
+                            socket.recv(&mut buffer),
+                        )
+                        .await;
+                        if let Ok(Ok(len)) = answer {
+                            answers.push(
+                                String::from_utf8_lossy(&buffer[..len])
+                                    .lines()
+                                    .next()
+                                    .unwrap()
+                                    .to_owned(),
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    (sent, answers)
+                })
+                .unwrap()
+        });
+        // Restart the daemon in the middle of both.
+        std::thread::sleep(Duration::from_millis(700));
+        let status = xlb.stop(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{}", xlb.output());
+        assert!(
+            xlb.output().contains("the data plane keeps forwarding"),
+            "{}",
+            xlb.output()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(new_mode) = new_mode {
+            let config = std::fs::read_to_string(&xlb.config_path).unwrap();
+            let config = config.replace(
+                &format!("xdp_mode = \"{mode}\""),
+                &format!("xdp_mode = \"{new_mode}\""),
+            );
+            std::fs::write(&xlb.config_path, config).unwrap();
+        }
+        xlb.restart(&lab.balancer, &[]).unwrap();
+        assert!(
+            xlb.output().contains("took over the pinned maps"),
+            "{}",
+            xlb.output()
+        );
+        if new_mode.is_some() {
+            assert!(
+                xlb.output()
+                    .contains("removed the link of the previous hook"),
+                "{}",
+                xlb.output()
+            );
+        } else {
+            assert!(
+                xlb.output().contains("took over the pinned link"),
+                "{}",
+                xlb.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2_500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (download.join().unwrap(), udp.join().unwrap())
+    });
+    let (backend, bytes) = download.unwrap();
+    assert_eq!(
+        bytes, 3_000_000,
+        "the download across the restart completed byte-exact"
+    );
+    assert_eq!(backend, "b1");
+    let (sent, answers) = udp;
+    let backends = tally(&answers);
+    assert_eq!(
+        backends.len(),
+        1,
+        "every datagram of the UDP flow went to one backend: {backends:?}"
+    );
+    assert_eq!(
+        answers.len(),
+        sent,
+        "no datagram was lost across the restart ({} of {sent})",
+        answers.len()
+    );
+    // New flows after the restart are balanced as before.
+    assert_eq!(connections(&lab, 3).len(), 3);
+}

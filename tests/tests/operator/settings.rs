@@ -1,0 +1,170 @@
+//! Operators' settings on backends: drain, disable, weight, enable; kept across reloads and
+//! restarts.
+
+use super::*;
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_operator_drains_disables_and_enables_backends() {
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
+    let b1 = web_backend(0);
+    let done = ok(&xlb, &["backend", "drain", "web", &b1]);
+    assert!(done.contains("drained"), "{done}");
+    let status = ok(&xlb, &["status"]);
+    assert!(status.contains("Draining"), "{status}");
+    assert!(status.contains("    drained by the operator\n"), "{status}");
+    assert!(
+        status.contains("    operator: drained by root (uid 0) at "),
+        "{status}"
+    );
+    assert_eq!(connections(&lab, 6).get("b1"), None);
+
+    ok(&xlb, &["backend", "enable", "web", &b1]);
+    assert_eq!(connections(&lab, 6).get("b1"), Some(&2));
+
+    ok(&xlb, &["backend", "disable", "web", &b1]);
+    let status = ok(&xlb, &["--json", "status"]);
+    assert!(status.contains("\"state\": \"Down\""), "{status}");
+    assert!(status.contains("disabled by the operator"), "{status}");
+    assert_eq!(connections(&lab, 6).get("b1"), None);
+    ok(&xlb, &["backend", "enable", "web", &b1]);
+
+    // Unknown names and addresses are clear errors; the daemon is unharmed.
+    let error = fails(&xlb, &["backend", "drain", "nope", &b1]);
+    assert!(
+        error.contains("no service named \"nope\" (services: web, dns)"),
+        "{error}"
+    );
+    let error = fails(&xlb, &["backend", "drain", "web", "198.18.1.99:8080"]);
+    assert!(
+        error.contains("service \"web\" has no backend 198.18.1.99:8080"),
+        "{error}"
+    );
+    assert_eq!(connections(&lab, 3).len(), 3);
+}
+
+/// The operator setting of `backend` in `status --json`, as (admin, weight, by).
+fn setting_of(xlb: &Xlb, backend: &str) -> Option<(Option<String>, Option<u32>, String)> {
+    let response: Response = serde_json::from_str(&ok(xlb, &["--json", "status", "web"])).unwrap();
+    let Response::Status(report) = response else {
+        panic!("status answered {response:?}");
+    };
+    assert_eq!(report.services.len(), 1, "status web shows one service");
+    let b = report.services[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == backend)
+        .unwrap();
+    b.operator.as_ref().map(|o| {
+        let admin = o.admin.map(|a| format!("{a:?}").to_lowercase());
+        (admin, o.weight, o.by.clone())
+    })
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn operator_settings_survive_reloads_and_restarts_until_enable() {
+    let Setup {
+        lab,
+        mut xlb,
+        _backends,
+    } = setup("");
+    let (b1, b2) = (web_backend(0), web_backend(1));
+    ok(&xlb, &["backend", "drain", "web", &b1]);
+    let done = ok(&xlb, &["backend", "weight", "web", &b2, "3"]);
+    assert!(done.contains("weight set to 3"), "{done}");
+    let root = Some("root (uid 0)".to_owned());
+    assert_eq!(
+        setting_of(&xlb, &b1).map(|s| (s.0, s.2)),
+        Some((Some("drain".into()), root.clone().unwrap()))
+    );
+    assert_eq!(setting_of(&xlb, &b2).map(|s| s.1), Some(Some(3)));
+    let status = ok(&xlb, &["status", "web"]);
+    assert!(
+        !status.contains("dns udp"),
+        "only the service asked for:\n{status}"
+    );
+    assert!(
+        status.contains("operator: drained by root (uid 0) at 20"),
+        "{status}"
+    );
+    assert!(
+        status.contains("operator: weight 3 by root (uid 0)"),
+        "{status}"
+    );
+    // b1 drained, b2 three times b3: a 4-slot table, walked twice.
+    let expected = BTreeMap::from([("b2".to_owned(), 6), ("b3".to_owned(), 2)]);
+    assert_eq!(connections(&lab, 8), expected);
+
+    // Neither a reload (by the CLI or SIGHUP) nor a restart undoes them.
+    ok(&xlb, &["reload"]);
+    xlb.signal(libc::SIGHUP).unwrap();
+    let start = Instant::now();
+    while xlb.output().matches("reloaded /").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", xlb.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connections(&lab, 8), expected, "after reloads");
+    xlb.stop(Duration::from_secs(10)).unwrap();
+    xlb.restart(&lab.balancer, &[]).unwrap();
+    assert!(
+        xlb.output().contains("operator setting kept"),
+        "{}",
+        xlb.output()
+    );
+    assert_eq!(connections(&lab, 8), expected, "after a restart");
+    assert_eq!(setting_of(&xlb, &b2).map(|s| s.2), root);
+
+    // Bad input changes nothing.
+    let error = fails(&xlb, &["backend", "weight", "web", "198.18.1.99:8080", "2"]);
+    assert!(
+        error.contains("service \"web\" has no backend 198.18.1.99:8080 (backends: "),
+        "{error}"
+    );
+    let mut stream = UnixStream::connect(&xlb.socket).unwrap();
+    let request = format!(
+        "{{\"command\":\"backend\",\"service\":\"web\",\"backend\":\"{b2}\",\"action\":{{\"weight\":300}}}}\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    assert!(
+        answer.contains("weight 300 is out of range: 0 to 256"),
+        "{answer}"
+    );
+    let (code, _, stderr) = xlb.cli(&["backend", "weight", "web", &b2, "-1"]).unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(setting_of(&xlb, &b2).map(|s| s.1), Some(Some(3)));
+
+    // enable clears them, and the state file forgets them.
+    ok(&xlb, &["backend", "enable", "web", &b1]);
+    ok(&xlb, &["backend", "enable", "web", &b2]);
+    assert_eq!(setting_of(&xlb, &b1), None);
+    let balanced = BTreeMap::from([
+        ("b1".to_owned(), 2),
+        ("b2".to_owned(), 2),
+        ("b3".to_owned(), 2),
+    ]);
+    assert_eq!(connections(&lab, 6), balanced);
+    let file = std::fs::read_to_string(xlb.state_dir.join("operator.json")).unwrap();
+    assert!(!file.contains("198.18"), "{file}");
+
+    // A damaged state file stops a restart with what to do; --reset-operator-state starts
+    // afresh.
+    ok(&xlb, &["backend", "disable", "web", &b1]);
+    xlb.stop(Duration::from_secs(10)).unwrap();
+    std::fs::write(xlb.state_dir.join("operator.json"), "{ damaged").unwrap();
+    let error = xlb.restart(&lab.balancer, &[]).unwrap_err().to_string();
+    assert!(
+        error.contains("is not an operator state file") && error.contains("--reset-operator-state"),
+        "{error}"
+    );
+    xlb.restart(&lab.balancer, &["--reset-operator-state"])
+        .unwrap();
+    assert_eq!(setting_of(&xlb, &b1), None);
+    assert_eq!(connections(&lab, 6), balanced);
+}
