@@ -8,13 +8,19 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 
 /// Whether stderr is the journal's stream: `JOURNAL_STREAM` is "device:inode" of it.
 fn stderr_is_journal() -> bool {
-    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    stream == format!("{}:{}", stderr.dev(), stderr.ino())
+    let stderr = std::fs::metadata("/proc/self/fd/2").ok();
+    names_stream(
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        stderr.map(|m| (m.dev(), m.ino())),
+    )
+}
+
+/// Whether a `JOURNAL_STREAM` value names the file of (device, inode).
+fn names_stream(journal_stream: Option<&str>, file: Option<(u64, u64)>) -> bool {
+    match (journal_stream, file) {
+        (Some(stream), Some((dev, ino))) => stream == format!("{dev}:{ino}"),
+        _ => false,
+    }
 }
 
 /// Sets up logging for the daemon.
@@ -37,4 +43,18 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_stream;
+
+    #[test]
+    fn the_journal_is_used_only_when_systemd_connected_stderr_to_it() {
+        assert!(names_stream(Some("8:1234"), Some((8, 1234))));
+        // A child of a service inherits JOURNAL_STREAM with another stderr.
+        assert!(!names_stream(Some("8:1234"), Some((8, 99))));
+        assert!(!names_stream(None, Some((8, 1234))));
+        assert!(!names_stream(Some("8:1234"), None));
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod daemon;
 pub mod flood;
 pub mod fuzz;
 pub mod netns;

@@ -127,6 +127,11 @@ impl Process {
         Ok(())
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it.
     pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {

@@ -12,7 +12,6 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     client::{http_echo, payload, udp_echo},
-    netns::Netns,
     process::{Process, binary, temp_file},
     topology::{Lab, VIP, VIP6},
 };
@@ -29,8 +28,10 @@ pub const TCP_SERVICE_PORT: u16 = 80;
 pub const UDP_SERVICE_PORT: u16 = 53;
 /// How long a process may take to say it is ready.
 pub const STARTUP: Duration = Duration::from_secs(20);
-/// What `xlb run` prints once it balances.
-pub const XLB_READY: &str = "ready: xlb is balancing";
+
+pub use crate::daemon::{
+    Launch, XLB_READY, Xlb, remove_pins_with_prefix, start_xlb, start_xlb_launched, start_xlb_with,
+};
 
 /// Name of backend `index` (0-based): b1, b2, ...
 pub fn backend_name(index: usize) -> String {
@@ -175,133 +176,6 @@ backends = [ {udp} ]
         http = backends(HTTP_PORT),
         udp = backends(UDP_PORT),
     )
-}
-
-/// A running `xlb run` with its own control socket and pin directory, so that tests can run
-/// side by side. Dropping it kills the daemon and removes its pins (and so the data plane it
-/// left behind).
-pub struct Xlb {
-    process: Process,
-    /// The control socket.
-    pub socket: PathBuf,
-    /// The pin directory in bpffs.
-    pub pin_dir: PathBuf,
-    /// The config file.
-    pub config_path: PathBuf,
-    /// The state directory (operators' settings).
-    pub state_dir: PathBuf,
-}
-
-impl std::ops::Deref for Xlb {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for Xlb {
-    fn deref_mut(&mut self) -> &mut Process {
-        &mut self.process
-    }
-}
-
-impl Xlb {
-    /// Runs `xlb --socket <socket> <args>` (the CLI) and returns (exit code, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
-        let output = std::process::Command::new(binary("xlb")?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
-    }
-
-    /// Starts another `xlb run` on `host` with this one's socket, pins and config, plus `args`
-    /// (a restart, once this one has exited).
-    pub fn restart(&mut self, host: &Netns, args: &[&str]) -> Result<()> {
-        let mut command = host.command_network_only(binary("xlb")?);
-        command
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--state-dir")
-            .arg(&self.state_dir);
-        command.args(args);
-        let mut process = Process::spawn("xlb", command)?;
-        process.wait_for_output(XLB_READY, STARTUP)?;
-        self.process = process;
-        Ok(())
-    }
-}
-
-impl Drop for Xlb {
-    fn drop(&mut self) {
-        let _ = self.process.signal(libc::SIGKILL);
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-    }
-}
-
-/// A fresh pin directory for one daemon of this run.
-fn pin_dir() -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    PathBuf::from(format!("/sys/fs/bpf/{}{n}", crate::netns::run_prefix()))
-}
-
-/// Removes the pin directories of this run (what crashed tests left behind).
-pub fn remove_pins_with_prefix(prefix: &str) -> Vec<String> {
-    let mut removed = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix) && std::fs::remove_dir_all(entry.path()).is_ok() {
-                removed.push(name);
-            }
-        }
-    }
-    removed
-}
-
-/// Starts `xlb run` with `config` on `host` and waits until it balances.
-pub fn start_xlb(host: &Netns, config: &str) -> Result<Xlb> {
-    start_xlb_with(host, config, &[])
-}
-
-/// [`start_xlb`] with extra arguments for `xlb run` (such as `--detach-on-exit`).
-pub fn start_xlb_with(host: &Netns, config: &str, args: &[&str]) -> Result<Xlb> {
-    let pin_dir = pin_dir();
-    let config = format!("pin_path = \"{}\"\n{config}", pin_dir.display());
-    let config_path = temp_file("xlb.toml", &config)?;
-    let socket = config_path.with_extension("sock");
-    let state_dir = config_path.with_extension("state");
-    let mut command = host.command_network_only(binary("xlb")?);
-    command
-        .arg("--socket")
-        .arg(&socket)
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--state-dir")
-        .arg(&state_dir);
-    command.args(args);
-    let mut process = Process::spawn("xlb", command)?;
-    let ready = process.wait_for_output(XLB_READY, STARTUP);
-    let xlb = Xlb {
-        process,
-        socket,
-        pin_dir,
-        config_path,
-        state_dir,
-    };
-    ready?;
-    Ok(xlb)
 }
 
 /// Which backend served each of the client's TCP connections and UDP flows.
