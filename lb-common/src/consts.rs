@@ -107,8 +107,13 @@ pub mod map_names {
     /// Per-CPU data-plane event counters (see [`super::events`]).
     pub const EVENTS: &str = "EVENTS";
 
+    /// What `xlb trace` traces (not pinned: a trace belongs to one program instance).
+    pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// The traced decisions, a ring buffer (not pinned).
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
-    /// between packets).
+    /// between packets, and the trace's maps).
     pub const PINNED: [&str; 14] = [
         SERVICES,
         BACKEND_TABLES,

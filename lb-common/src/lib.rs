@@ -3,7 +3,8 @@
 //! Everything that crosses the kernel/userspace boundary is defined here once: map sizes and
 //! names ([`consts`]), the `#[repr(C)]` keys and values of every map ([`maps`]) and the pure
 //! checksum arithmetic both sides use ([`csum`]), the flow hash both compute ([`hash`]), the
-//! handshake guard's decisions ([`guard`]) and where a table lives ([`tables`]). The crate is
+//! handshake guard's decisions ([`guard`]), where a table lives ([`tables`]) and what `xlb trace`
+//! records ([`trace`]). The crate is
 //! `no_std` so the programs can use it; the `user` feature adds, for userspace, `aya::Pod`
 //! implementations and a builder of test frames ([`frame`]).
 #![no_std]
@@ -19,5 +20,6 @@ pub mod guard;
 pub mod hash;
 pub mod maps;
 pub mod tables;
+pub mod trace;
 
 pub use maps::*;

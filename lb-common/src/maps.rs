@@ -256,5 +256,7 @@ mod pod {
         FlowEntry,
         TrafficCounters,
         HandshakeGuard,
+        crate::trace::TraceConfig,
+        crate::trace::TraceEvent,
     );
 }

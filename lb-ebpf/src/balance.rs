@@ -18,6 +18,7 @@ use lb_common::{
     guard::{hashes_syn, starts_flooded, window_ended},
     hash::flow_hash,
     tables::{table_index, table_owner},
+    trace::decision,
 };
 
 use crate::{
@@ -31,6 +32,7 @@ use crate::{
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
     scratch::scratch,
+    trace,
 };
 
 /// Handles one frame and returns the XDP verdict. One hash lookup decides a packet of an
@@ -286,6 +288,17 @@ fn established<F: Frame>(
         return F::PASS;
     }
     count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    let client = if flow.direction == direction::TO_BACKEND {
+        (&key.src_addr, key.src_port)
+    } else {
+        (&key.dst_addr, key.dst_port)
+    };
+    trace::record(now, flow.service_id, pkt, client, |event| {
+        event.decision = decision::ESTABLISHED;
+        event.direction = flow.direction;
+        event.backend_id = flow.backend_id;
+        event.half_open = half_open as u8;
+    });
     send_cached(frame, pkt, &route, flow, now)
 }
 
@@ -302,14 +315,23 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     }
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let Some(backend_id) = next_backend(table_index, pkt, key, now) else {
+    let choice = next_backend(table_index, pkt, key, now);
+    let backend = choice.and_then(|c| BACKENDS.get_ptr(c.backend_id));
+    let (Some(choice), Some(backend), Some(scratch)) = (choice, backend, scratch()) else {
         count_no_backend(service_id);
+        trace::record(
+            now,
+            service_id,
+            pkt,
+            (&key.src_addr, key.src_port),
+            |event| {
+                event.decision = decision::NO_BACKEND;
+                event.home_pool = pool as u8;
+            },
+        );
         return NewFlow::Done(F::DROP);
     };
-    let (Some(backend), Some(scratch)) = (BACKENDS.get_ptr(backend_id), scratch()) else {
-        count_no_backend(service_id);
-        return NewFlow::Done(F::DROP);
-    };
+    let backend_id = choice.backend_id;
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
     let route = Route {
@@ -358,6 +380,24 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     if backend.pool != pool {
         count_spill(table_index);
     }
+    trace::record(
+        now,
+        service_id,
+        pkt,
+        (&key.src_addr, key.src_port),
+        |event| {
+            event.decision = if choice.hashed {
+                decision::NEW_HASHED
+            } else {
+                decision::NEW_ROUND_ROBIN
+            };
+            event.backend_id = backend_id;
+            event.slot = choice.slot;
+            event.home_pool = pool as u8;
+            event.backend_pool = backend.pool as u8;
+            event.half_open = half_open as u8;
+        },
+    );
     if rewrite(frame, pkt, End::Destination, &backend.addr, backend.port).is_none() {
         return NewFlow::Done(F::PASS);
     }
@@ -368,18 +408,29 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     })
 }
 
-/// The backend id a new flow gets from a table: the next slot by round robin, advancing the
+/// A new flow's backend and how it was chosen.
+#[derive(Clone, Copy)]
+struct Choice {
+    backend_id: u32,
+    /// The table's slot it was taken from.
+    slot: u16,
+    /// Chosen by hash (the handshake guard), not round robin.
+    hashed: bool,
+}
+
+/// The backend a new flow gets from a table: the next slot by round robin, advancing the
 /// table's cursor atomically so that concurrent new flows on different CPUs take different
 /// slots; or, for a TCP flow the handshake guard places by hash, the slot its 5-tuple hashes
 /// to.
 #[inline(always)]
-fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Option<u32> {
+fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Option<Choice> {
     let table = BACKEND_TABLES.get_value(table_index, &0)?;
     let len = table.len as u64;
     if len == 0 {
         return None;
     }
-    let turn = match hash_seed(pkt, now) {
+    let seed = hash_seed(pkt, now);
+    let turn = match seed {
         Some(seed) => flow_hash(key, seed) as u64,
         None => {
             let cursor = RR_CURSORS.get_ptr_mut(table_index)?;
@@ -398,7 +449,11 @@ fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Opti
     if slot >= MAX_TABLE_SLOTS {
         return None;
     }
-    Some(table.slots[slot])
+    Some(Choice {
+        backend_id: table.slots[slot],
+        slot: slot as u16,
+        hashed: seed.is_some(),
+    })
 }
 
 /// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`), counting the flow in

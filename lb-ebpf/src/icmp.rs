@@ -6,10 +6,12 @@
 
 use core::ptr::{read_unaligned, write_unaligned};
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Addr, FlowEntry, FlowKey, VipKey,
     consts::{events, family, proto},
     csum, direction,
+    trace::decision,
 };
 use network_types::{
     eth::EthHdr,
@@ -25,6 +27,7 @@ use crate::{
         ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET, addr_words,
     },
     scratch::scratch,
+    trace,
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -292,6 +295,19 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     // SAFETY: ptr_at checked the field lies inside the frame.
     unsafe { write_unaligned(icmp_check, nonzero(check)) };
     count_event(events::ICMP_ERROR_TRANSLATED);
+    let client = if toward_backend {
+        (&key.src_addr, key.src_port)
+    } else {
+        (&key.dst_addr, key.dst_port)
+    };
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    trace::record(now, entry.service_id, pkt, client, |event| {
+        event.decision = decision::ICMP_TRANSLATED;
+        event.direction = entry.direction;
+        event.backend_id = entry.backend_id;
+        event.proto = quote.proto;
+    });
 
     let route = Route {
         src: &src,

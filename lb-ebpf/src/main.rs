@@ -29,6 +29,7 @@ mod maps;
 mod nat;
 mod packet;
 mod scratch;
+mod trace;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

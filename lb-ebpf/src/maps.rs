@@ -2,13 +2,16 @@
 //! `lb_common::consts::limits`; userspace finds each map by the name of its static.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+    },
     macros::btf_map,
 };
 use lb_common::{
     BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, ServiceEntry,
     ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
+    trace::{TraceConfig, TraceEvent},
 };
 
 /// Virtual services: (VIP, port, protocol) -> service id.
@@ -120,6 +123,19 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { limits::MAX_BACKENDS as
 /// by userspace.
 #[btf_map]
 pub static EVENTS: PerCpuArray<u64, { events::COUNT as usize }> = PerCpuArray::new();
+
+/// What `xlb trace` traces, one element (`until_ns` 0: nothing). Written by the daemon when a
+/// trace starts and ends; read for every packet the program decides on (an array lookup the
+/// verifier inlines, and one comparison, when no trace runs); its counters are written by the
+/// program. Not pinned: a trace belongs to the program instance it was started on.
+#[btf_map]
+pub static TRACE_CONFIG: Array<TraceConfig, 1> = Array::new();
+
+/// The decisions traced: one `TraceEvent` per traced packet. Written by the program; read by
+/// the daemon while `xlb trace` runs. 256 KiB (5461 events); when full, events are counted
+/// as lost in `TRACE_CONFIG`. Not pinned.
+#[btf_map]
+pub static TRACE_EVENTS: RingBuf<TraceEvent, { 256 * 1024 }> = RingBuf::new();
 
 /// Counts one data-plane event.
 #[inline(always)]

@@ -121,7 +121,7 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
             return;
         }
         // The monitor logs a refused reload.
-        let _ = answer.await;
+        drop(answer.await);
     }
 }
 

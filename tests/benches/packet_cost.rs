@@ -10,10 +10,11 @@
 //! own, compared with single runs of the reference program.
 
 use anyhow::{Result, ensure};
+use lb_common::trace::TraceConfig;
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram, netif},
+    dataplane::{Dataplane, NoopProgram, monotonic_ns, netif},
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
@@ -63,6 +64,7 @@ fn main() -> Result<()> {
         dataplane.maps.add_egress_port(c0)?;
         dataplane.maps.add_egress_port(s0)?;
         let noop = NoopProgram::load()?;
+        let mut tracer = dataplane.tracer.take().expect("the trace maps");
         let program = dataplane.program();
 
         // Established packets carry ACK: the SYN records a half-open flow, the first ACK
@@ -152,6 +154,37 @@ fn main() -> Result<()> {
             per_packet(program, &reply6, s0, XDP_REDIRECT)?,
             noop_ns,
         ));
+        // `xlb trace` running: for another service (the packet is checked against the filter
+        // and not recorded), and for this one, one packet in 1000 recorded.
+        let trace = |service_id: u32, sample_every: u32| -> Result<TraceConfig> {
+            Ok(TraceConfig {
+                until_ns: monotonic_ns()? + 3_600_000_000_000,
+                service_id,
+                sample_every,
+                ..TraceConfig::default()
+            })
+        };
+        tracer.begin(trace(2, 1)?)?;
+        rows.push((
+            "established TCP flow, IPv4, another service traced".into(),
+            per_packet(program, &established, c0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
+        ensure!(
+            tracer.end()?.matched == 0,
+            "a packet of service 0 was traced"
+        );
+        tracer.begin(trace(0, 1_000)?)?;
+        rows.push((
+            "established TCP flow, IPv4, traced (1 in 1000 recorded)".into(),
+            per_packet(program, &established, c0, XDP_REDIRECT)?,
+            noop_ns,
+        ));
+        let traced = tracer.end()?;
+        ensure!(
+            traced.matched >= (rounds as u64) * u64::from(REPEAT) && traced.lost == 0,
+            "{traced:?}"
+        );
 
         // The same at tc, against the reference at tc: the kernel builds an skb for each run.
         let per_packet_tc =

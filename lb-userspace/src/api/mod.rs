@@ -9,7 +9,7 @@ pub mod server;
 use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::health::state::Operator;
 
@@ -66,6 +66,22 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+    /// What the data plane decides for a service's packets, for a while: answered by a stream
+    /// of `trace_event`s and a final `trace_end`.
+    Trace {
+        /// The service.
+        service: String,
+        /// Only packets of flows whose client is in this prefix (an address is a host
+        /// prefix); it must be of the service's family.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// For how long (default 10, at most 3600).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// Record one matching packet in this many (default 1: all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample: Option<u32>,
+    },
 }
 
 /// An operator's change to a backend.
@@ -98,6 +114,10 @@ pub enum Response {
     Simulation(SimulationReport),
     /// Answer to `flows`.
     Flows(FlowsReport),
+    /// One decision of a trace (a stream of these answers `trace`).
+    TraceEvent(TraceEventReport),
+    /// The end of a trace, with its counts.
+    TraceEnd(TraceSummary),
     /// A change was made; what it was.
     Done(String),
     /// The request failed; why.
@@ -212,6 +232,50 @@ pub struct FlowReport {
     pub idle_seconds: f64,
 }
 
+/// One decision of the data plane, as `xlb trace` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceEventReport {
+    /// Seconds since the trace began.
+    pub seconds: f64,
+    /// The service.
+    pub service: String,
+    /// "tcp" or "udp" (the flow's, also for an ICMP error quoting it).
+    pub protocol: String,
+    /// The flow's client.
+    pub client: SocketAddr,
+    /// "new_round_robin", "new_hashed", "no_backend", "established" or "icmp_translated".
+    pub decision: String,
+    /// "to_backend" (the client's packet) or "to_client" (the backend's).
+    pub direction: String,
+    /// The backend, if one serves the flow.
+    pub backend: Option<SocketAddr>,
+    /// For a new flow: the table slot its backend was taken from.
+    pub slot: Option<u16>,
+    /// For a new flow of a service with pools: the client's home pool...
+    pub home_pool: Option<String>,
+    /// ...and its backend's (another one: a spill).
+    pub backend_pool: Option<String>,
+    /// The packet's TCP flags ("SYN", "ACK", "FIN|ACK" ...), empty for UDP.
+    pub tcp_flags: String,
+    /// The flow's handshake has not completed.
+    pub half_open: bool,
+}
+
+/// How a trace went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    /// How long it ran.
+    pub seconds: f64,
+    /// Packets that matched the filter.
+    pub matched: u64,
+    /// Events received (one in `sample` of the matched ones).
+    pub recorded: u64,
+    /// Events lost because the ring buffer was full.
+    pub lost: u64,
+    /// One matching packet in this many was recorded.
+    pub sample: u32,
+}
+
 /// Counters since the program was loaded.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReport {
@@ -307,8 +371,28 @@ pub struct SimulationReport {
     pub backend_pool: Option<String>,
 }
 
+/// What the daemon answers a request with: one response, or (`trace`) a stream of them that
+/// ends when the sender is dropped.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one reply per request, moved once: boxing would only add an allocation"
+)]
+pub enum Reply {
+    /// One response.
+    Once(Response),
+    /// Responses as they come.
+    Stream(mpsc::Receiver<Response>),
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Self::Once(response)
+    }
+}
+
 /// A request, who sent it, and the channel its answer goes back on.
-pub type Call = (Request, Caller, oneshot::Sender<Response>);
+pub type Call = (Request, Caller, oneshot::Sender<Reply>);
 
 #[cfg(test)]
 mod tests {

@@ -9,13 +9,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     sync::{mpsc, oneshot},
     time::timeout,
 };
 use tracing::{debug, warn};
 
-use super::{Call, Caller, IO_TIMEOUT, Request, Response};
+use super::{Call, Caller, IO_TIMEOUT, Reply, Request, Response};
 
 /// A user's name and uid ("root (uid 0)"), or the uid alone if it has no name.
 fn user_name(uid: u32) -> String {
@@ -67,39 +67,61 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     let (reader, mut writer) = stream.into_split();
-    let response = if credentials.uid() != 0 && credentials.uid() != own_uid {
+    let mut reader = AsyncBufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST as u64));
+    let reply = if credentials.uid() != 0 && credentials.uid() != own_uid {
         warn!(
             uid = credentials.uid(),
             "API request from another user refused"
         );
-        Response::Error(format!(
+        Reply::Once(Response::Error(format!(
             "permission denied: uid {} is neither root nor the daemon's user",
             credentials.uid()
-        ))
+        )))
     } else {
         let mut line = String::new();
-        let mut limited =
-            AsyncBufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST as u64));
-        match timeout(IO_TIMEOUT, limited.read_line(&mut line)).await {
-            Err(_) => Response::Error("no request within 30 s".into()),
-            Ok(Err(error)) => Response::Error(format!("reading the request: {error}")),
+        match timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
+            Err(_) => Response::Error("no request within 30 s".into()).into(),
+            Ok(Err(error)) => Response::Error(format!("reading the request: {error}")).into(),
             Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                Err(error) => Response::Error(format!("malformed request: {error}")),
+                Err(error) => Response::Error(format!("malformed request: {error}")).into(),
                 Ok(request) => {
                     let (reply, answer) = oneshot::channel();
                     let caller = Caller(user_name(credentials.uid()));
+                    let gone = || Response::Error("the daemon is shutting down".into()).into();
                     if calls.send((request, caller, reply)).await.is_err() {
-                        Response::Error("the daemon is shutting down".into())
+                        gone()
                     } else {
-                        answer.await.unwrap_or_else(|_| {
-                            Response::Error("the daemon is shutting down".into())
-                        })
+                        answer.await.unwrap_or_else(|_| gone())
                     }
                 }
             },
         }
     };
-    let mut text = serde_json::to_string(&response)?;
+    match reply {
+        Reply::Once(response) => write_line(&mut writer, &response).await,
+        Reply::Stream(mut responses) => {
+            // Until the stream ends, or the client leaves (its end of the socket reads EOF).
+            let mut rest = [0u8; 64];
+            loop {
+                tokio::select! {
+                    response = responses.recv() => match response {
+                        Some(response) => write_line(&mut writer, &response).await?,
+                        None => return Ok(()),
+                    },
+                    read = tokio::io::AsyncReadExt::read(&mut reader, &mut rest) => {
+                        if matches!(read, Ok(0) | Err(_)) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes one response as a line of JSON.
+async fn write_line(writer: &mut OwnedWriteHalf, response: &Response) -> Result<()> {
+    let mut text = serde_json::to_string(response)?;
     text.push('\n');
     writer.write_all(text.as_bytes()).await?;
     Ok(())
@@ -120,7 +142,7 @@ mod tests {
         tokio::spawn(serve(listener, calls));
         tokio::spawn(async move {
             while let Some((request, _, reply)) = requests.recv().await {
-                let _ = reply.send(Response::Done(format!("{request:?}")));
+                let _ = reply.send(Response::Done(format!("{request:?}")).into());
             }
         });
         let answer = |line: &'static str| {

@@ -100,6 +100,24 @@ pub enum Command {
         /// The client's address and port.
         client: SocketAddr,
     },
+    /// What the data plane decides for a service's packets, as they pass (like `cilium
+    /// monitor`): new flows with their backend and why, drops, established packets, ICMP
+    /// errors translated. Filtered and sampled in the kernel.
+    Trace {
+        /// The service's name.
+        service: String,
+        /// Only flows of clients in this prefix (or this address), of the service's family.
+        #[arg(long, value_name = "PREFIX", value_parser = client_prefix)]
+        client: Option<String>,
+        /// For how long.
+        #[arg(long, value_name = "N", default_value_t = 10,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+        /// Record one matching packet in N.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        sample: u32,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

@@ -97,6 +97,21 @@ pub fn main() -> ExitCode {
                 action,
             }
         }
+        Command::Trace {
+            service,
+            client,
+            seconds,
+            sample,
+        } => {
+            init_client_logging();
+            let request = Request::Trace {
+                service,
+                client,
+                seconds: Some(seconds),
+                sample: Some(sample),
+            };
+            return trace(&cli.socket, &request, seconds, json);
+        }
         Command::Reload => Request::Reload {},
         Command::Simulate { service, client } => Request::Simulate { service, client },
     };
@@ -121,6 +136,8 @@ pub fn main() -> ExitCode {
         Response::Stats(report) => print!("{}", render::stats(&report)),
         Response::Simulation(report) => print!("{}", render::simulation(&report)),
         Response::Flows(report) => print!("{}", render::flows(&report)),
+        Response::TraceEvent(event) => println!("{}", render::trace_event(&event)),
+        Response::TraceEnd(summary) => println!("{}", render::trace_end(&summary)),
         Response::Done(message) => println!("{message}"),
         Response::Error(error) => {
             eprintln!("xlb: {error}");
@@ -252,6 +269,49 @@ fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `xlb trace`: prints each event as it comes (JSON lines with --json), then the summary.
+fn trace(socket: &Path, request: &Request, seconds: u64, json: bool) -> ExitCode {
+    let print = |response: &Response| {
+        if json {
+            println!("{}", serde_json::to_string(response).expect("serializable"));
+        } else if let Response::TraceEvent(event) = response {
+            println!("{}", render::trace_event(event));
+        }
+    };
+    // The daemon may say nothing for the whole trace.
+    let silence = Duration::from_secs(seconds + 30);
+    match client::stream(socket, request, silence, print) {
+        Ok(Response::TraceEnd(summary)) => {
+            if json {
+                print_json_line(&Response::TraceEnd(summary));
+            } else {
+                println!("{}", render::trace_end(&summary));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error(error)) => {
+            if json {
+                print_json_line(&Response::Error(error));
+            } else {
+                eprintln!("xlb: {error}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(other) => {
+            eprintln!("xlb: unexpected answer: {other:?}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("xlb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json_line(value: &impl Serialize) {
+    println!("{}", serde_json::to_string(value).expect("serializable"));
 }
 
 /// `xlb man`: the page of `xlb` on stdout, or every command's page in `dir`.

@@ -1,7 +1,8 @@
 //! The data plane as userspace holds it: the loaded programs (XDP and tc) and their maps;
 //! where each interface gets the program (`links` reads the host, `hooks` decides,
 //! `preflight` checks it all, `attach` makes and takes over the links); the maps' contents
-//! (`maps`, `flows`, `batch`); and `simulate`, which runs a packet through the loaded program.
+//! (`maps`, `flows`, `batch`); `simulate`, which runs a packet through the loaded program; and
+//! `trace`, the maps of `xlb trace`.
 
 pub mod attach;
 mod batch;
@@ -15,6 +16,7 @@ mod objects;
 pub mod pins;
 mod preflight;
 pub mod simulate;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// The maps.
     pub maps: Maps,
+    /// The trace maps, until the monitor takes them.
+    pub tracer: Option<trace::Tracer>,
     attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
@@ -120,9 +124,11 @@ impl Dataplane {
             .context("loading the tc program (verifier)")?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.arm_handshake_guard(flow_table_size)?;
+        let tracer = trace::Tracer::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             maps,
+            tracer: Some(tracer),
             attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,

@@ -9,7 +9,7 @@
 //! publishes only the tables that changed, atomically) and purges the flows of backends that
 //! went Down. Around that loop, in child modules: the flow sweep (`sweep`), the reports and
 //! samples behind `xlb status`, `xlb stats` and the metrics (`reports`), operators' commands
-//! (`operator`) and reloads (`reload`).
+//! (`operator`, with `persist`, `flow_list` and `trace`) and reloads (`reload`).
 
 mod checkers;
 mod flow_list;
@@ -19,6 +19,7 @@ pub mod plan;
 mod reload;
 mod reports;
 mod sweep;
+pub mod trace;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -83,6 +84,9 @@ pub struct Monitor {
     metrics_server: Option<JoinHandle<()>>,
     /// Reloads so far, for the metrics.
     reloads: metrics::ReloadMetrics,
+    /// The trace maps (taken from the data plane when the monitor runs; lent to a trace
+    /// while one runs).
+    tracer: trace::SharedTracer,
     /// Incremented by every reload (see [`BackendRef`]).
     generation: u64,
     /// What the last sweep of the flow tables found, when it ran, and how long it took.
@@ -131,6 +135,7 @@ impl Monitor {
             rates: Rates::default(),
             snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
             metrics_server: None,
+            tracer: Arc::new(Mutex::new(None)),
             reloads: metrics::ReloadMetrics {
                 last_succeeded: true,
                 last_success_unix: operator::unix_seconds() as f64,
@@ -202,6 +207,7 @@ impl Monitor {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let (events, mut received) = mpsc::channel(1024);
+        *self.tracer.lock().expect("the tracer lock") = dataplane.tracer.take();
         self.spawn_checkers(&events);
         let mut ramp = interval(RAMP_STEP);
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -219,8 +225,8 @@ impl Monitor {
                     }
                 }
                 Some((request, caller, reply)) = calls.recv() => {
-                    let response = self.answer(request, &caller, dataplane, &events);
-                    let _ = reply.send(response);
+                    let answer = self.answer(request, &caller, dataplane, &events);
+                    let _ = reply.send(answer);
                 }
                 _ = ramp.tick() => {
                     if self.any_ramping() {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{Monitor, checkers::Event, persist};
 use crate::{
-    api::{AdminAction, Caller, Request, Response, SimulationReport},
+    api::{AdminAction, Caller, Reply, Request, Response, SimulationReport},
     control::locality::home_pool,
     dataplane::{Dataplane, Maps, simulate::simulate},
     health::state::Admin,
@@ -27,7 +27,18 @@ impl Monitor {
         caller: &Caller,
         dataplane: &mut Dataplane,
         events: &mpsc::Sender<Event>,
-    ) -> Response {
+    ) -> Reply {
+        if let Request::Trace {
+            service,
+            client,
+            seconds,
+            sample,
+        } = &request
+        {
+            return self
+                .trace(service, client.as_deref(), *seconds, *sample)
+                .unwrap_or_else(|error| Response::Error(format!("{error:#}")).into());
+        }
         let result = match request {
             Request::Status { service } => self
                 .status_report(service.as_deref(), dataplane)
@@ -58,8 +69,9 @@ impl Monitor {
             Request::Simulate { service, client } => self
                 .simulate(dataplane, &service, client)
                 .map(Response::Simulation),
+            Request::Trace { .. } => unreachable!("answered above"),
         };
-        result.unwrap_or_else(|error| Response::Error(format!("{error:#}")))
+        Reply::Once(result.unwrap_or_else(|error| Response::Error(format!("{error:#}"))))
     }
 
     pub(super) fn service_index(&self, name: &str) -> Result<usize> {

@@ -2,14 +2,15 @@
 //! real servers in network namespaces: status, stats, top, flows, simulate and bad input
 //! (`commands`); backend drain/disable/weight/enable and their persistence (`settings`);
 //! reload and SIGHUP (`reload`); the metrics endpoint read by promtool and Prometheus
-//! (`metrics`); a restart that keeps every flow (`restart`). Needs root: run with
-//! `cargo xtask test`.
+//! (`metrics`); a restart that keeps every flow (`restart`); `xlb trace` (`trace`). Needs
+//! root: run with `cargo xtask test`.
 
 mod commands;
 mod metrics;
 mod reload;
 mod restart;
 mod settings;
+mod trace;
 
 use std::{
     collections::BTreeMap,

@@ -10,7 +10,7 @@
 //! Each run builds the namespace of `xlb_tests::packet_net` (fixed routes and neighbours).
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
-//! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`.
+//! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`.
 
 mod expiry;
 mod flood;
@@ -19,6 +19,7 @@ mod ipv6;
 mod locality;
 mod nat;
 mod swap;
+mod trace;
 
 use std::{
     net::SocketAddr,

@@ -1,0 +1,374 @@
+//! `xlb trace`: checks the request, starts a trace in the data plane, and streams what it
+//! records until the time is up or the operator leaves; then ends it and says how it went.
+//! One trace at a time. [`describe`] (an event, named) is pure.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Result, anyhow, bail};
+use lb_common::{
+    consts::proto,
+    direction,
+    trace::{NO_BACKEND_ID, TraceConfig, TraceEvent, decision, max_prefix_len},
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use super::Monitor;
+use crate::{
+    api::{Reply, Response, TraceEventReport, TraceSummary},
+    config::parse_prefix,
+    dataplane::{monotonic_ns, trace::Tracer},
+    wire,
+};
+
+/// How long a trace runs unless told.
+pub const DEFAULT_SECONDS: u64 = 10;
+/// The longest trace.
+pub const MAX_SECONDS: u64 = 3600;
+/// The sparsest sampling.
+pub const MAX_SAMPLE: u32 = 1_000_000;
+
+/// The tracer, shared by the monitor and the trace running (which holds it while it runs).
+pub(super) type SharedTracer = Arc<Mutex<Option<Tracer>>>;
+
+/// What names the ids in a trace's events, as of its start.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// Service id -> name.
+    pub services: HashMap<u32, String>,
+    /// Backend id -> address.
+    pub backends: HashMap<u32, SocketAddr>,
+    /// Service id -> its pools' names (services with more than one pool).
+    pub pools: HashMap<u32, Vec<String>>,
+}
+
+/// The TCP flags of a packet, as `tcpdump` names them.
+fn tcp_flags(flags: u8) -> String {
+    const NAMES: [(u8, &str); 6] = [
+        (0x02, "SYN"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+    ];
+    let set: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    set.join("|")
+}
+
+/// An event as `xlb trace` shows it; `start_ns` is when the trace began.
+pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventReport {
+    let pool = |index: u8| {
+        names
+            .pools
+            .get(&event.service_id)
+            .and_then(|pools| pools.get(usize::from(index)).cloned())
+    };
+    let new = matches!(
+        event.decision,
+        decision::NEW_ROUND_ROBIN | decision::NEW_HASHED
+    );
+    TraceEventReport {
+        seconds: event.time_ns.saturating_sub(start_ns) as f64 / 1e9,
+        service: names
+            .services
+            .get(&event.service_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", event.service_id)),
+        protocol: if event.proto == proto::UDP {
+            "udp"
+        } else {
+            "tcp"
+        }
+        .to_owned(),
+        client: SocketAddr::new(
+            wire::ip_from_field(&event.client, event.family),
+            u16::from_be(event.client_port),
+        ),
+        decision: match event.decision {
+            decision::NEW_ROUND_ROBIN => "new_round_robin",
+            decision::NEW_HASHED => "new_hashed",
+            decision::NO_BACKEND => "no_backend",
+            decision::ESTABLISHED => "established",
+            decision::ICMP_TRANSLATED => "icmp_translated",
+            _ => "unknown",
+        }
+        .to_owned(),
+        direction: if event.direction == direction::TO_CLIENT {
+            "to_client"
+        } else {
+            "to_backend"
+        }
+        .to_owned(),
+        backend: (event.backend_id != NO_BACKEND_ID)
+            .then(|| names.backends.get(&event.backend_id).copied())
+            .flatten(),
+        slot: new.then_some(event.slot),
+        home_pool: (new || event.decision == decision::NO_BACKEND)
+            .then(|| pool(event.home_pool))
+            .flatten(),
+        backend_pool: new.then(|| pool(event.backend_pool)).flatten(),
+        tcp_flags: if event.proto == proto::TCP {
+            tcp_flags(event.tcp_flags)
+        } else {
+            String::new()
+        },
+        half_open: event.half_open != 0,
+    }
+}
+
+impl Monitor {
+    /// Starts `xlb trace` for `service`: checks the filter, writes it to the data plane and
+    /// returns the stream of its events.
+    pub(super) fn trace(
+        &mut self,
+        service: &str,
+        client: Option<&str>,
+        seconds: Option<u64>,
+        sample: Option<u32>,
+    ) -> Result<Reply> {
+        let index = self.service_index(service)?;
+        let listen = self.config.services[index].listen;
+        let seconds = seconds.unwrap_or(DEFAULT_SECONDS);
+        if !(1..=MAX_SECONDS).contains(&seconds) {
+            bail!("seconds {seconds} is out of range: 1 to {MAX_SECONDS}");
+        }
+        let sample = sample.unwrap_or(1);
+        if !(1..=MAX_SAMPLE).contains(&sample) {
+            bail!("sample {sample} is out of range: 1 to {MAX_SAMPLE} (1: every packet)");
+        }
+        let family = wire::family_of(listen.ip());
+        let (client, prefix_len, client_family) = match client {
+            None => (lb_common::Addr::default(), 0, 0),
+            Some(text) => {
+                let net = parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}"))?;
+                if net.addr().is_ipv4() != listen.is_ipv4() {
+                    let (this, that) = if net.addr().is_ipv4() {
+                        ("IPv4", "IPv6")
+                    } else {
+                        ("IPv6", "IPv4")
+                    };
+                    bail!(
+                        "client prefix {net} is {this} and service {service:?} is {that}: no \
+                         packet could match"
+                    );
+                }
+                (wire::addr_field(net.addr()), net.prefix_len(), family)
+            }
+        };
+        debug_assert!(prefix_len <= max_prefix_len(family));
+        let applied = &self.balancer.services()[index];
+        let names = self.trace_names();
+        let Some(mut tracer) = self.tracer.lock().expect("the tracer lock").take() else {
+            bail!("another trace is running (one at a time); try again when it ends");
+        };
+        let start_ns = monotonic_ns()?;
+        let config = TraceConfig {
+            until_ns: start_ns + seconds * 1_000_000_000,
+            client,
+            service_id: applied.id,
+            sample_every: sample,
+            family: client_family,
+            prefix_len,
+            ..TraceConfig::default()
+        };
+        if let Err(error) = tracer.begin(config) {
+            *self.tracer.lock().expect("the tracer lock") = Some(tracer);
+            return Err(error);
+        }
+        info!(service, seconds, sample, "trace started");
+        let (events, stream) = mpsc::channel(1024);
+        let slot = Arc::clone(&self.tracer);
+        tokio::spawn(async move {
+            let summary = run(tracer, &slot, &names, start_ns, seconds, &events).await;
+            let response = match summary {
+                Ok(summary) => {
+                    info!(
+                        matched = summary.matched,
+                        lost = summary.lost,
+                        "trace ended"
+                    );
+                    Response::TraceEnd(summary)
+                }
+                Err(error) => {
+                    warn!("trace: {error:#}");
+                    Response::Error(format!("trace: {error:#}"))
+                }
+            };
+            let _ = events.send(response).await;
+        });
+        Ok(Reply::Stream(stream))
+    }
+
+    /// The names of every service, backend and pool, as applied now.
+    fn trace_names(&self) -> Names {
+        let mut names = Names::default();
+        for (config, applied) in self.config.services.iter().zip(self.balancer.services()) {
+            names.services.insert(applied.id, config.name.clone());
+            for backend in &applied.backends {
+                names.backends.insert(backend.id, backend.address);
+            }
+            if config.pools.len() > 1 {
+                let pools = config.pools.iter().map(|p| p.name.clone()).collect();
+                names.pools.insert(applied.id, pools);
+            }
+        }
+        names
+    }
+}
+
+/// Streams the trace's events until `seconds` pass or the operator leaves; ends the trace and
+/// gives the tracer back to `slot`, also when something fails.
+async fn run(
+    mut tracer: Tracer,
+    slot: &SharedTracer,
+    names: &Names,
+    start_ns: u64,
+    seconds: u64,
+    events: &mpsc::Sender<Response>,
+) -> Result<TraceSummary> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut recorded = 0u64;
+    let mut left = false;
+    // SAFETY: the tracer owns the ring buffer's descriptor, open until the tracer is dropped,
+    // and always returns that one.
+    let streamed = match unsafe { AsyncFd::register_with_interest(tracer, Interest::READABLE) } {
+        Err(error) => {
+            let (inner, cause) = error.into_parts();
+            tracer = inner;
+            Err(anyhow::Error::from(cause).context("waiting for the ring buffer"))
+        }
+        Ok(mut ring) => {
+            let mut result = Ok(());
+            while !left {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = events.closed() => left = true,
+                    ready = ring.readable_mut() => {
+                        let mut guard = match ready {
+                            Ok(guard) => guard,
+                            Err(error) => {
+                                result = Err(error.into());
+                                break;
+                            }
+                        };
+                        while let Some(event) = guard.get_inner_mut().next_event() {
+                            recorded += 1;
+                            let report = describe(&event, names, start_ns);
+                            if events.send(Response::TraceEvent(report)).await.is_err() {
+                                left = true;
+                                break;
+                            }
+                        }
+                        guard.clear_ready();
+                    }
+                }
+            }
+            tracer = ring.into_inner();
+            result
+        }
+    };
+    let ended = tracer.end();
+    // What was written before the end.
+    while let Some(event) = tracer.next_event() {
+        recorded += 1;
+        let report = describe(&event, names, start_ns);
+        if !left && events.send(Response::TraceEvent(report)).await.is_err() {
+            left = true;
+        }
+    }
+    *slot.lock().expect("the tracer lock") = Some(tracer);
+    streamed?;
+    let counters = ended?;
+    Ok(TraceSummary {
+        seconds: started.elapsed().as_secs_f64(),
+        matched: counters.matched,
+        recorded,
+        lost: counters.lost,
+        sample: counters.sample_every,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::consts::family;
+
+    #[test]
+    fn events_are_named_and_explained() {
+        let names = Names {
+            services: HashMap::from([(2, "video".to_owned())]),
+            backends: HashMap::from([(7, "198.18.1.21:8080".parse().unwrap())]),
+            pools: HashMap::from([(2, vec!["kr".to_owned(), "jp".to_owned()])]),
+        };
+        let spill = TraceEvent {
+            time_ns: 1_500_000_000,
+            client: wire::addr_field("198.18.0.2".parse().unwrap()),
+            service_id: 2,
+            backend_id: 7,
+            client_port: 40000u16.to_be(),
+            decision: decision::NEW_ROUND_ROBIN,
+            direction: direction::TO_BACKEND,
+            family: family::IPV4,
+            proto: proto::TCP,
+            tcp_flags: 0x02,
+            half_open: 1,
+            home_pool: 0,
+            backend_pool: 1,
+            slot: 3,
+        };
+        let report = describe(&spill, &names, 1_000_000_000);
+        assert_eq!(report.seconds, 0.5);
+        assert_eq!(report.service, "video");
+        assert_eq!(report.client.to_string(), "198.18.0.2:40000");
+        assert_eq!(report.decision, "new_round_robin");
+        assert_eq!(report.backend, Some("198.18.1.21:8080".parse().unwrap()));
+        assert_eq!(report.slot, Some(3));
+        assert_eq!(
+            (report.home_pool.as_deref(), report.backend_pool.as_deref()),
+            (Some("kr"), Some("jp"))
+        );
+        assert_eq!(report.tcp_flags, "SYN");
+        assert!(report.half_open);
+
+        let reply = TraceEvent {
+            decision: decision::ESTABLISHED,
+            direction: direction::TO_CLIENT,
+            tcp_flags: 0x11,
+            half_open: 0,
+            ..spill
+        };
+        let report = describe(&reply, &names, 1_000_000_000);
+        assert_eq!(
+            (report.decision.as_str(), report.direction.as_str()),
+            ("established", "to_client")
+        );
+        assert_eq!((report.slot, report.home_pool), (None, None));
+        assert_eq!(report.tcp_flags, "FIN|ACK");
+
+        let dropped = TraceEvent {
+            decision: decision::NO_BACKEND,
+            backend_id: NO_BACKEND_ID,
+            proto: proto::UDP,
+            ..spill
+        };
+        let report = describe(&dropped, &names, 0);
+        assert_eq!((report.backend, report.tcp_flags.as_str()), (None, ""));
+        assert_eq!(report.home_pool.as_deref(), Some("kr"));
+        assert_eq!(report.protocol, "udp");
+    }
+}
