@@ -13,13 +13,18 @@ pub fn command() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// The directory where the workspace's debug binaries are built.
-pub fn bin_dir() -> Result<PathBuf> {
+/// The workspace's target directory.
+pub fn target_dir() -> Result<PathBuf> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
         .context("cargo metadata")?;
-    Ok(metadata.target_directory.join("debug").into_std_path_buf())
+    Ok(metadata.target_directory.into_std_path_buf())
+}
+
+/// The directory where the workspace's debug binaries are built.
+pub fn bin_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("debug"))
 }
 
 /// Builds every binary of the workspace's default members (debug).

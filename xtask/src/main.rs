@@ -5,12 +5,14 @@
 //! - `cargo xtask demo`: setup, build, then balance real traffic in a namespace topology.
 //! - `cargo xtask bench [--quick]`: setup, build, run the benchmarks, write BENCHMARKS.md.
 //! - `cargo xtask fuzz [--cases N] [--seed S]`: the long fuzzing run of the data plane.
+//! - `cargo xtask package`: setup, then the Debian package (cargo-deb) in target/package/.
 
 mod bench;
 mod cargo;
 mod demo;
 mod fuzz;
 mod janitor;
+mod package;
 mod setup;
 mod steps;
 mod test;
@@ -44,6 +46,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, then build the Debian package (cargo-deb): the binary, the systemd unit, an
+    /// example configuration in /etc/xlb/, man pages, completions; in target/package/.
+    Package,
     /// Set up, then run the data-plane fuzzer: generated and mutated frames through the
     /// program (BPF_PROG_TEST_RUN), each result checked against the invariants.
     Fuzz {
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),
         Command::Fuzz { cases, seed } => fuzz::run(cases, seed),
+        Command::Package => package::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::steps::{Steps, note};
 
 /// Number of steps [`run`] takes.
-pub const STEPS: usize = 4;
+pub const STEPS: usize = 5;
 
 /// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
 /// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks;
@@ -32,6 +32,8 @@ const LLVM_PACKAGE: &str = "llvm-22-dev";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release known to work with LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-deb release `cargo xtask package` uses.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Runs the setup steps.
 pub fn run(steps: &mut Steps) -> Result<()> {
@@ -45,7 +47,29 @@ pub fn run(steps: &mut Steps) -> Result<()> {
         &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
         ensure_bpf_linker,
     )?;
+    steps.run(&format!("cargo-deb {CARGO_DEB_VERSION}"), ensure_cargo_deb)?;
     Ok(())
+}
+
+fn ensure_cargo_deb() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    if let Ok(version) = output(Command::new(&cargo).args(["deb", "--version"]))
+        && version.contains(CARGO_DEB_VERSION)
+    {
+        note(&format!("already installed: {}", version.trim()));
+        return Ok(());
+    }
+    note("building cargo-deb with cargo install (about two minutes)");
+    quiet(
+        Command::new(cargo).args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ]),
+        "cargo install cargo-deb",
+    )
 }
 
 fn check_root() -> Result<()> {

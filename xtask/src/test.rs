@@ -6,14 +6,14 @@ use anyhow::{Result, bail};
 use crate::{
     cargo::{self, TestCounts},
     janitor::Janitor,
-    setup,
+    package, setup,
     steps::Steps,
     tiers,
 };
 
 /// Runs `cargo xtask test`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("test", setup::STEPS + 9);
+    let mut steps = Steps::new("test", setup::STEPS + 9 + package::STEPS);
     setup::run(&mut steps)?;
     steps.run("build (cargo build --bins)", cargo::build_binaries)?;
     steps.run("formatting (cargo fmt --check)", || {
@@ -44,11 +44,15 @@ pub fn run() -> Result<()> {
         },
     )?;
 
+    // The package, which a tier-3 test inspects and runs.
+    let deb = package::build(&mut steps)?;
+
     let run_id = std::process::id().to_string();
     let janitor = Janitor::install(format!("xlbt{run_id}-"))?;
     let envs = [
         (xlb_tests::netns::RUN_ENV, run_id),
         ("XLB_BIN_DIR", cargo::bin_dir()?.display().to_string()),
+        ("XLB_DEB", deb.display().to_string()),
     ];
     let unit = vec![vec!["test".to_owned()]];
     let tiers: [(&str, Vec<Vec<String>>); 3] = [

@@ -127,3 +127,43 @@ fn openmetrics_names_counter_families_without_the_suffix() {
         );
     }
 }
+
+/// Every series a query of contrib/grafana-dashboard.json names is one xlb serves.
+#[test]
+fn the_grafana_dashboard_asks_only_for_series_xlb_serves() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(definition) = variable["definition"].as_str() {
+            queries.push(definition.to_owned());
+        }
+    }
+    let served: std::collections::BTreeSet<String> = sample_names(&rendered(Format::Classic))
+        .into_iter()
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for query in &queries {
+        let mut rest = query.as_str();
+        while let Some(at) = rest.find("xlb_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(served.contains(&name), "{name} in {query:?} is not served");
+            rest = &rest[at + name.len()..];
+            used.insert(name);
+        }
+    }
+    assert!(
+        used.len() >= 15,
+        "the dashboard shows most series: {used:?}"
+    );
+}
