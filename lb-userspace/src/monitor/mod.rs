@@ -288,11 +288,12 @@ impl Monitor {
             &serving_before,
             Instant::now(),
         );
-        self.log_plan(&plan);
         self.statuses = plan.statuses.clone();
         // Spills so far count toward the pools that were serving until now.
         self.account_spills(maps);
         let summary = self.balancer.apply(&plan.specs, maps)?;
+        // Logged once in effect: whoever reads "state changed" finds the tables published.
+        self.log_plan(&plan);
         if summary.tables_published > 0 {
             debug!(tables = summary.tables_published, "tables published");
         }
