@@ -25,6 +25,9 @@ pub mod flow_flags {
     /// A TCP FIN or RST was seen in either direction: the flow expires after
     /// `tcp_closing_timeout` of silence instead of `tcp_idle_timeout`.
     pub const CLOSING: u8 = 1;
+    /// The backend answered the flow's SYN (set on the half-open reply entry when a backend's
+    /// packet passes): a retransmitted SYN is then not the backend's fault.
+    pub const ANSWERED: u8 = 2;
 }
 
 /// Capacity limits. Maps are sized from these; userspace validation enforces them.
@@ -56,6 +59,8 @@ pub mod limits {
     pub const MAX_WEIGHT: u32 = 256;
     /// Network interfaces xlb can attach to (entries of the `EGRESS_PORTS` devmap).
     pub const MAX_INTERFACES: u32 = 64;
+    /// Client prefixes whose new-flow rate is tracked (`ADMISSION`, LRU, across services).
+    pub const MAX_ADMISSION_PREFIXES: u32 = 65_536;
 }
 
 /// Timing constants of the data plane (times from `bpf_ktime_get_coarse_ns`, the coarse
@@ -107,6 +112,18 @@ pub mod map_names {
     /// Per-CPU data-plane event counters (see [`super::events`]).
     pub const EVENTS: &str = "EVENTS";
 
+    /// Per service: passive health and admission settings.
+    pub const SERVICE_POLICIES: &str = "SERVICE_POLICIES";
+    /// Per backend: passive counts and the suspect mark.
+    pub const PASSIVE_MARKS: &str = "PASSIVE_MARKS";
+    /// Per service: the suspect marks it handed out (the share cap).
+    pub const SUSPECT_SLOTS: &str = "SUSPECT_SLOTS";
+    /// Per (service, client prefix): the admission bucket.
+    pub const ADMISSION: &str = "ADMISSION";
+    /// Marks for the daemon to confirm, a ring buffer (not pinned: read by the daemon that
+    /// loaded the program; a restarted daemon reads `PASSIVE_MARKS`).
+    pub const PASSIVE_EVENTS: &str = "PASSIVE_EVENTS";
+
     /// What `xlb trace` traces (not pinned: a trace belongs to one program instance).
     pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
     /// The traced decisions, a ring buffer (not pinned).
@@ -114,7 +131,7 @@ pub mod map_names {
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, and the trace's maps).
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 18] = [
         SERVICES,
         BACKEND_TABLES,
         BACKENDS,
@@ -129,6 +146,10 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         EVENTS,
+        SERVICE_POLICIES,
+        PASSIVE_MARKS,
+        SUSPECT_SLOTS,
+        ADMISSION,
     ];
 }
 
@@ -190,8 +211,26 @@ pub mod events {
     /// generic XDP sees, with a partial checksum it cannot update): passed to the kernel
     /// untouched. Generic mode needs GRO off on its interfaces; tc mode handles these packets.
     pub const OVERSIZED_PASSED: u32 = 15;
+    /// A backend answered a client's SYN with a RST acknowledging that SYN: it refused the
+    /// handshake (passive health counts it).
+    pub const PASSIVE_REFUSED: u32 = 16;
+    /// A client retransmitted the SYN of a half-open flow whose backend never answered
+    /// (passive health counts it).
+    pub const PASSIVE_UNANSWERED: u32 = 17;
+    /// Such a retransmitted SYN was placed on another backend.
+    pub const SYN_REPLACED: u32 = 18;
+    /// A backend was marked suspect: new flows skip it until the mark ends or the daemon
+    /// clears it.
+    pub const SUSPECT_MARKED: u32 = 19;
+    /// A backend reached a passive threshold, but its service already had as many suspects
+    /// as its share allows: not marked.
+    pub const SUSPECT_CAPPED: u32 = 20;
+    /// A new flow skipped a suspect backend's slot for the next one.
+    pub const SUSPECT_SKIPPED: u32 = 21;
+    /// A new flow was dropped by its client prefix's admission limit.
+    pub const ADMISSION_DROPPED: u32 = 22;
     /// Number of event counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 23;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -211,6 +250,13 @@ pub mod events {
         "syn_hashed",
         "midstream_hashed",
         "oversized_passed",
+        "passive_refused",
+        "passive_unanswered",
+        "syn_replaced",
+        "suspect_marked",
+        "suspect_capped",
+        "suspect_skipped",
+        "admission_dropped",
     ];
 }
 

@@ -104,6 +104,8 @@ pub struct Frame {
     pub total_length_override: Option<u16>,
     /// Overrides the TCP data offset nibble (malformed packets).
     pub tcp_doff_override: Option<u8>,
+    /// TCP acknowledgement number (0 unless set).
+    pub tcp_ack: u32,
 }
 
 /// MAC of the client in packet tests.
@@ -133,6 +135,7 @@ impl Frame {
             ihl_override: None,
             total_length_override: None,
             tcp_doff_override: None,
+            tcp_ack: 0,
         }
     }
 
@@ -212,7 +215,7 @@ impl Frame {
                 l4.extend_from_slice(&self.src.port().to_be_bytes());
                 l4.extend_from_slice(&self.dst.port().to_be_bytes());
                 l4.extend_from_slice(&seq.to_be_bytes());
-                l4.extend_from_slice(&0u32.to_be_bytes()); // ack
+                l4.extend_from_slice(&self.tcp_ack.to_be_bytes());
                 l4.push(self.tcp_doff_override.unwrap_or(5) << 4);
                 l4.push(flags);
                 l4.extend_from_slice(&64_240u16.to_be_bytes()); // window

@@ -19,6 +19,7 @@ pub mod frame;
 pub mod guard;
 pub mod hash;
 pub mod maps;
+pub mod passive;
 pub mod tables;
 pub mod trace;
 

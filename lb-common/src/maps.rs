@@ -164,6 +164,12 @@ pub struct FlowEntry {
     /// Coarse monotonic time (ns) the next hop was last taken from the FIB; it is looked up
     /// again after `timing::NEXT_HOP_TTL_NS`.
     pub hop_checked_ns: u64,
+    /// While the flow is half-open: the acknowledgement number that the backend's answer to
+    /// the client's SYN carries (the SYN's sequence number plus one, host order), so that only
+    /// a RST answering that very SYN counts as refused (passive health). Unused afterwards.
+    pub handshake_ack: u32,
+    /// Explicit padding; zero.
+    pub _pad: u32,
 }
 
 /// Per-CPU traffic counters of one service or one backend (`SERVICE_STATS`, `BACKEND_STATS`).
@@ -183,6 +189,13 @@ pub struct TrafficCounters {
     pub new_flows: u64,
     /// New flows dropped because no backend could take them (services only).
     pub no_backend: u64,
+    /// Handshakes the backend refused: a RST answering the client's SYN (passive health).
+    pub refused: u64,
+    /// Handshakes the backend left unanswered until the client retransmitted its SYN, which
+    /// was then placed on another backend (passive health).
+    pub unanswered: u64,
+    /// New flows dropped by the per-prefix admission limit (services only).
+    pub admission_dropped: u64,
 }
 
 impl TrafficCounters {
@@ -194,6 +207,9 @@ impl TrafficCounters {
         self.rev_bytes += other.rev_bytes;
         self.new_flows += other.new_flows;
         self.no_backend += other.no_backend;
+        self.refused += other.refused;
+        self.unanswered += other.unanswered;
+        self.admission_dropped += other.admission_dropped;
     }
 }
 
@@ -226,8 +242,8 @@ const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<VipKey>() == 20);
-const _: () = assert!(size_of::<FlowEntry>() == 64);
-const _: () = assert!(size_of::<TrafficCounters>() == 48);
+const _: () = assert!(size_of::<FlowEntry>() == 72);
+const _: () = assert!(size_of::<TrafficCounters>() == 72);
 const _: () = assert!(size_of::<HandshakeGuard>() == 32);
 
 #[cfg(feature = "user")]
@@ -258,5 +274,10 @@ mod pod {
         HandshakeGuard,
         crate::trace::TraceConfig,
         crate::trace::TraceEvent,
+        crate::passive::ServicePolicy,
+        crate::passive::PassiveMark,
+        crate::passive::SuspectSlots,
+        crate::passive::PassiveEvent,
+        crate::passive::AdmissionKey,
     );
 }

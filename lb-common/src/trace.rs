@@ -19,6 +19,10 @@ pub mod decision {
     pub const ESTABLISHED: u8 = 4;
     /// An ICMP error quoting a packet of a flow, translated and forwarded.
     pub const ICMP_TRANSLATED: u8 = 5;
+    /// A retransmitted SYN whose backend never answered, placed on another backend.
+    pub const REPLACED: u8 = 6;
+    /// A new flow dropped by its client prefix's admission limit.
+    pub const ADMISSION_DROPPED: u8 = 7;
 }
 
 /// [`TraceConfig::service_id`] for every service.
@@ -86,6 +90,10 @@ pub struct TraceEvent {
     pub backend_pool: u8,
     /// The slot of the table a new flow's backend was taken from.
     pub slot: u16,
+    /// Slots of suspect backends a new flow skipped to reach `slot`.
+    pub skipped: u8,
+    /// Explicit padding; zero.
+    pub _pad: [u8; 3],
 }
 
 /// Whether the bits of `addr` within the first `len` bits equal those of `prefix` (both in

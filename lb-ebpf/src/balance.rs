@@ -12,25 +12,31 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
 };
 use lb_common::{
-    ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey, TrafficCounters,
+    ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey,
     consts::{events, flow_flags, limits::MAX_TABLE_SLOTS, proto, timing::LAST_SEEN_REFRESH_NS},
     direction,
     guard::{hashes_syn, starts_flooded, window_ended},
     hash::flow_hash,
+    passive::MAX_SKIPS,
     tables::{table_index, table_owner},
-    trace::decision,
+    trace::{NO_BACKEND_ID, decision},
 };
 
 use crate::{
+    counters::{
+        count_admission_dropped, count_new_flow, count_no_backend, count_spill, count_traffic,
+    },
+    flows::{Retransmission, make_reply, promote, retransmitted_syn, scratch_peer, table},
     forward::{Route, resolve, send, send_cached},
     frame::Frame,
     icmp,
     maps::{
-        BACKEND_STATS, BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, FlowTable, HALF_OPEN,
-        HANDSHAKE_GUARD, RR_CURSORS, SERVICE_STATS, SERVICES, SPILLED, count_event,
+        BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, HALF_OPEN, HANDSHAKE_GUARD, RR_CURSORS,
+        SERVICES, count_event,
     },
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
+    passive,
     scratch::scratch,
     trace,
 };
@@ -73,31 +79,52 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     if pkt.proto == proto::TCP
         && let Some(entry) = HALF_OPEN.get_ptr_mut(key)
     {
-        // A client packet without SYN completes the handshake; a retransmitted SYN makes
-        // sure the reply entry is there for the backend's SYN-ACK; anything else (the
-        // SYN-ACK itself) is forwarded as it is.
-        if service.is_some() {
-            if pkt.tcp_flags & TCP_SYN == 0 {
+        // A client packet without SYN completes the handshake; a retransmitted SYN is
+        // forwarded (its reply entry put back if a flood evicted it) or, if the backend never
+        // answered, placed on another backend; a backend's packet (no service: its
+        // destination is the client) may be its answer, or its refusal.
+        match service {
+            Some(_) if pkt.tcp_flags & TCP_SYN == 0 => {
                 if let Some(entry) = promote(key, entry) {
                     return established(frame, pkt, key, entry, false);
                 }
-            } else {
-                restore_reply(key, entry);
+            }
+            Some(service) => {
+                if let Retransmission::Replace(avoid) = retransmitted_syn(key, entry) {
+                    return place(frame, pkt, key, service, avoid);
+                }
+            }
+            None => {
+                // SAFETY: the helper takes no arguments and only reads the clock.
+                let now = unsafe { bpf_ktime_get_coarse_ns() };
+                passive::backend_answer(frame, pkt, entry, now);
             }
         }
         return established(frame, pkt, key, entry, true);
     }
     if let Some(service) = service {
-        // SAFETY: copy the value out at once; the element may be replaced after this.
-        let service = unsafe { *service };
-        let pool = home_pool(&service, &pkt.src);
-        let table_index = table_index(service.id, pool);
-        return match new_flow(frame, pkt, key, table_index) {
-            NewFlow::Done(verdict) => verdict,
-            NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
-        };
+        return place(frame, pkt, key, service, NO_BACKEND_ID);
     }
     F::PASS
+}
+
+/// Places a new flow of `service` (or re-places a half-open one away from backend `avoid`).
+#[inline(always)]
+fn place<F: Frame>(
+    frame: &F,
+    pkt: &Packet,
+    key: &FlowKey,
+    service: *const ServiceEntry,
+    avoid: u32,
+) -> u32 {
+    // SAFETY: copy the value out at once; the element may be replaced after this.
+    let service = unsafe { *service };
+    let pool = home_pool(&service, &pkt.src);
+    let placement = Placement::new(table_index(service.id, pool), avoid);
+    match new_flow(frame, pkt, key, placement) {
+        NewFlow::Done(verdict) => verdict,
+        NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
+    }
 }
 
 /// The home pool of a new flow from `client`: the pool of the longest client prefix that
@@ -117,6 +144,31 @@ fn home_pool(service: &ServiceEntry, client: &lb_common::Addr) -> u32 {
     }
 }
 
+/// Where a new flow is placed, in one 64-bit argument (a BPF function takes at most five
+/// arguments in registers, the result's pointer among them, and LLVM splits a struct of two
+/// words into two): the table of the service and home pool, and for a retransmitted SYN its
+/// backend never answered, that backend (whose flow entries are replaced), else
+/// `NO_BACKEND_ID` (the flow is new, and must be admitted).
+#[derive(Clone, Copy)]
+struct Placement(u64);
+
+impl Placement {
+    #[inline(always)]
+    fn new(table_index: u32, avoid: u32) -> Self {
+        Self(u64::from(avoid) << 32 | u64::from(table_index))
+    }
+
+    #[inline(always)]
+    fn table_index(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline(always)]
+    fn avoid(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
 /// What became of a new flow's first packet.
 enum NewFlow {
     /// Handled, with this verdict.
@@ -125,100 +177,6 @@ enum NewFlow {
     /// the flag says so). Returned rather than handled inside `new_flow`, so that the two
     /// functions' stack frames are never on the stack at once.
     Raced(*mut FlowEntry, bool),
-}
-
-/// The flow table: `HALF_OPEN` or `FLOWS`.
-#[inline(always)]
-fn table(half_open: bool) -> &'static FlowTable {
-    if half_open { &HALF_OPEN } else { &FLOWS }
-}
-
-/// The peer key of `key`, written to the scratch area (see [`peer_key`]).
-#[inline(always)]
-fn scratch_peer(key: &FlowKey, entry: &FlowEntry) -> Option<&'static FlowKey> {
-    let scratch = scratch()?;
-    // SAFETY: this CPU's scratch area; `peer` is not otherwise borrowed while this one lives.
-    let peer = unsafe { &mut (*scratch).peer };
-    *peer = peer_key(key, entry);
-    Some(peer)
-}
-
-/// The key of the other direction of the flow whose entry `entry` is stored under `key`.
-#[inline(always)]
-fn peer_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
-    if entry.direction == direction::TO_BACKEND {
-        FlowKey {
-            src_addr: entry.addr,
-            src_port: entry.port,
-            dst_addr: key.src_addr,
-            dst_port: key.src_port,
-            ..*key
-        }
-    } else {
-        FlowKey {
-            src_addr: key.dst_addr,
-            src_port: key.dst_port,
-            dst_addr: entry.addr,
-            dst_port: entry.port,
-            ..*key
-        }
-    }
-}
-
-/// Moves a TCP flow whose handshake completed from `HALF_OPEN` to `FLOWS`: the reply entry
-/// first, so a packet that finds the forward entry finds its reply too. The reply entry is
-/// rebuilt from the forward one rather than copied, because a flood may have evicted the
-/// half-open reply entry while the forward entry survived, and a flow without its reply entry
-/// would send the backend's answers untranslated. Returns the forward entry in `FLOWS`.
-#[inline(always)]
-fn promote(key: &FlowKey, entry: *mut FlowEntry) -> Option<*mut FlowEntry> {
-    // SAFETY: a valid map value; the helpers copy it into the other map.
-    let forward = unsafe { &*entry };
-    let reply_key = write_reply(key, forward, &FLOWS)?;
-    FLOWS.insert(key, forward, BPF_ANY as u64).ok()?;
-    let _ = HALF_OPEN.remove(key);
-    let _ = HALF_OPEN.remove(reply_key);
-    count_event(events::FLOW_PROMOTED);
-    FLOWS.get_ptr_mut(key)
-}
-
-/// For a SYN retransmitted by the client of a half-open flow: puts back the flow's half-open
-/// reply entry if a flood evicted it, so that the backend's SYN-ACK is translated again.
-#[inline(always)]
-fn restore_reply(key: &FlowKey, entry: *mut FlowEntry) {
-    // SAFETY: a valid map value, read before anything is written.
-    let forward = unsafe { &*entry };
-    let missing = scratch_peer(key, forward).is_some_and(|peer| HALF_OPEN.get_ptr(peer).is_none());
-    if missing {
-        let _ = write_reply(key, forward, &HALF_OPEN);
-    }
-}
-
-/// Writes into `table` the reply entry of the flow whose client-to-backend entry `forward` is
-/// stored under `key`, built from it (see [`make_reply`]). Returns the reply's key.
-#[inline(always)]
-fn write_reply(key: &FlowKey, forward: &FlowEntry, table: &FlowTable) -> Option<&'static FlowKey> {
-    if forward.direction != direction::TO_BACKEND {
-        return None;
-    }
-    let scratch = scratch()?;
-    let reply_key = scratch_peer(key, forward)?;
-    // SAFETY: this CPU's scratch area; its `entry` is not otherwise in use here.
-    let reply = unsafe { &mut (*scratch).entry };
-    *reply = *forward;
-    make_reply(reply, key);
-    table.insert(reply_key, &*reply, BPF_ANY as u64).ok()?;
-    Some(reply_key)
-}
-
-/// Turns a flow's client-to-backend entry, stored under `key`, into its reply entry: the
-/// backend's packets get their source rewritten to the VIP; the next hop is resolved anew.
-#[inline(always)]
-fn make_reply(entry: &mut FlowEntry, key: &FlowKey) {
-    entry.addr = key.dst_addr;
-    entry.port = key.dst_port;
-    entry.direction = direction::TO_CLIENT;
-    entry.hop_ifindex = 0;
 }
 
 /// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
@@ -304,10 +262,10 @@ fn established<F: Frame>(
 
 /// The first packet of a flow to a service: choose a backend (see [`next_backend`]), record both
 /// directions of the flow (TCP in `HALF_OPEN` until the handshake completes, UDP in `FLOWS`),
-/// rewrite, send. Not inlined, for the stack as `established`. `table_index` is the table of
-/// the service and home pool (one argument for both: a BPF function takes at most five).
+/// rewrite, send. Not inlined, for the stack as `established`.
 #[inline(never)]
-fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) -> NewFlow {
+fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placement) -> NewFlow {
+    let (table_index, avoid) = (placement.table_index(), placement.avoid());
     let (service_id, pool) = table_owner(table_index);
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
@@ -315,7 +273,19 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     }
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let choice = next_backend(table_index, pkt, key, now);
+    let replacing = avoid != NO_BACKEND_ID;
+    if !replacing && !passive::admitted(service_id, key, now) {
+        count_admission_dropped(service_id);
+        trace::record(
+            now,
+            service_id,
+            pkt,
+            (&key.src_addr, key.src_port),
+            |event| event.decision = decision::ADMISSION_DROPPED,
+        );
+        return NewFlow::Done(F::DROP);
+    }
+    let choice = next_backend(table_index, pkt, key, now, avoid);
     let backend = choice.and_then(|c| BACKENDS.get_ptr(c.backend_id));
     let (Some(choice), Some(backend), Some(scratch)) = (choice, backend, scratch()) else {
         count_no_backend(service_id);
@@ -351,12 +321,16 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
     entry.last_seen_ns = now;
     entry.created_s = (now / 1_000_000_000) as u32;
     entry.hop_ifindex = 0;
+    entry.handshake_ack = passive::handshake_ack(frame, pkt);
+    entry._pad = 0;
     if let Ok(hop) = &hop {
         hop.store(entry, now);
     }
     let half_open = pkt.proto == proto::TCP;
     let table = table(half_open);
-    if table.insert(key, &*entry, BPF_NOEXIST as u64).is_err() {
+    // A re-placed flow replaces its entry; a new one must not overwrite another CPU's.
+    let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
+    if table.insert(key, &*entry, insert_flags as u64).is_err() {
         // Another CPU recorded this flow between our lookup and insert: follow its choice.
         return match table.get_ptr_mut(key) {
             Some(existing) => NewFlow::Raced(existing, half_open),
@@ -377,6 +351,9 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
         return NewFlow::Done(F::DROP);
     }
     count_new_flow(service_id, backend_id);
+    if replacing {
+        count_event(events::SYN_REPLACED);
+    }
     if backend.pool != pool {
         count_spill(table_index);
     }
@@ -386,13 +363,16 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, table_index: u32) 
         pkt,
         (&key.src_addr, key.src_port),
         |event| {
-            event.decision = if choice.hashed {
+            event.decision = if replacing {
+                decision::REPLACED
+            } else if choice.hashed {
                 decision::NEW_HASHED
             } else {
                 decision::NEW_ROUND_ROBIN
             };
             event.backend_id = backend_id;
             event.slot = choice.slot;
+            event.skipped = choice.skipped;
             event.home_pool = pool as u8;
             event.backend_pool = backend.pool as u8;
             event.half_open = half_open as u8;
@@ -416,16 +396,29 @@ struct Choice {
     slot: u16,
     /// Chosen by hash (the handshake guard), not round robin.
     hashed: bool,
+    /// Slots of suspect (or avoided) backends passed over to reach `slot`.
+    skipped: u8,
 }
 
 /// The backend a new flow gets from a table: the next slot by round robin, advancing the
 /// table's cursor atomically so that concurrent new flows on different CPUs take different
 /// slots; or, for a TCP flow the handshake guard places by hash, the slot its 5-tuple hashes
-/// to.
+/// to. A flow that starts with its first packet (a SYN, or UDP) passes over the slots of
+/// suspect backends and of `avoid` to the next one, up to `MAX_SKIPS` slots (then it keeps
+/// its first slot); a TCP packet without SYN does not, so that it finds the backend its SYN
+/// was hashed to.
 #[inline(always)]
-fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Option<Choice> {
+fn next_backend(
+    table_index: u32,
+    pkt: &Packet,
+    key: &FlowKey,
+    now: u64,
+    avoid: u32,
+) -> Option<Choice> {
     let table = BACKEND_TABLES.get_value(table_index, &0)?;
-    let len = table.len as u64;
+    let len = table.len as usize;
+    // (No upper bound on `len` here: LLVM would use it to drop the slot checks below, which
+    // the verifier needs.)
     if len == 0 {
         return None;
     }
@@ -445,7 +438,27 @@ fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Opti
             unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) }
         }
     };
-    let slot = (turn % len) as usize;
+    let first = (turn % len as u64) as usize;
+    let mut slot = first;
+    let mut skipped = 0;
+    if pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0 {
+        while skipped < MAX_SKIPS {
+            if slot >= MAX_TABLE_SLOTS {
+                return None;
+            }
+            let id = table.slots[slot];
+            if id != avoid && !passive::suspect(id, now) {
+                break;
+            }
+            slot = if slot + 1 >= len { 0 } else { slot + 1 };
+            skipped += 1;
+        }
+        if skipped == MAX_SKIPS {
+            (slot, skipped) = (first, 0);
+        } else if skipped > 0 {
+            count_event(events::SUSPECT_SKIPPED);
+        }
+    }
     if slot >= MAX_TABLE_SLOTS {
         return None;
     }
@@ -453,6 +466,7 @@ fn next_backend(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64) -> Opti
         backend_id: table.slots[slot],
         slot: slot as u16,
         hashed: seed.is_some(),
+        skipped: skipped as u8,
     })
 }
 
@@ -500,55 +514,4 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
         }
     }
     None
-}
-
-#[inline(always)]
-fn count_traffic(service_id: u32, backend_id: u32, bytes: u16, flow_direction: u8) {
-    let add = |counters: *mut TrafficCounters| {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe {
-            if flow_direction == direction::TO_BACKEND {
-                (*counters).fwd_packets += 1;
-                (*counters).fwd_bytes += bytes as u64;
-            } else {
-                (*counters).rev_packets += 1;
-                (*counters).rev_bytes += bytes as u64;
-            }
-        }
-    };
-    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
-        add(counters);
-    }
-    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        add(counters);
-    }
-}
-
-#[inline(always)]
-fn count_new_flow(service_id: u32, backend_id: u32) {
-    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { (*counters).new_flows += 1 };
-    }
-    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: as above.
-        unsafe { (*counters).new_flows += 1 };
-    }
-}
-
-#[inline(always)]
-fn count_spill(table_index: u32) {
-    if let Some(spilled) = SPILLED.get_ptr_mut(table_index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *spilled += 1 };
-    }
-}
-
-#[inline(always)]
-fn count_no_backend(service_id: u32) {
-    count_event(events::NO_BACKEND);
-    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { (*counters).no_backend += 1 };
-    }
 }

@@ -22,12 +22,15 @@
 #![feature(core_intrinsics)]
 
 mod balance;
+mod counters;
+mod flows;
 mod forward;
 mod frame;
 mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod passive;
 mod scratch;
 mod trace;
 

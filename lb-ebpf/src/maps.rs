@@ -11,6 +11,7 @@ use lb_common::{
     BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, ServiceEntry,
     ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
+    passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     trace::{TraceConfig, TraceEvent},
 };
 
@@ -123,6 +124,39 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { limits::MAX_BACKENDS as
 /// by userspace.
 #[btf_map]
 pub static EVENTS: PerCpuArray<u64, { events::COUNT as usize }> = PerCpuArray::new();
+
+/// Passive health and admission settings per service id (`lb_common::passive`). Written by
+/// userspace with the service, before the service is published; read by the program when a
+/// backend refuses or ignores a handshake, and for every new flow (admission).
+#[btf_map]
+pub static SERVICE_POLICIES: Array<ServicePolicy, { limits::MAX_SERVICES as usize }> = Array::new();
+
+/// Passive health per backend id: the window's counts of refused and unanswered handshakes,
+/// and the suspect mark. Written by the program (counts atomically, the mark after taking a
+/// slot in `SUSPECT_SLOTS`); cleared by userspace when it assigns an id and when a check
+/// disproves a mark; read by the program for every new flow (a suspect backend's slot is
+/// skipped) and by the daemon.
+#[btf_map]
+pub static PASSIVE_MARKS: Array<PassiveMark, { limits::MAX_BACKENDS as usize }> = Array::new();
+
+/// The share cap: per service id, the marks it has handed out, each slot one `u64` holding
+/// the mark's end (high bits) and the backend id (low 16 bits), taken with a compare-and-swap
+/// so that two CPUs never take the same slot. Written and read by the program only.
+#[btf_map]
+pub static SUSPECT_SLOTS: Array<SuspectSlots, { limits::MAX_SERVICES as usize }> = Array::new();
+
+/// Admission: per (service, client prefix), the time its next new flow is due (GCRA, see
+/// `lb_common::passive::admit`). Written and read by the program for the new flows of
+/// services with an admission limit. LRU: prefixes that stop sending are forgotten first.
+#[btf_map]
+pub static ADMISSION: LruHashMap<AdmissionKey, u64, { limits::MAX_ADMISSION_PREFIXES as usize }> =
+    LruHashMap::new();
+
+/// Marks for the daemon: one `PassiveEvent` when a backend is marked suspect (or reaches a
+/// threshold while its service is at its cap). Written by the program; read by the daemon,
+/// which runs a confirming check at once. 64 KiB. Not pinned.
+#[btf_map]
+pub static PASSIVE_EVENTS: RingBuf<PassiveEvent, { 64 * 1024 }> = RingBuf::new();
 
 /// What `xlb trace` traces, one element (`until_ns` 0: nothing). Written by the daemon when a
 /// trace starts and ends; read for every packet the program decides on (an array lookup the

@@ -198,6 +198,12 @@ pub struct BackendStatusReport {
     /// What an operator set, who and when, if anything.
     #[serde(default)]
     pub operator: Option<Operator>,
+    /// Why the data plane marked it suspect, while a check has not decided (passive health).
+    #[serde(default)]
+    pub suspect: Option<String>,
+    /// Times the data plane marked it suspect since the daemon started.
+    #[serde(default)]
+    pub passive_marks: u64,
 }
 
 /// Flows, as `xlb flows` lists them.
@@ -259,6 +265,9 @@ pub struct TraceEventReport {
     pub tcp_flags: String,
     /// The flow's handshake has not completed.
     pub half_open: bool,
+    /// Slots of suspect backends a new flow passed over (passive health).
+    #[serde(default)]
+    pub skipped_suspects: u8,
 }
 
 /// How a trace went.
@@ -335,6 +344,15 @@ pub struct Counters {
     pub new_flows: u64,
     /// New flows dropped for want of a backend.
     pub no_backend: u64,
+    /// Handshakes refused: a RST answering the client's SYN (passive health).
+    #[serde(default)]
+    pub refused: u64,
+    /// Handshakes left unanswered until the client retransmitted its SYN, then re-placed.
+    #[serde(default)]
+    pub unanswered: u64,
+    /// New flows dropped by the per-prefix admission limit (services).
+    #[serde(default)]
+    pub admission_dropped: u64,
 }
 
 impl From<lb_common::TrafficCounters> for Counters {
@@ -346,6 +364,9 @@ impl From<lb_common::TrafficCounters> for Counters {
             bytes_to_client: c.rev_bytes,
             new_flows: c.new_flows,
             no_backend: c.no_backend,
+            refused: c.refused,
+            unanswered: c.unanswered,
+            admission_dropped: c.admission_dropped,
         }
     }
 }

@@ -18,8 +18,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BackendConfig, Config, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FlowTimeouts, HealthCheck,
-    HealthConfig, LoadConfig, PoolConfig, Protocol, Scheduler, ServiceConfig, XdpMode,
+    AdmissionConfig, BackendConfig, Config, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FlowTimeouts,
+    HealthCheck, HealthConfig, LoadConfig, PassiveConfig, PoolConfig, Protocol, Scheduler,
+    ServiceConfig, XdpMode,
 };
 pub use prefixes::{parse_prefix, parse_prefix_file};
 

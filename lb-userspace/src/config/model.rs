@@ -114,6 +114,51 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// Load checks: is a backend busy? `None`: no load checks.
     pub load: Option<LoadConfig>,
+    /// Passive health: what the data plane learns from the answers to new flows (TCP only;
+    /// `None` for UDP).
+    pub passive: Option<PassiveConfig>,
+    /// The new-flow rate limit per client prefix; `None`: no limit.
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// Passive health (compare HAProxy's `observe layer4` with `error-limit`, and Envoy's
+/// outlier detection): a backend that refuses or ignores handshakes is skipped by new flows
+/// at once, until a check decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveConfig {
+    /// Refused handshakes (a RST answering the SYN) within `window` that make a backend
+    /// suspect; 0: not counted.
+    pub refused: u32,
+    /// Handshakes left unanswered until the client retransmitted the SYN, within `window`,
+    /// that make a backend suspect; 0: not counted, and retransmitted SYNs stay on their
+    /// backend.
+    pub unanswered: u32,
+    /// The window the counts are kept over.
+    pub window: Duration,
+    /// How long a mark lasts unless a check decides first.
+    pub hold: Duration,
+    /// The largest share (percent) of the service's backends that may be suspect at once.
+    pub max_share: u32,
+}
+
+impl PassiveConfig {
+    /// Whether anything is counted.
+    pub fn enabled(&self) -> bool {
+        self.refused != 0 || self.unanswered != 0
+    }
+}
+
+/// The new-flow rate limit per client prefix (a token bucket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// New flows per second each prefix may open, on average.
+    pub rate: u64,
+    /// How many it may open at once after a quiet time.
+    pub burst: u64,
+    /// The prefix length that groups IPv4 clients.
+    pub ipv4_prefix: u8,
+    /// The prefix length that groups IPv6 clients.
+    pub ipv6_prefix: u8,
 }
 
 /// One backend of a service.

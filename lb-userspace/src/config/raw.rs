@@ -187,6 +187,16 @@ pub(super) type Weight = Ranged<0, { lb_common::consts::limits::MAX_WEIGHT as i6
 pub(super) type Count = Ranged<1, 100>;
 /// Bounds of `max_flows`.
 pub(super) type MaxFlows = Ranged<1, { u32::MAX as i64 }>;
+/// Bounds of the passive thresholds (0: that kind is not counted).
+pub(super) type Threshold = Ranged<0, 100>;
+/// Bounds of an admission `rate` (new flows per second per prefix).
+pub(super) type Rate = Ranged<1, 10_000_000>;
+/// Bounds of an admission `burst`.
+pub(super) type Burst = Ranged<1, 10_000_000>;
+/// Bounds of an IPv4 prefix length.
+pub(super) type Ipv4PrefixLen = Ranged<1, 32>;
+/// Bounds of an IPv6 prefix length.
+pub(super) type Ipv6PrefixLen = Ranged<1, 128>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +228,8 @@ pub(super) struct RawService {
     pub(super) default_pool: Option<Spanned<String>>,
     pub(super) health: Option<Spanned<RawHealth>>,
     pub(super) load: Option<Spanned<RawLoad>>,
+    pub(super) passive: Option<Spanned<RawPassive>>,
+    pub(super) admission: Option<Spanned<RawAdmission>>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +272,25 @@ pub(super) struct RawLoad {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) overload_below: Field<Percent>,
     pub(super) max_flows: Field<MaxFlows>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPassive {
+    pub(super) refused: Field<Threshold>,
+    pub(super) unanswered: Field<Threshold>,
+    pub(super) window: Option<Spanned<String>>,
+    pub(super) hold: Option<Spanned<String>>,
+    pub(super) max_share: Field<Percent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmission {
+    pub(super) rate: Field<Rate>,
+    pub(super) burst: Field<Burst>,
+    pub(super) ipv4_prefix: Field<Ipv4PrefixLen>,
+    pub(super) ipv6_prefix: Field<Ipv6PrefixLen>,
 }
 
 #[cfg(test)]

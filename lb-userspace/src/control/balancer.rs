@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use lb_common::{
     BackendTable, ServiceEntry, ServiceKey, VipKey,
     consts::limits::{MAX_BACKENDS, MAX_SERVICES},
+    passive::ServicePolicy,
     tables::table_index,
 };
 
@@ -41,6 +42,9 @@ pub struct ServiceState {
     pub generation: u32,
     /// The locality as published.
     pub locality: Locality,
+    /// The passive health and admission settings as written (`None`: unknown, as in maps
+    /// adopted from an earlier daemon).
+    pub policy: Option<ServicePolicy>,
 }
 
 /// A backend as the data plane has it now.
@@ -230,6 +234,7 @@ impl Balancer {
                     // Unknown: published again on the first apply.
                     prefixes: Arc::new(Vec::new()),
                 },
+                policy: None,
             });
         }
         let known: Vec<u32> = existing.services.iter().map(|(_, e)| e.id).collect();
@@ -280,9 +285,15 @@ impl Balancer {
                         default_pool: 0,
                         prefixes: Arc::new(Vec::new()),
                     },
+                    policy: None,
                 }
             }
         };
+        if state.policy != Some(service.policy) {
+            maps.set_policy(state.id, &service.policy)
+                .with_context(|| format!("setting the policies of service {}", service.name))?;
+            state.policy = Some(service.policy);
+        }
         state.name.clone_from(&service.name);
         // Pools that are new to this service start their round robin from the beginning.
         for pool in state.locality.pools..locality.pools {
@@ -300,12 +311,14 @@ impl Balancer {
                         .allocate()
                         .context("no free backend id (too many backends)")?;
                     let entry = backend_entry(backend.address, state.id, backend.pool);
-                    maps.set_backend(id, &entry).with_context(|| {
-                        format!(
-                            "adding backend {} of service {}",
-                            backend.address, service.name
-                        )
-                    })?;
+                    maps.clear_mark(id)
+                        .and_then(|()| maps.set_backend(id, &entry))
+                        .with_context(|| {
+                            format!(
+                                "adding backend {} of service {}",
+                                backend.address, service.name
+                            )
+                        })?;
                     summary.backends_added += 1;
                     id
                 }

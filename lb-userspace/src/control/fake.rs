@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, tables::table_index,
+    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, passive::ServicePolicy,
+    tables::table_index,
 };
 
 use super::{DataplaneMaps, Existing};
@@ -22,6 +23,7 @@ pub(crate) struct FakeMaps {
     pub(crate) vips: BTreeSet<VipKey>,
     pub(crate) prefixes: HashMap<u32, Vec<(IpNet, u32)>>,
     pub(crate) spilled: HashMap<u32, u64>,
+    pub(crate) policies: HashMap<u32, ServicePolicy>,
 }
 
 impl DataplaneMaps for FakeMaps {
@@ -40,6 +42,15 @@ impl DataplaneMaps for FakeMaps {
         }
         self.log.push(format!("table {index} {slots:?}"));
         self.tables.insert(index, slots);
+        Ok(())
+    }
+    fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()> {
+        self.log.push(format!("policy {service_id}"));
+        self.policies.insert(service_id, *policy);
+        Ok(())
+    }
+    fn clear_mark(&mut self, id: u32) -> Result<()> {
+        self.log.push(format!("mark- {id}"));
         Ok(())
     }
     fn reset_cursor(&mut self, index: u32) -> Result<()> {

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use ipnet::IpNet;
-use lb_common::{BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey};
+use lb_common::{
+    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, passive::ServicePolicy,
+};
 
 /// Writes the control plane makes to the data plane.
 pub trait DataplaneMaps {
@@ -19,6 +21,11 @@ pub trait DataplaneMaps {
         }
         Ok(())
     }
+    /// Sets the passive health and admission settings of service `service_id`
+    /// (`SERVICE_POLICIES`).
+    fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()>;
+    /// Clears backend `id`'s passive counts and suspect mark (`PASSIVE_MARKS`).
+    fn clear_mark(&mut self, id: u32) -> Result<()>;
     /// Restarts the round-robin cursor of table `index` (`RR_CURSORS`).
     fn reset_cursor(&mut self, index: u32) -> Result<()>;
     /// Adds or updates a service (`SERVICES`).

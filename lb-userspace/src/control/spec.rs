@@ -4,6 +4,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use ipnet::IpNet;
+use lb_common::{
+    Addr,
+    passive::{ServicePolicy, admission_times, max_suspects},
+};
 
 use crate::config::{Config, Protocol, ServiceConfig};
 
@@ -21,6 +25,8 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     /// Locality pools.
     pub locality: Locality,
+    /// Passive health and admission, as the data plane takes them.
+    pub policy: ServicePolicy,
 }
 
 /// A backend as the data plane should have it.
@@ -84,6 +90,7 @@ impl ServiceSpec {
                 default_pool: service.default_pool as u32,
                 prefixes: Arc::clone(&service.client_prefixes),
             },
+            policy: policy(service),
         }
     }
 
@@ -99,4 +106,42 @@ impl ServiceSpec {
             })
             .collect()
     }
+}
+
+/// A service's passive health and admission settings as the data plane takes them.
+pub fn policy(service: &ServiceConfig) -> ServicePolicy {
+    let mut policy = ServicePolicy::default();
+    if let Some(passive) = service.passive.as_ref().filter(|p| p.enabled()) {
+        policy.refused = passive.refused as u16;
+        policy.unanswered = passive.unanswered as u16;
+        policy.max_suspects = max_suspects(service.backends.len(), passive.max_share);
+        policy.window_ns = passive.window.as_nanos() as u64;
+        policy.hold_ns = passive.hold.as_nanos() as u64;
+    }
+    if let Some(admission) = &service.admission {
+        let (interval, tolerance) = admission_times(admission.rate, admission.burst);
+        policy.admit_interval_ns = interval;
+        policy.admit_tolerance_ns = tolerance;
+        let bits = if service.listen.is_ipv4() {
+            admission.ipv4_prefix
+        } else {
+            admission.ipv6_prefix
+        };
+        policy.admit_mask = prefix_mask(bits);
+    }
+    policy
+}
+
+/// The mask of a prefix of `bits` bits, as an [`Addr`] (words holding wire-order bytes).
+pub fn prefix_mask(bits: u8) -> Addr {
+    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+    let bytes = mask.to_be_bytes();
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ])
+    })
 }

@@ -125,8 +125,11 @@ fn first_apply_writes_backends_then_table_then_service() {
     assert_eq!(
         maps.log,
         [
+            "policy 0",
             "cursor 0",
+            "mark- 0",
             "backend 0",
+            "mark- 1",
             "backend 1",
             "table 0 [1, 0, 1]",
             "service+ 0",
@@ -186,7 +189,11 @@ fn removed_backends_leave_the_table_before_their_flows_are_purged() {
     maps.log.clear();
     let one_backend = WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "");
     let summary = balancer.apply(&config(&one_backend), &mut maps).unwrap();
-    assert_eq!(maps.log, ["table 0 [0]", "purge [1]", "release 1"]);
+    // The service's share of suspects shrinks with its backends: its policy is written again.
+    assert_eq!(
+        maps.log,
+        ["policy 0", "table 0 [0]", "purge [1]", "release 1"]
+    );
     assert_eq!(summary.flows_purged, 5);
     assert_eq!(summary.backends_removed, 1);
 }
@@ -249,7 +256,9 @@ fn a_new_balancer_adopts_what_the_maps_hold_and_keeps_the_ids() {
     assert_eq!(after, expected, "every service and backend keeps its id");
     assert_eq!((summary.services_added, summary.backends_added), (0, 0));
     assert!(
-        maps.log.iter().all(|line| line.starts_with("table")),
+        maps.log
+            .iter()
+            .all(|line| line.starts_with("table") || line.starts_with("policy")),
         "{:?}",
         maps.log
     );
@@ -289,3 +298,47 @@ fn ids_are_not_reused_right_away() {
     assert_eq!(ids.allocate(), Some(0), "then wraps around to it");
     assert_eq!(ids.allocate(), None);
 }
+
+#[test]
+fn a_services_policy_carries_its_passive_health_and_admission() {
+    use crate::{config::Config, control::spec};
+    let text = format!(
+        "{}admission = {{ rate = 100, burst = 5, ipv4_prefix = 24 }}\n",
+        WEB_WITH_THREE
+    );
+    let config = Config::parse(&text).unwrap();
+    let policy = spec::policy(&config.services[0]);
+    assert_eq!((policy.refused, policy.unanswered), (1, 2));
+    assert_eq!(policy.max_suspects, 1, "half of three, rounded down");
+    assert_eq!(
+        (policy.window_ns, policy.hold_ns),
+        (1_000_000_000, 2_000_000_000)
+    );
+    assert_eq!(
+        (policy.admit_interval_ns, policy.admit_tolerance_ns),
+        (10_000_000, 40_000_000)
+    );
+    let mask = spec::prefix_mask(24);
+    assert_eq!(mask[0].to_ne_bytes(), [255, 255, 255, 0]);
+    assert_eq!(&mask[1..], &[0, 0, 0]);
+    let mask6 = spec::prefix_mask(56);
+    assert_eq!(mask6[1].to_ne_bytes(), [255, 255, 255, 0]);
+    assert_eq!(spec::prefix_mask(0), [0; 4]);
+    assert_eq!(spec::prefix_mask(128), [u32::MAX; 4]);
+    let off = text.replace(
+        "admission = { rate = 100, burst = 5, ipv4_prefix = 24 }",
+        "passive = { refused = 0, unanswered = 0 }",
+    );
+    let config = Config::parse(&off).unwrap();
+    let policy = spec::policy(&config.services[0]);
+    assert_eq!(policy, lb_common::passive::ServicePolicy::default());
+}
+
+const WEB_WITH_THREE: &str = r#"
+interfaces = ["eth0"]
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+"#;

@@ -26,11 +26,13 @@ use lb_common::{
         timing::{HANDSHAKE_KEEP_NS, HANDSHAKE_WINDOW_NS},
     },
     guard::next_syn_hashed,
+    passive::ServicePolicy,
 };
 
 use super::{
     batch,
     flows::{FlowTables, SweepReport},
+    passive::PassiveMaps,
 };
 use crate::{
     config::FlowTimeouts,
@@ -63,6 +65,8 @@ pub struct Maps {
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     events: PerCpuArray<MapData, u64>,
+    /// Passive health and admission settings and marks.
+    pub passive: PassiveMaps,
 }
 
 /// New TCP flows per handshake-guard window above which SYNs are placed by hash: the rate at
@@ -109,6 +113,7 @@ impl Maps {
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             events: take(ebpf, map_names::EVENTS)?,
+            passive: PassiveMaps::take(ebpf)?,
         })
     }
 
@@ -234,6 +239,14 @@ impl DataplaneMaps for Maps {
 
     fn publish_tables(&mut self, tables: &[(u32, BackendTable)]) -> Result<()> {
         publish_batch(&self.tables_data, tables)
+    }
+
+    fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()> {
+        self.passive.set_policy(service_id, policy)
+    }
+
+    fn clear_mark(&mut self, id: u32) -> Result<()> {
+        self.passive.clear_mark(id)
     }
 
     fn reset_cursor(&mut self, index: u32) -> Result<()> {

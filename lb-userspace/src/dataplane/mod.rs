@@ -13,6 +13,7 @@ mod maps;
 pub mod netif;
 mod noop;
 mod objects;
+pub mod passive;
 pub mod pins;
 mod preflight;
 pub mod simulate;
@@ -53,6 +54,8 @@ pub struct Dataplane {
     pub maps: Maps,
     /// The trace maps, until the monitor takes them.
     pub tracer: Option<trace::Tracer>,
+    /// The marks the program reports, until the monitor takes them.
+    pub passive_events: Option<passive::PassiveEvents>,
     attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
@@ -125,10 +128,12 @@ impl Dataplane {
         let mut maps = Maps::take(&mut ebpf)?;
         maps.arm_handshake_guard(flow_table_size)?;
         let tracer = trace::Tracer::take(&mut ebpf)?;
+        let passive_events = passive::PassiveEvents::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             maps,
             tracer: Some(tracer),
+            passive_events: Some(passive_events),
             attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,

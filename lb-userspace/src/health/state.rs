@@ -94,6 +94,16 @@ impl Health {
         self.last_failure.as_deref()
     }
 
+    /// Takes the backend Down at once, whatever the streak: a check confirmed what the data
+    /// plane saw (passive health). Returns whether the health changed.
+    pub fn fail_now(&mut self, message: String) -> bool {
+        self.last_failure = Some(message);
+        self.streak = 0;
+        let changed = self.up != Some(false);
+        self.up = Some(false);
+        changed
+    }
+
     /// Records one check result. Returns the new health if it changed.
     pub fn observe(&mut self, result: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
         let passed = result.is_ok();
@@ -201,6 +211,11 @@ pub struct BackendStatus {
     pub operator: Option<Operator>,
     /// How long the last health check took.
     pub check_latency: Option<Duration>,
+    /// The data plane marked the backend suspect (passive health) and a check has not
+    /// decided yet: why.
+    pub suspect: Option<String>,
+    /// Times the data plane marked the backend suspect.
+    pub passive_marks: u64,
 }
 
 /// A state as reported to operators.
@@ -227,6 +242,8 @@ impl BackendStatus {
             reported: None,
             operator: None,
             check_latency: None,
+            suspect: None,
+            passive_marks: 0,
         }
     }
 
@@ -311,6 +328,9 @@ impl BackendStatus {
             return (State::Overloaded, reasons.join(", "));
         }
         let ramp = slowstart_fraction(self.came_up_at, slowstart, now);
+        if let Some(why) = &self.suspect {
+            return (State::Up, format!("suspect, new flows skip it: {why}"));
+        }
         let mut reason = format!("checks pass, weight {}%", self.agent.percent());
         if ramp < 1.0 {
             reason.push_str(&format!(", slow start {:.0}%", ramp * 100.0));

@@ -139,6 +139,32 @@ impl Collector for XlbCollector {
             "Flows created",
             backends(services).map(|(labels, b)| (labels, b.counters.new_flows)),
         )?;
+        counters(
+            e,
+            "xlb_service_admission_drops",
+            "New flows dropped by the per-prefix admission limit",
+            services
+                .iter()
+                .map(|s| (service_labels(s), s.counters.admission_dropped)),
+        )?;
+        counters(
+            e,
+            "xlb_backend_refused_handshakes",
+            "Handshakes the backend refused (a RST answering the client's SYN)",
+            backends(services).map(|(labels, b)| (labels, b.counters.refused)),
+        )?;
+        counters(
+            e,
+            "xlb_backend_unanswered_handshakes",
+            "Handshakes the backend left unanswered until the client retransmitted the SYN, which went to another backend",
+            backends(services).map(|(labels, b)| (labels, b.counters.unanswered)),
+        )?;
+        counters(
+            e,
+            "xlb_backend_passive_marks",
+            "Times the data plane marked the backend suspect (passive health)",
+            backends(services).map(|(labels, b)| (labels, b.passive_marks)),
+        )?;
         gauges(
             e,
             "xlb_backend_active_flows",

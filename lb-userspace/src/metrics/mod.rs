@@ -73,6 +73,8 @@ pub struct BackendMetrics {
     pub active_flows: u64,
     /// Duration of the last health check, in seconds.
     pub check_seconds: Option<f64>,
+    /// Times the data plane marked it suspect (passive health).
+    pub passive_marks: u64,
 }
 
 /// The handshake guard (see the README's SYN flood section).

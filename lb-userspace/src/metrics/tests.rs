@@ -19,6 +19,7 @@ pub(crate) fn full_snapshot() -> Snapshot {
                 weight: 100,
                 active_flows: 4,
                 check_seconds: Some(0.002),
+                passive_marks: 1,
             }],
         }],
         events: vec![("no_backend", 4)],

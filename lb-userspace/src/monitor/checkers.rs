@@ -34,6 +34,10 @@ pub(super) enum Event {
     Health(BackendRef, Result<(), String>, Duration),
     /// An agent's answer.
     Agent(BackendRef, Result<AgentReport, String>),
+    /// The data plane marked a backend suspect, or would have but for the share cap.
+    Passive(lb_common::passive::PassiveEvent),
+    /// The result of the check run at once to confirm a passive mark.
+    Confirm(BackendRef, Result<(), String>, Duration),
 }
 
 impl Monitor {
@@ -96,12 +100,19 @@ impl Monitor {
     }
 
     /// Records an event; returns whether anything that decides the tables changed.
+    /// A passive report (which needs the events channel to start its confirming check) is
+    /// [`Self::passive_report`]'s, not this.
     pub(super) fn handle(&mut self, event: Event) -> bool {
-        let (Event::Health(at, ..) | Event::Agent(at, _)) = &event;
+        let at = match &event {
+            Event::Health(at, ..) | Event::Agent(at, _) | Event::Confirm(at, ..) => *at,
+            Event::Passive(_) => return false,
+        };
         if at.generation != self.generation {
             return false;
         }
         match event {
+            Event::Passive(_) => false,
+            Event::Confirm(at, result, latency) => self.confirmed(at, result, latency),
             Event::Health(at, result, latency) => {
                 let health = &self.config.services[at.service].health;
                 let status = &mut self.statuses[at.service][at.backend];

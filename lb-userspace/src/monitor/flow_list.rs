@@ -165,6 +165,7 @@ mod tests {
                 tables: Vec::new(),
                 generation: 0,
                 locality: Locality::single(),
+                policy: None,
             },
             ServiceState {
                 id: 1,
@@ -175,6 +176,7 @@ mod tests {
                 tables: Vec::new(),
                 generation: 0,
                 locality: Locality::single(),
+                policy: None,
             },
         ]
     }

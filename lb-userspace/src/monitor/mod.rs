@@ -14,6 +14,7 @@
 mod checkers;
 mod flow_list;
 mod operator;
+mod passive;
 mod persist;
 pub mod plan;
 mod reload;
@@ -99,6 +100,8 @@ pub struct Monitor {
     spills: BTreeMap<(String, String, String), u64>,
     /// The data plane's spill counter of each table when last read.
     spill_seen: HashMap<u32, u64>,
+    /// Backends whose passive mark the next evaluation clears in the data plane.
+    marks_to_clear: Vec<u32>,
 }
 
 impl Monitor {
@@ -148,6 +151,7 @@ impl Monitor {
             flows_expired: 0,
             spills: BTreeMap::new(),
             spill_seen: HashMap::new(),
+            marks_to_clear: Vec::new(),
         };
         monitor.restore_operators();
         Ok(monitor)
@@ -208,6 +212,10 @@ impl Monitor {
     ) -> Result<()> {
         let (events, mut received) = mpsc::channel(1024);
         *self.tracer.lock().expect("the tracer lock") = dataplane.tracer.take();
+        let passive_reader = dataplane
+            .passive_events
+            .take()
+            .map(|reports| passive::spawn_reader(reports, events.clone()));
         self.spawn_checkers(&events);
         let mut ramp = interval(RAMP_STEP);
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -220,7 +228,11 @@ impl Monitor {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(event) = received.recv() => {
-                    if self.handle(event) {
+                    let changed = match event {
+                        Event::Passive(report) => self.passive_report(&report, &events),
+                        event => self.handle(event),
+                    };
+                    if changed {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }
@@ -242,6 +254,9 @@ impl Monitor {
             }
         }
         self.tasks.abort_all();
+        if let Some(reader) = passive_reader {
+            reader.abort();
+        }
         if let Some(server) = self.metrics_server.take() {
             server.abort();
         }
@@ -298,6 +313,18 @@ impl Monitor {
             debug!(tables = summary.tables_published, "tables published");
         }
         let newly_down: Vec<(usize, usize)> = plan.newly_down().collect();
+        // A Down backend's mark would hold a place in its service's share of suspects.
+        self.marks_to_clear.extend(
+            newly_down
+                .iter()
+                .map(|&(s, b)| self.balancer.services()[s].backends[b].id),
+        );
+        let mut clear = std::mem::take(&mut self.marks_to_clear);
+        clear.sort_unstable();
+        clear.dedup();
+        for id in clear {
+            maps.clear_mark(id)?;
+        }
         if !newly_down.is_empty() {
             let ids: Vec<u32> = newly_down
                 .iter()

@@ -124,6 +124,7 @@ impl Monitor {
                             .copied()
                             .unwrap_or(0),
                         check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
+                        passive_marks: status.passive_marks,
                     })
                     .collect(),
             });
@@ -211,6 +212,8 @@ impl Monitor {
                             packets_per_second: pps,
                             bits_per_second: bps,
                             operator: status.operator.clone(),
+                            suspect: status.suspect.clone(),
+                            passive_marks: status.passive_marks,
                         }
                     })
                     .collect(),

@@ -77,8 +77,8 @@ async fn a_backend_failing_fall_checks_leaves_at_once_and_its_flows_are_purged()
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(
         maps.log,
-        ["table 0 [0, 2]", "purge [1]"],
-        "the table first, then the purge"
+        ["table 0 [0, 2]", "mark- 1", "purge [1]"],
+        "the table first, then the purge (and the Down backend's passive mark is cleared)"
     );
     assert_eq!(state_of(&monitor, B2), State::Down);
 }
@@ -183,4 +183,111 @@ async fn all_backends_down_leaves_an_empty_table() {
     }
     monitor.evaluate(&mut maps).unwrap();
     assert!(table(&maps).is_empty());
+}
+
+/// The data plane's report of a refused handshake on B2.
+fn marked_b2() -> lb_common::passive::PassiveEvent {
+    lb_common::passive::PassiveEvent {
+        time_ns: 5_040_000_000,
+        window_start_ns: 5_000_000_000,
+        until_ns: 7_000_000_000,
+        backend_id: 1,
+        service_id: 0,
+        refused: 3,
+        unanswered: 0,
+        kind: lb_common::passive::passive_event::MARKED,
+        _pad: [0; 7],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_backend_down() {
+    let (mut monitor, mut maps) = started();
+    maps.flows_by_backend.insert(1, 4);
+    let (events, mut received) = mpsc::channel(8);
+    assert!(monitor.passive_report(&marked_b2(), &events));
+    monitor.evaluate(&mut maps).unwrap();
+    let status = &monitor.statuses[0][1];
+    assert_eq!(
+        status.suspect.as_deref(),
+        Some("passive: 3 connections refused in 40ms")
+    );
+    assert_eq!(state_of(&monitor, B2), State::Up, "suspect is not Down");
+    assert!(
+        status.reported.as_ref().unwrap().reason.contains("suspect"),
+        "{:?}",
+        status.reported
+    );
+    assert_eq!(
+        table(&maps),
+        [0, 1, 2],
+        "the data plane skips it; the table stays"
+    );
+
+    // The confirming check runs at once (against a closed port here: it fails).
+    let confirm = received.recv().await.unwrap();
+    assert!(matches!(confirm, Event::Confirm(at, Err(_), _) if at == B2));
+    maps.log.clear();
+    assert!(monitor.handle(confirm));
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(
+        state_of(&monitor, B2),
+        State::Down,
+        "confirmed: Down at once"
+    );
+    assert!(
+        monitor.statuses[0][1]
+            .reported
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("confirming passive: 3 connections refused"),
+        "{:?}",
+        monitor.statuses[0][1].reported
+    );
+    assert_eq!(maps.log, ["table 0 [0, 2]", "mark- 1", "purge [1]"]);
+    assert_eq!(monitor.statuses[0][1].passive_marks, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passing_check_clears_a_passive_mark() {
+    let (mut monitor, mut maps) = started();
+    let (events, _received) = mpsc::channel(8);
+    assert!(monitor.passive_report(&marked_b2(), &events));
+    maps.log.clear();
+    assert!(monitor.handle(Event::Confirm(B2, Ok(()), Duration::ZERO)));
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(
+        maps.log,
+        ["mark- 1"],
+        "the mark is cleared, nothing else changes"
+    );
+    assert_eq!(monitor.statuses[0][1].suspect, None);
+    assert_eq!(state_of(&monitor, B2), State::Up);
+    // A report for an id no backend has, or the cap's report, changes nothing.
+    let stranger = lb_common::passive::PassiveEvent {
+        backend_id: 99,
+        ..marked_b2()
+    };
+    assert!(!monitor.passive_report(&stranger, &events));
+    let capped = lb_common::passive::PassiveEvent {
+        kind: lb_common::passive::passive_event::CAPPED,
+        ..marked_b2()
+    };
+    assert!(!monitor.passive_report(&capped, &events));
+    assert_eq!(monitor.statuses[0][1].suspect, None);
+}
+
+#[test]
+fn passive_reports_read_as_operators_expect() {
+    let both = lb_common::passive::PassiveEvent {
+        refused: 1,
+        unanswered: 2,
+        time_ns: 6_200_000_000,
+        ..marked_b2()
+    };
+    assert_eq!(
+        passive::describe(&both),
+        "passive: 1 connection refused, 2 handshakes unanswered in 1s 200ms"
+    );
 }

@@ -79,7 +79,7 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
     };
     let new = matches!(
         event.decision,
-        decision::NEW_ROUND_ROBIN | decision::NEW_HASHED
+        decision::NEW_ROUND_ROBIN | decision::NEW_HASHED | decision::REPLACED
     );
     TraceEventReport {
         seconds: event.time_ns.saturating_sub(start_ns) as f64 / 1e9,
@@ -104,6 +104,8 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
             decision::NO_BACKEND => "no_backend",
             decision::ESTABLISHED => "established",
             decision::ICMP_TRANSLATED => "icmp_translated",
+            decision::REPLACED => "replaced",
+            decision::ADMISSION_DROPPED => "admission_dropped",
             _ => "unknown",
         }
         .to_owned(),
@@ -127,6 +129,7 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
             String::new()
         },
         half_open: event.half_open != 0,
+        skipped_suspects: event.skipped,
     }
 }
 
@@ -330,6 +333,8 @@ mod tests {
             home_pool: 0,
             backend_pool: 1,
             slot: 3,
+            skipped: 0,
+            _pad: [0; 3],
         };
         let report = describe(&spill, &names, 1_000_000_000);
         assert_eq!(report.seconds, 0.5);

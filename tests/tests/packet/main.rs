@@ -10,7 +10,8 @@
 //! Each run builds the namespace of `xlb_tests::packet_net` (fixed routes and neighbours).
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
-//! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`.
+//! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
+//! `passive`.
 
 mod expiry;
 mod flood;
@@ -18,6 +19,7 @@ mod icmp;
 mod ipv6;
 mod locality;
 mod nat;
+mod passive;
 mod swap;
 mod trace;
 

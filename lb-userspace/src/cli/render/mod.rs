@@ -324,6 +324,8 @@ mod tests {
                         by: "alice (uid 1000)".into(),
                         at: 1_700_000_000,
                     }),
+                    suspect: None,
+                    passive_marks: 0,
                 }],
                 pools: vec![PoolStatus {
                     name: "a-rather-long-pool-name-for-seoul".into(),
@@ -376,6 +378,8 @@ mod tests {
             packets_per_second: 0.0,
             bits_per_second: 0.0,
             operator: None,
+            suspect: None,
+            passive_marks: 0,
         }
     }
 

@@ -24,8 +24,17 @@ pub fn trace_event(e: &TraceEventReport) -> String {
                 (Some(home), _) => format!("; pool {home}"),
                 _ => String::new(),
             };
-            format!("new flow -> {backend} ({how}{slot}{pools})")
+            let skipped = match e.skipped_suspects {
+                0 => String::new(),
+                n => format!(", {n} suspect slot(s) skipped"),
+            };
+            format!("new flow -> {backend} ({how}{slot}{skipped}{pools})")
         }
+        "replaced" => format!(
+            "SYN retransmitted, its backend never answered: re-placed -> {backend} (slot {})",
+            e.slot.unwrap_or_default()
+        ),
+        "admission_dropped" => "dropped: over its client prefix's new-flow rate".to_owned(),
         "no_backend" => match &e.home_pool {
             Some(pool) => format!("dropped: no backend can take it (pool {pool})"),
             None => "dropped: no backend can take it".to_owned(),
@@ -89,6 +98,7 @@ mod tests {
             home_pool: Some("kr".into()),
             backend_pool: Some("jp".into()),
             tcp_flags: "SYN".into(),
+            skipped_suspects: 0,
             half_open: true,
         }
     }

@@ -10,6 +10,7 @@ use lb_common::consts::limits;
 use super::*;
 
 mod example;
+mod passive;
 mod pools;
 
 const VALID: &str = r#"

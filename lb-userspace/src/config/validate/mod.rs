@@ -4,6 +4,7 @@
 //! (`health`), locality pools and client prefixes (`pools`).
 
 mod health;
+mod passive;
 mod pools;
 mod service;
 

@@ -130,6 +130,10 @@ impl Validator<'_> {
         }
         let health = self.health(raw.health, protocol, &place);
         let load = raw.load.map(|load| self.load(load, &place));
+        let passive = self.passive(raw.passive, protocol, &place);
+        let admission = raw
+            .admission
+            .map(|admission| self.admission(admission, &place));
         match &load {
             None => {
                 if backends.iter().any(|b| b.agent_port.is_some()) {
@@ -161,6 +165,8 @@ impl Validator<'_> {
             client_prefixes: Arc::new(client_prefixes),
             health,
             load,
+            passive,
+            admission,
         })
     }
 

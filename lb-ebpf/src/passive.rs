@@ -1,0 +1,276 @@
+//! Passive health and admission (`lb_common::passive`): a backend that refuses handshakes, or
+//! leaves them unanswered, is marked suspect and new flows skip it until the mark ends or the
+//! daemon clears it; a client prefix's new flows are held to its service's rate. Only the
+//! backend's answers to half-open flows and new flows pay for any of it.
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg},
+    ptr::{addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use lb_common::{
+    FlowEntry, FlowKey,
+    consts::{events, flow_flags},
+    direction,
+    passive::{
+        AdmissionKey, MAX_SUSPECTS, PassiveEvent, admit, is_suspect, passive_event,
+        reaches_threshold, slot_free, window_over,
+    },
+};
+
+use crate::{
+    counters::count_both,
+    frame::{Frame, ptr_at},
+    maps::{
+        ADMISSION, PASSIVE_EVENTS, PASSIVE_MARKS, SERVICE_POLICIES, SUSPECT_SLOTS, count_event,
+    },
+    packet::{Packet, TCP_RST, TCP_SYN},
+};
+
+/// The TCP ACK flag.
+const TCP_ACK: u8 = 0x10;
+/// Low bits of a suspect slot that hold the backend id (the rest: the mark's end).
+const SLOT_ID_BITS: u64 = 0xffff;
+
+/// What a backend did to a handshake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Answered the SYN with a RST.
+    Refused,
+    /// Did not answer before the client retransmitted the SYN.
+    Unanswered,
+}
+
+/// Whether a backend is suspect at `now`: new flows skip it.
+#[inline(always)]
+pub fn suspect(backend_id: u32, now: u64) -> bool {
+    PASSIVE_MARKS
+        .get(backend_id)
+        .is_some_and(|mark| is_suspect(mark.suspect_until_ns, now))
+}
+
+/// Whether the service counts unanswered handshakes (and so re-places retransmitted SYNs).
+#[inline(always)]
+pub fn counts_unanswered(service_id: u32) -> bool {
+    SERVICE_POLICIES
+        .get(service_id)
+        .is_some_and(|policy| policy.unanswered != 0)
+}
+
+/// The acknowledgement number a backend's answer to this SYN carries: its sequence number
+/// plus one (0 if the header cannot be read, which no RST matches by chance only rarely).
+#[inline(always)]
+pub fn handshake_ack<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
+    if pkt.tcp_flags & TCP_SYN == 0 {
+        return 0;
+    }
+    match ptr_at::<F, [u8; 8]>(frame, pkt.l4) {
+        Some(header) => {
+            // SAFETY: ptr_at checked that the first 8 bytes of the TCP header lie in the frame.
+            let header = unsafe { &*header };
+            u32::from_be_bytes([header[4], header[5], header[6], header[7]]).wrapping_add(1)
+        }
+        None => 0,
+    }
+}
+
+/// A backend's packet on a half-open flow (its reply entry `entry`): a SYN-ACK marks the
+/// flow answered; a RST that acknowledges exactly the client's SYN, before any answer, is a
+/// refused handshake. Packets from the client side never get here (they match the forward
+/// entry), and a RST with another acknowledgement number counts for nothing.
+#[inline(always)]
+pub fn backend_answer<F: Frame>(frame: &F, pkt: &Packet, entry: *mut FlowEntry, now: u64) {
+    // SAFETY: a valid map value; the flag is only ever set, by this function.
+    let reply = unsafe { &mut *entry };
+    if reply.direction != direction::TO_CLIENT || reply.flags & flow_flags::ANSWERED != 0 {
+        return;
+    }
+    if pkt.tcp_flags & TCP_RST == 0 {
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            reply.flags |= flow_flags::ANSWERED;
+        }
+        return;
+    }
+    if pkt.tcp_flags & TCP_ACK == 0 || reply.handshake_ack == 0 {
+        return;
+    }
+    let Some(header) = ptr_at::<F, [u8; 12]>(frame, pkt.l4) else {
+        return;
+    };
+    // SAFETY: ptr_at checked that the first 12 bytes of the TCP header lie in the frame.
+    let header = unsafe { &*header };
+    let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    if ack != reply.handshake_ack {
+        return;
+    }
+    reply.flags |= flow_flags::ANSWERED;
+    observe(reply.service_id, reply.backend_id, Kind::Refused, now);
+}
+
+/// Counts a refused or unanswered handshake of `backend_id` (service `service_id`) in its
+/// window and, when that reaches the service's threshold, marks the backend suspect for the
+/// service's hold time if the service's share cap leaves a slot; tells the daemon either way.
+/// Not inlined: two callers, and its locals stay off their stack frames.
+#[inline(never)]
+pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
+    let Some(policy) = SERVICE_POLICIES.get(service_id) else {
+        return;
+    };
+    let threshold = if kind == Kind::Refused {
+        policy.refused
+    } else {
+        policy.unanswered
+    };
+    if threshold == 0 {
+        return;
+    }
+    let Some(mark) = PASSIVE_MARKS.get_ptr_mut(backend_id) else {
+        return;
+    };
+    if kind == Kind::Refused {
+        count_event(events::PASSIVE_REFUSED);
+        count_both(service_id, backend_id, |c| c.refused += 1);
+    } else {
+        count_event(events::PASSIVE_UNANSWERED);
+        count_both(service_id, backend_id, |c| c.unanswered += 1);
+    }
+    // SAFETY: the backend's element, shared by all CPUs and written by the daemon only when
+    // it clears the mark: the window restarts by compare-and-swap of its start (one CPU
+    // restarts it), the counts change atomically, the mark is one aligned word.
+    unsafe {
+        let start_ptr = addr_of_mut!((*mark).window_start_ns);
+        let refused_ptr = addr_of_mut!((*mark).refused);
+        let unanswered_ptr = addr_of_mut!((*mark).unanswered);
+        let start = read_volatile(start_ptr);
+        if window_over(now, start, policy.window_ns) {
+            let (_, restarted) =
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    start_ptr, start, now,
+                );
+            if restarted {
+                atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(refused_ptr, 0);
+                atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(unanswered_ptr, 0);
+            }
+        }
+        // Fetching adds, SeqCst: see `balance::next_backend` for why.
+        let (refused, unanswered) = if kind == Kind::Refused {
+            let before = atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(refused_ptr, 1);
+            (before + 1, read_volatile(unanswered_ptr))
+        } else {
+            let before = atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(unanswered_ptr, 1);
+            (read_volatile(refused_ptr), before + 1)
+        };
+        // A service whose share allows no suspect (one backend) only counts.
+        if policy.max_suspects == 0
+            || !reaches_threshold(policy, refused, unanswered)
+            || is_suspect(read_volatile(addr_of_mut!((*mark).suspect_until_ns)), now)
+        {
+            return;
+        }
+        // The mark's end, its low bits replaced by the backend id in the service's slot.
+        let until = (now + policy.hold_ns) & !SLOT_ID_BITS;
+        let marked = take_slot(service_id, backend_id, policy.max_suspects, until, now);
+        let kind = if marked {
+            (*mark).suspect_until_ns = until;
+            count_event(events::SUSPECT_MARKED);
+            passive_event::MARKED
+        } else {
+            count_event(events::SUSPECT_CAPPED);
+            passive_event::CAPPED
+        };
+        if let Some(mut entry) = PASSIVE_EVENTS.reserve(0) {
+            entry.write(PassiveEvent {
+                time_ns: now,
+                window_start_ns: read_volatile(start_ptr),
+                until_ns: if marked { until } else { 0 },
+                backend_id,
+                service_id,
+                refused,
+                unanswered,
+                kind,
+                _pad: [0; 7],
+            });
+            entry.submit(0);
+        }
+    }
+}
+
+/// Takes one of the service's first `max_suspects` slots for a mark of `backend_id` ending at
+/// `until` (low bits clear): a slot whose mark has ended, or whose backend's mark the daemon
+/// cleared. `false`: the service has as many suspects as its share allows.
+#[inline(always)]
+fn take_slot(service_id: u32, backend_id: u32, max_suspects: u16, until: u64, now: u64) -> bool {
+    let Some(slots) = SUSPECT_SLOTS.get_ptr_mut(service_id) else {
+        return false;
+    };
+    let claim = until | (u64::from(backend_id) & SLOT_ID_BITS);
+    let mut i = 0;
+    while i < MAX_SUSPECTS && i < max_suspects as usize {
+        // SAFETY: the service's element; each slot is one aligned word, changed only by
+        // compare-and-swap.
+        unsafe {
+            let slot_ptr = addr_of_mut!((*slots).until_ns[i]);
+            let slot = read_volatile(slot_ptr);
+            let holder = (slot & SLOT_ID_BITS) as u32;
+            let holder_until = PASSIVE_MARKS.get(holder).map_or(0, |m| m.suspect_until_ns);
+            if slot_free(slot & !SLOT_ID_BITS, holder_until, now) {
+                let (_, taken) =
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        slot_ptr, slot, claim,
+                    );
+                if taken {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether a new flow from the client of `key` to service `service_id` is admitted by its
+/// prefix's limit (always, for a service without one). Not inlined: its key stays off the
+/// new flow's stack frame.
+#[inline(never)]
+pub fn admitted(service_id: u32, key: &FlowKey, now: u64) -> bool {
+    let Some(policy) = SERVICE_POLICIES.get(service_id) else {
+        return true;
+    };
+    if policy.admit_interval_ns == 0 {
+        return true;
+    }
+    let mask = &policy.admit_mask;
+    let prefix = AdmissionKey {
+        prefix: [
+            key.src_addr[0] & mask[0],
+            key.src_addr[1] & mask[1],
+            key.src_addr[2] & mask[2],
+            key.src_addr[3] & mask[3],
+        ],
+        service_id,
+    };
+    match ADMISSION.get_ptr_mut(&prefix) {
+        // SAFETY: a valid map value, one word; CPUs racing on one prefix may each admit a
+        // flow the other would have dropped (the limit is approximate under contention).
+        Some(due) => unsafe {
+            match admit(
+                *due,
+                now,
+                policy.admit_interval_ns,
+                policy.admit_tolerance_ns,
+            ) {
+                Some(next) => {
+                    *due = next;
+                    true
+                }
+                None => false,
+            }
+        },
+        None => {
+            let next = now + policy.admit_interval_ns;
+            let _ = ADMISSION.insert(&prefix, &next, BPF_NOEXIST as u64);
+            true
+        }
+    }
+}
