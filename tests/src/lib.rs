@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod failover;
 pub mod flood;
 pub mod fuzz;
 pub mod netns;

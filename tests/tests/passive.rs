@@ -1,0 +1,202 @@
+//! Tier 3: passive health and admission with real servers and clients, on links left at
+//! their defaults. Needs root: run with `cargo xtask test`.
+//!
+//! About 800 new connections per second go through the VIP while one of three backends
+//! fails, once with active checks alone and once with passive health on, in the same test:
+//! (a) its server is killed (the host answers with resets), (b) its host drops the clients'
+//! SYNs while xlb's checks still pass. Then a SYN flood from one prefix under an admission
+//! limit, while another client connects and downloads.
+
+mod common;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
+
+use common::{event, stats};
+use xlb_tests::{
+    failover::{Fault, Load, Outcome, paced_connections, silence},
+    flood::legitimate_traffic_under_flood,
+    scenario::{
+        HTTP_PORT, TCP_SERVICE_PORT, Xlb, backend_name, balancer_config_with, start_backends,
+        start_xlb,
+    },
+    topology::{Lab, VIP, Wiring},
+};
+
+/// The tests of this file share two CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Checks every 200 ms, two failures take a backend Down: as in the comparison with HAProxy
+/// that led to passive health.
+const HEALTH: &str = r#"health = { check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }"#;
+const ACTIVE_ONLY: &str = "passive = { refused = 0, unanswered = 0 }";
+
+const LOAD: Load = Load {
+    rate: 800,
+    duration: Duration::from_millis(2_000),
+    fault_at: Duration::from_millis(400),
+    timeout: Duration::from_millis(2_500),
+};
+
+/// New flows per backend name, as the daemon counts them.
+fn new_flows(xlb: &Xlb) -> BTreeMap<String, u64> {
+    stats(xlb).services[0]
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, (_, counters))| (backend_name(i), counters.new_flows))
+        .collect()
+}
+
+/// One run: the load, `fault` on b2 at `LOAD.fault_at`. Returns the outcome, the connections
+/// that failed on the live backends (b1, b3: the new flows xlb gave them that they did not
+/// serve) and the daemon's log.
+fn failover(fault: Fault, passive: bool) -> (Outcome, u64, String) {
+    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    let mut backends = start_backends(&lab).unwrap();
+    lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
+    let keys = if passive {
+        HEALTH.to_owned()
+    } else {
+        format!("{HEALTH}\n{ACTIVE_ONLY}")
+    };
+    let xlb = start_xlb(&lab.balancer, &balancer_config_with(&lab, "auto", &keys, "")).unwrap();
+    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+    let before = new_flows(&xlb);
+    let b2 = &lab.backends[1];
+    let outcome = lab
+        .client
+        .block_on(paced_connections(vip, LOAD, || match fault {
+            Fault::Kill => backends[1].stop(),
+            Fault::Silence => silence(b2, "198.18.0.0/24", HTTP_PORT),
+        }))
+        .unwrap()
+        .unwrap();
+    let after = new_flows(&xlb);
+    let live_failures = ["b1", "b3"]
+        .iter()
+        .map(|b| {
+            let placed = after[*b] - before[*b];
+            placed.saturating_sub(outcome.served.get(*b).copied().unwrap_or(0))
+        })
+        .sum();
+    let log = xlb.output();
+    eprintln!(
+        "{fault:?}, passive {passive}: {} connections, served {:?}, failed {:?}, {} slow; \
+         new flows {after:?} (before {before:?}); events: syn_replaced {}, suspect_marked {}",
+        outcome.attempts,
+        outcome.served,
+        outcome.failed,
+        outcome.slow,
+        event(&stats(&xlb), "syn_replaced"),
+        event(&stats(&xlb), "suspect_marked"),
+    );
+    (outcome, live_failures, log)
+}
+
+/// (a) A killed server: with active checks alone, every new flow sent to the dead backend
+/// until its second failed check fails; with passive health, its first reset marks it, and
+/// the check run at once takes it Down. No connection to a live backend fails either way.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn passive_health_takes_a_killed_backend_out_before_active_checks() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (active, active_live, _) = failover(Fault::Kill, false);
+    let (passive, passive_live, log) = failover(Fault::Kill, true);
+    assert_eq!((active_live, passive_live), (0, 0), "connections to live backends failed");
+    assert!(
+        active.failures() > 0,
+        "active checks alone must lose some connections, or the test shows nothing: {active:?}"
+    );
+    assert!(
+        passive.failures() < active.failures(),
+        "passive health failed {} connections, active checks alone {}",
+        passive.failures(),
+        active.failures()
+    );
+    assert!(
+        log.contains("backend suspect") && log.contains("connection refused"),
+        "the mark and its reason are logged:\n{log}"
+    );
+    assert!(
+        log.contains("confirming passive: 1 connection refused"),
+        "the confirming check took it Down, saying why:\n{log}"
+    );
+}
+
+/// (b) A host that drops the clients' SYNs while xlb's checks pass: with active checks alone
+/// the backend stays Up and every connection sent to it fails; with passive health, each
+/// SYN the client retransmits goes to another backend and the connection completes.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn passive_health_re_places_the_handshakes_a_silent_backend_ignores() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (active, active_live, _) = failover(Fault::Silence, false);
+    let (passive, passive_live, log) = failover(Fault::Silence, true);
+    assert_eq!((active_live, passive_live), (0, 0), "connections to live backends failed");
+    assert!(
+        active.failures() > 0,
+        "with active checks alone the silent backend keeps its share: {active:?}"
+    );
+    assert_eq!(
+        passive.failures(),
+        0,
+        "every SYN the silent backend ignored was re-placed: {passive:?}\n{log}"
+    );
+    assert!(passive.slow > 0, "those connections paid one retransmission");
+}
+
+/// A SYN flood from one /16 under an admission limit of 200 new flows per second per /16:
+/// nearly all of it is dropped before it takes a flow entry; the other client's idle
+/// connection, download and new connections are unaffected.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn an_admission_limit_holds_a_flooding_prefix_to_its_rate() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    lab.balancer
+        .ip("route add 198.19.0.0/16 via 198.18.0.2")
+        .unwrap();
+    let keys = "admission = { rate = 200, burst = 400, ipv4_prefix = 16 }";
+    let config = format!(
+        "flow_table_size = 65536\n{}",
+        balancer_config_with(&lab, "auto", keys, "")
+    );
+    let xlb = start_xlb(&lab.balancer, &config).unwrap();
+    let outcome =
+        legitimate_traffic_under_flood(&lab, 4_000_000, 2_000_000, Duration::from_secs(3)).unwrap();
+    let stats = stats(&xlb);
+    let service = &stats.services[0].counters;
+    eprintln!(
+        "flood: {} SYNs in {:?} ({:.0}/s); new flows {}, dropped by admission {}; {} \
+         connections during it, {:?}",
+        outcome.flood.sent,
+        outcome.flood.elapsed,
+        outcome.flood.rate(),
+        service.new_flows,
+        service.admission_dropped,
+        outcome.connects.len(),
+        outcome.connects
+    );
+    assert!(outcome.flood.sent >= 20_000, "too small a flood: {}", outcome.flood.sent);
+    let allowed = 400 + 200 * (outcome.flood.elapsed.as_secs() + 1);
+    assert!(
+        service.new_flows <= allowed + 100,
+        "the flooding prefix got {} new flows, its limit allows about {allowed}",
+        service.new_flows
+    );
+    assert!(service.admission_dropped + service.new_flows >= outcome.flood.sent / 2);
+    assert_eq!(event(&stats, "syn_hashed"), 0, "the half-open table never filled");
+    assert_eq!(
+        outcome.session_after.as_ref(),
+        Ok(&outcome.session_before),
+        "the idle connection kept its flow"
+    );
+    assert_eq!(outcome.download, Ok(4_000_000), "the download completed");
+    assert!(
+        outcome.connect_errors.is_empty(),
+        "new connections of the other prefix failed: {:?}",
+        outcome.connect_errors
+    );
+    assert!(outcome.connects.len() >= 5);
+}
