@@ -274,7 +274,10 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let replacing = avoid != NO_BACKEND_ID;
-    if !replacing && !passive::admitted(service_id, key, now) {
+    // Admission applies to flows that start here (a SYN, UDP); a TCP packet without SYN
+    // belongs to a connection already established (its entry was lost), never limited.
+    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0;
+    if !replacing && starts && !passive::admitted(service_id, key, now) {
         count_admission_dropped(service_id);
         trace::record(
             now,

@@ -1,7 +1,9 @@
 //! Time from a backend's death to the last new flow xlb sends to it: a client opens
 //! connections back to back through the VIP; one backend's server is stopped; connections
 //! that xlb still sends there fail (the host answers with a reset). The last of them started
-//! this long after the stop. Needs root (network namespaces). Run by `cargo xtask bench`.
+//! this long after the stop. Then passive health against active checks alone, under a steady
+//! load, for a killed server and for a host that ignores clients' SYNs
+//! (`xlb_tests::failover`). Needs root (network namespaces). Run by `cargo xtask bench`.
 
 use std::{
     net::SocketAddr,
@@ -12,6 +14,7 @@ use anyhow::Result;
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     client::{http_echo, payload},
+    failover::{self, Fault, LOAD},
     scenario::{TCP_SERVICE_PORT, balancer_config_with, start_backends, start_xlb},
     topology::{Lab, VIP, Wiring},
 };
@@ -91,15 +94,83 @@ fn main() -> Result<()> {
             total.to_string(),
         ]);
     }
+    let passive = passive_table(runs)?;
     print_section(
         "Backend death to the last new flow",
         &format!(
             "A client in its namespace opens HTTP connections to the VIP back to back; one of \
              three backends' server is stopped (SIGTERM) and each later connection that xlb still \
              sends there is refused by the host. The time is when the last refused connection \
-             started, counted from the stop; {runs} run(s) per setting.\n\n{}",
-            table.markdown()
+             started, counted from the stop; {runs} run(s) per setting.\n\n{}\n\n\
+             ### Passive health against active checks alone\n\n\
+             {} new connections per second for {:?} through the VIP (each a 100-byte HTTP echo \
+             on its own connection, allowed {:?}: one SYN retransmission); {:?} in, one of three \
+             backends fails: its server is stopped (kill: the host answers with resets), or its \
+             host drops the clients' SYNs while xlb's checks, from the balancer's address, pass \
+             (silence). Checks every 200 ms, fall 2. Failed connections and connections that \
+             needed a retransmission (over 0.9 s), median and range of {runs} run(s); no \
+             connection to a live backend failed in any run (checked).\n\n{}",
+            table.markdown(),
+            LOAD.rate,
+            LOAD.duration,
+            LOAD.timeout,
+            LOAD.fault_at,
+            passive.markdown()
         ),
     );
     Ok(())
+}
+
+/// Failed and slow connections after each fault, with and without passive health.
+fn passive_table(runs: usize) -> Result<Table> {
+    let mut table = Table::new(&[
+        "fault",
+        "setting",
+        "failed connections (median, range)",
+        "slow connections (median, range)",
+        "connections per run",
+    ]);
+    let spread = |values: &mut Vec<f64>| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(0.0, f64::max);
+        format!("{:.0} ({low:.0}–{high:.0})", median(values))
+    };
+    for fault in [Fault::Kill, Fault::Silence] {
+        // The two settings alternate, so that a slower moment of the machine falls on both.
+        let (mut failed, mut slow) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        let mut attempts = 0;
+        for run_index in 0..runs {
+            for (i, passive) in [false, true].into_iter().enumerate() {
+                eprintln!(
+                    "failover: {fault:?}, passive {passive}, run {}",
+                    run_index + 1
+                );
+                let report = failover::run(fault, passive, LOAD)?;
+                anyhow::ensure!(
+                    report.live_failures == 0,
+                    "{} connections to live backends failed ({fault:?}, passive {passive})",
+                    report.live_failures
+                );
+                failed[i].push(report.outcome.failures() as f64);
+                slow[i].push(report.outcome.slow as f64);
+                attempts = report.outcome.attempts;
+            }
+        }
+        for (i, setting) in ["active checks alone", "passive health (defaults)"]
+            .into_iter()
+            .enumerate()
+        {
+            table.row(vec![
+                match fault {
+                    Fault::Kill => "kill".to_owned(),
+                    Fault::Silence => "silence".to_owned(),
+                },
+                setting.to_owned(),
+                spread(&mut failed[i]),
+                spread(&mut slow[i]),
+                attempts.to_string(),
+            ]);
+        }
+    }
+    Ok(table)
 }

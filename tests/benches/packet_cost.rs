@@ -10,7 +10,7 @@
 //! own, compared with single runs of the reference program.
 
 use anyhow::{Result, ensure};
-use lb_common::trace::TraceConfig;
+use lb_common::{passive::PassiveMark, trace::TraceConfig};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
@@ -49,6 +49,12 @@ name = "new"
 listen = "198.18.100.2:80"
 protocol = "tcp"
 backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "suspect"
+listen = "198.18.100.3:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
 "#;
 
 fn main() -> Result<()> {
@@ -59,7 +65,18 @@ fn main() -> Result<()> {
     let rows = ns.enter(|| -> Result<Vec<(String, f64, f64)>> {
         let config = Config::parse(CONFIG).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut dataplane = Dataplane::load(1 << 18)?;
-        Balancer::new().apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)?;
+        let mut balancer = Balancer::new();
+        balancer.apply(&ServiceSpec::all_up(&config), &mut dataplane.maps)?;
+        // Service "suspect": its first backend is marked suspect (passive health) for the
+        // whole run, so a third of its new flows pass over that backend's slot.
+        let suspect = balancer.services()[3].backends[0].id;
+        dataplane.maps.passive.set_mark(
+            suspect,
+            PassiveMark {
+                suspect_until_ns: monotonic_ns()? + 3_600_000_000_000,
+                ..PassiveMark::default()
+            },
+        )?;
         let (c0, s0) = (netif::index("c0")?, netif::index("s0")?);
         dataplane.maps.add_egress_port(c0)?;
         dataplane.maps.add_egress_port(s0)?;
@@ -235,6 +252,17 @@ fn main() -> Result<()> {
                     * 1e9,
             );
         }
+        let mut skipping = Vec::new();
+        for i in 0..new_flows {
+            let frame = Frame::tcp(
+                &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
+                "198.18.100.3:80",
+            )
+            .build();
+            let result = packet_net::run(program, &frame, c0, 1)?;
+            ensure!(result.verdict == XDP_REDIRECT);
+            skipping.push(result.duration.as_secs_f64() * 1e9);
+        }
         let single_noop_ns = median(&mut single_noop);
         let mut single_established = Vec::new();
         for _ in 0..new_flows {
@@ -255,6 +283,11 @@ fn main() -> Result<()> {
         rows.push((
             "new TCP flow (miss, round robin, half-open entries for both directions)".into(),
             median(&mut new),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, one of three backends suspect (a third pass over its slot)".into(),
+            median(&mut skipping),
             single_noop_ns,
         ));
         Ok(rows)

@@ -16,7 +16,109 @@ use crate::{
     client::{http_echo, payload},
     netns::Netns,
     process::temp_file,
+    scenario::{
+        HTTP_PORT, TCP_SERVICE_PORT, Xlb, backend_name, balancer_config_with, start_backends,
+        start_xlb,
+    },
+    topology::{Lab, VIP, Wiring},
 };
+
+/// Checks every 200 ms, two failures take a backend Down: as in the comparison with HAProxy
+/// that led to passive health.
+pub const HEALTH: &str =
+    r#"health = { check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }"#;
+/// Passive health off: active checks alone.
+pub const ACTIVE_ONLY: &str = "passive = { refused = 0, unanswered = 0 }";
+
+/// About 800 new connections per second for 2 s, the fault 0.4 s in; a connection may take
+/// 2.5 s (one SYN retransmission, not two).
+pub const LOAD: Load = Load {
+    rate: 800,
+    duration: Duration::from_millis(2_000),
+    fault_at: Duration::from_millis(400),
+    timeout: Duration::from_millis(2_500),
+};
+
+/// One failover run and what the daemon saw.
+#[derive(Debug)]
+pub struct Report {
+    /// How the connections ended.
+    pub outcome: Outcome,
+    /// Connections that failed on the live backends (b1 and b3): the new flows xlb gave them
+    /// that they did not serve.
+    pub live_failures: u64,
+    /// Data-plane events of the run, by name.
+    pub events: BTreeMap<String, u64>,
+    /// The daemon's log.
+    pub log: String,
+}
+
+/// New flows per backend name and the events, as the daemon counts them (`xlb --json
+/// stats`, read as JSON: this library does not link the daemon's types).
+fn counts(xlb: &Xlb) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    let (code, stdout, stderr) = xlb.cli(&["--json", "stats"])?;
+    anyhow::ensure!(code == 0, "xlb stats: {stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout)?;
+    let stats = &answer["stats"];
+    let number = |value: &serde_json::Value| value.as_u64().context("a count");
+    let flows = stats["services"][0]["backends"]
+        .as_array()
+        .context("the service's backends")?
+        .iter()
+        .enumerate()
+        .map(|(i, backend)| Ok((backend_name(i), number(&backend[1]["new_flows"])?)))
+        .collect::<Result<_>>()?;
+    let events = stats["events"]
+        .as_array()
+        .context("the events")?
+        .iter()
+        .map(|event| {
+            let name = event[0].as_str().context("an event's name")?;
+            Ok((name.to_owned(), number(&event[1])?))
+        })
+        .collect::<Result<_>>()?;
+    Ok((flows, events))
+}
+
+/// One run on a fresh lab (three backends, links at their defaults): [`LOAD`] through the
+/// VIP, `fault` on b2 at its time, with passive health on or active checks alone.
+pub fn run(fault: Fault, passive: bool, load: Load) -> Result<Report> {
+    let lab = Lab::new(Wiring::TwoInterfaces, 3)?;
+    let mut backends = start_backends(&lab)?;
+    lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    let keys = if passive {
+        HEALTH.to_owned()
+    } else {
+        format!("{HEALTH}\n{ACTIVE_ONLY}")
+    };
+    let xlb = start_xlb(
+        &lab.balancer,
+        &balancer_config_with(&lab, "auto", &keys, ""),
+    )?;
+    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+    let (before, _) = counts(&xlb)?;
+    let b2 = &lab.backends[1];
+    let outcome = lab
+        .client
+        .block_on(paced_connections(vip, load, || match fault {
+            Fault::Kill => backends[1].stop(),
+            Fault::Silence => silence(b2, "198.18.0.0/24", HTTP_PORT),
+        }))??;
+    let (after, events) = counts(&xlb)?;
+    let live_failures = ["b1", "b3"]
+        .iter()
+        .map(|b| {
+            let placed = after[*b] - before[*b];
+            placed.saturating_sub(outcome.served.get(*b).copied().unwrap_or(0))
+        })
+        .sum();
+    Ok(Report {
+        outcome,
+        live_failures,
+        events,
+        log: xlb.output(),
+    })
+}
 
 /// What happens to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

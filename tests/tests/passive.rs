@@ -9,88 +9,35 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
+use std::{sync::Mutex, time::Duration};
 
 use common::{event, stats};
 use xlb_tests::{
-    failover::{Fault, Load, Outcome, paced_connections, silence},
+    failover::{Fault, LOAD, Outcome, run},
     flood::legitimate_traffic_under_flood,
-    scenario::{
-        HTTP_PORT, TCP_SERVICE_PORT, Xlb, backend_name, balancer_config_with, start_backends,
-        start_xlb,
-    },
-    topology::{Lab, VIP, Wiring},
+    scenario::{balancer_config_with, start_backends, start_xlb},
+    topology::{Lab, Wiring},
 };
 
 /// The tests of this file share two CPUs: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Checks every 200 ms, two failures take a backend Down: as in the comparison with HAProxy
-/// that led to passive health.
-const HEALTH: &str = r#"health = { check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }"#;
-const ACTIVE_ONLY: &str = "passive = { refused = 0, unanswered = 0 }";
-
-const LOAD: Load = Load {
-    rate: 800,
-    duration: Duration::from_millis(2_000),
-    fault_at: Duration::from_millis(400),
-    timeout: Duration::from_millis(2_500),
-};
-
-/// New flows per backend name, as the daemon counts them.
-fn new_flows(xlb: &Xlb) -> BTreeMap<String, u64> {
-    stats(xlb).services[0]
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, (_, counters))| (backend_name(i), counters.new_flows))
-        .collect()
-}
-
-/// One run: the load, `fault` on b2 at `LOAD.fault_at`. Returns the outcome, the connections
-/// that failed on the live backends (b1, b3: the new flows xlb gave them that they did not
-/// serve) and the daemon's log.
+/// One run (see `xlb_tests::failover::run`), printed: the outcome, the connections that failed
+/// on live backends, the daemon's log.
 fn failover(fault: Fault, passive: bool) -> (Outcome, u64, String) {
-    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
-    let mut backends = start_backends(&lab).unwrap();
-    lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
-    let keys = if passive {
-        HEALTH.to_owned()
-    } else {
-        format!("{HEALTH}\n{ACTIVE_ONLY}")
-    };
-    let xlb = start_xlb(&lab.balancer, &balancer_config_with(&lab, "auto", &keys, "")).unwrap();
-    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
-    let before = new_flows(&xlb);
-    let b2 = &lab.backends[1];
-    let outcome = lab
-        .client
-        .block_on(paced_connections(vip, LOAD, || match fault {
-            Fault::Kill => backends[1].stop(),
-            Fault::Silence => silence(b2, "198.18.0.0/24", HTTP_PORT),
-        }))
-        .unwrap()
-        .unwrap();
-    let after = new_flows(&xlb);
-    let live_failures = ["b1", "b3"]
-        .iter()
-        .map(|b| {
-            let placed = after[*b] - before[*b];
-            placed.saturating_sub(outcome.served.get(*b).copied().unwrap_or(0))
-        })
-        .sum();
-    let log = xlb.output();
+    let report = run(fault, passive, LOAD).unwrap();
     eprintln!(
-        "{fault:?}, passive {passive}: {} connections, served {:?}, failed {:?}, {} slow; \
-         new flows {after:?} (before {before:?}); events: syn_replaced {}, suspect_marked {}",
-        outcome.attempts,
-        outcome.served,
-        outcome.failed,
-        outcome.slow,
-        event(&stats(&xlb), "syn_replaced"),
-        event(&stats(&xlb), "suspect_marked"),
+        "{fault:?}, passive {passive}: {} connections, served {:?}, failed {:?}, {} slow, {} \
+         failed on live backends; events: syn_replaced {}, suspect_marked {}",
+        report.outcome.attempts,
+        report.outcome.served,
+        report.outcome.failed,
+        report.outcome.slow,
+        report.live_failures,
+        report.events["syn_replaced"],
+        report.events["suspect_marked"],
     );
-    (outcome, live_failures, log)
+    (report.outcome, report.live_failures, report.log)
 }
 
 /// (a) A killed server: with active checks alone, every new flow sent to the dead backend
@@ -102,7 +49,11 @@ fn passive_health_takes_a_killed_backend_out_before_active_checks() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (active, active_live, _) = failover(Fault::Kill, false);
     let (passive, passive_live, log) = failover(Fault::Kill, true);
-    assert_eq!((active_live, passive_live), (0, 0), "connections to live backends failed");
+    assert_eq!(
+        (active_live, passive_live),
+        (0, 0),
+        "connections to live backends failed"
+    );
     assert!(
         active.failures() > 0,
         "active checks alone must lose some connections, or the test shows nothing: {active:?}"
@@ -132,7 +83,11 @@ fn passive_health_re_places_the_handshakes_a_silent_backend_ignores() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (active, active_live, _) = failover(Fault::Silence, false);
     let (passive, passive_live, log) = failover(Fault::Silence, true);
-    assert_eq!((active_live, passive_live), (0, 0), "connections to live backends failed");
+    assert_eq!(
+        (active_live, passive_live),
+        (0, 0),
+        "connections to live backends failed"
+    );
     assert!(
         active.failures() > 0,
         "with active checks alone the silent backend keeps its share: {active:?}"
@@ -142,7 +97,10 @@ fn passive_health_re_places_the_handshakes_a_silent_backend_ignores() {
         0,
         "every SYN the silent backend ignored was re-placed: {passive:?}\n{log}"
     );
-    assert!(passive.slow > 0, "those connections paid one retransmission");
+    assert!(
+        passive.slow > 0,
+        "those connections paid one retransmission"
+    );
 }
 
 /// A SYN flood from one /16 under an admission limit of 200 new flows per second per /16:
@@ -178,7 +136,11 @@ fn an_admission_limit_holds_a_flooding_prefix_to_its_rate() {
         outcome.connects.len(),
         outcome.connects
     );
-    assert!(outcome.flood.sent >= 20_000, "too small a flood: {}", outcome.flood.sent);
+    assert!(
+        outcome.flood.sent >= 20_000,
+        "too small a flood: {}",
+        outcome.flood.sent
+    );
     let allowed = 400 + 200 * (outcome.flood.elapsed.as_secs() + 1);
     assert!(
         service.new_flows <= allowed + 100,
@@ -186,7 +148,11 @@ fn an_admission_limit_holds_a_flooding_prefix_to_its_rate() {
         service.new_flows
     );
     assert!(service.admission_dropped + service.new_flows >= outcome.flood.sent / 2);
-    assert_eq!(event(&stats, "syn_hashed"), 0, "the half-open table never filled");
+    assert_eq!(
+        event(&stats, "syn_hashed"),
+        0,
+        "the half-open table never filled"
+    );
     assert_eq!(
         outcome.session_after.as_ref(),
         Ok(&outcome.session_before),

@@ -55,6 +55,14 @@ impl PassiveMaps {
             .with_context(|| format!("reading {}", map_names::PASSIVE_MARKS))
     }
 
+    /// Writes backend `id`'s mark as the program would (for benchmarks and tests that need a
+    /// suspect backend without making one refuse handshakes).
+    pub fn set_mark(&mut self, id: u32, mark: PassiveMark) -> Result<()> {
+        self.marks
+            .set(id, mark, 0)
+            .with_context(|| format!("writing {}", map_names::PASSIVE_MARKS))
+    }
+
     /// Clears backend `id`'s mark and counts (its slot in the service's share is free again).
     pub fn clear_mark(&mut self, id: u32) -> Result<()> {
         self.marks

@@ -126,6 +126,9 @@ impl Monitor {
                     if let Some(before) = before {
                         let mut kept = self.statuses[old][before].clone();
                         kept.configured_weight = backend.weight;
+                        // A confirming check in flight is stopped with the other tasks
+                        // below: the data plane's mark ends after its hold.
+                        kept.suspect = None;
                         *status = kept;
                     }
                 }

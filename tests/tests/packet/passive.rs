@@ -308,7 +308,7 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
 
 /// Admission: a client prefix may open `burst` new flows at once and `rate` per second
 /// after; the excess is dropped and counted. Another prefix has its own bucket, and packets
-/// of admitted flows are never limited.
+/// of admitted flows (or of a connection that lost its entry) are never limited.
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
@@ -345,14 +345,75 @@ fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
         // Another /24 has its own bucket.
         let other = Frame::tcp("198.18.5.2:43000", VIP);
         assert_eq!(lab.run(&other.build(), lab.c0).0, XDP_REDIRECT);
-        // An admitted flow's packets pass, however many.
+        // An admitted flow's packets pass, however many; so does a packet without SYN whose
+        // connection lost its entry (placed by hash, not limited).
         let ack = ack_of(&syn(43_000));
         for _ in 0..5 {
             assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
         }
+        let midstream = ack_of(&syn(43_100));
+        assert_eq!(lab.run(&midstream.build(), lab.c0).0, XDP_REDIRECT);
+        assert_eq!(lab.event(events::ADMISSION_DROPPED), 2);
         // A tenth of a second later, one more.
         std::thread::sleep(Duration::from_millis(110));
         assert_eq!(lab.run(&syn(43_010).build(), lab.c0).0, XDP_REDIRECT);
         assert_eq!(lab.run(&syn(43_011).build(), lab.c0).0, XDP_DROP);
+    });
+}
+
+/// A flood of new UDP flows from one prefix, under an admission limit, cannot evict another
+/// client's established flow from a small flow table: only the prefix's burst gets entries.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_udp_flood_from_one_prefix_cannot_evict_other_clients_flows() {
+    let config = CONFIG
+        .replace(
+            "interfaces = [\"c0\", \"s0\"]",
+            "interfaces = [\"c0\", \"s0\"]\nflow_table_size = 1024",
+        )
+        .replace(
+            "backends = [ { address = \"198.18.1.11:5353\" }, { address = \"198.18.1.12:5353\" } ]",
+            "backends = [ { address = \"198.18.1.11:5353\" }, { address = \"198.18.1.12:5353\" } ]\nadmission = { rate = 10, burst = 100, ipv4_prefix = 16 }",
+        );
+    with_lab_config(&config, |lab| {
+        let established = Frame::udp("198.18.0.2:5000", "198.18.100.1:53");
+        let expected = to_backend(&established, "198.18.1.11:5353", backend_mac(0x11), S0_MAC);
+        lab.expect(
+            "first datagram",
+            &established,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
+        let mut admitted = 0;
+        for i in 0..5_000u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            let flood = Frame::udp(
+                &format!("198.19.{c}.{d}:{}", 1_024 + i % 60_000),
+                "198.18.100.1:53",
+            );
+            let (verdict, _) = lab.run(&flood.build(), lab.c0);
+            if verdict == XDP_REDIRECT {
+                admitted += 1;
+            } else {
+                assert_eq!(verdict_name(verdict), "XDP_DROP");
+            }
+        }
+        assert!(
+            (100..=105).contains(&admitted),
+            "the burst, and what the rate adds while the flood runs: {admitted}"
+        );
+        let key = flow_key("198.18.0.2:5000", "198.18.100.1:53", 17);
+        assert!(
+            lab.dataplane.maps.flow(&key).is_some(),
+            "the established flow kept its entry"
+        );
+        lab.expect(
+            "established, after the flood",
+            &established,
+            lab.c0,
+            XDP_REDIRECT,
+            &expected,
+        );
     });
 }
