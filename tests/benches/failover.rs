@@ -105,9 +105,11 @@ fn main() -> Result<()> {
              ### Passive health against active checks alone\n\n\
              {} new connections per second for {:?} through the VIP (each a 100-byte HTTP echo \
              on its own connection, allowed {:?}: one SYN retransmission); {:?} in, one of three \
-             backends fails: its server is stopped (kill: the host answers with resets), or its \
-             host drops the clients' SYNs while xlb's checks, from the balancer's address, pass \
-             (silence). Checks every 200 ms, fall 2. Failed connections and connections that \
+             backends fails: its server is stopped (kill: the host answers with resets), its host \
+             drops the clients' SYNs while xlb's checks, from the balancer's address, pass \
+             (silence), or its host drops every SYN to the port, the checks' too (blackhole: with \
+             active checks alone, the half-open flows of a Down backend are purged, so a \
+             retransmitted SYN is placed again either way). Checks every 200 ms, fall 2. Failed connections and connections that \
              needed a retransmission (over 0.9 s), median and range of {runs} run(s); no \
              connection to a live backend failed in any run (checked).\n\n{}",
             table.markdown(),
@@ -135,7 +137,7 @@ fn passive_table(runs: usize) -> Result<Table> {
         let high = values.iter().copied().fold(0.0, f64::max);
         format!("{:.0} ({low:.0}–{high:.0})", median(values))
     };
-    for fault in [Fault::Kill, Fault::Silence] {
+    for fault in [Fault::Kill, Fault::Silence, Fault::Blackhole] {
         // The two settings alternate, so that a slower moment of the machine falls on both.
         let (mut failed, mut slow) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
         let mut attempts = 0;
@@ -163,7 +165,8 @@ fn passive_table(runs: usize) -> Result<Table> {
             table.row(vec![
                 match fault {
                     Fault::Kill => "kill".to_owned(),
-                    Fault::Silence => "silence".to_owned(),
+                    Fault::Silence => "silence (checks pass)".to_owned(),
+                    Fault::Blackhole => "blackhole (checks fail too)".to_owned(),
                 },
                 setting.to_owned(),
                 spread(&mut failed[i]),

@@ -103,6 +103,7 @@ pub fn run(fault: Fault, passive: bool, load: Load) -> Result<Report> {
         .block_on(paced_connections(vip, load, || match fault {
             Fault::Kill => backends[1].stop(),
             Fault::Silence => silence(b2, "198.18.0.0/24", HTTP_PORT),
+            Fault::Blackhole => silence(b2, "0.0.0.0/0", HTTP_PORT),
         }))??;
     let (after, events) = counts(&xlb)?;
     let live_failures = ["b1", "b3"]
@@ -128,6 +129,9 @@ pub enum Fault {
     /// Its host drops the clients' SYNs to the service port (nftables), while xlb's health
     /// checks, from the balancer's address, still pass: clients hear nothing.
     Silence,
+    /// Its host drops every SYN to the service port, xlb's checks' too: a host that died
+    /// without a reset, as far as the service can tell.
+    Blackhole,
 }
 
 /// The load.
@@ -163,7 +167,8 @@ impl Outcome {
     }
 }
 
-/// Silences a backend host as [`Fault::Silence`] says: drops SYNs to `port` from `clients`.
+/// Silences a backend host as [`Fault::Silence`] and [`Fault::Blackhole`] say: drops SYNs to
+/// `port` from `clients`.
 pub fn silence(host: &Netns, clients: &str, port: u16) -> Result<()> {
     let rules = format!(
         "table inet xlbsilent {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
