@@ -112,9 +112,10 @@ pub async fn http_echo_from(
     .with_context(|| format!("HTTP exchange with {vip} timed out"))?
 }
 
-/// Sends `datagrams` datagrams of `payload` from one new UDP socket (one flow) to `vip` and
-/// checks every reply; returns the backend's name, which must be the same for all of them.
-pub async fn udp_echo(vip: SocketAddr, payload: &[u8], datagrams: usize) -> Result<String> {
+/// A UDP socket on an ephemeral port, connected to `vip`: one flow. While it is open, no other
+/// socket gets its port, so flows opened one after another stay distinct (a closed socket's
+/// port may come back, and with it a flow xlb still has).
+pub async fn udp_socket(vip: SocketAddr) -> Result<UdpSocket> {
     let any: SocketAddr = if vip.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -122,6 +123,13 @@ pub async fn udp_echo(vip: SocketAddr, payload: &[u8], datagrams: usize) -> Resu
     };
     let socket = UdpSocket::bind(any).await?;
     socket.connect(vip).await?;
+    Ok(socket)
+}
+
+/// Sends `datagrams` datagrams of `payload` from `socket` (one flow, see [`udp_socket`]) and
+/// checks every reply; returns the backend's name, which must be the same for all of them.
+pub async fn udp_echo(socket: &UdpSocket, payload: &[u8], datagrams: usize) -> Result<String> {
+    let vip = socket.peer_addr()?;
     let mut backend: Option<String> = None;
     let mut buffer = vec![0u8; 65_536];
     for n in 0..datagrams {

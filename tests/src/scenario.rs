@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    client::{http_echo, payload, udp_echo},
+    client::{http_echo, payload, udp_echo, udp_socket},
     process::{Process, binary, temp_file},
     topology::{Lab, VIP, VIP6},
 };
@@ -212,11 +212,18 @@ pub fn run_traffic_to(lab: &Lab, vip: IpAddr, connections: usize, flows: usize) 
                 tcp.push(task.await?.with_context(|| format!("TCP connection {i}"))?);
             }
             let udp_vip = SocketAddr::new(vip, UDP_SERVICE_PORT);
+            // Every flow's socket stays open until all are done, so that no two flows share a
+            // source port (a reused port would be an old flow, not a new one: seen once as
+            // 11/10/9 instead of 10/10/10).
+            let mut sockets = Vec::with_capacity(flows);
+            for _ in 0..flows {
+                sockets.push(udp_socket(udp_vip).await?);
+            }
             let mut udp = Vec::with_capacity(flows);
-            for i in 0..flows {
+            for (i, socket) in sockets.iter().enumerate() {
                 let body = payload(1_000 + i as u64, 1_200);
                 udp.push(
-                    udp_echo(udp_vip, &body, 3)
+                    udp_echo(socket, &body, 3)
                         .await
                         .with_context(|| format!("UDP flow {i}"))?,
                 );
