@@ -22,9 +22,8 @@ use xlb_tests::{
 /// The tests of this file share two CPUs: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// One run (see `xlb_tests::failover::run`), printed: the outcome, the connections that failed
-/// on live backends, the daemon's log.
-fn failover(fault: Fault, passive: bool) -> (Outcome, u64, String) {
+/// One run (see `xlb_tests::failover::run`), printed: the outcome and the daemon's log.
+fn failover(fault: Fault, passive: bool) -> (Outcome, String) {
     let report = run(fault, passive, LOAD).unwrap();
     eprintln!(
         "{fault:?}, passive {passive}: {} connections, served {:?}, failed {:?}, {} slow, {} \
@@ -37,7 +36,24 @@ fn failover(fault: Fault, passive: bool) -> (Outcome, u64, String) {
         report.events["syn_replaced"],
         report.events["suspect_marked"],
     );
-    (report.outcome, report.live_failures, report.log)
+    assert_eq!(
+        report.live_failures, 0,
+        "{fault:?}, passive {passive}: connections to live backends failed"
+    );
+    (report.outcome, report.log)
+}
+
+/// `fault` with active checks alone, then with passive health: both outcomes, and the log of
+/// the second run.
+fn both_settings(fault: Fault) -> (Outcome, Outcome, String) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (active, _) = failover(fault, false);
+    let (passive, log) = failover(fault, true);
+    assert!(
+        active.failures() > 0,
+        "active checks alone must lose some connections, or the test shows nothing: {active:?}"
+    );
+    (active, passive, log)
 }
 
 /// (a) A killed server: with active checks alone, every new flow sent to the dead backend
@@ -46,18 +62,7 @@ fn failover(fault: Fault, passive: bool) -> (Outcome, u64, String) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn passive_health_takes_a_killed_backend_out_before_active_checks() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (active, active_live, _) = failover(Fault::Kill, false);
-    let (passive, passive_live, log) = failover(Fault::Kill, true);
-    assert_eq!(
-        (active_live, passive_live),
-        (0, 0),
-        "connections to live backends failed"
-    );
-    assert!(
-        active.failures() > 0,
-        "active checks alone must lose some connections, or the test shows nothing: {active:?}"
-    );
+    let (active, passive, log) = both_settings(Fault::Kill);
     assert!(
         passive.failures() < active.failures(),
         "passive health failed {} connections, active checks alone {}",
@@ -82,18 +87,7 @@ fn passive_health_takes_a_killed_backend_out_before_active_checks() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn passive_health_re_places_the_handshakes_a_silent_backend_ignores() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (active, active_live, _) = failover(Fault::Silence, false);
-    let (passive, passive_live, log) = failover(Fault::Silence, true);
-    assert_eq!(
-        (active_live, passive_live),
-        (0, 0),
-        "connections to live backends failed"
-    );
-    assert!(
-        active.failures() > 0,
-        "with active checks alone the silent backend keeps its share: {active:?}"
-    );
+    let (_, passive, log) = both_settings(Fault::Silence);
     assert_eq!(
         passive.failures(),
         0,

@@ -77,17 +77,19 @@ pub fn handshake_budget(flow_table_size: u32) -> u64 {
     (half_open_flows * HANDSHAKE_WINDOW_NS / HANDSHAKE_KEEP_NS).max(1)
 }
 
+/// Takes map `name` out of the loaded object as a `T`.
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-        where
-            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-        {
-            let map = ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
-            T::try_from(map).with_context(|| format!("map {name}"))
-        }
         // The tables' map id lets a second handle be opened (see `table_publisher`).
         let tables_id = match ebpf.map(map_names::BACKEND_TABLES) {
             Some(aya::maps::Map::ArrayOfMaps(data)) => data.info()?.id(),

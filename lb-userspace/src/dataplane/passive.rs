@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
@@ -15,21 +15,12 @@ use lb_common::{
     passive::{PassiveEvent, PassiveMark, ServicePolicy},
 };
 
+use super::maps::take;
+
 /// Each service's settings and each backend's marks.
 pub struct PassiveMaps {
     policies: Array<MapData, ServicePolicy>,
     marks: Array<MapData, PassiveMark>,
-}
-
-/// Takes `name` out of the loaded object as a `T`.
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 impl PassiveMaps {
