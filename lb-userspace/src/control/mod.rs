@@ -11,6 +11,7 @@
 
 mod balancer;
 pub mod locality;
+pub mod maglev;
 mod maps;
 mod spec;
 pub mod table;
