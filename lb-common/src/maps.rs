@@ -236,6 +236,38 @@ pub struct HandshakeGuard {
     pub flooded: u32,
 }
 
+/// Key and value sizes of the pinned maps whose entries have xlb's own layout, by name (maps
+/// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
+/// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
+/// these before it loads the program onto pinned maps.
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 15] = {
+    use crate::{
+        consts::map_names as n,
+        passive::{AdmissionKey, PassiveMark, ServicePolicy, SuspectSlots},
+    };
+    [
+        (
+            n::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceEntry>(),
+        ),
+        (n::BACKENDS, 4, size_of::<BackendEntry>()),
+        (n::RR_CURSORS, 4, 8),
+        (n::HANDSHAKE_GUARD, 4, size_of::<HandshakeGuard>()),
+        (n::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (n::HALF_OPEN, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (n::VIPS, size_of::<VipKey>(), 4),
+        (n::SPILLED, 4, 8),
+        (n::SERVICE_STATS, 4, size_of::<TrafficCounters>()),
+        (n::BACKEND_STATS, 4, size_of::<TrafficCounters>()),
+        (n::EVENTS, 4, 8),
+        (n::SERVICE_POLICIES, 4, size_of::<ServicePolicy>()),
+        (n::PASSIVE_MARKS, 4, size_of::<PassiveMark>()),
+        (n::SUSPECT_SLOTS, 4, size_of::<SuspectSlots>()),
+        (n::ADMISSION, size_of::<AdmissionKey>(), 8),
+    ]
+};
+
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);

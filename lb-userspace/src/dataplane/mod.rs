@@ -84,6 +84,9 @@ impl Dataplane {
         let mut adopted = false;
         if let Some(dir) = pin_dir {
             adopted = dir.join(map_names::FLOWS).exists();
+            if adopted {
+                pins::check_layouts(dir)?;
+            }
             for name in map_names::PINNED {
                 loader.map_pin_path(name, dir.join(name));
             }

@@ -9,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::MapInfo;
+use lb_common::PINNED_LAYOUTS;
 use tracing::info;
 
 /// `BPF_FS_MAGIC` from linux/magic.h: the filesystem type of bpffs.
@@ -95,6 +97,32 @@ impl Drop for PinLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Checks that the maps pinned in `dir` have this version's layout (key and value sizes), so
+/// that pins made by another version of xlb are refused with a clear error rather than by the
+/// verifier. A map this version adds and `dir` lacks is fine: it is created.
+pub fn check_layouts(dir: &Path) -> Result<()> {
+    for (name, key, value) in PINNED_LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let (pinned_key, pinned_value) = (info.key_size() as usize, info.value_size() as usize);
+        if (pinned_key, pinned_value) != (key, value) {
+            bail!(
+                "the map {name} pinned in {} holds {pinned_key}-byte keys and {pinned_value}-byte \
+                 values, and this version of xlb needs {key} and {value}: the pins were made by \
+                 another version. Stop that version with --detach-on-exit (its data plane stops \
+                 with it), or remove {} (dropping every flow), then start this one",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

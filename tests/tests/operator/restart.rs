@@ -133,3 +133,79 @@ fn restart_keeps_every_flow(offloads: Offloads, mode: &str, new_mode: Option<&st
     // New flows after the restart are balanced as before.
     assert_eq!(connections(&lab, 3).len(), 3);
 }
+
+/// Pins left by a version of xlb whose maps had another layout (here: a flow table of 64-byte
+/// entries, as before passive health grew them to 72) are refused before the program is
+/// loaded, with an error that names the map, both layouts and the way out; the pins stay as
+/// they were, and the data plane they hold keeps forwarding.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn pins_of_another_layout_are_refused_with_a_clear_error() {
+    let Setup {
+        lab,
+        mut xlb,
+        _backends,
+    } = setup("");
+    assert_eq!(connections(&lab, 3).len(), 3);
+    // Stopped without --detach-on-exit: the data plane keeps forwarding on its pins.
+    xlb.stop(Duration::from_secs(10)).unwrap();
+    // The old version's flow table: 40-byte keys, 64-byte values.
+    let flows = xlb.pin_dir.join("FLOWS");
+    std::fs::remove_file(&flows).unwrap();
+    pin_hash_map(&flows, 40, 64).unwrap();
+
+    let error = xlb.restart(&lab.balancer, &[]).unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(&format!(
+            "the map FLOWS pinned in {} holds 40-byte keys and 64-byte values, and this version \
+             of xlb needs 40 and 72",
+            xlb.pin_dir.display()
+        )) && error.contains("--detach-on-exit"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("Verifier output"),
+        "refused before loading:\n{error}"
+    );
+    assert!(flows.exists(), "the pins are left as they were");
+    // The old program is still attached and forwards.
+    assert_eq!(connections(&lab, 3).len(), 3);
+}
+
+/// Creates a BPF hash map with `key`- and `value`-byte entries and pins it at `path` (what
+/// another version of xlb would have left there).
+fn pin_hash_map(path: &std::path::Path, key: u32, value: u32) -> std::io::Result<()> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // The first words of `union bpf_attr` for each command; the rest stays zero.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key, value, 16]);
+    // SAFETY: a valid, zeroed attribute block of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            size_of_val(&create),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = [0u64; 16];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: as above; the path outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), size_of_val(&pin)) };
+    let result = if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: the descriptor was opened above; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    result
+}
