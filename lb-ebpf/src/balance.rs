@@ -267,13 +267,15 @@ fn established<F: Frame>(
 fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placement) -> NewFlow {
     let (table_index, avoid) = (placement.table_index(), placement.avoid());
     let (service_id, pool) = table_owner(table_index);
+    let replacing = avoid != NO_BACKEND_ID;
+    let half_open = pkt.proto == proto::TCP;
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
+        abandon(replacing, key);
         return NewFlow::Done(F::PASS);
     }
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let replacing = avoid != NO_BACKEND_ID;
     // Admission applies to flows that start here (a SYN, UDP); a TCP packet without SYN
     // belongs to a connection already established (its entry was lost), never limited.
     let starts = pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0;
@@ -292,6 +294,7 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     let backend = choice.and_then(|c| BACKENDS.get_ptr(c.backend_id));
     let (Some(choice), Some(backend), Some(scratch)) = (choice, backend, scratch()) else {
         count_no_backend(service_id);
+        abandon(replacing, key);
         trace::record(
             now,
             service_id,
@@ -329,11 +332,15 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     if let Ok(hop) = &hop {
         hop.store(entry, now);
     }
-    let half_open = pkt.proto == proto::TCP;
     let table = table(half_open);
     // A re-placed flow replaces its entry; a new one must not overwrite another CPU's.
     let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
     if table.insert(key, &*entry, insert_flags as u64).is_err() {
+        if replacing {
+            abandon(replacing, key);
+            count_event(events::FLOW_INSERT_FAILED);
+            return NewFlow::Done(F::DROP);
+        }
         // Another CPU recorded this flow between our lookup and insert: follow its choice.
         return match table.get_ptr_mut(key) {
             Some(existing) => NewFlow::Raced(existing, half_open),
@@ -391,6 +398,16 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     })
 }
 
+/// A re-placement that cannot complete leaves the flow without entries (its reply entry is
+/// already gone), so the client's next retransmission starts it anew rather than following a
+/// forward entry to the backend it was to avoid.
+#[inline(always)]
+fn abandon(replacing: bool, key: &FlowKey) {
+    if replacing {
+        let _ = HALF_OPEN.remove(key);
+    }
+}
+
 /// A new flow's backend and how it was chosen.
 #[derive(Clone, Copy)]
 struct Choice {
@@ -406,10 +423,10 @@ struct Choice {
 /// The backend a new flow gets from a table: the next slot by round robin, advancing the
 /// table's cursor atomically so that concurrent new flows on different CPUs take different
 /// slots; or, for a TCP flow the handshake guard places by hash, the slot its 5-tuple hashes
-/// to. A flow that starts with its first packet (a SYN, or UDP) passes over the slots of
-/// suspect backends and of `avoid` to the next one, up to `MAX_SKIPS` slots (then it keeps
-/// its first slot); a TCP packet without SYN does not, so that it finds the backend its SYN
-/// was hashed to.
+/// to. Every placement passes over the slots of suspect backends and of `avoid` to the next
+/// one, up to `MAX_SKIPS` slots (then it keeps its first slot): a TCP packet without SYN is
+/// placed as its SYN was (by the same hash, past the same marks), so it finds the backend its
+/// SYN got while the marks stay as they were.
 #[inline(always)]
 fn next_backend(
     table_index: u32,
@@ -444,7 +461,7 @@ fn next_backend(
     let first = (turn % len as u64) as usize;
     let mut slot = first;
     let mut skipped = 0;
-    if pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0 {
+    {
         while skipped < MAX_SKIPS {
             if slot >= MAX_TABLE_SLOTS {
                 return None;

@@ -136,6 +136,11 @@ pub fn retransmitted_syn(key: &FlowKey, entry: *mut FlowEntry) -> Retransmission
     {
         return Retransmission::Forward;
     }
+    // Removing the reply entry is the claim: of two CPUs with the same retransmission, one
+    // re-places it and counts the silence; the other forwards its copy.
+    if HALF_OPEN.remove(peer).is_err() {
+        return Retransmission::Forward;
+    }
     let backend_id = forward.backend_id;
     passive::observe(
         forward.service_id,
@@ -143,6 +148,5 @@ pub fn retransmitted_syn(key: &FlowKey, entry: *mut FlowEntry) -> Retransmission
         passive::Kind::Unanswered,
         now,
     );
-    let _ = HALF_OPEN.remove(peer);
     Retransmission::Replace(backend_id)
 }

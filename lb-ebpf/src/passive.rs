@@ -162,21 +162,41 @@ pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
             (read_volatile(refused_ptr), before + 1)
         };
         // A service whose share allows no suspect (one backend) only counts.
+        let mark_ptr = addr_of_mut!((*mark).suspect_until_ns);
+        let current = read_volatile(mark_ptr);
         if policy.max_suspects == 0
             || !reaches_threshold(policy, refused, unanswered)
-            || is_suspect(read_volatile(addr_of_mut!((*mark).suspect_until_ns)), now)
+            || is_suspect(current, now)
         {
             return;
         }
         // The mark's end, its low bits replaced by the backend id in the service's slot.
         let until = (now + policy.hold_ns) & !SLOT_ID_BITS;
+        // The mark first, by compare-and-swap: one CPU marks a backend, and a slot is never
+        // seen taken while its backend's mark is not yet written (which would read as a mark
+        // the daemon cleared, and free the slot for another backend).
+        let (_, won) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            mark_ptr, current, until,
+        );
+        if !won {
+            return;
+        }
         let marked = take_slot(service_id, backend_id, policy.max_suspects, until, now);
         let kind = if marked {
-            (*mark).suspect_until_ns = until;
             count_event(events::SUSPECT_MARKED);
             passive_event::MARKED
         } else {
+            atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(mark_ptr, current);
             count_event(events::SUSPECT_CAPPED);
+            // Told once per crossing of a threshold, not for every refusal after it.
+            let crossed = if kind == Kind::Refused {
+                refused == u32::from(policy.refused)
+            } else {
+                unanswered == u32::from(policy.unanswered)
+            };
+            if !crossed {
+                return;
+            }
             passive_event::CAPPED
         };
         if let Some(mut entry) = PASSIVE_EVENTS.reserve(0) {
@@ -197,8 +217,9 @@ pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
 }
 
 /// Takes one of the service's first `max_suspects` slots for a mark of `backend_id` ending at
-/// `until` (low bits clear): a slot whose mark has ended, or whose backend's mark the daemon
-/// cleared. `false`: the service has as many suspects as its share allows.
+/// `until` (low bits clear): a slot whose mark has ended, whose backend's mark the daemon
+/// cleared, or that names this backend (whose mark the caller has just set). `false`: the
+/// service has as many suspects as its share allows.
 #[inline(always)]
 fn take_slot(service_id: u32, backend_id: u32, max_suspects: u16, until: u64, now: u64) -> bool {
     let Some(slots) = SUSPECT_SLOTS.get_ptr_mut(service_id) else {
@@ -214,7 +235,8 @@ fn take_slot(service_id: u32, backend_id: u32, max_suspects: u16, until: u64, no
             let slot = read_volatile(slot_ptr);
             let holder = (slot & SLOT_ID_BITS) as u32;
             let holder_until = PASSIVE_MARKS.get(holder).map_or(0, |m| m.suspect_until_ns);
-            if slot_free(slot & !SLOT_ID_BITS, holder_until, now) {
+            // A slot naming this backend is free for it: its mark is the one being set now.
+            if holder == backend_id || slot_free(slot & !SLOT_ID_BITS, holder_until, now) {
                 let (_, taken) =
                     atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                         slot_ptr, slot, claim,

@@ -122,11 +122,13 @@ impl Monitor {
         }
         warn!(service = service.name, backend = %address, reason = why, "backend suspect: new flows skip it until a check decides");
         status.suspect = Some(why);
+        // Detached (not in `self.tasks`, which only a reload empties): each ends after one
+        // check or one hold, and its report is dropped if a reload came first.
         let events = events.clone();
         if service.health.check == HealthCheck::None {
             // Nothing to confirm with: the mark lasts its hold, and so does what is shown.
             let hold = service.passive.as_ref().map_or(Duration::ZERO, |p| p.hold);
-            self.tasks.spawn(async move {
+            tokio::spawn(async move {
                 tokio::time::sleep(hold).await;
                 let _ = events
                     .send(Event::Confirm(at, Ok(()), Duration::ZERO))
@@ -138,7 +140,7 @@ impl Monitor {
                 service.backends[at.backend].check_address(),
                 service.health.timeout,
             );
-            self.tasks.spawn(async move {
+            tokio::spawn(async move {
                 let started = Instant::now();
                 let result = checks::run(&check, target, limit).await;
                 let _ = events
