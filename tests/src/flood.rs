@@ -126,6 +126,30 @@ pub struct UnderFlood {
     pub connect_errors: Vec<String>,
 }
 
+impl UnderFlood {
+    /// Asserts that the legitimate client did not notice the flood: its idle connection kept
+    /// its backend, its download of `download_bytes` completed, and every one of its new
+    /// connections (at least five) succeeded.
+    pub fn assert_unaffected(&self, download_bytes: usize) {
+        assert_eq!(
+            self.session_after.as_ref(),
+            Ok(&self.session_before),
+            "the idle connection kept its flow"
+        );
+        assert_eq!(self.download, Ok(download_bytes), "the download completed");
+        assert!(
+            self.connect_errors.is_empty(),
+            "new connections failed during the flood: {:?}",
+            self.connect_errors
+        );
+        assert!(
+            self.connects.len() >= 5,
+            "only {} connections were tried during the flood",
+            self.connects.len()
+        );
+    }
+}
+
 /// How long after the flood starts the new connections begin: two handshake-guard windows.
 const FLOOD_UNDER_WAY: Duration = Duration::from_millis(200);
 /// How often a new connection starts during the flood.

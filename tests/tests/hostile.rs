@@ -124,21 +124,6 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
         "the handshake guard placed most of the flood by hash: {} of {syns_seen}",
         event(&stats, "syn_hashed")
     );
-    assert_eq!(
-        outcome.session_after.as_ref(),
-        Ok(&outcome.session_before),
-        "the idle connection kept its flow"
-    );
-    assert_eq!(outcome.download, Ok(4_000_000), "the download completed");
-    assert!(
-        outcome.connect_errors.is_empty(),
-        "new connections failed during the flood: {:?}",
-        outcome.connect_errors
-    );
-    assert!(
-        outcome.connects.len() >= 5,
-        "only {} connections were tried during the flood",
-        outcome.connects.len()
-    );
+    outcome.assert_unaffected(4_000_000);
     assert!(stats.flow_table.half_open <= stats.flow_table.half_open_capacity);
 }

@@ -149,16 +149,6 @@ fn an_admission_limit_holds_a_flooding_prefix_to_its_rate() {
         0,
         "the half-open table never filled"
     );
-    assert_eq!(
-        outcome.session_after.as_ref(),
-        Ok(&outcome.session_before),
-        "the idle connection kept its flow"
-    );
-    assert_eq!(outcome.download, Ok(4_000_000), "the download completed");
-    assert!(
-        outcome.connect_errors.is_empty(),
-        "new connections of the other prefix failed: {:?}",
-        outcome.connect_errors
-    );
-    assert!(outcome.connects.len() >= 5);
+    // The other prefix's client did not notice.
+    outcome.assert_unaffected(4_000_000);
 }

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
@@ -14,6 +14,8 @@ use lb_common::{
     consts::map_names,
     trace::{TraceConfig, TraceEvent},
 };
+
+use super::maps::take;
 
 /// Both trace maps.
 pub struct Tracer {
@@ -24,15 +26,9 @@ pub struct Tracer {
 impl Tracer {
     /// Takes the trace maps out of the loaded object.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
-        };
-        let config = take(map_names::TRACE_CONFIG)?;
-        let events = take(map_names::TRACE_EVENTS)?;
         Ok(Self {
-            config: Array::try_from(config).context(map_names::TRACE_CONFIG)?,
-            events: RingBuf::try_from(events).context(map_names::TRACE_EVENTS)?,
+            config: take(ebpf, map_names::TRACE_CONFIG)?,
+            events: take(ebpf, map_names::TRACE_EVENTS)?,
         })
     }
 
