@@ -28,6 +28,28 @@ pub mod flow_flags {
     /// The backend answered the flow's SYN (set on the half-open reply entry when a backend's
     /// packet passes): a retransmitted SYN is then not the backend's fault.
     pub const ANSWERED: u8 = 2;
+    /// Direct server return: the flow's packets keep their addresses and only get the
+    /// backend's MAC address; the backend answers the client directly, so the flow has no
+    /// reply entry.
+    pub const DSR: u8 = 4;
+}
+
+/// Values of [`crate::ServiceEntry::scheduler`]: how a new flow's backend is chosen.
+pub mod scheduler {
+    /// The next slot of the weighted round-robin table (`BACKEND_TABLES`).
+    pub const ROUND_ROBIN: u8 = 0;
+    /// The slot of the Maglev table (`MAGLEV_TABLES`) that the flow's 5-tuple hashes to: every
+    /// instance with the same backends and seed makes the same choice.
+    pub const MAGLEV: u8 = 1;
+}
+
+/// Values of [`crate::ServiceEntry::forwarding`]: how a flow's packets reach its backend.
+pub mod forwarding {
+    /// Destination address and port rewritten to the backend's, replies rewritten back.
+    pub const NAT: u8 = 0;
+    /// Layer-2 direct server return: only the destination MAC is rewritten (the backend holds
+    /// the VIP on a loopback), replies go from the backend to the client directly.
+    pub const DSR: u8 = 1;
 }
 
 /// Capacity limits. Maps are sized from these; userspace validation enforces them.
@@ -46,6 +68,9 @@ pub mod limits {
     pub const MAX_BACKENDS_PER_SERVICE: u32 = 1_024;
     /// Round-robin slots in one backend table (a backend of weight w fills about w slots).
     pub const MAX_TABLE_SLOTS: usize = 2_048;
+    /// Slots of the largest Maglev table (a prime, 2^17 - 1): room for 100 slots per backend
+    /// of a service with `MAX_BACKENDS_PER_SERVICE` backends.
+    pub const MAX_MAGLEV_SLOTS: usize = 131_071;
     /// Default number of flows the flow table holds (`flow_table_size` in the config); each flow
     /// takes two entries of `FLOWS`, one per direction.
     pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
@@ -87,6 +112,8 @@ pub mod map_names {
     pub const SERVICES: &str = "SERVICES";
     /// Outer map of the per-(service, pool) backend tables.
     pub const BACKEND_TABLES: &str = "BACKEND_TABLES";
+    /// Maglev tables, an array of maps (same indexes as `BACKEND_TABLES`).
+    pub const MAGLEV_TABLES: &str = "MAGLEV_TABLES";
     /// Backend registry: id -> address.
     pub const BACKENDS: &str = "BACKENDS";
     /// The handshake guard: window count of new TCP flows, budget and hash seed.
@@ -131,9 +158,10 @@ pub mod map_names {
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, and the trace's maps).
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 19] = [
         SERVICES,
         BACKEND_TABLES,
+        MAGLEV_TABLES,
         BACKENDS,
         RR_CURSORS,
         HANDSHAKE_GUARD,

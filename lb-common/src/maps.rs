@@ -3,7 +3,7 @@
 //! checked at compile time. Ports are in network byte order, exactly as they are on the wire;
 //! addresses are [`Addr`]s.
 
-use crate::consts::limits::MAX_TABLE_SLOTS;
+use crate::consts::limits::{MAX_MAGLEV_SLOTS, MAX_TABLE_SLOTS};
 
 /// An IP address in a map: the 16 bytes of an IPv6 address, or the 4 bytes of an IPv4 address
 /// followed by 12 zero bytes (see [`crate::consts::family`]), in wire order. It is held as four
@@ -36,8 +36,11 @@ pub struct ServiceEntry {
     pub pools: u8,
     /// The pool of clients that match no prefix.
     pub default_pool: u8,
-    /// Explicit padding; zero.
-    pub _pad: [u8; 2],
+    /// How new flows find their backend ([`crate::consts::scheduler`]; 0, round robin, in
+    /// entries written before Maglev existed).
+    pub scheduler: u8,
+    /// How packets reach the backend ([`crate::consts::forwarding`]; 0 is NAT).
+    pub forwarding: u8,
 }
 
 /// Data of a `CLIENT_POOLS` key: a client address, in wire order (IPv4 in the first 4
@@ -88,6 +91,22 @@ impl BackendTable {
         generation: 0,
         slots: [0; MAX_TABLE_SLOTS],
     };
+}
+
+/// A Maglev lookup table (`MAGLEV_TABLES`): for each slot, the backend id of the new flows
+/// whose 5-tuple hashes to it (`crate::hash::flow_hash` with `seed`, modulo `len`). Built whole
+/// in userspace from the backends ordered by address, their weights, a prime size and the
+/// configured seed, so that instances with the same backends build the same table; published
+/// by swapping it in like a [`BackendTable`]. 512 KiB: never on a stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MaglevTable {
+    /// Number of valid slots (the table's prime size); 0 means no backend can take new flows.
+    pub len: u32,
+    /// Seed of the 5-tuple hash, the same on every instance.
+    pub seed: u32,
+    /// Backend ids; only `slots[..len]` is meaningful.
+    pub slots: [u32; MAX_MAGLEV_SLOTS],
 }
 
 /// Key of `VIPS`: a virtual IP address, whatever its ports and protocols.
@@ -272,6 +291,7 @@ const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
+const _: () = assert!(size_of::<MaglevTable>() == 8 + 4 * MAX_MAGLEV_SLOTS);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<FlowEntry>() == 72);
@@ -299,6 +319,7 @@ mod pod {
         ServiceEntry,
         BackendEntry,
         BackendTable,
+        MaglevTable,
         FlowKey,
         VipKey,
         FlowEntry,

@@ -23,6 +23,9 @@ pub mod decision {
     pub const REPLACED: u8 = 6;
     /// A new flow dropped by its client prefix's admission limit.
     pub const ADMISSION_DROPPED: u8 = 7;
+    /// A new flow (or a TCP packet without SYN that found no flow), its backend taken from
+    /// the Maglev slot its 5-tuple hashes to.
+    pub const NEW_MAGLEV: u8 = 8;
 }
 
 /// [`TraceConfig::service_id`] for every service.
@@ -70,6 +73,8 @@ pub struct TraceEvent {
     pub service_id: u32,
     /// The backend, or [`NO_BACKEND_ID`].
     pub backend_id: u32,
+    /// The slot of the table a new flow's backend was taken from.
+    pub slot: u32,
     /// The client's port, network byte order.
     pub client_port: u16,
     /// What was decided ([`decision`]).
@@ -88,12 +93,10 @@ pub struct TraceEvent {
     pub home_pool: u8,
     /// The pool of a new flow's backend (another than the home pool: a spill).
     pub backend_pool: u8,
-    /// The slot of the table a new flow's backend was taken from.
-    pub slot: u16,
     /// Slots of suspect backends a new flow skipped to reach `slot`.
     pub skipped: u8,
     /// Explicit padding; zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
 }
 
 /// Whether the bits of `addr` within the first `len` bits equal those of `prefix` (both in

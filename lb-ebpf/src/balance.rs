@@ -1,10 +1,5 @@
 //! The balancer's decisions: does this packet belong to a flow, or is it the first packet of a
-//! new flow to a service; which backend serves a new flow; and what gets counted.
-
-use core::{
-    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg},
-    ptr::{addr_of_mut, read_volatile},
-};
+//! new flow to a service (whose backend `choose` picks); and what gets counted.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -13,16 +8,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey,
-    consts::{events, flow_flags, limits::MAX_TABLE_SLOTS, proto, timing::LAST_SEEN_REFRESH_NS},
+    consts::{events, flow_flags, forwarding, proto, scheduler, timing::LAST_SEEN_REFRESH_NS},
     direction,
-    guard::{hashes_syn, starts_flooded, window_ended},
-    hash::flow_hash,
-    passive::MAX_SKIPS,
     tables::{table_index, table_owner},
     trace::{NO_BACKEND_ID, decision},
 };
 
 use crate::{
+    choose,
     counters::{
         count_admission_dropped, count_new_flow, count_no_backend, count_spill, count_traffic,
     },
@@ -30,10 +23,7 @@ use crate::{
     forward::{Route, resolve, send, send_cached},
     frame::Frame,
     icmp,
-    maps::{
-        BACKEND_TABLES, BACKENDS, CLIENT_POOLS, FLOWS, HALF_OPEN, HANDSHAKE_GUARD, RR_CURSORS,
-        SERVICES, count_event,
-    },
+    maps::{BACKENDS, CLIENT_POOLS, FLOWS, HALF_OPEN, SERVICES, count_event},
     nat::{End, rewrite},
     packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
     passive,
@@ -120,7 +110,7 @@ fn place<F: Frame>(
     // SAFETY: copy the value out at once; the element may be replaced after this.
     let service = unsafe { *service };
     let pool = home_pool(&service, &pkt.src);
-    let placement = Placement::new(table_index(service.id, pool), avoid);
+    let placement = Placement::new(table_index(service.id, pool), avoid, &service);
     match new_flow(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
         NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
@@ -146,21 +136,40 @@ fn home_pool(service: &ServiceEntry, client: &lb_common::Addr) -> u32 {
 
 /// Where a new flow is placed, in one 64-bit argument (a BPF function takes at most five
 /// arguments in registers, the result's pointer among them, and LLVM splits a struct of two
-/// words into two): the table of the service and home pool, and for a retransmitted SYN its
-/// backend never answered, that backend (whose flow entries are replaced), else
-/// `NO_BACKEND_ID` (the flow is new, and must be admitted).
+/// words into two): the table of the service and home pool (low 24 bits), the service's
+/// scheduler and forwarding (the next two bytes, as in `ServiceEntry`), and for a
+/// retransmitted SYN its backend never answered, that backend (whose flow entries are
+/// replaced), else `NO_BACKEND_ID` (the flow is new, and must be admitted).
 #[derive(Clone, Copy)]
 struct Placement(u64);
 
+/// Bits of [`Placement`] that hold the table index (`MAX_TABLES` is 2^17).
+const TABLE_INDEX_BITS: u64 = (1 << 24) - 1;
+
 impl Placement {
     #[inline(always)]
-    fn new(table_index: u32, avoid: u32) -> Self {
-        Self(u64::from(avoid) << 32 | u64::from(table_index))
+    fn new(table_index: u32, avoid: u32, service: &ServiceEntry) -> Self {
+        Self(
+            u64::from(avoid) << 32
+                | u64::from(service.forwarding) << 28
+                | u64::from(service.scheduler & 0xf) << 24
+                | u64::from(table_index) & TABLE_INDEX_BITS,
+        )
     }
 
     #[inline(always)]
     fn table_index(self) -> u32 {
-        self.0 as u32
+        (self.0 & TABLE_INDEX_BITS) as u32
+    }
+
+    #[inline(always)]
+    fn maglev(self) -> bool {
+        (self.0 >> 24) as u8 & 0xf == scheduler::MAGLEV
+    }
+
+    #[inline(always)]
+    fn dsr(self) -> bool {
+        (self.0 >> 28) as u8 & 0xf == forwarding::DSR
     }
 
     #[inline(always)]
@@ -207,13 +216,18 @@ fn established<F: Frame>(
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
     // same flow) only store a recent time, the closing flag or the same next hop.
     let flow = unsafe { &mut *entry };
+    let dsr = flow.flags & flow_flags::DSR != 0;
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
     if closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS {
         flow.last_seen_ns = now;
         if closing {
             flow.flags |= flow_flags::CLOSING;
         }
-        let peer = scratch_peer(key, flow).and_then(|peer| table(half_open).get_ptr_mut(peer));
+        // (A DSR flow has no reply entry: its backend answers the client directly.)
+        let peer = match dsr {
+            true => None,
+            false => scratch_peer(key, flow).and_then(|peer| table(half_open).get_ptr_mut(peer)),
+        };
         if let Some(peer) = peer {
             // SAFETY: as above.
             unsafe {
@@ -242,7 +256,7 @@ fn established<F: Frame>(
         };
         (End::Source, route)
     };
-    if rewrite(frame, pkt, end, &addr, flow.port).is_none() {
+    if !dsr && rewrite(frame, pkt, end, &addr, flow.port).is_none() {
         return F::PASS;
     }
     count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
@@ -290,9 +304,17 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         );
         return NewFlow::Done(F::DROP);
     }
-    let choice = next_backend(table_index, pkt, key, now, avoid);
-    let backend = choice.and_then(|c| BACKENDS.get_ptr(c.backend_id));
-    let (Some(choice), Some(backend), Some(scratch)) = (choice, backend, scratch()) else {
+    let choice = if placement.maglev() {
+        choose::maglev(table_index, pkt, key, now, avoid)
+    } else {
+        choose::round_robin(table_index, pkt, key, now, avoid)
+    };
+    let dsr = placement.dsr();
+    let backend = match choice.is_none() {
+        true => None,
+        false => BACKENDS.get_ptr(choice.backend_id()),
+    };
+    let (Some(backend), Some(scratch)) = (backend, scratch()) else {
         count_no_backend(service_id);
         abandon(replacing, key);
         trace::record(
@@ -307,9 +329,10 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         );
         return NewFlow::Done(F::DROP);
     };
-    let backend_id = choice.backend_id;
+    let backend_id = choice.backend_id();
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
+    // (With DSR the backend's port is the service's: configuration makes sure of it.)
     let route = Route {
         src: &key.src_addr,
         dst: &backend.addr,
@@ -321,7 +344,7 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     entry.addr = backend.addr;
     entry.port = backend.port;
     entry.direction = direction::TO_BACKEND;
-    entry.flags = 0;
+    entry.flags = if dsr { flow_flags::DSR } else { 0 };
     entry.backend_id = backend_id;
     entry.service_id = service_id;
     entry.last_seen_ns = now;
@@ -350,15 +373,18 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
             }
         };
     }
-    // The same entry, turned into the reply direction's.
-    let Some(reply_key) = scratch_peer(key, entry) else {
-        return NewFlow::Done(F::DROP);
-    };
-    make_reply(entry, key);
-    if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
-        let _ = table.remove(key);
-        count_event(events::FLOW_INSERT_FAILED);
-        return NewFlow::Done(F::DROP);
+    // The same entry, turned into the reply direction's (none with DSR: the backend answers
+    // the client directly).
+    if !dsr {
+        let Some(reply_key) = scratch_peer(key, entry) else {
+            return NewFlow::Done(F::DROP);
+        };
+        make_reply(entry, key);
+        if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
+            let _ = table.remove(key);
+            count_event(events::FLOW_INSERT_FAILED);
+            return NewFlow::Done(F::DROP);
+        }
     }
     count_new_flow(service_id, backend_id);
     if replacing {
@@ -375,20 +401,22 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         |event| {
             event.decision = if replacing {
                 decision::REPLACED
-            } else if choice.hashed {
+            } else if placement.maglev() {
+                decision::NEW_MAGLEV
+            } else if choice.hashed() {
                 decision::NEW_HASHED
             } else {
                 decision::NEW_ROUND_ROBIN
             };
             event.backend_id = backend_id;
-            event.slot = choice.slot;
-            event.skipped = choice.skipped;
+            event.slot = choice.slot();
+            event.skipped = choice.skipped();
             event.home_pool = pool as u8;
             event.backend_pool = backend.pool as u8;
             event.half_open = half_open as u8;
         },
     );
-    if rewrite(frame, pkt, End::Destination, &backend.addr, backend.port).is_none() {
+    if !dsr && rewrite(frame, pkt, End::Destination, &backend.addr, backend.port).is_none() {
         return NewFlow::Done(F::PASS);
     }
     count_traffic(service_id, backend_id, pkt.ip_len, direction::TO_BACKEND);
@@ -406,132 +434,4 @@ fn abandon(replacing: bool, key: &FlowKey) {
     if replacing {
         let _ = HALF_OPEN.remove(key);
     }
-}
-
-/// A new flow's backend and how it was chosen.
-#[derive(Clone, Copy)]
-struct Choice {
-    backend_id: u32,
-    /// The table's slot it was taken from.
-    slot: u16,
-    /// Chosen by hash (the handshake guard), not round robin.
-    hashed: bool,
-    /// Slots of suspect (or avoided) backends passed over to reach `slot`.
-    skipped: u8,
-}
-
-/// The backend a new flow gets from a table: the next slot by round robin, advancing the
-/// table's cursor atomically so that concurrent new flows on different CPUs take different
-/// slots; or, for a TCP flow the handshake guard places by hash, the slot its 5-tuple hashes
-/// to. Every placement passes over the slots of suspect backends and of `avoid` to the next
-/// one, up to `MAX_SKIPS` slots (then it keeps its first slot): a TCP packet without SYN is
-/// placed as its SYN was (by the same hash, past the same marks), so it finds the backend its
-/// SYN got while the marks stay as they were.
-#[inline(always)]
-fn next_backend(
-    table_index: u32,
-    pkt: &Packet,
-    key: &FlowKey,
-    now: u64,
-    avoid: u32,
-) -> Option<Choice> {
-    let table = BACKEND_TABLES.get_value(table_index, &0)?;
-    let len = table.len as usize;
-    // (No upper bound on `len` here: LLVM would use it to drop the slot checks below, which
-    // the verifier needs.)
-    if len == 0 {
-        return None;
-    }
-    let seed = hash_seed(pkt, now);
-    let turn = match seed {
-        Some(seed) => flow_hash(key, seed) as u64,
-        None => {
-            let cursor = RR_CURSORS.get_ptr_mut(table_index)?;
-            // SAFETY: the cursor is a valid, 8-byte aligned u64 in an array map shared by all
-            // CPUs. `core::sync::atomic` offers no fetch_add on BPF (the target has no
-            // compare-and-swap), so the intrinsic is used directly. It must be SeqCst: with
-            // Relaxed, LLVM 22 selects the non-fetching BPF_ADD and then uses the register as
-            // if it held the old value, so every flow would get the same slot. SeqCst yields
-            // BPF_ADD | BPF_FETCH (`lock xadd` on x86), which is what the kernel runs for any
-            // fetching atomic anyway. Packet tests check that consecutive flows take
-            // consecutive slots.
-            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) }
-        }
-    };
-    let first = (turn % len as u64) as usize;
-    let mut slot = first;
-    let mut skipped = 0;
-    {
-        while skipped < MAX_SKIPS {
-            if slot >= MAX_TABLE_SLOTS {
-                return None;
-            }
-            let id = table.slots[slot];
-            if id != avoid && !passive::suspect(id, now) {
-                break;
-            }
-            slot = if slot + 1 >= len { 0 } else { slot + 1 };
-            skipped += 1;
-        }
-        if skipped == MAX_SKIPS {
-            (slot, skipped) = (first, 0);
-        } else if skipped > 0 {
-            count_event(events::SUSPECT_SKIPPED);
-        }
-    }
-    if slot >= MAX_TABLE_SLOTS {
-        return None;
-    }
-    Some(Choice {
-        backend_id: table.slots[slot],
-        slot: slot as u16,
-        hashed: seed.is_some(),
-        skipped: skipped as u8,
-    })
-}
-
-/// The handshake guard's decision for a new flow (see `HANDSHAKE_GUARD`), counting the flow in
-/// the current window: `Some(seed)` if its backend is chosen by hash — a TCP packet without
-/// SYN (its handshake's entry is gone), or a SYN in a window that has seen more new TCP flows
-/// than the budget, or that follows such a window — `None` for round robin.
-#[inline(always)]
-fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
-    if pkt.proto != proto::TCP {
-        return None;
-    }
-    let guard = HANDSHAKE_GUARD.get_ptr_mut(0)?;
-    // SAFETY: the guard's single element, shared by all CPUs, used through raw pointers only:
-    // the fields several CPUs write (window start, count) change atomically, and `flooded` is
-    // written only by the CPU that restarted the window. `budget` and `seed` are written by
-    // userspace before the program is attached.
-    unsafe {
-        let start_ptr = addr_of_mut!((*guard).window_start_ns);
-        let flows_ptr = addr_of_mut!((*guard).window_flows);
-        // A plain aligned 8-byte load (BPF has no atomic load instruction; this is one).
-        let start = read_volatile(start_ptr);
-        // Signed: another CPU may have restarted the window after this packet read the clock.
-        let elapsed = now.wrapping_sub(start) as i64;
-        if window_ended(elapsed) {
-            // One CPU restarts the window: the one whose compare-and-swap moves its start.
-            let (_, restarted) =
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    start_ptr, start, now,
-                );
-            if restarted {
-                let ended = atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(flows_ptr, 0);
-                (*guard).flooded = starts_flooded(elapsed, ended, (*guard).budget) as u32;
-            }
-        }
-        // See `next_backend` for the ordering.
-        let flows = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(flows_ptr, 1);
-        if pkt.tcp_flags & TCP_SYN == 0 {
-            count_event(events::MIDSTREAM_HASHED);
-            return Some((*guard).seed);
-        }
-        if hashes_syn(flows, (*guard).budget, (*guard).flooded != 0) {
-            count_event(events::SYN_HASHED);
-            return Some((*guard).seed);
-        }
-    }
-    None
 }

@@ -64,10 +64,16 @@ fn peer_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
 pub fn promote(key: &FlowKey, entry: *mut FlowEntry) -> Option<*mut FlowEntry> {
     // SAFETY: a valid map value; the helpers copy it into the other map.
     let forward = unsafe { &*entry };
-    let reply_key = write_reply(key, forward, &FLOWS)?;
+    // A DSR flow has no reply entry (its backend answers the client directly).
+    let reply_key = match forward.flags & flow_flags::DSR {
+        0 => Some(write_reply(key, forward, &FLOWS)?),
+        _ => None,
+    };
     FLOWS.insert(key, forward, BPF_ANY as u64).ok()?;
     let _ = HALF_OPEN.remove(key);
-    let _ = HALF_OPEN.remove(reply_key);
+    if let Some(reply_key) = reply_key {
+        let _ = HALF_OPEN.remove(reply_key);
+    }
     count_event(events::FLOW_PROMOTED);
     FLOWS.get_ptr_mut(key)
 }
@@ -118,6 +124,10 @@ pub enum Retransmission {
 pub fn retransmitted_syn(key: &FlowKey, entry: *mut FlowEntry) -> Retransmission {
     // SAFETY: a valid map value, read before anything is written.
     let forward = unsafe { &*entry };
+    // A DSR flow never sees its backend's answer: its silence means nothing.
+    if forward.flags & flow_flags::DSR != 0 {
+        return Retransmission::Forward;
+    }
     let Some(peer) = scratch_peer(key, forward) else {
         return Retransmission::Forward;
     };

@@ -22,6 +22,7 @@
 #![feature(core_intrinsics)]
 
 mod balance;
+mod choose;
 mod counters;
 mod flows;
 mod forward;

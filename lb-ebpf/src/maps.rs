@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, ServiceEntry,
-    ServiceKey, TrafficCounters, VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, MaglevTable,
+    ServiceEntry, ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     trace::{TraceConfig, TraceEvent},
@@ -35,6 +35,15 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry, { limits::MAX_SERVICES as
 /// Written by userspace on every table change; read once per new flow.
 #[btf_map]
 pub static BACKEND_TABLES: ArrayOfMaps<Array<BackendTable, 1>, { limits::MAX_TABLES as usize }> =
+    ArrayOfMaps::new();
+
+/// Maglev tables, for the (service, pool)s of services whose scheduler is Maglev, at the
+/// indexes of `BACKEND_TABLES`; each slot holds an inner array map with a single
+/// [`MaglevTable`]. Published whole and swapped in with one update, like the backend tables
+/// (same reasoning). Written by userspace when the table changes; read once per new flow of a
+/// Maglev service, and for a TCP packet without SYN that finds no flow.
+#[btf_map]
+pub static MAGLEV_TABLES: ArrayOfMaps<Array<MaglevTable, 1>, { limits::MAX_TABLES as usize }> =
     ArrayOfMaps::new();
 
 /// Locality: for each service id with pools, an inner LPM trie mapping client prefixes to the

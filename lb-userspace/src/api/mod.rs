@@ -256,7 +256,7 @@ pub struct TraceEventReport {
     /// The backend, if one serves the flow.
     pub backend: Option<SocketAddr>,
     /// For a new flow: the table slot its backend was taken from.
-    pub slot: Option<u16>,
+    pub slot: Option<u32>,
     /// For a new flow of a service with pools: the client's home pool...
     pub home_pool: Option<String>,
     /// ...and its backend's (another one: a spill).

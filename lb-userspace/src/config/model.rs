@@ -88,6 +88,72 @@ impl fmt::Display for Protocol {
 pub enum Scheduler {
     /// Smooth weighted round robin, one backend per new flow.
     RoundRobin,
+    /// Weighted Maglev hashing of the 5-tuple: every instance with the same backends and seed
+    /// sends a flow to the same backend.
+    Maglev(MaglevConfig),
+}
+
+impl Scheduler {
+    /// The name the file uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round-robin",
+            Self::Maglev(_) => "maglev",
+        }
+    }
+}
+
+/// A Maglev table's shape: the same on every instance that serves the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevConfig {
+    /// Slots of the lookup table: a prime, at least 100 per backend.
+    pub table_size: u32,
+    /// Seed of the backends' permutations and of the 5-tuple hash.
+    pub seed: u32,
+}
+
+/// The default Maglev table size: a prime, so that every backend's permutation visits every
+/// slot (Google's Maglev paper's size for small backend sets).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65_537;
+/// The default Maglev seed: any value, as long as every instance uses the same.
+pub const DEFAULT_MAGLEV_SEED: u32 = 0;
+/// Slots a Maglev table needs per backend at least, for even shares (the paper's rule).
+pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
+
+/// Whether `n` is prime (Maglev table sizes must be).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 2u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// How a service's packets reach its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Destination rewritten to the backend, replies rewritten back through xlb.
+    Nat,
+    /// Layer-2 direct server return: only the destination MAC changes; the backend holds the
+    /// VIP on a loopback and answers the client directly.
+    Dsr,
+}
+
+impl Forwarding {
+    /// The name the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::Dsr => "dsr",
+        }
+    }
 }
 
 /// One virtual service.
@@ -101,6 +167,8 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// Scheduler for new flows.
     pub scheduler: Scheduler,
+    /// How packets reach the backends.
+    pub forwarding: Forwarding,
     /// Backends of every pool, in file order.
     pub backends: Vec<BackendConfig>,
     /// Locality pools; a service without `[[service.pool]]` has one, "default", with all its

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use toml::Spanned;
 
-use super::model::{Protocol, Scheduler, XdpMode};
+use super::model::{Forwarding, Protocol, XdpMode};
 
 /// A typed leaf: read as its TOML type, then converted, with a message saying what is wrong
 /// with a value that does not convert.
@@ -171,10 +171,32 @@ impl Leaf for Protocol {
     }
 }
 
-impl Leaf for Scheduler {
+/// A scheduler's name (its settings are in their own table, like `maglev`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SchedulerName {
+    RoundRobin,
+    Maglev,
+}
+
+impl Leaf for SchedulerName {
     type Raw = String;
     fn from_raw(raw: String) -> Result<Self, String> {
-        one_of(&raw, "scheduler", &[("round-robin", Self::RoundRobin)])
+        one_of(
+            &raw,
+            "scheduler",
+            &[("round-robin", Self::RoundRobin), ("maglev", Self::Maglev)],
+        )
+    }
+}
+
+impl Leaf for Forwarding {
+    type Raw = String;
+    fn from_raw(raw: String) -> Result<Self, String> {
+        one_of(
+            &raw,
+            "forwarding",
+            &[("nat", Self::Nat), ("dsr", Self::Dsr)],
+        )
     }
 }
 
@@ -197,6 +219,10 @@ pub(super) type Burst = Ranged<1, 10_000_000>;
 pub(super) type Ipv4PrefixLen = Ranged<1, 32>;
 /// Bounds of an IPv6 prefix length.
 pub(super) type Ipv6PrefixLen = Ranged<1, 128>;
+/// Bounds of a Maglev table size (whether it is a prime is checked with the backends).
+pub(super) type MaglevTableSize = Ranged<2, { lb_common::consts::limits::MAX_MAGLEV_SLOTS as i64 }>;
+/// Bounds of a Maglev seed.
+pub(super) type MaglevSeed = Ranged<0, { u32::MAX as i64 }>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,7 +246,9 @@ pub(super) struct RawService {
     pub(super) name: Option<Spanned<String>>,
     pub(super) listen: Option<Spanned<String>>,
     pub(super) protocol: Field<Protocol>,
-    pub(super) scheduler: Field<Scheduler>,
+    pub(super) scheduler: Field<SchedulerName>,
+    pub(super) maglev: Option<Spanned<RawMaglev>>,
+    pub(super) forwarding: Field<Forwarding>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) pool: Option<Spanned<Vec<Spanned<RawPool>>>>,
     pub(super) client_prefixes: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
@@ -230,6 +258,13 @@ pub(super) struct RawService {
     pub(super) load: Option<Spanned<RawLoad>>,
     pub(super) passive: Option<Spanned<RawPassive>>,
     pub(super) admission: Option<Spanned<RawAdmission>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMaglev {
+    pub(super) table_size: Field<MaglevTableSize>,
+    pub(super) seed: Field<MaglevSeed>,
 }
 
 #[derive(Deserialize)]
@@ -319,8 +354,12 @@ mod tests {
             Err("unknown protocol \"sctp\", expected \"tcp\" or \"udp\"".into())
         );
         assert_eq!(
-            Scheduler::from_raw("x".into()),
-            Err("unknown scheduler \"x\", expected \"round-robin\"".into())
+            SchedulerName::from_raw("x".into()),
+            Err("unknown scheduler \"x\", expected \"round-robin\" or \"maglev\"".into())
+        );
+        assert_eq!(
+            Forwarding::from_raw("tunnel".into()),
+            Err("unknown forwarding \"tunnel\", expected \"nat\" or \"dsr\"".into())
         );
     }
 }

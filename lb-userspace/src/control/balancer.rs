@@ -7,19 +7,24 @@ use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use lb_common::{
-    BackendTable, ServiceEntry, ServiceKey, VipKey,
-    consts::limits::{MAX_BACKENDS, MAX_SERVICES},
+    BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey,
+    consts::{
+        forwarding,
+        limits::{MAX_BACKENDS, MAX_SERVICES},
+        scheduler,
+    },
     passive::ServicePolicy,
     tables::table_index,
 };
 
 use super::{
+    maglev::lookup_table,
     maps::DataplaneMaps,
     spec::{Locality, ServiceSpec},
     table::{backend_table, smooth_weighted_sequence},
 };
 use crate::{
-    config::Protocol,
+    config::{Forwarding, MaglevConfig, Protocol, Scheduler},
     wire::{backend_address, backend_entry, service_key, service_of_key, vip_key},
 };
 
@@ -45,6 +50,11 @@ pub struct ServiceState {
     /// The passive health and admission settings as written (`None`: unknown, as in maps
     /// adopted from an earlier daemon).
     pub policy: Option<ServicePolicy>,
+    /// The shape of the published Maglev tables, if the service uses Maglev (`None` also in
+    /// maps adopted from an earlier daemon: they are built again).
+    pub maglev: Option<MaglevConfig>,
+    /// How packets reach the backends, as published.
+    pub forwarding: Forwarding,
 }
 
 /// A backend as the data plane has it now.
@@ -139,6 +149,11 @@ impl Balancer {
         summary.tables_published += changes.tables.len();
         maps.publish_tables(&changes.tables)
             .context("publishing tables")?;
+        for (index, table) in &changes.maglev_tables {
+            maps.publish_maglev(*index, Some(table))
+                .context("publishing a Maglev table")?;
+        }
+        summary.tables_published += changes.maglev_tables.len();
         for (service_id, prefixes) in &changes.prefixes {
             maps.publish_prefixes(*service_id, prefixes)
                 .context("publishing client prefixes")?;
@@ -146,6 +161,10 @@ impl Balancer {
         for (key, entry, name) in &changes.new_services {
             maps.set_service(key, entry)
                 .with_context(|| format!("adding service {name}"))?;
+        }
+        for index in &changes.maglev_removed {
+            maps.publish_maglev(*index, None)
+                .context("removing a Maglev table")?;
         }
         let vips: BTreeSet<VipKey> = services.iter().map(|s| vip_key(s.listen.ip())).collect();
         for vip in vips.difference(&self.vips) {
@@ -159,6 +178,12 @@ impl Balancer {
                 .with_context(|| format!("removing service {}", removed.name))?;
             for pool in 0..removed.locality.pools {
                 emptied.push((table_index(removed.id, pool), BackendTable::EMPTY));
+                if removed.maglev.is_some() {
+                    maps.publish_maglev(table_index(removed.id, pool), None)
+                        .with_context(|| {
+                            format!("removing the Maglev tables of {}", removed.name)
+                        })?;
+                }
             }
             if !removed.locality.prefixes.is_empty() {
                 maps.publish_prefixes(removed.id, &[])
@@ -235,6 +260,11 @@ impl Balancer {
                     prefixes: Arc::new(Vec::new()),
                 },
                 policy: None,
+                maglev: None,
+                forwarding: match entry.forwarding {
+                    forwarding::DSR => Forwarding::Dsr,
+                    _ => Forwarding::Nat,
+                },
             });
         }
         let known: Vec<u32> = existing.services.iter().map(|(_, e)| e.id).collect();
@@ -286,6 +316,8 @@ impl Balancer {
                         prefixes: Arc::new(Vec::new()),
                     },
                     policy: None,
+                    maglev: None,
+                    forwarding: service.forwarding,
                 }
             }
         };
@@ -361,10 +393,36 @@ impl Balancer {
         if !changed_tables.is_empty() {
             state.generation = state.generation.wrapping_add(1);
         }
-        for (home, sequence) in changed_tables {
-            let table = backend_table(&sequence, state.generation);
-            changes.tables.push((table_index(state.id, home), table));
-            state.tables[home as usize] = sequence;
+        let maglev = match service.scheduler {
+            Scheduler::Maglev(config) => Some(config),
+            Scheduler::RoundRobin => None,
+        };
+        let rebuild_all = maglev != state.maglev;
+        for (home, sequence) in &changed_tables {
+            let table = backend_table(sequence, state.generation);
+            changes.tables.push((table_index(state.id, *home), table));
+            state.tables[*home as usize].clone_from(sequence);
+        }
+        for home in 0..state.tables.len() as u32 {
+            let index = table_index(state.id, home);
+            let changed = changed_tables.iter().any(|(h, _)| *h == home);
+            match maglev {
+                Some(config) if home < locality.pools && (rebuild_all || changed) => {
+                    let serving = locality.serving[home as usize];
+                    let backends: Vec<(u32, SocketAddr, u32)> = state
+                        .backends
+                        .iter()
+                        .filter(|b| b.pool == serving)
+                        .map(|b| (b.id, b.address, b.weight))
+                        .collect();
+                    changes
+                        .maglev_tables
+                        .push((index, lookup_table(&backends, &config)));
+                }
+                None if state.maglev.is_some() => changes.maglev_removed.push(index),
+                Some(_) if home >= locality.pools => changes.maglev_removed.push(index),
+                _ => {}
+            }
         }
         state.tables.truncate(locality.pools as usize);
 
@@ -379,13 +437,24 @@ impl Balancer {
             changes.prefixes.push((state.id, prefixes));
         }
         let entry_changed = state.locality.pools != locality.pools
-            || state.locality.default_pool != locality.default_pool;
+            || state.locality.default_pool != locality.default_pool
+            || state.maglev.is_some() != maglev.is_some()
+            || state.forwarding != service.forwarding;
+        state.maglev = maglev;
+        state.forwarding = service.forwarding;
         if is_new || entry_changed {
             let entry = ServiceEntry {
                 id: state.id,
                 pools: locality.pools as u8,
                 default_pool: locality.default_pool as u8,
-                _pad: [0; 2],
+                scheduler: match maglev {
+                    Some(_) => scheduler::MAGLEV,
+                    None => scheduler::ROUND_ROBIN,
+                },
+                forwarding: match service.forwarding {
+                    Forwarding::Nat => forwarding::NAT,
+                    Forwarding::Dsr => forwarding::DSR,
+                },
             };
             let key = service_key(service.listen, service.protocol);
             changes
@@ -402,6 +471,10 @@ impl Balancer {
 struct Changes {
     /// Tables to publish, by index.
     tables: Vec<(u32, BackendTable)>,
+    /// Maglev tables to publish with them, by index.
+    maglev_tables: Vec<(u32, Box<MaglevTable>)>,
+    /// Maglev tables no longer used once the services are written, by index.
+    maglev_removed: Vec<u32>,
     /// Services to add (or whose pools changed) once their tables are published.
     new_services: Vec<(ServiceKey, ServiceEntry, String)>,
     /// Client prefixes to publish, by service id.

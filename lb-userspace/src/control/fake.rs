@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, passive::ServicePolicy,
-    tables::table_index,
+    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey, consts::scheduler,
+    passive::ServicePolicy, tables::table_index,
 };
 
 use super::{DataplaneMaps, Existing};
@@ -18,6 +18,8 @@ pub(crate) struct FakeMaps {
     pub(crate) log: Vec<String>,
     pub(crate) backends: HashMap<u32, BackendEntry>,
     pub(crate) tables: HashMap<u32, Vec<u32>>,
+    /// Maglev tables: (seed, slots).
+    pub(crate) maglev: HashMap<u32, (u32, Vec<u32>)>,
     pub(crate) services: HashMap<ServiceKey, ServiceEntry>,
     pub(crate) flows_by_backend: HashMap<u32, usize>,
     pub(crate) vips: BTreeSet<VipKey>,
@@ -44,6 +46,33 @@ impl DataplaneMaps for FakeMaps {
         self.tables.insert(index, slots);
         Ok(())
     }
+    fn publish_maglev(&mut self, index: u32, table: Option<&MaglevTable>) -> Result<()> {
+        match table {
+            Some(table) => {
+                let slots = table.slots[..table.len as usize].to_vec();
+                assert!(
+                    slots.iter().all(|id| self.backends.contains_key(id)),
+                    "Maglev table {index} names a backend before it was written"
+                );
+                self.log.push(format!("maglev {index} {}", slots.len()));
+                self.maglev.insert(index, (table.seed, slots));
+            }
+            None => {
+                assert!(
+                    !self
+                        .services
+                        .values()
+                        .any(|s| s.scheduler == scheduler::MAGLEV
+                            && (0..u32::from(s.pools.max(1)))
+                                .any(|p| table_index(s.id, p) == index)),
+                    "Maglev table {index} removed while its service uses it"
+                );
+                self.log.push(format!("maglev- {index}"));
+                self.maglev.remove(&index);
+            }
+        }
+        Ok(())
+    }
     fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()> {
         self.log.push(format!("policy {service_id}"));
         self.policies.insert(service_id, *policy);
@@ -61,6 +90,11 @@ impl DataplaneMaps for FakeMaps {
         assert!(
             self.tables.contains_key(&table_index(entry.id, 0)),
             "service before its table"
+        );
+        assert!(
+            entry.scheduler != scheduler::MAGLEV
+                || self.maglev.contains_key(&table_index(entry.id, 0)),
+            "Maglev service before its Maglev table"
         );
         self.log.push(format!("service+ {}", entry.id));
         self.services.insert(*key, *entry);

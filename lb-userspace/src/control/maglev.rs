@@ -6,30 +6,14 @@
 //! table, and when one backend leaves or joins only about its share of the slots changes
 //! hands.
 
-use std::net::SocketAddr;
-
-use std::hash::Hasher as _;
+use std::{hash::Hasher as _, net::SocketAddr};
 
 use fnv::FnvHasher;
+use lb_common::{MaglevTable, consts::limits::MAX_MAGLEV_SLOTS};
 
-/// The default table size: a prime, so that every skip visits every slot.
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+use crate::config::MaglevConfig;
 
-/// Whether `n` is prime (table sizes are checked with it).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut d = 2u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
+pub use crate::config::{DEFAULT_MAGLEV_TABLE_SIZE as DEFAULT_TABLE_SIZE, is_prime};
 
 /// A backend's two hashes: where its permutation starts, and its step.
 fn permutation(address: SocketAddr, seed: u64, size: u64) -> (u64, u64) {
@@ -94,6 +78,28 @@ pub fn table(backends: &[(SocketAddr, u32)], size: u32, seed: u64) -> Vec<u32> {
         }
     }
     slots
+}
+
+/// The [`MaglevTable`] the data plane reads, for backends given as (id, address, weight):
+/// each slot holds the id of the backend [`table`] gives it. Boxed: 512 KiB.
+pub fn lookup_table(
+    backends: &[(u32, SocketAddr, u32)],
+    config: &MaglevConfig,
+) -> Box<MaglevTable> {
+    assert!(
+        config.table_size as usize <= MAX_MAGLEV_SLOTS,
+        "a Maglev table holds at most {MAX_MAGLEV_SLOTS} slots"
+    );
+    let weighted: Vec<(SocketAddr, u32)> = backends.iter().map(|&(_, a, w)| (a, w)).collect();
+    let slots = table(&weighted, config.table_size, u64::from(config.seed));
+    // SAFETY: a `MaglevTable` is integers only: all zeroes is a valid value (an empty table).
+    let mut lookup: Box<MaglevTable> = unsafe { Box::new_zeroed().assume_init() };
+    lookup.len = slots.len() as u32;
+    lookup.seed = config.seed;
+    for (slot, &index) in lookup.slots.iter_mut().zip(&slots) {
+        *slot = backends[index as usize].0;
+    }
+    lookup
 }
 
 #[cfg(test)]

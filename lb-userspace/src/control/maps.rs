@@ -4,7 +4,8 @@
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ServiceEntry, ServiceKey, VipKey, passive::ServicePolicy,
+    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey,
+    passive::ServicePolicy,
 };
 
 /// Writes the control plane makes to the data plane.
@@ -21,6 +22,8 @@ pub trait DataplaneMaps {
         }
         Ok(())
     }
+    /// Atomically replaces the Maglev table at `index` (`MAGLEV_TABLES`), or removes it.
+    fn publish_maglev(&mut self, index: u32, table: Option<&MaglevTable>) -> Result<()>;
     /// Sets the passive health and admission settings of service `service_id`
     /// (`SERVICE_POLICIES`).
     fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()>;

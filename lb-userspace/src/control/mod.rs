@@ -19,6 +19,8 @@ pub mod table;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod maglev_tests;
+#[cfg(test)]
 mod tests;
 
 pub use balancer::{ApplySummary, BackendState, Balancer, ServiceState};

@@ -9,7 +9,7 @@ use lb_common::{
     passive::{ServicePolicy, admission_times, max_suspects},
 };
 
-use crate::config::{Config, Protocol, ServiceConfig};
+use crate::config::{Config, Forwarding, Protocol, Scheduler, ServiceConfig};
 
 /// What the data plane should serve: a service, the weights its backends should have in the
 /// tables right now (0: no new flows, but the backend and its flows stay), and its locality.
@@ -27,6 +27,10 @@ pub struct ServiceSpec {
     pub locality: Locality,
     /// Passive health and admission, as the data plane takes them.
     pub policy: ServicePolicy,
+    /// How new flows find their backend.
+    pub scheduler: Scheduler,
+    /// How packets reach the backends.
+    pub forwarding: Forwarding,
 }
 
 /// A backend as the data plane should have it.
@@ -91,6 +95,8 @@ impl ServiceSpec {
                 prefixes: Arc::clone(&service.client_prefixes),
             },
             policy: policy(service),
+            scheduler: service.scheduler,
+            forwarding: service.forwarding,
         }
     }
 

@@ -145,7 +145,8 @@ fn first_apply_writes_backends_then_table_then_service() {
             id: 0,
             pools: 1,
             default_pool: 0,
-            _pad: [0; 2]
+            scheduler: 0,
+            forwarding: 0,
         }
     );
     assert_eq!(maps.backends[&1].port, 8080u16.to_be());

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 use aya::{Pod, maps::MapData};
 
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -31,17 +32,26 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn call(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid `bpf_attr` batch member whose pointers the callers keep alive
-    // for the call, with the counts of their buffers.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
+/// The member of `union bpf_attr` for one element (`BPF_MAP_*_ELEM`).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The `bpf_attr` members this module passes.
+trait Attr {}
+impl Attr for BatchAttr {}
+impl Attr for ElemAttr {}
+
+fn call<A: Attr>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` member whose pointers the callers keep alive for
+    // the call, with the counts of their buffers.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut A, size_of::<A>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -143,4 +153,19 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {
         }
     }
     Ok(deleted)
+}
+
+/// Deletes one element (aya 0.14 cannot delete from an array of maps): `Ok(false)` if it was
+/// not there.
+pub fn delete_one<K: Pod>(map: &MapData, key: &K) -> Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: fd(map),
+        key: key as *const K as u64,
+        ..ElemAttr::default()
+    };
+    match call(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => bail!("BPF_MAP_DELETE_ELEM: {error}"),
+    }
 }

@@ -17,8 +17,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowKey, HandshakeGuard, ServiceEntry, ServiceKey,
-    TrafficCounters, VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowKey, HandshakeGuard, MaglevTable, ServiceEntry,
+    ServiceKey, TrafficCounters, VipKey,
     consts::{
         events,
         limits::{HALF_OPEN_DIVISOR, MAX_PREFIXES_PER_SERVICE},
@@ -41,6 +41,8 @@ use crate::{
 
 /// The outer map of the backend tables, as userspace holds it.
 type TableMap = ArrayOfMaps<MapData, Array<MapData, BackendTable>>;
+/// The outer map of the Maglev tables.
+type MaglevMap = ArrayOfMaps<MapData, Array<MapData, MaglevTable>>;
 /// A service's client prefixes: prefix -> home pool.
 type PrefixTrie = LpmTrie<MapData, ClientPrefix, u32>;
 /// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
@@ -53,6 +55,9 @@ pub struct Maps {
     tables_id: u32,
     /// A second handle on the outer map, for batch updates (aya has no batch API).
     tables_data: MapData,
+    maglev: MaglevMap,
+    /// A second handle on the Maglev tables' outer map, for deleting (aya cannot).
+    maglev_data: MapData,
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
     handshake_guard: Array<MapData, HandshakeGuard>,
@@ -88,19 +93,27 @@ where
     T::try_from(map).with_context(|| format!("map {name}"))
 }
 
+/// The id of the array of maps `name`, from which a second handle can be opened.
+fn outer_map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::ArrayOfMaps(data)) => Ok(data.info()?.id()),
+        _ => bail!("{name} is not an array of maps"),
+    }
+}
+
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         // The tables' map id lets a second handle be opened (see `table_publisher`).
-        let tables_id = match ebpf.map(map_names::BACKEND_TABLES) {
-            Some(aya::maps::Map::ArrayOfMaps(data)) => data.info()?.id(),
-            _ => bail!("{} is not an array of maps", map_names::BACKEND_TABLES),
-        };
+        let tables_id = outer_map_id(ebpf, map_names::BACKEND_TABLES)?;
         let tables: TableMap = take(ebpf, map_names::BACKEND_TABLES)?;
+        let maglev_data = MapData::from_id(outer_map_id(ebpf, map_names::MAGLEV_TABLES)?)?;
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
             tables,
             tables_id,
             tables_data: MapData::from_id(tables_id)?,
+            maglev: take(ebpf, map_names::MAGLEV_TABLES)?,
+            maglev_data,
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
@@ -241,6 +254,20 @@ impl DataplaneMaps for Maps {
 
     fn publish_tables(&mut self, tables: &[(u32, BackendTable)]) -> Result<()> {
         publish_batch(&self.tables_data, tables)
+    }
+
+    fn publish_maglev(&mut self, index: u32, table: Option<&MaglevTable>) -> Result<()> {
+        match table {
+            Some(table) => {
+                let mut inner: Array<MapData, MaglevTable> = Array::create(1, 0)?;
+                inner.set(0, table, 0)?;
+                self.maglev.set(index, &inner, 0)?;
+            }
+            None => {
+                batch::delete_one(&self.maglev_data, &index)?;
+            }
+        }
+        Ok(())
     }
 
     fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()> {

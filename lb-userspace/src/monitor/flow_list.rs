@@ -139,7 +139,7 @@ impl Monitor {
 mod tests {
     use super::*;
     use crate::{
-        config::Protocol,
+        config::{Forwarding, Protocol},
         control::{BackendState, Locality},
     };
 
@@ -166,6 +166,8 @@ mod tests {
                 generation: 0,
                 locality: Locality::single(),
                 policy: None,
+                maglev: None,
+                forwarding: Forwarding::Nat,
             },
             ServiceState {
                 id: 1,
@@ -177,6 +179,8 @@ mod tests {
                 generation: 0,
                 locality: Locality::single(),
                 policy: None,
+                maglev: None,
+                forwarding: Forwarding::Nat,
             },
         ]
     }

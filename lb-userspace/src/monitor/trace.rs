@@ -79,7 +79,10 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
     };
     let new = matches!(
         event.decision,
-        decision::NEW_ROUND_ROBIN | decision::NEW_HASHED | decision::REPLACED
+        decision::NEW_ROUND_ROBIN
+            | decision::NEW_HASHED
+            | decision::NEW_MAGLEV
+            | decision::REPLACED
     );
     TraceEventReport {
         seconds: event.time_ns.saturating_sub(start_ns) as f64 / 1e9,
@@ -101,6 +104,7 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
         decision: match event.decision {
             decision::NEW_ROUND_ROBIN => "new_round_robin",
             decision::NEW_HASHED => "new_hashed",
+            decision::NEW_MAGLEV => "new_maglev",
             decision::NO_BACKEND => "no_backend",
             decision::ESTABLISHED => "established",
             decision::ICMP_TRANSLATED => "icmp_translated",
@@ -334,7 +338,7 @@ mod tests {
             backend_pool: 1,
             slot: 3,
             skipped: 0,
-            _pad: [0; 3],
+            _pad: 0,
         };
         let report = describe(&spill, &names, 1_000_000_000);
         assert_eq!(report.seconds, 0.5);

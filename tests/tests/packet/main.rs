@@ -11,7 +11,7 @@
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
 //! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
-//! `passive`.
+//! `passive`, `scaleout`.
 
 mod expiry;
 mod flood;
@@ -20,6 +20,7 @@ mod ipv6;
 mod locality;
 mod nat;
 mod passive;
+mod scaleout;
 mod swap;
 mod trace;
 

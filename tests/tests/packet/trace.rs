@@ -63,7 +63,7 @@ struct Seen {
     decision: u8,
     client: SocketAddr,
     backend_id: u32,
-    slot: u16,
+    slot: u32,
     direction: u8,
     half_open: u8,
     tcp_flags: u8,

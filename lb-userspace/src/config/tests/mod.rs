@@ -12,6 +12,7 @@ use super::*;
 mod example;
 mod passive;
 mod pools;
+mod scaleout;
 
 const VALID: &str = r#"
 interfaces = ["eth0"]

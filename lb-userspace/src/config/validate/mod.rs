@@ -1,11 +1,13 @@
 //! Validation: from the file as read ([`super::raw`]) to a [`Config`], collecting every
 //! problem with its position rather than stopping at the first. One concern per file: the
 //! top-level keys here, services and their backends (`service`), health and load checks
-//! (`health`), locality pools and client prefixes (`pools`).
+//! (`health`), locality pools and client prefixes (`pools`), scheduler and forwarding
+//! (`scaleout`).
 
 mod health;
 mod passive;
 mod pools;
+mod scaleout;
 mod service;
 
 use std::{

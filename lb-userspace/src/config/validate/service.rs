@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::{Place, Validator, line_of};
 use crate::config::{
-    model::{BackendConfig, DEFAULT_POOL_NAME, PoolConfig, Protocol, Scheduler, ServiceConfig},
+    model::{BackendConfig, DEFAULT_POOL_NAME, Forwarding, PoolConfig, Protocol, ServiceConfig},
     raw::{RawBackend, RawService},
 };
 
@@ -62,7 +62,6 @@ impl Validator<'_> {
             }
             some => self.leaf(some, || format!("{place}:"), Protocol::Tcp),
         };
-        let scheduler = self.leaf(raw.scheduler, || format!("{place}:"), Scheduler::RoundRobin);
         let listen = match raw.listen {
             None => {
                 self.error(span, format!("{place}: missing key `listen` (the virtual IP and port, e.g. \"198.18.100.1:80\")"));
@@ -130,7 +129,19 @@ impl Validator<'_> {
         }
         let health = self.health(raw.health, protocol, &place);
         let load = raw.load.map(|load| self.load(load, &place));
-        let passive = self.passive(raw.passive, protocol, &place);
+        let scheduler = self.scheduler(raw.scheduler, raw.maglev, backends.len(), &place);
+        let passive_span = raw.passive.as_ref().map(Spanned::span);
+        let forwarding = self.forwarding(
+            raw.forwarding,
+            &backends,
+            listen.map(|l| l.port()),
+            passive_span.as_ref(),
+            &place,
+        );
+        let passive = match forwarding {
+            Forwarding::Nat => self.passive(raw.passive, protocol, &place),
+            Forwarding::Dsr => None,
+        };
         let admission = raw
             .admission
             .map(|admission| self.admission(admission, &place));
@@ -159,6 +170,7 @@ impl Validator<'_> {
             listen: listen?,
             protocol,
             scheduler,
+            forwarding,
             backends,
             pools,
             default_pool,

@@ -1,0 +1,90 @@
+//! The Maglev scheduler's table and DSR forwarding: defaults, the documented forms, errors.
+
+use super::{errors_of, with_service_keys};
+use crate::config::{Config, Forwarding, MaglevConfig, Scheduler};
+
+#[test]
+fn maglev_and_dsr_as_in_the_documentation() {
+    let text = with_service_keys(
+        "scheduler = \"maglev\"\nmaglev = { table_size = 131071, seed = 42 }\nforwarding = \"dsr\"",
+    )
+    .replace("198.18.1.11:8080", "198.18.1.11:80");
+    let service = &Config::parse(&text).unwrap().services[0];
+    assert_eq!(
+        service.scheduler,
+        Scheduler::Maglev(MaglevConfig {
+            table_size: 131_071,
+            seed: 42
+        })
+    );
+    assert_eq!(service.forwarding, Forwarding::Dsr);
+    assert_eq!(service.passive, None, "DSR never sees the answers");
+
+    let defaults = Config::parse(&with_service_keys("scheduler = \"maglev\"")).unwrap();
+    assert_eq!(
+        defaults.services[0].scheduler,
+        Scheduler::Maglev(MaglevConfig {
+            table_size: 65_537,
+            seed: 0
+        })
+    );
+    assert_eq!(defaults.services[0].forwarding, Forwarding::Nat);
+    assert!(defaults.services[0].passive.is_some());
+}
+
+#[test]
+fn bad_maglev_tables_are_reported() {
+    let errors = errors_of(&with_service_keys(
+        "scheduler = \"maglev\"\nmaglev = { table_size = 65536 }",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "8:25: service \"web\": maglev: table_size 65536 is not a prime (every backend's permutation must visit every slot); 65537 is"
+        ]
+    );
+    // Two backends need 200 slots.
+    let two = with_service_keys("scheduler = \"maglev\"\nmaglev = { table_size = 101 }").replace(
+        "backends = [ {",
+        "backends = [ { address = \"198.18.1.12:8080\" }, {",
+    );
+    assert_eq!(
+        errors_of(&two),
+        [
+            "8:25: service \"web\": maglev: table_size 101 is too small for 2 backends: at least 100 slots per backend (200) keep their shares even"
+        ]
+    );
+    assert_eq!(
+        errors_of(&with_service_keys("maglev = { seed = 1 }")),
+        [
+            "7:10: service \"web\": maglev: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\""
+        ]
+    );
+    assert_eq!(
+        errors_of(&with_service_keys(
+            "scheduler = \"maglev\"\nmaglev = { table_size = 200000, seed = -1 }"
+        )),
+        [
+            "8:25: service \"web\": maglev: table_size 200000 is out of range 2..=131071",
+            "8:40: service \"web\": maglev: seed -1 is out of range 0..=4294967295",
+        ]
+    );
+}
+
+#[test]
+fn dsr_needs_the_vips_port_and_no_passive_health() {
+    let errors = errors_of(&with_service_keys(
+        "forwarding = \"dsr\"\npassive = { refused = 1 }",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "7:14: service \"web\": forwarding \"dsr\" leaves the packets' addresses and ports as they are, so backend 198.18.1.11:8080 must listen on the service's port 80",
+            "8:11: service \"web\": passive health observes the backends' answers, which go straight to the clients with forwarding \"dsr\"; remove `passive`",
+        ]
+    );
+    assert_eq!(
+        errors_of(&with_service_keys("forwarding = \"tunnel\"")),
+        ["7:14: service \"web\": unknown forwarding \"tunnel\", expected \"nat\" or \"dsr\""]
+    );
+}

@@ -1,0 +1,106 @@
+//! What a service needs to run on several instances at once: its scheduler (Maglev's table
+//! shape) and how its packets reach the backends (NAT or direct server return).
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::{Place, Validator};
+use crate::config::{
+    model::{
+        BackendConfig, DEFAULT_MAGLEV_SEED, DEFAULT_MAGLEV_TABLE_SIZE, Forwarding,
+        MAGLEV_SLOTS_PER_BACKEND, MaglevConfig, Scheduler, is_prime,
+    },
+    raw::{Field, RawMaglev, SchedulerName},
+};
+
+impl Validator<'_> {
+    /// A service's `scheduler` and its `maglev` table: the size a prime with at least
+    /// `MAGLEV_SLOTS_PER_BACKEND` slots per backend; `maglev` only with the Maglev scheduler.
+    pub(super) fn scheduler(
+        &mut self,
+        name: Field<SchedulerName>,
+        maglev: Option<Spanned<RawMaglev>>,
+        backends: usize,
+        place: &Place,
+    ) -> Scheduler {
+        let name = self.leaf(name, || format!("{place}:"), SchedulerName::RoundRobin);
+        let what = place.section("maglev");
+        let Some(maglev) = maglev else {
+            return match name {
+                SchedulerName::RoundRobin => Scheduler::RoundRobin,
+                SchedulerName::Maglev => {
+                    let config = MaglevConfig {
+                        table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+                        seed: DEFAULT_MAGLEV_SEED,
+                    };
+                    self.maglev_fits(&config, backends, &what, &(0..0));
+                    Scheduler::Maglev(config)
+                }
+            };
+        };
+        let span = maglev.span();
+        if name != SchedulerName::Maglev {
+            self.error(
+                &span,
+                format!("{what}: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\""),
+            );
+            return Scheduler::RoundRobin;
+        }
+        let maglev = maglev.into_inner();
+        let size_span = maglev.table_size.as_ref().map(Spanned::span);
+        let table_size = self
+            .optional_leaf(maglev.table_size, || format!("{what}: table_size"))
+            .map_or(DEFAULT_MAGLEV_TABLE_SIZE, |n| n.0 as u32);
+        let seed = self
+            .optional_leaf(maglev.seed, || format!("{what}: seed"))
+            .map_or(DEFAULT_MAGLEV_SEED, |n| n.0 as u32);
+        let config = MaglevConfig { table_size, seed };
+        self.maglev_fits(&config, backends, &what, &size_span.unwrap_or(span));
+        Scheduler::Maglev(config)
+    }
+
+    /// Whether a Maglev table of `config`'s size is a prime with room for `backends`.
+    fn maglev_fits(
+        &mut self,
+        config: &MaglevConfig,
+        backends: usize,
+        what: &Place,
+        span: &Range<usize>,
+    ) {
+        let size = config.table_size;
+        if !is_prime(size) {
+            self.error(span, format!("{what}: table_size {size} is not a prime (every backend's permutation must visit every slot); 65537 is"));
+        }
+        let needed = backends as u64 * u64::from(MAGLEV_SLOTS_PER_BACKEND);
+        if u64::from(size) < needed {
+            self.error(span, format!("{what}: table_size {size} is too small for {backends} backends: at least {MAGLEV_SLOTS_PER_BACKEND} slots per backend ({needed}) keep their shares even"));
+        }
+    }
+
+    /// A service's `forwarding`. With DSR the backends keep the VIP's port (only the MAC
+    /// changes), and passive health cannot be set (xlb never sees the backends' answers).
+    pub(super) fn forwarding(
+        &mut self,
+        field: Field<Forwarding>,
+        backends: &[BackendConfig],
+        port: Option<u16>,
+        passive: Option<&Range<usize>>,
+        place: &Place,
+    ) -> Forwarding {
+        let span = field.as_ref().map(Spanned::span);
+        let forwarding = self.leaf(field, || format!("{place}:"), Forwarding::Nat);
+        let (Forwarding::Dsr, Some(span)) = (forwarding, span) else {
+            return forwarding;
+        };
+        if let Some(port) = port {
+            for backend in backends.iter().filter(|b| b.address.port() != port) {
+                self.error(&span, format!("{place}: forwarding \"dsr\" leaves the packets' addresses and ports as they are, so backend {} must listen on the service's port {port}", backend.address));
+            }
+        }
+        if let Some(passive) = passive {
+            self.error(passive, format!("{place}: passive health observes the backends' answers, which go straight to the clients with forwarding \"dsr\"; remove `passive`"));
+        }
+        forwarding
+    }
+}
