@@ -245,6 +245,7 @@ fn established<F: Frame>(
             dst: &addr,
             sport: key.src_port,
             dport: flow.port,
+            dsr,
         };
         (End::Destination, route)
     } else {
@@ -253,6 +254,7 @@ fn established<F: Frame>(
             dst: &key.dst_addr,
             sport: flow.port,
             dport: key.dst_port,
+            dsr,
         };
         (End::Source, route)
     };
@@ -338,6 +340,7 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         dst: &backend.addr,
         sport: key.src_port,
         dport: backend.port,
+        dsr,
     };
     // Resolve the next hop before recording the flow, so the entry is complete when written.
     let hop = resolve(frame, pkt, &route);

@@ -4,7 +4,8 @@
 //! packet leaves through the interface it arrived on or another interface xlb is attached to
 //! (`XDP_TX` / `XDP_REDIRECT`, or `bpf_redirect` on tc). When the FIB cannot answer (for
 //! example no neighbour entry yet, or a packet too big for the egress MTU), the packet goes to
-//! the kernel, which resolves and forwards it.
+//! the kernel, which resolves and forwards it; a DSR packet, which the kernel could not
+//! forward, is dropped (the backend's health checks keep its neighbour entry resolved).
 
 use core::mem::size_of;
 
@@ -59,6 +60,10 @@ pub struct Route<'a> {
     pub sport: u16,
     /// Destination port, network order.
     pub dport: u16,
+    /// Direct server return: the packet keeps the VIP as its destination, so the kernel could
+    /// not forward it to the backend (it would route it back towards the clients, or take it
+    /// for itself): when the FIB cannot answer, the packet is dropped, not passed.
+    pub dsr: bool,
 }
 
 /// Asks the FIB for the next hop of a packet rewritten to `route`. `Err` carries the verdict
@@ -90,17 +95,18 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextH
 
     // SAFETY: the helper reads and writes `fib`, whose size we pass.
     let rc = unsafe { fib_lookup(frame.raw(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let unresolved = if route.dsr { F::DROP } else { F::PASS };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count_event(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
             events::FIB_NO_NEIGHBOUR
         } else {
             events::FIB_FAILED
         });
-        return Err(F::PASS);
+        return Err(unresolved);
     }
     if fib.ifindex != frame.ingress_ifindex() && EGRESS_PORTS.get(fib.ifindex).is_none() {
         count_event(events::EGRESS_NOT_XLB);
-        return Err(F::PASS);
+        return Err(unresolved);
     }
     Ok(NextHop {
         ifindex: fib.ifindex,

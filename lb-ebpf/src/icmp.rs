@@ -314,6 +314,7 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
         dst: &dst,
         sport: 0,
         dport: 0,
+        dsr: false,
     };
     Some(match resolve(frame, pkt, &route) {
         Ok(hop) => send(frame, pkt, &hop),

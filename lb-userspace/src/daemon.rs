@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::{
+    announce::Announcer,
     api::{self, Request, server},
     config::Config,
     control::Balancer,
@@ -55,6 +56,7 @@ pub async fn run(
     let pin_path = config.pin_path.clone();
     let mut dataplane = Dataplane::load_pinned(config.flow_table_size, &pin_path)?;
     let interfaces = config.interfaces.clone();
+    let announce = config.announce.clone();
     let service_count = config.services.len();
     let mut monitor = Monitor::new(
         config,
@@ -78,6 +80,11 @@ pub async fn run(
         .context("filling the maps")?;
     // Attach only once the maps are complete, so the first packet already finds its service.
     let hook = dataplane.attach_planned(&interfaces, &plan)?;
+    // Announce only once attached: a router may send the VIP's flows here at once.
+    if let Some(announce) = &announce {
+        monitor.set_announcer(Announcer::start(announce).await?);
+        monitor.evaluate(&mut dataplane.maps)?;
+    }
     info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
     service_manager::ready(&format!("{} at the {hook} hook", monitor.summary()));
 

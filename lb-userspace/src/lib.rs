@@ -6,11 +6,13 @@
 //! - [`control`]: what the maps should hold and the order of the writes that get them there.
 //! - [`monitor`]: the owner of the daemon's state; decides ([`monitor::plan`]) and applies.
 //! - [`dataplane`]: the loaded programs and their maps; where and how they attach.
+//! - [`announce`]: route health injection, the VIPs offered to the local BGP daemon.
 //! - [`api`] and [`metrics`]: the daemon's edges; [`daemon`] ties everything together for
 //!   `xlb run`, and [`cli`] is the `xlb` command line.
 //! - [`logging`] and [`service_manager`]: the daemon under systemd (journal, readiness).
 //! - [`wire`]: the encoding of addresses and ports in the maps, shared by the layers.
 
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;

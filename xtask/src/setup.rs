@@ -14,7 +14,8 @@ pub const STEPS: usize = 5;
 /// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
 /// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks;
 /// Prometheus and promtool, which read the metrics endpoint in the tests; systemd, whose
-/// `systemd-analyze` checks the unit file; dpkg-dev, which reads the package.
+/// `systemd-analyze` checks the unit file; dpkg-dev, which reads the package; BIRD 2, the BGP
+/// daemon of the scale-out test.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -26,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "dpkg-dev",
+    "bird2",
 ];
 /// The LLVM that bpf-linker is built against (it must match rustc's LLVM major version).
 const LLVM_PACKAGE: &str = "llvm-22-dev";

@@ -135,6 +135,39 @@ pub struct StatusReport {
     pub interfaces: Vec<(String, String)>,
     /// Services in config order.
     pub services: Vec<ServiceStatus>,
+    /// Route health injection, if any service announces its VIP.
+    #[serde(default)]
+    pub announce: Option<AnnounceReport>,
+}
+
+/// Route health injection: the device, the BGP daemon, each VIP's announcement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceReport {
+    /// The TUN device whose addresses are the announced VIPs.
+    pub device: String,
+    /// "BIRD 2.0.12 at /run/bird/bird.ctl", or why no BIRD answers there.
+    pub bird: String,
+    /// Whether a BIRD answered at the last probe.
+    pub bird_reachable: bool,
+    /// Each announced VIP, in address order.
+    pub vips: Vec<VipReport>,
+}
+
+/// One VIP's announcement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipReport {
+    /// The address.
+    pub vip: std::net::IpAddr,
+    /// Whether it is on the device (so exported by BIRD) now.
+    pub announced: bool,
+    /// Why.
+    pub reason: String,
+    /// Seconds since the last change, as of the report.
+    pub since_seconds: f64,
+    /// Times it was announced and withdrawn since xlb started.
+    pub announcements: u64,
+    /// Times it was withdrawn.
+    pub withdrawals: u64,
 }
 
 /// One service.

@@ -25,9 +25,34 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// How long flows may stay silent before they are deleted.
     pub flow_timeouts: FlowTimeouts,
+    /// Route health injection: how the VIPs of services with `announce` are offered to the
+    /// local BGP daemon; `None` when no service announces its VIP.
+    pub announce: Option<AnnounceConfig>,
     /// Virtual services, in file order.
     pub services: Vec<ServiceConfig>,
 }
+
+/// Route health injection (`[announce]`): xlb holds each announced VIP as an address of a
+/// TUN device of its own while the VIP can serve; the local BIRD exports the device's
+/// addresses (`protocol direct`) to its BGP peers. The device lives as long as the process:
+/// when xlb stops or dies, its routes go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// Name of the TUN device xlb creates.
+    pub device: String,
+    /// BIRD's control socket: xlb checks that a BIRD is there to export the routes.
+    pub bird_socket: PathBuf,
+    /// On SIGTERM: how long xlb keeps balancing after it withdrew its routes, so that routers
+    /// move the flows elsewhere before it stops.
+    pub drain: Duration,
+}
+
+/// Default name of the announcement device.
+pub const DEFAULT_ANNOUNCE_DEVICE: &str = "xlb-vip";
+/// Default BIRD control socket (Debian's bird2).
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+/// Default drain time on SIGTERM.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Where the program is attached (`xdp_mode`); see `hooks` for what is correct where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +194,8 @@ pub struct ServiceConfig {
     pub scheduler: Scheduler,
     /// How packets reach the backends.
     pub forwarding: Forwarding,
+    /// Whether its VIP is announced to the local BGP daemon while it can take new flows.
+    pub announce: bool,
     /// Backends of every pool, in file order.
     pub backends: Vec<BackendConfig>,
     /// Locality pools; a service without `[[service.pool]]` has one, "default", with all its

@@ -236,6 +236,7 @@ pub(super) struct RawConfig {
     pub(super) tcp_idle_timeout: Option<Spanned<String>>,
     pub(super) tcp_closing_timeout: Option<Spanned<String>>,
     pub(super) udp_idle_timeout: Option<Spanned<String>>,
+    pub(super) announce: Option<Spanned<RawAnnounce>>,
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
 }
@@ -249,6 +250,7 @@ pub(super) struct RawService {
     pub(super) scheduler: Field<SchedulerName>,
     pub(super) maglev: Option<Spanned<RawMaglev>>,
     pub(super) forwarding: Field<Forwarding>,
+    pub(super) announce: Option<Spanned<bool>>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) pool: Option<Spanned<Vec<Spanned<RawPool>>>>,
     pub(super) client_prefixes: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
@@ -258,6 +260,14 @@ pub(super) struct RawService {
     pub(super) load: Option<Spanned<RawLoad>>,
     pub(super) passive: Option<Spanned<RawPassive>>,
     pub(super) admission: Option<Spanned<RawAdmission>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) device: Option<Spanned<String>>,
+    pub(super) bird_socket: Option<Spanned<String>>,
+    pub(super) drain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

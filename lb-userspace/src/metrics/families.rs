@@ -281,6 +281,36 @@ impl Collector for XlbCollector {
             "When the configuration in force was loaded",
             [(Labels::new(), reloads.last_success_unix)],
         )?;
+        if let Some(announce) = &snapshot.announce {
+            let vip = |v: &crate::api::VipReport| vec![("vip", v.vip.to_string())];
+            gauges(
+                e,
+                "xlb_vip_announced",
+                "1 while the VIP is on the announcement device (BIRD exports it), else 0",
+                announce
+                    .vips
+                    .iter()
+                    .map(|v| (vip(v), i64::from(v.announced))),
+            )?;
+            counters(
+                e,
+                "xlb_vip_announcements",
+                "Times the VIP was announced since xlb started",
+                announce.vips.iter().map(|v| (vip(v), v.announcements)),
+            )?;
+            counters(
+                e,
+                "xlb_vip_withdrawals",
+                "Times the VIP was withdrawn since xlb started",
+                announce.vips.iter().map(|v| (vip(v), v.withdrawals)),
+            )?;
+            gauges(
+                e,
+                "xlb_bgp_daemon_reachable",
+                "1 if a BIRD answered on its control socket at the last probe, else 0",
+                [(Labels::new(), i64::from(announce.bird_reachable))],
+            )?;
+        }
         gauges(
             e,
             "xlb_build_info",

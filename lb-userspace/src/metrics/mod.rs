@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub guard: Option<GuardMetrics>,
     /// Reloads since the daemon started.
     pub reloads: ReloadMetrics,
+    /// Route health injection: each VIP's announcement (none without `[announce]`).
+    pub announce: Option<crate::api::AnnounceReport>,
 }
 
 /// One service.

@@ -38,6 +38,19 @@ pub(crate) fn full_snapshot() -> Snapshot {
             last_succeeded: false,
             last_success_unix: 1_700_000_000.0,
         },
+        announce: Some(crate::api::AnnounceReport {
+            device: "xlb-vip".into(),
+            bird: "BIRD 2.0.12 at /run/bird/bird.ctl".into(),
+            bird_reachable: true,
+            vips: vec![crate::api::VipReport {
+                vip: "198.18.100.1".parse().unwrap(),
+                announced: true,
+                reason: "web takes new flows".into(),
+                since_seconds: 3.0,
+                announcements: 2,
+                withdrawals: 1,
+            }],
+        }),
     }
 }
 

@@ -43,6 +43,7 @@ use self::{
     reports::Rates,
 };
 use crate::{
+    announce::{self, Announcer},
     api::Call,
     config::{Config, HealthCheck, ServiceConfig},
     control::{ApplySummary, Balancer, DataplaneMaps},
@@ -102,6 +103,10 @@ pub struct Monitor {
     spill_seen: HashMap<u32, u64>,
     /// Backends whose passive mark the next evaluation clears in the data plane.
     marks_to_clear: Vec<u32>,
+    /// Route health injection, if the config announces VIPs.
+    announcer: Option<Announcer>,
+    /// Stopping: every VIP is withdrawn and stays so while the last flows drain.
+    draining: bool,
 }
 
 impl Monitor {
@@ -152,6 +157,8 @@ impl Monitor {
             spills: BTreeMap::new(),
             spill_seen: HashMap::new(),
             marks_to_clear: Vec::new(),
+            announcer: None,
+            draining: false,
         };
         monitor.restore_operators();
         Ok(monitor)
@@ -161,6 +168,11 @@ impl Monitor {
     /// ids (and flows) survive the restart.
     pub fn adopt(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
         self.balancer.adopt(maps)
+    }
+
+    /// Announces the VIPs through `announcer` from the next evaluation on.
+    pub fn set_announcer(&mut self, announcer: Announcer) {
+        self.announcer = Some(announcer);
     }
 
     /// The balancer (ids of services and backends as applied).
@@ -224,9 +236,20 @@ impl Monitor {
         let mut sweep = interval(SWEEP_TICK);
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
+        let mut drained_at: Option<Instant> = None;
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if drained_at.is_none() => {
+                    match self.withdraw_for_shutdown().await {
+                        Some(until) => drained_at = Some(until),
+                        None => break,
+                    }
+                }
+                () = tokio::time::sleep_until(drained_at.unwrap_or_else(Instant::now)), if drained_at.is_some() => {
+                    info!("drained: stopping");
+                    break;
+                }
                 Some(event) = received.recv() => {
                     let changed = match event {
                         Event::Passive(report) => self.passive_report(&report, &events),
@@ -261,6 +284,20 @@ impl Monitor {
             server.abort();
         }
         Ok(())
+    }
+
+    /// On the way out: withdraws every VIP; returns when to stop if a drain time is set (xlb
+    /// balances on meanwhile, so that the flows routers still send arrive somewhere).
+    async fn withdraw_for_shutdown(&mut self) -> Option<Instant> {
+        let announcer = self.announcer.as_mut()?;
+        self.draining = true;
+        announcer.withdraw_all("xlb is stopping").await;
+        let drain = announcer.drain();
+        if drain.is_zero() {
+            return None;
+        }
+        info!(drain = ?drain, "VIPs withdrawn: balancing on while routers move the flows away");
+        Some(Instant::now() + drain)
     }
 
     /// One line on what the daemon balances, for `systemctl status`.
@@ -307,6 +344,9 @@ impl Monitor {
         // Spills so far count toward the pools that were serving until now.
         self.account_spills(maps);
         let summary = self.balancer.apply(&plan.specs, maps)?;
+        if let Some(announcer) = self.announcer.as_ref().filter(|_| !self.draining) {
+            announcer.want(announce::announcements(&self.config, &plan.specs));
+        }
         // Logged once in effect: whoever reads "state changed" finds the tables published.
         self.log_plan(&plan);
         if summary.tables_published > 0 {

@@ -144,6 +144,10 @@ impl Monitor {
                 window_flows: guard.window_flows,
             });
         snapshot.reloads = self.reloads;
+        snapshot.announce = self
+            .announcer
+            .as_ref()
+            .map(crate::announce::Announcer::report);
         if let Ok(counts) = maps.events() {
             snapshot.events = events::NAMES.iter().copied().zip(counts).collect();
         }
@@ -170,6 +174,10 @@ impl Monitor {
                 })
                 .collect(),
             services: Vec::new(),
+            announce: self
+                .announcer
+                .as_ref()
+                .map(crate::announce::Announcer::report),
         };
         for (index, ((config, applied), statuses)) in self
             .config

@@ -29,6 +29,13 @@ forwarding = "dsr"
 backends = [ { address = "198.18.1.11:80" }, { address = "198.18.1.12:80" }, { address = "198.18.1.13:80" } ]
 
 [[service]]
+name = "dsr-unresolved"
+listen = "198.18.100.6:80"
+protocol = "tcp"
+forwarding = "dsr"
+backends = [ { address = "198.18.1.99:80" } ]
+
+[[service]]
 name = "dsr6"
 listen = "[fd00:100::5]:53"
 protocol = "udp"

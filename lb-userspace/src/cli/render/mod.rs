@@ -124,6 +124,27 @@ pub fn status(report: &StatusReport) -> String {
             }
         );
     }
+    if let Some(announce) = &report.announce {
+        let _ = writeln!(
+            out,
+            "announce: device {}, {}",
+            announce.device, announce.bird
+        );
+        for vip in &announce.vips {
+            let state = if vip.announced {
+                "announced"
+            } else {
+                "withdrawn"
+            };
+            let _ = writeln!(
+                out,
+                "  {} {state} for {}: {}",
+                vip.vip,
+                age(vip.since_seconds),
+                vip.reason
+            );
+        }
+    }
     for service in &report.services {
         let width = address_width(service.backends.iter().map(|b| &b.address));
         let _ = writeln!(
@@ -285,7 +306,7 @@ fn simulation_line(report: &SimulationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{FlowTableStats, PoolStatus, ServiceStatus};
+    use crate::api::{AnnounceReport, FlowTableStats, PoolStatus, ServiceStatus, VipReport};
 
     #[test]
     fn numbers_and_ages_are_short() {
@@ -335,8 +356,25 @@ mod tests {
                     spilled: vec![("tokyo".into(), 123_456), ("osaka".into(), 7)],
                 }],
             }],
+            announce: Some(AnnounceReport {
+                device: "xlb-vip".into(),
+                bird: "BIRD 2.0.12 at /run/bird/bird.ctl".into(),
+                bird_reachable: true,
+                vips: vec![VipReport {
+                    vip: "198.18.100.1".parse().unwrap(),
+                    announced: true,
+                    reason: "web takes new flows".into(),
+                    since_seconds: 75.0,
+                    announcements: 1,
+                    withdrawals: 0,
+                }],
+            }),
         };
         let text = status(&report);
+        assert!(
+            text.contains("announce: device xlb-vip, BIRD 2.0.12 at /run/bird/bird.ctl\n  198.18.100.1 announced for 1m: web takes new flows\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "a-rather-long-pool-n… 1000/1024  tokyo-and-osaka… 123k to tokyo, 7 to osaka"

@@ -88,3 +88,46 @@ fn dsr_needs_the_vips_port_and_no_passive_health() {
         ["7:14: service \"web\": unknown forwarding \"tunnel\", expected \"nat\" or \"dsr\""]
     );
 }
+
+#[test]
+fn announcements_take_defaults_and_need_a_service_that_announces() {
+    let config = Config::parse(&with_service_keys("announce = true")).unwrap();
+    assert!(config.services[0].announce);
+    let announce = config.announce.unwrap();
+    assert_eq!(
+        (announce.device.as_str(), announce.drain),
+        ("xlb-vip", std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        announce.bird_socket,
+        std::path::Path::new("/run/bird/bird.ctl")
+    );
+    assert_eq!(
+        Config::parse(&with_service_keys("")).unwrap().announce,
+        None
+    );
+
+    let section =
+        "[announce]\ndevice = \"vip0\"\nbird_socket = \"/run/bird-a.ctl\"\ndrain = \"0s\"\n";
+    let text = with_service_keys("announce = true").replacen(
+        "[[service]]",
+        &format!("{section}[[service]]"),
+        1,
+    );
+    let announce = Config::parse(&text).unwrap().announce.unwrap();
+    assert_eq!(announce.device, "vip0");
+    assert!(announce.drain.is_zero());
+
+    let nobody = with_service_keys("").replacen(
+        "[[service]]",
+        "[announce]\ndevice = \"a/b\"\n[[service]]",
+        1,
+    );
+    assert_eq!(
+        errors_of(&nobody),
+        [
+            "2:1: announce: no service sets `announce = true`, so there is nothing to announce",
+            "3:10: announce: device \"a/b\" is not an interface name (1 to 15 characters, no '/', ':' or space)",
+        ]
+    );
+}

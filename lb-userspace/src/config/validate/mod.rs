@@ -237,9 +237,11 @@ impl Validator<'_> {
                 ),
             );
         }
+        let announce = self.announce(raw.announce, &services);
         Config {
             interfaces,
             xdp_mode,
+            announce,
             assume_complete_checksums: raw.assume_complete_checksums.unwrap_or(false),
             flow_table_size,
             pin_path,

@@ -1,17 +1,20 @@
 //! What a service needs to run on several instances at once: its scheduler (Maglev's table
-//! shape) and how its packets reach the backends (NAT or direct server return).
+//! shape), how its packets reach the backends (NAT or direct server return), and the
+//! announcement of its VIP to the local BGP daemon.
 
-use std::ops::Range;
+use std::{ops::Range, path::PathBuf, time::Duration};
 
 use toml::Spanned;
 
+use super::MAX_INTERFACE_NAME;
 use super::{Place, Validator};
 use crate::config::{
     model::{
-        BackendConfig, DEFAULT_MAGLEV_SEED, DEFAULT_MAGLEV_TABLE_SIZE, Forwarding,
-        MAGLEV_SLOTS_PER_BACKEND, MaglevConfig, Scheduler, is_prime,
+        AnnounceConfig, BackendConfig, DEFAULT_ANNOUNCE_DEVICE, DEFAULT_BIRD_SOCKET, DEFAULT_DRAIN,
+        DEFAULT_MAGLEV_SEED, DEFAULT_MAGLEV_TABLE_SIZE, Forwarding, MAGLEV_SLOTS_PER_BACKEND,
+        MaglevConfig, Scheduler, ServiceConfig, is_prime,
     },
-    raw::{Field, RawMaglev, SchedulerName},
+    raw::{Field, RawAnnounce, RawMaglev, SchedulerName},
 };
 
 impl Validator<'_> {
@@ -102,5 +105,62 @@ impl Validator<'_> {
             self.error(passive, format!("{place}: passive health observes the backends' answers, which go straight to the clients with forwarding \"dsr\"; remove `passive`"));
         }
         forwarding
+    }
+}
+
+impl Validator<'_> {
+    /// The `[announce]` section: its defaults when a service announces its VIP and the
+    /// section is absent; `None` when no service announces.
+    pub(super) fn announce(
+        &mut self,
+        raw: Option<Spanned<RawAnnounce>>,
+        services: &[ServiceConfig],
+    ) -> Option<AnnounceConfig> {
+        let announces = services.iter().any(|s| s.announce);
+        let Some(raw) = raw else {
+            return announces.then(|| AnnounceConfig {
+                device: DEFAULT_ANNOUNCE_DEVICE.into(),
+                bird_socket: DEFAULT_BIRD_SOCKET.into(),
+                drain: DEFAULT_DRAIN,
+            });
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let device = match raw.device {
+            None => DEFAULT_ANNOUNCE_DEVICE.to_owned(),
+            Some(name) => {
+                let value = name.get_ref();
+                let valid = !value.is_empty()
+                    && value.len() <= MAX_INTERFACE_NAME
+                    && !value.contains(['/', ' ', ':']);
+                if !valid {
+                    self.error(&name.span(), format!("announce: device {value:?} is not an interface name (1 to {MAX_INTERFACE_NAME} characters, no '/', ':' or space)"));
+                }
+                value.clone()
+            }
+        };
+        let bird_socket = raw
+            .bird_socket
+            .map_or(PathBuf::from(DEFAULT_BIRD_SOCKET), |path| {
+                self.base.join(path.into_inner())
+            });
+        let drain = self.duration_or(
+            &raw.drain,
+            "announce: drain",
+            DEFAULT_DRAIN,
+            Duration::ZERO..=Duration::from_secs(3600),
+        );
+        if !announces {
+            self.error(
+                &span,
+                "announce: no service sets `announce = true`, so there is nothing to announce"
+                    .into(),
+            );
+        }
+        Some(AnnounceConfig {
+            device,
+            bird_socket,
+            drain,
+        })
     }
 }

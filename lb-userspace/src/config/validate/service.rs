@@ -171,6 +171,7 @@ impl Validator<'_> {
             protocol,
             scheduler,
             forwarding,
+            announce: raw.announce.is_some_and(Spanned::into_inner),
             backends,
             pools,
             default_pool,
