@@ -24,52 +24,65 @@ use crate::{
 /// Covers every slot of a Maglev table.
 const MAGLEV_SLOT_MASK: usize = MAX_MAGLEV_SLOTS.next_power_of_two() - 1;
 
-/// A new flow's backend and how it was chosen, in one word: the backend id (bits 0-23), the
-/// table's slot it was taken from (24-47), the slots of suspect (or avoided) backends passed
-/// over to reach it (48-55), and whether it was chosen by hash (Maglev, or the handshake
-/// guard) rather than round robin (56); all ones for none. Not an `Option` of a struct: LLVM
-/// may spill the undefined payload of a `None` merged with other paths, and the verifier
-/// refuses to read an undefined register.
+/// A new flow's backend and how it was chosen: the backend id, the table's slot it was taken
+/// from, the slots of suspect (or avoided) backends passed over to reach it, whether it was
+/// chosen by hash (Maglev, or the handshake guard) rather than round robin; or none. Every
+/// field is always set: an `Option` of a struct was spilled by LLVM with its undefined
+/// payload, which the verifier refuses to read, and packing it in one word made the verifier
+/// follow every bit operation (load time 0.27 s to 3.7 s; this form takes 0.38 s).
 #[derive(Clone, Copy)]
-pub struct Choice(u64);
+pub struct Choice {
+    backend_id: u32,
+    slot: u32,
+    skipped: u8,
+    hashed: bool,
+    none: bool,
+}
 
 impl Choice {
     /// No backend can take the flow.
-    pub const NONE: Self = Self(u64::MAX);
+    pub const NONE: Self = Self {
+        backend_id: 0,
+        slot: 0,
+        skipped: 0,
+        hashed: false,
+        none: true,
+    };
 
     #[inline(always)]
     fn new(backend_id: u32, slot: usize, skipped: u8, hashed: bool) -> Self {
-        Self(
-            u64::from(backend_id) & 0xff_ffff
-                | (slot as u64 & 0xff_ffff) << 24
-                | u64::from(skipped) << 48
-                | u64::from(hashed) << 56,
-        )
+        Self {
+            backend_id,
+            slot: slot as u32,
+            skipped,
+            hashed,
+            none: false,
+        }
     }
 
     #[inline(always)]
     pub fn is_none(self) -> bool {
-        self.0 == u64::MAX
+        self.none
     }
 
     #[inline(always)]
     pub fn backend_id(self) -> u32 {
-        (self.0 & 0xff_ffff) as u32
+        self.backend_id
     }
 
     #[inline(always)]
     pub fn slot(self) -> u32 {
-        (self.0 >> 24 & 0xff_ffff) as u32
+        self.slot
     }
 
     #[inline(always)]
     pub fn skipped(self) -> u8 {
-        (self.0 >> 48) as u8
+        self.skipped
     }
 
     #[inline(always)]
     pub fn hashed(self) -> bool {
-        self.0 >> 56 & 1 != 0
+        self.hashed
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod failover;
 pub mod flood;
@@ -12,6 +13,7 @@ pub mod netns;
 pub mod packet;
 pub mod packet_net;
 pub mod process;
+pub mod scaleout;
 pub mod scenario;
 pub mod server;
 pub mod topology;

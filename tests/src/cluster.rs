@@ -1,0 +1,384 @@
+//! Several xlb instances behind a router, as an operator scales out: a client host, a router
+//! running BIRD that spreads the VIP's flows over the balancers by ECMP (hashing ports too,
+//! `fib_multipath_hash_policy = 1`), three balancers each running xlb and its own BIRD (which
+//! announces the VIP while xlb holds it on its device), and backends in DSR mode (the VIP on
+//! their loopback, prepared by contrib/dsr-backend.sh) that answer the client directly
+//! through the router. The BIRD configs are contrib/bird/*.conf with only their site values
+//! replaced. Links keep the kernel's offloads (GRO turned on after they came up), as
+//! `topology` does by default. All addresses are from 198.18.0.0/15, inside namespaces only.
+//!
+//! ```text
+//!  client 198.18.2.2 ── router 198.18.2.1 / 198.18.1.1 (BIRD, ECMP)
+//!                                   │
+//!                             switch (br0) ── lb1 198.18.1.21, lb2 .22, lb3 .23 (xlb + BIRD)
+//!                                   │
+//!                          backends 198.18.1.11, .12, .13 (VIP on lo) ──▶ replies via router
+//! ```
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    daemon::{Xlb, start_xlb},
+    netns::Netns,
+    process::{Process, binary, temp_file},
+    scenario::STARTUP,
+    topology::{VIP, backend_addr},
+};
+
+/// The router's address on the balancers' network.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The client's address.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+/// The port of the service (and of the backends: DSR keeps it).
+pub const PORT: u16 = 80;
+
+/// The address of balancer `index` (0-based): 198.18.1.21, .22, ...
+pub fn balancer_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 21 + index as u8)
+}
+
+/// The contrib directory of the repository.
+fn contrib() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib")
+}
+
+/// contrib/bird/balancer.conf for balancer `index`.
+pub fn balancer_bird_config(index: usize) -> Result<String> {
+    let text = std::fs::read_to_string(contrib().join("bird/balancer.conf"))?;
+    let address = balancer_addr(index).to_string();
+    replace_all(
+        &text,
+        &[
+            (
+                "define BALANCER_ADDR = 198.18.1.21;",
+                &format!("define BALANCER_ADDR = {address};"),
+            ),
+            (
+                "define BALANCER_AS = 65001;",
+                &format!("define BALANCER_AS = {};", 65_001 + index),
+            ),
+            ("router id 198.18.1.21;", &format!("router id {address};")),
+        ],
+    )
+}
+
+/// contrib/bird/router.conf with a session to each of `balancers` balancers.
+pub fn router_bird_config(balancers: usize) -> Result<String> {
+    let text = std::fs::read_to_string(contrib().join("bird/router.conf"))?;
+    let sessions: String = (0..balancers)
+        .map(|i| {
+            format!(
+                "protocol bgp lb{} from balancer {{ neighbor {} as {}; }}\n",
+                i + 1,
+                balancer_addr(i),
+                65_001 + i
+            )
+        })
+        .collect();
+    let start = text
+        .find("protocol bgp lb1")
+        .context("router.conf has no session lb1")?;
+    Ok(format!("{}{sessions}", &text[..start]))
+}
+
+/// `text` with each `(from, to)` replaced; every `from` must be there.
+fn replace_all(text: &str, changes: &[(&str, &str)]) -> Result<String> {
+    let mut text = text.to_owned();
+    for (from, to) in changes {
+        if !text.contains(from) {
+            bail!("contrib config lacks {from:?}");
+        }
+        text = text.replace(from, to);
+    }
+    Ok(text)
+}
+
+/// A BIRD in one namespace, with its own socket; killed on drop.
+pub struct Bird {
+    process: Process,
+    /// Its control socket.
+    pub socket: PathBuf,
+}
+
+impl Bird {
+    /// Starts BIRD with `config` in `host`.
+    pub fn start(host: &Netns, name: &str, config: &str) -> Result<Self> {
+        let config_path = temp_file(&format!("{name}-bird.conf"), config)?;
+        let socket =
+            std::env::temp_dir().join(format!("{}{name}-bird.ctl", crate::netns::run_prefix()));
+        let pid =
+            std::env::temp_dir().join(format!("{}{name}-bird.pid", crate::netns::run_prefix()));
+        let mut command = host.command_network_only("bird");
+        command
+            .arg("-f")
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(&pid);
+        let process = Process::spawn(&format!("{name}-bird"), command)?;
+        let started = Instant::now();
+        while !socket.exists() {
+            if started.elapsed() > STARTUP {
+                bail!(
+                    "BIRD in {name} did not open its socket: {}",
+                    process.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { process, socket })
+    }
+
+    /// `birdc show protocols` (for failure messages).
+    pub fn protocols(&self) -> String {
+        std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(["show", "protocols"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.process.stop(Duration::from_secs(2));
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The built cluster. Dropping it stops every process and deletes every namespace.
+pub struct Cluster {
+    /// The client host.
+    pub client: Netns,
+    /// The router.
+    pub router: Netns,
+    /// The balancers, in order.
+    pub balancers: Vec<Netns>,
+    /// The backends, in order.
+    pub backends: Vec<Netns>,
+    /// Each balancer's xlb (behind a lock: the load runs on another thread meanwhile).
+    pub xlbs: Vec<Mutex<Xlb>>,
+    /// Each balancer's xlb config.
+    configs: Vec<String>,
+    // Declared after the daemons: dropped after them.
+    _servers: Vec<Process>,
+    _birds: Vec<Bird>,
+    /// The router's BIRD.
+    pub router_bird: Bird,
+    _switch: Netns,
+}
+
+impl Cluster {
+    /// Builds the network with `balancers` balancers and `backends` backends, starts the
+    /// backends' servers, every BIRD and every xlb with the service keys `service_keys` (a
+    /// scheduler), and waits until the router has a next hop per balancer.
+    pub fn start(balancers: usize, backends: usize, service_keys: &str) -> Result<Self> {
+        let switch = Netns::new("sw")?;
+        let client = Netns::new("client")?;
+        let router = Netns::new("rt")?;
+        let lbs: Vec<Netns> = (0..balancers)
+            .map(|i| Netns::new(&format!("lb{}", i + 1)))
+            .collect::<Result<_>>()?;
+        let hosts: Vec<Netns> = (0..backends)
+            .map(|i| Netns::new(&format!("b{}", i + 1)))
+            .collect::<Result<_>>()?;
+        switch.ip("link add name br0 type bridge")?;
+        switch.ip("link set dev br0 up")?;
+        veth(&client, "eth0", &router, "c0")?;
+        client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
+        client.ip("route add default via 198.18.2.1")?;
+        router.ip("addr add 198.18.2.1/24 dev c0")?;
+        let mut port = 0;
+        let mut to_switch = |host: &Netns, address: Ipv4Addr| -> Result<()> {
+            port += 1;
+            veth(host, "eth0", &switch, &format!("p{port}"))?;
+            switch.ip(&format!("link set dev p{port} master br0"))?;
+            host.ip(&format!("addr add {address}/24 dev eth0"))
+                .map(drop)
+        };
+        to_switch(&router, ROUTER)?;
+        for (i, lb) in lbs.iter().enumerate() {
+            to_switch(lb, balancer_addr(i))?;
+            // xlb forwards as a router does; no default route, so that a VIP packet the
+            // kernel were given could not go back to the router.
+            lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+            lb.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+            lb.sysctl("net.ipv4.conf.eth0.send_redirects", "0")?;
+        }
+        for (i, host) in hosts.iter().enumerate() {
+            to_switch(host, backend_addr(i))?;
+            host.ip(&format!("route add default via {ROUTER}"))?;
+            host.exec(
+                "sh",
+                &[
+                    &contrib().join("dsr-backend.sh").to_string_lossy(),
+                    &VIP.to_string(),
+                ],
+            )?;
+        }
+        router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+
+        let servers = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let mut command = host.command(binary("xlb-backend")?);
+                let name = format!("b{}", i + 1);
+                command.args(["--name", &name, "--http", &format!("0.0.0.0:{PORT}")]);
+                let mut process = Process::spawn(&name, command)?;
+                process.wait_for_output("ready", STARTUP)?;
+                Ok(process)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let router_bird = Bird::start(&router, "rt", &router_bird_config(balancers)?)?;
+        let birds = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, lb)| Bird::start(lb, &format!("lb{}", i + 1), &balancer_bird_config(i)?))
+            .collect::<Result<Vec<_>>>()?;
+        let configs: Vec<String> = birds
+            .iter()
+            .map(|bird| xlb_config(backends, service_keys, &bird.socket))
+            .collect();
+        let mut cluster = Self {
+            client,
+            router,
+            balancers: lbs,
+            backends: hosts,
+            xlbs: Vec::new(),
+            configs,
+            _servers: servers,
+            _birds: birds,
+            router_bird,
+            _switch: switch,
+        };
+        for i in 0..balancers {
+            let xlb = start_xlb(&cluster.balancers[i], &cluster.configs[i])?;
+            cluster.xlbs.push(Mutex::new(xlb));
+        }
+        cluster
+            .wait_for_next_hops(balancers, Duration::from_secs(30))
+            .with_context(|| {
+                format!("BGP did not converge:\n{}", cluster.router_bird.protocols())
+            })?;
+        Ok(cluster)
+    }
+
+    /// The router's next hops for the VIP, in its kernel's table.
+    pub fn next_hops(&self) -> Result<Vec<Ipv4Addr>> {
+        let routes = self.router.ip(&format!("route show {VIP}"))?;
+        Ok(routes
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect())
+    }
+
+    /// Waits until the router has `count` next hops for the VIP; returns how long it took.
+    pub fn wait_for_next_hops(&self, count: usize, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if self.next_hops()?.len() == count {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "the router has next hops {:?}, not {count}, after {limit:?}",
+                    self.next_hops()?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills balancer `index`'s xlb with SIGKILL (its data plane stays pinned, its device
+    /// goes: its BIRD withdraws the VIP).
+    pub fn kill(&self, index: usize) -> Result<()> {
+        let mut xlb = self.xlbs[index].lock().expect("the xlb lock");
+        xlb.signal(libc::SIGKILL)?;
+        // Reaped; its pins stay for the restart.
+        xlb.stop(Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    /// Starts balancer `index`'s xlb again, on its pins, as it was started.
+    pub fn restart(&self, index: usize) -> Result<()> {
+        let mut xlb = self.xlbs[index].lock().expect("the xlb lock");
+        xlb.restart(&self.balancers[index], &[])
+    }
+
+    /// Flows of the service each balancer's xlb placed (new, or arriving without a flow) and
+    /// the packets it forwarded, as `xlb --json stats` counts them.
+    pub fn placed_and_forwarded(&self) -> Result<Vec<(u64, u64)>> {
+        self.xlbs
+            .iter()
+            .map(|xlb| {
+                let xlb = xlb.lock().expect("the xlb lock");
+                let (code, stdout, stderr) = xlb.cli(&["--json", "stats"])?;
+                anyhow::ensure!(code == 0, "xlb stats: {stderr}");
+                let answer: serde_json::Value = serde_json::from_str(&stdout)?;
+                let counters = &answer["stats"]["services"][0]["counters"];
+                let number = |name: &str| counters[name].as_u64().context("a counter");
+                Ok((number("new_flows")?, number("packets_to_backend")?))
+            })
+            .collect()
+    }
+}
+
+/// The xlb config of a balancer: one DSR service on the VIP over every backend, announced
+/// through the BIRD at `bird_socket`.
+fn xlb_config(backends: usize, service_keys: &str, bird_socket: &Path) -> String {
+    let list = (0..backends)
+        .map(|i| format!("{{ address = \"{}:{PORT}\" }}", backend_addr(i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"interfaces = ["eth0"]
+
+[announce]
+bird_socket = "{}"
+drain = "0s"
+
+[[service]]
+name = "web"
+listen = "{VIP}:{PORT}"
+protocol = "tcp"
+forwarding = "dsr"
+announce = true
+{service_keys}
+health = {{ check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }}
+backends = [ {list} ]
+"#,
+        bird_socket.display()
+    )
+}
+
+/// A veth pair between two namespaces, both ends up, GRO turned on afterwards (the default
+/// offloads of `topology`).
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    a.ip(&format!(
+        "link add name {a_name} type veth peer name {b_name} netns {}",
+        b.name()
+    ))?;
+    for (ns, name) in [(a, a_name), (b, b_name)] {
+        ns.ip(&format!("link set dev {name} up"))?;
+    }
+    for (ns, name) in [(a, a_name), (b, b_name)] {
+        ns.exec("ethtool", &["-K", name, "gro", "on"])?;
+    }
+    Ok(())
+}
