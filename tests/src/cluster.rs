@@ -172,7 +172,7 @@ pub struct Cluster {
     /// Each balancer's xlb config.
     configs: Vec<String>,
     // Declared after the daemons: dropped after them.
-    _servers: Vec<Process>,
+    servers: Mutex<Vec<Option<Process>>>,
     _birds: Vec<Bird>,
     /// The router's BIRD.
     pub router_bird: Bird,
@@ -184,6 +184,16 @@ impl Cluster {
     /// backends' servers, every BIRD and every xlb with the service keys `service_keys` (a
     /// scheduler), and waits until the router has a next hop per balancer.
     pub fn start(balancers: usize, backends: usize, service_keys: &str) -> Result<Self> {
+        Self::start_with(balancers, backends, service_keys, "0s")
+    }
+
+    /// [`Self::start`] with xlb's drain time on SIGTERM.
+    pub fn start_with(
+        balancers: usize,
+        backends: usize,
+        service_keys: &str,
+        drain: &str,
+    ) -> Result<Self> {
         let switch = Netns::new("sw")?;
         let client = Netns::new("client")?;
         let router = Netns::new("rt")?;
@@ -233,14 +243,7 @@ impl Cluster {
         let servers = hosts
             .iter()
             .enumerate()
-            .map(|(i, host)| {
-                let mut command = host.command(binary("xlb-backend")?);
-                let name = format!("b{}", i + 1);
-                command.args(["--name", &name, "--http", &format!("0.0.0.0:{PORT}")]);
-                let mut process = Process::spawn(&name, command)?;
-                process.wait_for_output("ready", STARTUP)?;
-                Ok(process)
-            })
+            .map(|(i, host)| start_server(host, i).map(Some))
             .collect::<Result<Vec<_>>>()?;
         let router_bird = Bird::start(&router, "rt", &router_bird_config(balancers)?)?;
         let birds = lbs
@@ -250,7 +253,7 @@ impl Cluster {
             .collect::<Result<Vec<_>>>()?;
         let configs: Vec<String> = birds
             .iter()
-            .map(|bird| xlb_config(backends, service_keys, &bird.socket))
+            .map(|bird| xlb_config(backends, service_keys, &bird.socket, drain))
             .collect();
         let mut cluster = Self {
             client,
@@ -259,7 +262,7 @@ impl Cluster {
             backends: hosts,
             xlbs: Vec::new(),
             configs,
-            _servers: servers,
+            servers: Mutex::new(servers),
             _birds: birds,
             router_bird,
             _switch: switch,
@@ -274,6 +277,29 @@ impl Cluster {
                 format!("BGP did not converge:\n{}", cluster.router_bird.protocols())
             })?;
         Ok(cluster)
+    }
+
+    /// Stops backend `index`'s server: its checks fail.
+    pub fn stop_server(&self, index: usize) -> Result<()> {
+        if let Some(mut server) = self.servers.lock().expect("the servers lock")[index].take() {
+            server.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `index`'s server again.
+    pub fn start_server(&self, index: usize) -> Result<()> {
+        let server = start_server(&self.backends[index], index)?;
+        self.servers.lock().expect("the servers lock")[index] = Some(server);
+        Ok(())
+    }
+
+    /// `xlb --json status` of balancer `index`, as JSON.
+    pub fn status(&self, index: usize) -> Result<serde_json::Value> {
+        let xlb = self.xlbs[index].lock().expect("the xlb lock");
+        let (code, stdout, stderr) = xlb.cli(&["--json", "status"])?;
+        anyhow::ensure!(code == 0, "xlb status: {stderr}");
+        Ok(serde_json::from_str(&stdout)?)
     }
 
     /// The router's next hops for the VIP, in its kernel's table.
@@ -339,9 +365,19 @@ impl Cluster {
     }
 }
 
+/// Starts backend `index`'s HTTP server on `host`, on the service's port.
+fn start_server(host: &Netns, index: usize) -> Result<Process> {
+    let mut command = host.command(binary("xlb-backend")?);
+    let name = format!("b{}", index + 1);
+    command.args(["--name", &name, "--http", &format!("0.0.0.0:{PORT}")]);
+    let mut process = Process::spawn(&name, command)?;
+    process.wait_for_output("ready", STARTUP)?;
+    Ok(process)
+}
+
 /// The xlb config of a balancer: one DSR service on the VIP over every backend, announced
-/// through the BIRD at `bird_socket`.
-fn xlb_config(backends: usize, service_keys: &str, bird_socket: &Path) -> String {
+/// through the BIRD at `bird_socket`, with `drain` on SIGTERM.
+fn xlb_config(backends: usize, service_keys: &str, bird_socket: &Path, drain: &str) -> String {
     let list = (0..backends)
         .map(|i| format!("{{ address = \"{}:{PORT}\" }}", backend_addr(i)))
         .collect::<Vec<_>>()
@@ -351,7 +387,7 @@ fn xlb_config(backends: usize, service_keys: &str, bird_socket: &Path) -> String
 
 [announce]
 bird_socket = "{}"
-drain = "0s"
+drain = "{drain}"
 
 [[service]]
 name = "web"

@@ -132,6 +132,11 @@ impl Process {
         self.child.id()
     }
 
+    /// Whether the process has exited (and is reaped).
+    pub fn exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
+    }
+
     /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it.
     pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {

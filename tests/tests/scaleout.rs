@@ -9,9 +9,26 @@
 //! the router moves to the others keep their backend, and at least 99% complete; (c) it is
 //! started again: at least 99% complete while the router moves flows back to it. (d) The same
 //! with round robin, reported beside it: there an instance that receives a moved flow places
-//! it by its own hash over its own table.
+//! it by its own hash over its own table. Then the announcement itself: withdrawn when no
+//! backend can take new flows and back when one can, withdrawn at once on SIGTERM while xlb
+//! drains, and a warning (but service) when no BGP daemon answers.
 
-use xlb_tests::scaleout::{LOAD, MAGLEV, ROUND_ROBIN, Report, run};
+use std::{
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    client::http_echo,
+    cluster::Cluster,
+    scaleout::{LOAD, MAGLEV, ROUND_ROBIN, Report, run},
+    scenario::{TCP_SERVICE_PORT, balancer_config_with, start_backends, start_xlb},
+    topology::{Lab, VIP, Wiring},
+};
+
+/// The tests of this file share two CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn print(scheduler: &str, report: &Report) {
     eprintln!(
@@ -37,6 +54,7 @@ fn print(scheduler: &str, report: &Report) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn maglev_instances_keep_connections_through_a_kill_and_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let maglev = run(MAGLEV, LOAD).unwrap();
     print("maglev", &maglev);
     let round_robin = run(ROUND_ROBIN, LOAD).unwrap();
@@ -76,4 +94,102 @@ fn maglev_instances_keep_connections_through_a_kill_and_a_restart() {
             2 * LOAD.connections
         );
     }
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`; how long it took.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_route_follows_the_backends_and_the_daemon() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start_with(1, 2, MAGLEV, "1s").unwrap();
+    let vip = |status: &serde_json::Value| status["status"]["announce"]["vips"][0].clone();
+    let status = cluster.status(0).unwrap();
+    assert_eq!(
+        status["status"]["announce"]["bird_reachable"], true,
+        "{status}"
+    );
+    assert_eq!(vip(&status)["announced"], true, "{status}");
+
+    // No backend can take new flows: withdrawn, with the reason; back when one can.
+    cluster.stop_server(0).unwrap();
+    cluster.stop_server(1).unwrap();
+    cluster
+        .wait_for_next_hops(0, Duration::from_secs(5))
+        .unwrap();
+    let status = cluster.status(0).unwrap();
+    assert_eq!(vip(&status)["announced"], false);
+    assert_eq!(vip(&status)["reason"], "no backend of web takes new flows");
+    cluster.start_server(1).unwrap();
+    cluster
+        .wait_for_next_hops(1, Duration::from_secs(5))
+        .unwrap();
+    let status = cluster.status(0).unwrap();
+    assert_eq!(
+        (
+            vip(&status)["announcements"].as_u64(),
+            vip(&status)["withdrawals"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{status}"
+    );
+
+    // SIGTERM: withdrawn at once, balancing on for the drain time (1 s), then gone.
+    let mut xlb = cluster.xlbs[0].lock().unwrap();
+    xlb.signal(libc::SIGTERM).unwrap();
+    let withdrawn = within(Duration::from_secs(1), || {
+        cluster.next_hops().is_ok_and(|hops| hops.is_empty())
+    })
+    .expect("the route is withdrawn within the drain time");
+    std::thread::sleep(Duration::from_millis(400).saturating_sub(withdrawn));
+    assert!(!xlb.exited().unwrap(), "xlb balances on while it drains");
+    let gone = within(Duration::from_secs(5), || xlb.exited().unwrap_or(true))
+        .expect("xlb stops after draining");
+    eprintln!("SIGTERM: route withdrawn after {withdrawn:?}, xlb gone {gone:?} later");
+    assert!(xlb.output().contains("VIPs withdrawn: balancing on"));
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn without_a_bgp_daemon_xlb_warns_and_serves() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(Wiring::TwoInterfaces, 1).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    let config = balancer_config_with(&lab, "auto", "announce = true", "").replacen(
+        "[[service]]",
+        "[announce]\nbird_socket = \"/nonexistent/bird.ctl\"\n\n[[service]]",
+        1,
+    );
+    let xlb = start_xlb(&lab.balancer, &config).unwrap();
+    let (code, stdout, _) = xlb.cli(&["status"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("announce: device xlb-vip, no BIRD at /nonexistent/bird.ctl"),
+        "{stdout}"
+    );
+    assert!(
+        xlb.output().contains("no BGP daemon answers"),
+        "{}",
+        xlb.output()
+    );
+    // The VIP is on the device all the same (a BIRD started later exports it), and served.
+    let addresses = lab.balancer.ip("-4 addr show dev xlb-vip").unwrap();
+    assert!(addresses.contains(&format!("{VIP}/32")), "{addresses}");
+    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+    let backend = lab
+        .client
+        .block_on(http_echo(vip, b"still serving".to_vec()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend, "b1");
 }

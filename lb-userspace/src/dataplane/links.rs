@@ -184,7 +184,7 @@ fn read_peer(peer_index: u32, netns_id: Option<i32>) -> Peer {
 /// Runs `work` on a thread of its own, inside the network namespace `netns` (or this one),
 /// with a current-thread runtime: netlink sockets belong to the namespace they are made in,
 /// and entering a namespace changes only the calling thread.
-fn in_namespace<T, W, Fut>(netns: Option<OwnedFd>, work: W) -> Result<T>
+pub(super) fn in_namespace<T, W, Fut>(netns: Option<OwnedFd>, work: W) -> Result<T>
 where
     T: Send + 'static,
     W: FnOnce() -> Fut + Send + 'static,

@@ -13,6 +13,7 @@ mod maps;
 pub mod netif;
 mod noop;
 mod objects;
+mod onlink;
 pub mod passive;
 pub mod pins;
 mod preflight;

@@ -5,7 +5,7 @@ use anyhow::{Result, anyhow, bail};
 
 use super::{
     hooks::{self, Assessment, Plan},
-    links, netif,
+    links, netif, onlink,
 };
 use crate::config::Config;
 
@@ -30,6 +30,7 @@ pub fn preflight(config: &Config) -> Result<Plan> {
             );
         }
     }
+    onlink::check_dsr_backends(config)?;
     let facts = links::inspect(&config.interfaces)?;
     let assessments: Vec<Assessment> = facts.iter().map(Assessment::of).collect();
     hooks::plan(

@@ -7,7 +7,7 @@ use super::*;
 fn the_example_configuration_is_valid_and_shows_every_key() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/xlb.toml");
     let config = Config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
-    assert_eq!(config.services.len(), 3);
+    assert_eq!(config.services.len(), 4);
     let text = std::fs::read_to_string(&path).unwrap();
     for key in [
         "interfaces",
@@ -53,6 +53,14 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "client_prefix_file",
         "default_pool",
         "fallback",
+        "maglev",
+        "table_size",
+        "seed",
+        "forwarding",
+        "announce",
+        "device",
+        "bird_socket",
+        "drain",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
