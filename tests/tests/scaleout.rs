@@ -22,6 +22,7 @@ use std::{
 use xlb_tests::{
     client::http_echo,
     cluster::Cluster,
+    process::{binary, temp_file},
     scaleout::{LOAD, MAGLEV, ROUND_ROBIN, Report, run},
     scenario::{TCP_SERVICE_PORT, balancer_config_with, start_backends, start_xlb},
     topology::{Lab, VIP, Wiring},
@@ -192,4 +193,44 @@ fn without_a_bgp_daemon_xlb_warns_and_serves() {
         .unwrap()
         .unwrap();
     assert_eq!(backend, "b1");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn dsr_backends_must_be_on_an_attached_network() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The balancer reaches 198.18.2.0/24 through the router 198.18.0.2.
+    let lab = Lab::new(Wiring::BehindRouter, 1).unwrap();
+    let config = |backend: &str| {
+        format!(
+            "interfaces = [\"eth0\", \"eth1\"]\n[[service]]\nname = \"edge\"\nlisten = \
+             \"{VIP}:80\"\nprotocol = \"tcp\"\nforwarding = \"dsr\"\nbackends = [ {{ address \
+             = \"{backend}\" }} ]\n"
+        )
+    };
+    let check = |config: &str| {
+        let path = temp_file("check.toml", config).unwrap();
+        let output = lab
+            .balancer
+            .command_network_only(binary("xlb").unwrap())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&config("198.18.2.9:80"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "service \"edge\": backend 198.18.2.9 is reached through the gateway 198.18.0.2; \
+             forwarding = \"dsr\" only changes the MAC address"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&config("198.18.1.11:80"));
+    assert_eq!(code, Some(0), "{stderr}");
 }
