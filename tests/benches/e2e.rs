@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::{
-    bench::{Table, median, print_section, quick},
+    bench::{Table, median, print_section, quick, wrk},
     client::http_get_body,
     netns::Netns,
     process::{Process, temp_file},
@@ -377,44 +377,6 @@ fn iperf(client: &Netns, target: std::net::Ipv4Addr, seconds: u32) -> Result<f64
         .and_then(|s| s.trim().parse::<f64>().ok())
         .context("no bits_per_second")?;
     Ok(bits / 1e9)
-}
-
-/// HTTP load with wrk (2 threads, 32 connections, `seconds`): requests per second and p99
-/// latency in ms. With `close`, every request opens a new connection.
-fn wrk(client: &Netns, target: SocketAddr, seconds: u32, close: bool) -> Result<(f64, f64)> {
-    let url = format!("http://{target}/");
-    let duration = format!("{seconds}s");
-    let mut args = vec!["-t2", "-c32", "-d", &duration, "--latency"];
-    if close {
-        args.extend(["-H", "Connection: close"]);
-    }
-    args.push(&url);
-    let out = client.exec("wrk", &args)?;
-    let rps = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .context("wrk printed no Requests/sec")?;
-    let p99 = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_latency(v.trim()))
-        .context("wrk printed no 99% latency")??;
-    Ok((rps, p99))
-}
-
-/// wrk's latency ("1.23ms", "850.00us", "1.10s") in milliseconds.
-fn parse_latency(text: &str) -> Result<f64> {
-    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
-        (v, 1e-3)
-    } else if let Some(v) = text.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (v, 1e3)
-    } else {
-        bail!("unknown latency {text:?}")
-    };
-    Ok(number.parse::<f64>()? * factor)
 }
 
 /// Requests each backend has served so far.

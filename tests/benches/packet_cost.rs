@@ -55,6 +55,21 @@ name = "suspect"
 listen = "198.18.100.3:80"
 protocol = "tcp"
 backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "maglev"
+listen = "198.18.100.4:80"
+protocol = "tcp"
+scheduler = "maglev"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "maglev-dsr"
+listen = "198.18.100.5:80"
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+backends = [ { address = "198.18.1.11:80" }, { address = "198.18.1.12:80" }, { address = "198.18.1.13:80" } ]
 "#;
 
 fn main() -> Result<()> {
@@ -230,21 +245,27 @@ fn main() -> Result<()> {
             noop_tc_ns,
         ));
 
-        // New flows: one run each, against single runs of the reference program.
+        // New flows: one run each, against single runs of the reference program; round
+        // robin, Maglev and Maglev with DSR in turn, so that they share the run's conditions.
         let (mut new, mut single_noop) = (Vec::new(), Vec::new());
+        let (mut maglev, mut maglev_dsr) = (Vec::new(), Vec::new());
         for i in 0..new_flows {
-            let frame = Frame::tcp(
-                &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
-                "198.18.100.2:80",
-            )
-            .build();
-            let result = packet_net::run(program, &frame, c0, 1)?;
-            ensure!(
-                result.verdict == XDP_REDIRECT,
-                "new flow {i}: verdict {}",
-                result.verdict
-            );
-            new.push(result.duration.as_secs_f64() * 1e9);
+            let client = format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000);
+            for (vip, times) in [
+                ("198.18.100.2:80", &mut new),
+                ("198.18.100.4:80", &mut maglev),
+                ("198.18.100.5:80", &mut maglev_dsr),
+            ] {
+                let frame = Frame::tcp(&client, vip).build();
+                let result = packet_net::run(program, &frame, c0, 1)?;
+                ensure!(
+                    result.verdict == XDP_REDIRECT,
+                    "new flow {i} to {vip}: verdict {}",
+                    result.verdict
+                );
+                times.push(result.duration.as_secs_f64() * 1e9);
+            }
+            let frame = Frame::tcp(&client, "198.18.100.2:80").build();
             single_noop.push(
                 packet_net::run(noop_program(&noop), &frame, c0, 1)?
                     .duration
@@ -283,6 +304,16 @@ fn main() -> Result<()> {
         rows.push((
             "new TCP flow (miss, round robin, half-open entries for both directions)".into(),
             median(&mut new),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, Maglev (the slot the 5-tuple hashes to, of 65,537)".into(),
+            median(&mut maglev),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, Maglev and DSR (one half-open entry, MACs only)".into(),
+            median(&mut maglev_dsr),
             single_noop_ns,
         ));
         rows.push((

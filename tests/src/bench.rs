@@ -4,7 +4,11 @@
 //! A program prints its section between [`BEGIN`] and [`END`] lines on standard output; xtask
 //! collects the sections of all programs into BENCHMARKS.md. Progress goes to standard error.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::Netns;
 
 /// Line that starts a benchmark's markdown section.
 pub const BEGIN: &str = "<!-- xlb-bench-section -->";
@@ -101,4 +105,83 @@ mod tests {
         table.row(vec!["1".into(), "2".into()]);
         assert_eq!(table.markdown(), "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
     }
+}
+
+/// HTTP load with wrk (2 threads, 32 connections, `seconds`): requests per second and p99
+/// latency in ms. With `close`, every request opens a new connection.
+pub fn wrk(client: &Netns, target: SocketAddr, seconds: u32, close: bool) -> Result<(f64, f64)> {
+    let load = wrk_url(client, &format!("http://{target}/"), seconds, close)?;
+    Ok((load.requests_per_second, load.p99_ms))
+}
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct WrkLoad {
+    /// Requests per second.
+    pub requests_per_second: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Bytes read per second (responses, headers included), in MB/s.
+    pub megabytes_per_second: f64,
+}
+
+/// wrk (2 threads, 32 connections, `seconds`) against `url`; with `close`, a new connection
+/// per request.
+pub fn wrk_url(client: &Netns, url: &str, seconds: u32, close: bool) -> Result<WrkLoad> {
+    let duration = format!("{seconds}s");
+    let mut args = vec!["-t2", "-c32", "-d", &duration, "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = client.exec("wrk", &args)?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("wrk printed no Requests/sec")?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .context("wrk printed no 99% latency")??;
+    let transfer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Transfer/sec:"))
+        .map(|v| parse_size(v.trim()))
+        .context("wrk printed no Transfer/sec")??;
+    Ok(WrkLoad {
+        requests_per_second: rps,
+        p99_ms: p99,
+        megabytes_per_second: transfer / 1e6,
+    })
+}
+
+/// wrk's sizes ("512.00B", "10.50KB", "1.20MB", "1.01GB") in bytes (wrk's units are 1024s).
+fn parse_size(text: &str) -> Result<f64> {
+    for (unit, factor) in [
+        ("GB", 1024f64.powi(3)),
+        ("MB", 1024f64.powi(2)),
+        ("KB", 1024.0),
+        ("B", 1.0),
+    ] {
+        if let Some(number) = text.strip_suffix(unit) {
+            return Ok(number.parse::<f64>()? * factor);
+        }
+    }
+    bail!("unknown size {text:?}")
+}
+
+/// wrk's latency ("1.23ms", "850.00us", "1.10s") in milliseconds.
+pub fn parse_latency(text: &str) -> Result<f64> {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 1e-3)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1e3)
+    } else {
+        bail!("unknown latency {text:?}")
+    };
+    Ok(number.parse::<f64>()? * factor)
 }

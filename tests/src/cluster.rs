@@ -184,16 +184,22 @@ impl Cluster {
     /// backends' servers, every BIRD and every xlb with the service keys `service_keys` (a
     /// scheduler), and waits until the router has a next hop per balancer.
     pub fn start(balancers: usize, backends: usize, service_keys: &str) -> Result<Self> {
-        Self::start_with(balancers, backends, service_keys, "0s")
+        Self::start_with(balancers, backends, service_keys, "0s", true)
     }
 
-    /// [`Self::start`] with xlb's drain time on SIGTERM.
+    /// [`Self::start`] with xlb's drain time on SIGTERM, and DSR (or NAT: then the backends'
+    /// replies go back through the only balancer, which must be one).
     pub fn start_with(
         balancers: usize,
         backends: usize,
         service_keys: &str,
         drain: &str,
+        dsr: bool,
     ) -> Result<Self> {
+        anyhow::ensure!(
+            dsr || balancers == 1,
+            "NAT needs the replies through its balancer"
+        );
         let switch = Netns::new("sw")?;
         let client = Netns::new("client")?;
         let router = Netns::new("rt")?;
@@ -225,10 +231,17 @@ impl Cluster {
             lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
             lb.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
             lb.sysctl("net.ipv4.conf.eth0.send_redirects", "0")?;
+            if !dsr {
+                // NAT: the balancer sends the translated replies on to the client.
+                lb.ip(&format!("route add 198.18.2.0/24 via {ROUTER}"))?;
+            }
         }
         for (i, host) in hosts.iter().enumerate() {
             to_switch(host, backend_addr(i))?;
             host.ip(&format!("route add default via {ROUTER}"))?;
+            if !dsr {
+                host.ip(&format!("route add 198.18.2.0/24 via {}", balancer_addr(0)))?;
+            }
             host.exec(
                 "sh",
                 &[
@@ -253,7 +266,10 @@ impl Cluster {
             .collect::<Result<Vec<_>>>()?;
         let configs: Vec<String> = birds
             .iter()
-            .map(|bird| xlb_config(backends, service_keys, &bird.socket, drain))
+            .map(|bird| {
+                let forwarding = if dsr { "dsr" } else { "nat" };
+                xlb_config(backends, service_keys, &bird.socket, drain, forwarding)
+            })
             .collect();
         let mut cluster = Self {
             client,
@@ -375,9 +391,15 @@ fn start_server(host: &Netns, index: usize) -> Result<Process> {
     Ok(process)
 }
 
-/// The xlb config of a balancer: one DSR service on the VIP over every backend, announced
+/// The xlb config of a balancer: one service on the VIP over every backend, announced
 /// through the BIRD at `bird_socket`, with `drain` on SIGTERM.
-fn xlb_config(backends: usize, service_keys: &str, bird_socket: &Path, drain: &str) -> String {
+fn xlb_config(
+    backends: usize,
+    service_keys: &str,
+    bird_socket: &Path,
+    drain: &str,
+    forwarding: &str,
+) -> String {
     let list = (0..backends)
         .map(|i| format!("{{ address = \"{}:{PORT}\" }}", backend_addr(i)))
         .collect::<Vec<_>>()
@@ -393,7 +415,7 @@ drain = "{drain}"
 name = "web"
 listen = "{VIP}:{PORT}"
 protocol = "tcp"
-forwarding = "dsr"
+forwarding = "{forwarding}"
 announce = true
 {service_keys}
 health = {{ check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }}

@@ -113,7 +113,7 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> 
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn the_route_follows_the_backends_and_the_daemon() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = Cluster::start_with(1, 2, MAGLEV, "1s").unwrap();
+    let cluster = Cluster::start_with(1, 2, MAGLEV, "1s", true).unwrap();
     let vip = |status: &serde_json::Value| status["status"]["announce"]["vips"][0].clone();
     let status = cluster.status(0).unwrap();
     assert_eq!(

@@ -15,12 +15,14 @@ use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 /// The benchmark programs, in the order their sections appear.
 pub const BENCHES: &[&str] = &[
     "packet_cost",
+    "maglev",
     "locality",
     "scale",
     "swap",
     "failover",
     "synflood",
     "e2e",
+    "scaleout",
 ];
 
 /// Runs `cargo xtask bench [--quick]`.
