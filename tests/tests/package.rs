@@ -65,6 +65,9 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
         "./usr/share/doc/xlb/LICENSE-APACHE",
         "./usr/share/doc/xlb/copyright",
         "./usr/share/doc/xlb/grafana-dashboard.json",
+        "./usr/share/doc/xlb/dsr-backend.sh",
+        "./usr/share/doc/xlb/bird/balancer.conf",
+        "./usr/share/doc/xlb/bird/router.conf",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(&format!(" {path}"))),
@@ -105,7 +108,7 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
             .args(["check", "--offline", "--config"])
             .arg(root.join("etc/xlb/xlb.toml")),
     );
-    assert!(check.contains("ok (3 services"), "{check}");
+    assert!(check.contains("ok (4 services"), "{check}");
     let man = output(
         Command::new("gzip")
             .arg("-dc")

@@ -54,8 +54,7 @@ struct Shared {
 
 /// The announcer: a task that keeps the device's addresses as the monitor wants them.
 pub struct Announcer {
-    device: String,
-    drain: Duration,
+    config: AnnounceConfig,
     wanted: watch::Sender<(u64, Vec<Announcement>)>,
     shared: Arc<Mutex<Shared>>,
     applied: watch::Receiver<u64>,
@@ -81,8 +80,7 @@ impl Announcer {
             Arc::clone(&shared),
         ));
         Ok(Self {
-            device: config.device.clone(),
-            drain: config.drain,
+            config: config.clone(),
             wanted,
             shared,
             applied,
@@ -92,7 +90,12 @@ impl Announcer {
 
     /// How long to keep balancing after withdrawing everything on SIGTERM.
     pub fn drain(&self) -> Duration {
-        self.drain
+        self.config.drain
+    }
+
+    /// The settings it runs with (they change only at a restart).
+    pub fn config(&self) -> &AnnounceConfig {
+        &self.config
     }
 
     /// Makes the device hold exactly the VIPs `announcements` announce (applied by the task,
@@ -107,7 +110,18 @@ impl Announcer {
     /// Withdraws every VIP for `reason` and waits until the device holds none (at most a
     /// second: the device goes with the process anyway).
     pub async fn withdraw_all(&mut self, reason: &str) {
-        let all: Vec<Announcement> = self.wanted.borrow().1.clone();
+        let all: Vec<Announcement> = self
+            .shared
+            .lock()
+            .expect("the announcer lock")
+            .vips
+            .keys()
+            .map(|&vip| Announcement {
+                vip,
+                announce: false,
+                reason: String::new(),
+            })
+            .collect();
         self.want(withdrawn(&all, reason));
         let generation = self.wanted.borrow().0;
         let done = self.applied.wait_for(|applied| *applied >= generation);
@@ -124,7 +138,7 @@ impl Announcer {
         let shared = self.shared.lock().expect("the announcer lock");
         let now = Instant::now();
         AnnounceReport {
-            device: self.device.clone(),
+            device: self.config.device.clone(),
             bird: shared.bird.clone(),
             bird_reachable: shared.bird_reachable,
             vips: shared
@@ -192,9 +206,22 @@ async fn run(
     }
 }
 
-/// Puts on the device the VIPs to announce and takes off the others, recording each change.
+/// Puts on the device the VIPs to announce and takes off the others (those no service
+/// announces any more too), recording each change.
 async fn apply(device: &VipDevice, announcements: &[Announcement], shared: &Mutex<Shared>) {
-    for announcement in announcements {
+    let forgotten: Vec<Announcement> = shared
+        .lock()
+        .expect("the announcer lock")
+        .vips
+        .keys()
+        .filter(|vip| !announcements.iter().any(|a| a.vip == **vip))
+        .map(|&vip| Announcement {
+            vip,
+            announce: false,
+            reason: "no service announces it".into(),
+        })
+        .collect();
+    for announcement in announcements.iter().chain(&forgotten) {
         let vip = announcement.vip;
         let held = shared
             .lock()

@@ -61,6 +61,19 @@ impl Monitor {
         if new.pin_path != self.config.pin_path {
             bail!("pin_path cannot change while xlb runs; nothing was changed");
         }
+        if let Some(announce) = &new.announce {
+            match &self.announcer {
+                None => bail!(
+                    "announcing VIPs needs a restart (xlb creates its announcement device at \
+                     start); nothing was changed"
+                ),
+                Some(announcer) if announcer.config() != announce => bail!(
+                    "the [announce] settings (device, bird_socket, drain) change only at a \
+                     restart; nothing was changed"
+                ),
+                Some(_) => {}
+            }
+        }
         let plan = preflight(&new).context("nothing was changed")?;
         if let Some(running) = dataplane.hook() {
             let fits = plan.hook == running || (plan.fall_back_to_tc && running == Hook::Tc);
