@@ -67,8 +67,11 @@ pub fn run(quick: bool) -> Result<()> {
             if !output.status.success() {
                 bail!("benchmark {bench} failed ({}):\n{stdout}", output.status);
             }
-            extract_section(&stdout)
-                .with_context(|| format!("benchmark {bench} printed no section"))
+            let found = extract_sections(&stdout);
+            if found.is_empty() {
+                bail!("benchmark {bench} printed no section");
+            }
+            Ok(found.join("\n\n"))
         })?;
         println!("{section}");
         sections.push(section);
@@ -96,11 +99,17 @@ pub fn run(quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// The text between the markers a benchmark prints.
-fn extract_section(stdout: &str) -> Option<String> {
-    let start = stdout.find(BEGIN)? + BEGIN.len();
-    let end = stdout[start..].find(END)? + start;
-    Some(stdout[start..end].trim().to_owned())
+/// The texts between the markers a benchmark prints (one section or several), in order.
+fn extract_sections(stdout: &str) -> Vec<String> {
+    let mut sections = Vec::new();
+    let mut rest = stdout;
+    while let Some(start) = rest.find(BEGIN) {
+        let text = &rest[start + BEGIN.len()..];
+        let Some(end) = text.find(END) else { break };
+        sections.push(text[..end].trim().to_owned());
+        rest = &text[end + END.len()..];
+    }
+    sections
 }
 
 /// Title, date, machine, commit and command.
@@ -166,8 +175,10 @@ mod tests {
 
     #[test]
     fn sections_are_found_between_the_markers() {
-        let stdout = format!("noise\n{BEGIN}\n## Title\n\ntext\n{END}\nmore");
-        assert_eq!(extract_section(&stdout).unwrap(), "## Title\n\ntext");
-        assert_eq!(extract_section("nothing"), None);
+        let stdout = format!(
+            "noise\n{BEGIN}\n## Title\n\ntext\n{END}\nmore\n{BEGIN}\n## Second\n{END}\n"
+        );
+        assert_eq!(extract_sections(&stdout), ["## Title\n\ntext", "## Second"]);
+        assert!(extract_sections("nothing").is_empty());
     }
 }
