@@ -175,9 +175,8 @@ mod tests {
 
     #[test]
     fn sections_are_found_between_the_markers() {
-        let stdout = format!(
-            "noise\n{BEGIN}\n## Title\n\ntext\n{END}\nmore\n{BEGIN}\n## Second\n{END}\n"
-        );
+        let stdout =
+            format!("noise\n{BEGIN}\n## Title\n\ntext\n{END}\nmore\n{BEGIN}\n## Second\n{END}\n");
         assert_eq!(extract_sections(&stdout), ["## Title\n\ntext", "## Second"]);
         assert!(extract_sections("nothing").is_empty());
     }
