@@ -155,34 +155,23 @@ pub fn run(scheduler_keys: &str, load: Load) -> Result<Report> {
     let cluster = Cluster::start(3, 3, scheduler_keys)?;
     let mut report = Report::default();
     let before = cluster.placed_and_forwarded()?;
-    let client = &cluster.client;
-    let (outcome, (spread, withdrawn)) = std::thread::scope(|scope| -> Result<_> {
-        let round = scope.spawn(|| client.block_on(run_connections(load)));
-        std::thread::sleep(load.event_at);
+    let (outcome, (spread, withdrawn)) = round(&cluster, load, || {
         let spread = cluster_placed_since(&cluster, &before)?;
         let killed = Instant::now();
         cluster.kill(1)?;
-        let withdrawn = cluster
-            .wait_for_next_hops(2, Duration::from_secs(10))
-            .map(|_| killed.elapsed())?;
-        let outcome = round.join().expect("the client thread")?;
-        Ok((outcome, (spread, withdrawn)))
+        cluster.wait_for_next_hops(2, Duration::from_secs(10))?;
+        Ok((spread, killed.elapsed()))
     })?;
     report.spread = spread;
     report.kill = outcome;
     report.withdrawn_after = withdrawn;
 
-    let client = &cluster.client;
-    let (outcome, (ready, announced)) = std::thread::scope(|scope| -> Result<_> {
-        let round = scope.spawn(|| client.block_on(run_connections(load)));
-        std::thread::sleep(load.event_at);
+    let (outcome, (ready, announced)) = round(&cluster, load, || {
         let restarted = Instant::now();
         cluster.restart(1)?;
         let ready = restarted.elapsed();
         cluster.wait_for_next_hops(3, Duration::from_secs(10))?;
-        let announced = restarted.elapsed();
-        let outcome = round.join().expect("the client thread")?;
-        Ok((outcome, (ready, announced)))
+        Ok((ready, restarted.elapsed()))
     })?;
     report.restart = outcome;
     report.ready_after = ready;
@@ -193,6 +182,23 @@ pub fn run(scheduler_keys: &str, load: Load) -> Result<Report> {
         .map(|(placed, _)| *placed)
         .collect();
     Ok(report)
+}
+
+/// One round: `load`'s connections from the client (on a thread of their own) and, once
+/// they opened, `event` on this thread; the connections' outcome and what `event` measured.
+fn round<T: Send>(
+    cluster: &Cluster,
+    load: Load,
+    event: impl FnOnce() -> Result<T>,
+) -> Result<(Outcome, T)> {
+    std::thread::scope(|scope| {
+        let client = &cluster.client;
+        let connections = scope.spawn(|| client.block_on(run_connections(load)));
+        std::thread::sleep(load.event_at);
+        let measured = event()?;
+        let outcome = connections.join().expect("the client thread")?;
+        Ok((outcome, measured))
+    })
 }
 
 /// Flows each balancer placed since `before`.

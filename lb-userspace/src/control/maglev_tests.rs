@@ -9,12 +9,7 @@ use lb_common::{
     tables::table_index,
 };
 
-use super::{fake::FakeMaps, *};
-use crate::config::Config;
-
-fn specs(services: &str) -> Vec<ServiceSpec> {
-    ServiceSpec::all_up(&Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap())
-}
+use super::{fake::FakeMaps, tests::config as specs, *};
 
 const MAGLEV: &str = r#"
 [[service]]

@@ -8,7 +8,8 @@ use crate::{
     wire::{backend_entry, service_key},
 };
 
-fn config(services: &str) -> Vec<ServiceSpec> {
+/// The specs of `services` (TOML), every backend up.
+pub(super) fn config(services: &str) -> Vec<ServiceSpec> {
     ServiceSpec::all_up(&Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap())
 }
 

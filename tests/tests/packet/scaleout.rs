@@ -70,14 +70,25 @@ impl PacketLab {
     }
 }
 
-/// The MAC of backend 198.18.1.N or fd00:1::N (see `packet_net`).
+/// The MAC of backend 198.18.1.N or fd00:1::N (see `packet_net`): 02:00:00:00:01:N, with
+/// the decimal digits of an IPv4 N read as hex (198.18.1.11 has ..:11), the IPv6 N as it is.
 fn mac_of(backend: SocketAddr) -> [u8; 6] {
-    let last = match backend.ip() {
-        std::net::IpAddr::V4(ip) => ip.octets()[3],
+    backend_mac(match backend.ip() {
+        std::net::IpAddr::V4(ip) => {
+            u8::from_str_radix(&ip.octets()[3].to_string(), 16).expect("a backend 1.N")
+        }
         std::net::IpAddr::V6(ip) => ip.octets()[15],
-    };
-    // 198.18.1.11 has MAC ..:11 written in hex (0x11): decimal digits read as hex.
-    backend_mac(u8::from_str_radix(&last.to_string(), 16).unwrap())
+    })
+}
+
+/// The frame `input` becomes with DSR to `backend`: the same packet, TTL decremented, MACs
+/// from the FIB.
+fn dsr_frame(input: &Frame, backend: SocketAddr) -> Frame {
+    input.clone().with(|f| {
+        f.ttl -= 1;
+        f.eth_dst = mac_of(backend);
+        f.eth_src = S0_MAC;
+    })
 }
 
 #[test]
@@ -131,13 +142,7 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
         let client = "198.18.0.2:42000";
         let syn = Frame::tcp(client, "198.18.100.5:80");
         let backend = lab.maglev_backend("dsr", config, &flow_key(client, "198.18.100.5:80", 6));
-        let only_mac = |input: &Frame| {
-            input.clone().with(|f| {
-                f.ttl -= 1;
-                f.eth_dst = mac_of(backend);
-                f.eth_src = S0_MAC;
-            })
-        };
+        let only_mac = |input: &Frame| dsr_frame(input, backend);
         let data = ack_of(&syn).with(|f| f.payload = vec![7; 300]);
         let fin = data.clone().with(|f| {
             f.transport = Transport::Tcp {
@@ -170,13 +175,7 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
         let other = "198.18.0.2:42001";
         let syn = Frame::tcp(other, "198.18.100.5:80");
         let backend = lab.maglev_backend("dsr", config, &flow_key(other, "198.18.100.5:80", 6));
-        let only_mac = |input: &Frame| {
-            input.clone().with(|f| {
-                f.ttl -= 1;
-                f.eth_dst = mac_of(backend);
-                f.eth_src = S0_MAC;
-            })
-        };
+        let only_mac = |input: &Frame| dsr_frame(input, backend);
         lab.expect("SYN", &syn, lab.c0, XDP_REDIRECT, &only_mac(&syn));
         sleep(Duration::from_millis(300));
         lab.expect(
@@ -196,11 +195,7 @@ fn dsr_over_ipv6_and_udp() {
     with_lab_config(SCALEOUT, |lab| {
         let datagram =
             Frame::udp("[fd00::2]:5000", "[fd00:100::5]:53").with(|f| f.payload = vec![1; 40]);
-        let expected = datagram.clone().with(|f| {
-            f.ttl -= 1;
-            f.eth_dst = backend_mac(0x12);
-            f.eth_src = S0_MAC;
-        });
+        let expected = dsr_frame(&datagram, endpoint("[fd00:1::12]:53"));
         lab.expect("datagram", &datagram, lab.c0, XDP_REDIRECT, &expected);
         lab.expect(
             "second datagram",
