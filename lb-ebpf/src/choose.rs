@@ -8,7 +8,7 @@ use core::{
 };
 
 use lb_common::{
-    FlowKey,
+    FlowKey, HandshakeGuard,
     consts::{events, limits::MAX_MAGLEV_SLOTS, proto},
     guard::{hashes_syn, starts_flooded, window_ended},
     hash::flow_hash,
@@ -141,6 +141,7 @@ pub fn maglev(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoid: u3
     if pkt.proto == proto::TCP && pkt.tcp_flags & TCP_SYN == 0 {
         count_event(events::MIDSTREAM_HASHED);
     }
+    count_maglev_syn(pkt, now);
     // LLVM divides in 32 bits, and the verifier knows nothing of a remainder's bounds: the
     // mask (which changes nothing, as `len` is at most MAX_MAGLEV_SLOTS < 2^17) bounds it.
     let first = (flow_hash(key, table.seed) % len as u32) as usize & MAGLEV_SLOT_MASK;
@@ -193,10 +194,42 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
         return None;
     }
     let guard = HANDSHAKE_GUARD.get_ptr_mut(0)?;
+    let flows = count_in_window(guard, now);
+    // SAFETY: as in `count_in_window`; `budget` and `seed` are written by userspace before the
+    // program is attached, `flooded` only by the CPU that restarted the window.
+    unsafe {
+        if pkt.tcp_flags & TCP_SYN == 0 {
+            count_event(events::MIDSTREAM_HASHED);
+            return Some((*guard).seed);
+        }
+        if hashes_syn(flows, (*guard).budget, (*guard).flooded != 0) {
+            count_event(events::SYN_HASHED);
+            return Some((*guard).seed);
+        }
+    }
+    None
+}
+
+/// Counts a new TCP flow of a Maglev service in the handshake guard's window: Maglev needs no
+/// guard (its SYNs are placed by hash already), but its flows share `HALF_OPEN` with the
+/// round-robin services the guard protects.
+#[inline(always)]
+fn count_maglev_syn(pkt: &Packet, now: u64) {
+    if pkt.proto == proto::TCP
+        && pkt.tcp_flags & TCP_SYN != 0
+        && let Some(guard) = HANDSHAKE_GUARD.get_ptr_mut(0)
+    {
+        count_in_window(guard, now);
+    }
+}
+
+/// Counts one new TCP flow in the guard's current window (restarting the window when it has
+/// ended) and returns the count before it.
+#[inline(always)]
+fn count_in_window(guard: *mut HandshakeGuard, now: u64) -> u64 {
     // SAFETY: the guard's single element, shared by all CPUs, used through raw pointers only:
     // the fields several CPUs write (window start, count) change atomically, and `flooded` is
-    // written only by the CPU that restarted the window. `budget` and `seed` are written by
-    // userspace before the program is attached.
+    // written only by the CPU that restarted the window.
     unsafe {
         let start_ptr = addr_of_mut!((*guard).window_start_ns);
         let flows_ptr = addr_of_mut!((*guard).window_flows);
@@ -215,16 +248,7 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
                 (*guard).flooded = starts_flooded(elapsed, ended, (*guard).budget) as u32;
             }
         }
-        // See `next_backend` for the ordering.
-        let flows = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(flows_ptr, 1);
-        if pkt.tcp_flags & TCP_SYN == 0 {
-            count_event(events::MIDSTREAM_HASHED);
-            return Some((*guard).seed);
-        }
-        if hashes_syn(flows, (*guard).budget, (*guard).flooded != 0) {
-            count_event(events::SYN_HASHED);
-            return Some((*guard).seed);
-        }
+        // See `round_robin` for the ordering.
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(flows_ptr, 1)
     }
-    None
 }

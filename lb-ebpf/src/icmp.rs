@@ -9,7 +9,7 @@ use core::ptr::{read_unaligned, write_unaligned};
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Addr, FlowEntry, FlowKey, VipKey,
-    consts::{events, family, proto},
+    consts::{events, family, flow_flags, proto},
     csum, direction,
     trace::decision,
 };
@@ -222,6 +222,22 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     // An error toward the backend must be addressed to the VIP the quote came from.
     if toward_backend && pkt.dst != quote.src {
         return None;
+    }
+    if entry.flags & flow_flags::DSR != 0 {
+        // A DSR backend holds the VIP and sent the quoted packet itself: it takes the error
+        // as it is (path MTU discovery of its replies); only the MACs change.
+        count_event(events::ICMP_ERROR_TRANSLATED);
+        let route = Route {
+            src: &pkt.src,
+            dst: &entry.addr,
+            sport: 0,
+            dport: 0,
+            dsr: true,
+        };
+        return Some(match resolve(frame, pkt, &route) {
+            Ok(hop) => send(frame, pkt, &hop),
+            Err(verdict) => verdict,
+        });
     }
     let icmp_check: *mut u16 = ptr_at(frame, pkt.l4 + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.

@@ -59,6 +59,7 @@ pub struct Announcer {
     shared: Arc<Mutex<Shared>>,
     applied: watch::Receiver<u64>,
     task: JoinHandle<()>,
+    probe: JoinHandle<()>,
 }
 
 impl Announcer {
@@ -72,19 +73,16 @@ impl Announcer {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (wanted, wanted_rx) = watch::channel((0, Vec::new()));
         let (applied_tx, applied) = watch::channel(0);
-        let task = tokio::spawn(run(
-            device,
-            config.bird_socket.clone(),
-            wanted_rx,
-            applied_tx,
-            Arc::clone(&shared),
-        ));
+        let task = tokio::spawn(run(device, wanted_rx, applied_tx, Arc::clone(&shared)));
+        // Apart, so that a slow BGP daemon never delays a withdrawal.
+        let probe = tokio::spawn(probe_bird(config.bird_socket.clone(), Arc::clone(&shared)));
         Ok(Self {
             config: config.clone(),
             wanted,
             shared,
             applied,
             task,
+            probe,
         })
     }
 
@@ -161,48 +159,52 @@ impl Drop for Announcer {
     fn drop(&mut self) {
         // The task holds the device: ending it removes the device and its addresses.
         self.task.abort();
+        self.probe.abort();
     }
 }
 
-/// The task: applies each wanted set of announcements, and probes BIRD.
+/// The task: applies each wanted set of announcements.
 async fn run(
     device: VipDevice,
-    bird_socket: PathBuf,
     mut wanted: watch::Receiver<(u64, Vec<Announcement>)>,
     applied: watch::Sender<u64>,
     shared: Arc<Mutex<Shared>>,
 ) {
+    while wanted.changed().await.is_ok() {
+        let (generation, announcements) = wanted.borrow_and_update().clone();
+        apply(&device, &announcements, &shared).await;
+        shared.lock().expect("the announcer lock").applied = generation;
+        let _ = applied.send(generation);
+    }
+}
+
+/// Probes BIRD's control socket every `PROBE_EVERY`, logging when the answer changes.
+async fn probe_bird(bird_socket: PathBuf, shared: Arc<Mutex<Shared>>) {
     let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
-        tokio::select! {
-            changed = wanted.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let (generation, announcements) = wanted.borrow_and_update().clone();
-                apply(&device, &announcements, &shared).await;
-                shared.lock().expect("the announcer lock").applied = generation;
-                let _ = applied.send(generation);
-            }
-            _ = probe.tick() => {
-                let result = bird::probe(&bird_socket).await;
-                let mut shared = shared.lock().expect("the announcer lock");
-                let reachable = result.is_ok();
-                let text = match result {
-                    Ok(name) => format!("{name} at {}", bird_socket.display()),
-                    Err(error) => format!("no BIRD at {}: {error}", bird_socket.display()),
-                };
-                if reachable != shared.bird_reachable || shared.bird.is_empty() {
-                    if reachable {
-                        info!(bird = text, "BGP daemon found: it exports the announced VIPs");
-                    } else {
-                        warn!(bird = text, "no BGP daemon answers: the VIPs on the device are announced to nobody");
-                    }
-                }
-                shared.bird = text;
-                shared.bird_reachable = reachable;
+        probe.tick().await;
+        let result = bird::probe(&bird_socket).await;
+        let mut shared = shared.lock().expect("the announcer lock");
+        let reachable = result.is_ok();
+        let text = match result {
+            Ok(name) => format!("{name} at {}", bird_socket.display()),
+            Err(error) => format!("no BIRD at {}: {error}", bird_socket.display()),
+        };
+        if reachable != shared.bird_reachable || shared.bird.is_empty() {
+            if reachable {
+                info!(
+                    bird = text,
+                    "BGP daemon found: it exports the announced VIPs"
+                );
+            } else {
+                warn!(
+                    bird = text,
+                    "no BGP daemon answers: the VIPs on the device are announced to nobody"
+                );
             }
         }
+        shared.bird = text;
+        shared.bird_reachable = reachable;
     }
 }
 

@@ -50,9 +50,12 @@ pub struct ServiceState {
     /// The passive health and admission settings as written (`None`: unknown, as in maps
     /// adopted from an earlier daemon).
     pub policy: Option<ServicePolicy>,
-    /// The shape of the published Maglev tables, if the service uses Maglev (`None` also in
-    /// maps adopted from an earlier daemon: they are built again).
+    /// The shape of the published Maglev tables, if the service uses Maglev (size 0 for
+    /// tables adopted from an earlier daemon, whose shape is unknown: they are built again,
+    /// or removed).
     pub maglev: Option<MaglevConfig>,
+    /// What each home pool's published Maglev table was built from: (id, address, weight).
+    pub maglev_inputs: Vec<Vec<(u32, SocketAddr, u32)>>,
     /// How packets reach the backends, as published.
     pub forwarding: Forwarding,
 }
@@ -260,7 +263,11 @@ impl Balancer {
                     prefixes: Arc::new(Vec::new()),
                 },
                 policy: None,
-                maglev: None,
+                maglev: (entry.scheduler == scheduler::MAGLEV).then_some(MaglevConfig {
+                    table_size: 0,
+                    seed: 0,
+                }),
+                maglev_inputs: Vec::new(),
                 forwarding: match entry.forwarding {
                     forwarding::DSR => Forwarding::Dsr,
                     _ => Forwarding::Nat,
@@ -317,6 +324,7 @@ impl Balancer {
                     },
                     policy: None,
                     maglev: None,
+                    maglev_inputs: Vec::new(),
                     forwarding: service.forwarding,
                 }
             }
@@ -403,11 +411,13 @@ impl Balancer {
             changes.tables.push((table_index(state.id, *home), table));
             state.tables[*home as usize].clone_from(sequence);
         }
+        // Maglev tables are compared by what they are built from (exact weights): the
+        // round-robin sequence scales weights down and may not change when they do.
+        state.maglev_inputs.resize(state.tables.len(), Vec::new());
         for home in 0..state.tables.len() as u32 {
             let index = table_index(state.id, home);
-            let changed = changed_tables.iter().any(|(h, _)| *h == home);
             match maglev {
-                Some(config) if home < locality.pools && (rebuild_all || changed) => {
+                Some(config) if home < locality.pools => {
                     let serving = locality.serving[home as usize];
                     let backends: Vec<(u32, SocketAddr, u32)> = state
                         .backends
@@ -415,15 +425,22 @@ impl Balancer {
                         .filter(|b| b.pool == serving)
                         .map(|b| (b.id, b.address, b.weight))
                         .collect();
-                    changes
-                        .maglev_tables
-                        .push((index, lookup_table(&backends, &config)));
+                    if rebuild_all || state.maglev_inputs[home as usize] != backends {
+                        changes
+                            .maglev_tables
+                            .push((index, lookup_table(&backends, &config)));
+                        state.maglev_inputs[home as usize] = backends;
+                    }
                 }
                 None if state.maglev.is_some() => changes.maglev_removed.push(index),
-                Some(_) if home >= locality.pools => changes.maglev_removed.push(index),
-                _ => {}
+                Some(_) => changes.maglev_removed.push(index),
+                None => {}
             }
         }
+        if maglev.is_none() {
+            state.maglev_inputs.clear();
+        }
+        state.maglev_inputs.truncate(locality.pools as usize);
         state.tables.truncate(locality.pools as usize);
 
         let prefixes_changed = !Arc::ptr_eq(&state.locality.prefixes, &locality.prefixes)

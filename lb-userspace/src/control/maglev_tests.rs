@@ -154,3 +154,34 @@ fn leaving_maglev_removes_its_tables_after_the_service_changed() {
     assert!(removed < table_gone, "{:?}", maps.log);
     assert!(maps.maglev.is_empty());
 }
+
+#[test]
+fn a_restarted_daemon_rebuilds_or_removes_the_maglev_tables_it_adopts() {
+    let mut maps = FakeMaps::default();
+    Balancer::new().apply(&specs(MAGLEV), &mut maps).unwrap();
+    let round_robin = MAGLEV
+        .replace("scheduler = \"maglev\"\nmaglev = { seed = 7 }\n", "")
+        .replace("forwarding = \"dsr\"\n", "");
+
+    // Taken over by a daemon whose config says round robin: the service entry changes, then
+    // the adopted table goes (its shape was unknown, but it was there).
+    let mut restarted = Balancer::new();
+    restarted.adopt(&mut maps).unwrap();
+    maps.log.clear();
+    restarted.apply(&specs(&round_robin), &mut maps).unwrap();
+    let entry = maps.services.values().next().unwrap();
+    assert_eq!(entry.scheduler, scheduler::ROUND_ROBIN);
+    assert!(maps.maglev.is_empty(), "{:?}", maps.log);
+
+    // Taken over by one whose config still says Maglev: the table is built again.
+    restarted.apply(&specs(MAGLEV), &mut maps).unwrap();
+    let mut restarted = Balancer::new();
+    restarted.adopt(&mut maps).unwrap();
+    maps.log.clear();
+    restarted.apply(&specs(MAGLEV), &mut maps).unwrap();
+    assert!(
+        maps.log.iter().any(|l| l.starts_with("maglev ")),
+        "{:?}",
+        maps.log
+    );
+}

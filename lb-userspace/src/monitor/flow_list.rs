@@ -167,6 +167,7 @@ mod tests {
                 locality: Locality::single(),
                 policy: None,
                 maglev: None,
+                maglev_inputs: Vec::new(),
                 forwarding: Forwarding::Nat,
             },
             ServiceState {
@@ -180,6 +181,7 @@ mod tests {
                 locality: Locality::single(),
                 policy: None,
                 maglev: None,
+                maglev_inputs: Vec::new(),
                 forwarding: Forwarding::Nat,
             },
         ]

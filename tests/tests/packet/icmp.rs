@@ -3,7 +3,7 @@
 use super::*;
 
 /// An ICMP error quoting `quoted` (its first `len` bytes, or all of it), from `router` to `to`.
-fn icmp_error(
+pub(super) fn icmp_error(
     router: &str,
     to: &str,
     kind: u8,

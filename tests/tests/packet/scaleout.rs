@@ -1,7 +1,7 @@
 //! Running several instances: the Maglev scheduler (a new flow, and a TCP packet without SYN
 //! that finds no flow, go to the backend of the slot their 5-tuple hashes to) and direct
-//! server return (only the MAC changes; no reply entry; silence is not held against the
-//! backend).
+//! server return (only the MAC changes, ICMP errors about the backend's replies included; no
+//! reply entry; silence is not held against the backend).
 
 use std::{net::SocketAddr, thread::sleep};
 
@@ -167,6 +167,18 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
             f.eth_src = mac_of(backend);
         });
         lab.expect_untouched("the backend's answer", &answer.build(), lab.s0);
+        // "Fragmentation needed" about a reply the backend sent from the VIP: the backend
+        // gets it as it is (its path MTU discovery), only the MACs change.
+        let reply_sent = Frame::tcp("198.18.100.5:80", client).with(|f| f.payload = vec![1; 200]);
+        let error =
+            super::icmp::icmp_error("198.18.0.254", "198.18.100.5", 3, 4, &reply_sent, None);
+        lab.expect(
+            "frag needed, to the DSR backend",
+            &error,
+            lab.c0,
+            XDP_REDIRECT,
+            &only_mac(&error),
+        );
         lab.expect("FIN", &fin, lab.c0, XDP_REDIRECT, &only_mac(&fin));
         let flows = lab.dataplane.maps.flows.all().unwrap();
         assert_eq!(flows[0].1.flags & flow_flags::CLOSING, flow_flags::CLOSING);
