@@ -170,8 +170,7 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
         // "Fragmentation needed" about a reply the backend sent from the VIP: the backend
         // gets it as it is (its path MTU discovery), only the MACs change.
         let reply_sent = Frame::tcp("198.18.100.5:80", client).with(|f| f.payload = vec![1; 200]);
-        let error =
-            super::icmp::icmp_error("198.18.0.254", "198.18.100.5", 3, 4, &reply_sent, None);
+        let error = icmp::icmp_error("198.18.0.254", "198.18.100.5", 3, 4, &reply_sent, None);
         lab.expect(
             "frag needed, to the DSR backend",
             &error,
