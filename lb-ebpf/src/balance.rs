@@ -312,9 +312,9 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         choose::round_robin(table_index, pkt, key, now, avoid)
     };
     let dsr = placement.dsr();
-    let backend = match choice.is_none() {
+    let backend = match choice.none {
         true => None,
-        false => BACKENDS.get_ptr(choice.backend_id()),
+        false => BACKENDS.get_ptr(choice.backend_id),
     };
     let (Some(backend), Some(scratch)) = (backend, scratch()) else {
         count_no_backend(service_id);
@@ -331,7 +331,7 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         );
         return NewFlow::Done(F::DROP);
     };
-    let backend_id = choice.backend_id();
+    let backend_id = choice.backend_id;
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
     // (With DSR the backend's port is the service's: configuration makes sure of it.)
@@ -406,14 +406,14 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
                 decision::REPLACED
             } else if placement.maglev() {
                 decision::NEW_MAGLEV
-            } else if choice.hashed() {
+            } else if choice.hashed {
                 decision::NEW_HASHED
             } else {
                 decision::NEW_ROUND_ROBIN
             };
             event.backend_id = backend_id;
-            event.slot = choice.slot();
-            event.skipped = choice.skipped();
+            event.slot = choice.slot;
+            event.skipped = choice.skipped;
             event.home_pool = pool as u8;
             event.backend_pool = backend.pool as u8;
             event.half_open = half_open as u8;

@@ -29,7 +29,7 @@ use crate::{
     netns::Netns,
     process::{Process, binary, temp_file},
     scenario::STARTUP,
-    topology::{VIP, backend_addr},
+    topology::{self, Offloads, VIP, backend_addr},
 };
 
 /// The router's address on the balancers' network.
@@ -155,6 +155,11 @@ impl Drop for Bird {
         let _ = self.process.stop(Duration::from_secs(2));
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// A veth pair with the offloads at their defaults (see `topology::veth`).
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    topology::veth(a, a_name, b, b_name, Offloads::Default)
 }
 
 /// The built cluster. Dropping it stops every process and deletes every namespace.
@@ -423,20 +428,4 @@ backends = [ {list} ]
 "#,
         bird_socket.display()
     )
-}
-
-/// A veth pair between two namespaces, both ends up, GRO turned on afterwards (the default
-/// offloads of `topology`).
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    a.ip(&format!(
-        "link add name {a_name} type veth peer name {b_name} netns {}",
-        b.name()
-    ))?;
-    for (ns, name) in [(a, a_name), (b, b_name)] {
-        ns.ip(&format!("link set dev {name} up"))?;
-    }
-    for (ns, name) in [(a, a_name), (b, b_name)] {
-        ns.exec("ethtool", &["-K", name, "gro", "on"])?;
-    }
-    Ok(())
 }

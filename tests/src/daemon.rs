@@ -127,6 +127,21 @@ impl Drop for Xlb {
     }
 }
 
+/// Runs `xlb check --config` with `config` on `host`; returns (exit code, stdout, stderr).
+pub fn check(host: &Netns, config: &str) -> Result<(i32, String, String)> {
+    let path = temp_file("check.toml", config)?;
+    let output = host
+        .command_network_only(binary("xlb")?)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// A fresh pin directory for one daemon of this run.
 fn pin_dir() -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -239,35 +239,40 @@ fn add_addr(ns: &Netns, interface: &str, v4: &str, v6: &str) -> Result<()> {
 }
 
 impl Lab {
-    /// A veth pair with one end in each namespace, both up, with the offloads set as
-    /// [`Offloads`] says.
-    ///
-    /// For native XDP the order matters: a veth accepts XDP_REDIRECTed frames only if its
-    /// peer had GRO (or an XDP program) when the veth came up, because the kernel computes its
-    /// `ndo_xdp_xmit` capability then. So both ends get their offloads before either comes up.
+    /// A veth pair between two of the lab's hosts, with the lab's offloads (see [`veth`]).
     fn veth(&self, a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-        a.ip(&format!(
-            "link add name {a_name} type veth peer name {b_name} netns {}",
-            b.name()
-        ))?;
-        let before_up: &[&str] = match self.offloads {
-            Offloads::Default => &[],
-            Offloads::Prepared => &["tx", "off", "gro", "on"],
-            Offloads::PreparedNoGro => &["tx", "off", "gro", "off"],
-        };
-        for (ns, name) in [(a, a_name), (b, b_name)] {
-            if !before_up.is_empty() {
-                ns.exec("ethtool", &[&["-K", name][..], before_up].concat())?;
-            }
-        }
-        for (ns, name) in [(a, a_name), (b, b_name)] {
-            ns.ip(&format!("link set dev {name} up"))?;
-        }
-        if self.offloads == Offloads::Default {
-            for (ns, name) in [(a, a_name), (b, b_name)] {
-                ns.exec("ethtool", &["-K", name, "gro", "on"])?;
-            }
-        }
-        Ok(())
+        veth(a, a_name, b, b_name, self.offloads)
     }
+}
+
+/// A veth pair with one end in each namespace, both up, with the offloads set as
+/// [`Offloads`] says.
+///
+/// For native XDP the order matters: a veth accepts XDP_REDIRECTed frames only if its peer
+/// had GRO (or an XDP program) when the veth came up, because the kernel computes its
+/// `ndo_xdp_xmit` capability then. So both ends get their offloads before either comes up.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str, offloads: Offloads) -> Result<()> {
+    a.ip(&format!(
+        "link add name {a_name} type veth peer name {b_name} netns {}",
+        b.name()
+    ))?;
+    let before_up: &[&str] = match offloads {
+        Offloads::Default => &[],
+        Offloads::Prepared => &["tx", "off", "gro", "on"],
+        Offloads::PreparedNoGro => &["tx", "off", "gro", "off"],
+    };
+    for (ns, name) in [(a, a_name), (b, b_name)] {
+        if !before_up.is_empty() {
+            ns.exec("ethtool", &[&["-K", name][..], before_up].concat())?;
+        }
+    }
+    for (ns, name) in [(a, a_name), (b, b_name)] {
+        ns.ip(&format!("link set dev {name} up"))?;
+    }
+    if offloads == Offloads::Default {
+        for (ns, name) in [(a, a_name), (b, b_name)] {
+            ns.exec("ethtool", &["-K", name, "gro", "on"])?;
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,6 @@ use common::{event, stats};
 use xlb_tests::{
     client::{start_download, upload},
     netns::Netns,
-    process::{binary, temp_file},
     scenario::{TCP_SERVICE_PORT, dual_stack_config, start_backends, start_xlb},
     topology::{Lab, Offloads, VIP, VIP6, Wiring},
 };
@@ -119,18 +118,7 @@ fn bulk_streams_cross_byte_exact_both_ways_at_the_hook_auto_chooses() {
 
 /// Runs `xlb check` on the balancer host with `config`; returns (exit code, stdout, stderr).
 fn check(host: &Netns, config: &str) -> (i32, String, String) {
-    let path = temp_file("check.toml", config).unwrap();
-    let output = host
-        .command_network_only(binary("xlb").unwrap())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    xlb_tests::daemon::check(host, config).unwrap()
 }
 
 #[test]

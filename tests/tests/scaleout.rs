@@ -22,7 +22,6 @@ use std::{
 use xlb_tests::{
     client::http_echo,
     cluster::Cluster,
-    process::{binary, temp_file},
     scaleout::{LOAD, MAGLEV, ROUND_ROBIN, Report, run},
     scenario::{TCP_SERVICE_PORT, balancer_config_with, start_backends, start_xlb},
     topology::{Lab, VIP, Wiring},
@@ -209,18 +208,8 @@ fn dsr_backends_must_be_on_an_attached_network() {
         )
     };
     let check = |config: &str| {
-        let path = temp_file("check.toml", config).unwrap();
-        let output = lab
-            .balancer
-            .command_network_only(binary("xlb").unwrap())
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let (code, _, stderr) = xlb_tests::daemon::check(&lab.balancer, config).unwrap();
+        (Some(code), stderr)
     };
     let (code, stderr) = check(&config("198.18.2.9:80"));
     assert_eq!(code, Some(1), "{stderr}");
