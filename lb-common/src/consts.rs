@@ -92,11 +92,11 @@ pub mod limits {
 /// monotonic clock).
 pub mod timing {
     /// A flow entry's `last_seen_ns` is refreshed only when it is older than this, so that an
-    /// established flow does not write to its entry on every packet (1 s in nanoseconds).
+    /// established flow does not write to its entry on every packet (1 s in nanoseconds). The
+    /// refresh also checks the flow's timeout and takes the next hop from the FIB again (the
+    /// other direction's on its next packet), so route and neighbour changes reach established
+    /// flows within about this time.
     pub const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
-    /// A flow's cached next hop is taken from the FIB again when it is older than this, so
-    /// route and neighbour changes reach established flows within it (1 s in nanoseconds).
-    pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
     /// The handshake guard counts new TCP flows in windows of this length (100 ms).
     pub const HANDSHAKE_WINDOW_NS: u64 = 100_000_000;
     /// How long a half-open flow should stay in `HALF_OPEN` at the least, however fast SYNs
@@ -120,10 +120,28 @@ pub mod map_names {
     pub const HANDSHAKE_GUARD: &str = "HANDSHAKE_GUARD";
     /// Round-robin cursors, one per backend table.
     pub const RR_CURSORS: &str = "RR_CURSORS";
-    /// Flows, both directions: 5-tuple -> rewrite and next hop.
-    pub const FLOWS: &str = "FLOWS";
-    /// TCP flows whose handshake has not completed, both directions.
-    pub const HALF_OPEN: &str = "HALF_OPEN";
+    /// IPv4 flows, both directions: 5-tuple -> rewrite and next hop.
+    pub const FLOWS4: &str = "FLOWS4";
+    /// IPv4 TCP flows whose handshake has not completed, both directions.
+    pub const HALF_OPEN4: &str = "HALF_OPEN4";
+    /// IPv6 flows, both directions.
+    pub const FLOWS6: &str = "FLOWS6";
+    /// IPv6 TCP flows whose handshake has not completed, both directions.
+    pub const HALF_OPEN6: &str = "HALF_OPEN6";
+    /// The flow timeouts, one element.
+    pub const FLOW_TIMEOUTS: &str = "FLOW_TIMEOUTS";
+    /// Per CPU, per (activity epoch slot, backend): flows whose client sent a packet.
+    pub const ACTIVE_FLOWS: &str = "ACTIVE_FLOWS";
+    /// The flow tables: (name, half-open, IPv6).
+    pub const FLOW_TABLES: [(&str, bool, bool); 4] = [
+        (FLOWS4, false, false),
+        (HALF_OPEN4, true, false),
+        (FLOWS6, false, true),
+        (HALF_OPEN6, true, true),
+    ];
+    /// Maps that earlier versions pinned and this one no longer has (one flow table for both
+    /// families): finding one pinned means the pins are another version's.
+    pub const RETIRED: [&str; 2] = ["FLOWS", "HALF_OPEN"];
     /// Virtual IP addresses, for ICMP.
     pub const VIPS: &str = "VIPS";
     /// Per service, client prefix -> home pool.
@@ -158,15 +176,19 @@ pub mod map_names {
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, and the trace's maps).
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 23] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
         BACKENDS,
         RR_CURSORS,
         HANDSHAKE_GUARD,
-        FLOWS,
-        HALF_OPEN,
+        FLOWS4,
+        HALF_OPEN4,
+        FLOWS6,
+        HALF_OPEN6,
+        FLOW_TIMEOUTS,
+        ACTIVE_FLOWS,
         VIPS,
         CLIENT_POOLS,
         SPILLED,
@@ -257,8 +279,11 @@ pub mod events {
     pub const SUSPECT_SKIPPED: u32 = 21;
     /// A new flow was dropped by its client prefix's admission limit.
     pub const ADMISSION_DROPPED: u32 = 22;
+    /// A packet found its flow silent past its timeout: the flow's entries were deleted and
+    /// the packet handled as one without a flow.
+    pub const FLOW_EXPIRED: u32 = 23;
     /// Number of event counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -285,6 +310,7 @@ pub mod events {
         "suspect_capped",
         "suspect_skipped",
         "admission_dropped",
+        "flow_expired",
     ];
 }
 

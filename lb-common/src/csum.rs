@@ -68,6 +68,47 @@ pub const fn diff128(old: &[u32; 4], new: &[u32; 4]) -> u32 {
     acc as u32
 }
 
+/// The folded one's-complement difference of a 16-bit word changing from `old` to `new`
+/// (`~m + m'`): what [`apply`] adds to a checksum covering the word.
+#[inline(always)]
+pub const fn delta16(old: u16, new: u16) -> u16 {
+    fold(add_diff16(0, old, new))
+}
+
+/// [`delta16`] for a 4-byte field (native-order word).
+#[inline(always)]
+pub const fn delta32(old: u32, new: u32) -> u16 {
+    fold(add_diff16(
+        add_diff16(0, old as u16, new as u16),
+        (old >> 16) as u16,
+        (new >> 16) as u16,
+    ))
+}
+
+/// [`delta16`] for a 16-byte field (four native-order words).
+#[inline(always)]
+pub const fn delta128(old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    fold(diff128(old, new))
+}
+
+/// The folded one's-complement sum of two deltas: the delta of both changes.
+#[inline(always)]
+pub const fn add(a: u16, b: u16) -> u16 {
+    fold(a as u32 + b as u32)
+}
+
+/// Returns checksum `check` updated by a delta (RFC 1624 eqn. 3, `HC' = ~(~HC + delta)`), the
+/// delta being one of [`delta16`], [`delta32`], [`delta128`] or their [`add`].
+#[inline(always)]
+pub const fn apply(check: u16, delta: u16) -> u16 {
+    !fold((!check) as u32 + delta as u32)
+}
+
+/// The delta of an IPv4 TTL decremented by one, in the native-order word it shares with the
+/// protocol (the TTL is that word's first byte on the wire, whatever the protocol): the wire
+/// word `ttl << 8 | proto` loses 0x100, whose delta is the wire word 0xfeff.
+pub const TTL_DECREMENT_DELTA: u16 = u16::from_ne_bytes([0xfe, 0xff]);
+
 /// The one's-complement sum of `data` (native-order words, an odd trailing byte padded with
 /// zero), added to `initial`, not yet folded or complemented. For building and verifying
 /// packets in userspace and tests; the data plane only ever updates checksums incrementally.
@@ -175,5 +216,48 @@ mod tests {
         assert_eq!(checksum(&data, 0), 0);
         // The well-known value of this header's checksum (big-endian b1e6).
         assert_eq!(data[10..12], [0xb1, 0xe6]);
+    }
+
+    /// Deltas worked out ahead and applied later, separately or added, give what the
+    /// replacements give; the TTL delta equals decrementing the TTL byte of a real header.
+    #[test]
+    fn deltas_applied_later_equal_the_replacements() {
+        let mut state = 0x2545_f491u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            state
+        };
+        for _ in 0..2000 {
+            let check = next() as u16;
+            let (old4, new4) = (next(), next());
+            let (old2, new2) = (next() as u16, next() as u16);
+            assert_eq!(
+                apply(check, delta32(old4, new4)),
+                replace32(check, old4, new4)
+            );
+            assert_eq!(
+                apply(check, add(delta32(old4, new4), delta16(old2, new2))),
+                replace16(replace32(check, old4, new4), old2, new2)
+            );
+            let old = [next(), next(), next(), next()];
+            let new = [next(), 0, next(), next()];
+            assert_eq!(
+                apply(check, delta128(&old, &new)),
+                replace128(check, &old, &new)
+            );
+        }
+        let mut header =
+            *b"\x45\x00\x00\x3c\x1c\x46\x40\x00\x40\x06\x00\x00\xac\x10\x0a\x63\xac\x10\x0a\x0c";
+        for ttl in [1u8, 2, 64, 255] {
+            header[8] = ttl;
+            header[10..12].copy_from_slice(&[0, 0]);
+            let check = checksum(&header, 0);
+            header[8] = ttl - 1;
+            assert_eq!(
+                apply(check, TTL_DECREMENT_DELTA),
+                checksum(&header, 0),
+                "ttl {ttl}"
+            );
+        }
     }
 }

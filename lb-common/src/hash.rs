@@ -6,25 +6,40 @@
 //! enough for the verifier (no loop over bytes, no lookup table), and every input bit reaches
 //! every output bit, so `hash % slots` spreads flows evenly over a table. Written out rather
 //! than taken from a crate because hashing crates work on byte streams through `Hasher`,
-//! which the XDP program cannot afford.
+//! which the XDP program cannot afford. IPv4 and IPv6 flows hash the same family-neutral
+//! words (an IPv4 address is one word and three zeros), so the value does not depend on how
+//! a table stores the key, and instances of different versions agree.
 
-use crate::FlowKey;
+use crate::{Addr, FlowKey};
 
 /// Hash of `key` under `seed` (a random value chosen when the maps are created, so that
 /// sources cannot aim at one backend).
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
-    let words = [
-        key.src_addr[0],
-        key.src_addr[1],
-        key.src_addr[2],
-        key.src_addr[3],
-        key.dst_addr[0],
-        key.dst_addr[1],
-        key.dst_addr[2],
-        key.dst_addr[3],
+    tuple_hash(
+        &key.src_addr,
+        &key.dst_addr,
         u32::from(key.src_port) | u32::from(key.dst_port) << 16,
         u32::from(key.proto) | u32::from(key.family) << 8,
+        seed,
+    )
+}
+
+/// [`flow_hash`] of a 5-tuple given by its parts: the addresses (family-neutral), the ports
+/// (`src_port | dst_port << 16`, each in network order) and `proto | family << 8`.
+#[inline(always)]
+pub fn tuple_hash(src: &Addr, dst: &Addr, ports: u32, proto_family: u32, seed: u32) -> u32 {
+    let words = [
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+        ports,
+        proto_family,
     ];
     let mut hash = seed;
     for word in words {

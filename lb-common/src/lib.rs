@@ -14,6 +14,7 @@ extern crate std;
 
 pub mod consts;
 pub mod csum;
+pub mod flow;
 #[cfg(feature = "user")]
 pub mod frame;
 pub mod guard;
@@ -23,4 +24,5 @@ pub mod passive;
 pub mod tables;
 pub mod trace;
 
+pub use flow::*;
 pub use maps::*;

@@ -3,7 +3,10 @@
 //! checked at compile time. Ports are in network byte order, exactly as they are on the wire;
 //! addresses are [`Addr`]s.
 
-use crate::consts::limits::{MAX_MAGLEV_SLOTS, MAX_TABLE_SLOTS};
+use crate::{
+    FlowEntry, FlowKey,
+    consts::limits::{MAX_MAGLEV_SLOTS, MAX_TABLE_SLOTS},
+};
 
 /// An IP address in a map: the 16 bytes of an IPv6 address, or the 4 bytes of an IPv4 address
 /// followed by 12 zero bytes (see [`crate::consts::family`]), in wire order. It is held as four
@@ -121,76 +124,6 @@ pub struct VipKey {
     pub _pad: [u8; 3],
 }
 
-/// Key of `FLOWS`: a packet's 5-tuple as it arrives at xlb.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Source address.
-    pub src_addr: Addr,
-    /// Destination address.
-    pub dst_addr: Addr,
-    /// Source port, network byte order.
-    pub src_port: u16,
-    /// Destination port, network byte order.
-    pub dst_port: u16,
-    /// IP protocol number.
-    pub proto: u8,
-    /// Address family.
-    pub family: u8,
-    /// Explicit padding; zero.
-    pub _pad: [u8; 2],
-}
-
-/// Directions of a flow, as recorded in [`FlowEntry::direction`].
-pub mod direction {
-    /// Client to VIP: the destination is rewritten to the backend.
-    pub const TO_BACKEND: u8 = 0;
-    /// Backend to client: the source is rewritten back to the VIP.
-    pub const TO_CLIENT: u8 = 1;
-}
-
-/// Value of `FLOWS`: how to rewrite and where to send the packets of one direction of a flow.
-/// Each flow has two entries, one per direction, keyed by the 5-tuple as it arrives at xlb.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEntry {
-    /// Address written into the packet: the backend (new destination) for `TO_BACKEND`, the
-    /// VIP (new source) for `TO_CLIENT`.
-    pub addr: Addr,
-    /// Port written into the packet, network byte order.
-    pub port: u16,
-    /// [`direction::TO_BACKEND`] or [`direction::TO_CLIENT`].
-    pub direction: u8,
-    /// Flow state, [`crate::consts::flow_flags`].
-    pub flags: u8,
-    /// Backend that serves the flow (index into `BACKENDS` and `BACKEND_STATS`).
-    pub backend_id: u32,
-    /// Service the flow belongs to (index into `SERVICE_STATS`).
-    pub service_id: u32,
-    /// Next hop of this direction, cached from the kernel's FIB: the interface (0 when not
-    /// resolved)...
-    pub hop_ifindex: u32,
-    /// ...the next hop's MAC address...
-    pub hop_dst_mac: [u8; 6],
-    /// ...and the source MAC to use.
-    pub hop_src_mac: [u8; 6],
-    /// When the flow began: coarse monotonic time in whole seconds (0 in entries made before
-    /// xlb recorded it). Both directions carry the same value.
-    pub created_s: u32,
-    /// Coarse monotonic time (ns) a packet of this direction was last seen, refreshed at most
-    /// once per `timing::LAST_SEEN_REFRESH_NS`.
-    pub last_seen_ns: u64,
-    /// Coarse monotonic time (ns) the next hop was last taken from the FIB; it is looked up
-    /// again after `timing::NEXT_HOP_TTL_NS`.
-    pub hop_checked_ns: u64,
-    /// While the flow is half-open: the acknowledgement number that the backend's answer to
-    /// the client's SYN carries (the SYN's sequence number plus one, host order), so that only
-    /// a RST answering that very SYN counts as refused (passive health). Unused afterwards.
-    pub handshake_ack: u32,
-    /// Explicit padding; zero.
-    pub _pad: u32,
-}
-
 /// Per-CPU traffic counters of one service or one backend (`SERVICE_STATS`, `BACKEND_STATS`).
 /// "Forward" is client to backend, "reverse" is backend to client. Userspace sums the CPUs.
 #[repr(C)]
@@ -259,8 +192,9 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 15] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 19] = {
     use crate::{
+        FlowKey4, FlowTimeouts,
         consts::map_names as n,
         passive::{AdmissionKey, PassiveMark, ServicePolicy, SuspectSlots},
     };
@@ -273,8 +207,20 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 15] = {
         (n::BACKENDS, 4, size_of::<BackendEntry>()),
         (n::RR_CURSORS, 4, 8),
         (n::HANDSHAKE_GUARD, 4, size_of::<HandshakeGuard>()),
-        (n::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>()),
-        (n::HALF_OPEN, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (
+            n::FLOWS4,
+            size_of::<FlowKey4>(),
+            size_of::<FlowEntry<u32>>(),
+        ),
+        (
+            n::HALF_OPEN4,
+            size_of::<FlowKey4>(),
+            size_of::<FlowEntry<u32>>(),
+        ),
+        (n::FLOWS6, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (n::HALF_OPEN6, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (n::FLOW_TIMEOUTS, 4, size_of::<FlowTimeouts>()),
+        (n::ACTIVE_FLOWS, 4, 8),
         (n::VIPS, size_of::<VipKey>(), 4),
         (n::SPILLED, 4, 8),
         (n::SERVICE_STATS, 4, size_of::<TrafficCounters>()),
@@ -292,9 +238,7 @@ const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<MaglevTable>() == 8 + 4 * MAX_MAGLEV_SLOTS);
-const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<VipKey>() == 20);
-const _: () = assert!(size_of::<FlowEntry>() == 72);
 const _: () = assert!(size_of::<TrafficCounters>() == 72);
 const _: () = assert!(size_of::<HandshakeGuard>() == 32);
 
@@ -321,8 +265,11 @@ mod pod {
         BackendTable,
         MaglevTable,
         FlowKey,
+        crate::FlowKey4,
         VipKey,
         FlowEntry,
+        FlowEntry<u32>,
+        crate::FlowTimeouts,
         TrafficCounters,
         HandshakeGuard,
         crate::trace::TraceConfig,

@@ -1,46 +1,48 @@
-//! The balancer's decisions: does this packet belong to a flow, or is it the first packet of a
-//! new flow to a service (whose backend `choose` picks); and what gets counted.
+//! The balancer's decisions: does this packet belong to a flow (see `established`), or is it
+//! the first packet of a new flow to a service (whose backend `choose` picks); and what gets
+//! counted. Everything after the parse is generic over the address family (`family`), so an
+//! IPv4 packet only ever touches the IPv4 tables and keys.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     btf_maps::lpm_trie::Key,
-    helpers::bpf_ktime_get_coarse_ns,
 };
 use lb_common::{
-    ClientPrefix, FlowEntry, FlowKey, ServiceEntry, ServiceKey,
-    consts::{events, flow_flags, forwarding, proto, scheduler, timing::LAST_SEEN_REFRESH_NS},
-    direction,
+    ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
+    consts::{events, family, flow_flags, forwarding, proto, scheduler},
+    csum, direction, epoch,
     tables::{table_index, table_owner},
     trace::{NO_BACKEND_ID, decision},
 };
 
 use crate::{
-    choose,
+    choose, clock,
     counters::{
-        count_admission_dropped, count_new_flow, count_no_backend, count_spill, count_traffic,
+        count_active, count_admission_dropped, count_new_flow, count_no_backend, count_spill,
+        count_traffic,
     },
+    established::{NO_FLOW, established},
+    family::{Family, V4, V6, packet_key},
     flows::{Retransmission, make_reply, promote, retransmitted_syn, scratch_peer, table},
-    forward::{Route, resolve, send, send_cached},
+    forward::{Route, resolve, transmit},
     frame::Frame,
     icmp,
-    maps::{BACKENDS, CLIENT_POOLS, FLOWS, HALF_OPEN, SERVICES, count_event},
-    nat::{End, rewrite},
-    packet::{Packet, TCP_FIN, TCP_RST, TCP_SYN, parse},
+    maps::{BACKENDS, CLIENT_POOLS, SERVICES, count_event},
+    nat::{Deltas, End, Rewrite, rewrite_flow},
+    packet::{Packet, TCP_SYN, parse},
     passive,
     scratch::scratch,
     trace,
 };
 
-/// Handles one frame and returns the XDP verdict. One hash lookup decides a packet of an
-/// established flow (either direction); a second, the first packet of a new flow.
+/// Handles one frame and returns the hook's verdict.
 #[inline(always)]
 pub fn process<F: Frame>(frame: &F) -> u32 {
     let Some(scratch) = scratch() else {
         return F::PASS;
     };
-    // SAFETY: this CPU's scratch area, used by nobody else while the program runs; the
-    // references below are to distinct fields.
-    let (pkt, key) = unsafe { (&mut (*scratch).pkt, &mut (*scratch).key) };
+    // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
+    let pkt = unsafe { &mut (*scratch).pkt };
     if parse(frame, pkt).is_none() {
         return F::PASS;
     }
@@ -48,72 +50,121 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     if pkt.proto != proto::TCP && pkt.proto != proto::UDP {
         return icmp::process(frame, pkt);
     }
-    key.src_addr = pkt.src;
-    key.dst_addr = pkt.dst;
-    key.src_port = pkt.sport;
-    key.dst_port = pkt.dport;
-    key.proto = pkt.proto;
-    key.family = pkt.family;
-    key._pad = [0; 2];
-    let key: &FlowKey = key;
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        return established(frame, pkt, key, entry, false);
+    if pkt.family == family::IPV4 {
+        dispatch::<F, V4>(frame, pkt)
+    } else {
+        dispatch::<F, V6>(frame, pkt)
     }
-    let service_key = ServiceKey {
+}
+
+/// What [`balance`] returns, instead of a verdict, for the first packet of a flow to place:
+/// the placement is in the scratch area. No hook's verdict has this value.
+const PLACE: u32 = 0xffff_fffd;
+
+/// A TCP or UDP packet of family `Fam`: [`balance`] decides, and a new flow is placed from
+/// here, so that the stack frames of `balance` and `new_flow` are never on the stack at once
+/// (the program's stack is 512 bytes for all frames).
+#[inline(always)]
+fn dispatch<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
+    match balance::<F, Fam>(frame, pkt) {
+        PLACE => place::<F, Fam>(frame, pkt),
+        verdict => verdict,
+    }
+}
+
+/// A TCP or UDP packet of family `Fam`. One hash lookup decides a packet of an established flow
+/// (either direction); a second, the first packet of a new flow, which is returned as
+/// [`PLACE`]. Not inlined: one copy per family, each with its own stack frame.
+#[inline(never)]
+fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
+    let Some(scratch) = scratch() else {
+        return F::PASS;
+    };
+    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
+    let key = unsafe { &mut *Fam::areas(scratch).key };
+    packet_key::<Fam>(pkt, key);
+    let key: &Fam::Key = key;
+    if let Some(entry) = Fam::flows().get_ptr_mut(key) {
+        let verdict = established::<F, Fam>(frame, pkt, key, entry, false);
+        if verdict != NO_FLOW {
+            return verdict;
+        }
+    }
+    // SAFETY: this CPU's scratch area; the service key is not otherwise borrowed.
+    let service_key = unsafe { &mut (*scratch).service };
+    *service_key = ServiceKey {
         addr: pkt.dst,
         port: pkt.dport,
         proto: pkt.proto,
         family: pkt.family,
     };
-    let service = SERVICES.get_ptr(&service_key);
+    let service = SERVICES.get_ptr(service_key);
     if pkt.proto == proto::TCP
-        && let Some(entry) = HALF_OPEN.get_ptr_mut(key)
+        && let Some(entry) = Fam::half_open().get_ptr_mut(key)
     {
         // A client packet without SYN completes the handshake; a retransmitted SYN is
         // forwarded (its reply entry put back if a flood evicted it) or, if the backend never
         // answered, placed on another backend; a backend's packet (no service: its
         // destination is the client) may be its answer, or its refusal.
-        match service {
-            Some(_) if pkt.tcp_flags & TCP_SYN == 0 => {
-                if let Some(entry) = promote(key, entry) {
-                    return established(frame, pkt, key, entry, false);
-                }
-            }
-            Some(service) => {
-                if let Retransmission::Replace(avoid) = retransmitted_syn(key, entry) {
-                    return place(frame, pkt, key, service, avoid);
-                }
-            }
+        let (entry, half_open) = match service {
+            Some(_) if pkt.tcp_flags & TCP_SYN == 0 => match promote::<Fam>(key, entry) {
+                Some(entry) => (entry, false),
+                None => (entry, true),
+            },
+            Some(service) => match retransmitted_syn::<Fam>(key, entry) {
+                Retransmission::Replace(avoid) => return to_place(pkt, service, avoid),
+                Retransmission::Forward => (entry, true),
+            },
             None => {
-                // SAFETY: the helper takes no arguments and only reads the clock.
-                let now = unsafe { bpf_ktime_get_coarse_ns() };
-                passive::backend_answer(frame, pkt, entry, now);
+                passive::backend_answer(frame, pkt, entry, clock::now());
+                (entry, true)
             }
+        };
+        let verdict = established::<F, Fam>(frame, pkt, key, entry, half_open);
+        if verdict != NO_FLOW {
+            return verdict;
         }
-        return established(frame, pkt, key, entry, true);
     }
     if let Some(service) = service {
-        return place(frame, pkt, key, service, NO_BACKEND_ID);
+        return to_place(pkt, service, NO_BACKEND_ID);
     }
     F::PASS
 }
 
-/// Places a new flow of `service` (or re-places a half-open one away from backend `avoid`).
+/// Records in the scratch area where a new flow of `service` goes (or where a half-open one is
+/// re-placed, away from backend `avoid`), and returns [`PLACE`].
 #[inline(always)]
-fn place<F: Frame>(
-    frame: &F,
-    pkt: &Packet,
-    key: &FlowKey,
-    service: *const ServiceEntry,
-    avoid: u32,
-) -> u32 {
+fn to_place(pkt: &Packet, service: *const ServiceEntry, avoid: u32) -> u32 {
     // SAFETY: copy the value out at once; the element may be replaced after this.
     let service = unsafe { *service };
     let pool = home_pool(&service, &pkt.src);
-    let placement = Placement::new(table_index(service.id, pool), avoid, &service);
-    match new_flow(frame, pkt, key, placement) {
+    let Some(scratch) = scratch() else {
+        return PLACE;
+    };
+    // SAFETY: this CPU's scratch area.
+    unsafe {
+        (*scratch).placement = Placement::new(table_index(service.id, pool), avoid, &service).0
+    };
+    PLACE
+}
+
+/// Places the new flow [`to_place`] recorded.
+#[inline(always)]
+fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
+    let Some(scratch) = scratch() else {
+        return F::PASS;
+    };
+    // SAFETY: this CPU's scratch area: the placement and the key `balance` left there.
+    let (placement, key) = unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
+    match new_flow::<F, Fam>(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
-        NewFlow::Raced(entry, half_open) => established(frame, pkt, key, entry, half_open),
+        NewFlow::Raced(entry, half_open) => {
+            match established::<F, Fam>(frame, pkt, key, entry, half_open) {
+                // (The other CPU's entry cannot be over an instant after it was made.)
+                NO_FLOW => F::DROP,
+                verdict => verdict,
+            }
+        }
     }
 }
 
@@ -179,137 +230,49 @@ impl Placement {
 }
 
 /// What became of a new flow's first packet.
-enum NewFlow {
+enum NewFlow<A: FlowAddr> {
     /// Handled, with this verdict.
     Done(u32),
-    /// Another CPU recorded the flow first: the packet follows that entry (in `HALF_OPEN` if
-    /// the flag says so). Returned rather than handled inside `new_flow`, so that the two
-    /// functions' stack frames are never on the stack at once.
-    Raced(*mut FlowEntry, bool),
+    /// Another CPU recorded the flow first: the packet follows that entry (in the half-open
+    /// table if the flag says so). Returned rather than handled inside `new_flow`, so that the
+    /// two functions' stack frames are never on the stack at once.
+    Raced(*mut FlowEntry<A>, bool),
 }
 
-/// A packet of a known flow, in either direction: rewrite it as its entry says and send it to
-/// the entry's next hop. A FIN or RST marks both directions closing; the time a direction was
-/// last seen is refreshed at most once a second, together with the other direction's, so the
-/// two entries of a flow age together. Not inlined: it is called from four places, and one
-/// copy of its locals on the stack is all the 512-byte BPF stack has room for.
+/// The first packet of a flow to a service: choose a backend (see `choose`), record both
+/// directions of the flow (TCP in the half-open table until the handshake completes, UDP in
+/// the established one), rewrite, send. Not inlined, for the stack as `established`.
 #[inline(never)]
-fn established<F: Frame>(
+fn new_flow<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
-    key: &FlowKey,
-    entry: *mut FlowEntry,
-    half_open: bool,
-) -> u32 {
-    if pkt.ttl <= 1 {
-        count_event(events::TTL_EXPIRED);
-        return F::PASS;
-    }
-    if frame.oversized() {
-        // A GSO super-packet on generic XDP: it can be neither rewritten correctly (its
-        // checksum is partial) nor transmitted as one frame. The kernel gets it untouched.
-        count_event(events::OVERSIZED_PASSED);
-        return F::PASS;
-    }
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
-    // same flow) only store a recent time, the closing flag or the same next hop.
-    let flow = unsafe { &mut *entry };
-    let dsr = flow.flags & flow_flags::DSR != 0;
-    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
-    if closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS {
-        flow.last_seen_ns = now;
-        if closing {
-            flow.flags |= flow_flags::CLOSING;
-        }
-        // (A DSR flow has no reply entry: its backend answers the client directly.)
-        let peer = match dsr {
-            true => None,
-            false => scratch_peer(key, flow).and_then(|peer| table(half_open).get_ptr_mut(peer)),
-        };
-        if let Some(peer) = peer {
-            // SAFETY: as above.
-            unsafe {
-                (*peer).last_seen_ns = now;
-                if closing {
-                    (*peer).flags |= flow_flags::CLOSING;
-                }
-            }
-        }
-    }
-    let addr = flow.addr;
-    let (end, route) = if flow.direction == direction::TO_BACKEND {
-        let route = Route {
-            src: &key.src_addr,
-            dst: &addr,
-            sport: key.src_port,
-            dport: flow.port,
-            dsr,
-        };
-        (End::Destination, route)
-    } else {
-        let route = Route {
-            src: &addr,
-            dst: &key.dst_addr,
-            sport: flow.port,
-            dport: key.dst_port,
-            dsr,
-        };
-        (End::Source, route)
-    };
-    if !dsr && rewrite(frame, pkt, end, &addr, flow.port).is_none() {
-        return F::PASS;
-    }
-    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
-    let client = if flow.direction == direction::TO_BACKEND {
-        (&key.src_addr, key.src_port)
-    } else {
-        (&key.dst_addr, key.dst_port)
-    };
-    trace::record(now, flow.service_id, pkt, client, |event| {
-        event.decision = decision::ESTABLISHED;
-        event.direction = flow.direction;
-        event.backend_id = flow.backend_id;
-        event.half_open = half_open as u8;
-    });
-    send_cached(frame, pkt, &route, flow, now)
-}
-
-/// The first packet of a flow to a service: choose a backend (see [`next_backend`]), record both
-/// directions of the flow (TCP in `HALF_OPEN` until the handshake completes, UDP in `FLOWS`),
-/// rewrite, send. Not inlined, for the stack as `established`.
-#[inline(never)]
-fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placement) -> NewFlow {
+    key: &Fam::Key,
+    placement: Placement,
+) -> NewFlow<Fam::Addr> {
     let (table_index, avoid) = (placement.table_index(), placement.avoid());
     let (service_id, pool) = table_owner(table_index);
     let replacing = avoid != NO_BACKEND_ID;
     let half_open = pkt.proto == proto::TCP;
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
-        abandon(replacing, key);
+        abandon::<Fam>(replacing, key);
         return NewFlow::Done(F::PASS);
     }
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     // Admission applies to flows that start here (a SYN, UDP); a TCP packet without SYN
     // belongs to a connection already established (its entry was lost), never limited.
     let starts = pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0;
-    if !replacing && starts && !passive::admitted(service_id, key, now) {
+    if !replacing && starts && !passive::admitted(service_id, &pkt.src, now) {
         count_admission_dropped(service_id);
-        trace::record(
-            now,
-            service_id,
-            pkt,
-            (&key.src_addr, key.src_port),
-            |event| event.decision = decision::ADMISSION_DROPPED,
-        );
+        trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
+            event.decision = decision::ADMISSION_DROPPED
+        });
         return NewFlow::Done(F::DROP);
     }
     let choice = if placement.maglev() {
-        choose::maglev(table_index, pkt, key, now, avoid)
+        choose::maglev(table_index, pkt, now, avoid)
     } else {
-        choose::round_robin(table_index, pkt, key, now, avoid)
+        choose::round_robin(table_index, pkt, now, avoid)
     };
     let dsr = placement.dsr();
     let backend = match choice.none {
@@ -318,52 +281,62 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     };
     let (Some(backend), Some(scratch)) = (backend, scratch()) else {
         count_no_backend(service_id);
-        abandon(replacing, key);
-        trace::record(
-            now,
-            service_id,
-            pkt,
-            (&key.src_addr, key.src_port),
-            |event| {
-                event.decision = decision::NO_BACKEND;
-                event.home_pool = pool as u8;
-            },
-        );
+        abandon::<Fam>(replacing, key);
+        trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
+            event.decision = decision::NO_BACKEND;
+            event.home_pool = pool as u8;
+        });
         return NewFlow::Done(F::DROP);
     };
     let backend_id = choice.backend_id;
     // SAFETY: a valid map value, and this CPU's scratch area.
-    let (backend, entry) = unsafe { (&*backend, &mut (*scratch).entry) };
+    let (backend, entry) = unsafe { (&*backend, &mut *Fam::areas(scratch).entry) };
     // (With DSR the backend's port is the service's: configuration makes sure of it.)
     let route = Route {
-        src: &key.src_addr,
+        src: &pkt.src,
         dst: &backend.addr,
-        sport: key.src_port,
+        sport: pkt.sport,
         dport: backend.port,
         dsr,
     };
     // Resolve the next hop before recording the flow, so the entry is complete when written.
     let hop = resolve(frame, pkt, &route);
-    entry.addr = backend.addr;
+    let backend_addr = Fam::Addr::in_addr(&backend.addr);
+    let deltas = Deltas {
+        addr: Fam::Addr::csum_delta(Fam::Addr::in_addr(&pkt.dst), backend_addr),
+        port: csum::delta16(pkt.dport, backend.port),
+    };
+    let current = epoch(now);
+    entry.last_seen_ns = now;
+    entry.addr = *backend_addr;
     entry.port = backend.port;
     entry.direction = direction::TO_BACKEND;
     entry.flags = if dsr { flow_flags::DSR } else { 0 };
     entry.backend_id = backend_id;
     entry.service_id = service_id;
-    entry.last_seen_ns = now;
-    entry.created_s = (now / 1_000_000_000) as u32;
+    entry.csum_addr = deltas.addr;
+    entry.csum_port = deltas.port;
     entry.hop_ifindex = 0;
-    entry.handshake_ack = passive::handshake_ack(frame, pkt);
+    // A UDP flow is active from its first packet; a TCP flow from its first packet once
+    // established (an epoch that cannot be the current one makes that packet count it).
+    entry.epoch = if half_open {
+        (current as u16).wrapping_sub(1)
+    } else {
+        current as u16
+    };
     entry._pad = 0;
+    entry.created_s = (now / 1_000_000_000) as u32;
+    entry.handshake_ack = passive::handshake_ack(frame, pkt);
+    entry._tail = Default::default();
     if let Ok(hop) = &hop {
-        hop.store(entry, now);
+        hop.store(entry);
     }
-    let table = table(half_open);
+    let table = table::<Fam>(half_open);
     // A re-placed flow replaces its entry; a new one must not overwrite another CPU's.
     let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
     if table.insert(key, &*entry, insert_flags as u64).is_err() {
         if replacing {
-            abandon(replacing, key);
+            abandon::<Fam>(replacing, key);
             count_event(events::FLOW_INSERT_FAILED);
             return NewFlow::Done(F::DROP);
         }
@@ -379,10 +352,10 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
     // The same entry, turned into the reply direction's (none with DSR: the backend answers
     // the client directly).
     if !dsr {
-        let Some(reply_key) = scratch_peer(key, entry) else {
+        let Some(reply_key) = scratch_peer::<Fam>(key, entry) else {
             return NewFlow::Done(F::DROP);
         };
-        make_reply(entry, key);
+        make_reply::<Fam>(entry, key);
         if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
             let _ = table.remove(key);
             count_event(events::FLOW_INSERT_FAILED);
@@ -390,41 +363,50 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
         }
     }
     count_new_flow(service_id, backend_id);
+    if !half_open {
+        count_active(backend_id, current);
+    }
     if replacing {
         count_event(events::SYN_REPLACED);
     }
     if backend.pool != pool {
         count_spill(table_index);
     }
-    trace::record(
-        now,
-        service_id,
-        pkt,
-        (&key.src_addr, key.src_port),
-        |event| {
-            event.decision = if replacing {
-                decision::REPLACED
-            } else if placement.maglev() {
-                decision::NEW_MAGLEV
-            } else if choice.hashed {
-                decision::NEW_HASHED
-            } else {
-                decision::NEW_ROUND_ROBIN
-            };
-            event.backend_id = backend_id;
-            event.slot = choice.slot;
-            event.skipped = choice.skipped;
-            event.home_pool = pool as u8;
-            event.backend_pool = backend.pool as u8;
-            event.half_open = half_open as u8;
-        },
-    );
-    if !dsr && rewrite(frame, pkt, End::Destination, &backend.addr, backend.port).is_none() {
+    trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
+        event.decision = if replacing {
+            decision::REPLACED
+        } else if placement.maglev() {
+            decision::NEW_MAGLEV
+        } else if choice.hashed {
+            decision::NEW_HASHED
+        } else {
+            decision::NEW_ROUND_ROBIN
+        };
+        event.backend_id = backend_id;
+        event.slot = choice.slot;
+        event.skipped = choice.skipped;
+        event.home_pool = pool as u8;
+        event.backend_pool = backend.pool as u8;
+        event.half_open = half_open as u8;
+    });
+    let resolved = hop.is_ok();
+    if !dsr {
+        let rewrite = Rewrite {
+            end: End::Destination,
+            addr: backend_addr,
+            port: backend.port,
+            deltas,
+            ttl: resolved,
+        };
+        if rewrite_flow::<F, Fam>(frame, pkt, &rewrite).is_none() {
+            return NewFlow::Done(F::PASS);
+        }
+    } else if resolved && crate::nat::decrement_ttl(frame, pkt).is_none() {
         return NewFlow::Done(F::PASS);
     }
     count_traffic(service_id, backend_id, pkt.ip_len, direction::TO_BACKEND);
     NewFlow::Done(match hop {
-        Ok(hop) => send(frame, pkt, &hop),
+        Ok(hop) => transmit(frame, &hop),
         Err(verdict) => verdict,
     })
 }
@@ -433,8 +415,8 @@ fn new_flow<F: Frame>(frame: &F, pkt: &Packet, key: &FlowKey, placement: Placeme
 /// already gone), so the client's next retransmission starts it anew rather than following a
 /// forward entry to the backend it was to avoid.
 #[inline(always)]
-fn abandon(replacing: bool, key: &FlowKey) {
+fn abandon<Fam: Family>(replacing: bool, key: &Fam::Key) {
     if replacing {
-        let _ = HALF_OPEN.remove(key);
+        let _ = Fam::half_open().remove(key);
     }
 }

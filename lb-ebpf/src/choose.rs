@@ -8,10 +8,10 @@ use core::{
 };
 
 use lb_common::{
-    FlowKey, HandshakeGuard,
+    HandshakeGuard,
     consts::{events, limits::MAX_MAGLEV_SLOTS, proto},
     guard::{hashes_syn, starts_flooded, window_ended},
-    hash::flow_hash,
+    hash::tuple_hash,
     passive::MAX_SKIPS,
 };
 
@@ -61,7 +61,7 @@ impl Choice {
 /// packet without SYN is placed as its SYN was (by the same hash, past the same marks), so it
 /// finds the backend its SYN got while the marks stay as they were.
 #[inline(always)]
-pub fn round_robin(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoid: u32) -> Choice {
+pub fn round_robin(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choice {
     let Some(table) = BACKEND_TABLES.get_value(table_index, &0) else {
         return Choice::NONE;
     };
@@ -74,7 +74,7 @@ pub fn round_robin(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoi
     let seed = hash_seed(pkt, now);
     let hashed = seed.is_some();
     let turn = match seed {
-        Some(seed) => flow_hash(key, seed) as u64,
+        Some(seed) => packet_hash(pkt, seed) as u64,
         None => {
             let Some(cursor) = RR_CURSORS.get_ptr_mut(table_index) else {
                 return Choice::NONE;
@@ -99,7 +99,7 @@ pub fn round_robin(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoi
 /// (its flow went through another instance before a routing change) is placed the same way,
 /// and so reaches the backend that instance chose, as long as both see the same backends.
 #[inline(always)]
-pub fn maglev(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoid: u32) -> Choice {
+pub fn maglev(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choice {
     let Some(table) = MAGLEV_TABLES.get_value(table_index, &0) else {
         return Choice::NONE;
     };
@@ -113,8 +113,21 @@ pub fn maglev(table_index: u32, pkt: &Packet, key: &FlowKey, now: u64, avoid: u3
     count_maglev_syn(pkt, now);
     // LLVM divides in 32 bits, and the verifier knows nothing of a remainder's bounds: the
     // mask (which changes nothing, as `len` is at most MAX_MAGLEV_SLOTS < 2^17) bounds it.
-    let first = (flow_hash(key, table.seed) % len as u32) as usize & MAGLEV_SLOT_MASK;
+    let first = (packet_hash(pkt, table.seed) % len as u32) as usize & MAGLEV_SLOT_MASK;
     pass_over(&table.slots, len, first, avoid, now, true)
+}
+
+/// The flow hash (`lb_common::hash`) of a packet's 5-tuple under `seed`, the value userspace
+/// computes from the flow's key.
+#[inline(always)]
+fn packet_hash(pkt: &Packet, seed: u32) -> u32 {
+    tuple_hash(
+        &pkt.src,
+        &pkt.dst,
+        u32::from(pkt.sport) | u32::from(pkt.dport) << 16,
+        u32::from(pkt.proto) | u32::from(pkt.family) << 8,
+        seed,
+    )
 }
 
 /// From slot `first` of a table of `len` slots, passes over the slots of suspect backends

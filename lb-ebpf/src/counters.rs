@@ -1,9 +1,10 @@
-//! The per-CPU counters of services and backends (`SERVICE_STATS`, `BACKEND_STATS`) and of
-//! spills (`SPILLED`), as the data plane's decisions add to them.
+//! The per-CPU counters of services and backends (`SERVICE_STATS`, `BACKEND_STATS`), of
+//! spills (`SPILLED`) and of active flows (`ACTIVE_FLOWS`), as the data plane's decisions add
+//! to them.
 
-use lb_common::{TrafficCounters, consts::events, direction};
+use lb_common::{TrafficCounters, active_add, active_index, consts::events, direction};
 
-use crate::maps::{BACKEND_STATS, SERVICE_STATS, SPILLED, count_event};
+use crate::maps::{ACTIVE_FLOWS, BACKEND_STATS, SERVICE_STATS, SPILLED, count_event};
 
 /// Counts a packet of a flow (and its bytes) in its direction.
 #[inline(always)]
@@ -25,6 +26,16 @@ pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u16, flow_directio
     }
     if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
         add(counters);
+    }
+}
+
+/// Counts a flow of backend `backend_id` as active in activity epoch `epoch` (once per flow
+/// and epoch: the caller checks the flow's entry).
+#[inline(always)]
+pub fn count_active(backend_id: u32, epoch: u32) {
+    if let Some(count) = ACTIVE_FLOWS.get_ptr_mut(active_index(epoch, backend_id)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *count = active_add(*count, epoch) };
     }
 }
 

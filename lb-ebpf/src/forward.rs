@@ -1,6 +1,7 @@
 //! Sends a rewritten packet on its way. The kernel's FIB chooses the next hop and its MAC
 //! addresses; each direction of a flow caches that answer in its flow entry and asks the FIB
-//! again only once it is `NEXT_HOP_TTL_NS` old, so established packets skip the lookup. The
+//! again about once a second (when the entry is refreshed), so established packets skip the
+//! lookup. The
 //! packet leaves through the interface it arrived on or another interface xlb is attached to
 //! (`XDP_TX` / `XDP_REDIRECT`, or `bpf_redirect` on tc). When the FIB cannot answer (for
 //! example no neighbour entry yet, or a packet too big for the egress MTU), the packet goes to
@@ -13,10 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::bpf_fib_lookup as fib_lookup,
 };
-use lb_common::{
-    Addr, FlowEntry,
-    consts::{events, timing::NEXT_HOP_TTL_NS},
-};
+use lb_common::{Addr, FlowAddr, FlowEntry, consts::events};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -39,13 +37,22 @@ pub struct NextHop {
 }
 
 impl NextHop {
-    /// Caches this next hop in a flow entry, as of `now`.
+    /// Caches this next hop in a flow entry.
     #[inline(always)]
-    pub fn store(&self, entry: &mut FlowEntry, now: u64) {
+    pub fn store<A: FlowAddr>(&self, entry: &mut FlowEntry<A>) {
         entry.hop_ifindex = self.ifindex;
         entry.hop_dst_mac = self.dst_mac;
         entry.hop_src_mac = self.src_mac;
-        entry.hop_checked_ns = now;
+    }
+
+    /// The next hop cached in a flow entry (whose `hop_ifindex` is not 0).
+    #[inline(always)]
+    pub fn cached<A: FlowAddr>(entry: &FlowEntry<A>) -> Self {
+        Self {
+            ifindex: entry.hop_ifindex,
+            dst_mac: entry.hop_dst_mac,
+            src_mac: entry.hop_src_mac,
+        }
     }
 }
 
@@ -115,36 +122,6 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextH
     })
 }
 
-/// Sends a packet of an established flow, rewritten to `route`, through the next hop cached in
-/// its entry, refreshing the cache from the FIB when it is missing or stale.
-#[inline(always)]
-pub fn send_cached<F: Frame>(
-    frame: &F,
-    pkt: &Packet,
-    route: &Route,
-    entry: &mut FlowEntry,
-    now: u64,
-) -> u32 {
-    if entry.hop_ifindex != 0 && now.wrapping_sub(entry.hop_checked_ns) < NEXT_HOP_TTL_NS {
-        let hop = NextHop {
-            ifindex: entry.hop_ifindex,
-            dst_mac: entry.hop_dst_mac,
-            src_mac: entry.hop_src_mac,
-        };
-        return send(frame, pkt, &hop);
-    }
-    match resolve(frame, pkt, route) {
-        Ok(hop) => {
-            hop.store(entry, now);
-            send(frame, pkt, &hop)
-        }
-        Err(verdict) => {
-            entry.hop_ifindex = 0;
-            verdict
-        }
-    }
-}
-
 /// Sends a rewritten packet to `hop`: TTL or hop limit decremented as a router does, MAC
 /// addresses set, out of the same interface or another one (see [`Frame::transmit`]).
 #[inline(always)]
@@ -152,6 +129,13 @@ pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &NextHop) -> u32 {
     if decrement_ttl(frame, pkt).is_none() {
         return F::PASS;
     }
+    transmit(frame, hop)
+}
+
+/// Sends a packet whose TTL has been decremented already to `hop`: MAC addresses set, out of
+/// the same interface or another one.
+#[inline(always)]
+pub fn transmit<F: Frame>(frame: &F, hop: &NextHop) -> u32 {
     // After the TTL (whose change may go through a helper, which invalidates packet pointers).
     let Some(eth) = ptr_at::<F, EthHdr>(frame, 0) else {
         return F::PASS;

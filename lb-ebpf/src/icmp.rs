@@ -6,9 +6,8 @@
 
 use core::ptr::{read_unaligned, write_unaligned};
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    Addr, FlowEntry, FlowKey, VipKey,
+    Addr, FlowAddr, FlowEntry, VipKey,
     consts::{events, family, flow_flags, proto},
     csum, direction,
     trace::decision,
@@ -19,12 +18,15 @@ use network_types::{
 };
 
 use crate::{
+    clock,
+    family::{Family, V4, V6},
     forward::{Route, resolve, send},
     frame::{Frame, ptr_at},
-    maps::{FLOWS, HALF_OPEN, VIPS, count_event},
+    maps::{VIPS, count_event},
     nat::{End, check_for_addr, set_addr, set_ttl, set_u16},
     packet::{
-        ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET, addr_words,
+        ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, Quote, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET,
+        addr_words,
     },
     scratch::scratch,
     trace,
@@ -50,9 +52,10 @@ fn nonzero(check: u16) -> u16 {
     if check == 0 { 0xffff } else { check }
 }
 
-/// Handles an ICMP or ICMPv6 packet. A function of its own (a BPF-to-BPF call), so that its
-/// locals do not add to the stack of the TCP/UDP path.
-#[inline(never)]
+/// Handles an ICMP or ICMPv6 packet: what it is decides which function of its own (a
+/// BPF-to-BPF call) takes it, so that their locals do not add to the stack of the TCP/UDP
+/// path.
+#[inline(always)]
 pub fn process<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
     let (echo, error) = if pkt.is_ipv6() {
         (
@@ -69,18 +72,28 @@ pub fn process<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
         )
     };
     if echo {
-        return echo_reply(frame, pkt).unwrap_or(F::PASS);
+        let answered = if pkt.is_ipv6() {
+            echo_reply::<F, V6>(frame, pkt)
+        } else {
+            echo_reply::<F, V4>(frame, pkt)
+        };
+        return answered.unwrap_or(F::PASS);
     }
     if error {
-        return translate_error(frame, pkt).unwrap_or(F::PASS);
+        let translated = if pkt.is_ipv6() {
+            translate_error::<F, V6>(frame, pkt)
+        } else {
+            translate_error::<F, V4>(frame, pkt)
+        };
+        return translated.unwrap_or(F::PASS);
     }
     F::PASS
 }
 
 /// Turns an echo request to a VIP into its reply, sent back where it came from. `None`: not
 /// for a VIP (or not where the parser said), pass it.
-#[inline(always)]
-fn echo_reply<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
+#[inline(never)]
+fn echo_reply<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32> {
     let vip = VipKey {
         addr: pkt.dst,
         family: pkt.family,
@@ -88,12 +101,12 @@ fn echo_reply<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     };
     VIPS.get_ptr(&vip)?;
     let eth: *mut EthHdr = ptr_at(frame, 0)?;
-    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4 + ICMP_CHECK_OFFSET)?;
-    let icmp: *mut [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4)?;
+    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4() + ICMP_CHECK_OFFSET)?;
+    let icmp: *mut [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4())?;
     // Swapping the addresses leaves every checksum's sum unchanged (ICMPv6's pseudo-header
     // included); set_addr updates the IPv4 header checksum for each step anyway.
-    set_addr(frame, pkt.l3, pkt.family, End::Source, &pkt.dst)?;
-    set_addr(frame, pkt.l3, pkt.family, End::Destination, &pkt.src)?;
+    set_addr::<F, Fam>(frame, pkt.l3(), End::Source, &pkt.dst)?;
+    set_addr::<F, Fam>(frame, pkt.l3(), End::Destination, &pkt.src)?;
     let reply = if pkt.is_ipv6() {
         ICMPV6_ECHO_REPLY
     } else {
@@ -120,35 +133,20 @@ fn echo_reply<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     Some(frame.transmit(frame.ingress_ifindex()))
 }
 
-/// The packet an ICMP error quotes: its IP header, transport protocol, addresses and ports.
-struct Quote {
-    l3: usize,
-    l4: usize,
-    /// Where the quoted IP packet ends, as far as the ICMP message holds it.
-    end: usize,
-    proto: u8,
-    src: Addr,
-    dst: Addr,
-    sport: u16,
-    dport: u16,
-}
-
 /// Parses the TCP or UDP packet quoted after the ICMP header (at least its first 8 transport
-/// bytes, which hold the ports).
+/// bytes, which hold the ports) into `quote`.
 #[inline(always)]
-fn parse_quote<F: Frame>(frame: &F, pkt: &Packet) -> Option<Quote> {
-    let l3 = pkt.l4 + ICMP_HEADER;
-    let end = pkt.l3 + pkt.ip_len as usize;
-    let (l4, quoted_proto, src, dst) = if pkt.is_ipv6() {
+fn parse_quote<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, quote: &mut Quote) -> Option<()> {
+    let l3 = pkt.l4() + ICMP_HEADER;
+    let end = pkt.l3() + pkt.ip_len as usize;
+    let l4 = if Fam::FAMILY == family::IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
         // SAFETY: ptr_at checked the header lies inside the frame.
         let ip = unsafe { &*ip };
-        (
-            l3 + Ipv6Hdr::LEN,
-            ip.next_hdr,
-            addr_words(&ip.src_addr),
-            addr_words(&ip.dst_addr),
-        )
+        quote.proto = ip.next_hdr;
+        quote.src = addr_words(&ip.src_addr);
+        quote.dst = addr_words(&ip.dst_addr);
+        l3 + Ipv6Hdr::LEN
     } else {
         let ip: *const Ipv4Hdr = ptr_at(frame, l3)?;
         // SAFETY: as above.
@@ -157,14 +155,12 @@ fn parse_quote<F: Frame>(frame: &F, pkt: &Packet) -> Option<Quote> {
         if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
             return None;
         }
-        (
-            l3 + header_len,
-            ip.proto,
-            [u32::from_ne_bytes(ip.src_addr), 0, 0, 0],
-            [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0],
-        )
+        quote.proto = ip.proto;
+        quote.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
+        quote.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
+        l3 + header_len
     };
-    if quoted_proto != proto::TCP && quoted_proto != proto::UDP {
+    if quote.proto != proto::TCP && quote.proto != proto::UDP {
         return None;
     }
     if l4 + 8 > end {
@@ -173,16 +169,12 @@ fn parse_quote<F: Frame>(frame: &F, pkt: &Packet) -> Option<Quote> {
     let ports: *const [u16; 2] = ptr_at(frame, l4)?;
     // SAFETY: ptr_at checked both ports lie inside the frame.
     let ports = unsafe { read_unaligned(ports) };
-    Some(Quote {
-        l3,
-        l4,
-        end,
-        proto: quoted_proto,
-        src,
-        dst,
-        sport: ports[0],
-        dport: ports[1],
-    })
+    quote.l3_offset = l3 as u16;
+    quote.l4_offset = l4 as u16;
+    quote.end_offset = end as u16;
+    quote.sport = ports[0];
+    quote.dport = ports[1];
+    Some(())
 }
 
 /// Translates an ICMP error that quotes a packet of a balanced flow and sends it on.
@@ -194,26 +186,32 @@ fn parse_quote<F: Frame>(frame: &F, pkt: &Packet) -> Option<Quote> {
 /// backend side answers), the entry is the backend's, toward the client: the quote's
 /// destination becomes the VIP again, and the error goes on to the client; if the backend
 /// itself reported, it reports as the VIP.
-#[inline(always)]
-fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
-    let quote = parse_quote(frame, pkt)?;
+/// Not inlined: one copy per family, each with its own stack frame.
+#[inline(never)]
+fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32> {
     let scratch = scratch()?;
+    // SAFETY: this CPU's scratch area; the quote is not otherwise borrowed on this path.
+    let quote = unsafe { &mut (*scratch).quote };
+    parse_quote::<F, Fam>(frame, pkt, quote)?;
+    let quote: &Quote = quote;
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
-    let key = unsafe { &mut (*scratch).key };
-    key.src_addr = quote.dst;
-    key.dst_addr = quote.src;
-    key.src_port = quote.dport;
-    key.dst_port = quote.sport;
-    key.proto = quote.proto;
-    key.family = pkt.family;
-    key._pad = [0; 2];
-    let key: &FlowKey = key;
-    let entry: *const FlowEntry = match FLOWS.get_ptr(key) {
+    let key = unsafe { &mut *Fam::areas(scratch).key };
+    *key = Fam::key(
+        Fam::Addr::in_addr(&quote.dst),
+        Fam::Addr::in_addr(&quote.src),
+        quote.dport,
+        quote.sport,
+        quote.proto,
+    );
+    let key: &Fam::Key = key;
+    let entry: *const FlowEntry<Fam::Addr> = match Fam::flows().get_ptr(key) {
         Some(entry) => entry,
-        None => HALF_OPEN.get_ptr(key)?,
+        None => Fam::half_open().get_ptr(key)?,
     };
     // SAFETY: a valid map value; the fields used here never change once written.
     let entry = unsafe { &*entry };
+    let entry_addr: Addr = entry.addr.to_addr();
+
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return Some(F::PASS);
@@ -229,7 +227,7 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
         count_event(events::ICMP_ERROR_TRANSLATED);
         let route = Route {
             src: &pkt.src,
-            dst: &entry.addr,
+            dst: &entry_addr,
             sport: 0,
             dport: 0,
             dsr: true,
@@ -239,7 +237,7 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
             Err(verdict) => verdict,
         });
     }
-    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4 + ICMP_CHECK_OFFSET)?;
+    let icmp_check: *mut u16 = ptr_at(frame, pkt.l4() + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.
     let mut check = unsafe { read_unaligned(icmp_check) };
 
@@ -249,27 +247,27 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     } else {
         End::Destination
     };
-    let change = set_addr(frame, quote.l3, pkt.family, end, &entry.addr)?;
-    check = check_for_addr(check, pkt.family, &change);
+    let change = set_addr::<F, Fam>(frame, quote.l3(), end, &entry_addr)?;
+    check = check_for_addr::<Fam>(check, &change);
     check = csum::replace16(check, change.ip_check.0, change.ip_check.1);
-    let port_offset = quote.l4 + if toward_backend { 0 } else { 2 };
+    let port_offset = quote.l4() + if toward_backend { 0 } else { 2 };
     let old_port = set_u16(frame, port_offset, entry.port)?;
     check = csum::replace16(check, old_port, entry.port);
     // The quote's own transport checksum, if the quote is long enough to hold it.
-    let quote_check_offset = quote.l4
+    let quote_check_offset = quote.l4()
         + if quote.proto == proto::TCP {
             TCP_CHECK_OFFSET
         } else {
             UDP_CHECK_OFFSET
         };
-    if quote_check_offset + 2 <= quote.end
+    if quote_check_offset + 2 <= quote.end()
         && let Some(field) = ptr_at::<F, u16>(frame, quote_check_offset)
     {
         // SAFETY: ptr_at checked the field lies inside the frame.
         unsafe {
             let old = read_unaligned(field);
             if !(quote.proto == proto::UDP && old == 0) {
-                let mut new = check_for_addr(old, pkt.family, &change);
+                let mut new = check_for_addr::<Fam>(old, &change);
                 new = csum::replace16(new, old_port, entry.port);
                 if quote.proto == proto::UDP && new == 0 {
                     new = 0xffff;
@@ -283,22 +281,20 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     // The outer header. ICMPv6's checksum covers its addresses (a pseudo-header), ICMP's not.
     let (mut src, mut dst) = (pkt.src, pkt.dst);
     let outer = if toward_backend {
-        dst = entry.addr;
-        Some(set_addr(
+        dst = entry_addr;
+        Some(set_addr::<F, Fam>(
             frame,
-            pkt.l3,
-            pkt.family,
+            pkt.l3(),
             End::Destination,
-            &entry.addr,
+            &entry_addr,
         )?)
     } else if pkt.src == quote.dst {
-        src = entry.addr;
-        Some(set_addr(
+        src = entry_addr;
+        Some(set_addr::<F, Fam>(
             frame,
-            pkt.l3,
-            pkt.family,
+            pkt.l3(),
             End::Source,
-            &entry.addr,
+            &entry_addr,
         )?)
     } else {
         None
@@ -306,18 +302,17 @@ fn translate_error<F: Frame>(frame: &F, pkt: &Packet) -> Option<u32> {
     if let Some(change) = outer
         && pkt.family == family::IPV6
     {
-        check = check_for_addr(check, pkt.family, &change);
+        check = check_for_addr::<Fam>(check, &change);
     }
     // SAFETY: ptr_at checked the field lies inside the frame.
     unsafe { write_unaligned(icmp_check, nonzero(check)) };
     count_event(events::ICMP_ERROR_TRANSLATED);
     let client = if toward_backend {
-        (&key.src_addr, key.src_port)
+        (&quote.dst, quote.dport)
     } else {
-        (&key.dst_addr, key.dst_port)
+        (&quote.src, quote.sport)
     };
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     trace::record(now, entry.service_id, pkt, client, |event| {
         event.decision = decision::ICMP_TRANSLATED;
         event.direction = entry.direction;

@@ -23,7 +23,10 @@
 
 mod balance;
 mod choose;
+mod clock;
 mod counters;
+mod established;
+mod family;
 mod flows;
 mod forward;
 mod frame;

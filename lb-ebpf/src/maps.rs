@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, MaglevTable,
-    ServiceEntry, ServiceKey, TrafficCounters, VipKey,
+    Addr, BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
+    HandshakeGuard, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     trace::{TraceConfig, TraceEvent},
@@ -87,27 +87,55 @@ pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new(
 #[btf_map]
 pub static HANDSHAKE_GUARD: Array<HandshakeGuard, 1> = Array::new();
 
-/// Flow tables: 5-tuple as it arrives -> how to rewrite it and where to send it.
-pub type FlowTable =
-    LruHashMap<FlowKey, FlowEntry, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }>;
+/// A flow table: 5-tuple as it arrives -> how to rewrite it and where to send it (one table
+/// per family and state; see `lb_common::flow`). LRU: when full, the least recently used
+/// entries are evicted; userspace sets each table's size at load (two entries per flow of
+/// `flow_table_size`, a quarter of that for the half-open tables).
+pub type FlowTable<K, A> =
+    LruHashMap<K, FlowEntry<A>, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }>;
 
-/// Established flows, both directions, keyed by the 5-tuple as it arrives: client to VIP
+/// Established IPv4 flows, both directions, keyed by the 5-tuple as it arrives: client to VIP
 /// (rewrite the destination to the backend) and backend to client (rewrite the source back to
 /// the VIP), each with its cached next hop. UDP flows are written here on their first packet;
-/// TCP flows move here from `HALF_OPEN` on the client's first packet after the SYN. The
-/// program refreshes `last_seen_ns` and `flags`; userspace deletes idle and closed flows and
-/// the flows of a backend that goes Down. LRU: when full, the least recently used entries are
-/// evicted (two entries per flow of `flow_table_size`; userspace sets the size at load).
+/// TCP flows move here from `HALF_OPEN4` on the client's first packet after the SYN. The
+/// program refreshes `last_seen_ns`, `flags` and `epoch`, and deletes a flow it finds silent
+/// past its timeout; userspace deletes the flows of a backend that goes Down (and, for
+/// `xlb flows`, reads them).
 #[btf_map]
-pub static FLOWS: FlowTable = LruHashMap::new();
+pub static FLOWS4: FlowTable<FlowKey4, u32> = LruHashMap::new();
 
-/// TCP flows whose handshake has not completed (the client has sent a SYN, nothing since),
-/// both directions, as in `FLOWS`. Kept apart so that a flood of spoofed SYNs evicts only
-/// other half-open flows, never an established one. Written by the program on a SYN to a
-/// service; read for packets that miss `FLOWS`; userspace deletes the flows of a backend that
-/// goes Down. LRU, `flow_table_size / HALF_OPEN_DIVISOR` flows.
+/// IPv4 TCP flows whose handshake has not completed (the client has sent a SYN, nothing
+/// since), both directions, as in `FLOWS4`. Kept apart so that a flood of spoofed SYNs evicts
+/// only other half-open flows, never an established one. Written by the program on a SYN to a
+/// service; read for packets that miss `FLOWS4`; userspace deletes the flows of a backend that
+/// goes Down.
 #[btf_map]
-pub static HALF_OPEN: FlowTable = LruHashMap::new();
+pub static HALF_OPEN4: FlowTable<FlowKey4, u32> = LruHashMap::new();
+
+/// Established IPv6 flows, as `FLOWS4` for IPv4.
+#[btf_map]
+pub static FLOWS6: FlowTable<FlowKey, Addr> = LruHashMap::new();
+
+/// Half-open IPv6 TCP flows, as `HALF_OPEN4` for IPv4.
+#[btf_map]
+pub static HALF_OPEN6: FlowTable<FlowKey, Addr> = LruHashMap::new();
+
+/// The flow timeouts, one element. Written by userspace from the config (at start and on
+/// reload); read by the program when it refreshes a flow's entry (at most once a second per
+/// flow): a flow silent past its timeout is deleted and its packet handled as one without a
+/// flow.
+#[btf_map]
+pub static FLOW_TIMEOUTS: Array<FlowTimeouts, 1> = Array::new();
+
+/// Active flows, per CPU: at `lb_common::active_index(epoch, backend)`, the flows of the
+/// backend whose client sent a packet during the activity epoch (counted once per flow and
+/// epoch, through the entry's `epoch`), tagged with the epoch (`lb_common::active_add`).
+/// Written by the program; read by userspace (the epoch under way and the one before).
+#[btf_map]
+pub static ACTIVE_FLOWS: PerCpuArray<
+    u64,
+    { (lb_common::EPOCH_SLOTS * limits::MAX_BACKENDS) as usize },
+> = PerCpuArray::new();
 
 /// Virtual IP addresses of the services, whatever their ports: ICMP echo requests to them are
 /// answered. Written by userspace with the services; read for ICMP echo requests.

@@ -4,13 +4,14 @@
 use core::ptr::{read_unaligned, write_unaligned};
 
 use lb_common::{
-    Addr,
+    Addr, FlowAddr as _,
     consts::{family, proto},
     csum,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
+    family::{Family, IPV4_SRC, IPV6_SRC},
     frame::{Frame, l4_csum_flags, ptr_at},
     packet::Packet,
 };
@@ -24,10 +25,6 @@ pub enum End {
     Destination,
 }
 
-/// Offset of the source address in an IPv4 header (the destination follows it).
-const IPV4_SRC: usize = 12;
-/// Offset of the source address in an IPv6 header (the destination follows it).
-const IPV6_SRC: usize = 8;
 /// Offset of the payload length in an IPv6 header (followed by next header and hop limit).
 const IPV6_PAYLOAD_LEN: usize = 4;
 /// Offset of the header checksum in an IPv4 header.
@@ -48,14 +45,13 @@ pub struct AddrChange {
 /// Replaces the source or destination address of the IP header at `l3` by `new`, updating
 /// the IPv4 header checksum.
 #[inline(always)]
-pub fn set_addr<F: Frame>(
+pub fn set_addr<F: Frame, Fam: Family>(
     frame: &F,
     l3: usize,
-    ip_family: u8,
     end: End,
     new: &Addr,
 ) -> Option<AddrChange> {
-    if ip_family == family::IPV4 {
+    if Fam::FAMILY == family::IPV4 {
         let offset = l3
             + IPV4_SRC
             + match end {
@@ -116,26 +112,66 @@ pub fn set_u16<F: Frame>(frame: &F, offset: usize, new: u16) -> Option<u16> {
 
 /// A checksum that covers an address (a pseudo-header's) updated for its change.
 #[inline(always)]
-pub fn check_for_addr(check: u16, ip_family: u8, change: &AddrChange) -> u16 {
-    if ip_family == family::IPV4 {
+pub fn check_for_addr<Fam: Family>(check: u16, change: &AddrChange) -> u16 {
+    if Fam::FAMILY == family::IPV4 {
         csum::replace32(check, change.old[0], change.new[0])
     } else {
         csum::replace128(check, &change.old, &change.new)
     }
 }
 
-/// Rewrites one end of a TCP/UDP packet to `addr:port` (port in network order) and updates
-/// the IP and L4 checksums. `None` if the headers are no longer where `pkt` says.
+/// The checksum changes a flow's rewrite makes, worked out when its entry was made (see
+/// `FlowEntry::csum_addr`): for the address, and for the port.
+#[derive(Clone, Copy)]
+pub struct Deltas {
+    /// The address's change.
+    pub addr: u16,
+    /// The port's change.
+    pub port: u16,
+}
+
+/// A rewrite of one end of a packet of a flow: to `addr:port` (port in network order), whose
+/// checksum changes are `deltas`; with `ttl`, the TTL or hop limit is decremented too, as a
+/// router does (not when the packet goes to the kernel, which does it when it forwards).
+pub struct Rewrite<'a, A> {
+    /// Which end.
+    pub end: End,
+    /// The new address.
+    pub addr: &'a A,
+    /// The new port, network order.
+    pub port: u16,
+    /// The checksum changes.
+    pub deltas: Deltas,
+    /// Decrement the TTL.
+    pub ttl: bool,
+}
+
+/// Rewrites a TCP/UDP packet of family `Fam` as `rewrite` says. `None` if the headers are no
+/// longer where `pkt` says.
 #[inline(always)]
-pub fn rewrite<F: Frame>(frame: &F, pkt: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
+pub fn rewrite_flow<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    rewrite: &Rewrite<Fam::Addr>,
+) -> Option<()> {
     if F::SKB {
-        rewrite_skb(frame, pkt, end, addr, port)
+        rewrite_skb::<F, Fam>(frame, pkt, rewrite)
     } else {
-        rewrite_frame(frame, pkt, end, addr, port)
+        rewrite_frame::<F, Fam>(frame, pkt, rewrite)
     }
 }
 
-/// Offset of the port [`rewrite`] changes, from the start of the L4 header.
+/// The IPv4 header checksum's delta for a rewrite: the address's, and the TTL's if it goes.
+#[inline(always)]
+fn ipv4_delta<A>(rewrite: &Rewrite<A>) -> u16 {
+    if rewrite.ttl {
+        csum::add(rewrite.deltas.addr, csum::TTL_DECREMENT_DELTA)
+    } else {
+        rewrite.deltas.addr
+    }
+}
+
+/// Offset of the port [`rewrite_flow`] changes, from the start of the L4 header.
 #[inline(always)]
 fn port_offset(end: End) -> usize {
     match end {
@@ -144,74 +180,106 @@ fn port_offset(end: End) -> usize {
     }
 }
 
-/// [`rewrite`] on XDP: every checksum in the frame is complete, so RFC 1624 updates apply.
+/// Offset of the address [`rewrite_flow`] changes, from the start of the IP header.
 #[inline(always)]
-fn rewrite_frame<F: Frame>(
+fn addr_offset<Fam: Family>(end: End) -> usize {
+    Fam::SRC_OFFSET
+        + match end {
+            End::Source => 0,
+            End::Destination => size_of::<Fam::Addr>(),
+        }
+}
+
+/// [`rewrite_flow`] on XDP: every checksum in the frame is complete, so the deltas apply as
+/// RFC 1624 says; the IPv4 header checksum takes the address's delta and the TTL's at once.
+#[inline(always)]
+fn rewrite_frame<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
-    end: End,
-    addr: &Addr,
-    port: u16,
+    rewrite: &Rewrite<Fam::Addr>,
 ) -> Option<()> {
+    let (end, deltas) = (rewrite.end, rewrite.deltas);
     let check_ptr: *mut u16 = ptr_at(frame, pkt.l4_check_offset())?;
-    let change = set_addr(frame, pkt.l3, pkt.family, end, addr)?;
-    let old_port = set_u16(frame, pkt.l4 + port_offset(end), port)?;
-    // SAFETY: ptr_at checked the checksum field lies inside the frame.
+    let addr_ptr: *mut Fam::Addr = ptr_at(frame, pkt.l3() + addr_offset::<Fam>(end))?;
+    let port_ptr: *mut u16 = ptr_at(frame, pkt.l4() + port_offset(end))?;
+    // SAFETY: ptr_at checked every field lies inside the frame; unaligned accesses because
+    // packet headers have no alignment guarantee.
     unsafe {
+        write_unaligned(addr_ptr, *rewrite.addr);
+        write_unaligned(port_ptr, rewrite.port);
         let l4_check = read_unaligned(check_ptr);
         // An IPv4 UDP checksum of zero means "not computed" (RFC 768): it stays zero. (Over
         // IPv6 the parser refused it.)
-        if pkt.proto == proto::UDP && l4_check == 0 {
-            return Some(());
+        if !(pkt.proto == proto::UDP && l4_check == 0) {
+            let mut updated = csum::apply(l4_check, csum::add(deltas.addr, deltas.port));
+            // A computed UDP checksum of zero is sent as all ones (RFC 768).
+            if pkt.proto == proto::UDP && updated == 0 {
+                updated = 0xffff;
+            }
+            write_unaligned(check_ptr, updated);
         }
-        let mut updated = check_for_addr(l4_check, pkt.family, &change);
-        updated = csum::replace16(updated, old_port, port);
-        // A computed UDP checksum of zero is sent as all ones (RFC 768).
-        if pkt.proto == proto::UDP && updated == 0 {
-            updated = 0xffff;
+    }
+    if Fam::FAMILY == family::IPV4 {
+        let ip: *mut Ipv4Hdr = ptr_at(frame, pkt.l3())?;
+        // SAFETY: ptr_at checked the header lies inside the frame.
+        unsafe {
+            if rewrite.ttl {
+                (*ip).ttl = pkt.ttl - 1;
+            }
+            let check = u16::from_ne_bytes((*ip).check);
+            (*ip).check = csum::apply(check, ipv4_delta(rewrite)).to_ne_bytes();
         }
-        write_unaligned(check_ptr, updated);
+    } else if rewrite.ttl {
+        let ip: *mut Ipv6Hdr = ptr_at(frame, pkt.l3())?;
+        // SAFETY: as above.
+        unsafe { (*ip).hop_limit = pkt.ttl - 1 };
     }
     Some(())
 }
 
-/// [`rewrite`] on tc: the L4 checksum may be partial, so it changes only through
-/// `bpf_l4_csum_replace`, which knows the skb's checksum state. The address change goes in as a
-/// pseudo-header change (a partial checksum covers only the pseudo-header, so only that part
-/// moves; a complete one moves as RFC 1624 says); the port change as a change of the data
-/// (which a partial checksum does not yet cover, so the helper leaves it alone). An IPv6
-/// address is stored through `bpf_skb_store_bytes` with `BPF_F_RECOMPUTE_CSUM`: on a
-/// `CHECKSUM_COMPLETE` packet the pseudo-header update takes the change out of `skb->csum` as
-/// if an IPv4 header checksum had absorbed it, and IPv6 has none, so the store puts it back
-/// (Linux 6.16 added `BPF_F_IPV6` for this; the store works on every kernel).
+/// [`rewrite_flow`] on tc: the L4 checksum may be partial, so it changes only through
+/// `bpf_l4_csum_replace`, which knows the skb's checksum state. The address's delta goes in as
+/// a pseudo-header change (a partial checksum covers only the pseudo-header, so only that part
+/// moves; a complete one moves as RFC 1624 says); the port's as a change of the data (which a
+/// partial checksum does not yet cover, so the helper leaves it alone). An IPv6 address is
+/// stored through `bpf_skb_store_bytes` with `BPF_F_RECOMPUTE_CSUM`: on a `CHECKSUM_COMPLETE`
+/// packet the pseudo-header update takes the change out of `skb->csum` as if an IPv4 header
+/// checksum had absorbed it, and IPv6 has none, so the store puts it back (Linux 6.16 added
+/// `BPF_F_IPV6` for this; the store works on every kernel).
 #[inline(always)]
-fn rewrite_skb<F: Frame>(frame: &F, pkt: &Packet, end: End, addr: &Addr, port: u16) -> Option<()> {
+fn rewrite_skb<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    rewrite: &Rewrite<Fam::Addr>,
+) -> Option<()> {
+    let (end, deltas) = (rewrite.end, rewrite.deltas);
     let udp = pkt.proto == proto::UDP;
     let check = pkt.l4_check_offset();
-    if pkt.is_ipv6() {
-        let offset = pkt.l3 + IPV6_SRC + if end == End::Source { 0 } else { 16 };
-        let field: *const Addr = ptr_at(frame, offset)?;
-        // SAFETY: ptr_at checked the address lies inside the frame.
-        let old = unsafe { read_unaligned(field) };
-        let diff = csum::diff128(&old, addr);
-        frame.skb_l4_csum_replace(check, 0, diff as u64, l4_csum_flags(0, udp, true))?;
-        frame.skb_store_recompute(offset, addr, 16)?;
+    let offset = pkt.l3() + addr_offset::<Fam>(end);
+    frame.skb_l4_csum_replace(check, 0, deltas.addr as u64, l4_csum_flags(0, udp, true))?;
+    if Fam::FAMILY == family::IPV4 {
+        let field: *mut Fam::Addr = ptr_at(frame, offset)?;
+        let ip: *mut Ipv4Hdr = ptr_at(frame, pkt.l3())?;
+        // SAFETY: ptr_at checked the address and the header lie inside the frame. The IPv4
+        // header checksum is never partial: arithmetic is right for it.
+        unsafe {
+            write_unaligned(field, *rewrite.addr);
+            if rewrite.ttl {
+                (*ip).ttl = pkt.ttl - 1;
+            }
+            let ip_check = u16::from_ne_bytes((*ip).check);
+            (*ip).check = csum::apply(ip_check, ipv4_delta(rewrite)).to_ne_bytes();
+        }
     } else {
-        let change = set_addr(frame, pkt.l3, pkt.family, end, addr)?;
-        frame.skb_l4_csum_replace(
-            check,
-            change.old[0] as u64,
-            change.new[0] as u64,
-            l4_csum_flags(4, udp, true),
-        )?;
+        frame.skb_store_recompute(offset, &rewrite.addr.to_addr(), size_of::<Fam::Addr>())?;
+        if rewrite.ttl {
+            decrement_ttl(frame, pkt)?;
+        }
     }
-    let old_port = set_u16(frame, pkt.l4 + port_offset(end), port)?;
-    frame.skb_l4_csum_replace(
-        check,
-        old_port as u64,
-        port as u64,
-        l4_csum_flags(2, udp, false),
-    )
+    let port_ptr: *mut u16 = ptr_at(frame, pkt.l4() + port_offset(end))?;
+    // SAFETY: ptr_at checked the port lies inside the frame.
+    unsafe { write_unaligned(port_ptr, rewrite.port) };
+    frame.skb_l4_csum_replace(check, 0, deltas.port as u64, l4_csum_flags(0, udp, false))
 }
 
 /// Decrements the IPv4 TTL or the IPv6 hop limit, as a router does when it forwards.
@@ -224,7 +292,7 @@ pub fn decrement_ttl<F: Frame>(frame: &F, pkt: &Packet) -> Option<()> {
 #[inline(always)]
 pub fn set_ttl<F: Frame>(frame: &F, pkt: &Packet, ttl: u8) -> Option<()> {
     if pkt.is_ipv6() {
-        let ip: *mut Ipv6Hdr = ptr_at(frame, pkt.l3)?;
+        let ip: *mut Ipv6Hdr = ptr_at(frame, pkt.l3())?;
         if F::SKB {
             // No checksum covers the hop limit, so on a `CHECKSUM_COMPLETE` skb `skb->csum`
             // must follow it: store the word that holds it (payload length, next header, hop
@@ -238,13 +306,13 @@ pub fn set_ttl<F: Frame>(frame: &F, pkt: &Packet, ttl: u8) -> Option<()> {
                 0,
                 0,
             ];
-            return frame.skb_store_recompute(pkt.l3 + IPV6_PAYLOAD_LEN, &word, 4);
+            return frame.skb_store_recompute(pkt.l3() + IPV6_PAYLOAD_LEN, &word, 4);
         }
         // SAFETY: ptr_at checked the header lies inside the frame.
         unsafe { (*ip).hop_limit = ttl };
         return Some(());
     }
-    let ip: *mut Ipv4Hdr = ptr_at(frame, pkt.l3)?;
+    let ip: *mut Ipv4Hdr = ptr_at(frame, pkt.l3())?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     unsafe {
         // TTL shares a 16-bit word with the protocol: (ttl << 8 | proto) in wire order.

@@ -59,14 +59,17 @@ pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag: the connection is aborted.
 pub const TCP_RST: u8 = 0x04;
 
+/// Offsets of headers fit in these bits (see [`Packet::l3`]).
+const OFFSET_MASK: u16 = 0x3fff;
+
 /// What the balancer needs to know about one packet. Ports are in network byte order. It lives
 /// in the per-CPU scratch area (`maps::SCRATCH`), not on the stack.
 #[repr(C)]
 pub struct Packet {
-    /// Offset of the IP header from the start of the frame.
-    pub l3: usize,
-    /// Offset of the TCP/UDP/ICMP header.
-    pub l4: usize,
+    /// Offset of the IP header from the start of the frame (see [`Packet::l3`]).
+    pub l3_offset: u16,
+    /// Offset of the TCP/UDP/ICMP header (see [`Packet::l4`]).
+    pub l4_offset: u16,
     /// `family::IPV4` or `family::IPV6`.
     pub family: u8,
     /// `proto::TCP`, `proto::UDP`, `proto::ICMP` or `proto::ICMPV6`.
@@ -90,10 +93,25 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Offset of the IP header. The mask changes no offset the parser stores (headers are near
+    /// the start of a frame) but gives the verifier the value's bounds when it is loaded back
+    /// from the scratch map, so offsets computed from it are never negative and packet
+    /// pointers made with them can be bounds-checked.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        (self.l3_offset & OFFSET_MASK) as usize
+    }
+
+    /// Offset of the TCP/UDP/ICMP header (masked as [`Packet::l3`]).
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4_offset & OFFSET_MASK) as usize
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
-        self.l4
+        self.l4()
             + match self.proto {
                 proto::TCP => TCP_CHECK_OFFSET,
                 proto::UDP => UDP_CHECK_OFFSET,
@@ -105,6 +123,48 @@ impl Packet {
     #[inline(always)]
     pub fn is_ipv6(&self) -> bool {
         self.family == family::IPV6
+    }
+}
+
+/// The packet an ICMP error quotes: its IP header, transport protocol, addresses and ports
+/// (offsets held and masked as in [`Packet`]). It lives in the scratch area.
+#[repr(C)]
+pub struct Quote {
+    /// Offset of the quoted IP header.
+    pub l3_offset: u16,
+    /// Offset of the quoted transport header.
+    pub l4_offset: u16,
+    /// Where the quoted IP packet ends, as far as the ICMP message holds it.
+    pub end_offset: u16,
+    /// The quoted packet's protocol.
+    pub proto: u8,
+    /// Its source address.
+    pub src: Addr,
+    /// Its destination address.
+    pub dst: Addr,
+    /// Its source port, network order.
+    pub sport: u16,
+    /// Its destination port, network order.
+    pub dport: u16,
+}
+
+impl Quote {
+    /// Offset of the quoted IP header.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        (self.l3_offset & OFFSET_MASK) as usize
+    }
+
+    /// Offset of the quoted transport header.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4_offset & OFFSET_MASK) as usize
+    }
+
+    /// Where the quoted IP packet ends.
+    #[inline(always)]
+    pub fn end(&self) -> usize {
+        (self.end_offset & OFFSET_MASK) as usize
     }
 }
 
@@ -187,8 +247,8 @@ fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
         count_event(events::FRAGMENT);
         return None;
     }
-    pkt.l3 = l3;
-    pkt.l4 = l3 + header_len;
+    pkt.l3_offset = l3 as u16;
+    pkt.l4_offset = (l3 + header_len) as u16;
     pkt.family = family::IPV4;
     pkt.proto = ip.proto;
     pkt.ttl = ip.ttl;
@@ -237,8 +297,8 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
         count_event(events::MALFORMED);
         return None;
     }
-    pkt.l3 = l3;
-    pkt.l4 = l4;
+    pkt.l3_offset = l3 as u16;
+    pkt.l4_offset = l4 as u16;
     pkt.family = family::IPV6;
     pkt.proto = next;
     pkt.ttl = ip.hop_limit;
@@ -259,13 +319,13 @@ pub fn addr_words(bytes: &[u8; 16]) -> Addr {
     ]
 }
 
-/// Reads ports and flags (TCP, UDP) or the type (ICMP) of the transport header at `pkt.l4`,
+/// Reads ports and flags (TCP, UDP) or the type (ICMP) of the transport header at `pkt.l4()`,
 /// which with its payload spans `l4_len` bytes.
 #[inline(always)]
 fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> {
     match pkt.proto {
         proto::TCP => {
-            let tcp: *const TcpHdr = ptr_at(frame, pkt.l4)?;
+            let tcp: *const TcpHdr = ptr_at(frame, pkt.l4())?;
             // SAFETY: ptr_at checked the fixed TCP header.
             let tcp = unsafe { &*tcp };
             let tcp_header_len = (tcp.doff() as usize) << 2;
@@ -281,7 +341,7 @@ fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> 
             pkt.tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
         }
         proto::UDP => {
-            let udp: *const UdpHdr = ptr_at(frame, pkt.l4)?;
+            let udp: *const UdpHdr = ptr_at(frame, pkt.l4())?;
             // SAFETY: ptr_at checked the UDP header.
             let udp = unsafe { &*udp };
             let udp_len = u16::from_be_bytes(udp.len) as usize;
@@ -298,7 +358,7 @@ fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> 
                 count_event(events::MALFORMED);
                 return None;
             }
-            let icmp: *const [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4)?;
+            let icmp: *const [u8; ICMP_HEADER] = ptr_at(frame, pkt.l4())?;
             // SAFETY: ptr_at checked the header lies inside the frame.
             pkt.icmp_type = unsafe { (*icmp)[0] };
         }

@@ -10,7 +10,7 @@ use core::{
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    FlowEntry, FlowKey,
+    Addr, FlowAddr, FlowEntry,
     consts::{events, flow_flags},
     direction,
     passive::{
@@ -65,7 +65,7 @@ pub fn handshake_ack<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
     if pkt.tcp_flags & TCP_SYN == 0 {
         return 0;
     }
-    match ptr_at::<F, [u8; 8]>(frame, pkt.l4) {
+    match ptr_at::<F, [u8; 8]>(frame, pkt.l4()) {
         Some(header) => {
             // SAFETY: ptr_at checked that the first 8 bytes of the TCP header lie in the frame.
             let header = unsafe { &*header };
@@ -80,7 +80,12 @@ pub fn handshake_ack<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
 /// refused handshake. Packets from the client side never get here (they match the forward
 /// entry), and a RST with another acknowledgement number counts for nothing.
 #[inline(always)]
-pub fn backend_answer<F: Frame>(frame: &F, pkt: &Packet, entry: *mut FlowEntry, now: u64) {
+pub fn backend_answer<F: Frame, A: FlowAddr>(
+    frame: &F,
+    pkt: &Packet,
+    entry: *mut FlowEntry<A>,
+    now: u64,
+) {
     // SAFETY: a valid map value; the flag is only ever set, by this function.
     let reply = unsafe { &mut *entry };
     if reply.direction != direction::TO_CLIENT || reply.flags & flow_flags::ANSWERED != 0 {
@@ -95,7 +100,7 @@ pub fn backend_answer<F: Frame>(frame: &F, pkt: &Packet, entry: *mut FlowEntry, 
     if pkt.tcp_flags & TCP_ACK == 0 || reply.handshake_ack == 0 {
         return;
     }
-    let Some(header) = ptr_at::<F, [u8; 12]>(frame, pkt.l4) else {
+    let Some(header) = ptr_at::<F, [u8; 12]>(frame, pkt.l4()) else {
         return;
     };
     // SAFETY: ptr_at checked that the first 12 bytes of the TCP header lie in the frame.
@@ -251,11 +256,11 @@ fn take_slot(service_id: u32, backend_id: u32, max_suspects: u16, until: u64, no
     false
 }
 
-/// Whether a new flow from the client of `key` to service `service_id` is admitted by its
-/// prefix's limit (always, for a service without one). Not inlined: its key stays off the
-/// new flow's stack frame.
+/// Whether a new flow from `client` to service `service_id` is admitted by its prefix's limit
+/// (always, for a service without one). Not inlined: its key stays off the new flow's stack
+/// frame.
 #[inline(never)]
-pub fn admitted(service_id: u32, key: &FlowKey, now: u64) -> bool {
+pub fn admitted(service_id: u32, client: &Addr, now: u64) -> bool {
     let Some(policy) = SERVICE_POLICIES.get(service_id) else {
         return true;
     };
@@ -265,10 +270,10 @@ pub fn admitted(service_id: u32, key: &FlowKey, now: u64) -> bool {
     let mask = &policy.admit_mask;
     let prefix = AdmissionKey {
         prefix: [
-            key.src_addr[0] & mask[0],
-            key.src_addr[1] & mask[1],
-            key.src_addr[2] & mask[2],
-            key.src_addr[3] & mask[3],
+            client[0] & mask[0],
+            client[1] & mask[1],
+            client[2] & mask[2],
+            client[3] & mask[3],
         ],
         service_id,
     };

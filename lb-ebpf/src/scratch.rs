@@ -2,29 +2,47 @@
 //! stack, which all of the program's functions share.
 
 use aya_ebpf::{bindings::bpf_fib_lookup, btf_maps::PerCpuArray, macros::btf_map};
-use lb_common::{FlowEntry, FlowKey};
+use lb_common::{Addr, FlowEntry, FlowKey, FlowKey4, ServiceKey};
 
-use crate::packet::Packet;
+use crate::{
+    clock::ClockCache,
+    packet::{Packet, Quote},
+};
 
 /// What one packet needs beyond registers: its parsed headers, its flow key, the key of the
-/// other direction, an entry being built, and the FIB helper's parameter block.
+/// other direction, an entry being built (each in its family's form: see `family`), and the
+/// FIB helper's parameter block.
 #[repr(C)]
 pub struct Scratch {
     /// The parsed packet.
     pub pkt: Packet,
-    /// Its 5-tuple as it arrived (or, for ICMP errors, the quoted flow's).
-    pub key: FlowKey,
-    /// The key of the other direction of a flow.
-    pub peer: FlowKey,
-    /// A flow entry being built.
-    pub entry: FlowEntry,
+    /// An IPv4 packet's 5-tuple as it arrived (or, for ICMP errors, the quoted flow's).
+    pub key4: FlowKey4,
+    /// The key of the other direction of an IPv4 flow.
+    pub peer4: FlowKey4,
+    /// An IPv4 flow entry being built.
+    pub entry4: FlowEntry<u32>,
+    /// An IPv6 packet's 5-tuple, as `key4`.
+    pub key6: FlowKey,
+    /// The key of the other direction of an IPv6 flow.
+    pub peer6: FlowKey,
+    /// An IPv6 flow entry being built.
+    pub entry6: FlowEntry<Addr>,
+    /// The key of the service a packet may be for.
+    pub service: ServiceKey,
+    /// The packet an ICMP error quotes.
+    pub quote: Quote,
+    /// Where a new flow goes (`balance::Placement`).
+    pub placement: u64,
     /// Parameters and answer of `bpf_fib_lookup`.
     pub fib: bpf_fib_lookup,
+    /// The CPU's last reading of the clock: unlike the rest, kept from one packet to the next.
+    pub clock: ClockCache,
 }
 
 /// Per-CPU scratch space for one packet at a time, so that these structures stay off the
 /// 512-byte BPF stack, which the program's functions share. Written and read only by the
-/// program, within one packet (both hooks run a packet to completion on its CPU).
+/// program, within one packet (but for the clock cache) (both hooks run a packet to completion on its CPU).
 #[btf_map]
 pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 

@@ -329,18 +329,22 @@ pub struct StatsReport {
     pub flow_table: FlowTableStats,
 }
 
-/// How full the flow tables are, as the last sweep found them.
+/// The flow tables: their live flows against their size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTableStats {
-    /// Established flows.
-    pub established: u64,
-    /// Flows `FLOWS` holds (`flow_table_size`); when full, the least recently used are evicted.
+    /// Flows of IPv4 services whose client sent a packet in the last activity epoch (about
+    /// 8.6 s), or so far in the one under way if that is more.
+    pub active_ipv4: u64,
+    /// The same for IPv6 services.
+    pub active_ipv6: u64,
+    /// Flows each family's established table holds (`flow_table_size`); when full, the least
+    /// recently used are evicted.
     pub capacity: u64,
-    /// TCP flows whose handshake has not completed.
-    pub half_open: u64,
-    /// Half-open flows `HALF_OPEN` holds; when full, the least recently used are evicted.
+    /// Flows each family's half-open table holds; when full, the least recently used are
+    /// evicted.
     pub half_open_capacity: u64,
-    /// Flows deleted since the daemon started because they were idle or closed.
+    /// Flows a packet found silent past their timeout (deleted, and the packet handled as a new
+    /// flow's), as the data plane counted them.
     pub expired: u64,
     /// New TCP flows per 100 ms window above which SYNs are placed by hash, not round robin
     /// (the handshake guard; see the README). Absent from older daemons' answers.

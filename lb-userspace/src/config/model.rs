@@ -381,11 +381,34 @@ impl Default for FlowTimeouts {
 }
 
 impl FlowTimeouts {
-    /// How often the flow tables should be swept for these timeouts: a quarter of the
-    /// shortest, between one and ten seconds.
-    pub fn sweep_every(&self) -> Duration {
-        (self.tcp_closing.min(self.udp_idle).min(self.tcp_idle) / 4)
-            .clamp(Duration::from_secs(1), Duration::from_secs(10))
+    /// The timeouts as the program takes them (`FLOW_TIMEOUTS`), in nanoseconds.
+    pub fn in_nanoseconds(&self) -> lb_common::FlowTimeouts {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        lb_common::FlowTimeouts {
+            tcp_idle_ns: ns(self.tcp_idle),
+            tcp_closing_ns: ns(self.tcp_closing),
+            udp_idle_ns: ns(self.udp_idle),
+        }
+    }
+
+    /// Whether a flow (its client-to-backend entry, in the half-open table or not) is over at
+    /// `now_ns`: silent past its timeout, by the rule the program applies
+    /// (`lb_common::FlowTimeouts::expired`). The tables may still hold such a flow, until a
+    /// packet finds it over or the LRU reclaims its room.
+    pub fn is_over(
+        &self,
+        key: &lb_common::FlowKey,
+        entry: &lb_common::FlowEntry,
+        half_open: bool,
+        now_ns: u64,
+    ) -> bool {
+        self.in_nanoseconds().expired(
+            key.proto,
+            entry.flags,
+            half_open,
+            entry.last_seen_ns,
+            now_ns,
+        )
     }
 }
 

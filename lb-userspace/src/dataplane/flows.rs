@@ -1,152 +1,239 @@
-//! The flow tables as userspace sees them: expiring idle and closed flows, counting active
-//! flows per backend and the tables' occupancy, purging the flows of a backend that left.
+//! The flow tables as userspace sees them (`FLOWS4`/`HALF_OPEN4`, `FLOWS6`/`HALF_OPEN6`):
+//! the timeouts the program applies, the active-flow counts it keeps, purging the flows of a
+//! backend that left, and reading flows for `xlb flows` and `xlb simulate`.
 //!
-//! The program records flows and stamps them (last packet, FIN or RST seen); deciding when a
-//! flow is over is done here, in one batched pass over both tables (`sweep`).
+//! No periodic pass reads the tables: the program deletes a flow it finds silent past its
+//! timeout (and treats its packet as a new flow's), a flow no packet touches again is
+//! reclaimed by the tables' LRU eviction when room is needed (the tables are allocated whole,
+//! so it costs no memory meanwhile), and the active-flow counts come from `ACTIVE_FLOWS`,
+//! which the program keeps per backend and activity epoch. Userspace's periodic work is
+//! therefore proportional to the backends, not to the flows.
 
-use std::{collections::HashMap as StdHashMap, collections::HashSet, time::Duration};
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use anyhow::Result;
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::{
+    Pod,
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
+};
 use lb_common::{
-    FlowEntry, FlowKey,
-    consts::{flow_flags, proto},
-    direction,
+    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, active_count, active_index, direction, epoch,
 };
 
 use super::batch;
 use crate::{config::FlowTimeouts, wire};
 
-/// How long an entry may stay silent under `timeouts`: by protocol, state and table.
-pub fn limit(
-    timeouts: &FlowTimeouts,
-    key: &FlowKey,
-    entry: &FlowEntry,
-    half_open: bool,
-) -> Duration {
-    if key.proto == proto::UDP {
-        timeouts.udp_idle
-    } else if half_open || entry.flags & flow_flags::CLOSING != 0 {
-        timeouts.tcp_closing
-    } else {
-        timeouts.tcp_idle
-    }
-}
-
-/// Whether an entry last seen at `last_seen_ns` is over at `now_ns` (coarse monotonic).
-pub fn expired(
-    timeouts: &FlowTimeouts,
-    key: &FlowKey,
-    entry: &FlowEntry,
-    half_open: bool,
-    now_ns: u64,
-) -> bool {
-    let idle = now_ns.saturating_sub(entry.last_seen_ns);
-    idle > limit(timeouts, key, entry, half_open).as_nanos() as u64
-}
-
-/// What one sweep found and did.
+/// The active flows of backends (see `ACTIVE_FLOWS`): per backend id, its flows whose client
+/// sent a packet in the last complete activity epoch, and in the one under way so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Established flows (client-to-backend entries of `FLOWS`) left after the sweep.
-    pub established: u64,
-    /// Half-open TCP flows left after the sweep.
-    pub half_open: u64,
-    /// Flows deleted because they were over.
-    pub expired: u64,
-    /// Per backend id: established flows that saw a packet within the active window.
-    pub active: StdHashMap<u32, u64>,
+pub struct ActiveFlows {
+    /// Per backend id: (last complete epoch, epoch under way).
+    pub by_backend: StdHashMap<u32, (u64, u64)>,
 }
 
-/// The two flow tables, `FLOWS` and `HALF_OPEN`.
-pub struct FlowTables {
-    flows: HashMap<MapData, FlowKey, FlowEntry>,
-    half_open: HashMap<MapData, FlowKey, FlowEntry>,
+impl ActiveFlows {
+    /// A backend's active flows: the larger of the two epochs' counts (a rise shows at once, a
+    /// fall once an epoch without it has completed).
+    pub fn of(&self, backend_id: u32) -> u64 {
+        self.by_backend
+            .get(&backend_id)
+            .map_or(0, |(previous, current)| (*previous).max(*current))
+    }
+
+    /// The active flows of every backend counted.
+    pub fn total(&self) -> u64 {
+        self.by_backend.keys().map(|id| self.of(*id)).sum()
+    }
 }
 
-impl FlowTables {
-    /// Wraps the maps taken from the loaded object.
-    pub fn new(
-        flows: HashMap<MapData, FlowKey, FlowEntry>,
-        half_open: HashMap<MapData, FlowKey, FlowEntry>,
-    ) -> Self {
-        Self { flows, half_open }
+/// One flow table, as userspace holds it.
+type Table<K, A> = HashMap<MapData, K, FlowEntry<A>>;
+
+/// A family's two tables: established and half-open.
+struct FamilyTables<K, A: FlowAddr> {
+    flows: Table<K, A>,
+    half_open: Table<K, A>,
+}
+
+/// What turns a family's key and entry into the family-neutral forms, and back.
+trait FamilyKey: Pod + Default + Copy {
+    type Addr: FlowAddr;
+    fn of(key: &FlowKey) -> Option<Self>;
+    fn neutral(&self) -> FlowKey;
+    fn neutral_entry(entry: &FlowEntry<Self::Addr>) -> FlowEntry;
+}
+
+impl FamilyKey for FlowKey4 {
+    type Addr = u32;
+
+    fn of(key: &FlowKey) -> Option<Self> {
+        FlowKey4::narrow(key)
     }
 
-    /// Deletes the flows that are over, and counts what stays: flows per table, and per
-    /// backend the established flows with a packet within `active_window` (entries refresh
-    /// their time at most once a second).
-    pub fn sweep(
-        &mut self,
-        timeouts: &FlowTimeouts,
-        now_ns: u64,
-        active_window: Duration,
-    ) -> Result<SweepReport> {
-        let mut report = SweepReport::default();
-        for half_open in [false, true] {
-            let map = if half_open {
-                &self.half_open
-            } else {
-                &self.flows
-            };
-            let entries: Vec<(FlowKey, FlowEntry)> = batch::lookup_all(map.map())?;
-            let mut doomed = Vec::new();
-            for (key, entry) in &entries {
-                let forward = entry.direction == direction::TO_BACKEND;
-                if expired(timeouts, key, entry, half_open, now_ns) {
-                    doomed.push(*key);
-                    report.expired += u64::from(forward);
-                    continue;
-                }
-                if !forward {
-                    continue;
-                }
-                if half_open {
-                    report.half_open += 1;
-                } else {
-                    report.established += 1;
-                    if now_ns.saturating_sub(entry.last_seen_ns) <= active_window.as_nanos() as u64
-                    {
-                        *report.active.entry(entry.backend_id).or_default() += 1;
-                    }
-                }
-            }
-            batch::delete(map.map(), &doomed)?;
-        }
-        Ok(report)
+    fn neutral(&self) -> FlowKey {
+        self.widen()
     }
 
-    /// Deletes the entries (both directions, both tables) of the flows whose backend is in
-    /// `backend_ids`; returns how many flows.
-    pub fn purge(&mut self, backend_ids: &[u32]) -> Result<usize> {
-        let retired: HashSet<u32> = backend_ids.iter().copied().collect();
+    fn neutral_entry(entry: &FlowEntry<u32>) -> FlowEntry {
+        entry.widen()
+    }
+}
+
+impl FamilyKey for FlowKey {
+    type Addr = Addr;
+
+    fn of(key: &FlowKey) -> Option<Self> {
+        (key.family == lb_common::consts::family::IPV6).then_some(*key)
+    }
+
+    fn neutral(&self) -> FlowKey {
+        *self
+    }
+
+    fn neutral_entry(entry: &FlowEntry) -> FlowEntry {
+        *entry
+    }
+}
+
+impl<K, A> FamilyTables<K, A>
+where
+    K: FamilyKey<Addr = A>,
+    A: FlowAddr + Pod,
+    FlowEntry<A>: Pod,
+{
+    fn maps(&self) -> [(&Table<K, A>, bool); 2] {
+        [(&self.flows, false), (&self.half_open, true)]
+    }
+
+    fn purge(&self, retired: &HashSet<u32>) -> Result<usize> {
         let mut flows = 0;
-        for map in [&self.flows, &self.half_open] {
-            let doomed: Vec<(FlowKey, FlowEntry)> =
-                batch::lookup_all::<FlowKey, FlowEntry>(map.map())?
-                    .into_iter()
-                    .filter(|(_, entry)| retired.contains(&entry.backend_id))
-                    .collect();
+        for (map, _) in self.maps() {
+            let doomed: Vec<(K, FlowEntry<A>)> = batch::lookup_all::<K, FlowEntry<A>>(map.map())?
+                .into_iter()
+                .filter(|(_, entry)| retired.contains(&entry.backend_id))
+                .collect();
             flows += doomed
                 .iter()
                 .filter(|(_, e)| e.direction == direction::TO_BACKEND)
                 .count();
-            let keys: Vec<FlowKey> = doomed.into_iter().map(|(key, _)| key).collect();
+            let keys: Vec<K> = doomed.into_iter().map(|(key, _)| key).collect();
             batch::delete(map.map(), &keys)?;
         }
         Ok(flows)
     }
 
+    fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
+        let key = K::of(key)?;
+        self.flows
+            .get(&key, 0)
+            .or_else(|_| self.half_open.get(&key, 0))
+            .ok()
+            .map(|entry| K::neutral_entry(&entry))
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(key) = K::of(key) {
+            let _ = self.flows.remove(&key);
+            let _ = self.half_open.remove(&key);
+        }
+    }
+
+    fn all(&self, out: &mut Vec<(FlowKey, FlowEntry, bool)>) -> Result<()> {
+        for (map, half_open) in self.maps() {
+            out.extend(
+                batch::lookup_all::<K, FlowEntry<A>>(map.map())?
+                    .into_iter()
+                    .filter(|(_, entry)| entry.direction == direction::TO_BACKEND)
+                    .map(|(key, entry)| (key.neutral(), K::neutral_entry(&entry), half_open)),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The flow tables of both families, with the timeouts the program applies to them and its
+/// active-flow counts.
+pub struct FlowTables {
+    v4: FamilyTables<FlowKey4, u32>,
+    v6: FamilyTables<FlowKey, Addr>,
+    timeouts: Array<MapData, lb_common::FlowTimeouts>,
+    active: PerCpuArray<MapData, u64>,
+}
+
+/// The maps [`FlowTables`] is made of, taken out of the loaded object.
+pub struct FlowMaps {
+    /// `FLOWS4`.
+    pub flows4: HashMap<MapData, FlowKey4, FlowEntry<u32>>,
+    /// `HALF_OPEN4`.
+    pub half_open4: HashMap<MapData, FlowKey4, FlowEntry<u32>>,
+    /// `FLOWS6`.
+    pub flows6: HashMap<MapData, FlowKey, FlowEntry>,
+    /// `HALF_OPEN6`.
+    pub half_open6: HashMap<MapData, FlowKey, FlowEntry>,
+    /// `FLOW_TIMEOUTS`.
+    pub timeouts: Array<MapData, lb_common::FlowTimeouts>,
+    /// `ACTIVE_FLOWS`.
+    pub active: PerCpuArray<MapData, u64>,
+}
+
+impl FlowTables {
+    /// Wraps the maps taken from the loaded object.
+    pub fn new(maps: FlowMaps) -> Self {
+        Self {
+            v4: FamilyTables {
+                flows: maps.flows4,
+                half_open: maps.half_open4,
+            },
+            v6: FamilyTables {
+                flows: maps.flows6,
+                half_open: maps.half_open6,
+            },
+            timeouts: maps.timeouts,
+            active: maps.active,
+        }
+    }
+
+    /// Gives the program the flow timeouts (it applies them when it refreshes a flow).
+    pub fn set_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<()> {
+        Ok(self.timeouts.set(0, timeouts.in_nanoseconds(), 0)?)
+    }
+
+    /// The active flows of `backend_ids` as of `now_ns` (coarse monotonic): per backend, the
+    /// flows whose client sent a packet in the last complete activity epoch and in the one
+    /// under way. Two per-CPU reads per backend; nothing else.
+    pub fn active(&self, backend_ids: &[u32], now_ns: u64) -> Result<ActiveFlows> {
+        let current = epoch(now_ns);
+        let previous = current.wrapping_sub(1);
+        let mut flows = ActiveFlows::default();
+        for &id in backend_ids {
+            let count = |epoch: u32| -> Result<u64> {
+                let counts = self.active.get(&active_index(epoch, id), 0)?;
+                Ok(counts
+                    .iter()
+                    .map(|tagged| u64::from(active_count(*tagged, epoch)))
+                    .sum())
+            };
+            flows
+                .by_backend
+                .insert(id, (count(previous)?, count(current)?));
+        }
+        Ok(flows)
+    }
+
+    /// Deletes the entries (both directions, all tables) of the flows whose backend is in
+    /// `backend_ids`; returns how many flows. Reads every table: run when a backend leaves.
+    pub fn purge(&mut self, backend_ids: &[u32]) -> Result<usize> {
+        let retired: HashSet<u32> = backend_ids.iter().copied().collect();
+        Ok(self.v4.purge(&retired)? + self.v6.purge(&retired)?)
+    }
+
     /// The entry of one direction of a flow, from whichever table holds it.
     pub fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
-        self.flows
-            .get(key, 0)
-            .or_else(|_| self.half_open.get(key, 0))
-            .ok()
+        self.v4.get(key).or_else(|| self.v6.get(key))
     }
 
     /// Deletes both entries of the flow whose client-to-backend key is `key`, served by
-    /// `backend`, from both tables.
+    /// `backend`, from every table.
     pub fn remove(&mut self, key: &FlowKey, backend: std::net::SocketAddr) {
         let reply = FlowKey {
             src_addr: wire::addr_field(backend.ip()),
@@ -155,102 +242,59 @@ impl FlowTables {
             dst_port: key.src_port,
             ..*key
         };
-        for map in [&mut self.flows, &mut self.half_open] {
-            let _ = map.remove(&reply);
-            let _ = map.remove(key);
-        }
+        self.remove_direction(&reply);
+        self.remove_direction(key);
     }
 
-    /// Deletes the entry stored under `key` (one direction of a flow) from both tables, as an
+    /// Deletes the entry stored under `key` (one direction of a flow) from every table, as an
     /// LRU eviction would.
     pub fn remove_direction(&mut self, key: &FlowKey) {
-        for map in [&mut self.flows, &mut self.half_open] {
-            let _ = map.remove(key);
-        }
+        self.v4.remove(key);
+        self.v6.remove(key);
     }
 
-    /// Every flow, by its client-to-backend entry, and whether it is still half-open.
+    /// Every flow, by its client-to-backend entry, and whether it is still half-open: what
+    /// the tables hold, flows over but not yet reclaimed included (see
+    /// [`FlowTimeouts::is_over`]).
     pub fn all(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
         let mut all = Vec::new();
-        for (map, half_open) in [(&self.flows, false), (&self.half_open, true)] {
-            all.extend(
-                batch::lookup_all::<FlowKey, FlowEntry>(map.map())?
-                    .into_iter()
-                    .filter(|(_, entry)| entry.direction == direction::TO_BACKEND)
-                    .map(|(key, entry)| (key, entry, half_open)),
-            );
-        }
+        self.v4.all(&mut all)?;
+        self.v6.all(&mut all)?;
         Ok(all)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    const SECOND: u64 = 1_000_000_000;
-
-    fn flow(protocol: u8, flags: u8, last_seen_s: u64) -> (FlowKey, FlowEntry) {
-        (
-            FlowKey {
-                proto: protocol,
-                ..FlowKey::default()
-            },
-            FlowEntry {
-                flags,
-                last_seen_ns: last_seen_s * SECOND,
-                ..FlowEntry::default()
-            },
-        )
+    #[test]
+    fn a_backend_is_as_active_as_the_busier_of_its_two_epochs() {
+        let mut flows = ActiveFlows::default();
+        flows.by_backend.insert(1, (10, 3));
+        flows.by_backend.insert(2, (4, 9));
+        assert_eq!(flows.of(1), 10);
+        assert_eq!(flows.of(2), 9);
+        assert_eq!(flows.of(3), 0);
+        assert_eq!(flows.total(), 19);
     }
 
     #[test]
-    fn each_kind_of_flow_has_its_timeout() {
+    fn the_program_gets_the_timeouts_in_nanoseconds() {
         let timeouts = FlowTimeouts {
             tcp_idle: Duration::from_secs(900),
-            tcp_closing: Duration::from_secs(10),
+            tcp_closing: Duration::from_millis(10_500),
             udp_idle: Duration::from_secs(30),
         };
-        let now = 1_000 * SECOND;
-        let cases = [
-            // (protocol, flags, half-open, last seen, expired)
-            (proto::TCP, 0, false, 1_000 - 899, false),
-            (proto::TCP, 0, false, 1_000 - 901, true),
-            (proto::TCP, flow_flags::CLOSING, false, 1_000 - 9, false),
-            (proto::TCP, flow_flags::CLOSING, false, 1_000 - 11, true),
-            (proto::TCP, 0, true, 1_000 - 9, false),
-            (proto::TCP, 0, true, 1_000 - 11, true),
-            (proto::UDP, 0, false, 1_000 - 29, false),
-            (proto::UDP, 0, false, 1_000 - 31, true),
-            // A time in the future (another CPU stamped it after `now` was read): not idle.
-            (proto::UDP, 0, false, 1_001, false),
-        ];
-        for (protocol, flags, half_open, last_seen, over) in cases {
-            let (key, entry) = flow(protocol, flags, last_seen);
-            assert_eq!(
-                expired(&timeouts, &key, &entry, half_open, now),
-                over,
-                "proto {protocol} flags {flags} half-open {half_open} last seen {last_seen}"
-            );
-        }
-    }
-
-    #[test]
-    fn sweeps_come_often_enough_for_the_shortest_timeout() {
         assert_eq!(
-            FlowTimeouts::default().sweep_every(),
-            Duration::from_millis(2_500)
+            timeouts.in_nanoseconds(),
+            lb_common::FlowTimeouts {
+                tcp_idle_ns: 900_000_000_000,
+                tcp_closing_ns: 10_500_000_000,
+                udp_idle_ns: 30_000_000_000,
+            }
         );
-        let short = FlowTimeouts {
-            tcp_closing: Duration::from_secs(2),
-            ..FlowTimeouts::default()
-        };
-        assert_eq!(short.sweep_every(), Duration::from_secs(1));
-        let long = FlowTimeouts {
-            tcp_idle: Duration::from_secs(3_600),
-            tcp_closing: Duration::from_secs(120),
-            udp_idle: Duration::from_secs(300),
-        };
-        assert_eq!(long.sweep_every(), Duration::from_secs(10));
     }
 }

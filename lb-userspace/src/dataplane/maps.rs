@@ -1,6 +1,6 @@
 //! The maps as userspace holds them: typed handles, the writes of [`DataplaneMaps`] (tables
 //! published whole, see `BACKEND_TABLES`), counters, the handshake guard's settings, the flow
-//! sweep.
+//! tables' timeouts and active-flow counts.
 
 use std::{
     io::Read as _,
@@ -31,7 +31,7 @@ use lb_common::{
 
 use super::{
     batch,
-    flows::{FlowTables, SweepReport},
+    flows::{ActiveFlows, FlowMaps, FlowTables},
     passive::PassiveMaps,
 };
 use crate::{
@@ -61,7 +61,8 @@ pub struct Maps {
     backends: Array<MapData, BackendEntry>,
     cursors: Array<MapData, u64>,
     handshake_guard: Array<MapData, HandshakeGuard>,
-    /// The flow tables (`FLOWS` and `HALF_OPEN`).
+    /// The flow tables (`FLOWS4`, `HALF_OPEN4`, `FLOWS6`, `HALF_OPEN6`), their timeouts and
+    /// active-flow counts.
     pub flows: FlowTables,
     vips: HashMap<MapData, VipKey, u32>,
     client_pools: ArrayOfMaps<MapData, PrefixTrie>,
@@ -117,10 +118,14 @@ impl Maps {
             backends: take(ebpf, map_names::BACKENDS)?,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
-            flows: FlowTables::new(
-                take(ebpf, map_names::FLOWS)?,
-                take(ebpf, map_names::HALF_OPEN)?,
-            ),
+            flows: FlowTables::new(FlowMaps {
+                flows4: take(ebpf, map_names::FLOWS4)?,
+                half_open4: take(ebpf, map_names::HALF_OPEN4)?,
+                flows6: take(ebpf, map_names::FLOWS6)?,
+                half_open6: take(ebpf, map_names::HALF_OPEN6)?,
+                timeouts: take(ebpf, map_names::FLOW_TIMEOUTS)?,
+                active: take(ebpf, map_names::ACTIVE_FLOWS)?,
+            }),
             vips: take(ebpf, map_names::VIPS)?,
             client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
             spilled: take(ebpf, map_names::SPILLED)?,
@@ -217,13 +222,14 @@ impl Maps {
         Ok(totals)
     }
 
-    /// Sweeps the flow tables (see [`FlowTables::sweep`]) as of now.
-    pub fn sweep_flows(
-        &mut self,
-        timeouts: &FlowTimeouts,
-        active_window: std::time::Duration,
-    ) -> Result<SweepReport> {
-        self.flows.sweep(timeouts, monotonic_ns()?, active_window)
+    /// Gives the program the flow timeouts.
+    pub fn set_flow_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<()> {
+        self.flows.set_timeouts(timeouts)
+    }
+
+    /// The active flows of `backend_ids` as of now (see [`FlowTables::active`]).
+    pub fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows> {
+        self.flows.active(backend_ids, monotonic_ns()?)
     }
 
     /// The entry of one direction of a flow, if a flow table has it.

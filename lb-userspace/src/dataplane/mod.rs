@@ -32,7 +32,7 @@ use tracing::warn;
 
 pub use self::{
     attach::Attachment,
-    flows::SweepReport,
+    flows::ActiveFlows,
     maps::{Maps, TablePublisher, handshake_budget, monotonic_ns},
     noop::NoopProgram,
     preflight::preflight,
@@ -66,25 +66,39 @@ impl Dataplane {
     /// Loads the program into the kernel (without attaching it) with a flow table for
     /// `flow_table_size` flows, nothing pinned.
     pub fn load(flow_table_size: u32) -> Result<Self> {
-        Self::load_with(flow_table_size, None)
+        Self::load_with(objects::balancer()?, flow_table_size, None)
+    }
+
+    /// Loads another build of the balancer's object (one whose maps have this build's
+    /// layouts), like [`Self::load`]: for benchmarks that compare two builds of the data plane
+    /// in one process, run after run, so that both see the same machine.
+    pub fn load_object(object: &[u8], flow_table_size: u32) -> Result<Self> {
+        Self::load_with(object, flow_table_size, None)
     }
 
     /// Loads the program with its maps pinned in `pin_dir` (a bpffs directory): maps already
     /// pinned there by an earlier daemon are reused, contents and all ([`Self::adopted`]).
     pub fn load_pinned(flow_table_size: u32, pin_dir: &Path) -> Result<Self> {
-        Self::load_with(flow_table_size, Some(pin_dir))
+        Self::load_with(objects::balancer()?, flow_table_size, Some(pin_dir))
     }
 
-    fn load_with(flow_table_size: u32, pin_dir: Option<&Path>) -> Result<Self> {
+    fn load_with(object: &[u8], flow_table_size: u32, pin_dir: Option<&Path>) -> Result<Self> {
         // Two entries per flow, one per direction.
         let flow_entries = flow_table_size.saturating_mul(2);
         let half_open_entries = (flow_table_size / HALF_OPEN_DIVISOR).saturating_mul(2);
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::FLOWS, flow_entries);
-        loader.map_max_entries(map_names::HALF_OPEN, half_open_entries);
+        for (name, half_open, _) in map_names::FLOW_TABLES {
+            let entries = if half_open {
+                half_open_entries
+            } else {
+                flow_entries
+            };
+            loader.map_max_entries(name, entries);
+        }
         let mut adopted = false;
         if let Some(dir) = pin_dir {
-            adopted = dir.join(map_names::FLOWS).exists();
+            pins::check_retired(dir)?;
+            adopted = dir.join(map_names::FLOWS4).exists();
             if adopted {
                 pins::check_layouts(dir)?;
             }
@@ -92,7 +106,7 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(objects::balancer()?).with_context(|| match pin_dir {
+        let mut ebpf = loader.load(object).with_context(|| match pin_dir {
             Some(dir) if adopted => format!(
                 "loading the XDP object with the maps pinned in {} (if xlb was upgraded and its \
                  maps changed, run the old version with --detach-on-exit first, or remove the pins)",
@@ -101,9 +115,9 @@ impl Dataplane {
             _ => "loading the XDP object".to_owned(),
         })?;
         if adopted {
-            let pinned = match ebpf.map(map_names::FLOWS) {
+            let pinned = match ebpf.map(map_names::FLOWS4) {
                 Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
-                Some(_) => bail!("{} is not an LRU hash map", map_names::FLOWS),
+                Some(_) => bail!("{} is not an LRU hash map", map_names::FLOWS4),
                 None => 0,
             };
             if pinned != flow_entries {

@@ -125,6 +125,24 @@ pub fn check_layouts(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses pins of a version with maps this one no longer has (see
+/// `lb_common::consts::map_names::RETIRED`), before anything is loaded onto them.
+pub fn check_retired(dir: &Path) -> Result<()> {
+    for name in lb_common::consts::map_names::RETIRED {
+        if dir.join(name).exists() {
+            bail!(
+                "the pins in {} were made by another version of xlb (they have the map {name}, \
+                 which this version replaced by one flow table per address family). Stop that \
+                 version with --detach-on-exit (its data plane stops with it), or remove {} \
+                 (dropping every flow), then start this one",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,7 +168,7 @@ impl Collector for XlbCollector {
         gauges(
             e,
             "xlb_backend_active_flows",
-            "Established flows with a packet in the last 10 seconds, as of the last sweep",
+            "Flows whose client sent a packet in the last activity epoch (about 8.6 s)",
             backends(services).map(|(labels, b)| (labels, b.active_flows as i64)),
         )?;
         gauges(
@@ -219,26 +219,36 @@ impl Collector for XlbCollector {
                 (labels, *count)
             }),
         )?;
-        let tables = |(established, half_open): (u64, u64)| {
-            [("established", established), ("half_open", half_open)]
-                .map(|(table, n)| (vec![("table", table.to_owned())], n as i64))
-        };
+        let (ipv4, ipv6) = snapshot.flows;
         gauges(
             e,
             "xlb_flows",
-            "Flows in the flow tables, as of the last sweep",
-            tables(snapshot.flows),
+            "Established flows whose client sent a packet in the last activity epoch (about 8.6 s)",
+            [("ipv4", ipv4), ("ipv6", ipv6)].map(|(family, n)| {
+                let labels = vec![
+                    ("family", family.to_owned()),
+                    ("table", "established".to_owned()),
+                ];
+                (labels, n as i64)
+            }),
         )?;
+        let (established, half_open) = snapshot.flow_capacity;
+        let capacity = ["ipv4", "ipv6"].into_iter().flat_map(|family| {
+            [("established", established), ("half_open", half_open)].map(|(table, n)| {
+                let labels = vec![("family", family.to_owned()), ("table", table.to_owned())];
+                (labels, n as i64)
+            })
+        });
         gauges(
             e,
             "xlb_flow_table_capacity",
             "Flows each flow table holds at most (fuller tables evict their least recently used)",
-            tables(snapshot.flow_capacity),
+            capacity,
         )?;
         counters(
             e,
             "xlb_flows_expired",
-            "Flows deleted by the sweep because they were idle or closed",
+            "Flows a packet found silent past their timeout (deleted, the packet handled as new)",
             [(Labels::new(), snapshot.flows_expired)],
         )?;
         if let Some(guard) = snapshot.guard {

@@ -35,11 +35,11 @@ pub struct Snapshot {
     pub events: Vec<(&'static str, u64)>,
     /// New flows placed outside their home pool: (service, from pool, to pool) and count.
     pub spills: Vec<((String, String, String), u64)>,
-    /// Flows in the flow tables as of the last sweep: established, half-open.
+    /// Active flows (a client packet in the last activity epoch, about 8.6 s): IPv4, IPv6.
     pub flows: (u64, u64),
-    /// What the flow tables hold at most: established, half-open.
+    /// What each family's flow tables hold at most: established, half-open.
     pub flow_capacity: (u64, u64),
-    /// Flows expired by the sweep since the daemon started.
+    /// Flows a packet found silent past their timeout (the data plane's count).
     pub flows_expired: u64,
     /// The handshake guard, if it could be read.
     pub guard: Option<GuardMetrics>,
@@ -71,7 +71,7 @@ pub struct BackendMetrics {
     pub state: State,
     /// Weight in the published table.
     pub weight: u32,
-    /// Established flows with a packet in the last 10 seconds.
+    /// Flows whose client sent a packet in the last activity epoch (about 8.6 s).
     pub active_flows: u64,
     /// Duration of the last health check, in seconds.
     pub check_seconds: Option<f64>,

@@ -96,7 +96,8 @@ pub fn list(
 }
 
 impl Monitor {
-    /// `xlb flows`: checks the filter against the config, then lists.
+    /// `xlb flows`: checks the filter against the config, then lists the flows that are not
+    /// over.
     pub(super) fn flows_report(
         &self,
         maps: &Maps,
@@ -130,8 +131,13 @@ impl Monitor {
             backend,
             client,
         };
-        let entries = maps.flows.all()?;
-        Ok(list(services, &entries, &filter, limit, monotonic_ns()?))
+        let now = monotonic_ns()?;
+        // The tables may still hold flows that are over (until a packet finds them so, or the
+        // LRU needs their room): those are not listed.
+        let mut entries = maps.flows.all()?;
+        let timeouts = &self.config.flow_timeouts;
+        entries.retain(|(key, entry, half_open)| !timeouts.is_over(key, entry, *half_open, now));
+        Ok(list(services, &entries, &filter, limit, now))
     }
 }
 

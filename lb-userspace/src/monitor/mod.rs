@@ -7,10 +7,11 @@
 //! function of (config, statuses, now), gives the backends' states and every table's weights,
 //! and the monitor logs the changes, applies the tables through the [`Balancer`] (which
 //! publishes only the tables that changed, atomically) and purges the flows of backends that
-//! went Down. Around that loop, in child modules: the flow sweep (`sweep`), the reports and
+//! went Down. Around that loop, in child modules: the active-flow counts (`active`), the reports and
 //! samples behind `xlb status`, `xlb stats` and the metrics (`reports`), operators' commands
 //! (`operator`, with `persist`, `flow_list` and `trace`) and reloads (`reload`).
 
+mod active;
 mod checkers;
 mod flow_list;
 mod operator;
@@ -19,7 +20,6 @@ mod persist;
 pub mod plan;
 mod reload;
 mod reports;
-mod sweep;
 pub mod trace;
 
 use std::{
@@ -47,7 +47,7 @@ use crate::{
     api::Call,
     config::{Config, HealthCheck, ServiceConfig},
     control::{ApplySummary, Balancer, DataplaneMaps},
-    dataplane::{Dataplane, Maps, SweepReport},
+    dataplane::{ActiveFlows, Dataplane, Maps},
     health::{
         checks,
         state::{BackendStatus, Health},
@@ -55,15 +55,12 @@ use crate::{
     metrics,
 };
 
-/// A flow counts as active if a packet of it passed within this window.
-pub const ACTIVE_FLOW_WINDOW: Duration = Duration::from_secs(10);
 /// How often slow start re-weights a ramping backend.
 const RAMP_STEP: Duration = Duration::from_millis(200);
 /// How often counters are sampled for rates and metrics.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// How often the monitor considers sweeping the flow tables (it sweeps when its sweep
-/// interval has passed since the last sweep).
-const SWEEP_TICK: Duration = Duration::from_secs(1);
+/// How often the active-flow counts are read.
+const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(1);
 
 /// The monitor: backend states, the balancer, and the checker tasks.
 pub struct Monitor {
@@ -91,12 +88,8 @@ pub struct Monitor {
     tracer: trace::SharedTracer,
     /// Incremented by every reload (see [`BackendRef`]).
     generation: u64,
-    /// What the last sweep of the flow tables found, when it ran, and how long it took.
-    flow_report: SweepReport,
-    last_sweep: Option<Instant>,
-    last_sweep_took: Duration,
-    /// Flows expired since the daemon started.
-    flows_expired: u64,
+    /// The backends' active flows, as last read.
+    active_flows: ActiveFlows,
     /// New flows placed outside their home pool, by (service, from pool, to pool).
     spills: BTreeMap<(String, String, String), u64>,
     /// The data plane's spill counter of each table when last read.
@@ -150,10 +143,7 @@ impl Monitor {
                 ..metrics::ReloadMetrics::default()
             },
             generation: 0,
-            flow_report: SweepReport::default(),
-            last_sweep: None,
-            last_sweep_took: Duration::ZERO,
-            flows_expired: 0,
+            active_flows: ActiveFlows::default(),
             spills: BTreeMap::new(),
             spill_seen: HashMap::new(),
             marks_to_clear: Vec::new(),
@@ -183,6 +173,7 @@ impl Monitor {
     /// Runs every backend's first health check at once (they decide its initial health) and
     /// fills the maps accordingly. Takes at most the longest check timeout.
     pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
+        maps.set_flow_timeouts(&self.config.flow_timeouts)?;
         let mut first = JoinSet::new();
         for (service_index, service) in self.config.services.iter().enumerate() {
             if service.health.check == HealthCheck::None {
@@ -233,8 +224,8 @@ impl Monitor {
         ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sample = interval(SAMPLE_EVERY);
         sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut sweep = interval(SWEEP_TICK);
-        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut count_flows = interval(COUNT_FLOWS_EVERY);
+        count_flows.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
         let mut drained_at: Option<Instant> = None;
@@ -269,8 +260,8 @@ impl Monitor {
                     }
                 }
                 _ = sample.tick() => self.sample(&dataplane.maps),
-                _ = sweep.tick() => {
-                    if self.sweep_due() && self.sweep(&mut dataplane.maps) {
+                _ = count_flows.tick() => {
+                    if self.count_active_flows(&dataplane.maps) {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }

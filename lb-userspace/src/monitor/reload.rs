@@ -159,6 +159,9 @@ impl Monitor {
         if metrics_changed {
             self.serve_metrics(metrics_listener);
         }
+        dataplane
+            .maps
+            .set_flow_timeouts(&self.config.flow_timeouts)?;
         let summary = self.evaluate(&mut dataplane.maps)?;
         self.sample(&dataplane.maps);
         let message = format!(

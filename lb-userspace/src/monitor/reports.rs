@@ -117,12 +117,7 @@ impl Monitor {
                         counters: counters(Key::Backend(backend.id)),
                         state: status.reported.as_ref().map_or(State::Down, |r| r.state),
                         weight: backend.weight,
-                        active_flows: self
-                            .flow_report
-                            .active
-                            .get(&backend.id)
-                            .copied()
-                            .unwrap_or(0),
+                        active_flows: self.active_flows.of(backend.id),
                         check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
                         passive_marks: status.passive_marks,
                     })
@@ -130,10 +125,9 @@ impl Monitor {
             });
         }
         snapshot.spills = self.spills.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        snapshot.flows = (self.flow_report.established, self.flow_report.half_open);
+        snapshot.flows = self.active_by_family();
         let size = u64::from(self.config.flow_table_size);
         snapshot.flow_capacity = (size, size / u64::from(HALF_OPEN_DIVISOR));
-        snapshot.flows_expired = self.flows_expired;
         snapshot.guard = maps
             .handshake_guard()
             .ok()
@@ -149,6 +143,7 @@ impl Monitor {
             .as_ref()
             .map(crate::announce::Announcer::report);
         if let Ok(counts) = maps.events() {
+            snapshot.flows_expired = counts[events::FLOW_EXPIRED as usize];
             snapshot.events = events::NAMES.iter().copied().zip(counts).collect();
         }
         *self.snapshot.lock().expect("the snapshot lock") = snapshot;
@@ -162,7 +157,6 @@ impl Monitor {
     ) -> Result<StatusReport> {
         let only = only.map(|name| self.service_index(name)).transpose()?;
         let now = Instant::now();
-        let active = &self.flow_report.active;
         let mut report = StatusReport {
             version: crate::VERSION.to_owned(),
             interfaces: dataplane
@@ -216,7 +210,7 @@ impl Monitor {
                             weight: configured.weight,
                             effective_weight: backend.weight,
                             agent_weight_percent: status.agent.weight_percent,
-                            active_flows: active.get(&backend.id).copied().unwrap_or(0),
+                            active_flows: self.active_flows.of(backend.id),
                             packets_per_second: pps,
                             bits_per_second: bps,
                             operator: status.operator.clone(),
@@ -299,23 +293,39 @@ impl Monitor {
                 backends,
             });
         }
+        let counts = maps.events()?;
         report.events = events::NAMES
             .iter()
             .map(|n| (*n).to_owned())
-            .zip(maps.events()?)
+            .zip(counts)
             .collect();
         let size = u64::from(self.config.flow_table_size);
         let guard = maps.handshake_guard()?;
+        let (active_ipv4, active_ipv6) = self.active_by_family();
         report.flow_table = FlowTableStats {
-            established: self.flow_report.established,
+            active_ipv4,
+            active_ipv6,
             capacity: size,
-            half_open: self.flow_report.half_open,
             half_open_capacity: size / u64::from(HALF_OPEN_DIVISOR),
-            expired: self.flows_expired,
+            expired: counts[events::FLOW_EXPIRED as usize],
             handshake_budget: guard.budget,
             handshake_guard_on: maps.handshake_guard_on()?,
         };
         Ok(report)
+    }
+
+    /// The active flows of the IPv4 services' backends and of the IPv6 services'.
+    fn active_by_family(&self) -> (u64, u64) {
+        let (mut ipv4, mut ipv6) = (0, 0);
+        for backend in self.balancer.services().iter().flat_map(|s| &s.backends) {
+            let active = self.active_flows.of(backend.id);
+            if backend.address.is_ipv4() {
+                ipv4 += active;
+            } else {
+                ipv6 += active;
+            }
+        }
+        (ipv4, ipv6)
     }
 
     /// Reads the data plane's spill counters and credits what is new to the pool each home

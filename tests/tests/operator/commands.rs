@@ -38,7 +38,7 @@ fn status_stats_and_top_show_the_services() {
             .iter()
             .all(|b| b.state == "Up" && b.weight == 1 && b.effective_weight == 100)
     );
-    // Active flows are counted by the flow sweep, every few seconds.
+    // Active flows are counted by the data plane, read by the daemon every second.
     let start = Instant::now();
     loop {
         let Response::Status(report) =

@@ -70,7 +70,7 @@ fn the_metrics_endpoint_exports_counters_and_states() {
             "xlb_backend_weight{{service=\"web\",backend=\"{}\"}} 100",
             web_backend(2)
         ),
-        "xlb_flow_table_capacity{table=\"half_open\"} 65536".to_owned(),
+        "xlb_flow_table_capacity{family=\"ipv4\",table=\"half_open\"} 65536".to_owned(),
         "xlb_handshake_guard_hashing 0".to_owned(),
         "xlb_config_last_reload_successful 1".to_owned(),
         "xlb_config_reloads_total{result=\"success\"} 0".to_owned(),

@@ -134,10 +134,11 @@ fn restart_keeps_every_flow(offloads: Offloads, mode: &str, new_mode: Option<&st
     assert_eq!(connections(&lab, 3).len(), 3);
 }
 
-/// Pins left by a version of xlb whose maps had another layout (here: a flow table of 64-byte
-/// entries, as before passive health grew them to 72) are refused before the program is
-/// loaded, with an error that names the map, both layouts and the way out; the pins stay as
-/// they were, and the data plane they hold keeps forwarding.
+/// Pins left by a version of xlb whose maps had another layout are refused before the program
+/// is loaded, with an error that names the map, both layouts and the way out: here an IPv4
+/// flow table of 48-byte entries (this version's are 56), and the single flow table for both
+/// families that versions before issue 16 pinned; the pins stay as they were, and the data
+/// plane they hold keeps forwarding.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn pins_of_another_layout_are_refused_with_a_clear_error() {
@@ -149,17 +150,16 @@ fn pins_of_another_layout_are_refused_with_a_clear_error() {
     assert_eq!(connections(&lab, 3).len(), 3);
     // Stopped without --detach-on-exit: the data plane keeps forwarding on its pins.
     xlb.stop(Duration::from_secs(10)).unwrap();
-    // The old version's flow table: 40-byte keys, 64-byte values.
-    let flows = xlb.pin_dir.join("FLOWS");
+    let flows = xlb.pin_dir.join("FLOWS4");
     std::fs::remove_file(&flows).unwrap();
-    pin_hash_map(&flows, 40, 64).unwrap();
+    pin_hash_map(&flows, 16, 48).unwrap();
 
     let error = xlb.restart(&lab.balancer, &[]).unwrap_err();
     let error = format!("{error:#}");
     assert!(
         error.contains(&format!(
-            "the map FLOWS pinned in {} holds 40-byte keys and 64-byte values, and this version \
-             of xlb needs 40 and 72",
+            "the map FLOWS4 pinned in {} holds 16-byte keys and 48-byte values, and this \
+             version of xlb needs 16 and 56",
             xlb.pin_dir.display()
         )) && error.contains("--detach-on-exit"),
         "{error}"
@@ -169,6 +169,23 @@ fn pins_of_another_layout_are_refused_with_a_clear_error() {
         "refused before loading:\n{error}"
     );
     assert!(flows.exists(), "the pins are left as they were");
+
+    // The earlier versions' one flow table (40-byte keys, 72-byte values), as their pins have
+    // it: named, and refused before anything is loaded onto the pins.
+    let retired = xlb.pin_dir.join("FLOWS");
+    pin_hash_map(&retired, 40, 72).unwrap();
+    let error = format!("{:#}", xlb.restart(&lab.balancer, &[]).unwrap_err());
+    assert!(
+        error.contains(
+            "they have the map FLOWS, which this version replaced by one flow table \
+             per address family"
+        ) && error.contains("--detach-on-exit"),
+        "{error}"
+    );
+    assert!(
+        retired.exists() && flows.exists(),
+        "the pins are left as they were"
+    );
     // The old program is still attached and forwards.
     assert_eq!(connections(&lab, 3).len(), 3);
 }

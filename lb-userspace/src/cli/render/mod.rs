@@ -238,12 +238,12 @@ pub fn stats(report: &StatsReport) -> String {
     let t = &report.flow_table;
     let _ = writeln!(
         out,
-        "flows: {} established of {} ({}), {} half-open of {}, {} expired",
-        t.established,
+        "flows: {} active IPv4 ({}), {} IPv6 ({}) of {} per family; {} expired",
+        t.active_ipv4,
+        percent(t.active_ipv4, t.capacity),
+        t.active_ipv6,
+        percent(t.active_ipv6, t.capacity),
         t.capacity,
-        percent(t.established, t.capacity),
-        t.half_open,
-        t.half_open_capacity,
         t.expired
     );
     if t.handshake_guard_on {
@@ -253,7 +253,7 @@ pub fn stats(report: &StatsReport) -> String {
             t.handshake_budget
         );
     }
-    if t.capacity > 0 && t.established * 10 >= t.capacity * 9 {
+    if t.capacity > 0 && t.active_ipv4.max(t.active_ipv6) * 10 >= t.capacity * 9 {
         let _ = writeln!(
             out,
             "  the flow table is nearly full: the least recently used flows are being evicted \
@@ -458,9 +458,9 @@ mod tests {
             services: Vec::new(),
             events: vec![("syn_hashed".into(), 250_000), ("vlan".into(), 0)],
             flow_table: FlowTableStats {
-                established: 10,
+                active_ipv4: 10,
+                active_ipv6: 0,
                 capacity: 65_536,
-                half_open: 16_384,
                 half_open_capacity: 16_384,
                 expired: 0,
                 handshake_budget: 819,

@@ -1,0 +1,197 @@
+//! A packet of a known flow, in either direction: rewritten as its entry says and sent to the
+//! entry's cached next hop. The common case touches nothing but the entry, the counters and
+//! the packet: the checksum changes were worked out when the entry was made, the clock comes
+//! from the CPU's cache, and the next hop from the entry. Once a second per flow (or when the
+//! next hop is to be resolved), the entry is refreshed: its timeout checked, its time stamped
+//! (the other direction's too), its next hop taken from the FIB again.
+
+use lb_common::{
+    Addr, FlowAddr as _, FlowEntry,
+    consts::{events, flow_flags, timing::LAST_SEEN_REFRESH_NS},
+    direction, epoch,
+    trace::decision,
+};
+
+use crate::{
+    clock,
+    counters::{count_active, count_traffic},
+    family::Family,
+    flows::{forget, scratch_peer, table},
+    forward::{NextHop, Route, resolve, transmit},
+    frame::Frame,
+    maps::{FLOW_TIMEOUTS, count_event},
+    nat::{Deltas, End, Rewrite, decrement_ttl, rewrite_flow},
+    packet::{Packet, TCP_FIN, TCP_RST},
+    trace,
+};
+
+/// What [`established`] returns, instead of a verdict, when the packet's flow was over
+/// (silent past its timeout): its entries are gone, and the packet is handled as one without
+/// a flow. No hook's verdict has this value.
+pub const NO_FLOW: u32 = 0xffff_fffe;
+
+/// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
+/// under `key`. A FIN or RST marks both directions closing. Not inlined: it is called from
+/// several places, and one copy of its locals on the stack is all the 512-byte BPF stack has
+/// room for.
+#[inline(never)]
+pub fn established<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    key: &Fam::Key,
+    entry: *mut FlowEntry<Fam::Addr>,
+    half_open: bool,
+) -> u32 {
+    if pkt.ttl <= 1 {
+        count_event(events::TTL_EXPIRED);
+        return F::PASS;
+    }
+    if frame.oversized() {
+        // A GSO super-packet on generic XDP: it can be neither rewritten correctly (its
+        // checksum is partial) nor transmitted as one frame. The kernel gets it untouched.
+        count_event(events::OVERSIZED_PASSED);
+        return F::PASS;
+    }
+    let now = clock::now();
+    // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
+    // same flow) only store a recent time, the closing flag, the epoch or the same next hop.
+    let flow = unsafe { &mut *entry };
+    let dsr = flow.flags & flow_flags::DSR != 0;
+    let to_backend = flow.direction == direction::TO_BACKEND;
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
+    let due = closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
+    let mut unresolved = F::PASS;
+    if due || flow.hop_ifindex == 0 {
+        if due {
+            if over(pkt, flow, half_open, now) {
+                forget::<Fam>(key, flow, half_open);
+                count_event(events::FLOW_EXPIRED);
+                return NO_FLOW;
+            }
+            stamp::<Fam>(key, flow, half_open, closing, now);
+        }
+        // The route of the packet after its rewrite (the FIB is asked about that one).
+        let addr: Addr = flow.addr.to_addr();
+        let route = if to_backend {
+            Route {
+                src: &pkt.src,
+                dst: &addr,
+                sport: pkt.sport,
+                dport: flow.port,
+                dsr,
+            }
+        } else {
+            Route {
+                src: &addr,
+                dst: &pkt.dst,
+                sport: flow.port,
+                dport: pkt.dport,
+                dsr,
+            }
+        };
+        match resolve(frame, pkt, &route) {
+            Ok(hop) => hop.store(flow),
+            Err(verdict) => {
+                flow.hop_ifindex = 0;
+                unresolved = verdict;
+            }
+        }
+    }
+    // A flow counts as active once established: a SYN flood's half-open flows never do.
+    if to_backend && !half_open {
+        let current = epoch(now);
+        if flow.epoch != current as u16 {
+            flow.epoch = current as u16;
+            count_active(flow.backend_id, current);
+        }
+    }
+    let resolved = flow.hop_ifindex != 0;
+    if dsr {
+        if resolved && decrement_ttl(frame, pkt).is_none() {
+            return F::PASS;
+        }
+    } else {
+        let rewrite = Rewrite {
+            end: if to_backend {
+                End::Destination
+            } else {
+                End::Source
+            },
+            addr: &flow.addr,
+            port: flow.port,
+            deltas: Deltas {
+                addr: flow.csum_addr,
+                port: flow.csum_port,
+            },
+            // The kernel decrements the TTL of a packet it forwards itself.
+            ttl: resolved,
+        };
+        if rewrite_flow::<F, Fam>(frame, pkt, &rewrite).is_none() {
+            return F::PASS;
+        }
+    }
+    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    let client = if to_backend {
+        (&pkt.src, pkt.sport)
+    } else {
+        (&pkt.dst, pkt.dport)
+    };
+    trace::record(now, flow.service_id, pkt, client, |event| {
+        event.decision = decision::ESTABLISHED;
+        event.direction = flow.direction;
+        event.backend_id = flow.backend_id;
+        event.half_open = half_open as u8;
+    });
+    if !resolved {
+        return unresolved;
+    }
+    transmit(frame, &NextHop::cached(flow))
+}
+
+/// Whether the flow of `flow` (in the half-open table if `half_open`) was silent past its
+/// timeout before this packet.
+#[inline(always)]
+fn over<A: lb_common::FlowAddr>(
+    pkt: &Packet,
+    flow: &FlowEntry<A>,
+    half_open: bool,
+    now: u64,
+) -> bool {
+    FLOW_TIMEOUTS.get(0).is_some_and(|timeouts| {
+        timeouts.expired(pkt.proto, flow.flags, half_open, flow.last_seen_ns, now)
+    })
+}
+
+/// Stamps a flow's entries as seen at `now` (and closing, if this packet closes it): this one,
+/// whose next hop is then resolved again, and the other direction's, whose next hop is to be
+/// resolved again on its next packet. So the two entries age together, and each direction asks
+/// the FIB about once a second.
+#[inline(always)]
+fn stamp<Fam: Family>(
+    key: &Fam::Key,
+    flow: &mut FlowEntry<Fam::Addr>,
+    half_open: bool,
+    closing: bool,
+    now: u64,
+) {
+    flow.last_seen_ns = now;
+    if closing {
+        flow.flags |= flow_flags::CLOSING;
+    }
+    // (A DSR flow has no reply entry: its backend answers the client directly.)
+    if flow.flags & flow_flags::DSR != 0 {
+        return;
+    }
+    if let Some(peer) =
+        scratch_peer::<Fam>(key, flow).and_then(|peer| table::<Fam>(half_open).get_ptr_mut(peer))
+    {
+        // SAFETY: a valid map value; as for `flow`.
+        unsafe {
+            (*peer).last_seen_ns = now;
+            (*peer).hop_ifindex = 0;
+            if closing {
+                (*peer).flags |= flow_flags::CLOSING;
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! What differs between IPv4 and IPv6 flows: the flow tables (each family has its own, so an
+//! IPv4 packet hashes a 16-byte key), the key's form, the address an entry holds, and where in
+//! the IP header an address is written. The balancing code is generic over [`Family`] and
+//! compiled once for each.
+
+use lb_common::{Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, consts::family};
+
+use crate::{
+    maps::{FLOWS4, FLOWS6, FlowTable, HALF_OPEN4, HALF_OPEN6},
+    packet::Packet,
+    scratch::Scratch,
+};
+
+/// Offset of the source address in an IPv4 header (the destination follows it).
+pub const IPV4_SRC: usize = 12;
+/// Offset of the source address in an IPv6 header (the destination follows it).
+pub const IPV6_SRC: usize = 8;
+
+/// One address family's flow tables and keys.
+pub trait Family: 'static {
+    /// The address a flow entry holds.
+    type Addr: FlowAddr;
+    /// The flow tables' key.
+    type Key: Copy + 'static;
+    /// `family::IPV4` or `family::IPV6`.
+    const FAMILY: u8;
+    /// Offset of the source address in the IP header (the destination follows it).
+    const SRC_OFFSET: usize;
+
+    /// Established flows (`FLOWS4`, `FLOWS6`).
+    fn flows() -> &'static FlowTable<Self::Key, Self::Addr>;
+    /// Half-open TCP flows (`HALF_OPEN4`, `HALF_OPEN6`).
+    fn half_open() -> &'static FlowTable<Self::Key, Self::Addr>;
+    /// This CPU's scratch areas of this family: the packet's key, a peer key, an entry.
+    fn areas(scratch: *mut Scratch) -> Areas<Self>;
+    /// The key of a 5-tuple, addresses and ports (network order) as on the wire.
+    fn key(
+        src: &Self::Addr,
+        dst: &Self::Addr,
+        src_port: u16,
+        dst_port: u16,
+        protocol: u8,
+    ) -> Self::Key;
+    /// The parts of a key: source, destination, source port, destination port.
+    fn parts(key: &Self::Key) -> (Self::Addr, Self::Addr, u16, u16);
+    /// The protocol of a key.
+    fn protocol(key: &Self::Key) -> u8;
+}
+
+/// A family's scratch areas (see [`Family::areas`]).
+pub struct Areas<Fam: Family + ?Sized> {
+    /// The key of the packet being handled (or of the flow an ICMP error quotes).
+    pub key: *mut Fam::Key,
+    /// The key of the other direction of a flow.
+    pub peer: *mut Fam::Key,
+    /// A flow entry being built.
+    pub entry: *mut FlowEntry<Fam::Addr>,
+}
+
+/// IPv4.
+pub struct V4;
+
+impl Family for V4 {
+    type Addr = u32;
+    type Key = FlowKey4;
+    const FAMILY: u8 = family::IPV4;
+    const SRC_OFFSET: usize = IPV4_SRC;
+
+    #[inline(always)]
+    fn flows() -> &'static FlowTable<FlowKey4, u32> {
+        &FLOWS4
+    }
+
+    #[inline(always)]
+    fn half_open() -> &'static FlowTable<FlowKey4, u32> {
+        &HALF_OPEN4
+    }
+
+    #[inline(always)]
+    fn areas(scratch: *mut Scratch) -> Areas<Self> {
+        // SAFETY: field addresses of this CPU's scratch area; nothing is read here.
+        unsafe {
+            Areas {
+                key: &raw mut (*scratch).key4,
+                peer: &raw mut (*scratch).peer4,
+                entry: &raw mut (*scratch).entry4,
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn key(src: &u32, dst: &u32, src_port: u16, dst_port: u16, protocol: u8) -> FlowKey4 {
+        FlowKey4 {
+            src_addr: *src,
+            dst_addr: *dst,
+            src_port,
+            dst_port,
+            proto: protocol,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn parts(key: &FlowKey4) -> (u32, u32, u16, u16) {
+        (key.src_addr, key.dst_addr, key.src_port, key.dst_port)
+    }
+
+    #[inline(always)]
+    fn protocol(key: &FlowKey4) -> u8 {
+        key.proto
+    }
+}
+
+/// IPv6.
+pub struct V6;
+
+impl Family for V6 {
+    type Addr = Addr;
+    type Key = FlowKey;
+    const FAMILY: u8 = family::IPV6;
+    const SRC_OFFSET: usize = IPV6_SRC;
+
+    #[inline(always)]
+    fn flows() -> &'static FlowTable<FlowKey, Addr> {
+        &FLOWS6
+    }
+
+    #[inline(always)]
+    fn half_open() -> &'static FlowTable<FlowKey, Addr> {
+        &HALF_OPEN6
+    }
+
+    #[inline(always)]
+    fn areas(scratch: *mut Scratch) -> Areas<Self> {
+        // SAFETY: as for IPv4.
+        unsafe {
+            Areas {
+                key: &raw mut (*scratch).key6,
+                peer: &raw mut (*scratch).peer6,
+                entry: &raw mut (*scratch).entry6,
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn key(src: &Addr, dst: &Addr, src_port: u16, dst_port: u16, protocol: u8) -> FlowKey {
+        FlowKey {
+            src_addr: *src,
+            dst_addr: *dst,
+            src_port,
+            dst_port,
+            proto: protocol,
+            family: family::IPV6,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn parts(key: &FlowKey) -> (Addr, Addr, u16, u16) {
+        (key.src_addr, key.dst_addr, key.src_port, key.dst_port)
+    }
+
+    #[inline(always)]
+    fn protocol(key: &FlowKey) -> u8 {
+        key.proto
+    }
+}
+
+/// Writes the key of `pkt`'s 5-tuple into `key`.
+#[inline(always)]
+pub fn packet_key<Fam: Family>(pkt: &Packet, key: &mut Fam::Key) {
+    *key = Fam::key(
+        Fam::Addr::in_addr(&pkt.src),
+        Fam::Addr::in_addr(&pkt.dst),
+        pkt.sport,
+        pkt.dport,
+        pkt.proto,
+    );
+}
