@@ -95,6 +95,8 @@ pub trait FlowAddr: Copy + Default + PartialEq + Eq + core::fmt::Debug {
     fn from_addr(addr: &Addr) -> Self;
     /// The same, as a reference into the [`Addr`] (no copy).
     fn in_addr(addr: &Addr) -> &Self;
+    /// Calls `f` with the address as an [`Addr`] (a copy only where the forms differ).
+    fn with_addr<R>(&self, f: impl FnOnce(&Addr) -> R) -> R;
     /// The one's-complement difference of a change from `old` to `new`, folded: what
     /// [`csum::apply`] adds to a checksum that covers the address.
     fn csum_delta(old: &Self, new: &Self) -> u16;
@@ -119,6 +121,11 @@ impl FlowAddr for u32 {
     }
 
     #[inline(always)]
+    fn with_addr<R>(&self, f: impl FnOnce(&Addr) -> R) -> R {
+        f(&[*self, 0, 0, 0])
+    }
+
+    #[inline(always)]
     fn csum_delta(old: &Self, new: &Self) -> u16 {
         csum::delta32(*old, *new)
     }
@@ -140,6 +147,11 @@ impl FlowAddr for Addr {
     #[inline(always)]
     fn in_addr(addr: &Addr) -> &Self {
         addr
+    }
+
+    #[inline(always)]
+    fn with_addr<R>(&self, f: impl FnOnce(&Addr) -> R) -> R {
+        f(self)
     }
 
     #[inline(always)]

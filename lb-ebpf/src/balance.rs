@@ -3,12 +3,9 @@
 //! counted. Everything after the parse is generic over the address family (`family`), so an
 //! IPv4 packet only ever touches the IPv4 tables and keys.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    btf_maps::lpm_trie::Key,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
+    Addr, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
     consts::{events, family, flow_flags, forwarding, proto, scheduler},
     csum, direction, epoch,
     tables::{table_index, table_owner},
@@ -21,7 +18,7 @@ use crate::{
         count_active, count_admission_dropped, count_new_flow, count_no_backend, count_spill,
         count_traffic,
     },
-    established::{NO_FLOW, established},
+    established::{NO_FLOW, established, established_apart},
     family::{Family, V4, V6, packet_key},
     flows::{Retransmission, make_reply, promote, retransmitted_syn, scratch_peer, table},
     forward::{Route, resolve, transmit},
@@ -51,9 +48,15 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
         return icmp::process(frame, pkt);
     }
     if pkt.family == family::IPV4 {
-        dispatch::<F, V4>(frame, pkt)
+        match balance::<F, V4>(frame, pkt) {
+            PLACE => place::<F, V4>(frame, pkt),
+            verdict => verdict,
+        }
     } else {
-        dispatch::<F, V6>(frame, pkt)
+        match balance_apart::<F, V6>(frame, pkt) {
+            PLACE => place::<F, V6>(frame, pkt),
+            verdict => verdict,
+        }
     }
 }
 
@@ -61,21 +64,18 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
 /// the placement is in the scratch area. No hook's verdict has this value.
 const PLACE: u32 = 0xffff_fffd;
 
-/// A TCP or UDP packet of family `Fam`: [`balance`] decides, and a new flow is placed from
-/// here, so that the stack frames of `balance` and `new_flow` are never on the stack at once
-/// (the program's stack is 512 bytes for all frames).
-#[inline(always)]
-fn dispatch<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
-    match balance::<F, Fam>(frame, pkt) {
-        PLACE => place::<F, Fam>(frame, pkt),
-        verdict => verdict,
-    }
+/// [`balance`] in a function of its own (IPv6: its frame stays off the IPv4 path's).
+#[inline(never)]
+fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
+    balance::<F, Fam>(frame, pkt)
 }
 
 /// A TCP or UDP packet of family `Fam`. One hash lookup decides a packet of an established flow
 /// (either direction); a second, the first packet of a new flow, which is returned as
-/// [`PLACE`]. Not inlined: one copy per family, each with its own stack frame.
-#[inline(never)]
+/// [`PLACE`]; the new flow is placed from the program's top level, so that the stack frames of
+/// `balance` and `new_flow` are never on the stack at once (the program's stack is 512 bytes
+/// for all frames).
+#[inline(always)]
 fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
     let Some(scratch) = scratch() else {
         return F::PASS;
@@ -85,7 +85,12 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
     packet_key::<Fam>(pkt, key);
     let key: &Fam::Key = key;
     if let Some(entry) = Fam::flows().get_ptr_mut(key) {
-        let verdict = established::<F, Fam>(frame, pkt, key, entry, false);
+        // Inlined for IPv4 (see `established`); apart for IPv6, whose frames are larger.
+        let verdict = if Fam::FAMILY == family::IPV4 {
+            established::<F, Fam>(frame, pkt, key, entry, false)
+        } else {
+            established_apart::<F, Fam>(frame, pkt, key, entry, false)
+        };
         if verdict != NO_FLOW {
             return verdict;
         }
@@ -120,7 +125,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
                 (entry, true)
             }
         };
-        let verdict = established::<F, Fam>(frame, pkt, key, entry, half_open);
+        let verdict = established_apart::<F, Fam>(frame, pkt, key, entry, half_open);
         if verdict != NO_FLOW {
             return verdict;
         }
@@ -159,7 +164,7 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
     match new_flow::<F, Fam>(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
         NewFlow::Raced(entry, half_open) => {
-            match established::<F, Fam>(frame, pkt, key, entry, half_open) {
+            match established_apart::<F, Fam>(frame, pkt, key, entry, half_open) {
                 // (The other CPU's entry cannot be over an instant after it was made.)
                 NO_FLOW => F::DROP,
                 verdict => verdict,
@@ -171,14 +176,22 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
 /// The home pool of a new flow from `client`: the pool of the longest client prefix that
 /// matches it, or the service's default pool; pool 0 for a service without pools.
 #[inline(always)]
-fn home_pool(service: &ServiceEntry, client: &lb_common::Addr) -> u32 {
+fn home_pool(service: &ServiceEntry, client: &Addr) -> u32 {
     if service.pools <= 1 {
         return 0;
     }
-    // SAFETY: an Addr's four words hold the address's 16 bytes in wire order.
-    let bytes: ClientPrefix = unsafe { core::mem::transmute(*client) };
-    let key = Key::new(128, bytes);
-    match CLIENT_POOLS.get_value_ptr_mut(service.id, &key) {
+    let Some(scratch) = scratch() else {
+        return service.default_pool as u32;
+    };
+    // SAFETY: this CPU's scratch area; the prefix key is used here only. An Addr's four words
+    // hold the address's 16 bytes in wire order.
+    let key = unsafe {
+        let key = &mut (*scratch).prefix;
+        key.prefix_len = 128;
+        key.data = core::mem::transmute::<Addr, ClientPrefix>(*client);
+        &*key
+    };
+    match CLIENT_POOLS.get_value_ptr_mut(service.id, key) {
         // SAFETY: a valid map value, read at once.
         Some(pool) if unsafe { *pool } < service.pools as u32 => unsafe { *pool },
         _ => service.default_pool as u32,

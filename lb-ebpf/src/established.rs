@@ -6,7 +6,7 @@
 //! (the other direction's too), its next hop taken from the FIB again.
 
 use lb_common::{
-    Addr, FlowAddr as _, FlowEntry,
+    FlowAddr as _, FlowEntry,
     consts::{events, flow_flags, timing::LAST_SEEN_REFRESH_NS},
     direction, epoch,
     trace::decision,
@@ -30,11 +30,31 @@ use crate::{
 /// a flow. No hook's verdict has this value.
 pub const NO_FLOW: u32 = 0xffff_fffe;
 
-/// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
-/// under `key`. A FIN or RST marks both directions closing. Not inlined: it is called from
-/// several places, and one copy of its locals on the stack is all the 512-byte BPF stack has
-/// room for.
+/// [`established`] in a function of its own, for the places a packet of a known flow is less
+/// common than where an established flow's packets go (half-open flows, a race with another
+/// CPU): one copy of its code for all of them.
 #[inline(never)]
+pub fn established_apart<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    key: &Fam::Key,
+    entry: *mut FlowEntry<Fam::Addr>,
+    half_open: bool,
+) -> u32 {
+    established::<F, Fam>(frame, pkt, key, entry, half_open)
+}
+
+/// Bits of [`refresh`]'s `mode`.
+const REFRESH_DUE: u32 = 1;
+const REFRESH_CLOSING: u32 = 2;
+const REFRESH_HALF_OPEN: u32 = 4;
+
+/// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
+/// under `key`. A FIN or RST marks both directions closing. Inlined where an established
+/// flow's packets arrive (a BPF-to-BPF call and its return cost 13 ns here, with the
+/// return-stack mitigation of this CPU); the refresh, about once a second per flow, is a
+/// function of its own, so that its locals stay off the stack.
+#[inline(always)]
 pub fn established<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
@@ -62,39 +82,12 @@ pub fn established<F: Frame, Fam: Family>(
     let due = closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
     let mut unresolved = F::PASS;
     if due || flow.hop_ifindex == 0 {
-        if due {
-            if over(pkt, flow, half_open, now) {
-                forget::<Fam>(key, flow, half_open);
-                count_event(events::FLOW_EXPIRED);
-                return NO_FLOW;
-            }
-            stamp::<Fam>(key, flow, half_open, closing, now);
-        }
-        // The route of the packet after its rewrite (the FIB is asked about that one).
-        let addr: Addr = flow.addr.to_addr();
-        let route = if to_backend {
-            Route {
-                src: &pkt.src,
-                dst: &addr,
-                sport: pkt.sport,
-                dport: flow.port,
-                dsr,
-            }
-        } else {
-            Route {
-                src: &addr,
-                dst: &pkt.dst,
-                sport: flow.port,
-                dport: pkt.dport,
-                dsr,
-            }
-        };
-        match resolve(frame, pkt, &route) {
-            Ok(hop) => hop.store(flow),
-            Err(verdict) => {
-                flow.hop_ifindex = 0;
-                unresolved = verdict;
-            }
+        let mode = if due { REFRESH_DUE } else { 0 }
+            | if closing { REFRESH_CLOSING } else { 0 }
+            | if half_open { REFRESH_HALF_OPEN } else { 0 };
+        unresolved = refresh::<F, Fam>(frame, pkt, key, entry, mode);
+        if unresolved == NO_FLOW {
+            return NO_FLOW;
         }
     }
     // A flow counts as active once established: a SYN flood's half-open flows never do.
@@ -146,6 +139,66 @@ pub fn established<F: Frame, Fam: Family>(
         return unresolved;
     }
     transmit(frame, &NextHop::cached(flow))
+}
+
+/// Refreshes a flow's entry (see the module documentation), as `mode` says: if the refresh is
+/// due, the flow may be over ([`NO_FLOW`]: its entries are gone) or is stamped; its next hop is
+/// resolved again. Returns the verdict for the packet if the next hop could not be resolved
+/// (`hop_ifindex` is then 0). A function of its own: its locals stay off the frames of the
+/// functions `established` is inlined into.
+#[inline(never)]
+fn refresh<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    key: &Fam::Key,
+    entry: *mut FlowEntry<Fam::Addr>,
+    mode: u32,
+) -> u32 {
+    // SAFETY: as in `established`.
+    let flow = unsafe { &mut *entry };
+    let half_open = mode & REFRESH_HALF_OPEN != 0;
+    let now = clock::now();
+    if mode & REFRESH_DUE != 0 {
+        if over(pkt, flow, half_open, now) {
+            forget::<Fam>(key, flow, half_open);
+            count_event(events::FLOW_EXPIRED);
+            return NO_FLOW;
+        }
+        stamp::<Fam>(key, flow, half_open, mode & REFRESH_CLOSING != 0, now);
+    }
+    // The route of the packet after its rewrite (the FIB is asked about that one).
+    let dsr = flow.flags & flow_flags::DSR != 0;
+    let to_backend = flow.direction == direction::TO_BACKEND;
+    let resolved = flow.addr.with_addr(|addr| {
+        let route = if to_backend {
+            Route {
+                src: &pkt.src,
+                dst: addr,
+                sport: pkt.sport,
+                dport: flow.port,
+                dsr,
+            }
+        } else {
+            Route {
+                src: addr,
+                dst: &pkt.dst,
+                sport: flow.port,
+                dport: pkt.dport,
+                dsr,
+            }
+        };
+        resolve(frame, pkt, &route)
+    });
+    match resolved {
+        Ok(hop) => {
+            hop.store(flow);
+            F::PASS
+        }
+        Err(verdict) => {
+            flow.hop_ifindex = 0;
+            verdict
+        }
+    }
 }
 
 /// Whether the flow of `flow` (in the half-open table if `half_open`) was silent past its

@@ -248,7 +248,7 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
         End::Destination
     };
     let change = set_addr::<F, Fam>(frame, quote.l3(), end, &entry_addr)?;
-    check = check_for_addr::<Fam>(check, &change);
+    check = check_for_addr(check, &change);
     check = csum::replace16(check, change.ip_check.0, change.ip_check.1);
     let port_offset = quote.l4() + if toward_backend { 0 } else { 2 };
     let old_port = set_u16(frame, port_offset, entry.port)?;
@@ -267,7 +267,7 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
         unsafe {
             let old = read_unaligned(field);
             if !(quote.proto == proto::UDP && old == 0) {
-                let mut new = check_for_addr::<Fam>(old, &change);
+                let mut new = check_for_addr(old, &change);
                 new = csum::replace16(new, old_port, entry.port);
                 if quote.proto == proto::UDP && new == 0 {
                     new = 0xffff;
@@ -302,7 +302,7 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
     if let Some(change) = outer
         && pkt.family == family::IPV6
     {
-        check = check_for_addr::<Fam>(check, &change);
+        check = check_for_addr(check, &change);
     }
     // SAFETY: ptr_at checked the field lies inside the frame.
     unsafe { write_unaligned(icmp_check, nonzero(check)) };

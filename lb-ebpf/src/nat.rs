@@ -30,14 +30,12 @@ const IPV6_PAYLOAD_LEN: usize = 4;
 /// Offset of the header checksum in an IPv4 header.
 const IPV4_CHECK: usize = 10;
 
-/// One address changed in an IP header: the old and new address, and for IPv4 the header
-/// checksum before and after (so a checksum covering the header, as ICMP's covers a quoted
-/// one, can follow).
+/// One address changed in an IP header: the change's checksum delta (for checksums that
+/// cover the address, a pseudo-header's), and for IPv4 the header checksum before and after
+/// (so a checksum covering the header, as ICMP's covers a quoted one, can follow).
 pub struct AddrChange {
-    /// The address before.
-    pub old: Addr,
-    /// The address after.
-    pub new: Addr,
+    /// The delta of the address's change ([`csum::apply`] it).
+    pub delta: u16,
     /// IPv4 header checksum before and after; equal for IPv6, which has none.
     pub ip_check: (u16, u16),
 }
@@ -67,12 +65,12 @@ pub fn set_addr<F: Frame, Fam: Family>(
         unsafe {
             let old = read_unaligned(field);
             write_unaligned(field, new[0]);
+            let delta = csum::delta32(old, new[0]);
             let old_check = read_unaligned(check);
-            let new_check = csum::replace32(old_check, old, new[0]);
+            let new_check = csum::apply(old_check, delta);
             write_unaligned(check, new_check);
             Some(AddrChange {
-                old: [old, 0, 0, 0],
-                new: *new,
+                delta,
                 ip_check: (old_check, new_check),
             })
         }
@@ -87,14 +85,33 @@ pub fn set_addr<F: Frame, Fam: Family>(
         let field: *mut Addr = ptr_at(frame, offset)?;
         // SAFETY: as above.
         unsafe {
-            let old = read_unaligned(field);
-            write_unaligned(field, *new);
+            let mut old = [0u32; 4];
+            copy_addr(old.as_mut_ptr().cast::<Addr>(), &*field);
+            copy_addr(field, new);
             Some(AddrChange {
-                old,
-                new: *new,
+                delta: csum::delta128(&old, new),
                 ip_check: (0, 0),
             })
         }
+    }
+}
+
+/// Writes an address into a packet header. A byte-wise copy, not `write_unaligned`: for a
+/// 16-byte address LLVM would load all sixteen bytes into registers before it stored any,
+/// and spill most of them, a hundred bytes of stack in every function that writes one.
+///
+/// # Safety
+///
+/// `field` must point to `size_of::<A>()` writable bytes of the packet.
+#[inline(always)]
+unsafe fn copy_addr<A>(field: *mut A, addr: &A) {
+    // SAFETY: as the caller promises; the address is a plain value of that size.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (addr as *const A).cast::<u8>(),
+            field.cast::<u8>(),
+            size_of::<A>(),
+        )
     }
 }
 
@@ -112,12 +129,8 @@ pub fn set_u16<F: Frame>(frame: &F, offset: usize, new: u16) -> Option<u16> {
 
 /// A checksum that covers an address (a pseudo-header's) updated for its change.
 #[inline(always)]
-pub fn check_for_addr<Fam: Family>(check: u16, change: &AddrChange) -> u16 {
-    if Fam::FAMILY == family::IPV4 {
-        csum::replace32(check, change.old[0], change.new[0])
-    } else {
-        csum::replace128(check, &change.old, &change.new)
-    }
+pub fn check_for_addr(check: u16, change: &AddrChange) -> u16 {
+    csum::apply(check, change.delta)
 }
 
 /// The checksum changes a flow's rewrite makes, worked out when its entry was made (see
@@ -205,7 +218,7 @@ fn rewrite_frame<F: Frame, Fam: Family>(
     // SAFETY: ptr_at checked every field lies inside the frame; unaligned accesses because
     // packet headers have no alignment guarantee.
     unsafe {
-        write_unaligned(addr_ptr, *rewrite.addr);
+        copy_addr(addr_ptr, rewrite.addr);
         write_unaligned(port_ptr, rewrite.port);
         let l4_check = read_unaligned(check_ptr);
         // An IPv4 UDP checksum of zero means "not computed" (RFC 768): it stays zero. (Over
@@ -263,7 +276,7 @@ fn rewrite_skb<F: Frame, Fam: Family>(
         // SAFETY: ptr_at checked the address and the header lie inside the frame. The IPv4
         // header checksum is never partial: arithmetic is right for it.
         unsafe {
-            write_unaligned(field, *rewrite.addr);
+            copy_addr(field, rewrite.addr);
             if rewrite.ttl {
                 (*ip).ttl = pkt.ttl - 1;
             }

@@ -1,8 +1,12 @@
 //! Per-CPU scratch space for the packet being processed: what does not fit on the 512-byte BPF
 //! stack, which all of the program's functions share.
 
-use aya_ebpf::{bindings::bpf_fib_lookup, btf_maps::PerCpuArray, macros::btf_map};
-use lb_common::{Addr, FlowEntry, FlowKey, FlowKey4, ServiceKey};
+use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    btf_maps::{PerCpuArray, lpm_trie::Key},
+    macros::btf_map,
+};
+use lb_common::{Addr, ClientPrefix, FlowEntry, FlowKey, FlowKey4, ServiceKey};
 
 use crate::{
     clock::ClockCache,
@@ -34,6 +38,8 @@ pub struct Scratch {
     pub quote: Quote,
     /// Where a new flow goes (`balance::Placement`).
     pub placement: u64,
+    /// A client's address as the key of a service's prefixes (`CLIENT_POOLS`).
+    pub prefix: Key<ClientPrefix>,
     /// Parameters and answer of `bpf_fib_lookup`.
     pub fib: bpf_fib_lookup,
     /// The CPU's last reading of the clock: unlike the rest, kept from one packet to the next.

@@ -236,7 +236,10 @@ fn measure(
             let started = thread_cpu_time();
             let active = dataplane.maps.active_flows(&ids)?;
             passes.push((thread_cpu_time() - started).as_secs_f64() * 1e3);
-            ensure!(active.total() as usize >= fill.min(1), "no active flow counted");
+            ensure!(
+                active.total() as usize >= fill.min(1),
+                "no active flow counted"
+            );
         }
         // What the sweep of earlier versions did every few seconds: read both tables whole.
         let started = thread_cpu_time();
