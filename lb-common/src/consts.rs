@@ -116,6 +116,8 @@ pub mod map_names {
     pub const MAGLEV_TABLES: &str = "MAGLEV_TABLES";
     /// Backend registry: id -> address.
     pub const BACKENDS: &str = "BACKENDS";
+    /// The ports backends listen on, a bitmap.
+    pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
     /// The handshake guard: window count of new TCP flows, budget and hash seed.
     pub const HANDSHAKE_GUARD: &str = "HANDSHAKE_GUARD";
     /// Round-robin cursors, one per backend table.
@@ -176,11 +178,12 @@ pub mod map_names {
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, and the trace's maps).
-    pub const PINNED: [&str; 23] = [
+    pub const PINNED: [&str; 24] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
         BACKENDS,
+        BACKEND_PORTS,
         RR_CURSORS,
         HANDSHAKE_GUARD,
         FLOWS4,

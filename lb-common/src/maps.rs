@@ -73,6 +73,16 @@ pub struct BackendEntry {
     pub _pad: u32,
 }
 
+/// Words of `BACKEND_PORTS`, a bitmap of the 65,536 ports.
+pub const BACKEND_PORT_WORDS: u32 = 1024;
+
+/// Where port `port` (network order, as packets and `BackendEntry` hold it) is in
+/// `BACKEND_PORTS`: the word, and the bit in it.
+#[inline(always)]
+pub const fn backend_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
+
 /// A backend table: the round-robin sequence of backend ids for new flows of one
 /// (service, pool). Built whole in userspace (smooth weighted round robin) and published by
 /// swapping it into `BACKEND_TABLES`; the kernel only reads it.
@@ -192,7 +202,7 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 19] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 20] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
@@ -230,6 +240,7 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 19] = {
         (n::PASSIVE_MARKS, 4, size_of::<PassiveMark>()),
         (n::SUSPECT_SLOTS, 4, size_of::<SuspectSlots>()),
         (n::ADMISSION, size_of::<AdmissionKey>(), 8),
+        (n::BACKEND_PORTS, 4, 8),
     ]
 };
 

@@ -5,7 +5,7 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Addr, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
+    Addr, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey, backend_port_bit,
     consts::{events, family, flow_flags, forwarding, proto, scheduler},
     csum, direction, epoch,
     tables::{table_index, table_owner},
@@ -24,7 +24,7 @@ use crate::{
     forward::{Route, resolve, transmit},
     frame::Frame,
     icmp,
-    maps::{BACKENDS, CLIENT_POOLS, SERVICES, count_event},
+    maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, SERVICES, count_event},
     nat::{Deltas, End, Rewrite, rewrite_flow},
     packet::{Packet, TCP_SYN, parse},
     passive,
@@ -104,7 +104,9 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
         family: pkt.family,
     };
     let service = SERVICES.get_ptr(service_key);
+    // A packet for no service is a half-open flow's only if it is a backend's answer.
     if pkt.proto == proto::TCP
+        && (service.is_some() || from_backend_port(pkt.sport))
         && let Some(entry) = Fam::half_open().get_ptr_mut(key)
     {
         // A client packet without SYN completes the handshake; a retransmitted SYN is
@@ -134,6 +136,13 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
         return to_place(pkt, service, NO_BACKEND_ID);
     }
     F::PASS
+}
+
+/// Whether a backend listens on `port` (`BACKEND_PORTS`).
+#[inline(always)]
+fn from_backend_port(port: u16) -> bool {
+    let (word, bit) = backend_port_bit(port);
+    BACKEND_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
 }
 
 /// Records in the scratch area where a new flow of `service` goes (or where a half-open one is

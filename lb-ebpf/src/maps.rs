@@ -68,6 +68,14 @@ pub static SPILLED: PerCpuArray<u64, { limits::MAX_TABLES as usize }> = PerCpuAr
 #[btf_map]
 pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Array::new();
 
+/// The ports backends listen on (network order, as in packets), a bitmap of 65,536 bits
+/// (`lb_common::backend_port_bit`). Written by userspace when a backend id is taken (before
+/// any table names it) or released; read for a TCP packet that is in no flow and for no
+/// service, which is looked up in the half-open table (as a backend's answer to a SYN) only if
+/// its source port is marked.
+#[btf_map]
+pub static BACKEND_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }> = Array::new();
+
 /// Round-robin cursor of each backend table (same index as `BACKEND_TABLES`): the number of
 /// new flows that table has placed. The program advances it with an atomic fetch-and-add, so
 /// two CPUs never read the same value; userspace only zeroes it when a table index is reused.

@@ -30,6 +30,7 @@ use lb_common::{
 };
 
 use super::{
+    backend_ports::BackendPorts,
     batch,
     flows::{ActiveFlows, FlowMaps, FlowTables},
     passive::PassiveMaps,
@@ -59,6 +60,7 @@ pub struct Maps {
     /// A second handle on the Maglev tables' outer map, for deleting (aya cannot).
     maglev_data: MapData,
     backends: Array<MapData, BackendEntry>,
+    backend_ports: BackendPorts,
     cursors: Array<MapData, u64>,
     handshake_guard: Array<MapData, HandshakeGuard>,
     /// The flow tables (`FLOWS4`, `HALF_OPEN4`, `FLOWS6`, `HALF_OPEN6`), their timeouts and
@@ -108,6 +110,12 @@ impl Maps {
         let tables_id = outer_map_id(ebpf, map_names::BACKEND_TABLES)?;
         let tables: TableMap = take(ebpf, map_names::BACKEND_TABLES)?;
         let maglev_data = MapData::from_id(outer_map_id(ebpf, map_names::MAGLEV_TABLES)?)?;
+        let backends: Array<MapData, BackendEntry> = take(ebpf, map_names::BACKENDS)?;
+        let in_use: Vec<(u32, BackendEntry)> =
+            batch::lookup_all::<u32, BackendEntry>(backends.map())?
+                .into_iter()
+                .filter(|(_, entry)| entry.in_use == 1)
+                .collect();
         Ok(Self {
             services: take(ebpf, map_names::SERVICES)?,
             tables,
@@ -115,7 +123,8 @@ impl Maps {
             tables_data: MapData::from_id(tables_id)?,
             maglev: take(ebpf, map_names::MAGLEV_TABLES)?,
             maglev_data,
-            backends: take(ebpf, map_names::BACKENDS)?,
+            backends,
+            backend_ports: BackendPorts::new(take(ebpf, map_names::BACKEND_PORTS)?, &in_use),
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
             flows: FlowTables::new(FlowMaps {
@@ -251,7 +260,16 @@ fn sum_counters(
 
 impl DataplaneMaps for Maps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
-        Ok(self.backends.set(id, entry, 0)?)
+        // Its port is marked before the entry is there (and so before a table names it), and
+        // unmarked after the entry is cleared.
+        if entry.in_use == 1 {
+            self.backend_ports.set(id, entry)?;
+        }
+        self.backends.set(id, entry, 0)?;
+        if entry.in_use != 1 {
+            self.backend_ports.set(id, entry)?;
+        }
+        Ok(())
     }
 
     fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {

@@ -5,6 +5,7 @@
 //! `trace`, the maps of `xlb trace`.
 
 pub mod attach;
+mod backend_ports;
 mod batch;
 pub mod flows;
 pub mod hooks;
