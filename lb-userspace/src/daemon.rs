@@ -54,7 +54,11 @@ pub async fn run(
     pins::prepare(&config.pin_path)?;
 
     let pin_path = config.pin_path.clone();
-    let mut dataplane = Dataplane::load_pinned(config.flow_table_size, &pin_path)?;
+    let mut dataplane = Dataplane::load_pinned(
+        config.flow_table_size,
+        config.flow_table_size_ipv6,
+        &pin_path,
+    )?;
     let interfaces = config.interfaces.clone();
     let announce = config.announce.clone();
     let service_count = config.services.len();

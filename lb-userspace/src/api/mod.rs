@@ -337,11 +337,13 @@ pub struct FlowTableStats {
     pub active_ipv4: u64,
     /// The same for IPv6 services.
     pub active_ipv6: u64,
-    /// Flows each family's established table holds (`flow_table_size`); when full, the least
+    /// Flows the IPv4 established table holds (`flow_table_size`); when full, the least
     /// recently used are evicted.
     pub capacity: u64,
-    /// Flows each family's half-open table holds; when full, the least recently used are
-    /// evicted.
+    /// The same for IPv6 (`flow_table_size_ipv6`).
+    #[serde(default)]
+    pub capacity_ipv6: u64,
+    /// Flows the IPv4 half-open table holds; when full, the least recently used are evicted.
     pub half_open_capacity: u64,
     /// Flows a packet found silent past their timeout (deleted, and the packet handled as a new
     /// flow's), as the data plane counted them.

@@ -16,8 +16,10 @@ pub struct Config {
     /// checksums (for example: transmit checksum offload is off on every veth peer), which xlb
     /// cannot see for itself; native and generic XDP are then allowed there.
     pub assume_complete_checksums: bool,
-    /// Flows the flow table holds (two `FLOWS` entries each, one per direction).
+    /// IPv4 flows the IPv4 flow table holds (two `FLOWS4` entries each, one per direction).
     pub flow_table_size: u32,
+    /// IPv6 flows the IPv6 flow table holds (`flow_table_size` unless set).
+    pub flow_table_size_ipv6: u32,
     /// bpffs directory where the maps and links are pinned, so that the data plane outlives the
     /// daemon and a restarted daemon takes it over.
     pub pin_path: PathBuf,

@@ -231,6 +231,7 @@ pub(super) struct RawConfig {
     pub(super) xdp_mode: Field<XdpMode>,
     pub(super) assume_complete_checksums: Option<bool>,
     pub(super) flow_table_size: Field<FlowTableSize>,
+    pub(super) flow_table_size_ipv6: Field<FlowTableSize>,
     pub(super) pin_path: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) tcp_idle_timeout: Option<Spanned<String>>,

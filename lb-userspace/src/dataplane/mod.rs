@@ -64,37 +64,45 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the program into the kernel (without attaching it) with a flow table for
-    /// `flow_table_size` flows, nothing pinned.
+    /// Loads the program into the kernel (without attaching it) with flow tables for
+    /// `flow_table_size` flows of each family, nothing pinned.
     pub fn load(flow_table_size: u32) -> Result<Self> {
-        Self::load_with(objects::balancer()?, flow_table_size, None)
+        Self::load_with(objects::balancer()?, [flow_table_size; 2], None)
     }
 
     /// Loads another build of the balancer's object (one whose maps have this build's
     /// layouts), like [`Self::load`]: for benchmarks that compare two builds of the data plane
     /// in one process, run after run, so that both see the same machine.
     pub fn load_object(object: &[u8], flow_table_size: u32) -> Result<Self> {
-        Self::load_with(object, flow_table_size, None)
+        Self::load_with(object, [flow_table_size; 2], None)
     }
 
     /// Loads the program with its maps pinned in `pin_dir` (a bpffs directory): maps already
     /// pinned there by an earlier daemon are reused, contents and all ([`Self::adopted`]).
-    pub fn load_pinned(flow_table_size: u32, pin_dir: &Path) -> Result<Self> {
-        Self::load_with(objects::balancer()?, flow_table_size, Some(pin_dir))
+    /// (IPv4 flows, and IPv6 flows, as the flow tables hold them.)
+    pub fn load_pinned(ipv4_flows: u32, ipv6_flows: u32, pin_dir: &Path) -> Result<Self> {
+        Self::load_with(
+            objects::balancer()?,
+            [ipv4_flows, ipv6_flows],
+            Some(pin_dir),
+        )
     }
 
-    fn load_with(object: &[u8], flow_table_size: u32, pin_dir: Option<&Path>) -> Result<Self> {
+    /// Loads `object`, whose flow tables hold `[IPv4, IPv6]` flows.
+    fn load_with(object: &[u8], sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<Self> {
+        let flow_table_size = sizes[0];
         // Two entries per flow, one per direction.
-        let flow_entries = flow_table_size.saturating_mul(2);
-        let half_open_entries = (flow_table_size / HALF_OPEN_DIVISOR).saturating_mul(2);
-        let mut loader = EbpfLoader::new();
-        for (name, half_open, _) in map_names::FLOW_TABLES {
-            let entries = if half_open {
-                half_open_entries
+        let entries = |half_open: bool, ipv6: bool| {
+            let flows = sizes[usize::from(ipv6)];
+            if half_open {
+                (flows / HALF_OPEN_DIVISOR).saturating_mul(2)
             } else {
-                flow_entries
-            };
-            loader.map_max_entries(name, entries);
+                flows.saturating_mul(2)
+            }
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, half_open, ipv6) in map_names::FLOW_TABLES {
+            loader.map_max_entries(name, entries(half_open, ipv6));
         }
         let mut adopted = false;
         if let Some(dir) = pin_dir {
@@ -116,18 +124,24 @@ impl Dataplane {
             _ => "loading the XDP object".to_owned(),
         })?;
         if adopted {
-            let pinned = match ebpf.map(map_names::FLOWS4) {
-                Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
-                Some(_) => bail!("{} is not an LRU hash map", map_names::FLOWS4),
-                None => 0,
-            };
-            if pinned != flow_entries {
-                bail!(
-                    "the pinned flow table holds {} flows but flow_table_size is {flow_table_size}: \
-                     keep the old size, or stop xlb with --detach-on-exit (dropping every flow) to \
-                     change it",
-                    pinned / 2
-                );
+            for (name, key, ipv6) in [
+                (map_names::FLOWS4, "flow_table_size", false),
+                (map_names::FLOWS6, "flow_table_size_ipv6", true),
+            ] {
+                let pinned = match ebpf.map(name) {
+                    Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
+                    Some(_) => bail!("{name} is not an LRU hash map"),
+                    None => 0,
+                };
+                if pinned != entries(false, ipv6) {
+                    bail!(
+                        "the pinned flow table {name} holds {} flows but {key} is {}: keep the \
+                         old size, or stop xlb with --detach-on-exit (dropping every flow) to \
+                         change it",
+                        pinned / 2,
+                        sizes[usize::from(ipv6)]
+                    );
+                }
             }
         }
         let program: &mut Xdp = ebpf

@@ -232,13 +232,15 @@ impl Collector for XlbCollector {
                 (labels, n as i64)
             }),
         )?;
-        let (established, half_open) = snapshot.flow_capacity;
-        let capacity = ["ipv4", "ipv6"].into_iter().flat_map(|family| {
-            [("established", established), ("half_open", half_open)].map(|(table, n)| {
-                let labels = vec![("family", family.to_owned()), ("table", table.to_owned())];
-                (labels, n as i64)
-            })
-        });
+        let capacity = ["ipv4", "ipv6"]
+            .into_iter()
+            .zip(snapshot.flow_capacity)
+            .flat_map(|(family, (established, half_open))| {
+                [("established", established), ("half_open", half_open)].map(|(table, n)| {
+                    let labels = vec![("family", family.to_owned()), ("table", table.to_owned())];
+                    (labels, n as i64)
+                })
+            });
         gauges(
             e,
             "xlb_flow_table_capacity",

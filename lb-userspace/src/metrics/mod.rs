@@ -37,8 +37,8 @@ pub struct Snapshot {
     pub spills: Vec<((String, String, String), u64)>,
     /// Active flows (a client packet in the last activity epoch, about 8.6 s): IPv4, IPv6.
     pub flows: (u64, u64),
-    /// What each family's flow tables hold at most: established, half-open.
-    pub flow_capacity: (u64, u64),
+    /// What the flow tables hold at most: (established, half-open) of IPv4, of IPv6.
+    pub flow_capacity: [(u64, u64); 2],
     /// Flows a packet found silent past their timeout (the data plane's count).
     pub flows_expired: u64,
     /// The handshake guard, if it could be read.

@@ -25,7 +25,7 @@ pub(crate) fn full_snapshot() -> Snapshot {
         events: vec![("no_backend", 4)],
         spills: vec![(("video".into(), "kr".into(), "jp".into()), 12)],
         flows: (7, 2),
-        flow_capacity: (65_536, 16_384),
+        flow_capacity: [(65_536, 16_384), (65_536, 16_384)],
         flows_expired: 5,
         guard: Some(GuardMetrics {
             hashing: true,

@@ -52,10 +52,12 @@ impl Monitor {
             .clone()
             .context("this daemon has no config file to reload")?;
         let new = Config::load(&path).map_err(|errors| anyhow!("{errors}\nnothing was changed"))?;
-        if new.flow_table_size != self.config.flow_table_size {
+        if new.flow_table_size != self.config.flow_table_size
+            || new.flow_table_size_ipv6 != self.config.flow_table_size_ipv6
+        {
             bail!(
-                "flow_table_size cannot change while xlb runs (it sizes the pinned flow table); \
-                 nothing was changed"
+                "flow_table_size and flow_table_size_ipv6 cannot change while xlb runs (they \
+                 size the pinned flow tables); nothing was changed"
             );
         }
         if new.pin_path != self.config.pin_path {

@@ -126,8 +126,11 @@ impl Monitor {
         }
         snapshot.spills = self.spills.iter().map(|(k, v)| (k.clone(), *v)).collect();
         snapshot.flows = self.active_by_family();
-        let size = u64::from(self.config.flow_table_size);
-        snapshot.flow_capacity = (size, size / u64::from(HALF_OPEN_DIVISOR));
+        snapshot.flow_capacity = [
+            self.config.flow_table_size,
+            self.config.flow_table_size_ipv6,
+        ]
+        .map(|size| (u64::from(size), u64::from(size / HALF_OPEN_DIVISOR)));
         snapshot.guard = maps
             .handshake_guard()
             .ok()
@@ -306,6 +309,7 @@ impl Monitor {
             active_ipv4,
             active_ipv6,
             capacity: size,
+            capacity_ipv6: u64::from(self.config.flow_table_size_ipv6),
             half_open_capacity: size / u64::from(HALF_OPEN_DIVISOR),
             expired: counts[events::FLOW_EXPIRED as usize],
             handshake_budget: guard.budget,

@@ -238,12 +238,13 @@ pub fn stats(report: &StatsReport) -> String {
     let t = &report.flow_table;
     let _ = writeln!(
         out,
-        "flows: {} active IPv4 ({}), {} IPv6 ({}) of {} per family; {} expired",
+        "flows: {} active IPv4 ({} of {}), {} IPv6 ({} of {}); {} expired",
         t.active_ipv4,
         percent(t.active_ipv4, t.capacity),
-        t.active_ipv6,
-        percent(t.active_ipv6, t.capacity),
         t.capacity,
+        t.active_ipv6,
+        percent(t.active_ipv6, t.capacity_ipv6),
+        t.capacity_ipv6,
         t.expired
     );
     if t.handshake_guard_on {
@@ -253,11 +254,12 @@ pub fn stats(report: &StatsReport) -> String {
             t.handshake_budget
         );
     }
-    if t.capacity > 0 && t.active_ipv4.max(t.active_ipv6) * 10 >= t.capacity * 9 {
+    let nearly_full = |active: u64, capacity: u64| capacity > 0 && active * 10 >= capacity * 9;
+    if nearly_full(t.active_ipv4, t.capacity) || nearly_full(t.active_ipv6, t.capacity_ipv6) {
         let _ = writeln!(
             out,
             "  the flow table is nearly full: the least recently used flows are being evicted \
-             (raise flow_table_size)"
+             (raise flow_table_size or flow_table_size_ipv6)"
         );
     }
     out
@@ -461,6 +463,7 @@ mod tests {
                 active_ipv4: 10,
                 active_ipv6: 0,
                 capacity: 65_536,
+                capacity_ipv6: 65_536,
                 half_open_capacity: 16_384,
                 expired: 0,
                 handshake_budget: 819,

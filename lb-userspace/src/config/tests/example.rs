@@ -14,6 +14,7 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "xdp_mode",
         "assume_complete_checksums",
         "flow_table_size",
+        "flow_table_size_ipv6",
         "pin_path",
         "metrics",
         "tcp_idle_timeout",

@@ -46,6 +46,7 @@ fn parses_a_valid_config() {
     assert_eq!(config.interfaces, ["eth0"]);
     assert_eq!(config.xdp_mode, XdpMode::Native);
     assert_eq!(config.flow_table_size, limits::DEFAULT_FLOW_TABLE_SIZE);
+    assert_eq!(config.flow_table_size_ipv6, config.flow_table_size);
     assert_eq!(config.pin_path, PathBuf::from("/sys/fs/bpf/xlb"));
     assert_eq!(config.metrics, None);
     assert_eq!(config.services.len(), 2);
@@ -104,6 +105,26 @@ fn syntax_errors_are_located() {
     assert_eq!(errors.len(), 1);
     assert!(
         errors[0].starts_with("1:") || errors[0].starts_with("2:"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn the_ipv6_flow_table_has_its_own_size_if_set() {
+    let text = VALID.replace(
+        "xdp_mode",
+        "flow_table_size = 4096\nflow_table_size_ipv6 = 1024\nxdp_mode",
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(
+        (config.flow_table_size, config.flow_table_size_ipv6),
+        (4096, 1024)
+    );
+    let errors = errors_of(&VALID.replace("xdp_mode", "flow_table_size_ipv6 = 10\nxdp_mode"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("flow_table_size_ipv6: 10 is out of range")),
         "{errors:?}"
     );
 }

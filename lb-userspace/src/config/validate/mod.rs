@@ -121,6 +121,9 @@ impl Validator<'_> {
         let flow_table_size = self
             .optional_leaf(raw.flow_table_size, || "flow_table_size:".into())
             .map_or(limits::DEFAULT_FLOW_TABLE_SIZE, |size| size.0 as u32);
+        let flow_table_size_ipv6 = self
+            .optional_leaf(raw.flow_table_size_ipv6, || "flow_table_size_ipv6:".into())
+            .map_or(flow_table_size, |size| size.0 as u32);
 
         let pin_path = match raw.pin_path {
             None => PathBuf::from(DEFAULT_PIN_PATH),
@@ -244,6 +247,7 @@ impl Validator<'_> {
             announce,
             assume_complete_checksums: raw.assume_complete_checksums.unwrap_or(false),
             flow_table_size,
+            flow_table_size_ipv6,
             pin_path,
             metrics,
             flow_timeouts,
