@@ -217,6 +217,8 @@ pub mod program_names {
     pub const NOOP: &str = "xlb_noop";
     /// The same at tc (object `xlb-noop`).
     pub const NOOP_TC: &str = "xlb_noop_tc";
+    /// The floor: one flow lookup and a redirect (object `xlb-noop`).
+    pub const FLOOR: &str = "xlb_floor";
 }
 
 /// Indexes into the `EVENTS` per-CPU array: things the data plane did that an operator may

@@ -28,7 +28,7 @@ use crate::{
     nat::{Deltas, End, Rewrite, rewrite_flow},
     packet::{Packet, TCP_SYN, parse},
     passive,
-    scratch::scratch,
+    scratch::{Scratch, scratch},
     trace,
 };
 
@@ -48,13 +48,13 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
         return icmp::process(frame, pkt);
     }
     if pkt.family == family::IPV4 {
-        match balance::<F, V4>(frame, pkt) {
-            PLACE => place::<F, V4>(frame, pkt),
+        match balance::<F, V4>(frame, pkt, scratch) {
+            PLACE => place::<F, V4>(frame, pkt, scratch),
             verdict => verdict,
         }
     } else {
-        match balance_apart::<F, V6>(frame, pkt) {
-            PLACE => place::<F, V6>(frame, pkt),
+        match balance_apart::<F, V6>(frame, pkt, scratch) {
+            PLACE => place::<F, V6>(frame, pkt, scratch),
             verdict => verdict,
         }
     }
@@ -66,8 +66,8 @@ const PLACE: u32 = 0xffff_fffd;
 
 /// [`balance`] in a function of its own (IPv6: its frame stays off the IPv4 path's).
 #[inline(never)]
-fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
-    balance::<F, Fam>(frame, pkt)
+fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
+    balance::<F, Fam>(frame, pkt, scratch)
 }
 
 /// A TCP or UDP packet of family `Fam`. One hash lookup decides a packet of an established flow
@@ -76,10 +76,7 @@ fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
 /// `balance` and `new_flow` are never on the stack at once (the program's stack is 512 bytes
 /// for all frames).
 #[inline(always)]
-fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
-    let Some(scratch) = scratch() else {
-        return F::PASS;
-    };
+fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };
     packet_key::<Fam>(pkt, key);
@@ -87,9 +84,9 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
     if let Some(entry) = Fam::flows().get_ptr_mut(key) {
         // Inlined for IPv4 (see `established`); apart for IPv6, whose frames are larger.
         let verdict = if Fam::FAMILY == family::IPV4 {
-            established::<F, Fam>(frame, pkt, key, entry, false)
+            established::<F, Fam>(frame, pkt, scratch, entry, false)
         } else {
-            established_apart::<F, Fam>(frame, pkt, key, entry, false)
+            established_apart::<F, Fam>(frame, pkt, scratch, entry, false)
         };
         if verdict != NO_FLOW {
             return verdict;
@@ -123,11 +120,11 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
                 Retransmission::Forward => (entry, true),
             },
             None => {
-                passive::backend_answer(frame, pkt, entry, clock::now());
+                passive::backend_answer(frame, pkt, entry, clock::now_in(scratch));
                 (entry, true)
             }
         };
-        let verdict = established_apart::<F, Fam>(frame, pkt, key, entry, half_open);
+        let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, half_open);
         if verdict != NO_FLOW {
             return verdict;
         }
@@ -164,16 +161,13 @@ fn to_place(pkt: &Packet, service: *const ServiceEntry, avoid: u32) -> u32 {
 
 /// Places the new flow [`to_place`] recorded.
 #[inline(always)]
-fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
-    let Some(scratch) = scratch() else {
-        return F::PASS;
-    };
+fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
     // SAFETY: this CPU's scratch area: the placement and the key `balance` left there.
     let (placement, key) = unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
     match new_flow::<F, Fam>(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
         NewFlow::Raced(entry, half_open) => {
-            match established_apart::<F, Fam>(frame, pkt, key, entry, half_open) {
+            match established_apart::<F, Fam>(frame, pkt, scratch, entry, half_open) {
                 // (The other CPU's entry cannot be over an instant after it was made.)
                 NO_FLOW => F::DROP,
                 verdict => verdict,

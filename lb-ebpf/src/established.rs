@@ -22,6 +22,7 @@ use crate::{
     maps::{FLOW_TIMEOUTS, count_event},
     nat::{Deltas, End, Rewrite, decrement_ttl, rewrite_flow},
     packet::{Packet, TCP_FIN, TCP_RST},
+    scratch::Scratch,
     trace,
 };
 
@@ -37,11 +38,11 @@ pub const NO_FLOW: u32 = 0xffff_fffe;
 pub fn established_apart<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
-    key: &Fam::Key,
+    scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
     half_open: bool,
 ) -> u32 {
-    established::<F, Fam>(frame, pkt, key, entry, half_open)
+    established::<F, Fam>(frame, pkt, scratch, entry, half_open)
 }
 
 /// Bits of [`refresh`]'s `mode`.
@@ -50,7 +51,7 @@ const REFRESH_CLOSING: u32 = 2;
 const REFRESH_HALF_OPEN: u32 = 4;
 
 /// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
-/// under `key`. A FIN or RST marks both directions closing. Inlined where an established
+/// under the packet's key (in this CPU's `scratch` area). A FIN or RST marks both directions closing. Inlined where an established
 /// flow's packets arrive (a BPF-to-BPF call and its return cost 13 ns here, with the
 /// return-stack mitigation of this CPU); the refresh, about once a second per flow, is a
 /// function of its own, so that its locals stay off the stack.
@@ -58,7 +59,7 @@ const REFRESH_HALF_OPEN: u32 = 4;
 pub fn established<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
-    key: &Fam::Key,
+    scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
     half_open: bool,
 ) -> u32 {
@@ -72,7 +73,7 @@ pub fn established<F: Frame, Fam: Family>(
         count_event(events::OVERSIZED_PASSED);
         return F::PASS;
     }
-    let now = clock::now();
+    let now = clock::now_in(scratch);
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
     // same flow) only store a recent time, the closing flag, the epoch or the same next hop.
     let flow = unsafe { &mut *entry };
@@ -85,7 +86,7 @@ pub fn established<F: Frame, Fam: Family>(
         let mode = if due { REFRESH_DUE } else { 0 }
             | if closing { REFRESH_CLOSING } else { 0 }
             | if half_open { REFRESH_HALF_OPEN } else { 0 };
-        unresolved = refresh::<F, Fam>(frame, pkt, key, entry, mode);
+        unresolved = refresh::<F, Fam>(frame, pkt, scratch, entry, mode);
         if unresolved == NO_FLOW {
             return NO_FLOW;
         }
@@ -150,14 +151,14 @@ pub fn established<F: Frame, Fam: Family>(
 fn refresh<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
-    key: &Fam::Key,
+    scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
     mode: u32,
 ) -> u32 {
-    // SAFETY: as in `established`.
-    let flow = unsafe { &mut *entry };
+    // SAFETY: as in `established`; the key is this CPU's scratch area's.
+    let (flow, key) = unsafe { (&mut *entry, &*Fam::areas(scratch).key) };
     let half_open = mode & REFRESH_HALF_OPEN != 0;
-    let now = clock::now();
+    let now = clock::now_in(scratch);
     if mode & REFRESH_DUE != 0 {
         if over(pkt, flow, half_open, now) {
             forget::<Fam>(key, flow, half_open);
