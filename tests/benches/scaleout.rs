@@ -11,7 +11,7 @@ use xlb_tests::{
     bench::{Table, median, print_section, quick, wrk_url},
     cluster::{Cluster, PORT},
     scaleout::{LOAD, Load, MAGLEV, ROUND_ROBIN, Report, run},
-    topology::VIP,
+    topology::{VIP, backend_addr},
 };
 
 /// "median (min–max)" of `values`.
@@ -98,15 +98,28 @@ fn main() -> Result<()> {
 
     // DSR against NAT, one balancer.
     let seconds = if quick { 1 } else { 5 };
-    let mut results: Vec<(&str, Vec<[f64; 5]>)> = vec![("NAT", Vec::new()), ("DSR", Vec::new())];
+    let mut results: Vec<(&str, Vec<[f64; 5]>)> = vec![
+        ("NAT", Vec::new()),
+        ("DSR", Vec::new()),
+        ("routing, no balancer", Vec::new()),
+    ];
     for run_index in 0..runs {
-        for (i, dsr) in [false, true].into_iter().enumerate() {
+        for (i, dsr, routed) in [(0, false, false), (1, true, false), (2, true, true)] {
             eprintln!(
-                "DSR against NAT, run {} of {runs}: {}",
+                "DSR against NAT and routing, run {} of {runs}: {}",
                 run_index + 1,
                 results[i].0
             );
             let cluster = Cluster::start_with(1, 3, MAGLEV, "0s", dsr)?;
+            if routed {
+                // No balancer in the path: the VIP's route goes to the first backend (which
+                // holds the VIP, as DSR backends do), once xlb's announcement is gone.
+                cluster.kill(0)?;
+                cluster.wait_for_next_hops(0, Duration::from_secs(10))?;
+                cluster
+                    .router
+                    .ip(&format!("route replace {VIP}/32 via {}", backend_addr(0)))?;
+            }
             let url = |path: &str| format!("http://{VIP}:{PORT}{path}");
             wrk_url(&cluster.client, &url("/"), 1, false)?;
             let keep_alive = wrk_url(&cluster.client, &url("/"), seconds, false)?;
@@ -147,12 +160,14 @@ fn main() -> Result<()> {
         ]);
     }
     print_section(
-        "Direct server return against NAT",
+        "Direct server return against NAT and plain routing",
         &format!(
             "One balancer (xlb, Maglev, at tc on default links) between a router and three \
              backends; wrk (2 threads, 32 connections, {seconds}s) from the client through the \
              router. With NAT the backends' replies come back through the balancer; with DSR \
-             they go to the router directly. Medians of {runs} runs (min–max), alternating.\n\n{}",
+             they go to the router directly. Routing: the same network with the router's route \
+             for the VIP sent straight to one backend, no balancer in the path (the baseline \
+             DSR should match). Medians of {runs} runs (min–max), taking turns.\n\n{}",
             table.markdown()
         ),
     );
