@@ -325,7 +325,7 @@ pub struct StatsReport {
     pub services: Vec<ServiceStats>,
     /// Data-plane events, by name.
     pub events: Vec<(String, u64)>,
-    /// The flow tables, as of the last sweep.
+    /// The flow tables: active flows against their size.
     pub flow_table: FlowTableStats,
 }
 
