@@ -128,6 +128,48 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &MapData) -> Result<V
     }
 }
 
+/// Elements `first..first + count` of a per-CPU array of `u64`, read with one
+/// `BPF_MAP_LOOKUP_BATCH`: element `i`'s value on CPU `c` is at `i * cpus + c`, `cpus` being
+/// the possible CPUs (the kernel's stride for per-CPU values of 8 bytes).
+pub fn lookup_percpu_range(map: &MapData, first: u32, count: u32) -> Result<Vec<u64>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+    let mut keys = vec![0u32; count as usize];
+    let mut values = vec![0u64; count as usize * cpus];
+    // An array's batch starts after the key given (none: at element 0).
+    let before = first.wrapping_sub(1);
+    let mut token_out = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: if first == 0 {
+            0
+        } else {
+            &before as *const u32 as u64
+        },
+        out_batch: &mut token_out as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: fd(map),
+        ..BatchAttr::default()
+    };
+    match call(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(()) => {}
+        // ENOENT: the range reached the array's last element.
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(error) => bail!("BPF_MAP_LOOKUP_BATCH of elements {first}..+{count}: {error}"),
+    }
+    if attr.count != count || keys.first() != Some(&first) {
+        bail!(
+            "BPF_MAP_LOOKUP_BATCH of elements {first}..+{count} read {} from {:?}",
+            attr.count,
+            keys.first()
+        );
+    }
+    Ok(values)
+}
+
 /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; keys that are no longer there (an LRU map may
 /// have evicted them) are skipped. Returns how many were deleted.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {

@@ -200,22 +200,35 @@ impl FlowTables {
 
     /// The active flows of `backend_ids` as of `now_ns` (coarse monotonic): per backend, the
     /// flows whose client sent a packet in the last complete activity epoch and in the one
-    /// under way. Two per-CPU reads per backend; nothing else.
+    /// under way. One batched read per epoch of the elements up to the highest id asked for;
+    /// nothing else.
     pub fn active(&self, backend_ids: &[u32], now_ns: u64) -> Result<ActiveFlows> {
+        let mut flows = ActiveFlows::default();
+        let Some(&highest) = backend_ids.iter().max() else {
+            return Ok(flows);
+        };
         let current = epoch(now_ns);
         let previous = current.wrapping_sub(1);
-        let mut flows = ActiveFlows::default();
+        let counts = |epoch: u32| -> Result<Vec<u64>> {
+            let tagged =
+                batch::lookup_percpu_range(self.active.map(), active_index(epoch, 0), highest + 1)?;
+            let cpus = tagged.len() / (highest as usize + 1);
+            Ok(tagged
+                .chunks(cpus)
+                .map(|element| {
+                    element
+                        .iter()
+                        .map(|tagged| u64::from(active_count(*tagged, epoch)))
+                        .sum()
+                })
+                .collect())
+        };
+        let (before, now) = (counts(previous)?, counts(current)?);
         for &id in backend_ids {
-            let count = |epoch: u32| -> Result<u64> {
-                let counts = self.active.get(&active_index(epoch, id), 0)?;
-                Ok(counts
-                    .iter()
-                    .map(|tagged| u64::from(active_count(*tagged, epoch)))
-                    .sum())
-            };
+            let id_index = id as usize;
             flows
                 .by_backend
-                .insert(id, (count(previous)?, count(current)?));
+                .insert(id, (before[id_index], now[id_index]));
         }
         Ok(flows)
     }

@@ -1,7 +1,8 @@
 //! The active-flow counts the data plane keeps (`ACTIVE_FLOWS`: per backend, the flows whose
 //! client sent a packet in an activity epoch), read every second for the reports and for the
-//! services whose load depends on them (`max_flows`). Reading them costs two per-CPU array
-//! reads, whatever the number of flows.
+//! services whose load depends on them (`max_flows`). Reading them costs two batched reads
+//! of the per-CPU array (one per epoch, up to the highest backend id), whatever the number of
+//! flows.
 
 use tracing::warn;
 
