@@ -152,6 +152,9 @@ pub mod map_names {
     pub const SPILLED: &str = "SPILLED";
     /// Interfaces xlb may redirect to.
     pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
+    /// Interfaces whose packets the tc program hands to the veth peer (not pinned: each
+    /// daemon fills it for the interfaces it attached).
+    pub const VETH_PEERS: &str = "VETH_PEERS";
     /// Per-CPU traffic counters per service.
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     /// Per-CPU traffic counters per backend.

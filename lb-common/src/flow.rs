@@ -207,8 +207,11 @@ pub struct FlowEntry<A: FlowAddr = Addr> {
     /// The low 16 bits of the activity epoch ([`epoch`]) of the last client packet counted in
     /// `ACTIVE_FLOWS` (client-to-backend entries only).
     pub epoch: u16,
+    /// Whether the next hop's interface is a veth whose packets the tc program hands straight
+    /// to its peer (`bpf_redirect_peer`, see `VETH_PEERS`): 1 or 0, cached with the next hop.
+    pub hop_peer: u8,
     /// Explicit padding; zero.
-    pub _pad: u16,
+    pub _pad: u8,
     /// When the flow began: coarse monotonic time in whole seconds. Both directions carry the
     /// same value.
     pub created_s: u32,
@@ -237,6 +240,7 @@ impl FlowEntry<u32> {
             hop_dst_mac: self.hop_dst_mac,
             hop_src_mac: self.hop_src_mac,
             epoch: self.epoch,
+            hop_peer: self.hop_peer,
             _pad: 0,
             created_s: self.created_s,
             handshake_ack: self.handshake_ack,
@@ -262,6 +266,7 @@ impl FlowEntry {
             hop_dst_mac: self.hop_dst_mac,
             hop_src_mac: self.hop_src_mac,
             epoch: self.epoch,
+            hop_peer: self.hop_peer,
             _pad: 0,
             created_s: self.created_s,
             handshake_ack: self.handshake_ack,

@@ -333,6 +333,7 @@ fn new_flow<F: Frame, Fam: Family>(
     entry.csum_addr = deltas.addr;
     entry.csum_port = deltas.port;
     entry.hop_ifindex = 0;
+    entry.hop_peer = 0;
     // A UDP flow is active from its first packet; a TCP flow from its first packet once
     // established (an epoch that cannot be the current one makes that packet count it).
     entry.epoch = if half_open {

@@ -19,7 +19,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     frame::{Frame, ptr_at},
-    maps::{EGRESS_PORTS, count_event},
+    maps::{EGRESS_PORTS, VETH_PEERS, count_event},
     nat::decrement_ttl,
     packet::Packet,
     scratch::scratch,
@@ -32,6 +32,8 @@ const AF_INET6: u8 = 10;
 /// Where a packet goes next.
 pub struct NextHop {
     ifindex: u32,
+    /// Hand the packet to the interface's veth peer (tc only, see `VETH_PEERS`).
+    peer: bool,
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
 }
@@ -41,6 +43,7 @@ impl NextHop {
     #[inline(always)]
     pub fn store<A: FlowAddr>(&self, entry: &mut FlowEntry<A>) {
         entry.hop_ifindex = self.ifindex;
+        entry.hop_peer = self.peer as u8;
         entry.hop_dst_mac = self.dst_mac;
         entry.hop_src_mac = self.src_mac;
     }
@@ -50,6 +53,7 @@ impl NextHop {
     pub fn cached<A: FlowAddr>(entry: &FlowEntry<A>) -> Self {
         Self {
             ifindex: entry.hop_ifindex,
+            peer: entry.hop_peer != 0,
             dst_mac: entry.hop_dst_mac,
             src_mac: entry.hop_src_mac,
         }
@@ -117,6 +121,8 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextH
     }
     Ok(NextHop {
         ifindex: fib.ifindex,
+        // SAFETY: a lookup by a key on the stack; only presence is read.
+        peer: F::SKB && unsafe { VETH_PEERS.get(&fib.ifindex) }.is_some(),
         dst_mac: fib.dmac,
         src_mac: fib.smac,
     })
@@ -133,7 +139,7 @@ pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &NextHop) -> u32 {
 }
 
 /// Sends a packet whose TTL has been decremented already to `hop`: MAC addresses set, out of
-/// the same interface or another one.
+/// the same interface or another one (or, at tc, straight to the interface's veth peer).
 #[inline(always)]
 pub fn transmit<F: Frame>(frame: &F, hop: &NextHop) -> u32 {
     // After the TTL (whose change may go through a helper, which invalidates packet pointers).
@@ -145,5 +151,5 @@ pub fn transmit<F: Frame>(frame: &F, hop: &NextHop) -> u32 {
         (*eth).dst_addr = hop.dst_mac;
         (*eth).src_addr = hop.src_mac;
     }
-    frame.transmit(hop.ifindex)
+    frame.transmit(hop.ifindex, hop.peer)
 }

@@ -18,7 +18,9 @@
 //!   Generic XDP sees the same super-packets but can neither redirect them nor tell their
 //!   checksum state, so it passes them to the kernel, counted (`oversized_passed`).
 //! - **Verdicts and transmission.** `XDP_TX` / `XDP_REDIRECT` through the devmap, or
-//!   `bpf_redirect` to the egress of any interface.
+//!   `bpf_redirect` to the egress of any interface; at tc, to a veth whose peer lives in another
+//!   network namespace, `bpf_redirect_peer`, which hands the packet to the peer's receive path
+//!   directly (see `VETH_PEERS`).
 
 use core::ffi::c_void;
 
@@ -28,7 +30,7 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
         TC_ACT_UNSPEC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, xdp_action,
     },
-    helpers::{bpf_check_mtu, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 
@@ -69,8 +71,9 @@ pub trait Frame {
     /// lookup checks it against the egress MTU; 0 lets it check the skb as the kernel would.
     fn fib_tot_len(&self, ip_len: u16) -> u16;
     /// Sends the packet out of interface `ifindex` (the one it came in on, or another one xlb
-    /// is attached to) and returns the verdict that does it.
-    fn transmit(&self, ifindex: u32) -> u32;
+    /// is attached to) and returns the verdict that does it. `peer` (tc only; XDP ignores it):
+    /// hand it to the veth peer of `ifindex` instead, as if `ifindex` had sent it.
+    fn transmit(&self, ifindex: u32, peer: bool) -> u32;
     /// tc only: `bpf_l4_csum_replace` on the checksum at `offset`.
     fn skb_l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()>;
     /// tc only: stores `bytes` at `offset`, updating `skb->csum` of a `CHECKSUM_COMPLETE`
@@ -172,7 +175,7 @@ impl Frame for XdpFrame {
     }
 
     #[inline(always)]
-    fn transmit(&self, ifindex: u32) -> u32 {
+    fn transmit(&self, ifindex: u32, _peer: bool) -> u32 {
         if ifindex == self.ingress_ifindex() {
             xdp_action::XDP_TX
         } else {
@@ -250,9 +253,15 @@ impl Frame for TcFrame {
     }
 
     #[inline(always)]
-    fn transmit(&self, ifindex: u32) -> u32 {
-        // SAFETY: the helper only records where the packet goes.
-        let verdict = unsafe { bpf_redirect(ifindex, 0) };
+    fn transmit(&self, ifindex: u32, peer: bool) -> u32 {
+        // SAFETY: the helpers only record where the packet goes.
+        let verdict = unsafe {
+            if peer {
+                bpf_redirect_peer(ifindex, 0)
+            } else {
+                bpf_redirect(ifindex, 0)
+            }
+        };
         if verdict == TC_ACT_REDIRECT as i64 {
             TC_ACT_REDIRECT as u32
         } else {

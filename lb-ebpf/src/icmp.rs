@@ -130,7 +130,7 @@ fn echo_reply<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32> {
     // above are no longer valid.
     set_ttl(frame, pkt, ECHO_REPLY_TTL)?;
     count_event(events::ICMP_ECHO_ANSWERED);
-    Some(frame.transmit(frame.ingress_ifindex()))
+    Some(frame.transmit(frame.ingress_ifindex(), false))
 }
 
 /// Parses the TCP or UDP packet quoted after the ICMP header (at least its first 8 transport

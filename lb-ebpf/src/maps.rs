@@ -155,6 +155,14 @@ pub static VIPS: HashMap<VipKey, u32, { limits::MAX_VIPS as usize }> = HashMap::
 #[btf_map]
 pub static EGRESS_PORTS: DevMapHash<{ limits::MAX_INTERFACES as usize }> = DevMapHash::new();
 
+/// Interfaces, by ifindex, that are veths whose peer lives in another network namespace and
+/// whose packets the tc program hands straight to that peer (`bpf_redirect_peer`: the packet
+/// skips the veth's transmit path and the peer's backlog queue). Written by userspace after it
+/// attached at tc (unless the config turns it off); read at tc when a next hop is resolved,
+/// which caches the answer in the flow entry (`hop_peer`). Not pinned.
+#[btf_map]
+pub static VETH_PEERS: HashMap<u32, u32, { limits::MAX_INTERFACES as usize }> = HashMap::new();
+
 /// Traffic counters per service id, per CPU. Written by the program; summed by userspace.
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounters, { limits::MAX_SERVICES as usize }> =

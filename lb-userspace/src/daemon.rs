@@ -84,6 +84,11 @@ pub async fn run(
         .context("filling the maps")?;
     // Attach only once the maps are complete, so the first packet already finds its service.
     let hook = dataplane.attach_planned(&interfaces, &plan)?;
+    for interface in dataplane.set_peer_handoff(&plan.peer_handoff)? {
+        info!(
+            "interface {interface}: packets for it are handed to its veth peer (veth_peer_redirect)"
+        );
+    }
     // Announce only once attached: a router may send the VIP's flows here at once.
     if let Some(announce) = &announce {
         monitor.set_announcer(Announcer::start(announce).await?);

@@ -12,7 +12,10 @@ use common::{event, stats};
 use xlb_tests::{
     client::{start_download, upload},
     netns::Netns,
-    scenario::{TCP_SERVICE_PORT, dual_stack_config, start_backends, start_xlb},
+    scenario::{
+        TCP_SERVICE_PORT, balancer_config, dual_stack_config, run_traffic, start_backends,
+        start_xlb,
+    },
     topology::{Lab, Offloads, VIP, VIP6, Wiring},
 };
 
@@ -218,4 +221,80 @@ fn prepared_links_are_recognised() {
     let (code, _, stderr) = check(&lab.balancer, &dual_stack_config(&lab, "generic"));
     assert_eq!(code, 1);
     assert!(stderr.contains("ethtool -K eth0 gro off"), "{stderr}");
+}
+
+/// A counter of `interface` on `host` (`/sys/class/net/<interface>/statistics/<counter>`).
+fn link_counter(host: &Netns, interface: &str, counter: &str) -> u64 {
+    let path = format!("/sys/class/net/{interface}/statistics/{counter}");
+    let text = host.exec("cat", &[&path]).unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {path}: {text:?}: {e}", host.name()))
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn tc_hands_packets_to_the_veth_peer_unless_turned_off() {
+    // Where the packets leave: with the handoff (the default), straight into the peer's
+    // receive path, so the balancer's veths transmit only what its own stack sends (health
+    // checks, neighbour discovery); turned off by a reload, every forwarded packet is
+    // transmitted by them. Either way the backends receive every packet and the traffic is
+    // served byte for byte.
+    let lab = Lab::new(Wiring::TwoInterfaces, 2).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    let xlb = start_xlb(&lab.balancer, &balancer_config(&lab, "auto")).unwrap();
+    for interface in ["eth0", "eth1"] {
+        let line = format!("interface {interface}: packets for it are handed to its veth peer");
+        assert!(xlb.output().contains(&line), "{}", xlb.output());
+    }
+
+    let transmitted = |interface| link_counter(&lab.balancer, interface, "tx_packets");
+    let received = || -> u64 {
+        lab.backends
+            .iter()
+            .map(|b| link_counter(b, "eth0", "rx_packets"))
+            .sum()
+    };
+    for handoff in [true, false] {
+        if !handoff {
+            let running = std::fs::read_to_string(&xlb.config_path).unwrap();
+            let config = format!("veth_peer_redirect = false\n{running}");
+            std::fs::write(&xlb.config_path, config).unwrap();
+            let (code, _, stderr) = xlb.cli(&["reload"]).unwrap();
+            assert_eq!(code, 0, "{stderr}");
+            // Flows that reuse a port pick the change up when their entry is next refreshed.
+            std::thread::sleep(std::time::Duration::from_millis(1_500));
+        }
+        let before = (transmitted("eth0"), transmitted("eth1"), received());
+        let traffic = run_traffic(&lab, 20, 200).unwrap();
+        assert_eq!((traffic.tcp.len(), traffic.udp.len()), (20, 200));
+        let to_clients = transmitted("eth0") - before.0;
+        let to_backends = transmitted("eth1") - before.1;
+        let at_backends = received() - before.2;
+        eprintln!(
+            "veth_peer_redirect = {handoff}: backends received {at_backends} packets; the \
+             balancer transmitted {to_backends} on eth1, {to_clients} on eth0"
+        );
+        // 200 flows of 3 datagrams, and 20 connections of 20 to 50 kB (fewer packets after GRO).
+        assert!(at_backends >= 600, "{at_backends}");
+        if handoff {
+            assert!(
+                to_backends * 4 < at_backends,
+                "{to_backends} of {at_backends}"
+            );
+            assert!(
+                to_clients * 4 < at_backends,
+                "{to_clients} vs {at_backends}"
+            );
+        } else {
+            assert!(
+                to_backends >= at_backends * 9 / 10,
+                "{to_backends} of {at_backends}"
+            );
+            assert!(
+                to_clients * 4 >= at_backends,
+                "{to_clients} vs {at_backends}"
+            );
+        }
+    }
 }

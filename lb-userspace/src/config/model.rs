@@ -16,6 +16,9 @@ pub struct Config {
     /// checksums (for example: transmit checksum offload is off on every veth peer), which xlb
     /// cannot see for itself; native and generic XDP are then allowed there.
     pub assume_complete_checksums: bool,
+    /// At tc, hand packets for a veth whose peer lives in another network namespace straight to
+    /// the peer (`bpf_redirect_peer`; see `hooks`). Default true.
+    pub veth_peer_redirect: bool,
     /// IPv4 flows the IPv4 flow table holds (two `FLOWS4` entries each, one per direction).
     pub flow_table_size: u32,
     /// IPv6 flows the IPv6 flow table holds (`flow_table_size` unless set).

@@ -230,6 +230,7 @@ pub(super) struct RawConfig {
     pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) xdp_mode: Field<XdpMode>,
     pub(super) assume_complete_checksums: Option<bool>,
+    pub(super) veth_peer_redirect: Option<bool>,
     pub(super) flow_table_size: Field<FlowTableSize>,
     pub(super) flow_table_size_ipv6: Field<FlowTableSize>,
     pub(super) pin_path: Option<Spanned<String>>,

@@ -19,6 +19,12 @@
 //! from one hook to the other. Native or generic on an interface where xlb sees (or cannot
 //! rule out) partial checksums is refused, unless the operator states otherwise with
 //! `assume_complete_checksums = true`.
+//!
+//! At tc, a packet bound for a veth whose peer lives in another network namespace (a
+//! container's, or a namespace of the tests) is handed to that peer directly
+//! (`bpf_redirect_peer`), unless `veth_peer_redirect = false`: it skips the veth's transmit path
+//! and the peer's backlog queue (so also the veth's egress qdisc and tc egress programs, and
+//! native XDP on the peer). The kernel refuses a peer in the same namespace.
 
 use std::fmt;
 
@@ -70,11 +76,23 @@ pub struct Assessment {
     pub merging: Vec<String>,
     /// Whether `auto` would consider native XDP here (a NIC or a bond).
     pub native_candidate: bool,
+    /// A veth whose peer lives in another network namespace: at tc, packets for it can be
+    /// handed to the peer.
+    pub peer_elsewhere: bool,
 }
 
 impl Assessment {
     /// Reads the facts of one interface.
     pub fn of(facts: &LinkFacts) -> Self {
+        let peer_elsewhere = matches!(
+            &facts.kind,
+            LinkKind::Veth {
+                peer: Peer::Found {
+                    elsewhere: true,
+                    ..
+                }
+            }
+        );
         let (device, checksums, native_candidate) = match &facts.kind {
             LinkKind::Physical { driver } => {
                 (format!("NIC, driver {driver}"), Checksums::Complete, true)
@@ -85,6 +103,7 @@ impl Assessment {
                     name,
                     namespace,
                     tx_checksum,
+                    ..
                 } => {
                     let device = format!("veth, peer {name} in {namespace}");
                     let checksums = if tx_checksum.is_empty() {
@@ -121,6 +140,7 @@ impl Assessment {
             checksums,
             merging: facts.merging.clone(),
             native_candidate,
+            peer_elsewhere,
         }
     }
 
@@ -145,11 +165,33 @@ pub struct Plan {
     pub fall_back_to_tc: bool,
     /// One line per interface saying what it is and why it gets `hook`.
     pub reasons: Vec<String>,
+    /// The interfaces where, at tc, packets are handed to the veth peer (see the module
+    /// documentation): veths whose peer lives in another namespace, when the program runs (or
+    /// may fall back to running) at tc and `veth_peer_redirect` is on.
+    pub peer_handoff: Vec<String>,
 }
 
 /// Decides where the program runs, or says for each interface why the configured mode would be
 /// wrong there and what to do.
 pub fn plan(
+    mode: XdpMode,
+    assessments: &[Assessment],
+    assume_complete: bool,
+    veth_peer_redirect: bool,
+) -> Result<Plan, Vec<String>> {
+    let mut plan = hook_plan(mode, assessments, assume_complete)?;
+    if veth_peer_redirect && (plan.hook == Hook::Tc || plan.fall_back_to_tc) {
+        plan.peer_handoff = assessments
+            .iter()
+            .filter(|a| a.peer_elsewhere)
+            .map(|a| a.interface.clone())
+            .collect();
+    }
+    Ok(plan)
+}
+
+/// [`plan`]'s hook and reasons.
+fn hook_plan(
     mode: XdpMode,
     assessments: &[Assessment],
     assume_complete: bool,
@@ -183,6 +225,7 @@ pub fn plan(
                 hook,
                 fall_back_to_tc: all_nics,
                 reasons,
+                peer_handoff: Vec::new(),
             })
         }
         XdpMode::Tc => Ok(Plan {
@@ -192,6 +235,7 @@ pub fn plan(
                 .iter()
                 .map(|a| format!("{} → tc", describe(a)))
                 .collect(),
+            peer_handoff: Vec::new(),
         }),
         XdpMode::Native | XdpMode::Generic => {
             let hook = if mode == XdpMode::Native {
@@ -244,6 +288,7 @@ pub fn plan(
                         format!("{} → {hook} ({note})", describe(a))
                     })
                     .collect(),
+                peer_handoff: Vec::new(),
             })
         }
     }
@@ -279,6 +324,7 @@ mod tests {
                 peer: Peer::Found {
                     name: "peer0".into(),
                     namespace: "network namespace sw".into(),
+                    elsewhere: true,
                     tx_checksum: tx_checksum.iter().map(|s| s.to_string()).collect(),
                 },
             },
@@ -293,14 +339,14 @@ mod tests {
     #[test]
     fn auto_is_native_on_nics_and_tc_as_soon_as_one_interface_is_not_a_nic() {
         let nics = assess(&[nic("eth0"), nic("eth1")]);
-        let decided = plan(XdpMode::Auto, &nics, false).unwrap();
+        let decided = plan(XdpMode::Auto, &nics, false, true).unwrap();
         assert_eq!(
             (decided.hook, decided.fall_back_to_tc),
             (Hook::Native, true)
         );
 
         let mixed = assess(&[nic("eth0"), veth("veth0", &[])]);
-        let decided = plan(XdpMode::Auto, &mixed, false).unwrap();
+        let decided = plan(XdpMode::Auto, &mixed, false, true).unwrap();
         assert_eq!((decided.hook, decided.fall_back_to_tc), (Hook::Tc, false));
         assert!(
             decided.reasons[0].contains("one hook serves all"),
@@ -320,7 +366,7 @@ mod tests {
             },
             merging: Vec::new(),
         };
-        let decided = plan(XdpMode::Auto, &assess(&[bridge]), false).unwrap();
+        let decided = plan(XdpMode::Auto, &assess(&[bridge]), false, true).unwrap();
         assert_eq!(decided.hook, Hook::Tc);
         assert!(
             decided.reasons[0].contains("partial checksums"),
@@ -332,7 +378,7 @@ mod tests {
     #[test]
     fn native_is_refused_where_a_veth_peer_offloads_checksums_with_cause_and_fix() {
         let links = assess(&[veth("eth0", &["tx-checksum-ip-generic"])]);
-        let errors = plan(XdpMode::Native, &links, false).unwrap_err();
+        let errors = plan(XdpMode::Native, &links, false, true).unwrap_err();
         assert_eq!(errors.len(), 1);
         let error = &errors[0];
         for part in [
@@ -345,7 +391,7 @@ mod tests {
             assert!(error.contains(part), "{part:?} missing from {error}");
         }
         // Stated by the operator: allowed.
-        let decided = plan(XdpMode::Native, &links, true).unwrap();
+        let decided = plan(XdpMode::Native, &links, true, true).unwrap();
         assert_eq!(decided.hook, Hook::Native);
         assert!(decided.reasons[0].contains("as the config assumes"));
     }
@@ -353,7 +399,7 @@ mod tests {
     #[test]
     fn native_is_allowed_on_a_veth_whose_peer_sends_complete_checksums_and_on_nics() {
         let links = assess(&[veth("eth0", &[]), nic("eth1")]);
-        let decided = plan(XdpMode::Native, &links, false).unwrap();
+        let decided = plan(XdpMode::Native, &links, false, true).unwrap();
         assert_eq!(
             (decided.hook, decided.fall_back_to_tc),
             (Hook::Native, false)
@@ -371,7 +417,7 @@ mod tests {
             },
             merging: Vec::new(),
         };
-        let errors = plan(XdpMode::Native, &assess(&[unknown]), false).unwrap_err();
+        let errors = plan(XdpMode::Native, &assess(&[unknown]), false, true).unwrap_err();
         assert!(
             errors[0].contains("no process is in its namespace"),
             "{errors:?}"
@@ -381,21 +427,21 @@ mod tests {
     #[test]
     fn generic_also_needs_merging_offloads_off_and_every_problem_is_reported() {
         let links = assess(&[nic("eth0"), veth("eth1", &["tx-checksum-ipv4"])]);
-        let errors = plan(XdpMode::Generic, &links, false).unwrap_err();
+        let errors = plan(XdpMode::Generic, &links, false, true).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
             errors[0].contains("interface eth0") && errors[0].contains("ethtool -K eth0 gro off")
         );
         assert!(errors[1].contains("interface eth1") && errors[1].contains("partial checksums"));
         // The assumption covers checksums, not merging, which xlb sees.
-        let errors = plan(XdpMode::Generic, &links, true).unwrap_err();
+        let errors = plan(XdpMode::Generic, &links, true, true).unwrap_err();
         assert_eq!(errors.len(), 1);
         let quiet = LinkFacts {
             merging: Vec::new(),
             ..nic("eth0")
         };
         assert_eq!(
-            plan(XdpMode::Generic, &assess(&[quiet]), false)
+            plan(XdpMode::Generic, &assess(&[quiet]), false, true)
                 .unwrap()
                 .hook,
             Hook::Generic
@@ -405,8 +451,46 @@ mod tests {
     #[test]
     fn tc_is_correct_everywhere() {
         let links = assess(&[veth("eth0", &["tx-checksum-ip-generic"]), nic("eth1")]);
-        let decided = plan(XdpMode::Tc, &links, false).unwrap();
+        let decided = plan(XdpMode::Tc, &links, false, true).unwrap();
         assert_eq!(decided.hook, Hook::Tc);
         assert_eq!(decided.reasons.len(), 2);
+    }
+
+    #[test]
+    fn tc_hands_packets_to_veth_peers_in_other_namespaces_unless_turned_off() {
+        let same_namespace = LinkFacts {
+            kind: LinkKind::Veth {
+                peer: Peer::Found {
+                    name: "peer1".into(),
+                    namespace: "this namespace".into(),
+                    elsewhere: false,
+                    tx_checksum: Vec::new(),
+                },
+            },
+            ..veth("veth1", &[])
+        };
+        let links = assess(&[
+            veth("eth0", &["tx-checksum-ip-generic"]),
+            same_namespace,
+            nic("eth2"),
+        ]);
+        for mode in [XdpMode::Auto, XdpMode::Tc] {
+            let decided = plan(mode, &links, false, true).unwrap();
+            assert_eq!(decided.hook, Hook::Tc);
+            assert_eq!(decided.peer_handoff, ["eth0"], "{mode}");
+            assert!(
+                plan(mode, &links, false, false)
+                    .unwrap()
+                    .peer_handoff
+                    .is_empty()
+            );
+        }
+        // At an XDP hook nothing is handed over (the XDP program transmits on its own).
+        let veths = assess(&[veth("eth0", &[])]);
+        let decided = plan(XdpMode::Native, &veths, false, true).unwrap();
+        assert!(decided.peer_handoff.is_empty());
+        // Auto on NICs may fall back to tc, where a NIC has no peer.
+        let decided = plan(XdpMode::Auto, &assess(&[nic("eth0")]), false, true).unwrap();
+        assert!(decided.fall_back_to_tc && decided.peer_handoff.is_empty());
     }
 }

@@ -72,6 +72,8 @@ pub enum Peer {
         name: String,
         /// Where it lives: "this namespace", or the namespace's name or a process using it.
         namespace: String,
+        /// Whether that is another network namespace than this one.
+        elsewhere: bool,
         /// The transmit checksum offloads that are on (non-empty: it sends partial checksums).
         tx_checksum: Vec<String>,
     },
@@ -152,6 +154,7 @@ fn read_peer(peer_index: u32, netns_id: Option<i32>) -> Peer {
         None => Ok(None),
         Some(id) => find_namespace(id).map(Some),
     };
+    let elsewhere = netns_id.is_some();
     let (fd, namespace) = match namespace {
         Ok(None) => (None, "this namespace".to_owned()),
         Ok(Some((fd, label))) => (Some(fd), format!("network namespace {label}")),
@@ -173,6 +176,7 @@ fn read_peer(peer_index: u32, netns_id: Option<i32>) -> Peer {
         Ok((name, tx_checksum)) => Peer::Found {
             name,
             namespace,
+            elsewhere,
             tx_checksum,
         },
         Err(error) => Peer::Unknown {

@@ -70,6 +70,7 @@ pub struct Maps {
     client_pools: ArrayOfMaps<MapData, PrefixTrie>,
     spilled: PerCpuArray<MapData, u64>,
     egress_ports: DevMapHash<MapData>,
+    veth_peers: HashMap<MapData, u32, u32>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     events: PerCpuArray<MapData, u64>,
@@ -139,6 +140,7 @@ impl Maps {
             client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
             spilled: take(ebpf, map_names::SPILLED)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
+            veth_peers: take(ebpf, map_names::VETH_PEERS)?,
             service_stats: take(ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             events: take(ebpf, map_names::EVENTS)?,
@@ -192,9 +194,37 @@ impl Maps {
             .with_context(|| format!("reading {}", map_names::HANDSHAKE_GUARD))
     }
 
-    /// Removes `ifindex` from the interfaces the program may redirect to.
+    /// Removes `ifindex` from the interfaces the program may redirect to (and hand to their
+    /// veth peer).
     pub fn remove_egress_port(&mut self, ifindex: u32) {
         let _ = self.egress_ports.remove(ifindex);
+        let _ = self.veth_peers.remove(&ifindex);
+    }
+
+    /// Whether the tc program hands packets for interface `ifindex` to its veth peer
+    /// (`VETH_PEERS`); flows pick the change up when their next hop is next resolved.
+    pub fn set_veth_peer(&mut self, ifindex: u32, hand_over: bool) -> Result<()> {
+        if hand_over {
+            self.veth_peers
+                .insert(ifindex, 1, 0)
+                .with_context(|| format!("adding interface {ifindex} to {}", map_names::VETH_PEERS))
+        } else {
+            match self.veth_peers.remove(&ifindex) {
+                Ok(()) => Ok(()),
+                // Never added (the kernel answers ENOENT).
+                Err(aya::maps::MapError::SyscallError(error))
+                    if error.io_error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(())
+                }
+                Err(error) => Err(error).with_context(|| {
+                    format!(
+                        "removing interface {ifindex} from {}",
+                        map_names::VETH_PEERS
+                    )
+                }),
+            }
+        }
     }
 
     /// Lets the program redirect packets to interface `ifindex` (attaching does this; tests

@@ -230,6 +230,23 @@ impl Dataplane {
         result
     }
 
+    /// Makes the tc program hand packets to the veth peer of each interface in `interfaces`
+    /// (`bpf_redirect_peer`, see `hooks::Plan::peer_handoff`) and transmit them on every other
+    /// attached interface. Only interfaces attached at tc are handed over. Returns the
+    /// interfaces handed over.
+    pub fn set_peer_handoff(&mut self, interfaces: &[String]) -> Result<Vec<String>> {
+        let mut handed = Vec::new();
+        for attachment in self.attachments.list() {
+            let on =
+                attachment.hook == Some(Hook::Tc) && interfaces.contains(&attachment.interface);
+            self.maps.set_veth_peer(attachment.ifindex, on)?;
+            if on {
+                handed.push(attachment.interface.clone());
+            }
+        }
+        Ok(handed)
+    }
+
     /// Attaches at `hook` to `interface` (see `attach`).
     pub fn attach(&mut self, interface: &str, hook: Hook) -> Result<()> {
         self.attach_all(&[interface.to_owned()], hook)

@@ -37,6 +37,7 @@ pub fn preflight(config: &Config) -> Result<Plan> {
         config.xdp_mode,
         &assessments,
         config.assume_complete_checksums,
+        config.veth_peer_redirect,
     )
     .map_err(|errors| anyhow!(errors.join("\n")))
 }

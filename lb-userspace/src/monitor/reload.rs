@@ -122,6 +122,10 @@ impl Monitor {
         for interface in &removed {
             dataplane.detach(interface);
         }
+        // Flows take a change up when their next hop is next resolved (within about a second).
+        if let Err(error) = dataplane.set_peer_handoff(&plan.peer_handoff) {
+            warn!("{error:#}: the veth peer handoff is as it was on some interfaces");
+        }
 
         // Backends that stay keep what the monitor knows of them.
         let mut statuses = Vec::with_capacity(new.services.len());

@@ -150,6 +150,60 @@ fn udp_flows_are_balanced_and_a_zero_checksum_stays_zero() {
 
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
+    with_lab(|lab| {
+        // s0 listed in VETH_PEERS, c0 not: the frames are the same either way (the handoff
+        // changes only the helper the tc program redirects with), and the flow entry caches
+        // the choice with its next hop.
+        lab.dataplane.maps.set_veth_peer(lab.s0, true).unwrap();
+        let query = Frame::udp("198.18.0.2:5000", "198.18.100.1:53");
+        let output = to_backend(&query, "198.18.1.11:5353", backend_mac(0x11), S0_MAC);
+        lab.expect("to a listed veth", &query, lab.c0, XDP_REDIRECT, &output);
+        let entry = lab
+            .dataplane
+            .maps
+            .flow(&flow_key("198.18.0.2:5000", "198.18.100.1:53", 17))
+            .unwrap();
+        assert_eq!(entry.hop_ifindex, lab.s0);
+        assert_eq!(
+            entry.hop_peer,
+            u8::from(lab.hook == Hook::Tc),
+            "{:?}",
+            lab.hook
+        );
+
+        // The reply leaves by c0, which is not listed.
+        let reply = Frame::udp("198.18.1.11:5353", "198.18.0.2:5000");
+        lab.expect(
+            "to an unlisted veth",
+            &reply,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_client(&reply, "198.18.100.1:53"),
+        );
+        let entry = lab
+            .dataplane
+            .maps
+            .flow(&flow_key("198.18.1.11:5353", "198.18.0.2:5000", 17))
+            .unwrap();
+        assert_eq!((entry.hop_ifindex, entry.hop_peer), (lab.c0, 0));
+
+        // Taken off the list, a new flow is transmitted again.
+        lab.dataplane.maps.set_veth_peer(lab.s0, false).unwrap();
+        lab.dataplane.maps.set_veth_peer(lab.s0, false).unwrap();
+        let query = Frame::udp("198.18.0.2:5001", "198.18.100.1:53");
+        assert_eq!(lab.run(&query.build(), lab.c0).0, XDP_REDIRECT);
+        let entry = lab
+            .dataplane
+            .maps
+            .flow(&flow_key("198.18.0.2:5001", "198.18.100.1:53", 17))
+            .unwrap();
+        assert_eq!((entry.hop_ifindex, entry.hop_peer), (lab.s0, 0));
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn forwarding_follows_the_fib() {
     with_lab(|lab| {
         let near = Frame::tcp("198.18.0.2:40000", "198.18.100.2:80");

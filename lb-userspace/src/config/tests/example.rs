@@ -13,6 +13,7 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "interfaces",
         "xdp_mode",
         "assume_complete_checksums",
+        "veth_peer_redirect",
         "flow_table_size",
         "flow_table_size_ipv6",
         "pin_path",

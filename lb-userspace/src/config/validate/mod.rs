@@ -246,6 +246,7 @@ impl Validator<'_> {
             xdp_mode,
             announce,
             assume_complete_checksums: raw.assume_complete_checksums.unwrap_or(false),
+            veth_peer_redirect: raw.veth_peer_redirect.unwrap_or(true),
             flow_table_size,
             flow_table_size_ipv6,
             pin_path,
