@@ -10,7 +10,8 @@
 //! - `route`: no balancer; the balancer namespace only routes, to one backend (the path's
 //!   baseline);
 //! - `nft`: nftables DNAT with `numgen inc mod 3` (the kernel's own answer to the same job);
-//! - `xlb MODE`: xlb with that `xdp_mode` (`auto` chooses tc on veth).
+//! - `xlb MODE`: xlb with that `xdp_mode` (`auto` chooses tc on veth); on default links also
+//!   `auto` with `veth_peer_redirect = false`, to show what the veth peer handoff buys.
 //!
 //! Every variant is measured [`REPEATS`] times, the variants taking turns, and reported as the
 //! median with the spread (min–max): these machines are noisy.
@@ -51,6 +52,9 @@ enum Variant {
     Route,
     Nft,
     Xlb(&'static str),
+    /// xlb with `xdp_mode = "auto"` and `veth_peer_redirect = false`: what the veth peer
+    /// handoff buys, in the same run.
+    XlbTransmit,
 }
 
 impl Variant {
@@ -60,6 +64,7 @@ impl Variant {
             Self::Nft => "nft".into(),
             Self::Xlb("auto") => "xlb auto (tc)".into(),
             Self::Xlb(mode) => format!("xlb {mode}"),
+            Self::XlbTransmit => "xlb auto, no peer handoff".into(),
         }
     }
 }
@@ -95,7 +100,12 @@ const GROUPS: [Group; 3] = [
         offloads: Offloads::Default,
         title: "veth at default offloads (transmit checksum offload and TSO on, GRO on): \
                 where native and generic XDP are refused, and `auto` chooses tc",
-        variants: &[Variant::Route, Variant::Nft, Variant::Xlb("auto")],
+        variants: &[
+            Variant::Route,
+            Variant::Nft,
+            Variant::Xlb("auto"),
+            Variant::XlbTransmit,
+        ],
     },
     Group {
         offloads: Offloads::Prepared,
@@ -174,8 +184,15 @@ fn measure(variant: Variant, offloads: Offloads, settings: &Settings) -> Result<
         .sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
 
     let _xlb = match variant {
-        Variant::Xlb(mode) => {
-            let mut config = balancer_config_with(&lab, mode, "", "");
+        Variant::Xlb(_) | Variant::XlbTransmit => {
+            let (mode, handoff) = match variant {
+                Variant::Xlb(mode) => (mode, true),
+                _ => ("auto", false),
+            };
+            let mut config = format!(
+                "veth_peer_redirect = {handoff}\n{}",
+                balancer_config_with(&lab, mode, "", "")
+            );
             // The UDP service of the standard config goes to the echo servers; here it goes
             // to a port without a server, and iperf3 gets a service of its own.
             config = config.replace(
@@ -403,7 +420,9 @@ fn intro(settings: &Settings) -> String {
          each: a cell is the median, with the lowest and highest run in parentheses. `route`: no \
          balancer, the balancer namespace forwards to backend 1. `nft`: nftables DNAT, `numgen inc \
          mod 3` per new flow, conntrack reversing the replies. `xlb MODE`: this project with that \
-         `xdp_mode` (`auto` chose tc, as it does on veth). Ratios divide medians.\n\n\
+         `xdp_mode` (`auto` chose tc, as it does on veth), handing packets to the veth peers \
+         (`veth_peer_redirect`, the default); `no peer handoff`: the same with it off. Ratios \
+         divide medians.\n\n\
          - UDP: trafgen sends {} 60-byte frames from 1,024 source ports as fast as it can; counted \
          at the backends' interfaces; CPU is the whole machine's busy time (the generator included).\n\
          - TCP: iperf3, one stream, {}s, to backend 1 (a service of its own for xlb).\n\
@@ -431,7 +450,7 @@ fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
     let position = |wanted: Variant| variants.iter().position(|v| *v == wanted);
     let (route, nft) = (position(Variant::Route), position(Variant::Nft));
     let xlbs: Vec<usize> = (0..variants.len())
-        .filter(|&i| matches!(variants[i], Variant::Xlb(_)))
+        .filter(|&i| matches!(variants[i], Variant::Xlb(_) | Variant::XlbTransmit))
         .collect();
     let mut header = vec!["metric".to_owned()];
     header.extend(variants.iter().map(|v| v.name()));
