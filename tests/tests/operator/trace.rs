@@ -5,6 +5,8 @@ use std::process::{Child, Stdio};
 
 /// Starts `xlb trace ARGS --json` in the background; returns once the daemon has started it.
 fn start_trace(xlb: &mut Xlb, args: &[&str]) -> Child {
+    // Counted before the spawn: the daemon may log the start before this function reads its output.
+    let before = xlb.output().matches("trace started").count();
     let child = std::process::Command::new(binary("xlb").unwrap())
         .arg("--socket")
         .arg(&xlb.socket)
@@ -15,7 +17,6 @@ fn start_trace(xlb: &mut Xlb, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let before = xlb.output().matches("trace started").count();
     let start = Instant::now();
     while xlb.output().matches("trace started").count() == before {
         assert!(start.elapsed() < Duration::from_secs(5), "{}", xlb.output());
