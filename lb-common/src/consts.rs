@@ -290,8 +290,12 @@ pub mod events {
     /// A packet found its flow silent past its timeout: the flow's entries were deleted and
     /// the packet handled as one without a flow.
     pub const FLOW_EXPIRED: u32 = 23;
+    /// A client's SYN (without ACK) found its flow closing: the client opened a new connection
+    /// on the ports of one that had ended. The old flow's entries were deleted and the SYN
+    /// placed as a new flow, not sent to the old flow's backend.
+    pub const FLOW_REOPENED: u32 = 24;
     /// Number of event counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -319,6 +323,7 @@ pub mod events {
         "suspect_skipped",
         "admission_dropped",
         "flow_expired",
+        "flow_reopened",
     ];
 }
 

@@ -21,14 +21,14 @@ use crate::{
     frame::Frame,
     maps::{FLOW_TIMEOUTS, count_event},
     nat::{Deltas, End, Rewrite, decrement_ttl, rewrite_flow},
-    packet::{Packet, TCP_FIN, TCP_RST},
+    packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     scratch::Scratch,
     trace,
 };
 
-/// What [`established`] returns, instead of a verdict, when the packet's flow was over
-/// (silent past its timeout): its entries are gone, and the packet is handled as one without
-/// a flow. No hook's verdict has this value.
+/// What [`established`] returns, instead of a verdict, when the packet's flow was over (silent
+/// past its timeout, or closed and opened again by the client's SYN): its entries are gone, and
+/// the packet is handled as one without a flow. No hook's verdict has this value.
 pub const NO_FLOW: u32 = 0xffff_fffe;
 
 /// [`established`] in a function of its own, for the places a packet of a known flow is less
@@ -49,6 +49,7 @@ pub fn established_apart<F: Frame, Fam: Family>(
 const REFRESH_DUE: u32 = 1;
 const REFRESH_CLOSING: u32 = 2;
 const REFRESH_HALF_OPEN: u32 = 4;
+const REFRESH_REOPENED: u32 = 8;
 
 /// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
 /// under the packet's key (in this CPU's `scratch` area). A FIN or RST marks both directions closing. Inlined where an established
@@ -80,12 +81,20 @@ pub fn established<F: Frame, Fam: Family>(
     let dsr = flow.flags & flow_flags::DSR != 0;
     let to_backend = flow.direction == direction::TO_BACKEND;
     let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
-    let due = closing || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
+    // A client's SYN on a flow that closed is a new connection on the same ports (the client
+    // reused them, before the old flow's timeout): it is placed anew, as any new flow is, and
+    // does not follow the old one to its backend, which may since be drained or silent.
+    let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && flow.flags & flow_flags::CLOSING != 0
+        && to_backend
+        && !half_open;
+    let due = closing || reopened || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
     let mut unresolved = F::PASS;
     if due || flow.hop_ifindex == 0 {
         let mode = if due { REFRESH_DUE } else { 0 }
             | if closing { REFRESH_CLOSING } else { 0 }
-            | if half_open { REFRESH_HALF_OPEN } else { 0 };
+            | if half_open { REFRESH_HALF_OPEN } else { 0 }
+            | if reopened { REFRESH_REOPENED } else { 0 };
         unresolved = refresh::<F, Fam>(frame, pkt, scratch, entry, mode);
         if unresolved == NO_FLOW {
             return NO_FLOW;
@@ -143,7 +152,7 @@ pub fn established<F: Frame, Fam: Family>(
 }
 
 /// Refreshes a flow's entry (see the module documentation), as `mode` says: if the refresh is
-/// due, the flow may be over ([`NO_FLOW`]: its entries are gone) or is stamped; its next hop is
+/// due, the flow may be over or reopened ([`NO_FLOW`]: its entries are gone) or is stamped; its next hop is
 /// resolved again. Returns the verdict for the packet if the next hop could not be resolved
 /// (`hop_ifindex` is then 0). A function of its own: its locals stay off the frames of the
 /// functions `established` is inlined into.
@@ -160,9 +169,14 @@ fn refresh<F: Frame, Fam: Family>(
     let half_open = mode & REFRESH_HALF_OPEN != 0;
     let now = clock::now_in(scratch);
     if mode & REFRESH_DUE != 0 {
-        if over(pkt, flow, half_open, now) {
+        let reopened = mode & REFRESH_REOPENED != 0;
+        if reopened || over(pkt, flow, half_open, now) {
             forget::<Fam>(key, flow, half_open);
-            count_event(events::FLOW_EXPIRED);
+            count_event(if reopened {
+                events::FLOW_REOPENED
+            } else {
+                events::FLOW_EXPIRED
+            });
             return NO_FLOW;
         }
         stamp::<Fam>(key, flow, half_open, mode & REFRESH_CLOSING != 0, now);

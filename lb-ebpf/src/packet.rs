@@ -58,6 +58,8 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag: the connection is aborted.
 pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag: the acknowledgement number is valid (every packet but a client's SYN).
+pub const TCP_ACK: u8 = 0x10;
 
 /// Offsets of headers fit in these bits (see [`Packet::l3`]).
 const OFFSET_MASK: u16 = 0x3fff;

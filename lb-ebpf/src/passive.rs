@@ -25,11 +25,9 @@ use crate::{
     maps::{
         ADMISSION, PASSIVE_EVENTS, PASSIVE_MARKS, SERVICE_POLICIES, SUSPECT_SLOTS, count_event,
     },
-    packet::{Packet, TCP_RST, TCP_SYN},
+    packet::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
-/// The TCP ACK flag.
-const TCP_ACK: u8 = 0x10;
 /// Low bits of a suspect slot that hold the backend id (the rest: the mark's end).
 const SLOT_ID_BITS: u64 = 0xffff;
 

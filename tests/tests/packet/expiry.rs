@@ -182,6 +182,62 @@ fn flows_expire_by_their_timeouts_and_fin_or_rst_shortens_them() {
     });
 }
 
+/// A client's SYN on a closed flow (the client reused its ports before the flow's timeout) is
+/// a new connection: the old flow's entries go, and the SYN is placed by round robin like any
+/// new flow, not sent to the old flow's backend. A SYN on a flow that has not closed still
+/// follows it.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_syn_on_a_closed_flow_is_placed_as_a_new_flow() {
+    with_lab(|lab| {
+        let reopened =
+            |lab: &PacketLab| lab.dataplane.maps.events().unwrap()[events::FLOW_REOPENED as usize];
+        let syn = Frame::tcp("198.18.0.2:42000", "198.18.100.1:80");
+        let to_first = to_backend(&syn, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("the first SYN", &syn, lab.c0, XDP_REDIRECT, &to_first);
+        assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
+        lab.expect("a SYN on the open flow", &syn, lab.c0, XDP_REDIRECT, &to_first);
+        assert_eq!(reopened(lab), 0, "an open flow is not reopened");
+
+        let fin = ack_of(&syn).with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_FIN | TCP_ACK,
+                seq: 1_001,
+            }
+        });
+        assert_eq!(lab.run(&fin.build(), lab.c0).0, XDP_REDIRECT);
+        // A retransmitted FIN or a last ACK still follows the closing flow.
+        let last_ack = ack_of(&syn);
+        let last_ack_out = to_backend(&last_ack, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("the last ACK", &last_ack, lab.c0, XDP_REDIRECT, &last_ack_out);
+        let flows = lab.service_new_flows("web");
+
+        let to_next = to_backend(&syn, "198.18.1.12:8080", backend_mac(0x12), S0_MAC);
+        lab.expect("a SYN on the closed flow", &syn, lab.c0, XDP_REDIRECT, &to_next);
+        assert_eq!(reopened(lab), 1);
+        assert_eq!(lab.service_new_flows("web"), flows + 1, "counted as a new flow");
+        let old_reply = FlowKey {
+            src_addr: addr_field("198.18.1.11".parse().unwrap()),
+            dst_addr: addr_field("198.18.0.2".parse().unwrap()),
+            src_port: port_field(8080),
+            dst_port: port_field(42_000),
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        assert!(
+            lab.dataplane.maps.flow(&old_reply).is_none(),
+            "the old flow's reply entry is gone"
+        );
+        // The new connection's handshake completes on its own backend.
+        let ack_out = to_backend(&ack_of(&syn), "198.18.1.12:8080", backend_mac(0x12), S0_MAC);
+        lab.expect("its ACK", &ack_of(&syn), lab.c0, XDP_REDIRECT, &ack_out);
+        let key = flow_key("198.18.0.2:42000", "198.18.100.1:80", 6);
+        let entry = lab.dataplane.maps.flow(&key).expect("the new flow's entry");
+        assert_eq!(entry.flags & flow_flags::CLOSING, 0, "the new flow is open");
+    });
+}
+
 /// When the flow table is full, the least recently used flows make room: the table never
 /// grows past its size, and a flow in use keeps its backend.
 #[test]
