@@ -196,7 +196,13 @@ fn a_syn_on_a_closed_flow_is_placed_as_a_new_flow() {
         let to_first = to_backend(&syn, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
         lab.expect("the first SYN", &syn, lab.c0, XDP_REDIRECT, &to_first);
         assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
-        lab.expect("a SYN on the open flow", &syn, lab.c0, XDP_REDIRECT, &to_first);
+        lab.expect(
+            "a SYN on the open flow",
+            &syn,
+            lab.c0,
+            XDP_REDIRECT,
+            &to_first,
+        );
         assert_eq!(reopened(lab), 0, "an open flow is not reopened");
 
         let fin = ack_of(&syn).with(|f| {
@@ -209,13 +215,29 @@ fn a_syn_on_a_closed_flow_is_placed_as_a_new_flow() {
         // A retransmitted FIN or a last ACK still follows the closing flow.
         let last_ack = ack_of(&syn);
         let last_ack_out = to_backend(&last_ack, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
-        lab.expect("the last ACK", &last_ack, lab.c0, XDP_REDIRECT, &last_ack_out);
+        lab.expect(
+            "the last ACK",
+            &last_ack,
+            lab.c0,
+            XDP_REDIRECT,
+            &last_ack_out,
+        );
         let flows = lab.service_new_flows("web");
 
         let to_next = to_backend(&syn, "198.18.1.12:8080", backend_mac(0x12), S0_MAC);
-        lab.expect("a SYN on the closed flow", &syn, lab.c0, XDP_REDIRECT, &to_next);
+        lab.expect(
+            "a SYN on the closed flow",
+            &syn,
+            lab.c0,
+            XDP_REDIRECT,
+            &to_next,
+        );
         assert_eq!(reopened(lab), 1);
-        assert_eq!(lab.service_new_flows("web"), flows + 1, "counted as a new flow");
+        assert_eq!(
+            lab.service_new_flows("web"),
+            flows + 1,
+            "counted as a new flow"
+        );
         let old_reply = FlowKey {
             src_addr: addr_field("198.18.1.11".parse().unwrap()),
             dst_addr: addr_field("198.18.0.2".parse().unwrap()),
