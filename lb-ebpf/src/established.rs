@@ -3,7 +3,9 @@
 //! the packet: the checksum changes were worked out when the entry was made, the clock comes
 //! from the CPU's cache, and the next hop from the entry. Once a second per flow (or when the
 //! next hop is to be resolved), the entry is refreshed: its timeout checked, its time stamped
-//! (the other direction's too), its next hop taken from the FIB again.
+//! (the other direction's too), its next hop taken from the FIB again. A FIN or RST stamps
+//! both entries closing, and leaves their next hops as they are: a short connection asks the
+//! FIB once per direction, not again when it closes.
 
 use lb_common::{
     FlowAddr as _, FlowEntry,
@@ -50,6 +52,9 @@ const REFRESH_DUE: u32 = 1;
 const REFRESH_CLOSING: u32 = 2;
 const REFRESH_HALF_OPEN: u32 = 4;
 const REFRESH_REOPENED: u32 = 8;
+/// The entry's second is over: its next hop is resolved again (and its peer's, on its next
+/// packet).
+const REFRESH_AGED: u32 = 16;
 
 /// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
 /// under the packet's key (in this CPU's `scratch` area). A FIN or RST marks both directions closing. Inlined where an established
@@ -88,13 +93,15 @@ pub fn established<F: Frame, Fam: Family>(
         && flow.flags & flow_flags::CLOSING != 0
         && to_backend
         && !half_open;
-    let due = closing || reopened || now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
+    let aged = now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
+    let due = closing || reopened || aged;
     let mut unresolved = F::PASS;
     if due || flow.hop_ifindex == 0 {
         let mode = if due { REFRESH_DUE } else { 0 }
             | if closing { REFRESH_CLOSING } else { 0 }
             | if half_open { REFRESH_HALF_OPEN } else { 0 }
-            | if reopened { REFRESH_REOPENED } else { 0 };
+            | if reopened { REFRESH_REOPENED } else { 0 }
+            | if aged { REFRESH_AGED } else { 0 };
         unresolved = refresh::<F, Fam>(frame, pkt, scratch, entry, mode);
         if unresolved == NO_FLOW {
             return NO_FLOW;
@@ -152,9 +159,9 @@ pub fn established<F: Frame, Fam: Family>(
 }
 
 /// Refreshes a flow's entry (see the module documentation), as `mode` says: if the refresh is
-/// due, the flow may be over or reopened ([`NO_FLOW`]: its entries are gone) or is stamped; its next hop is
-/// resolved again. Returns the verdict for the packet if the next hop could not be resolved
-/// (`hop_ifindex` is then 0). A function of its own: its locals stay off the frames of the
+/// due, the flow may be over or reopened ([`NO_FLOW`]: its entries are gone) or is stamped;
+/// its next hop is resolved again if its second is over or it has none. Returns the verdict
+/// for the packet if the next hop could not be resolved (`hop_ifindex` is then 0). A function of its own: its locals stay off the frames of the
 /// functions `established` is inlined into.
 #[inline(never)]
 fn refresh<F: Frame, Fam: Family>(
@@ -179,7 +186,11 @@ fn refresh<F: Frame, Fam: Family>(
             });
             return NO_FLOW;
         }
-        stamp::<Fam>(key, flow, half_open, mode & REFRESH_CLOSING != 0, now);
+        stamp::<Fam>(key, flow, half_open, mode, now);
+    }
+    // A close within the entry's second keeps the next hop it has.
+    if mode & REFRESH_AGED == 0 && flow.hop_ifindex != 0 {
+        return F::PASS;
     }
     // The route of the packet after its rewrite (the FIB is asked about that one).
     let dsr = flow.flags & flow_flags::DSR != 0;
@@ -230,18 +241,22 @@ fn over<A: lb_common::FlowAddr>(
     })
 }
 
-/// Stamps a flow's entries as seen at `now` (and closing, if this packet closes it): this one,
-/// whose next hop is then resolved again, and the other direction's, whose next hop is to be
-/// resolved again on its next packet. So the two entries age together, and each direction asks
-/// the FIB about once a second.
+/// Stamps a flow's entries as seen at `now` (and closing, if `mode` says this packet closes
+/// it): this one and the other direction's. If the entry's second is over, this one's next hop
+/// is then resolved again, and the other's is marked to be resolved on its next packet: so the
+/// two entries age together, and each direction asks the FIB about once a second. (A close
+/// within the second stamps both and leaves both next hops: a route change then reaches the
+/// other direction of a closing flow within two seconds rather than one.)
 #[inline(always)]
 fn stamp<Fam: Family>(
     key: &Fam::Key,
     flow: &mut FlowEntry<Fam::Addr>,
     half_open: bool,
-    closing: bool,
+    mode: u32,
     now: u64,
 ) {
+    let closing = mode & REFRESH_CLOSING != 0;
+    let aged = mode & REFRESH_AGED != 0;
     flow.last_seen_ns = now;
     if closing {
         flow.flags |= flow_flags::CLOSING;
@@ -256,7 +271,9 @@ fn stamp<Fam: Family>(
         // SAFETY: a valid map value; as for `flow`.
         unsafe {
             (*peer).last_seen_ns = now;
-            (*peer).hop_ifindex = 0;
+            if aged {
+                (*peer).hop_ifindex = 0;
+            }
             if closing {
                 (*peer).flags |= flow_flags::CLOSING;
             }

@@ -14,6 +14,7 @@ use lb_common::{
 use crate::{
     clock,
     family::Family,
+    forward::NextHop,
     maps::{FlowTable, count_event},
     passive,
     scratch::scratch,
@@ -61,8 +62,9 @@ fn peer_key<Fam: Family>(key: &Fam::Key, entry: &FlowEntry<Fam::Addr>) -> Fam::K
 /// the reply entry first, so a packet that finds the forward entry finds its reply too. The
 /// reply entry is rebuilt from the forward one rather than copied, because a flood may have
 /// evicted the half-open reply entry while the forward entry survived, and a flow without its
-/// reply entry would send the backend's answers untranslated. Returns the forward entry in
-/// the established table.
+/// reply entry would send the backend's answers untranslated; it keeps the next hop the
+/// half-open reply entry resolved for the backend's answer, if that entry is still there (the
+/// first reply then needs no FIB lookup). Returns the forward entry in the established table.
 #[inline(always)]
 pub fn promote<Fam: Family>(
     key: &Fam::Key,
@@ -72,7 +74,7 @@ pub fn promote<Fam: Family>(
     let forward = unsafe { &*entry };
     // A DSR flow has no reply entry (its backend answers the client directly).
     let reply_key = match forward.flags & flow_flags::DSR {
-        0 => Some(write_reply::<Fam>(key, forward, Fam::flows())?),
+        0 => Some(write_reply::<Fam>(key, forward, Fam::flows(), true)?),
         _ => None,
     };
     Fam::flows().insert(key, forward, BPF_ANY as u64).ok()?;
@@ -85,12 +87,14 @@ pub fn promote<Fam: Family>(
 }
 
 /// Writes into `table` the reply entry of the flow whose client-to-backend entry `forward` is
-/// stored under `key`, built from it (see [`make_reply`]). Returns the reply's key.
+/// stored under `key`, built from it (see [`make_reply`]), with the next hop of the half-open
+/// reply entry if `keep_hop` and it exists. Returns the reply's key.
 #[inline(always)]
 fn write_reply<Fam: Family>(
     key: &Fam::Key,
     forward: &FlowEntry<Fam::Addr>,
     table: &FlowTable<Fam::Key, Fam::Addr>,
+    keep_hop: bool,
 ) -> Option<&'static Fam::Key> {
     if forward.direction != direction::TO_BACKEND {
         return None;
@@ -101,6 +105,10 @@ fn write_reply<Fam: Family>(
     let reply = unsafe { &mut *Fam::areas(scratch).entry };
     *reply = *forward;
     make_reply::<Fam>(reply, key);
+    if keep_hop && let Some(half_open) = Fam::half_open().get_ptr(reply_key) {
+        // SAFETY: a valid map value, read at once.
+        NextHop::cached(unsafe { &*half_open }).store(reply);
+    }
     table.insert(reply_key, &*reply, BPF_ANY as u64).ok()?;
     Some(reply_key)
 }
@@ -149,7 +157,7 @@ pub fn retransmitted_syn<Fam: Family>(
         return Retransmission::Forward;
     };
     let Some(reply) = Fam::half_open().get_ptr(peer) else {
-        let _ = write_reply::<Fam>(key, forward, Fam::half_open());
+        let _ = write_reply::<Fam>(key, forward, Fam::half_open(), false);
         return Retransmission::Forward;
     };
     // SAFETY: a valid map value; the flag is set by the backend's packets only.

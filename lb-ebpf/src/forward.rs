@@ -48,7 +48,7 @@ impl NextHop {
         entry.hop_src_mac = self.src_mac;
     }
 
-    /// The next hop cached in a flow entry (whose `hop_ifindex` is not 0).
+    /// The next hop cached in a flow entry (none yet, to be resolved, if its `hop_ifindex` is 0).
     #[inline(always)]
     pub fn cached<A: FlowAddr>(entry: &FlowEntry<A>) -> Self {
         Self {

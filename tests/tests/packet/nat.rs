@@ -1,5 +1,6 @@
-//! Translation and forwarding of IPv4 flows: new flows in turn, replies, UDP, the FIB, what is
-//! not ours, malformed frames, an empty table, GSO super-packets.
+//! Translation and forwarding of IPv4 flows: new flows in turn, replies, UDP, the FIB (and how
+//! often a connection asks it), what is not ours, malformed frames, an empty table, GSO
+//! super-packets.
 
 use super::*;
 
@@ -468,5 +469,96 @@ fn gso_super_packets_are_forwarded_whole_at_tc_and_passed_counted_at_xdp() {
                 );
             }
         }
+    });
+}
+
+/// A connection asks the FIB once per direction: the backend's SYN-ACK resolves the reply's
+/// next hop, which the established reply entry keeps when the handshake completes, and a FIN
+/// marks both entries closing without asking the FIB again (within the entries' second).
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
+    with_lab(|lab| {
+        let syn = Frame::tcp("198.18.0.2:40100", "198.18.100.1:80");
+        let to_first = to_backend(&syn, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("the SYN", &syn, lab.c0, XDP_REDIRECT, &to_first);
+        let syn_ack = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40100").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_SYN | TCP_ACK,
+                seq: 77,
+            };
+            f.tcp_ack = 1_001;
+            f.eth_dst = S0_MAC;
+            f.eth_src = backend_mac(0x11);
+        });
+        let to_vip = |frame: &Frame| to_client(frame, "198.18.100.1:80");
+        lab.expect(
+            "the SYN-ACK",
+            &syn_ack,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_vip(&syn_ack),
+        );
+        assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
+
+        let forward_key = flow_key("198.18.0.2:40100", "198.18.100.1:80", 6);
+        let reply_key = flow_key("198.18.1.11:8080", "198.18.0.2:40100", 6);
+        let entry = |key: &FlowKey| lab.dataplane.maps.flow(key).expect("the flow's entry");
+        let reply = entry(&reply_key);
+        assert_eq!(reply.direction, lb_common::direction::TO_CLIENT);
+        assert_eq!(
+            (reply.hop_ifindex, reply.hop_dst_mac),
+            (lab.c0, CLIENT_MAC),
+            "the established reply entry keeps the next hop the SYN-ACK resolved"
+        );
+        let response = syn_ack.clone().with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_ACK,
+                seq: 78,
+            }
+        });
+        lab.expect(
+            "the response",
+            &response,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_vip(&response),
+        );
+
+        let fin = ack_of(&syn).with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_FIN | TCP_ACK,
+                seq: 1_001,
+            }
+        });
+        lab.expect(
+            "the client's FIN",
+            &fin,
+            lab.c0,
+            XDP_REDIRECT,
+            &to_backend(&fin, "198.18.1.11:8080", backend_mac(0x11), S0_MAC),
+        );
+        for (key, hop) in [(&forward_key, lab.s0), (&reply_key, lab.c0)] {
+            let closing = entry(key);
+            assert_ne!(
+                closing.flags & flow_flags::CLOSING,
+                0,
+                "both entries closing"
+            );
+            assert_eq!(closing.hop_ifindex, hop, "a close keeps the next hop");
+        }
+        let backend_fin = response.clone().with(|f| {
+            f.transport = Transport::Tcp {
+                flags: TCP_FIN | TCP_ACK,
+                seq: 79,
+            }
+        });
+        lab.expect(
+            "the backend's FIN",
+            &backend_fin,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_vip(&backend_fin),
+        );
     });
 }
