@@ -15,6 +15,7 @@ use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 /// The benchmark programs, in the order their sections appear.
 pub const BENCHES: &[&str] = &[
     "packet_cost",
+    "connection",
     "multicore",
     "maglev",
     "locality",
