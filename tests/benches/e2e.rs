@@ -20,7 +20,13 @@
 //! ports) and the machine's CPU time per million of them; TCP throughput to one backend
 //! (iperf3); HTTP requests per second over keep-alive connections and over a new connection
 //! each (wrk against the backends' HTTP servers), with p99 latency; round-robin fairness
-//! (max/min requests per backend). Needs root. Run by `cargo xtask bench`.
+//! (max/min requests per backend), and the machine's CPU time per request and per connection.
+//!
+//! On default links, xlb is measured once more in each round with the kernel's BPF run-time
+//! statistics on (which cost two clock reads per packet, so those runs are reported apart):
+//! how much of the machine's CPU the balancer program itself takes under each load, which
+//! bounds what any change to the program can buy end to end. Needs root. Run by `cargo xtask
+//! bench`.
 
 use std::{
     fmt::Write as _,
@@ -34,6 +40,7 @@ use xlb_tests::{
     client::http_get_body,
     netns::Netns,
     process::{Process, temp_file},
+    program_time::{ProgramTime, ProgramTimer},
     scenario::{HTTP_PORT, balancer_config_with, start_backends, start_xlb},
     topology::{CLIENT, Lab, Offloads, VIP, Wiring, backend_addr},
 };
@@ -70,16 +77,79 @@ impl Variant {
 }
 
 /// What one variant measured.
-#[derive(Default)]
 struct Results {
     udp_pps: f64,
-    cpu_ms_per_million: f64,
     tcp_gbps: f64,
     http_rps: f64,
     http_p99_ms: f64,
     conn_rps: f64,
     conn_p99_ms: f64,
     fairness: Option<f64>,
+    /// What each load cost: UDP, TCP, keep-alive requests, new connections.
+    costs: [Cost; 4],
+}
+
+/// The loads of a run, in the order of [`Results::costs`], with the unit each is counted in.
+const LOADS: [(&str, &str); 4] = [
+    ("UDP", "packet delivered"),
+    ("TCP (iperf3)", "MB received"),
+    ("HTTP keep-alive", "request"),
+    ("HTTP new connections", "connection"),
+];
+
+/// What one load cost the machine and, in a timed run, the balancer program.
+#[derive(Clone, Copy)]
+struct Cost {
+    /// Units of work done (see [`LOADS`]).
+    units: f64,
+    /// The machine's busy time during the load.
+    busy: Duration,
+    /// The load's wall time.
+    elapsed: Duration,
+    /// The balancer program's runs and run time (timed runs only).
+    program: Option<ProgramTime>,
+}
+
+impl Cost {
+    /// The machine's CPU per unit, in microseconds.
+    fn machine_us(&self) -> f64 {
+        self.busy.as_secs_f64() * 1e6 / self.units
+    }
+
+    /// How busy the machine was: busy time over the wall time of all its CPUs.
+    fn busy_share(&self) -> f64 {
+        self.busy.as_secs_f64() / (self.elapsed.as_secs_f64() * cpus() as f64)
+    }
+}
+
+/// Runs `load`, which returns its result and the units of work it did, and measures the
+/// machine's busy time and (with a `timer`) the balancer program's.
+fn costed<T>(
+    timer: Option<&ProgramTimer>,
+    load: impl FnOnce() -> Result<(T, f64)>,
+) -> Result<(T, Cost)> {
+    let program_before = timer.map(ProgramTimer::read).transpose()?;
+    let (busy_before, start) = (busy_cpu()?, Instant::now());
+    let (result, units) = load()?;
+    let (busy, elapsed) = (busy_cpu()? - busy_before, start.elapsed());
+    let program = match (timer, program_before) {
+        (Some(timer), Some(before)) => Some(timer.read()?.since(before)),
+        _ => None,
+    };
+    Ok((
+        result,
+        Cost {
+            units,
+            busy,
+            elapsed,
+            program,
+        },
+    ))
+}
+
+/// The machine's CPUs.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 struct Settings {
@@ -144,6 +214,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|g| g.variants.iter().map(|_| Vec::new()).collect())
         .collect();
+    let mut timed = Vec::new();
     for run in 0..settings.repeats {
         for (g, group) in GROUPS.iter().enumerate() {
             for (v, variant) in group.variants.iter().enumerate() {
@@ -153,11 +224,16 @@ fn main() -> Result<()> {
                     group.offloads,
                     variant.name()
                 );
-                let result = measure(*variant, group.offloads, &settings)
+                let result = measure(*variant, group.offloads, &settings, false)
                     .with_context(|| format!("{:?}: {}", group.offloads, variant.name()))?;
                 results[g][v].push(result);
             }
         }
+        eprintln!("e2e run {}: Default: xlb auto (tc), timed", run + 1);
+        timed.push(
+            measure(Variant::Xlb("auto"), Offloads::Default, &settings, true)
+                .context("Default: xlb auto (tc), timed")?,
+        );
     }
     let mut body = intro(&settings);
     for (group, results) in GROUPS.iter().zip(&results) {
@@ -168,11 +244,23 @@ fn main() -> Result<()> {
             report(group.variants, results)
         )?;
     }
+    write!(
+        body,
+        "\n### The balancer program within the machine's CPU (default offloads, xlb auto)\n\n{}",
+        program_share(&timed)
+    )?;
     print_section("End to end: route, nftables, xlb", &body);
     Ok(())
 }
 
-fn measure(variant: Variant, offloads: Offloads, settings: &Settings) -> Result<Results> {
+/// Measures one variant on a fresh topology; `timed`: with the kernel's run-time statistics
+/// of the balancer's programs on (xlb only).
+fn measure(
+    variant: Variant,
+    offloads: Offloads,
+    settings: &Settings,
+    timed: bool,
+) -> Result<Results> {
     let lab = Lab::with_offloads(Wiring::TwoInterfaces, 3, offloads)?;
     let _backends = start_backends(&lab)?;
     let b1 = backend_addr(0);
@@ -233,11 +321,30 @@ fn measure(variant: Variant, offloads: Offloads, settings: &Settings) -> Result<
     // Warm up: neighbours resolved, servers answering.
     wrk(&lab.client, http_target, 1, false).context("warm-up")?;
 
-    let (udp_pps, cpu_ms_per_million) = udp_flood(&lab, udp_target, settings.udp_packets)?;
-    let tcp_gbps = iperf(&lab.client, iperf_target, settings.seconds)?;
-    let (http_rps, http_p99_ms) = wrk(&lab.client, http_target, settings.seconds, false)?;
+    let timer = match (&_xlb, timed) {
+        (Some(xlb), true) => Some(ProgramTimer::start(xlb.pid())?),
+        (None, true) => bail!("only xlb's runs are timed"),
+        _ => None,
+    };
+    let timer = timer.as_ref();
+    let seconds = f64::from(settings.seconds);
+    let (udp_pps, udp_cost) = costed(timer, || {
+        let (delivered, pps) = udp_flood(&lab, udp_target, settings.udp_packets)?;
+        Ok((pps, delivered as f64))
+    })?;
+    let (tcp_gbps, tcp_cost) = costed(timer, || {
+        let gbps = iperf(&lab.client, iperf_target, settings.seconds)?;
+        Ok((gbps, gbps * 1e3 / 8.0 * seconds))
+    })?;
+    let ((http_rps, http_p99_ms), http_cost) = costed(timer, || {
+        let (rps, p99) = wrk(&lab.client, http_target, settings.seconds, false)?;
+        Ok(((rps, p99), rps * seconds))
+    })?;
     let before = served(&lab)?;
-    let (conn_rps, conn_p99_ms) = wrk(&lab.client, http_target, settings.seconds, true)?;
+    let ((conn_rps, conn_p99_ms), conn_cost) = costed(timer, || {
+        let (rps, p99) = wrk(&lab.client, http_target, settings.seconds, true)?;
+        Ok(((rps, p99), rps * seconds))
+    })?;
     let after = served(&lab)?;
     let fairness = (variant != Variant::Route).then(|| {
         let counts: Vec<f64> = after
@@ -251,13 +358,13 @@ fn measure(variant: Variant, offloads: Offloads, settings: &Settings) -> Result<
     });
     Ok(Results {
         udp_pps,
-        cpu_ms_per_million,
         tcp_gbps,
         http_rps,
         http_p99_ms,
         conn_rps,
         conn_p99_ms,
         fairness,
+        costs: [udp_cost, tcp_cost, http_cost, conn_cost],
     })
 }
 
@@ -314,9 +421,9 @@ fn backend_rx(lab: &Lab) -> Result<u64> {
     Ok(total)
 }
 
-/// Sends `packets` 60-byte UDP frames from 1,024 source ports; returns the packets per
-/// second delivered to the backends and the machine's CPU milliseconds per million of them.
-fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(f64, f64)> {
+/// Sends `packets` 60-byte UDP frames from 1,024 source ports; returns the packets delivered
+/// to the backends and how many per second.
+fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(u64, f64)> {
     let lb_mac = mac_of(&lab.balancer, "eth0")?;
     let config = format!(
         "{{\n  eth(da={lb_mac}, sa={client_mac}),\n  ipv4(sa={CLIENT}, da={ip}, ttl=64),\n  \
@@ -326,7 +433,7 @@ fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(f64, f64)> 
         port = target.port()
     );
     let path = temp_file("trafgen.cfg", &config)?;
-    let (rx_before, cpu_before, start) = (backend_rx(lab)?, busy_cpu()?, Instant::now());
+    let (rx_before, start) = (backend_rx(lab)?, Instant::now());
     lab.client.exec(
         "trafgen",
         &[
@@ -351,14 +458,10 @@ fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(f64, f64)> 
     std::thread::sleep(Duration::from_millis(200));
     let elapsed = start.elapsed().as_secs_f64() - 0.2;
     let delivered = backend_rx(lab)? - rx_before;
-    let cpu = (busy_cpu()? - cpu_before).as_secs_f64();
     if delivered == 0 {
         bail!("no UDP packet reached a backend");
     }
-    Ok((
-        delivered as f64 / elapsed,
-        cpu * 1e3 / (delivered as f64 / 1e6),
-    ))
+    Ok((delivered, delivered as f64 / elapsed))
 }
 
 fn mac_of(host: &Netns, interface: &str) -> Result<String> {
@@ -424,7 +527,9 @@ fn intro(settings: &Settings) -> String {
          (`veth_peer_redirect`, the default); `no peer handoff`: the same with it off. Ratios \
          divide medians.\n\n\
          - UDP: trafgen sends {} 60-byte frames from 1,024 source ports as fast as it can; counted \
-         at the backends' interfaces; CPU is the whole machine's busy time (the generator included).\n\
+         at the backends' interfaces.\n\
+         - CPU: the whole machine's busy time during a load (generator, client, servers and \
+         kernel included) over the packets, requests or connections it completed.\n\
          - TCP: iperf3, one stream, {}s, to backend 1 (a service of its own for xlb).\n\
          - HTTP: wrk, 2 threads, 32 connections, {}s, against the backends' HTTP servers (the test \
          backend, hyper); \"new connections\" sends `Connection: close`.\n\
@@ -435,16 +540,22 @@ fn intro(settings: &Settings) -> String {
 
 fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
     type Metric = (&'static str, fn(&Results) -> Option<f64>);
-    let metrics: [Metric; 8] = [
+    let metrics: [Metric; 10] = [
         ("UDP packets/s delivered (64 B)", |r| Some(r.udp_pps)),
         ("CPU ms per million packets (machine)", |r| {
-            Some(r.cpu_ms_per_million)
+            Some(r.costs[0].machine_us() * 1e3)
         }),
         ("TCP throughput, Gbit/s", |r| Some(r.tcp_gbps)),
         ("HTTP keep-alive requests/s", |r| Some(r.http_rps)),
         ("HTTP keep-alive p99, ms", |r| Some(r.http_p99_ms)),
+        ("CPU µs per keep-alive request (machine)", |r| {
+            Some(r.costs[2].machine_us())
+        }),
         ("new connections/s", |r| Some(r.conn_rps)),
         ("new connections p99, ms", |r| Some(r.conn_p99_ms)),
+        ("CPU µs per new connection (machine)", |r| {
+            Some(r.costs[3].machine_us())
+        }),
         ("fairness, max/min per backend", |r| r.fairness),
     ];
     let position = |wanted: Variant| variants.iter().position(|v| *v == wanted);
@@ -499,6 +610,68 @@ fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
         table.row(row);
     }
     table.markdown()
+}
+
+/// The timed runs' table: per load, what the machine spent per unit and what of it the
+/// balancer program took (medians over runs, spread in parentheses).
+fn program_share(timed: &[Results]) -> String {
+    let spread = |mut values: Vec<f64>, format: fn(f64) -> String| {
+        let low = values.iter().copied().fold(f64::MAX, f64::min);
+        let high = values.iter().copied().fold(f64::MIN, f64::max);
+        let middle = median(&mut values);
+        if values.len() == 1 {
+            format(middle)
+        } else {
+            format!("{} ({}–{})", format(middle), format(low), format(high))
+        }
+    };
+    let mut table = Table::new(&[
+        "load",
+        "unit",
+        "machine busy, share of its CPUs",
+        "machine CPU per unit (µs)",
+        "program runs per unit",
+        "ns per program run",
+        "the program's share of the machine's CPU",
+    ]);
+    let percent = |v: f64| format!("{:.1}%", v * 100.0);
+    for (i, (load, unit)) in LOADS.iter().enumerate() {
+        let costs: Vec<&Cost> = timed.iter().map(|r| &r.costs[i]).collect();
+        let programs: Vec<(&Cost, ProgramTime)> = costs
+            .iter()
+            .filter_map(|c| c.program.map(|p| (*c, p)))
+            .collect();
+        let of_programs = |f: fn(&Cost, ProgramTime) -> f64| {
+            programs.iter().map(|(c, p)| f(c, *p)).collect::<Vec<_>>()
+        };
+        table.row(vec![
+            (*load).to_owned(),
+            (*unit).to_owned(),
+            spread(costs.iter().map(|c| c.busy_share()).collect(), percent),
+            spread(
+                costs.iter().map(|c| c.machine_us()).collect(),
+                format_number,
+            ),
+            spread(of_programs(|c, p| p.runs as f64 / c.units), format_number),
+            spread(
+                of_programs(|_, p| p.time.as_nanos() as f64 / p.runs.max(1) as f64),
+                format_number,
+            ),
+            spread(
+                of_programs(|c, p| p.time.as_secs_f64() / c.busy.as_secs_f64()),
+                percent,
+            ),
+        ]);
+    }
+    format!(
+        "xlb auto (tc) on default links, one more run per round with the kernel's BPF run-time \
+         statistics on (`BPF_ENABLE_STATS`: two clock reads per program run, so these runs are \
+         not in the tables above); the same loads. Runs per unit count the packets of both \
+         directions that met the program; its share is its run time over the machine's busy \
+         time. {} run(s): medians, spread in parentheses.\n\n{}",
+        timed.len(),
+        table.markdown()
+    )
 }
 
 fn format_number(value: f64) -> String {

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packet;
 pub mod packet_net;
 pub mod process;
+pub mod program_time;
 pub mod scaleout;
 pub mod scenario;
 pub mod server;
