@@ -17,13 +17,9 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     packet::{Frame, TCP_ACK, TCP_FIN, TCP_SYN, Transport, locate},
-    packet_net,
+    packet_net::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
 
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_REDIRECT: u32 = 7;
 /// TCP PSH flag: data the receiver should pass on at once.
 const TCP_PSH: u8 = 0x08;
 

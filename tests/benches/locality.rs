@@ -15,11 +15,9 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     packet::Frame,
-    packet_net,
+    packet_net::{self, XDP_DROP, XDP_REDIRECT},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_REDIRECT: u32 = 4;
 /// Repetitions per test run of the repeatable case.
 const REPEAT: u32 = 250;
 

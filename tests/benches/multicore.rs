@@ -16,11 +16,9 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     packet::{Frame, TCP_ACK, Transport},
-    packet_net,
+    packet_net::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 /// Repetitions per test run of an established packet (the TTL of 255 must outlast them).
 const REPEAT: u32 = 250;
 

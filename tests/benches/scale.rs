@@ -17,10 +17,8 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick, thread_cpu_time},
     packet::{Frame, TCP_ACK, Transport},
-    packet_net,
+    packet_net::{self, XDP_REDIRECT},
 };
-
-const XDP_REDIRECT: u32 = 4;
 
 /// Kernel memory (bytes) of the BPF maps this process holds open, from /proc/self/fdinfo.
 fn open_map_memory() -> Result<u64> {

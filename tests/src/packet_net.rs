@@ -22,6 +22,21 @@ use aya::{
 
 use crate::netns::Netns;
 
+/// XDP verdicts, as BPF_PROG_TEST_RUN returns them (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+/// The frame goes on to the kernel's stack.
+pub const XDP_PASS: u32 = 2;
+/// The frame goes back out of the interface it came in on.
+pub const XDP_TX: u32 = 3;
+/// The frame goes out of another interface (`bpf_redirect`).
+pub const XDP_REDIRECT: u32 = 4;
+/// tc actions, as BPF_PROG_TEST_RUN returns them: the packet goes on as if no program ran.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// tc: the packet is dropped.
+pub const TC_ACT_SHOT: u32 = 2;
+/// tc: the packet goes out of another interface (`bpf_redirect`).
+pub const TC_ACT_REDIRECT: u32 = 7;
+
 /// Builds the namespace.
 pub fn build() -> Result<Netns> {
     let ns = Netns::new("pkt")?;

@@ -27,7 +27,7 @@ use xlb::{
 use xlb_tests::{
     fuzz::{self, Reading, Tuple, WORLD_CONFIG, World},
     packet::verify_checksums,
-    packet_net,
+    packet_net::{self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
 };
 
 /// Cases run by `cargo xtask test`.
@@ -62,10 +62,6 @@ fn flow_key((src, dst, proto): &Tuple) -> lb_common::FlowKey {
 }
 
 const VERDICTS: [&str; 5] = ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"];
-/// tc actions, as BPF_PROG_TEST_RUN returns them.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// Whether the kernel builds an skb around `frame` for a tc test run: it needs the fixed
 /// header of an IPv4 or IPv6 packet whole (any other EtherType, just the Ethernet header).

@@ -46,13 +46,10 @@ use xlb_tests::{
         CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, hex_diff,
         verify_checksums,
     },
-    packet_net,
+    packet_net::{
+        self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    },
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 fn verdict_name(verdict: u32) -> &'static str {
     [
@@ -119,11 +116,6 @@ enum Hook {
     Xdp,
     Tc,
 }
-
-/// tc actions, as BPF_PROG_TEST_RUN returns them.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// The program loaded with [`CONFIG`] applied, in a namespace built as the module says.
 struct PacketLab {
