@@ -433,14 +433,49 @@ fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(u64, f64)> 
         port = target.port()
     );
     let path = temp_file("trafgen.cfg", &config)?;
-    let (rx_before, start) = (backend_rx(lab)?, Instant::now());
+    let mut attempt = 1;
+    let (rx_before, start) = loop {
+        let (rx_before, start) = (backend_rx(lab)?, Instant::now());
+        match send_frames(lab, &path, packets) {
+            Ok(()) => break (rx_before, start),
+            // trafgen gives up when the kernel refuses to take its ring (EAGAIN), which a
+            // busy veth does now and then; the attempt is dropped and made again, at most
+            // three times.
+            Err(error)
+                if attempt < FLOOD_ATTEMPTS
+                    && error
+                        .to_string()
+                        .contains("Resource temporarily unavailable") =>
+            {
+                eprintln!("trafgen gave up (attempt {attempt} of {FLOOD_ATTEMPTS}): {error:#}");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    // Let queued packets drain.
+    std::thread::sleep(Duration::from_millis(200));
+    let elapsed = start.elapsed().as_secs_f64() - 0.2;
+    let delivered = backend_rx(lab)? - rx_before;
+    if delivered == 0 {
+        bail!("no UDP packet reached a backend");
+    }
+    Ok((delivered, delivered as f64 / elapsed))
+}
+
+/// How many times a UDP flood is tried when trafgen gives up on a full ring.
+const FLOOD_ATTEMPTS: u32 = 3;
+
+/// Sends `packets` frames as `config` describes, from the client's eth0 (trafgen).
+fn send_frames(lab: &Lab, config: &std::path::Path, packets: u64) -> Result<()> {
     lab.client.exec(
         "trafgen",
         &[
             "--dev",
             "eth0",
             "--conf",
-            path.to_str().context("path")?,
+            config.to_str().context("path")?,
             "--num",
             &packets.to_string(),
             // One generator CPU, leaving the other to the balancer and the backends; a small
@@ -454,14 +489,7 @@ fn udp_flood(lab: &Lab, target: SocketAddr, packets: u64) -> Result<(u64, f64)> 
             "-q",
         ],
     )?;
-    // Let queued packets drain.
-    std::thread::sleep(Duration::from_millis(200));
-    let elapsed = start.elapsed().as_secs_f64() - 0.2;
-    let delivered = backend_rx(lab)? - rx_before;
-    if delivered == 0 {
-        bail!("no UDP packet reached a backend");
-    }
-    Ok((delivered, delivered as f64 / elapsed))
+    Ok(())
 }
 
 fn mac_of(host: &Netns, interface: &str) -> Result<String> {
