@@ -22,15 +22,17 @@ use aya::{
 
 use crate::netns::Netns;
 
-/// XDP verdicts, as BPF_PROG_TEST_RUN returns them (`enum xdp_action`).
+// The verdicts BPF_PROG_TEST_RUN returns: XDP's `enum xdp_action` and tc's `TC_ACT_*`.
+
+/// XDP: the frame is dropped.
 pub const XDP_DROP: u32 = 1;
-/// The frame goes on to the kernel's stack.
+/// XDP: the frame goes on to the kernel's stack.
 pub const XDP_PASS: u32 = 2;
-/// The frame goes back out of the interface it came in on.
+/// XDP: the frame goes back out of the interface it came in on.
 pub const XDP_TX: u32 = 3;
-/// The frame goes out of another interface (`bpf_redirect`).
+/// XDP: the frame goes out of another interface (`bpf_redirect`).
 pub const XDP_REDIRECT: u32 = 4;
-/// tc actions, as BPF_PROG_TEST_RUN returns them: the packet goes on as if no program ran.
+/// tc: the packet goes on as if no program ran.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 /// tc: the packet is dropped.
 pub const TC_ACT_SHOT: u32 = 2;
