@@ -23,7 +23,9 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod report;
 pub mod service_manager;
+pub mod sys;
 pub mod wire;
 
 /// The version and commit, as `xlb --version` and `xlb status` print them: "0.1.0 (abc123)".

@@ -12,7 +12,8 @@ use anyhow::{Result, ensure};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram, netif},
+    dataplane::{Dataplane, NoopProgram},
+    sys::netif,
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

@@ -10,7 +10,8 @@ use lb_common::{BackendTable, tables::table_index};
 use xlb::{
     config::Config,
     control::{Balancer, DataplaneMaps as _, ServiceSpec},
-    dataplane::{Dataplane, netif},
+    dataplane::Dataplane,
+    sys::netif,
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

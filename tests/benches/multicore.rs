@@ -11,7 +11,8 @@ use aya::programs::Xdp;
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram, netif},
+    dataplane::{Dataplane, NoopProgram},
+    sys::netif,
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

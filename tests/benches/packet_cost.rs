@@ -14,7 +14,8 @@ use lb_common::{passive::PassiveMark, trace::TraceConfig};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram, monotonic_ns, netif},
+    dataplane::{Dataplane, NoopProgram, monotonic_ns},
+    sys::netif,
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},

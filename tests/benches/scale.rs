@@ -12,7 +12,8 @@ use lb_common::{BackendTable, consts::map_names};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, NoopProgram, netif},
+    dataplane::{Dataplane, NoopProgram},
+    sys::netif,
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick, thread_cpu_time},

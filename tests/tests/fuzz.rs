@@ -21,7 +21,8 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
 use xlb::{
     config::Config,
     control::{Balancer, ServiceSpec},
-    dataplane::{Dataplane, netif},
+    dataplane::Dataplane,
+    sys::netif,
     wire::{addr_field, family_of, port_field},
 };
 use xlb_tests::{

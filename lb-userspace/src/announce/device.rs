@@ -14,7 +14,7 @@ use futures_util::TryStreamExt as _;
 use netlink_packet_route::address::AddressAttribute;
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::dataplane::netif;
+use crate::sys::netif;
 
 /// `TUNSETIFF`, `_IOW('T', 202, int)` (the libc crate does not define it).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;

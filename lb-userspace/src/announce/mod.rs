@@ -25,8 +25,8 @@ use tracing::{info, warn};
 use self::device::VipDevice;
 pub use self::plan::{Announcement, announcements, withdrawn};
 use crate::{
-    api::{AnnounceReport, VipReport},
     config::AnnounceConfig,
+    report::{AnnounceReport, VipReport},
 };
 
 /// How often BIRD's socket is probed.

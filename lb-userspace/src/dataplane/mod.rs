@@ -1,25 +1,18 @@
-//! The data plane as userspace holds it: the loaded programs (XDP and tc) and their maps;
-//! where each interface gets the program (`links` reads the host, `hooks` decides,
-//! `preflight` checks it all, `attach` makes and takes over the links); the maps' contents
-//! (`maps`, `flows`, `batch`); `simulate`, which runs a packet through the loaded program; and
-//! `trace`, the maps of `xlb trace`.
+//! The data plane as userspace holds it: the loaded programs (XDP and tc) and their maps, in
+//! three groups:
+//!
+//! - loading (this module, `objects`, `pins`, `noop`): the object, verified and loaded, its
+//!   maps pinned in bpffs; and `simulate`, which runs a packet through the loaded program;
+//! - `attach`: where each interface gets the program (`links` reads the host, `hooks`
+//!   decides, `preflight` checks it all) and the links that attach it;
+//! - `maps`: the maps' contents (tables, flows, counters, passive marks, the trace's maps).
 
 pub mod attach;
-mod backend_ports;
-mod batch;
-pub mod flows;
-pub mod hooks;
-pub mod links;
-mod maps;
-pub mod netif;
+pub mod maps;
 mod noop;
 mod objects;
-mod onlink;
-pub mod passive;
 pub mod pins;
-mod preflight;
 pub mod simulate;
-pub mod trace;
 
 use std::path::{Path, PathBuf};
 
@@ -31,17 +24,20 @@ use aya::{
 use lb_common::consts::{limits::HALF_OPEN_DIVISOR, map_names, program_names};
 use tracing::warn;
 
-pub use self::{
-    attach::Attachment,
-    flows::ActiveFlows,
-    maps::{Maps, TablePublisher, handshake_budget, monotonic_ns},
-    noop::NoopProgram,
-    preflight::preflight,
-};
 use self::{
     attach::Attachments,
-    hooks::{Hook, Plan},
+    maps::{passive, trace},
 };
+pub use self::{
+    attach::{
+        Attachment,
+        hooks::{Hook, Plan},
+        preflight::preflight,
+    },
+    maps::{Maps, TablePublisher, flows::ActiveFlows, handshake_budget, monotonic_ns},
+    noop::NoopProgram,
+};
+use crate::sys::netif;
 
 /// The balancer's programs (XDP and tc), loaded and verified, with their maps.
 ///

@@ -10,7 +10,8 @@ use aya::{
 };
 use lb_common::consts::program_names;
 
-use super::{netif, objects};
+use super::objects;
+use crate::sys::netif;
 
 /// The reference programs (`lb-ebpf/src/noop.rs`): count each packet and pass it, at XDP and at
 /// tc. Benchmarks compare the balancer with them. Tests attach the XDP one to the far end of

@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 
 use super::{ServiceMetrics, Shared, Snapshot};
-use crate::{api::Counters, health::state::State};
+use crate::{health::state::State, report::Counters};
 
 /// Labels of one sample.
 type Labels = Vec<(&'static str, String)>;
@@ -294,7 +294,7 @@ impl Collector for XlbCollector {
             [(Labels::new(), reloads.last_success_unix)],
         )?;
         if let Some(announce) = &snapshot.announce {
-            let vip = |v: &crate::api::VipReport| vec![("vip", v.vip.to_string())];
+            let vip = |v: &crate::report::VipReport| vec![("vip", v.vip.to_string())];
             gauges(
                 e,
                 "xlb_vip_announced",

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use self::format::Format;
-use crate::{api::Counters, health::state::State};
+use crate::{health::state::State, report::Counters};
 
 /// What the metrics expose, as of the monitor's last refresh.
 #[derive(Clone, Debug, Default)]
@@ -46,7 +46,7 @@ pub struct Snapshot {
     /// Reloads since the daemon started.
     pub reloads: ReloadMetrics,
     /// Route health injection: each VIP's announcement (none without `[announce]`).
-    pub announce: Option<crate::api::AnnounceReport>,
+    pub announce: Option<crate::report::AnnounceReport>,
 }
 
 /// One service.

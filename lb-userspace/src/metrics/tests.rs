@@ -38,11 +38,11 @@ pub(crate) fn full_snapshot() -> Snapshot {
             last_succeeded: false,
             last_success_unix: 1_700_000_000.0,
         },
-        announce: Some(crate::api::AnnounceReport {
+        announce: Some(crate::report::AnnounceReport {
             device: "xlb-vip".into(),
             bird: "BIRD 2.0.12 at /run/bird/bird.ctl".into(),
             bird_reachable: true,
-            vips: vec![crate::api::VipReport {
+            vips: vec![crate::report::VipReport {
                 vip: "198.18.100.1".parse().unwrap(),
                 announced: true,
                 reason: "web takes new flows".into(),

@@ -10,10 +10,10 @@ use lb_common::{FlowEntry, FlowKey, consts::flow_flags, consts::proto};
 
 use super::Monitor;
 use crate::{
-    api::{FlowReport, FlowsReport},
     config::parse_prefix,
     control::ServiceState,
     dataplane::{Maps, monotonic_ns},
+    report::{FlowReport, FlowsReport},
     wire,
 };
 

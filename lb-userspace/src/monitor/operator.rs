@@ -10,10 +10,11 @@ use tracing::{info, warn};
 
 use super::{Monitor, checkers::Event, persist};
 use crate::{
-    api::{AdminAction, Caller, Reply, Request, Response, SimulationReport},
+    api::{AdminAction, Caller, Reply, Request, Response},
     control::locality::home_pool,
     dataplane::{Dataplane, Maps, simulate::simulate},
     health::state::Admin,
+    report::SimulationReport,
 };
 
 /// The largest weight (as in the config).

@@ -18,7 +18,7 @@ use super::{
     Monitor,
     checkers::{BackendRef, Event},
 };
-use crate::{config::HealthCheck, dataplane::passive::PassiveEvents, health::checks};
+use crate::{config::HealthCheck, dataplane::maps::passive::PassiveEvents, health::checks};
 
 /// Reads the data plane's reports as they come and hands them to the monitor, until the
 /// monitor stops listening.

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::{Monitor, checkers::Event, fresh_statuses};
 use crate::{
     config::Config,
-    dataplane::{Dataplane, hooks::Hook, preflight},
+    dataplane::{Dataplane, Hook, preflight},
     metrics, service_manager,
 };
 

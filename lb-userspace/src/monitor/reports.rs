@@ -13,15 +13,15 @@ use tokio::time::Instant;
 
 use super::Monitor;
 use crate::{
-    api::{
-        BackendStatusReport, Counters, FlowTableStats, PoolStatus, ServiceStats, ServiceStatus,
-        StatsReport, StatusReport,
-    },
     config::ServiceConfig,
     control::{DataplaneMaps, ServiceState},
     dataplane::{Dataplane, Maps},
     health::state::{BackendStatus, State},
     metrics::{BackendMetrics, GuardMetrics, ServiceMetrics, Snapshot},
+    report::{
+        BackendStatusReport, Counters, FlowTableStats, PoolStatus, ServiceStats, ServiceStatus,
+        StatsReport, StatusReport,
+    },
 };
 
 /// What a rate is of.

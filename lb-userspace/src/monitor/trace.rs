@@ -24,9 +24,10 @@ use tracing::{info, warn};
 
 use super::Monitor;
 use crate::{
-    api::{Reply, Response, TraceEventReport, TraceSummary},
+    api::{Reply, Response},
     config::parse_prefix,
-    dataplane::{monotonic_ns, trace::Tracer},
+    dataplane::{maps::trace::Tracer, monotonic_ns},
+    report::{TraceEventReport, TraceSummary},
     wire,
 };
 

@@ -60,7 +60,7 @@ fn trace_shows_what_the_data_plane_decides() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let events: Vec<&xlb::api::TraceEventReport> = answers
+    let events: Vec<&xlb::report::TraceEventReport> = answers
         .iter()
         .filter_map(|a| match a {
             Response::TraceEvent(event) => Some(event),

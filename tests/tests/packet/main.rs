@@ -38,7 +38,8 @@ use lb_common::{
 use xlb::{
     config::{Config, FlowTimeouts},
     control::{Balancer, DataplaneMaps as _, ServiceSpec, table::smooth_weighted_sequence},
-    dataplane::{Dataplane, handshake_budget, netif},
+    dataplane::{Dataplane, handshake_budget},
+    sys::netif,
     wire::{addr_field, port_field},
 };
 use xlb_tests::{

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::age;
-use crate::api::FlowsReport;
+use crate::report::FlowsReport;
 
 /// `xlb flows`: one line per flow, columns as wide as their widest value.
 pub fn flows(report: &FlowsReport) -> String {
@@ -57,7 +57,7 @@ pub fn flows(report: &FlowsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::FlowReport;
+    use crate::report::FlowReport;
 
     #[test]
     fn flows_are_a_table_with_a_count() {

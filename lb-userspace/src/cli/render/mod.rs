@@ -11,8 +11,8 @@ pub use self::{
     trace::{trace_end, trace_event},
 };
 use crate::{
-    api::{BackendStatusReport, Counters, SimulationReport, StatsReport, StatusReport},
     health::state::{Admin, Operator},
+    report::{BackendStatusReport, Counters, SimulationReport, StatsReport, StatusReport},
 };
 
 /// A number with a k/M/G suffix, for rates.
@@ -308,7 +308,7 @@ fn simulation_line(report: &SimulationReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AnnounceReport, FlowTableStats, PoolStatus, ServiceStatus, VipReport};
+    use crate::report::{AnnounceReport, FlowTableStats, PoolStatus, ServiceStatus, VipReport};
 
     #[test]
     fn numbers_and_ages_are_short() {
@@ -444,7 +444,7 @@ mod tests {
         let state_column = |line: &str| line.find(" Up ").unwrap();
         assert_eq!(state_column(lines[2]), state_column(lines[4]), "{text}");
         let stats = stats(&StatsReport {
-            services: vec![crate::api::ServiceStats {
+            services: vec![crate::report::ServiceStats {
                 name: "web".into(),
                 counters: Counters::default(),
                 backends: vec![(long.parse().unwrap(), Counters::default())],

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{TraceEventReport, TraceSummary};
+use crate::report::{TraceEventReport, TraceSummary};
 
 /// One event of `xlb trace`: when, which service and client, what was decided and why.
 pub fn trace_event(e: &TraceEventReport) -> String {

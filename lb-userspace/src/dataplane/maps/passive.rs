@@ -15,7 +15,7 @@ use lb_common::{
     passive::{PassiveEvent, PassiveMark, ServicePolicy},
 };
 
-use super::maps::take;
+use super::take;
 
 /// Each service's settings and each backend's marks.
 pub struct PassiveMaps {
@@ -25,7 +25,7 @@ pub struct PassiveMaps {
 
 impl PassiveMaps {
     /// Takes the maps out of the loaded object.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             policies: take(ebpf, map_names::SERVICE_POLICIES)?,
             marks: take(ebpf, map_names::PASSIVE_MARKS)?,
@@ -70,7 +70,7 @@ pub struct PassiveEvents {
 
 impl PassiveEvents {
     /// Takes the ring buffer out of the loaded object.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             ring: take(ebpf, map_names::PASSIVE_EVENTS)?,
         })

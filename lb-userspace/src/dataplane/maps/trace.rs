@@ -15,7 +15,7 @@ use lb_common::{
     trace::{TraceConfig, TraceEvent},
 };
 
-use super::maps::take;
+use super::take;
 
 /// Both trace maps.
 pub struct Tracer {
@@ -25,7 +25,7 @@ pub struct Tracer {
 
 impl Tracer {
     /// Takes the trace maps out of the loaded object.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             config: take(ebpf, map_names::TRACE_CONFIG)?,
             events: take(ebpf, map_names::TRACE_EVENTS)?,

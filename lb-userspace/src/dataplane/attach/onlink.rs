@@ -9,8 +9,9 @@ use futures_util::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::RouteMessageBuilder;
 
-use super::{links::in_namespace, netif};
+use super::links::in_namespace;
 use crate::config::{Config, Forwarding};
+use crate::sys::netif;
 
 /// Fails, naming the service and the backend, if a DSR backend is behind a gateway or out of
 /// an interface xlb is not attached to.

@@ -29,9 +29,14 @@ use lb_common::{
     passive::ServicePolicy,
 };
 
-use super::{
+mod backend_ports;
+mod batch;
+pub mod flows;
+pub mod passive;
+pub mod trace;
+
+use self::{
     backend_ports::BackendPorts,
-    batch,
     flows::{ActiveFlows, FlowMaps, FlowTables},
     passive::PassiveMaps,
 };
@@ -87,7 +92,7 @@ pub fn handshake_budget(flow_table_size: u32) -> u64 {
 }
 
 /// Takes map `name` out of the loaded object as a `T`.
-pub(super) fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+pub(in crate::dataplane) fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -106,7 +111,7 @@ fn outer_map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
 }
 
 impl Maps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         // The tables' map id lets a second handle be opened (see `table_publisher`).
         let tables_id = outer_map_id(ebpf, map_names::BACKEND_TABLES)?;
         let tables: TableMap = take(ebpf, map_names::BACKEND_TABLES)?;
@@ -151,7 +156,7 @@ impl Maps {
     /// Sets the handshake guard's budget for `flow_table_size` and a random hash seed, unless
     /// adopted maps already have them (the seed must not change under established flows that
     /// were placed by hash).
-    pub(super) fn arm_handshake_guard(&mut self, flow_table_size: u32) -> Result<()> {
+    pub(in crate::dataplane) fn arm_handshake_guard(&mut self, flow_table_size: u32) -> Result<()> {
         if self.handshake_guard()?.budget != 0 {
             return Ok(());
         }

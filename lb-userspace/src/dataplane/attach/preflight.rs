@@ -5,9 +5,9 @@ use anyhow::{Result, anyhow, bail};
 
 use super::{
     hooks::{self, Assessment, Plan},
-    links, netif, onlink,
+    links, onlink,
 };
-use crate::config::Config;
+use crate::{config::Config, sys::netif};
 
 /// Checks what the data plane needs from the host, with errors that say how to fix it, and
 /// decides where the program runs on the configured interfaces (see `hooks`).

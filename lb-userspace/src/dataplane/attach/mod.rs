@@ -24,7 +24,13 @@ use aya::{
 use lb_common::consts::program_names;
 use tracing::{info, warn};
 
-use super::{hooks::Hook, links, netif};
+pub mod hooks;
+pub mod links;
+pub mod onlink;
+pub mod preflight;
+
+use self::hooks::Hook;
+use crate::sys::netif;
 
 /// An interface the program is attached to.
 #[derive(Debug)]

@@ -90,7 +90,7 @@ pub fn inspect(interfaces: &[String]) -> Result<Vec<LinkFacts>> {
 }
 
 fn inspect_one(name: &str) -> Result<LinkFacts> {
-    let ifindex = super::netif::index(name)?;
+    let ifindex = crate::sys::netif::index(name)?;
     let (link, merging) = in_namespace(None, {
         let name = name.to_owned();
         move || async move {

@@ -1,0 +1,123 @@
+//! `xlb status`: every service's backends with their state and why, weights, load, active
+//! flows and rates; pools; route health injection.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::state::Operator;
+
+/// All services (or the one asked for), and the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's version and commit, as `xlb --version` prints them.
+    #[serde(default)]
+    pub version: String,
+    /// The interfaces and the hook the program runs at on each.
+    #[serde(default)]
+    pub interfaces: Vec<(String, String)>,
+    /// Services in config order.
+    pub services: Vec<ServiceStatus>,
+    /// Route health injection, if any service announces its VIP.
+    #[serde(default)]
+    pub announce: Option<AnnounceReport>,
+}
+
+/// Route health injection: the device, the BGP daemon, each VIP's announcement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceReport {
+    /// The TUN device whose addresses are the announced VIPs.
+    pub device: String,
+    /// "BIRD 2.0.12 at /run/bird/bird.ctl", or why no BIRD answers there.
+    pub bird: String,
+    /// Whether a BIRD answered at the last probe.
+    pub bird_reachable: bool,
+    /// Each announced VIP, in address order.
+    pub vips: Vec<VipReport>,
+}
+
+/// One VIP's announcement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipReport {
+    /// The address.
+    pub vip: std::net::IpAddr,
+    /// Whether it is on the device (so exported by BIRD) now.
+    pub announced: bool,
+    /// Why.
+    pub reason: String,
+    /// Seconds since the last change, as of the report.
+    pub since_seconds: f64,
+    /// Times it was announced and withdrawn since xlb started.
+    pub announcements: u64,
+    /// Times it was withdrawn.
+    pub withdrawals: u64,
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// VIP and port.
+    pub listen: SocketAddr,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// Packets per second, both directions, over the last second.
+    pub packets_per_second: f64,
+    /// Bits per second, both directions, over the last second.
+    pub bits_per_second: f64,
+    /// Backends in config order.
+    pub backends: Vec<BackendStatusReport>,
+    /// Locality pools (empty for a service without `[[service.pool]]`s).
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One locality pool of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Its backends that have room for new flows (Up), and all of them.
+    pub up: usize,
+    /// Its backends.
+    pub backends: usize,
+    /// The pool that takes its clients' new flows now: itself, or a fallback.
+    pub serving: String,
+    /// New flows of its clients placed in other pools so far, by pool.
+    pub spilled: Vec<(String, u64)>,
+}
+
+/// One backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatusReport {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Up, Overloaded, Draining or Down.
+    pub state: String,
+    /// Why.
+    pub reason: String,
+    /// Seconds in this state.
+    pub since_seconds: f64,
+    /// Weight in the config.
+    pub weight: u32,
+    /// Weight in the published table (in hundredths of the configured weight unit).
+    pub effective_weight: u32,
+    /// The agent's last weight, if it has an agent.
+    pub agent_weight_percent: Option<u32>,
+    /// Flows with a packet in the last 10 seconds.
+    pub active_flows: u64,
+    /// Packets per second, both directions, over the last second.
+    pub packets_per_second: f64,
+    /// Bits per second, both directions, over the last second.
+    pub bits_per_second: f64,
+    /// What an operator set, who and when, if anything.
+    #[serde(default)]
+    pub operator: Option<Operator>,
+    /// Why the data plane marked it suspect, while a check has not decided (passive health).
+    #[serde(default)]
+    pub suspect: Option<String>,
+    /// Times the data plane marked it suspect since the daemon started.
+    #[serde(default)]
+    pub passive_marks: u64,
+}

@@ -1,0 +1,5 @@
+//! What xlb asks of the host outside the data plane: its network interfaces and the wall
+//! clock. The lowest layer: it knows nothing of xlb's other modules.
+
+pub mod netif;
+pub mod time;
