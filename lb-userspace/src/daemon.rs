@@ -4,17 +4,18 @@
 use std::{future::Future, path::Path, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
     announce::Announcer,
-    api::{self, Request, server},
+    api::server,
+    cmd,
     config::Config,
-    control::Balancer,
+    control::{Balancer, DataplaneReads as _},
     dataplane::{Dataplane, pins, preflight},
     metrics,
-    monitor::Monitor,
+    monitor::{Job, Monitor},
     service_manager,
 };
 
@@ -97,9 +98,9 @@ pub async fn run(
     info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
     service_manager::ready(&format!("{} at the {hook} hook", monitor.summary()));
 
-    let (calls, received) = mpsc::channel(16);
-    let api_server = tokio::spawn(server::serve(listener, calls.clone()));
-    let hangups = tokio::spawn(reload_on_sighup(calls));
+    let (jobs, received) = mpsc::channel(16);
+    let api_server = tokio::spawn(server::serve(listener, jobs.clone(), cmd::job));
+    let hangups = tokio::spawn(reload_on_sighup(jobs));
 
     monitor.run(&mut dataplane, received, shutdown).await?;
     service_manager::stopping();
@@ -107,7 +108,7 @@ pub async fn run(
     hangups.abort();
     let _ = std::fs::remove_file(&options.socket);
     info!("shutting down");
-    log_counters(&dataplane, monitor.balancer());
+    log_counters(&dataplane, monitor.core().balancer());
     if options.detach_on_exit {
         dataplane.detach_all();
         dataplane.unpin_maps();
@@ -118,8 +119,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Turns every SIGHUP into a reload request.
-async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
+/// Turns every SIGHUP into a reload.
+async fn reload_on_sighup(jobs: mpsc::Sender<Job>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP; reload with `xlb reload`");
@@ -127,17 +128,11 @@ async fn reload_on_sighup(calls: mpsc::Sender<api::Call>) {
     };
     while hangups.recv().await.is_some() {
         info!("SIGHUP: reloading");
-        let (reply, answer) = oneshot::channel();
-        let caller = api::Caller("SIGHUP".into());
-        if calls
-            .send((Request::Reload {}, caller, reply))
-            .await
-            .is_err()
-        {
+        // The monitor logs a refused reload.
+        let reload: Job = Box::new(|monitor, dataplane| drop(monitor.reload(dataplane)));
+        if jobs.send(reload).await.is_err() {
             return;
         }
-        // The monitor logs a refused reload.
-        drop(answer.await);
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod announce;
 pub mod api;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod daemon;

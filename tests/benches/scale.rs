@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData, MapInfo};
 use lb_common::{BackendTable, consts::map_names};
 use xlb::{
     config::Config,
-    control::{Balancer, ServiceSpec},
+    control::{Balancer, DataplaneReads as _, ServiceSpec},
     dataplane::{Dataplane, NoopProgram},
     sys::netif,
 };

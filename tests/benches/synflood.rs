@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, bail};
-use xlb::api::Response;
+use xlb::cmd::Response;
 use xlb_tests::{
     bench::{Table, percentile, print_section, quick},
     client::{http_echo, payload},

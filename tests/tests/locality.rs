@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::{api::Response, report::PoolStatus};
+use xlb::{cmd::Response, report::PoolStatus};
 use xlb_tests::{
     client::{http_echo_from, payload, start_download_from},
     scenario::{Backend, TCP_SERVICE_PORT, Xlb, start_backends, start_xlb, tally},

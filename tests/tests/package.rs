@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use xlb::api::Response;
+use xlb::cmd::Response;
 use xlb_tests::{
     scenario::{Launch, balancer_config, run_traffic, start_backends, start_xlb_launched, tally},
     topology::{Lab, Wiring},

@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{IO_TIMEOUT, Request, Response};
+use super::IO_TIMEOUT;
+use crate::cmd::{Request, Response};
 
 /// Sends `request` to the daemon at `socket` and returns its answer (for the CLI).
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {

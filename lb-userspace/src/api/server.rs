@@ -1,5 +1,5 @@
-//! The daemon's end of the control API: the socket, and one task per connection that hands
-//! the request to the monitor and writes its answer back.
+//! The daemon's end of the control API: the socket, and one task per connection that reads
+//! the request, hands it to the monitor as a [`Job`] and writes its answer back.
 
 use std::{
     os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
@@ -15,7 +15,12 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{Call, Caller, IO_TIMEOUT, Reply, Request, Response};
+use super::IO_TIMEOUT;
+use crate::cmd::{Caller, Reply, Request, Response};
+
+/// Makes the job that answers a request for a caller and sends the reply back: the daemon
+/// gives [`crate::cmd::job`], tests something simpler.
+pub type MakeJob<J> = fn(Request, Caller, oneshot::Sender<Reply>) -> J;
 
 /// A user's name and uid ("root (uid 0)"), or the uid alone if it has no name.
 fn user_name(uid: u32) -> String {
@@ -47,22 +52,27 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the API on `listener`, passing each request to `calls`.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+/// Serves the API on `listener`, passing each request that passes its command's checks to
+/// `jobs`, made by `make`.
+pub async fn serve<J: Send + 'static>(
+    listener: UnixListener,
+    jobs: mpsc::Sender<J>,
+    make: MakeJob<J>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let calls = calls.clone();
+        let jobs = jobs.clone();
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, calls).await {
+            if let Err(error) = answer(stream, jobs, make).await {
                 debug!("API connection: {error:#}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+async fn answer<J>(stream: UnixStream, jobs: mpsc::Sender<J>, make: MakeJob<J>) -> Result<()> {
     let credentials = stream.peer_cred()?;
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
@@ -84,11 +94,14 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
             Ok(Err(error)) => Response::Error(format!("reading the request: {error}")).into(),
             Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
                 Err(error) => Response::Error(format!("malformed request: {error}")).into(),
+                Ok(request) if let Err(error) = request.check() => {
+                    Response::Error(format!("{error}; nothing was changed")).into()
+                }
                 Ok(request) => {
                     let (reply, answer) = oneshot::channel();
                     let caller = Caller(user_name(credentials.uid()));
                     let gone = || Response::Error("the daemon is shutting down".into()).into();
-                    if calls.send((request, caller, reply)).await.is_err() {
+                    if jobs.send(make(request, caller, reply)).await.is_err() {
                         gone()
                     } else {
                         answer.await.unwrap_or_else(|_| gone())
@@ -138,8 +151,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xlb-api-test-{}", std::process::id()));
         let path = dir.join("api.sock");
         let listener = bind(&path).unwrap();
+        type Call = (Request, Caller, oneshot::Sender<Reply>);
         let (calls, mut requests) = mpsc::channel::<Call>(4);
-        tokio::spawn(serve(listener, calls));
+        tokio::spawn(serve(listener, calls, |request, caller, reply| {
+            (request, caller, reply)
+        }));
         tokio::spawn(async move {
             while let Some((request, _, reply)) = requests.recv().await {
                 let _ = reply.send(Response::Done(format!("{request:?}")).into());
@@ -161,7 +177,18 @@ mod tests {
         assert!(error.starts_with("malformed request"), "{error}");
         assert_eq!(
             answer("{\"command\":\"status\"}\n").await.unwrap(),
-            Response::Done("Status { service: None }".into())
+            Response::Done("Status(Status { service: None })".into())
+        );
+        let Response::Error(error) =
+            answer("{\"command\":\"trace\",\"service\":\"web\",\"seconds\":0}\n")
+                .await
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            error,
+            "seconds 0 is out of range: 1 to 3600; nothing was changed"
         );
         // The socket is owner-only, and a second daemon cannot take it.
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

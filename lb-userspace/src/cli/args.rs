@@ -1,11 +1,11 @@
 //! The `xlb` command line's definitions (clap): what `--help`, the man pages and the shell
 //! completions are generated from.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{api, config::parse_prefix};
+use crate::{api, cmd::Request};
 
 /// Where the daemon keeps operators' settings unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xlb";
@@ -55,14 +55,9 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Services and backends: state and why, weights, operator settings, load, active flows,
-    /// rates.
-    Status {
-        /// Only this service.
-        service: Option<String>,
-    },
-    /// Counters of every service and backend, and data-plane events.
-    Stats,
+    /// Commands that ask the running daemon (over its control socket).
+    #[command(flatten)]
+    Daemon(Request),
     /// `xlb status` refreshed every second, like top (with --json: one JSON line per refresh).
     Top {
         /// Seconds between refreshes.
@@ -71,52 +66,6 @@ pub enum Command {
         /// Stop after this many refreshes (default: until interrupted).
         #[arg(long)]
         iterations: Option<u64>,
-    },
-    /// The flows in the flow tables, oldest first (like `ipvsadm -Lnc`).
-    Flows {
-        /// Only this service's flows.
-        service: Option<String>,
-        /// Only flows served by this backend (address:port).
-        #[arg(long, value_name = "ADDR")]
-        backend: Option<SocketAddr>,
-        /// Only flows of clients in this prefix (or this address).
-        #[arg(long, value_name = "PREFIX", value_parser = client_prefix)]
-        client: Option<String>,
-        /// List at most this many.
-        #[arg(long, value_name = "N", default_value_t = 100,
-              value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        limit: u32,
-    },
-    /// Change one backend: kept across reloads and restarts until `xlb backend enable`.
-    #[command(subcommand)]
-    Backend(BackendCommand),
-    /// Re-read the configuration file and apply the difference (like SIGHUP); a file with
-    /// errors changes nothing and the errors are printed.
-    Reload,
-    /// Which backend would a new flow from CLIENT get now? (Runs a packet through the program.)
-    Simulate {
-        /// The service's name.
-        service: String,
-        /// The client's address and port.
-        client: SocketAddr,
-    },
-    /// What the data plane decides for a service's packets, as they pass (like `cilium
-    /// monitor`): new flows with their backend and why, drops, established packets, ICMP
-    /// errors translated. Filtered and sampled in the kernel.
-    Trace {
-        /// The service's name.
-        service: String,
-        /// Only flows of clients in this prefix (or this address), of the service's family.
-        #[arg(long, value_name = "PREFIX", value_parser = client_prefix)]
-        client: Option<String>,
-        /// For how long.
-        #[arg(long, value_name = "N", default_value_t = 10,
-              value_parser = clap::value_parser!(u64).range(1..=3600))]
-        seconds: u64,
-        /// Record one matching packet in N.
-        #[arg(long, value_name = "N", default_value_t = 1,
-              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        sample: u32,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -129,40 +78,6 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-}
-
-/// `xlb backend ...`: an operator's setting on one backend.
-#[derive(Debug, Subcommand)]
-pub enum BackendCommand {
-    /// No new flows; established flows continue.
-    Drain(BackendArgs),
-    /// Out of the table at once; its flows are purged.
-    Disable(BackendArgs),
-    /// Clear what an operator set (drain, disable, weight): back to the config and checks.
-    Enable(BackendArgs),
-    /// Replace the configured weight (0 to 256; 0 drains).
-    Weight {
-        /// Which backend.
-        #[command(flatten)]
-        backend: BackendArgs,
-        /// The new weight.
-        #[arg(value_parser = clap::value_parser!(u32).range(0..=256))]
-        weight: u32,
-    },
-}
-
-/// Which backend.
-#[derive(Debug, clap::Args)]
-pub struct BackendArgs {
-    /// The service's name.
-    pub service: String,
-    /// The backend's address and port.
-    pub backend: SocketAddr,
-}
-
-/// Checks a `--client` prefix (the daemon checks it again).
-fn client_prefix(text: &str) -> Result<String, String> {
-    parse_prefix(text).map(|_| text.to_owned())
 }
 
 #[cfg(test)]

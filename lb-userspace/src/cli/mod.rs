@@ -12,12 +12,13 @@ use std::{
 };
 
 use crate::{
-    api::{AdminAction, Request, Response, client},
+    api::client,
+    cmd::{Request, Response, status::Status},
     config::Config,
     daemon,
     dataplane::preflight,
 };
-use args::{BackendCommand, Cli, Command};
+use args::{Cli, Command};
 use clap::{CommandFactory as _, Parser as _};
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
@@ -69,51 +70,12 @@ pub fn main() -> ExitCode {
             interval,
             iterations,
         } => return top(&cli.socket, interval, iterations, json),
-        Command::Status { service } => Request::Status { service },
-        Command::Stats => Request::Stats {},
-        Command::Flows {
-            service,
-            backend,
-            client,
-            limit,
-        } => Request::Flows {
-            service,
-            backend,
-            client,
-            limit: Some(limit as usize),
-        },
-        Command::Backend(command) => {
-            let (args, action) = match command {
-                BackendCommand::Drain(args) => (args, AdminAction::Drain),
-                BackendCommand::Disable(args) => (args, AdminAction::Disable),
-                BackendCommand::Enable(args) => (args, AdminAction::Enable),
-                BackendCommand::Weight { backend, weight } => {
-                    (backend, AdminAction::Weight(weight))
-                }
-            };
-            Request::Backend {
-                service: args.service,
-                backend: args.backend,
-                action,
-            }
-        }
-        Command::Trace {
-            service,
-            client,
-            seconds,
-            sample,
-        } => {
+        Command::Daemon(Request::Trace(request)) => {
             init_client_logging();
-            let request = Request::Trace {
-                service,
-                client,
-                seconds: Some(seconds),
-                sample: Some(sample),
-            };
-            return trace(&cli.socket, &request, seconds, json);
+            let seconds = request.seconds;
+            return trace(&cli.socket, &Request::Trace(request), seconds, json);
         }
-        Command::Reload => Request::Reload {},
-        Command::Simulate { service, client } => Request::Simulate { service, client },
+        Command::Daemon(request) => request,
     };
     init_client_logging();
     let response = match client::call(&cli.socket, &request) {
@@ -359,7 +321,7 @@ fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> Exi
     let clear = std::io::stdout().is_terminal() && !json;
     let mut shown = 0u64;
     loop {
-        match client::call(socket, &Request::Status { service: None }) {
+        match client::call(socket, &Request::Status(Status::default())) {
             Ok(Response::Status(report)) if json => {
                 println!("{}", serde_json::to_string(&report).expect("serializable"));
             }

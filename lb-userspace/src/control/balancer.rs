@@ -19,7 +19,7 @@ use lb_common::{
 
 use super::{
     maglev::lookup_table,
-    maps::DataplaneMaps,
+    ports::DataplaneMaps,
     spec::{Locality, ServiceSpec},
     table::{backend_table, smooth_weighted_sequence},
 };

@@ -6,11 +6,14 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey, consts::scheduler,
-    passive::ServicePolicy, tables::table_index,
+    BackendEntry, BackendTable, FlowEntry, FlowKey, HandshakeGuard, MaglevTable, ServiceEntry,
+    ServiceKey, TrafficCounters, VipKey,
+    consts::{events, scheduler},
+    passive::ServicePolicy,
+    tables::table_index,
 };
 
-use super::{DataplaneMaps, Existing};
+use super::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
 
 /// In-memory maps that record every write in order.
 #[derive(Default)]
@@ -26,6 +29,15 @@ pub(crate) struct FakeMaps {
     pub(crate) prefixes: HashMap<u32, Vec<(IpNet, u32)>>,
     pub(crate) spilled: HashMap<u32, u64>,
     pub(crate) policies: HashMap<u32, ServicePolicy>,
+    /// Counters by service id and by backend id.
+    pub(crate) service_counters: HashMap<u32, TrafficCounters>,
+    pub(crate) backend_counters: HashMap<u32, TrafficCounters>,
+    /// The active flows `active_flows` reports: per backend id.
+    pub(crate) active: HashMap<u32, u64>,
+    /// What `flows` lists: client-to-backend entries, and whether half-open.
+    pub(crate) flow_entries: Vec<(FlowKey, FlowEntry, bool)>,
+    /// The clock `now_ns` reads.
+    pub(crate) now_ns: u64,
 }
 
 impl DataplaneMaps for FakeMaps {
@@ -133,9 +145,6 @@ impl DataplaneMaps for FakeMaps {
         self.prefixes.insert(service_id, prefixes.to_vec());
         Ok(())
     }
-    fn spilled(&self, index: u32) -> Result<u64> {
-        Ok(self.spilled.get(&index).copied().unwrap_or(0))
-    }
     fn add_vip(&mut self, key: &VipKey) -> Result<()> {
         assert!(self.vips.insert(*key), "adding a VIP twice");
         self.log.push("vip+".into());
@@ -162,5 +171,48 @@ impl DataplaneMaps for FakeMaps {
             .iter()
             .map(|id| self.flows_by_backend.remove(id).unwrap_or(0))
             .sum())
+    }
+}
+
+impl DataplaneReads for FakeMaps {
+    fn service_counters(&self, service_id: u32) -> Result<TrafficCounters> {
+        Ok(self
+            .service_counters
+            .get(&service_id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
+        Ok(self
+            .backend_counters
+            .get(&backend_id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn events(&self) -> Result<[u64; events::COUNT as usize]> {
+        Ok([0; events::COUNT as usize])
+    }
+    fn handshake_guard(&self) -> Result<HandshakeGuard> {
+        Ok(HandshakeGuard::default())
+    }
+    fn handshake_guard_on(&self) -> Result<bool> {
+        Ok(false)
+    }
+    fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows> {
+        Ok(ActiveFlows {
+            by_backend: backend_ids
+                .iter()
+                .map(|id| (*id, (0, self.active.get(id).copied().unwrap_or(0))))
+                .collect(),
+        })
+    }
+    fn spilled(&self, index: u32) -> Result<u64> {
+        Ok(self.spilled.get(&index).copied().unwrap_or(0))
+    }
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
+        Ok(self.flow_entries.clone())
+    }
+    fn now_ns(&self) -> Result<u64> {
+        Ok(self.now_ns)
     }
 }

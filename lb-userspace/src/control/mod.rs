@@ -12,7 +12,7 @@
 mod balancer;
 pub mod locality;
 pub mod maglev;
-mod maps;
+mod ports;
 mod spec;
 pub mod table;
 
@@ -25,5 +25,5 @@ mod tests;
 
 pub use balancer::{ApplySummary, BackendState, Balancer, ServiceState};
 pub use locality::serving_pools;
-pub use maps::{DataplaneMaps, Existing};
+pub use ports::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
 pub use spec::{BackendSpec, Locality, ServiceSpec};

@@ -34,7 +34,7 @@ pub use self::{
         hooks::{Hook, Plan},
         preflight::preflight,
     },
-    maps::{Maps, TablePublisher, flows::ActiveFlows, handshake_budget, monotonic_ns},
+    maps::{Maps, TablePublisher, handshake_budget, monotonic_ns},
     noop::NoopProgram,
 };
 use crate::sys::netif;

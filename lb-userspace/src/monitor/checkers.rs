@@ -1,15 +1,18 @@
-//! The checker tasks (one per backend health check, one per agent) and what the monitor does
-//! with their reports: it records them in the backends' statuses.
+//! The checkers: one task per backend health check and one per agent, which report to the
+//! monitor; and what is done with their reports (recorded in the backends' statuses).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
+use anyhow::{Context as _, Result};
+use lb_common::passive::PassiveEvent;
 use tokio::{
     sync::mpsc,
+    task::JoinSet,
     time::{Instant, MissedTickBehavior, interval},
 };
 use tracing::{info, warn};
 
-use super::Monitor;
+use super::core::{BackendRef, Core};
 use crate::{
     config::HealthCheck,
     health::{
@@ -18,47 +21,121 @@ use crate::{
     },
 };
 
-/// Where a backend is: indexes into the config's services and their backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct BackendRef {
-    pub(super) service: usize,
-    pub(super) backend: usize,
-    /// The monitor's generation when the checker started: events of checkers from before a
-    /// reload (whose indexes meant other backends) are ignored.
-    pub(super) generation: u64,
-}
+/// How many reports may wait for the monitor.
+const QUEUE: usize = 1024;
 
-/// What a checker task reports.
-pub(super) enum Event {
+/// What a checker task (or the data plane's passive reports) tells the monitor.
+pub enum Event {
     /// A health check's result and how long it took.
     Health(BackendRef, Result<(), String>, Duration),
     /// An agent's answer.
     Agent(BackendRef, Result<AgentReport, String>),
     /// The data plane marked a backend suspect, or would have but for the share cap.
-    Passive(lb_common::passive::PassiveEvent),
+    Passive(PassiveEvent),
     /// The result of the check run at once to confirm a passive mark.
     Confirm(BackendRef, Result<(), String>, Duration),
 }
 
-impl Monitor {
-    /// Starts one checker task per backend health check and per agent.
-    pub(super) fn spawn_checkers(&mut self, events: &mpsc::Sender<Event>) {
-        for (service_index, service) in self.config.services.iter().enumerate() {
+impl Event {
+    /// The backend the event is about, unless it names one only by its data-plane id.
+    pub fn backend(&self) -> Option<BackendRef> {
+        match self {
+            Self::Health(at, ..) | Self::Agent(at, _) | Self::Confirm(at, ..) => Some(*at),
+            Self::Passive(_) => None,
+        }
+    }
+}
+
+/// The checker tasks, their generation, and the agents that do not answer.
+pub struct Checkers {
+    tasks: JoinSet<()>,
+    /// Incremented by every reload (see [`BackendRef`]).
+    generation: u64,
+    /// The last error of each agent that does not answer (logged once).
+    agent_errors: HashMap<BackendRef, String>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Checkers {
+    /// No checkers yet; their reports will come out of the receiver returned.
+    pub fn new() -> (Self, mpsc::Receiver<Event>) {
+        let (events, received) = mpsc::channel(QUEUE);
+        let checkers = Self {
+            tasks: JoinSet::new(),
+            generation: 0,
+            agent_errors: HashMap::new(),
+            events,
+        };
+        (checkers, received)
+    }
+
+    /// Where checkers and other reporters send their events.
+    pub fn events(&self) -> &mpsc::Sender<Event> {
+        &self.events
+    }
+
+    /// A reference to backend `backend` of service `service`, of this generation.
+    pub fn at(&self, service: usize, backend: usize) -> BackendRef {
+        BackendRef {
+            service,
+            backend,
+            generation: self.generation,
+        }
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether `at` was made in this generation (before no reload).
+    pub fn is_current(&self, at: BackendRef) -> bool {
+        at.generation == self.generation
+    }
+
+    /// Runs every checked backend's first health check at once and returns their results
+    /// (they decide each backend's initial health). Takes at most the longest check timeout.
+    pub async fn first_checks(&self, core: &Core) -> Result<Vec<Event>> {
+        let mut first = JoinSet::new();
+        for (service_index, service) in core.config().services.iter().enumerate() {
+            if service.health.check == HealthCheck::None {
+                continue;
+            }
             for (backend_index, backend) in service.backends.iter().enumerate() {
-                let at = BackendRef {
-                    service: service_index,
-                    backend: backend_index,
-                    generation: self.generation,
-                };
+                let (check, target, limit) = (
+                    service.health.check.clone(),
+                    backend.check_address(),
+                    service.health.timeout,
+                );
+                let at = self.at(service_index, backend_index);
+                first.spawn(async move {
+                    let started = Instant::now();
+                    let result = checks::run(&check, target, limit).await;
+                    Event::Health(at, result, started.elapsed())
+                });
+            }
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = first.join_next().await {
+            results.push(joined.context("a health check task failed")?);
+        }
+        Ok(results)
+    }
+
+    /// Starts one checker task per backend health check and per agent of `core`'s config.
+    pub fn spawn(&mut self, core: &Core) {
+        for (service_index, service) in core.config().services.iter().enumerate() {
+            for (backend_index, backend) in service.backends.iter().enumerate() {
+                let at = self.at(service_index, backend_index);
                 if service.health.check != HealthCheck::None {
                     let (check, target) = (service.health.check.clone(), backend.check_address());
                     let (every, limit) = (service.health.interval, service.health.timeout);
-                    // A backend checked before (in `start`, or before a reload) waits one
+                    // A backend checked before (at start, or before a reload) waits one
                     // interval; a new one is checked at once.
-                    let checked = self.statuses[service_index][backend_index]
+                    let checked = core.statuses()[service_index][backend_index]
                         .health
                         .is_known();
-                    let events = events.clone();
+                    let events = self.events.clone();
                     self.tasks.spawn(async move {
                         let mut ticks = interval(every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -82,7 +159,7 @@ impl Monitor {
                     .and_then(|load| Some((load.agent_address(backend)?, load)));
                 if let Some((address, load)) = agent {
                     let (every, limit) = (load.interval, load.timeout);
-                    let events = events.clone();
+                    let events = self.events.clone();
                     self.tasks.spawn(async move {
                         let mut ticks = interval(every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -99,36 +176,46 @@ impl Monitor {
         }
     }
 
-    /// Records an event; returns whether anything that decides the tables changed.
-    /// A passive report (which needs the events channel to start its confirming check) is
-    /// [`Self::passive_report`]'s, not this.
-    pub(super) fn handle(&mut self, event: Event) -> bool {
-        let at = match &event {
-            Event::Health(at, ..) | Event::Agent(at, _) | Event::Confirm(at, ..) => *at,
-            Event::Passive(_) => return false,
-        };
-        if at.generation != self.generation {
+    /// After a reload: stops every checker and starts those of the new config, in a new
+    /// generation (events of the old ones are ignored).
+    pub fn restart(&mut self, core: &Core) {
+        self.stop();
+        self.agent_errors.clear();
+        self.generation += 1;
+        self.spawn(core);
+    }
+
+    /// Stops every checker task.
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+        self.tasks = JoinSet::new();
+    }
+
+    /// Records a health check's or an agent's report in the backend's status; returns whether
+    /// anything that decides the tables changed. Events of another generation, and passive
+    /// events and confirmations (the passive module's), change nothing here.
+    pub fn record(&mut self, core: &mut Core, event: Event) -> bool {
+        if event.backend().is_none_or(|at| !self.is_current(at)) {
             return false;
         }
         match event {
-            Event::Passive(_) => false,
-            Event::Confirm(at, result, latency) => self.confirmed(at, result, latency),
+            Event::Passive(_) | Event::Confirm(..) => false,
             Event::Health(at, result, latency) => {
-                let health = &self.config.services[at.service].health;
-                let status = &mut self.statuses[at.service][at.backend];
+                let (rise, fall) = {
+                    let health = &core.config().services[at.service].health;
+                    (health.rise, health.fall)
+                };
+                let status = core.status_mut(at);
                 status.check_latency = Some(latency);
-                status
-                    .health
-                    .observe(result, health.rise, health.fall)
-                    .is_some()
+                status.health.observe(result, rise, fall).is_some()
             }
             Event::Agent(at, Err(error)) => {
                 // An unreachable agent leaves the backend as it was (HAProxy does the same);
                 // health checks decide whether it can serve.
                 if self.agent_errors.get(&at) != Some(&error) {
                     warn!(
-                        service = self.config.services[at.service].name,
-                        backend = %self.address(at),
+                        service = core.config().services[at.service].name,
+                        backend = %core.address(at),
                         "load check failed, keeping the last known load: {error}"
                     );
                     self.agent_errors.insert(at, error);
@@ -137,10 +224,11 @@ impl Monitor {
             }
             Event::Agent(at, Ok(report)) => {
                 if self.agent_errors.remove(&at).is_some() {
-                    info!(service = self.config.services[at.service].name, backend = %self.address(at), "load check answers again");
+                    info!(service = core.config().services[at.service].name, backend = %core.address(at), "load check answers again");
                 }
-                let load = self.config.services[at.service].load.as_ref();
-                let status = &mut self.statuses[at.service][at.backend];
+                let (config, statuses) = core.statuses_mut();
+                let load = config.services[at.service].load.as_ref();
+                let status = &mut statuses[at.service][at.backend];
                 let before = (status.agent.clone(), status.overloaded);
                 status.agent.apply(&report);
                 if let Some(load) = load {
@@ -149,23 +237,5 @@ impl Monitor {
                 before != (status.agent.clone(), status.overloaded)
             }
         }
-    }
-
-    fn address(&self, at: BackendRef) -> SocketAddr {
-        self.config.services[at.service].backends[at.backend].address
-    }
-
-    /// Whether a backend is in its slow start (its weight must be recomputed as time passes).
-    pub(super) fn any_ramping(&self) -> bool {
-        let now = Instant::now();
-        self.config
-            .services
-            .iter()
-            .zip(&self.statuses)
-            .any(|(service, statuses)| {
-                statuses
-                    .iter()
-                    .any(|s| s.health.is_up() && s.ramping(service.health.slowstart, now))
-            })
     }
 }

@@ -8,19 +8,13 @@ use anyhow::{Result, anyhow, bail};
 use ipnet::IpNet;
 use lb_common::{FlowEntry, FlowKey, consts::flow_flags, consts::proto};
 
-use super::Monitor;
+use super::core::Core;
 use crate::{
     config::parse_prefix,
-    control::ServiceState,
-    dataplane::{Maps, monotonic_ns},
+    control::{DataplaneReads, ServiceState},
     report::{FlowReport, FlowsReport},
     wire,
 };
-
-/// How many flows `xlb flows` lists unless told.
-pub const DEFAULT_LIMIT: usize = 100;
-/// The most it lists at once.
-pub const MAX_LIMIT: usize = 100_000;
 
 /// Which flows to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,50 +89,54 @@ pub fn list(
     }
 }
 
-impl Monitor {
-    /// `xlb flows`: checks the filter against the config, then lists the flows that are not
-    /// over.
-    pub(super) fn flows_report(
-        &self,
-        maps: &Maps,
-        service: Option<&str>,
-        backend: Option<SocketAddr>,
-        client: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<FlowsReport> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            bail!("limit {limit} is out of range: 1 to {MAX_LIMIT}");
+/// What `xlb flows` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowQuery {
+    /// Only this service's flows (its name).
+    pub service: Option<String>,
+    /// Only those served by this backend.
+    pub backend: Option<SocketAddr>,
+    /// Only those of clients in this prefix (an address is a host prefix).
+    pub client: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// `xlb flows`: checks `query` against the config of `core`, then lists the flows of `maps`
+/// that are not over.
+pub fn report(core: &Core, maps: &impl DataplaneReads, query: &FlowQuery) -> Result<FlowsReport> {
+    let services = core.balancer().services();
+    let service = query
+        .service
+        .as_deref()
+        .map(|name| core.service_index(name).map(|i| services[i].id))
+        .transpose()?;
+    if let Some(address) = query.backend {
+        let known = services
+            .iter()
+            .filter(|s| service.is_none_or(|id| id == s.id))
+            .any(|s| s.backends.iter().any(|b| b.address == address));
+        if !known {
+            bail!("no backend {address} in the services asked for");
         }
-        let services = self.balancer.services();
-        let service = service
-            .map(|name| self.service_index(name).map(|i| services[i].id))
-            .transpose()?;
-        if let Some(address) = backend {
-            let known = services
-                .iter()
-                .filter(|s| service.is_none_or(|id| id == s.id))
-                .any(|s| s.backends.iter().any(|b| b.address == address));
-            if !known {
-                bail!("no backend {address} in the services asked for");
-            }
-        }
-        let client = client
-            .map(|text| parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}")))
-            .transpose()?;
-        let filter = Filter {
-            service,
-            backend,
-            client,
-        };
-        let now = monotonic_ns()?;
-        // The tables may still hold flows that are over (until a packet finds them so, or the
-        // LRU needs their room): those are not listed.
-        let mut entries = maps.flows.all()?;
-        let timeouts = &self.config.flow_timeouts;
-        entries.retain(|(key, entry, half_open)| !timeouts.is_over(key, entry, *half_open, now));
-        Ok(list(services, &entries, &filter, limit, now))
     }
+    let client = query
+        .client
+        .as_deref()
+        .map(|text| parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}")))
+        .transpose()?;
+    let filter = Filter {
+        service,
+        backend: query.backend,
+        client,
+    };
+    let now = maps.now_ns()?;
+    // The tables may still hold flows that are over (until a packet finds them so, or the
+    // LRU needs their room): those are not listed.
+    let mut entries = maps.flows()?;
+    let timeouts = &core.config().flow_timeouts;
+    entries.retain(|(key, entry, half_open)| !timeouts.is_over(key, entry, *half_open, now));
+    Ok(list(services, &entries, &filter, query.limit, now))
 }
 
 #[cfg(test)]

@@ -1,58 +1,69 @@
 //! Keeps the data plane's tables true to what the backends can do.
 //!
-//! The [`Monitor`] is the one owner of the daemon's state: the config, every backend's status,
-//! the balancer (what the maps hold). One task per backend runs its health checks, one per
-//! agent asks for its load (`checkers`); they report to the monitor, which records the result
-//! and, when anything that decides the tables changed, decides again: [`plan::plan`], a pure
-//! function of (config, statuses, now), gives the backends' states and every table's weights,
-//! and the monitor logs the changes, applies the tables through the [`Balancer`] (which
-//! publishes only the tables that changed, atomically) and purges the flows of backends that
-//! went Down. Around that loop, in child modules: the active-flow counts (`active`), the reports and
-//! samples behind `xlb status`, `xlb stats` and the metrics (`reports`), operators' commands
-//! (`operator`, with `persist`, `flow_list` and `trace`) and reloads (`reload`).
+//! The [`Monitor`] is the one owner of the daemon's state. It composes owners, each in its
+//! own module with private fields, around a small core ([`Core`]: the config, every backend's
+//! status, the balancer):
+//!
+//! - `checkers`: one task per backend health check and one per agent, reporting here;
+//! - `passive`: the data plane's suspect marks, confirmed by a check;
+//! - `reports`: rates, active flows, spills and reloads, behind `xlb status`, `xlb stats` and
+//!   the metrics endpoint (which it serves);
+//! - `operator`: what operators set on backends, kept in the state file (`persist`);
+//! - `announcing`: route health injection; `trace`: the data plane's trace maps.
+//!
+//! This module keeps the select loop and [`Monitor::evaluate`]: when anything that decides
+//! the tables changed, [`plan::plan`] (a pure function of config, statuses and time) decides
+//! again, and the monitor logs the changes, applies the tables through the balancer (which
+//! publishes only what changed, atomically) and purges the flows of backends that went Down.
+//! Reloads are planned by [`reload::plan`], also pure, and applied here. Operators' commands
+//! reach the monitor as [`Job`]s, run between events.
 
-mod active;
+mod announcing;
 mod checkers;
-mod flow_list;
+mod core;
+pub mod flow_list;
 mod operator;
 mod passive;
 mod persist;
 pub mod plan;
-mod reload;
+pub mod reload;
 mod reports;
+mod simulate;
 pub mod trace;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    future::Future,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use tokio::{
+    net::TcpListener,
     sync::mpsc,
-    task::{JoinHandle, JoinSet},
     time::{Instant, MissedTickBehavior, interval},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::{
-    checkers::{BackendRef, Event},
-    reports::Rates,
+    announcing::Announcing,
+    checkers::{Checkers, Event},
+    operator::OperatorSettings,
+    passive::Passive,
+    reload::Running,
+    reports::Reports,
+    trace::Tracing,
+};
+pub use self::{
+    core::{BackendRef, Core},
+    flow_list::FlowQuery,
+    operator::Change,
+    trace::TraceRequest,
 };
 use crate::{
-    announce::{self, Announcer},
-    api::Call,
-    config::{Config, HealthCheck, ServiceConfig},
-    control::{ApplySummary, Balancer, DataplaneMaps},
-    dataplane::{ActiveFlows, Dataplane, Maps},
-    health::{
-        checks,
-        state::{BackendStatus, Health},
-    },
+    announce::Announcer,
+    config::Config,
+    control::{ApplySummary, DataplaneMaps, DataplaneReads},
+    dataplane::{Dataplane, Maps, preflight},
     metrics,
+    report::{FlowsReport, SimulationReport, StatsReport, StatusReport, TraceUpdate},
+    service_manager,
 };
 
 /// How often slow start re-weights a ramping backend.
@@ -62,44 +73,21 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often the active-flow counts are read.
 const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(1);
 
-/// The monitor: backend states, the balancer, and the checker tasks.
+/// Work an edge asks of the monitor (an operator's command, a SIGHUP's reload), run on the
+/// monitor's task between events, with the data plane.
+pub type Job = Box<dyn FnOnce(&mut Monitor, &mut Dataplane) + Send>;
+
+/// The monitor: the core state and the owners around it.
 pub struct Monitor {
-    config: Config,
-    /// The config file, re-read on reload.
-    config_path: Option<PathBuf>,
-    /// Where operators' settings are kept (none: they last as long as the daemon).
-    state_file: Option<PathBuf>,
-    /// What operators set on backends, by service name and address; mirrored into the
-    /// statuses of the backends the config has.
-    operators: persist::Operators,
-    balancer: Balancer,
-    /// Every backend's status, per service, in config order.
-    statuses: Vec<Vec<BackendStatus>>,
-    /// The last error of each agent that does not answer (logged once).
-    agent_errors: HashMap<BackendRef, String>,
-    tasks: JoinSet<()>,
-    rates: Rates,
-    snapshot: metrics::Shared,
-    metrics_server: Option<JoinHandle<()>>,
-    /// Reloads so far, for the metrics.
-    reloads: metrics::ReloadMetrics,
-    /// The trace maps (taken from the data plane when the monitor runs; lent to a trace
-    /// while one runs).
-    tracer: trace::SharedTracer,
-    /// Incremented by every reload (see [`BackendRef`]).
-    generation: u64,
-    /// The backends' active flows, as last read.
-    active_flows: ActiveFlows,
-    /// New flows placed outside their home pool, by (service, from pool, to pool).
-    spills: BTreeMap<(String, String, String), u64>,
-    /// The data plane's spill counter of each table when last read.
-    spill_seen: HashMap<u32, u64>,
-    /// Backends whose passive mark the next evaluation clears in the data plane.
-    marks_to_clear: Vec<u32>,
-    /// Route health injection, if the config announces VIPs.
-    announcer: Option<Announcer>,
-    /// Stopping: every VIP is withdrawn and stays so while the last flows drain.
-    draining: bool,
+    core: Core,
+    checkers: Checkers,
+    /// The checkers' reports, until [`Self::run`] takes them.
+    events: Option<mpsc::Receiver<Event>>,
+    passive: Passive,
+    reports: Reports,
+    operators: OperatorSettings,
+    announcing: Announcing,
+    tracing: Tracing,
 }
 
 impl Monitor {
@@ -112,127 +100,81 @@ impl Monitor {
         state_dir: Option<&std::path::Path>,
         reset: bool,
     ) -> Result<Self> {
-        let statuses = config.services.iter().map(fresh_statuses).collect();
-        let state_file = state_dir.map(persist::path);
-        let operators = match &state_file {
-            Some(file) if reset => {
-                let operators = persist::Operators::new();
-                persist::save(file, &operators)?;
-                info!(file = %file.display(), "operator state reset");
-                operators
-            }
-            Some(file) => persist::load(file)?,
-            None => persist::Operators::new(),
-        };
-        let mut monitor = Self {
-            config,
-            config_path,
-            state_file,
+        let mut core = Core::new(config, config_path);
+        let operators = OperatorSettings::load(state_dir, reset)?;
+        operators.restore(&mut core);
+        let (checkers, events) = Checkers::new();
+        Ok(Self {
+            core,
+            checkers,
+            events: Some(events),
+            passive: Passive::default(),
+            reports: Reports::default(),
             operators,
-            balancer: Balancer::new(),
-            statuses,
-            agent_errors: HashMap::new(),
-            tasks: JoinSet::new(),
-            rates: Rates::default(),
-            snapshot: Arc::new(Mutex::new(metrics::Snapshot::default())),
-            metrics_server: None,
-            tracer: Arc::new(Mutex::new(None)),
-            reloads: metrics::ReloadMetrics {
-                last_succeeded: true,
-                last_success_unix: operator::unix_seconds() as f64,
-                ..metrics::ReloadMetrics::default()
-            },
-            generation: 0,
-            active_flows: ActiveFlows::default(),
-            spills: BTreeMap::new(),
-            spill_seen: HashMap::new(),
-            marks_to_clear: Vec::new(),
-            announcer: None,
-            draining: false,
-        };
-        monitor.restore_operators();
-        Ok(monitor)
+            announcing: Announcing::default(),
+            tracing: Tracing::default(),
+        })
     }
 
     /// Takes over the services and backends a previous daemon left in pinned maps, so their
     /// ids (and flows) survive the restart.
     pub fn adopt(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
-        self.balancer.adopt(maps)
+        self.core.balancer_mut().adopt(maps)
     }
 
     /// Announces the VIPs through `announcer` from the next evaluation on.
     pub fn set_announcer(&mut self, announcer: Announcer) {
-        self.announcer = Some(announcer);
+        self.announcing.start(announcer);
     }
 
-    /// The balancer (ids of services and backends as applied).
-    pub fn balancer(&self) -> &Balancer {
-        &self.balancer
+    /// The core state: config, statuses, the balancer (ids of services and backends as
+    /// applied).
+    pub fn core(&self) -> &Core {
+        &self.core
     }
 
     /// Runs every backend's first health check at once (they decide its initial health) and
     /// fills the maps accordingly. Takes at most the longest check timeout.
     pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
-        maps.set_flow_timeouts(&self.config.flow_timeouts)?;
-        let mut first = JoinSet::new();
-        for (service_index, service) in self.config.services.iter().enumerate() {
-            if service.health.check == HealthCheck::None {
-                continue;
-            }
-            for (backend_index, backend) in service.backends.iter().enumerate() {
-                let (check, target, limit) = (
-                    service.health.check.clone(),
-                    backend.check_address(),
-                    service.health.timeout,
-                );
-                let at = BackendRef {
-                    service: service_index,
-                    backend: backend_index,
-                    generation: self.generation,
-                };
-                first.spawn(async move {
-                    let started = Instant::now();
-                    let result = checks::run(&check, target, limit).await;
-                    (at, result, started.elapsed())
-                });
-            }
-        }
-        while let Some(joined) = first.join_next().await {
-            let (at, result, latency) = joined.context("a health check task failed")?;
-            self.handle(Event::Health(at, result, latency));
+        maps.set_flow_timeouts(&self.core.config().flow_timeouts)?;
+        for event in self.checkers.first_checks(&self.core).await? {
+            self.handle(event);
         }
         self.evaluate(maps)?;
         Ok(())
     }
 
-    /// Runs the checkers, reacts to them and answers operators' `calls` until `shutdown`
+    /// Runs the checkers, reacts to them and runs the edges' `jobs` until `shutdown`
     /// completes.
     pub async fn run(
         &mut self,
         dataplane: &mut Dataplane,
-        mut calls: mpsc::Receiver<Call>,
+        mut jobs: mpsc::Receiver<Job>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let (events, mut received) = mpsc::channel(1024);
-        *self.tracer.lock().expect("the tracer lock") = dataplane.tracer.take();
-        let passive_reader = dataplane
-            .passive_events
+        let mut received = self
+            .events
             .take()
-            .map(|reports| passive::spawn_reader(reports, events.clone()));
-        self.spawn_checkers(&events);
-        let mut ramp = interval(RAMP_STEP);
-        ramp.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut sample = interval(SAMPLE_EVERY);
-        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut count_flows = interval(COUNT_FLOWS_EVERY);
-        count_flows.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            .ok_or_else(|| anyhow!("the monitor runs once"))?;
+        self.tracing.set(dataplane.tracer.take());
+        if let Some(reports) = dataplane.passive_events.take() {
+            self.passive.start(reports, self.checkers.events().clone());
+        }
+        self.checkers.spawn(&self.core);
+        let ticks = |every| {
+            let mut ticks = interval(every);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticks
+        };
+        let (mut ramp, mut sample) = (ticks(RAMP_STEP), ticks(SAMPLE_EVERY));
+        let mut count_flows = ticks(COUNT_FLOWS_EVERY);
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
         let mut drained_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown, if drained_at.is_none() => {
-                    match self.withdraw_for_shutdown().await {
+                    match self.announcing.withdraw_for_shutdown().await {
                         Some(until) => drained_at = Some(until),
                         None => break,
                     }
@@ -242,188 +184,286 @@ impl Monitor {
                     break;
                 }
                 Some(event) = received.recv() => {
-                    let changed = match event {
-                        Event::Passive(report) => self.passive_report(&report, &events),
-                        event => self.handle(event),
-                    };
-                    if changed {
+                    if self.handle(event) {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }
-                Some((request, caller, reply)) = calls.recv() => {
-                    let answer = self.answer(request, &caller, dataplane, &events);
-                    let _ = reply.send(answer);
-                }
+                Some(job) = jobs.recv() => job(self, dataplane),
                 _ = ramp.tick() => {
-                    if self.any_ramping() {
+                    if self.core.any_ramping(Instant::now()) {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }
                 _ = sample.tick() => self.sample(&dataplane.maps),
                 _ = count_flows.tick() => {
-                    if self.count_active_flows(&dataplane.maps) {
+                    if self.reports.count_active_flows(&mut self.core, &dataplane.maps) {
                         self.evaluate(&mut dataplane.maps)?;
                     }
                 }
             }
         }
-        self.tasks.abort_all();
-        if let Some(reader) = passive_reader {
-            reader.abort();
-        }
-        if let Some(server) = self.metrics_server.take() {
-            server.abort();
-        }
+        self.checkers.stop();
+        self.passive.stop();
+        self.reports.serve_metrics(None);
         Ok(())
     }
 
-    /// On the way out: withdraws every VIP; returns when to stop if a drain time is set (xlb
-    /// balances on meanwhile, so that the flows routers still send arrive somewhere).
-    async fn withdraw_for_shutdown(&mut self) -> Option<Instant> {
-        let announcer = self.announcer.as_mut()?;
-        self.draining = true;
-        announcer.withdraw_all("xlb is stopping").await;
-        let drain = announcer.drain();
-        if drain.is_zero() {
-            return None;
+    /// Records an event with its owner; returns whether anything that decides the tables (or
+    /// the states shown) changed.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Passive(report) => self.passive.report(
+                &mut self.core,
+                self.checkers.generation(),
+                &report,
+                self.checkers.events(),
+            ),
+            Event::Confirm(at, result, latency) if self.checkers.is_current(at) => {
+                self.passive.confirmed(&mut self.core, at, result, latency)
+            }
+            Event::Confirm(..) => false,
+            event => self.checkers.record(&mut self.core, event),
         }
-        info!(drain = ?drain, "VIPs withdrawn: balancing on while routers move the flows away");
-        Some(Instant::now() + drain)
     }
 
     /// One line on what the daemon balances, for `systemctl status`.
     pub fn summary(&self) -> String {
-        format!(
-            "balancing {} services ({} backends) on {}",
-            self.config.services.len(),
-            self.config.backend_count(),
-            self.config.interfaces.join(", ")
-        )
+        self.core.summary()
     }
 
     /// Serves the metrics on `listener` (bound to the config's `metrics` address) from now
     /// on; none: stops serving them.
-    pub fn serve_metrics(&mut self, listener: Option<tokio::net::TcpListener>) {
-        if let Some(server) = self.metrics_server.take() {
-            server.abort();
-        }
-        if let Some(listener) = listener {
-            let shared = Arc::clone(&self.snapshot);
-            self.metrics_server = Some(tokio::spawn(metrics::serve(listener, shared)));
-        }
+    pub fn serve_metrics(&mut self, listener: Option<TcpListener>) {
+        self.reports.serve_metrics(listener);
+    }
+
+    /// Samples the counters for the rates and the metrics.
+    fn sample(&mut self, maps: &impl DataplaneReads) {
+        self.reports
+            .sample(&self.core, maps, self.announcing.report());
     }
 
     /// Decides again (see [`plan::plan`]), logs what changed, applies the tables and purges the
     /// flows of backends that just went Down.
-    pub fn evaluate(&mut self, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
-        let serving_before: Vec<Vec<u32>> = (0..self.config.services.len())
-            .map(|i| {
-                self.balancer
-                    .services()
-                    .get(i)
-                    .map(|s| s.locality.serving.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
+    pub fn evaluate(
+        &mut self,
+        maps: &mut (impl DataplaneMaps + DataplaneReads),
+    ) -> Result<ApplySummary> {
         let plan = plan::plan(
-            &self.config,
-            &self.statuses,
-            &serving_before,
+            self.core.config(),
+            self.core.statuses(),
+            &self.core.serving_before(),
             Instant::now(),
         );
-        self.statuses = plan.statuses.clone();
+        self.core.set_statuses(plan.statuses.clone());
         // Spills so far count toward the pools that were serving until now.
-        self.account_spills(maps);
-        let summary = self.balancer.apply(&plan.specs, maps)?;
-        if let Some(announcer) = self.announcer.as_ref().filter(|_| !self.draining) {
-            announcer.want(announce::announcements(&self.config, &plan.specs));
-        }
+        self.reports.account_spills(&self.core, maps);
+        let summary = self.core.balancer_mut().apply(&plan.specs, maps)?;
+        self.announcing.decided(self.core.config(), &plan.specs);
         // Logged once in effect: whoever reads "state changed" finds the tables published.
-        self.log_plan(&plan);
+        log_plan(self.core.config(), &plan);
         if summary.tables_published > 0 {
             debug!(tables = summary.tables_published, "tables published");
         }
         let newly_down: Vec<(usize, usize)> = plan.newly_down().collect();
-        // A Down backend's mark would hold a place in its service's share of suspects.
-        self.marks_to_clear.extend(
-            newly_down
-                .iter()
-                .map(|&(s, b)| self.balancer.services()[s].backends[b].id),
-        );
-        let mut clear = std::mem::take(&mut self.marks_to_clear);
-        clear.sort_unstable();
-        clear.dedup();
-        for id in clear {
+        let down_ids: Vec<u32> = newly_down
+            .iter()
+            .filter_map(|&(service, backend)| self.core.backend_id(service, backend))
+            .collect();
+        self.passive.clear_marks(down_ids.iter().copied());
+        for id in self.passive.take_marks_to_clear() {
             maps.clear_mark(id)?;
         }
-        if !newly_down.is_empty() {
-            let ids: Vec<u32> = newly_down
-                .iter()
-                .map(|&(s, b)| self.balancer.services()[s].backends[b].id)
-                .collect();
-            let purged = maps.purge_flows(&ids)?;
+        if !down_ids.is_empty() {
+            let purged = maps.purge_flows(&down_ids)?;
             for &(s, b) in &newly_down {
-                let service = &self.config.services[s];
+                let service = &self.core.config().services[s];
                 info!(service = service.name, backend = %service.backends[b].address, purged, "flows of a Down backend purged");
             }
         }
         Ok(summary)
     }
 
-    /// Logs a plan's state changes, reason changes and spills.
-    fn log_plan(&self, plan: &plan::Plan) {
-        for t in &plan.transitions {
-            let service = &self.config.services[t.service];
-            let address = service.backends[t.backend].address;
-            match t.from {
-                None => {
-                    info!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
+    /// `xlb status`: every service, or the one named.
+    pub fn status(&self, only: Option<&str>, dataplane: &Dataplane) -> Result<StatusReport> {
+        let interfaces = dataplane
+            .attachments()
+            .iter()
+            .map(|a| {
+                let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
+                (a.interface.clone(), hook)
+            })
+            .collect();
+        self.reports
+            .status(&self.core, only, interfaces, self.announcing.report())
+    }
+
+    /// `xlb stats`: counters, events, the flow tables.
+    pub fn stats(&self, maps: &impl DataplaneReads) -> Result<StatsReport> {
+        self.reports.stats(&self.core, maps)
+    }
+
+    /// `xlb flows`: the flows `query` asks for.
+    pub fn flows(&self, maps: &impl DataplaneReads, query: &FlowQuery) -> Result<FlowsReport> {
+        flow_list::report(&self.core, maps, query)
+    }
+
+    /// `xlb simulate`: which backend a new flow from `client` to `service` gets now.
+    pub fn simulate(
+        &self,
+        dataplane: &mut Dataplane,
+        service: &str,
+        client: SocketAddr,
+    ) -> Result<SimulationReport> {
+        simulate::simulate(&self.core, dataplane, service, client)
+    }
+
+    /// `xlb trace`: starts tracing and returns the stream of its events.
+    pub fn trace(&mut self, request: &TraceRequest) -> Result<mpsc::Receiver<TraceUpdate>> {
+        self.tracing.start(&self.core, request)
+    }
+
+    /// `xlb backend ...`: an operator's `change` to one backend, made `by` someone, kept
+    /// across reloads and restarts, and applied at once.
+    pub fn change_backend(
+        &mut self,
+        maps: &mut (impl DataplaneMaps + DataplaneReads),
+        service: &str,
+        backend: SocketAddr,
+        change: Change,
+        by: &str,
+    ) -> Result<String> {
+        let done = self
+            .operators
+            .change(&mut self.core, service, backend, change, by)?;
+        self.evaluate(maps)?;
+        Ok(done)
+    }
+
+    /// `xlb reload` (and SIGHUP): [`Self::reload_config`], counted for the metrics and
+    /// announced to systemd (reloading, then ready again whether it succeeded or not: a
+    /// failed reload changed nothing).
+    pub fn reload(&mut self, dataplane: &mut Dataplane) -> Result<String> {
+        service_manager::reloading();
+        let result = self.reload_config(dataplane);
+        self.reports.count_reload(result.is_ok());
+        if let Err(error) = &result {
+            warn!("reload refused: {error:#}");
+        }
+        self.sample(&dataplane.maps);
+        service_manager::ready(&self.summary());
+        result
+    }
+
+    /// Re-reads the config file and applies the difference as [`reload::plan`] plans it: if
+    /// the new file is invalid, or asks for what cannot change while xlb runs, nothing
+    /// changes. Backends that stay keep their state and flows, and operators' settings stay.
+    fn reload_config(&mut self, dataplane: &mut Dataplane) -> Result<String> {
+        let path = self
+            .core
+            .config_path()
+            .context("this daemon has no config file to reload")?
+            .to_owned();
+        let new = Config::load(&path).map_err(|errors| anyhow!("{errors}\nnothing was changed"))?;
+        let running = Running {
+            config: self.core.config(),
+            statuses: self.core.statuses(),
+            hook: dataplane.hook(),
+            announce: self.announcing.config(),
+        };
+        let plan = reload::plan(running, new, preflight)?;
+        let metrics_listener = match (&plan.metrics_changed, plan.config.metrics) {
+            (true, Some(address)) => Some(metrics::bind(address).context("nothing was changed")?),
+            _ => None,
+        };
+        for (n, interface) in plan.attach.iter().enumerate() {
+            if let Err(error) = dataplane.attach(interface, plan.hook) {
+                for done in &plan.attach[..n] {
+                    dataplane.detach(done);
                 }
-                Some(from) => info!(
-                    service = service.name,
-                    backend = %address,
-                    from = %from,
-                    state = %t.to,
-                    reason = t.reason,
-                    "backend state changed"
-                ),
+                return Err(error.context("nothing was changed"));
             }
         }
-        for (s, b, reason) in &plan.reasons {
-            let service = &self.config.services[*s];
-            debug!(service = service.name, backend = %service.backends[*b].address, reason, "backend load");
+        for interface in &plan.detach {
+            dataplane.detach(interface);
         }
-        for spill in &plan.spills {
-            let service = &self.config.services[spill.service];
-            let pool = &service.pools[spill.home].name;
-            if spill.serving == spill.home {
-                info!(
-                    service = service.name,
-                    pool, "pool has room again: its clients' new flows stay home"
-                );
-            } else {
-                info!(
-                    service = service.name,
-                    pool,
-                    to = service.pools[spill.serving].name,
-                    "pool has no room: its clients' new flows spill over"
-                );
-            }
+        // Flows take a change up when their next hop is next resolved (within about a second).
+        if let Err(error) = dataplane.set_peer_handoff(&plan.peer_handoff) {
+            warn!("{error:#}: the veth peer handoff is as it was on some interfaces");
         }
+        let (attached, detached) = (plan.attach.len(), plan.detach);
+        self.core.replace(plan.config, plan.statuses);
+        self.operators.restore(&mut self.core);
+        self.checkers.restart(&self.core);
+        if plan.metrics_changed {
+            self.reports.serve_metrics(metrics_listener);
+        }
+        dataplane
+            .maps
+            .set_flow_timeouts(&self.core.config().flow_timeouts)?;
+        let summary = self.evaluate(&mut dataplane.maps)?;
+        let message = format!(
+            "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed, \
+             {} tables published, {} flows purged, interfaces +{} -{}",
+            path.display(),
+            self.core.config().services.len(),
+            summary.services_added,
+            summary.services_removed,
+            summary.backends_added,
+            summary.backends_removed,
+            summary.tables_published,
+            summary.flows_purged,
+            attached,
+            detached.len(),
+        );
+        info!("{message}");
+        if !detached.is_empty() {
+            warn!(interfaces = ?detached, "detached from interfaces no longer in the config");
+        }
+        Ok(message)
     }
 }
 
-/// The statuses of a service's backends before any check.
-fn fresh_statuses(service: &ServiceConfig) -> Vec<BackendStatus> {
-    let health = || match service.health.check {
-        HealthCheck::None => Health::unchecked(),
-        _ => Health::unknown(),
-    };
-    service
-        .backends
-        .iter()
-        .map(|b| BackendStatus::new(b.weight, health()))
-        .collect()
+/// Logs a plan's state changes, reason changes and spills.
+fn log_plan(config: &Config, plan: &plan::Plan) {
+    for t in &plan.transitions {
+        let service = &config.services[t.service];
+        let address = service.backends[t.backend].address;
+        match t.from {
+            None => {
+                info!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
+            }
+            Some(from) => info!(
+                service = service.name,
+                backend = %address,
+                from = %from,
+                state = %t.to,
+                reason = t.reason,
+                "backend state changed"
+            ),
+        }
+    }
+    for (s, b, reason) in &plan.reasons {
+        let service = &config.services[*s];
+        debug!(service = service.name, backend = %service.backends[*b].address, reason, "backend load");
+    }
+    for spill in &plan.spills {
+        let service = &config.services[spill.service];
+        let pool = &service.pools[spill.home].name;
+        if spill.serving == spill.home {
+            info!(
+                service = service.name,
+                pool, "pool has room again: its clients' new flows stay home"
+            );
+        } else {
+            info!(
+                service = service.name,
+                pool,
+                to = service.pools[spill.serving].name,
+                "pool has no room: its clients' new flows spill over"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

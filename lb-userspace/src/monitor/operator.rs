@@ -1,118 +1,81 @@
-//! Operators' requests through the control API: answered here, one at a time, by the
-//! monitor (status, stats, flows, backend drain/disable/weight/enable, simulate; reload in
-//! `reload`). What operators set on backends is kept in the state file (`persist`).
+//! What operators set on backends (drain, disable, weight), who set it and when: kept in the
+//! state file (`persist`) so that reloads and restarts keep it, and mirrored into the statuses
+//! of the backends the config has.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, path::Path, path::PathBuf};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use tokio::sync::mpsc;
+use anyhow::{Context as _, Result, bail};
+use lb_common::consts::limits::MAX_WEIGHT;
 use tracing::{info, warn};
 
-use super::{Monitor, checkers::Event, persist};
-use crate::{
-    api::{AdminAction, Caller, Reply, Request, Response},
-    control::locality::home_pool,
-    dataplane::{Dataplane, Maps, simulate::simulate},
-    health::state::Admin,
-    report::SimulationReport,
-};
+use super::{core::Core, persist};
+use crate::{health::state::Admin, sys::time::unix_seconds};
 
-/// The largest weight (as in the config).
-const MAX_WEIGHT: u32 = 256;
+/// An operator's change to a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// No new flows; established flows continue.
+    Drain,
+    /// Administratively Down: out of the table, flows purged.
+    Disable,
+    /// Clear what an operator set (drain, disable, weight).
+    Enable,
+    /// Replace the configured weight (0..=MAX_WEIGHT).
+    Weight(u32),
+}
 
-impl Monitor {
-    /// Answers one API request.
-    pub(super) fn answer(
-        &mut self,
-        request: Request,
-        caller: &Caller,
-        dataplane: &mut Dataplane,
-        events: &mpsc::Sender<Event>,
-    ) -> Reply {
-        if let Request::Trace {
-            service,
-            client,
-            seconds,
-            sample,
-        } = &request
-        {
-            return self
-                .trace(service, client.as_deref(), *seconds, *sample)
-                .unwrap_or_else(|error| Response::Error(format!("{error:#}")).into());
-        }
-        let result = match request {
-            Request::Status { service } => self
-                .status_report(service.as_deref(), dataplane)
-                .map(Response::Status),
-            Request::Stats {} => self.stats_report(&dataplane.maps).map(Response::Stats),
-            Request::Flows {
-                service,
-                backend,
-                client,
-                limit,
-            } => self
-                .flows_report(
-                    &dataplane.maps,
-                    service.as_deref(),
-                    backend,
-                    client.as_deref(),
-                    limit,
-                )
-                .map(Response::Flows),
-            Request::Backend {
-                service,
-                backend,
-                action,
-            } => self
-                .set_operator(&service, backend, action, caller, &mut dataplane.maps)
-                .map(Response::Done),
-            Request::Reload {} => self.reload_counted(dataplane, events).map(Response::Done),
-            Request::Simulate { service, client } => self
-                .simulate(dataplane, &service, client)
-                .map(Response::Simulation),
-            Request::Trace { .. } => unreachable!("answered above"),
+/// Operators' settings, and the file they are kept in.
+pub struct OperatorSettings {
+    /// Where they are kept (none: they last as long as the daemon).
+    state_file: Option<PathBuf>,
+    /// By service name and backend address.
+    settings: persist::Operators,
+}
+
+impl OperatorSettings {
+    /// The settings kept in `state_dir` (read now unless `reset`, which forgets them); none
+    /// without a directory.
+    pub fn load(state_dir: Option<&Path>, reset: bool) -> Result<Self> {
+        let state_file = state_dir.map(persist::path);
+        let settings = match &state_file {
+            Some(file) if reset => {
+                let settings = persist::Operators::new();
+                persist::save(file, &settings)?;
+                info!(file = %file.display(), "operator state reset");
+                settings
+            }
+            Some(file) => persist::load(file)?,
+            None => persist::Operators::new(),
         };
-        Reply::Once(result.unwrap_or_else(|error| Response::Error(format!("{error:#}"))))
+        Ok(Self {
+            state_file,
+            settings,
+        })
     }
 
-    pub(super) fn service_index(&self, name: &str) -> Result<usize> {
-        self.config
-            .services
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self
-                    .config
-                    .services
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect();
-                anyhow!("no service named {name:?} (services: {})", names.join(", "))
-            })
-    }
-
-    /// Applies an operator's change to one backend, records who made it, and keeps it in the
-    /// state file; if the file cannot be written, nothing changes.
-    fn set_operator(
+    /// Applies an operator's change to one backend, records `by` whom it was made, and keeps
+    /// it in the state file, then in the statuses of `core`; if the file cannot be written,
+    /// nothing changes. Returns what was done, in words.
+    pub fn change(
         &mut self,
+        core: &mut Core,
         service: &str,
         backend: SocketAddr,
-        action: AdminAction,
-        caller: &Caller,
-        maps: &mut Maps,
+        change: Change,
+        by: &str,
     ) -> Result<String> {
         let key = (service.to_owned(), backend);
-        let known = self.service_index(service).is_ok_and(|s| {
-            self.config.services[s]
+        let known = core.service_index(service).is_ok_and(|s| {
+            core.config().services[s]
                 .backends
                 .iter()
                 .any(|b| b.address == backend)
         });
         // A setting on a backend that left the config can still be cleared.
-        let forgotten = action == AdminAction::Enable && self.operators.contains_key(&key);
+        let forgotten = change == Change::Enable && self.settings.contains_key(&key);
         if !known && !forgotten {
-            let s = self.service_index(service)?;
-            let addresses: Vec<String> = self.config.services[s]
+            let s = core.service_index(service)?;
+            let addresses: Vec<String> = core.config().services[s]
                 .backends
                 .iter()
                 .map(|b| b.address.to_string())
@@ -122,18 +85,18 @@ impl Monitor {
                 addresses.join(", ")
             );
         }
-        let mut operators = self.operators.clone();
-        let mut setting = operators.get(&key).cloned().unwrap_or_default();
-        let verb = match action {
-            AdminAction::Drain => {
+        let mut settings = self.settings.clone();
+        let mut setting = settings.get(&key).cloned().unwrap_or_default();
+        let verb = match change {
+            Change::Drain => {
                 setting.admin = Some(Admin::Drain);
                 "drained: no new flows, established flows continue".to_owned()
             }
-            AdminAction::Disable => {
+            Change::Disable => {
                 setting.admin = Some(Admin::Disable);
                 "disabled: out of the table, its flows purged".to_owned()
             }
-            AdminAction::Weight(weight) => {
+            Change::Weight(weight) => {
                 if weight > MAX_WEIGHT {
                     bail!(
                         "weight {weight} is out of range: 0 to {MAX_WEIGHT}; nothing was changed"
@@ -142,51 +105,51 @@ impl Monitor {
                 setting.weight = Some(weight);
                 format!("weight set to {weight} (until `xlb backend enable`)")
             }
-            AdminAction::Enable => "enabled: what the operator set is cleared; back to the \
-                                    config and the checks"
+            Change::Enable => "enabled: what the operator set is cleared; back to the config \
+                               and the checks"
                 .to_owned(),
         };
-        if action == AdminAction::Enable {
-            operators.remove(&key);
+        if change == Change::Enable {
+            settings.remove(&key);
         } else {
-            setting.by = caller.0.clone();
+            setting.by = by.to_owned();
             setting.at = unix_seconds();
-            operators.insert(key, setting);
+            settings.insert(key, setting);
         }
         if let Some(file) = &self.state_file {
-            persist::save(file, &operators).context("nothing was changed")?;
+            persist::save(file, &settings).context("nothing was changed")?;
         }
-        self.operators = operators;
-        let _orphans = self.apply_operators();
-        self.evaluate(maps)?;
-        info!(service, %backend, ?action, by = caller.0, "operator changed a backend");
+        self.settings = settings;
+        let _orphans = self.apply(core);
+        info!(service, %backend, ?change, by, "operator changed a backend");
         Ok(format!("{service} {backend} {verb}"))
     }
 
-    /// Puts what operators set into the statuses of the backends the config has; returns the
+    /// Puts the settings into the statuses of the backends `core`'s config has; returns the
     /// settings on backends it does not have (kept until `enable`).
-    pub(super) fn apply_operators(&mut self) -> Vec<String> {
+    fn apply(&self, core: &mut Core) -> Vec<String> {
         let mut orphans: Vec<String> = self
-            .operators
+            .settings
             .keys()
             .map(|(service, backend)| format!("{service} {backend}"))
             .collect();
-        for (service, statuses) in self.config.services.iter().zip(&mut self.statuses) {
+        let (config, statuses) = core.statuses_mut();
+        for (service, statuses) in config.services.iter().zip(statuses.iter_mut()) {
             for (backend, status) in service.backends.iter().zip(statuses.iter_mut()) {
                 let key = (service.name.clone(), backend.address);
-                status.operator = self.operators.get(&key).cloned();
+                status.operator = self.settings.get(&key).cloned();
                 orphans.retain(|o| *o != format!("{} {}", key.0, key.1));
             }
         }
         orphans
     }
 
-    /// Applies what operators set and logs it (at start and after a reload).
-    pub(super) fn restore_operators(&mut self) {
-        for ((service, backend), setting) in &self.operators {
+    /// Applies the settings and logs them (at start and after a reload).
+    pub fn restore(&self, core: &mut Core) {
+        for ((service, backend), setting) in &self.settings {
             info!(service, %backend, admin = ?setting.admin, weight = ?setting.weight, by = setting.by, "operator setting kept");
         }
-        let orphans = self.apply_operators();
+        let orphans = self.apply(core);
         if !orphans.is_empty() {
             warn!(
                 backends = ?orphans,
@@ -194,45 +157,4 @@ impl Monitor {
             );
         }
     }
-
-    fn simulate(
-        &mut self,
-        dataplane: &mut Dataplane,
-        service: &str,
-        client: SocketAddr,
-    ) -> Result<SimulationReport> {
-        let s = self.service_index(service)?;
-        let config = &self.config.services[s];
-        let ifindex = dataplane
-            .attachments()
-            .first()
-            .map(|a| a.ifindex)
-            .context("xlb is attached to no interface")?;
-        let simulation = simulate(dataplane, config.listen, config.protocol, client, ifindex)?;
-        let mut report = SimulationReport {
-            service: config.name.clone(),
-            client,
-            verdict: simulation.verdict,
-            backend: simulation.backend,
-            existing_flow: simulation.existing_flow,
-            home_pool: None,
-            backend_pool: None,
-        };
-        if config.pools.len() > 1 {
-            let home = home_pool(&config.client_prefixes, config.default_pool, client.ip());
-            report.home_pool = Some(config.pools[home].name.clone());
-            report.backend_pool = report.backend.and_then(|address| {
-                let backend = config.backends.iter().find(|b| b.address == address)?;
-                Some(config.pools[backend.pool].name.clone())
-            });
-        }
-        Ok(report)
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub(super) fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

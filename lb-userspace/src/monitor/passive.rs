@@ -15,14 +15,14 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    Monitor,
-    checkers::{BackendRef, Event},
+    checkers::Event,
+    core::{BackendRef, Core},
 };
 use crate::{config::HealthCheck, dataplane::maps::passive::PassiveEvents, health::checks};
 
 /// Reads the data plane's reports as they come and hands them to the monitor, until the
 /// monitor stops listening.
-pub(super) fn spawn_reader(reports: PassiveEvents, events: mpsc::Sender<Event>) -> JoinHandle<()> {
+fn spawn_reader(reports: PassiveEvents, events: mpsc::Sender<Event>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // SAFETY: `PassiveEvents` owns the ring buffer's descriptor, open until it is dropped,
         // and always returns that one.
@@ -80,94 +80,124 @@ pub(super) fn describe(report: &PassiveEvent) -> String {
     format!("passive: {} in {span}", parts.join(", "))
 }
 
-impl Monitor {
-    /// Where the backend with data-plane id `id` is in the config, if it is there.
-    fn backend_of_id(&self, id: u32) -> Option<BackendRef> {
-        self.balancer
-            .services()
-            .iter()
-            .enumerate()
-            .find_map(|(service, state)| {
-                let backend = state.backends.iter().position(|b| b.id == id)?;
-                Some(BackendRef {
-                    service,
-                    backend,
-                    generation: self.generation,
-                })
-            })
+/// The daemon's side of passive health: the task reading the data plane's reports, and the
+/// marks the next evaluation clears in the data plane.
+#[derive(Default)]
+pub struct Passive {
+    reader: Option<JoinHandle<()>>,
+    /// Backends whose passive mark the next evaluation clears in the data plane.
+    marks_to_clear: Vec<u32>,
+}
+
+impl Passive {
+    /// Starts reading the data plane's reports into `events`.
+    pub fn start(&mut self, reports: PassiveEvents, events: mpsc::Sender<Event>) {
+        self.stop();
+        self.reader = Some(spawn_reader(reports, events));
+    }
+
+    /// Stops reading reports.
+    pub fn stop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+    }
+
+    /// Has the marks of `ids` cleared by the next evaluation (backends that went Down: a Down
+    /// backend's mark would hold a place in its service's share of suspects).
+    pub fn clear_marks(&mut self, ids: impl IntoIterator<Item = u32>) {
+        self.marks_to_clear.extend(ids);
+    }
+
+    /// The marks to clear in the data plane now, each once.
+    pub fn take_marks_to_clear(&mut self) -> Vec<u32> {
+        let mut clear = std::mem::take(&mut self.marks_to_clear);
+        clear.sort_unstable();
+        clear.dedup();
+        clear
     }
 
     /// Records a report of the data plane: a backend marked suspect is shown as such and
-    /// checked at once. Returns whether anything that decides the tables (or the states
-    /// shown) changed.
-    pub(super) fn passive_report(
+    /// checked at once (its result comes back to `events` as [`Event::Confirm`]). Returns
+    /// whether anything that decides the tables (or the states shown) changed.
+    pub fn report(
         &mut self,
+        core: &mut Core,
+        generation: u64,
         report: &PassiveEvent,
         events: &mpsc::Sender<Event>,
     ) -> bool {
-        let Some(at) = self.backend_of_id(report.backend_id) else {
+        let Some(at) = core.backend_of_id(report.backend_id, generation) else {
             return false;
         };
-        let service = &self.config.services[at.service];
-        let address = service.backends[at.backend].address;
+        let service = &core.config().services[at.service];
+        let (name, address) = (service.name.clone(), service.backends[at.backend].address);
         let why = describe(report);
         if report.kind == passive_event::CAPPED {
-            warn!(service = service.name, backend = %address, reason = why, "backend not marked suspect: as many of the service's backends are suspect as max_share allows");
+            warn!(service = name, backend = %address, reason = why, "backend not marked suspect: as many of the service's backends are suspect as max_share allows");
             return false;
         }
-        let status = &mut self.statuses[at.service][at.backend];
+        // What confirms the mark: the backend's check, or (a service without checks) only the
+        // mark's hold.
+        let confirm = match service.health.check {
+            HealthCheck::None => Err(service.passive.as_ref().map_or(Duration::ZERO, |p| p.hold)),
+            ref check => Ok((
+                check.clone(),
+                service.backends[at.backend].check_address(),
+                service.health.timeout,
+            )),
+        };
+        let status = core.status_mut(at);
         status.passive_marks += 1;
         if !status.health.is_up() {
             return false;
         }
-        warn!(service = service.name, backend = %address, reason = why, "backend suspect: new flows skip it until a check decides");
+        warn!(service = name, backend = %address, reason = why, "backend suspect: new flows skip it until a check decides");
         status.suspect = Some(why);
-        // Detached (not in `self.tasks`, which only a reload empties): each ends after one
+        // Detached (not among the checkers, which only a reload stops): each ends after one
         // check or one hold, and its report is dropped if a reload came first.
         let events = events.clone();
-        if service.health.check == HealthCheck::None {
-            // Nothing to confirm with: the mark lasts its hold, and so does what is shown.
-            let hold = service.passive.as_ref().map_or(Duration::ZERO, |p| p.hold);
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                let _ = events
-                    .send(Event::Confirm(at, Ok(()), Duration::ZERO))
-                    .await;
-            });
-        } else {
-            let (check, target, limit) = (
-                service.health.check.clone(),
-                service.backends[at.backend].check_address(),
-                service.health.timeout,
-            );
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let result = checks::run(&check, target, limit).await;
-                let _ = events
-                    .send(Event::Confirm(at, result, started.elapsed()))
-                    .await;
-            });
+        match confirm {
+            Err(hold) => {
+                // Nothing to confirm with: the mark lasts its hold, and so does what is shown.
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    let _ = events
+                        .send(Event::Confirm(at, Ok(()), Duration::ZERO))
+                        .await;
+                });
+            }
+            Ok((check, target, limit)) => {
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = checks::run(&check, target, limit).await;
+                    let _ = events
+                        .send(Event::Confirm(at, result, started.elapsed()))
+                        .await;
+                });
+            }
         }
         true
     }
 
     /// The confirming check's result: a failure takes the backend Down at once; a pass
     /// clears the mark (the data plane's, at the next evaluation).
-    pub(super) fn confirmed(
+    pub fn confirmed(
         &mut self,
+        core: &mut Core,
         at: BackendRef,
         result: Result<(), String>,
         latency: Duration,
     ) -> bool {
-        let service = &self.config.services[at.service];
-        let address = service.backends[at.backend].address;
-        let id = self.balancer.services()[at.service].backends[at.backend].id;
-        let status = &mut self.statuses[at.service][at.backend];
+        let service = core.config().services[at.service].name.clone();
+        let address = core.address(at);
+        let id = core.backend_id(at.service, at.backend);
+        let status = core.status_mut(at);
         let Some(why) = status.suspect.take() else {
             return false;
         };
         status.check_latency = Some(latency);
-        self.marks_to_clear.push(id);
+        self.marks_to_clear.extend(id);
         match result {
             Err(error) => {
                 status
@@ -175,7 +205,7 @@ impl Monitor {
                     .fail_now(format!("{error} (confirming {why})"));
             }
             Ok(()) => {
-                info!(service = service.name, backend = %address, reason = why, "passive mark cleared: the check passes");
+                info!(service, backend = %address, reason = why, "passive mark cleared: the check passes");
             }
         }
         true

@@ -160,13 +160,10 @@ pub fn plan(
 mod tests {
     use std::time::Duration;
 
-    use super::*;
-    use crate::{
-        health::{
-            agent::AgentReport,
-            state::{Admin, Operator},
-        },
-        monitor::fresh_statuses,
+    use super::{super::core::fresh_statuses, *};
+    use crate::health::{
+        agent::AgentReport,
+        state::{Admin, Operator},
     };
 
     const CONFIG: &str = r#"

@@ -1,193 +1,285 @@
-//! Reloading the configuration file (`xlb reload`, SIGHUP): the new file is validated whole,
-//! and what cannot change while xlb runs is refused, before anything is applied.
+//! Reloading the configuration file (`xlb reload`, SIGHUP), decided by [`plan`], a pure
+//! function: the new file (validated whole before) against the config in force, what cannot
+//! change while xlb runs refused, the statuses of the backends that stay carried over, the
+//! interfaces to attach and detach. The monitor then applies the plan; a refusal changes
+//! nothing.
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use tokio::{sync::mpsc, task::JoinSet};
-use tracing::{info, warn};
+use std::fmt;
 
-use super::{Monitor, checkers::Event, fresh_statuses};
 use crate::{
-    config::Config,
-    dataplane::{Dataplane, Hook, preflight},
-    metrics, service_manager,
+    config::{AnnounceConfig, Config},
+    dataplane::{Hook, Plan as HostPlan},
+    health::state::BackendStatus,
 };
 
-impl Monitor {
-    /// [`Self::reload`], counted for the metrics and announced to systemd (reloading, then
-    /// ready again whether it succeeded or not: a failed reload changed nothing).
-    pub(super) fn reload_counted(
-        &mut self,
-        dataplane: &mut Dataplane,
-        events: &mpsc::Sender<Event>,
-    ) -> Result<String> {
-        service_manager::reloading();
-        let result = self.reload(dataplane, events);
-        match &result {
-            Ok(_) => {
-                self.reloads.succeeded += 1;
-                self.reloads.last_succeeded = true;
-                self.reloads.last_success_unix = super::operator::unix_seconds() as f64;
-            }
-            Err(error) => {
-                self.reloads.failed += 1;
-                self.reloads.last_succeeded = false;
-                warn!("reload refused: {error:#}");
-            }
-        }
-        self.sample(&dataplane.maps);
-        service_manager::ready(&self.summary());
-        result
+use super::core::fresh_statuses;
+
+/// What the reload does.
+#[derive(Clone, Debug)]
+pub struct ReloadPlan {
+    /// The new config.
+    pub config: Config,
+    /// Every backend's status under the new config: kept for backends that stay (same
+    /// service listen address and protocol, same backend address), fresh for the others.
+    pub statuses: Vec<Vec<BackendStatus>>,
+    /// Interfaces to attach, in config order.
+    pub attach: Vec<String>,
+    /// Interfaces to detach.
+    pub detach: Vec<String>,
+    /// The hook the program runs at (new interfaces get it).
+    pub hook: Hook,
+    /// The interfaces whose packets are handed to their veth peer.
+    pub peer_handoff: Vec<String>,
+    /// Whether the metrics endpoint moves (or appears, or goes).
+    pub metrics_changed: bool,
+}
+
+/// Why a reload was refused; nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; nothing was changed", self.0)
     }
+}
 
-    /// Re-reads the config file and applies the difference. The new file is validated whole
-    /// first; if it is invalid, or asks for what cannot change while xlb runs, nothing changes.
-    /// Backends that stay keep their state and flows, and operators' settings stay.
-    pub(super) fn reload(
-        &mut self,
-        dataplane: &mut Dataplane,
-        events: &mpsc::Sender<Event>,
-    ) -> Result<String> {
-        let path = self
-            .config_path
-            .clone()
-            .context("this daemon has no config file to reload")?;
-        let new = Config::load(&path).map_err(|errors| anyhow!("{errors}\nnothing was changed"))?;
-        if new.flow_table_size != self.config.flow_table_size
-            || new.flow_table_size_ipv6 != self.config.flow_table_size_ipv6
-        {
-            bail!(
-                "flow_table_size and flow_table_size_ipv6 cannot change while xlb runs (they \
-                 size the pinned flow tables); nothing was changed"
-            );
-        }
-        if new.pin_path != self.config.pin_path {
-            bail!("pin_path cannot change while xlb runs; nothing was changed");
-        }
-        if let Some(announce) = &new.announce {
-            match &self.announcer {
-                None => bail!(
+impl std::error::Error for Refusal {}
+
+/// What runs now, which a reload cannot change.
+#[derive(Clone, Copy, Debug)]
+pub struct Running<'a> {
+    /// The config in force.
+    pub config: &'a Config,
+    /// Its backends' statuses.
+    pub statuses: &'a [Vec<BackendStatus>],
+    /// The hook the program runs at, if it is attached and the hook is known.
+    pub hook: Option<Hook>,
+    /// The announcer's settings, if xlb announces VIPs.
+    pub announce: Option<&'a AnnounceConfig>,
+}
+
+/// Plans the reload of `running` to `new`; `host` checks the host for a config and says
+/// where the program would run (the preflight), after the refusals that need no host.
+pub fn plan(
+    running: Running<'_>,
+    new: Config,
+    host: impl FnOnce(&Config) -> anyhow::Result<HostPlan>,
+) -> Result<ReloadPlan, Refusal> {
+    let old = running.config;
+    if new.flow_table_size != old.flow_table_size
+        || new.flow_table_size_ipv6 != old.flow_table_size_ipv6
+    {
+        return Err(Refusal(
+            "flow_table_size and flow_table_size_ipv6 cannot change while xlb runs (they size \
+             the pinned flow tables)"
+                .into(),
+        ));
+    }
+    if new.pin_path != old.pin_path {
+        return Err(Refusal("pin_path cannot change while xlb runs".into()));
+    }
+    if let Some(announce) = &new.announce {
+        match running.announce {
+            None => {
+                return Err(Refusal(
                     "announcing VIPs needs a restart (xlb creates its announcement device at \
-                     start); nothing was changed"
-                ),
-                Some(announcer) if announcer.config() != announce => bail!(
+                     start)"
+                        .into(),
+                ));
+            }
+            Some(running) if running != announce => {
+                return Err(Refusal(
                     "the [announce] settings (device, bird_socket, drain) change only at a \
-                     restart; nothing was changed"
-                ),
-                Some(_) => {}
+                     restart"
+                        .into(),
+                ));
             }
+            Some(_) => {}
         }
-        let plan = preflight(&new).context("nothing was changed")?;
-        if let Some(running) = dataplane.hook() {
-            let fits = plan.hook == running || (plan.fall_back_to_tc && running == Hook::Tc);
-            if !fits {
-                bail!(
-                    "xlb runs at the {running} hook, and the new configuration needs {}: the hook \
-                     changes only at a restart (which keeps every flow); nothing was changed",
-                    plan.hook
-                );
-            }
+    }
+    let host = host(&new).map_err(|error| Refusal(format!("{error:#}")))?;
+    if let Some(hook) = running.hook {
+        let fits = host.hook == hook || (host.fall_back_to_tc && hook == Hook::Tc);
+        if !fits {
+            return Err(Refusal(format!(
+                "xlb runs at the {hook} hook, and the new configuration needs {}: the hook \
+                 changes only at a restart (which keeps every flow)",
+                host.hook
+            )));
         }
-        let hook = dataplane.hook().unwrap_or(plan.hook);
-        let metrics_changed = new.metrics != self.config.metrics;
-        let metrics_listener = if metrics_changed {
-            new.metrics
-                .map(metrics::bind)
-                .transpose()
-                .context("nothing was changed")?
-        } else {
-            None
-        };
+    }
+    let attach = new
+        .interfaces
+        .iter()
+        .filter(|i| !old.interfaces.contains(i))
+        .cloned()
+        .collect();
+    let detach = old
+        .interfaces
+        .iter()
+        .filter(|i| !new.interfaces.contains(i))
+        .cloned()
+        .collect();
+    Ok(ReloadPlan {
+        statuses: carried_statuses(old, running.statuses, &new),
+        attach,
+        detach,
+        hook: running.hook.unwrap_or(host.hook),
+        peer_handoff: host.peer_handoff,
+        metrics_changed: new.metrics != old.metrics,
+        config: new,
+    })
+}
 
-        let added: Vec<String> = new
-            .interfaces
-            .iter()
-            .filter(|i| !self.config.interfaces.contains(i))
-            .cloned()
-            .collect();
-        for (n, interface) in added.iter().enumerate() {
-            if let Err(error) = dataplane.attach(interface, hook) {
-                for done in &added[..n] {
-                    dataplane.detach(done);
-                }
-                return Err(error.context("nothing was changed"));
-            }
-        }
-        let removed: Vec<String> = self
-            .config
-            .interfaces
-            .iter()
-            .filter(|i| !new.interfaces.contains(i))
-            .cloned()
-            .collect();
-        for interface in &removed {
-            dataplane.detach(interface);
-        }
-        // Flows take a change up when their next hop is next resolved (within about a second).
-        if let Err(error) = dataplane.set_peer_handoff(&plan.peer_handoff) {
-            warn!("{error:#}: the veth peer handoff is as it was on some interfaces");
-        }
-
-        // Backends that stay keep what the monitor knows of them.
-        let mut statuses = Vec::with_capacity(new.services.len());
-        for service in &new.services {
+/// The statuses of `new`'s backends: what the monitor knows of the backends that stay (their
+/// configured weight updated), fresh for the others.
+fn carried_statuses(
+    old: &Config,
+    statuses: &[Vec<BackendStatus>],
+    new: &Config,
+) -> Vec<Vec<BackendStatus>> {
+    new.services
+        .iter()
+        .map(|service| {
             let mut fresh = fresh_statuses(service);
-            let old = self
-                .config
+            let before = old
                 .services
                 .iter()
                 .position(|s| s.listen == service.listen && s.protocol == service.protocol);
-            if let Some(old) = old {
+            if let Some(before) = before {
                 for (backend, status) in service.backends.iter().zip(fresh.iter_mut()) {
-                    let before = self.config.services[old]
+                    let kept = old.services[before]
                         .backends
                         .iter()
                         .position(|b| b.address == backend.address);
-                    if let Some(before) = before {
-                        let mut kept = self.statuses[old][before].clone();
+                    if let Some(kept) = kept {
+                        let mut kept = statuses[before][kept].clone();
                         kept.configured_weight = backend.weight;
-                        // A confirming check in flight is stopped with the other tasks
-                        // below: the data plane's mark ends after its hold.
+                        // A confirming check in flight is stopped with the checkers: the data
+                        // plane's mark ends after its hold.
                         kept.suspect = None;
                         *status = kept;
                     }
                 }
             }
-            statuses.push(fresh);
+            fresh
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::Plan as HostPlan, health::state::Health};
+
+    const OLD: &str = r#"
+interfaces = ["eth0", "eth1"]
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" } ]
+"#;
+
+    fn host(hook: Hook) -> impl FnOnce(&Config) -> anyhow::Result<HostPlan> {
+        move |_| {
+            Ok(HostPlan {
+                hook,
+                fall_back_to_tc: false,
+                reasons: Vec::new(),
+                peer_handoff: vec!["eth2".into()],
+            })
         }
-        self.config = new;
-        self.statuses = statuses;
-        self.restore_operators();
-        self.agent_errors.clear();
-        self.generation += 1;
-        self.tasks.abort_all();
-        self.tasks = JoinSet::new();
-        self.spawn_checkers(events);
-        if metrics_changed {
-            self.serve_metrics(metrics_listener);
+    }
+
+    fn running<'a>(config: &'a Config, statuses: &'a [Vec<BackendStatus>]) -> Running<'a> {
+        Running {
+            config,
+            statuses,
+            hook: Some(Hook::Tc),
+            announce: None,
         }
-        dataplane
-            .maps
-            .set_flow_timeouts(&self.config.flow_timeouts)?;
-        let summary = self.evaluate(&mut dataplane.maps)?;
-        self.sample(&dataplane.maps);
-        let message = format!(
-            "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed, \
-             {} tables published, {} flows purged, interfaces +{} -{}",
-            path.display(),
-            self.config.services.len(),
-            summary.services_added,
-            summary.services_removed,
-            summary.backends_added,
-            summary.backends_removed,
-            summary.tables_published,
-            summary.flows_purged,
-            added.len(),
-            removed.len(),
+    }
+
+    #[test]
+    fn backends_that_stay_keep_their_status_and_interfaces_are_diffed() {
+        let old = Config::parse(OLD).unwrap();
+        let mut statuses: Vec<Vec<BackendStatus>> =
+            old.services.iter().map(fresh_statuses).collect();
+        statuses[0][1].health.observe(Ok(()), 1, 1);
+        statuses[0][1].suspect = Some("passive: 3 connections refused".into());
+        let new = Config::parse(
+            &OLD.replace(r#"["eth0", "eth1"]"#, r#"["eth1", "eth2"]"#)
+                .replace(
+                    r#"{ address = "198.18.1.11:8080" }"#,
+                    r#"{ address = "198.18.1.13:8080" }"#,
+                )
+                .replace(
+                    r#"{ address = "198.18.1.12:8080" }"#,
+                    r#"{ address = "198.18.1.12:8080", weight = 7 }"#,
+                ),
+        )
+        .unwrap();
+        let plan = plan(running(&old, &statuses), new, host(Hook::Tc)).unwrap();
+        assert_eq!(
+            (plan.attach, plan.detach),
+            (vec!["eth2".into()], vec!["eth0".into()])
         );
-        info!("{message}");
-        if !removed.is_empty() {
-            warn!(interfaces = ?removed, "detached from interfaces no longer in the config");
-        }
-        Ok(message)
+        assert_eq!(plan.hook, Hook::Tc);
+        assert_eq!(plan.peer_handoff, ["eth2"]);
+        assert!(!plan.metrics_changed);
+        let web = &plan.statuses[0];
+        assert!(!web[0].health.is_known(), "a new backend starts unchecked");
+        assert!(
+            web[1].health.is_up(),
+            "a backend that stays keeps its health"
+        );
+        assert_eq!(web[1].configured_weight, 7);
+        assert_eq!(
+            web[1].suspect, None,
+            "its confirming check stopped with the checkers"
+        );
+    }
+
+    #[test]
+    fn what_cannot_change_while_xlb_runs_is_refused_with_why() {
+        let old = Config::parse(OLD).unwrap();
+        let statuses = vec![vec![BackendStatus::new(100, Health::unknown()); 2]];
+        let refusal = |text: &str, hook: Hook| {
+            let new = Config::parse(text).unwrap();
+            plan(running(&old, &statuses), new, host(hook))
+                .unwrap_err()
+                .to_string()
+        };
+        let size = refusal(&format!("flow_table_size = 4096\n{OLD}"), Hook::Tc);
+        assert!(size.starts_with("flow_table_size and flow_table_size_ipv6 cannot change"));
+        assert!(size.ends_with("; nothing was changed"), "{size}");
+        let pins = refusal(
+            &format!("pin_path = \"/sys/fs/bpf/other\"\n{OLD}"),
+            Hook::Tc,
+        );
+        assert!(pins.starts_with("pin_path cannot change"), "{pins}");
+        let announcing = OLD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nannounce = true");
+        let announce = refusal(&format!("{announcing}\n[announce]\n"), Hook::Tc);
+        assert!(
+            announce.starts_with("announcing VIPs needs a restart"),
+            "{announce}"
+        );
+        let hook = refusal(OLD, Hook::Native);
+        assert!(
+            hook.contains("the hook changes only at a restart"),
+            "{hook}"
+        );
+        let host_error = plan(
+            running(&old, &statuses),
+            Config::parse(OLD).unwrap(),
+            |_| anyhow::bail!("interface eth9 does not exist"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            host_error.to_string(),
+            "interface eth9 does not exist; nothing was changed"
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! What the monitor reports: `xlb status` and `xlb stats`, the once-a-second samples behind
-//! their rates and the metrics endpoint, and the accounting of spilled flows per pool.
+//! their rates and the metrics endpoint (which it serves), the active-flow counts the data
+//! plane keeps, and the accounting of spilled flows per pool. Everything is read through the
+//! data plane's read port, so the reports are tested against the fake maps.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Result;
 use lb_common::{
@@ -9,19 +14,20 @@ use lb_common::{
     consts::{events, limits::HALF_OPEN_DIVISOR},
     tables::table_index,
 };
-use tokio::time::Instant;
+use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+use tracing::warn;
 
-use super::Monitor;
+use super::core::Core;
 use crate::{
     config::ServiceConfig,
-    control::{DataplaneMaps, ServiceState},
-    dataplane::{Dataplane, Maps},
+    control::{ActiveFlows, DataplaneReads, ServiceState},
     health::state::{BackendStatus, State},
-    metrics::{BackendMetrics, GuardMetrics, ServiceMetrics, Snapshot},
+    metrics::{self, BackendMetrics, GuardMetrics, ReloadMetrics, ServiceMetrics, Snapshot},
     report::{
-        BackendStatusReport, Counters, FlowTableStats, PoolStatus, ServiceStats, ServiceStatus,
-        StatsReport, StatusReport,
+        AnnounceReport, BackendStatusReport, Counters, FlowTableStats, PoolStatus, ServiceStats,
+        ServiceStatus, StatsReport, StatusReport,
     },
+    sys::time::unix_seconds,
 };
 
 /// What a rate is of.
@@ -33,7 +39,7 @@ enum Key {
 
 /// Packets and bits per second of every service and backend over the last sample period.
 #[derive(Default)]
-pub(super) struct Rates {
+struct Rates {
     last: Option<(Instant, HashMap<Key, TrafficCounters>)>,
     rates: HashMap<Key, (f64, f64)>,
 }
@@ -52,13 +58,53 @@ fn total_bytes(c: &TrafficCounters) -> u64 {
     c.fwd_bytes + c.rev_bytes
 }
 
-impl Monitor {
-    /// Samples the counters: rates since the last sample, and a fresh metrics snapshot.
-    pub(super) fn sample(&mut self, maps: &Maps) {
-        self.account_spills(maps);
+/// What the reports are made of: rates, active flows, spills, reloads, the metrics' snapshot
+/// and the endpoint serving it.
+pub struct Reports {
+    rates: Rates,
+    /// The backends' active flows, as last read.
+    active_flows: ActiveFlows,
+    /// New flows placed outside their home pool, by (service, from pool, to pool).
+    spills: BTreeMap<(String, String, String), u64>,
+    /// The data plane's spill counter of each table when last read.
+    spill_seen: HashMap<u32, u64>,
+    /// Reloads so far, for the metrics.
+    reloads: ReloadMetrics,
+    snapshot: metrics::Shared,
+    metrics_server: Option<JoinHandle<()>>,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Self {
+            rates: Rates::default(),
+            active_flows: ActiveFlows::default(),
+            spills: BTreeMap::new(),
+            spill_seen: HashMap::new(),
+            reloads: ReloadMetrics {
+                last_succeeded: true,
+                last_success_unix: unix_seconds() as f64,
+                ..ReloadMetrics::default()
+            },
+            snapshot: Arc::new(Mutex::new(Snapshot::default())),
+            metrics_server: None,
+        }
+    }
+}
+
+impl Reports {
+    /// Samples the counters: rates since the last sample, and a fresh metrics snapshot (with
+    /// `announce`, the announcer's report).
+    pub fn sample(
+        &mut self,
+        core: &Core,
+        maps: &impl DataplaneReads,
+        announce: Option<AnnounceReport>,
+    ) {
+        self.account_spills(core, maps);
         let now = Instant::now();
         let mut current = HashMap::new();
-        for service in self.balancer.services() {
+        for service in core.balancer().services() {
             if let Ok(counters) = maps.service_counters(service.id) {
                 current.insert(Key::Service(service.id), counters);
             }
@@ -84,10 +130,17 @@ impl Monitor {
                 .collect();
         }
         self.rates.last = Some((now, current));
-        self.refresh_snapshot(maps);
+        let snapshot = self.snapshot(core, maps, announce);
+        *self.snapshot.lock().expect("the snapshot lock") = snapshot;
     }
 
-    fn refresh_snapshot(&self, maps: &Maps) {
+    /// What the metrics show now.
+    fn snapshot(
+        &self,
+        core: &Core,
+        maps: &impl DataplaneReads,
+        announce: Option<AnnounceReport>,
+    ) -> Snapshot {
         let counters = |key: Key| -> Counters {
             let found = self
                 .rates
@@ -97,16 +150,16 @@ impl Monitor {
                 .copied();
             Counters::from(found.unwrap_or_default())
         };
+        let config = core.config();
         let mut snapshot = Snapshot::default();
-        for ((config, applied), statuses) in self
-            .config
+        for ((service, applied), statuses) in config
             .services
             .iter()
-            .zip(self.balancer.services())
-            .zip(&self.statuses)
+            .zip(core.balancer().services())
+            .zip(core.statuses())
         {
             snapshot.services.push(ServiceMetrics {
-                name: config.name.clone(),
+                name: service.name.clone(),
                 counters: counters(Key::Service(applied.id)),
                 backends: applied
                     .backends
@@ -125,12 +178,9 @@ impl Monitor {
             });
         }
         snapshot.spills = self.spills.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        snapshot.flows = self.active_by_family();
-        snapshot.flow_capacity = [
-            self.config.flow_table_size,
-            self.config.flow_table_size_ipv6,
-        ]
-        .map(|size| (u64::from(size), u64::from(size / HALF_OPEN_DIVISOR)));
+        snapshot.flows = self.active_by_family(core);
+        snapshot.flow_capacity = [config.flow_table_size, config.flow_table_size_ipv6]
+            .map(|size| (u64::from(size), u64::from(size / HALF_OPEN_DIVISOR)));
         snapshot.guard = maps
             .handshake_guard()
             .ok()
@@ -141,47 +191,37 @@ impl Monitor {
                 window_flows: guard.window_flows,
             });
         snapshot.reloads = self.reloads;
-        snapshot.announce = self
-            .announcer
-            .as_ref()
-            .map(crate::announce::Announcer::report);
+        snapshot.announce = announce;
         if let Ok(counts) = maps.events() {
             snapshot.flows_expired = counts[events::FLOW_EXPIRED as usize];
             snapshot.events = events::NAMES.iter().copied().zip(counts).collect();
         }
-        *self.snapshot.lock().expect("the snapshot lock") = snapshot;
+        snapshot
     }
 
-    /// `xlb status`: every service, or the one named (an unknown name is an error).
-    pub(super) fn status_report(
+    /// `xlb status`: every service, or the one named (an unknown name is an error);
+    /// `interfaces` are the attached interfaces and their hooks.
+    pub fn status(
         &self,
+        core: &Core,
         only: Option<&str>,
-        dataplane: &Dataplane,
+        interfaces: Vec<(String, String)>,
+        announce: Option<AnnounceReport>,
     ) -> Result<StatusReport> {
-        let only = only.map(|name| self.service_index(name)).transpose()?;
+        let only = only.map(|name| core.service_index(name)).transpose()?;
         let now = Instant::now();
         let mut report = StatusReport {
             version: crate::VERSION.to_owned(),
-            interfaces: dataplane
-                .attachments()
-                .iter()
-                .map(|a| {
-                    let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
-                    (a.interface.clone(), hook)
-                })
-                .collect(),
+            interfaces,
             services: Vec::new(),
-            announce: self
-                .announcer
-                .as_ref()
-                .map(crate::announce::Announcer::report),
+            announce,
         };
-        for (index, ((config, applied), statuses)) in self
-            .config
+        for (index, ((config, applied), statuses)) in core
+            .config()
             .services
             .iter()
-            .zip(self.balancer.services())
-            .zip(&self.statuses)
+            .zip(core.balancer().services())
+            .zip(core.statuses())
             .enumerate()
         {
             if only.is_some_and(|o| o != index) {
@@ -280,9 +320,11 @@ impl Monitor {
             .collect()
     }
 
-    pub(super) fn stats_report(&self, maps: &Maps) -> Result<StatsReport> {
+    /// `xlb stats`: the counters of every service and backend, events, the flow tables.
+    pub fn stats(&self, core: &Core, maps: &impl DataplaneReads) -> Result<StatsReport> {
+        let config = core.config();
         let mut report = StatsReport::default();
-        for (config, applied) in self.config.services.iter().zip(self.balancer.services()) {
+        for (service, applied) in config.services.iter().zip(core.balancer().services()) {
             let mut backends = Vec::new();
             for backend in &applied.backends {
                 backends.push((
@@ -291,7 +333,7 @@ impl Monitor {
                 ));
             }
             report.services.push(ServiceStats {
-                name: config.name.clone(),
+                name: service.name.clone(),
                 counters: Counters::from(maps.service_counters(applied.id)?),
                 backends,
             });
@@ -302,14 +344,14 @@ impl Monitor {
             .map(|n| (*n).to_owned())
             .zip(counts)
             .collect();
-        let size = u64::from(self.config.flow_table_size);
+        let size = u64::from(config.flow_table_size);
         let guard = maps.handshake_guard()?;
-        let (active_ipv4, active_ipv6) = self.active_by_family();
+        let (active_ipv4, active_ipv6) = self.active_by_family(core);
         report.flow_table = FlowTableStats {
             active_ipv4,
             active_ipv6,
             capacity: size,
-            capacity_ipv6: u64::from(self.config.flow_table_size_ipv6),
+            capacity_ipv6: u64::from(config.flow_table_size_ipv6),
             half_open_capacity: size / u64::from(HALF_OPEN_DIVISOR),
             expired: counts[events::FLOW_EXPIRED as usize],
             handshake_budget: guard.budget,
@@ -319,9 +361,9 @@ impl Monitor {
     }
 
     /// The active flows of the IPv4 services' backends and of the IPv6 services'.
-    fn active_by_family(&self) -> (u64, u64) {
+    fn active_by_family(&self, core: &Core) -> (u64, u64) {
         let (mut ipv4, mut ipv6) = (0, 0);
-        for backend in self.balancer.services().iter().flat_map(|s| &s.backends) {
+        for backend in core.balancer().services().iter().flat_map(|s| &s.backends) {
             let active = self.active_flows.of(backend.id);
             if backend.address.is_ipv4() {
                 ipv4 += active;
@@ -332,13 +374,58 @@ impl Monitor {
         (ipv4, ipv6)
     }
 
+    /// Reads the active-flow counts the data plane keeps (`ACTIVE_FLOWS`: per backend, the
+    /// flows whose client sent a packet in an activity epoch) of every backend the balancer
+    /// knows, and gives the backends of services with `max_flows` theirs. Returns whether
+    /// there was any such service (and so may need new weights). A failed read is logged and
+    /// changes nothing. Reading them costs two batched reads of the per-CPU array (one per
+    /// epoch, up to the highest backend id), whatever the number of flows.
+    pub fn count_active_flows(&mut self, core: &mut Core, maps: &impl DataplaneReads) -> bool {
+        let ids: Vec<u32> = core
+            .balancer()
+            .services()
+            .iter()
+            .flat_map(|service| service.backends.iter().map(|backend| backend.id))
+            .collect();
+        match maps.active_flows(&ids) {
+            Ok(active) => self.active_flows = active,
+            Err(error) => {
+                warn!("reading the active-flow counts: {error:#}");
+                return false;
+            }
+        }
+        let applied: Vec<Vec<u32>> = core
+            .balancer()
+            .services()
+            .iter()
+            .map(|s| s.backends.iter().map(|b| b.id).collect())
+            .collect();
+        let (config, statuses) = core.statuses_mut();
+        let mut any = false;
+        for (service_index, service) in config.services.iter().enumerate() {
+            let Some(load) = service.load.as_ref().filter(|l| l.max_flows.is_some()) else {
+                continue;
+            };
+            let Some(ids) = applied.get(service_index) else {
+                continue;
+            };
+            any = true;
+            for (status, id) in statuses[service_index].iter_mut().zip(ids) {
+                status.active_flows = Some(self.active_flows.of(*id));
+                status.update_overload(load);
+            }
+        }
+        any
+    }
+
     /// Reads the data plane's spill counters and credits what is new to the pool each home
     /// pool's table was serving from (as published). Called before every apply and every
     /// second, so a flow is credited to the wrong pool only if it was placed in the instant a
     /// table changed.
-    pub(super) fn account_spills(&mut self, maps: &impl DataplaneMaps) {
-        for (config, applied) in self.config.services.iter().zip(self.balancer.services()) {
-            if config.pools.len() <= 1 || applied.locality.pools as usize != config.pools.len() {
+    pub fn account_spills(&mut self, core: &Core, maps: &impl DataplaneReads) {
+        let config = core.config();
+        for (service, applied) in config.services.iter().zip(core.balancer().services()) {
+            if service.pools.len() <= 1 || applied.locality.pools as usize != service.pools.len() {
                 continue;
             }
             for (home, &serving) in applied.locality.serving.iter().enumerate() {
@@ -350,13 +437,36 @@ impl Monitor {
                 let new = count.saturating_sub(seen);
                 if new > 0 {
                     let key = (
-                        config.name.clone(),
-                        config.pools[home].name.clone(),
-                        config.pools[serving as usize].name.clone(),
+                        service.name.clone(),
+                        service.pools[home].name.clone(),
+                        service.pools[serving as usize].name.clone(),
                     );
                     *self.spills.entry(key).or_default() += new;
                 }
             }
+        }
+    }
+
+    /// Counts a reload: applied, or refused.
+    pub fn count_reload(&mut self, succeeded: bool) {
+        if succeeded {
+            self.reloads.succeeded += 1;
+            self.reloads.last_success_unix = unix_seconds() as f64;
+        } else {
+            self.reloads.failed += 1;
+        }
+        self.reloads.last_succeeded = succeeded;
+    }
+
+    /// Serves the metrics on `listener` (bound to the config's `metrics` address) from now
+    /// on; none: stops serving them.
+    pub fn serve_metrics(&mut self, listener: Option<TcpListener>) {
+        if let Some(server) = self.metrics_server.take() {
+            server.abort();
+        }
+        if let Some(listener) = listener {
+            let shared = Arc::clone(&self.snapshot);
+            self.metrics_server = Some(tokio::spawn(metrics::serve(listener, shared)));
         }
     }
 }

@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use super::{
-    checkers::{BackendRef, Event},
-    *,
-};
+use super::{checkers::Event, *};
 use crate::{
     control::fake::FakeMaps,
     health::{
@@ -39,7 +36,7 @@ const B2: BackendRef = BackendRef {
 /// A monitor whose backends all passed their first check, applied to fake maps.
 fn started() -> (Monitor, FakeMaps) {
     let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap(), None, None, false).unwrap();
-    for status in &mut monitor.statuses[0] {
+    for status in &mut monitor.core.statuses_mut().1[0] {
         status.health.observe(Ok(()), 2, 3);
     }
     let mut maps = FakeMaps::default();
@@ -56,7 +53,7 @@ fn fail() -> Event {
 }
 
 fn state_of(monitor: &Monitor, at: BackendRef) -> State {
-    monitor.statuses[at.service][at.backend]
+    monitor.core.statuses()[at.service][at.backend]
         .reported
         .as_ref()
         .unwrap()
@@ -99,7 +96,7 @@ async fn a_recovered_backend_rises_then_ramps_up_slowly() {
     assert_eq!(state_of(&monitor, B2), State::Up);
     // Slow start: weight 1 against 100 at first, then growing.
     let weights = |monitor: &Monitor| {
-        monitor.balancer().services()[0]
+        monitor.core.balancer().services()[0]
             .backends
             .iter()
             .map(|b| b.weight)
@@ -107,11 +104,11 @@ async fn a_recovered_backend_rises_then_ramps_up_slowly() {
     };
     assert_eq!(weights(&monitor), [100, 1, 100]);
     tokio::time::advance(Duration::from_secs(5)).await;
-    assert!(monitor.any_ramping());
+    assert!(monitor.core.any_ramping(Instant::now()));
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(weights(&monitor), [100, 50, 100]);
     tokio::time::advance(Duration::from_secs(6)).await;
-    assert!(!monitor.any_ramping());
+    assert!(!monitor.core.any_ramping(Instant::now()));
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(weights(&monitor), [100, 100, 100]);
     assert_eq!(table(&maps), [0, 1, 2]);
@@ -204,10 +201,10 @@ fn marked_b2() -> lb_common::passive::PassiveEvent {
 async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_backend_down() {
     let (mut monitor, mut maps) = started();
     maps.flows_by_backend.insert(1, 4);
-    let (events, mut received) = mpsc::channel(8);
-    assert!(monitor.passive_report(&marked_b2(), &events));
+    let mut received = monitor.events.take().unwrap();
+    assert!(monitor.handle(Event::Passive(marked_b2())));
     monitor.evaluate(&mut maps).unwrap();
-    let status = &monitor.statuses[0][1];
+    let status = &monitor.core.statuses()[0][1];
     assert_eq!(
         status.suspect.as_deref(),
         Some("passive: 3 connections refused in 40ms")
@@ -236,24 +233,24 @@ async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_ba
         "confirmed: Down at once"
     );
     assert!(
-        monitor.statuses[0][1]
+        monitor.core.statuses()[0][1]
             .reported
             .as_ref()
             .unwrap()
             .reason
             .contains("confirming passive: 3 connections refused"),
         "{:?}",
-        monitor.statuses[0][1].reported
+        monitor.core.statuses()[0][1].reported
     );
     assert_eq!(maps.log, ["table 0 [0, 2]", "mark- 1", "purge [1]"]);
-    assert_eq!(monitor.statuses[0][1].passive_marks, 1);
+    assert_eq!(monitor.core.statuses()[0][1].passive_marks, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_passing_check_clears_a_passive_mark() {
     let (mut monitor, mut maps) = started();
-    let (events, _received) = mpsc::channel(8);
-    assert!(monitor.passive_report(&marked_b2(), &events));
+    let _received = monitor.events.take().unwrap();
+    assert!(monitor.handle(Event::Passive(marked_b2())));
     maps.log.clear();
     assert!(monitor.handle(Event::Confirm(B2, Ok(()), Duration::ZERO)));
     monitor.evaluate(&mut maps).unwrap();
@@ -262,20 +259,20 @@ async fn a_passing_check_clears_a_passive_mark() {
         ["mark- 1"],
         "the mark is cleared, nothing else changes"
     );
-    assert_eq!(monitor.statuses[0][1].suspect, None);
+    assert_eq!(monitor.core.statuses()[0][1].suspect, None);
     assert_eq!(state_of(&monitor, B2), State::Up);
     // A report for an id no backend has, or the cap's report, changes nothing.
     let stranger = lb_common::passive::PassiveEvent {
         backend_id: 99,
         ..marked_b2()
     };
-    assert!(!monitor.passive_report(&stranger, &events));
+    assert!(!monitor.handle(Event::Passive(stranger)));
     let capped = lb_common::passive::PassiveEvent {
         kind: lb_common::passive::passive_event::CAPPED,
         ..marked_b2()
     };
-    assert!(!monitor.passive_report(&capped, &events));
-    assert_eq!(monitor.statuses[0][1].suspect, None);
+    assert!(!monitor.handle(Event::Passive(capped)));
+    assert_eq!(monitor.core.statuses()[0][1].suspect, None);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `xlb trace`: checks the request, starts a trace in the data plane, and streams what it
 //! records until the time is up or the operator leaves; then ends it and says how it went.
-//! One trace at a time. [`describe`] (an event, named) is pure.
+//! One trace at a time. [`filter`] (the request against the config) and [`describe`] (an
+//! event, named) are pure.
 
 use std::{
     collections::HashMap,
@@ -22,24 +23,29 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::Monitor;
+use super::core::Core;
 use crate::{
-    api::{Reply, Response},
     config::parse_prefix,
     dataplane::{maps::trace::Tracer, monotonic_ns},
-    report::{TraceEventReport, TraceSummary},
+    report::{TraceEventReport, TraceSummary, TraceUpdate},
     wire,
 };
 
-/// How long a trace runs unless told.
-pub const DEFAULT_SECONDS: u64 = 10;
-/// The longest trace.
-pub const MAX_SECONDS: u64 = 3600;
-/// The sparsest sampling.
-pub const MAX_SAMPLE: u32 = 1_000_000;
-
 /// The tracer, shared by the monitor and the trace running (which holds it while it runs).
-pub(super) type SharedTracer = Arc<Mutex<Option<Tracer>>>;
+type SharedTracer = Arc<Mutex<Option<Tracer>>>;
+
+/// What to trace: a service's packets, for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceRequest {
+    /// The service's name.
+    pub service: String,
+    /// Only packets of flows whose client is in this prefix (an address is a host prefix).
+    pub client: Option<String>,
+    /// For how long.
+    pub seconds: u64,
+    /// Record one matching packet in this many.
+    pub sample: u32,
+}
 
 /// What names the ids in a trace's events, as of its start.
 #[derive(Clone, Debug, Default)]
@@ -138,103 +144,117 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
     }
 }
 
-impl Monitor {
-    /// Starts `xlb trace` for `service`: checks the filter, writes it to the data plane and
-    /// returns the stream of its events.
-    pub(super) fn trace(
-        &mut self,
-        service: &str,
-        client: Option<&str>,
-        seconds: Option<u64>,
-        sample: Option<u32>,
-    ) -> Result<Reply> {
-        let index = self.service_index(service)?;
-        let listen = self.config.services[index].listen;
-        let seconds = seconds.unwrap_or(DEFAULT_SECONDS);
-        if !(1..=MAX_SECONDS).contains(&seconds) {
-            bail!("seconds {seconds} is out of range: 1 to {MAX_SECONDS}");
-        }
-        let sample = sample.unwrap_or(1);
-        if !(1..=MAX_SAMPLE).contains(&sample) {
-            bail!("sample {sample} is out of range: 1 to {MAX_SAMPLE} (1: every packet)");
-        }
-        let family = wire::family_of(listen.ip());
-        let (client, prefix_len, client_family) = match client {
-            None => (lb_common::Addr::default(), 0, 0),
-            Some(text) => {
-                let net = parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}"))?;
-                if net.addr().is_ipv4() != listen.is_ipv4() {
-                    let (this, that) = if net.addr().is_ipv4() {
-                        ("IPv4", "IPv6")
-                    } else {
-                        ("IPv6", "IPv4")
-                    };
-                    bail!(
-                        "client prefix {net} is {this} and service {service:?} is {that}: no \
-                         packet could match"
-                    );
-                }
-                (wire::addr_field(net.addr()), net.prefix_len(), family)
+/// The data plane's filter for `request` (a trace that begins at `start_ns`), and the names of
+/// every service, backend and pool as applied in `core`; an unknown service, a malformed
+/// prefix or one of the other family is an error.
+pub fn filter(core: &Core, request: &TraceRequest, start_ns: u64) -> Result<(TraceConfig, Names)> {
+    let index = core.service_index(&request.service)?;
+    let listen = core.config().services[index].listen;
+    let family = wire::family_of(listen.ip());
+    let (client, prefix_len, client_family) = match &request.client {
+        None => (lb_common::Addr::default(), 0, 0),
+        Some(text) => {
+            let net = parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}"))?;
+            if net.addr().is_ipv4() != listen.is_ipv4() {
+                let (this, that) = if net.addr().is_ipv4() {
+                    ("IPv4", "IPv6")
+                } else {
+                    ("IPv6", "IPv4")
+                };
+                bail!(
+                    "client prefix {net} is {this} and service {:?} is {that}: no packet could \
+                     match",
+                    request.service
+                );
             }
-        };
-        debug_assert!(prefix_len <= max_prefix_len(family));
-        let applied = &self.balancer.services()[index];
-        let names = self.trace_names();
+            (wire::addr_field(net.addr()), net.prefix_len(), family)
+        }
+    };
+    debug_assert!(prefix_len <= max_prefix_len(family));
+    let config = TraceConfig {
+        until_ns: start_ns + request.seconds * 1_000_000_000,
+        client,
+        service_id: core.balancer().services()[index].id,
+        sample_every: request.sample,
+        family: client_family,
+        prefix_len,
+        ..TraceConfig::default()
+    };
+    Ok((config, names(core)))
+}
+
+/// The names of every service, backend and pool, as applied in `core`.
+fn names(core: &Core) -> Names {
+    let mut names = Names::default();
+    for (config, applied) in core
+        .config()
+        .services
+        .iter()
+        .zip(core.balancer().services())
+    {
+        names.services.insert(applied.id, config.name.clone());
+        for backend in &applied.backends {
+            names.backends.insert(backend.id, backend.address);
+        }
+        if config.pools.len() > 1 {
+            let pools = config.pools.iter().map(|p| p.name.clone()).collect();
+            names.pools.insert(applied.id, pools);
+        }
+    }
+    names
+}
+
+/// The data plane's trace maps, lent to the trace that runs (one at a time).
+#[derive(Default)]
+pub struct Tracing {
+    tracer: SharedTracer,
+}
+
+impl Tracing {
+    /// Traces with `tracer` (the data plane's trace maps) from now on.
+    pub fn set(&mut self, tracer: Option<Tracer>) {
+        *self.tracer.lock().expect("the tracer lock") = tracer;
+    }
+
+    /// Starts `request` in the data plane and returns the stream of its events, which ends
+    /// with how it went.
+    pub fn start(
+        &mut self,
+        core: &Core,
+        request: &TraceRequest,
+    ) -> Result<mpsc::Receiver<TraceUpdate>> {
+        let start_ns = monotonic_ns()?;
+        let (config, names) = filter(core, request, start_ns)?;
         let Some(mut tracer) = self.tracer.lock().expect("the tracer lock").take() else {
             bail!("another trace is running (one at a time); try again when it ends");
-        };
-        let start_ns = monotonic_ns()?;
-        let config = TraceConfig {
-            until_ns: start_ns + seconds * 1_000_000_000,
-            client,
-            service_id: applied.id,
-            sample_every: sample,
-            family: client_family,
-            prefix_len,
-            ..TraceConfig::default()
         };
         if let Err(error) = tracer.begin(config) {
             *self.tracer.lock().expect("the tracer lock") = Some(tracer);
             return Err(error);
         }
+        let (service, seconds, sample) = (&request.service, request.seconds, request.sample);
         info!(service, seconds, sample, "trace started");
         let (events, stream) = mpsc::channel(1024);
         let slot = Arc::clone(&self.tracer);
         tokio::spawn(async move {
             let summary = run(tracer, &slot, &names, start_ns, seconds, &events).await;
-            let response = match summary {
+            let update = match summary {
                 Ok(summary) => {
                     info!(
                         matched = summary.matched,
                         lost = summary.lost,
                         "trace ended"
                     );
-                    Response::TraceEnd(summary)
+                    TraceUpdate::End(summary)
                 }
                 Err(error) => {
                     warn!("trace: {error:#}");
-                    Response::Error(format!("trace: {error:#}"))
+                    TraceUpdate::Failed(format!("trace: {error:#}"))
                 }
             };
-            let _ = events.send(response).await;
+            let _ = events.send(update).await;
         });
-        Ok(Reply::Stream(stream))
-    }
-
-    /// The names of every service, backend and pool, as applied now.
-    fn trace_names(&self) -> Names {
-        let mut names = Names::default();
-        for (config, applied) in self.config.services.iter().zip(self.balancer.services()) {
-            names.services.insert(applied.id, config.name.clone());
-            for backend in &applied.backends {
-                names.backends.insert(backend.id, backend.address);
-            }
-            if config.pools.len() > 1 {
-                let pools = config.pools.iter().map(|p| p.name.clone()).collect();
-                names.pools.insert(applied.id, pools);
-            }
-        }
-        names
+        Ok(stream)
     }
 }
 
@@ -246,7 +266,7 @@ async fn run(
     names: &Names,
     start_ns: u64,
     seconds: u64,
-    events: &mpsc::Sender<Response>,
+    events: &mpsc::Sender<TraceUpdate>,
 ) -> Result<TraceSummary> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -277,7 +297,7 @@ async fn run(
                         while let Some(event) = guard.get_inner_mut().next_event() {
                             recorded += 1;
                             let report = describe(&event, names, start_ns);
-                            if events.send(Response::TraceEvent(report)).await.is_err() {
+                            if events.send(TraceUpdate::Event(report)).await.is_err() {
                                 left = true;
                                 break;
                             }
@@ -295,7 +315,7 @@ async fn run(
     while let Some(event) = tracer.next_event() {
         recorded += 1;
         let report = describe(&event, names, start_ns);
-        if !left && events.send(Response::TraceEvent(report)).await.is_err() {
+        if !left && events.send(TraceUpdate::Event(report)).await.is_err() {
             left = true;
         }
     }

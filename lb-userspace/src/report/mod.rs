@@ -16,5 +16,5 @@ pub use self::{
     status::{
         AnnounceReport, BackendStatusReport, PoolStatus, ServiceStatus, StatusReport, VipReport,
     },
-    trace::{TraceEventReport, TraceSummary},
+    trace::{TraceEventReport, TraceSummary, TraceUpdate},
 };

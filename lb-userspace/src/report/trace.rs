@@ -50,3 +50,18 @@ pub struct TraceSummary {
     /// One matching packet in this many was recorded.
     pub sample: u32,
 }
+
+/// What a running trace sends: its events as they come, then how it went, or why it failed.
+#[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every update is an event: boxing would allocate once per event"
+)]
+pub enum TraceUpdate {
+    /// One decision.
+    Event(TraceEventReport),
+    /// The trace ended.
+    End(TraceSummary),
+    /// The trace failed.
+    Failed(String),
+}

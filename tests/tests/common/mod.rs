@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end test files.
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use xlb::{api::Response, dataplane::NoopProgram, report::StatsReport};
+use xlb::{cmd::Response, dataplane::NoopProgram, report::StatsReport};
 use xlb_tests::{netns::Netns, scenario::Xlb, topology::Lab};
 
 #[allow(dead_code, reason = "each test binary uses a part of these helpers")]

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::api::Response;
+use xlb::cmd::Response;
 use xlb_tests::{
     client::{http_echo, http_get_body, payload, start_download},
     process::binary,

@@ -37,7 +37,10 @@ use lb_common::{
 };
 use xlb::{
     config::{Config, FlowTimeouts},
-    control::{Balancer, DataplaneMaps as _, ServiceSpec, table::smooth_weighted_sequence},
+    control::{
+        Balancer, DataplaneMaps as _, DataplaneReads as _, ServiceSpec,
+        table::smooth_weighted_sequence,
+    },
     dataplane::{Dataplane, handshake_budget},
     sys::netif,
     wire::{addr_field, port_field},

@@ -9,7 +9,7 @@
 //! which the program keeps per backend and activity epoch. Userspace's periodic work is
 //! therefore proportional to the backends, not to the flows.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Result;
 use aya::{
@@ -21,30 +21,7 @@ use lb_common::{
 };
 
 use super::batch;
-use crate::{config::FlowTimeouts, wire};
-
-/// The active flows of backends (see `ACTIVE_FLOWS`): per backend id, its flows whose client
-/// sent a packet in the last complete activity epoch, and in the one under way so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ActiveFlows {
-    /// Per backend id: (last complete epoch, epoch under way).
-    pub by_backend: StdHashMap<u32, (u64, u64)>,
-}
-
-impl ActiveFlows {
-    /// A backend's active flows: the larger of the two epochs' counts (a rise shows at once, a
-    /// fall once an epoch without it has completed).
-    pub fn of(&self, backend_id: u32) -> u64 {
-        self.by_backend
-            .get(&backend_id)
-            .map_or(0, |(previous, current)| (*previous).max(*current))
-    }
-
-    /// The active flows of every backend counted.
-    pub fn total(&self) -> u64 {
-        self.by_backend.keys().map(|id| self.of(*id)).sum()
-    }
-}
+use crate::{config::FlowTimeouts, control::ActiveFlows, wire};
 
 /// One flow table, as userspace holds it.
 type Table<K, A> = HashMap<MapData, K, FlowEntry<A>>;

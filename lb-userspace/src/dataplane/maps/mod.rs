@@ -17,8 +17,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, ClientPrefix, FlowKey, HandshakeGuard, MaglevTable, ServiceEntry,
-    ServiceKey, TrafficCounters, VipKey,
+    BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, HandshakeGuard, MaglevTable,
+    ServiceEntry, ServiceKey, TrafficCounters, VipKey,
     consts::{
         events,
         limits::{HALF_OPEN_DIVISOR, MAX_PREFIXES_PER_SERVICE},
@@ -37,12 +37,12 @@ pub mod trace;
 
 use self::{
     backend_ports::BackendPorts,
-    flows::{ActiveFlows, FlowMaps, FlowTables},
+    flows::{FlowMaps, FlowTables},
     passive::PassiveMaps,
 };
 use crate::{
     config::FlowTimeouts,
-    control::{DataplaneMaps, Existing},
+    control::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing},
 };
 
 /// The outer map of the backend tables, as userspace holds it.
@@ -186,19 +186,6 @@ impl Maps {
             .with_context(|| format!("writing {}", map_names::HANDSHAKE_GUARD))
     }
 
-    /// Whether the handshake guard would place the next SYN by hash (see
-    /// [`lb_common::guard::next_syn_hashed`]).
-    pub fn handshake_guard_on(&self) -> Result<bool> {
-        Ok(next_syn_hashed(&self.handshake_guard()?, monotonic_ns()?))
-    }
-
-    /// The handshake guard: its budget, hash seed and current window.
-    pub fn handshake_guard(&self) -> Result<HandshakeGuard> {
-        self.handshake_guard
-            .get(&0, 0)
-            .with_context(|| format!("reading {}", map_names::HANDSHAKE_GUARD))
-    }
-
     /// Removes `ifindex` from the interfaces the program may redirect to (and hand to their
     /// veth peer).
     pub fn remove_egress_port(&mut self, ifindex: u32) {
@@ -240,18 +227,38 @@ impl Maps {
             .with_context(|| format!("adding interface {ifindex} to {}", map_names::EGRESS_PORTS))
     }
 
-    /// A service's counters, summed over CPUs.
-    pub fn service_counters(&self, service_id: u32) -> Result<TrafficCounters> {
+    /// Gives the program the flow timeouts.
+    pub fn set_flow_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<()> {
+        self.flows.set_timeouts(timeouts)
+    }
+
+    /// The entry of one direction of a flow, if a flow table has it.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key)
+    }
+}
+
+fn sum_counters(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    index: u32,
+) -> Result<TrafficCounters> {
+    let mut total = TrafficCounters::default();
+    for counters in map.get(&index, 0)?.iter() {
+        total.accumulate(counters);
+    }
+    Ok(total)
+}
+
+impl DataplaneReads for Maps {
+    fn service_counters(&self, service_id: u32) -> Result<TrafficCounters> {
         sum_counters(&self.service_stats, service_id)
     }
 
-    /// A backend's counters, summed over CPUs.
-    pub fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
+    fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters> {
         sum_counters(&self.backend_stats, backend_id)
     }
 
-    /// Data-plane event counts (indexed as `lb_common::consts::events`), summed over CPUs.
-    pub fn events(&self) -> Result<[u64; events::COUNT as usize]> {
+    fn events(&self) -> Result<[u64; events::COUNT as usize]> {
         let mut totals = [0u64; events::COUNT as usize];
         for (event, total) in totals.iter_mut().enumerate() {
             *total = match self.events.get(&(event as u32), 0) {
@@ -266,31 +273,31 @@ impl Maps {
         Ok(totals)
     }
 
-    /// Gives the program the flow timeouts.
-    pub fn set_flow_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<()> {
-        self.flows.set_timeouts(timeouts)
+    fn handshake_guard(&self) -> Result<HandshakeGuard> {
+        self.handshake_guard
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", map_names::HANDSHAKE_GUARD))
     }
 
-    /// The active flows of `backend_ids` as of now (see [`FlowTables::active`]).
-    pub fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows> {
+    fn handshake_guard_on(&self) -> Result<bool> {
+        Ok(next_syn_hashed(&self.handshake_guard()?, monotonic_ns()?))
+    }
+
+    fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows> {
         self.flows.active(backend_ids, monotonic_ns()?)
     }
 
-    /// The entry of one direction of a flow, if a flow table has it.
-    pub fn flow(&self, key: &FlowKey) -> Option<lb_common::FlowEntry> {
-        self.flows.get(key)
+    fn spilled(&self, index: u32) -> Result<u64> {
+        Ok(self.spilled.get(&index, 0)?.iter().sum())
     }
-}
 
-fn sum_counters(
-    map: &PerCpuArray<MapData, TrafficCounters>,
-    index: u32,
-) -> Result<TrafficCounters> {
-    let mut total = TrafficCounters::default();
-    for counters in map.get(&index, 0)?.iter() {
-        total.accumulate(counters);
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
+        self.flows.all()
     }
-    Ok(total)
+
+    fn now_ns(&self) -> Result<u64> {
+        monotonic_ns()
+    }
 }
 
 impl DataplaneMaps for Maps {
@@ -382,10 +389,6 @@ impl DataplaneMaps for Maps {
             .set(service_id, &trie, 0)
             .with_context(|| format!("publishing the prefixes of service {service_id}"))?;
         Ok(())
-    }
-
-    fn spilled(&self, index: u32) -> Result<u64> {
-        Ok(self.spilled.get(&index, 0)?.iter().sum())
     }
 
     fn add_vip(&mut self, key: &VipKey) -> Result<()> {

@@ -1,11 +1,15 @@
-//! The writes the control plane makes to the data plane, as a trait: the data plane's maps
-//! implement it, and so does an in-memory fake (`fake`) that tests read back.
+//! The data plane as the daemon's logic sees it: two ports, the writes of the control plane
+//! ([`DataplaneMaps`]) and the reads of the reports ([`DataplaneReads`]). The data plane's
+//! maps implement both, and so does an in-memory fake (`fake`) that tests read back, so the
+//! control plane, the monitor and its reports are tested without a kernel.
+
+use std::collections::HashMap;
 
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey,
-    passive::ServicePolicy,
+    BackendEntry, BackendTable, FlowEntry, FlowKey, HandshakeGuard, MaglevTable, ServiceEntry,
+    ServiceKey, TrafficCounters, VipKey, consts::events, passive::ServicePolicy,
 };
 
 /// Writes the control plane makes to the data plane.
@@ -45,8 +49,6 @@ pub trait DataplaneMaps {
     /// Atomically replaces the client prefixes of service `service_id` (`CLIENT_POOLS`): each
     /// prefix and its home pool.
     fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()>;
-    /// New flows of the table at `index` that were placed outside its home pool so far.
-    fn spilled(&self, index: u32) -> Result<u64>;
     /// Marks an address as a VIP (`VIPS`): ICMP echo requests to it are answered.
     fn add_vip(&mut self, key: &VipKey) -> Result<()>;
     /// Removes an address from `VIPS`.
@@ -65,4 +67,50 @@ pub struct Existing {
     pub backends: Vec<(u32, BackendEntry)>,
     /// `VIPS`.
     pub vips: Vec<VipKey>,
+}
+
+/// What the daemon reads from the data plane: counters, events, the handshake guard, the
+/// active-flow counts, spills and the flows themselves.
+pub trait DataplaneReads {
+    /// A service's counters, summed over CPUs.
+    fn service_counters(&self, service_id: u32) -> Result<TrafficCounters>;
+    /// A backend's counters, summed over CPUs.
+    fn backend_counters(&self, backend_id: u32) -> Result<TrafficCounters>;
+    /// Data-plane event counts (indexed as `lb_common::consts::events`), summed over CPUs.
+    fn events(&self) -> Result<[u64; events::COUNT as usize]>;
+    /// The handshake guard's state (`HANDSHAKE_GUARD`).
+    fn handshake_guard(&self) -> Result<HandshakeGuard>;
+    /// Whether the handshake guard places SYNs by hash now.
+    fn handshake_guard_on(&self) -> Result<bool>;
+    /// The active flows of `backend_ids` as of now (`ACTIVE_FLOWS`).
+    fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows>;
+    /// New flows of the table at `index` that were placed outside its home pool so far.
+    fn spilled(&self, index: u32) -> Result<u64>;
+    /// Every client-to-backend flow entry of the flow tables, and whether it is half-open.
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>>;
+    /// The data plane's clock (the monotonic clock, in nanoseconds), which flow entries use.
+    fn now_ns(&self) -> Result<u64>;
+}
+
+/// The active flows of backends (see `ACTIVE_FLOWS`): per backend id, its flows whose client
+/// sent a packet in the last complete activity epoch, and in the one under way so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActiveFlows {
+    /// Per backend id: (last complete epoch, epoch under way).
+    pub by_backend: HashMap<u32, (u64, u64)>,
+}
+
+impl ActiveFlows {
+    /// A backend's active flows: the larger of the two epochs' counts (a rise shows at once, a
+    /// fall once an epoch without it has completed).
+    pub fn of(&self, backend_id: u32) -> u64 {
+        self.by_backend
+            .get(&backend_id)
+            .map_or(0, |(previous, current)| (*previous).max(*current))
+    }
+
+    /// The active flows of every backend counted.
+    pub fn total(&self) -> u64 {
+        self.by_backend.keys().map(|id| self.of(*id)).sum()
+    }
 }

@@ -1,0 +1,19 @@
+//! `xlb stats`: counters since the program was loaded.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::Response;
+use crate::{dataplane::Dataplane, monitor::Monitor};
+
+/// Counters of every service and backend, and data-plane events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {}
+
+impl Stats {
+    /// The monitor's counters report.
+    pub fn answer(self, monitor: &Monitor, dataplane: &Dataplane) -> Result<Response> {
+        monitor.stats(&dataplane.maps).map(Response::Stats)
+    }
+}

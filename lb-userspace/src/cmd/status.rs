@@ -1,0 +1,25 @@
+//! `xlb status [SERVICE]`: services and backends with their state and why.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::Response;
+use crate::{dataplane::Dataplane, monitor::Monitor};
+
+/// Services and backends: every service, or the one named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// Only this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl Status {
+    /// The monitor's status report.
+    pub fn answer(self, monitor: &Monitor, dataplane: &Dataplane) -> Result<Response> {
+        monitor
+            .status(self.service.as_deref(), dataplane)
+            .map(Response::Status)
+    }
+}
