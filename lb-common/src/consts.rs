@@ -20,6 +20,45 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// EtherTypes, in host byte order (the data plane compares them, converted with `to_be`, with
+/// the frame's field).
+pub mod ether_type {
+    /// IPv4.
+    pub const IPV4: u16 = 0x0800;
+    /// IPv6.
+    pub const IPV6: u16 = 0x86dd;
+    /// An 802.1Q VLAN tag.
+    pub const VLAN_8021Q: u16 = 0x8100;
+    /// An 802.1ad (QinQ) service tag.
+    pub const VLAN_8021AD: u16 = 0x88a8;
+}
+
+/// TCP flags: bits of the TCP header's 14th byte (offset 13).
+pub mod tcp_flags {
+    /// FIN: the sender has finished.
+    pub const FIN: u8 = 0x01;
+    /// SYN: the first packet of a connection (with ACK: the server's answer).
+    pub const SYN: u8 = 0x02;
+    /// RST: the connection is aborted.
+    pub const RST: u8 = 0x04;
+    /// PSH: the data is to be delivered at once.
+    pub const PSH: u8 = 0x08;
+    /// ACK: the acknowledgement number is valid (every packet but a client's SYN).
+    pub const ACK: u8 = 0x10;
+    /// URG: the urgent pointer is valid.
+    pub const URG: u8 = 0x20;
+    /// Display names, in the order `xlb trace` lists the flags that are set ("SYN|ACK",
+    /// "FIN|ACK").
+    pub const NAMES: [(u8, &str); 6] = [
+        (SYN, "SYN"),
+        (FIN, "FIN"),
+        (RST, "RST"),
+        (PSH, "PSH"),
+        (ACK, "ACK"),
+        (URG, "URG"),
+    ];
+}
+
 /// Values of [`crate::FlowEntry::flags`].
 pub mod flow_flags {
     /// A TCP FIN or RST was seen in either direction: the flow expires after

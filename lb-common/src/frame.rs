@@ -9,7 +9,7 @@
 use core::{fmt::Write as _, net::SocketAddr};
 use std::{format, prelude::rust_2024::*, vec};
 
-use crate::csum;
+use crate::{consts::tcp_flags, csum};
 
 /// EtherType of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -21,14 +21,6 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IP_MF: u16 = 0x2000;
 /// IPv4 "don't fragment" flag.
 pub const IP_DF: u16 = 0x4000;
-/// TCP FIN flag.
-pub const TCP_FIN: u8 = 0x01;
-/// TCP SYN flag.
-pub const TCP_SYN: u8 = 0x02;
-/// TCP RST flag.
-pub const TCP_RST: u8 = 0x04;
-/// TCP ACK flag.
-pub const TCP_ACK: u8 = 0x10;
 /// IP protocol numbers.
 pub const PROTO_TCP: u8 = 6;
 /// UDP.
@@ -43,7 +35,7 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub enum Transport {
     /// TCP with flags and sequence number.
     Tcp {
-        /// TCP flags (`TCP_SYN`, ...).
+        /// TCP flags ([`tcp_flags::SYN`], ...).
         flags: u8,
         /// Sequence number.
         seq: u32,
@@ -145,7 +137,7 @@ impl Frame {
             parse(src),
             parse(dst),
             Transport::Tcp {
-                flags: TCP_SYN,
+                flags: tcp_flags::SYN,
                 seq: 1_000,
             },
         )

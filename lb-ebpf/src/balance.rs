@@ -6,7 +6,7 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     Addr, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey, backend_port_bit,
-    consts::{events, family, flow_flags, forwarding, proto, scheduler},
+    consts::{events, family, flow_flags, forwarding, proto, scheduler, tcp_flags},
     csum, direction, epoch,
     tables::{table_index, table_owner},
     trace::{NO_BACKEND_ID, decision},
@@ -26,7 +26,7 @@ use crate::{
     icmp,
     maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, SERVICES, count_event},
     nat::{Deltas, End, Rewrite, rewrite_flow},
-    packet::{Packet, TCP_SYN, parse},
+    packet::{Packet, parse},
     passive,
     scratch::{Scratch, scratch},
     trace,
@@ -111,7 +111,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
         // answered, placed on another backend; a backend's packet (no service: its
         // destination is the client) may be its answer, or its refusal.
         let (entry, half_open) = match service {
-            Some(_) if pkt.tcp_flags & TCP_SYN == 0 => match promote::<Fam>(key, entry) {
+            Some(_) if pkt.tcp_flags & tcp_flags::SYN == 0 => match promote::<Fam>(key, entry) {
                 Some(entry) => (entry, false),
                 None => (entry, true),
             },
@@ -277,7 +277,7 @@ fn new_flow<F: Frame, Fam: Family>(
     let now = clock::now();
     // Admission applies to flows that start here (a SYN, UDP); a TCP packet without SYN
     // belongs to a connection already established (its entry was lost), never limited.
-    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & TCP_SYN != 0;
+    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN != 0;
     if !replacing && starts && !passive::admitted(service_id, &pkt.src, now) {
         count_admission_dropped(service_id);
         trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {

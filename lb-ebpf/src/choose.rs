@@ -9,7 +9,7 @@ use core::{
 
 use lb_common::{
     HandshakeGuard,
-    consts::{events, limits::MAX_MAGLEV_SLOTS, proto},
+    consts::{events, limits::MAX_MAGLEV_SLOTS, proto, tcp_flags},
     guard::{hashes_syn, starts_flooded, window_ended},
     hash::tuple_hash,
     passive::MAX_SKIPS,
@@ -17,7 +17,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKEND_TABLES, HANDSHAKE_GUARD, MAGLEV_TABLES, RR_CURSORS, count_event},
-    packet::{Packet, TCP_SYN},
+    packet::Packet,
     passive,
 };
 
@@ -107,7 +107,7 @@ pub fn maglev(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choice {
     if len == 0 {
         return Choice::NONE;
     }
-    if pkt.proto == proto::TCP && pkt.tcp_flags & TCP_SYN == 0 {
+    if pkt.proto == proto::TCP && pkt.tcp_flags & tcp_flags::SYN == 0 {
         count_event(events::MIDSTREAM_HASHED);
     }
     count_maglev_syn(pkt, now);
@@ -186,7 +186,7 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
     // SAFETY: as in `count_in_window`; `budget` and `seed` are written by userspace before the
     // program is attached, `flooded` only by the CPU that restarted the window.
     unsafe {
-        if pkt.tcp_flags & TCP_SYN == 0 {
+        if pkt.tcp_flags & tcp_flags::SYN == 0 {
             count_event(events::MIDSTREAM_HASHED);
             return Some((*guard).seed);
         }
@@ -204,7 +204,7 @@ fn hash_seed(pkt: &Packet, now: u64) -> Option<u32> {
 #[inline(always)]
 fn count_maglev_syn(pkt: &Packet, now: u64) {
     if pkt.proto == proto::TCP
-        && pkt.tcp_flags & TCP_SYN != 0
+        && pkt.tcp_flags & tcp_flags::SYN != 0
         && let Some(guard) = HANDSHAKE_GUARD.get_ptr_mut(0)
     {
         count_in_window(guard, now);

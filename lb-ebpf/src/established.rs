@@ -9,7 +9,7 @@
 
 use lb_common::{
     FlowAddr as _, FlowEntry,
-    consts::{events, flow_flags, timing::LAST_SEEN_REFRESH_NS},
+    consts::{events, flow_flags, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
     direction, epoch,
     trace::decision,
 };
@@ -23,7 +23,7 @@ use crate::{
     frame::Frame,
     maps::{FLOW_TIMEOUTS, count_event},
     nat::{Deltas, End, Rewrite, decrement_ttl, rewrite_flow},
-    packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::Packet,
     scratch::Scratch,
     trace,
 };
@@ -85,11 +85,12 @@ pub fn established<F: Frame, Fam: Family>(
     let flow = unsafe { &mut *entry };
     let dsr = flow.flags & flow_flags::DSR != 0;
     let to_backend = flow.direction == direction::TO_BACKEND;
-    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & flow_flags::CLOSING == 0;
+    let closing = pkt.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+        && flow.flags & flow_flags::CLOSING == 0;
     // A client's SYN on a flow that closed is a new connection on the same ports (the client
     // reused them, before the old flow's timeout): it is placed anew, as any new flow is, and
     // does not follow the old one to its backend, which may since be drained or silent.
-    let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    let reopened = pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
         && flow.flags & flow_flags::CLOSING != 0
         && to_backend
         && !half_open;

@@ -52,14 +52,6 @@ pub const UDP_CHECK_OFFSET: usize = 6;
 pub const ICMP_CHECK_OFFSET: usize = 2;
 /// Size of the ICMP header (type, code, checksum, four bytes that depend on the type).
 pub const ICMP_HEADER: usize = 8;
-/// TCP FIN flag: the sender has finished.
-pub const TCP_FIN: u8 = 0x01;
-/// TCP SYN flag: the first packet of a connection (with ACK: the server's answer).
-pub const TCP_SYN: u8 = 0x02;
-/// TCP RST flag: the connection is aborted.
-pub const TCP_RST: u8 = 0x04;
-/// TCP ACK flag: the acknowledgement number is valid (every packet but a client's SYN).
-pub const TCP_ACK: u8 = 0x10;
 
 /// Offsets of headers fit in these bits (see [`Packet::l3`]).
 const OFFSET_MASK: u16 = 0x3fff;

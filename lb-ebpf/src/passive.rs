@@ -11,7 +11,7 @@ use core::{
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Addr, FlowAddr, FlowEntry,
-    consts::{events, flow_flags},
+    consts::{events, flow_flags, tcp_flags},
     direction,
     passive::{
         AdmissionKey, MAX_SUSPECTS, PassiveEvent, admit, is_suspect, passive_event,
@@ -25,7 +25,7 @@ use crate::{
     maps::{
         ADMISSION, PASSIVE_EVENTS, PASSIVE_MARKS, SERVICE_POLICIES, SUSPECT_SLOTS, count_event,
     },
-    packet::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::Packet,
 };
 
 /// Low bits of a suspect slot that hold the backend id (the rest: the mark's end).
@@ -60,7 +60,7 @@ pub fn counts_unanswered(service_id: u32) -> bool {
 /// plus one (0 if the header cannot be read, which no RST matches by chance only rarely).
 #[inline(always)]
 pub fn handshake_ack<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
-    if pkt.tcp_flags & TCP_SYN == 0 {
+    if pkt.tcp_flags & tcp_flags::SYN == 0 {
         return 0;
     }
     match ptr_at::<F, [u8; 8]>(frame, pkt.l4()) {
@@ -89,13 +89,13 @@ pub fn backend_answer<F: Frame, A: FlowAddr>(
     if reply.direction != direction::TO_CLIENT || reply.flags & flow_flags::ANSWERED != 0 {
         return;
     }
-    if pkt.tcp_flags & TCP_RST == 0 {
-        if pkt.tcp_flags & TCP_SYN != 0 {
+    if pkt.tcp_flags & tcp_flags::RST == 0 {
+        if pkt.tcp_flags & tcp_flags::SYN != 0 {
             reply.flags |= flow_flags::ANSWERED;
         }
         return;
     }
-    if pkt.tcp_flags & TCP_ACK == 0 || reply.handshake_ack == 0 {
+    if pkt.tcp_flags & tcp_flags::ACK == 0 || reply.handshake_ack == 0 {
         return;
     }
     let Some(header) = ptr_at::<F, [u8; 12]>(frame, pkt.l4()) else {

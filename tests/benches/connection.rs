@@ -17,12 +17,9 @@ use xlb::{
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
-    packet::{Frame, TCP_ACK, TCP_FIN, TCP_SYN, Transport, locate},
+    packet::{Frame, Transport, locate, tcp_flags},
     packet_net::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
-
-/// TCP PSH flag: data the receiver should pass on at once.
-const TCP_PSH: u8 = 0x08;
 
 const CONFIG: &str = r#"
 interfaces = ["c0", "s0"]
@@ -47,19 +44,44 @@ enum From {
 
 /// A connection's packets, in order: who sends, TCP flags, whether it carries data.
 const STEPS: [(&str, From, u8, bool); 8] = [
-    ("SYN (new flow)", From::Client, TCP_SYN, false),
+    ("SYN (new flow)", From::Client, tcp_flags::SYN, false),
     (
         "SYN-ACK (the backend's answer)",
         From::Backend,
-        TCP_SYN | TCP_ACK,
+        tcp_flags::SYN | tcp_flags::ACK,
         false,
     ),
-    ("ACK (handshake complete)", From::Client, TCP_ACK, false),
-    ("request", From::Client, TCP_ACK | TCP_PSH, true),
-    ("response", From::Backend, TCP_ACK | TCP_PSH, true),
-    ("client's FIN", From::Client, TCP_FIN | TCP_ACK, false),
-    ("backend's FIN", From::Backend, TCP_FIN | TCP_ACK, false),
-    ("client's last ACK", From::Client, TCP_ACK, false),
+    (
+        "ACK (handshake complete)",
+        From::Client,
+        tcp_flags::ACK,
+        false,
+    ),
+    (
+        "request",
+        From::Client,
+        tcp_flags::ACK | tcp_flags::PSH,
+        true,
+    ),
+    (
+        "response",
+        From::Backend,
+        tcp_flags::ACK | tcp_flags::PSH,
+        true,
+    ),
+    (
+        "client's FIN",
+        From::Client,
+        tcp_flags::FIN | tcp_flags::ACK,
+        false,
+    ),
+    (
+        "backend's FIN",
+        From::Backend,
+        tcp_flags::FIN | tcp_flags::ACK,
+        false,
+    ),
+    ("client's last ACK", From::Client, tcp_flags::ACK, false),
 ];
 
 /// A hook's programs and the verdicts of a forwarded and of a passed packet there.
@@ -185,7 +207,11 @@ fn connection(hook: &Hook, client: &str, c0: u32, s0: u32) -> Result<Vec<f64>> {
             },
         )
         .with(|f| {
-            f.tcp_ack = if flags & TCP_ACK != 0 { 5_000 } else { 0 };
+            f.tcp_ack = if flags & tcp_flags::ACK != 0 {
+                5_000
+            } else {
+                0
+            };
             if !data {
                 f.payload.clear();
             }

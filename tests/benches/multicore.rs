@@ -16,7 +16,7 @@ use xlb::{
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
-    packet::{Frame, TCP_ACK, Transport},
+    packet::{Frame, Transport, tcp_flags},
     packet_net::{self, XDP_PASS, XDP_REDIRECT},
 };
 
@@ -161,7 +161,7 @@ fn main() -> Result<()> {
             Frame::tcp(&format!("198.18.0.2:{}", 40_000 + port), "198.18.100.1:80").with(|f| {
                 f.ttl = 255;
                 f.transport = Transport::Tcp {
-                    flags: TCP_ACK,
+                    flags: tcp_flags::ACK,
                     seq: 2,
                 };
             })

@@ -19,7 +19,7 @@ use xlb::{
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
-    packet::{Frame, TCP_ACK, Transport},
+    packet::{Frame, Transport, tcp_flags},
     packet_net::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
 
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
                 .with(|f| {
                     f.ttl = 255;
                     f.transport = Transport::Tcp {
-                        flags: TCP_ACK,
+                        flags: tcp_flags::ACK,
                         seq: 2,
                     };
                 })

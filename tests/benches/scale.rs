@@ -17,7 +17,7 @@ use xlb::{
 };
 use xlb_tests::{
     bench::{Table, median, print_section, quick, thread_cpu_time},
-    packet::{Frame, TCP_ACK, Transport},
+    packet::{Frame, Transport, tcp_flags},
     packet_net::{self, XDP_REDIRECT},
 };
 
@@ -166,7 +166,7 @@ fn measure(
             syn(i)
                 .with(|f| {
                     f.transport = Transport::Tcp {
-                        flags: TCP_ACK,
+                        flags: tcp_flags::ACK,
                         seq: 2,
                     }
                 })
@@ -211,7 +211,7 @@ fn measure(
             .clone()
             .with(|f| {
                 f.transport = Transport::Tcp {
-                    flags: TCP_ACK,
+                    flags: tcp_flags::ACK,
                     seq: 2,
                 }
             })

@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::{
     client::{Session, http_echo, payload, start_download},
-    packet::{Frame, TCP_SYN, Transport},
+    packet::{Frame, Transport, tcp_flags},
     scenario::TCP_SERVICE_PORT,
     topology::{Lab, VIP},
 };
@@ -60,7 +60,7 @@ pub fn syn_flood(
     let mut packet = Frame::tcp("198.19.0.1:1024", &target.to_string())
         .with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_SYN,
+                flags: tcp_flags::SYN,
                 seq: 7,
             };
             f.payload = Vec::new();

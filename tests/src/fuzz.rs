@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use crate::packet::{
     ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport,
+    Transport, tcp_flags,
 };
 
 /// A small, fast, seedable generator (xorshift64*), so a failing case can be replayed from
@@ -126,7 +126,14 @@ fn client(rng: &mut Rng, like: SocketAddr) -> String {
 fn valid_frame(rng: &mut Rng, world: &World) -> Frame {
     let (service, protocol) = *rng.pick(&world.services);
     let client = client(rng, service);
-    let tcp_flags = *rng.pick(&[TCP_SYN, TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, 0x3f]);
+    let tcp_flags = *rng.pick(&[
+        tcp_flags::SYN,
+        tcp_flags::ACK,
+        tcp_flags::ACK,
+        tcp_flags::FIN | tcp_flags::ACK,
+        tcp_flags::RST,
+        0x3f,
+    ]);
     let transport = |protocol: u8, rng: &mut Rng| {
         if protocol == PROTO_TCP {
             Transport::Tcp {

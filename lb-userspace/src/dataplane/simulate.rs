@@ -10,7 +10,8 @@ use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     FlowKey,
-    frame::{Frame, TCP_SYN, Transport, locate},
+    consts::tcp_flags,
+    frame::{Frame, Transport, locate},
 };
 
 use super::Dataplane;
@@ -99,7 +100,7 @@ fn destination(frame: &[u8]) -> Option<SocketAddr> {
 fn first_packet(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> Frame {
     let transport = match protocol {
         Protocol::Tcp => Transport::Tcp {
-            flags: TCP_SYN,
+            flags: tcp_flags::SYN,
             seq: 1,
         },
         Protocol::Udp => Transport::Udp {

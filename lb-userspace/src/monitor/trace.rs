@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use lb_common::{
-    consts::proto,
+    consts::{proto, tcp_flags},
     direction,
     trace::{NO_BACKEND_ID, TraceConfig, TraceEvent, decision, max_prefix_len},
 };
@@ -60,15 +60,7 @@ pub struct Names {
 
 /// The TCP flags of a packet, as `tcpdump` names them.
 fn tcp_flags(flags: u8) -> String {
-    const NAMES: [(u8, &str); 6] = [
-        (0x02, "SYN"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x10, "ACK"),
-        (0x20, "URG"),
-    ];
-    let set: Vec<&str> = NAMES
+    let set: Vec<&str> = tcp_flags::NAMES
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
         .map(|(_, name)| *name)

@@ -62,7 +62,7 @@ fn flows_expire_by_their_timeouts_and_fin_or_rst_shortens_them() {
         let reset = open(41_002);
         let fin = ack_of(&finished).with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_FIN | TCP_ACK,
+                flags: tcp_flags::FIN | tcp_flags::ACK,
                 seq: 1_001,
             }
         });
@@ -70,7 +70,7 @@ fn flows_expire_by_their_timeouts_and_fin_or_rst_shortens_them() {
         // The RST comes from the backend: the reply direction marks the flow too.
         let rst = Frame::tcp("198.18.1.13:8080", "198.18.0.2:41002").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_RST,
+                flags: tcp_flags::RST,
                 seq: 5,
             };
             f.eth_dst = S0_MAC;
@@ -154,7 +154,7 @@ fn flows_expire_by_their_timeouts_and_fin_or_rst_shortens_them() {
         // to no flow any more, and is addressed to no service).
         let answer = Frame::tcp("198.18.1.13:8080", "198.18.0.2:41002").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK,
+                flags: tcp_flags::ACK,
                 seq: 6,
             };
             f.eth_dst = S0_MAC;
@@ -207,7 +207,7 @@ fn a_syn_on_a_closed_flow_is_placed_as_a_new_flow() {
 
         let fin = ack_of(&syn).with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_FIN | TCP_ACK,
+                flags: tcp_flags::FIN | tcp_flags::ACK,
                 seq: 1_001,
             }
         });

@@ -163,7 +163,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
         };
         let reply_key = flow_key(&backend, client, 6);
         lab.dataplane.maps.flows.remove_direction(&reply_key);
-        let syn_ack = from_backend(TCP_SYN | TCP_ACK);
+        let syn_ack = from_backend(tcp_flags::SYN | tcp_flags::ACK);
         lab.expect_untouched("SYN-ACK without its entry", &syn_ack.build(), lab.s0);
         let retransmitted = lab.run(&syn.build(), lab.c0);
         assert_eq!((retransmitted.0, &retransmitted.1), (XDP_REDIRECT, &output));
@@ -185,7 +185,7 @@ fn under_a_syn_flood_an_evicted_handshake_still_reaches_its_backend() {
                 .iter()
                 .any(|(key, _, half_open)| *key == flow_key(client, VIP, 6) && !half_open)
         );
-        let answer = from_backend(TCP_ACK);
+        let answer = from_backend(tcp_flags::ACK);
         let expected = to_client(&answer, VIP);
         lab.expect(
             "answer after a lost reply entry",

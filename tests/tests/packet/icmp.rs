@@ -79,7 +79,7 @@ fn icmp_errors_about_a_flow_reach_its_other_end() {
         // (then the quoted TCP checksum is not there to update).
         let reply_sent = Frame::tcp("198.18.100.1:80", "198.18.0.2:40000").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK,
+                flags: tcp_flags::ACK,
                 seq: 9,
             };
             f.payload = vec![0xab; 200];
@@ -165,7 +165,7 @@ fn icmp_errors_about_a_flow_reach_its_other_end() {
         assert_eq!(lab.run(&syn6.build(), lab.c0).0, XDP_REDIRECT);
         let reply6 = Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK | 0x02,
+                flags: tcp_flags::SYN | tcp_flags::ACK,
                 seq: 3,
             }
         });

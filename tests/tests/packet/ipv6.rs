@@ -25,7 +25,7 @@ fn ipv6_flows_are_balanced_translated_and_forwarded() {
 
         let reply = Frame::tcp("[fd00:1::11]:8080", "[fd00::2]:40000").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK,
+                flags: tcp_flags::ACK,
                 seq: 77,
             };
             f.eth_dst = S0_MAC;

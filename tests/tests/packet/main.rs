@@ -46,10 +46,7 @@ use xlb::{
     wire::{addr_field, port_field},
 };
 use xlb_tests::{
-    packet::{
-        CLIENT_MAC, Frame, IP_MF, LB_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, hex_diff,
-        verify_checksums,
-    },
+    packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, Transport, hex_diff, tcp_flags, verify_checksums},
     packet_net::{
         self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
@@ -288,7 +285,7 @@ fn to_client(input: &Frame, vip: &str) -> Frame {
 fn ack_of(syn: &Frame) -> Frame {
     syn.clone().with(|f| {
         f.transport = Transport::Tcp {
-            flags: TCP_ACK,
+            flags: tcp_flags::ACK,
             seq: 1_001,
         }
     })

@@ -37,7 +37,7 @@ fn new_flows_take_backends_in_turn_and_established_flows_stay() {
         for seq in 1..4 {
             let later = first.clone().with(|f| {
                 f.transport = Transport::Tcp {
-                    flags: TCP_ACK,
+                    flags: tcp_flags::ACK,
                     seq: 1_000 + seq,
                 };
                 f.payload = vec![seq as u8; 100 * seq as usize];
@@ -84,7 +84,7 @@ fn replies_are_translated_back_to_the_vip() {
 
         let reply = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40000").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK | 0x02,
+                flags: tcp_flags::SYN | tcp_flags::ACK,
                 seq: 77,
             };
             f.eth_dst = S0_MAC;
@@ -420,7 +420,7 @@ fn gso_super_packets_are_forwarded_whole_at_tc_and_passed_counted_at_xdp() {
         assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
         let ack = syn.clone().with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK,
+                flags: tcp_flags::ACK,
                 seq: 1_001,
             };
             f.payload = Vec::new();
@@ -484,7 +484,7 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
         lab.expect("the SYN", &syn, lab.c0, XDP_REDIRECT, &to_first);
         let syn_ack = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40100").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_SYN | TCP_ACK,
+                flags: tcp_flags::SYN | tcp_flags::ACK,
                 seq: 77,
             };
             f.tcp_ack = 1_001;
@@ -513,7 +513,7 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
         );
         let response = syn_ack.clone().with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_ACK,
+                flags: tcp_flags::ACK,
                 seq: 78,
             }
         });
@@ -527,7 +527,7 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
 
         let fin = ack_of(&syn).with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_FIN | TCP_ACK,
+                flags: tcp_flags::FIN | tcp_flags::ACK,
                 seq: 1_001,
             }
         });
@@ -549,7 +549,7 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
         }
         let backend_fin = response.clone().with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_FIN | TCP_ACK,
+                flags: tcp_flags::FIN | tcp_flags::ACK,
                 seq: 79,
             }
         });

@@ -68,13 +68,13 @@ fn a_refused_handshake_marks_its_backend_and_new_flows_skip_it() {
         // RST then answers a flow that is no longer half-open.
         let client_rst = syn(40_003).with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_RST | TCP_ACK,
+                flags: tcp_flags::RST | tcp_flags::ACK,
                 seq: 1_001,
             }
         });
-        let late_rst = from_backend(0x11, 40_003, TCP_RST | TCP_ACK, 1_001);
-        let wrong_ack = from_backend(0x11, 40_000, TCP_RST | TCP_ACK, 5_000);
-        let refusal = from_backend(0x11, 40_000, TCP_RST | TCP_ACK, 1_001);
+        let late_rst = from_backend(0x11, 40_003, tcp_flags::RST | tcp_flags::ACK, 1_001);
+        let wrong_ack = from_backend(0x11, 40_000, tcp_flags::RST | tcp_flags::ACK, 5_000);
+        let refusal = from_backend(0x11, 40_000, tcp_flags::RST | tcp_flags::ACK, 1_001);
         lab.run_cases(&[
             Case::new(
                 "the client's RST",
@@ -176,7 +176,7 @@ fn no_more_than_the_share_of_backends_is_suspect_at_once() {
             lab.expect("SYN", &frame, lab.c0, XDP_REDIRECT, &placed(&frame, last));
         }
         let refuse = |lab: &PacketLab, last: u8, port: u16| {
-            let rst = from_backend(last, port, TCP_RST | TCP_ACK, 1_001);
+            let rst = from_backend(last, port, tcp_flags::RST | tcp_flags::ACK, 1_001);
             lab.expect("refusal", &rst, lab.s0, XDP_REDIRECT, &to_client(&rst, VIP));
         };
         refuse(lab, 0x11, 41_000);
@@ -230,7 +230,7 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
             XDP_REDIRECT,
             &placed(&answered, 0x12),
         );
-        let syn_ack = from_backend(0x12, 42_001, TCP_SYN | TCP_ACK, 1_001);
+        let syn_ack = from_backend(0x12, 42_001, tcp_flags::SYN | tcp_flags::ACK, 1_001);
         lab.expect(
             "SYN-ACK",
             &syn_ack,
@@ -279,8 +279,8 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
             "one unanswered handshake of the two that mark"
         );
 
-        let late = from_backend(0x11, 42_000, TCP_SYN | TCP_ACK, 1_001);
-        let new_answer = from_backend(0x13, 42_000, TCP_SYN | TCP_ACK, 1_001);
+        let late = from_backend(0x11, 42_000, tcp_flags::SYN | tcp_flags::ACK, 1_001);
+        let new_answer = from_backend(0x13, 42_000, tcp_flags::SYN | tcp_flags::ACK, 1_001);
         let ack = ack_of(&unanswered);
         lab.run_cases(&[
             Case::untouched(

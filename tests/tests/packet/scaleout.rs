@@ -146,7 +146,7 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
         let data = ack_of(&syn).with(|f| f.payload = vec![7; 300]);
         let fin = data.clone().with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_FIN | TCP_ACK,
+                flags: tcp_flags::FIN | tcp_flags::ACK,
                 seq: 1_301,
             };
             f.payload.clear();

@@ -101,7 +101,7 @@ fn a_trace_records_the_decisions_for_matching_packets_only() {
         );
         let syn_ack = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40000").with(|f| {
             f.transport = Transport::Tcp {
-                flags: TCP_SYN | TCP_ACK,
+                flags: tcp_flags::SYN | tcp_flags::ACK,
                 seq: 5_000,
             }
         });
@@ -120,7 +120,7 @@ fn a_trace_records_the_decisions_for_matching_packets_only() {
                 slot: 0,
                 direction: direction_to_backend(),
                 half_open: 1,
-                tcp_flags: TCP_SYN,
+                tcp_flags: tcp_flags::SYN,
             },
             Seen {
                 decision: decision::ESTABLISHED,
@@ -129,7 +129,7 @@ fn a_trace_records_the_decisions_for_matching_packets_only() {
                 slot: 0,
                 direction: 1,
                 half_open: 1,
-                tcp_flags: TCP_SYN | TCP_ACK,
+                tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
             },
             Seen {
                 decision: decision::ESTABLISHED,
@@ -138,7 +138,7 @@ fn a_trace_records_the_decisions_for_matching_packets_only() {
                 slot: 0,
                 direction: direction_to_backend(),
                 half_open: 0,
-                tcp_flags: TCP_ACK,
+                tcp_flags: tcp_flags::ACK,
             },
         ];
         let seen_events: Vec<Seen> = events.iter().map(seen).collect();
