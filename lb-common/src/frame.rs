@@ -9,7 +9,10 @@
 use core::{fmt::Write as _, net::SocketAddr};
 use std::{format, prelude::rust_2024::*, vec};
 
-use crate::{consts::tcp_flags, csum};
+use crate::{
+    consts::{proto, tcp_flags},
+    csum,
+};
 
 /// EtherType of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -21,14 +24,6 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IP_MF: u16 = 0x2000;
 /// IPv4 "don't fragment" flag.
 pub const IP_DF: u16 = 0x4000;
-/// IP protocol numbers.
-pub const PROTO_TCP: u8 = 6;
-/// UDP.
-pub const PROTO_UDP: u8 = 17;
-/// ICMP for IPv4.
-pub const PROTO_ICMP: u8 = 1;
-/// ICMPv6.
-pub const PROTO_ICMPV6: u8 = 58;
 
 /// The transport header of a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,7 +209,7 @@ impl Frame {
                 l4.extend_from_slice(&[0, 0]); // checksum
                 l4.extend_from_slice(&[0, 0]); // urgent pointer
                 l4.extend_from_slice(&self.payload);
-                PROTO_TCP
+                proto::TCP
             }
             Transport::Udp { .. } => {
                 l4.extend_from_slice(&self.src.port().to_be_bytes());
@@ -222,18 +217,18 @@ impl Frame {
                 l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 l4.extend_from_slice(&[0, 0]);
                 l4.extend_from_slice(&self.payload);
-                PROTO_UDP
+                proto::UDP
             }
             Transport::Icmp { kind, code, rest } => {
                 l4.extend_from_slice(&[kind, code, 0, 0]);
                 l4.extend_from_slice(&rest);
                 l4.extend_from_slice(&self.payload);
-                if v6 { PROTO_ICMPV6 } else { PROTO_ICMP }
+                if v6 { proto::ICMPV6 } else { proto::ICMP }
             }
         };
         let check_at = match proto {
-            PROTO_TCP => 16,
-            PROTO_UDP => 6,
+            proto::TCP => 16,
+            proto::UDP => 6,
             _ => 2,
         };
         let skip_l4_checksum = matches!(
@@ -243,13 +238,13 @@ impl Frame {
             }
         );
         if !skip_l4_checksum {
-            let pseudo = if proto == PROTO_ICMP {
+            let pseudo = if proto == proto::ICMP {
                 0
             } else {
                 pseudo_header_sum(&ip_bytes(self.src), &ip_bytes(self.dst), proto, l4.len())
             };
             let mut check = csum::checksum(&l4, pseudo);
-            if proto == PROTO_UDP && check == 0 {
+            if proto == proto::UDP && check == 0 {
                 check = 0xffff;
             }
             l4[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
@@ -429,16 +424,16 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
     let l4 = &frame[parsed.l4..parsed.end];
     let name = match parsed.proto {
-        PROTO_TCP => "TCP",
-        PROTO_UDP => "UDP",
-        PROTO_ICMP => "ICMP",
-        PROTO_ICMPV6 => "ICMPv6",
+        proto::TCP => "TCP",
+        proto::UDP => "UDP",
+        proto::ICMP => "ICMP",
+        proto::ICMPV6 => "ICMPv6",
         _ => return Ok(()),
     };
-    if parsed.proto == PROTO_UDP && parsed.src.len() == 4 && l4.get(6..8) == Some(&[0, 0]) {
+    if parsed.proto == proto::UDP && parsed.src.len() == 4 && l4.get(6..8) == Some(&[0, 0]) {
         return Ok(());
     }
-    let pseudo = if parsed.proto == PROTO_ICMP {
+    let pseudo = if parsed.proto == proto::ICMP {
         0
     } else {
         pseudo_header_sum(&parsed.src, &parsed.dst, parsed.proto, l4.len())

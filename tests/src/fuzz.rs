@@ -6,10 +6,7 @@
 
 use std::net::SocketAddr;
 
-use crate::packet::{
-    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    Transport, tcp_flags,
-};
+use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, Transport, proto, tcp_flags};
 
 /// A small, fast, seedable generator (xorshift64*), so a failing case can be replayed from
 /// its seed and index.
@@ -91,10 +88,10 @@ impl World {
         let parse = |s: &str| s.parse::<SocketAddr>().expect("valid address");
         Self {
             services: vec![
-                (parse("198.18.100.1:80"), PROTO_TCP),
-                (parse("198.18.100.1:53"), PROTO_UDP),
-                (parse("[fd00:100::1]:80"), PROTO_TCP),
-                (parse("[fd00:100::1]:53"), PROTO_UDP),
+                (parse("198.18.100.1:80"), proto::TCP),
+                (parse("198.18.100.1:53"), proto::UDP),
+                (parse("[fd00:100::1]:80"), proto::TCP),
+                (parse("[fd00:100::1]:53"), proto::UDP),
             ],
             backends: [
                 "198.18.1.11:8080",
@@ -135,7 +132,7 @@ fn valid_frame(rng: &mut Rng, world: &World) -> Frame {
         0x3f,
     ]);
     let transport = |protocol: u8, rng: &mut Rng| {
-        if protocol == PROTO_TCP {
+        if protocol == proto::TCP {
             Transport::Tcp {
                 flags: tcp_flags,
                 seq: rng.bits() as u32,
@@ -213,7 +210,7 @@ fn valid_frame(rng: &mut Rng, world: &World) -> Frame {
     let protocol = if rng.chance(85) {
         protocol
     } else {
-        PROTO_TCP + PROTO_UDP - protocol
+        proto::TCP + proto::UDP - protocol
     };
     frame.transport = transport(protocol, rng);
     frame.payload = (0..payload_len).map(|i| i as u8).collect();
@@ -327,7 +324,7 @@ fn read_frame(frame: &[u8]) -> Option<Reading> {
     // Packets xlb forwards must have TTL to spare; an echo request is answered, not forwarded.
     let forwardable = ttl > 1;
     match proto {
-        PROTO_TCP | PROTO_UDP if forwardable => {
+        proto::TCP | proto::UDP if forwardable => {
             transport_ok(segment, proto, v6)?;
             let sport = u16_at(segment, 0)?;
             let dport = u16_at(segment, 2)?;
@@ -337,7 +334,7 @@ fn read_frame(frame: &[u8]) -> Option<Reading> {
                 proto,
             )))
         }
-        PROTO_ICMP | PROTO_ICMPV6 if (proto == PROTO_ICMPV6) == v6 => {
+        proto::ICMP | proto::ICMPV6 if (proto == proto::ICMPV6) == v6 => {
             if segment.len() < 8 {
                 return None;
             }
@@ -352,7 +349,7 @@ fn read_frame(frame: &[u8]) -> Option<Reading> {
             }
             let quote = &segment[8..];
             let (q_l4, q_proto, q_src, q_dst) = quoted_header(quote, v6)?;
-            if q_proto != PROTO_TCP && q_proto != PROTO_UDP {
+            if q_proto != proto::TCP && q_proto != proto::UDP {
                 return None;
             }
             let sport = u16_at(quote, q_l4)?;
@@ -459,7 +456,7 @@ fn quoted_header(
 }
 
 fn transport_ok(segment: &[u8], proto: u8, v6: bool) -> Option<()> {
-    if proto == PROTO_TCP {
+    if proto == proto::TCP {
         let header = usize::from(*segment.get(12)? >> 4) * 4;
         (header >= 20 && header <= segment.len()).then_some(())
     } else {
@@ -516,7 +513,7 @@ mod tests {
             Reading::Transport((
                 "198.18.0.2:40000".parse().unwrap(),
                 "198.18.100.1:80".parse().unwrap(),
-                PROTO_TCP
+                proto::TCP
             ))
         );
         let mut truncated = syn.clone();
