@@ -10,16 +10,10 @@ use core::{fmt::Write as _, net::SocketAddr};
 use std::{format, prelude::rust_2024::*, vec};
 
 use crate::{
-    consts::{proto, tcp_flags},
+    consts::{ether_type, proto, tcp_flags},
     csum,
 };
 
-/// EtherType of IPv4.
-pub const ETH_P_IP: u16 = 0x0800;
-/// EtherType of IPv6.
-pub const ETH_P_IPV6: u16 = 0x86dd;
-/// EtherType of an 802.1Q VLAN tag.
-pub const ETH_P_8021Q: u16 = 0x8100;
 /// IPv4 "more fragments" flag, in the flags/offset field.
 pub const IP_MF: u16 = 0x2000;
 /// IPv4 "don't fragment" flag.
@@ -259,12 +253,14 @@ impl Frame {
         frame.extend_from_slice(&self.eth_dst);
         frame.extend_from_slice(&self.eth_src);
         if let Some(vlan) = self.vlan {
-            frame.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            frame.extend_from_slice(&ether_type::VLAN_8021Q.to_be_bytes());
             frame.extend_from_slice(&vlan.to_be_bytes());
         }
-        let ether_type = self
-            .ether_type_override
-            .unwrap_or(if v6 { ETH_P_IPV6 } else { ETH_P_IP });
+        let ether_type = self.ether_type_override.unwrap_or(if v6 {
+            ether_type::IPV6
+        } else {
+            ether_type::IPV4
+        });
         frame.extend_from_slice(&ether_type.to_be_bytes());
         frame.extend_from_slice(&ip);
         frame.extend_from_slice(&l4);
@@ -382,7 +378,7 @@ pub fn locate(frame: &[u8]) -> Option<Parsed> {
     let ether_type = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
     let ip = frame.get(14..)?;
     match ether_type {
-        ETH_P_IP => {
+        ether_type::IPV4 => {
             let header_len = usize::from(ip.first()? & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
             if ip[0] >> 4 != 4 || header_len < 20 || total < header_len || total > ip.len() {
@@ -397,7 +393,7 @@ pub fn locate(frame: &[u8]) -> Option<Parsed> {
                 dst: ip[16..20].to_vec(),
             })
         }
-        ETH_P_IPV6 => {
+        ether_type::IPV6 => {
             let payload = usize::from(u16::from_be_bytes(ip.get(4..6)?.try_into().ok()?));
             if ip[0] >> 4 != 6 || 40 + payload > ip.len() {
                 return None;

@@ -7,7 +7,7 @@
 
 use lb_common::{
     Addr,
-    consts::{events, family, proto},
+    consts::{ether_type, events, family, proto},
 };
 use network_types::{
     eth::EthHdr,
@@ -22,12 +22,12 @@ use crate::{
 };
 
 /// EtherType of IPv4, as it is on the wire.
-const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
+const ETH_P_IP_WIRE: u16 = ether_type::IPV4.to_be();
 /// EtherType of IPv6, as it is on the wire.
-const ETH_P_IPV6_WIRE: u16 = 0x86ddu16.to_be();
+const ETH_P_IPV6_WIRE: u16 = ether_type::IPV6.to_be();
 /// EtherTypes of 802.1Q and 802.1ad tags, as they are on the wire.
-const ETH_P_8021Q_WIRE: u16 = 0x8100u16.to_be();
-const ETH_P_8021AD_WIRE: u16 = 0x88a8u16.to_be();
+const ETH_P_8021Q_WIRE: u16 = ether_type::VLAN_8021Q.to_be();
+const ETH_P_8021AD_WIRE: u16 = ether_type::VLAN_8021AD.to_be();
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
 /// Smallest IPv4 header, in bytes.

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, Transport, proto, tcp_flags};
+use crate::packet::{Frame, Transport, ether_type, proto, tcp_flags};
 
 /// A small, fast, seedable generator (xorshift64*), so a failing case can be replayed from
 /// its seed and index.
@@ -239,7 +239,14 @@ pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
         2 => frame.tcp_doff_override = Some(rng.below(16) as u8),
         3 => frame.version = Some(rng.below(16) as u8),
         4 => frame.ip_frag = rng.bits() as u16,
-        5 => frame.ether_type_override = Some(*rng.pick(&[ETH_P_IP, ETH_P_IPV6, 0x0806, 0x88a8])),
+        5 => {
+            frame.ether_type_override = Some(*rng.pick(&[
+                ether_type::IPV4,
+                ether_type::IPV6,
+                0x0806,
+                ether_type::VLAN_8021AD,
+            ]))
+        }
         _ => {}
     }
     let mut bytes = frame.build();
@@ -259,7 +266,10 @@ pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
             let len = 14 + rng.below(200) as usize;
             bytes = (0..len).map(|_| rng.bits() as u8).collect();
             if rng.chance(50) {
-                bytes[12..14].copy_from_slice(&rng.pick(&[ETH_P_IP, ETH_P_IPV6]).to_be_bytes());
+                bytes[12..14].copy_from_slice(
+                    &rng.pick(&[ether_type::IPV4, ether_type::IPV6])
+                        .to_be_bytes(),
+                );
             }
         }
         5 => bytes.extend((0..rng.below(64)).map(|_| rng.bits() as u8)),
@@ -311,12 +321,12 @@ pub fn read(frame: &[u8]) -> Reading {
 
 fn read_frame(frame: &[u8]) -> Option<Reading> {
     let ether_type = u16_at(frame, 12)?;
-    if ether_type == ETH_P_8021Q {
+    if ether_type == ether_type::VLAN_8021Q {
         return None;
     }
     let v6 = match ether_type {
-        ETH_P_IP => false,
-        ETH_P_IPV6 => true,
+        ether_type::IPV4 => false,
+        ether_type::IPV6 => true,
         _ => return None,
     };
     let (l4, end, proto, src, dst, ttl) = ip_header(frame, 14, v6)?;
