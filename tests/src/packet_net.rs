@@ -24,6 +24,8 @@ use crate::netns::Netns;
 
 // The verdicts BPF_PROG_TEST_RUN returns: XDP's `enum xdp_action` and tc's `TC_ACT_*`.
 
+/// XDP: the program failed (or chose to); the frame is dropped and a trace event raised.
+pub const XDP_ABORTED: u32 = 0;
 /// XDP: the frame is dropped.
 pub const XDP_DROP: u32 = 1;
 /// XDP: the frame goes on to the kernel's stack.
@@ -38,6 +40,19 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 /// tc: the packet goes out of another interface (`bpf_redirect`).
 pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// An XDP verdict's name as `enum xdp_action` spells it ("XDP_REDIRECT"), or "unknown
+/// verdict", for messages that say what the program did.
+pub fn verdict_name(verdict: u32) -> &'static str {
+    match verdict {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown verdict",
+    }
+}
 
 /// Builds the namespace.
 pub fn build() -> Result<Netns> {
@@ -166,4 +181,17 @@ where
         frame: out,
         duration: result.duration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_named_as_the_kernel_names_them() {
+        assert_eq!(verdict_name(XDP_ABORTED), "XDP_ABORTED");
+        assert_eq!(verdict_name(XDP_REDIRECT), "XDP_REDIRECT");
+        assert_eq!(verdict_name(5), "unknown verdict");
+        assert_eq!(verdict_name(TC_ACT_UNSPEC), "unknown verdict");
+    }
 }

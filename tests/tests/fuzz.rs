@@ -62,8 +62,6 @@ fn flow_key((src, dst, proto): &Tuple) -> lb_common::FlowKey {
     }
 }
 
-const VERDICTS: [&str; 5] = ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"];
-
 /// Whether the kernel builds an skb around `frame` for a tc test run: it needs the fixed
 /// header of an IPv4 or IPv6 packet whole (any other EtherType, just the Ethernet header).
 fn skb_buildable(frame: &[u8]) -> bool {
@@ -136,7 +134,7 @@ fn hostile_frames_never_break_the_invariants() {
                 index + 1,
                 result.frame
             );
-            let verdict = VERDICTS.get(result.verdict as usize).copied();
+            let verdict = packet_net::verdict_name(result.verdict).strip_prefix("XDP_");
             assert!(
                 matches!(verdict, Some("DROP" | "PASS" | "TX" | "REDIRECT")),
                 "undocumented verdict {}: {replay}",

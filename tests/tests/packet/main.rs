@@ -48,22 +48,10 @@ use xlb::{
 use xlb_tests::{
     packet::{CLIENT_MAC, Frame, IP_MF, LB_MAC, Transport, hex_diff, tcp_flags, verify_checksums},
     packet_net::{
-        self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX, verdict_name,
     },
 };
-
-fn verdict_name(verdict: u32) -> &'static str {
-    [
-        "XDP_ABORTED",
-        "XDP_DROP",
-        "XDP_PASS",
-        "XDP_TX",
-        "XDP_REDIRECT",
-    ]
-    .get(verdict as usize)
-    .copied()
-    .unwrap_or("unknown verdict")
-}
 
 const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 
