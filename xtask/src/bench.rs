@@ -1,6 +1,11 @@
 //! `cargo xtask bench`: runs the benchmark programs of `tests/benches` and writes their results
 //! to BENCHMARKS.md with the date, the machine and the commit. `--quick` runs every part
 //! briefly (to check the benchmarks still work) and writes to `target/BENCHMARKS.quick.md`.
+//!
+//! The benchmarks are found, not listed: every bench target of the tests package (cargo
+//! metadata), run in the order of their `[[bench]]` entries in `tests/Cargo.toml`, which each
+//! needs anyway (`harness = false`: it has its own `main`). That order is the order of their
+//! sections in BENCHMARKS.md.
 
 use std::{
     fmt::Write as _,
@@ -12,24 +17,10 @@ use xlb_tests::bench::{BEGIN, END};
 
 use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 
-/// The benchmark programs, in the order their sections appear.
-pub const BENCHES: &[&str] = &[
-    "packet_cost",
-    "connection",
-    "multicore",
-    "maglev",
-    "locality",
-    "scale",
-    "swap",
-    "failover",
-    "synflood",
-    "e2e",
-    "scaleout",
-];
-
 /// Runs `cargo xtask bench [--quick]`.
 pub fn run(quick: bool) -> Result<()> {
-    let mut steps = Steps::new("bench", setup::STEPS + 2 + BENCHES.len());
+    let benches = discover()?;
+    let mut steps = Steps::new("bench", setup::STEPS + 2 + benches.len());
     setup::run(&mut steps)?;
     steps.run("build (cargo build --release --bins)", || {
         let status = cargo::command()
@@ -45,7 +36,7 @@ pub fn run(quick: bool) -> Result<()> {
     let bin_dir = cargo::bin_dir()?.with_file_name("release");
 
     let mut sections = Vec::new();
-    for bench in BENCHES {
+    for bench in &benches {
         let section = steps.run(&format!("benchmark {bench}"), || {
             let mut command = cargo::command();
             command
@@ -99,6 +90,66 @@ pub fn run(quick: bool) -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// The package whose bench targets are the benchmarks.
+const PACKAGE: &str = "xlb-tests";
+
+/// The benchmark programs, in the order their `[[bench]]` entries have in the package's
+/// manifest.
+fn discover() -> Result<Vec<String>> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let package = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == PACKAGE)
+        .with_context(|| format!("no package {PACKAGE} in the workspace"))?;
+    let found = package
+        .targets
+        .iter()
+        .filter(|t| t.kind.iter().any(|k| k.to_string() == "bench"))
+        .map(|t| t.name.clone());
+    let manifest = std::fs::read_to_string(&package.manifest_path)
+        .with_context(|| format!("reading {}", package.manifest_path))?;
+    in_declared_order(&manifest, found)
+        .with_context(|| format!("the benchmarks of {}", package.manifest_path))
+}
+
+/// The `found` bench targets in the order of the manifest's `[[bench]]` entries; fails if one
+/// has no entry (there would be no place for its section).
+fn in_declared_order(
+    manifest: &str,
+    found: impl IntoIterator<Item = String>,
+) -> Result<Vec<String>> {
+    let manifest: toml::Table = manifest.parse().context("parsing the manifest")?;
+    let declared: Vec<&str> = manifest
+        .get("bench")
+        .and_then(toml::Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|entry| entry.get("name")?.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found: Vec<String> = found.into_iter().collect();
+    let undeclared: Vec<&str> = found
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !declared.contains(name))
+        .collect();
+    if !undeclared.is_empty() {
+        bail!(
+            "no [[bench]] entry for {} (add one, with harness = false, where its section \
+             belongs in BENCHMARKS.md)",
+            undeclared.join(", ")
+        );
+    }
+    found.sort_by_key(|name| declared.iter().position(|d| d == name));
+    Ok(found)
 }
 
 /// The texts between the markers a benchmark prints (one section or several), in order.
@@ -174,6 +225,40 @@ fn header(quick: bool) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn benchmarks_run_in_the_order_of_their_entries() {
+        let manifest = r#"
+[package]
+name = "xlb-tests"
+
+[[bin]]
+name = "xlb-backend"
+
+[[bench]]
+name = "packet_cost"
+harness = false
+
+[[bench]]
+name = "e2e"
+harness = false
+
+[[bench]]
+name = "connection"
+harness = false
+"#;
+        // cargo metadata lists targets sorted by name.
+        let found = ["connection", "e2e", "packet_cost"].map(String::from);
+        assert_eq!(
+            in_declared_order(manifest, found).unwrap(),
+            ["packet_cost", "e2e", "connection"]
+        );
+        let error = in_declared_order(manifest, ["e2e", "new_one"].map(String::from))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no [[bench]] entry for new_one"), "{error}");
+        assert!(in_declared_order("", []).unwrap().is_empty());
+    }
 
     #[test]
     fn sections_are_found_between_the_markers() {
