@@ -20,9 +20,21 @@ use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 /// Runs `cargo xtask bench [--quick]`.
 pub fn run(quick: bool) -> Result<()> {
     let benches = discover()?;
-    let mut steps = Steps::new("bench", setup::STEPS + 2 + benches.len());
+    let bench_steps: Vec<String> = benches.iter().map(|b| format!("benchmark {b}")).collect();
+    let path = if quick {
+        cargo::bin_dir()?.with_file_name("BENCHMARKS.quick.md")
+    } else {
+        std::path::PathBuf::from("BENCHMARKS.md")
+    };
+    let write = format!("write {}", path.display());
+    let build = "build (cargo build --release --bins)";
+    let mut steps = Steps::new("bench")
+        .then(setup::plan())
+        .then([build])
+        .then(&bench_steps)
+        .then([write.as_str()]);
     setup::run(&mut steps)?;
-    steps.run("build (cargo build --release --bins)", || {
+    steps.run(build, || {
         let status = cargo::command()
             .args(["build", "--release", "--bins"])
             .status()?;
@@ -36,8 +48,8 @@ pub fn run(quick: bool) -> Result<()> {
     let bin_dir = cargo::bin_dir()?.with_file_name("release");
 
     let mut sections = Vec::new();
-    for bench in &benches {
-        let section = steps.run(&format!("benchmark {bench}"), || {
+    for (bench, step) in benches.iter().zip(&bench_steps) {
+        let section = steps.run(step, || {
             let mut command = cargo::command();
             command
                 .args([
@@ -70,12 +82,7 @@ pub fn run(quick: bool) -> Result<()> {
         sections.push(section);
     }
 
-    let path = if quick {
-        cargo::bin_dir()?.with_file_name("BENCHMARKS.quick.md")
-    } else {
-        std::path::PathBuf::from("BENCHMARKS.md")
-    };
-    steps.run(&format!("write {}", path.display()), || {
+    steps.run(&write, || {
         let mut document = header(quick)?;
         for section in &sections {
             let _ = writeln!(document, "\n{section}");

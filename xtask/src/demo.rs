@@ -23,31 +23,42 @@ const CONNECTIONS: usize = 30;
 const FLOWS: usize = 30;
 const BACKENDS: usize = 3;
 
+const BUILD: &str = "build (cargo build --bins)";
+const START: &str = "xlb run (fill the maps, choose the hook, attach)";
+const STOP: &str = "stop xlb (SIGTERM: detach)";
+const TEAR_DOWN: &str = "tear down the namespaces";
+
 /// Runs `cargo xtask demo`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("demo", setup::STEPS + 7);
+    let network_step = format!(
+        "network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a \
+         namespace, veth links at their default offloads"
+    );
+    let backends_step = format!("backends: HTTP echo on :{HTTP_PORT}, UDP echo on :{UDP_PORT}");
+    let traffic_step = format!(
+        "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
+         {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
+    );
+    let mut steps = Steps::new("demo").then(setup::plan()).then([
+        BUILD,
+        &network_step,
+        &backends_step,
+        START,
+        &traffic_step,
+        STOP,
+        TEAR_DOWN,
+    ]);
     setup::run(&mut steps)?;
-    steps.run("build (cargo build --bins)", cargo::build_binaries)?;
+    steps.run(BUILD, cargo::build_binaries)?;
     let bin_dir = cargo::bin_dir()?;
     // SAFETY: no other thread runs yet; the harness reads this to find the binaries.
     unsafe { std::env::set_var("XLB_BIN_DIR", &bin_dir) };
     let _janitor = Janitor::install(run_prefix())?;
 
-    let lab = steps.run(
-        &format!(
-            "network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a \
-             namespace, veth links at their default offloads"
-        ),
-        || Lab::new(Wiring::TwoInterfaces, BACKENDS),
-    )?;
-    let _backends = steps.run(
-        &format!("backends: HTTP echo on :{HTTP_PORT}, UDP echo on :{UDP_PORT}"),
-        || start_backends(&lab),
-    )?;
+    let lab = steps.run(&network_step, || Lab::new(Wiring::TwoInterfaces, BACKENDS))?;
+    let _backends = steps.run(&backends_step, || start_backends(&lab))?;
     let config = balancer_config(&lab, "auto");
-    let mut xlb = steps.run("xlb run (fill the maps, choose the hook, attach)", || {
-        start_xlb(&lab.balancer, &config)
-    })?;
+    let mut xlb = steps.run(START, || start_xlb(&lab.balancer, &config))?;
     for line in config
         .lines()
         .filter(|l| l.starts_with("listen") || l.starts_with("interfaces"))
@@ -62,17 +73,11 @@ pub fn run() -> Result<()> {
         note(line);
     }
 
-    let traffic = steps.run(
-        &format!(
-            "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
-             {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
-        ),
-        || {
-            run_traffic(&lab, CONNECTIONS, FLOWS)
-                .map_err(|e| e.context(format!("xlb's log:\n{}", xlb.output())))
-        },
-    )?;
-    steps.run("stop xlb (SIGTERM: detach)", || {
+    let traffic = steps.run(&traffic_step, || {
+        run_traffic(&lab, CONNECTIONS, FLOWS)
+            .map_err(|e| e.context(format!("xlb's log:\n{}", xlb.output())))
+    })?;
+    steps.run(STOP, || {
         let status = xlb.stop(Duration::from_secs(10))?;
         if !status.success() {
             bail!("xlb exited with {status}:\n{}", xlb.output());
@@ -121,7 +126,7 @@ pub fn run() -> Result<()> {
     );
     println!();
 
-    steps.run("tear down the namespaces", || {
+    steps.run(TEAR_DOWN, || {
         drop(lab);
         Ok(())
     })?;

@@ -7,11 +7,15 @@ use crate::{cargo, janitor::Janitor, setup, steps::Steps};
 
 /// Runs `cases` cases from `seed`.
 pub fn run(cases: u64, seed: u64) -> Result<()> {
-    let mut steps = Steps::new("fuzz", setup::STEPS + 2);
+    let fuzz = format!("{cases} cases from seed {seed:#x}");
+    let namespaces = "no network namespace left behind";
+    let mut steps = Steps::new("fuzz")
+        .then(setup::plan())
+        .then([fuzz.as_str(), namespaces]);
     setup::run(&mut steps)?;
     let run_id = std::process::id().to_string();
     let janitor = Janitor::install(format!("xlbt{run_id}-"))?;
-    steps.run(&format!("{cases} cases from seed {seed:#x}"), || {
+    steps.run(&fuzz, || {
         let envs = [
             (xlb_tests::netns::RUN_ENV, run_id.clone()),
             ("XLB_FUZZ_CASES", cases.to_string()),
@@ -33,7 +37,7 @@ pub fn run(cases: u64, seed: u64) -> Result<()> {
         }
         Ok(())
     })?;
-    steps.run("no network namespace left behind", || {
+    steps.run(namespaces, || {
         let left = janitor.sweep()?;
         if !left.is_empty() {
             bail!("left behind (now removed): {}", left.join(", "));

@@ -72,7 +72,7 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(&mut steps::Steps::new("setup", setup::STEPS)),
+        Command::Setup => setup::run(&mut steps::Steps::new("setup").then(setup::plan())),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),

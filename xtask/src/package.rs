@@ -9,8 +9,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, setup, steps::Steps};
 
-/// Steps [`build`] takes.
-pub const STEPS: usize = 3;
+const RELEASE_BUILD: &str = "release build (cargo build --release -p lb-userspace)";
+const MAN_PAGES: &str = "man pages and completions (from the binary)";
+const DEB: &str = "the package (cargo deb)";
+/// The steps [`build`] takes.
+pub const PLAN: [&str; 3] = [RELEASE_BUILD, MAN_PAGES, DEB];
 
 /// Where the package is written.
 pub fn output_dir() -> Result<PathBuf> {
@@ -19,7 +22,7 @@ pub fn output_dir() -> Result<PathBuf> {
 
 /// Runs `cargo xtask package`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("package", setup::STEPS + STEPS);
+    let mut steps = Steps::new("package").then(setup::plan()).then(PLAN);
     setup::run(&mut steps)?;
     let deb = build(&mut steps)?;
     println!("{}", deb.display());
@@ -28,18 +31,15 @@ pub fn run() -> Result<()> {
 
 /// Builds the package; returns its path.
 pub fn build(steps: &mut Steps) -> Result<PathBuf> {
-    steps.run(
-        "release build (cargo build --release -p lb-userspace)",
-        || {
-            cargo::checked(
-                &["build", "--release", "-p", "lb-userspace", "--bin", "xlb"],
-                "cargo build --release",
-            )
-        },
-    )?;
+    steps.run(RELEASE_BUILD, || {
+        cargo::checked(
+            &["build", "--release", "-p", "lb-userspace", "--bin", "xlb"],
+            "cargo build --release",
+        )
+    })?;
     let release = cargo::target_dir()?.join("release");
     let generated = release.join("package");
-    steps.run("man pages and completions (from the binary)", || {
+    steps.run(MAN_PAGES, || {
         let _ = std::fs::remove_dir_all(&generated);
         let (man, completions) = (generated.join("man"), generated.join("completions"));
         std::fs::create_dir_all(&completions)?;
@@ -64,7 +64,7 @@ pub fn build(steps: &mut Steps) -> Result<PathBuf> {
         Ok(())
     })?;
     let output = output_dir()?;
-    steps.run("the package (cargo deb)", || {
+    steps.run(DEB, || {
         let _ = std::fs::remove_dir_all(&output);
         std::fs::create_dir_all(&output)?;
         cargo::checked(

@@ -8,9 +8,6 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::steps::{Steps, note};
 
-/// Number of steps [`run`] takes.
-pub const STEPS: usize = 5;
-
 /// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
 /// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks;
 /// Prometheus and promtool, which read the metrics endpoint in the tests; systemd, whose
@@ -37,19 +34,64 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The cargo-deb release `cargo xtask package` uses.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
+/// One thing setup makes sure is installed: one step.
+enum Task {
+    /// Not installed, checked: setup needs root for the packages, the commands for namespaces
+    /// and BPF.
+    Root,
+    /// Debian packages.
+    Packages(&'static [&'static str]),
+    /// The nightly toolchain with rust-src.
+    Nightly,
+    /// bpf-linker.
+    BpfLinker,
+    /// cargo-deb.
+    CargoDeb,
+}
+
+impl Task {
+    fn label(&self) -> String {
+        match self {
+            Self::Root => "running as root".to_owned(),
+            Self::Packages(packages) => format!("Debian packages ({})", packages.join(", ")),
+            Self::Nightly => "Rust nightly toolchain with rust-src".to_owned(),
+            Self::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+            Self::CargoDeb => format!("cargo-deb {CARGO_DEB_VERSION}"),
+        }
+    }
+
+    fn run(&self) -> Result<()> {
+        match self {
+            Self::Root => check_root(),
+            Self::Packages(packages) => ensure_packages(packages),
+            Self::Nightly => ensure_nightly(),
+            Self::BpfLinker => ensure_bpf_linker(),
+            Self::CargoDeb => ensure_cargo_deb(),
+        }
+    }
+}
+
+/// The setup's tasks, in order.
+fn tasks() -> Vec<Task> {
+    vec![
+        Task::Root,
+        Task::Packages(PACKAGES),
+        Task::Nightly,
+        Task::BpfLinker,
+        Task::CargoDeb,
+    ]
+}
+
+/// The labels of the steps [`run`] takes, for the plan of a command that starts with it.
+pub fn plan() -> Vec<String> {
+    tasks().iter().map(Task::label).collect()
+}
+
 /// Runs the setup steps.
 pub fn run(steps: &mut Steps) -> Result<()> {
-    steps.run("running as root", check_root)?;
-    steps.run(
-        &format!("Debian packages ({})", PACKAGES.join(", ")),
-        || ensure_packages(PACKAGES),
-    )?;
-    steps.run("Rust nightly toolchain with rust-src", ensure_nightly)?;
-    steps.run(
-        &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
-        ensure_bpf_linker,
-    )?;
-    steps.run(&format!("cargo-deb {CARGO_DEB_VERSION}"), ensure_cargo_deb)?;
+    for task in tasks() {
+        steps.run(&task.label(), || task.run())?;
+    }
     Ok(())
 }
 

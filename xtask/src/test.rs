@@ -11,38 +11,49 @@ use crate::{
     tiers,
 };
 
+const BUILD: &str = "build (cargo build --bins)";
+const FORMATTING: &str = "formatting (cargo fmt --check)";
+const LINTS: &str = "lints (cargo clippy -- -D warnings, host crates and the eBPF crate)";
+const TIERS: &str = "test tiers (cargo metadata; every ignored test in a tier)";
+const TIER_NAMES: [&str; 3] = [
+    "tier 1: unit tests",
+    "tier 2: packet tests (BPF_PROG_TEST_RUN)",
+    "tier 3: end-to-end tests in network namespaces",
+];
+const BENCHMARKS: &str = "benchmarks still run (cargo xtask bench --quick)";
+const NAMESPACES: &str = "no network namespace left behind";
+
 /// Runs `cargo xtask test`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("test", setup::STEPS + 9 + package::STEPS);
+    let mut steps = Steps::new("test")
+        .then(setup::plan())
+        .then([BUILD, FORMATTING, LINTS, TIERS])
+        .then(package::PLAN)
+        .then(TIER_NAMES)
+        .then([BENCHMARKS, NAMESPACES]);
     setup::run(&mut steps)?;
-    steps.run("build (cargo build --bins)", cargo::build_binaries)?;
-    steps.run("formatting (cargo fmt --check)", || {
+    steps.run(BUILD, cargo::build_binaries)?;
+    steps.run(FORMATTING, || {
         cargo::checked(&["fmt", "--all", "--check"], "cargo fmt --check")
     })?;
-    steps.run(
-        "lints (cargo clippy -- -D warnings, host crates and the eBPF crate)",
-        || {
-            cargo::checked(
-                &["clippy", "--all-targets", "--", "-D", "warnings"],
-                "cargo clippy",
-            )?;
-            cargo::clippy_ebpf()
-        },
-    )?;
+    steps.run(LINTS, || {
+        cargo::checked(
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+            "cargo clippy",
+        )?;
+        cargo::clippy_ebpf()
+    })?;
     // The root-only tests are `#[ignore]`d so that a plain `cargo test` (tier 1) runs without
     // privileges; tiers 2 and 3 are the test files that say so on their first line.
-    let (two, three) = steps.run(
-        "test tiers (cargo metadata; every ignored test in a tier)",
-        || {
-            let (two, three) = tiers::discover()?;
-            if two.is_empty() || three.is_empty() {
-                bail!("no test file declares tier 2 or tier 3 (`//! Tier 2` on its first line)");
-            }
-            let listing = cargo::output(&["test", "--", "--ignored", "--list"])?;
-            tiers::check_coverage(&tiers::ignored_tests(&listing), &[&two, &three])?;
-            Ok((two, three))
-        },
-    )?;
+    let (two, three) = steps.run(TIERS, || {
+        let (two, three) = tiers::discover()?;
+        if two.is_empty() || three.is_empty() {
+            bail!("no test file declares tier 2 or tier 3 (`//! Tier 2` on its first line)");
+        }
+        let listing = cargo::output(&["test", "--", "--ignored", "--list"])?;
+        tiers::check_coverage(&tiers::ignored_tests(&listing), &[&two, &three])?;
+        Ok((two, three))
+    })?;
 
     // The package, which a tier-3 test inspects and runs.
     let deb = package::build(&mut steps)?;
@@ -55,16 +66,9 @@ pub fn run() -> Result<()> {
         ("XLB_DEB", deb.display().to_string()),
     ];
     let unit = vec![vec!["test".to_owned()]];
-    let tiers: [(&str, Vec<Vec<String>>); 3] = [
-        ("tier 1: unit tests", unit),
-        ("tier 2: packet tests (BPF_PROG_TEST_RUN)", two.cargo_runs()),
-        (
-            "tier 3: end-to-end tests in network namespaces",
-            three.cargo_runs(),
-        ),
-    ];
+    let runs = [unit, two.cargo_runs(), three.cargo_runs()];
     let mut results: Vec<(&str, TestCounts, bool)> = Vec::new();
-    for (tier, invocations) in tiers {
+    for (tier, invocations) in TIER_NAMES.into_iter().zip(runs) {
         let mut counts = TestCounts::default();
         let outcome = steps.run(tier, || {
             let mut ok = true;
@@ -82,7 +86,7 @@ pub fn run() -> Result<()> {
         results.push((tier, counts, outcome.is_ok()));
     }
     // The benchmarks must keep working; quick mode checks that without judging any number.
-    let benches = steps.run("benchmarks still run (cargo xtask bench --quick)", || {
+    let benches = steps.run(BENCHMARKS, || {
         let status = cargo::command()
             .args(["xtask", "bench", "--quick"])
             .status()?;
@@ -91,7 +95,7 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     });
-    steps.run("no network namespace left behind", || {
+    steps.run(NAMESPACES, || {
         let left = janitor.sweep()?;
         if !left.is_empty() {
             bail!(
