@@ -15,7 +15,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::bench::{BEGIN, END};
 
-use crate::{cargo, janitor::Janitor, setup, steps::Steps};
+use crate::{
+    cargo,
+    janitor::Janitor,
+    setup::{self, Need},
+    steps::Steps,
+};
+
+/// What the benchmarks run: namespaces and their links, the load generators and nftables,
+/// and BIRD for the scale-out benchmark.
+const NEEDS: &[Need] = &[Need::Namespaces, Need::Ethtool, Need::LoadTools, Need::Bird];
 
 /// Runs `cargo xtask bench [--quick]`.
 pub fn run(quick: bool) -> Result<()> {
@@ -29,11 +38,11 @@ pub fn run(quick: bool) -> Result<()> {
     let write = format!("write {}", path.display());
     let build = "build (cargo build --release --bins)";
     let mut steps = Steps::new("bench")
-        .then(setup::plan())
+        .then(setup::plan(NEEDS))
         .then([build])
         .then(&bench_steps)
         .then([write.as_str()]);
-    setup::run(&mut steps)?;
+    setup::run(&mut steps, NEEDS)?;
     steps.run(build, || {
         let status = cargo::command()
             .args(["build", "--release", "--bins"])

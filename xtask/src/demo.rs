@@ -15,13 +15,16 @@ use xlb_tests::{
 use crate::{
     cargo,
     janitor::Janitor,
-    setup,
+    setup::{self, Need},
     steps::{Steps, note},
 };
 
 const CONNECTIONS: usize = 30;
 const FLOWS: usize = 30;
 const BACKENDS: usize = 3;
+
+/// What the demo runs besides xlb: namespaces, and ethtool for its links' offloads.
+const NEEDS: &[Need] = &[Need::Namespaces, Need::Ethtool];
 
 const BUILD: &str = "build (cargo build --bins)";
 const START: &str = "xlb run (fill the maps, choose the hook, attach)";
@@ -39,7 +42,7 @@ pub fn run() -> Result<()> {
         "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
          {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
     );
-    let mut steps = Steps::new("demo").then(setup::plan()).then([
+    let mut steps = Steps::new("demo").then(setup::plan(NEEDS)).then([
         BUILD,
         &network_step,
         &backends_step,
@@ -48,7 +51,7 @@ pub fn run() -> Result<()> {
         STOP,
         TEAR_DOWN,
     ]);
-    setup::run(&mut steps)?;
+    setup::run(&mut steps, NEEDS)?;
     steps.run(BUILD, cargo::build_binaries)?;
     let bin_dir = cargo::bin_dir()?;
     // SAFETY: no other thread runs yet; the harness reads this to find the binaries.

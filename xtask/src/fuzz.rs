@@ -3,16 +3,24 @@
 
 use anyhow::{Result, bail};
 
-use crate::{cargo, janitor::Janitor, setup, steps::Steps};
+use crate::{
+    cargo,
+    janitor::Janitor,
+    setup::{self, Need},
+    steps::Steps,
+};
+
+/// The fuzzer's namespace (BPF_PROG_TEST_RUN needs its interfaces and routes).
+const NEEDS: &[Need] = &[Need::Namespaces];
 
 /// Runs `cases` cases from `seed`.
 pub fn run(cases: u64, seed: u64) -> Result<()> {
     let fuzz = format!("{cases} cases from seed {seed:#x}");
     let namespaces = "no network namespace left behind";
     let mut steps = Steps::new("fuzz")
-        .then(setup::plan())
+        .then(setup::plan(NEEDS))
         .then([fuzz.as_str(), namespaces]);
-    setup::run(&mut steps)?;
+    setup::run(&mut steps, NEEDS)?;
     let run_id = std::process::id().to_string();
     let janitor = Janitor::install(format!("xlbt{run_id}-"))?;
     steps.run(&fuzz, || {

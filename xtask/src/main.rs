@@ -1,6 +1,7 @@
 //! `cargo xtask`: the drivers behind the README's commands.
 //!
-//! - `cargo xtask setup`: install what building and testing need (idempotent).
+//! - `cargo xtask setup`: install what every command needs (idempotent); each command
+//!   installs what it needs itself.
 //! - `cargo xtask test`: setup, build, then every test tier; non-zero exit on any failure.
 //! - `cargo xtask demo`: setup, build, then balance real traffic in a namespace topology.
 //! - `cargo xtask bench [--quick]`: setup, build, run the benchmarks, write BENCHMARKS.md.
@@ -31,7 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install the toolchain pieces and system packages that building and testing need.
+    /// Install the toolchain pieces and system packages that every command needs (each
+    /// command installs what it needs itself).
     Setup,
     /// Set up, build, and run all tests: unit tests, packet tests (BPF_PROG_TEST_RUN), and
     /// end-to-end tests in network namespaces.
@@ -72,7 +74,10 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(&mut steps::Steps::new("setup").then(setup::plan())),
+        Command::Setup => {
+            let mut steps = steps::Steps::new("setup").then(setup::plan(setup::EVERYTHING));
+            setup::run(&mut steps, setup::EVERYTHING)
+        }
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),

@@ -7,7 +7,14 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, setup, steps::Steps};
+use crate::{
+    cargo,
+    setup::{self, Need},
+    steps::Steps,
+};
+
+/// cargo-deb and what it runs (and, like every command, the toolchain: it builds xlb).
+const NEEDS: &[Need] = &[Need::Packaging];
 
 const RELEASE_BUILD: &str = "release build (cargo build --release -p lb-userspace)";
 const MAN_PAGES: &str = "man pages and completions (from the binary)";
@@ -22,8 +29,8 @@ pub fn output_dir() -> Result<PathBuf> {
 
 /// Runs `cargo xtask package`.
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new("package").then(setup::plan()).then(PLAN);
-    setup::run(&mut steps)?;
+    let mut steps = Steps::new("package").then(setup::plan(NEEDS)).then(PLAN);
+    setup::run(&mut steps, NEEDS)?;
     let deb = build(&mut steps)?;
     println!("{}", deb.display());
     Ok(())

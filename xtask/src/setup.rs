@@ -1,6 +1,8 @@
-//! Installs what building and testing xlb need, skipping what is already there: Debian
-//! packages, the nightly toolchain with rust-src (for `-Z build-std=core`), and bpf-linker
-//! built against the system's LLVM 22.
+//! Installs what a command needs, skipping what is already there: Debian packages, the
+//! nightly toolchain with rust-src (for `-Z build-std=core`), and bpf-linker built against the
+//! system's LLVM 22. Every command builds the eBPF programs, so every one gets the toolchain;
+//! the rest depends on what the command runs ([`Need`]). `cargo xtask demo` installs only what
+//! its namespaces use, so that a first demo on a fresh machine stays quick.
 
 use std::process::{Command, Stdio};
 
@@ -8,24 +10,54 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::steps::{Steps, note};
 
-/// Debian packages the tests, the demo and the benchmarks use: `ip` and `tc`, `ethtool`,
-/// `sysctl`; `trafgen` (netsniff-ng), `iperf3`, `wrk` and `nft` for the benchmarks;
-/// Prometheus and promtool, which read the metrics endpoint in the tests; systemd, whose
-/// `systemd-analyze` checks the unit file; dpkg-dev, which reads the package; BIRD 2, the BGP
-/// daemon of the scale-out test.
-const PACKAGES: &[&str] = &[
-    "iproute2",
-    "ethtool",
-    "procps",
-    "netsniff-ng",
-    "iperf3",
-    "wrk",
-    "nftables",
-    "prometheus",
-    "systemd",
-    "dpkg-dev",
-    "bird2",
+/// What a command needs installed besides the toolchain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Network namespaces and their links and routes: `ip` and `tc` (iproute2), `sysctl`
+    /// (procps).
+    Namespaces,
+    /// `ethtool`, which sets the offloads of the topologies' veth links.
+    Ethtool,
+    /// The benchmarks' load and their baseline: `trafgen` (netsniff-ng), `iperf3`, `wrk`, and
+    /// `nft` (nftables).
+    LoadTools,
+    /// BIRD 2, the BGP daemon of the scale-out test and benchmark.
+    Bird,
+    /// Prometheus and promtool, which read the metrics endpoint in the tests.
+    Prometheus,
+    /// systemd, whose `systemd-analyze` checks the unit file in the tests.
+    Systemd,
+    /// The Debian package: cargo-deb, and dpkg-dev, whose `dpkg-shlibdeps` cargo-deb runs to
+    /// find the package's dependencies.
+    Packaging,
+}
+
+impl Need {
+    /// The Debian packages this need is met by.
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            Self::Namespaces => &["iproute2", "procps"],
+            Self::Ethtool => &["ethtool"],
+            Self::LoadTools => &["netsniff-ng", "iperf3", "wrk", "nftables"],
+            Self::Bird => &["bird2"],
+            Self::Prometheus => &["prometheus"],
+            Self::Systemd => &["systemd"],
+            Self::Packaging => &["dpkg-dev"],
+        }
+    }
+}
+
+/// Every need: what `cargo xtask test` (which runs everything) and `cargo xtask setup` install.
+pub const EVERYTHING: &[Need] = &[
+    Need::Namespaces,
+    Need::Ethtool,
+    Need::LoadTools,
+    Need::Bird,
+    Need::Prometheus,
+    Need::Systemd,
+    Need::Packaging,
 ];
+
 /// The LLVM that bpf-linker is built against (it must match rustc's LLVM major version).
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -40,7 +72,7 @@ enum Task {
     /// and BPF.
     Root,
     /// Debian packages.
-    Packages(&'static [&'static str]),
+    Packages(Vec<&'static str>),
     /// The nightly toolchain with rust-src.
     Nightly,
     /// bpf-linker.
@@ -71,25 +103,34 @@ impl Task {
     }
 }
 
-/// The setup's tasks, in order.
-fn tasks() -> Vec<Task> {
-    vec![
-        Task::Root,
-        Task::Packages(PACKAGES),
-        Task::Nightly,
-        Task::BpfLinker,
-        Task::CargoDeb,
-    ]
+/// The setup's tasks for `needs`, in order.
+fn tasks(needs: &[Need]) -> Vec<Task> {
+    let mut packages: Vec<&str> = Vec::new();
+    for package in needs.iter().flat_map(|need| need.packages()) {
+        if !packages.contains(package) {
+            packages.push(package);
+        }
+    }
+    let mut tasks = vec![Task::Root];
+    if !packages.is_empty() {
+        tasks.push(Task::Packages(packages));
+    }
+    tasks.extend([Task::Nightly, Task::BpfLinker]);
+    if needs.contains(&Need::Packaging) {
+        tasks.push(Task::CargoDeb);
+    }
+    tasks
 }
 
-/// The labels of the steps [`run`] takes, for the plan of a command that starts with it.
-pub fn plan() -> Vec<String> {
-    tasks().iter().map(Task::label).collect()
+/// The labels of the steps [`run`] takes for `needs`, for the plan of a command that starts
+/// with it.
+pub fn plan(needs: &[Need]) -> Vec<String> {
+    tasks(needs).iter().map(Task::label).collect()
 }
 
-/// Runs the setup steps.
-pub fn run(steps: &mut Steps) -> Result<()> {
-    for task in tasks() {
+/// Runs the setup steps for `needs`.
+pub fn run(steps: &mut Steps, needs: &[Need]) -> Result<()> {
+    for task in tasks(needs) {
         steps.run(&task.label(), || task.run())?;
     }
     Ok(())
@@ -242,4 +283,36 @@ fn output(command: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_command_gets_only_what_it_needs() {
+        assert_eq!(
+            plan(&[Need::Namespaces, Need::Ethtool]),
+            [
+                "running as root",
+                "Debian packages (iproute2, procps, ethtool)",
+                "Rust nightly toolchain with rust-src",
+                "bpf-linker 0.13.0 (LLVM 22)",
+            ]
+        );
+        let package = plan(&[Need::Packaging]);
+        assert_eq!(package[1], "Debian packages (dpkg-dev)");
+        assert_eq!(package.last().unwrap(), "cargo-deb 3.8.0");
+        assert_eq!(plan(&[]).len(), 3, "no packages step without packages");
+        let everything = plan(EVERYTHING);
+        assert_eq!(everything.len(), 5);
+        for package in ["bird2", "prometheus", "netsniff-ng", "dpkg-dev", "systemd"] {
+            assert!(everything[1].contains(package), "{package}");
+        }
+        // A package two needs share is installed once.
+        assert_eq!(
+            plan(&[Need::Namespaces, Need::Namespaces])[1],
+            "Debian packages (iproute2, procps)"
+        );
+    }
 }

@@ -6,10 +6,14 @@ use anyhow::{Result, bail};
 use crate::{
     cargo::{self, TestCounts},
     janitor::Janitor,
-    package, setup,
+    package,
+    setup::{self, Need},
     steps::Steps,
     tiers,
 };
+
+/// Everything: the tests use every tool, build the package and run the benchmarks briefly.
+const NEEDS: &[Need] = setup::EVERYTHING;
 
 const BUILD: &str = "build (cargo build --bins)";
 const FORMATTING: &str = "formatting (cargo fmt --check)";
@@ -26,12 +30,12 @@ const NAMESPACES: &str = "no network namespace left behind";
 /// Runs `cargo xtask test`.
 pub fn run() -> Result<()> {
     let mut steps = Steps::new("test")
-        .then(setup::plan())
+        .then(setup::plan(NEEDS))
         .then([BUILD, FORMATTING, LINTS, TIERS])
         .then(package::PLAN)
         .then(TIER_NAMES)
         .then([BENCHMARKS, NAMESPACES]);
-    setup::run(&mut steps)?;
+    setup::run(&mut steps, NEEDS)?;
     steps.run(BUILD, cargo::build_binaries)?;
     steps.run(FORMATTING, || {
         cargo::checked(&["fmt", "--all", "--check"], "cargo fmt --check")
