@@ -33,6 +33,37 @@ pub mod ether_type {
     pub const VLAN_8021AD: u16 = 0x88a8;
 }
 
+/// The verdicts of an XDP program (`enum xdp_action`), as userspace reads them back from
+/// BPF_PROG_TEST_RUN (the program itself returns aya-ebpf's bindings of the same values).
+pub mod xdp_action {
+    /// The program failed (or chose to); the frame is dropped and a trace event raised.
+    pub const ABORTED: u32 = 0;
+    /// The frame is dropped.
+    pub const DROP: u32 = 1;
+    /// The frame goes on to the kernel's stack.
+    pub const PASS: u32 = 2;
+    /// The frame goes back out of the interface it came in on.
+    pub const TX: u32 = 3;
+    /// The frame goes out of another interface (`bpf_redirect`).
+    pub const REDIRECT: u32 = 4;
+    /// Each verdict's name as `enum xdp_action` spells it, indexed by the verdict.
+    pub const NAMES: [&str; 5] = [
+        "XDP_ABORTED",
+        "XDP_DROP",
+        "XDP_PASS",
+        "XDP_TX",
+        "XDP_REDIRECT",
+    ];
+
+    /// A verdict's name ("XDP_REDIRECT"), or "unknown verdict".
+    pub fn name(verdict: u32) -> &'static str {
+        NAMES
+            .get(verdict as usize)
+            .copied()
+            .unwrap_or("unknown verdict")
+    }
+}
+
 /// TCP flags: bits of the TCP header's 14th byte (offset 13).
 pub mod tcp_flags {
     /// FIN: the sender has finished.

@@ -20,20 +20,22 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 
+use lb_common::consts::xdp_action;
+
 use crate::netns::Netns;
 
 // The verdicts BPF_PROG_TEST_RUN returns: XDP's `enum xdp_action` and tc's `TC_ACT_*`.
 
 /// XDP: the program failed (or chose to); the frame is dropped and a trace event raised.
-pub const XDP_ABORTED: u32 = 0;
+pub const XDP_ABORTED: u32 = xdp_action::ABORTED;
 /// XDP: the frame is dropped.
-pub const XDP_DROP: u32 = 1;
+pub const XDP_DROP: u32 = xdp_action::DROP;
 /// XDP: the frame goes on to the kernel's stack.
-pub const XDP_PASS: u32 = 2;
+pub const XDP_PASS: u32 = xdp_action::PASS;
 /// XDP: the frame goes back out of the interface it came in on.
-pub const XDP_TX: u32 = 3;
+pub const XDP_TX: u32 = xdp_action::TX;
 /// XDP: the frame goes out of another interface (`bpf_redirect`).
-pub const XDP_REDIRECT: u32 = 4;
+pub const XDP_REDIRECT: u32 = xdp_action::REDIRECT;
 /// tc: the packet goes on as if no program ran.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 /// tc: the packet is dropped.
@@ -44,14 +46,7 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 /// An XDP verdict's name as `enum xdp_action` spells it ("XDP_REDIRECT"), or "unknown
 /// verdict", for messages that say what the program did.
 pub fn verdict_name(verdict: u32) -> &'static str {
-    match verdict {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "unknown verdict",
-    }
+    xdp_action::name(verdict)
 }
 
 /// Builds the namespace.

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     FlowKey,
-    consts::tcp_flags,
+    consts::{tcp_flags, xdp_action},
     frame::{Frame, Transport, locate},
 };
 
@@ -19,8 +19,6 @@ use crate::{
     config::Protocol,
     wire::{addr_field, family_of, port_field},
 };
-
-const XDP_VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
 /// What the program did with a simulated new flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,17 +67,17 @@ pub fn simulate(
         ..TestRunOptions::new()
     })?;
     out.truncate(result.data_size_out as usize);
-    let verdict = XDP_VERDICTS
-        .get(result.return_value as usize)
-        .copied()
-        .unwrap_or("unknown");
+    // "redirect", "drop", ...
+    let verdict = xdp_action::name(result.return_value)
+        .trim_start_matches("XDP_")
+        .to_lowercase();
     // Where the rewritten packet goes: its destination, unless the program left it alone.
     let backend = destination(&out).filter(|d| *d != listen);
     if !existing_flow && let Some(backend) = backend {
         dataplane.maps.flows.remove(&key, backend);
     }
     Ok(Simulation {
-        verdict: verdict.to_owned(),
+        verdict,
         backend,
         existing_flow,
     })
