@@ -1,31 +1,32 @@
-//! The [`Balancer`]: what the control plane has applied, and how it applies the next
-//! [`ServiceSpec`]s in an order that keeps every intermediate state valid (see the module
-//! documentation of `control`).
+//! The [`Balancer`]: the control plane's record of what it has put in the data plane, and how
+//! it applies the next [`ServiceSpec`]s: `diff` plans the apply without touching the maps,
+//! `writes` makes the writes in an order that keeps every intermediate state valid, and the
+//! record changes only with them. A failed apply leaves a record that the next apply repairs
+//! (it writes again whatever the failure may have left half-written).
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
-use anyhow::{Context as _, Result};
-use ipnet::IpNet;
+use anyhow::{Result, bail};
 use lb_common::{
-    BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey,
+    VipKey,
     consts::{
         forwarding,
         limits::{MAX_BACKENDS, MAX_SERVICES},
         scheduler,
     },
     passive::ServicePolicy,
-    tables::table_index,
 };
 
 use super::{
-    maglev::lookup_table,
+    diff::{self, ApplyPlan, Exhausted, Ids, Vips},
+    ids::IdAllocator,
     ports::DataplaneMaps,
     spec::{Locality, ServiceSpec},
-    table::{backend_table, smooth_weighted_sequence},
+    writes,
 };
 use crate::{
-    config::{Forwarding, MaglevConfig, Protocol, Scheduler},
-    wire::{backend_address, backend_entry, service_key, service_of_key, vip_key},
+    config::{Forwarding, MaglevConfig, Protocol},
+    wire::{backend_address, service_of_key},
 };
 
 /// A service as the data plane has it now.
@@ -58,6 +59,20 @@ pub struct ServiceState {
     pub maglev_inputs: Vec<Vec<(u32, SocketAddr, u32)>>,
     /// How packets reach the backends, as published.
     pub forwarding: Forwarding,
+    /// How much of the above the maps are known to hold.
+    pub known: Known,
+}
+
+/// How much of a service's record the maps are known to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// All of it.
+    All,
+    /// Adopted from an earlier daemon's pinned maps: its id, entry and backends; not its
+    /// tables or client prefixes, which the next apply publishes whole.
+    Adopted,
+    /// An apply failed part way: the next writes all of it again.
+    Unknown,
 }
 
 /// A backend as the data plane has it now.
@@ -94,10 +109,11 @@ pub struct ApplySummary {
 #[derive(Debug)]
 pub struct Balancer {
     services: Vec<ServiceState>,
-    service_ids: IdAllocator,
-    backend_ids: IdAllocator,
-    /// What `VIPS` holds.
+    ids: Ids,
+    /// What `VIPS` holds (or, after a failed apply, may hold).
     vips: BTreeSet<VipKey>,
+    /// Whether an apply failed since `VIPS` was last written whole.
+    vips_unknown: bool,
 }
 
 impl Default for Balancer {
@@ -111,9 +127,12 @@ impl Balancer {
     pub fn new() -> Self {
         Self {
             services: Vec::new(),
-            service_ids: IdAllocator::new(MAX_SERVICES),
-            backend_ids: IdAllocator::new(MAX_BACKENDS),
+            ids: Ids {
+                services: IdAllocator::new(MAX_SERVICES),
+                backends: IdAllocator::new(MAX_BACKENDS),
+            },
             vips: BTreeSet::new(),
+            vips_unknown: false,
         }
     }
 
@@ -124,102 +143,122 @@ impl Balancer {
 
     /// Makes the data plane serve `services`. Services and backends that stay keep their ids,
     /// so their established flows keep working; only tables whose sequence changes are
-    /// published.
+    /// published. When the new services or backends need more ids than are free, the ones
+    /// that leave are retired first (an apply of what stays), then the new ones added.
     pub fn apply(
         &mut self,
         services: &[ServiceSpec],
         maps: &mut impl DataplaneMaps,
     ) -> Result<ApplySummary> {
-        let mut summary = ApplySummary::default();
-        let mut previous = std::mem::take(&mut self.services);
-        let mut changes = Changes::default();
-        let mut applied = Vec::with_capacity(services.len());
+        let plan = match diff::plan(&self.services, &self.ids, self.vips(), services) {
+            Ok(plan) => plan,
+            Err(_) => {
+                let staying = self.staying(services);
+                let retire = diff::plan(&self.services, &self.ids, self.vips(), &staying)
+                    .expect("applying only what has ids allocates none");
+                let retired = self.write(retire, maps)?;
+                let mut summary = match diff::plan(&self.services, &self.ids, self.vips(), services)
+                {
+                    Ok(plan) => self.write(plan, maps)?,
+                    Err(Exhausted::Services) => {
+                        bail!("no free service id (at most {MAX_SERVICES} services)")
+                    }
+                    Err(Exhausted::Backends) => {
+                        bail!("no free backend id (at most {MAX_BACKENDS} backends)")
+                    }
+                };
+                summary.add(&retired);
+                return Ok(summary);
+            }
+        };
+        self.write(plan, maps)
+    }
 
-        for service in services {
-            let existing = previous
-                .iter()
-                .position(|s| s.listen == service.listen && s.protocol == service.protocol)
-                .map(|i| previous.swap_remove(i));
-            applied.push(self.apply_service(
-                service,
-                existing,
-                maps,
-                &mut summary,
-                &mut changes,
-            )?);
+    /// Makes `plan`'s writes and, if they all succeed, takes its record; if one fails, keeps a
+    /// record the next apply repairs from.
+    fn write(&mut self, plan: ApplyPlan, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
+        match writes::write(&plan.writes, maps) {
+            Ok(purged) => {
+                let mut summary = plan.summary;
+                summary.flows_purged = purged;
+                self.services = plan.services;
+                self.ids = plan.ids;
+                self.vips = plan.vips;
+                self.vips_unknown = false;
+                Ok(summary)
+            }
+            Err(error) => {
+                self.failed(plan);
+                Err(error)
+            }
         }
-        // Every changed table in one batch, then the new services that need them.
-        summary.tables_published += changes.tables.len();
-        maps.publish_tables(&changes.tables)
-            .context("publishing tables")?;
-        for (index, table) in &changes.maglev_tables {
-            maps.publish_maglev(*index, Some(table))
-                .context("publishing a Maglev table")?;
-        }
-        summary.tables_published += changes.maglev_tables.len();
-        for (service_id, prefixes) in &changes.prefixes {
-            maps.publish_prefixes(*service_id, prefixes)
-                .context("publishing client prefixes")?;
-        }
-        for (key, entry, name) in &changes.new_services {
-            maps.set_service(key, entry)
-                .with_context(|| format!("adding service {name}"))?;
-        }
-        for index in &changes.maglev_removed {
-            maps.publish_maglev(*index, None)
-                .context("removing a Maglev table")?;
-        }
-        let vips: BTreeSet<VipKey> = services.iter().map(|s| vip_key(s.listen.ip())).collect();
-        for vip in vips.difference(&self.vips) {
-            maps.add_vip(vip).context("adding a VIP")?;
-        }
+    }
 
-        let mut emptied = Vec::new();
-        for removed in previous {
-            let key = service_key(removed.listen, removed.protocol);
-            maps.remove_service(&key)
-                .with_context(|| format!("removing service {}", removed.name))?;
-            for pool in 0..removed.locality.pools {
-                emptied.push((table_index(removed.id, pool), BackendTable::EMPTY));
-                if removed.maglev.is_some() {
-                    maps.publish_maglev(table_index(removed.id, pool), None)
-                        .with_context(|| {
-                            format!("removing the Maglev tables of {}", removed.name)
-                        })?;
+    /// After `plan`'s writes failed part way: the record holds everything the maps may now
+    /// hold (the old services and backends, and the new ones, with their ids), all of it
+    /// unknown, so that the next apply writes it again and removes what it no longer wants.
+    fn failed(&mut self, plan: ApplyPlan) {
+        let mut merged = plan.services;
+        for old in std::mem::take(&mut self.services) {
+            let same = |s: &ServiceState| s.listen == old.listen && s.protocol == old.protocol;
+            match merged.iter_mut().find(|s| same(s)) {
+                Some(new) => {
+                    for backend in old.backends {
+                        if !new.backends.iter().any(|b| b.id == backend.id) {
+                            new.backends.push(backend);
+                        }
+                    }
                 }
+                None => merged.push(old),
             }
-            if !removed.locality.prefixes.is_empty() {
-                maps.publish_prefixes(removed.id, &[])
-                    .with_context(|| format!("clearing the prefixes of {}", removed.name))?;
-            }
-            summary.services_removed += 1;
-            self.service_ids.release(removed.id);
-            changes
-                .retired_backends
-                .extend(removed.backends.iter().map(|b| b.id));
         }
-        summary.tables_published += emptied.len();
-        maps.publish_tables(&emptied)
-            .context("emptying the tables of removed services")?;
+        let mut ids = plan.ids;
+        for service in &mut merged {
+            service.known = Known::Unknown;
+            ids.services.claim(service.id);
+            for backend in &service.backends {
+                ids.backends.claim(backend.id);
+            }
+        }
+        self.services = merged;
+        self.ids = ids;
+        self.vips.extend(plan.vips);
+        self.vips_unknown = true;
+    }
 
-        if !changes.retired_backends.is_empty() {
-            summary.flows_purged = maps.purge_flows(&changes.retired_backends)?;
-            summary.backends_removed += changes.retired_backends.len();
-            for id in changes.retired_backends {
-                maps.release_backend(id)?;
-                self.backend_ids.release(id);
-            }
+    /// What `VIPS` holds: what is known to be there, and (after a failed apply) what may be.
+    fn vips(&self) -> Vips<'_> {
+        Vips {
+            held: &self.vips,
+            known: !self.vips_unknown,
         }
-        for vip in self.vips.difference(&vips) {
-            maps.remove_vip(vip).context("removing a VIP")?;
-        }
-        self.vips = vips;
-        self.services = applied;
-        Ok(summary)
+    }
+
+    /// What of `services` already has ids: the services applied, with their backends that
+    /// are applied.
+    fn staying(&self, services: &[ServiceSpec]) -> Vec<ServiceSpec> {
+        services
+            .iter()
+            .filter_map(|spec| {
+                let applied = self
+                    .services
+                    .iter()
+                    .find(|s| s.listen == spec.listen && s.protocol == spec.protocol)?;
+                let mut spec = spec.clone();
+                spec.backends.retain(|b| {
+                    applied
+                        .backends
+                        .iter()
+                        .any(|a| a.address == b.address && a.pool == b.pool)
+                });
+                Some(spec)
+            })
+            .collect()
     }
 
     /// Takes over what a previous daemon left in pinned maps: its services and backends keep
-    /// their ids, so their flows keep working once [`Self::apply`] runs with the config.
+    /// their ids, so their flows keep working once [`Self::apply`] runs with the config, which
+    /// publishes their tables and prefixes whole (what the maps hold of them is not known).
     /// Backends in use whose service is gone (a daemon stopped mid-apply) are released, with
     /// their flows. Returns the number of services and backends adopted.
     pub fn adopt(&mut self, maps: &mut impl DataplaneMaps) -> Result<(usize, usize)> {
@@ -230,13 +269,13 @@ impl Balancer {
             let Some((listen, protocol)) = service_of_key(key) else {
                 continue;
             };
-            self.service_ids.claim(entry.id);
+            self.ids.services.claim(entry.id);
             let backends: Vec<BackendState> = existing
                 .backends
                 .iter()
                 .filter(|(_, backend)| backend.service_id == entry.id)
                 .map(|(id, backend)| {
-                    self.backend_ids.claim(*id);
+                    self.ids.backends.claim(*id);
                     BackendState {
                         id: *id,
                         address: backend_address(backend),
@@ -259,7 +298,6 @@ impl Balancer {
                     pools,
                     serving: (0..pools).collect(),
                     default_pool: u32::from(entry.default_pool),
-                    // Unknown: published again on the first apply.
                     prefixes: Arc::new(Vec::new()),
                 },
                 policy: None,
@@ -272,6 +310,7 @@ impl Balancer {
                     forwarding::DSR => Forwarding::Dsr,
                     _ => Forwarding::Nat,
                 },
+                known: Known::Adopted,
             });
         }
         let known: Vec<u32> = existing.services.iter().map(|(_, e)| e.id).collect();
@@ -289,255 +328,16 @@ impl Balancer {
         }
         Ok((self.services.len(), adopted_backends))
     }
-
-    fn apply_service(
-        &mut self,
-        service: &ServiceSpec,
-        existing: Option<ServiceState>,
-        maps: &mut impl DataplaneMaps,
-        summary: &mut ApplySummary,
-        changes: &mut Changes,
-    ) -> Result<ServiceState> {
-        let is_new = existing.is_none();
-        let locality = &service.locality;
-        let mut state = match existing {
-            Some(state) => state,
-            None => {
-                let id = self
-                    .service_ids
-                    .allocate()
-                    .context("no free service id (too many services)")?;
-                summary.services_added += 1;
-                ServiceState {
-                    id,
-                    name: service.name.clone(),
-                    listen: service.listen,
-                    protocol: service.protocol,
-                    backends: Vec::new(),
-                    tables: Vec::new(),
-                    generation: 0,
-                    locality: Locality {
-                        pools: 0,
-                        serving: Vec::new(),
-                        default_pool: 0,
-                        prefixes: Arc::new(Vec::new()),
-                    },
-                    policy: None,
-                    maglev: None,
-                    maglev_inputs: Vec::new(),
-                    forwarding: service.forwarding,
-                }
-            }
-        };
-        if state.policy != Some(service.policy) {
-            maps.set_policy(state.id, &service.policy)
-                .with_context(|| format!("setting the policies of service {}", service.name))?;
-            state.policy = Some(service.policy);
-        }
-        state.name.clone_from(&service.name);
-        // Pools that are new to this service start their round robin from the beginning.
-        for pool in state.locality.pools..locality.pools {
-            maps.reset_cursor(table_index(state.id, pool))?;
-        }
-
-        let mut old_backends = std::mem::take(&mut state.backends);
-        for backend in &service.backends {
-            let same = |b: &BackendState| b.address == backend.address && b.pool == backend.pool;
-            let id = match old_backends.iter().position(same) {
-                Some(i) => old_backends.swap_remove(i).id,
-                None => {
-                    let id = self
-                        .backend_ids
-                        .allocate()
-                        .context("no free backend id (too many backends)")?;
-                    let entry = backend_entry(backend.address, state.id, backend.pool);
-                    maps.clear_mark(id)
-                        .and_then(|()| maps.set_backend(id, &entry))
-                        .with_context(|| {
-                            format!(
-                                "adding backend {} of service {}",
-                                backend.address, service.name
-                            )
-                        })?;
-                    summary.backends_added += 1;
-                    id
-                }
-            };
-            state.backends.push(BackendState {
-                id,
-                address: backend.address,
-                weight: backend.weight,
-                pool: backend.pool,
-            });
-        }
-        changes
-            .retired_backends
-            .extend(old_backends.iter().map(|b| b.id));
-
-        // One table per home pool, filled with the backends of the pool that serves it.
-        state.tables.resize(
-            locality.pools.max(state.locality.pools) as usize,
-            Vec::new(),
-        );
-        let mut changed_tables = Vec::new();
-        for home in 0..state.tables.len() as u32 {
-            let sequence = match locality.serving.get(home as usize) {
-                Some(&serving) if home < locality.pools => {
-                    let weights: Vec<(u32, u32)> = state
-                        .backends
-                        .iter()
-                        .filter(|b| b.pool == serving)
-                        .map(|b| (b.id, b.weight))
-                        .collect();
-                    smooth_weighted_sequence(&weights)
-                }
-                // A pool the service no longer has: its table is emptied.
-                _ => Vec::new(),
-            };
-            if is_new || sequence != state.tables[home as usize] {
-                changed_tables.push((home, sequence));
-            }
-        }
-        if !changed_tables.is_empty() {
-            state.generation = state.generation.wrapping_add(1);
-        }
-        let maglev = match service.scheduler {
-            Scheduler::Maglev(config) => Some(config),
-            Scheduler::RoundRobin => None,
-        };
-        let rebuild_all = maglev != state.maglev;
-        for (home, sequence) in &changed_tables {
-            let table = backend_table(sequence, state.generation);
-            changes.tables.push((table_index(state.id, *home), table));
-            state.tables[*home as usize].clone_from(sequence);
-        }
-        // Maglev tables are compared by what they are built from (exact weights): the
-        // round-robin sequence scales weights down and may not change when they do.
-        state.maglev_inputs.resize(state.tables.len(), Vec::new());
-        for home in 0..state.tables.len() as u32 {
-            let index = table_index(state.id, home);
-            match maglev {
-                Some(config) if home < locality.pools => {
-                    let serving = locality.serving[home as usize];
-                    let backends: Vec<(u32, SocketAddr, u32)> = state
-                        .backends
-                        .iter()
-                        .filter(|b| b.pool == serving)
-                        .map(|b| (b.id, b.address, b.weight))
-                        .collect();
-                    if rebuild_all || state.maglev_inputs[home as usize] != backends {
-                        changes
-                            .maglev_tables
-                            .push((index, lookup_table(&backends, &config)));
-                        state.maglev_inputs[home as usize] = backends;
-                    }
-                }
-                None if state.maglev.is_some() => changes.maglev_removed.push(index),
-                Some(_) => changes.maglev_removed.push(index),
-                None => {}
-            }
-        }
-        if maglev.is_none() {
-            state.maglev_inputs.clear();
-        }
-        state.maglev_inputs.truncate(locality.pools as usize);
-        state.tables.truncate(locality.pools as usize);
-
-        let prefixes_changed = !Arc::ptr_eq(&state.locality.prefixes, &locality.prefixes)
-            && *state.locality.prefixes != *locality.prefixes;
-        if prefixes_changed || (is_new && !locality.prefixes.is_empty()) {
-            let prefixes = locality
-                .prefixes
-                .iter()
-                .map(|(net, pool)| (*net, *pool as u32))
-                .collect();
-            changes.prefixes.push((state.id, prefixes));
-        }
-        let entry_changed = state.locality.pools != locality.pools
-            || state.locality.default_pool != locality.default_pool
-            || state.maglev.is_some() != maglev.is_some()
-            || state.forwarding != service.forwarding;
-        state.maglev = maglev;
-        state.forwarding = service.forwarding;
-        if is_new || entry_changed {
-            let entry = ServiceEntry {
-                id: state.id,
-                pools: locality.pools as u8,
-                default_pool: locality.default_pool as u8,
-                scheduler: match maglev {
-                    Some(_) => scheduler::MAGLEV,
-                    None => scheduler::ROUND_ROBIN,
-                },
-                forwarding: match service.forwarding {
-                    Forwarding::Nat => forwarding::NAT,
-                    Forwarding::Dsr => forwarding::DSR,
-                },
-            };
-            let key = service_key(service.listen, service.protocol);
-            changes
-                .new_services
-                .push((key, entry, service.name.clone()));
-        }
-        state.locality = locality.clone();
-        Ok(state)
-    }
 }
 
-/// What one apply writes after visiting every service.
-#[derive(Default)]
-struct Changes {
-    /// Tables to publish, by index.
-    tables: Vec<(u32, BackendTable)>,
-    /// Maglev tables to publish with them, by index.
-    maglev_tables: Vec<(u32, Box<MaglevTable>)>,
-    /// Maglev tables no longer used once the services are written, by index.
-    maglev_removed: Vec<u32>,
-    /// Services to add (or whose pools changed) once their tables are published.
-    new_services: Vec<(ServiceKey, ServiceEntry, String)>,
-    /// Client prefixes to publish, by service id.
-    prefixes: Vec<(u32, Vec<(IpNet, u32)>)>,
-    /// Backends that left; their flows are purged at the end.
-    retired_backends: Vec<u32>,
-}
-
-/// Hands out small integer ids next-fit, like PIDs: a released id is reused only after every
-/// other free id has been handed out, so an id is not recycled while a packet that read an old
-/// table might still be using it.
-#[derive(Debug)]
-pub(super) struct IdAllocator {
-    in_use: Vec<bool>,
-    next: usize,
-}
-
-impl IdAllocator {
-    pub(super) fn new(capacity: u32) -> Self {
-        Self {
-            in_use: vec![false; capacity as usize],
-            next: 0,
-        }
-    }
-
-    pub(super) fn allocate(&mut self) -> Option<u32> {
-        let capacity = self.in_use.len();
-        for offset in 0..capacity {
-            let id = (self.next + offset) % capacity;
-            if !self.in_use[id] {
-                self.in_use[id] = true;
-                self.next = (id + 1) % capacity;
-                return Some(id as u32);
-            }
-        }
-        None
-    }
-
-    pub(super) fn release(&mut self, id: u32) {
-        self.in_use[id as usize] = false;
-    }
-
-    /// Marks `id` as taken (adopting ids assigned by an earlier daemon).
-    pub(super) fn claim(&mut self, id: u32) {
-        if let Some(slot) = self.in_use.get_mut(id as usize) {
-            *slot = true;
-        }
+impl ApplySummary {
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &Self) {
+        self.services_added += other.services_added;
+        self.services_removed += other.services_removed;
+        self.backends_added += other.backends_added;
+        self.backends_removed += other.backends_removed;
+        self.tables_published += other.tables_published;
+        self.flows_purged += other.flows_purged;
     }
 }

@@ -19,6 +19,8 @@ use super::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
 #[derive(Default)]
 pub(crate) struct FakeMaps {
     pub(crate) log: Vec<String>,
+    /// Fails the write after this many more have succeeded (then writes succeed again).
+    pub(crate) fail_in: Option<usize>,
     pub(crate) backends: HashMap<u32, BackendEntry>,
     pub(crate) tables: HashMap<u32, Vec<u32>>,
     /// Maglev tables: (seed, slots).
@@ -40,13 +42,33 @@ pub(crate) struct FakeMaps {
     pub(crate) now_ns: u64,
 }
 
+impl FakeMaps {
+    /// Fails if this is the write `fail_in` was set to fail.
+    fn fault(&mut self) -> Result<()> {
+        match self.fail_in {
+            Some(0) => {
+                self.fail_in = None;
+                self.log.push("failed".into());
+                anyhow::bail!("injected failure")
+            }
+            Some(n) => {
+                self.fail_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl DataplaneMaps for FakeMaps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+        self.fault()?;
         self.log.push(format!("backend {id}"));
         self.backends.insert(id, *entry);
         Ok(())
     }
     fn publish_table(&mut self, index: u32, table: &BackendTable) -> Result<()> {
+        self.fault()?;
         let slots = table.slots[..table.len as usize].to_vec();
         for id in &slots {
             assert!(
@@ -59,6 +81,7 @@ impl DataplaneMaps for FakeMaps {
         Ok(())
     }
     fn publish_maglev(&mut self, index: u32, table: Option<&MaglevTable>) -> Result<()> {
+        self.fault()?;
         match table {
             Some(table) => {
                 let slots = table.slots[..table.len as usize].to_vec();
@@ -86,19 +109,23 @@ impl DataplaneMaps for FakeMaps {
         Ok(())
     }
     fn set_policy(&mut self, service_id: u32, policy: &ServicePolicy) -> Result<()> {
+        self.fault()?;
         self.log.push(format!("policy {service_id}"));
         self.policies.insert(service_id, *policy);
         Ok(())
     }
     fn clear_mark(&mut self, id: u32) -> Result<()> {
+        self.fault()?;
         self.log.push(format!("mark- {id}"));
         Ok(())
     }
     fn reset_cursor(&mut self, index: u32) -> Result<()> {
+        self.fault()?;
         self.log.push(format!("cursor {index}"));
         Ok(())
     }
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        self.fault()?;
         assert!(
             self.tables.contains_key(&table_index(entry.id, 0)),
             "service before its table"
@@ -113,14 +140,16 @@ impl DataplaneMaps for FakeMaps {
         Ok(())
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        let entry = self
-            .services
-            .remove(key)
-            .expect("removing a service that is not there");
-        self.log.push(format!("service- {}", entry.id));
+        self.fault()?;
+        // Removed before, by an apply that failed later: the next removes it again.
+        match self.services.remove(key) {
+            Some(entry) => self.log.push(format!("service- {}", entry.id)),
+            None => self.log.push("service- (absent)".into()),
+        }
         Ok(())
     }
     fn release_backend(&mut self, id: u32) -> Result<()> {
+        self.fault()?;
         self.log.push(format!("release {id}"));
         self.backends.insert(id, BackendEntry::default());
         Ok(())
@@ -140,22 +169,34 @@ impl DataplaneMaps for FakeMaps {
         })
     }
     fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
+        self.fault()?;
         self.log
             .push(format!("prefixes {service_id} {}", prefixes.len()));
         self.prefixes.insert(service_id, prefixes.to_vec());
         Ok(())
     }
     fn add_vip(&mut self, key: &VipKey) -> Result<()> {
-        assert!(self.vips.insert(*key), "adding a VIP twice");
-        self.log.push("vip+".into());
+        self.fault()?;
+        // Added before, by an apply that failed later: the next adds it again.
+        let again = if self.vips.insert(*key) {
+            ""
+        } else {
+            " (again)"
+        };
+        self.log.push(format!("vip+{again}"));
         Ok(())
     }
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        assert!(self.vips.remove(key), "removing a VIP that is not there");
-        self.log.push("vip-".into());
+        self.fault()?;
+        if self.vips.remove(key) {
+            self.log.push("vip-".into());
+        } else {
+            self.log.push("vip- (absent)".into());
+        }
         Ok(())
     }
     fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+        self.fault()?;
         for (index, slots) in &self.tables {
             for id in backend_ids {
                 assert!(

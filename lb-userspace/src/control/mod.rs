@@ -10,12 +10,17 @@
 //! and a backend's flows are purged only after the last table naming it was replaced.
 
 mod balancer;
+mod diff;
+mod ids;
 pub mod locality;
 pub mod maglev;
 mod ports;
 mod spec;
 pub mod table;
+mod writes;
 
+#[cfg(test)]
+mod apply_tests;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
@@ -23,7 +28,7 @@ mod maglev_tests;
 #[cfg(test)]
 mod tests;
 
-pub use balancer::{ApplySummary, BackendState, Balancer, ServiceState};
+pub use balancer::{ApplySummary, BackendState, Balancer, Known, ServiceState};
 pub use locality::serving_pools;
 pub use ports::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
 pub use spec::{BackendSpec, Locality, ServiceSpec};

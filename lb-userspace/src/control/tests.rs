@@ -2,7 +2,7 @@
 
 use lb_common::{ServiceEntry, tables::table_index};
 
-use super::{balancer::IdAllocator, fake::FakeMaps, *};
+use super::{fake::FakeMaps, ids::IdAllocator, *};
 use crate::{
     config::{Config, Protocol},
     wire::{backend_entry, service_key},

@@ -144,7 +144,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{Forwarding, Protocol},
-        control::{BackendState, Locality},
+        control::{BackendState, Known, Locality},
     };
 
     const SECOND: u64 = 1_000_000_000;
@@ -173,6 +173,7 @@ mod tests {
                 maglev: None,
                 maglev_inputs: Vec::new(),
                 forwarding: Forwarding::Nat,
+                known: Known::All,
             },
             ServiceState {
                 id: 1,
@@ -187,6 +188,7 @@ mod tests {
                 maglev: None,
                 maglev_inputs: Vec::new(),
                 forwarding: Forwarding::Nat,
+                known: Known::All,
             },
         ]
     }

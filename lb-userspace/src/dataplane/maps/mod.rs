@@ -353,7 +353,7 @@ impl DataplaneMaps for Maps {
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        Ok(self.services.remove(key)?)
+        absent_is_removed(self.services.remove(key))
     }
 
     fn existing(&self) -> Result<Existing> {
@@ -396,7 +396,20 @@ impl DataplaneMaps for Maps {
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(self.vips.remove(key)?)
+        absent_is_removed(self.vips.remove(key))
+    }
+}
+
+/// A deletion of a key that is not there succeeded already (an apply that failed after it
+/// is repeated, and deletes again).
+fn absent_is_removed(result: Result<(), aya::maps::MapError>) -> Result<()> {
+    match result {
+        Err(aya::maps::MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
     }
 }
 

@@ -1,0 +1,191 @@
+//! Applies that fail part way, applies at the id limits, and applies after a restart: the
+//! maps end as a clean apply would leave them, and no id leaks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::{consts::limits::MAX_SERVICES, tables::table_index};
+
+use super::{fake::FakeMaps, tests::config, *};
+
+const WEB: &str = r#"
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080", weight = 2 } ]
+"#;
+
+const DNS: &str = r#"
+[[service]]
+name = "dns"
+listen = "198.18.100.2:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.11:53" } ]
+"#;
+
+const VIDEO: &str = r#"
+[[service]]
+name = "video"
+listen = "198.18.100.3:80"
+protocol = "tcp"
+client_prefixes = { "198.18.0.0/25" = "kr" }
+
+[[service.pool]]
+name = "kr"
+backends = [ { address = "198.18.1.21:8080" } ]
+fallback = ["jp"]
+
+[[service.pool]]
+name = "jp"
+backends = [ { address = "198.18.1.22:8080" } ]
+"#;
+
+/// What the maps serve, by name rather than by id: services (with their entry's shape),
+/// each table as the backend addresses it names, the backends in use, the VIPs, and whether
+/// each service has client prefixes.
+fn served(maps: &FakeMaps) -> impl PartialEq + std::fmt::Debug {
+    let address = |id: &u32| {
+        let entry = maps.backends[id];
+        (crate::wire::backend_address(&entry), entry.pool)
+    };
+    let mut services = BTreeMap::new();
+    for (key, entry) in &maps.services {
+        let tables: Vec<Vec<_>> = (0..u32::from(entry.pools))
+            .map(|pool| {
+                maps.tables[&table_index(entry.id, pool)]
+                    .iter()
+                    .map(address)
+                    .collect()
+            })
+            .collect();
+        let prefixes = maps.prefixes.get(&entry.id).map_or(0, Vec::len);
+        services.insert(
+            format!("{key:?}"),
+            (entry.pools, entry.default_pool, tables, prefixes),
+        );
+    }
+    let in_use: BTreeSet<_> = maps
+        .backends
+        .iter()
+        .filter(|(_, e)| e.in_use == 1)
+        .map(|(id, _)| address(id))
+        .collect();
+    (services, in_use, maps.vips.len())
+}
+
+#[test]
+fn an_apply_that_fails_part_way_is_completed_by_the_next() {
+    let before = config(&format!("{WEB}{DNS}"));
+    // DNS leaves, VIDEO comes, WEB gains a backend and changes a weight.
+    let after = config(&format!(
+        "{}{VIDEO}",
+        WEB.replace(
+            "weight = 2 }",
+            "weight = 3 }, { address = \"198.18.1.13:8080\" }"
+        )
+    ));
+    let mut clean = FakeMaps::default();
+    let mut balancer = Balancer::new();
+    balancer.apply(&before, &mut clean).unwrap();
+    clean.log.clear();
+    balancer.apply(&after, &mut clean).unwrap();
+    let writes = clean.log.len();
+    assert!(writes > 10, "{:?}", clean.log);
+
+    for failing in 0..writes {
+        let mut maps = FakeMaps::default();
+        let mut balancer = Balancer::new();
+        balancer.apply(&before, &mut maps).unwrap();
+        maps.fail_in = Some(failing);
+        assert!(
+            balancer.apply(&after, &mut maps).is_err(),
+            "write {failing} fails"
+        );
+        balancer.apply(&after, &mut maps).unwrap();
+        assert_eq!(served(&maps), served(&clean), "write {failing} failed");
+        // Every backend id the maps use is the balancer's, and no other.
+        let recorded: BTreeSet<u32> = balancer
+            .services()
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        let in_use: BTreeSet<u32> = maps
+            .backends
+            .iter()
+            .filter(|(_, e)| e.in_use == 1)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(recorded, in_use, "write {failing} failed");
+        // And the one after that changes nothing.
+        maps.log.clear();
+        let summary = balancer.apply(&after, &mut maps).unwrap();
+        assert_eq!(summary, ApplySummary::default(), "{:?}", maps.log);
+    }
+}
+
+/// `n` services of one backend each, on distinct VIPs.
+fn many(n: usize, first_port: u16) -> Vec<ServiceSpec> {
+    let one = config(DNS).remove(0);
+    (0..n)
+        .map(|i| {
+            let mut spec = one.clone();
+            spec.name = format!("s{i}");
+            spec.listen.set_port(first_port + i as u16);
+            spec.backends[0].address.set_port(first_port + i as u16);
+            spec
+        })
+        .collect()
+}
+
+#[test]
+fn at_the_service_limit_a_service_can_still_be_replaced() {
+    let mut maps = FakeMaps::default();
+    let mut balancer = Balancer::new();
+    let full = many(MAX_SERVICES as usize, 1000);
+    balancer.apply(&full, &mut maps).unwrap();
+    // One service moves to another port: a removal and an addition, with no id free.
+    let mut moved = full.clone();
+    moved[0].listen.set_port(60000);
+    let summary = balancer.apply(&moved, &mut maps).unwrap();
+    assert_eq!((summary.services_added, summary.services_removed), (1, 1));
+    assert_eq!(maps.services.len(), MAX_SERVICES as usize);
+    let key = crate::wire::service_key(moved[0].listen, moved[0].protocol);
+    let id = maps.services[&key].id;
+    assert_eq!(maps.tables[&table_index(id, 0)].len(), 1);
+    // And back.
+    balancer.apply(&full, &mut maps).unwrap();
+    assert_eq!(maps.services.len(), MAX_SERVICES as usize);
+    // One more than the limit is refused, and changes nothing.
+    let mut over = full.clone();
+    over.extend(many(1, 50000));
+    let error = balancer.apply(&over, &mut maps).unwrap_err();
+    assert!(error.to_string().contains("no free service id"), "{error}");
+    assert_eq!(maps.services.len(), MAX_SERVICES as usize);
+}
+
+#[test]
+fn after_a_restart_every_table_and_prefix_is_published_whole() {
+    let specs = config(&format!("{WEB}{VIDEO}"));
+    let mut maps = FakeMaps::default();
+    Balancer::new().apply(&specs, &mut maps).unwrap();
+    // A restart during an outage: every backend of WEB is Down at the first check, and
+    // VIDEO's config no longer has client prefixes.
+    let mut restarted = specs.clone();
+    for backend in &mut restarted[0].backends {
+        backend.weight = 0;
+    }
+    restarted[1].locality.prefixes = std::sync::Arc::new(Vec::new());
+    let mut second = Balancer::new();
+    second.adopt(&mut maps).unwrap();
+    second.apply(&restarted, &mut maps).unwrap();
+    let web = second.services()[0].id;
+    assert!(
+        maps.tables[&table_index(web, 0)].is_empty(),
+        "the earlier daemon's table named Down backends"
+    );
+    let video = second.services()[1].id;
+    assert!(
+        maps.prefixes[&video].is_empty(),
+        "the earlier daemon's prefixes are gone"
+    );
+}

@@ -1,0 +1,83 @@
+//! The writer of an apply: makes the writes `diff` planned, in an order that keeps every
+//! intermediate state valid for a packet that arrives between two of them (see the module
+//! documentation of `control`): what a service needs (its settings, its backends' entries)
+//! before any table names it, tables before the services that use them, services removed
+//! before their tables are emptied, and flows purged only once no table names their backend.
+
+use anyhow::{Context as _, Result};
+use lb_common::BackendTable;
+
+use super::{diff::Writes, ports::DataplaneMaps};
+
+/// Makes `writes`; returns how many flows were purged. Stops at the first failure.
+pub(super) fn write(writes: &Writes, maps: &mut impl DataplaneMaps) -> Result<usize> {
+    for setup in &writes.setup {
+        if let Some(policy) = &setup.policy {
+            maps.set_policy(setup.id, policy)
+                .with_context(|| format!("setting the policies of service {}", setup.name))?;
+        }
+        for &index in &setup.new_tables {
+            maps.reset_cursor(index)?;
+        }
+        for (id, entry, address, new) in &setup.backends {
+            // A new id's passive marks are the previous owner's: cleared first.
+            let cleared = if *new { maps.clear_mark(*id) } else { Ok(()) };
+            cleared
+                .and_then(|()| maps.set_backend(*id, entry))
+                .with_context(|| format!("adding backend {address} of service {}", setup.name))?;
+        }
+    }
+    // Every changed table in one batch, then the services that need them.
+    maps.publish_tables(&writes.tables)
+        .context("publishing tables")?;
+    for (index, table) in &writes.maglev_tables {
+        maps.publish_maglev(*index, Some(table))
+            .context("publishing a Maglev table")?;
+    }
+    for (service_id, prefixes) in &writes.prefixes {
+        maps.publish_prefixes(*service_id, prefixes)
+            .context("publishing client prefixes")?;
+    }
+    for (key, entry, name) in &writes.entries {
+        maps.set_service(key, entry)
+            .with_context(|| format!("adding service {name}"))?;
+    }
+    for index in &writes.maglev_removed {
+        maps.publish_maglev(*index, None)
+            .context("removing a Maglev table")?;
+    }
+    for vip in &writes.vips_added {
+        maps.add_vip(vip).context("adding a VIP")?;
+    }
+
+    let mut emptied = Vec::new();
+    for removed in &writes.removed {
+        maps.remove_service(&removed.key)
+            .with_context(|| format!("removing service {}", removed.name))?;
+        for &index in &removed.tables {
+            emptied.push((index, BackendTable::EMPTY));
+            if removed.maglev {
+                maps.publish_maglev(index, None)
+                    .with_context(|| format!("removing the Maglev tables of {}", removed.name))?;
+            }
+        }
+        if removed.prefixes {
+            maps.publish_prefixes(removed.id, &[])
+                .with_context(|| format!("clearing the prefixes of {}", removed.name))?;
+        }
+    }
+    maps.publish_tables(&emptied)
+        .context("emptying the tables of removed services")?;
+
+    let mut purged = 0;
+    if !writes.retired.is_empty() {
+        purged = maps.purge_flows(&writes.retired)?;
+        for &id in &writes.retired {
+            maps.release_backend(id)?;
+        }
+    }
+    for vip in &writes.vips_removed {
+        maps.remove_vip(vip).context("removing a VIP")?;
+    }
+    Ok(purged)
+}
