@@ -21,7 +21,7 @@ use crate::{
 
 /// How `xlb run` runs.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// The control API's socket.
     pub socket: PathBuf,
     /// On exit, detach from the interfaces and remove the pins instead of leaving the data
@@ -35,7 +35,7 @@ pub struct Options {
 
 /// Runs the balancer for the configuration at `config_path` until `shutdown` completes. SIGHUP
 /// reloads the configuration.
-pub async fn run(
+pub(crate) async fn run(
     config_path: &Path,
     options: &Options,
     shutdown: impl Future<Output = ()>,

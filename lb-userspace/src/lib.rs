@@ -1,31 +1,36 @@
 //! xlb: a Layer-4 TCP/UDP load balancer whose data plane is an eBPF program at the XDP or tc
-//! hook. This crate is the userspace half, in layers (ARCHITECTURE.md draws them):
+//! hook. This crate is the userspace half, in layers (ARCHITECTURE.md draws them, and a test
+//! holds the code to them), lowest first:
 //!
-//! - [`config`]: the configuration file, validated.
-//! - [`health`]: what xlb knows of each backend (health checks, load agents, state machines).
-//! - [`control`]: what the maps should hold and the order of the writes that get them there.
-//! - [`monitor`]: the owner of the daemon's state; decides ([`monitor::plan`]) and applies.
+//! - `sys` and [`config`]: the host; the configuration file, validated.
+//! - [`wire`], `health` and [`report`]: the maps' encoding of addresses and ports; what xlb
+//!   knows of each backend (health checks, load agents, state machines); the answers' data.
+//! - [`control`], `announce`, `metrics`, `logging`, `service_manager`: what the maps should
+//!   hold and the order of the writes; route health injection; the Prometheus endpoint; the
+//!   daemon under systemd.
 //! - [`dataplane`]: the loaded programs and their maps; where and how they attach.
-//! - [`announce`]: route health injection, the VIPs offered to the local BGP daemon.
-//! - [`api`] and [`metrics`]: the daemon's edges; [`daemon`] ties everything together for
-//!   `xlb run`, and [`cli`] is the `xlb` command line.
-//! - [`logging`] and [`service_manager`]: the daemon under systemd (journal, readiness).
-//! - [`wire`]: the encoding of addresses and ports in the maps, shared by the layers.
+//! - `monitor`: the owner of the daemon's state; decides and applies.
+//! - [`cmd`], `api`, `daemon` and [`cli`]: the operators' commands, the control socket,
+//!   `xlb run`, and the `xlb` command line.
+//!
+//! Only what the binary, the tests and the benchmarks use is public.
 
-pub mod announce;
-pub mod api;
+#![warn(unreachable_pub)]
+
+mod announce;
+mod api;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod control;
-pub mod daemon;
+mod daemon;
 pub mod dataplane;
-pub mod health;
-pub mod logging;
-pub mod metrics;
-pub mod monitor;
+mod health;
+mod logging;
+mod metrics;
+mod monitor;
 pub mod report;
-pub mod service_manager;
+mod service_manager;
 pub mod sys;
 pub mod wire;
 

@@ -24,7 +24,7 @@ fn names_stream(journal_stream: Option<&str>, file: Option<(u64, u64)>) -> bool 
 }
 
 /// Sets up logging for the daemon.
-pub fn init() {
+pub(crate) fn init() {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if stderr_is_journal() {
         match tracing_journald::layer() {

@@ -11,12 +11,12 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// The daemon balances; `status` is shown by `systemctl status`.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// A reload begins (systemd 253 and later want the time with it).
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => notify(&[NotifyState::Reloading, now]),
         Err(_) => notify(&[NotifyState::Reloading]),
@@ -24,6 +24,6 @@ pub fn reloading() {
 }
 
 /// The daemon is stopping.
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping]);
 }

@@ -19,7 +19,7 @@ pub fn addr_field(ip: IpAddr) -> Addr {
 }
 
 /// The 16 wire-order bytes of a map address field.
-pub fn addr_bytes(field: &Addr) -> [u8; 16] {
+pub(crate) fn addr_bytes(field: &Addr) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     for (i, word) in field.iter().enumerate() {
         bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
@@ -51,7 +51,7 @@ pub fn port_field(port: u16) -> u16 {
 }
 
 /// The `SERVICES` key of a service.
-pub fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
+pub(crate) fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
     ServiceKey {
         addr: addr_field(listen.ip()),
         port: port_field(listen.port()),
@@ -61,7 +61,7 @@ pub fn service_key(listen: SocketAddr, protocol: Protocol) -> ServiceKey {
 }
 
 /// The `VIPS` key of an address.
-pub fn vip_key(ip: IpAddr) -> VipKey {
+pub(crate) fn vip_key(ip: IpAddr) -> VipKey {
     VipKey {
         addr: addr_field(ip),
         family: family_of(ip),
@@ -83,7 +83,7 @@ pub fn backend_entry(address: SocketAddr, service_id: u32, pool: u32) -> Backend
 }
 
 /// The address of a `BACKENDS` entry.
-pub fn backend_address(entry: &BackendEntry) -> SocketAddr {
+pub(crate) fn backend_address(entry: &BackendEntry) -> SocketAddr {
     SocketAddr::new(
         ip_from_field(&entry.addr, entry.family),
         u16::from_be(entry.port),
@@ -91,7 +91,7 @@ pub fn backend_address(entry: &BackendEntry) -> SocketAddr {
 }
 
 /// The VIP, port and protocol of a `SERVICES` key (`None` for an unknown protocol).
-pub fn service_of_key(key: &ServiceKey) -> Option<(SocketAddr, Protocol)> {
+pub(crate) fn service_of_key(key: &ServiceKey) -> Option<(SocketAddr, Protocol)> {
     let protocol = match key.proto {
         lb_common::consts::proto::TCP => Protocol::Tcp,
         lb_common::consts::proto::UDP => Protocol::Udp,

@@ -42,8 +42,6 @@ use crate::netns::Netns;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 /// The virtual IPv6 address of test services.
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
-/// The client's IPv6 address.
-pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 /// The MTU of the client's link in the `BehindRouter` wiring.
 pub const NARROW_MTU: u32 = 1280;
 /// The client's address (without a router).

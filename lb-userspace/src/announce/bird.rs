@@ -14,7 +14,7 @@ use tokio::{
 const GREETING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// "BIRD 2.0.12" if a BIRD answers at `socket`, else what went wrong.
-pub async fn probe(socket: &Path) -> Result<String, String> {
+pub(super) async fn probe(socket: &Path) -> Result<String, String> {
     let greet = async {
         let stream = UnixStream::connect(socket)
             .await

@@ -20,7 +20,7 @@ use crate::sys::netif;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// The device, held open.
-pub struct VipDevice {
+pub(super) struct VipDevice {
     /// Keeps the device alive.
     _file: File,
     /// Its name.
@@ -33,7 +33,7 @@ pub struct VipDevice {
 impl VipDevice {
     /// Creates the TUN device `name` (IFF_TUN, no packet information) and sets it up. Fails
     /// if a device of that name exists and is in use (another xlb, most likely).
-    pub async fn create(name: &str) -> Result<Self> {
+    pub(super) async fn create(name: &str) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -78,7 +78,7 @@ impl VipDevice {
     }
 
     /// Adds `vip` (a host route: /32 or /128); already there is fine.
-    pub async fn add(&self, vip: IpAddr) -> Result<()> {
+    pub(super) async fn add(&self, vip: IpAddr) -> Result<()> {
         let len = if vip.is_ipv4() { 32 } else { 128 };
         match self
             .netlink
@@ -94,7 +94,7 @@ impl VipDevice {
     }
 
     /// Removes `vip`; not there is fine.
-    pub async fn remove(&self, vip: IpAddr) -> Result<()> {
+    pub(super) async fn remove(&self, vip: IpAddr) -> Result<()> {
         let mut addresses = self
             .netlink
             .address()

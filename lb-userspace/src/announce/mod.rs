@@ -8,7 +8,7 @@
 
 mod bird;
 mod device;
-pub mod plan;
+pub(crate) mod plan;
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +23,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{info, warn};
 
 use self::device::VipDevice;
-pub use self::plan::{Announcement, announcements, withdrawn};
+pub(crate) use self::plan::{Announcement, announcements, withdrawn};
 use crate::{
     config::AnnounceConfig,
     report::{AnnounceReport, VipReport},

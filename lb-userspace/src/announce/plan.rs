@@ -21,7 +21,7 @@ pub struct Announcement {
 /// flows (a weight above zero in `specs`: Up, or Overloaded with nowhere else to go), and
 /// withdrawn when none has (every backend Down, drained or disabled), since this instance
 /// would then drop the new flows that routers send it.
-pub fn announcements(config: &Config, specs: &[ServiceSpec]) -> Vec<Announcement> {
+pub(crate) fn announcements(config: &Config, specs: &[ServiceSpec]) -> Vec<Announcement> {
     let mut vips: BTreeMap<IpAddr, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
     for service in config.services.iter().filter(|s| s.announce) {
         let serving = specs
@@ -49,7 +49,7 @@ pub fn announcements(config: &Config, specs: &[ServiceSpec]) -> Vec<Announcement
 }
 
 /// Every VIP of `announcements` withdrawn, for `reason`.
-pub fn withdrawn(announcements: &[Announcement], reason: &str) -> Vec<Announcement> {
+pub(crate) fn withdrawn(announcements: &[Announcement], reason: &str) -> Vec<Announcement> {
     announcements
         .iter()
         .map(|a| Announcement {

@@ -13,7 +13,7 @@ use super::IO_TIMEOUT;
 use crate::cmd::{Request, Response};
 
 /// Sends `request` to the daemon at `socket` and returns its answer (for the CLI).
-pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+pub(crate) fn call(socket: &Path, request: &Request) -> Result<Response> {
     let mut answers = send(socket, request, IO_TIMEOUT)?;
     read_answer(&mut answers)
 }
@@ -21,7 +21,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
 /// Sends `request` and passes every answer but the last to `each` until the daemon ends the
 /// stream (`trace_end`) or answers an error; returns that last answer. `silence` is how long
 /// the daemon may say nothing.
-pub fn stream(
+pub(crate) fn stream(
     socket: &Path,
     request: &Request,
     silence: Duration,

@@ -4,12 +4,12 @@
 //! response back (or a stream of them), each on one line; the messages are the commands'
 //! ([`crate::cmd`]).
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 
 use std::time::Duration;
 
 /// Where the daemon listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 /// How long a client may take to send its request, and the CLI to wait for an answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);

@@ -20,7 +20,7 @@ use crate::cmd::{Caller, Reply, Request, Response};
 
 /// Makes the job that answers a request for a caller and sends the reply back: the daemon
 /// gives [`crate::cmd::job`], tests something simpler.
-pub type MakeJob<J> = fn(Request, Caller, oneshot::Sender<Reply>) -> J;
+pub(crate) type MakeJob<J> = fn(Request, Caller, oneshot::Sender<Reply>) -> J;
 
 /// A user's name and uid ("root (uid 0)"), or the uid alone if it has no name.
 fn user_name(uid: u32) -> String {
@@ -35,7 +35,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// Binds the API socket: creates its directory, refuses if another daemon answers there,
 /// replaces a stale socket file, and makes the socket owner-only (0600).
-pub fn bind(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -54,7 +54,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Serves the API on `listener`, passing each request that passes its command's checks to
 /// `jobs`, made by `make`.
-pub async fn serve<J: Send + 'static>(
+pub(crate) async fn serve<J: Send + 'static>(
     listener: UnixListener,
     jobs: mpsc::Sender<J>,
     make: MakeJob<J>,

@@ -13,9 +13,9 @@ use crate::{
 };
 
 /// How many flows are listed unless told.
-pub const DEFAULT_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
 /// The most listed at once.
-pub const MAX_LIMIT: u32 = 100_000;
+pub(crate) const MAX_LIMIT: u32 = 100_000;
 
 /// The flows in the flow tables, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]

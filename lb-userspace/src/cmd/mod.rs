@@ -7,13 +7,13 @@
 //! Over the control API a request is one JSON object tagged with its command
 //! (`{"command":"status"}`), and so is each [`Response`].
 
-pub mod backend;
-pub mod flows;
-pub mod reload;
-pub mod simulate;
-pub mod stats;
-pub mod status;
-pub mod trace;
+pub(crate) mod backend;
+pub(crate) mod flows;
+pub(crate) mod reload;
+pub(crate) mod simulate;
+pub(crate) mod stats;
+pub(crate) mod status;
+pub(crate) mod trace;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -83,7 +83,7 @@ impl Request {
 }
 
 /// The monitor's job that answers `request` for `caller` and sends the reply back.
-pub fn job(request: Request, caller: Caller, reply: oneshot::Sender<Reply>) -> Job {
+pub(crate) fn job(request: Request, caller: Caller, reply: oneshot::Sender<Reply>) -> Job {
     Box::new(move |monitor, dataplane| {
         let _ = reply.send(request.answer(&caller, monitor, dataplane));
     })

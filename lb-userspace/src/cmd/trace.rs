@@ -11,11 +11,11 @@ use crate::{
 };
 
 /// How long a trace runs unless told, in seconds.
-pub const DEFAULT_SECONDS: u64 = 10;
+pub(crate) const DEFAULT_SECONDS: u64 = 10;
 /// The longest trace, in seconds.
-pub const MAX_SECONDS: u64 = 3600;
+pub(crate) const MAX_SECONDS: u64 = 3600;
 /// The sparsest sampling: one matching packet in this many.
-pub const MAX_SAMPLE: u32 = 1_000_000;
+pub(crate) const MAX_SAMPLE: u32 = 1_000_000;
 
 /// A service's packets, for a while, filtered and sampled in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]

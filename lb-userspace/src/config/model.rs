@@ -53,11 +53,11 @@ pub struct AnnounceConfig {
 }
 
 /// Default name of the announcement device.
-pub const DEFAULT_ANNOUNCE_DEVICE: &str = "xlb-vip";
+pub(super) const DEFAULT_ANNOUNCE_DEVICE: &str = "xlb-vip";
 /// Default BIRD control socket (Debian's bird2).
-pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub(super) const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 /// Default drain time on SIGTERM.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Where the program is attached (`xdp_mode`); see `hooks` for what is correct where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
 }
 
 /// A line of a prefix file: its number, prefix and pool name.
-pub type PrefixLine = (usize, IpNet, String);
+pub(super) type PrefixLine = (usize, IpNet, String);
 
 /// Parses the lines of a prefix file: `prefix pool`, blank lines and `#` comments allowed.
 /// Returns the entries with their line numbers, or every bad line's number and problem.

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 /// The pool that serves each home pool's new flows: the home pool while it has room, else the
 /// first pool of its fallback list that has room, else the home pool still (whose table then
 /// holds only Overloaded backends, or none).
-pub fn serving_pools(has_room: &[bool], fallback: &[Vec<usize>]) -> Vec<usize> {
+pub(crate) fn serving_pools(has_room: &[bool], fallback: &[Vec<usize>]) -> Vec<usize> {
     (0..has_room.len())
         .map(|home| {
             if has_room[home] {
@@ -24,7 +24,7 @@ pub fn serving_pools(has_room: &[bool], fallback: &[Vec<usize>]) -> Vec<usize> {
 }
 
 /// The home pool of a client: the pool of the longest prefix containing it, or `default`.
-pub fn home_pool(prefixes: &[(IpNet, usize)], default: usize, client: IpAddr) -> usize {
+pub(crate) fn home_pool(prefixes: &[(IpNet, usize)], default: usize, client: IpAddr) -> usize {
     prefixes
         .iter()
         .filter(|(net, _)| net.contains(&client))

@@ -12,7 +12,7 @@
 mod balancer;
 mod diff;
 mod ids;
-pub mod locality;
+pub(crate) mod locality;
 pub mod maglev;
 mod ports;
 mod spec;
@@ -29,6 +29,6 @@ mod maglev_tests;
 mod tests;
 
 pub use balancer::{ApplySummary, BackendState, Balancer, Known, ServiceState};
-pub use locality::serving_pools;
+pub(crate) use locality::serving_pools;
 pub use ports::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
 pub use spec::{BackendSpec, Locality, ServiceSpec};

@@ -115,7 +115,7 @@ impl ServiceSpec {
 }
 
 /// A service's passive health and admission settings as the data plane takes them.
-pub fn policy(service: &ServiceConfig) -> ServicePolicy {
+pub(super) fn policy(service: &ServiceConfig) -> ServicePolicy {
     let mut policy = ServicePolicy::default();
     if let Some(passive) = service.passive.as_ref().filter(|p| p.enabled()) {
         policy.refused = passive.refused as u16;
@@ -139,7 +139,7 @@ pub fn policy(service: &ServiceConfig) -> ServicePolicy {
 }
 
 /// The mask of a prefix of `bits` bits, as an [`Addr`] (words holding wire-order bytes).
-pub fn prefix_mask(bits: u8) -> Addr {
+pub(super) fn prefix_mask(bits: u8) -> Addr {
     let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
     let bytes = mask.to_be_bytes();
     core::array::from_fn(|i| {

@@ -8,11 +8,11 @@
 //! - `maps`: the maps' contents (tables, flows, counters, passive marks, the trace's maps).
 
 pub mod attach;
-pub mod maps;
+pub(crate) mod maps;
 mod noop;
 mod objects;
-pub mod pins;
-pub mod simulate;
+pub(crate) mod pins;
+pub(crate) mod simulate;
 
 use std::path::{Path, PathBuf};
 
@@ -64,13 +64,6 @@ impl Dataplane {
     /// `flow_table_size` flows of each family, nothing pinned.
     pub fn load(flow_table_size: u32) -> Result<Self> {
         Self::load_with(objects::balancer()?, [flow_table_size; 2], None)
-    }
-
-    /// Loads another build of the balancer's object (one whose maps have this build's
-    /// layouts), like [`Self::load`]: for benchmarks that compare two builds of the data plane
-    /// in one process, run after run, so that both see the same machine.
-    pub fn load_object(object: &[u8], flow_table_size: u32) -> Result<Self> {
-        Self::load_with(object, [flow_table_size; 2], None)
     }
 
     /// Loads the program with its maps pinned in `pin_dir` (a bpffs directory): maps already

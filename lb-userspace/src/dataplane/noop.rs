@@ -101,7 +101,7 @@ impl NoopProgram {
     }
 
     /// The program, for attaching.
-    pub fn program_mut(&mut self) -> &mut Xdp {
+    pub(crate) fn program_mut(&mut self) -> &mut Xdp {
         self.ebpf
             .program_mut(program_names::NOOP)
             .and_then(|program| program.try_into().ok())

@@ -30,7 +30,7 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Makes sure `dir` exists on a bpffs, mounting bpffs at /sys/fs/bpf when `dir` is under it
 /// and it is not mounted yet.
-pub fn prepare(dir: &Path) -> Result<()> {
+pub(crate) fn prepare(dir: &Path) -> Result<()> {
     let root = Path::new(BPF_FS_ROOT);
     if dir.starts_with(root) && !is_bpffs(root) {
         let source = CString::new("bpf")?;
@@ -65,14 +65,14 @@ pub fn prepare(dir: &Path) -> Result<()> {
 }
 
 /// An exclusive lock on a pin directory, held while the daemon runs.
-pub struct PinLock {
+pub(crate) struct PinLock {
     _file: File,
     path: PathBuf,
 }
 
 impl PinLock {
     /// Takes the lock of `pin_dir`, kept in `lock_dir`; fails at once if another daemon holds it.
-    pub fn take(pin_dir: &Path, lock_dir: &Path) -> Result<Self> {
+    pub(crate) fn take(pin_dir: &Path, lock_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(lock_dir)?;
         let name: String = pin_dir
             .to_string_lossy()
@@ -102,7 +102,7 @@ impl Drop for PinLock {
 /// Checks that the maps pinned in `dir` have this version's layout (key and value sizes), so
 /// that pins made by another version of xlb are refused with a clear error rather than by the
 /// verifier. A map this version adds and `dir` lacks is fine: it is created.
-pub fn check_layouts(dir: &Path) -> Result<()> {
+pub(crate) fn check_layouts(dir: &Path) -> Result<()> {
     for (name, key, value) in PINNED_LAYOUTS {
         let path = dir.join(name);
         if !path.exists() {
@@ -127,7 +127,7 @@ pub fn check_layouts(dir: &Path) -> Result<()> {
 
 /// Refuses pins of a version with maps this one no longer has (see
 /// `lb_common::consts::map_names::RETIRED`), before anything is loaded onto them.
-pub fn check_retired(dir: &Path) -> Result<()> {
+pub(crate) fn check_retired(dir: &Path) -> Result<()> {
     for name in lb_common::consts::map_names::RETIRED {
         if dir.join(name).exists() {
             bail!(

@@ -22,7 +22,7 @@ use crate::{
 
 /// What the program did with a simulated new flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Simulation {
+pub(crate) struct Simulation {
     /// The program's verdict, in words ("redirect", "drop", ...).
     pub verdict: String,
     /// The backend the packet was sent to, if any.
@@ -33,7 +33,7 @@ pub struct Simulation {
 
 /// Runs a new flow from `client` to the service at `listen` through the program, as if it
 /// arrived on interface `ifindex`.
-pub fn simulate(
+pub(crate) fn simulate(
     dataplane: &mut Dataplane,
     listen: SocketAddr,
     protocol: Protocol,

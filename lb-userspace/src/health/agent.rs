@@ -32,7 +32,7 @@ pub enum AgentAdmin {
 }
 
 /// Parses one agent reply line. Text after `#` is a comment.
-pub fn parse(line: &str) -> Result<AgentReport, String> {
+pub(crate) fn parse(line: &str) -> Result<AgentReport, String> {
     let words = line.split('#').next().unwrap_or_default();
     let mut report = AgentReport::default();
     let mut understood = false;
@@ -71,7 +71,7 @@ pub fn parse(line: &str) -> Result<AgentReport, String> {
 
 /// Connects to the agent at `address` and reads its reply (one line, or what arrives before
 /// the agent closes), within `limit`.
-pub async fn query(address: SocketAddr, limit: Duration) -> Result<AgentReport, String> {
+pub(crate) async fn query(address: SocketAddr, limit: Duration) -> Result<AgentReport, String> {
     let reply = timeout(limit, async {
         let mut stream = TcpStream::connect(address)
             .await

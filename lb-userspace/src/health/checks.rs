@@ -14,7 +14,11 @@ use tokio::{
 use crate::config::HealthCheck;
 
 /// Runs `check` against `target`, failing if it takes longer than `limit`.
-pub async fn run(check: &HealthCheck, target: SocketAddr, limit: Duration) -> Result<(), String> {
+pub(crate) async fn run(
+    check: &HealthCheck,
+    target: SocketAddr,
+    limit: Duration,
+) -> Result<(), String> {
     let attempt = async {
         match check {
             HealthCheck::None => Ok(()),

@@ -1,6 +1,6 @@
 //! What xlb knows of each backend: its health checks ([`checks`]), what its load agent says
 //! ([`agent`]), and the state machines that turn both into a state and a weight ([`state`]).
 
-pub mod agent;
-pub mod checks;
-pub mod state;
+pub(crate) mod agent;
+pub(crate) mod checks;
+pub(crate) mod state;

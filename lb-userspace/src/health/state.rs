@@ -20,10 +20,10 @@ use crate::config::LoadConfig;
 
 /// How far above `overload_below` (in percentage points) an agent's weight must climb before an
 /// Overloaded backend counts as having room again.
-pub const OVERLOAD_RECOVERY_POINTS: u32 = 10;
+pub(crate) const OVERLOAD_RECOVERY_POINTS: u32 = 10;
 /// Fraction (in percent) of `max_flows` the active flows must fall to before an Overloaded
 /// backend counts as having room again.
-pub const OVERLOAD_RECOVERY_FLOWS_PERCENT: u64 = 90;
+pub(crate) const OVERLOAD_RECOVERY_FLOWS_PERCENT: u64 = 90;
 
 /// The state of a backend, as shown to operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -383,7 +383,7 @@ fn slowstart_fraction(
 
 /// Whether any of `backends` has room for new flows: Up (not Overloaded, Draining or Down)
 /// with a weight above zero.
-pub fn has_room(
+pub(crate) fn has_room(
     backends: &[&BackendStatus],
     load: Option<&LoadConfig>,
     slowstart: Option<Duration>,
@@ -397,7 +397,7 @@ pub fn has_room(
 /// The table weights of a service's backends, in order. Down and Draining backends get 0. An
 /// Overloaded backend gets 0 while another backend of the service has room (is Up); when none
 /// has, the Overloaded ones share the new flows by their weights, since they are still serving.
-pub fn table_weights(
+pub(crate) fn table_weights(
     backends: &[&BackendStatus],
     load: Option<&LoadConfig>,
     slowstart: Option<Duration>,

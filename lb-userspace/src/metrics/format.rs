@@ -11,7 +11,7 @@
 
 /// A text format of the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus text format 0.0.4.
     Classic,
     /// OpenMetrics 1.0.0.
@@ -22,7 +22,7 @@ impl Format {
     /// The format an `Accept` header asks for: OpenMetrics if it names it with a quality at
     /// least that of any text/plain or `*/*` entry, the classic format otherwise (also
     /// without a header).
-    pub fn from_accept(accept: Option<&str>) -> Self {
+    pub(crate) fn from_accept(accept: Option<&str>) -> Self {
         let Some(accept) = accept else {
             return Self::Classic;
         };
@@ -48,7 +48,7 @@ impl Format {
     }
 
     /// The `Content-Type` of an answer in this format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -57,7 +57,7 @@ impl Format {
 }
 
 /// The classic text format of an OpenMetrics exposition of counters and gauges.
-pub fn classic_from_openmetrics(open_metrics: &str) -> String {
+pub(crate) fn classic_from_openmetrics(open_metrics: &str) -> String {
     let mut out = String::with_capacity(open_metrics.len());
     // A family's HELP line comes before its TYPE line, which says whether it is a counter.
     let mut help: Option<(&str, &str)> = None;

@@ -5,7 +5,7 @@
 //! scraper asks for (`format`).
 
 mod families;
-pub mod format;
+pub(crate) mod format;
 
 use std::{
     net::SocketAddr,
@@ -23,12 +23,12 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-pub use self::format::Format;
+pub(crate) use self::format::Format;
 use crate::{health::state::State, report::Counters};
 
 /// What the metrics expose, as of the monitor's last refresh.
 #[derive(Clone, Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Services in config order.
     pub services: Vec<ServiceMetrics>,
     /// Data-plane events: name and count.
@@ -51,7 +51,7 @@ pub struct Snapshot {
 
 /// One service.
 #[derive(Clone, Debug)]
-pub struct ServiceMetrics {
+pub(crate) struct ServiceMetrics {
     /// Name.
     pub name: String,
     /// Counters.
@@ -62,7 +62,7 @@ pub struct ServiceMetrics {
 
 /// One backend.
 #[derive(Clone, Debug)]
-pub struct BackendMetrics {
+pub(crate) struct BackendMetrics {
     /// Address and port.
     pub address: String,
     /// Counters.
@@ -81,7 +81,7 @@ pub struct BackendMetrics {
 
 /// The handshake guard (see the README's SYN flood section).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct GuardMetrics {
+pub(crate) struct GuardMetrics {
     /// Whether SYNs are placed by hash now.
     pub hashing: bool,
     /// New TCP flows per window before it hashes (0: never).
@@ -92,7 +92,7 @@ pub struct GuardMetrics {
 
 /// Reloads of the configuration.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ReloadMetrics {
+pub(crate) struct ReloadMetrics {
     /// Reloads applied.
     pub succeeded: u64,
     /// Reloads refused (the file or the change was invalid; nothing changed).
@@ -104,17 +104,17 @@ pub struct ReloadMetrics {
 }
 
 /// The snapshot shared between the monitor and the endpoint.
-pub type Shared = Arc<Mutex<Snapshot>>;
+pub(crate) type Shared = Arc<Mutex<Snapshot>>;
 
 /// The registry with xlb's collector.
-pub fn registry(shared: Shared) -> Registry {
+pub(crate) fn registry(shared: Shared) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(families::XlbCollector(shared)));
     registry
 }
 
 /// Encodes the metrics in `format`.
-pub fn render(registry: &Registry, format: Format) -> Result<String> {
+pub(crate) fn render(registry: &Registry, format: Format) -> Result<String> {
     let mut text = String::new();
     encode(&mut text, registry)?;
     Ok(match format {
@@ -124,7 +124,7 @@ pub fn render(registry: &Registry, format: Format) -> Result<String> {
 }
 
 /// Binds the endpoint's address (an error names it: a failed bind stops xlb at start).
-pub fn bind(address: SocketAddr) -> Result<TcpListener> {
+pub(crate) fn bind(address: SocketAddr) -> Result<TcpListener> {
     let listener = std::net::TcpListener::bind(address).with_context(|| {
         format!("binding the metrics endpoint {address} (the `metrics` key of the config)")
     })?;
@@ -133,7 +133,7 @@ pub fn bind(address: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Shared) {
+pub(crate) async fn serve(listener: TcpListener, shared: Shared) {
     if let Ok(address) = listener.local_addr() {
         info!(%address, "metrics endpoint listening");
     }

@@ -14,7 +14,7 @@ use crate::{
 
 /// The announcer, if the config announces VIPs, and whether xlb is stopping.
 #[derive(Default)]
-pub struct Announcing {
+pub(super) struct Announcing {
     announcer: Option<Announcer>,
     /// Stopping: every VIP is withdrawn and stays so while the last flows drain.
     draining: bool,
@@ -22,18 +22,18 @@ pub struct Announcing {
 
 impl Announcing {
     /// Announces through `announcer` from the next decision on.
-    pub fn start(&mut self, announcer: Announcer) {
+    pub(super) fn start(&mut self, announcer: Announcer) {
         self.announcer = Some(announcer);
     }
 
     /// The settings the announcer runs with, if there is one.
-    pub fn config(&self) -> Option<&AnnounceConfig> {
+    pub(super) fn config(&self) -> Option<&AnnounceConfig> {
         self.announcer.as_ref().map(Announcer::config)
     }
 
     /// Announces the VIPs that `specs` (a decision for `config`) can serve, and withdraws the
     /// others; nothing once stopping.
-    pub fn decided(&self, config: &Config, specs: &[ServiceSpec]) {
+    pub(super) fn decided(&self, config: &Config, specs: &[ServiceSpec]) {
         if let Some(announcer) = self.announcer.as_ref().filter(|_| !self.draining) {
             announcer.want(announce::announcements(config, specs));
         }
@@ -41,7 +41,7 @@ impl Announcing {
 
     /// On the way out: withdraws every VIP; returns when to stop if a drain time is set (xlb
     /// balances on meanwhile, so that the flows routers still send arrive somewhere).
-    pub async fn withdraw_for_shutdown(&mut self) -> Option<Instant> {
+    pub(super) async fn withdraw_for_shutdown(&mut self) -> Option<Instant> {
         let announcer = self.announcer.as_mut()?;
         self.draining = true;
         announcer.withdraw_all("xlb is stopping").await;
@@ -54,7 +54,7 @@ impl Announcing {
     }
 
     /// What `xlb status` and the metrics show of the announcements.
-    pub fn report(&self) -> Option<AnnounceReport> {
+    pub(super) fn report(&self) -> Option<AnnounceReport> {
         self.announcer.as_ref().map(Announcer::report)
     }
 }

@@ -25,7 +25,7 @@ use crate::{
 const QUEUE: usize = 1024;
 
 /// What a checker task (or the data plane's passive reports) tells the monitor.
-pub enum Event {
+pub(super) enum Event {
     /// A health check's result and how long it took.
     Health(BackendRef, Result<(), String>, Duration),
     /// An agent's answer.
@@ -38,7 +38,7 @@ pub enum Event {
 
 impl Event {
     /// The backend the event is about, unless it names one only by its data-plane id.
-    pub fn backend(&self) -> Option<BackendRef> {
+    pub(super) fn backend(&self) -> Option<BackendRef> {
         match self {
             Self::Health(at, ..) | Self::Agent(at, _) | Self::Confirm(at, ..) => Some(*at),
             Self::Passive(_) => None,
@@ -47,7 +47,7 @@ impl Event {
 }
 
 /// The checker tasks, their generation, and the agents that do not answer.
-pub struct Checkers {
+pub(super) struct Checkers {
     tasks: JoinSet<()>,
     /// Incremented by every reload (see [`BackendRef`]).
     generation: u64,
@@ -58,7 +58,7 @@ pub struct Checkers {
 
 impl Checkers {
     /// No checkers yet; their reports will come out of the receiver returned.
-    pub fn new() -> (Self, mpsc::Receiver<Event>) {
+    pub(super) fn new() -> (Self, mpsc::Receiver<Event>) {
         let (events, received) = mpsc::channel(QUEUE);
         let checkers = Self {
             tasks: JoinSet::new(),
@@ -70,12 +70,12 @@ impl Checkers {
     }
 
     /// Where checkers and other reporters send their events.
-    pub fn events(&self) -> &mpsc::Sender<Event> {
+    pub(super) fn events(&self) -> &mpsc::Sender<Event> {
         &self.events
     }
 
     /// A reference to backend `backend` of service `service`, of this generation.
-    pub fn at(&self, service: usize, backend: usize) -> BackendRef {
+    pub(super) fn at(&self, service: usize, backend: usize) -> BackendRef {
         BackendRef {
             service,
             backend,
@@ -84,18 +84,18 @@ impl Checkers {
     }
 
     /// The current generation.
-    pub fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Whether `at` was made in this generation (before no reload).
-    pub fn is_current(&self, at: BackendRef) -> bool {
+    pub(super) fn is_current(&self, at: BackendRef) -> bool {
         at.generation == self.generation
     }
 
     /// Runs every checked backend's first health check at once and returns their results
     /// (they decide each backend's initial health). Takes at most the longest check timeout.
-    pub async fn first_checks(&self, core: &Core) -> Result<Vec<Event>> {
+    pub(super) async fn first_checks(&self, core: &Core) -> Result<Vec<Event>> {
         let mut first = JoinSet::new();
         for (service_index, service) in core.config().services.iter().enumerate() {
             if service.health.check == HealthCheck::None {
@@ -123,7 +123,7 @@ impl Checkers {
     }
 
     /// Starts one checker task per backend health check and per agent of `core`'s config.
-    pub fn spawn(&mut self, core: &Core) {
+    pub(super) fn spawn(&mut self, core: &Core) {
         for (service_index, service) in core.config().services.iter().enumerate() {
             for (backend_index, backend) in service.backends.iter().enumerate() {
                 let at = self.at(service_index, backend_index);
@@ -178,7 +178,7 @@ impl Checkers {
 
     /// After a reload: stops every checker and starts those of the new config, in a new
     /// generation (events of the old ones are ignored).
-    pub fn restart(&mut self, core: &Core) {
+    pub(super) fn restart(&mut self, core: &Core) {
         self.stop();
         self.agent_errors.clear();
         self.generation += 1;
@@ -186,7 +186,7 @@ impl Checkers {
     }
 
     /// Stops every checker task.
-    pub fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         self.tasks.abort_all();
         self.tasks = JoinSet::new();
     }
@@ -194,7 +194,7 @@ impl Checkers {
     /// Records a health check's or an agent's report in the backend's status; returns whether
     /// anything that decides the tables changed. Events of another generation, and passive
     /// events and confirmations (the passive module's), change nothing here.
-    pub fn record(&mut self, core: &mut Core, event: Event) -> bool {
+    pub(super) fn record(&mut self, core: &mut Core, event: Event) -> bool {
         if event.backend().is_none_or(|at| !self.is_current(at)) {
             return false;
         }

@@ -172,7 +172,7 @@ impl Core {
 }
 
 /// The statuses of a service's backends before any check.
-pub fn fresh_statuses(service: &ServiceConfig) -> Vec<BackendStatus> {
+pub(super) fn fresh_statuses(service: &ServiceConfig) -> Vec<BackendStatus> {
     let health = || match service.health.check {
         HealthCheck::None => Health::unchecked(),
         _ => Health::unknown(),

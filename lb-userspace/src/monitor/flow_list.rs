@@ -18,7 +18,7 @@ use crate::{
 
 /// Which flows to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only this service's (its id).
     pub service: Option<u32>,
     /// Only those served by this backend.
@@ -29,7 +29,7 @@ pub struct Filter {
 
 /// The flows among `entries` (client-to-backend entries, and whether half-open) that pass
 /// `filter`, oldest first, at most `limit`; `now_ns` is the coarse monotonic clock.
-pub fn list(
+pub(crate) fn list(
     services: &[ServiceState],
     entries: &[(FlowKey, FlowEntry, bool)],
     filter: &Filter,
@@ -104,7 +104,11 @@ pub struct FlowQuery {
 
 /// `xlb flows`: checks `query` against the config of `core`, then lists the flows of `maps`
 /// that are not over.
-pub fn report(core: &Core, maps: &impl DataplaneReads, query: &FlowQuery) -> Result<FlowsReport> {
+pub(crate) fn report(
+    core: &Core,
+    maps: &impl DataplaneReads,
+    query: &FlowQuery,
+) -> Result<FlowsReport> {
     let services = core.balancer().services();
     let service = query
         .service

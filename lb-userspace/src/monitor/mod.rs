@@ -21,15 +21,15 @@
 mod announcing;
 mod checkers;
 mod core;
-pub mod flow_list;
+pub(crate) mod flow_list;
 mod operator;
 mod passive;
 mod persist;
-pub mod plan;
-pub mod reload;
+pub(crate) mod plan;
+pub(crate) mod reload;
 mod reports;
 mod simulate;
-pub mod trace;
+pub(crate) mod trace;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -50,12 +50,7 @@ use self::{
     reports::Reports,
     trace::Tracing,
 };
-pub use self::{
-    core::{BackendRef, Core},
-    flow_list::FlowQuery,
-    operator::Change,
-    trace::TraceRequest,
-};
+pub(crate) use self::{core::Core, flow_list::FlowQuery, operator::Change, trace::TraceRequest};
 use crate::{
     announce::Announcer,
     config::Config,
@@ -75,7 +70,7 @@ const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(1);
 
 /// Work an edge asks of the monitor (an operator's command, a SIGHUP's reload), run on the
 /// monitor's task between events, with the data plane.
-pub type Job = Box<dyn FnOnce(&mut Monitor, &mut Dataplane) + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut Monitor, &mut Dataplane) + Send>;
 
 /// The monitor: the core state and the owners around it.
 pub struct Monitor {

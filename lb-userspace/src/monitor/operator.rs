@@ -25,7 +25,7 @@ pub enum Change {
 }
 
 /// Operators' settings, and the file they are kept in.
-pub struct OperatorSettings {
+pub(super) struct OperatorSettings {
     /// Where they are kept (none: they last as long as the daemon).
     state_file: Option<PathBuf>,
     /// By service name and backend address.
@@ -35,7 +35,7 @@ pub struct OperatorSettings {
 impl OperatorSettings {
     /// The settings kept in `state_dir` (read now unless `reset`, which forgets them); none
     /// without a directory.
-    pub fn load(state_dir: Option<&Path>, reset: bool) -> Result<Self> {
+    pub(super) fn load(state_dir: Option<&Path>, reset: bool) -> Result<Self> {
         let state_file = state_dir.map(persist::path);
         let settings = match &state_file {
             Some(file) if reset => {
@@ -56,7 +56,7 @@ impl OperatorSettings {
     /// Applies an operator's change to one backend, records `by` whom it was made, and keeps
     /// it in the state file, then in the statuses of `core`; if the file cannot be written,
     /// nothing changes. Returns what was done, in words.
-    pub fn change(
+    pub(super) fn change(
         &mut self,
         core: &mut Core,
         service: &str,
@@ -145,7 +145,7 @@ impl OperatorSettings {
     }
 
     /// Applies the settings and logs them (at start and after a reload).
-    pub fn restore(&self, core: &mut Core) {
+    pub(super) fn restore(&self, core: &mut Core) {
         for ((service, backend), setting) in &self.settings {
             info!(service, %backend, admin = ?setting.admin, weight = ?setting.weight, by = setting.by, "operator setting kept");
         }

@@ -83,7 +83,7 @@ pub(super) fn describe(report: &PassiveEvent) -> String {
 /// The daemon's side of passive health: the task reading the data plane's reports, and the
 /// marks the next evaluation clears in the data plane.
 #[derive(Default)]
-pub struct Passive {
+pub(super) struct Passive {
     reader: Option<JoinHandle<()>>,
     /// Backends whose passive mark the next evaluation clears in the data plane.
     marks_to_clear: Vec<u32>,
@@ -91,13 +91,13 @@ pub struct Passive {
 
 impl Passive {
     /// Starts reading the data plane's reports into `events`.
-    pub fn start(&mut self, reports: PassiveEvents, events: mpsc::Sender<Event>) {
+    pub(super) fn start(&mut self, reports: PassiveEvents, events: mpsc::Sender<Event>) {
         self.stop();
         self.reader = Some(spawn_reader(reports, events));
     }
 
     /// Stops reading reports.
-    pub fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(reader) = self.reader.take() {
             reader.abort();
         }
@@ -105,12 +105,12 @@ impl Passive {
 
     /// Has the marks of `ids` cleared by the next evaluation (backends that went Down: a Down
     /// backend's mark would hold a place in its service's share of suspects).
-    pub fn clear_marks(&mut self, ids: impl IntoIterator<Item = u32>) {
+    pub(super) fn clear_marks(&mut self, ids: impl IntoIterator<Item = u32>) {
         self.marks_to_clear.extend(ids);
     }
 
     /// The marks to clear in the data plane now, each once.
-    pub fn take_marks_to_clear(&mut self) -> Vec<u32> {
+    pub(super) fn take_marks_to_clear(&mut self) -> Vec<u32> {
         let mut clear = std::mem::take(&mut self.marks_to_clear);
         clear.sort_unstable();
         clear.dedup();
@@ -120,7 +120,7 @@ impl Passive {
     /// Records a report of the data plane: a backend marked suspect is shown as such and
     /// checked at once (its result comes back to `events` as [`Event::Confirm`]). Returns
     /// whether anything that decides the tables (or the states shown) changed.
-    pub fn report(
+    pub(super) fn report(
         &mut self,
         core: &mut Core,
         generation: u64,
@@ -182,7 +182,7 @@ impl Passive {
 
     /// The confirming check's result: a failure takes the backend Down at once; a pass
     /// clears the mark (the data plane's, at the next evaluation).
-    pub fn confirmed(
+    pub(super) fn confirmed(
         &mut self,
         core: &mut Core,
         at: BackendRef,

@@ -14,7 +14,7 @@ use crate::{
 
 /// A backend whose reported state changed (or was reported for the first time).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// Index of the service in the config.
     pub service: usize,
     /// Index of the backend in the service.
@@ -29,7 +29,7 @@ pub struct Transition {
 
 /// A home pool whose new flows now go to another pool (or home again).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Spill {
+pub(crate) struct Spill {
     /// Index of the service in the config.
     pub service: usize,
     /// The home pool.
@@ -40,7 +40,7 @@ pub struct Spill {
 
 /// What the monitor does next.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The backends' statuses after this decision (reported states and reasons, the time a
     /// backend came back up).
     pub statuses: Vec<Vec<BackendStatus>>,
@@ -56,7 +56,7 @@ pub struct Plan {
 
 impl Plan {
     /// Backends that went Down in this decision (their flows are purged).
-    pub fn newly_down(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(crate) fn newly_down(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.transitions
             .iter()
             .filter(|t| t.to == State::Down && t.from.is_some())
@@ -67,7 +67,7 @@ impl Plan {
 /// Decides, at `now`, for `config` and the backends' `statuses` (one list per service, in
 /// config order); `serving_before` is each service's serving pools as last published (empty
 /// for a service not published yet).
-pub fn plan(
+pub(crate) fn plan(
     config: &Config,
     statuses: &[Vec<BackendStatus>],
     serving_before: &[Vec<u32>],

@@ -16,7 +16,7 @@ use super::core::fresh_statuses;
 
 /// What the reload does.
 #[derive(Clone, Debug)]
-pub struct ReloadPlan {
+pub(crate) struct ReloadPlan {
     /// The new config.
     pub config: Config,
     /// Every backend's status under the new config: kept for backends that stay (same
@@ -36,7 +36,7 @@ pub struct ReloadPlan {
 
 /// Why a reload was refused; nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal(pub String);
+pub(crate) struct Refusal(pub String);
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -48,7 +48,7 @@ impl std::error::Error for Refusal {}
 
 /// What runs now, which a reload cannot change.
 #[derive(Clone, Copy, Debug)]
-pub struct Running<'a> {
+pub(crate) struct Running<'a> {
     /// The config in force.
     pub config: &'a Config,
     /// Its backends' statuses.
@@ -61,7 +61,7 @@ pub struct Running<'a> {
 
 /// Plans the reload of `running` to `new`; `host` checks the host for a config and says
 /// where the program would run (the preflight), after the refusals that need no host.
-pub fn plan(
+pub(crate) fn plan(
     running: Running<'_>,
     new: Config,
     host: impl FnOnce(&Config) -> anyhow::Result<HostPlan>,

@@ -60,7 +60,7 @@ fn total_bytes(c: &TrafficCounters) -> u64 {
 
 /// What the reports are made of: rates, active flows, spills, reloads, the metrics' snapshot
 /// and the endpoint serving it.
-pub struct Reports {
+pub(super) struct Reports {
     rates: Rates,
     /// The backends' active flows, as last read.
     active_flows: ActiveFlows,
@@ -95,7 +95,7 @@ impl Default for Reports {
 impl Reports {
     /// Samples the counters: rates since the last sample, and a fresh metrics snapshot (with
     /// `announce`, the announcer's report).
-    pub fn sample(
+    pub(super) fn sample(
         &mut self,
         core: &Core,
         maps: &impl DataplaneReads,
@@ -201,7 +201,7 @@ impl Reports {
 
     /// `xlb status`: every service, or the one named (an unknown name is an error);
     /// `interfaces` are the attached interfaces and their hooks.
-    pub fn status(
+    pub(super) fn status(
         &self,
         core: &Core,
         only: Option<&str>,
@@ -321,7 +321,7 @@ impl Reports {
     }
 
     /// `xlb stats`: the counters of every service and backend, events, the flow tables.
-    pub fn stats(&self, core: &Core, maps: &impl DataplaneReads) -> Result<StatsReport> {
+    pub(super) fn stats(&self, core: &Core, maps: &impl DataplaneReads) -> Result<StatsReport> {
         let config = core.config();
         let mut report = StatsReport::default();
         for (service, applied) in config.services.iter().zip(core.balancer().services()) {
@@ -380,7 +380,11 @@ impl Reports {
     /// there was any such service (and so may need new weights). A failed read is logged and
     /// changes nothing. Reading them costs two batched reads of the per-CPU array (one per
     /// epoch, up to the highest backend id), whatever the number of flows.
-    pub fn count_active_flows(&mut self, core: &mut Core, maps: &impl DataplaneReads) -> bool {
+    pub(super) fn count_active_flows(
+        &mut self,
+        core: &mut Core,
+        maps: &impl DataplaneReads,
+    ) -> bool {
         let ids: Vec<u32> = core
             .balancer()
             .services()
@@ -422,7 +426,7 @@ impl Reports {
     /// pool's table was serving from (as published). Called before every apply and every
     /// second, so a flow is credited to the wrong pool only if it was placed in the instant a
     /// table changed.
-    pub fn account_spills(&mut self, core: &Core, maps: &impl DataplaneReads) {
+    pub(super) fn account_spills(&mut self, core: &Core, maps: &impl DataplaneReads) {
         let config = core.config();
         for (service, applied) in config.services.iter().zip(core.balancer().services()) {
             if service.pools.len() <= 1 || applied.locality.pools as usize != service.pools.len() {
@@ -448,7 +452,7 @@ impl Reports {
     }
 
     /// Counts a reload: applied, or refused.
-    pub fn count_reload(&mut self, succeeded: bool) {
+    pub(super) fn count_reload(&mut self, succeeded: bool) {
         if succeeded {
             self.reloads.succeeded += 1;
             self.reloads.last_success_unix = unix_seconds() as f64;
@@ -460,7 +464,7 @@ impl Reports {
 
     /// Serves the metrics on `listener` (bound to the config's `metrics` address) from now
     /// on; none: stops serving them.
-    pub fn serve_metrics(&mut self, listener: Option<TcpListener>) {
+    pub(super) fn serve_metrics(&mut self, listener: Option<TcpListener>) {
         if let Some(server) = self.metrics_server.take() {
             server.abort();
         }

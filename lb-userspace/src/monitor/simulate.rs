@@ -14,7 +14,7 @@ use crate::{
 
 /// Which backend a new flow from `client` to `service` gets now (it takes a turn of the round
 /// robin, as a real flow would, and leaves no flow behind).
-pub fn simulate(
+pub(super) fn simulate(
     core: &Core,
     dataplane: &mut Dataplane,
     service: &str,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{checkers::Event, *};
+use super::{checkers::Event, core::BackendRef, *};
 use crate::{
     control::fake::FakeMaps,
     health::{

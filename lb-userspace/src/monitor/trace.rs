@@ -49,7 +49,7 @@ pub struct TraceRequest {
 
 /// What names the ids in a trace's events, as of its start.
 #[derive(Clone, Debug, Default)]
-pub struct Names {
+pub(crate) struct Names {
     /// Service id -> name.
     pub services: HashMap<u32, String>,
     /// Backend id -> address.
@@ -69,7 +69,7 @@ fn tcp_flags(flags: u8) -> String {
 }
 
 /// An event as `xlb trace` shows it; `start_ns` is when the trace began.
-pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventReport {
+pub(crate) fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventReport {
     let pool = |index: u8| {
         names
             .pools
@@ -139,7 +139,11 @@ pub fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> TraceEventR
 /// The data plane's filter for `request` (a trace that begins at `start_ns`), and the names of
 /// every service, backend and pool as applied in `core`; an unknown service, a malformed
 /// prefix or one of the other family is an error.
-pub fn filter(core: &Core, request: &TraceRequest, start_ns: u64) -> Result<(TraceConfig, Names)> {
+pub(crate) fn filter(
+    core: &Core,
+    request: &TraceRequest,
+    start_ns: u64,
+) -> Result<(TraceConfig, Names)> {
     let index = core.service_index(&request.service)?;
     let listen = core.config().services[index].listen;
     let family = wire::family_of(listen.ip());
@@ -198,19 +202,19 @@ fn names(core: &Core) -> Names {
 
 /// The data plane's trace maps, lent to the trace that runs (one at a time).
 #[derive(Default)]
-pub struct Tracing {
+pub(crate) struct Tracing {
     tracer: SharedTracer,
 }
 
 impl Tracing {
     /// Traces with `tracer` (the data plane's trace maps) from now on.
-    pub fn set(&mut self, tracer: Option<Tracer>) {
+    pub(crate) fn set(&mut self, tracer: Option<Tracer>) {
         *self.tracer.lock().expect("the tracer lock") = tracer;
     }
 
     /// Starts `request` in the data plane and returns the stream of its events, which ends
     /// with how it went.
-    pub fn start(
+    pub(crate) fn start(
         &mut self,
         core: &Core,
         request: &TraceRequest,

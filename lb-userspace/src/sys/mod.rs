@@ -2,4 +2,4 @@
 //! clock. The lowest layer: it knows nothing of xlb's other modules.
 
 pub mod netif;
-pub mod time;
+pub(crate) mod time;

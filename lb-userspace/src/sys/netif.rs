@@ -20,13 +20,13 @@ pub fn index(name: &str) -> Result<u32> {
 /// Whether the kernel forwards IPv4 packets that arrive on `name`
 /// (`net.ipv4.conf.<name>.forwarding`). The FIB lookup xlb uses to forward refuses to answer
 /// for an interface that does not forward.
-pub fn ipv4_forwarding(name: &str) -> Result<bool> {
+pub(crate) fn ipv4_forwarding(name: &str) -> Result<bool> {
     forwarding("ipv4", name)
 }
 
 /// Whether the kernel forwards IPv6 packets that arrive on `name`
 /// (`net.ipv6.conf.<name>.forwarding`), which IPv6 services need likewise.
-pub fn ipv6_forwarding(name: &str) -> Result<bool> {
+pub(crate) fn ipv6_forwarding(name: &str) -> Result<bool> {
     forwarding("ipv6", name)
 }
 

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 /// Seconds since the Unix epoch (0 if the clock is set before it).
-pub fn unix_seconds() -> u64 {
+pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -6,7 +6,7 @@ use super::age;
 use crate::report::FlowsReport;
 
 /// `xlb flows`: one line per flow, columns as wide as their widest value.
-pub fn flows(report: &FlowsReport) -> String {
+pub(crate) fn flows(report: &FlowsReport) -> String {
     let header = [
         "SERVICE", "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "AGE", "IDLE",
     ];

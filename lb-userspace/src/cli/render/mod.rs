@@ -6,7 +6,7 @@ mod trace;
 
 use std::{fmt::Write as _, net::SocketAddr};
 
-pub use self::{
+pub(super) use self::{
     flows::flows,
     trace::{trace_end, trace_event},
 };
@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// A number with a k/M/G suffix, for rates.
-pub fn si(value: f64) -> String {
+pub(super) fn si(value: f64) -> String {
     let (scaled, suffix) = if value >= 1e9 {
         (value / 1e9, "G")
     } else if value >= 1e6 {
@@ -34,7 +34,7 @@ pub fn si(value: f64) -> String {
 }
 
 /// A duration in seconds as "12s", "5m", "3h", "2d".
-pub fn age(seconds: f64) -> String {
+pub(super) fn age(seconds: f64) -> String {
     let s = seconds as u64;
     match s {
         0..60 => format!("{s}s"),
@@ -105,7 +105,7 @@ fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
 
 /// `xlb status` (and each frame of `xlb top`). Addresses are never cut, so they can be
 /// pasted into `xlb backend`; lines are longer than 80 columns only when they must be.
-pub fn status(report: &StatusReport) -> String {
+pub(super) fn status(report: &StatusReport) -> String {
     let mut out = String::new();
     if !report.version.is_empty() {
         let interfaces: Vec<String> = report
@@ -205,7 +205,7 @@ fn counters_line(out: &mut String, label: &str, c: &Counters, width: usize) {
 }
 
 /// `xlb stats`.
-pub fn stats(report: &StatsReport) -> String {
+pub(super) fn stats(report: &StatsReport) -> String {
     let mut out = String::new();
     for service in &report.services {
         let width = address_width(service.backends.iter().map(|(a, _)| a));
@@ -273,7 +273,7 @@ fn percent(part: u64, whole: u64) -> String {
 }
 
 /// `xlb simulate`.
-pub fn simulation(report: &SimulationReport) -> String {
+pub(super) fn simulation(report: &SimulationReport) -> String {
     let mut out = simulation_line(report);
     if let Some(home) = &report.home_pool {
         let _ = write!(out, "  home pool {home}");

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::report::{TraceEventReport, TraceSummary};
 
 /// One event of `xlb trace`: when, which service and client, what was decided and why.
-pub fn trace_event(e: &TraceEventReport) -> String {
+pub(crate) fn trace_event(e: &TraceEventReport) -> String {
     let backend = e.backend.map_or("-".to_owned(), |b| b.to_string());
     let what = match e.decision.as_str() {
         "new_round_robin" | "new_hashed" => {
@@ -61,7 +61,7 @@ pub fn trace_event(e: &TraceEventReport) -> String {
 }
 
 /// The last line of `xlb trace`.
-pub fn trace_end(s: &TraceSummary) -> String {
+pub(crate) fn trace_end(s: &TraceSummary) -> String {
     let sampled = if s.sample > 1 {
         format!(" (one in {})", s.sample)
     } else {

@@ -13,7 +13,7 @@ use crate::config::{
 
 /// Defaults of passive health: one refused handshake, or two unanswered ones, within a
 /// second make a backend suspect for two seconds; at most half the backends at once.
-pub const DEFAULT_PASSIVE: PassiveConfig = PassiveConfig {
+pub(super) const DEFAULT_PASSIVE: PassiveConfig = PassiveConfig {
     refused: 1,
     unanswered: 2,
     window: Duration::from_secs(1),

@@ -54,7 +54,7 @@ impl fmt::Display for Hook {
 
 /// Whether packets arriving on an interface carry complete checksums.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Checksums {
+pub(crate) enum Checksums {
     /// Complete: from a wire, or from a veth peer without transmit checksum offload.
     Complete,
     /// Partial checksums arrive (a veth peer offloads them).
@@ -65,7 +65,7 @@ pub enum Checksums {
 
 /// What xlb concludes about one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assessment {
+pub(crate) struct Assessment {
     /// Interface name.
     pub interface: String,
     /// The device, described for people ("veth, peer lb in network namespace sw").
@@ -83,7 +83,7 @@ pub struct Assessment {
 
 impl Assessment {
     /// Reads the facts of one interface.
-    pub fn of(facts: &LinkFacts) -> Self {
+    pub(crate) fn of(facts: &LinkFacts) -> Self {
         let peer_elsewhere = matches!(
             &facts.kind,
             LinkKind::Veth {
@@ -173,7 +173,7 @@ pub struct Plan {
 
 /// Decides where the program runs, or says for each interface why the configured mode would be
 /// wrong there and what to do.
-pub fn plan(
+pub(crate) fn plan(
     mode: XdpMode,
     assessments: &[Assessment],
     assume_complete: bool,

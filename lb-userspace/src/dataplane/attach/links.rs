@@ -30,7 +30,7 @@ const RX_MERGING_FEATURES: [&str; 3] = ["rx-gro", "large-receive-offload", "rx-g
 
 /// One interface, as the host describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkFacts {
+pub(crate) struct LinkFacts {
     /// Interface name.
     pub name: String,
     /// What kind of device it is.
@@ -41,7 +41,7 @@ pub struct LinkFacts {
 
 /// The kind of an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkKind {
+pub(crate) enum LinkKind {
     /// A device on a bus (a NIC, virtio-net included), with its driver's name. Its packets
     /// come from a wire (or a hypervisor that completes checksums when XDP is on).
     Physical {
@@ -65,7 +65,7 @@ pub enum LinkKind {
 
 /// The other end of a veth.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// Found and read.
     Found {
         /// Its name.
@@ -85,7 +85,7 @@ pub enum Peer {
 }
 
 /// Reads the facts of each named interface.
-pub fn inspect(interfaces: &[String]) -> Result<Vec<LinkFacts>> {
+pub(crate) fn inspect(interfaces: &[String]) -> Result<Vec<LinkFacts>> {
     interfaces.iter().map(|name| inspect_one(name)).collect()
 }
 
@@ -132,7 +132,7 @@ fn driver(name: &str) -> Option<String> {
 }
 
 /// The id of the XDP program attached to interface `ifindex` (in any mode), if any.
-pub fn xdp_program(ifindex: u32) -> Result<Option<u32>> {
+pub(crate) fn xdp_program(ifindex: u32) -> Result<Option<u32>> {
     Ok(in_namespace(None, move || async move { get_link(ifindex).await })?.xdp_program)
 }
 

@@ -24,9 +24,9 @@ use aya::{
 use lb_common::consts::program_names;
 use tracing::{info, warn};
 
-pub mod hooks;
-pub mod links;
-pub mod onlink;
+pub(crate) mod hooks;
+pub(crate) mod links;
+pub(crate) mod onlink;
 pub mod preflight;
 
 use self::hooks::Hook;
@@ -57,7 +57,7 @@ enum LinkId {
 
 /// The links of one daemon.
 #[derive(Debug, Default)]
-pub struct Attachments {
+pub(crate) struct Attachments {
     list: Vec<Attachment>,
     pin_dir: Option<PathBuf>,
 }
@@ -90,7 +90,7 @@ fn tc(ebpf: &mut Ebpf) -> &mut SchedClassifier {
 
 impl Attachments {
     /// No attachments; links are pinned in `pin_dir` if there is one.
-    pub fn new(pin_dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(pin_dir: Option<PathBuf>) -> Self {
         Self {
             list: Vec::new(),
             pin_dir,
@@ -98,13 +98,18 @@ impl Attachments {
     }
 
     /// The interfaces the program is attached to.
-    pub fn list(&self) -> &[Attachment] {
+    pub(crate) fn list(&self) -> &[Attachment] {
         &self.list
     }
 
     /// Attaches to every interface at `hook`, or to none: if one attach fails, the ones made
     /// by this call are undone and the error names the interface.
-    pub fn attach_all(&mut self, ebpf: &mut Ebpf, interfaces: &[String], hook: Hook) -> Result<()> {
+    pub(crate) fn attach_all(
+        &mut self,
+        ebpf: &mut Ebpf,
+        interfaces: &[String],
+        hook: Hook,
+    ) -> Result<()> {
         let before = self.list.len();
         for interface in interfaces {
             if let Err(error) = self.attach(ebpf, interface, hook) {
@@ -119,7 +124,7 @@ impl Attachments {
 
     /// Attaches to `interface` at `hook`, taking over a pinned link of that hook, and
     /// removing a pinned link of another hook (see the module documentation).
-    pub fn attach(&mut self, ebpf: &mut Ebpf, interface: &str, hook: Hook) -> Result<()> {
+    pub(crate) fn attach(&mut self, ebpf: &mut Ebpf, interface: &str, hook: Hook) -> Result<()> {
         let ifindex = netif::index(interface)?;
         let pin_of = |name: String| self.pin_dir.as_ref().map(|dir| dir.join(name));
         let pin = pin_of(pin_name(hook, interface));
@@ -174,7 +179,7 @@ impl Attachments {
     }
 
     /// Detaches from `interface` and removes its pinned link.
-    pub fn detach(&mut self, ebpf: &mut Ebpf, interface: &str) -> Option<u32> {
+    pub(crate) fn detach(&mut self, ebpf: &mut Ebpf, interface: &str) -> Option<u32> {
         let i = self.list.iter().position(|a| a.interface == interface)?;
         let attachment = self.list.remove(i);
         let ifindex = attachment.ifindex;
@@ -183,7 +188,7 @@ impl Attachments {
     }
 
     /// Detaches from every interface and removes the pinned links; returns their indexes.
-    pub fn detach_all(&mut self, ebpf: &mut Ebpf) -> Vec<u32> {
+    pub(crate) fn detach_all(&mut self, ebpf: &mut Ebpf) -> Vec<u32> {
         std::mem::take(&mut self.list)
             .into_iter()
             .map(|attachment| {

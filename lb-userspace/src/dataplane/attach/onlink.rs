@@ -15,7 +15,7 @@ use crate::sys::netif;
 
 /// Fails, naming the service and the backend, if a DSR backend is behind a gateway or out of
 /// an interface xlb is not attached to.
-pub fn check_dsr_backends(config: &Config) -> Result<()> {
+pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
     let backends: Vec<(String, IpAddr)> = config
         .services
         .iter()

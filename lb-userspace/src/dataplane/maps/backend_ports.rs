@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData};
 use lb_common::{BackendEntry, backend_port_bit};
 
 /// The bitmap, and who uses its ports.
-pub struct BackendPorts {
+pub(super) struct BackendPorts {
     map: Array<MapData, u64>,
     users: PortUsers,
 }
@@ -61,7 +61,7 @@ impl PortUsers {
 impl BackendPorts {
     /// Wraps the map, counting the ports of the backends `BACKENDS` already holds (pinned maps
     /// a previous daemon filled; the bitmap, pinned too, already has their bits).
-    pub fn new(map: Array<MapData, u64>, in_use: &[(u32, BackendEntry)]) -> Self {
+    pub(super) fn new(map: Array<MapData, u64>, in_use: &[(u32, BackendEntry)]) -> Self {
         let mut users = PortUsers::default();
         for (id, entry) in in_use {
             users.change(*id, Some(entry.port));
@@ -71,7 +71,7 @@ impl BackendPorts {
 
     /// Records that backend `id` is `entry` (released if not in use), marking or unmarking
     /// ports as their first user comes or their last one goes.
-    pub fn set(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+    pub(super) fn set(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
         let port = (entry.in_use == 1).then_some(entry.port);
         for (port, on) in self.users.change(id, port) {
             self.write(port, on)?;

@@ -65,7 +65,7 @@ fn fd(map: &MapData) -> u32 {
 
 /// Writes `keys[i] -> values[i]` for every `i` with one `BPF_MAP_UPDATE_BATCH`. On error, says
 /// how many were written.
-pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
+pub(super) fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     if keys.is_empty() {
         return Ok(());
@@ -89,7 +89,7 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result
 
 /// Every entry of a hash map, read with `BPF_MAP_LOOKUP_BATCH` (a snapshot per bucket: entries
 /// added or removed while it runs may or may not be seen, as with any iteration).
-pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &MapData) -> Result<Vec<(K, V)>> {
+pub(super) fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &MapData) -> Result<Vec<(K, V)>> {
     let mut entries = Vec::new();
     let mut keys = vec![K::default(); LOOKUP_CHUNK];
     let mut values = vec![V::default(); LOOKUP_CHUNK];
@@ -131,7 +131,7 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(map: &MapData) -> Result<V
 /// Elements `first..first + count` of a per-CPU array of `u64`, read with one
 /// `BPF_MAP_LOOKUP_BATCH`: element `i`'s value on CPU `c` is at `i * cpus + c`, `cpus` being
 /// the possible CPUs (the kernel's stride for per-CPU values of 8 bytes).
-pub fn lookup_percpu_range(map: &MapData, first: u32, count: u32) -> Result<Vec<u64>> {
+pub(super) fn lookup_percpu_range(map: &MapData, first: u32, count: u32) -> Result<Vec<u64>> {
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -172,7 +172,7 @@ pub fn lookup_percpu_range(map: &MapData, first: u32, count: u32) -> Result<Vec<
 
 /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; keys that are no longer there (an LRU map may
 /// have evicted them) are skipped. Returns how many were deleted.
-pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {
+pub(super) fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -199,7 +199,7 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize> {
 
 /// Deletes one element (aya 0.14 cannot delete from an array of maps): `Ok(false)` if it was
 /// not there.
-pub fn delete_one<K: Pod>(map: &MapData, key: &K) -> Result<bool> {
+pub(super) fn delete_one<K: Pod>(map: &MapData, key: &K) -> Result<bool> {
     let mut attr = ElemAttr {
         map_fd: fd(map),
         key: key as *const K as u64,

@@ -31,9 +31,9 @@ use lb_common::{
 
 mod backend_ports;
 mod batch;
-pub mod flows;
-pub mod passive;
-pub mod trace;
+pub(crate) mod flows;
+pub(crate) mod passive;
+pub(crate) mod trace;
 
 use self::{
     backend_ports::BackendPorts,
