@@ -4,19 +4,22 @@
 //! About 800 new connections per second go through the VIP while one of three backends
 //! fails, once with active checks alone and once with passive health on, in the same test:
 //! (a) its server is killed (the host answers with resets), (b) its host drops the clients'
-//! SYNs while xlb's checks still pass. Then a SYN flood from one prefix under an admission
-//! limit, while another client connects and downloads.
+//! SYNs while xlb's checks still pass. A backend that takes no new connection at all (its
+//! host drops every SYN, the checks' too) while it serves long-lived ones. Then a SYN flood
+//! from one prefix under an admission limit, while another client connects and downloads.
 
 mod common;
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
 
 use common::{event, stats};
+use xlb::cmd::Response;
 use xlb_tests::{
-    failover::{Fault, LOAD, Outcome, run},
+    client::{Session, payload},
+    failover::{Fault, HEALTH, LOAD, Load, Outcome, paced_connections, run, silence},
     flood::legitimate_traffic_under_flood,
-    scenario::{balancer_config_with, start_backends, start_xlb},
-    topology::{Lab, Wiring},
+    scenario::{HTTP_PORT, TCP_SERVICE_PORT, balancer_config_with, start_backends, start_xlb},
+    topology::{Lab, VIP, Wiring},
 };
 
 /// The tests of this file share two CPUs: one at a time.
@@ -154,4 +157,93 @@ fn an_admission_limit_holds_a_flooding_prefix_to_its_rate() {
     );
     // The other prefix's client did not notice.
     outcome.assert_unaffected(4_000_000);
+}
+
+/// A backend that stops taking new connections while it serves long-lived ones (its host
+/// drops every SYN to the service port, xlb's checks' too, as a full accept queue would):
+/// with new connections arriving at 100/s it leaves the table, and every exchange on the
+/// connections it carries goes on being served by it (`on_down = "keep"`, the default).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_backend_that_takes_no_new_connection_leaves_the_table_and_keeps_its_connections() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
+    let xlb = start_xlb(
+        &lab.balancer,
+        &balancer_config_with(&lab, "auto", HEALTH, ""),
+    )
+    .unwrap();
+    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+    let b1 = &lab.backends[0];
+    let load = Load {
+        rate: 100,
+        duration: Duration::from_secs(3),
+        fault_at: Duration::ZERO,
+        timeout: Duration::from_millis(2_500),
+    };
+    let (on_b1, exchanges, failed, new) = lab
+        .client
+        .block_on(async move {
+            // 150 connections: about 50 on each backend.
+            let mut sessions = Vec::new();
+            for i in 0..150 {
+                let mut session = Session::open(vip).await?;
+                let backend = session.echo(payload(i, 100)).await?;
+                sessions.push((session, backend));
+            }
+            let on_b1 = sessions.iter().filter(|(_, b)| b == "b1").count();
+            // From now on b1 takes no new connection; new ones arrive meanwhile, and every
+            // connection exchanges a request every 200 ms for 4 s.
+            let talk = async {
+                let (mut exchanges, mut failed) = (0, Vec::new());
+                for round in 0..20u64 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    for (i, (session, backend)) in sessions.iter_mut().enumerate() {
+                        exchanges += 1;
+                        match session.echo(payload(round * 1000 + i as u64, 100)).await {
+                            Ok(answered) if answered == *backend => {}
+                            other => failed.push(format!("{backend}, round {round}: {other:?}")),
+                        }
+                    }
+                }
+                anyhow::Ok((exchanges, failed))
+            };
+            let (talked, new) = tokio::join!(
+                talk,
+                paced_connections(vip, load, || silence(b1, "0.0.0.0/0", HTTP_PORT))
+            );
+            let (exchanges, failed) = talked?;
+            anyhow::Ok((on_b1, exchanges, failed, new?))
+        })
+        .unwrap()
+        .unwrap();
+    let (code, stdout, stderr) = xlb.cli(&["--json", "status"]).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let Response::Status(status) = serde_json::from_str(&stdout).unwrap() else {
+        panic!("status answered {stdout}")
+    };
+    let b1_state = &status.services[0].backends[0];
+    eprintln!(
+        "{on_b1} connections on b1, {exchanges} exchanges, {} failed; new connections: \
+         {new:?}; b1: {} ({})",
+        failed.len(),
+        b1_state.state,
+        b1_state.reason
+    );
+    assert!(
+        on_b1 >= 30,
+        "too few connections on b1 to show anything: {on_b1}"
+    );
+    assert_eq!(
+        b1_state.state, "Down",
+        "b1 takes no new connection: {b1_state:?}"
+    );
+    assert!(
+        failed.is_empty(),
+        "the connections b1 carried were cut:\n{}\n{}",
+        failed.join("\n"),
+        xlb.output()
+    );
 }

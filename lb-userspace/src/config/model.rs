@@ -186,6 +186,19 @@ impl Forwarding {
     }
 }
 
+/// What happens to the established connections of a backend that goes Down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDown {
+    /// They stay on the backend (it may still be serving them: a full accept queue, a host
+    /// that stopped taking new connections), unless its host is gone; only its other flows
+    /// (UDP, handshakes) are placed again. As HAProxy's default and IPVS's
+    /// `expire_nodest_conn=0`.
+    #[default]
+    Keep,
+    /// They are purged too: the clients' next packets go to other backends, which reset them.
+    Reset,
+}
+
 /// One virtual service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -199,6 +212,8 @@ pub struct ServiceConfig {
     pub scheduler: Scheduler,
     /// How packets reach the backends.
     pub forwarding: Forwarding,
+    /// What happens to a Down backend's established connections.
+    pub on_down: OnDown,
     /// Whether its VIP is announced to the local BGP daemon while it can take new flows.
     pub announce: bool,
     /// Backends of every pool, in file order.

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use toml::Spanned;
 
-use super::model::{Forwarding, Protocol, XdpMode};
+use super::model::{Forwarding, OnDown, Protocol, XdpMode};
 
 /// A typed leaf: read as its TOML type, then converted, with a message saying what is wrong
 /// with a value that does not convert.
@@ -189,6 +189,17 @@ impl Leaf for SchedulerName {
     }
 }
 
+impl Leaf for OnDown {
+    type Raw = String;
+    fn from_raw(raw: String) -> Result<Self, String> {
+        one_of(
+            &raw,
+            "on_down",
+            &[("keep", Self::Keep), ("reset", Self::Reset)],
+        )
+    }
+}
+
 impl Leaf for Forwarding {
     type Raw = String;
     fn from_raw(raw: String) -> Result<Self, String> {
@@ -252,6 +263,7 @@ pub(super) struct RawService {
     pub(super) scheduler: Field<SchedulerName>,
     pub(super) maglev: Option<Spanned<RawMaglev>>,
     pub(super) forwarding: Field<Forwarding>,
+    pub(super) on_down: Field<OnDown>,
     pub(super) announce: Option<Spanned<bool>>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) pool: Option<Spanned<Vec<Spanned<RawPool>>>>,

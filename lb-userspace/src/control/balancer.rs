@@ -20,7 +20,7 @@ use lb_common::{
 use super::{
     diff::{self, ApplyPlan, Exhausted, Ids, Vips},
     ids::IdAllocator,
-    ports::DataplaneMaps,
+    ports::{DataplaneMaps, Purge},
     spec::{Locality, ServiceSpec},
     writes,
 };
@@ -321,7 +321,7 @@ impl Balancer {
             .map(|(id, _)| *id)
             .collect();
         if !orphans.is_empty() {
-            maps.purge_flows(&orphans)?;
+            maps.purge_flows(&orphans, Purge::All)?;
             for id in orphans {
                 maps.release_backend(id)?;
             }

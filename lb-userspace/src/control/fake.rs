@@ -13,7 +13,7 @@ use lb_common::{
     tables::table_index,
 };
 
-use super::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing};
+use super::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing, Purge};
 
 /// In-memory maps that record every write in order.
 #[derive(Default)]
@@ -195,7 +195,7 @@ impl DataplaneMaps for FakeMaps {
         }
         Ok(())
     }
-    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
+    fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize> {
         self.fault()?;
         for (index, slots) in &self.tables {
             for id in backend_ids {
@@ -207,7 +207,11 @@ impl DataplaneMaps for FakeMaps {
         }
         let mut ids = backend_ids.to_vec();
         ids.sort_unstable();
-        self.log.push(format!("purge {ids:?}"));
+        let what = match purge {
+            Purge::All => "",
+            Purge::Unestablished => " unestablished",
+        };
+        self.log.push(format!("purge{what} {ids:?}"));
         Ok(backend_ids
             .iter()
             .map(|id| self.flows_by_backend.remove(id).unwrap_or(0))

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+pub use crate::health::state::Purge;
 use anyhow::Result;
 use ipnet::IpNet;
 use lb_common::{
@@ -39,9 +40,10 @@ pub trait DataplaneMaps {
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()>;
     /// Removes a service (`SERVICES`).
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    /// Deletes every flow (both directions) served by one of `backend_ids`; returns how many
-    /// flows were deleted.
-    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize>;
+    /// Deletes the flows (both directions) served by one of `backend_ids`, all of them or
+    /// only those that are not established connections (`purge`); returns how many flows were
+    /// deleted.
+    fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize>;
     /// Clears the entry of a released backend id.
     fn release_backend(&mut self, id: u32) -> Result<()> {
         self.set_backend(id, &BackendEntry::default())

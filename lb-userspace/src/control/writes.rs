@@ -7,7 +7,10 @@
 use anyhow::{Context as _, Result};
 use lb_common::BackendTable;
 
-use super::{diff::Writes, ports::DataplaneMaps};
+use super::{
+    diff::Writes,
+    ports::{DataplaneMaps, Purge},
+};
 
 /// Makes `writes`; returns how many flows were purged. Stops at the first failure.
 pub(super) fn write(writes: &Writes, maps: &mut impl DataplaneMaps) -> Result<usize> {
@@ -71,7 +74,7 @@ pub(super) fn write(writes: &Writes, maps: &mut impl DataplaneMaps) -> Result<us
 
     let mut purged = 0;
     if !writes.retired.is_empty() {
-        purged = maps.purge_flows(&writes.retired)?;
+        purged = maps.purge_flows(&writes.retired, Purge::All)?;
         for &id in &writes.retired {
             maps.release_backend(id)?;
         }

@@ -1,6 +1,6 @@
 //! Health checks: can a backend serve at all? Each returns `Ok(())` or why it failed.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, io, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -13,12 +13,58 @@ use tokio::{
 
 use crate::config::HealthCheck;
 
+/// Why a check failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened, for logs and `xlb status`.
+    pub message: String,
+    /// The backend's host is gone: no route to it, or its neighbour does not answer (the
+    /// kernel's "host unreachable"). Its established connections cannot be served either.
+    pub host_gone: bool,
+    /// No answer within the check's timeout: a host that is gone, or one too busy to take a
+    /// new connection.
+    pub timed_out: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            host_gone: false,
+            timed_out: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::from(message.to_owned())
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A check's result.
+pub(crate) type CheckResult = Result<(), Failure>;
+
+/// A failed connection to `target`: the host is gone if the kernel says it cannot reach it.
+fn connect_failure(target: SocketAddr, error: &io::Error) -> Failure {
+    Failure {
+        message: format!("connect {target}: {error}"),
+        host_gone: matches!(
+            error.raw_os_error(),
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
+        ),
+        timed_out: false,
+    }
+}
+
 /// Runs `check` against `target`, failing if it takes longer than `limit`.
-pub(crate) async fn run(
-    check: &HealthCheck,
-    target: SocketAddr,
-    limit: Duration,
-) -> Result<(), String> {
+pub(crate) async fn run(check: &HealthCheck, target: SocketAddr, limit: Duration) -> CheckResult {
     let attempt = async {
         match check {
             HealthCheck::None => Ok(()),
@@ -30,18 +76,19 @@ pub(crate) async fn run(
         }
     };
     timeout(limit, attempt).await.unwrap_or_else(|_| {
-        Err(format!(
-            "no answer within {}",
-            humantime::format_duration(limit)
-        ))
+        Err(Failure {
+            message: format!("no answer within {}", humantime::format_duration(limit)),
+            host_gone: false,
+            timed_out: true,
+        })
     })
 }
 
-async fn tcp(target: SocketAddr) -> Result<(), String> {
+async fn tcp(target: SocketAddr) -> CheckResult {
     TcpStream::connect(target)
         .await
         .map(drop)
-        .map_err(|e| format!("connect {target}: {e}"))
+        .map_err(|e| connect_failure(target, &e))
 }
 
 async fn http(
@@ -49,10 +96,10 @@ async fn http(
     path: &str,
     expect: &[(u16, u16)],
     host: Option<&str>,
-) -> Result<(), String> {
+) -> CheckResult {
     let stream = TcpStream::connect(target)
         .await
-        .map_err(|e| format!("connect {target}: {e}"))?;
+        .map_err(|e| connect_failure(target, &e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP to {target}: {e}"))?;
@@ -74,11 +121,11 @@ async fn http(
     {
         Ok(())
     } else {
-        Err(format!("HTTP GET {path}: status {status}"))
+        Err(format!("HTTP GET {path}: status {status}").into())
     }
 }
 
-async fn udp(target: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<(), String> {
+async fn udp(target: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> CheckResult {
     let local: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -103,9 +150,9 @@ async fn udp(target: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<(
         .await
         .map_err(|e| format!("UDP reply from {target}: {e}"))?;
     match expect {
-        Some(expected) if reply[..len] != *expected => Err(format!(
-            "UDP reply from {target} is not the expected one ({len} bytes)"
-        )),
+        Some(expected) if reply[..len] != *expected => {
+            Err(format!("UDP reply from {target} is not the expected one ({len} bytes)").into())
+        }
         _ => Ok(()),
     }
 }
@@ -125,7 +172,8 @@ mod tests {
         assert_eq!(run(&HealthCheck::Tcp, address, LIMIT).await, Ok(()));
         drop(listener);
         let error = run(&HealthCheck::Tcp, address, LIMIT).await.unwrap_err();
-        assert!(error.contains("Connection refused"), "{error}");
+        assert!(error.message.contains("Connection refused"), "{error}");
+        assert!(!error.host_gone, "a host that refuses is there");
     }
 
     /// Serves one HTTP response with `status` to every connection, recording the request.
@@ -204,6 +252,7 @@ mod tests {
             run(&check(Some(b"other")), address, LIMIT)
                 .await
                 .unwrap_err()
+                .message
                 .contains("not the expected one")
         );
     }
@@ -222,6 +271,20 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(error, "no answer within 30ms");
+        assert_eq!(error.message, "no answer within 30ms");
+        assert!(error.timed_out && !error.host_gone);
+    }
+
+    #[test]
+    fn a_host_the_kernel_cannot_reach_is_gone() {
+        let target = "198.18.1.11:80".parse().unwrap();
+        for (errno, gone) in [
+            (libc::EHOSTUNREACH, true),
+            (libc::ENETUNREACH, true),
+            (libc::ECONNREFUSED, false),
+        ] {
+            let failure = connect_failure(target, &io::Error::from_raw_os_error(errno));
+            assert_eq!(failure.host_gone, gone, "{failure}");
+        }
     }
 }

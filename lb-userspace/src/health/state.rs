@@ -3,7 +3,10 @@
 //! gets in its service's table.
 //!
 //! Health and load are separate. Health (rise/fall over consecutive checks) says whether a
-//! backend can serve at all: a Down backend leaves the table and its flows are purged. Load
+//! backend can serve at all: a Down backend leaves the table, and its flows that are not
+//! established connections (UDP flows, handshakes) are purged so that they are placed again;
+//! its established connections stay unless its host is gone or the service says
+//! `on_down = "reset"` ([`BackendStatus::purge_wanted`]). Load
 //! (the agent's report and the active-flow count) says how much new work it should get: it
 //! scales the weight, drains, or marks the backend Overloaded, and existing flows stay.
 //!
@@ -15,8 +18,11 @@ use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::agent::{AgentAdmin, AgentReport};
-use crate::config::LoadConfig;
+use super::{
+    agent::{AgentAdmin, AgentReport},
+    checks::{CheckResult, Failure},
+};
+use crate::config::{LoadConfig, OnDown};
 
 /// How far above `overload_below` (in percentage points) an agent's weight must climb before an
 /// Overloaded backend counts as having room again.
@@ -34,8 +40,19 @@ pub enum State {
     Overloaded,
     /// Serving its established flows, taking no new ones.
     Draining,
-    /// Cannot serve: out of the table, its flows purged.
+    /// Cannot serve: out of the table; its flows purged as [`Purge`] says.
     Down,
+}
+
+/// Which flows of a Down backend are deleted from the flow tables (their next packet is
+/// placed again, on a backend that can take it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Purge {
+    /// Flows that are not established connections: UDP flows and TCP handshakes. Established
+    /// TCP connections stay on the backend.
+    Unestablished,
+    /// Every flow, established connections included.
+    All,
 }
 
 impl fmt::Display for State {
@@ -58,6 +75,8 @@ pub struct Health {
     up: Option<bool>,
     streak: u32,
     last_failure: Option<String>,
+    /// The last failure proved the host gone (see [`Failure::host_gone`]).
+    gone: bool,
 }
 
 impl Health {
@@ -67,6 +86,7 @@ impl Health {
             up: None,
             streak: 0,
             last_failure: None,
+            gone: false,
         }
     }
 
@@ -76,6 +96,7 @@ impl Health {
             up: Some(true),
             streak: 0,
             last_failure: None,
+            gone: false,
         }
     }
 
@@ -94,10 +115,16 @@ impl Health {
         self.last_failure.as_deref()
     }
 
+    /// Whether the last failure proved the backend's host gone.
+    pub fn host_gone(&self) -> bool {
+        self.gone
+    }
+
     /// Takes the backend Down at once, whatever the streak: a check confirmed what the data
     /// plane saw (passive health). Returns whether the health changed.
-    pub fn fail_now(&mut self, message: String) -> bool {
-        self.last_failure = Some(message);
+    pub fn fail_now(&mut self, failure: Failure) -> bool {
+        self.gone = failure.host_gone;
+        self.last_failure = Some(failure.message);
         self.streak = 0;
         let changed = self.up != Some(false);
         self.up = Some(false);
@@ -105,10 +132,14 @@ impl Health {
     }
 
     /// Records one check result. Returns the new health if it changed.
-    pub fn observe(&mut self, result: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
+    pub fn observe(&mut self, result: CheckResult, rise: u32, fall: u32) -> Option<bool> {
         let passed = result.is_ok();
-        if let Err(message) = result {
-            self.last_failure = Some(message);
+        match result {
+            Err(failure) => {
+                self.gone = failure.host_gone;
+                self.last_failure = Some(failure.message);
+            }
+            Ok(()) => self.gone = false,
         }
         let Some(up) = self.up else {
             self.up = Some(passed);
@@ -216,6 +247,11 @@ pub struct BackendStatus {
     pub suspect: Option<String>,
     /// Times the data plane marked the backend suspect.
     pub passive_marks: u64,
+    /// Whether it may have flows: it was in a table (or was adopted from an earlier daemon's
+    /// maps), so a Down state has flows to purge.
+    pub may_have_flows: bool,
+    /// The flows purged since it went Down, if any.
+    pub purged: Option<Purge>,
 }
 
 /// A state as reported to operators.
@@ -244,6 +280,22 @@ impl BackendStatus {
             check_latency: None,
             suspect: None,
             passive_marks: 0,
+            may_have_flows: false,
+            purged: None,
+        }
+    }
+
+    /// Which of a Down backend's flows go: all of them when an operator disabled it, when
+    /// its host is gone (it cannot serve its connections either) or when the service says
+    /// `on_down = "reset"`; else only those that are not established connections, which the
+    /// backend may still be serving (a full accept queue, a host that stopped taking new
+    /// connections but finishes its own).
+    pub fn purge_wanted(&self, on_down: OnDown) -> Purge {
+        let disabled = self.operator.as_ref().and_then(|o| o.admin) == Some(Admin::Disable);
+        if disabled || self.health.host_gone() || on_down == OnDown::Reset {
+            Purge::All
+        } else {
+            Purge::Unestablished
         }
     }
 

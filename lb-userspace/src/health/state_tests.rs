@@ -2,10 +2,10 @@
 
 use super::*;
 
-fn pass() -> Result<(), String> {
+fn pass() -> CheckResult {
     Ok(())
 }
-fn fail() -> Result<(), String> {
+fn fail() -> CheckResult {
     Err("connection refused".into())
 }
 

@@ -17,7 +17,7 @@ use crate::{
     config::HealthCheck,
     health::{
         agent::{self, AgentReport},
-        checks,
+        checks::{self, CheckResult},
     },
 };
 
@@ -27,13 +27,13 @@ const QUEUE: usize = 1024;
 /// What a checker task (or the data plane's passive reports) tells the monitor.
 pub(super) enum Event {
     /// A health check's result and how long it took.
-    Health(BackendRef, Result<(), String>, Duration),
+    Health(BackendRef, CheckResult, Duration),
     /// An agent's answer.
     Agent(BackendRef, Result<AgentReport, String>),
     /// The data plane marked a backend suspect, or would have but for the share cap.
     Passive(PassiveEvent),
     /// The result of the check run at once to confirm a passive mark.
-    Confirm(BackendRef, Result<(), String>, Duration),
+    Confirm(BackendRef, CheckResult, Duration),
 }
 
 impl Event {

@@ -86,6 +86,23 @@ impl Core {
         &mut self.balancer
     }
 
+    /// After the balancer adopted an earlier daemon's maps: the backends of the config that
+    /// those maps hold may have flows (so a Down state at the first check purges them).
+    pub(super) fn mark_adopted(&mut self) {
+        let held: Vec<(SocketAddr, crate::config::Protocol, SocketAddr)> = self
+            .balancer
+            .services()
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.listen, s.protocol, b.address)))
+            .collect();
+        for (service, statuses) in self.config.services.iter().zip(&mut self.statuses) {
+            for (backend, status) in service.backends.iter().zip(statuses.iter_mut()) {
+                status.may_have_flows |=
+                    held.contains(&(service.listen, service.protocol, backend.address));
+            }
+        }
+    }
+
     /// Replaces the statuses with a plan's.
     pub fn set_statuses(&mut self, statuses: Vec<Vec<BackendStatus>>) {
         self.statuses = statuses;

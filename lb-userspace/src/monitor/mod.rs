@@ -54,7 +54,7 @@ pub(crate) use self::{core::Core, flow_list::FlowQuery, operator::Change, trace:
 use crate::{
     announce::Announcer,
     config::Config,
-    control::{ApplySummary, DataplaneMaps, DataplaneReads},
+    control::{ApplySummary, DataplaneMaps, DataplaneReads, Purge},
     dataplane::{Dataplane, Maps, preflight},
     metrics,
     report::{FlowsReport, SimulationReport, StatsReport, StatusReport, TraceUpdate},
@@ -113,8 +113,10 @@ impl Monitor {
 
     /// Takes over the services and backends a previous daemon left in pinned maps, so their
     /// ids (and flows) survive the restart.
-    pub fn adopt(&mut self, maps: &mut Maps) -> Result<(usize, usize)> {
-        self.core.balancer_mut().adopt(maps)
+    pub fn adopt(&mut self, maps: &mut impl DataplaneMaps) -> Result<(usize, usize)> {
+        let adopted = self.core.balancer_mut().adopt(maps)?;
+        self.core.mark_adopted();
+        Ok(adopted)
     }
 
     /// Announces the VIPs through `announcer` from the next evaluation on.
@@ -260,20 +262,36 @@ impl Monitor {
         if summary.tables_published > 0 {
             debug!(tables = summary.tables_published, "tables published");
         }
-        let newly_down: Vec<(usize, usize)> = plan.newly_down().collect();
-        let down_ids: Vec<u32> = newly_down
-            .iter()
-            .filter_map(|&(service, backend)| self.core.backend_id(service, backend))
-            .collect();
-        self.passive.clear_marks(down_ids.iter().copied());
+        // A Down backend's mark would hold a place in its service's share of suspects.
+        let down_ids = plan
+            .newly_down()
+            .filter_map(|(service, backend)| self.core.backend_id(service, backend));
+        self.passive.clear_marks(down_ids);
         for id in self.passive.take_marks_to_clear() {
             maps.clear_mark(id)?;
         }
-        if !down_ids.is_empty() {
-            let purged = maps.purge_flows(&down_ids)?;
-            for &(s, b) in &newly_down {
+        for purge in [Purge::Unestablished, Purge::All] {
+            let backends: Vec<(usize, usize)> = plan
+                .purges
+                .iter()
+                .filter(|p| p.2 == purge)
+                .map(|&(service, backend, _)| (service, backend))
+                .collect();
+            let ids: Vec<u32> = backends
+                .iter()
+                .filter_map(|&(s, b)| self.core.backend_id(s, b))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let purged = maps.purge_flows(&ids, purge)?;
+            for (s, b) in backends {
                 let service = &self.core.config().services[s];
-                info!(service = service.name, backend = %service.backends[b].address, purged, "flows of a Down backend purged");
+                let which = match purge {
+                    Purge::All => "every flow",
+                    Purge::Unestablished => "flows other than established connections",
+                };
+                info!(service = service.name, backend = %service.backends[b].address, purged, "{which} of a Down backend purged");
             }
         }
         Ok(summary)

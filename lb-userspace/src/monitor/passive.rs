@@ -18,7 +18,11 @@ use super::{
     checkers::Event,
     core::{BackendRef, Core},
 };
-use crate::{config::HealthCheck, dataplane::maps::passive::PassiveEvents, health::checks};
+use crate::{
+    config::HealthCheck,
+    dataplane::maps::passive::PassiveEvents,
+    health::checks::{self, CheckResult, Failure},
+};
 
 /// Reads the data plane's reports as they come and hands them to the monitor, until the
 /// monitor stops listening.
@@ -180,15 +184,19 @@ impl Passive {
         true
     }
 
-    /// The confirming check's result: a failure takes the backend Down at once; a pass
-    /// clears the mark (the data plane's, at the next evaluation).
+    /// The confirming check's result: a check that fails takes the backend Down at once, one
+    /// that times out counts as one failed check (rise and fall decide: a backend too busy
+    /// to take a new connection in time is not proven unable to serve); a pass clears the
+    /// mark (the data plane's, at the next evaluation).
     pub(super) fn confirmed(
         &mut self,
         core: &mut Core,
         at: BackendRef,
-        result: Result<(), String>,
+        result: CheckResult,
         latency: Duration,
     ) -> bool {
+        let health = &core.config().services[at.service].health;
+        let (rise, fall) = (health.rise, health.fall);
         let service = core.config().services[at.service].name.clone();
         let address = core.address(at);
         let id = core.backend_id(at.service, at.backend);
@@ -199,10 +207,18 @@ impl Passive {
         status.check_latency = Some(latency);
         self.marks_to_clear.extend(id);
         match result {
-            Err(error) => {
-                status
-                    .health
-                    .fail_now(format!("{error} (confirming {why})"));
+            Err(failure) if failure.timed_out => {
+                let failure = Failure {
+                    message: format!("{} (confirming {why})", failure.message),
+                    ..failure
+                };
+                status.health.observe(Err(failure), rise, fall);
+            }
+            Err(failure) => {
+                status.health.fail_now(Failure {
+                    message: format!("{} (confirming {why})", failure.message),
+                    ..failure
+                });
             }
             Ok(()) => {
                 info!(service, backend = %address, reason = why, "passive mark cleared: the check passes");

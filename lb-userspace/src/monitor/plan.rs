@@ -7,9 +7,9 @@
 use tokio::time::Instant;
 
 use crate::{
-    config::Config,
+    config::{Config, OnDown},
     control::{ServiceSpec, serving_pools},
-    health::state::{BackendStatus, Reported, State, has_room, table_weights},
+    health::state::{BackendStatus, Purge, Reported, State, has_room, table_weights},
 };
 
 /// A backend whose reported state changed (or was reported for the first time).
@@ -52,10 +52,13 @@ pub(crate) struct Plan {
     pub spills: Vec<Spill>,
     /// The services as the data plane should have them, in config order.
     pub specs: Vec<ServiceSpec>,
+    /// Down backends whose flows are purged once the tables no longer name them: (service,
+    /// backend, which flows).
+    pub purges: Vec<(usize, usize, Purge)>,
 }
 
 impl Plan {
-    /// Backends that went Down in this decision (their flows are purged).
+    /// Backends that went Down in this decision.
     pub(crate) fn newly_down(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.transitions
             .iter()
@@ -78,6 +81,7 @@ pub(crate) fn plan(
     let mut reasons = Vec::new();
     let mut spills = Vec::new();
     let mut specs = Vec::with_capacity(config.services.len());
+    let mut purges = Vec::new();
     for (service_index, service) in config.services.iter().enumerate() {
         let statuses = &mut next[service_index];
         let (load, slowstart) = (service.load.as_ref(), service.health.slowstart);
@@ -146,6 +150,11 @@ pub(crate) fn plan(
             }
         }
         specs.push(ServiceSpec::of(service, &weights, serving));
+        purges.extend(
+            flows_to_purge(statuses, service.on_down)
+                .into_iter()
+                .map(|(backend, purge)| (service_index, backend, purge)),
+        );
     }
     Plan {
         statuses: next,
@@ -153,7 +162,32 @@ pub(crate) fn plan(
         reasons,
         spills,
         specs,
+        purges,
     }
+}
+
+/// The Down backends of a service whose flows must be purged now, and which flows: those
+/// [`BackendStatus::purge_wanted`] says, unless they are gone already. A backend that never
+/// served (nor was adopted from an earlier daemon) has none. Records what is purged.
+fn flows_to_purge(statuses: &mut [BackendStatus], on_down: OnDown) -> Vec<(usize, Purge)> {
+    let mut purges = Vec::new();
+    for (backend, status) in statuses.iter_mut().enumerate() {
+        match status.reported.as_ref().map(|r| r.state) {
+            Some(State::Down) if status.may_have_flows => {
+                let wanted = status.purge_wanted(on_down);
+                if status.purged.is_none_or(|done| done < wanted) {
+                    purges.push((backend, wanted));
+                    status.purged = Some(wanted);
+                }
+            }
+            Some(State::Down) | None => {}
+            Some(_) => {
+                status.may_have_flows = true;
+                status.purged = None;
+            }
+        }
+    }
+    purges
 }
 
 #[cfg(test)]

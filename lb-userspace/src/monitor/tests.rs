@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::{checkers::Event, core::BackendRef, *};
 use crate::{
     control::fake::FakeMaps,
+    health::checks::Failure,
     health::{
         agent::{AgentAdmin, AgentReport},
         state::State,
@@ -35,7 +36,12 @@ const B2: BackendRef = BackendRef {
 
 /// A monitor whose backends all passed their first check, applied to fake maps.
 fn started() -> (Monitor, FakeMaps) {
-    let mut monitor = Monitor::new(Config::parse(CONFIG).unwrap(), None, None, false).unwrap();
+    started_with(Config::parse(CONFIG).unwrap())
+}
+
+/// [`started`] with another config.
+fn started_with(config: Config) -> (Monitor, FakeMaps) {
+    let mut monitor = Monitor::new(config, None, None, false).unwrap();
     for status in &mut monitor.core.statuses_mut().1[0] {
         status.health.observe(Ok(()), 2, 3);
     }
@@ -61,7 +67,7 @@ fn state_of(monitor: &Monitor, at: BackendRef) -> State {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_backend_failing_fall_checks_leaves_at_once_and_its_flows_are_purged() {
+async fn a_backend_failing_fall_checks_leaves_at_once_and_keeps_its_connections() {
     let (mut monitor, mut maps) = started();
     assert_eq!(table(&maps), [0, 1, 2]);
     maps.flows_by_backend.insert(1, 7);
@@ -74,10 +80,80 @@ async fn a_backend_failing_fall_checks_leaves_at_once_and_its_flows_are_purged()
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(
         maps.log,
-        ["table 0 [0, 2]", "mark- 1", "purge [1]"],
-        "the table first, then the purge (and the Down backend's passive mark is cleared)"
+        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"],
+        "the table first, then the purge of its UDP flows and handshakes (and the Down \
+         backend's passive mark is cleared); its established connections stay"
     );
     assert_eq!(state_of(&monitor, B2), State::Down);
+    maps.log.clear();
+    monitor.evaluate(&mut maps).unwrap();
+    assert!(maps.log.is_empty(), "purged once: {:?}", maps.log);
+
+    // Then its host is proven gone: its connections cannot be served, and go too.
+    let gone = Failure {
+        message: "connect 198.18.1.12:8080: No route to host (os error 113)".into(),
+        host_gone: true,
+        timed_out: false,
+    };
+    monitor.handle(Event::Health(B2, Err(gone), Duration::ZERO));
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(maps.log, ["purge [1]"]);
+
+    // Up again, then Down again: purged again.
+    for _ in 0..2 {
+        monitor.handle(Event::Health(B2, Ok(()), Duration::ZERO));
+    }
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(state_of(&monitor, B2), State::Up);
+    maps.log.clear();
+    for _ in 0..3 {
+        monitor.handle(fail());
+    }
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(
+        maps.log,
+        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_the_flows_of_a_backend_down_at_its_first_check_are_purged() {
+    let (_, mut maps) = started();
+    maps.flows_by_backend.insert(1, 5);
+    // The next daemon takes the maps over; b2 is Down at its first check.
+    let mut restarted = Monitor::new(Config::parse(CONFIG).unwrap(), None, None, false).unwrap();
+    restarted.adopt(&mut maps).unwrap();
+    for (backend, status) in restarted.core.statuses_mut().1[0].iter_mut().enumerate() {
+        let result = match backend {
+            1 => Err("connection refused".into()),
+            _ => Ok(()),
+        };
+        status.health.observe(result, 2, 3);
+    }
+    maps.log.clear();
+    restarted.evaluate(&mut maps).unwrap();
+    assert!(
+        maps.log.contains(&"purge unestablished [1]".to_owned()),
+        "{:?}",
+        maps.log
+    );
+    assert_eq!(table(&maps), [0, 2], "the earlier daemon's table named it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_on_down_reset_a_down_backend_loses_its_connections_too() {
+    let config = Config::parse(&CONFIG.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\non_down = \"reset\"",
+    ))
+    .unwrap();
+    let (mut monitor, mut maps) = started_with(config);
+    for _ in 0..3 {
+        monitor.handle(fail());
+    }
+    maps.log.clear();
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(maps.log, ["table 0 [0, 2]", "mark- 1", "purge [1]"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -221,11 +297,12 @@ async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_ba
         "the data plane skips it; the table stays"
     );
 
-    // The confirming check runs at once (against a closed port here: it fails).
+    // The confirming check runs at once; say it was refused.
     let confirm = received.recv().await.unwrap();
-    assert!(matches!(confirm, Event::Confirm(at, Err(_), _) if at == B2));
+    assert!(matches!(confirm, Event::Confirm(at, _, _) if at == B2));
     maps.log.clear();
-    assert!(monitor.handle(confirm));
+    let refused = Err("connect 198.18.1.12:8080: Connection refused (os error 111)".into());
+    assert!(monitor.handle(Event::Confirm(B2, refused, Duration::ZERO)));
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(
         state_of(&monitor, B2),
@@ -242,8 +319,35 @@ async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_ba
         "{:?}",
         monitor.core.statuses()[0][1].reported
     );
-    assert_eq!(maps.log, ["table 0 [0, 2]", "mark- 1", "purge [1]"]);
+    assert_eq!(
+        maps.log,
+        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"]
+    );
     assert_eq!(monitor.core.statuses()[0][1].passive_marks, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirming_check_that_times_out_counts_as_one_failed_check() {
+    let (mut monitor, mut maps) = started();
+    let _received = monitor.events.take().unwrap();
+    let timed_out = || Failure {
+        message: "no answer within 50ms".into(),
+        host_gone: false,
+        timed_out: true,
+    };
+    assert!(monitor.handle(Event::Passive(marked_b2())));
+    monitor.handle(Event::Confirm(B2, Err(timed_out()), Duration::ZERO));
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(
+        state_of(&monitor, B2),
+        State::Up,
+        "one failure of fall = 3: a backend too busy to accept in time is not Down"
+    );
+    // Two more failed checks (of any kind) make three.
+    monitor.handle(Event::Health(B2, Err(timed_out()), Duration::ZERO));
+    monitor.handle(fail());
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(state_of(&monitor, B2), State::Down);
 }
 
 #[tokio::test(start_paused = true)]

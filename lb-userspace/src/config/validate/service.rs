@@ -13,7 +13,9 @@ use toml::Spanned;
 
 use super::{Place, Validator, line_of};
 use crate::config::{
-    model::{BackendConfig, DEFAULT_POOL_NAME, Forwarding, PoolConfig, Protocol, ServiceConfig},
+    model::{
+        BackendConfig, DEFAULT_POOL_NAME, Forwarding, OnDown, PoolConfig, Protocol, ServiceConfig,
+    },
     raw::{RawBackend, RawService},
 };
 
@@ -138,6 +140,7 @@ impl Validator<'_> {
             passive_span.as_ref(),
             &place,
         );
+        let on_down = self.leaf(raw.on_down, || format!("{place}:"), OnDown::Keep);
         let passive = match forwarding {
             Forwarding::Nat => self.passive(raw.passive, protocol, &place),
             Forwarding::Dsr => None,
@@ -171,6 +174,7 @@ impl Validator<'_> {
             protocol,
             scheduler,
             forwarding,
+            on_down,
             announce: raw.announce.is_some_and(Spanned::into_inner),
             backends,
             pools,

@@ -17,11 +17,16 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
 };
 use lb_common::{
-    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, active_count, active_index, direction, epoch,
+    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, active_count, active_index, consts::proto,
+    direction, epoch,
 };
 
 use super::batch;
-use crate::{config::FlowTimeouts, control::ActiveFlows, wire};
+use crate::{
+    config::FlowTimeouts,
+    control::{ActiveFlows, Purge},
+    wire,
+};
 
 /// One flow table, as userspace holds it.
 type Table<K, A> = HashMap<MapData, K, FlowEntry<A>>;
@@ -82,12 +87,17 @@ where
         [(&self.flows, false), (&self.half_open, true)]
     }
 
-    fn purge(&self, retired: &HashSet<u32>) -> Result<usize> {
+    fn purge(&self, retired: &HashSet<u32>, purge: Purge) -> Result<usize> {
         let mut flows = 0;
-        for (map, _) in self.maps() {
+        // Half-open first: a handshake promoted between the two reads is then in the
+        // established table when it is read (read the other way round, it escaped both).
+        for (map, half_open) in [(&self.half_open, true), (&self.flows, false)] {
             let doomed: Vec<(K, FlowEntry<A>)> = batch::lookup_all::<K, FlowEntry<A>>(map.map())?
                 .into_iter()
-                .filter(|(_, entry)| retired.contains(&entry.backend_id))
+                .filter(|(key, entry)| {
+                    retired.contains(&entry.backend_id)
+                        && (purge == Purge::All || half_open || key.neutral().proto == proto::UDP)
+                })
                 .collect();
             flows += doomed
                 .iter()
@@ -210,11 +220,13 @@ impl FlowTables {
         Ok(flows)
     }
 
-    /// Deletes the entries (both directions, all tables) of the flows whose backend is in
-    /// `backend_ids`; returns how many flows. Reads every table: run when a backend leaves.
-    pub fn purge(&mut self, backend_ids: &[u32]) -> Result<usize> {
+    /// Deletes the entries (both directions) of the flows whose backend is in `backend_ids`:
+    /// all of them, or (`Purge::Unestablished`) the UDP flows and TCP handshakes, leaving
+    /// established connections. Returns how many flows. Reads every table: run when a backend
+    /// leaves or goes Down.
+    pub fn purge(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize> {
         let retired: HashSet<u32> = backend_ids.iter().copied().collect();
-        Ok(self.v4.purge(&retired)? + self.v6.purge(&retired)?)
+        Ok(self.v4.purge(&retired, purge)? + self.v6.purge(&retired, purge)?)
     }
 
     /// The entry of one direction of a flow, from whichever table holds it.

@@ -42,7 +42,7 @@ use self::{
 };
 use crate::{
     config::FlowTimeouts,
-    control::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing},
+    control::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing, Purge},
 };
 
 /// The outer map of the backend tables, as userspace holds it.
@@ -373,8 +373,8 @@ impl DataplaneMaps for Maps {
         })
     }
 
-    fn purge_flows(&mut self, backend_ids: &[u32]) -> Result<usize> {
-        self.flows.purge(backend_ids)
+    fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize> {
+        self.flows.purge(backend_ids, purge)
     }
 
     fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
