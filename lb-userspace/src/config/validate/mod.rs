@@ -11,7 +11,8 @@ mod scaleout;
 mod service;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
+    hash::Hash,
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
@@ -23,8 +24,8 @@ use toml::Spanned;
 
 use super::{
     error::{ConfigError, Place, line_of, locate},
-    model::{Config, DEFAULT_PIN_PATH, FlowTimeouts, Protocol, XdpMode},
-    raw::{Checked, Field, Leaf, RawConfig, within},
+    model::{Config, DEFAULT_PIN_PATH, FlowTimeouts, Protocol, ServiceConfig, XdpMode},
+    raw::{Checked, Field, FlowTableSize, Leaf, RawConfig, RawService, within},
 };
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -64,6 +65,35 @@ struct Validator<'a> {
 
 /// The whole file: where a problem has no better position.
 const WHOLE_FILE: Range<usize> = 0..0;
+
+/// Whether `name` is a name Linux could give an interface: 1 to [`MAX_INTERFACE_NAME`]
+/// characters, not "." or "..", without '/', ':', spaces or control characters.
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INTERFACE_NAME
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+/// The line of `key`'s first occurrence if `seen` has one; otherwise `None`, after recording
+/// `key` at byte `at` of `text`. For messages like "... is listed twice (first at line 12)".
+fn earlier_line<K: Eq + Hash>(
+    text: &str,
+    seen: &mut HashMap<K, usize>,
+    key: K,
+    at: usize,
+) -> Option<usize> {
+    match seen.entry(key) {
+        Entry::Occupied(first) => Some(line_of(text, *first.get())),
+        Entry::Vacant(entry) => {
+            entry.insert(at);
+            None
+        }
+    }
+}
 
 impl Validator<'_> {
     fn error(&mut self, span: &Range<usize>, message: String) {
@@ -105,141 +135,20 @@ impl Validator<'_> {
         }
     }
 
+    /// The whole file: its top-level keys, then its services and what depends on them.
     fn config(&mut self, raw: RawConfig) -> Config {
-        let interfaces = match raw.interfaces {
-            None => {
-                self.error(
-                    &WHOLE_FILE,
-                    "missing key `interfaces` (the interfaces to attach to, e.g. [\"eth0\"])"
-                        .into(),
-                );
-                Vec::new()
-            }
-            Some(list) => self.interfaces(list),
-        };
+        let interfaces = self.interfaces(raw.interfaces);
         let xdp_mode = self.leaf(raw.xdp_mode, || "xdp_mode:".into(), XdpMode::Auto);
-        let flow_table_size = self
-            .optional_leaf(raw.flow_table_size, || "flow_table_size:".into())
-            .map_or(limits::DEFAULT_FLOW_TABLE_SIZE, |size| size.0 as u32);
-        let flow_table_size_ipv6 = self
-            .optional_leaf(raw.flow_table_size_ipv6, || "flow_table_size_ipv6:".into())
-            .map_or(flow_table_size, |size| size.0 as u32);
-
-        let pin_path = match raw.pin_path {
-            None => PathBuf::from(DEFAULT_PIN_PATH),
-            Some(path) => {
-                let value = PathBuf::from(path.get_ref());
-                if !value.is_absolute() || path.get_ref().contains("..") {
-                    self.error(
-                        &path.span(),
-                        format!(
-                            "pin_path: {:?} must be an absolute path without '..'",
-                            path.get_ref()
-                        ),
-                    );
-                }
-                value
-            }
-        };
-        let metrics =
-            raw.metrics
-                .and_then(|address| match address.get_ref().parse::<SocketAddr>() {
-                    Ok(parsed) if parsed.port() != 0 => Some(parsed),
-                    _ => {
-                        self.error(
-                        &address.span(),
-                        format!(
-                            "metrics: {:?} is not an address with a port, like \"127.0.0.1:9100\"",
-                            address.get_ref()
-                        ),
-                    );
-                        None
-                    }
-                });
-
-        let defaults = FlowTimeouts::default();
-        let flow_timeouts = FlowTimeouts {
-            tcp_idle: self.duration_or(
-                &raw.tcp_idle_timeout,
-                "tcp_idle_timeout",
-                defaults.tcp_idle,
-                Duration::from_secs(10)..=Duration::from_secs(7 * 86_400),
-            ),
-            tcp_closing: self.duration_or(
-                &raw.tcp_closing_timeout,
-                "tcp_closing_timeout",
-                defaults.tcp_closing,
-                Duration::from_secs(1)..=Duration::from_secs(600),
-            ),
-            udp_idle: self.duration_or(
-                &raw.udp_idle_timeout,
-                "udp_idle_timeout",
-                defaults.udp_idle,
-                Duration::from_secs(1)..=Duration::from_secs(86_400),
-            ),
-        };
-
-        if raw.service.is_empty() {
-            self.error(
-                &WHOLE_FILE,
-                "no [[service]] defined: xlb would balance nothing".into(),
-            );
-        }
-        if raw.service.len() > limits::MAX_SERVICES as usize {
-            self.error(
-                &raw.service[limits::MAX_SERVICES as usize].span(),
-                format!(
-                    "too many services: at most {} are supported",
-                    limits::MAX_SERVICES
-                ),
-            );
-        }
-        let mut services = Vec::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut listeners: HashMap<(SocketAddr, Protocol), usize> = HashMap::new();
-        for raw_service in raw.service {
-            let span = raw_service.span();
-            let Some(service) = self.service(raw_service.into_inner(), &span) else {
-                continue;
-            };
-            let place = Place::service(&service.name);
-            if let Some(first) = names.get(&service.name) {
-                self.error(
-                    &span,
-                    format!(
-                        "{place}: the name is already used by the service at line {}",
-                        line_of(self.text, *first)
-                    ),
-                );
-            } else {
-                names.insert(service.name.clone(), span.start);
-            }
-            let listener = (service.listen, service.protocol);
-            if let Some(first) = listeners.get(&listener) {
-                self.error(
-                    &span,
-                    format!(
-                        "{place}: {} {} is already the service at line {}",
-                        service.protocol,
-                        service.listen,
-                        line_of(self.text, *first)
-                    ),
-                );
-            } else {
-                listeners.insert(listener, span.start);
-            }
-            services.push(service);
-        }
-        let backends: usize = services.iter().map(|service| service.backends.len()).sum();
-        if backends > limits::MAX_BACKENDS as usize {
-            self.error(
-                &WHOLE_FILE,
-                format!(
-                    "{backends} backends in all: at most {} are supported",
-                    limits::MAX_BACKENDS
-                ),
-            );
-        }
+        let (flow_table_size, flow_table_size_ipv6) =
+            self.flow_table_sizes(raw.flow_table_size, raw.flow_table_size_ipv6);
+        let pin_path = self.pin_path(raw.pin_path);
+        let metrics = self.metrics(raw.metrics);
+        let flow_timeouts = self.flow_timeouts(
+            &raw.tcp_idle_timeout,
+            &raw.tcp_closing_timeout,
+            &raw.udp_idle_timeout,
+        );
+        let services = self.services(raw.service);
         let announce = self.announce(raw.announce, &services);
         Config {
             interfaces,
@@ -256,7 +165,15 @@ impl Validator<'_> {
         }
     }
 
-    fn interfaces(&mut self, list: Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+    /// `interfaces`: required, 1 to `MAX_INTERFACES` valid names, none listed twice.
+    fn interfaces(&mut self, list: Option<Spanned<Vec<Spanned<String>>>>) -> Vec<String> {
+        let Some(list) = list else {
+            self.error(
+                &WHOLE_FILE,
+                "missing key `interfaces` (the interfaces to attach to, e.g. [\"eth0\"])".into(),
+            );
+            return Vec::new();
+        };
         let span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
@@ -277,14 +194,7 @@ impl Validator<'_> {
         let mut names = Vec::new();
         for name in list {
             let value = name.get_ref();
-            if value.is_empty()
-                || value.len() > MAX_INTERFACE_NAME
-                || value == "."
-                || value == ".."
-                || value
-                    .chars()
-                    .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-            {
+            if !valid_interface_name(value) {
                 self.error(
                     &name.span(),
                     format!("interfaces: {value:?} is not a valid interface name"),
@@ -299,6 +209,169 @@ impl Validator<'_> {
             }
         }
         names
+    }
+
+    /// `flow_table_size`, and `flow_table_size_ipv6`, which defaults to it.
+    fn flow_table_sizes(
+        &mut self,
+        ipv4: Field<FlowTableSize>,
+        ipv6: Field<FlowTableSize>,
+    ) -> (u32, u32) {
+        let ipv4 = self
+            .optional_leaf(ipv4, || "flow_table_size:".into())
+            .map_or(limits::DEFAULT_FLOW_TABLE_SIZE, |size| size.0 as u32);
+        let ipv6 = self
+            .optional_leaf(ipv6, || "flow_table_size_ipv6:".into())
+            .map_or(ipv4, |size| size.0 as u32);
+        (ipv4, ipv6)
+    }
+
+    /// `pin_path`: an absolute path without "..".
+    fn pin_path(&mut self, path: Option<Spanned<String>>) -> PathBuf {
+        let Some(path) = path else {
+            return PathBuf::from(DEFAULT_PIN_PATH);
+        };
+        let value = PathBuf::from(path.get_ref());
+        if !value.is_absolute() || path.get_ref().contains("..") {
+            self.error(
+                &path.span(),
+                format!(
+                    "pin_path: {:?} must be an absolute path without '..'",
+                    path.get_ref()
+                ),
+            );
+        }
+        value
+    }
+
+    /// `metrics`: an address with a port other than 0.
+    fn metrics(&mut self, address: Option<Spanned<String>>) -> Option<SocketAddr> {
+        let address = address?;
+        match address.get_ref().parse::<SocketAddr>() {
+            Ok(parsed) if parsed.port() != 0 => Some(parsed),
+            _ => {
+                self.error(
+                    &address.span(),
+                    format!(
+                        "metrics: {:?} is not an address with a port, like \"127.0.0.1:9100\"",
+                        address.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The flows' idle timeouts (`tcp_idle_timeout`, `tcp_closing_timeout`,
+    /// `udp_idle_timeout`), each within its bounds.
+    fn flow_timeouts(
+        &mut self,
+        tcp_idle: &Option<Spanned<String>>,
+        tcp_closing: &Option<Spanned<String>>,
+        udp_idle: &Option<Spanned<String>>,
+    ) -> FlowTimeouts {
+        let defaults = FlowTimeouts::default();
+        FlowTimeouts {
+            tcp_idle: self.duration_or(
+                tcp_idle,
+                "tcp_idle_timeout",
+                defaults.tcp_idle,
+                Duration::from_secs(10)..=Duration::from_secs(7 * 86_400),
+            ),
+            tcp_closing: self.duration_or(
+                tcp_closing,
+                "tcp_closing_timeout",
+                defaults.tcp_closing,
+                Duration::from_secs(1)..=Duration::from_secs(600),
+            ),
+            udp_idle: self.duration_or(
+                udp_idle,
+                "udp_idle_timeout",
+                defaults.udp_idle,
+                Duration::from_secs(1)..=Duration::from_secs(86_400),
+            ),
+        }
+    }
+
+    /// The `[[service]]`s that are valid, in file order: at least one and at most
+    /// `MAX_SERVICES`, each with its own name and listener, at most `MAX_BACKENDS` backends in
+    /// all.
+    fn services(&mut self, list: Vec<Spanned<RawService>>) -> Vec<ServiceConfig> {
+        self.service_count(&list);
+        let mut services = Vec::new();
+        let mut names = HashMap::new();
+        let mut listeners = HashMap::new();
+        for raw in list {
+            let span = raw.span();
+            let Some(service) = self.service(raw.into_inner(), &span) else {
+                continue;
+            };
+            self.service_is_unique(&service, &span, &mut names, &mut listeners);
+            services.push(service);
+        }
+        self.backend_count(&services);
+        services
+    }
+
+    /// That there is at least one service, and at most `MAX_SERVICES`.
+    fn service_count(&mut self, list: &[Spanned<RawService>]) {
+        if list.is_empty() {
+            self.error(
+                &WHOLE_FILE,
+                "no [[service]] defined: xlb would balance nothing".into(),
+            );
+        }
+        if list.len() > limits::MAX_SERVICES as usize {
+            self.error(
+                &list[limits::MAX_SERVICES as usize].span(),
+                format!(
+                    "too many services: at most {} are supported",
+                    limits::MAX_SERVICES
+                ),
+            );
+        }
+    }
+
+    /// That no earlier service has `service`'s name, nor its address, port and protocol
+    /// (`names` and `listeners` hold the earlier services' positions).
+    fn service_is_unique(
+        &mut self,
+        service: &ServiceConfig,
+        span: &Range<usize>,
+        names: &mut HashMap<String, usize>,
+        listeners: &mut HashMap<(SocketAddr, Protocol), usize>,
+    ) {
+        let place = Place::service(&service.name);
+        if let Some(first) = earlier_line(self.text, names, service.name.clone(), span.start) {
+            self.error(
+                span,
+                format!("{place}: the name is already used by the service at line {first}"),
+            );
+        }
+        let listener = (service.listen, service.protocol);
+        if let Some(first) = earlier_line(self.text, listeners, listener, span.start) {
+            self.error(
+                span,
+                format!(
+                    "{place}: {} {} is already the service at line {first}",
+                    service.protocol, service.listen
+                ),
+            );
+        }
+    }
+
+    /// That the services have at most `MAX_BACKENDS` backends in all.
+    fn backend_count(&mut self, services: &[ServiceConfig]) {
+        let backends: usize = services.iter().map(|service| service.backends.len()).sum();
+        if backends > limits::MAX_BACKENDS as usize {
+            self.error(
+                &WHOLE_FILE,
+                format!(
+                    "{backends} backends in all: at most {} are supported",
+                    limits::MAX_BACKENDS
+                ),
+            );
+        }
     }
 
     /// A duration like "500ms" within `range`, or `None` after reporting the problem as
