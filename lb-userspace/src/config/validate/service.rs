@@ -8,15 +8,17 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::IpNet;
 use lb_common::consts::limits;
 use toml::Spanned;
 
-use super::{Place, Validator, line_of};
+use super::{Place, Validator, earlier_line};
 use crate::config::{
     model::{
-        BackendConfig, DEFAULT_POOL_NAME, Forwarding, OnDown, PoolConfig, Protocol, ServiceConfig,
+        BackendConfig, DEFAULT_POOL_NAME, Forwarding, LoadConfig, OnDown, PoolConfig, Protocol,
+        ServiceConfig,
     },
-    raw::{RawBackend, RawService},
+    raw::{Field, RawBackend, RawPool, RawService},
 };
 
 /// Longest service or pool name.
@@ -40,47 +42,127 @@ impl Validator<'_> {
         span: &Range<usize>,
     ) -> Option<ServiceConfig> {
         let errors_before = self.errors.len();
-        let name = match raw.name {
-            None => {
-                self.error(span, "service: missing key `name`".into());
-                String::new()
-            }
-            Some(name) => {
-                let value = name.get_ref();
-                if !valid_name(value) {
-                    self.error(&name.span(), format!("service name {value:?}: use 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"));
-                }
-                value.clone()
-            }
-        };
+        let name = self.service_name(raw.name, span);
         let place = Place::service(&name);
-        let protocol = match raw.protocol {
-            None => {
-                self.error(
-                    span,
-                    format!("{place}: missing key `protocol` (\"tcp\" or \"udp\")"),
-                );
-                Protocol::Tcp
-            }
-            some => self.leaf(some, || format!("{place}:"), Protocol::Tcp),
+        let protocol = self.protocol(raw.protocol, span, &place);
+        let listen = self.listen(raw.listen, span, &place);
+        let (backends, pools) =
+            self.backends_or_pools(raw.backends, raw.pool, span, &place, listen);
+        let default_pool = self.default_pool(raw.default_pool, &pools, &place);
+        let client_prefixes = self.client_prefixes(
+            raw.client_prefixes,
+            raw.client_prefix_file,
+            &place,
+            listen,
+            &pools,
+        );
+        self.prefixes_have_pools(&client_prefixes, &pools, span, &place);
+        let health = self.health(raw.health, protocol, &place);
+        let load = raw.load.map(|load| self.load(load, &place));
+        let scheduler = self.scheduler(raw.scheduler, raw.maglev, backends.len(), &place);
+        let passive_span = raw.passive.as_ref().map(Spanned::span);
+        let forwarding = self.forwarding(
+            raw.forwarding,
+            &backends,
+            listen.map(|l| l.port()),
+            passive_span.as_ref(),
+            &place,
+        );
+        let on_down = self.leaf(raw.on_down, || format!("{place}:"), OnDown::Keep);
+        let passive = match forwarding {
+            Forwarding::Nat => self.passive(raw.passive, protocol, &place),
+            Forwarding::Dsr => None,
         };
-        let listen = match raw.listen {
-            None => {
-                self.error(span, format!("{place}: missing key `listen` (the virtual IP and port, e.g. \"198.18.100.1:80\")"));
-                None
-            }
-            Some(listen) => self.endpoint(&listen, &format!("{place}: listen")),
+        let admission = raw
+            .admission
+            .map(|admission| self.admission(admission, &place));
+        self.load_has_a_source(load.as_ref(), &backends, span, &place);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(ServiceConfig {
+            name,
+            listen: listen?,
+            protocol,
+            scheduler,
+            forwarding,
+            on_down,
+            announce: raw.announce.is_some_and(Spanned::into_inner),
+            backends,
+            pools,
+            default_pool,
+            client_prefixes: Arc::new(client_prefixes),
+            health,
+            load,
+            passive,
+            admission,
+        })
+    }
+
+    /// A service's `name`: required, and a [`valid_name`].
+    fn service_name(&mut self, name: Option<Spanned<String>>, span: &Range<usize>) -> String {
+        let Some(name) = name else {
+            self.error(span, "service: missing key `name`".into());
+            return String::new();
         };
-        let (backends, pools) = match (raw.backends, raw.pool) {
+        let value = name.get_ref();
+        if !valid_name(value) {
+            self.error(
+                &name.span(),
+                format!(
+                    "service name {value:?}: use 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"
+                ),
+            );
+        }
+        value.clone()
+    }
+
+    /// A service's `protocol`: required, "tcp" or "udp".
+    fn protocol(&mut self, field: Field<Protocol>, span: &Range<usize>, place: &Place) -> Protocol {
+        if field.is_none() {
+            self.error(
+                span,
+                format!("{place}: missing key `protocol` (\"tcp\" or \"udp\")"),
+            );
+            return Protocol::Tcp;
+        }
+        self.leaf(field, || format!("{place}:"), Protocol::Tcp)
+    }
+
+    /// A service's `listen`: required, an [`Self::endpoint`].
+    fn listen(
+        &mut self,
+        listen: Option<Spanned<String>>,
+        span: &Range<usize>,
+        place: &Place,
+    ) -> Option<SocketAddr> {
+        let Some(listen) = listen else {
+            self.error(span, format!("{place}: missing key `listen` (the virtual IP and port, e.g. \"198.18.100.1:80\")"));
+            return None;
+        };
+        self.endpoint(&listen, &format!("{place}: listen"))
+    }
+
+    /// A service's backends, either in `backends` (one default pool) or in
+    /// `[[service.pool]]`s, never both; at most `MAX_BACKENDS_PER_SERVICE`.
+    fn backends_or_pools(
+        &mut self,
+        backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+        pools: Option<Spanned<Vec<Spanned<RawPool>>>>,
+        span: &Range<usize>,
+        place: &Place,
+        listen: Option<SocketAddr>,
+    ) -> (Vec<BackendConfig>, Vec<PoolConfig>) {
+        let (backends, pools) = match (backends, pools) {
             (Some(backends), None) => {
-                let backends = self.backends(backends, &place, listen, 0);
+                let backends = self.backends(backends, place, listen, 0);
                 let pool = PoolConfig {
                     name: DEFAULT_POOL_NAME.into(),
                     fallback: Vec::new(),
                 };
                 (backends, vec![pool])
             }
-            (None, Some(pools)) => self.pools(pools, &place, listen),
+            (None, Some(pools)) => self.pools(pools, place, listen),
             (Some(backends), Some(_)) => {
                 self.error(&backends.span(), format!("{place}: `backends` and `[[service.pool]]` exclude each other: put every backend in a pool"));
                 (Vec::new(), Vec::new())
@@ -103,12 +185,23 @@ impl Validator<'_> {
                 ),
             );
         }
-        let has_pools =
-            pools.len() > 1 || pools.first().is_some_and(|p| p.name != DEFAULT_POOL_NAME);
-        let pool_index = |name: &str| pools.iter().position(|p| p.name == name);
-        let default_pool = match &raw.default_pool {
-            None => 0,
-            Some(name) => pool_index(name.get_ref()).unwrap_or_else(|| {
+        (backends, pools)
+    }
+
+    /// A service's `default_pool`: one of its pools (the first if absent).
+    fn default_pool(
+        &mut self,
+        name: Option<Spanned<String>>,
+        pools: &[PoolConfig],
+        place: &Place,
+    ) -> usize {
+        let Some(name) = name else {
+            return 0;
+        };
+        pools
+            .iter()
+            .position(|p| p.name == *name.get_ref())
+            .unwrap_or_else(|| {
                 self.error(
                     &name.span(),
                     format!(
@@ -117,74 +210,53 @@ impl Validator<'_> {
                     ),
                 );
                 0
-            }),
-        };
-        let client_prefixes = self.client_prefixes(
-            raw.client_prefixes,
-            raw.client_prefix_file,
-            &place,
-            listen,
-            &pools,
-        );
+            })
+    }
+
+    /// That a service with client prefixes has `[[service.pool]]`s for them to choose among.
+    fn prefixes_have_pools(
+        &mut self,
+        client_prefixes: &[(IpNet, usize)],
+        pools: &[PoolConfig],
+        span: &Range<usize>,
+        place: &Place,
+    ) {
+        let has_pools =
+            pools.len() > 1 || pools.first().is_some_and(|p| p.name != DEFAULT_POOL_NAME);
         if !has_pools && !client_prefixes.is_empty() {
             self.error(span, format!("{place}: client prefixes choose among `[[service.pool]]`s, and the service has none"));
         }
-        let health = self.health(raw.health, protocol, &place);
-        let load = raw.load.map(|load| self.load(load, &place));
-        let scheduler = self.scheduler(raw.scheduler, raw.maglev, backends.len(), &place);
-        let passive_span = raw.passive.as_ref().map(Spanned::span);
-        let forwarding = self.forwarding(
-            raw.forwarding,
-            &backends,
-            listen.map(|l| l.port()),
-            passive_span.as_ref(),
-            &place,
-        );
-        let on_down = self.leaf(raw.on_down, || format!("{place}:"), OnDown::Keep);
-        let passive = match forwarding {
-            Forwarding::Nat => self.passive(raw.passive, protocol, &place),
-            Forwarding::Dsr => None,
+    }
+
+    /// That a service's `load` checks have something to report the load (agents, on the
+    /// service or its backends, or counted flows), and that a backend's `agent_port` has
+    /// `load` checks to serve.
+    fn load_has_a_source(
+        &mut self,
+        load: Option<&LoadConfig>,
+        backends: &[BackendConfig],
+        span: &Range<usize>,
+        place: &Place,
+    ) {
+        let backend_agents = backends.iter().any(|b| b.agent_port.is_some());
+        let Some(load) = load else {
+            if backend_agents {
+                self.error(
+                    span,
+                    format!(
+                        "{place}: a backend sets `agent_port` but the service has no `load` checks"
+                    ),
+                );
+            }
+            return;
         };
-        let admission = raw
-            .admission
-            .map(|admission| self.admission(admission, &place));
-        match &load {
-            None => {
-                if backends.iter().any(|b| b.agent_port.is_some()) {
-                    self.error(span, format!("{place}: a backend sets `agent_port` but the service has no `load` checks"));
-                }
-            }
-            Some(load) => {
-                let has_agent =
-                    load.agent_port.is_some() || backends.iter().any(|b| b.agent_port.is_some());
-                if !has_agent && load.max_flows.is_none() {
-                    self.error(span, format!("{place}: load: set `agent_port` (an agent reports the load) or `max_flows` (xlb counts active flows), or both"));
-                }
-                if load.overload_below.is_some() && !has_agent {
-                    self.error(span, format!("{place}: load: `overload_below` compares the agents' weights, so it needs `agent_port`"));
-                }
-            }
+        let has_agent = load.agent_port.is_some() || backend_agents;
+        if !has_agent && load.max_flows.is_none() {
+            self.error(span, format!("{place}: load: set `agent_port` (an agent reports the load) or `max_flows` (xlb counts active flows), or both"));
         }
-        if self.errors.len() > errors_before {
-            return None;
+        if load.overload_below.is_some() && !has_agent {
+            self.error(span, format!("{place}: load: `overload_below` compares the agents' weights, so it needs `agent_port`"));
         }
-        Some(ServiceConfig {
-            name,
-            listen: listen?,
-            protocol,
-            scheduler,
-            forwarding,
-            on_down,
-            announce: raw.announce.is_some_and(Spanned::into_inner),
-            backends,
-            pools,
-            default_pool,
-            client_prefixes: Arc::new(client_prefixes),
-            health,
-            load,
-            passive,
-            admission,
-        })
     }
 
     /// The backends of a service (or of one of its pools, index `pool`).
@@ -225,13 +297,16 @@ impl Validator<'_> {
                     {
                         self.error(&address.span(), format!("{place}: backend {backend} is not of the same address family as the service's {vip}"));
                     }
-                    if let Some(backend) = parsed {
-                        if let Some(first) = seen.get(&backend) {
-                            let first = line_of(self.text, *first);
-                            self.error(&address.span(), format!("{place}: backend {backend} is listed twice (first at line {first})"));
-                        } else {
-                            seen.insert(backend, address.span().start);
-                        }
+                    if let Some(backend) = parsed
+                        && let Some(first) =
+                            earlier_line(self.text, &mut seen, backend, address.span().start)
+                    {
+                        self.error(
+                            &address.span(),
+                            format!(
+                                "{place}: backend {backend} is listed twice (first at line {first})"
+                            ),
+                        );
                     }
                     parsed
                 }
