@@ -1,13 +1,13 @@
 //! A service's health checks (can a backend serve at all?) and load checks (how busy is it?).
 
-use std::time::Duration;
+use std::{ops::Range, time::Duration};
 
 use toml::Spanned;
 
 use super::{MAX_INTERVAL, MIN_INTERVAL, Place, Validator};
 use crate::config::{
     model::{HealthCheck, HealthConfig, LoadConfig, Protocol},
-    raw::{CheckKind, RawHealth, RawLoad},
+    raw::{CheckKind, Field, RawHealth, RawLoad},
 };
 
 /// Defaults of the health checks (HAProxy's: inter 2s, rise 2, fall 3).
@@ -49,145 +49,46 @@ impl Validator<'_> {
         protocol: Protocol,
         place: &Place,
     ) -> HealthConfig {
-        let defaults = |check| HealthConfig {
-            check,
-            interval: DEFAULT_CHECK_INTERVAL,
-            timeout: DEFAULT_CHECK_TIMEOUT,
-            rise: DEFAULT_RISE,
-            fall: DEFAULT_FALL,
-            slowstart: None,
-        };
         let Some(raw) = raw else {
             // TCP services are checked by connecting; a UDP service has no universal check.
-            return defaults(match protocol {
-                Protocol::Tcp => HealthCheck::Tcp,
-                Protocol::Udp => HealthCheck::None,
-            });
+            return HealthConfig {
+                check: match protocol {
+                    Protocol::Tcp => HealthCheck::Tcp,
+                    Protocol::Udp => HealthCheck::None,
+                },
+                interval: DEFAULT_CHECK_INTERVAL,
+                timeout: DEFAULT_CHECK_TIMEOUT,
+                rise: DEFAULT_RISE,
+                fall: DEFAULT_FALL,
+                slowstart: None,
+            };
         };
         let span = raw.span();
-        let raw = raw.into_inner();
+        let mut raw = raw.into_inner();
         let what = place.section("health");
-        let kind = match raw.check {
-            None => {
-                self.error(
-                    &span,
-                    format!("{what}: missing key `check` (\"tcp\", \"http\", \"udp\" or \"none\")"),
-                );
-                Some(CheckKind::None)
-            }
-            some => self.optional_leaf(some, || format!("{what}:")),
-        };
-        // Keys that only some kinds of check take (unknown when the kind is).
+        let kind = self.check_kind(raw.check.take(), &span, &what);
         if let Some(kind) = kind {
-            let mut only_for = |key: &Option<Spanned<String>>, name: &str, kinds: &[CheckKind]| {
-                if let Some(value) = key
-                    && !kinds.contains(&kind)
-                {
-                    self.error(
-                        &value.span(),
-                        format!(
-                            "{what}: `{name}` does not apply to check = {:?}",
-                            kind.name()
-                        ),
-                    );
-                }
-            };
-            only_for(&raw.path, "path", &[CheckKind::Http]);
-            only_for(&raw.host, "host", &[CheckKind::Http]);
-            only_for(&raw.send, "send", &[CheckKind::Udp]);
-            only_for(&raw.expect, "expect", &[CheckKind::Http, CheckKind::Udp]);
+            self.keys_of_kind(&raw, kind, &what);
         }
-
         let check = match kind {
             None | Some(CheckKind::None) => HealthCheck::None,
             Some(CheckKind::Tcp) => HealthCheck::Tcp,
-            Some(CheckKind::Http) => {
-                let path = match &raw.path {
-                    None => "/".to_owned(),
-                    Some(path)
-                        if !path.get_ref().starts_with('/')
-                            || path.get_ref().chars().any(char::is_whitespace) =>
-                    {
-                        self.error(
-                            &path.span(),
-                            format!(
-                                "{what}: path {:?} must start with '/' and contain no spaces",
-                                path.get_ref()
-                            ),
-                        );
-                        "/".to_owned()
-                    }
-                    Some(path) => path.get_ref().clone(),
-                };
-                let expect = match &raw.expect {
-                    None => vec![(200, 399)],
-                    Some(expect) => {
-                        parse_status_ranges(expect.get_ref()).unwrap_or_else(|problem| {
-                            self.error(
-                                &expect.span(),
-                                format!("{what}: expect {:?}: {problem}", expect.get_ref()),
-                            );
-                            vec![(200, 399)]
-                        })
-                    }
-                };
-                let host = raw.host.as_ref().map(|host| {
-                    let value = host.get_ref();
-                    if value.is_empty()
-                        || value.chars().any(|c| c.is_whitespace() || c.is_control())
-                    {
-                        self.error(
-                            &host.span(),
-                            format!("{what}: host {value:?} is not a valid Host header"),
-                        );
-                    }
-                    value.clone()
-                });
-                HealthCheck::Http { path, expect, host }
-            }
-            Some(CheckKind::Udp) => {
-                let send = match &raw.send {
-                    None => {
-                        self.error(&span, format!("{what}: a udp check needs `send`, the payload of the probe datagram"));
-                        Vec::new()
-                    }
-                    Some(send) if send.get_ref().is_empty() => {
-                        self.error(&send.span(), format!("{what}: `send` is empty"));
-                        Vec::new()
-                    }
-                    Some(send) => send.get_ref().as_bytes().to_vec(),
-                };
-                let expect = raw
-                    .expect
-                    .as_ref()
-                    .map(|expect| expect.get_ref().as_bytes().to_vec());
-                HealthCheck::Udp { send, expect }
-            }
+            Some(CheckKind::Http) => self.http_check(&raw, &what),
+            Some(CheckKind::Udp) => self.udp_check(&raw, &span, &what),
         };
-        let interval = self.duration_or(
+        let (interval, timeout) = self.interval_and_timeout(
             &raw.interval,
-            &format!("{what}: interval"),
-            DEFAULT_CHECK_INTERVAL,
-            MIN_INTERVAL..=MAX_INTERVAL,
-        );
-        let timeout = self.duration_or(
             &raw.timeout,
-            &format!("{what}: timeout"),
-            DEFAULT_CHECK_TIMEOUT.min(interval),
-            Duration::from_millis(1)..=MAX_INTERVAL,
-        );
-        if let Some(raw_timeout) = &raw.timeout
-            && timeout > interval
-        {
-            self.error(
-                &raw_timeout.span(),
+            DEFAULT_CHECK_INTERVAL,
+            &what,
+            |timeout, interval| {
                 format!(
                     "{what}: timeout {} is longer than the interval {}",
                     humantime::format_duration(timeout),
                     humantime::format_duration(interval)
-                ),
-            );
-        }
+                )
+            },
+        );
         let rise = self
             .optional_leaf(raw.rise, || format!("{what}: rise:"))
             .map_or(DEFAULT_RISE, |n| n.0 as u32);
@@ -204,11 +105,117 @@ impl Validator<'_> {
         HealthConfig {
             check,
             interval,
-            timeout: timeout.min(interval),
+            timeout,
             rise,
             fall,
             slowstart,
         }
+    }
+
+    /// A `health` section's `check`: required; `None` if it names no kind of check.
+    fn check_kind(
+        &mut self,
+        field: Field<CheckKind>,
+        span: &Range<usize>,
+        what: &Place,
+    ) -> Option<CheckKind> {
+        if field.is_none() {
+            self.error(
+                span,
+                format!("{what}: missing key `check` (\"tcp\", \"http\", \"udp\" or \"none\")"),
+            );
+            return Some(CheckKind::None);
+        }
+        self.optional_leaf(field, || format!("{what}:"))
+    }
+
+    /// That the keys only some kinds of check take (`path`, `host`, `send`, `expect`) are set
+    /// only for those.
+    fn keys_of_kind(&mut self, raw: &RawHealth, kind: CheckKind, what: &Place) {
+        let mut only_for = |key: &Option<Spanned<String>>, name: &str, kinds: &[CheckKind]| {
+            if let Some(value) = key
+                && !kinds.contains(&kind)
+            {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{what}: `{name}` does not apply to check = {:?}",
+                        kind.name()
+                    ),
+                );
+            }
+        };
+        only_for(&raw.path, "path", &[CheckKind::Http]);
+        only_for(&raw.host, "host", &[CheckKind::Http]);
+        only_for(&raw.send, "send", &[CheckKind::Udp]);
+        only_for(&raw.expect, "expect", &[CheckKind::Http, CheckKind::Udp]);
+    }
+
+    /// An http check: its `path` (from '/', no spaces), the statuses it `expect`s, and the
+    /// `host` header it sends.
+    fn http_check(&mut self, raw: &RawHealth, what: &Place) -> HealthCheck {
+        let path = match &raw.path {
+            None => "/".to_owned(),
+            Some(path)
+                if !path.get_ref().starts_with('/')
+                    || path.get_ref().chars().any(char::is_whitespace) =>
+            {
+                self.error(
+                    &path.span(),
+                    format!(
+                        "{what}: path {:?} must start with '/' and contain no spaces",
+                        path.get_ref()
+                    ),
+                );
+                "/".to_owned()
+            }
+            Some(path) => path.get_ref().clone(),
+        };
+        let expect = match &raw.expect {
+            None => vec![(200, 399)],
+            Some(expect) => parse_status_ranges(expect.get_ref()).unwrap_or_else(|problem| {
+                self.error(
+                    &expect.span(),
+                    format!("{what}: expect {:?}: {problem}", expect.get_ref()),
+                );
+                vec![(200, 399)]
+            }),
+        };
+        let host = raw.host.as_ref().map(|host| {
+            let value = host.get_ref();
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    &host.span(),
+                    format!("{what}: host {value:?} is not a valid Host header"),
+                );
+            }
+            value.clone()
+        });
+        HealthCheck::Http { path, expect, host }
+    }
+
+    /// A udp check: the datagram it `send`s (required, not empty) and the answer it may
+    /// `expect`.
+    fn udp_check(&mut self, raw: &RawHealth, span: &Range<usize>, what: &Place) -> HealthCheck {
+        let send = match &raw.send {
+            None => {
+                self.error(
+                    span,
+                    format!("{what}: a udp check needs `send`, the payload of the probe datagram"),
+                );
+                Vec::new()
+            }
+            Some(send) if send.get_ref().is_empty() => {
+                self.error(&send.span(), format!("{what}: `send` is empty"));
+                Vec::new()
+            }
+            Some(send) => send.get_ref().as_bytes().to_vec(),
+        };
+        let expect = raw
+            .expect
+            .as_ref()
+            .map(|expect| expect.get_ref().as_bytes().to_vec());
+        HealthCheck::Udp { send, expect }
     }
 
     /// A service's `load`.
@@ -218,26 +225,13 @@ impl Validator<'_> {
         let agent_port = self
             .optional_leaf(raw.agent_port, || format!("{what}: agent_port:"))
             .map(|p| p.0);
-        let interval = self.duration_or(
+        let (interval, timeout) = self.interval_and_timeout(
             &raw.interval,
-            &format!("{what}: interval"),
-            DEFAULT_LOAD_INTERVAL,
-            MIN_INTERVAL..=MAX_INTERVAL,
-        );
-        let timeout = self.duration_or(
             &raw.timeout,
-            &format!("{what}: timeout"),
-            interval.min(DEFAULT_CHECK_TIMEOUT),
-            Duration::from_millis(1)..=MAX_INTERVAL,
+            DEFAULT_LOAD_INTERVAL,
+            &what,
+            |_, _| format!("{what}: timeout is longer than the interval"),
         );
-        if let Some(raw_timeout) = &raw.timeout
-            && timeout > interval
-        {
-            self.error(
-                &raw_timeout.span(),
-                format!("{what}: timeout is longer than the interval"),
-            );
-        }
         let overload_below = self
             .optional_leaf(raw.overload_below, || format!("{what}: overload_below"))
             .map(|p| p.0);
@@ -247,9 +241,43 @@ impl Validator<'_> {
         LoadConfig {
             agent_port,
             interval,
-            timeout: timeout.min(interval),
+            timeout,
             overload_below,
             max_flows,
         }
+    }
+
+    /// The `interval` of a health or load check (`MIN_INTERVAL` to `MAX_INTERVAL`;
+    /// `default_interval` if absent) and its `timeout` (1ms to `MAX_INTERVAL`; if absent,
+    /// [`DEFAULT_CHECK_TIMEOUT`] or the interval if shorter). A timeout longer than the
+    /// interval is reported in the words of `longer(timeout, interval)` and cut to the
+    /// interval.
+    fn interval_and_timeout(
+        &mut self,
+        interval: &Option<Spanned<String>>,
+        timeout: &Option<Spanned<String>>,
+        default_interval: Duration,
+        what: &Place,
+        longer: impl FnOnce(Duration, Duration) -> String,
+    ) -> (Duration, Duration) {
+        let interval = self.duration_or(
+            interval,
+            &format!("{what}: interval"),
+            default_interval,
+            MIN_INTERVAL..=MAX_INTERVAL,
+        );
+        let raw_timeout = timeout;
+        let timeout = self.duration_or(
+            raw_timeout,
+            &format!("{what}: timeout"),
+            DEFAULT_CHECK_TIMEOUT.min(interval),
+            Duration::from_millis(1)..=MAX_INTERVAL,
+        );
+        if let Some(raw_timeout) = raw_timeout
+            && timeout > interval
+        {
+            self.error(&raw_timeout.span(), longer(timeout, interval));
+        }
+        (interval, timeout.min(interval))
     }
 }
