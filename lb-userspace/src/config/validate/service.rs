@@ -285,32 +285,7 @@ impl Validator<'_> {
         for raw in list {
             let entry_span = raw.span();
             let raw = raw.into_inner();
-            let address = match raw.address {
-                None => {
-                    self.error(&entry_span, format!("{place}: backend without `address`"));
-                    None
-                }
-                Some(address) => {
-                    let parsed = self.endpoint(&address, &format!("{place}: backend"));
-                    if let (Some(backend), Some(vip)) = (parsed, listen)
-                        && backend.is_ipv4() != vip.is_ipv4()
-                    {
-                        self.error(&address.span(), format!("{place}: backend {backend} is not of the same address family as the service's {vip}"));
-                    }
-                    if let Some(backend) = parsed
-                        && let Some(first) =
-                            earlier_line(self.text, &mut seen, backend, address.span().start)
-                    {
-                        self.error(
-                            &address.span(),
-                            format!(
-                                "{place}: backend {backend} is listed twice (first at line {first})"
-                            ),
-                        );
-                    }
-                    parsed
-                }
-            };
+            let address = self.backend_address(raw.address, &entry_span, place, listen, &mut seen);
             let weight = self
                 .optional_leaf(raw.weight, || format!("{place}: weight"))
                 .map_or(1, |w| w.0 as u32);
@@ -337,6 +312,37 @@ impl Validator<'_> {
             );
         }
         backends
+    }
+
+    /// A backend's `address`: required, an [`Self::endpoint`] of the service's address family,
+    /// and not listed before in the same list (`seen`: the earlier addresses' positions).
+    fn backend_address(
+        &mut self,
+        address: Option<Spanned<String>>,
+        span: &Range<usize>,
+        place: &Place,
+        listen: Option<SocketAddr>,
+        seen: &mut HashMap<SocketAddr, usize>,
+    ) -> Option<SocketAddr> {
+        let Some(address) = address else {
+            self.error(span, format!("{place}: backend without `address`"));
+            return None;
+        };
+        let parsed = self.endpoint(&address, &format!("{place}: backend"));
+        if let (Some(backend), Some(vip)) = (parsed, listen)
+            && backend.is_ipv4() != vip.is_ipv4()
+        {
+            self.error(&address.span(), format!("{place}: backend {backend} is not of the same address family as the service's {vip}"));
+        }
+        if let Some(backend) = parsed
+            && let Some(first) = earlier_line(self.text, seen, backend, address.span().start)
+        {
+            self.error(
+                &address.span(),
+                format!("{place}: backend {backend} is listed twice (first at line {first})"),
+            );
+        }
+        parsed
     }
 
     /// Parses `IP:port` and rejects addresses no flow can use; problems are reported as
