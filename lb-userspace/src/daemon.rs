@@ -1,10 +1,13 @@
 //! `xlb run`: load (or take over) the data plane, fill its maps, attach, serve the control API
 //! and keep the tables true until told to stop; then leave the data plane forwarding, or detach.
 
-use std::{future::Future, path::Path, path::PathBuf};
+use std::{path::Path, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use tokio::sync::mpsc;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -17,7 +20,31 @@ use crate::{
     metrics,
     monitor::{Job, Monitor},
     service_manager,
+    sys::limits,
 };
+
+/// The signals `xlb run` answers: SIGTERM and SIGINT stop it, SIGHUP reloads. Installed
+/// before anything else, so that none of them takes its default action (the end of the
+/// process) while the daemon starts; one that comes early is answered once it runs.
+pub(crate) struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (within a tokio runtime).
+    pub(crate) fn install() -> Result<Self> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
 
 /// How `xlb run` runs.
 #[derive(Clone, Debug)]
@@ -33,13 +60,21 @@ pub(crate) struct Options {
     pub reset_operator_state: bool,
 }
 
-/// Runs the balancer for the configuration at `config_path` until `shutdown` completes. SIGHUP
+/// Runs the balancer for the configuration at `config_path` until SIGTERM or SIGINT; SIGHUP
 /// reloads the configuration.
-pub(crate) async fn run(
-    config_path: &Path,
-    options: &Options,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
+pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals) -> Result<()> {
+    let Signals {
+        mut terminate,
+        mut interrupt,
+        hangup,
+    } = signals;
+    match limits::raise_open_files() {
+        Ok((before, after)) if before != after => {
+            info!(before, after, "raised the limit on open files");
+        }
+        Ok(_) => {}
+        Err(error) => warn!("{error:#}: the limit on open files stays as it is"),
+    }
     let config = Config::load(config_path)?;
     let plan = preflight(&config)?;
     for reason in &plan.reasons {
@@ -50,9 +85,8 @@ pub(crate) async fn run(
     let listener = server::bind(&options.socket)?;
     // A metrics address that cannot be bound stops xlb here, before it touches anything.
     let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
-    let lock_dir = options.socket.parent().unwrap_or(Path::new("/run/xlb"));
-    let _lock = pins::PinLock::take(&config.pin_path, lock_dir)?;
     pins::prepare(&config.pin_path)?;
+    let _lock = pins::PinLock::take(&config.pin_path)?;
 
     let pin_path = config.pin_path.clone();
     let mut dataplane = Dataplane::load_pinned(
@@ -100,7 +134,13 @@ pub(crate) async fn run(
 
     let (jobs, received) = mpsc::channel(16);
     let api_server = tokio::spawn(server::serve(listener, jobs.clone(), cmd::job));
-    let hangups = tokio::spawn(reload_on_sighup(jobs));
+    let hangups = tokio::spawn(reload_on_sighup(hangup, jobs));
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
 
     monitor.run(&mut dataplane, received, shutdown).await?;
     service_manager::stopping();
@@ -120,12 +160,7 @@ pub(crate) async fn run(
 }
 
 /// Turns every SIGHUP into a reload.
-async fn reload_on_sighup(jobs: mpsc::Sender<Job>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        warn!("cannot listen for SIGHUP; reload with `xlb reload`");
-        return;
-    };
+async fn reload_on_sighup(mut hangups: Signal, jobs: mpsc::Sender<Job>) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: reloading");
         // The monitor logs a refused reload.

@@ -16,7 +16,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::IO_TIMEOUT;
-use crate::cmd::{Caller, Reply, Request, Response};
+use crate::{
+    cmd::{Caller, Reply, Request, Response},
+    sys::accept::AcceptBackoff,
+};
 
 /// Makes the job that answers a request for a caller and sends the reply back: the daemon
 /// gives [`crate::cmd::job`], tests something simpler.
@@ -59,9 +62,17 @@ pub(crate) async fn serve<J: Send + 'static>(
     jobs: mpsc::Sender<J>,
     make: MakeJob<J>,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(error) => {
+                backoff.failed("control socket", &error).await;
+                continue;
+            }
         };
         let jobs = jobs.clone();
         tokio::spawn(async move {

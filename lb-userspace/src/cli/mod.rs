@@ -303,7 +303,18 @@ fn run(path: &Path, options: &daemon::Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(path, options, shutdown_signal())) {
+    let signals = {
+        let _runtime = runtime.enter();
+        daemon::Signals::install()
+    };
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("xlb: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(path, options, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -346,15 +357,5 @@ fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> Exi
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }

@@ -5,7 +5,7 @@ use std::{
     ffi::CString,
     fs::File,
     os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -64,38 +64,30 @@ pub(crate) fn prepare(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on a pin directory, held while the daemon runs.
+/// An exclusive lock on a pin directory, held while the daemon runs: a `flock` on the
+/// directory itself, so that whatever else differs between two daemons (their sockets, their
+/// state directories) the second one is refused; nothing is ever created or unlinked for it.
 pub(crate) struct PinLock {
-    _file: File,
-    path: PathBuf,
+    _directory: File,
 }
 
 impl PinLock {
-    /// Takes the lock of `pin_dir`, kept in `lock_dir`; fails at once if another daemon holds it.
-    pub(crate) fn take(pin_dir: &Path, lock_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(lock_dir)?;
-        let name: String = pin_dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let path = lock_dir.join(format!("pins{name}.lock"));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    /// Takes the lock of `pin_dir` (which must exist); fails at once if another daemon holds
+    /// it.
+    pub(crate) fn take(pin_dir: &Path) -> Result<Self> {
+        let directory = File::open(pin_dir)
+            .with_context(|| format!("opening the pin directory {}", pin_dir.display()))?;
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(
-                "another xlb is using the pins in {} (it holds {})",
-                pin_dir.display(),
-                path.display()
+                "another xlb is using the pins in {}: it holds their lock (one daemon per \
+                 pin_path, whatever its --socket)",
+                pin_dir.display()
             );
         }
-        Ok(Self { _file: file, path })
-    }
-}
-
-impl Drop for PinLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(Self {
+            _directory: directory,
+        })
     }
 }
 
@@ -149,19 +141,24 @@ mod tests {
 
     #[test]
     fn a_second_lock_on_the_same_pins_is_refused() {
-        let lock_dir = std::env::temp_dir().join(format!("xlb-lock-test-{}", std::process::id()));
-        let first = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir).unwrap();
-        let error = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir)
-            .err()
-            .unwrap();
+        let root = std::env::temp_dir().join(format!("xlb-lock-test-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let first = PinLock::take(&a).unwrap();
+        let error = PinLock::take(&a).err().unwrap().to_string();
         assert!(
-            error
-                .to_string()
-                .contains("another xlb is using the pins in /sys/fs/bpf/a")
+            error.contains(&format!("another xlb is using the pins in {}", a.display())),
+            "{error}"
         );
-        let _other = PinLock::take(Path::new("/sys/fs/bpf/b"), &lock_dir).unwrap();
+        let _other = PinLock::take(&b).unwrap();
         drop(first);
-        let _again = PinLock::take(Path::new("/sys/fs/bpf/a"), &lock_dir).unwrap();
-        let _ = std::fs::remove_dir_all(lock_dir);
+        let _again = PinLock::take(&a).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&a).unwrap().count(),
+            0,
+            "nothing created in the pin directory"
+        );
+        let _ = std::fs::remove_dir_all(root);
     }
 }

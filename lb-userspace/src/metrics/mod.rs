@@ -4,26 +4,19 @@
 //! [`Snapshot`] once a second; a scrape encodes the latest one (`families`), in the format the
 //! scraper asks for (`format`).
 
+mod endpoint;
 mod families;
 pub(crate) mod format;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, Result};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use anyhow::Result;
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use tokio::net::TcpListener;
-use tracing::{info, warn};
 
-pub(crate) use self::format::Format;
+pub(crate) use self::{
+    endpoint::{bind, serve},
+    format::Format,
+};
 use crate::{health::state::State, report::Counters};
 
 /// What the metrics expose, as of the monitor's last refresh.
@@ -121,70 +114,6 @@ pub(crate) fn render(registry: &Registry, format: Format) -> Result<String> {
         Format::OpenMetrics => text,
         Format::Classic => format::classic_from_openmetrics(&text),
     })
-}
-
-/// Binds the endpoint's address (an error names it: a failed bind stops xlb at start).
-pub(crate) fn bind(address: SocketAddr) -> Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(address).with_context(|| {
-        format!("binding the metrics endpoint {address} (the `metrics` key of the config)")
-    })?;
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(listener)?)
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, shared: Shared) {
-    if let Ok(address) = listener.local_addr() {
-        info!(%address, "metrics endpoint listening");
-    }
-    let registry = Arc::new(registry(shared));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                warn!("metrics endpoint: accepting a connection: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let registry = Arc::clone(&registry);
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &registry)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// The answer to one HTTP request.
-fn answer(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    let response = if request.uri().path() != "/metrics" {
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from("try /metrics\n")))
-    } else {
-        let accept = request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
-        let format = Format::from_accept(accept);
-        match render(registry, format) {
-            Ok(text) => Response::builder()
-                .header(header::CONTENT_TYPE, format.content_type())
-                .body(Full::new(Bytes::from(text))),
-            Err(error) => {
-                warn!("encoding metrics: {error:#}");
-                Response::builder()
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .body(Full::new(Bytes::new()))
-            }
-        }
-    };
-    response.expect("a valid response")
 }
 
 #[cfg(test)]

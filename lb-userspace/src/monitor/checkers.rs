@@ -1,14 +1,14 @@
 //! The checkers: one task per backend health check and one per agent, which report to the
 //! monitor; and what is done with their reports (recorded in the backends' statuses).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_common::passive::PassiveEvent;
 use tokio::{
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
     task::JoinSet,
-    time::{Instant, MissedTickBehavior, interval},
+    time::{Instant, MissedTickBehavior, interval_at},
 };
 use tracing::{info, warn};
 
@@ -23,6 +23,10 @@ use crate::{
 
 /// How many reports may wait for the monitor.
 const QUEUE: usize = 1024;
+/// Health checks and agent queries in flight at once (each holds a socket); more wait their
+/// turn. With the checks of a service spread over its interval, a config needs thousands of
+/// backends checked every second before this delays any.
+const IN_FLIGHT: usize = 256;
 
 /// What a checker task (or the data plane's passive reports) tells the monitor.
 pub(super) enum Event {
@@ -54,6 +58,8 @@ pub(super) struct Checkers {
     /// The last error of each agent that does not answer (logged once).
     agent_errors: HashMap<BackendRef, String>,
     events: mpsc::Sender<Event>,
+    /// Permits for checks and queries in flight.
+    slots: Arc<Semaphore>,
 }
 
 impl Checkers {
@@ -65,6 +71,7 @@ impl Checkers {
             generation: 0,
             agent_errors: HashMap::new(),
             events,
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
         };
         (checkers, received)
     }
@@ -108,7 +115,9 @@ impl Checkers {
                     service.health.timeout,
                 );
                 let at = self.at(service_index, backend_index);
+                let slots = Arc::clone(&self.slots);
                 first.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
                     let started = Instant::now();
                     let result = checks::run(&check, target, limit).await;
                     Event::Health(at, result, started.elapsed())
@@ -122,28 +131,33 @@ impl Checkers {
         Ok(results)
     }
 
-    /// Starts one checker task per backend health check and per agent of `core`'s config.
+    /// Starts one checker task per backend health check and per agent of `core`'s config. The
+    /// backends are checked at instants spread evenly over their intervals, not all at once.
     pub(super) fn spawn(&mut self, core: &Core) {
+        let count = core.config().backend_count() as u32;
+        let mut nth = 0;
         for (service_index, service) in core.config().services.iter().enumerate() {
             for (backend_index, backend) in service.backends.iter().enumerate() {
                 let at = self.at(service_index, backend_index);
+                let offset = spread(service.health.interval, nth, count);
                 if service.health.check != HealthCheck::None {
                     let (check, target) = (service.health.check.clone(), backend.check_address());
                     let (every, limit) = (service.health.interval, service.health.timeout);
-                    // A backend checked before (at start, or before a reload) waits one
-                    // interval; a new one is checked at once.
+                    // A backend checked before (at start, or before a reload) waits its
+                    // offset into the interval; a new one is checked at once.
                     let checked = core.statuses()[service_index][backend_index]
                         .health
                         .is_known();
-                    let events = self.events.clone();
+                    let (events, slots) = (self.events.clone(), Arc::clone(&self.slots));
                     self.tasks.spawn(async move {
-                        let mut ticks = interval(every);
+                        let first = Instant::now() + if checked { offset } else { Duration::ZERO };
+                        let mut ticks = interval_at(first, every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        if checked {
-                            ticks.tick().await;
-                        }
                         loop {
                             ticks.tick().await;
+                            let Ok(_slot) = slots.acquire().await else {
+                                break;
+                            };
                             let started = Instant::now();
                             let result = checks::run(&check, target, limit).await;
                             let event = Event::Health(at, result, started.elapsed());
@@ -159,12 +173,16 @@ impl Checkers {
                     .and_then(|load| Some((load.agent_address(backend)?, load)));
                 if let Some((address, load)) = agent {
                     let (every, limit) = (load.interval, load.timeout);
-                    let events = self.events.clone();
+                    let (events, slots) = (self.events.clone(), Arc::clone(&self.slots));
+                    let offset = spread(every, nth, count);
                     self.tasks.spawn(async move {
-                        let mut ticks = interval(every);
+                        let mut ticks = interval_at(Instant::now() + offset, every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         loop {
                             ticks.tick().await;
+                            let Ok(_slot) = slots.acquire().await else {
+                                break;
+                            };
                             let result = agent::query(address, limit).await;
                             if events.send(Event::Agent(at, result)).await.is_err() {
                                 break;
@@ -172,6 +190,7 @@ impl Checkers {
                         }
                     });
                 }
+                nth += 1;
             }
         }
     }
@@ -237,5 +256,23 @@ impl Checkers {
                 before != (status.agent.clone(), status.overloaded)
             }
         }
+    }
+}
+
+/// Where in `interval` the `index`-th of all `count` backends is checked: evenly spread.
+fn spread(interval: Duration, index: u32, count: u32) -> Duration {
+    interval * index / count.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checks_of_a_service_are_spread_over_its_interval() {
+        let every = Duration::from_secs(2);
+        let offsets: Vec<u128> = (0..4).map(|i| spread(every, i, 4).as_millis()).collect();
+        assert_eq!(offsets, [0, 500, 1000, 1500]);
+        assert_eq!(spread(every, 0, 1), Duration::ZERO);
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::{
     config::{Config, HealthCheck, ServiceConfig},
-    control::Balancer,
+    control::{BackendState, Balancer, ServiceState},
     health::state::{BackendStatus, Health},
 };
 
@@ -128,26 +128,47 @@ impl Core {
         self.config.services[at.service].backends[at.backend].address
     }
 
+    /// What the data plane has of service `index` of the config, if it has it. Found by its
+    /// listen address and protocol: the balancer's record follows the config only once an
+    /// apply succeeds.
+    pub fn applied(&self, index: usize) -> Option<&ServiceState> {
+        let service = self.config.services.get(index)?;
+        let same = |s: &&ServiceState| s.listen == service.listen && s.protocol == service.protocol;
+        let applied = self.balancer.services();
+        applied
+            .get(index)
+            .filter(same)
+            .or_else(|| applied.iter().find(same))
+    }
+
+    /// What the data plane has of backend `backend` of service `service`, if it has it.
+    pub fn applied_backend(&self, service: usize, backend: usize) -> Option<&BackendState> {
+        let configured = self.config.services.get(service)?.backends.get(backend)?;
+        let pool = configured.pool as u32;
+        let same = |b: &&BackendState| b.address == configured.address && b.pool == pool;
+        let backends = &self.applied(service)?.backends;
+        backends
+            .get(backend)
+            .filter(same)
+            .or_else(|| backends.iter().find(same))
+    }
+
     /// The data plane's id of backend `backend` of service `service`, once applied.
     pub fn backend_id(&self, service: usize, backend: usize) -> Option<u32> {
-        let service = self.balancer.services().get(service)?;
-        Some(service.backends.get(backend)?.id)
+        Some(self.applied_backend(service, backend)?.id)
     }
 
     /// Where the backend with data-plane id `id` is in the config, if it is there.
     pub fn backend_of_id(&self, id: u32, generation: u64) -> Option<BackendRef> {
-        self.balancer
-            .services()
-            .iter()
-            .enumerate()
-            .find_map(|(service, state)| {
-                let backend = state.backends.iter().position(|b| b.id == id)?;
-                Some(BackendRef {
-                    service,
-                    backend,
-                    generation,
-                })
+        (0..self.config.services.len()).find_map(|service| {
+            let count = self.config.services[service].backends.len();
+            let backend = (0..count).find(|&b| self.backend_id(service, b) == Some(id))?;
+            Some(BackendRef {
+                service,
+                backend,
+                generation,
             })
+        })
     }
 
     /// The serving pools of every service as last published (empty for a service not
@@ -155,9 +176,7 @@ impl Core {
     pub fn serving_before(&self) -> Vec<Vec<u32>> {
         (0..self.config.services.len())
             .map(|i| {
-                self.balancer
-                    .services()
-                    .get(i)
+                self.applied(i)
                     .map(|s| s.locality.serving.clone())
                     .unwrap_or_default()
             })

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::IpNet;
 use lb_common::{FlowEntry, FlowKey, consts::flow_flags, consts::proto};
 
@@ -113,7 +113,13 @@ pub(crate) fn report(
     let service = query
         .service
         .as_deref()
-        .map(|name| core.service_index(name).map(|i| services[i].id))
+        .map(|name| {
+            let index = core.service_index(name)?;
+            let applied = core.applied(index).with_context(|| {
+                format!("service {name:?} is not in the data plane (its last apply failed)")
+            })?;
+            anyhow::Ok(applied.id)
+        })
         .transpose()?;
     if let Some(address) = query.backend {
         let known = services

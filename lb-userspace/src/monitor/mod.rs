@@ -39,7 +39,7 @@ use tokio::{
     sync::mpsc,
     time::{Instant, MissedTickBehavior, interval},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{
     announcing::Announcing,
@@ -67,6 +67,8 @@ const RAMP_STEP: Duration = Duration::from_millis(200);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often the active-flow counts are read.
 const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(1);
+/// How often a failed apply is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Work an edge asks of the monitor (an operator's command, a SIGHUP's reload), run on the
 /// monitor's task between events, with the data plane.
@@ -83,6 +85,8 @@ pub struct Monitor {
     operators: OperatorSettings,
     announcing: Announcing,
     tracing: Tracing,
+    /// The last apply failed: it is tried again every [`RETRY_EVERY`] until it succeeds.
+    apply_failed: bool,
 }
 
 impl Monitor {
@@ -108,6 +112,7 @@ impl Monitor {
             operators,
             announcing: Announcing::default(),
             tracing: Tracing::default(),
+            apply_failed: false,
         })
     }
 
@@ -164,7 +169,7 @@ impl Monitor {
             ticks
         };
         let (mut ramp, mut sample) = (ticks(RAMP_STEP), ticks(SAMPLE_EVERY));
-        let mut count_flows = ticks(COUNT_FLOWS_EVERY);
+        let (mut count_flows, mut retry) = (ticks(COUNT_FLOWS_EVERY), ticks(RETRY_EVERY));
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
         let mut drained_at: Option<Instant> = None;
@@ -182,20 +187,23 @@ impl Monitor {
                 }
                 Some(event) = received.recv() => {
                     if self.handle(event) {
-                        self.evaluate(&mut dataplane.maps)?;
+                        let _ = self.apply(&mut dataplane.maps);
                     }
                 }
                 Some(job) = jobs.recv() => job(self, dataplane),
                 _ = ramp.tick() => {
                     if self.core.any_ramping(Instant::now()) {
-                        self.evaluate(&mut dataplane.maps)?;
+                        let _ = self.apply(&mut dataplane.maps);
                     }
                 }
                 _ = sample.tick() => self.sample(&dataplane.maps),
                 _ = count_flows.tick() => {
                     if self.reports.count_active_flows(&mut self.core, &dataplane.maps) {
-                        self.evaluate(&mut dataplane.maps)?;
+                        let _ = self.apply(&mut dataplane.maps);
                     }
+                }
+                _ = retry.tick(), if self.apply_failed => {
+                    let _ = self.apply(&mut dataplane.maps);
                 }
             }
         }
@@ -238,6 +246,25 @@ impl Monitor {
     fn sample(&mut self, maps: &impl DataplaneReads) {
         self.reports
             .sample(&self.core, maps, self.announcing.report());
+    }
+
+    /// [`Self::evaluate`], and if it fails, says so once and has it tried again every
+    /// [`RETRY_EVERY`] until it succeeds (the balancer keeps a record from which the next
+    /// apply writes whatever the failed one may have left half-written): a failed apply (a
+    /// full file table, a map the kernel refused) is never the daemon's end.
+    fn apply(&mut self, maps: &mut (impl DataplaneMaps + DataplaneReads)) -> Result<ApplySummary> {
+        let result = self.evaluate(maps);
+        match &result {
+            Err(error) if !self.apply_failed => {
+                error!(
+                    "applying the decision to the data plane failed, trying again every second: {error:#}"
+                );
+            }
+            Ok(_) if self.apply_failed => info!("applied: the data plane is as decided again"),
+            _ => {}
+        }
+        self.apply_failed = result.is_err();
+        result
     }
 
     /// Decides again (see [`plan::plan`]), logs what changed, applies the tables and purges the
@@ -284,7 +311,16 @@ impl Monitor {
             if ids.is_empty() {
                 continue;
             }
-            let purged = maps.purge_flows(&ids, purge)?;
+            let purged = match maps.purge_flows(&ids, purge) {
+                Ok(purged) => purged,
+                Err(error) => {
+                    // Purged again by the next evaluation.
+                    for &(s, b) in &backends {
+                        self.core.status_mut(self.checkers.at(s, b)).purged = None;
+                    }
+                    return Err(error);
+                }
+            };
             for (s, b) in backends {
                 let service = &self.core.config().services[s];
                 let which = match purge {
@@ -349,7 +385,10 @@ impl Monitor {
         let done = self
             .operators
             .change(&mut self.core, service, backend, change, by)?;
-        self.evaluate(maps)?;
+        self.apply(maps).context(
+            "the setting is saved and in force, but applying it to the data plane failed; \
+             xlb tries again every second",
+        )?;
         Ok(done)
     }
 
@@ -414,7 +453,10 @@ impl Monitor {
         dataplane
             .maps
             .set_flow_timeouts(&self.core.config().flow_timeouts)?;
-        let summary = self.evaluate(&mut dataplane.maps)?;
+        let summary = self.apply(&mut dataplane.maps).context(
+            "the new configuration is in force, but applying it to the data plane failed; xlb \
+             tries again every second",
+        )?;
         let message = format!(
             "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed, \
              {} tables published, {} flows purged, interfaces +{} -{}",

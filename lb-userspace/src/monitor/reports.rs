@@ -152,27 +152,25 @@ impl Reports {
         };
         let config = core.config();
         let mut snapshot = Snapshot::default();
-        for ((service, applied), statuses) in config
-            .services
-            .iter()
-            .zip(core.balancer().services())
-            .zip(core.statuses())
-        {
+        for (s, (service, statuses)) in config.services.iter().zip(core.statuses()).enumerate() {
+            let Some(applied) = core.applied(s) else {
+                continue;
+            };
             snapshot.services.push(ServiceMetrics {
                 name: service.name.clone(),
                 counters: counters(Key::Service(applied.id)),
-                backends: applied
-                    .backends
-                    .iter()
-                    .zip(statuses)
-                    .map(|(backend, status)| BackendMetrics {
-                        address: backend.address.to_string(),
-                        counters: counters(Key::Backend(backend.id)),
-                        state: status.reported.as_ref().map_or(State::Down, |r| r.state),
-                        weight: backend.weight,
-                        active_flows: self.active_flows.of(backend.id),
-                        check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
-                        passive_marks: status.passive_marks,
+                backends: (service.backends.iter().zip(statuses).enumerate())
+                    .filter_map(|(b, (configured, status))| {
+                        let backend = core.applied_backend(s, b)?;
+                        Some(BackendMetrics {
+                            address: configured.address.to_string(),
+                            counters: counters(Key::Backend(backend.id)),
+                            state: status.reported.as_ref().map_or(State::Down, |r| r.state),
+                            weight: backend.weight,
+                            active_flows: self.active_flows.of(backend.id),
+                            check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
+                            passive_marks: status.passive_marks,
+                        })
                     })
                     .collect(),
             });
@@ -216,18 +214,18 @@ impl Reports {
             services: Vec::new(),
             announce,
         };
-        for (index, ((config, applied), statuses)) in core
+        for (index, (config, statuses)) in core
             .config()
             .services
             .iter()
-            .zip(core.balancer().services())
             .zip(core.statuses())
             .enumerate()
         {
             if only.is_some_and(|o| o != index) {
                 continue;
             }
-            let (pps, bps) = self.rates.of(Key::Service(applied.id));
+            let applied = core.applied(index);
+            let (pps, bps) = applied.map_or((0.0, 0.0), |a| self.rates.of(Key::Service(a.id)));
             report.services.push(ServiceStatus {
                 name: config.name.clone(),
                 listen: config.listen,
@@ -237,23 +235,25 @@ impl Reports {
                 backends: config
                     .backends
                     .iter()
-                    .zip(&applied.backends)
                     .zip(statuses)
-                    .map(|((configured, backend), status)| {
-                        let (pps, bps) = self.rates.of(Key::Backend(backend.id));
+                    .enumerate()
+                    .map(|(b, (configured, status))| {
+                        let backend = core.applied_backend(index, b);
+                        let (pps, bps) =
+                            backend.map_or((0.0, 0.0), |b| self.rates.of(Key::Backend(b.id)));
                         let (state, reason, since) = match &status.reported {
                             Some(r) => (r.state, r.reason.clone(), r.since),
                             None => (State::Down, "not checked yet".into(), now),
                         };
                         BackendStatusReport {
-                            address: backend.address,
+                            address: configured.address,
                             state: state.to_string(),
                             reason,
                             since_seconds: now.saturating_duration_since(since).as_secs_f64(),
                             weight: configured.weight,
-                            effective_weight: backend.weight,
+                            effective_weight: backend.map_or(0, |b| b.weight),
                             agent_weight_percent: status.agent.weight_percent,
-                            active_flows: self.active_flows.of(backend.id),
+                            active_flows: backend.map_or(0, |b| self.active_flows.of(b.id)),
                             packets_per_second: pps,
                             bits_per_second: bps,
                             operator: status.operator.clone(),
@@ -262,7 +262,9 @@ impl Reports {
                         }
                     })
                     .collect(),
-                pools: self.pool_status(config, applied, statuses),
+                pools: applied.map_or_else(Vec::new, |applied| {
+                    self.pool_status(config, applied, statuses)
+                }),
             });
         }
         Ok(report)
@@ -324,13 +326,16 @@ impl Reports {
     pub(super) fn stats(&self, core: &Core, maps: &impl DataplaneReads) -> Result<StatsReport> {
         let config = core.config();
         let mut report = StatsReport::default();
-        for (service, applied) in config.services.iter().zip(core.balancer().services()) {
+        for (s, service) in config.services.iter().enumerate() {
+            let Some(applied) = core.applied(s) else {
+                continue;
+            };
             let mut backends = Vec::new();
-            for backend in &applied.backends {
-                backends.push((
-                    backend.address,
-                    Counters::from(maps.backend_counters(backend.id)?),
-                ));
+            for b in 0..service.backends.len() {
+                if let Some(backend) = core.applied_backend(s, b) {
+                    let counters = maps.backend_counters(backend.id)?;
+                    backends.push((backend.address, Counters::from(counters)));
+                }
             }
             report.services.push(ServiceStats {
                 name: service.name.clone(),
@@ -398,11 +403,12 @@ impl Reports {
                 return false;
             }
         }
-        let applied: Vec<Vec<u32>> = core
-            .balancer()
-            .services()
-            .iter()
-            .map(|s| s.backends.iter().map(|b| b.id).collect())
+        let ids: Vec<Vec<Option<u32>>> = (core.config().services.iter().enumerate())
+            .map(|(s, service)| {
+                (0..service.backends.len())
+                    .map(|b| core.backend_id(s, b))
+                    .collect()
+            })
             .collect();
         let (config, statuses) = core.statuses_mut();
         let mut any = false;
@@ -410,12 +416,9 @@ impl Reports {
             let Some(load) = service.load.as_ref().filter(|l| l.max_flows.is_some()) else {
                 continue;
             };
-            let Some(ids) = applied.get(service_index) else {
-                continue;
-            };
             any = true;
-            for (status, id) in statuses[service_index].iter_mut().zip(ids) {
-                status.active_flows = Some(self.active_flows.of(*id));
+            for (status, id) in statuses[service_index].iter_mut().zip(&ids[service_index]) {
+                status.active_flows = id.map(|id| self.active_flows.of(id));
                 status.update_overload(load);
             }
         }
@@ -428,7 +431,10 @@ impl Reports {
     /// table changed.
     pub(super) fn account_spills(&mut self, core: &Core, maps: &impl DataplaneReads) {
         let config = core.config();
-        for (service, applied) in config.services.iter().zip(core.balancer().services()) {
+        for (s, service) in config.services.iter().enumerate() {
+            let Some(applied) = core.applied(s) else {
+                continue;
+            };
             if service.pools.len() <= 1 || applied.locality.pools as usize != service.pools.len() {
                 continue;
             }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use lb_common::{
     consts::{proto, tcp_flags},
     direction,
@@ -170,7 +170,10 @@ pub(crate) fn filter(
     let config = TraceConfig {
         until_ns: start_ns + request.seconds * 1_000_000_000,
         client,
-        service_id: core.balancer().services()[index].id,
+        service_id: core
+            .applied(index)
+            .context("the service is not in the data plane (its last apply failed)")?
+            .id,
         sample_every: request.sample,
         family: client_family,
         prefix_len,
@@ -182,12 +185,10 @@ pub(crate) fn filter(
 /// The names of every service, backend and pool, as applied in `core`.
 fn names(core: &Core) -> Names {
     let mut names = Names::default();
-    for (config, applied) in core
-        .config()
-        .services
-        .iter()
-        .zip(core.balancer().services())
-    {
+    for (s, config) in core.config().services.iter().enumerate() {
+        let Some(applied) = core.applied(s) else {
+            continue;
+        };
         names.services.insert(applied.id, config.name.clone());
         for backend in &applied.backends {
             names.backends.insert(backend.id, backend.address);

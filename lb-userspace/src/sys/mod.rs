@@ -1,5 +1,7 @@
 //! What xlb asks of the host outside the data plane: its network interfaces and the wall
 //! clock. The lowest layer: it knows nothing of xlb's other modules.
 
+pub(crate) mod accept;
+pub(crate) mod limits;
 pub mod netif;
 pub(crate) mod time;

@@ -181,6 +181,41 @@ fn bad_input_gets_clear_errors_and_the_daemon_is_unharmed() {
         "{stderr}"
     );
 
+    // The same pins from a socket in another directory (and another state directory):
+    // refused too.
+    let other_dir = std::env::temp_dir().join(format!("xlb-other-{}", std::process::id()));
+    let other_socket = other_dir.join("xlb.sock");
+    let mut same_pins = lab.balancer.command_network_only(binary("xlb").unwrap());
+    same_pins
+        .arg("--socket")
+        .arg(&other_socket)
+        .arg("run")
+        .arg("--config")
+        .arg(&xlb.config_path)
+        .arg("--state-dir")
+        .arg(xlb.state_dir.with_extension("other"));
+    let mut second = xlb_tests::process::Process::spawn("xlb", same_pins).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.exited().unwrap() {
+        if Instant::now() > deadline {
+            let _ = second.signal(libc::SIGKILL);
+            panic!(
+                "a second daemon runs on the same pins:\n{}",
+                second.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        second.output().contains(&format!(
+            "another xlb is using the pins in {}",
+            xlb.pin_dir.display()
+        )),
+        "{}",
+        second.output()
+    );
+    let _ = std::fs::remove_dir_all(&other_dir);
+
     let other_pins = config.replace(&format!("pin_path = \"{}\"", xlb.pin_dir.display()), "");
     let mut second = match start_xlb(&lab.balancer, &other_pins) {
         Err(error) => error.to_string(),

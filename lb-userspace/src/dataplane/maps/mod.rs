@@ -51,6 +51,9 @@ type TableMap = ArrayOfMaps<MapData, Array<MapData, BackendTable>>;
 type MaglevMap = ArrayOfMaps<MapData, Array<MapData, MaglevTable>>;
 /// A service's client prefixes: prefix -> home pool.
 type PrefixTrie = LpmTrie<MapData, ClientPrefix, u32>;
+/// Tables published in one batch at most (each holds a file descriptor until the batch is
+/// written; each batch waits one RCU grace period).
+const PUBLISH_CHUNK: usize = 256;
 /// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -319,7 +322,12 @@ impl DataplaneMaps for Maps {
     }
 
     fn publish_tables(&mut self, tables: &[(u32, BackendTable)]) -> Result<()> {
-        publish_batch(&self.tables_data, tables)
+        // Each table of a batch holds a file descriptor until the batch is written: chunks
+        // keep a start with thousands of tables well within the file limit.
+        for chunk in tables.chunks(PUBLISH_CHUNK) {
+            publish_batch(&self.tables_data, chunk)?;
+        }
+        Ok(())
     }
 
     fn publish_maglev(&mut self, index: u32, table: Option<&MaglevTable>) -> Result<()> {
