@@ -121,6 +121,20 @@ fn the_route_follows_the_backends_and_the_daemon() {
     );
     assert_eq!(vip(&status)["announced"], true, "{status}");
 
+    // `xlb simulate` on a DSR service names the backend (the packet keeps the VIP), and
+    // leaves no flow behind.
+    {
+        let xlb = cluster.xlbs[0].lock().unwrap();
+        let (code, simulated, stderr) = xlb.cli(&["simulate", "web", "198.18.0.2:45000"]).unwrap();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            simulated.contains("198.18.1.") && !simulated.contains("no backend"),
+            "{simulated}"
+        );
+        let (_, flows, _) = xlb.cli(&["--json", "flows", "web"]).unwrap();
+        assert!(flows.contains("\"matched\": 0"), "{flows}");
+    }
+
     // No backend can take new flows: withdrawn, with the reason; back when one can.
     cluster.stop_server(0).unwrap();
     cluster.stop_server(1).unwrap();

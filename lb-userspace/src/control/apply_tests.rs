@@ -88,8 +88,9 @@ fn an_apply_that_fails_part_way_is_completed_by_the_next() {
     let mut balancer = Balancer::new();
     balancer.apply(&before, &mut clean).unwrap();
     clean.log.clear();
+    clean.zeroed.clear();
     balancer.apply(&after, &mut clean).unwrap();
-    let writes = clean.log.len();
+    let writes = clean.log.len() + clean.zeroed.len();
     assert!(writes > 10, "{:?}", clean.log);
 
     for failing in 0..writes {
@@ -188,4 +189,65 @@ fn after_a_restart_every_table_and_prefix_is_published_whole() {
         maps.prefixes[&video].is_empty(),
         "the earlier daemon's prefixes are gone"
     );
+}
+
+#[test]
+fn a_new_id_starts_its_counters_from_zero() {
+    let mut maps = FakeMaps::default();
+    // What an earlier owner of ids 0 and 1 counted.
+    maps.service_counters.insert(
+        0,
+        lb_common::TrafficCounters {
+            new_flows: 7,
+            ..Default::default()
+        },
+    );
+    maps.backend_counters.insert(
+        1,
+        lb_common::TrafficCounters {
+            new_flows: 3,
+            ..Default::default()
+        },
+    );
+    maps.spilled.insert(table_index(0, 0), 5);
+    let mut balancer = Balancer::new();
+    balancer.apply(&config(WEB), &mut maps).unwrap();
+    assert_eq!(
+        maps.zeroed,
+        [
+            Counted::Service(0),
+            Counted::Spills(table_index(0, 0)),
+            Counted::Backend(0),
+            Counted::Backend(1)
+        ]
+    );
+    assert!(maps.service_counters.is_empty() && maps.backend_counters.is_empty());
+    assert!(maps.spilled.is_empty());
+    // Ids that stay keep what they counted.
+    maps.zeroed.clear();
+    let heavier = config(&WEB.replace("weight = 2", "weight = 3"));
+    balancer.apply(&heavier, &mut maps).unwrap();
+    assert!(maps.zeroed.is_empty(), "{:?}", maps.zeroed);
+}
+
+#[test]
+fn a_pool_that_leaves_is_emptied_after_its_clients_are_sent_elsewhere() {
+    let mut maps = FakeMaps::default();
+    let mut balancer = Balancer::new();
+    balancer.apply(&config(VIDEO), &mut maps).unwrap();
+    // jp leaves: kr's clients keep kr, and the prefixes no longer name jp.
+    let one_pool = VIDEO.replace("fallback = [\"jp\"]\n", "").replace(
+        "\n[[service.pool]]\nname = \"jp\"\nbackends = [ { address = \"198.18.1.22:8080\" } ]\n",
+        "",
+    );
+    maps.log.clear();
+    balancer.apply(&config(&one_pool), &mut maps).unwrap();
+    let position = |prefix: &str| {
+        maps.log
+            .iter()
+            .position(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", maps.log))
+    };
+    let emptied = position(&format!("table {} []", table_index(0, 1)));
+    assert!(position("service+ 0") < emptied, "{:?}", maps.log);
 }

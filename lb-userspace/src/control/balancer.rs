@@ -86,6 +86,8 @@ pub struct BackendState {
     pub weight: u32,
     /// Its pool.
     pub pool: u32,
+    /// Weight in the published Maglev table (see [`super::BackendSpec::maglev_weight`]).
+    pub maglev_weight: u32,
 }
 
 /// What one [`Balancer::apply`] changed.
@@ -281,6 +283,7 @@ impl Balancer {
                         address: backend_address(backend),
                         weight: 0,
                         pool: backend.pool,
+                        maglev_weight: 0,
                     }
                 })
                 .collect();

@@ -48,10 +48,12 @@ pub(super) struct Setup {
     pub(super) name: String,
     /// Its id.
     pub(super) id: u32,
+    /// Whether the id is new to the service: its counters start from zero.
+    pub(super) new_id: bool,
     /// Its passive health and admission settings, if they change.
     pub(super) policy: Option<ServicePolicy>,
-    /// Tables of pools new to the service: their round robin starts from the beginning (and
-    /// their spill counts from zero).
+    /// Tables of pools new to the service: their round robin starts from the beginning and
+    /// their spill counts from zero.
     pub(super) new_tables: Vec<u32>,
     /// Backends whose entry is written: new ones (and all of a service whose maps are not
     /// known): id, entry, address, and whether the id is new (its counters and passive
@@ -78,6 +80,9 @@ pub(super) struct Removal {
 pub(super) struct Writes {
     pub(super) setup: Vec<Setup>,
     pub(super) tables: Vec<(u32, BackendTable)>,
+    /// Tables of pools their service no longer has: emptied once the service's entry and
+    /// client prefixes no longer send clients to them.
+    pub(super) pools_emptied: Vec<(u32, BackendTable)>,
     pub(super) maglev_tables: Vec<(u32, Box<MaglevTable>)>,
     pub(super) prefixes: Vec<(u32, Vec<(IpNet, u32)>)>,
     pub(super) entries: Vec<(ServiceKey, ServiceEntry, String)>,
@@ -161,6 +166,7 @@ pub(super) fn plan(
         writes.retired.extend(removed.backends.iter().map(|b| b.id));
     }
     summary.tables_published += writes.tables.len()
+        + writes.pools_emptied.len()
         + writes.maglev_tables.len()
         + writes.removed.iter().map(|r| r.tables.len()).sum::<usize>();
     summary.backends_removed = writes.retired.len();
@@ -234,6 +240,7 @@ fn service(
     let mut setup = Setup {
         name: spec.name.clone(),
         id: state.id,
+        new_id,
         ..Setup::default()
     };
     if unknown || state.policy != Some(spec.policy) {
@@ -265,6 +272,7 @@ fn service(
             address: backend.address,
             weight: backend.weight,
             pool: backend.pool,
+            maglev_weight: backend.maglev_weight,
         });
     }
     writes.retired.extend(old_backends.iter().map(|b| b.id));
@@ -337,7 +345,12 @@ fn tables(spec: &ServiceSpec, state: &mut ServiceState, unknown: bool, writes: &
     }
     for (home, sequence) in &changed {
         let table = backend_table(sequence, state.generation);
-        writes.tables.push((table_index(state.id, *home), table));
+        let index = table_index(state.id, *home);
+        if *home < locality.pools {
+            writes.tables.push((index, table));
+        } else {
+            writes.pools_emptied.push((index, table));
+        }
         state.tables[*home as usize].clone_from(sequence);
     }
     let maglev = match spec.scheduler {
@@ -357,7 +370,7 @@ fn tables(spec: &ServiceSpec, state: &mut ServiceState, unknown: bool, writes: &
                     .backends
                     .iter()
                     .filter(|b| b.pool == serving)
-                    .map(|b| (b.id, b.address, b.weight))
+                    .map(|b| (b.id, b.address, b.maglev_weight))
                     .collect();
                 if rebuild_all || state.maglev_inputs[home as usize] != backends {
                     writes

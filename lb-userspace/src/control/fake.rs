@@ -13,7 +13,7 @@ use lb_common::{
     tables::table_index,
 };
 
-use super::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing, Purge};
+use super::{ActiveFlows, Counted, DataplaneMaps, DataplaneReads, Existing, Purge};
 
 /// In-memory maps that record every write in order.
 #[derive(Default)]
@@ -40,6 +40,8 @@ pub(crate) struct FakeMaps {
     pub(crate) flow_entries: Vec<(FlowKey, FlowEntry, bool)>,
     /// The clock `now_ns` reads.
     pub(crate) now_ns: u64,
+    /// The counters zeroed, in order (not in `log`, which follows the tables' order).
+    pub(crate) zeroed: Vec<Counted>,
 }
 
 impl FakeMaps {
@@ -117,6 +119,16 @@ impl DataplaneMaps for FakeMaps {
     fn clear_mark(&mut self, id: u32) -> Result<()> {
         self.fault()?;
         self.log.push(format!("mark- {id}"));
+        Ok(())
+    }
+    fn zero_counters(&mut self, counters: Counted) -> Result<()> {
+        self.fault()?;
+        match counters {
+            Counted::Service(id) => self.service_counters.remove(&id),
+            Counted::Backend(id) => self.backend_counters.remove(&id),
+            Counted::Spills(index) => self.spilled.remove(&index).map(|_| Default::default()),
+        };
+        self.zeroed.push(counters);
         Ok(())
     }
     fn reset_cursor(&mut self, index: u32) -> Result<()> {

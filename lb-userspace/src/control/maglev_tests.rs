@@ -100,8 +100,9 @@ fn a_backend_that_leaves_takes_only_its_own_slots() {
     let mut specs = specs(MAGLEV);
     balancer.apply(&specs, &mut maps).unwrap();
     let before = slots_by_address(&balancer, &maps, "web");
-    // Down: weight 0, as the monitor publishes it.
+    // Down: weight 0 in both tables, as the monitor publishes it.
     specs[0].backends[2].weight = 0;
+    specs[0].backends[2].maglev_weight = 0;
     balancer.apply(&specs, &mut maps).unwrap();
     let after = slots_by_address(&balancer, &maps, "web");
     let gone: SocketAddr = "198.18.1.13:80".parse().unwrap();
@@ -183,5 +184,32 @@ fn a_restarted_daemon_rebuilds_or_removes_the_maglev_tables_it_adopts() {
         maps.log.iter().any(|l| l.starts_with("maglev ")),
         "{:?}",
         maps.log
+    );
+}
+
+#[test]
+fn instances_in_other_slow_start_or_load_states_build_the_same_table() {
+    // One instance sees b2 ramping up (table weight 5 of 200) and b3 at an agent's 40%; the
+    // other sees them at full weight. Their round-robin tables differ; their Maglev tables
+    // must not, or a flow that ECMP moves between them changes backend.
+    let full = specs(MAGLEV);
+    let mut ramping = full.clone();
+    ramping[0].backends[1].weight = 5;
+    ramping[0].backends[2].weight = 40;
+    let (mut first_maps, mut second_maps) = (FakeMaps::default(), FakeMaps::default());
+    let (mut first, mut second) = (Balancer::new(), Balancer::new());
+    first.apply(&full, &mut first_maps).unwrap();
+    second.apply(&ramping, &mut second_maps).unwrap();
+    assert_eq!(
+        slots_by_address(&first, &first_maps, "web"),
+        slots_by_address(&second, &second_maps, "web")
+    );
+    // Changing only table weights publishes no Maglev table.
+    second_maps.log.clear();
+    second.apply(&full, &mut second_maps).unwrap();
+    assert!(
+        !second_maps.log.iter().any(|l| l.starts_with("maglev")),
+        "{:?}",
+        second_maps.log
     );
 }

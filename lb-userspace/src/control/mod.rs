@@ -30,5 +30,5 @@ mod tests;
 
 pub use balancer::{ApplySummary, BackendState, Balancer, Known, ServiceState};
 pub(crate) use locality::serving_pools;
-pub use ports::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing, Purge};
+pub use ports::{ActiveFlows, Counted, DataplaneMaps, DataplaneReads, Existing, Purge};
 pub use spec::{BackendSpec, Locality, ServiceSpec};

@@ -36,6 +36,10 @@ pub trait DataplaneMaps {
     fn clear_mark(&mut self, id: u32) -> Result<()>;
     /// Restarts the round-robin cursor of table `index` (`RR_CURSORS`).
     fn reset_cursor(&mut self, index: u32) -> Result<()>;
+    /// Zeroes what the data plane counted for an id that is handed out again: a service's
+    /// counters (`SERVICE_STATS`), a backend's (`BACKEND_STATS`), a table's spills
+    /// (`SPILLED`), so that the new owner starts from zero.
+    fn zero_counters(&mut self, counters: Counted) -> Result<()>;
     /// Adds or updates a service (`SERVICES`).
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()>;
     /// Removes a service (`SERVICES`).
@@ -58,6 +62,17 @@ pub trait DataplaneMaps {
     /// The services and the backends in use that the maps already hold (pinned maps that a
     /// previous daemon filled).
     fn existing(&self) -> Result<Existing>;
+}
+
+/// Something the data plane counts, by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counted {
+    /// A service's traffic counters.
+    Service(u32),
+    /// A backend's traffic counters.
+    Backend(u32),
+    /// The spills of the table at this index.
+    Spills(u32),
 }
 
 /// What pinned maps hold when a daemon starts.

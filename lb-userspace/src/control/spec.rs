@@ -42,6 +42,11 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Its pool.
     pub pool: u32,
+    /// Weight in its pool's Maglev table: its configured (or operator's) weight while it
+    /// takes new flows, else 0. Not the table weight, which moves with slow start, agents and
+    /// each instance's own flow counts: instances behind ECMP must build the same Maglev
+    /// table, so it moves only with what they all see the same.
+    pub maglev_weight: u32,
 }
 
 /// A service's locality pools as the data plane should have them.
@@ -71,9 +76,10 @@ impl Locality {
 }
 
 impl ServiceSpec {
-    /// `service` with its backends at `weights` (in config order) and each home pool served by
-    /// the pool `serving` names.
-    pub fn of(service: &ServiceConfig, weights: &[u32], serving: Vec<u32>) -> Self {
+    /// `service` with its backends at `weights` (in config order; their configured or
+    /// operator's weights are `base`, in the same unit) and each home pool served by the pool
+    /// `serving` names.
+    pub fn of(service: &ServiceConfig, weights: &[u32], base: &[u32], serving: Vec<u32>) -> Self {
         Self {
             name: service.name.clone(),
             listen: service.listen,
@@ -81,11 +87,12 @@ impl ServiceSpec {
             backends: service
                 .backends
                 .iter()
-                .zip(weights)
-                .map(|(b, &weight)| BackendSpec {
+                .zip(weights.iter().zip(base))
+                .map(|(b, (&weight, &base))| BackendSpec {
                     address: b.address,
                     weight,
                     pool: b.pool as u32,
+                    maglev_weight: if weight > 0 { base } else { 0 },
                 })
                 .collect(),
             locality: Locality {
@@ -108,7 +115,8 @@ impl ServiceSpec {
             .iter()
             .map(|service| {
                 let weights: Vec<u32> = service.backends.iter().map(|b| b.weight).collect();
-                Self::of(service, &weights, (0..service.pools.len() as u32).collect())
+                let serving = (0..service.pools.len() as u32).collect();
+                Self::of(service, &weights, &weights, serving)
             })
             .collect()
     }

@@ -270,6 +270,7 @@ fn a_new_balancer_adopts_what_the_maps_hold_and_keeps_the_ids() {
         address: "198.18.1.20:8080".parse().unwrap(),
         weight: 1,
         pool: 0,
+        maglev_weight: 1,
     });
     second.apply(&third, &mut maps).unwrap();
     let new_id = second.services()[0].backends[2].id;

@@ -1,15 +1,16 @@
 //! The writer of an apply: makes the writes `diff` planned, in an order that keeps every
 //! intermediate state valid for a packet that arrives between two of them (see the module
 //! documentation of `control`): what a service needs (its settings, its backends' entries)
-//! before any table names it, tables before the services that use them, services removed
-//! before their tables are emptied, and flows purged only once no table names their backend.
+//! before any table names it, tables before the services that use them, services (and pools)
+//! removed before their tables are emptied, and flows purged only once no table names their
+//! backend.
 
 use anyhow::{Context as _, Result};
 use lb_common::BackendTable;
 
 use super::{
     diff::Writes,
-    ports::{DataplaneMaps, Purge},
+    ports::{Counted, DataplaneMaps, Purge},
 };
 
 /// Makes `writes`; returns how many flows were purged. Stops at the first failure.
@@ -19,12 +20,21 @@ pub(super) fn write(writes: &Writes, maps: &mut impl DataplaneMaps) -> Result<us
             maps.set_policy(setup.id, policy)
                 .with_context(|| format!("setting the policies of service {}", setup.name))?;
         }
+        if setup.new_id {
+            maps.zero_counters(Counted::Service(setup.id))?;
+        }
         for &index in &setup.new_tables {
             maps.reset_cursor(index)?;
+            maps.zero_counters(Counted::Spills(index))?;
         }
         for (id, entry, address, new) in &setup.backends {
-            // A new id's passive marks are the previous owner's: cleared first.
-            let cleared = if *new { maps.clear_mark(*id) } else { Ok(()) };
+            // A new id's passive marks and counters are the previous owner's: cleared first.
+            let cleared = if *new {
+                maps.clear_mark(*id)
+                    .and_then(|()| maps.zero_counters(Counted::Backend(*id)))
+            } else {
+                Ok(())
+            };
             cleared
                 .and_then(|()| maps.set_backend(*id, entry))
                 .with_context(|| format!("adding backend {address} of service {}", setup.name))?;
@@ -52,6 +62,9 @@ pub(super) fn write(writes: &Writes, maps: &mut impl DataplaneMaps) -> Result<us
     for vip in &writes.vips_added {
         maps.add_vip(vip).context("adding a VIP")?;
     }
+    // Once no service entry or prefix sends a client to a pool its service no longer has.
+    maps.publish_tables(&writes.pools_emptied)
+        .context("emptying the tables of removed pools")?;
 
     let mut emptied = Vec::new();
     for removed in &writes.removed {

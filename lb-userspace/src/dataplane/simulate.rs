@@ -1,8 +1,8 @@
 //! `xlb simulate`: which backend would a new flow get now? A synthetic first packet runs
 //! through the loaded program (BPF_PROG_TEST_RUN, as Katran's simulator does) and the answer is
-//! read from the rewritten packet. The flow the packet created is then deleted, so the
-//! simulation leaves no flow behind; it does take a turn of the round robin, as a real flow
-//! would.
+//! read from the flow entry it made (so it holds for DSR too, whose packets keep the VIP). That
+//! flow is then deleted, so the simulation leaves no flow behind; it does take a turn of the
+//! round robin, as a real flow would.
 
 use std::net::SocketAddr;
 
@@ -11,13 +11,13 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     FlowKey,
     consts::{tcp_flags, xdp_action},
-    frame::{Frame, Transport, locate},
+    frame::{Frame, Transport},
 };
 
 use super::Dataplane;
 use crate::{
     config::Protocol,
-    wire::{addr_field, family_of, port_field},
+    wire::{addr_field, backend_address, family_of, port_field},
 };
 
 /// What the program did with a simulated new flow.
@@ -71,8 +71,13 @@ pub(crate) fn simulate(
     let verdict = xdp_action::name(result.return_value)
         .trim_start_matches("XDP_")
         .to_lowercase();
-    // Where the rewritten packet goes: its destination, unless the program left it alone.
-    let backend = destination(&out).filter(|d| *d != listen);
+    // The backend is the flow entry's (whatever the packet became: with DSR it keeps the
+    // VIP); the entries the simulated packet made are removed.
+    let backend = dataplane
+        .maps
+        .flow(&key)
+        .and_then(|entry| dataplane.maps.backend(entry.backend_id))
+        .map(|entry| backend_address(&entry));
     if !existing_flow && let Some(backend) = backend {
         dataplane.maps.flows.remove(&key, backend);
     }
@@ -81,17 +86,6 @@ pub(crate) fn simulate(
         backend,
         existing_flow,
     })
-}
-
-/// The destination address and port of an Ethernet / IP / TCP or UDP frame.
-fn destination(frame: &[u8]) -> Option<SocketAddr> {
-    let parsed = locate(frame)?;
-    let port = frame.get(parsed.l4 + 2..parsed.l4 + 4)?;
-    let ip: std::net::IpAddr = match parsed.dst.len() {
-        4 => <[u8; 4]>::try_from(parsed.dst.as_slice()).ok()?.into(),
-        _ => <[u8; 16]>::try_from(parsed.dst.as_slice()).ok()?.into(),
-    };
-    Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
 }
 
 /// The first packet of a flow from `src` to `dst`: a TCP SYN or a small UDP datagram.
@@ -110,9 +104,20 @@ fn first_packet(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> Frame {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::frame::verify_checksums;
+    use lb_common::frame::{locate, verify_checksums};
 
     use super::*;
+
+    /// The destination address and port of an Ethernet / IP / TCP or UDP frame.
+    fn destination(frame: &[u8]) -> Option<SocketAddr> {
+        let parsed = locate(frame)?;
+        let port = frame.get(parsed.l4 + 2..parsed.l4 + 4)?;
+        let ip: std::net::IpAddr = match parsed.dst.len() {
+            4 => <[u8; 4]>::try_from(parsed.dst.as_slice()).ok()?.into(),
+            _ => <[u8; 16]>::try_from(parsed.dst.as_slice()).ok()?.into(),
+        };
+        Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
+    }
 
     #[test]
     fn first_packets_are_valid_and_their_destination_is_read_back() {

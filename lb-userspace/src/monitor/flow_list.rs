@@ -165,6 +165,7 @@ mod tests {
             address: address.parse().unwrap(),
             weight: 1,
             pool: 0,
+            maglev_weight: 1,
         };
         vec![
             ServiceState {

@@ -1,6 +1,9 @@
 //! The operator's settings on backends (drains, disables, weights), kept in a small JSON file
 //! in the daemon's state directory so that reloads and restarts do not undo them. The file is
-//! rewritten whole (a temporary file renamed over it) after every change.
+//! rewritten whole after every change: a temporary file, synced, renamed over it, and the
+//! directory synced, so that a power loss leaves the old file or the new one. On load, the
+//! file is held to what the API accepts (a weight above the maximum, or an unknown key, is an
+//! error naming its line and column).
 
 use std::{
     collections::BTreeMap,
@@ -8,10 +11,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, Result};
+use lb_common::consts::limits::MAX_WEIGHT;
 use serde::{Deserialize, Serialize};
 
-use crate::health::state::Operator;
+use crate::health::state::{Admin, Operator};
 
 /// Name of the file in the state directory.
 const FILE: &str = "operator.json";
@@ -20,18 +26,36 @@ const FILE: &str = "operator.json";
 pub(super) type Operators = BTreeMap<(String, SocketAddr), Operator>;
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File {
     /// The format's version, for later changes.
     version: u32,
     backends: Vec<Entry>,
 }
 
+/// One backend's setting, as the file has it (an [`Operator`] with the backend it is on).
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Entry {
     service: String,
     backend: SocketAddr,
-    #[serde(flatten)]
-    operator: Operator,
+    #[serde(default)]
+    admin: Option<Admin>,
+    #[serde(default, deserialize_with = "weight")]
+    weight: Option<u32>,
+    by: String,
+    at: u64,
+}
+
+/// A weight, held to the range the API accepts.
+fn weight<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let weight = Option::<u32>::deserialize(deserializer)?;
+    match weight {
+        Some(w) if w > MAX_WEIGHT => Err(serde::de::Error::custom(format!(
+            "weight {w} is out of range: 0 to {MAX_WEIGHT}"
+        ))),
+        _ => Ok(weight),
+    }
 }
 
 /// The state file of `dir`.
@@ -56,7 +80,15 @@ pub(super) fn load(path: &Path) -> Result<Operators> {
     Ok(file
         .backends
         .into_iter()
-        .map(|e| ((e.service, e.backend), e.operator))
+        .map(|e| {
+            let operator = Operator {
+                admin: e.admin,
+                weight: e.weight,
+                by: e.by,
+                at: e.at,
+            };
+            ((e.service, e.backend), operator)
+        })
         .collect())
 }
 
@@ -72,20 +104,32 @@ pub(super) fn save(path: &Path, operators: &Operators) -> Result<()> {
             .map(|((service, backend), operator)| Entry {
                 service: service.clone(),
                 backend: *backend,
-                operator: operator.clone(),
+                admin: operator.admin,
+                weight: operator.weight,
+                by: operator.by.clone(),
+                at: operator.at,
             })
             .collect(),
     };
     let temporary = path.with_extension("json.new");
-    std::fs::write(&temporary, serde_json::to_string_pretty(&file)? + "\n")
+    let mut written = std::fs::File::create(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    written
+        .write_all((serde_json::to_string_pretty(&file)? + "\n").as_bytes())
+        .and_then(|()| written.sync_all())
         .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::state::Admin;
 
     #[test]
     fn settings_survive_a_round_trip_and_a_missing_file_is_empty() {
@@ -107,6 +151,24 @@ mod tests {
         std::fs::write(&path, "{ not json").unwrap();
         let error = format!("{:#}", load(&path).unwrap_err());
         assert!(error.contains("--reset-operator-state"), "{error}");
+        // What the API refuses, the file may not hold either; nor keys it does not know.
+        let entry = |extra: &str| {
+            format!(
+                "{{\"version\":1,\"backends\":[\n{{\"service\":\"web\",\"backend\":\
+                 \"198.18.1.12:8080\",\"by\":\"root\",\"at\":1{extra}}}]}}"
+            )
+        };
+        std::fs::write(&path, entry(",\"weight\":300")).unwrap();
+        let error = format!("{:#}", load(&path).unwrap_err());
+        assert!(
+            error.contains("weight 300 is out of range: 0 to 256 at line 2"),
+            "{error}"
+        );
+        std::fs::write(&path, entry(",\"wieght\":3")).unwrap();
+        let error = format!("{:#}", load(&path).unwrap_err());
+        assert!(error.contains("unknown field `wieght`"), "{error}");
+        std::fs::write(&path, entry(",\"weight\":256")).unwrap();
+        assert!(load(&path).is_ok());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -149,7 +149,9 @@ pub(crate) fn plan(
                 }
             }
         }
-        specs.push(ServiceSpec::of(service, &weights, serving));
+        // The weights Maglev tables are built from, in the table weights' unit (hundredths).
+        let base: Vec<u32> = statuses.iter().map(|s| s.weight() * 100).collect();
+        specs.push(ServiceSpec::of(service, &weights, &base, serving));
         purges.extend(
             flows_to_purge(statuses, service.on_down)
                 .into_iter()

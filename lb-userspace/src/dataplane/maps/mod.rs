@@ -42,7 +42,7 @@ use self::{
 };
 use crate::{
     config::FlowTimeouts,
-    control::{ActiveFlows, DataplaneMaps, DataplaneReads, Existing, Purge},
+    control::{ActiveFlows, Counted, DataplaneMaps, DataplaneReads, Existing, Purge},
 };
 
 /// The outer map of the backend tables, as userspace holds it.
@@ -235,6 +235,14 @@ impl Maps {
         self.flows.set_timeouts(timeouts)
     }
 
+    /// The `BACKENDS` entry of backend `id`, if it is in use.
+    pub fn backend(&self, id: u32) -> Option<BackendEntry> {
+        self.backends
+            .get(&id, 0)
+            .ok()
+            .filter(|entry| entry.in_use == 1)
+    }
+
     /// The entry of one direction of a flow, if a flow table has it.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.get(key)
@@ -360,6 +368,22 @@ impl DataplaneMaps for Maps {
         Ok(self.services.insert(key, entry, 0)?)
     }
 
+    fn zero_counters(&mut self, counters: Counted) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        let (name, result) = match counters {
+            Counted::Service(id) => (
+                map_names::SERVICE_STATS,
+                zero(&mut self.service_stats, id, cpus),
+            ),
+            Counted::Backend(id) => (
+                map_names::BACKEND_STATS,
+                zero(&mut self.backend_stats, id, cpus),
+            ),
+            Counted::Spills(index) => (map_names::SPILLED, zero(&mut self.spilled, index, cpus)),
+        };
+        result.with_context(|| format!("zeroing {counters:?} in {name}"))
+    }
+
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         absent_is_removed(self.services.remove(key))
     }
@@ -406,6 +430,17 @@ impl DataplaneMaps for Maps {
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         absent_is_removed(self.vips.remove(key))
     }
+}
+
+/// Sets every CPU's slot `index` of `map` to the default (zero).
+fn zero<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+    cpus: usize,
+) -> Result<()> {
+    let values = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
+    map.set(index, values, 0)?;
+    Ok(())
 }
 
 /// A deletion of a key that is not there succeeded already (an apply that failed after it
