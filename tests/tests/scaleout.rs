@@ -234,6 +234,13 @@ fn dsr_backends_must_be_on_an_attached_network() {
         ),
         "{stderr}"
     );
+    // No route at all: the error names the service and the backend.
+    let (code, stderr) = check(&config("198.19.255.9:80"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("service \"edge\": no route to backend 198.19.255.9"),
+        "{stderr}"
+    );
     let (code, stderr) = check(&config("198.18.1.11:80"));
     assert_eq!(code, Some(0), "{stderr}");
 }

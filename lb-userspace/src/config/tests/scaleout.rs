@@ -130,4 +130,18 @@ fn announcements_take_defaults_and_need_a_service_that_announces() {
             "3:10: announce: device \"a/b\" is not an interface name (1 to 15 characters, no '/', ':' or space)",
         ]
     );
+
+    // The only announcing service has an error: that error alone, not a claim that no
+    // service announces.
+    let broken = with_service_keys(
+        r#"announce = true
+health = { interval = "0s" }"#,
+    )
+    .replacen("[[service]]", "[announce]\n[[service]]", 1);
+    let errors = errors_of(&broken);
+    assert!(
+        !errors.iter().any(|e| e.contains("no service sets")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("interval")), "{errors:?}");
 }

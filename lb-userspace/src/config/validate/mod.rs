@@ -148,8 +148,13 @@ impl Validator<'_> {
             &raw.tcp_closing_timeout,
             &raw.udp_idle_timeout,
         );
+        // Whether the file asks to announce, also by a service that turns out invalid.
+        let declared = raw.service.iter().any(|service| {
+            let announce = service.get_ref().announce.as_ref();
+            announce.is_some_and(|announce| *announce.get_ref())
+        });
         let services = self.services(raw.service);
-        let announce = self.announce(raw.announce, &services);
+        let announce = self.announce(raw.announce, &services, declared);
         Config {
             interfaces,
             xdp_mode,

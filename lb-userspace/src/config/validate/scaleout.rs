@@ -110,11 +110,13 @@ impl Validator<'_> {
 
 impl Validator<'_> {
     /// The `[announce]` section: its defaults when a service announces its VIP and the
-    /// section is absent; `None` when no service announces.
+    /// section is absent; `None` when no service announces. `declared`: a service of the
+    /// file says `announce = true`, valid or not (an invalid one has its own errors).
     pub(super) fn announce(
         &mut self,
         raw: Option<Spanned<RawAnnounce>>,
         services: &[ServiceConfig],
+        declared: bool,
     ) -> Option<AnnounceConfig> {
         let announces = services.iter().any(|s| s.announce);
         let Some(raw) = raw else {
@@ -150,7 +152,7 @@ impl Validator<'_> {
             DEFAULT_DRAIN,
             Duration::ZERO..=Duration::from_secs(3600),
         );
-        if !announces {
+        if !declared {
             self.error(
                 &span,
                 "announce: no service sets `announce = true`, so there is nothing to announce"

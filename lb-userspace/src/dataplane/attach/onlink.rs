@@ -37,8 +37,12 @@ pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
             let request = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(address, if address.is_ipv4() { 32 } else { 128 })?
                 .build();
-            let Some(route) = handle.route().get(request).execute().try_next().await? else {
-                bail!("service {service:?}: no route to backend {address}");
+            // The kernel answers a lookup it cannot route with an error (ENETUNREACH), not
+            // with no route.
+            let route = match handle.route().get(request).execute().try_next().await {
+                Ok(Some(route)) => route,
+                Ok(None) => bail!("service {service:?}: no route to backend {address}"),
+                Err(error) => bail!("service {service:?}: no route to backend {address} ({error})"),
             };
             let gateway = route.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::from(*g)),
