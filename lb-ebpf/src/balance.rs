@@ -166,7 +166,8 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) 
     let (placement, key) = unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
     match new_flow::<F, Fam>(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
-        NewFlow::Raced(entry, half_open) => {
+        NewFlow::Raced(entry) => {
+            let half_open = pkt.proto == proto::TCP;
             match established_apart::<F, Fam>(frame, pkt, scratch, entry, half_open) {
                 // (The other CPU's entry cannot be over an instant after it was made.)
                 NO_FLOW => F::DROP,
@@ -245,14 +246,20 @@ impl Placement {
     }
 }
 
-/// What became of a new flow's first packet.
+/// What became of a new flow's first packet. It is returned through the caller's stack, where
+/// the verifier knows a value stored in an 8-byte slot only until something else is written to
+/// the slot: with `repr(C, u8)` the tag is alone in the first slot and the fields start in the
+/// next, so the caller's `match` knows which variant `new_flow` returned whatever order LLVM
+/// writes them in, and never follows `Raced` with a `Done`'s bytes. Two slots, no more (the
+/// half-open flag is the packet's protocol): the tc program's stack is at its limit.
+#[repr(C, u8)]
 enum NewFlow<A: FlowAddr> {
     /// Handled, with this verdict.
     Done(u32),
     /// Another CPU recorded the flow first: the packet follows that entry (in the half-open
-    /// table if the flag says so). Returned rather than handled inside `new_flow`, so that the
-    /// two functions' stack frames are never on the stack at once.
-    Raced(*mut FlowEntry<A>, bool),
+    /// table if the packet is TCP). Returned rather than handled inside `new_flow`, so that
+    /// the two functions' stack frames are never on the stack at once.
+    Raced(*mut FlowEntry<A>),
 }
 
 /// The first packet of a flow to a service: choose a backend (see `choose`), record both
@@ -359,7 +366,7 @@ fn new_flow<F: Frame, Fam: Family>(
         }
         // Another CPU recorded this flow between our lookup and insert: follow its choice.
         return match table.get_ptr_mut(key) {
-            Some(existing) => NewFlow::Raced(existing, half_open),
+            Some(existing) => NewFlow::Raced(existing),
             None => {
                 count_event(events::FLOW_INSERT_FAILED);
                 NewFlow::Done(F::DROP)
