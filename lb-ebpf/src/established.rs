@@ -8,7 +8,7 @@
 //! FIB once per direction, not again when it closes.
 
 use lb_common::{
-    FlowAddr as _, FlowEntry,
+    FlowAddr, FlowEntry,
     consts::{events, flow_flags, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
     direction, epoch,
     trace::decision,
@@ -22,7 +22,7 @@ use crate::{
     forward::{NextHop, Route, resolve, transmit},
     frame::Frame,
     maps::{FLOW_TIMEOUTS, count_event},
-    nat::{Deltas, End, Rewrite, decrement_ttl, rewrite_flow},
+    nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
     scratch::Scratch,
     trace,
@@ -57,10 +57,11 @@ const REFRESH_REOPENED: u32 = 8;
 const REFRESH_AGED: u32 = 16;
 
 /// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
-/// under the packet's key (in this CPU's `scratch` area). A FIN or RST marks both directions closing. Inlined where an established
-/// flow's packets arrive (a BPF-to-BPF call and its return cost 13 ns here, with the
-/// return-stack mitigation of this CPU); the refresh, about once a second per flow, is a
-/// function of its own, so that its locals stay off the stack.
+/// under the packet's key (in this CPU's `scratch` area): refreshed if due, rewritten as the
+/// entry says, counted and sent. A FIN or RST marks both directions closing. Inlined where an
+/// established flow's packets arrive (a BPF-to-BPF call and its return cost 13 ns here, with
+/// the return-stack mitigation of this CPU), and so are its steps; the refresh, about once a
+/// second per flow, is a function of its own, so that its locals stay off the stack.
 #[inline(always)]
 pub fn established<F: Frame, Fam: Family>(
     frame: &F,
@@ -69,14 +70,7 @@ pub fn established<F: Frame, Fam: Family>(
     entry: *mut FlowEntry<Fam::Addr>,
     half_open: bool,
 ) -> u32 {
-    if pkt.ttl <= 1 {
-        count_event(events::TTL_EXPIRED);
-        return F::PASS;
-    }
-    if frame.oversized() {
-        // A GSO super-packet on generic XDP: it can be neither rewritten correctly (its
-        // checksum is partial) nor transmitted as one frame. The kernel gets it untouched.
-        count_event(events::OVERSIZED_PASSED);
+    if for_kernel(frame, pkt) {
         return F::PASS;
     }
     let now = clock::now_in(scratch);
@@ -85,24 +79,10 @@ pub fn established<F: Frame, Fam: Family>(
     let flow = unsafe { &mut *entry };
     let dsr = flow.flags & flow_flags::DSR != 0;
     let to_backend = flow.direction == direction::TO_BACKEND;
-    let closing = pkt.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
-        && flow.flags & flow_flags::CLOSING == 0;
-    // A client's SYN on a flow that closed is a new connection on the same ports (the client
-    // reused them, before the old flow's timeout): it is placed anew, as any new flow is, and
-    // does not follow the old one to its backend, which may since be drained or silent.
-    let reopened = pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
-        && flow.flags & flow_flags::CLOSING != 0
-        && to_backend
-        && !half_open;
-    let aged = now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS;
-    let due = closing || reopened || aged;
+    let reasons = Reasons::of(pkt, flow, to_backend, half_open, now);
     let mut unresolved = F::PASS;
-    if due || flow.hop_ifindex == 0 {
-        let mode = if due { REFRESH_DUE } else { 0 }
-            | if closing { REFRESH_CLOSING } else { 0 }
-            | if half_open { REFRESH_HALF_OPEN } else { 0 }
-            | if reopened { REFRESH_REOPENED } else { 0 }
-            | if aged { REFRESH_AGED } else { 0 };
+    if reasons.due() || flow.hop_ifindex == 0 {
+        let mode = reasons.mode(half_open);
         unresolved = refresh::<F, Fam>(frame, pkt, scratch, entry, mode);
         if unresolved == NO_FLOW {
             return NO_FLOW;
@@ -110,38 +90,138 @@ pub fn established<F: Frame, Fam: Family>(
     }
     // A flow counts as active once established: a SYN flood's half-open flows never do.
     if to_backend && !half_open {
-        let current = epoch(now);
-        if flow.epoch != current as u16 {
-            flow.epoch = current as u16;
-            count_active(flow.backend_id, current);
-        }
+        count_epoch(flow, now);
     }
     let resolved = flow.hop_ifindex != 0;
-    if dsr {
-        if resolved && decrement_ttl(frame, pkt).is_none() {
-            return F::PASS;
-        }
-    } else {
-        let rewrite = Rewrite {
-            end: if to_backend {
-                End::Destination
-            } else {
-                End::Source
-            },
-            addr: &flow.addr,
-            port: flow.port,
-            deltas: Deltas {
-                addr: flow.csum_addr,
-                port: flow.csum_port,
-            },
-            // The kernel decrements the TTL of a packet it forwards itself.
-            ttl: resolved,
-        };
-        if rewrite_flow::<F, Fam>(frame, pkt, &rewrite).is_none() {
-            return F::PASS;
-        }
+    if rewrite::<F, Fam>(frame, pkt, flow, dsr, to_backend, resolved).is_none() {
+        return F::PASS;
     }
     count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    trace_established(pkt, flow, to_backend, half_open, now);
+    if !resolved {
+        return unresolved;
+    }
+    transmit(frame, &NextHop::cached(flow))
+}
+
+/// Whether the packet goes to the kernel untouched: its TTL would expire, or it is a GSO
+/// super-packet on generic XDP, which can be neither rewritten correctly (its checksum is
+/// partial) nor transmitted as one frame.
+#[inline(always)]
+fn for_kernel<F: Frame>(frame: &F, pkt: &Packet) -> bool {
+    if pkt.ttl <= 1 {
+        count_event(events::TTL_EXPIRED);
+        return true;
+    }
+    if frame.oversized() {
+        count_event(events::OVERSIZED_PASSED);
+        return true;
+    }
+    false
+}
+
+/// What the packet does to its flow's entry: whether it closes the flow (a FIN or RST, the
+/// first), reopens it (see [`Reasons::of`]), or comes after the entry's second is over. Each
+/// makes a refresh due (see [`refresh`]).
+#[derive(Clone, Copy)]
+struct Reasons {
+    closing: bool,
+    reopened: bool,
+    aged: bool,
+}
+
+impl Reasons {
+    /// The reasons the packet gives. A client's SYN on a flow that closed is a new connection
+    /// on the same ports (the client reused them, before the old flow's timeout): it is placed
+    /// anew, as any new flow is, and does not follow the old one to its backend, which may since
+    /// be drained or silent.
+    #[inline(always)]
+    fn of<A: FlowAddr>(
+        pkt: &Packet,
+        flow: &FlowEntry<A>,
+        to_backend: bool,
+        half_open: bool,
+        now: u64,
+    ) -> Self {
+        Self {
+            closing: pkt.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+                && flow.flags & flow_flags::CLOSING == 0,
+            reopened: pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+                && flow.flags & flow_flags::CLOSING != 0
+                && to_backend
+                && !half_open,
+            aged: now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_REFRESH_NS,
+        }
+    }
+
+    /// Whether a refresh is due.
+    #[inline(always)]
+    fn due(self) -> bool {
+        self.closing || self.reopened || self.aged
+    }
+
+    /// The [`refresh`] mode for these reasons, of an entry in the half-open table if
+    /// `half_open`.
+    #[inline(always)]
+    fn mode(self, half_open: bool) -> u32 {
+        (if self.due() { REFRESH_DUE } else { 0 })
+            | if self.closing { REFRESH_CLOSING } else { 0 }
+            | if half_open { REFRESH_HALF_OPEN } else { 0 }
+            | if self.reopened { REFRESH_REOPENED } else { 0 }
+            | if self.aged { REFRESH_AGED } else { 0 }
+    }
+}
+
+/// Counts the flow active in the current epoch (`ACTIVE_FLOWS`), if its first packet of the
+/// epoch is this one.
+#[inline(always)]
+fn count_epoch<A: FlowAddr>(flow: &mut FlowEntry<A>, now: u64) {
+    let current = epoch(now);
+    if flow.epoch != current as u16 {
+        flow.epoch = current as u16;
+        count_active(flow.backend_id, current);
+    }
+}
+
+/// Rewrites the packet as its entry says: the backend's end toward the backend, the VIP's
+/// toward the client, with the TTL decremented if the next hop is `resolved` (the kernel
+/// decrements the TTL of a packet it forwards itself). `None`: the headers are no longer
+/// where `pkt` says.
+#[inline(always)]
+fn rewrite<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    flow: &FlowEntry<Fam::Addr>,
+    dsr: bool,
+    to_backend: bool,
+    resolved: bool,
+) -> Option<()> {
+    let rewrite = Rewrite {
+        end: if to_backend {
+            End::Destination
+        } else {
+            End::Source
+        },
+        addr: &flow.addr,
+        port: flow.port,
+        deltas: Deltas {
+            addr: flow.csum_addr,
+            port: flow.csum_port,
+        },
+        ttl: resolved,
+    };
+    rewrite_unless_dsr::<F, Fam>(frame, pkt, dsr, &rewrite)
+}
+
+/// Traces the packet (`xlb trace`), as one of its flow's client's.
+#[inline(always)]
+fn trace_established<A: FlowAddr>(
+    pkt: &Packet,
+    flow: &FlowEntry<A>,
+    to_backend: bool,
+    half_open: bool,
+    now: u64,
+) {
     let client = if to_backend {
         (&pkt.src, pkt.sport)
     } else {
@@ -153,10 +233,6 @@ pub fn established<F: Frame, Fam: Family>(
         event.backend_id = flow.backend_id;
         event.half_open = half_open as u8;
     });
-    if !resolved {
-        return unresolved;
-    }
-    transmit(frame, &NextHop::cached(flow))
 }
 
 /// Refreshes a flow's entry (see the module documentation), as `mode` says: if the refresh is
@@ -231,12 +307,7 @@ fn refresh<F: Frame, Fam: Family>(
 /// Whether the flow of `flow` (in the half-open table if `half_open`) was silent past its
 /// timeout before this packet.
 #[inline(always)]
-fn over<A: lb_common::FlowAddr>(
-    pkt: &Packet,
-    flow: &FlowEntry<A>,
-    half_open: bool,
-    now: u64,
-) -> bool {
+fn over<A: FlowAddr>(pkt: &Packet, flow: &FlowEntry<A>, half_open: bool, now: u64) -> bool {
     FLOW_TIMEOUTS.get(0).is_some_and(|timeouts| {
         timeouts.expired(pkt.proto, flow.flags, half_open, flow.last_seen_ns, now)
     })

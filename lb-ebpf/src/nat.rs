@@ -174,6 +174,24 @@ pub fn rewrite_flow<F: Frame, Fam: Family>(
     }
 }
 
+/// [`rewrite_flow`], but for a DSR flow, whose packets keep their addresses and ports: only the
+/// TTL is decremented, if `rewrite.ttl` says so.
+#[inline(always)]
+pub fn rewrite_unless_dsr<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    dsr: bool,
+    rewrite: &Rewrite<Fam::Addr>,
+) -> Option<()> {
+    if !dsr {
+        return rewrite_flow::<F, Fam>(frame, pkt, rewrite);
+    }
+    if rewrite.ttl {
+        decrement_ttl(frame, pkt)?;
+    }
+    Some(())
+}
+
 /// The IPv4 header checksum's delta for a rewrite: the address's, and the TTL's if it goes.
 #[inline(always)]
 fn ipv4_delta<A>(rewrite: &Rewrite<A>) -> u16 {
