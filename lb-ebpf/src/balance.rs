@@ -5,7 +5,8 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Addr, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey, backend_port_bit,
+    Addr, BackendEntry, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
+    backend_port_bit,
     consts::{events, family, flow_flags, forwarding, proto, scheduler, tcp_flags},
     csum, direction, epoch,
     tables::{table_index, table_owner},
@@ -13,7 +14,8 @@ use lb_common::{
 };
 
 use crate::{
-    choose, clock,
+    choose::{self, Choice},
+    clock,
     counters::{
         count_active, count_admission_dropped, count_new_flow, count_no_backend, count_spill,
         count_traffic,
@@ -21,11 +23,11 @@ use crate::{
     established::{NO_FLOW, established, established_apart},
     family::{Family, V4, V6, packet_key},
     flows::{Retransmission, make_reply, promote, retransmitted_syn, scratch_peer, table},
-    forward::{Route, resolve, transmit},
+    forward::{NextHop, Route, resolve, transmit},
     frame::Frame,
     icmp,
     maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, SERVICES, count_event},
-    nat::{Deltas, End, Rewrite, rewrite_flow},
+    nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::{Packet, parse},
     passive,
     scratch::{Scratch, scratch},
@@ -244,6 +246,18 @@ impl Placement {
     fn avoid(self) -> u32 {
         (self.0 >> 32) as u32
     }
+
+    /// A retransmitted SYN's flow, re-placed away from [`Self::avoid`].
+    #[inline(always)]
+    fn replacing(self) -> bool {
+        self.avoid() != NO_BACKEND_ID
+    }
+
+    /// The service and home pool whose table this is.
+    #[inline(always)]
+    fn owner(self) -> (u32, u32) {
+        table_owner(self.table_index())
+    }
 }
 
 /// What became of a new flow's first packet. It is returned through the caller's stack, where
@@ -264,7 +278,8 @@ enum NewFlow<A: FlowAddr> {
 
 /// The first packet of a flow to a service: choose a backend (see `choose`), record both
 /// directions of the flow (TCP in the half-open table until the handshake completes, UDP in
-/// the established one), rewrite, send. Not inlined, for the stack as `established`.
+/// the established one), rewrite, send. Not inlined, for the stack as `established`; its steps
+/// are inlined.
 #[inline(never)]
 fn new_flow<F: Frame, Fam: Family>(
     frame: &F,
@@ -272,9 +287,7 @@ fn new_flow<F: Frame, Fam: Family>(
     key: &Fam::Key,
     placement: Placement,
 ) -> NewFlow<Fam::Addr> {
-    let (table_index, avoid) = (placement.table_index(), placement.avoid());
-    let (service_id, pool) = table_owner(table_index);
-    let replacing = avoid != NO_BACKEND_ID;
+    let replacing = placement.replacing();
     let half_open = pkt.proto == proto::TCP;
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
@@ -282,68 +295,151 @@ fn new_flow<F: Frame, Fam: Family>(
         return NewFlow::Done(F::PASS);
     }
     let now = clock::now();
-    // Admission applies to flows that start here (a SYN, UDP); a TCP packet without SYN
-    // belongs to a connection already established (its entry was lost), never limited.
-    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN != 0;
-    if !replacing && starts && !passive::admitted(service_id, &pkt.src, now) {
-        count_admission_dropped(service_id);
-        trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
-            event.decision = decision::ADMISSION_DROPPED
-        });
+    if !replacing && admission_drops(pkt, placement.owner().0, now) {
         return NewFlow::Done(F::DROP);
     }
-    let choice = if placement.maglev() {
-        choose::maglev(table_index, pkt, now, avoid)
-    } else {
-        choose::round_robin(table_index, pkt, now, avoid)
-    };
-    let dsr = placement.dsr();
-    let backend = match choice.none {
-        true => None,
-        false => BACKENDS.get_ptr(choice.backend_id),
-    };
-    let (Some(backend), Some(scratch)) = (backend, scratch()) else {
-        count_no_backend(service_id);
-        abandon::<Fam>(replacing, key);
-        trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
-            event.decision = decision::NO_BACKEND;
-            event.home_pool = pool as u8;
-        });
+    let choice = choose_backend(placement, pkt, now);
+    let (Some(backend), Some(scratch)) = (chosen_backend(&choice), scratch()) else {
+        no_backend::<Fam>(pkt, key, placement, now);
         return NewFlow::Done(F::DROP);
     };
-    let backend_id = choice.backend_id;
     // SAFETY: a valid map value, and this CPU's scratch area.
     let (backend, entry) = unsafe { (&*backend, &mut *Fam::areas(scratch).entry) };
+    let chosen = Chosen {
+        placement,
+        choice,
+        backend,
+        half_open,
+        replacing,
+        now,
+    };
     // (With DSR the backend's port is the service's: configuration makes sure of it.)
     let route = Route {
         src: &pkt.src,
         dst: &backend.addr,
         sport: pkt.sport,
         dport: backend.port,
-        dsr,
+        dsr: placement.dsr(),
     };
     // Resolve the next hop before recording the flow, so the entry is complete when written.
     let hop = resolve(frame, pkt, &route);
-    let backend_addr = Fam::Addr::in_addr(&backend.addr);
     let deltas = Deltas {
-        addr: Fam::Addr::csum_delta(Fam::Addr::in_addr(&pkt.dst), backend_addr),
+        addr: Fam::Addr::csum_delta(
+            Fam::Addr::in_addr(&pkt.dst),
+            Fam::Addr::in_addr(&backend.addr),
+        ),
         port: csum::delta16(pkt.dport, backend.port),
     };
+    fill_entry::<F, Fam>(frame, pkt, &chosen, deltas, entry);
+    if let Ok(hop) = &hop {
+        hop.store(entry);
+    }
+    if let Err(outcome) = record::<F, Fam>(key, entry, &chosen) {
+        return outcome;
+    }
+    count_placed(&chosen);
+    trace_placed(pkt, &chosen);
+    NewFlow::Done(send_first::<F, Fam>(frame, pkt, &chosen, deltas, hop))
+}
+
+/// A new flow whose backend is chosen: what its entries, its counters and its trace say.
+struct Chosen<'a> {
+    /// Where the flow goes: its service's table, scheduler and forwarding, and the backend a
+    /// re-placed flow avoids.
+    placement: Placement,
+    /// The backend, and how it was chosen.
+    choice: Choice,
+    /// The backend's entry (`BACKENDS`).
+    backend: &'a BackendEntry,
+    /// A TCP flow, recorded in the half-open table until its handshake completes.
+    half_open: bool,
+    /// A retransmitted SYN's flow, re-placed (see [`Placement::replacing`]).
+    replacing: bool,
+    /// The coarse clock when the first packet came.
+    now: u64,
+}
+
+/// Whether the client's prefix limit drops this first packet (see `passive::admitted`), which
+/// is then counted and traced. Admission applies to flows that start here (a SYN, UDP); a TCP
+/// packet without SYN belongs to a connection already established (its entry was lost), never
+/// limited.
+#[inline(always)]
+fn admission_drops(pkt: &Packet, service_id: u32, now: u64) -> bool {
+    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN != 0;
+    if !starts || passive::admitted(service_id, &pkt.src, now) {
+        return false;
+    }
+    count_admission_dropped(service_id);
+    trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
+        event.decision = decision::ADMISSION_DROPPED
+    });
+    true
+}
+
+/// The backend the flow gets from its table, by the service's scheduler (Maglev or round
+/// robin), past suspect backends and the one a re-placed flow avoids.
+#[inline(always)]
+fn choose_backend(placement: Placement, pkt: &Packet, now: u64) -> Choice {
+    let (table_index, avoid) = (placement.table_index(), placement.avoid());
+    if placement.maglev() {
+        choose::maglev(table_index, pkt, now, avoid)
+    } else {
+        choose::round_robin(table_index, pkt, now, avoid)
+    }
+}
+
+/// The entry of the chosen backend (`BACKENDS`); `None` if there is none.
+#[inline(always)]
+fn chosen_backend(choice: &Choice) -> Option<*const BackendEntry> {
+    match choice.none {
+        true => None,
+        false => BACKENDS.get_ptr(choice.backend_id),
+    }
+}
+
+/// No backend can take the flow: counted, traced, and a re-placed flow abandoned.
+#[inline(always)]
+fn no_backend<Fam: Family>(pkt: &Packet, key: &Fam::Key, placement: Placement, now: u64) {
+    let (service_id, pool) = placement.owner();
+    count_no_backend(service_id);
+    abandon::<Fam>(placement.replacing(), key);
+    trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
+        event.decision = decision::NO_BACKEND;
+        event.home_pool = pool as u8;
+    });
+}
+
+/// Fills `entry` (this CPU's scratch area) as the new flow's entry toward the backend: the
+/// backend's address and port and the checksum `deltas` of the rewrite to them, the flow's ids
+/// and times, no next hop yet.
+#[inline(always)]
+fn fill_entry<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    chosen: &Chosen,
+    deltas: Deltas,
+    entry: &mut FlowEntry<Fam::Addr>,
+) {
+    let (backend, now) = (chosen.backend, chosen.now);
     let current = epoch(now);
     entry.last_seen_ns = now;
-    entry.addr = *backend_addr;
+    entry.addr = *Fam::Addr::in_addr(&backend.addr);
     entry.port = backend.port;
     entry.direction = direction::TO_BACKEND;
-    entry.flags = if dsr { flow_flags::DSR } else { 0 };
-    entry.backend_id = backend_id;
-    entry.service_id = service_id;
+    entry.flags = if chosen.placement.dsr() {
+        flow_flags::DSR
+    } else {
+        0
+    };
+    entry.backend_id = chosen.choice.backend_id;
+    entry.service_id = chosen.placement.owner().0;
     entry.csum_addr = deltas.addr;
     entry.csum_port = deltas.port;
     entry.hop_ifindex = 0;
     entry.hop_peer = 0;
     // A UDP flow is active from its first packet; a TCP flow from its first packet once
     // established (an epoch that cannot be the current one makes that packet count it).
-    entry.epoch = if half_open {
+    entry.epoch = if chosen.half_open {
         (current as u16).wrapping_sub(1)
     } else {
         current as u16
@@ -352,52 +448,76 @@ fn new_flow<F: Frame, Fam: Family>(
     entry.created_s = (now / 1_000_000_000) as u32;
     entry.handshake_ack = passive::handshake_ack(frame, pkt);
     entry._tail = Default::default();
-    if let Ok(hop) = &hop {
-        hop.store(entry);
-    }
+}
+
+/// Records the flow under `key` (`entry`) and, unless with DSR (the backend answers the client
+/// directly), under the reply direction's key (the same entry, turned around). A re-placed
+/// flow replaces its entry; a new one must not overwrite another CPU's. `Err`: what became of
+/// the packet when the flow could not be recorded.
+#[inline(always)]
+fn record<F: Frame, Fam: Family>(
+    key: &Fam::Key,
+    entry: &mut FlowEntry<Fam::Addr>,
+    chosen: &Chosen,
+) -> Result<(), NewFlow<Fam::Addr>> {
+    let (replacing, half_open) = (chosen.replacing, chosen.half_open);
     let table = table::<Fam>(half_open);
-    // A re-placed flow replaces its entry; a new one must not overwrite another CPU's.
     let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
     if table.insert(key, &*entry, insert_flags as u64).is_err() {
         if replacing {
             abandon::<Fam>(replacing, key);
             count_event(events::FLOW_INSERT_FAILED);
-            return NewFlow::Done(F::DROP);
+            return Err(NewFlow::Done(F::DROP));
         }
         // Another CPU recorded this flow between our lookup and insert: follow its choice.
-        return match table.get_ptr_mut(key) {
+        return Err(match table.get_ptr_mut(key) {
             Some(existing) => NewFlow::Raced(existing),
             None => {
                 count_event(events::FLOW_INSERT_FAILED);
                 NewFlow::Done(F::DROP)
             }
-        };
+        });
     }
-    // The same entry, turned into the reply direction's (none with DSR: the backend answers
-    // the client directly).
-    if !dsr {
+    if !chosen.placement.dsr() {
         let Some(reply_key) = scratch_peer::<Fam>(key, entry) else {
-            return NewFlow::Done(F::DROP);
+            return Err(NewFlow::Done(F::DROP));
         };
         make_reply::<Fam>(entry, key);
         if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
             let _ = table.remove(key);
             count_event(events::FLOW_INSERT_FAILED);
-            return NewFlow::Done(F::DROP);
+            return Err(NewFlow::Done(F::DROP));
         }
     }
+    Ok(())
+}
+
+/// Counts the new flow: for its service and backend, as active (UDP; TCP once established),
+/// as a re-placement, and as a spill if the backend is outside the flow's home pool.
+#[inline(always)]
+fn count_placed(chosen: &Chosen) {
+    let (service_id, pool) = chosen.placement.owner();
+    let backend_id = chosen.choice.backend_id;
     count_new_flow(service_id, backend_id);
-    if !half_open {
-        count_active(backend_id, current);
+    if !chosen.half_open {
+        count_active(backend_id, epoch(chosen.now));
     }
-    if replacing {
+    if chosen.replacing {
         count_event(events::SYN_REPLACED);
     }
-    if backend.pool != pool {
-        count_spill(table_index);
+    if chosen.backend.pool != pool {
+        count_spill(chosen.placement.table_index());
     }
-    trace::record(now, service_id, pkt, (&pkt.src, pkt.sport), |event| {
-        event.decision = if replacing {
+}
+
+/// Traces the new flow's placement: how its backend was chosen, and from which pool.
+#[inline(always)]
+fn trace_placed(pkt: &Packet, chosen: &Chosen) {
+    let (service_id, pool) = chosen.placement.owner();
+    let (placement, choice) = (chosen.placement, chosen.choice);
+    let client = (&pkt.src, pkt.sport);
+    trace::record(chosen.now, service_id, pkt, client, |event| {
+        event.decision = if chosen.replacing {
             decision::REPLACED
         } else if placement.maglev() {
             decision::NEW_MAGLEV
@@ -406,33 +526,48 @@ fn new_flow<F: Frame, Fam: Family>(
         } else {
             decision::NEW_ROUND_ROBIN
         };
-        event.backend_id = backend_id;
+        event.backend_id = choice.backend_id;
         event.slot = choice.slot;
         event.skipped = choice.skipped;
         event.home_pool = pool as u8;
-        event.backend_pool = backend.pool as u8;
-        event.half_open = half_open as u8;
+        event.backend_pool = chosen.backend.pool as u8;
+        event.half_open = chosen.half_open as u8;
     });
-    let resolved = hop.is_ok();
-    if !dsr {
-        let rewrite = Rewrite {
-            end: End::Destination,
-            addr: backend_addr,
-            port: backend.port,
-            deltas,
-            ttl: resolved,
-        };
-        if rewrite_flow::<F, Fam>(frame, pkt, &rewrite).is_none() {
-            return NewFlow::Done(F::PASS);
-        }
-    } else if resolved && crate::nat::decrement_ttl(frame, pkt).is_none() {
-        return NewFlow::Done(F::PASS);
+}
+
+/// Rewrites the first packet toward the backend (with DSR, only its TTL) and sends it to `hop`,
+/// or returns the verdict that gives it to the kernel (or drops it) when the next hop is not
+/// resolved.
+#[inline(always)]
+fn send_first<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    chosen: &Chosen,
+    deltas: Deltas,
+    hop: Result<NextHop, u32>,
+) -> u32 {
+    let backend = chosen.backend;
+    let rewrite = Rewrite {
+        end: End::Destination,
+        addr: Fam::Addr::in_addr(&backend.addr),
+        port: backend.port,
+        deltas,
+        ttl: hop.is_ok(),
+    };
+    if rewrite_unless_dsr::<F, Fam>(frame, pkt, chosen.placement.dsr(), &rewrite).is_none() {
+        return F::PASS;
     }
-    count_traffic(service_id, backend_id, pkt.ip_len, direction::TO_BACKEND);
-    NewFlow::Done(match hop {
+    let (service_id, _) = chosen.placement.owner();
+    count_traffic(
+        service_id,
+        chosen.choice.backend_id,
+        pkt.ip_len,
+        direction::TO_BACKEND,
+    );
+    match hop {
         Ok(hop) => transmit(frame, &hop),
         Err(verdict) => verdict,
-    })
+    }
 }
 
 /// A re-placement that cannot complete leaves the flow without entries (its reply entry is
