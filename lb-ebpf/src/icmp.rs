@@ -23,12 +23,12 @@ use crate::{
     forward::{Route, resolve, send},
     frame::{Frame, ptr_at},
     maps::{VIPS, count_event},
-    nat::{End, check_for_addr, set_addr, set_ttl, set_u16},
+    nat::{AddrChange, End, check_for_addr, set_addr, set_ttl, set_u16},
     packet::{
         ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, Quote, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET,
         addr_words,
     },
-    scratch::scratch,
+    scratch::{Scratch, scratch},
     trace,
 };
 
@@ -186,7 +186,7 @@ fn parse_quote<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, quote: &mut Quote
 /// backend side answers), the entry is the backend's, toward the client: the quote's
 /// destination becomes the VIP again, and the error goes on to the client; if the backend
 /// itself reported, it reports as the VIP.
-/// Not inlined: one copy per family, each with its own stack frame.
+/// Not inlined: one copy per family, each with its own stack frame; its steps are inlined.
 #[inline(never)]
 fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32> {
     let scratch = scratch()?;
@@ -194,20 +194,7 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
     let quote = unsafe { &mut (*scratch).quote };
     parse_quote::<F, Fam>(frame, pkt, quote)?;
     let quote: &Quote = quote;
-    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
-    let key = unsafe { &mut *Fam::areas(scratch).key };
-    *key = Fam::key(
-        Fam::Addr::in_addr(&quote.dst),
-        Fam::Addr::in_addr(&quote.src),
-        quote.dport,
-        quote.sport,
-        quote.proto,
-    );
-    let key: &Fam::Key = key;
-    let entry: *const FlowEntry<Fam::Addr> = match Fam::flows().get_ptr(key) {
-        Some(entry) => entry,
-        None => Fam::half_open().get_ptr(key)?,
-    };
+    let entry = quoted_entry::<Fam>(scratch, quote)?;
     // SAFETY: a valid map value; the fields used here never change once written.
     let entry = unsafe { &*entry };
     let entry_addr: Addr = entry.addr.to_addr();
@@ -232,28 +219,100 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
             dport: 0,
             dsr: true,
         };
-        return Some(match resolve(frame, pkt, &route) {
-            Ok(hop) => send(frame, pkt, &hop),
-            Err(verdict) => verdict,
-        });
+        return Some(forward_error(frame, pkt, &route));
     }
     let icmp_check: *mut u16 = ptr_at(frame, pkt.l4() + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.
     let mut check = unsafe { read_unaligned(icmp_check) };
+    translate_quote::<F, Fam>(frame, quote, entry, &entry_addr, toward_backend, &mut check)?;
+    let outer =
+        translate_outer::<F, Fam>(frame, pkt, quote, &entry_addr, toward_backend, &mut check)?;
+    // SAFETY: ptr_at checked the field lies inside the frame.
+    unsafe { write_unaligned(icmp_check, nonzero(check)) };
+    count_event(events::ICMP_ERROR_TRANSLATED);
+    trace_translated(pkt, quote, entry, toward_backend);
 
-    // The quote: the end that xlb rewrote gets back what the other direction's entry says.
+    // The error's addresses as they now are.
+    let (mut src, mut dst) = (pkt.src, pkt.dst);
+    match outer {
+        Some(End::Source) => src = entry_addr,
+        Some(End::Destination) => dst = entry_addr,
+        None => {}
+    }
+    let route = Route {
+        src: &src,
+        dst: &dst,
+        sport: 0,
+        dport: 0,
+        dsr: false,
+    };
+    Some(forward_error(frame, pkt, &route))
+}
+
+/// The entry of the flow the quote belongs to: the one stored under the quote's reverse (the
+/// key written to this CPU's `scratch` area), established or half-open. `None`: the quote is
+/// of no flow.
+#[inline(always)]
+fn quoted_entry<Fam: Family>(
+    scratch: *mut Scratch,
+    quote: &Quote,
+) -> Option<*const FlowEntry<Fam::Addr>> {
+    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
+    let key = unsafe { &mut *Fam::areas(scratch).key };
+    *key = Fam::key(
+        Fam::Addr::in_addr(&quote.dst),
+        Fam::Addr::in_addr(&quote.src),
+        quote.dport,
+        quote.sport,
+        quote.proto,
+    );
+    let key: &Fam::Key = key;
+    match Fam::flows().get_ptr(key) {
+        Some(entry) => Some(entry),
+        None => Fam::half_open().get_ptr(key),
+    }
+}
+
+/// Rewrites the quote: the end that xlb rewrote (the source toward the backend, the
+/// destination toward the client) gets back what the other direction's `entry` says, its
+/// address `entry_addr`, and the quote's own checksums follow. `check`, the ICMP checksum,
+/// follows every change. `None`: the quote is no longer where the parser said.
+#[inline(always)]
+fn translate_quote<F: Frame, Fam: Family>(
+    frame: &F,
+    quote: &Quote,
+    entry: &FlowEntry<Fam::Addr>,
+    entry_addr: &Addr,
+    toward_backend: bool,
+    check: &mut u16,
+) -> Option<()> {
     let end = if toward_backend {
         End::Source
     } else {
         End::Destination
     };
-    let change = set_addr::<F, Fam>(frame, quote.l3(), end, &entry_addr)?;
-    check = check_for_addr(check, &change);
-    check = csum::replace16(check, change.ip_check.0, change.ip_check.1);
+    let change = set_addr::<F, Fam>(frame, quote.l3(), end, entry_addr)?;
+    *check = check_for_addr(*check, &change);
+    *check = csum::replace16(*check, change.ip_check.0, change.ip_check.1);
     let port_offset = quote.l4() + if toward_backend { 0 } else { 2 };
     let old_port = set_u16(frame, port_offset, entry.port)?;
-    check = csum::replace16(check, old_port, entry.port);
-    // The quote's own transport checksum, if the quote is long enough to hold it.
+    *check = csum::replace16(*check, old_port, entry.port);
+    translate_quote_check(frame, quote, &change, old_port, entry.port, check);
+    Some(())
+}
+
+/// Updates the quote's own transport checksum for its changed address and port, if the quote
+/// is long enough to hold it (a UDP checksum of zero, not computed, stays so); `check`, the
+/// ICMP checksum, follows.
+#[inline(always)]
+fn translate_quote_check<F: Frame>(
+    frame: &F,
+    quote: &Quote,
+    change: &AddrChange,
+    old_port: u16,
+    new_port: u16,
+    check: &mut u16,
+) {
     let quote_check_offset = quote.l4()
         + if quote.proto == proto::TCP {
             TCP_CHECK_OFFSET
@@ -267,46 +326,53 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
         unsafe {
             let old = read_unaligned(field);
             if !(quote.proto == proto::UDP && old == 0) {
-                let mut new = check_for_addr(old, &change);
-                new = csum::replace16(new, old_port, entry.port);
+                let mut new = check_for_addr(old, change);
+                new = csum::replace16(new, old_port, new_port);
                 if quote.proto == proto::UDP && new == 0 {
                     new = 0xffff;
                 }
                 write_unaligned(field, new);
-                check = csum::replace16(check, old, new);
+                *check = csum::replace16(*check, old, new);
             }
         }
     }
+}
 
-    // The outer header. ICMPv6's checksum covers its addresses (a pseudo-header), ICMP's not.
-    let (mut src, mut dst) = (pkt.src, pkt.dst);
-    let outer = if toward_backend {
-        dst = entry_addr;
-        Some(set_addr::<F, Fam>(
-            frame,
-            pkt.l3(),
-            End::Destination,
-            &entry_addr,
-        )?)
+/// Readdresses the error itself: toward the backend, to the backend (`entry_addr`); toward the
+/// client, from the VIP if the backend itself reported. ICMPv6's checksum (`check`) covers its
+/// addresses (a pseudo-header), ICMP's not. Returns the end it readdressed, if any. `None`:
+/// the header is no longer where the parser said.
+#[inline(always)]
+fn translate_outer<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    quote: &Quote,
+    entry_addr: &Addr,
+    toward_backend: bool,
+    check: &mut u16,
+) -> Option<Option<End>> {
+    let end = if toward_backend {
+        End::Destination
     } else if pkt.src == quote.dst {
-        src = entry_addr;
-        Some(set_addr::<F, Fam>(
-            frame,
-            pkt.l3(),
-            End::Source,
-            &entry_addr,
-        )?)
+        End::Source
     } else {
-        None
+        return Some(None);
     };
-    if let Some(change) = outer
-        && pkt.family == family::IPV6
-    {
-        check = check_for_addr(check, &change);
+    let change = set_addr::<F, Fam>(frame, pkt.l3(), end, entry_addr)?;
+    if pkt.family == family::IPV6 {
+        *check = check_for_addr(*check, &change);
     }
-    // SAFETY: ptr_at checked the field lies inside the frame.
-    unsafe { write_unaligned(icmp_check, nonzero(check)) };
-    count_event(events::ICMP_ERROR_TRANSLATED);
+    Some(Some(end))
+}
+
+/// Traces the translated error, as a packet of its flow's client.
+#[inline(always)]
+fn trace_translated<A: FlowAddr>(
+    pkt: &Packet,
+    quote: &Quote,
+    entry: &FlowEntry<A>,
+    toward_backend: bool,
+) {
     let client = if toward_backend {
         (&quote.dst, quote.dport)
     } else {
@@ -319,16 +385,14 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
         event.backend_id = entry.backend_id;
         event.proto = quote.proto;
     });
+}
 
-    let route = Route {
-        src: &src,
-        dst: &dst,
-        sport: 0,
-        dport: 0,
-        dsr: false,
-    };
-    Some(match resolve(frame, pkt, &route) {
+/// Sends a translated error on to `route`'s destination, through the next hop the FIB gives;
+/// or, if it gives none, returns the verdict that says where the error goes instead.
+#[inline(always)]
+fn forward_error<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> u32 {
+    match resolve(frame, pkt, route) {
         Ok(hop) => send(frame, pkt, &hop),
         Err(verdict) => verdict,
-    })
+    }
 }
