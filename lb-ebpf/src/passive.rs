@@ -14,8 +14,8 @@ use lb_common::{
     consts::{events, flow_flags, tcp_flags},
     direction,
     passive::{
-        AdmissionKey, MAX_SUSPECTS, PassiveEvent, admit, is_suspect, passive_event,
-        reaches_threshold, slot_free, window_over,
+        AdmissionKey, MAX_SUSPECTS, PassiveEvent, PassiveMark, ServicePolicy, admit, is_suspect,
+        passive_event, reaches_threshold, slot_free, window_over,
     },
 };
 
@@ -114,23 +114,86 @@ pub fn backend_answer<F: Frame, A: FlowAddr>(
 /// Counts a refused or unanswered handshake of `backend_id` (service `service_id`) in its
 /// window and, when that reaches the service's threshold, marks the backend suspect for the
 /// service's hold time if the service's share cap leaves a slot; tells the daemon either way.
-/// Not inlined: two callers, and its locals stay off their stack frames.
+/// Not inlined: two callers, and its locals stay off their stack frames; its steps are inlined.
 #[inline(never)]
 pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
     let Some(policy) = SERVICE_POLICIES.get(service_id) else {
         return;
     };
-    let threshold = if kind == Kind::Refused {
-        policy.refused
-    } else {
-        policy.unanswered
-    };
-    if threshold == 0 {
+    if threshold(policy, kind) == 0 {
         return;
     }
     let Some(mark) = PASSIVE_MARKS.get_ptr_mut(backend_id) else {
         return;
     };
+    count_observed(service_id, backend_id, kind);
+    // SAFETY: the backend's element, shared by all CPUs and written by the daemon only when it
+    // clears the mark (and so in the blocks below).
+    let (refused, unanswered) = unsafe { count_in_window(mark, kind, policy.window_ns, now) };
+    // SAFETY: as above.
+    let Some((current, until)) = (unsafe { set_mark(mark, policy, refused, unanswered, now) })
+    else {
+        return;
+    };
+    let marked = take_slot(service_id, backend_id, policy.max_suspects, until, now);
+    let event = if marked {
+        count_event(events::SUSPECT_MARKED);
+        passive_event::MARKED
+    } else {
+        // The share is full: the mark is taken back.
+        // SAFETY: as above; the mark is one aligned word.
+        unsafe {
+            atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(
+                addr_of_mut!((*mark).suspect_until_ns),
+                current,
+            )
+        };
+        count_event(events::SUSPECT_CAPPED);
+        if !crossed(policy, kind, refused, unanswered) {
+            return;
+        }
+        passive_event::CAPPED
+    };
+    tell_daemon(|| PassiveEvent {
+        time_ns: now,
+        // SAFETY: as above; the window's start is one aligned word.
+        window_start_ns: unsafe { read_volatile(addr_of_mut!((*mark).window_start_ns)) },
+        until_ns: if marked { until } else { 0 },
+        backend_id,
+        service_id,
+        refused,
+        unanswered,
+        kind: event,
+        _pad: [0; 7],
+    });
+}
+
+/// The service's threshold for handshakes of `kind` within a window: as many make a backend
+/// suspect; 0: they are not counted.
+#[inline(always)]
+fn threshold(policy: &ServicePolicy, kind: Kind) -> u16 {
+    if kind == Kind::Refused {
+        policy.refused
+    } else {
+        policy.unanswered
+    }
+}
+
+/// Whether the window's counts are the ones that crossed the service's threshold for `kind`:
+/// the daemon is told of a capped mark once per crossing, not for every handshake after it.
+#[inline(always)]
+fn crossed(policy: &ServicePolicy, kind: Kind, refused: u32, unanswered: u32) -> bool {
+    let count = if kind == Kind::Refused {
+        refused
+    } else {
+        unanswered
+    };
+    count == u32::from(threshold(policy, kind))
+}
+
+/// Counts a handshake of `kind` for the backend and its service, and as an event.
+#[inline(always)]
+fn count_observed(service_id: u32, backend_id: u32, kind: Kind) {
     if kind == Kind::Refused {
         count_event(events::PASSIVE_REFUSED);
         count_both(service_id, backend_id, |c| c.refused += 1);
@@ -138,15 +201,30 @@ pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
         count_event(events::PASSIVE_UNANSWERED);
         count_both(service_id, backend_id, |c| c.unanswered += 1);
     }
-    // SAFETY: the backend's element, shared by all CPUs and written by the daemon only when
-    // it clears the mark: the window restarts by compare-and-swap of its start (one CPU
-    // restarts it), the counts change atomically, the mark is one aligned word.
+}
+
+/// Counts a handshake of `kind` in the backend's window (`mark`), which starts anew first if
+/// it is over (longer than `window_ns` at `now`): the window's refused and unanswered counts,
+/// this one included.
+///
+/// # Safety
+///
+/// `mark` is the backend's element of `PASSIVE_MARKS` (see [`observe`]).
+#[inline(always)]
+unsafe fn count_in_window(
+    mark: *mut PassiveMark,
+    kind: Kind,
+    window_ns: u64,
+    now: u64,
+) -> (u32, u32) {
+    // SAFETY: the caller's element; the window restarts by compare-and-swap of its start (one
+    // CPU restarts it), the counts change atomically.
     unsafe {
         let start_ptr = addr_of_mut!((*mark).window_start_ns);
         let refused_ptr = addr_of_mut!((*mark).refused);
         let unanswered_ptr = addr_of_mut!((*mark).unanswered);
         let start = read_volatile(start_ptr);
-        if window_over(now, start, policy.window_ns) {
+        if window_over(now, start, window_ns) {
             let (_, restarted) =
                 atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                     start_ptr, start, now,
@@ -157,65 +235,61 @@ pub fn observe(service_id: u32, backend_id: u32, kind: Kind, now: u64) {
             }
         }
         // Fetching adds, SeqCst: see `balance::next_backend` for why.
-        let (refused, unanswered) = if kind == Kind::Refused {
+        if kind == Kind::Refused {
             let before = atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(refused_ptr, 1);
             (before + 1, read_volatile(unanswered_ptr))
         } else {
             let before = atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(unanswered_ptr, 1);
             (read_volatile(refused_ptr), before + 1)
-        };
-        // A service whose share allows no suspect (one backend) only counts.
+        }
+    }
+}
+
+/// Marks the backend suspect (`mark`) for the service's hold time if its window's counts
+/// reach the service's threshold, unless it is suspect already or the service's share allows
+/// no suspect (one backend: it only counts). By compare-and-swap, so that one CPU marks a
+/// backend; and before its slot is taken, so that a slot is never seen taken while its
+/// backend's mark is not yet written (which would read as a mark the daemon cleared, and free
+/// the slot for another backend). Returns the mark replaced and the new one (whose low bits are
+/// left for the backend id in the service's slot); `None`: no mark, or another CPU changed it
+/// first.
+///
+/// # Safety
+///
+/// `mark` is the backend's element of `PASSIVE_MARKS` (see [`observe`]).
+#[inline(always)]
+unsafe fn set_mark(
+    mark: *mut PassiveMark,
+    policy: &ServicePolicy,
+    refused: u32,
+    unanswered: u32,
+    now: u64,
+) -> Option<(u64, u64)> {
+    // SAFETY: the caller's element; the mark is one aligned word.
+    unsafe {
         let mark_ptr = addr_of_mut!((*mark).suspect_until_ns);
         let current = read_volatile(mark_ptr);
         if policy.max_suspects == 0
             || !reaches_threshold(policy, refused, unanswered)
             || is_suspect(current, now)
         {
-            return;
+            return None;
         }
-        // The mark's end, its low bits replaced by the backend id in the service's slot.
         let until = (now + policy.hold_ns) & !SLOT_ID_BITS;
-        // The mark first, by compare-and-swap: one CPU marks a backend, and a slot is never
-        // seen taken while its backend's mark is not yet written (which would read as a mark
-        // the daemon cleared, and free the slot for another backend).
         let (_, won) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
             mark_ptr, current, until,
         );
-        if !won {
-            return;
-        }
-        let marked = take_slot(service_id, backend_id, policy.max_suspects, until, now);
-        let kind = if marked {
-            count_event(events::SUSPECT_MARKED);
-            passive_event::MARKED
-        } else {
-            atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(mark_ptr, current);
-            count_event(events::SUSPECT_CAPPED);
-            // Told once per crossing of a threshold, not for every refusal after it.
-            let crossed = if kind == Kind::Refused {
-                refused == u32::from(policy.refused)
-            } else {
-                unanswered == u32::from(policy.unanswered)
-            };
-            if !crossed {
-                return;
-            }
-            passive_event::CAPPED
-        };
-        if let Some(mut entry) = PASSIVE_EVENTS.reserve(0) {
-            entry.write(PassiveEvent {
-                time_ns: now,
-                window_start_ns: read_volatile(start_ptr),
-                until_ns: if marked { until } else { 0 },
-                backend_id,
-                service_id,
-                refused,
-                unanswered,
-                kind,
-                _pad: [0; 7],
-            });
-            entry.submit(0);
-        }
+        won.then_some((current, until))
+    }
+}
+
+/// Tells the daemon of a mark set or refused for the share cap (`PASSIVE_EVENTS`), with the
+/// event `event` makes, if the ring has room.
+#[inline(always)]
+fn tell_daemon(event: impl FnOnce() -> PassiveEvent) {
+    if let Some(mut entry) = PASSIVE_EVENTS.reserve(0) {
+        entry.write(event());
+        entry.submit(0);
     }
 }
 
