@@ -5,7 +5,7 @@
 //! XDP and tc ingress (see `frame.rs`), as two programs sharing every map.
 #![no_std]
 #![no_main]
-// The round-robin cursor needs an atomic fetch-and-add (see balance::next_backend).
+// The round-robin cursor needs an atomic fetch-and-add (see choose::round_robin).
 #![allow(
     internal_features,
     reason = "the atomic intrinsics, as explained above"

@@ -234,7 +234,7 @@ unsafe fn count_in_window(
                 atomic_xchg::<u32, { AtomicOrdering::SeqCst }>(unanswered_ptr, 0);
             }
         }
-        // Fetching adds, SeqCst: see `balance::next_backend` for why.
+        // Fetching adds, SeqCst: see `choose::round_robin` for why.
         if kind == Kind::Refused {
             let before = atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(refused_ptr, 1);
             (before + 1, read_volatile(unanswered_ptr))
