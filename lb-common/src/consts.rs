@@ -150,6 +150,8 @@ pub mod limits {
     pub const HALF_OPEN_DIVISOR: u32 = 4;
     /// Distinct virtual IP addresses (`VIPS`).
     pub const MAX_VIPS: u32 = MAX_SERVICES;
+    /// Ports (protocol and port) the host may answer on the VIPs (`host_ports`).
+    pub const MAX_HOST_PORTS: u32 = 64;
     /// Highest backend weight, as in HAProxy (0 means: no new flows).
     pub const MAX_WEIGHT: u32 = 256;
     /// Network interfaces xlb can attach to (entries of the `EGRESS_PORTS` devmap).
@@ -214,8 +216,11 @@ pub mod map_names {
     /// Maps that earlier versions pinned and this one no longer has (one flow table for both
     /// families): finding one pinned means the pins are another version's.
     pub const RETIRED: [&str; 2] = ["FLOWS", "HALF_OPEN"];
-    /// Virtual IP addresses, for ICMP.
+    /// Virtual IP addresses, for ICMP, with the packets to them that no service took.
     pub const VIPS: &str = "VIPS";
+    /// Ports the host answers on the VIPs itself (not pinned: each daemon fills it from its
+    /// config).
+    pub const HOST_PORTS: &str = "HOST_PORTS";
     /// Per service, client prefix -> home pool.
     pub const CLIENT_POOLS: &str = "CLIENT_POOLS";
     /// Per-CPU count of new flows placed outside their home pool, per (service, home pool).
@@ -364,8 +369,12 @@ pub mod events {
     /// on the ports of one that had ended. The old flow's entries were deleted and the SYN
     /// placed as a new flow, not sent to the old flow's backend.
     pub const FLOW_REOPENED: u32 = 24;
+    /// A TCP or UDP packet to a VIP, in no flow and for no service, was dropped (and counted
+    /// in its VIP's entry of `VIPS`): passed, it would reach the host's own sockets or loop
+    /// back to the router. Ports listed in `host_ports` pass instead.
+    pub const VIP_UNSERVED: u32 = 25;
     /// Number of event counters.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -394,6 +403,7 @@ pub mod events {
         "admission_dropped",
         "flow_expired",
         "flow_reopened",
+        "vip_unserved",
     ];
 }
 

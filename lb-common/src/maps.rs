@@ -83,6 +83,12 @@ pub const fn backend_port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1 << (port & 63))
 }
 
+/// Key of `HOST_PORTS`: a transport protocol and a port (network order, as packets hold it).
+#[inline(always)]
+pub const fn host_port_key(proto: u8, port: u16) -> u32 {
+    ((proto as u32) << 16) | port as u32
+}
+
 /// A backend table: the round-robin sequence of backend ids for new flows of one
 /// (service, pool). Built whole in userspace (smooth weighted round robin) and published by
 /// swapping it into `BACKEND_TABLES`; the kernel only reads it.

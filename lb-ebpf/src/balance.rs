@@ -3,12 +3,14 @@
 //! counted. Everything after the parse is generic over the address family (`family`), so an
 //! IPv4 packet only ever touches the IPv4 tables and keys.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Addr, BackendEntry, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
+    Addr, BackendEntry, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey, VipKey,
     backend_port_bit,
     consts::{events, family, flow_flags, forwarding, proto, scheduler, tcp_flags},
-    csum, direction, epoch,
+    csum, direction, epoch, host_port_key,
     tables::{table_index, table_owner},
     trace::{NO_BACKEND_ID, decision},
 };
@@ -26,7 +28,7 @@ use crate::{
     forward::{NextHop, Route, resolve, transmit},
     frame::Frame,
     icmp,
-    maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, SERVICES, count_event},
+    maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, HOST_PORTS, SERVICES, VIPS, count_event},
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::{Packet, parse},
     passive,
@@ -134,7 +136,36 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     if let Some(service) = service {
         return to_place(pkt, service, NO_BACKEND_ID);
     }
-    F::PASS
+    not_served::<F>(pkt)
+}
+
+/// A TCP or UDP packet in no flow and for no service. To a VIP it is dropped and counted in
+/// the VIP's entry (passed, it would reach the host's own sockets, the VIP being a local
+/// address when xlb announces it, or go back out by the default route to the router that
+/// sent it, until its TTL runs out), unless the operator lets the host answer its port
+/// (`HOST_PORTS`). Anything else (the host's own traffic, a backend's packet to a client in
+/// no flow) passes. In a function of its own: only such packets pay for it.
+#[inline(never)]
+fn not_served<F: Frame>(pkt: &Packet) -> u32 {
+    let vip = VipKey {
+        addr: pkt.dst,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    let Some(unserved) = VIPS.get_ptr_mut(&vip) else {
+        return F::PASS;
+    };
+    if HOST_PORTS
+        .get_ptr(&host_port_key(pkt.proto, pkt.dport))
+        .is_some()
+    {
+        return F::PASS;
+    }
+    // SAFETY: the VIP's u32 in a hash map shared by all CPUs, valid while the program runs;
+    // the result is not used, so a relaxed (non-fetching) add is enough.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(unserved, 1) };
+    count_event(events::VIP_UNSERVED);
+    F::DROP
 }
 
 /// Whether a backend listens on `port` (`BACKEND_PORTS`).

@@ -146,9 +146,19 @@ pub static ACTIVE_FLOWS: PerCpuArray<
 > = PerCpuArray::new();
 
 /// Virtual IP addresses of the services, whatever their ports: ICMP echo requests to them are
-/// answered. Written by userspace with the services; read for ICMP echo requests.
+/// answered, and TCP and UDP packets to them that no flow or service takes are dropped. The
+/// value counts those drops. Written by userspace with the services (a new VIP at 0); read
+/// for ICMP echo requests and for packets no service took, which add to the count; read by
+/// userspace for `xlb stats` and the metrics.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, u32, { limits::MAX_VIPS as usize }> = HashMap::new();
+
+/// Ports the host itself answers on the VIPs (`host_ports`): a TCP or UDP packet to a VIP
+/// that no flow or service takes passes to the kernel if its (protocol, destination port) is
+/// here (`lb_common::host_port_key`). Written by userspace at start and reload (not pinned);
+/// read for packets no service took.
+#[btf_map]
+pub static HOST_PORTS: HashMap<u32, u8, { limits::MAX_HOST_PORTS as usize }> = HashMap::new();
 
 /// Interfaces xlb is attached to, by ifindex: where `XDP_REDIRECT` may send a packet.
 /// Written by userspace at attach time; read when the next hop is on another interface.

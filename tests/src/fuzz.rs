@@ -319,6 +319,22 @@ pub fn read(frame: &[u8]) -> Reading {
     read_frame(frame).unwrap_or(Reading::Untouchable)
 }
 
+/// The destination address of a well-formed TCP or UDP packet, whatever its TTL (one with no
+/// TTL to spare reads as untouchable, yet to a VIP for no service it is dropped).
+pub fn transport_destination(frame: &[u8]) -> Option<std::net::IpAddr> {
+    let v6 = match u16_at(frame, 12)? {
+        ether_type::IPV4 => false,
+        ether_type::IPV6 => true,
+        _ => return None,
+    };
+    let (l4, end, proto, _, dst, _) = ip_header(frame, 14, v6)?;
+    if proto != proto::TCP && proto != proto::UDP {
+        return None;
+    }
+    transport_ok(&frame[l4..end], proto, v6)?;
+    Some(dst)
+}
+
 fn read_frame(frame: &[u8]) -> Option<Reading> {
     let ether_type = u16_at(frame, 12)?;
     if ether_type == ether_type::VLAN_8021Q {

@@ -132,3 +132,88 @@ fn a_syn_flood_leaves_established_and_new_connections_working() {
         stats.flow_table.active_ipv4
     );
 }
+
+/// With `announce`, every VIP is an address of the balancer: a listener of the balancer's
+/// own on the wildcard address (sshd, BIRD) must not answer on a VIP, unless the operator
+/// lists its port in `host_ports`.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_hosts_own_listeners_do_not_answer_on_an_announced_vip() {
+    let lab = Lab::new(Wiring::TwoInterfaces, 1).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    let config = xlb_tests::scenario::balancer_config_with(&lab, "auto", "announce = true", "")
+        .replacen(
+            "[[service]]",
+            "[announce]\nbird_socket = \"/nonexistent/bird.ctl\"\n\n[[service]]",
+            1,
+        );
+    let xlb = start_xlb(&lab.balancer, &config).unwrap();
+    let addresses = lab.balancer.ip("-4 addr show dev xlb-vip").unwrap();
+    assert!(addresses.contains(&format!("{VIP}/32")), "{addresses}");
+    let _listener = lab
+        .balancer
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:2222"))
+        .unwrap()
+        .unwrap();
+    let vip = SocketAddr::from((VIP, 2222));
+    let connect = || {
+        lab.client
+            .enter(|| std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1)))
+            .unwrap()
+    };
+    assert!(
+        connect().is_err(),
+        "the balancer's own listener answered on the VIP"
+    );
+    assert!(event(&stats(&xlb), "vip_unserved") >= 1);
+    // Listed in host_ports, the port is the host's.
+    std::fs::write(
+        &xlb.config_path,
+        format!(
+            "host_ports = [\"tcp/2222\"]\n{}",
+            std::fs::read_to_string(&xlb.config_path).unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = xlb.cli(&["reload"]).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(connect().is_ok(), "host_ports lets the host answer");
+}
+
+/// A balancer with a default route towards the router that sends it the VIP's traffic: a
+/// datagram to a port of the VIP that no service takes must not go back to the router (and
+/// round again until its TTL runs out). It crosses the router once.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_datagram_to_an_unserved_port_of_a_vip_crosses_the_router_once() {
+    let lab = Lab::new(Wiring::BehindRouter, 1).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    lab.balancer.ip("route add default via 198.18.0.2").unwrap();
+    let router = lab.router.as_ref().unwrap();
+    let rules = format!(
+        "table inet xlbcount {{\n chain forward {{\n  type filter hook forward priority 0; \
+         policy accept;\n  ip daddr {VIP} udp dport 9999 counter\n }}\n}}\n"
+    );
+    let path = xlb_tests::process::temp_file("count.nft", &rules).unwrap();
+    router
+        .exec("nft", &["-f", &path.to_string_lossy()])
+        .unwrap();
+    let _xlb = start_xlb(&lab.balancer, &balancer_config(&lab, "auto")).unwrap();
+    lab.client
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.send_to(b"anyone?", (VIP, 9999)).unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = router
+        .exec("nft", &["list", "table", "inet", "xlbcount"])
+        .unwrap();
+    let packets: u64 = listed
+        .split("packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {listed}"));
+    assert_eq!(packets, 1, "{listed}");
+}

@@ -28,6 +28,10 @@ pub struct Config {
     pub pin_path: PathBuf,
     /// Address of the Prometheus metrics endpoint, if any.
     pub metrics: Option<SocketAddr>,
+    /// Ports the host itself answers on the VIPs (sshd, BIRD...): TCP and UDP packets to a
+    /// VIP that no service takes pass to the kernel on these ports, and are dropped on the
+    /// others.
+    pub host_ports: Vec<(Protocol, u16)>,
     /// How long flows may stay silent before they are deleted.
     pub flow_timeouts: FlowTimeouts,
     /// Route health injection: how the VIPs of services with `announce` are offered to the

@@ -246,6 +246,7 @@ pub(super) struct RawConfig {
     pub(super) flow_table_size_ipv6: Field<FlowTableSize>,
     pub(super) pin_path: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<String>>,
+    pub(super) host_ports: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) tcp_idle_timeout: Option<Spanned<String>>,
     pub(super) tcp_closing_timeout: Option<Spanned<String>>,
     pub(super) udp_idle_timeout: Option<Spanned<String>>,

@@ -266,6 +266,9 @@ impl DataplaneReads for FakeMaps {
     fn spilled(&self, index: u32) -> Result<u64> {
         Ok(self.spilled.get(&index).copied().unwrap_or(0))
     }
+    fn vips_unserved(&self) -> Result<Vec<(VipKey, u64)>> {
+        Ok(self.vips.iter().map(|vip| (*vip, 0)).collect())
+    }
     fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
         Ok(self.flow_entries.clone())
     }

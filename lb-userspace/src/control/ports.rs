@@ -103,6 +103,8 @@ pub trait DataplaneReads {
     fn active_flows(&self, backend_ids: &[u32]) -> Result<ActiveFlows>;
     /// New flows of the table at `index` that were placed outside its home pool so far.
     fn spilled(&self, index: u32) -> Result<u64>;
+    /// Every VIP, with the TCP and UDP packets to it that no flow or service took (dropped).
+    fn vips_unserved(&self) -> Result<Vec<(VipKey, u64)>>;
     /// Every client-to-backend flow entry of the flow tables, and whether it is half-open.
     fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>>;
     /// The data plane's clock (the monotonic clock, in nanoseconds), which flow entries use.

@@ -282,6 +282,15 @@ fn data_plane(e: &mut DescriptorEncoder, snapshot: &Snapshot) -> Result<(), std:
     )?;
     counters(
         e,
+        "xlb_vip_unserved_packets",
+        "TCP and UDP packets to the VIP that no flow or service took: dropped (but for host_ports)",
+        snapshot
+            .unserved
+            .iter()
+            .map(|(vip, count)| (vec![("vip", vip.to_string())], *count)),
+    )?;
+    counters(
+        e,
         "xlb_flows_expired",
         "Flows a packet found silent past their timeout (deleted, the packet handled as new)",
         [(Labels::new(), snapshot.flows_expired)],

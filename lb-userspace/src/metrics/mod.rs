@@ -38,6 +38,8 @@ pub(crate) struct Snapshot {
     pub guard: Option<GuardMetrics>,
     /// Reloads since the daemon started.
     pub reloads: ReloadMetrics,
+    /// Every VIP with the packets to it that no flow or service took.
+    pub unserved: Vec<(std::net::IpAddr, u64)>,
     /// Route health injection: each VIP's announcement (none without `[announce]`).
     pub announce: Option<crate::report::AnnounceReport>,
 }

@@ -27,6 +27,7 @@ pub(crate) fn full_snapshot() -> Snapshot {
         flows: (7, 2),
         flow_capacity: [(65_536, 16_384), (65_536, 16_384)],
         flows_expired: 5,
+        unserved: vec![("198.18.100.1".parse().unwrap(), 31)],
         guard: Some(GuardMetrics {
             hashing: true,
             budget: 4096,
@@ -86,6 +87,7 @@ fn every_series_is_served_with_its_labels() {
         r#"xlb_flow_table_capacity{family="ipv4",table="established"} 65536"#.to_owned(),
         r#"xlb_flow_table_capacity{family="ipv6",table="half_open"} 16384"#.to_owned(),
         "xlb_flows_expired_total 5".to_owned(),
+        r#"xlb_vip_unserved_packets_total{vip="198.18.100.1"} 31"#.to_owned(),
         "xlb_handshake_guard_hashing 1".to_owned(),
         "xlb_handshake_guard_window_flows 17".to_owned(),
         "xlb_handshake_guard_budget 4096".to_owned(),

@@ -139,6 +139,7 @@ impl Monitor {
     /// fills the maps accordingly. Takes at most the longest check timeout.
     pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
         maps.set_flow_timeouts(&self.core.config().flow_timeouts)?;
+        maps.set_host_ports(&self.core.config().host_ports)?;
         for event in self.checkers.first_checks(&self.core).await? {
             self.handle(event);
         }
@@ -453,6 +454,9 @@ impl Monitor {
         dataplane
             .maps
             .set_flow_timeouts(&self.core.config().flow_timeouts)?;
+        dataplane
+            .maps
+            .set_host_ports(&self.core.config().host_ports)?;
         let summary = self.apply(&mut dataplane.maps).context(
             "the new configuration is in force, but applying it to the data plane failed; xlb \
              tries again every second",

@@ -189,6 +189,7 @@ impl Reports {
                 window_flows: guard.window_flows,
             });
         snapshot.reloads = self.reloads;
+        snapshot.unserved = unserved(maps).unwrap_or_default();
         snapshot.announce = announce;
         if let Ok(counts) = maps.events() {
             snapshot.flows_expired = counts[events::FLOW_EXPIRED as usize];
@@ -349,6 +350,7 @@ impl Reports {
             .map(|n| (*n).to_owned())
             .zip(counts)
             .collect();
+        report.unserved = unserved(maps)?;
         let size = u64::from(config.flow_table_size);
         let guard = maps.handshake_guard()?;
         let (active_ipv4, active_ipv6) = self.active_by_family(core);
@@ -479,4 +481,13 @@ impl Reports {
             self.metrics_server = Some(tokio::spawn(metrics::serve(listener, shared)));
         }
     }
+}
+
+/// Every VIP with the packets to it that no flow or service took.
+fn unserved(maps: &impl DataplaneReads) -> Result<Vec<(std::net::IpAddr, u64)>> {
+    Ok(maps
+        .vips_unserved()?
+        .into_iter()
+        .map(|(vip, count)| (crate::wire::ip_from_field(&vip.addr, vip.family), count))
+        .collect())
 }

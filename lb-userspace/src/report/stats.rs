@@ -13,6 +13,10 @@ pub struct StatsReport {
     pub events: Vec<(String, u64)>,
     /// The flow tables: active flows against their size.
     pub flow_table: FlowTableStats,
+    /// Every VIP with the TCP and UDP packets to it that no flow or service took (dropped,
+    /// but for `host_ports`). Absent from older daemons' answers.
+    #[serde(default)]
+    pub unserved: Vec<(std::net::IpAddr, u64)>,
 }
 
 /// The flow tables: their live flows against their size.

@@ -23,6 +23,7 @@ mod passive;
 mod scaleout;
 mod swap;
 mod trace;
+mod unserved;
 
 use std::{
     net::SocketAddr,
@@ -142,6 +143,7 @@ fn with_lab_at(config: &str, hook: Hook, test: &(impl Fn(&mut PacketLab) + Send 
         let s0 = netif::index("s0").unwrap();
         dataplane.maps.add_egress_port(c0).unwrap();
         dataplane.maps.add_egress_port(s0).unwrap();
+        dataplane.maps.set_host_ports(&config.host_ports).unwrap();
         let mut lab = PacketLab {
             dataplane,
             balancer,

@@ -235,6 +235,19 @@ pub(super) fn stats(report: &StatsReport) -> String {
             nonzero.join(", ")
         }
     );
+    let unserved: Vec<String> = report
+        .unserved
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(vip, n)| format!("{vip} {n}"))
+        .collect();
+    if !unserved.is_empty() {
+        let _ = writeln!(
+            out,
+            "dropped, to a VIP for no service: {}",
+            unserved.join(", ")
+        );
+    }
     let t = &report.flow_table;
     let _ = writeln!(
         out,
@@ -469,9 +482,17 @@ mod tests {
                 handshake_budget: 819,
                 handshake_guard_on: false,
             },
+            unserved: vec![
+                ("198.18.100.1".parse().unwrap(), 0),
+                ("198.18.100.2".parse().unwrap(), 31),
+            ],
         };
         let calm = stats(&report);
         assert!(!calm.contains("handshake guard"), "{calm}");
+        assert!(
+            calm.contains("dropped, to a VIP for no service: 198.18.100.2 31\n"),
+            "{calm}"
+        );
         assert!(calm.contains("events: syn_hashed 250000\n"), "{calm}");
         report.flow_table.handshake_guard_on = true;
         let flood = stats(&report);

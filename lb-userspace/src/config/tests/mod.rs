@@ -532,3 +532,33 @@ fn pin_path_and_metrics() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn host_ports_are_a_protocol_and_a_port_each_once() {
+    let config = Config::parse(&format!(
+        "host_ports = [\"tcp/22\", \"tcp/179\", \"udp/53\"]\n{}",
+        with_service_keys("")
+    ))
+    .unwrap();
+    assert_eq!(
+        config.host_ports,
+        [
+            (Protocol::Tcp, 22),
+            (Protocol::Tcp, 179),
+            (Protocol::Udp, 53)
+        ]
+    );
+    let errors = errors_of(&format!(
+        "host_ports = [\"tcp/22\", \"ssh\", \"sctp/9\", \"tcp/0\", \"tcp/22\"]\n{}",
+        with_service_keys("")
+    ));
+    assert_eq!(
+        errors,
+        [
+            "1:25: host_ports: \"ssh\" is not a protocol and a port, like \"tcp/22\"",
+            "1:32: host_ports: \"sctp/9\" is not a protocol and a port, like \"tcp/22\"",
+            "1:42: host_ports: \"tcp/0\" is not a protocol and a port, like \"tcp/22\"",
+            "1:51: host_ports: \"tcp/22\" is listed twice",
+        ]
+    );
+}

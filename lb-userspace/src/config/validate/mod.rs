@@ -143,6 +143,7 @@ impl Validator<'_> {
             self.flow_table_sizes(raw.flow_table_size, raw.flow_table_size_ipv6);
         let pin_path = self.pin_path(raw.pin_path);
         let metrics = self.metrics(raw.metrics);
+        let host_ports = self.host_ports(raw.host_ports);
         let flow_timeouts = self.flow_timeouts(
             &raw.tcp_idle_timeout,
             &raw.tcp_closing_timeout,
@@ -165,6 +166,7 @@ impl Validator<'_> {
             flow_table_size_ipv6,
             pin_path,
             metrics,
+            host_ports,
             flow_timeouts,
             services,
         }
@@ -265,6 +267,44 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// `host_ports`: each "tcp/PORT" or "udp/PORT", once, at most
+    /// `limits::MAX_HOST_PORTS`.
+    fn host_ports(&mut self, raw: Option<Spanned<Vec<Spanned<String>>>>) -> Vec<(Protocol, u16)> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        let max = limits::MAX_HOST_PORTS as usize;
+        if raw.get_ref().len() > max {
+            self.error(&raw.span(), format!("host_ports: at most {max} ports"));
+        }
+        let mut ports = Vec::new();
+        for entry in raw.into_inner() {
+            let text = entry.get_ref();
+            let parsed = text.split_once('/').and_then(|(protocol, port)| {
+                let protocol = match protocol {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    _ => return None,
+                };
+                Some((protocol, port.parse::<u16>().ok().filter(|p| *p != 0)?))
+            });
+            match parsed {
+                None => self.error(
+                    &entry.span(),
+                    format!("host_ports: {text:?} is not a protocol and a port, like \"tcp/22\""),
+                ),
+                Some(port) if ports.contains(&port) => {
+                    self.error(
+                        &entry.span(),
+                        format!("host_ports: {text:?} is listed twice"),
+                    );
+                }
+                Some(port) => ports.push(port),
+            }
+        }
+        ports
     }
 
     /// The flows' idle timeouts (`tcp_idle_timeout`, `tcp_closing_timeout`,

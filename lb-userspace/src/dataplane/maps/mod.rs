@@ -26,6 +26,7 @@ use lb_common::{
         timing::{HANDSHAKE_KEEP_NS, HANDSHAKE_WINDOW_NS},
     },
     guard::next_syn_hashed,
+    host_port_key,
     passive::ServicePolicy,
 };
 
@@ -41,7 +42,7 @@ use self::{
     passive::PassiveMaps,
 };
 use crate::{
-    config::FlowTimeouts,
+    config::{FlowTimeouts, Protocol},
     control::{ActiveFlows, Counted, DataplaneMaps, DataplaneReads, Existing, Purge},
 };
 
@@ -54,6 +55,8 @@ type PrefixTrie = LpmTrie<MapData, ClientPrefix, u32>;
 /// Tables published in one batch at most (each holds a file descriptor until the batch is
 /// written; each batch waits one RCU grace period).
 const PUBLISH_CHUNK: usize = 256;
+/// `BPF_NOEXIST`: an update that adds a key and fails if it is there.
+const BPF_NOEXIST: u64 = 1;
 /// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -75,6 +78,7 @@ pub struct Maps {
     /// active-flow counts.
     pub flows: FlowTables,
     vips: HashMap<MapData, VipKey, u32>,
+    host_ports: HashMap<MapData, u32, u8>,
     client_pools: ArrayOfMaps<MapData, PrefixTrie>,
     spilled: PerCpuArray<MapData, u64>,
     egress_ports: DevMapHash<MapData>,
@@ -145,6 +149,7 @@ impl Maps {
                 active: take(ebpf, map_names::ACTIVE_FLOWS)?,
             }),
             vips: take(ebpf, map_names::VIPS)?,
+            host_ports: take(ebpf, map_names::HOST_PORTS)?,
             client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
             spilled: take(ebpf, map_names::SPILLED)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
@@ -230,6 +235,23 @@ impl Maps {
             .with_context(|| format!("adding interface {ifindex} to {}", map_names::EGRESS_PORTS))
     }
 
+    /// Makes `ports` the ones the host answers on the VIPs itself (`HOST_PORTS`): packets to
+    /// the others that no service takes are dropped.
+    pub fn set_host_ports(&mut self, ports: &[(Protocol, u16)]) -> Result<()> {
+        let wanted: Vec<u32> = ports
+            .iter()
+            .map(|(protocol, port)| host_port_key(protocol.number(), port.to_be()))
+            .collect();
+        let held: Vec<u32> = self.host_ports.keys().collect::<Result<_, _>>()?;
+        for key in wanted.iter().filter(|key| !held.contains(key)) {
+            self.host_ports.insert(key, 1, 0)?;
+        }
+        for key in held.iter().filter(|key| !wanted.contains(key)) {
+            self.host_ports.remove(key)?;
+        }
+        Ok(())
+    }
+
     /// Gives the program the flow timeouts.
     pub fn set_flow_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<()> {
         self.flows.set_timeouts(timeouts)
@@ -300,6 +322,16 @@ impl DataplaneReads for Maps {
 
     fn spilled(&self, index: u32) -> Result<u64> {
         Ok(self.spilled.get(&index, 0)?.iter().sum())
+    }
+
+    fn vips_unserved(&self) -> Result<Vec<(VipKey, u64)>> {
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, count) = entry?;
+            vips.push((key, u64::from(count)));
+        }
+        vips.sort();
+        Ok(vips)
     }
 
     fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {
@@ -424,7 +456,15 @@ impl DataplaneMaps for Maps {
     }
 
     fn add_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(self.vips.insert(key, 1, 0)?)
+        // The value counts the packets no service took; a VIP already there keeps its count.
+        match self.vips.insert(key, 0, BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
