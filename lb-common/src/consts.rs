@@ -227,6 +227,11 @@ pub mod map_names {
     pub const SPILLED: &str = "SPILLED";
     /// Interfaces xlb may redirect to.
     pub const EGRESS_PORTS: &str = "EGRESS_PORTS";
+    /// The MAC address of each interface xlb is attached to (not pinned: each daemon fills it
+    /// as it attaches).
+    pub const IFACE_MACS: &str = "IFACE_MACS";
+    /// A count of changes to `IFACE_MACS`, one element (not pinned).
+    pub const IFACE_MACS_GENERATION: &str = "IFACE_MACS_GENERATION";
     /// Interfaces whose packets the tc program hands to the veth peer (not pinned: each
     /// daemon fills it for the interfaces it attached).
     pub const VETH_PEERS: &str = "VETH_PEERS";
@@ -373,8 +378,12 @@ pub mod events {
     /// in its VIP's entry of `VIPS`): passed, it would reach the host's own sockets or loop
     /// back to the router. Ports listed in `host_ports` pass instead.
     pub const VIP_UNSERVED: u32 = 25;
+    /// A frame not addressed to the interface it arrived on (another host's unicast MAC, as a
+    /// bridge floods when it has forgotten where a MAC is; or broadcast, multicast): passed
+    /// to the kernel untouched, never balanced (another instance may be balancing it).
+    pub const OTHER_HOST: u32 = 26;
     /// Number of event counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -404,6 +413,7 @@ pub mod events {
         "flow_expired",
         "flow_reopened",
         "vip_unserved",
+        "other_host",
     ];
 }
 

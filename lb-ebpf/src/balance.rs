@@ -42,6 +42,10 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     let Some(scratch) = scratch() else {
         return F::PASS;
     };
+    if !frame.for_this_host(scratch) {
+        count_event(events::OTHER_HOST);
+        return F::PASS;
+    }
     // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
     let pkt = unsafe { &mut (*scratch).pkt };
     if parse(frame, pkt).is_none() {

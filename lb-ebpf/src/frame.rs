@@ -34,7 +34,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::maps::EGRESS_PORTS;
+use crate::{
+    maps::{EGRESS_PORTS, IFACE_MACS, IFACE_MACS_GENERATION},
+    scratch::Scratch,
+};
 
 /// Frames of a standard 1500-byte MTU are at most this long (Ethernet header included); only
 /// longer XDP frames need the MTU check (see [`XdpFrame::oversized`]).
@@ -59,6 +62,10 @@ pub trait Frame {
     fn len(&self) -> usize;
     /// Index of the interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
+    /// Whether the frame is addressed to the interface it arrived on (unicast to its MAC), as
+    /// the kernel would accept it for itself: a frame another host's MAC (a bridge flooding
+    /// it), broadcast or multicast is not balanced. Interfaces whose MAC is not known pass.
+    fn for_this_host(&self, scratch: *mut Scratch) -> bool;
     /// The context pointer helpers take.
     fn raw(&self) -> *mut c_void;
     /// Makes the first `len` bytes (at most the packet's length) directly accessible. Every
@@ -93,6 +100,9 @@ pub fn ptr_at<F: Frame, T>(frame: &F, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// `skb->pkt_type` of a frame addressed to the host (`PACKET_HOST` in linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
 
 /// Offsets beyond this are refused before they touch a packet pointer (headers are always
 /// near the start). The check also gives the verifier a bound on offsets that were stored in
@@ -145,6 +155,38 @@ impl Frame for XdpFrame {
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: as in `data`.
         unsafe { core::ptr::read_volatile(&(*self.0.ctx).ingress_ifindex) }
+    }
+
+    #[inline(always)]
+    fn for_this_host(&self, scratch: *mut Scratch) -> bool {
+        let ifindex = self.ingress_ifindex();
+        // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
+        let cache = unsafe { &mut (*scratch).mac };
+        let generation = IFACE_MACS_GENERATION.get(0).copied().unwrap_or(0);
+        if cache.ifindex != ifindex || cache.generation != generation {
+            let Some(mac) = IFACE_MACS.get_ptr(&ifindex) else {
+                return true;
+            };
+            // SAFETY: the map's value, valid while the program runs.
+            cache.mac = unsafe { *mac };
+            cache.ifindex = ifindex;
+            cache.generation = generation;
+        }
+        let Some(destination) = ptr_at::<Self, [u8; 6]>(self, 0) else {
+            // Shorter than an Ethernet header: the parser refuses it.
+            return true;
+        };
+        // SAFETY: ptr_at checked the six bytes lie inside the frame.
+        let destination = unsafe { *destination };
+        destination
+            == [
+                cache.mac[0],
+                cache.mac[1],
+                cache.mac[2],
+                cache.mac[3],
+                cache.mac[4],
+                cache.mac[5],
+            ]
     }
 
     #[inline(always)]
@@ -226,6 +268,13 @@ impl Frame for TcFrame {
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: as in `data`.
         unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).ifindex) }
+    }
+
+    #[inline(always)]
+    fn for_this_host(&self, _scratch: *mut Scratch) -> bool {
+        // SAFETY: as in `data`. The kernel set the skb's packet type from its destination
+        // MAC (eth_type_trans) before tc ingress.
+        unsafe { core::ptr::read_volatile(&(*self.0.skb.skb).pkt_type) == PACKET_HOST }
     }
 
     #[inline(always)]

@@ -160,6 +160,21 @@ pub static VIPS: HashMap<VipKey, u32, { limits::MAX_VIPS as usize }> = HashMap::
 #[btf_map]
 pub static HOST_PORTS: HashMap<u32, u8, { limits::MAX_HOST_PORTS as usize }> = HashMap::new();
 
+/// The MAC address of each interface xlb is attached to, by ifindex (6 bytes and 2 of
+/// padding): the XDP program balances only frames addressed to their interface's MAC, as the
+/// kernel accepts only those (tc reads the kernel's own verdict, `skb->pkt_type`). Written by
+/// userspace at attach time, and again when an interface's address changes (not pinned);
+/// read for the first frame of an interface on a CPU, then kept in the scratch area until
+/// `IFACE_MACS_GENERATION` changes.
+#[btf_map]
+pub static IFACE_MACS: HashMap<u32, [u8; 8], { limits::MAX_INTERFACES as usize }> = HashMap::new();
+
+/// How many times userspace changed `IFACE_MACS`: a CPU whose cached MAC is of an older
+/// generation looks it up again. Written by userspace after each change; read for every XDP
+/// frame (an array lookup).
+#[btf_map]
+pub static IFACE_MACS_GENERATION: Array<u32, 1> = Array::new();
+
 /// Interfaces xlb is attached to, by ifindex: where `XDP_REDIRECT` may send a packet.
 /// Written by userspace at attach time; read when the next hop is on another interface.
 #[btf_map]

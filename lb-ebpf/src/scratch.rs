@@ -44,6 +44,20 @@ pub struct Scratch {
     pub fib: bpf_fib_lookup,
     /// The CPU's last reading of the clock: unlike the rest, kept from one packet to the next.
     pub clock: ClockCache,
+    /// The MAC address of the interface the CPU's last XDP frame arrived on, kept from one
+    /// packet to the next (see `frame::XdpFrame::for_this_host`).
+    pub mac: MacCache,
+}
+
+/// An interface's MAC address (`IFACE_MACS`), as last looked up on this CPU.
+#[repr(C)]
+pub struct MacCache {
+    /// The interface; 0 (no interface has it) before the first lookup.
+    pub ifindex: u32,
+    /// `IFACE_MACS_GENERATION` when it was looked up.
+    pub generation: u32,
+    /// Its address, and two bytes of padding.
+    pub mac: [u8; 8],
 }
 
 /// Per-CPU scratch space for one packet at a time, so that these structures stay off the

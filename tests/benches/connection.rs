@@ -18,7 +18,7 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     packet::{Frame, Transport, locate, tcp_flags},
-    packet_net::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
+    packet_net::{self, S0_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
 
 const CONFIG: &str = r#"
@@ -214,6 +214,9 @@ fn connection(hook: &Hook, client: &str, c0: u32, s0: u32) -> Result<Vec<f64>> {
             };
             if !data {
                 f.payload.clear();
+            }
+            if ifindex == s0 {
+                f.eth_dst = S0_MAC;
             }
         })
         .build();

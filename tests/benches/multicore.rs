@@ -146,6 +146,7 @@ fn main() -> Result<()> {
     let cpus = std::thread::available_parallelism()?.get().min(2);
     ensure!(cpus == 2, "this benchmark needs two CPUs (it has {cpus})");
     let ns = packet_net::build()?;
+    packet_net::repeatable(&ns)?;
     let rows = ns.enter(|| -> Result<Vec<Row>> {
         let config = Config::parse(CONFIG).map_err(|e| anyhow!("{e:?}"))?;
         let mut dataplane = Dataplane::load(config.flow_table_size)?;

@@ -20,7 +20,7 @@ use xlb::{
 use xlb_tests::{
     bench::{Table, median, print_section, quick},
     packet::{Frame, Transport, tcp_flags},
-    packet_net::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
+    packet_net::{self, S0_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
 
 /// Repetitions per test run (the TTL of 255 must outlast them).
@@ -74,6 +74,7 @@ fn main() -> Result<()> {
     let rounds = if quick { 5 } else { 200 };
     let new_flows = if quick { 200 } else { 20_000 };
     let ns = packet_net::build()?;
+    packet_net::repeatable(&ns)?;
     let rows = ns.enter(|| -> Result<Vec<(String, f64, f64)>> {
         let config = Config::parse(CONFIG).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut dataplane = Dataplane::load(1 << 18)?;
@@ -111,10 +112,12 @@ fn main() -> Result<()> {
         };
         let syn = |frame: Frame| frame.with(|f| f.ttl = 255).build();
         let established = ack(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"));
-        let reply = ack(Frame::tcp("198.18.100.1:80", "198.18.0.2:40000"));
+        // The replies arrive on s0, addressed to it.
+        let on_s0 = |frame: Frame| frame.with(|f| f.eth_dst = S0_MAC);
+        let reply = ack(on_s0(Frame::tcp("198.18.100.1:80", "198.18.0.2:40000")));
         let other = ack(Frame::tcp("198.18.0.2:40000", "198.18.100.9:80"));
         let established6 = ack(Frame::tcp("[fd00::2]:40000", "[fd00:100::1]:80"));
-        let reply6 = ack(Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000"));
+        let reply6 = ack(on_s0(Frame::tcp("[fd00:100::1]:80", "[fd00::2]:40000")));
         for (first, then) in [
             (
                 syn(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80")),

@@ -132,6 +132,7 @@ fn measure(
 ) -> Result<Row> {
     eprintln!("scale: {name}");
     let ns = packet_net::build()?;
+    packet_net::repeatable(&ns)?;
     ns.enter(|| -> Result<Row> {
         let config = Config::parse(&config(services, backends)).map_err(|e| anyhow!("{e:?}"))?;
         let mut dataplane = Dataplane::load(flows)?;

@@ -49,12 +49,24 @@ pub fn verdict_name(verdict: u32) -> &'static str {
     xdp_action::name(verdict)
 }
 
+/// The MAC address of `s0`, the servers' side (`c0`'s is the frame builder's `LB_MAC`).
+pub const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+
 /// Builds the namespace.
 pub fn build() -> Result<Netns> {
     let ns = Netns::new("pkt")?;
+    let mac = |mac: [u8; 6]| mac.map(|byte| format!("{byte:02x}")).join(":");
+    let c0 = format!(
+        "link add name c0 address {} type veth peer name c1",
+        mac(lb_common::frame::LB_MAC)
+    );
+    let s0 = format!(
+        "link add name s0 address {} type veth peer name s1",
+        mac(S0_MAC)
+    );
     for command in [
-        "link add name c0 address 02:00:00:00:00:01 type veth peer name c1",
-        "link add name s0 address 02:00:00:00:01:01 type veth peer name s1",
+        c0.as_str(),
+        s0.as_str(),
         "link set dev c0 up",
         "link set dev c1 up",
         "link set dev s0 up",
@@ -83,6 +95,25 @@ pub fn build() -> Result<Netns> {
     ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
     ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     Ok(ns)
+}
+
+/// Makes the namespace fit benchmarks that repeat one frame through BPF_PROG_TEST_RUN, which
+/// does not restore the frame between repetitions: the VIPs' next hop (out of s0) gets c0's
+/// address and the client (out of c0) gets s0's, so that a frame forwarded one way is, at the
+/// next repetition, still addressed to the interface it arrives on (the program balances only
+/// frames addressed to it).
+pub fn repeatable(ns: &Netns) -> Result<()> {
+    let mac = |mac: [u8; 6]| mac.map(|byte| format!("{byte:02x}")).join(":");
+    let (c0, s0) = (mac(lb_common::frame::LB_MAC), mac(S0_MAC));
+    for command in [
+        format!("neigh replace 198.18.1.2 lladdr {c0} dev s0 nud permanent"),
+        format!("neigh replace 198.18.0.2 lladdr {s0} dev c0 nud permanent"),
+        format!("-6 neigh replace fd00:1::2 lladdr {c0} dev s0 nud permanent"),
+        format!("-6 neigh replace fd00::2 lladdr {s0} dev c0 nud permanent"),
+    ] {
+        ns.ip(&command).with_context(|| format!("ip {command}"))?;
+    }
+    Ok(())
 }
 
 /// What one BPF_PROG_TEST_RUN returned.

@@ -22,7 +22,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::consts::{limits::HALF_OPEN_DIVISOR, map_names, program_names};
-use tracing::warn;
+use tracing::{info, warn};
 
 use self::{
     attach::Attachments,
@@ -262,6 +262,28 @@ impl Dataplane {
                 let _ = std::fs::remove_file(dir.join(name));
             }
             let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// Reads the MAC address of every attached interface again and tells the program of
+    /// those that changed (an operator may change an interface's address while xlb runs).
+    pub(crate) fn refresh_interface_macs(&mut self) {
+        for attachment in self.attachments.list() {
+            let Ok(mac) = netif::mac(attachment.ifindex) else {
+                continue;
+            };
+            if self.maps.interface_mac(attachment.ifindex) != Some(mac) {
+                match self.maps.set_interface_mac(attachment.ifindex, mac) {
+                    Ok(()) => info!(
+                        interface = attachment.interface,
+                        "its MAC address changed: frames to the new one are balanced"
+                    ),
+                    Err(error) => warn!(
+                        interface = attachment.interface,
+                        "its MAC address changed, but telling the program failed: {error:#}"
+                    ),
+                }
+            }
         }
     }
 

@@ -197,7 +197,10 @@ impl Monitor {
                         let _ = self.apply(&mut dataplane.maps);
                     }
                 }
-                _ = sample.tick() => self.sample(&dataplane.maps),
+                _ = sample.tick() => {
+                    self.sample(&dataplane.maps);
+                    dataplane.refresh_interface_macs();
+                }
                 _ = count_flows.tick() => {
                     if self.reports.count_active_flows(&mut self.core, &dataplane.maps) {
                         let _ = self.apply(&mut dataplane.maps);

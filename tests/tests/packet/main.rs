@@ -54,7 +54,7 @@ use xlb_tests::{
     },
 };
 
-const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+use xlb_tests::packet_net::S0_MAC;
 
 fn backend_mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x01, last]

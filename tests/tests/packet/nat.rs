@@ -174,7 +174,7 @@ fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
         );
 
         // The reply leaves by c0, which is not listed.
-        let reply = Frame::udp("198.18.1.11:5353", "198.18.0.2:5000");
+        let reply = Frame::udp("198.18.1.11:5353", "198.18.0.2:5000").with(|f| f.eth_dst = S0_MAC);
         lab.expect(
             "to an unlisted veth",
             &reply,
@@ -253,19 +253,22 @@ fn ip_options_are_honoured() {
 
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
-fn traffic_that_is_not_for_a_service_passes_untouched() {
+fn traffic_that_is_not_for_a_service_is_not_balanced() {
     with_lab(|lab| {
         let untouched =
             |what: &str, frame: Frame| Case::untouched(what, frame.build(), Port::Clients);
+        let dropped =
+            |what: &str, frame: Frame| Case::new(what, &frame, Port::Clients, XDP_DROP, &frame);
         let tcp = |dst: &str| Frame::tcp("198.18.0.2:40000", dst);
         lab.run_cases(&[
-            untouched("other port", tcp("198.18.100.1:81")),
-            untouched("other address", tcp("198.18.100.9:80")),
-            untouched(
+            // To a VIP, but no service: dropped (see unserved.rs).
+            dropped("other port", tcp("198.18.100.1:81")),
+            dropped(
                 "udp to a tcp service",
                 Frame::udp("198.18.0.2:40000", "198.18.100.1:80"),
             ),
-            untouched("tcp to a udp service", tcp("198.18.100.1:53")),
+            dropped("tcp to a udp service", tcp("198.18.100.1:53")),
+            untouched("other address", tcp("198.18.100.9:80")),
             untouched("to the balancer itself", tcp("198.18.0.1:22")),
             untouched(
                 "ARP",
@@ -281,6 +284,7 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
             ),
         ]);
         assert_eq!(lab.event(events::VLAN), 2);
+        assert_eq!(lab.event(events::VIP_UNSERVED), 3);
         assert_eq!(lab.service_new_flows("web"), 0);
         assert_eq!(lab.service_new_flows("web6"), 0);
     });

@@ -100,6 +100,7 @@ fn a_trace_records_the_decisions_for_matching_packets_only() {
             lab.c0,
         );
         let syn_ack = Frame::tcp("198.18.1.11:8080", "198.18.0.2:40000").with(|f| {
+            f.eth_dst = S0_MAC;
             f.transport = Transport::Tcp {
                 flags: tcp_flags::SYN | tcp_flags::ACK,
                 seq: 5_000,
@@ -206,6 +207,7 @@ fn a_trace_samples_and_reports_drops_and_icmp() {
         lab.trace(Some("web"), Some("198.18.0.5/32"), 1);
         let quoted = Frame::tcp("198.18.0.5:43000", &backend);
         let error = Frame::icmp("198.18.1.1", "198.18.0.5", 3, quoted.ip_packet()).with(|f| {
+            f.eth_dst = S0_MAC;
             f.transport = Transport::Icmp {
                 kind: 3,
                 code: 1,

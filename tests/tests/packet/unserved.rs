@@ -80,3 +80,37 @@ fn the_host_answers_on_the_vips_the_ports_it_is_given() {
         );
     });
 }
+
+/// Frames not addressed to the interface they arrived on (another host's MAC, which a bridge
+/// floods to every port when it forgot where that MAC is; broadcast) are passed untouched,
+/// never balanced: the host they were for balances them.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn frames_for_another_mac_are_not_balanced() {
+    with_lab(|lab| {
+        let syn = Frame::tcp("198.18.0.2:41000", "198.18.100.1:80");
+        let other_host = syn
+            .clone()
+            .with(|f| f.eth_dst = [0x02, 0, 0, 0, 0x09, 0x99]);
+        let broadcast = syn.clone().with(|f| f.eth_dst = [0xff; 6]);
+        let before = lab.event(events::OTHER_HOST);
+        lab.run_cases(&[
+            Case::untouched(
+                "a SYN to the VIP for another MAC",
+                other_host.build(),
+                Port::Clients,
+            ),
+            Case::untouched(
+                "a SYN to the VIP, broadcast",
+                broadcast.build(),
+                Port::Clients,
+            ),
+        ]);
+        assert_eq!(lab.event(events::OTHER_HOST), before + 2);
+        let key = flow_key("198.18.0.2:41000", "198.18.100.1:80", 6);
+        assert!(lab.dataplane.maps.flow(&key).is_none(), "no flow was made");
+        // The same SYN to the interface's MAC is balanced.
+        let (verdict, _) = lab.run(&syn.build(), lab.c0);
+        assert_ne!(verdict, XDP_PASS);
+    });
+}

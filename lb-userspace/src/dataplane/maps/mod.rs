@@ -44,6 +44,7 @@ use self::{
 use crate::{
     config::{FlowTimeouts, Protocol},
     control::{ActiveFlows, Counted, DataplaneMaps, DataplaneReads, Existing, Purge},
+    sys::netif,
 };
 
 /// The outer map of the backend tables, as userspace holds it.
@@ -79,6 +80,8 @@ pub struct Maps {
     pub flows: FlowTables,
     vips: HashMap<MapData, VipKey, u32>,
     host_ports: HashMap<MapData, u32, u8>,
+    iface_macs: HashMap<MapData, u32, [u8; 8]>,
+    iface_macs_generation: Array<MapData, u32>,
     client_pools: ArrayOfMaps<MapData, PrefixTrie>,
     spilled: PerCpuArray<MapData, u64>,
     egress_ports: DevMapHash<MapData>,
@@ -150,6 +153,8 @@ impl Maps {
             }),
             vips: take(ebpf, map_names::VIPS)?,
             host_ports: take(ebpf, map_names::HOST_PORTS)?,
+            iface_macs: take(ebpf, map_names::IFACE_MACS)?,
+            iface_macs_generation: take(ebpf, map_names::IFACE_MACS_GENERATION)?,
             client_pools: take(ebpf, map_names::CLIENT_POOLS)?,
             spilled: take(ebpf, map_names::SPILLED)?,
             egress_ports: take(ebpf, map_names::EGRESS_PORTS)?,
@@ -199,6 +204,38 @@ impl Maps {
     pub fn remove_egress_port(&mut self, ifindex: u32) {
         let _ = self.egress_ports.remove(ifindex);
         let _ = self.veth_peers.remove(&ifindex);
+        if self.iface_macs.remove(&ifindex).is_ok() {
+            let _ = self.bump_mac_generation();
+        }
+    }
+
+    /// Tells the program interface `ifindex`'s MAC address (`IFACE_MACS`): it balances only
+    /// frames addressed to it. Attaching does this, and the daemon again when the address
+    /// changes; every CPU looks it up anew (`IFACE_MACS_GENERATION`).
+    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        let mut value = [0u8; 8];
+        value[..6].copy_from_slice(&mac);
+        if self.iface_macs.get(&ifindex, 0).ok() == Some(value) {
+            return Ok(());
+        }
+        self.iface_macs
+            .insert(ifindex, value, 0)
+            .with_context(|| format!("adding interface {ifindex} to {}", map_names::IFACE_MACS))?;
+        self.bump_mac_generation()
+    }
+
+    /// The MAC address the program holds for interface `ifindex`, if any.
+    pub(crate) fn interface_mac(&self, ifindex: u32) -> Option<[u8; 6]> {
+        let value = self.iface_macs.get(&ifindex, 0).ok()?;
+        Some(std::array::from_fn(|i| value[i]))
+    }
+
+    /// Makes every CPU look the interfaces' MAC addresses up again.
+    fn bump_mac_generation(&mut self) -> Result<()> {
+        let generation = self.iface_macs_generation.get(&0, 0)?;
+        self.iface_macs_generation
+            .set(0, generation.wrapping_add(1), 0)
+            .with_context(|| format!("writing {}", map_names::IFACE_MACS_GENERATION))
     }
 
     /// Whether the tc program hands packets for interface `ifindex` to its veth peer
@@ -230,6 +267,7 @@ impl Maps {
     /// Lets the program redirect packets to interface `ifindex` (attaching does this; tests
     /// that run the program without attaching it call it directly).
     pub fn add_egress_port(&mut self, ifindex: u32) -> Result<()> {
+        self.set_interface_mac(ifindex, netif::mac(ifindex)?)?;
         self.egress_ports
             .insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("adding interface {ifindex} to {}", map_names::EGRESS_PORTS))
