@@ -68,6 +68,10 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     }
 }
 
+/// How many times a prefix's admission burst a TCP packet without SYN that makes an entry may
+/// use (see [`admission_drops`]).
+const MIDSTREAM_BURST: u64 = 4;
+
 /// What [`balance`] returns, instead of a verdict, for the first packet of a flow to place:
 /// the placement is in the scratch area. No hook's verdict has this value.
 const PLACE: u32 = 0xffff_fffd;
@@ -395,13 +399,16 @@ struct Chosen<'a> {
 }
 
 /// Whether the client's prefix limit drops this first packet (see `passive::admitted`), which
-/// is then counted and traced. Admission applies to flows that start here (a SYN, UDP); a TCP
-/// packet without SYN belongs to a connection already established (its entry was lost), never
-/// limited.
+/// is then counted and traced. A TCP packet without SYN that makes an entry (its connection's
+/// entry was lost, or it went through another instance) is held to the limit too, with
+/// [`MIDSTREAM_BURST`] times its burst: a flood of them from one prefix would otherwise take
+/// two entries per packet and reach the backends at full rate, while the connections an
+/// instance takes over after a failure come in a burst of their own.
 #[inline(always)]
 fn admission_drops(pkt: &Packet, service_id: u32, now: u64) -> bool {
     let starts = pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN != 0;
-    if !starts || passive::admitted(service_id, &pkt.src, now) {
+    let burst = if starts { 1 } else { MIDSTREAM_BURST };
+    if passive::admitted(service_id, &pkt.src, now, burst) {
         return false;
     }
     count_admission_dropped(service_id);

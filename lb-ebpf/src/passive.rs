@@ -329,10 +329,10 @@ fn take_slot(service_id: u32, backend_id: u32, max_suspects: u16, until: u64, no
 }
 
 /// Whether a new flow from `client` to service `service_id` is admitted by its prefix's limit
-/// (always, for a service without one). Not inlined: its key stays off the new flow's stack
-/// frame.
+/// (always, for a service without one), with `burst` times the limit's burst. Not inlined:
+/// its key stays off the new flow's stack frame.
 #[inline(never)]
-pub fn admitted(service_id: u32, client: &Addr, now: u64) -> bool {
+pub fn admitted(service_id: u32, client: &Addr, now: u64, burst: u64) -> bool {
     let Some(policy) = SERVICE_POLICIES.get(service_id) else {
         return true;
     };
@@ -357,7 +357,8 @@ pub fn admitted(service_id: u32, client: &Addr, now: u64) -> bool {
                 *due,
                 now,
                 policy.admit_interval_ns,
-                policy.admit_tolerance_ns,
+                (policy.admit_tolerance_ns + policy.admit_interval_ns) * burst
+                    - policy.admit_interval_ns,
             ) {
                 Some(next) => {
                     *due = next;

@@ -308,7 +308,8 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
 
 /// Admission: a client prefix may open `burst` new flows at once and `rate` per second
 /// after; the excess is dropped and counted. Another prefix has its own bucket, and packets
-/// of admitted flows (or of a connection that lost its entry) are never limited.
+/// of admitted flows are never limited; a packet without SYN that makes an entry (a
+/// connection that lost its entry) is, with four times the burst.
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
@@ -345,8 +346,9 @@ fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
         // Another /24 has its own bucket.
         let other = Frame::tcp("198.18.5.2:43000", VIP);
         assert_eq!(lab.run(&other.build(), lab.c0).0, XDP_REDIRECT);
-        // An admitted flow's packets pass, however many; so does a packet without SYN whose
-        // connection lost its entry (placed by hash, not limited).
+        // An admitted flow's packets pass, however many; a packet without SYN whose
+        // connection lost its entry is placed (by hash) within four times the burst, and
+        // takes its turn of the bucket.
         let ack = ack_of(&syn(43_000));
         for _ in 0..5 {
             assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
@@ -354,8 +356,8 @@ fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
         let midstream = ack_of(&syn(43_100));
         assert_eq!(lab.run(&midstream.build(), lab.c0).0, XDP_REDIRECT);
         assert_eq!(lab.event(events::ADMISSION_DROPPED), 2);
-        // A tenth of a second later, one more.
-        std::thread::sleep(Duration::from_millis(110));
+        // Two tenths of a second later (the midstream packet took one), one more.
+        std::thread::sleep(Duration::from_millis(210));
         assert_eq!(lab.run(&syn(43_010).build(), lab.c0).0, XDP_REDIRECT);
         assert_eq!(lab.run(&syn(43_011).build(), lab.c0).0, XDP_DROP);
     });
@@ -414,6 +416,44 @@ fn a_udp_flood_from_one_prefix_cannot_evict_other_clients_flows() {
             lab.c0,
             XDP_REDIRECT,
             &expected,
+        );
+    });
+}
+
+/// TCP packets without SYN that make entries (a connection whose entry was lost, or one that
+/// went through another instance) are held to the prefix's admission limit too, with four
+/// times its burst: a flood of spoofed ACKs from one prefix takes about that many entries, not
+/// one per packet.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_flood_of_acks_from_one_prefix_is_held_to_four_times_its_burst() {
+    let config = CONFIG
+        .replace(
+            "interfaces = [\"c0\", \"s0\"]",
+            "interfaces = [\"c0\", \"s0\"]\nflow_table_size = 65536",
+        )
+        .replace(
+            "backends = [ { address = \"198.18.1.11:8080\" }, { address = \"198.18.1.12:8080\" }, { address = \"198.18.1.13:8080\" } ]",
+            "backends = [ { address = \"198.18.1.11:8080\" }, { address = \"198.18.1.12:8080\" }, { address = \"198.18.1.13:8080\" } ]\nadmission = { rate = 10, burst = 100, ipv4_prefix = 16 }",
+        );
+    with_lab_config(&config, |lab| {
+        let mut admitted = 0;
+        for i in 0..5_000u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            let flood = ack_of(&Frame::tcp(
+                &format!("198.19.{c}.{d}:{}", 1_024 + i % 60_000),
+                "198.18.100.1:80",
+            ));
+            let (verdict, _) = lab.run(&flood.build(), lab.c0);
+            if verdict == XDP_REDIRECT {
+                admitted += 1;
+            } else {
+                assert_eq!(verdict_name(verdict), "XDP_DROP");
+            }
+        }
+        assert!(
+            (400..=410).contains(&admitted),
+            "four bursts, and what the rate adds while the flood runs: {admitted}"
         );
     });
 }
