@@ -18,8 +18,16 @@ pub struct Status {
 impl Status {
     /// The monitor's status report.
     pub fn answer(self, monitor: &Monitor, dataplane: &Dataplane) -> Result<Response> {
+        let interfaces = dataplane
+            .attachments()
+            .iter()
+            .map(|a| {
+                let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
+                (a.interface.clone(), hook)
+            })
+            .collect();
         monitor
-            .status(self.service.as_deref(), dataplane)
+            .status(self.service.as_deref(), interfaces)
             .map(Response::Status)
     }
 }

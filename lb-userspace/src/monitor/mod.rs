@@ -337,16 +337,13 @@ impl Monitor {
         Ok(summary)
     }
 
-    /// `xlb status`: every service, or the one named.
-    pub fn status(&self, only: Option<&str>, dataplane: &Dataplane) -> Result<StatusReport> {
-        let interfaces = dataplane
-            .attachments()
-            .iter()
-            .map(|a| {
-                let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
-                (a.interface.clone(), hook)
-            })
-            .collect();
+    /// `xlb status`: every service, or the one named; `interfaces` are the attached
+    /// interfaces with their hooks.
+    pub fn status(
+        &self,
+        only: Option<&str>,
+        interfaces: Vec<(String, String)>,
+    ) -> Result<StatusReport> {
         self.reports
             .status(&self.core, only, interfaces, self.announcing.report())
     }

@@ -392,3 +392,100 @@ fn passive_reports_read_as_operators_expect() {
         "passive: 1 connection refused, 2 handshakes unanswered in 1s 200ms"
     );
 }
+
+/// The reports (`xlb status`, `xlb stats`, `xlb flows`) and the trace's filter, against the
+/// fake maps: no kernel needed.
+#[tokio::test(start_paused = true)]
+async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port() {
+    let (mut monitor, mut maps) = started();
+    maps.service_counters.insert(
+        0,
+        lb_common::TrafficCounters {
+            fwd_packets: 30,
+            new_flows: 3,
+            ..Default::default()
+        },
+    );
+    maps.backend_counters.insert(
+        1,
+        lb_common::TrafficCounters {
+            new_flows: 2,
+            ..Default::default()
+        },
+    );
+    maps.active.insert(1, 4);
+    assert!(
+        !monitor.reports.count_active_flows(&mut monitor.core, &maps),
+        "no service has max_flows"
+    );
+    let interfaces = vec![("eth0".to_owned(), "tc".to_owned())];
+    let status = monitor.status(None, interfaces.clone()).unwrap();
+    assert_eq!(status.interfaces, interfaces);
+    let web = &status.services[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.backends[1].active_flows, 4);
+    assert_eq!(web.backends[1].state, "Up");
+    assert!(monitor.status(Some("nope"), Vec::new()).is_err());
+
+    let stats = monitor.stats(&maps).unwrap();
+    assert_eq!(stats.services[0].counters.new_flows, 3);
+    assert_eq!(stats.services[0].backends[1].1.new_flows, 2);
+    assert_eq!(stats.flow_table.active_ipv4, 4);
+
+    // One established flow from 198.18.0.2:40000 on b2, seen 2 s ago.
+    maps.now_ns = 100_000_000_000;
+    let key = lb_common::FlowKey {
+        src_addr: crate::wire::addr_field("198.18.0.2".parse().unwrap()),
+        dst_addr: crate::wire::addr_field("198.18.100.1".parse().unwrap()),
+        src_port: crate::wire::port_field(40000),
+        dst_port: crate::wire::port_field(80),
+        proto: 6,
+        family: 4,
+        _pad: [0; 2],
+    };
+    let entry = lb_common::FlowEntry {
+        service_id: 0,
+        backend_id: 1,
+        last_seen_ns: 98_000_000_000,
+        created_s: 90,
+        ..Default::default()
+    };
+    maps.flow_entries.push((key, entry, false));
+    let query = FlowQuery {
+        service: Some("web".into()),
+        limit: 10,
+        ..FlowQuery::default()
+    };
+    let flows = monitor.flows(&maps, &query).unwrap();
+    assert_eq!(flows.matched, 1);
+    assert_eq!(flows.flows[0].backend.to_string(), "198.18.1.12:8080");
+    assert_eq!(flows.flows[0].idle_seconds, 2.0);
+    let elsewhere = FlowQuery {
+        backend: Some("198.18.1.13:8080".parse().unwrap()),
+        ..query
+    };
+    assert_eq!(monitor.flows(&maps, &elsewhere).unwrap().matched, 0);
+
+    // The trace's filter: the service's id and the client prefix, checked.
+    let request = TraceRequest {
+        service: "web".into(),
+        client: Some("198.18.0.0/24".into()),
+        seconds: 10,
+        sample: 1,
+    };
+    let (filter, names) = trace::filter(&monitor.core, &request, 5).unwrap();
+    assert_eq!((filter.service_id, filter.prefix_len), (0, 24));
+    assert_eq!(filter.until_ns, 5 + 10_000_000_000);
+    assert_eq!(names.services[&0], "web");
+    let other_family = TraceRequest {
+        client: Some("fd00::/64".into()),
+        ..request
+    };
+    let error = trace::filter(&monitor.core, &other_family, 5).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("is IPv6 and service \"web\" is IPv4"),
+        "{error}"
+    );
+}
