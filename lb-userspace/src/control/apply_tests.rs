@@ -5,16 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{consts::limits::MAX_SERVICES, tables::table_index};
 
-use super::{fake::FakeMaps, tests::config, *};
+use super::{
+    fake::FakeMaps,
+    tests::{WEB, config},
+    *,
+};
 
-const WEB: &str = r#"
-[[service]]
-name = "web"
-listen = "198.18.100.1:80"
-protocol = "tcp"
-backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080", weight = 2 } ]
-"#;
-
+/// A service on a VIP of its own (a change that removes it removes the VIP).
 const DNS: &str = r#"
 [[service]]
 name = "dns"

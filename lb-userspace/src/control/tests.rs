@@ -13,7 +13,7 @@ pub(super) fn config(services: &str) -> Vec<ServiceSpec> {
     ServiceSpec::all_up(&Config::parse(&format!("interfaces = [\"eth0\"]\n{services}")).unwrap())
 }
 
-const WEB: &str = r#"
+pub(super) const WEB: &str = r#"
 [[service]]
 name = "web"
 listen = "198.18.100.1:80"

@@ -387,20 +387,7 @@ fn a_udp_flood_from_one_prefix_cannot_evict_other_clients_flows() {
             XDP_REDIRECT,
             &expected,
         );
-        let mut admitted = 0;
-        for i in 0..5_000u32 {
-            let [_, _, c, d] = i.to_be_bytes();
-            let flood = Frame::udp(
-                &format!("198.19.{c}.{d}:{}", 1_024 + i % 60_000),
-                "198.18.100.1:53",
-            );
-            let (verdict, _) = lab.run(&flood.build(), lab.c0);
-            if verdict == XDP_REDIRECT {
-                admitted += 1;
-            } else {
-                assert_eq!(verdict_name(verdict), "XDP_DROP");
-            }
-        }
+        let admitted = flood(lab, |client| Frame::udp(client, "198.18.100.1:53"));
         assert!(
             (100..=105).contains(&admitted),
             "the burst, and what the rate adds while the flood runs: {admitted}"
@@ -437,23 +424,27 @@ fn a_flood_of_acks_from_one_prefix_is_held_to_four_times_its_burst() {
             "backends = [ { address = \"198.18.1.11:8080\" }, { address = \"198.18.1.12:8080\" }, { address = \"198.18.1.13:8080\" } ]\nadmission = { rate = 10, burst = 100, ipv4_prefix = 16 }",
         );
     with_lab_config(&config, |lab| {
-        let mut admitted = 0;
-        for i in 0..5_000u32 {
-            let [_, _, c, d] = i.to_be_bytes();
-            let flood = ack_of(&Frame::tcp(
-                &format!("198.19.{c}.{d}:{}", 1_024 + i % 60_000),
-                "198.18.100.1:80",
-            ));
-            let (verdict, _) = lab.run(&flood.build(), lab.c0);
-            if verdict == XDP_REDIRECT {
-                admitted += 1;
-            } else {
-                assert_eq!(verdict_name(verdict), "XDP_DROP");
-            }
-        }
+        let admitted = flood(lab, |client| ack_of(&Frame::tcp(client, "198.18.100.1:80")));
         assert!(
             (400..=410).contains(&admitted),
             "four bursts, and what the rate adds while the flood runs: {admitted}"
         );
     });
+}
+
+/// 5,000 first packets (`frame` of each client) from clients of 198.19.0.0/16 arriving on
+/// c0: how many were placed (the rest must be dropped).
+fn flood(lab: &PacketLab, frame: impl Fn(&str) -> Frame) -> u32 {
+    let mut admitted = 0;
+    for i in 0..5_000u32 {
+        let [_, _, c, d] = i.to_be_bytes();
+        let client = format!("198.19.{c}.{d}:{}", 1_024 + i % 60_000);
+        let (verdict, _) = lab.run(&frame(&client).build(), lab.c0);
+        if verdict == XDP_REDIRECT {
+            admitted += 1;
+        } else {
+            assert_eq!(verdict_name(verdict), "XDP_DROP");
+        }
+    }
+    admitted
 }
