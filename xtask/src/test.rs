@@ -9,7 +9,7 @@ use crate::{
     package,
     setup::{self, Need},
     steps::Steps,
-    tiers,
+    tiers::{self, Tier},
 };
 
 /// Everything: the tests use every tool, build the package and run the benchmarks briefly.
@@ -36,28 +36,8 @@ pub fn run() -> Result<()> {
         .then(TIER_NAMES)
         .then([BENCHMARKS, NAMESPACES]);
     setup::run(&mut steps, NEEDS)?;
-    steps.run(BUILD, cargo::build_binaries)?;
-    steps.run(FORMATTING, || {
-        cargo::checked(&["fmt", "--all", "--check"], "cargo fmt --check")
-    })?;
-    steps.run(LINTS, || {
-        cargo::checked(
-            &["clippy", "--all-targets", "--", "-D", "warnings"],
-            "cargo clippy",
-        )?;
-        cargo::clippy_ebpf()
-    })?;
-    // The root-only tests are `#[ignore]`d so that a plain `cargo test` (tier 1) runs without
-    // privileges; tiers 2 and 3 are the test files that say so on their first line.
-    let (two, three) = steps.run(TIERS, || {
-        let (two, three) = tiers::discover()?;
-        if two.is_empty() || three.is_empty() {
-            bail!("no test file declares tier 2 or tier 3 (`//! Tier 2` on its first line)");
-        }
-        let listing = cargo::output(&["test", "--", "--ignored", "--list"])?;
-        tiers::check_coverage(&tiers::ignored_tests(&listing), &[&two, &three])?;
-        Ok((two, three))
-    })?;
+    build_and_lint(&mut steps)?;
+    let (two, three) = steps.run(TIERS, discover_tiers)?;
 
     // The package, which a tier-3 test inspects and runs.
     let deb = package::build(&mut steps)?;
@@ -70,15 +50,61 @@ pub fn run() -> Result<()> {
         ("XLB_DEB", deb.display().to_string()),
     ];
     let unit = vec![vec!["test".to_owned()]];
-    let runs = [unit, two.cargo_runs(), three.cargo_runs()];
-    let mut results: Vec<(&str, TestCounts, bool)> = Vec::new();
+    let results = run_tiers(
+        &mut steps,
+        [unit, two.cargo_runs(), three.cargo_runs()],
+        &envs,
+    );
+    let benches = steps.run(BENCHMARKS, run_benchmarks_quickly);
+    steps.run(NAMESPACES, || no_namespace_left(&janitor))?;
+    summary(&results, benches.is_ok())
+}
+
+/// A tier's name, its counts, and whether it passed.
+type TierResult = (&'static str, TestCounts, bool);
+
+/// The build, formatting and lint steps; the first to fail stops the run.
+fn build_and_lint(steps: &mut Steps) -> Result<()> {
+    steps.run(BUILD, cargo::build_binaries)?;
+    steps.run(FORMATTING, || {
+        cargo::checked(&["fmt", "--all", "--check"], "cargo fmt --check")
+    })?;
+    steps.run(LINTS, || {
+        cargo::checked(
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+            "cargo clippy",
+        )?;
+        cargo::clippy_ebpf()
+    })
+}
+
+/// Tiers 2 and 3, found from the test files, and checked to cover every ignored test.
+fn discover_tiers() -> Result<(Tier, Tier)> {
+    // The root-only tests are `#[ignore]`d so that a plain `cargo test` (tier 1) runs without
+    // privileges; tiers 2 and 3 are the test files that say so on their first line.
+    let (two, three) = tiers::discover()?;
+    if two.is_empty() || three.is_empty() {
+        bail!("no test file declares tier 2 or tier 3 (`//! Tier 2` on its first line)");
+    }
+    let listing = cargo::output(&["test", "--", "--ignored", "--list"])?;
+    tiers::check_coverage(&tiers::ignored_tests(&listing), &[&two, &three])?;
+    Ok((two, three))
+}
+
+/// Each tier's cargo invocations as a step; a failed tier does not stop the next.
+fn run_tiers(
+    steps: &mut Steps,
+    runs: [Vec<Vec<String>>; 3],
+    envs: &[(&str, String)],
+) -> Vec<TierResult> {
+    let mut results = Vec::new();
     for (tier, invocations) in TIER_NAMES.into_iter().zip(runs) {
         let mut counts = TestCounts::default();
         let outcome = steps.run(tier, || {
             let mut ok = true;
             for args in &invocations {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let (passed, run_counts) = cargo::test(&args, &envs)?;
+                let (passed, run_counts) = cargo::test(&args, envs)?;
                 ok &= passed;
                 counts.add(run_counts);
             }
@@ -89,33 +115,40 @@ pub fn run() -> Result<()> {
         });
         results.push((tier, counts, outcome.is_ok()));
     }
-    // The benchmarks must keep working; quick mode checks that without judging any number.
-    let benches = steps.run(BENCHMARKS, || {
-        let status = cargo::command()
-            .args(["xtask", "bench", "--quick"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo xtask bench --quick failed ({status})");
-        }
-        Ok(())
-    });
-    steps.run(NAMESPACES, || {
-        let left = janitor.sweep()?;
-        if !left.is_empty() {
-            bail!(
-                "tests left these namespaces behind (now removed): {}",
-                left.join(", ")
-            );
-        }
-        Ok(())
-    })?;
+    results
+}
 
+/// The benchmarks must keep working; quick mode checks that without judging any number.
+fn run_benchmarks_quickly() -> Result<()> {
+    let status = cargo::command()
+        .args(["xtask", "bench", "--quick"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo xtask bench --quick failed ({status})");
+    }
+    Ok(())
+}
+
+/// Fails if the tests left a namespace behind (the janitor removes them).
+fn no_namespace_left(janitor: &Janitor) -> Result<()> {
+    let left = janitor.sweep()?;
+    if !left.is_empty() {
+        bail!(
+            "tests left these namespaces behind (now removed): {}",
+            left.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The table of the tiers' counts and the benchmarks' outcome; fails naming what failed.
+fn summary(results: &[TierResult], benches_ran: bool) -> Result<()> {
     println!();
     println!(
         "{:<48} {:>7} {:>7} {:>8}",
         "tier", "passed", "failed", "skipped"
     );
-    for (tier, counts, _) in &results {
+    for (tier, counts, _) in results {
         println!(
             "{tier:<48} {:>7} {:>7} {:>8}",
             counts.passed, counts.failed, counts.ignored
@@ -124,14 +157,14 @@ pub fn run() -> Result<()> {
     println!(
         "{:<48} {:>7}",
         "benchmarks (--quick)",
-        if benches.is_ok() { "ran" } else { "FAILED" }
+        if benches_ran { "ran" } else { "FAILED" }
     );
     let mut failed: Vec<&str> = results
         .iter()
         .filter(|(_, _, ok)| !ok)
         .map(|(tier, _, _)| *tier)
         .collect();
-    if benches.is_err() {
+    if !benches_ran {
         failed.push("benchmarks (--quick)");
     }
     if !failed.is_empty() {
