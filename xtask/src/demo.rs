@@ -4,10 +4,11 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail};
 use xlb_tests::{
+    daemon::Xlb,
     netns::run_prefix,
     scenario::{
-        HTTP_PORT, TCP_SERVICE_PORT, UDP_PORT, UDP_SERVICE_PORT, backend_name, balancer_config,
-        run_traffic, start_backends, start_xlb, tally,
+        HTTP_PORT, TCP_SERVICE_PORT, Traffic, UDP_PORT, UDP_SERVICE_PORT, backend_name,
+        balancer_config, run_traffic, start_backends, start_xlb, tally,
     },
     topology::{Lab, VIP, Wiring, backend_addr},
 };
@@ -33,21 +34,13 @@ const TEAR_DOWN: &str = "tear down the namespaces";
 
 /// Runs `cargo xtask demo`.
 pub fn run() -> Result<()> {
-    let network_step = format!(
-        "network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a \
-         namespace, veth links at their default offloads"
-    );
-    let backends_step = format!("backends: HTTP echo on :{HTTP_PORT}, UDP echo on :{UDP_PORT}");
-    let traffic_step = format!(
-        "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
-         {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
-    );
+    let labels = Labels::new();
     let mut steps = Steps::new("demo").then(setup::plan(NEEDS)).then([
         BUILD,
-        &network_step,
-        &backends_step,
+        &labels.network,
+        &labels.backends,
         START,
-        &traffic_step,
+        &labels.traffic,
         STOP,
         TEAR_DOWN,
     ]);
@@ -58,10 +51,55 @@ pub fn run() -> Result<()> {
     unsafe { std::env::set_var("XLB_BIN_DIR", &bin_dir) };
     let _janitor = Janitor::install(run_prefix())?;
 
-    let lab = steps.run(&network_step, || Lab::new(Wiring::TwoInterfaces, BACKENDS))?;
-    let _backends = steps.run(&backends_step, || start_backends(&lab))?;
+    let lab = steps.run(&labels.network, || {
+        Lab::new(Wiring::TwoInterfaces, BACKENDS)
+    })?;
+    let _backends = steps.run(&labels.backends, || start_backends(&lab))?;
     let config = balancer_config(&lab, "auto");
     let mut xlb = steps.run(START, || start_xlb(&lab.balancer, &config))?;
+    note_setup(&config, &xlb);
+
+    let traffic = steps.run(&labels.traffic, || {
+        run_traffic(&lab, CONNECTIONS, FLOWS)
+            .map_err(|e| e.context(format!("xlb's log:\n{}", xlb.output())))
+    })?;
+    steps.run(STOP, || stop(&mut xlb))?;
+    print_table(&traffic, &counted_flows(&xlb.output()));
+
+    steps.run(TEAR_DOWN, || {
+        drop(lab);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The labels of the steps that carry the demo's numbers.
+struct Labels {
+    network: String,
+    backends: String,
+    traffic: String,
+}
+
+impl Labels {
+    /// The labels, with the demo's sizes, ports and addresses.
+    fn new() -> Self {
+        Self {
+            network: format!(
+                "network: client, balancer (2 interfaces), switch, {BACKENDS} backends, each a \
+                 namespace, veth links at their default offloads"
+            ),
+            backends: format!("backends: HTTP echo on :{HTTP_PORT}, UDP echo on :{UDP_PORT}"),
+            traffic: format!(
+                "traffic: {CONNECTIONS} HTTP connections to {VIP}:{TCP_SERVICE_PORT}, \
+                 {FLOWS} UDP flows to {VIP}:{UDP_SERVICE_PORT}, payloads checked"
+            ),
+        }
+    }
+}
+
+/// Notes what xlb was given (the config's listen and interfaces lines) and where it attached
+/// (its log's lines about interfaces and hooks).
+fn note_setup(config: &str, xlb: &Xlb) {
     for line in config
         .lines()
         .filter(|l| l.starts_with("listen") || l.starts_with("interfaces"))
@@ -75,20 +113,20 @@ pub fn run() -> Result<()> {
     {
         note(line);
     }
+}
 
-    let traffic = steps.run(&traffic_step, || {
-        run_traffic(&lab, CONNECTIONS, FLOWS)
-            .map_err(|e| e.context(format!("xlb's log:\n{}", xlb.output())))
-    })?;
-    steps.run(STOP, || {
-        let status = xlb.stop(Duration::from_secs(10))?;
-        if !status.success() {
-            bail!("xlb exited with {status}:\n{}", xlb.output());
-        }
-        Ok(())
-    })?;
-    let counted = counted_flows(&xlb.output());
+/// Stops xlb with SIGTERM; fails if it exits unsuccessfully, with its log.
+fn stop(xlb: &mut Xlb) -> Result<()> {
+    let status = xlb.stop(Duration::from_secs(10))?;
+    if !status.success() {
+        bail!("xlb exited with {status}:\n{}", xlb.output());
+    }
+    Ok(())
+}
 
+/// The table of connections and flows per backend, as the clients saw them and as xlb
+/// counted them (`counted`: new flows per backend address).
+fn print_table(traffic: &Traffic, counted: &BTreeMap<String, u64>) {
     println!();
     println!(
         "xlb balanced {CONNECTIONS} TCP connections and {FLOWS} UDP flows over {BACKENDS} backends:"
@@ -128,12 +166,6 @@ pub fn run() -> Result<()> {
         traffic.udp.len()
     );
     println!();
-
-    steps.run(TEAR_DOWN, || {
-        drop(lab);
-        Ok(())
-    })?;
-    Ok(())
 }
 
 /// New flows per backend address, from the counters xlb logs when it stops.
