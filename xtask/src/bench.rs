@@ -9,6 +9,7 @@
 
 use std::{
     fmt::Write as _,
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -43,68 +44,78 @@ pub fn run(quick: bool) -> Result<()> {
         .then(&bench_steps)
         .then([write.as_str()]);
     setup::run(&mut steps, NEEDS)?;
-    steps.run(build, || {
-        let status = cargo::command()
-            .args(["build", "--release", "--bins"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build --release failed ({status})");
-        }
-        Ok(())
-    })?;
+    steps.run(build, build_release)?;
     let run_id = std::process::id().to_string();
     let _janitor = Janitor::install(format!("xlbt{run_id}-"))?;
     let bin_dir = cargo::bin_dir()?.with_file_name("release");
 
     let mut sections = Vec::new();
     for (bench, step) in benches.iter().zip(&bench_steps) {
-        let section = steps.run(step, || {
-            let mut command = cargo::command();
-            command
-                .args([
-                    "bench",
-                    "--quiet",
-                    "-p",
-                    "xlb-tests",
-                    "--bench",
-                    bench,
-                    "--",
-                ])
-                .args(quick.then_some("--quick"))
-                .env(xlb_tests::netns::RUN_ENV, &run_id)
-                .env("XLB_BIN_DIR", &bin_dir)
-                .stderr(Stdio::inherit());
-            let output = command
-                .output()
-                .with_context(|| format!("running {command:?}"))?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            if !output.status.success() {
-                bail!("benchmark {bench} failed ({}):\n{stdout}", output.status);
-            }
-            let found = extract_sections(&stdout);
-            if found.is_empty() {
-                bail!("benchmark {bench} printed no section");
-            }
-            Ok(found.join("\n\n"))
-        })?;
+        let section = steps.run(step, || run_bench(bench, quick, &run_id, &bin_dir))?;
         println!("{section}");
         sections.push(section);
     }
 
-    steps.run(&write, || {
-        let mut document = header(quick)?;
-        for section in &sections {
-            let _ = writeln!(document, "\n{section}");
-        }
-        // The hand-written analysis of the results, kept with the benchmarks.
-        if !quick {
-            let analysis = std::fs::read_to_string("tests/benches/ANALYSIS.md")
-                .context("reading tests/benches/ANALYSIS.md")?;
-            let _ = write!(document, "\n{analysis}");
-        }
-        std::fs::write(&path, document)?;
-        Ok(())
-    })?;
+    steps.run(&write, || write_document(&path, quick, &sections))?;
+    Ok(())
+}
+
+/// Builds the binaries the benchmarks run, in release mode.
+fn build_release() -> Result<()> {
+    let status = cargo::command()
+        .args(["build", "--release", "--bins"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs one benchmark program (`cargo bench`, with the release binaries of `bin_dir`) and
+/// returns the sections it printed, joined.
+fn run_bench(bench: &str, quick: bool, run_id: &str, bin_dir: &Path) -> Result<String> {
+    let mut command = cargo::command();
+    command
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "xlb-tests",
+            "--bench",
+            bench,
+            "--",
+        ])
+        .args(quick.then_some("--quick"))
+        .env(xlb_tests::netns::RUN_ENV, run_id)
+        .env("XLB_BIN_DIR", bin_dir)
+        .stderr(Stdio::inherit());
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("benchmark {bench} failed ({}):\n{stdout}", output.status);
+    }
+    let found = extract_sections(&stdout);
+    if found.is_empty() {
+        bail!("benchmark {bench} printed no section");
+    }
+    Ok(found.join("\n\n"))
+}
+
+/// Writes the header, the benchmarks' sections and (unless quick) the analysis to `path`.
+fn write_document(path: &Path, quick: bool, sections: &[String]) -> Result<()> {
+    let mut document = header(quick)?;
+    for section in sections {
+        let _ = writeln!(document, "\n{section}");
+    }
+    // The hand-written analysis of the results, kept with the benchmarks.
+    if !quick {
+        let analysis = std::fs::read_to_string("tests/benches/ANALYSIS.md")
+            .context("reading tests/benches/ANALYSIS.md")?;
+        let _ = write!(document, "\n{analysis}");
+    }
+    std::fs::write(path, document)?;
     Ok(())
 }
 
