@@ -196,102 +196,126 @@ fn hook_plan(
     assessments: &[Assessment],
     assume_complete: bool,
 ) -> Result<Plan, Vec<String>> {
-    let describe = |a: &Assessment| format!("{} ({})", a.interface, a.device);
     match mode {
-        XdpMode::Auto => {
-            let all_nics = assessments.iter().all(|a| a.native_candidate);
-            let hook = if all_nics { Hook::Native } else { Hook::Tc };
-            let reasons = assessments
-                .iter()
-                .map(|a| {
-                    let why = if all_nics {
-                        "a NIC: native XDP, or tc if its driver refuses it".to_owned()
-                    } else if a.native_candidate {
-                        "tc, like the other interfaces (one hook serves all)".to_owned()
-                    } else {
-                        match &a.checksums {
-                            Checksums::Complete => {
-                                "tc (auto uses native XDP on NICs only)".to_owned()
-                            }
-                            Checksums::Partial(why) | Checksums::Unknown(why) => {
-                                format!("tc: {why}")
-                            }
-                        }
-                    };
-                    format!("{} → {why}", describe(a))
-                })
-                .collect();
-            Ok(Plan {
-                hook,
-                fall_back_to_tc: all_nics,
-                reasons,
-                peer_handoff: Vec::new(),
-            })
-        }
-        XdpMode::Tc => Ok(Plan {
-            hook: Hook::Tc,
-            fall_back_to_tc: false,
-            reasons: assessments
-                .iter()
-                .map(|a| format!("{} → tc", describe(a)))
-                .collect(),
-            peer_handoff: Vec::new(),
-        }),
-        XdpMode::Native | XdpMode::Generic => {
-            let hook = if mode == XdpMode::Native {
-                Hook::Native
-            } else {
-                Hook::Generic
-            };
-            let mut errors = Vec::new();
-            for a in assessments {
-                if let Some(why) = a.xdp_problem(assume_complete) {
-                    errors.push(format!(
-                        "interface {}: xdp_mode = \"{mode}\" would corrupt packets: {why}; \
-                         XDP forwards a partial checksum as if it were complete, and receivers \
-                         drop the packet. Use xdp_mode = \"tc\" (or \"auto\"); or turn transmit \
-                         checksum offload off where the packets come from (`ethtool -K PEER tx \
-                         off`) and, if xlb cannot see that, set assume_complete_checksums = true",
-                        describe(a)
-                    ));
-                }
-                if hook == Hook::Generic && !a.merging.is_empty() {
-                    errors.push(format!(
-                        "interface {}: xdp_mode = \"generic\" cannot handle merged packets, and \
-                         {} is on: generic XDP would pass every merged packet of a flow to the \
-                         kernel untranslated. Use xdp_mode = \"tc\", or turn it off (`ethtool -K \
-                         {} {}`)",
-                        describe(a),
-                        a.merging.join(", "),
-                        a.interface,
-                        a.merging
-                            .iter()
-                            .map(|f| format!("{} off", ethtool_short(f)))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
-                }
-            }
-            if !errors.is_empty() {
-                return Err(errors);
-            }
-            Ok(Plan {
-                hook,
-                fall_back_to_tc: false,
-                reasons: assessments
-                    .iter()
-                    .map(|a| {
-                        let note = match (&a.checksums, assume_complete) {
-                            (Checksums::Complete, _) => "complete checksums".to_owned(),
-                            (_, _) => "complete checksums as the config assumes".to_owned(),
-                        };
-                        format!("{} → {hook} ({note})", describe(a))
-                    })
-                    .collect(),
-                peer_handoff: Vec::new(),
-            })
-        }
+        XdpMode::Auto => Ok(auto_plan(assessments)),
+        XdpMode::Tc => Ok(tc_plan(assessments)),
+        XdpMode::Native | XdpMode::Generic => xdp_plan(mode, assessments, assume_complete),
     }
+}
+
+/// An interface as the reasons and errors name it: "eth0 (NIC, driver ixgbe)".
+fn describe(a: &Assessment) -> String {
+    format!("{} ({})", a.interface, a.device)
+}
+
+/// `auto`: native XDP (falling back to tc) when every interface is a NIC or a bond, tc
+/// otherwise.
+fn auto_plan(assessments: &[Assessment]) -> Plan {
+    let all_nics = assessments.iter().all(|a| a.native_candidate);
+    let hook = if all_nics { Hook::Native } else { Hook::Tc };
+    let reasons = assessments
+        .iter()
+        .map(|a| {
+            let why = if all_nics {
+                "a NIC: native XDP, or tc if its driver refuses it".to_owned()
+            } else if a.native_candidate {
+                "tc, like the other interfaces (one hook serves all)".to_owned()
+            } else {
+                match &a.checksums {
+                    Checksums::Complete => "tc (auto uses native XDP on NICs only)".to_owned(),
+                    Checksums::Partial(why) | Checksums::Unknown(why) => format!("tc: {why}"),
+                }
+            };
+            format!("{} → {why}", describe(a))
+        })
+        .collect();
+    Plan {
+        hook,
+        fall_back_to_tc: all_nics,
+        reasons,
+        peer_handoff: Vec::new(),
+    }
+}
+
+/// `tc`: tc everywhere, which is correct everywhere.
+fn tc_plan(assessments: &[Assessment]) -> Plan {
+    Plan {
+        hook: Hook::Tc,
+        fall_back_to_tc: false,
+        reasons: assessments
+            .iter()
+            .map(|a| format!("{} → tc", describe(a)))
+            .collect(),
+        peer_handoff: Vec::new(),
+    }
+}
+
+/// `native` or `generic`: that hook everywhere, or every interface's reasons why not.
+fn xdp_plan(
+    mode: XdpMode,
+    assessments: &[Assessment],
+    assume_complete: bool,
+) -> Result<Plan, Vec<String>> {
+    let hook = if mode == XdpMode::Native {
+        Hook::Native
+    } else {
+        Hook::Generic
+    };
+    let errors: Vec<String> = assessments
+        .iter()
+        .flat_map(|a| xdp_refusals(mode, hook, a, assume_complete))
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Plan {
+        hook,
+        fall_back_to_tc: false,
+        reasons: assessments
+            .iter()
+            .map(|a| {
+                let note = match (&a.checksums, assume_complete) {
+                    (Checksums::Complete, _) => "complete checksums".to_owned(),
+                    (_, _) => "complete checksums as the config assumes".to_owned(),
+                };
+                format!("{} → {hook} ({note})", describe(a))
+            })
+            .collect(),
+        peer_handoff: Vec::new(),
+    })
+}
+
+/// Why XDP at `hook` (configured as `mode`) would be wrong on one interface, and what to do:
+/// partial checksums, and for generic XDP merged packets.
+fn xdp_refusals(mode: XdpMode, hook: Hook, a: &Assessment, assume_complete: bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(why) = a.xdp_problem(assume_complete) {
+        errors.push(format!(
+            "interface {}: xdp_mode = \"{mode}\" would corrupt packets: {why}; \
+             XDP forwards a partial checksum as if it were complete, and receivers \
+             drop the packet. Use xdp_mode = \"tc\" (or \"auto\"); or turn transmit \
+             checksum offload off where the packets come from (`ethtool -K PEER tx \
+             off`) and, if xlb cannot see that, set assume_complete_checksums = true",
+            describe(a)
+        ));
+    }
+    if hook == Hook::Generic && !a.merging.is_empty() {
+        errors.push(format!(
+            "interface {}: xdp_mode = \"generic\" cannot handle merged packets, and \
+             {} is on: generic XDP would pass every merged packet of a flow to the \
+             kernel untranslated. Use xdp_mode = \"tc\", or turn it off (`ethtool -K \
+             {} {}`)",
+            describe(a),
+            a.merging.join(", "),
+            a.interface,
+            a.merging
+                .iter()
+                .map(|f| format!("{} off", ethtool_short(f)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    errors
 }
 
 /// The `ethtool -K` name of a feature.
