@@ -7,7 +7,7 @@
 use tokio::time::Instant;
 
 use crate::{
-    config::{Config, OnDown},
+    config::{Config, OnDown, ServiceConfig},
     control::{ServiceSpec, serving_pools},
     health::state::{BackendStatus, Purge, Reported, State, has_room, table_weights},
 };
@@ -84,71 +84,22 @@ pub(crate) fn plan(
     let mut purges = Vec::new();
     for (service_index, service) in config.services.iter().enumerate() {
         let statuses = &mut next[service_index];
-        let (load, slowstart) = (service.load.as_ref(), service.health.slowstart);
-        for (backend_index, status) in statuses.iter_mut().enumerate() {
-            let (state, reason) = status.state(load, slowstart, now);
-            let from = status.reported.as_ref().map(|r| r.state);
-            match &mut status.reported {
-                Some(previous) if previous.state == state => {
-                    if previous.reason != reason {
-                        previous.reason = reason.clone();
-                        reasons.push((service_index, backend_index, reason));
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            if from == Some(State::Down) {
-                status.came_up_at = Some(now);
-            }
-            status.reported = Some(Reported {
-                state,
-                reason: reason.clone(),
-                since: now,
-            });
-            transitions.push(Transition {
-                service: service_index,
-                backend: backend_index,
-                from,
-                to: state,
-                reason,
-            });
-        }
-        // Weights and room are judged within each pool; a pool without room spills.
-        let mut weights = vec![0; statuses.len()];
-        let mut room = vec![false; service.pools.len()];
-        for (pool, room) in room.iter_mut().enumerate() {
-            let members: Vec<usize> = (0..statuses.len())
-                .filter(|&i| service.backends[i].pool == pool)
-                .collect();
-            let refs: Vec<&BackendStatus> = members.iter().map(|&i| &statuses[i]).collect();
-            for (&i, weight) in members
-                .iter()
-                .zip(table_weights(&refs, load, slowstart, now))
-            {
-                weights[i] = weight;
-            }
-            *room = has_room(&refs, load, slowstart, now);
-        }
+        report_states(
+            service_index,
+            service,
+            statuses,
+            now,
+            &mut transitions,
+            &mut reasons,
+        );
+        let (weights, room) = weights_and_room(service, statuses, now);
         let fallback: Vec<Vec<usize>> = service.pools.iter().map(|p| p.fallback.clone()).collect();
         let serving: Vec<u32> = serving_pools(&room, &fallback)
             .into_iter()
             .map(|pool| pool as u32)
             .collect();
         let before = serving_before.get(service_index).filter(|b| !b.is_empty());
-        if let Some(before) = before
-            && service.pools.len() > 1
-        {
-            for (home, &now_serving) in serving.iter().enumerate() {
-                if before.get(home) != Some(&now_serving) {
-                    spills.push(Spill {
-                        service: service_index,
-                        home,
-                        serving: now_serving as usize,
-                    });
-                }
-            }
-        }
+        spills.extend(changed_serving(service_index, service, before, &serving));
         // The weights Maglev tables are built from, in the table weights' unit (hundredths).
         let base: Vec<u32> = statuses.iter().map(|s| s.weight() * 100).collect();
         specs.push(ServiceSpec::of(service, &weights, &base, serving));
@@ -166,6 +117,100 @@ pub(crate) fn plan(
         specs,
         purges,
     }
+}
+
+/// Each backend's state at `now`, recorded in its status: a changed (or first) state is a
+/// transition (and a backend back from Down records when it came up); a changed reason alone
+/// goes to `reasons`.
+fn report_states(
+    service_index: usize,
+    service: &ServiceConfig,
+    statuses: &mut [BackendStatus],
+    now: Instant,
+    transitions: &mut Vec<Transition>,
+    reasons: &mut Vec<(usize, usize, String)>,
+) {
+    let (load, slowstart) = (service.load.as_ref(), service.health.slowstart);
+    for (backend_index, status) in statuses.iter_mut().enumerate() {
+        let (state, reason) = status.state(load, slowstart, now);
+        let from = status.reported.as_ref().map(|r| r.state);
+        match &mut status.reported {
+            Some(previous) if previous.state == state => {
+                if previous.reason != reason {
+                    previous.reason = reason.clone();
+                    reasons.push((service_index, backend_index, reason));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if from == Some(State::Down) {
+            status.came_up_at = Some(now);
+        }
+        status.reported = Some(Reported {
+            state,
+            reason: reason.clone(),
+            since: now,
+        });
+        transitions.push(Transition {
+            service: service_index,
+            backend: backend_index,
+            from,
+            to: state,
+            reason,
+        });
+    }
+}
+
+/// Each backend's table weight and each pool's room. Weights and room are judged within each
+/// pool; a pool without room spills.
+fn weights_and_room(
+    service: &ServiceConfig,
+    statuses: &[BackendStatus],
+    now: Instant,
+) -> (Vec<u32>, Vec<bool>) {
+    let (load, slowstart) = (service.load.as_ref(), service.health.slowstart);
+    let mut weights = vec![0; statuses.len()];
+    let mut room = vec![false; service.pools.len()];
+    for (pool, room) in room.iter_mut().enumerate() {
+        let members: Vec<usize> = (0..statuses.len())
+            .filter(|&i| service.backends[i].pool == pool)
+            .collect();
+        let refs: Vec<&BackendStatus> = members.iter().map(|&i| &statuses[i]).collect();
+        for (&i, weight) in members
+            .iter()
+            .zip(table_weights(&refs, load, slowstart, now))
+        {
+            weights[i] = weight;
+        }
+        *room = has_room(&refs, load, slowstart, now);
+    }
+    (weights, room)
+}
+
+/// The home pools whose serving pool differs from `before` (as last published; `None` for a
+/// service not published yet). A service of one pool has nothing to spill.
+fn changed_serving(
+    service_index: usize,
+    service: &ServiceConfig,
+    before: Option<&Vec<u32>>,
+    serving: &[u32],
+) -> Vec<Spill> {
+    let mut spills = Vec::new();
+    if let Some(before) = before
+        && service.pools.len() > 1
+    {
+        for (home, &now_serving) in serving.iter().enumerate() {
+            if before.get(home) != Some(&now_serving) {
+                spills.push(Spill {
+                    service: service_index,
+                    home,
+                    serving: now_serving as usize,
+                });
+            }
+        }
+    }
+    spills
 }
 
 /// The Down backends of a service whose flows must be purged now, and which flows: those
