@@ -5,6 +5,7 @@ use std::{path::Path, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use tokio::{
+    net::{TcpListener, UnixListener},
     signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
 };
@@ -16,7 +17,7 @@ use crate::{
     cmd,
     config::Config,
     control::{Balancer, DataplaneReads as _},
-    dataplane::{Dataplane, pins, preflight},
+    dataplane::{Dataplane, Plan, pins, preflight},
     metrics,
     monitor::{Job, Monitor},
     service_manager,
@@ -68,6 +69,30 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         mut interrupt,
         hangup,
     } = signals;
+    raise_open_files();
+    let Claimed {
+        config,
+        plan,
+        listener,
+        metrics_listener,
+        lock: _lock,
+    } = load_and_claim(config_path, options)?;
+    let pin_path = config.pin_path.clone();
+    let (mut dataplane, mut monitor) =
+        fill_and_attach(config, config_path, options, &plan, metrics_listener).await?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    serve(&mut monitor, &mut dataplane, listener, hangup, shutdown).await?;
+    shut_down(&mut dataplane, &monitor, options, &pin_path);
+    Ok(())
+}
+
+/// Raises the limit on open files as far as allowed, and says so; a failure is only logged.
+fn raise_open_files() {
     match limits::raise_open_files() {
         Ok((before, after)) if before != after => {
             info!(before, after, "raised the limit on open files");
@@ -75,6 +100,26 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         Ok(_) => {}
         Err(error) => warn!("{error:#}: the limit on open files stays as it is"),
     }
+}
+
+/// What `xlb run` holds before it touches the data plane.
+struct Claimed {
+    /// The configuration, validated.
+    config: Config,
+    /// Where the program attaches on each interface.
+    plan: Plan,
+    /// The control API's socket.
+    listener: UnixListener,
+    /// The metrics endpoint's socket, if configured.
+    metrics_listener: Option<TcpListener>,
+    /// The pin directory's lock, held until the daemon exits.
+    lock: pins::PinLock,
+}
+
+/// Loads the configuration, decides the hooks, and claims what one daemon alone may have: the
+/// API socket, the metrics address and the pin directory. Fails before the data plane is
+/// touched.
+fn load_and_claim(config_path: &Path, options: &Options) -> Result<Claimed> {
     let config = Config::load(config_path)?;
     let plan = preflight(&config)?;
     for reason in &plan.reasons {
@@ -86,17 +131,59 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
     // A metrics address that cannot be bound stops xlb here, before it touches anything.
     let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
     pins::prepare(&config.pin_path)?;
-    let _lock = pins::PinLock::take(&config.pin_path)?;
+    let lock = pins::PinLock::take(&config.pin_path)?;
+    Ok(Claimed {
+        config,
+        plan,
+        listener,
+        metrics_listener,
+        lock,
+    })
+}
 
-    let pin_path = config.pin_path.clone();
-    let mut dataplane = Dataplane::load_pinned(
-        config.flow_table_size,
-        config.flow_table_size_ipv6,
-        &pin_path,
-    )?;
+/// Loads (or takes over) the data plane, fills its maps, attaches as `plan` says and announces
+/// the VIPs: from here on xlb is balancing, and tells systemd so.
+async fn fill_and_attach(
+    config: Config,
+    config_path: &Path,
+    options: &Options,
+    plan: &Plan,
+    metrics_listener: Option<TcpListener>,
+) -> Result<(Dataplane, Monitor)> {
     let interfaces = config.interfaces.clone();
     let announce = config.announce.clone();
     let service_count = config.services.len();
+    let (mut dataplane, mut monitor) = fill(config, config_path, options, metrics_listener).await?;
+    // Attach only once the maps are complete, so the first packet already finds its service.
+    let hook = dataplane.attach_planned(&interfaces, plan)?;
+    for interface in dataplane.set_peer_handoff(&plan.peer_handoff)? {
+        info!(
+            "interface {interface}: packets for it are handed to its veth peer (veth_peer_redirect)"
+        );
+    }
+    // Announce only once attached: a router may send the VIP's flows here at once.
+    if let Some(announce) = &announce {
+        monitor.set_announcer(Announcer::start(announce).await?);
+        monitor.evaluate(&mut dataplane.maps)?;
+    }
+    info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
+    service_manager::ready(&format!("{} at the {hook} hook", monitor.summary()));
+    Ok((dataplane, monitor))
+}
+
+/// Loads the data plane (taking over pinned maps and their flows) and the monitor, and fills
+/// the maps; nothing is attached yet.
+async fn fill(
+    config: Config,
+    config_path: &Path,
+    options: &Options,
+    metrics_listener: Option<TcpListener>,
+) -> Result<(Dataplane, Monitor)> {
+    let mut dataplane = Dataplane::load_pinned(
+        config.flow_table_size,
+        config.flow_table_size_ipv6,
+        &config.pin_path,
+    )?;
     let mut monitor = Monitor::new(
         config,
         Some(config_path.to_owned()),
@@ -117,38 +204,33 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         .start(&mut dataplane.maps)
         .await
         .context("filling the maps")?;
-    // Attach only once the maps are complete, so the first packet already finds its service.
-    let hook = dataplane.attach_planned(&interfaces, &plan)?;
-    for interface in dataplane.set_peer_handoff(&plan.peer_handoff)? {
-        info!(
-            "interface {interface}: packets for it are handed to its veth peer (veth_peer_redirect)"
-        );
-    }
-    // Announce only once attached: a router may send the VIP's flows here at once.
-    if let Some(announce) = &announce {
-        monitor.set_announcer(Announcer::start(announce).await?);
-        monitor.evaluate(&mut dataplane.maps)?;
-    }
-    info!(services = service_count, interfaces = interfaces.len(), %hook, socket = %options.socket.display(), "ready: xlb is balancing");
-    service_manager::ready(&format!("{} at the {hook} hook", monitor.summary()));
+    Ok((dataplane, monitor))
+}
 
+/// Serves the control API and SIGHUP's reloads, and runs the monitor until `shutdown`.
+async fn serve(
+    monitor: &mut Monitor,
+    dataplane: &mut Dataplane,
+    listener: UnixListener,
+    hangup: Signal,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let (jobs, received) = mpsc::channel(16);
     let api_server = tokio::spawn(server::serve(listener, jobs.clone(), cmd::job));
     let hangups = tokio::spawn(reload_on_sighup(hangup, jobs));
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    };
-
-    monitor.run(&mut dataplane, received, shutdown).await?;
+    monitor.run(dataplane, received, shutdown).await?;
     service_manager::stopping();
     api_server.abort();
     hangups.abort();
+    Ok(())
+}
+
+/// Removes the socket, logs the counters, and either detaches (removing the pins) or leaves
+/// the data plane forwarding for the next `xlb run`.
+fn shut_down(dataplane: &mut Dataplane, monitor: &Monitor, options: &Options, pin_path: &Path) {
     let _ = std::fs::remove_file(&options.socket);
     info!("shutting down");
-    log_counters(&dataplane, monitor.core().balancer());
+    log_counters(dataplane, monitor.core().balancer());
     if options.detach_on_exit {
         dataplane.detach_all();
         dataplane.unpin_maps();
@@ -156,7 +238,6 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
     } else {
         info!(pins = %pin_path.display(), "the data plane keeps forwarding; the next `xlb run` takes it over");
     }
-    Ok(())
 }
 
 /// Turns every SIGHUP into a reload.
