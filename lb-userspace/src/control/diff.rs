@@ -251,7 +251,29 @@ fn service(
     setup.new_tables = (state.locality.pools..locality.pools)
         .map(|pool| table_index(state.id, pool))
         .collect();
+    let retired = backends(spec, &mut state, unknown, ids, summary, &mut setup)?;
+    writes.retired.extend(retired);
+    writes.setup.push(setup);
 
+    tables(spec, &mut state, tables_unknown, writes);
+    prefixes(spec, &state, new_id, writes);
+    entry(spec, &mut state, unknown, writes);
+    state.locality = locality.clone();
+    state.known = Known::All;
+    Ok(state)
+}
+
+/// The backends of `state` for `spec`: those that stay keep their ids, new ones take one.
+/// The entries of new backends (of all, if the maps' are not known) go to `setup`. Returns the
+/// ids of the backends that leave.
+fn backends(
+    spec: &ServiceSpec,
+    state: &mut ServiceState,
+    unknown: bool,
+    ids: &mut Ids,
+    summary: &mut ApplySummary,
+    setup: &mut Setup,
+) -> Result<Vec<u32>, Exhausted> {
     let mut old_backends = std::mem::take(&mut state.backends);
     for backend in &spec.backends {
         let same = |b: &BackendState| b.address == backend.address && b.pool == backend.pool;
@@ -275,14 +297,17 @@ fn service(
             maglev_weight: backend.maglev_weight,
         });
     }
-    writes.retired.extend(old_backends.iter().map(|b| b.id));
-    writes.setup.push(setup);
+    Ok(old_backends.iter().map(|b| b.id).collect())
+}
 
-    tables(spec, &mut state, tables_unknown, writes);
+/// The client prefixes of `state` for `spec`, written if they changed, if the service is new
+/// and has some, or if the maps' are not known.
+fn prefixes(spec: &ServiceSpec, state: &ServiceState, new_id: bool, writes: &mut Writes) {
+    let locality = &spec.locality;
     let prefixes_changed = !Arc::ptr_eq(&state.locality.prefixes, &locality.prefixes)
         && *state.locality.prefixes != *locality.prefixes;
     let new_with_prefixes = new_id && !locality.prefixes.is_empty();
-    if prefixes_changed || new_with_prefixes || prefixes_unknown(&state) {
+    if prefixes_changed || new_with_prefixes || prefixes_unknown(state) {
         let prefixes = locality
             .prefixes
             .iter()
@@ -290,6 +315,12 @@ fn service(
             .collect();
         writes.prefixes.push((state.id, prefixes));
     }
+}
+
+/// The service's entry for `spec` (pools, default pool, scheduler, forwarding), written if
+/// one of them changed or the maps' is not known; `state` takes the scheduler and forwarding.
+fn entry(spec: &ServiceSpec, state: &mut ServiceState, unknown: bool, writes: &mut Writes) {
+    let locality = &spec.locality;
     let maglev = match spec.scheduler {
         Scheduler::Maglev(config) => Some(config),
         Scheduler::RoundRobin => None,
@@ -307,9 +338,6 @@ fn service(
             spec.name.clone(),
         ));
     }
-    state.locality = locality.clone();
-    state.known = Known::All;
-    Ok(state)
 }
 
 /// The round-robin tables (one per home pool, filled with the backends of the pool that
