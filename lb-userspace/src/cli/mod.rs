@@ -27,12 +27,8 @@ use tracing_subscriber::EnvFilter;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let refuse_json = |command: &str, why: &str| {
-        eprintln!("xlb: --json does not apply to `xlb {command}`: {why}");
-        ExitCode::FAILURE
-    };
-    let request = match cli.command {
-        Command::Check { config, offline } => return check(&config, offline, json),
+    match cli.command {
+        Command::Check { config, offline } => check(&config, offline, json),
         Command::Run {
             config,
             detach_on_exit,
@@ -43,7 +39,7 @@ pub fn main() -> ExitCode {
                 return refuse_json("run", "it prints logs, not an answer");
             }
             crate::logging::init();
-            return run(
+            run(
                 &config,
                 &daemon::Options {
                     socket: cli.socket,
@@ -51,34 +47,45 @@ pub fn main() -> ExitCode {
                     state_dir,
                     reset_operator_state,
                 },
-            );
+            )
         }
         Command::Completions { shell } => {
             if json {
                 return refuse_json("completions", "it prints a shell script");
             }
             clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Command::Man { dir } => {
             if json {
                 return refuse_json("man", "it prints a man page");
             }
-            return man(dir.as_deref());
+            man(dir.as_deref())
         }
         Command::Top {
             interval,
             iterations,
-        } => return top(&cli.socket, interval, iterations, json),
+        } => top(&cli.socket, interval, iterations, json),
         Command::Daemon(Request::Trace(request)) => {
             init_client_logging();
             let seconds = request.seconds;
-            return trace(&cli.socket, &Request::Trace(request), seconds, json);
+            trace(&cli.socket, &Request::Trace(request), seconds, json)
         }
-        Command::Daemon(request) => request,
-    };
+        Command::Daemon(request) => ask(&cli.socket, &request, json),
+    }
+}
+
+/// Refuses `--json` for a command whose output is not an answer.
+fn refuse_json(command: &str, why: &str) -> ExitCode {
+    eprintln!("xlb: --json does not apply to `xlb {command}`: {why}");
+    ExitCode::FAILURE
+}
+
+/// A daemon command: sends `request` and prints the answer (as JSON with `--json`); fails if
+/// the daemon cannot be reached or answers with an error.
+fn ask(socket: &Path, request: &Request, json: bool) -> ExitCode {
     init_client_logging();
-    let response = match client::call(&cli.socket, &request) {
+    let response = match client::call(socket, request) {
         Ok(response) => response,
         Err(error) => {
             eprintln!("xlb: {error:#}");
@@ -93,6 +100,11 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         };
     }
+    print_response(response)
+}
+
+/// Prints the daemon's answer for people; an error goes to stderr and fails.
+fn print_response(response: Response) -> ExitCode {
     match response {
         Response::Status(report) => print!("{}", render::status(&report)),
         Response::Stats(report) => print!("{}", render::stats(&report)),
@@ -150,6 +162,8 @@ struct CheckError {
     message: String,
 }
 
+/// `xlb check`: validates the configuration and, unless `offline`, asks the host where the
+/// program would attach; prints the outcome (as JSON with `--json`).
 fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
     init_client_logging();
     let mut report = CheckReport {
@@ -162,7 +176,24 @@ fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
         host_checked: !offline,
         hooks: Vec::new(),
     };
-    let outcome = match Config::load(path) {
+    let outcome = run_checks(path, offline, &mut report);
+    report.ok = outcome.is_ok();
+    if json {
+        print_json(&report);
+    } else {
+        print_check(path, offline, &report, &outcome);
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The configuration's checks, then (unless `offline`) the host's, recorded in `report`; on
+/// failure, the text `xlb check` prints.
+fn run_checks(path: &Path, offline: bool, report: &mut CheckReport) -> Result<(), String> {
+    match Config::load(path) {
         Err(errors) => {
             report.errors = errors
                 .errors
@@ -187,49 +218,50 @@ fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
             if offline {
                 Ok(())
             } else {
-                match preflight(&config) {
-                    Ok(plan) => {
-                        report.hooks = plan.reasons.clone();
-                        Ok(())
-                    }
-                    Err(error) => {
-                        let message = format!("{error:#}");
-                        report.errors.push(CheckError {
-                            line: 0,
-                            column: 0,
-                            message: message.clone(),
-                        });
-                        Err(format!("{}: {message}", path.display()))
-                    }
-                }
-            }
-        }
-    };
-    report.ok = outcome.is_ok();
-    if json {
-        print_json(&report);
-    } else {
-        match &outcome {
-            Err(text) => eprintln!("{text}"),
-            Ok(()) => {
-                for reason in &report.hooks {
-                    println!("interface {reason}");
-                }
-                println!(
-                    "{}: ok ({} services, {} backends, {} interfaces{})",
-                    path.display(),
-                    report.services,
-                    report.backends,
-                    report.interfaces,
-                    if offline { "; host not checked" } else { "" }
-                );
+                check_host(path, &config, report)
             }
         }
     }
-    if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+}
+
+/// The host's checks of a valid `config` (its interfaces and their hooks), recorded in
+/// `report`.
+fn check_host(path: &Path, config: &Config, report: &mut CheckReport) -> Result<(), String> {
+    match preflight(config) {
+        Ok(plan) => {
+            report.hooks = plan.reasons.clone();
+            Ok(())
+        }
+        Err(error) => {
+            let message = format!("{error:#}");
+            report.errors.push(CheckError {
+                line: 0,
+                column: 0,
+                message: message.clone(),
+            });
+            Err(format!("{}: {message}", path.display()))
+        }
+    }
+}
+
+/// Prints `xlb check`'s outcome for people: the errors to stderr, or each interface's hook and
+/// a summary.
+fn print_check(path: &Path, offline: bool, report: &CheckReport, outcome: &Result<(), String>) {
+    match outcome {
+        Err(text) => eprintln!("{text}"),
+        Ok(()) => {
+            for reason in &report.hooks {
+                println!("interface {reason}");
+            }
+            println!(
+                "{}: ok ({} services, {} backends, {} interfaces{})",
+                path.display(),
+                report.services,
+                report.backends,
+                report.interfaces,
+                if offline { "; host not checked" } else { "" }
+            );
+        }
     }
 }
 
