@@ -12,7 +12,10 @@ pub(super) use self::{
 };
 use crate::{
     health::state::{Admin, Operator},
-    report::{BackendStatusReport, Counters, SimulationReport, StatsReport, StatusReport},
+    report::{
+        AnnounceReport, BackendStatusReport, Counters, PoolStatus, ServiceStatus, SimulationReport,
+        StatsReport, StatusReport,
+    },
 };
 
 /// A number with a k/M/G suffix, for rates.
@@ -108,86 +111,106 @@ fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
 pub(super) fn status(report: &StatusReport) -> String {
     let mut out = String::new();
     if !report.version.is_empty() {
-        let interfaces: Vec<String> = report
-            .interfaces
+        version_line(&mut out, report);
+    }
+    if let Some(announce) = &report.announce {
+        announce_lines(&mut out, announce);
+    }
+    for service in &report.services {
+        service_lines(&mut out, service);
+    }
+    out
+}
+
+/// The daemon's version and its interfaces with their hooks.
+fn version_line(out: &mut String, report: &StatusReport) {
+    let interfaces: Vec<String> = report
+        .interfaces
+        .iter()
+        .map(|(name, hook)| format!("{name} ({hook})"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "xlb {}  interfaces: {}",
+        report.version,
+        if interfaces.is_empty() {
+            "none".to_owned()
+        } else {
+            interfaces.join(", ")
+        }
+    );
+}
+
+/// Route health injection: the device, BIRD, and each VIP announced or withdrawn, and why.
+fn announce_lines(out: &mut String, announce: &AnnounceReport) {
+    let _ = writeln!(
+        out,
+        "announce: device {}, {}",
+        announce.device, announce.bird
+    );
+    for vip in &announce.vips {
+        let state = if vip.announced {
+            "announced"
+        } else {
+            "withdrawn"
+        };
+        let _ = writeln!(
+            out,
+            "  {} {state} for {}: {}",
+            vip.vip,
+            age(vip.since_seconds),
+            vip.reason
+        );
+    }
+}
+
+/// One service: its rates, a line per backend, and its pools if it has several.
+fn service_lines(out: &mut String, service: &ServiceStatus) {
+    let width = address_width(service.backends.iter().map(|b| &b.address));
+    let _ = writeln!(
+        out,
+        "{} {} {}  {} pkt/s  {}bit/s",
+        service.name,
+        service.protocol,
+        service.listen,
+        si(service.packets_per_second),
+        si(service.bits_per_second)
+    );
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+        "BACKEND", "STATE", "WGT", "EFF", "AGNT", "FLOWS", "PKT/S", "BIT/S", "FOR"
+    );
+    for backend in &service.backends {
+        backend_line(out, backend, width);
+    }
+    if !service.pools.is_empty() {
+        pool_lines(out, &service.pools);
+    }
+}
+
+/// A service's pools: backends up, where their new flows go, and what spilled where.
+fn pool_lines(out: &mut String, pools: &[PoolStatus]) {
+    let _ = writeln!(
+        out,
+        "  {:<21} {:>5}  {:<16} SPILLED",
+        "POOL", "UP", "NEW FLOWS GO TO"
+    );
+    for pool in pools {
+        let spilled: Vec<String> = pool
+            .spilled
             .iter()
-            .map(|(name, hook)| format!("{name} ({hook})"))
+            .map(|(to, n)| format!("{} to {to}", si(*n as f64)))
             .collect();
         let _ = writeln!(
             out,
-            "xlb {}  interfaces: {}",
-            report.version,
-            if interfaces.is_empty() {
-                "none".to_owned()
-            } else {
-                interfaces.join(", ")
-            }
+            "  {:<21} {:>5}  {:<16} {}",
+            truncate(&pool.name, 21),
+            format!("{}/{}", pool.up, pool.backends),
+            truncate(&pool.serving, 16),
+            truncate(&spilled.join(", "), 30)
         );
     }
-    if let Some(announce) = &report.announce {
-        let _ = writeln!(
-            out,
-            "announce: device {}, {}",
-            announce.device, announce.bird
-        );
-        for vip in &announce.vips {
-            let state = if vip.announced {
-                "announced"
-            } else {
-                "withdrawn"
-            };
-            let _ = writeln!(
-                out,
-                "  {} {state} for {}: {}",
-                vip.vip,
-                age(vip.since_seconds),
-                vip.reason
-            );
-        }
-    }
-    for service in &report.services {
-        let width = address_width(service.backends.iter().map(|b| &b.address));
-        let _ = writeln!(
-            out,
-            "{} {} {}  {} pkt/s  {}bit/s",
-            service.name,
-            service.protocol,
-            service.listen,
-            si(service.packets_per_second),
-            si(service.bits_per_second)
-        );
-        let _ = writeln!(
-            out,
-            "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
-            "BACKEND", "STATE", "WGT", "EFF", "AGNT", "FLOWS", "PKT/S", "BIT/S", "FOR"
-        );
-        for backend in &service.backends {
-            backend_line(&mut out, backend, width);
-        }
-        if !service.pools.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {:<21} {:>5}  {:<16} SPILLED",
-                "POOL", "UP", "NEW FLOWS GO TO"
-            );
-            for pool in &service.pools {
-                let spilled: Vec<String> = pool
-                    .spilled
-                    .iter()
-                    .map(|(to, n)| format!("{} to {to}", si(*n as f64)))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  {:<21} {:>5}  {:<16} {}",
-                    truncate(&pool.name, 21),
-                    format!("{}/{}", pool.up, pool.backends),
-                    truncate(&pool.serving, 16),
-                    truncate(&spilled.join(", "), 30)
-                );
-            }
-        }
-    }
-    out
 }
 
 fn counters_line(out: &mut String, label: &str, c: &Counters, width: usize) {
