@@ -80,30 +80,7 @@ impl Dataplane {
     /// Loads `object`, whose flow tables hold `[IPv4, IPv6]` flows.
     fn load_with(object: &[u8], sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<Self> {
         let flow_table_size = sizes[0];
-        // Two entries per flow, one per direction.
-        let entries = |half_open: bool, ipv6: bool| {
-            let flows = sizes[usize::from(ipv6)];
-            if half_open {
-                (flows / HALF_OPEN_DIVISOR).saturating_mul(2)
-            } else {
-                flows.saturating_mul(2)
-            }
-        };
-        let mut loader = EbpfLoader::new();
-        for (name, half_open, ipv6) in map_names::FLOW_TABLES {
-            loader.map_max_entries(name, entries(half_open, ipv6));
-        }
-        let mut adopted = false;
-        if let Some(dir) = pin_dir {
-            pins::check_retired(dir)?;
-            adopted = dir.join(map_names::FLOWS4).exists();
-            if adopted {
-                pins::check_layouts(dir)?;
-            }
-            for name in map_names::PINNED {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
+        let (mut loader, adopted) = loader(sizes, pin_dir)?;
         let mut ebpf = loader.load(object).with_context(|| match pin_dir {
             Some(dir) if adopted => format!(
                 "loading the XDP object with the maps pinned in {} (if xlb was upgraded and its \
@@ -113,40 +90,9 @@ impl Dataplane {
             _ => "loading the XDP object".to_owned(),
         })?;
         if adopted {
-            for (name, key, ipv6) in [
-                (map_names::FLOWS4, "flow_table_size", false),
-                (map_names::FLOWS6, "flow_table_size_ipv6", true),
-            ] {
-                let pinned = match ebpf.map(name) {
-                    Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
-                    Some(_) => bail!("{name} is not an LRU hash map"),
-                    None => 0,
-                };
-                if pinned != entries(false, ipv6) {
-                    bail!(
-                        "the pinned flow table {name} holds {} flows but {key} is {}: keep the \
-                         old size, or stop xlb with --detach-on-exit (dropping every flow) to \
-                         change it",
-                        pinned / 2,
-                        sizes[usize::from(ipv6)]
-                    );
-                }
-            }
+            check_pinned_sizes(&ebpf, sizes)?;
         }
-        let program: &mut Xdp = ebpf
-            .program_mut(program_names::BALANCER)
-            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
-            .try_into()?;
-        program
-            .load()
-            .context("loading the XDP program (verifier)")?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(program_names::BALANCER_TC)
-            .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER_TC))?
-            .try_into()?;
-        program
-            .load()
-            .context("loading the tc program (verifier)")?;
+        load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.arm_handshake_guard(flow_table_size)?;
         let tracer = trace::Tracer::take(&mut ebpf)?;
@@ -297,4 +243,80 @@ impl Dataplane {
     pub fn hook(&self) -> Option<Hook> {
         self.attachments.list().iter().find_map(|a| a.hook)
     }
+}
+
+/// The entries of a flow table for `sizes` (`[IPv4, IPv6]` flows): two per flow, one per
+/// direction; the half-open tables hold a part of them.
+fn flow_entries(sizes: [u32; 2], half_open: bool, ipv6: bool) -> u32 {
+    let flows = sizes[usize::from(ipv6)];
+    if half_open {
+        (flows / HALF_OPEN_DIVISOR).saturating_mul(2)
+    } else {
+        flows.saturating_mul(2)
+    }
+}
+
+/// The loader, with the flow tables sized and, with `pin_dir`, every pinned map's path; and
+/// whether an earlier daemon's maps are pinned there to be taken over (their layouts checked).
+fn loader(sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<(EbpfLoader<'static>, bool)> {
+    let mut loader = EbpfLoader::new();
+    for (name, half_open, ipv6) in map_names::FLOW_TABLES {
+        loader.map_max_entries(name, flow_entries(sizes, half_open, ipv6));
+    }
+    let mut adopted = false;
+    if let Some(dir) = pin_dir {
+        pins::check_retired(dir)?;
+        adopted = dir.join(map_names::FLOWS4).exists();
+        if adopted {
+            pins::check_layouts(dir)?;
+        }
+        for name in map_names::PINNED {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok((loader, adopted))
+}
+
+/// Fails unless the pinned flow tables taken over hold as many flows as `sizes` says: a map's
+/// size cannot change while it is pinned.
+fn check_pinned_sizes(ebpf: &Ebpf, sizes: [u32; 2]) -> Result<()> {
+    for (name, key, ipv6) in [
+        (map_names::FLOWS4, "flow_table_size", false),
+        (map_names::FLOWS6, "flow_table_size_ipv6", true),
+    ] {
+        let pinned = match ebpf.map(name) {
+            Some(aya::maps::Map::LruHashMap(data)) => data.info()?.max_entries(),
+            Some(_) => bail!("{name} is not an LRU hash map"),
+            None => 0,
+        };
+        if pinned != flow_entries(sizes, false, ipv6) {
+            bail!(
+                "the pinned flow table {name} holds {} flows but {key} is {}: keep the \
+                 old size, or stop xlb with --detach-on-exit (dropping every flow) to \
+                 change it",
+                pinned / 2,
+                sizes[usize::from(ipv6)]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Loads the XDP and the tc program into the kernel, each past the verifier.
+fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::BALANCER)
+        .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER))?
+        .try_into()?;
+    program
+        .load()
+        .context("loading the XDP program (verifier)")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(program_names::BALANCER_TC)
+        .ok_or_else(|| anyhow!("the object has no program {}", program_names::BALANCER_TC))?
+        .try_into()?;
+    program
+        .load()
+        .context("loading the tc program (verifier)")?;
+    Ok(())
 }
