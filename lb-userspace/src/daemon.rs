@@ -218,11 +218,11 @@ async fn serve(
     let (jobs, received) = mpsc::channel(16);
     let api_server = tokio::spawn(server::serve(listener, jobs.clone(), cmd::job));
     let hangups = tokio::spawn(reload_on_sighup(hangup, jobs));
-    monitor.run(dataplane, received, shutdown).await?;
+    let outcome = monitor.run(dataplane, received, shutdown).await;
     service_manager::stopping();
     api_server.abort();
     hangups.abort();
-    Ok(())
+    outcome
 }
 
 /// Removes the socket, logs the counters, and either detaches (removing the pins) or leaves
