@@ -89,18 +89,37 @@ fn an_apply_that_fails_part_way_is_completed_by_the_next() {
     balancer.apply(&after, &mut clean).unwrap();
     let writes = clean.log.len() + clean.zeroed.len();
     assert!(writes > 10, "{:?}", clean.log);
+    let fresh_in = |maps: &FakeMaps| -> BTreeSet<String> {
+        let starts = maps
+            .log
+            .iter()
+            .filter(|w| w.starts_with("mark- ") || w.starts_with("cursor "));
+        let zeroed = maps.zeroed.iter().map(|counted| format!("{counted:?}"));
+        starts.cloned().chain(zeroed).collect()
+    };
+    let fresh = fresh_in(&clean);
+    assert!(!fresh.is_empty());
 
     for failing in 0..writes {
         let mut maps = FakeMaps::default();
         let mut balancer = Balancer::new();
         balancer.apply(&before, &mut maps).unwrap();
         maps.fail_in = Some(failing);
+        maps.log.clear();
+        maps.zeroed.clear();
         assert!(
             balancer.apply(&after, &mut maps).is_err(),
             "write {failing} fails"
         );
         balancer.apply(&after, &mut maps).unwrap();
         assert_eq!(served(&maps), served(&clean), "write {failing} failed");
+        // What the new ids and tables start from (counters, marks, cursors) was set up once,
+        // whichever apply did it.
+        let missing: Vec<_> = fresh.difference(&fresh_in(&maps)).cloned().collect();
+        assert!(
+            missing.is_empty(),
+            "write {failing} failed: {missing:?} never set up"
+        );
         // Every backend id the maps use is the balancer's, and no other.
         let recorded: BTreeSet<u32> = balancer
             .services()
@@ -247,4 +266,38 @@ fn a_pool_that_leaves_is_emptied_after_its_clients_are_sent_elsewhere() {
     };
     let emptied = position(&format!("table {} []", table_index(0, 1)));
     assert!(position("service+ 0") < emptied, "{:?}", maps.log);
+}
+
+#[test]
+fn a_pool_and_a_maglev_table_that_leave_in_a_failed_apply_go_in_the_next() {
+    let one_pool = VIDEO.replace("fallback = [\"jp\"]\n", "").replace(
+        "\n[[service.pool]]\nname = \"jp\"\nbackends = [ { address = \"198.18.1.22:8080\" } ]\n",
+        "",
+    );
+    let maglev = VIDEO.replace("client_prefixes", "scheduler = \"maglev\"\nclient_prefixes");
+    for (before, after) in [(VIDEO.to_string(), one_pool), (maglev, VIDEO.to_string())] {
+        let (before, after) = (config(&before), config(&after));
+        let mut clean = FakeMaps::default();
+        Balancer::new().apply(&after, &mut clean).unwrap();
+        for failing in 0..6 {
+            let mut maps = FakeMaps::default();
+            let mut balancer = Balancer::new();
+            balancer.apply(&before, &mut maps).unwrap();
+            maps.fail_in = Some(failing);
+            if balancer.apply(&after, &mut maps).is_ok() {
+                continue;
+            }
+            balancer.apply(&after, &mut maps).unwrap();
+            let left = |maps: &FakeMaps| {
+                let tables = maps.tables.iter().filter(|(_, t)| !t.is_empty());
+                (tables.count(), maps.maglev.len())
+            };
+            assert_eq!(
+                left(&maps),
+                left(&clean),
+                "write {failing} failed: {:?}",
+                maps.log
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@ use lb_common::{
         scheduler,
     },
     passive::ServicePolicy,
+    tables::table_owner,
 };
 
 use super::{
@@ -116,6 +117,46 @@ pub struct Balancer {
     vips: BTreeSet<VipKey>,
     /// Whether an apply failed since `VIPS` was last written whole.
     vips_unknown: bool,
+    /// Ids and tables handed out by applies that failed: their counters, marks and cursors
+    /// may still be the previous owner's, so the next apply starts them afresh.
+    fresh: Fresh,
+}
+
+/// What failed applies handed out without (perhaps) setting up: see [`diff::Setup`].
+#[derive(Debug, Default)]
+struct Fresh {
+    services: BTreeSet<u32>,
+    backends: BTreeSet<u32>,
+    tables: BTreeSet<u32>,
+}
+
+impl Fresh {
+    /// Records what `setup` hands out.
+    fn record(&mut self, setup: &[diff::Setup]) {
+        for service in setup {
+            if service.new_id {
+                self.services.insert(service.id);
+            }
+            self.tables.extend(&service.new_tables);
+            let new_backends = service.backends.iter().filter(|b| b.3).map(|b| b.0);
+            self.backends.extend(new_backends);
+        }
+    }
+
+    /// Makes `setup` start afresh what a failed apply handed out.
+    fn restore(&self, setup: &mut [diff::Setup]) {
+        for service in setup {
+            service.new_id |= self.services.contains(&service.id);
+            for table in &self.tables {
+                if table_owner(*table).0 == service.id && !service.new_tables.contains(table) {
+                    service.new_tables.push(*table);
+                }
+            }
+            for backend in &mut service.backends {
+                backend.3 |= self.backends.contains(&backend.0);
+            }
+        }
+    }
 }
 
 impl Default for Balancer {
@@ -135,6 +176,7 @@ impl Balancer {
             },
             vips: BTreeSet::new(),
             vips_unknown: false,
+            fresh: Fresh::default(),
         }
     }
 
@@ -178,9 +220,15 @@ impl Balancer {
 
     /// Makes `plan`'s writes and, if they all succeed, takes its record; if one fails, keeps a
     /// record the next apply repairs from.
-    fn write(&mut self, plan: ApplyPlan, maps: &mut impl DataplaneMaps) -> Result<ApplySummary> {
+    fn write(
+        &mut self,
+        mut plan: ApplyPlan,
+        maps: &mut impl DataplaneMaps,
+    ) -> Result<ApplySummary> {
+        self.fresh.restore(&mut plan.writes.setup);
         match writes::write(&plan.writes, maps) {
             Ok(purged) => {
+                self.fresh = Fresh::default();
                 let mut summary = plan.summary;
                 summary.flows_purged = purged;
                 self.services = plan.services;
@@ -200,11 +248,16 @@ impl Balancer {
     /// hold (the old services and backends, and the new ones, with their ids), all of it
     /// unknown, so that the next apply writes it again and removes what it no longer wants.
     fn failed(&mut self, plan: ApplyPlan) {
+        self.fresh.record(&plan.writes.setup);
         let mut merged = plan.services;
         for old in std::mem::take(&mut self.services) {
             let same = |s: &ServiceState| s.listen == old.listen && s.protocol == old.protocol;
             match merged.iter_mut().find(|s| same(s)) {
                 Some(new) => {
+                    // The tables of pools and the Maglev table the old one had are still to
+                    // be emptied or removed, if the next apply does not want them.
+                    new.locality.pools = new.locality.pools.max(old.locality.pools);
+                    new.maglev = new.maglev.or(old.maglev);
                     for backend in old.backends {
                         if !new.backends.iter().any(|b| b.id == backend.id) {
                             new.backends.push(backend);
