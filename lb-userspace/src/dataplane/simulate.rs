@@ -53,7 +53,13 @@ pub(crate) fn simulate(
         _pad: [0; 2],
     };
     let existing_flow = dataplane.maps.flow(&key).is_some();
-    let frame = first_packet(client, listen, protocol).build();
+    // Addressed to the interface it is said to arrive on: the program passes a frame for
+    // another host's MAC untouched.
+    let mut packet = first_packet(client, listen, protocol);
+    if let Some(mac) = dataplane.maps.interface_mac(ifindex) {
+        packet.eth_dst = mac;
+    }
+    let frame = packet.build();
     let mut out = vec![0u8; frame.len() + 256];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]

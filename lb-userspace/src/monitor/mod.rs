@@ -283,10 +283,12 @@ impl Monitor {
             &self.core.serving_before(),
             Instant::now(),
         );
-        self.core.set_statuses(plan.statuses.clone());
         // Spills so far count toward the pools that were serving until now.
         self.reports.account_spills(&self.core, maps);
         let summary = self.core.balancer_mut().apply(&plan.specs, maps)?;
+        // Only once applied: after a failed apply the next evaluation decides the same changes
+        // again (transitions, purges, marks to clear) rather than finding them done.
+        self.core.set_statuses(plan.statuses.clone());
         self.announcing.decided(self.core.config(), &plan.specs);
         // Logged once in effect: whoever reads "state changed" finds the tables published.
         log_plan(self.core.config(), &plan);
@@ -298,9 +300,21 @@ impl Monitor {
             .newly_down()
             .filter_map(|(service, backend)| self.core.backend_id(service, backend));
         self.passive.clear_marks(down_ids);
-        for id in self.passive.take_marks_to_clear() {
-            maps.clear_mark(id)?;
+        self.purge_down(&plan, maps)?;
+        // After the purges: a mark not cleared is kept for the next evaluation.
+        let marks = self.passive.take_marks_to_clear();
+        for (done, &id) in marks.iter().enumerate() {
+            if let Err(error) = maps.clear_mark(id) {
+                self.passive.clear_marks(marks[done..].iter().copied());
+                return Err(error);
+            }
         }
+        Ok(summary)
+    }
+
+    /// Purges the flows the plan says to purge, all of one kind at once; a purge that fails is
+    /// made again by the next evaluation.
+    fn purge_down(&mut self, plan: &plan::Plan, maps: &mut impl DataplaneMaps) -> Result<()> {
         for purge in [Purge::Unestablished, Purge::All] {
             let backends: Vec<(usize, usize)> = plan
                 .purges
@@ -334,7 +348,7 @@ impl Monitor {
                 info!(service = service.name, backend = %service.backends[b].address, purged, "{which} of a Down backend purged");
             }
         }
-        Ok(summary)
+        Ok(())
     }
 
     /// `xlb status`: every service, or the one named; `interfaces` are the attached
@@ -429,11 +443,20 @@ impl Monitor {
             (true, Some(address)) => Some(metrics::bind(address).context("nothing was changed")?),
             _ => None,
         };
+        // The settings the program reads itself, before anything else: if one cannot be
+        // written, those written are put back and nothing changes.
+        let old = self.core.config();
+        write_program_settings(&mut dataplane.maps, &plan.config)
+            .inspect_err(|_| {
+                let _ = write_program_settings(&mut dataplane.maps, old);
+            })
+            .context("nothing was changed")?;
         for (n, interface) in plan.attach.iter().enumerate() {
             if let Err(error) = dataplane.attach(interface, plan.hook) {
                 for done in &plan.attach[..n] {
                     dataplane.detach(done);
                 }
+                let _ = write_program_settings(&mut dataplane.maps, self.core.config());
                 return Err(error.context("nothing was changed"));
             }
         }
@@ -451,12 +474,6 @@ impl Monitor {
         if plan.metrics_changed {
             self.reports.serve_metrics(metrics_listener);
         }
-        dataplane
-            .maps
-            .set_flow_timeouts(&self.core.config().flow_timeouts)?;
-        dataplane
-            .maps
-            .set_host_ports(&self.core.config().host_ports)?;
         let summary = self.apply(&mut dataplane.maps).context(
             "the new configuration is in force, but applying it to the data plane failed; xlb \
              tries again every second",
@@ -523,6 +540,12 @@ fn log_plan(config: &Config, plan: &plan::Plan) {
             );
         }
     }
+}
+
+/// Writes the settings the data plane reads for every packet: flow timeouts and host ports.
+fn write_program_settings(maps: &mut Maps, config: &Config) -> Result<()> {
+    maps.set_flow_timeouts(&config.flow_timeouts)?;
+    maps.set_host_ports(&config.host_ports)
 }
 
 #[cfg(test)]

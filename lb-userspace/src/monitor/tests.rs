@@ -80,8 +80,8 @@ async fn a_backend_failing_fall_checks_leaves_at_once_and_keeps_its_connections(
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(
         maps.log,
-        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"],
-        "the table first, then the purge of its UDP flows and handshakes (and the Down \
+        ["table 0 [0, 2]", "purge unestablished [1]", "mark- 1"],
+        "the table first, then the purge of its UDP flows and handshakes (then the Down \
          backend's passive mark is cleared); its established connections stay"
     );
     assert_eq!(state_of(&monitor, B2), State::Down);
@@ -112,8 +112,40 @@ async fn a_backend_failing_fall_checks_leaves_at_once_and_keeps_its_connections(
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(
         maps.log,
-        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"]
+        ["table 0 [0, 2]", "purge unestablished [1]", "mark- 1"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_apply_loses_none_of_a_down_backends_writes() {
+    // Whichever write fails (the table, the mark's clearing, the purge), the next evaluation
+    // makes every write still missing: nothing was recorded as done before it was.
+    for failing in 0..3 {
+        let (mut monitor, mut maps) = started();
+        for _ in 0..3 {
+            monitor.handle(fail());
+        }
+        maps.log.clear();
+        maps.fail_in = Some(failing);
+        assert!(
+            monitor.evaluate(&mut maps).is_err(),
+            "write {failing} fails"
+        );
+        monitor.evaluate(&mut maps).unwrap();
+        let written: Vec<&str> = maps
+            .log
+            .iter()
+            .map(String::as_str)
+            .filter(|w| *w != "failed")
+            .collect();
+        for write in ["table 0 [0, 2]", "purge unestablished [1]", "mark- 1"] {
+            assert!(
+                written.contains(&write),
+                "write {failing} failed, then {write:?} is missing: {written:?}"
+            );
+        }
+        assert_eq!(state_of(&monitor, B2), State::Down);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,7 +185,7 @@ async fn with_on_down_reset_a_down_backend_loses_its_connections_too() {
     }
     maps.log.clear();
     monitor.evaluate(&mut maps).unwrap();
-    assert_eq!(maps.log, ["table 0 [0, 2]", "mark- 1", "purge [1]"]);
+    assert_eq!(maps.log, ["table 0 [0, 2]", "purge [1]", "mark- 1"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -321,7 +353,7 @@ async fn a_passive_mark_is_shown_checked_at_once_and_a_failed_check_takes_the_ba
     );
     assert_eq!(
         maps.log,
-        ["table 0 [0, 2]", "mark- 1", "purge unestablished [1]"]
+        ["table 0 [0, 2]", "purge unestablished [1]", "mark- 1"]
     );
     assert_eq!(monitor.core.statuses()[0][1].passive_marks, 1);
 }
