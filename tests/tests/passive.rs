@@ -247,3 +247,67 @@ fn a_backend_that_takes_no_new_connection_leaves_the_table_and_keeps_its_connect
         xlb.output()
     );
 }
+
+/// A backend whose host goes away (its switch port goes down, as a host powered off): its
+/// checks time out, which alone cannot tell a gone host from a busy one; a connection attempt
+/// beside them learns from the kernel that the host does not answer its neighbour's probes,
+/// and the connections it carried are purged. Each then fails at once (the client's next
+/// segment is reset by a live backend) instead of hanging until the client's TCP gives up.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_connections_of_a_backend_whose_host_is_gone_fail_at_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(Wiring::TwoInterfaces, 3).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    let mut xlb = start_xlb(
+        &lab.balancer,
+        &balancer_config_with(&lab, "auto", HEALTH, ""),
+    )
+    .unwrap();
+    let vip = SocketAddr::from((VIP, TCP_SERVICE_PORT));
+    // The client holds its connections in one runtime: told how many are on b1, then told
+    // when their flows are purged, it sends a request on each.
+    let (on_b1_tx, on_b1) = std::sync::mpsc::channel();
+    let (purged, purged_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = async move {
+        let mut sessions = Vec::new();
+        for i in 0..30 {
+            let mut session = Session::open(vip).await?;
+            if session.echo(payload(i, 100)).await? == "b1" {
+                sessions.push(session);
+            }
+        }
+        on_b1_tx.send(sessions.len())?;
+        purged_rx.await?;
+        let mut results = Vec::new();
+        for (i, session) in sessions.iter_mut().enumerate() {
+            let started = std::time::Instant::now();
+            let result = session.echo(payload(100 + i as u64, 100)).await;
+            results.push((result.map_err(|e| format!("{e:#}")), started.elapsed()));
+        }
+        anyhow::Ok(results)
+    };
+    let (results, proven) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| lab.client.block_on(client));
+        let count = on_b1.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(count >= 5, "{count} connections on b1");
+        lab.switch.ip("link set dev b1 down").unwrap();
+        let gone_at = std::time::Instant::now();
+        // The balancer's neighbour entry for b1 stays reachable for up to 45 s, then is
+        // probed for 8 s (the kernel's defaults); the next attempt learns it is gone 3 s on.
+        xlb.wait_for_output("every flow of a Down backend purged", Duration::from_secs(90))
+            .unwrap();
+        let proven = gone_at.elapsed();
+        purged.send(()).unwrap();
+        (client.join().unwrap().unwrap().unwrap(), proven)
+    });
+    assert!(xlb.output().contains("backend host gone"), "{}", xlb.output());
+    eprintln!("b1's host proven gone {proven:?} after its port went down; then: {results:?}");
+    for (result, took) in &results {
+        assert!(result.is_err(), "a connection on b1 answered: {result:?}");
+        assert!(
+            *took < Duration::from_secs(5),
+            "a connection on b1 took {took:?} to fail ({result:?})"
+        );
+    }
+}

@@ -63,6 +63,32 @@ fn connect_failure(target: SocketAddr, error: &io::Error) -> Failure {
     }
 }
 
+/// How long a connection attempt beside the checks may take to learn whether a host that does
+/// not answer is gone: longer than the kernel takes to give up on a neighbour (3 probes a
+/// second apart) or a router to report a host unreachable after its own.
+pub(crate) const GONE_WAIT: Duration = Duration::from_secs(10);
+
+/// After a check that timed out, whether `target`'s host is gone: a TCP connection attempt
+/// (whatever the check; a live host answers it or resets it) that the kernel fails with "host
+/// unreachable" or "network unreachable" within `wait`. Returns that failure if so.
+pub(crate) async fn gone(target: SocketAddr, wait: Duration) -> Option<Failure> {
+    let started = tokio::time::Instant::now();
+    match timeout(wait, TcpStream::connect(target)).await {
+        Ok(Err(error)) => {
+            let failure = connect_failure(target, &error);
+            failure.host_gone.then(|| Failure {
+                message: format!(
+                    "{} (after {} ms: the host is gone)",
+                    failure.message,
+                    started.elapsed().as_millis()
+                ),
+                ..failure
+            })
+        }
+        Ok(Ok(_)) | Err(_) => None,
+    }
+}
+
 /// Runs `check` against `target`, failing if it takes longer than `limit`.
 pub(crate) async fn run(check: &HealthCheck, target: SocketAddr, limit: Duration) -> CheckResult {
     let attempt = async {

@@ -131,12 +131,21 @@ impl Health {
         changed
     }
 
+    /// The host was proven gone (see [`crate::health::checks::gone`]): Down at once, and its
+    /// connections cannot be served either. Returns whether anything changed.
+    pub fn prove_gone(&mut self, failure: Failure) -> bool {
+        let was_gone = self.gone;
+        let changed = self.fail_now(failure);
+        changed || !was_gone
+    }
+
     /// Records one check result. Returns the new health if it changed.
     pub fn observe(&mut self, result: CheckResult, rise: u32, fall: u32) -> Option<bool> {
         let passed = result.is_ok();
         match result {
             Err(failure) => {
-                self.gone = failure.host_gone;
+                // A timeout does not disprove a host proven gone; an answer does.
+                self.gone = failure.host_gone || (failure.timed_out && self.gone);
                 self.last_failure = Some(failure.message);
             }
             Ok(()) => self.gone = false,

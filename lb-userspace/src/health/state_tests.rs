@@ -47,6 +47,34 @@ fn rise_and_fall_of_one_flip_at_once() {
     assert_eq!(health.observe(pass(), 1, 1), Some(true));
 }
 
+#[test]
+fn a_host_proven_gone_is_down_at_once_and_stays_gone_until_it_answers() {
+    let timed_out = || {
+        Err(Failure {
+            message: "no answer within 100ms".into(),
+            host_gone: false,
+            timed_out: true,
+        })
+    };
+    let gone = || Failure {
+        message: "connect: No route to host".into(),
+        host_gone: true,
+        timed_out: false,
+    };
+    let mut health = Health::unchecked();
+    assert_eq!(health.observe(timed_out(), 2, 3), None, "one timeout of three");
+    assert!(health.prove_gone(gone()));
+    assert!(!health.is_up() && health.host_gone());
+    assert!(!health.prove_gone(gone()), "proven once");
+    // Later timeouts do not disprove it; an answer does, even a refusal.
+    assert_eq!(health.observe(timed_out(), 2, 3), None);
+    assert!(health.host_gone());
+    assert_eq!(health.observe(fail(), 2, 3), None);
+    assert!(!health.host_gone());
+    // A Down backend proven gone later: a change (its connections go too).
+    assert!(health.prove_gone(gone()));
+}
+
 fn report(percent: Option<u32>, ready: bool, admin: Option<AgentAdmin>) -> AgentReport {
     AgentReport {
         weight_percent: percent,

@@ -1,13 +1,13 @@
 //! The checkers: one task per backend health check and one per agent, which report to the
 //! monitor; and what is done with their reports (recorded in the backends' statuses).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_common::passive::PassiveEvent;
 use tokio::{
     sync::{Semaphore, mpsc},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
     time::{Instant, MissedTickBehavior, interval_at},
 };
 use tracing::{info, warn};
@@ -17,7 +17,7 @@ use crate::{
     config::HealthCheck,
     health::{
         agent::{self, AgentReport},
-        checks::{self, CheckResult},
+        checks::{self, CheckResult, Failure},
     },
 };
 
@@ -38,13 +38,18 @@ pub(super) enum Event {
     Passive(PassiveEvent),
     /// The result of the check run at once to confirm a passive mark.
     Confirm(BackendRef, CheckResult, Duration),
+    /// A connection attempt beside the checks proved the backend's host gone.
+    Gone(BackendRef, Failure),
 }
 
 impl Event {
     /// The backend the event is about, unless it names one only by its data-plane id.
     pub(super) fn backend(&self) -> Option<BackendRef> {
         match self {
-            Self::Health(at, ..) | Self::Agent(at, _) | Self::Confirm(at, ..) => Some(*at),
+            Self::Health(at, ..)
+            | Self::Agent(at, _)
+            | Self::Confirm(at, ..)
+            | Self::Gone(at, _) => Some(*at),
             Self::Passive(_) => None,
         }
     }
@@ -149,10 +154,11 @@ impl Checkers {
                         .health
                         .is_known();
                     let (events, slots) = (self.events.clone(), Arc::clone(&self.slots));
+                    let first = Instant::now() + if checked { offset } else { Duration::ZERO };
                     self.tasks.spawn(async move {
-                        let first = Instant::now() + if checked { offset } else { Duration::ZERO };
                         let mut ticks = interval_at(first, every);
                         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        let mut gone_probe = GoneProbe::default();
                         loop {
                             ticks.tick().await;
                             let Ok(_slot) = slots.acquire().await else {
@@ -160,6 +166,9 @@ impl Checkers {
                             };
                             let started = Instant::now();
                             let result = checks::run(&check, target, limit).await;
+                            if matches!(&result, Err(failure) if failure.timed_out) {
+                                gone_probe.start(at, target, &events);
+                            }
                             let event = Event::Health(at, result, started.elapsed());
                             if events.send(event).await.is_err() {
                                 break;
@@ -219,6 +228,14 @@ impl Checkers {
         }
         match event {
             Event::Passive(_) | Event::Confirm(..) => false,
+            Event::Gone(at, failure) => {
+                warn!(
+                    service = core.config().services[at.service].name,
+                    backend = %core.address(at),
+                    "backend host gone: {failure}"
+                );
+                core.status_mut(at).health.prove_gone(failure)
+            }
             Event::Health(at, result, latency) => {
                 let (rise, fall) = {
                     let health = &core.config().services[at.service].health;
@@ -255,6 +272,35 @@ impl Checkers {
                 }
                 before != (status.agent.clone(), status.overloaded)
             }
+        }
+    }
+}
+
+/// One backend's connection attempt beside its checks (see [`checks::gone`]), at most one at
+/// a time. A check that times out cannot tell a host gone from one too busy: the kernel
+/// learns that its neighbour does not answer only after about 3 s.
+#[derive(Default)]
+struct GoneProbe(Option<JoinHandle<()>>);
+
+impl GoneProbe {
+    /// Starts an attempt unless one is under way; its proof goes to `events`.
+    fn start(&mut self, at: BackendRef, target: SocketAddr, events: &mpsc::Sender<Event>) {
+        if self.0.as_ref().is_some_and(|probe| !probe.is_finished()) {
+            return;
+        }
+        let events = events.clone();
+        self.0 = Some(tokio::spawn(async move {
+            if let Some(failure) = checks::gone(target, checks::GONE_WAIT).await {
+                let _ = events.send(Event::Gone(at, failure)).await;
+            }
+        }));
+    }
+}
+
+impl Drop for GoneProbe {
+    fn drop(&mut self) {
+        if let Some(probe) = &self.0 {
+            probe.abort();
         }
     }
 }

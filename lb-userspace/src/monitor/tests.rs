@@ -149,6 +149,21 @@ async fn a_failed_apply_loses_none_of_a_down_backends_writes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_backend_whose_host_is_proven_gone_leaves_with_its_connections() {
+    let (mut monitor, mut maps) = started();
+    let gone = Failure {
+        message: "connect 198.18.1.12:8080: No route to host (os error 113)".into(),
+        host_gone: true,
+        timed_out: false,
+    };
+    assert!(monitor.handle(Event::Gone(B2, gone)), "one proof, not fall checks");
+    maps.log.clear();
+    monitor.evaluate(&mut maps).unwrap();
+    assert_eq!(maps.log, ["table 0 [0, 2]", "purge [1]", "mark- 1"]);
+    assert_eq!(state_of(&monitor, B2), State::Down);
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_a_restart_the_flows_of_a_backend_down_at_its_first_check_are_purged() {
     let (_, mut maps) = started();
     maps.flows_by_backend.insert(1, 5);
