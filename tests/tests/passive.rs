@@ -295,13 +295,20 @@ fn the_connections_of_a_backend_whose_host_is_gone_fail_at_once() {
         let gone_at = std::time::Instant::now();
         // The balancer's neighbour entry for b1 stays reachable for up to 45 s, then is
         // probed for 8 s (the kernel's defaults); the next attempt learns it is gone 3 s on.
-        xlb.wait_for_output("every flow of a Down backend purged", Duration::from_secs(90))
-            .unwrap();
+        xlb.wait_for_output(
+            "every flow of a Down backend purged",
+            Duration::from_secs(90),
+        )
+        .unwrap();
         let proven = gone_at.elapsed();
         purged.send(()).unwrap();
         (client.join().unwrap().unwrap().unwrap(), proven)
     });
-    assert!(xlb.output().contains("backend host gone"), "{}", xlb.output());
+    assert!(
+        xlb.output().contains("backend host gone"),
+        "{}",
+        xlb.output()
+    );
     eprintln!("b1's host proven gone {proven:?} after its port went down; then: {results:?}");
     for (result, took) in &results {
         assert!(result.is_err(), "a connection on b1 answered: {result:?}");

@@ -62,7 +62,11 @@ fn a_host_proven_gone_is_down_at_once_and_stays_gone_until_it_answers() {
         timed_out: false,
     };
     let mut health = Health::unchecked();
-    assert_eq!(health.observe(timed_out(), 2, 3), None, "one timeout of three");
+    assert_eq!(
+        health.observe(timed_out(), 2, 3),
+        None,
+        "one timeout of three"
+    );
     assert!(health.prove_gone(gone()));
     assert!(!health.is_up() && health.host_gone());
     assert!(!health.prove_gone(gone()), "proven once");

@@ -1,7 +1,7 @@
 //! The checkers: one task per backend health check and one per agent, which report to the
 //! monitor; and what is done with their reports (recorded in the backends' statuses).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, ops::RangeInclusive, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_common::passive::PassiveEvent;
@@ -19,14 +19,16 @@ use crate::{
         agent::{self, AgentReport},
         checks::{self, CheckResult, Failure},
     },
+    sys::limits,
 };
 
 /// How many reports may wait for the monitor.
 const QUEUE: usize = 1024;
-/// Health checks and agent queries in flight at once (each holds a socket); more wait their
-/// turn. With the checks of a service spread over its interval, a config needs thousands of
-/// backends checked every second before this delays any.
-const IN_FLIGHT: usize = 256;
+/// Health checks and agent queries in flight at once (each holds a socket; more wait their
+/// turn): an eighth of the open files the daemon may hold, within these bounds. Under the
+/// unit's limit (524,288) 16,384 backends take their first checks within one timeout; with
+/// the checks spread over their intervals, far more are checked without waiting.
+const IN_FLIGHT: RangeInclusive<u64> = 256..=16_384;
 
 /// What a checker task (or the data plane's passive reports) tells the monitor.
 pub(super) enum Event {
@@ -76,7 +78,7 @@ impl Checkers {
             generation: 0,
             agent_errors: HashMap::new(),
             events,
-            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            slots: Arc::new(Semaphore::new(in_flight())),
         };
         (checkers, received)
     }
@@ -303,6 +305,12 @@ impl Drop for GoneProbe {
             probe.abort();
         }
     }
+}
+
+/// How many checks and queries may be in flight (see [`IN_FLIGHT`]).
+fn in_flight() -> usize {
+    let open_files = limits::open_files().unwrap_or(*IN_FLIGHT.start() * 4);
+    (open_files / 8).clamp(*IN_FLIGHT.start(), *IN_FLIGHT.end()) as usize
 }
 
 /// Where in `interval` the `index`-th of all `count` backends is checked: evenly spread.

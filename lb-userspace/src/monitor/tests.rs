@@ -156,7 +156,10 @@ async fn a_backend_whose_host_is_proven_gone_leaves_with_its_connections() {
         host_gone: true,
         timed_out: false,
     };
-    assert!(monitor.handle(Event::Gone(B2, gone)), "one proof, not fall checks");
+    assert!(
+        monitor.handle(Event::Gone(B2, gone)),
+        "one proof, not fall checks"
+    );
     maps.log.clear();
     monitor.evaluate(&mut maps).unwrap();
     assert_eq!(maps.log, ["table 0 [0, 2]", "purge [1]", "mark- 1"]);

@@ -6,17 +6,7 @@ use anyhow::{Result, bail};
 /// 1,024): the daemon holds a descriptor per map, per table being published, per health
 /// check in flight and per metrics connection. Returns the limits before and after.
 pub(crate) fn raise_open_files() -> Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `limit`, which lives across the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        bail!(
-            "getrlimit(RLIMIT_NOFILE): {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    let mut limit = open_files_limit()?;
     let before = limit.rlim_cur;
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
@@ -29,4 +19,24 @@ pub(crate) fn raise_open_files() -> Result<(u64, u64)> {
         }
     }
     Ok((before, limit.rlim_cur))
+}
+
+/// The soft limit on open files.
+pub(crate) fn open_files() -> Result<u64> {
+    Ok(open_files_limit()?.rlim_cur)
+}
+
+fn open_files_limit() -> Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(limit)
 }
