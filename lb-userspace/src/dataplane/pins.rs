@@ -3,8 +3,8 @@
 
 use std::{
     ffi::CString,
-    fs::File,
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    fs::{File, TryLockError},
+    os::unix::ffi::OsStrExt as _,
     path::Path,
 };
 
@@ -77,13 +77,17 @@ impl PinLock {
     pub(crate) fn take(pin_dir: &Path) -> Result<Self> {
         let directory = File::open(pin_dir)
             .with_context(|| format!("opening the pin directory {}", pin_dir.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
+        // flock(2), exclusive, without waiting.
+        match directory.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
                 "another xlb is using the pins in {}: it holds their lock (one daemon per \
                  pin_path, whatever its --socket)",
                 pin_dir.display()
-            );
+            ),
+            Err(TryLockError::Error(error)) => {
+                bail!("locking the pin directory {}: {error}", pin_dir.display())
+            }
         }
         Ok(Self {
             _directory: directory,
