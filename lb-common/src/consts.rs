@@ -158,6 +158,10 @@ pub mod limits {
     pub const MAX_INTERFACES: u32 = 64;
     /// Client prefixes whose new-flow rate is tracked (`ADMISSION`, LRU, across services).
     pub const MAX_ADMISSION_PREFIXES: u32 = 65_536;
+    /// Fragmented datagrams whose first fragment's ports are remembered, per family
+    /// (`FRAGMENTS4`, `FRAGMENTS6`; LRU): a record is needed only until the datagram's last
+    /// fragment has passed, so this bounds the datagrams in flight through xlb at once.
+    pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8_192;
 }
 
 /// Timing constants of the data plane (times from `bpf_ktime_get_coarse_ns`, the coarse
@@ -241,6 +245,11 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Per-CPU data-plane event counters (see [`super::events`]).
     pub const EVENTS: &str = "EVENTS";
+    /// IPv4 fragmented datagrams: (addresses, protocol, identification) -> the ports of the
+    /// first fragment (not pinned: a record lives as long as its datagram's fragments).
+    pub const FRAGMENTS4: &str = "FRAGMENTS4";
+    /// IPv6 fragmented datagrams, as `FRAGMENTS4` (not pinned).
+    pub const FRAGMENTS6: &str = "FRAGMENTS6";
 
     /// Per service: passive health and admission settings.
     pub const SERVICE_POLICIES: &str = "SERVICE_POLICIES";
@@ -260,7 +269,8 @@ pub mod map_names {
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
-    /// between packets, and the trace's maps).
+    /// between packets, the fragment records, which hold nothing for longer than a datagram
+    /// takes to pass, and the trace's maps).
     pub const PINNED: [&str; 24] = [
         SERVICES,
         BACKEND_TABLES,
@@ -321,8 +331,11 @@ pub mod events {
     pub const EGRESS_NOT_XLB: u32 = 4;
     /// A service packet with TTL/hop limit <= 1: passed untouched so the kernel answers it.
     pub const TTL_EXPIRED: u32 = 5;
-    /// An IPv4 or IPv6 fragment: passed untouched (fragments after the first carry no ports,
-    /// so xlb cannot tell their flow).
+    /// An IPv4 or IPv6 fragment passed to the kernel untouched: a fragment of an ICMP message,
+    /// a TCP or UDP fragment after the first whose first fragment was of no flow, or one that
+    /// has no record of its first fragment and is not addressed to a VIP (the host's own
+    /// traffic, or a backend's reply whose first fragment has not come yet). A first fragment
+    /// is handled like any packet of its flow and not counted here.
     pub const FRAGMENT: u32 = 6;
     /// An IP packet whose header is malformed (bad IHL or lengths, a UDP checksum of zero over
     /// IPv6): passed untouched.
@@ -382,8 +395,16 @@ pub mod events {
     /// bridge floods when it has forgotten where a MAC is; or broadcast, multicast): passed
     /// to the kernel untouched, never balanced (another instance may be balancing it).
     pub const OTHER_HOST: u32 = 26;
+    /// A TCP or UDP fragment after the first, which carries no ports, found the ports its first
+    /// fragment recorded (`FRAGMENTS4`, `FRAGMENTS6`) and went where that flow goes, only its
+    /// IP header rewritten.
+    pub const FRAGMENT_FOLLOWED: u32 = 27;
+    /// A TCP or UDP fragment after the first, addressed to a VIP, with no record of its first
+    /// fragment (it has not arrived yet, came through another instance, or its record was
+    /// evicted): dropped, since nothing tells which backend its datagram went to.
+    pub const FRAGMENT_UNMATCHED: u32 = 28;
     /// Number of event counters.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 29;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -414,6 +435,8 @@ pub mod events {
         "flow_reopened",
         "vip_unserved",
         "other_host",
+        "fragment_followed",
+        "fragment_unmatched",
     ];
 }
 

@@ -140,6 +140,53 @@ pub struct VipKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of `FRAGMENTS4`: an IPv4 datagram that arrived in fragments, as its fragments carry it:
+/// addresses (in wire order, loaded natively, as in [`Addr`]), protocol and the header's 16-bit
+/// identification (network order). 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey4 {
+    /// Source address.
+    pub src_addr: u32,
+    /// Destination address.
+    pub dst_addr: u32,
+    /// Identification, network byte order.
+    pub id: u16,
+    /// IP protocol number (`proto::TCP` or `proto::UDP`).
+    pub proto: u8,
+    /// Explicit padding; zero.
+    pub _pad: u8,
+}
+
+/// Key of `FRAGMENTS6`: an IPv6 datagram that arrived in fragments: addresses, the protocol
+/// after the fragment header and the header's 32-bit identification (network order). 40
+/// bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey6 {
+    /// Source address.
+    pub src_addr: Addr,
+    /// Destination address.
+    pub dst_addr: Addr,
+    /// Identification, network byte order.
+    pub id: u32,
+    /// IP protocol number (`proto::TCP` or `proto::UDP`).
+    pub proto: u8,
+    /// Explicit padding; zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FRAGMENTS4` and `FRAGMENTS6`: the ports of a fragmented datagram, read from its
+/// first fragment (the only one with a transport header), network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentPorts {
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
 /// Per-CPU traffic counters of one service or one backend (`SERVICE_STATS`, `BACKEND_STATS`).
 /// "Forward" is client to backend, "reverse" is backend to client. Userspace sums the CPUs.
 #[repr(C)]
@@ -256,6 +303,9 @@ const _: () = assert!(size_of::<BackendEntry>() == 32);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<MaglevTable>() == 8 + 4 * MAX_MAGLEV_SLOTS);
 const _: () = assert!(size_of::<VipKey>() == 20);
+const _: () = assert!(size_of::<FragmentKey4>() == 12);
+const _: () = assert!(size_of::<FragmentKey6>() == 40);
+const _: () = assert!(size_of::<FragmentPorts>() == 4);
 const _: () = assert!(size_of::<TrafficCounters>() == 72);
 const _: () = assert!(size_of::<HandshakeGuard>() == 32);
 
@@ -284,6 +334,9 @@ mod pod {
         FlowKey,
         crate::FlowKey4,
         VipKey,
+        FragmentKey4,
+        FragmentKey6,
+        FragmentPorts,
         FlowEntry,
         FlowEntry<u32>,
         crate::FlowTimeouts,

@@ -3,14 +3,12 @@
 //! counted. Everything after the parse is generic over the address family (`family`), so an
 //! IPv4 packet only ever touches the IPv4 tables and keys.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Addr, BackendEntry, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey, VipKey,
+    Addr, BackendEntry, ClientPrefix, FlowAddr, FlowEntry, ServiceEntry, ServiceKey,
     backend_port_bit,
     consts::{events, family, flow_flags, forwarding, proto, scheduler, tcp_flags},
-    csum, direction, epoch, host_port_key,
+    csum, direction, epoch,
     tables::{table_index, table_owner},
     trace::{NO_BACKEND_ID, decision},
 };
@@ -26,14 +24,15 @@ use crate::{
     family::{Family, V4, V6, packet_key},
     flows::{Retransmission, make_reply, promote, retransmitted_syn, scratch_peer, table},
     forward::{NextHop, Route, resolve, transmit},
+    fragment::{self, FIRST_FRAGMENT},
     frame::Frame,
     icmp,
-    maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, HOST_PORTS, SERVICES, VIPS, count_event},
+    maps::{BACKEND_PORTS, BACKENDS, CLIENT_POOLS, SERVICES, count_event},
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
-    packet::{Packet, parse},
+    packet::{Packet, Parsed, parse},
     passive,
     scratch::{Scratch, scratch},
-    trace,
+    trace, unserved,
 };
 
 /// Handles one frame and returns the hook's verdict.
@@ -48,8 +47,19 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     }
     // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
     let pkt = unsafe { &mut (*scratch).pkt };
-    if parse(frame, pkt).is_none() {
-        return F::PASS;
+    match parse(frame, pkt) {
+        Parsed::Packet => {}
+        // A function of its own, which a whole packet never calls. A first fragment comes back
+        // to be handled like any packet of its flow: over IPv4 on the path below (a function
+        // of its own would not fit on the stack with those it calls); over IPv6, whose path
+        // below is a call, through a call of its own, which leaves that path's code as it was
+        // (joining it cost whole IPv6 packets 5 ns at tc).
+        Parsed::Fragment => match fragment::process(frame, pkt, scratch) {
+            FIRST_FRAGMENT if pkt.family == family::IPV4 => {}
+            FIRST_FRAGMENT => return first_fragment::<F, V6>(frame, pkt, scratch),
+            verdict => return verdict,
+        },
+        Parsed::Neither => return F::PASS,
     }
     let pkt: &Packet = pkt;
     if pkt.proto != proto::TCP && pkt.proto != proto::UDP {
@@ -71,6 +81,16 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
 /// How many times a prefix's admission burst a TCP packet without SYN that makes an entry may
 /// use (see [`admission_drops`]).
 const MIDSTREAM_BURST: u64 = 4;
+
+/// A first fragment of a TCP or UDP datagram, which `fragment::process` read into `pkt` and
+/// recorded: handled like any packet of its flow, through [`balance_apart`].
+#[inline(always)]
+fn first_fragment<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
+    match balance_apart::<F, Fam>(frame, pkt, scratch) {
+        PLACE => place::<F, Fam>(frame, pkt, scratch),
+        verdict => verdict,
+    }
+}
 
 /// What [`balance`] returns, instead of a verdict, for the first packet of a flow to place:
 /// the placement is in the scratch area. No hook's verdict has this value.
@@ -144,36 +164,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     if let Some(service) = service {
         return to_place(pkt, service, NO_BACKEND_ID);
     }
-    not_served::<F>(pkt)
-}
-
-/// A TCP or UDP packet in no flow and for no service. To a VIP it is dropped and counted in
-/// the VIP's entry (passed, it would reach the host's own sockets, the VIP being a local
-/// address when xlb announces it, or go back out by the default route to the router that
-/// sent it, until its TTL runs out), unless the operator lets the host answer its port
-/// (`HOST_PORTS`). Anything else (the host's own traffic, a backend's packet to a client in
-/// no flow) passes. In a function of its own: only such packets pay for it.
-#[inline(never)]
-fn not_served<F: Frame>(pkt: &Packet) -> u32 {
-    let vip = VipKey {
-        addr: pkt.dst,
-        family: pkt.family,
-        _pad: [0; 3],
-    };
-    let Some(unserved) = VIPS.get_ptr_mut(&vip) else {
-        return F::PASS;
-    };
-    if HOST_PORTS
-        .get_ptr(&host_port_key(pkt.proto, pkt.dport))
-        .is_some()
-    {
-        return F::PASS;
-    }
-    // SAFETY: the VIP's u32 in a hash map shared by all CPUs, valid while the program runs;
-    // the result is not used, so a relaxed (non-fetching) add is enough.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(unserved, 1) };
-    count_event(events::VIP_UNSERVED);
-    F::DROP
+    unserved::not_served::<F>(pkt)
 }
 
 /// Whether a backend listens on `port` (`BACKEND_PORTS`).

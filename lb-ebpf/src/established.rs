@@ -108,7 +108,7 @@ pub fn established<F: Frame, Fam: Family>(
 /// super-packet on generic XDP, which can be neither rewritten correctly (its checksum is
 /// partial) nor transmitted as one frame.
 #[inline(always)]
-fn for_kernel<F: Frame>(frame: &F, pkt: &Packet) -> bool {
+pub fn for_kernel<F: Frame>(frame: &F, pkt: &Packet) -> bool {
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return true;
@@ -215,7 +215,7 @@ fn rewrite<F: Frame, Fam: Family>(
 
 /// Traces the packet (`xlb trace`), as one of its flow's client's.
 #[inline(always)]
-fn trace_established<A: FlowAddr>(
+pub fn trace_established<A: FlowAddr>(
     pkt: &Packet,
     flow: &FlowEntry<A>,
     to_backend: bool,

@@ -1,12 +1,16 @@
 //! What differs between IPv4 and IPv6 flows: the flow tables (each family has its own, so an
-//! IPv4 packet hashes a 16-byte key), the key's form, the address an entry holds, and where in
-//! the IP header an address is written. The balancing code is generic over [`Family`] and
+//! IPv4 packet hashes a 16-byte key), the key's form, the address an entry holds, where in
+//! the IP header an address is written, and the records of fragmented datagrams. The balancing code is generic over [`Family`] and
 //! compiled once for each.
 
-use lb_common::{Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, consts::family};
+use lb_common::{
+    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, consts::family,
+};
 
 use crate::{
-    maps::{FLOWS4, FLOWS6, FlowTable, HALF_OPEN4, HALF_OPEN6},
+    maps::{
+        FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6, FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6,
+    },
     packet::Packet,
     scratch::Scratch,
 };
@@ -22,6 +26,8 @@ pub trait Family: 'static {
     type Addr: FlowAddr;
     /// The flow tables' key.
     type Key: Copy + 'static;
+    /// The key of a fragmented datagram (`FRAGMENTS4`, `FRAGMENTS6`).
+    type FragmentKey: 'static;
     /// `family::IPV4` or `family::IPV6`.
     const FAMILY: u8;
     /// Offset of the source address in the IP header (the destination follows it).
@@ -45,6 +51,12 @@ pub trait Family: 'static {
     fn parts(key: &Self::Key) -> (Self::Addr, Self::Addr, u16, u16);
     /// The protocol of a key.
     fn protocol(key: &Self::Key) -> u8;
+    /// The records of fragmented datagrams (`FRAGMENTS4`, `FRAGMENTS6`).
+    fn fragments() -> &'static FragmentTable<Self::FragmentKey>;
+    /// The key of the datagram of a fragment from `src` to `dst` of protocol `protocol`, whose
+    /// identification is `id` (as in the packet: an IPv4 one in the low 16 bits).
+    fn fragment_key(src: &Self::Addr, dst: &Self::Addr, id: u32, protocol: u8)
+    -> Self::FragmentKey;
 }
 
 /// A family's scratch areas (see [`Family::areas`]).
@@ -55,6 +67,8 @@ pub struct Areas<Fam: Family + ?Sized> {
     pub peer: *mut Fam::Key,
     /// A flow entry being built.
     pub entry: *mut FlowEntry<Fam::Addr>,
+    /// The key of a fragmented datagram.
+    pub fragment: *mut Fam::FragmentKey,
 }
 
 /// IPv4.
@@ -63,6 +77,7 @@ pub struct V4;
 impl Family for V4 {
     type Addr = u32;
     type Key = FlowKey4;
+    type FragmentKey = FragmentKey4;
     const FAMILY: u8 = family::IPV4;
     const SRC_OFFSET: usize = IPV4_SRC;
 
@@ -84,6 +99,7 @@ impl Family for V4 {
                 key: &raw mut (*scratch).key4,
                 peer: &raw mut (*scratch).peer4,
                 entry: &raw mut (*scratch).entry4,
+                fragment: &raw mut (*scratch).fragment4,
             }
         }
     }
@@ -109,6 +125,22 @@ impl Family for V4 {
     fn protocol(key: &FlowKey4) -> u8 {
         key.proto
     }
+
+    #[inline(always)]
+    fn fragments() -> &'static FragmentTable<FragmentKey4> {
+        &FRAGMENTS4
+    }
+
+    #[inline(always)]
+    fn fragment_key(src: &u32, dst: &u32, id: u32, protocol: u8) -> FragmentKey4 {
+        FragmentKey4 {
+            src_addr: *src,
+            dst_addr: *dst,
+            id: id as u16,
+            proto: protocol,
+            _pad: 0,
+        }
+    }
 }
 
 /// IPv6.
@@ -117,6 +149,7 @@ pub struct V6;
 impl Family for V6 {
     type Addr = Addr;
     type Key = FlowKey;
+    type FragmentKey = FragmentKey6;
     const FAMILY: u8 = family::IPV6;
     const SRC_OFFSET: usize = IPV6_SRC;
 
@@ -138,6 +171,7 @@ impl Family for V6 {
                 key: &raw mut (*scratch).key6,
                 peer: &raw mut (*scratch).peer6,
                 entry: &raw mut (*scratch).entry6,
+                fragment: &raw mut (*scratch).fragment6,
             }
         }
     }
@@ -163,6 +197,22 @@ impl Family for V6 {
     #[inline(always)]
     fn protocol(key: &FlowKey) -> u8 {
         key.proto
+    }
+
+    #[inline(always)]
+    fn fragments() -> &'static FragmentTable<FragmentKey6> {
+        &FRAGMENTS6
+    }
+
+    #[inline(always)]
+    fn fragment_key(src: &Addr, dst: &Addr, id: u32, protocol: u8) -> FragmentKey6 {
+        FragmentKey6 {
+            src_addr: *src,
+            dst_addr: *dst,
+            id,
+            proto: protocol,
+            _pad: [0; 3],
+        }
     }
 }
 

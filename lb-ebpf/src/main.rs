@@ -29,6 +29,7 @@ mod established;
 mod family;
 mod flows;
 mod forward;
+mod fragment;
 mod frame;
 mod icmp;
 mod maps;
@@ -37,6 +38,7 @@ mod packet;
 mod passive;
 mod scratch;
 mod trace;
+mod unserved;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

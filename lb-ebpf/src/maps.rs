@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
-    HandshakeGuard, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
+    FragmentKey4, FragmentKey6, FragmentPorts, HandshakeGuard, MaglevTable, ServiceEntry,
+    ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     trace::{TraceConfig, TraceEvent},
@@ -127,6 +128,25 @@ pub static FLOWS6: FlowTable<FlowKey, Addr> = LruHashMap::new();
 /// Half-open IPv6 TCP flows, as `HALF_OPEN4` for IPv4.
 #[btf_map]
 pub static HALF_OPEN6: FlowTable<FlowKey, Addr> = LruHashMap::new();
+
+/// The records of fragmented datagrams of one family: the datagram (addresses, protocol,
+/// identification) -> the ports of its first fragment, the only one with a transport header.
+/// LRU, `limits::MAX_FRAGMENTED_DATAGRAMS` each: a record is needed only until the datagram's
+/// last fragment has passed, and the oldest go first when the table is full. Not pinned: a
+/// restart loses only the datagrams in flight at that instant.
+pub type FragmentTable<K> =
+    LruHashMap<K, FragmentPorts, { limits::MAX_FRAGMENTED_DATAGRAMS as usize }>;
+
+/// IPv4 fragmented datagrams. Written by the program for every first fragment of a TCP or UDP
+/// datagram (with more to come); read for each later fragment, which takes the ports to find
+/// its flow in `FLOWS4` (or `HALF_OPEN4`) and goes where the flow goes. Userspace only
+/// creates it.
+#[btf_map]
+pub static FRAGMENTS4: FragmentTable<FragmentKey4> = LruHashMap::new();
+
+/// IPv6 fragmented datagrams (keyed by the fragment header's identification), as `FRAGMENTS4`.
+#[btf_map]
+pub static FRAGMENTS6: FragmentTable<FragmentKey6> = LruHashMap::new();
 
 /// The flow timeouts, one element. Written by userspace from the config (at start and on
 /// reload); read by the program when it refreshes a flow's entry (at most once a second per

@@ -192,6 +192,60 @@ pub fn rewrite_unless_dsr<F: Frame, Fam: Family>(
     Some(())
 }
 
+/// Rewrites a fragment after the first of a flow's datagram as `rewrite` says, as far as the
+/// fragment carries what it changes: the address (with the IPv4 header checksum) and the TTL or
+/// hop limit. It has no transport header: the port, and the transport checksum's change for
+/// the address, went with the first fragment, whose checksum covers the whole datagram. A DSR
+/// flow's fragment keeps its addresses, as its other packets do. `None` if the header is no
+/// longer where `pkt` says.
+#[inline(always)]
+pub fn rewrite_later_fragment<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    dsr: bool,
+    rewrite: &Rewrite<Fam::Addr>,
+) -> Option<()> {
+    if dsr {
+        if rewrite.ttl {
+            decrement_ttl(frame, pkt)?;
+        }
+        return Some(());
+    }
+    let offset = pkt.l3() + addr_offset::<Fam>(rewrite.end);
+    if Fam::FAMILY == family::IPV4 {
+        let field: *mut Fam::Addr = ptr_at(frame, offset)?;
+        let ip: *mut Ipv4Hdr = ptr_at(frame, pkt.l3())?;
+        // SAFETY: ptr_at checked the address and the header lie inside the frame. The IPv4
+        // header checksum is never partial, at either hook: arithmetic is right for it.
+        unsafe {
+            copy_addr(field, rewrite.addr);
+            if rewrite.ttl {
+                (*ip).ttl = pkt.ttl - 1;
+            }
+            let check = u16::from_ne_bytes((*ip).check);
+            (*ip).check = csum::apply(check, ipv4_delta(rewrite)).to_ne_bytes();
+        }
+    } else if F::SKB {
+        // As in `rewrite_skb`: no checksum in the packet covers the IPv6 address, so a
+        // `CHECKSUM_COMPLETE` skb's sum must follow it.
+        frame.skb_store_recompute(offset, &rewrite.addr.to_addr(), size_of::<Fam::Addr>())?;
+        if rewrite.ttl {
+            decrement_ttl(frame, pkt)?;
+        }
+    } else {
+        let field: *mut Fam::Addr = ptr_at(frame, offset)?;
+        let ip: *mut Ipv6Hdr = ptr_at(frame, pkt.l3())?;
+        // SAFETY: as above.
+        unsafe {
+            copy_addr(field, rewrite.addr);
+            if rewrite.ttl {
+                (*ip).hop_limit = pkt.ttl - 1;
+            }
+        }
+    }
+    Some(())
+}
+
 /// The IPv4 header checksum's delta for a rewrite: the address's, and the TTL's if it goes.
 #[inline(always)]
 fn ipv4_delta<A>(rewrite: &Rewrite<A>) -> u16 {

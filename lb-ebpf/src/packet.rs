@@ -1,9 +1,10 @@
 //! Bounds-checked parsing of Ethernet / IPv4 or IPv6 / TCP, UDP or ICMP into a [`Packet`].
 //!
-//! Anything xlb cannot handle yields `None` and is passed to the kernel untouched: frames that
-//! are not IP (VLAN-tagged ones included), fragments, IPv6 packets with a routing, fragment
-//! or unknown extension header, and malformed headers. xlb never rewrites a packet it did not
-//! fully understand.
+//! Anything xlb cannot handle is passed to the kernel untouched: frames that are not IP
+//! (VLAN-tagged ones included), fragments of ICMP messages, IPv6 packets with a routing or
+//! unknown extension header, and malformed headers. xlb never rewrites a packet it did not
+//! fully understand. A fragment of a TCP or UDP datagram is only recognised here; `fragment`
+//! reads it, apart from the unfragmented packets' path.
 
 use lb_common::{
     Addr,
@@ -30,6 +31,8 @@ const ETH_P_8021Q_WIRE: u16 = ether_type::VLAN_8021Q.to_be();
 const ETH_P_8021AD_WIRE: u16 = ether_type::VLAN_8021AD.to_be();
 /// IPv4 flags/fragment-offset bits that mark a fragment: MF and the 13-bit offset.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+/// IPv6's fragment header (RFC 8200 §4.5).
+const IPV6_FRAGMENT: u8 = 44;
 /// Smallest IPv4 header, in bytes.
 const IPV4_MIN_HEADER: usize = 20;
 /// IPv6 extension headers xlb skips: hop-by-hop options and destination options. Neither
@@ -162,19 +165,33 @@ impl Quote {
     }
 }
 
-/// Parses the frame into `pkt`. `None`: not a packet xlb can handle (see the module
-/// documentation); `pkt` then holds nothing meaningful.
+/// What [`parse`] found.
+pub enum Parsed {
+    /// A whole TCP, UDP, ICMP or ICMPv6 packet, in `pkt`.
+    Packet,
+    /// A fragment: of a TCP or UDP datagram over IPv4; over IPv6, a packet with a fragment
+    /// header (after its options, if any), whose protocol `fragment` checks. `pkt` holds its
+    /// family and the offset of its IP header, and for IPv6 the offset of its fragment header
+    /// as `l4_offset`; `fragment` reads the rest.
+    Fragment,
+    /// Nothing xlb handles (see the module documentation): `pkt` holds nothing meaningful.
+    Neither,
+}
+
+/// Parses the frame into `pkt`.
 #[inline(always)]
-pub fn parse<F: Frame>(frame: &F, pkt: &mut Packet) -> Option<()> {
+pub fn parse<F: Frame>(frame: &F, pkt: &mut Packet) -> Parsed {
     pull_headers(frame);
-    let eth: *const EthHdr = ptr_at(frame, 0)?;
+    let Some(eth) = ptr_at::<F, EthHdr>(frame, 0) else {
+        return Parsed::Neither;
+    };
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let ether_type = unsafe { (*eth).ether_type };
     pkt.tcp_flags = 0;
     pkt.icmp_type = 0;
     pkt.sport = 0;
     pkt.dport = 0;
-    if ether_type == ETH_P_IP_WIRE {
+    let parsed = if ether_type == ETH_P_IP_WIRE {
         parse_ipv4(frame, EthHdr::LEN, pkt)
     } else if ether_type == ETH_P_IPV6_WIRE {
         parse_ipv6(frame, EthHdr::LEN, pkt)
@@ -183,7 +200,8 @@ pub fn parse<F: Frame>(frame: &F, pkt: &mut Packet) -> Option<()> {
             count_event(events::VLAN);
         }
         None
-    }
+    };
+    parsed.unwrap_or(Parsed::Neither)
 }
 
 /// On tc, makes the headers xlb reads directly accessible when the skb keeps part of them in
@@ -219,7 +237,7 @@ fn pull_headers<F: Frame>(frame: &F) {
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
+fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<Parsed> {
     let ip: *const Ipv4Hdr = ptr_at(frame, l3)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
     let ip = unsafe { &*ip };
@@ -238,8 +256,13 @@ fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
         return None;
     }
     if u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_MASK != 0 {
-        count_event(events::FRAGMENT);
-        return None;
+        if ip.proto == proto::ICMP {
+            count_event(events::FRAGMENT);
+            return None;
+        }
+        pkt.l3_offset = l3 as u16;
+        pkt.family = family::IPV4;
+        return Some(Parsed::Fragment);
     }
     pkt.l3_offset = l3 as u16;
     pkt.l4_offset = (l3 + header_len) as u16;
@@ -249,11 +272,12 @@ fn parse_ipv4<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
     pkt.ip_len = ip_len;
     pkt.src = [u32::from_ne_bytes(ip.src_addr), 0, 0, 0];
     pkt.dst = [u32::from_ne_bytes(ip.dst_addr), 0, 0, 0];
-    parse_l4(frame, pkt, ip_len as usize - header_len)
+    parse_l4(frame, pkt, ip_len as usize - header_len, true)?;
+    Some(Parsed::Packet)
 }
 
 #[inline(always)]
-fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
+fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<Parsed> {
     let ip: *const Ipv6Hdr = ptr_at(frame, l3)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
     let ip = unsafe { &*ip };
@@ -279,12 +303,14 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
         l4 += (ext[1] as usize + 1) * 8;
     }
     if next != proto::TCP && next != proto::UDP && next != proto::ICMPV6 {
-        // Routing (43) and fragment (44) headers, more options than we follow, anything else.
-        count_event(if next == 44 {
-            events::FRAGMENT
-        } else {
-            events::IPV6_EXTENSION
-        });
+        if next == IPV6_FRAGMENT {
+            pkt.l3_offset = l3 as u16;
+            pkt.l4_offset = l4 as u16;
+            pkt.family = family::IPV6;
+            return Some(Parsed::Fragment);
+        }
+        // Routing (43) headers, more options than we follow, anything else.
+        count_event(events::IPV6_EXTENSION);
         return None;
     }
     if l4 > end {
@@ -299,7 +325,8 @@ fn parse_ipv6<F: Frame>(frame: &F, l3: usize, pkt: &mut Packet) -> Option<()> {
     pkt.ip_len = (Ipv6Hdr::LEN + payload_len) as u16;
     pkt.src = addr_words(&ip.src_addr);
     pkt.dst = addr_words(&ip.dst_addr);
-    parse_l4(frame, pkt, end - l4)
+    parse_l4(frame, pkt, end - l4, true)?;
+    Some(Parsed::Packet)
 }
 
 /// The 16 bytes of an IPv6 address as an [`Addr`] (four native-order words).
@@ -314,9 +341,11 @@ pub fn addr_words(bytes: &[u8; 16]) -> Addr {
 }
 
 /// Reads ports and flags (TCP, UDP) or the type (ICMP) of the transport header at `pkt.l4()`,
-/// which with its payload spans `l4_len` bytes.
+/// which with its payload spans `l4_len` bytes: the whole segment or datagram if `whole`,
+/// else the first fragment of it (whose UDP length counts the fragments to come; the header
+/// itself must be whole in it, RFC 1858).
 #[inline(always)]
-fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> {
+pub fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize, whole: bool) -> Option<()> {
     match pkt.proto {
         proto::TCP => {
             let tcp: *const TcpHdr = ptr_at(frame, pkt.l4())?;
@@ -339,8 +368,13 @@ fn parse_l4<F: Frame>(frame: &F, pkt: &mut Packet, l4_len: usize) -> Option<()> 
             // SAFETY: ptr_at checked the UDP header.
             let udp = unsafe { &*udp };
             let udp_len = u16::from_be_bytes(udp.len) as usize;
+            let beyond = if whole {
+                udp_len > l4_len
+            } else {
+                l4_len < UdpHdr::LEN || udp_len < l4_len
+            };
             // Over IPv6 the UDP checksum is mandatory (RFC 8200 §8.1): zero is malformed.
-            if udp_len < UdpHdr::LEN || udp_len > l4_len || (pkt.is_ipv6() && udp.check == [0, 0]) {
+            if udp_len < UdpHdr::LEN || beyond || (pkt.is_ipv6() && udp.check == [0, 0]) {
                 count_event(events::MALFORMED);
                 return None;
             }

@@ -6,7 +6,9 @@ use aya_ebpf::{
     btf_maps::{PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
-use lb_common::{Addr, ClientPrefix, FlowEntry, FlowKey, FlowKey4, ServiceKey};
+use lb_common::{
+    Addr, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, ServiceKey,
+};
 
 use crate::{
     clock::ClockCache,
@@ -14,8 +16,8 @@ use crate::{
 };
 
 /// What one packet needs beyond registers: its parsed headers, its flow key, the key of the
-/// other direction, an entry being built (each in its family's form: see `family`), and the
-/// FIB helper's parameter block.
+/// other direction, an entry being built, a fragment's datagram key (each in its family's
+/// form: see `family`), and the FIB helper's parameter block.
 #[repr(C)]
 pub struct Scratch {
     /// The parsed packet.
@@ -32,6 +34,10 @@ pub struct Scratch {
     pub peer6: FlowKey,
     /// An IPv6 flow entry being built.
     pub entry6: FlowEntry<Addr>,
+    /// An IPv4 fragment's datagram (`FRAGMENTS4`).
+    pub fragment4: FragmentKey4,
+    /// An IPv6 fragment's datagram (`FRAGMENTS6`).
+    pub fragment6: FragmentKey6,
     /// The key of the service a packet may be for.
     pub service: ServiceKey,
     /// The packet an ICMP error quotes.

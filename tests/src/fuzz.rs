@@ -1,12 +1,12 @@
 //! The fuzzer's two halves that need no kernel: a deterministic generator of hostile frames
-//! (valid packets of every kind xlb handles, then mutated: truncated, lengths and header
-//! fields set to absurd values, bytes flipped, or random bytes throughout), and a reference
-//! parser, written independently of the XDP program, that says which frames the program may
-//! rewrite at all.
+//! (valid packets of every kind xlb handles, some sent in fragments, then mutated: truncated,
+//! lengths and header fields set to absurd values, bytes flipped, or random bytes throughout),
+//! and a reference parser, written independently of the XDP program, that says which frames
+//! the program may rewrite at all.
 
 use std::net::SocketAddr;
 
-use crate::packet::{Frame, Transport, ether_type, proto, tcp_flags};
+use crate::packet::{Frame, Transport, ether_type, fragment, locate, proto, tcp_flags};
 
 /// A small, fast, seedable generator (xorshift64*), so a failing case can be replayed from
 /// its seed and index.
@@ -232,8 +232,9 @@ fn valid_frame(rng: &mut Rng, world: &World) -> Frame {
 pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
     let mut rng = Rng::for_case(seed, index);
     let mut frame = valid_frame(&mut rng, world);
+    let mutation = rng.below(12);
     // Header fields with absurd values, through the builder (checksums still right).
-    match rng.below(12) {
+    match mutation {
         0 => frame.ihl_override = Some(rng.below(16) as u8),
         1 => frame.total_length_override = Some(rng.bits() as u16),
         2 => frame.tcp_doff_override = Some(rng.below(16) as u8),
@@ -250,6 +251,23 @@ pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
         _ => {}
     }
     let mut bytes = frame.build();
+    // One fragment of the datagram, as a host would send it in pieces. A handful of
+    // identifications, and the small pools of clients and ports, make the fragments of one
+    // datagram (first, later, before and after each other) meet across cases.
+    // (ICMP messages are not balanced in fragments: the packet tests pass a few.)
+    let icmp = matches!(frame.transport, Transport::Icmp { .. });
+    if mutation > 5 && !icmp && frame.vlan.is_none() && locate(&bytes).is_some() && rng.chance(30) {
+        let chunk = *rng.pick(&[8usize, 16, 24, 64, 504]);
+        let id = 0x0a00 + rng.below(4) as u32;
+        let mut pieces = fragment(&bytes, chunk, id);
+        let first = rng.chance(50);
+        let index = if first {
+            0
+        } else {
+            rng.below(pieces.len() as u64) as usize
+        };
+        bytes = pieces.swap_remove(index);
+    }
     // Byte-level damage: truncation, flips, and random bytes.
     match rng.below(10) {
         0..=1 => {
@@ -281,14 +299,48 @@ pub fn frame(seed: u64, index: u64, world: &World) -> Vec<u8> {
 /// A frame's 5-tuple as the reference parser reads it: (source, destination, protocol).
 pub type Tuple = (SocketAddr, SocketAddr, u8);
 
+/// A fragmented datagram, as each of its fragments names it: source, destination, protocol
+/// and identification (IPv4's 16 bits, or the 32 of IPv6's fragment header).
+pub type Datagram = (std::net::IpAddr, std::net::IpAddr, u8, u32);
+
+/// What a fragment says of its datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    id: u32,
+    first: bool,
+    more: bool,
+}
+
 /// What the reference parser makes of a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reading {
-    /// Not something xlb may touch: not IP, tagged, malformed, a fragment, TTL too low to
-    /// forward, a transport xlb does not handle, or an IPv6 extension header it does not skip.
+    /// Not something xlb may touch: not IP, tagged, malformed, a fragment of ICMP, TTL too low
+    /// to forward, a transport xlb does not handle, or an IPv6 extension header it does not
+    /// skip.
     Untouchable,
     /// A well-formed TCP or UDP packet.
     Transport(Tuple),
+    /// The first fragment of a TCP or UDP datagram, its transport header whole: handled like a
+    /// packet of `tuple` if `forwardable` (TTL to spare), its ports recorded for `datagram` if
+    /// `more` fragments follow (whatever the TTL).
+    FirstFragment {
+        /// The datagram's 5-tuple.
+        tuple: Tuple,
+        /// The datagram.
+        datagram: Datagram,
+        /// Its TTL or hop limit leaves room to forward it.
+        forwardable: bool,
+        /// More fragments follow.
+        more: bool,
+    },
+    /// A later fragment of a TCP or UDP datagram: it follows the flow of the ports its first
+    /// fragment recorded, if any; without a record, it is dropped if addressed to a VIP.
+    LaterFragment {
+        /// The datagram.
+        datagram: Datagram,
+        /// Its TTL or hop limit leaves room to forward it.
+        forwardable: bool,
+    },
     /// A well-formed ICMP echo request to this address.
     Echo(std::net::IpAddr),
     /// A well-formed ICMP error quoting this packet (as it was sent), with its addressee.
@@ -319,19 +371,24 @@ pub fn read(frame: &[u8]) -> Reading {
     read_frame(frame).unwrap_or(Reading::Untouchable)
 }
 
-/// The destination address of a well-formed TCP or UDP packet, whatever its TTL (one with no
-/// TTL to spare reads as untouchable, yet to a VIP for no service it is dropped).
+/// The destination address of a well-formed TCP or UDP packet or fragment, whatever its TTL
+/// (one with no TTL to spare reads as untouchable, yet to a VIP for no service it is dropped;
+/// so is a later fragment whose first fragment was).
 pub fn transport_destination(frame: &[u8]) -> Option<std::net::IpAddr> {
     let v6 = match u16_at(frame, 12)? {
         ether_type::IPV4 => false,
         ether_type::IPV6 => true,
         _ => return None,
     };
-    let (l4, end, proto, _, dst, _) = ip_header(frame, 14, v6)?;
+    let (l4, end, proto, _, dst, _, piece) = ip_header(frame, 14, v6)?;
     if proto != proto::TCP && proto != proto::UDP {
         return None;
     }
-    transport_ok(&frame[l4..end], proto, v6)?;
+    match piece {
+        None => transport_ok(&frame[l4..end], proto, v6, true)?,
+        Some(piece) if piece.first => transport_ok(&frame[l4..end], proto, v6, !piece.more)?,
+        Some(_) => {}
+    }
     Some(dst)
 }
 
@@ -345,13 +402,37 @@ fn read_frame(frame: &[u8]) -> Option<Reading> {
         ether_type::IPV6 => true,
         _ => return None,
     };
-    let (l4, end, proto, src, dst, ttl) = ip_header(frame, 14, v6)?;
+    let (l4, end, proto, src, dst, ttl, piece) = ip_header(frame, 14, v6)?;
     let segment = &frame[l4..end];
     // Packets xlb forwards must have TTL to spare; an echo request is answered, not forwarded.
     let forwardable = ttl > 1;
+    if let Some(piece) = piece {
+        if proto != proto::TCP && proto != proto::UDP {
+            return None;
+        }
+        let datagram = (src, dst, proto, piece.id);
+        if !piece.first {
+            return Some(Reading::LaterFragment {
+                datagram,
+                forwardable,
+            });
+        }
+        transport_ok(segment, proto, v6, !piece.more)?;
+        let ports = (u16_at(segment, 0)?, u16_at(segment, 2)?);
+        return Some(Reading::FirstFragment {
+            tuple: (
+                SocketAddr::new(src, ports.0),
+                SocketAddr::new(dst, ports.1),
+                proto,
+            ),
+            datagram,
+            forwardable,
+            more: piece.more,
+        });
+    }
     match proto {
         proto::TCP | proto::UDP if forwardable => {
-            transport_ok(segment, proto, v6)?;
+            transport_ok(segment, proto, v6, true)?;
             let sport = u16_at(segment, 0)?;
             let dport = u16_at(segment, 2)?;
             Some(Reading::Transport((
@@ -396,13 +477,22 @@ fn read_frame(frame: &[u8]) -> Option<Reading> {
     }
 }
 
+/// The parts of an IP header [`ip_header`] reads.
+type IpHeader = (
+    usize,
+    usize,
+    u8,
+    std::net::IpAddr,
+    std::net::IpAddr,
+    u8,
+    Option<Piece>,
+);
+
 /// Validates the IP header at `l3`: (transport offset, end of packet, protocol, source,
-/// destination, TTL).
-fn ip_header(
-    frame: &[u8],
-    l3: usize,
-    v6: bool,
-) -> Option<(usize, usize, u8, std::net::IpAddr, std::net::IpAddr, u8)> {
+/// destination, TTL, and for a fragment its place in its datagram). A fragment's transport
+/// offset is where its part of the datagram starts (in a first fragment, the transport
+/// header), and its protocol the datagram's.
+fn ip_header(frame: &[u8], l3: usize, v6: bool) -> Option<IpHeader> {
     let ip = frame.get(l3..)?;
     if v6 {
         if ip.len() < 40 || ip[0] >> 4 != 6 {
@@ -420,6 +510,19 @@ fn ip_header(
             next = *ip.get(at)?;
             at += (usize::from(*ip.get(at + 1)?) + 1) * 8;
         }
+        let mut piece = None;
+        if next == 44 {
+            // The fragment header: next header, reserved, offset and M, identification.
+            let header = ip.get(at..at + 8)?;
+            let field = u16::from_be_bytes([header[2], header[3]]);
+            piece = Some(Piece {
+                id: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+                first: field & 0xfff8 == 0,
+                more: field & 1 != 0,
+            });
+            next = header[0];
+            at += 8;
+        }
         if at > 40 + payload {
             return None;
         }
@@ -430,6 +533,7 @@ fn ip_header(
             ip_at(ip, 8, true)?,
             ip_at(ip, 24, true)?,
             ip[7],
+            piece,
         ))
     } else {
         let header = usize::from(*ip.first()? & 0x0f) * 4;
@@ -437,9 +541,12 @@ fn ip_header(
         if ip[0] >> 4 != 4 || header < 20 || total < header || total > ip.len() {
             return None;
         }
-        if u16_at(ip, 6)? & 0x3fff != 0 {
-            return None;
-        }
+        let field = u16_at(ip, 6)?;
+        let piece = (field & 0x3fff != 0).then(|| Piece {
+            id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
+            first: field & 0x1fff == 0,
+            more: field & 0x2000 != 0,
+        });
         Some((
             l3 + header,
             l3 + total,
@@ -447,6 +554,7 @@ fn ip_header(
             ip_at(ip, 12, false)?,
             ip_at(ip, 16, false)?,
             ip[8],
+            piece,
         ))
     }
 }
@@ -481,15 +589,32 @@ fn quoted_header(
     }
 }
 
-fn transport_ok(segment: &[u8], proto: u8, v6: bool) -> Option<()> {
+/// Whether the TCP or UDP header that starts `segment` is well formed; the segment is the
+/// whole datagram if `whole`, else its first fragment (which must hold the whole header, and
+/// whose UDP length counts the fragments to come).
+fn transport_ok(segment: &[u8], proto: u8, v6: bool, whole: bool) -> Option<()> {
     if proto == proto::TCP {
         let header = usize::from(*segment.get(12)? >> 4) * 4;
         (header >= 20 && header <= segment.len()).then_some(())
     } else {
         let len = usize::from(u16_at(segment, 4)?);
         let zero_checksum = u16_at(segment, 6)? == 0;
-        (len >= 8 && len <= segment.len() && !(v6 && zero_checksum)).then_some(())
+        let fits = if whole {
+            len <= segment.len()
+        } else {
+            segment.len() >= 8 && len >= segment.len()
+        };
+        (len >= 8 && fits && !(v6 && zero_checksum)).then_some(())
     }
+}
+
+/// Whether a frame is an untagged IPv4 packet whose header checksum is right (a fragment's
+/// transport checksum covers the whole datagram, so this is all of it that can be checked).
+pub fn ipv4_header_ok(frame: &[u8]) -> bool {
+    let Some(parsed) = locate(frame) else {
+        return false;
+    };
+    parsed.src.len() == 4 && lb_common::csum::checksum(&frame[parsed.l3..parsed.l4], 0) == 0
 }
 
 #[cfg(test)]
@@ -510,10 +635,13 @@ mod tests {
     fn the_generator_covers_every_kind_of_frame() {
         let world = World::packet_net();
         let (mut transport, mut echo, mut errors, mut untouchable, mut valid) = (0, 0, 0, 0, 0);
+        let (mut first, mut later) = (0, 0);
         for index in 0..5_000 {
             let bytes = frame(1, index, &world);
             match read(&bytes) {
                 Reading::Transport(_) => transport += 1,
+                Reading::FirstFragment { .. } => first += 1,
+                Reading::LaterFragment { .. } => later += 1,
                 Reading::Echo(_) => echo += 1,
                 Reading::IcmpError { .. } => errors += 1,
                 Reading::Untouchable => untouchable += 1,
@@ -528,6 +656,9 @@ mod tests {
             ("checksum-valid", valid),
         ] {
             assert!(count > 250, "only {count} {kind} frames in 5,000");
+        }
+        for (kind, count) in [("first fragment", first), ("later fragment", later)] {
+            assert!(count > 50, "only {count} {kind}s in 5,000");
         }
     }
 

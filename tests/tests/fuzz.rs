@@ -4,10 +4,15 @@
 //!
 //! - the verdict is one the program documents: DROP, PASS, TX or REDIRECT (never ABORTED);
 //! - the frame keeps its length;
-//! - a frame is changed only if the reference parser reads it as a TCP/UDP packet to a service
-//!   or of a known flow, an echo request to a VIP, or an ICMP error quoting a known flow;
-//! - a changed frame whose checksums were valid has valid checksums;
-//! - a frame is dropped only if it is a new flow to a service;
+//! - a frame is changed only if the reference parser reads it as a TCP/UDP packet (or a first
+//!   fragment of a datagram) to a service or of a known flow, a later fragment of a datagram
+//!   whose first fragment recorded the ports of a known flow (the fuzzer keeps its own record
+//!   of the first fragments it sent), an echo request to a VIP, or an ICMP error quoting a
+//!   known flow;
+//! - a changed frame whose checksums were valid has valid checksums (a fragment's IPv4 header
+//!   checksum, since its transport checksum covers the whole datagram);
+//! - a frame is dropped only if it is a new flow to a service, or a later fragment addressed to
+//!   a VIP whose first fragment was not recorded;
 //! - the tc program, run on the same frame with maps of its own in the same state, does exactly
 //!   what the XDP program does: the same frame out, the same verdict (a tc redirect for
 //!   `XDP_TX` and `XDP_REDIRECT`). Frames too short for the kernel to build an skb around
@@ -16,7 +21,11 @@
 //! `cargo xtask test` runs 20,000 cases with a fixed seed; `cargo xtask fuzz` runs a million
 //! (or `--cases N`, `--seed S`). Needs root.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::Instant,
+};
 
 use xlb::{
     config::Config,
@@ -26,7 +35,7 @@ use xlb::{
     wire::{addr_field, family_of, port_field},
 };
 use xlb_tests::{
-    fuzz::{self, Reading, Tuple, WORLD_CONFIG, World},
+    fuzz::{self, Datagram, Reading, Tuple, WORLD_CONFIG, World, ipv4_header_ok},
     packet::{LB_MAC, verify_checksums},
     packet_net::{self, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
 };
@@ -106,16 +115,56 @@ fn hostile_frames_never_break_the_invariants() {
         let mut verdicts: BTreeMap<&str, u64> = BTreeMap::new();
         let mut changed = 0u64;
         let mut tc_compared = 0u64;
+        let mut fragments_changed = 0u64;
+        // The ports each datagram's first fragment recorded, as the reference reads them.
+        let mut records: HashMap<Datagram, (u16, u16)> = HashMap::new();
         for index in 0..cases {
             let input = fuzz::frame(seed, index, &world);
             let reading = fuzz::read(&input);
-            let to_service =
-                matches!(&reading, Reading::Transport((_, dst, proto)) if is_service(dst, *proto));
+            let to_service = match &reading {
+                Reading::Transport((_, dst, proto)) => is_service(dst, *proto),
+                Reading::FirstFragment {
+                    tuple: (_, dst, proto),
+                    forwardable: true,
+                    ..
+                } => is_service(dst, *proto),
+                _ => false,
+            };
+            // A later fragment of a datagram whose first fragment was not recorded, to a VIP.
+            let unmatched = matches!(
+                &reading,
+                Reading::LaterFragment { datagram, .. }
+                    if !records.contains_key(datagram) && is_vip(&datagram.1)
+            );
+            let fragment = matches!(
+                &reading,
+                Reading::FirstFragment { .. } | Reading::LaterFragment { .. }
+            );
             // A packet to a VIP that no service takes is dropped, not passed to the host.
             let to_vip = fuzz::transport_destination(&input).is_some_and(|dst| is_vip(&dst));
             let may_change = match &reading {
                 Reading::Transport(tuple) => {
                     to_service || dataplane.maps.flow(&flow_key(tuple)).is_some()
+                }
+                Reading::FirstFragment {
+                    tuple, forwardable, ..
+                } => {
+                    *forwardable && (to_service || dataplane.maps.flow(&flow_key(tuple)).is_some())
+                }
+                Reading::LaterFragment {
+                    datagram,
+                    forwardable,
+                } => {
+                    let (src, dst, proto, _) = *datagram;
+                    *forwardable
+                        && records.get(datagram).is_some_and(|&(sport, dport)| {
+                            let tuple = (
+                                SocketAddr::new(src, sport),
+                                SocketAddr::new(dst, dport),
+                                proto,
+                            );
+                            dataplane.maps.flow(&flow_key(&tuple)).is_some()
+                        })
                 }
                 Reading::Echo(ip) => is_vip(ip),
                 Reading::IcmpError {
@@ -156,16 +205,33 @@ fn hostile_frames_never_break_the_invariants() {
                     may_change,
                     "a frame that is not xlb's was changed: {replay}"
                 );
-                if verify_checksums(&input).is_ok() {
+                if fragment {
+                    fragments_changed += 1;
+                    if ipv4_header_ok(&input) {
+                        assert!(
+                            ipv4_header_ok(&result.frame),
+                            "bad IPv4 header checksum after the rewrite: {replay}"
+                        );
+                    }
+                } else if verify_checksums(&input).is_ok() {
                     verify_checksums(&result.frame)
                         .unwrap_or_else(|e| panic!("{e} after the rewrite: {replay}"));
                 }
             }
             if verdict == Some("DROP") {
                 assert!(
-                    to_service || to_vip,
+                    to_service || to_vip || unmatched,
                     "dropped a frame that is no new flow to a service or a VIP: {replay}"
                 );
+            }
+            if let Reading::FirstFragment {
+                tuple: (src, dst, _),
+                datagram,
+                more: true,
+                ..
+            } = &reading
+            {
+                records.insert(*datagram, (src.port(), dst.port()));
             }
             if skb_buildable(&input) {
                 let tc = packet_net::run_tc(twin.tc_program(), &input, ifindex, 1)
@@ -190,9 +256,11 @@ fn hostile_frames_never_break_the_invariants() {
             }
         }
         eprintln!(
-            "{cases} cases (seed {seed:#x}) in {:.1?}: {changed} changed; verdicts {verdicts:?}; \
-             {tc_compared} also run at tc",
-            started.elapsed()
+            "{cases} cases (seed {seed:#x}) in {:.1?}: {changed} changed ({fragments_changed} \
+             fragments); verdicts {verdicts:?}; {tc_compared} also run at tc; {} datagrams \
+             recorded",
+            started.elapsed(),
+            records.len()
         );
         assert!(
             tc_compared > cases / 2,

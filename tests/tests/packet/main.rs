@@ -10,11 +10,12 @@
 //! Each run builds the namespace of `xlb_tests::packet_net` (fixed routes and neighbours).
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
-//! concern: `nat`, `ipv6`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
+//! concern: `nat`, `ipv6`, `fragments`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
 //! `passive`, `scaleout`.
 
 mod expiry;
 mod flood;
+mod fragments;
 mod icmp;
 mod ipv6;
 mod locality;
