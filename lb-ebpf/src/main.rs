@@ -34,6 +34,7 @@ mod frame;
 mod icmp;
 mod maps;
 mod nat;
+mod new_flow;
 mod packet;
 mod passive;
 mod scratch;
