@@ -226,3 +226,67 @@ fn pin_hash_map(path: &std::path::Path, key: u32, value: u32) -> std::io::Result
     unsafe { libc::close(fd as i32) };
     result
 }
+
+/// A restart during an outage: the daemon stops (the data plane forwards on with its tables),
+/// every backend's server stops, and the next daemon finds them all Down at their first
+/// check. The earlier daemon's table, which names them, is replaced by an empty one before the
+/// program is attached: new connections find no backend (dropped and counted), and none is
+/// sent to a dead backend (which would answer with a reset).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn after_a_restart_during_an_outage_no_new_flow_goes_to_a_dead_backend() {
+    let Setup {
+        lab,
+        mut xlb,
+        mut _backends,
+    } = setup(
+        r#"health = { check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }"#,
+    );
+    assert_eq!(connections(&lab, 3).len(), 3);
+    let status = xlb.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{}", xlb.output());
+    for backend in &mut _backends {
+        backend.stop().unwrap();
+    }
+    xlb.restart(&lab.balancer, &[]).unwrap();
+    assert!(
+        xlb.output().contains("took over the pinned maps"),
+        "{}",
+        xlb.output()
+    );
+    let attempts: Vec<String> = lab
+        .client
+        .block_on(async {
+            let mut attempts = Vec::new();
+            for _ in 0..3 {
+                let attempt = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(http_vip()),
+                )
+                .await;
+                attempts.push(match attempt {
+                    Err(_) => "no answer".to_owned(),
+                    Ok(Ok(_)) => "connected".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                });
+            }
+            attempts
+        })
+        .unwrap();
+    let (code, stdout, stderr) = xlb.cli(&["--json", "stats"]).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let Response::Stats(stats) = serde_json::from_str(&stdout).unwrap() else {
+        panic!("{stdout}")
+    };
+    let web = &stats.services[0];
+    let to_backends: u64 = web.backends.iter().map(|(_, c)| c.new_flows).sum();
+    assert_eq!(
+        attempts, ["no answer"; 3],
+        "new connections reached a backend: {attempts:?}"
+    );
+    assert!(
+        web.counters.no_backend >= 3 && to_backends == 3,
+        "the SYNs found no backend (the 3 new flows are those before the restart): {:?}",
+        web.counters
+    );
+}
