@@ -95,12 +95,11 @@ pub mod flow_flags {
     /// A TCP FIN or RST was seen in either direction: the flow expires after
     /// `tcp_closing_timeout` of silence instead of `tcp_idle_timeout`.
     pub const CLOSING: u8 = 1;
-    /// The backend answered the flow's SYN (set on the half-open reply entry when a backend's
-    /// packet passes): a retransmitted SYN is then not the backend's fault.
+    /// The backend answered the flow's SYN (set on the half-open entry when a backend's packet
+    /// passes): a retransmitted SYN is then not the backend's fault.
     pub const ANSWERED: u8 = 2;
     /// Direct server return: the flow's packets keep their addresses and only get the
-    /// backend's MAC address; the backend answers the client directly, so the flow has no
-    /// reply entry.
+    /// backend's MAC address; the backend answers the client directly, never through xlb.
     pub const DSR: u8 = 4;
 }
 
@@ -198,14 +197,21 @@ pub mod map_names {
     pub const HANDSHAKE_GUARD: &str = "HANDSHAKE_GUARD";
     /// Round-robin cursors, one per backend table.
     pub const RR_CURSORS: &str = "RR_CURSORS";
-    /// IPv4 flows, both directions: 5-tuple -> rewrite and next hop.
+    /// IPv4 flows, one entry each: the client's 5-tuple -> rewrites and next hops.
     pub const FLOWS4: &str = "FLOWS4";
-    /// IPv4 TCP flows whose handshake has not completed, both directions.
+    /// IPv4 TCP flows whose handshake has not completed.
     pub const HALF_OPEN4: &str = "HALF_OPEN4";
-    /// IPv6 flows, both directions.
+    /// IPv6 flows, one entry each.
     pub const FLOWS6: &str = "FLOWS6";
-    /// IPv6 TCP flows whose handshake has not completed, both directions.
+    /// IPv6 TCP flows whose handshake has not completed.
     pub const HALF_OPEN6: &str = "HALF_OPEN6";
+    /// IPv4 NAT backends (address, port, protocol) -> the VIPs they serve: how a backend's
+    /// packet finds its flow.
+    pub const BACKEND_VIPS4: &str = "BACKEND_VIPS4";
+    /// IPv6 NAT backends, as `BACKEND_VIPS4`.
+    pub const BACKEND_VIPS6: &str = "BACKEND_VIPS6";
+    /// Per backend id: the next hop toward it, cached for new flows (not pinned).
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     /// The flow timeouts, one element.
     pub const FLOW_TIMEOUTS: &str = "FLOW_TIMEOUTS";
     /// Per CPU, per (activity epoch slot, backend): flows whose client sent a packet.
@@ -271,12 +277,14 @@ pub mod map_names {
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).
-    pub const PINNED: [&str; 24] = [
+    pub const PINNED: [&str; 26] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
         BACKENDS,
         BACKEND_PORTS,
+        BACKEND_VIPS4,
+        BACKEND_VIPS6,
         RR_CURSORS,
         HANDSHAKE_GUARD,
         FLOWS4,

@@ -91,6 +91,13 @@ pub const fn delta128(old: &[u32; 4], new: &[u32; 4]) -> u16 {
     fold(diff128(old, new))
 }
 
+/// The delta of the opposite change: the one's complement of `delta` (from `new` back to
+/// `old`, `~m' + m`).
+#[inline(always)]
+pub const fn negate(delta: u16) -> u16 {
+    !delta
+}
+
 /// The folded one's-complement sum of two deltas: the delta of both changes.
 #[inline(always)]
 pub const fn add(a: u16, b: u16) -> u16 {
@@ -135,6 +142,28 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rewrite and its way back by the negated delta leave a checksum as it was (as a
+    /// one's-complement value: 0 and 0xffff are both zero), for addresses and ports alike.
+    #[test]
+    fn the_negated_delta_undoes_the_change() {
+        let same = |a: u16, b: u16| a == b || (a == 0 || a == 0xffff) && (b == 0 || b == 0xffff);
+        let cases: [(u32, u32, u16, u16); 4] = [
+            (0x0264_12c6, 0x0b01_12c6, 80u16.to_be(), 8080u16.to_be()),
+            (0xffff_ffff, 0, 0, 0xffff),
+            (0x1234_5678, 0x1234_5678, 443, 443),
+            (0, 0x8000_0001, 1, 0xfffe),
+        ];
+        for (old, new, old_port, new_port) in cases {
+            let (addr, port) = (delta32(old, new), delta16(old_port, new_port));
+            for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+                let there = apply(apply(check, addr), port);
+                assert!(same(replace32(replace16(check, old_port, new_port), old, new), there));
+                let back = apply(apply(there, negate(addr)), negate(port));
+                assert!(same(back, check), "{check:#x} -> {there:#x} -> {back:#x}");
+            }
+        }
+    }
 
     /// RFC 1071 §3's worked example: the sum of these words is ddf2 (big-endian view).
     #[test]

@@ -9,7 +9,7 @@
 //! `FlowEntry<Addr>`, which is also what the IPv6 tables hold.
 
 use crate::{
-    Addr,
+    Addr, Hop,
     consts::{family, flow_flags, proto},
     csum,
 };
@@ -160,7 +160,7 @@ impl FlowAddr for Addr {
     }
 }
 
-/// Directions of a flow, as recorded in [`FlowEntry::direction`].
+/// Directions of a flow's packets (counters and trace events).
 pub mod direction {
     /// Client to VIP: the destination is rewritten to the backend.
     pub const TO_BACKEND: u8 = 0;
@@ -168,52 +168,48 @@ pub mod direction {
     pub const TO_CLIENT: u8 = 1;
 }
 
-/// Value of the flow tables: how to rewrite and where to send the packets of one direction of
-/// a flow. Each flow has two entries, one per direction (one with DSR), keyed by the 5-tuple
-/// as it arrives at xlb. `FlowEntry<u32>` (56 bytes) in the IPv4 tables, `FlowEntry<Addr>` (72
+/// Value of the flow tables: one entry per flow, stored under the client's 5-tuple as it
+/// arrives at xlb (client, VIP), for both directions. The client's packets get the backend as
+/// their destination; the backend's packets (NAT), found through `BACKEND_VIPS` (see
+/// `crate::reply`), get the VIP of the entry's key back as their source, with the opposite
+/// checksum changes. `FlowEntry<u32>` (80 bytes) in the IPv4 tables, `FlowEntry<Addr>` (96
 /// bytes) in the IPv6 tables and in userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry<A: FlowAddr = Addr> {
-    /// Coarse monotonic time (ns) a packet of this direction was last seen, refreshed at most
-    /// once per `timing::LAST_SEEN_REFRESH_NS` (and then for both directions).
+    /// Coarse monotonic time (ns) a packet of the flow (either direction) was last seen,
+    /// refreshed at most once per `timing::LAST_SEEN_REFRESH_NS`.
     pub last_seen_ns: u64,
-    /// Address written into the packet: the backend (new destination) for `TO_BACKEND`, the
-    /// VIP (new source) for `TO_CLIENT`.
+    /// The backend's address: the client's packets' new destination.
     pub addr: A,
-    /// Port written into the packet, network byte order.
+    /// The backend's port, network byte order.
     pub port: u16,
-    /// [`direction::TO_BACKEND`] or [`direction::TO_CLIENT`].
-    pub direction: u8,
     /// Flow state, [`crate::consts::flow_flags`].
     pub flags: u8,
+    /// Explicit padding; zero.
+    pub _pad: u8,
     /// Backend that serves the flow (index into `BACKENDS` and `BACKEND_STATS`).
     pub backend_id: u32,
     /// Service the flow belongs to (index into `SERVICE_STATS`).
     pub service_id: u32,
-    /// The rewrite's checksum change for the address, folded ([`FlowAddr::csum_delta`] of the
-    /// address the packet arrives with and [`Self::addr`]): worked out once, when the entry is
-    /// made, rather than for every packet.
+    /// The client-to-backend rewrite's checksum change for the address, folded
+    /// ([`FlowAddr::csum_delta`] of the VIP and [`Self::addr`]): worked out once, when the
+    /// entry is made. The backend-to-client rewrite adds its one's complement.
     pub csum_addr: u16,
     /// The same for the port.
     pub csum_port: u16,
-    /// Next hop of this direction, cached from the kernel's FIB: the interface (0 when not
-    /// resolved, or to be resolved again)...
-    pub hop_ifindex: u32,
-    /// ...the next hop's MAC address...
-    pub hop_dst_mac: [u8; 6],
-    /// ...and the source MAC to use.
-    pub hop_src_mac: [u8; 6],
+    /// Next hop of the client's packets, toward the backend (from `BACKEND_HOPS` when the flow
+    /// is made, from the FIB at each refresh).
+    pub to_backend: Hop,
+    /// Next hop of the backend's packets, toward the client (NAT): the frame of the flow's
+    /// first packet, turned around, until the FIB's answer at the first refresh.
+    pub to_client: Hop,
     /// The low 16 bits of the activity epoch ([`epoch`]) of the last client packet counted in
-    /// `ACTIVE_FLOWS` (client-to-backend entries only).
+    /// `ACTIVE_FLOWS`.
     pub epoch: u16,
-    /// Whether the next hop's interface is a veth whose packets the tc program hands straight
-    /// to its peer (`bpf_redirect_peer`, see `VETH_PEERS`): 1 or 0, cached with the next hop.
-    pub hop_peer: u8,
     /// Explicit padding; zero.
-    pub _pad: u8,
-    /// When the flow began: coarse monotonic time in whole seconds. Both directions carry the
-    /// same value.
+    pub _pad2: u16,
+    /// When the flow began: coarse monotonic time in whole seconds.
     pub created_s: u32,
     /// While the flow is half-open: the acknowledgement number that the backend's answer to
     /// the client's SYN carries (the SYN's sequence number plus one, host order), so that only
@@ -230,18 +226,16 @@ impl FlowEntry<u32> {
             last_seen_ns: self.last_seen_ns,
             addr: self.addr.to_addr(),
             port: self.port,
-            direction: self.direction,
             flags: self.flags,
+            _pad: 0,
             backend_id: self.backend_id,
             service_id: self.service_id,
             csum_addr: self.csum_addr,
             csum_port: self.csum_port,
-            hop_ifindex: self.hop_ifindex,
-            hop_dst_mac: self.hop_dst_mac,
-            hop_src_mac: self.hop_src_mac,
+            to_backend: self.to_backend,
+            to_client: self.to_client,
             epoch: self.epoch,
-            hop_peer: self.hop_peer,
-            _pad: 0,
+            _pad2: 0,
             created_s: self.created_s,
             handshake_ack: self.handshake_ack,
             _tail: [0; 4],
@@ -256,18 +250,16 @@ impl FlowEntry {
             last_seen_ns: self.last_seen_ns,
             addr: self.addr[0],
             port: self.port,
-            direction: self.direction,
             flags: self.flags,
+            _pad: 0,
             backend_id: self.backend_id,
             service_id: self.service_id,
             csum_addr: self.csum_addr,
             csum_port: self.csum_port,
-            hop_ifindex: self.hop_ifindex,
-            hop_dst_mac: self.hop_dst_mac,
-            hop_src_mac: self.hop_src_mac,
+            to_backend: self.to_backend,
+            to_client: self.to_client,
             epoch: self.epoch,
-            hop_peer: self.hop_peer,
-            _pad: 0,
+            _pad2: 0,
             created_s: self.created_s,
             handshake_ack: self.handshake_ack,
             _tail: [],
@@ -369,8 +361,8 @@ pub const fn active_count(tagged: u64, epoch: u32) -> u32 {
 
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowKey4>() == 16);
-const _: () = assert!(size_of::<FlowEntry<u32>>() == 56);
-const _: () = assert!(size_of::<FlowEntry<Addr>>() == 72);
+const _: () = assert!(size_of::<FlowEntry<u32>>() == 80);
+const _: () = assert!(size_of::<FlowEntry<Addr>>() == 96);
 const _: () = assert!(size_of::<FlowTimeouts>() == 24);
 
 #[cfg(test)]
@@ -434,8 +426,16 @@ mod tests {
             backend_id: 3,
             service_id: 2,
             csum_addr: 0x1234,
-            hop_ifindex: 5,
-            hop_dst_mac: [2, 0, 0, 0, 1, 0x11],
+            to_backend: Hop {
+                ifindex: 5,
+                dst_mac: [2, 0, 0, 0, 1, 0x11],
+                ..Hop::default()
+            },
+            to_client: Hop {
+                ifindex: 6,
+                peer: 1,
+                ..Hop::default()
+            },
             epoch: 9,
             created_s: 11,
             handshake_ack: 13,

@@ -19,10 +19,14 @@ pub mod flow;
 pub mod frame;
 pub mod guard;
 pub mod hash;
+pub mod hop;
 pub mod maps;
 pub mod passive;
+pub mod reply;
 pub mod tables;
 pub mod trace;
 
 pub use flow::*;
 pub use maps::*;
+pub use hop::{BackendHop, Hop};
+pub use reply::{BackendVipKey, BackendVips, VipPort};

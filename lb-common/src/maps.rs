@@ -255,7 +255,7 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 20] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 22] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
@@ -294,6 +294,16 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 20] = {
         (n::SUSPECT_SLOTS, 4, size_of::<SuspectSlots>()),
         (n::ADMISSION, size_of::<AdmissionKey>(), 8),
         (n::BACKEND_PORTS, 4, 8),
+        (
+            n::BACKEND_VIPS4,
+            size_of::<crate::BackendVipKey<u32>>(),
+            size_of::<crate::BackendVips<u32>>(),
+        ),
+        (
+            n::BACKEND_VIPS6,
+            size_of::<crate::BackendVipKey<Addr>>(),
+            size_of::<crate::BackendVips<Addr>>(),
+        ),
     ]
 };
 
@@ -349,5 +359,10 @@ mod pod {
         crate::passive::SuspectSlots,
         crate::passive::PassiveEvent,
         crate::passive::AdmissionKey,
+        crate::BackendHop,
+        crate::BackendVipKey<u32>,
+        crate::BackendVipKey<Addr>,
+        crate::BackendVips<u32>,
+        crate::BackendVips<Addr>,
     );
 }

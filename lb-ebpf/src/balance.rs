@@ -4,7 +4,7 @@
 //! the IPv4 tables and keys.
 
 use lb_common::{
-    Addr, ClientPrefix, ServiceEntry, ServiceKey, backend_port_bit,
+    Addr, ClientPrefix, FlowEntry, ServiceEntry, ServiceKey,
     consts::{events, family, proto, tcp_flags},
     tables::table_index,
     trace::NO_BACKEND_ID,
@@ -12,16 +12,17 @@ use lb_common::{
 
 use crate::{
     clock,
-    established::{NO_FLOW, established, established_apart},
+    established::{NO_FLOW, established, established_apart, found},
     family::{Family, V4, V6, packet_key},
     flows::{Retransmission, promote, retransmitted_syn},
     fragment::{self, FIRST_FRAGMENT},
     frame::Frame,
     icmp,
-    maps::{BACKEND_PORTS, CLIENT_POOLS, SERVICES, count_event},
+    maps::{CLIENT_POOLS, SERVICES, count_event},
     new_flow::{NewFlow, Placement, new_flow},
     packet::{Packet, Parsed, parse},
     passive,
+    reply::backend_flow,
     scratch::{Scratch, scratch},
     unserved,
 };
@@ -89,13 +90,22 @@ fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut S
     balance::<F, Fam>(frame, pkt, scratch)
 }
 
-/// A TCP or UDP packet of family `Fam`. One hash lookup decides a packet of an established flow
-/// (either direction); a second, the first packet of a new flow, which is returned as
-/// [`PLACE`]; the new flow is placed from the program's top level, so that the stack frames of
-/// `balance` and `new_flow` are never on the stack at once (the program's stack is 512 bytes
-/// for all frames).
+/// A TCP or UDP packet of family `Fam`. A backend's packet (its source port is a backend's,
+/// see `reply`) finds its flow through the VIPs its backend serves; a client's packet, by its
+/// own 5-tuple: one hash lookup decides a packet of an established flow, a second the first
+/// packet of a new flow, which is returned as [`PLACE`]; the new flow is placed from the
+/// program's top level, so that the stack frames of `balance` and `new_flow` are never on the
+/// stack at once (the program's stack is 512 bytes for all frames).
 #[inline(always)]
 fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
+    if let Some((entry, half_open)) = backend_flow::<Fam>(
+        scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto,
+    ) {
+        let verdict = from_backend::<F, Fam>(frame, pkt, scratch, entry, half_open);
+        if verdict != NO_FLOW {
+            return verdict;
+        }
+    }
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };
     packet_key::<Fam>(pkt, key);
@@ -103,9 +113,9 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     if let Some(entry) = Fam::flows().get_ptr_mut(key) {
         // Inlined for IPv4 (see `established`); apart for IPv6, whose frames are larger.
         let verdict = if Fam::FAMILY == family::IPV4 {
-            established::<F, Fam>(frame, pkt, scratch, entry, false)
+            established::<F, Fam>(frame, pkt, scratch, entry, found::CLIENT)
         } else {
-            established_apart::<F, Fam>(frame, pkt, scratch, entry, false)
+            established_apart::<F, Fam>(frame, pkt, scratch, entry, found::CLIENT)
         };
         if verdict != NO_FLOW {
             return verdict;
@@ -119,46 +129,56 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
         proto: pkt.proto,
         family: pkt.family,
     };
-    let service = SERVICES.get_ptr(service_key);
-    // A packet for no service is a half-open flow's only if it is a backend's answer.
+    let Some(service) = SERVICES.get_ptr(service_key) else {
+        return unserved::not_served::<F>(pkt);
+    };
     if pkt.proto == proto::TCP
-        && (service.is_some() || from_backend_port(pkt.sport))
         && let Some(entry) = Fam::half_open().get_ptr_mut(key)
     {
         // A client packet without SYN completes the handshake; a retransmitted SYN is
-        // forwarded (its reply entry put back if a flood evicted it) or, if the backend never
-        // answered, placed on another backend; a backend's packet (no service: its
-        // destination is the client) may be its answer, or its refusal.
-        let (entry, half_open) = match service {
-            Some(_) if pkt.tcp_flags & tcp_flags::SYN == 0 => match promote::<Fam>(key, entry) {
+        // forwarded or, if the backend never answered, placed on another backend.
+        let (entry, half_open) = if pkt.tcp_flags & tcp_flags::SYN == 0 {
+            match promote::<Fam>(key, entry) {
                 Some(entry) => (entry, false),
                 None => (entry, true),
-            },
-            Some(service) => match retransmitted_syn::<Fam>(key, entry) {
+            }
+        } else {
+            match retransmitted_syn::<Fam>(key, entry) {
                 Retransmission::Replace(avoid) => return to_place(pkt, service, avoid),
                 Retransmission::Forward => (entry, true),
-            },
-            None => {
-                passive::backend_answer(frame, pkt, entry, clock::now_in(scratch));
-                (entry, true)
             }
         };
-        let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, half_open);
+        let how = found::table(half_open);
+        let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, how);
         if verdict != NO_FLOW {
             return verdict;
         }
     }
-    if let Some(service) = service {
-        return to_place(pkt, service, NO_BACKEND_ID);
-    }
-    unserved::not_served::<F>(pkt)
+    to_place(pkt, service, NO_BACKEND_ID)
 }
 
-/// Whether a backend listens on `port` (`BACKEND_PORTS`).
+/// A backend's packet of the flow whose entry `entry` is stored under the key in the scratch
+/// area (in the half-open table if `half_open`, where the packet may be the backend's answer
+/// to the client's SYN, or its refusal): rewritten back to the VIP and sent to the client.
 #[inline(always)]
-fn from_backend_port(port: u16) -> bool {
-    let (word, bit) = backend_port_bit(port);
-    BACKEND_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
+fn from_backend<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    scratch: *mut Scratch,
+    entry: *mut FlowEntry<Fam::Addr>,
+    half_open: bool,
+) -> u32 {
+    if !half_open {
+        // Inlined for IPv4, as a client's packet is.
+        return if Fam::FAMILY == family::IPV4 {
+            established::<F, Fam>(frame, pkt, scratch, entry, found::BACKEND)
+        } else {
+            established_apart::<F, Fam>(frame, pkt, scratch, entry, found::BACKEND)
+        };
+    }
+    passive::backend_answer(frame, pkt, entry, clock::now_in(scratch));
+    let how = found::BACKEND | found::HALF_OPEN;
+    established_apart::<F, Fam>(frame, pkt, scratch, entry, how)
 }
 
 /// Records in the scratch area where a new flow of `service` goes (or where a half-open one is
@@ -186,8 +206,8 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) 
     match new_flow::<F, Fam>(frame, pkt, key, placement) {
         NewFlow::Done(verdict) => verdict,
         NewFlow::Raced(entry) => {
-            let half_open = pkt.proto == proto::TCP;
-            match established_apart::<F, Fam>(frame, pkt, scratch, entry, half_open) {
+            let how = found::table(pkt.proto == proto::TCP);
+            match established_apart::<F, Fam>(frame, pkt, scratch, entry, how) {
                 // (The other CPU's entry cannot be over an instant after it was made.)
                 NO_FLOW => F::DROP,
                 verdict => verdict,

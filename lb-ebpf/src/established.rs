@@ -1,16 +1,17 @@
 //! A packet of a known flow, in either direction: rewritten as its entry says and sent to the
-//! entry's cached next hop. The common case touches nothing but the entry, the counters and
-//! the packet: the checksum changes were worked out when the entry was made, the clock comes
-//! from the CPU's cache, and the next hop from the entry. Once a second per flow (or when the
-//! next hop is to be resolved), the entry is refreshed: its timeout checked, its time stamped
-//! (the other direction's too), its next hop taken from the FIB again. A FIN or RST stamps
-//! both entries closing, and leaves their next hops as they are: a short connection asks the
-//! FIB once per direction, not again when it closes.
+//! entry's cached next hop for that direction. The common case touches nothing but the entry,
+//! the counters and the packet: the checksum changes were worked out when the entry was made
+//! (the backend's packets add their complement), the clock comes from the CPU's cache, and the
+//! next hop from the entry. Once a second per flow (or when the direction's next hop is to be
+//! resolved), the entry is refreshed: its timeout checked, its time stamped, the packet's
+//! direction's next hop taken from the FIB again (and the other direction's marked to be, on
+//! its next packet). A FIN or RST stamps the entry closing, and leaves its next hops as they
+//! are: a short connection asks the FIB nothing when it closes.
 
 use lb_common::{
-    FlowAddr, FlowEntry,
+    FlowAddr, FlowEntry, Hop,
     consts::{events, flow_flags, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
-    direction, epoch,
+    csum, direction, epoch,
     trace::decision,
 };
 
@@ -18,8 +19,8 @@ use crate::{
     clock,
     counters::{count_active, count_traffic},
     family::Family,
-    flows::{forget, scratch_peer, table},
-    forward::{NextHop, Route, resolve, transmit},
+    flows::forget,
+    forward::{Route, cache_backend_hop, resolve, transmit},
     frame::Frame,
     maps::{FLOW_TIMEOUTS, count_event},
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
@@ -33,6 +34,23 @@ use crate::{
 /// the packet is handled as one without a flow. No hook's verdict has this value.
 pub const NO_FLOW: u32 = 0xffff_fffe;
 
+/// How a packet found its flow's entry, in one argument (a BPF function takes five): which
+/// table, and whose packet it is.
+pub mod found {
+    /// A client's packet, in the established table.
+    pub const CLIENT: u32 = 0;
+    /// The entry is in the half-open table.
+    pub const HALF_OPEN: u32 = 1;
+    /// A backend's packet (NAT), found through the VIPs its backend serves.
+    pub const BACKEND: u32 = 2;
+
+    /// [`HALF_OPEN`] for an entry in the half-open table, else nothing.
+    #[inline(always)]
+    pub const fn table(half_open: bool) -> u32 {
+        if half_open { HALF_OPEN } else { CLIENT }
+    }
+}
+
 /// [`established`] in a function of its own, for the places a packet of a known flow is less
 /// common than where an established flow's packets go (half-open flows, a race with another
 /// CPU): one copy of its code for all of them.
@@ -42,9 +60,9 @@ pub fn established_apart<F: Frame, Fam: Family>(
     pkt: &Packet,
     scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
-    half_open: bool,
+    how: u32,
 ) -> u32 {
-    established::<F, Fam>(frame, pkt, scratch, entry, half_open)
+    established::<F, Fam>(frame, pkt, scratch, entry, how)
 }
 
 /// Bits of [`refresh`]'s `mode`.
@@ -52,13 +70,15 @@ const REFRESH_DUE: u32 = 1;
 const REFRESH_CLOSING: u32 = 2;
 const REFRESH_HALF_OPEN: u32 = 4;
 const REFRESH_REOPENED: u32 = 8;
-/// The entry's second is over: its next hop is resolved again (and its peer's, on its next
-/// packet).
+/// The entry's second is over: the packet's direction's next hop is resolved again (and the
+/// other's, on its next packet).
 const REFRESH_AGED: u32 = 16;
+/// The packet is the backend's.
+const REFRESH_FROM_BACKEND: u32 = 32;
 
-/// A packet of the flow whose entry `entry` (in the half-open table if `half_open`) is stored
-/// under the packet's key (in this CPU's `scratch` area): refreshed if due, rewritten as the
-/// entry says, counted and sent. A FIN or RST marks both directions closing. Inlined where an
+/// A packet of the flow whose entry `entry` is stored under the key in this CPU's `scratch`
+/// area, found as `how` says (see [`found`]): refreshed if due, rewritten as the entry says
+/// for its direction, counted and sent. A FIN or RST marks the flow closing. Inlined where an
 /// established flow's packets arrive (a BPF-to-BPF call and its return cost 13 ns here, with
 /// the return-stack mitigation of this CPU), and so are its steps; the refresh, about once a
 /// second per flow, is a function of its own, so that its locals stay off the stack.
@@ -68,21 +88,22 @@ pub fn established<F: Frame, Fam: Family>(
     pkt: &Packet,
     scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
-    half_open: bool,
+    how: u32,
 ) -> u32 {
     if for_kernel(frame, pkt) {
         return F::PASS;
     }
+    let half_open = how & found::HALF_OPEN != 0;
+    let to_backend = how & found::BACKEND == 0;
     let now = clock::now_in(scratch);
     // SAFETY: a valid map value; fields are read once, and racing writers (other CPUs on the
     // same flow) only store a recent time, the closing flag, the epoch or the same next hop.
     let flow = unsafe { &mut *entry };
     let dsr = flow.flags & flow_flags::DSR != 0;
-    let to_backend = flow.direction == direction::TO_BACKEND;
     let reasons = Reasons::of(pkt, flow, to_backend, half_open, now);
     let mut unresolved = F::PASS;
-    if reasons.due() || flow.hop_ifindex == 0 {
-        let mode = reasons.mode(half_open);
+    if reasons.due() || !hop_of(flow, to_backend).resolved() {
+        let mode = reasons.mode(half_open, to_backend);
         unresolved = refresh::<F, Fam>(frame, pkt, scratch, entry, mode);
         if unresolved == NO_FLOW {
             return NO_FLOW;
@@ -92,16 +113,32 @@ pub fn established<F: Frame, Fam: Family>(
     if to_backend && !half_open {
         count_epoch(flow, now);
     }
-    let resolved = flow.hop_ifindex != 0;
-    if rewrite::<F, Fam>(frame, pkt, flow, dsr, to_backend, resolved).is_none() {
+    let hop = hop_of(flow, to_backend);
+    let resolved = hop.resolved();
+    if rewrite::<F, Fam>(frame, pkt, scratch, flow, dsr, to_backend, resolved).is_none() {
         return F::PASS;
     }
-    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    count_traffic(
+        flow.service_id,
+        flow.backend_id,
+        pkt.ip_len,
+        direction_of(to_backend),
+    );
     trace_established(pkt, flow, to_backend, half_open, now);
     if !resolved {
         return unresolved;
     }
-    transmit(frame, &NextHop::cached(flow))
+    transmit(frame, hop)
+}
+
+/// The next hop of a direction of the flow.
+#[inline(always)]
+pub fn hop_of<A: FlowAddr>(flow: &FlowEntry<A>, to_backend: bool) -> &Hop {
+    if to_backend {
+        &flow.to_backend
+    } else {
+        &flow.to_client
+    }
 }
 
 /// Whether the packet goes to the kernel untouched: its TTL would expire, or it is a GSO
@@ -161,10 +198,11 @@ impl Reasons {
     }
 
     /// The [`refresh`] mode for these reasons, of an entry in the half-open table if
-    /// `half_open`.
+    /// `half_open`, for a client's packet if `to_backend`.
     #[inline(always)]
-    fn mode(self, half_open: bool) -> u32 {
+    fn mode(self, half_open: bool, to_backend: bool) -> u32 {
         (if self.due() { REFRESH_DUE } else { 0 })
+            | if to_backend { 0 } else { REFRESH_FROM_BACKEND }
             | if self.closing { REFRESH_CLOSING } else { 0 }
             | if half_open { REFRESH_HALF_OPEN } else { 0 }
             | if self.reopened { REFRESH_REOPENED } else { 0 }
@@ -183,34 +221,69 @@ fn count_epoch<A: FlowAddr>(flow: &mut FlowEntry<A>, now: u64) {
     }
 }
 
-/// Rewrites the packet as its entry says: the backend's end toward the backend, the VIP's
-/// toward the client, with the TTL decremented if the next hop is `resolved` (the kernel
-/// decrements the TTL of a packet it forwards itself). `None`: the headers are no longer
-/// where `pkt` says.
+/// Rewrites the packet as its entry says (see [`flow_rewrite`]), with the TTL decremented if
+/// the next hop is `resolved` (the kernel decrements the TTL of a packet it forwards itself).
+/// `None`: the headers are no longer where `pkt` says.
 #[inline(always)]
 fn rewrite<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
+    scratch: *mut Scratch,
     flow: &FlowEntry<Fam::Addr>,
     dsr: bool,
     to_backend: bool,
     resolved: bool,
 ) -> Option<()> {
-    let rewrite = Rewrite {
-        end: if to_backend {
-            End::Destination
-        } else {
-            End::Source
-        },
-        addr: &flow.addr,
-        port: flow.port,
-        deltas: Deltas {
-            addr: flow.csum_addr,
-            port: flow.csum_port,
-        },
-        ttl: resolved,
-    };
+    // SAFETY: this CPU's scratch area: the flow's key.
+    let key = unsafe { &*Fam::areas(scratch).key };
+    let rewrite = flow_rewrite::<Fam>(flow, key, to_backend, resolved);
     rewrite_unless_dsr::<F, Fam>(frame, pkt, dsr, &rewrite)
+}
+
+/// The rewrite of a packet of the flow of `flow`, stored under `key`: toward the backend, the
+/// destination becomes the backend; toward the client, the source becomes the VIP again (the
+/// key's destination), with the complement of the checksum changes.
+#[inline(always)]
+pub fn flow_rewrite<'a, Fam: Family>(
+    flow: &'a FlowEntry<Fam::Addr>,
+    key: &'a Fam::Key,
+    to_backend: bool,
+    ttl: bool,
+) -> Rewrite<'a, Fam::Addr> {
+    if to_backend {
+        Rewrite {
+            end: End::Destination,
+            addr: &flow.addr,
+            port: flow.port,
+            deltas: Deltas {
+                addr: flow.csum_addr,
+                port: flow.csum_port,
+            },
+            ttl,
+        }
+    } else {
+        Rewrite {
+            end: End::Source,
+            addr: Fam::dst(key),
+            port: Fam::dst_port(key),
+            deltas: Deltas {
+                addr: csum::negate(flow.csum_addr),
+                port: csum::negate(flow.csum_port),
+            },
+            ttl,
+        }
+    }
+}
+
+/// The direction of a packet toward the backend if `to_backend`, else toward the client
+/// (`lb_common::direction`).
+#[inline(always)]
+pub fn direction_of(to_backend: bool) -> u8 {
+    if to_backend {
+        direction::TO_BACKEND
+    } else {
+        direction::TO_CLIENT
+    }
 }
 
 /// Traces the packet (`xlb trace`), as one of its flow's client's.
@@ -229,17 +302,19 @@ pub fn trace_established<A: FlowAddr>(
     };
     trace::record(now, flow.service_id, pkt, client, |event| {
         event.decision = decision::ESTABLISHED;
-        event.direction = flow.direction;
+        event.direction = direction_of(to_backend);
         event.backend_id = flow.backend_id;
         event.half_open = half_open as u8;
     });
 }
 
 /// Refreshes a flow's entry (see the module documentation), as `mode` says: if the refresh is
-/// due, the flow may be over or reopened ([`NO_FLOW`]: its entries are gone) or is stamped;
-/// its next hop is resolved again if its second is over or it has none. Returns the verdict
-/// for the packet if the next hop could not be resolved (`hop_ifindex` is then 0). A function of its own: its locals stay off the frames of the
-/// functions `established` is inlined into.
+/// due, the flow may be over or reopened ([`NO_FLOW`]: its entry is gone) or is stamped; the
+/// packet's direction's next hop is resolved again if its second is over or it has none (the
+/// next hop toward the backend is then cached for the backend's new flows too). Returns the
+/// verdict for the packet if the next hop could not be resolved (its `ifindex` is then 0). A
+/// function of its own: its locals stay off the frames of the functions `established` is
+/// inlined into.
 #[inline(never)]
 fn refresh<F: Frame, Fam: Family>(
     frame: &F,
@@ -251,11 +326,12 @@ fn refresh<F: Frame, Fam: Family>(
     // SAFETY: as in `established`; the key is this CPU's scratch area's.
     let (flow, key) = unsafe { (&mut *entry, &*Fam::areas(scratch).key) };
     let half_open = mode & REFRESH_HALF_OPEN != 0;
+    let to_backend = mode & REFRESH_FROM_BACKEND == 0;
     let now = clock::now_in(scratch);
     if mode & REFRESH_DUE != 0 {
         let reopened = mode & REFRESH_REOPENED != 0;
         if reopened || over(pkt, flow, half_open, now) {
-            forget::<Fam>(key, flow, half_open);
+            forget::<Fam>(key, half_open);
             count_event(if reopened {
                 events::FLOW_REOPENED
             } else {
@@ -263,42 +339,52 @@ fn refresh<F: Frame, Fam: Family>(
             });
             return NO_FLOW;
         }
-        stamp::<Fam>(key, flow, half_open, mode, now);
+        stamp(flow, mode, now);
     }
     // A close within the entry's second keeps the next hop it has.
-    if mode & REFRESH_AGED == 0 && flow.hop_ifindex != 0 {
+    if mode & REFRESH_AGED == 0 && hop_of(flow, to_backend).resolved() {
         return F::PASS;
     }
     // The route of the packet after its rewrite (the FIB is asked about that one).
     let dsr = flow.flags & flow_flags::DSR != 0;
-    let to_backend = flow.direction == direction::TO_BACKEND;
-    let resolved = flow.addr.with_addr(|addr| {
-        let route = if to_backend {
-            Route {
+    let resolved = if to_backend {
+        flow.addr.with_addr(|addr| {
+            let route = Route {
                 src: &pkt.src,
                 dst: addr,
                 sport: pkt.sport,
                 dport: flow.port,
                 dsr,
-            }
-        } else {
-            Route {
-                src: addr,
+            };
+            resolve(frame, pkt, &route)
+        })
+    } else {
+        Fam::dst(key).with_addr(|vip| {
+            let route = Route {
+                src: vip,
                 dst: &pkt.dst,
-                sport: flow.port,
+                sport: Fam::dst_port(key),
                 dport: pkt.dport,
                 dsr,
-            }
-        };
-        resolve(frame, pkt, &route)
-    });
+            };
+            resolve(frame, pkt, &route)
+        })
+    };
+    let hop = if to_backend {
+        &mut flow.to_backend
+    } else {
+        &mut flow.to_client
+    };
     match resolved {
-        Ok(hop) => {
-            hop.store(flow);
+        Ok(answer) => {
+            *hop = answer;
+            if to_backend {
+                cache_backend_hop(flow.backend_id, &answer, now);
+            }
             F::PASS
         }
         Err(verdict) => {
-            flow.hop_ifindex = 0;
+            hop.ifindex = 0;
             verdict
         }
     }
@@ -313,42 +399,21 @@ fn over<A: FlowAddr>(pkt: &Packet, flow: &FlowEntry<A>, half_open: bool, now: u6
     })
 }
 
-/// Stamps a flow's entries as seen at `now` (and closing, if `mode` says this packet closes
-/// it): this one and the other direction's. If the entry's second is over, this one's next hop
-/// is then resolved again, and the other's is marked to be resolved on its next packet: so the
-/// two entries age together, and each direction asks the FIB about once a second. (A close
-/// within the second stamps both and leaves both next hops: a route change then reaches the
-/// other direction of a closing flow within two seconds rather than one.)
+/// Stamps a flow's entry as seen at `now` (and closing, if `mode` says this packet closes it).
+/// If the entry's second is over, the packet's direction's next hop is then resolved again,
+/// and the other direction's is marked to be resolved on its next packet: so each direction
+/// asks the FIB about once a second.
 #[inline(always)]
-fn stamp<Fam: Family>(
-    key: &Fam::Key,
-    flow: &mut FlowEntry<Fam::Addr>,
-    half_open: bool,
-    mode: u32,
-    now: u64,
-) {
-    let closing = mode & REFRESH_CLOSING != 0;
-    let aged = mode & REFRESH_AGED != 0;
+fn stamp<A: FlowAddr>(flow: &mut FlowEntry<A>, mode: u32, now: u64) {
     flow.last_seen_ns = now;
-    if closing {
+    if mode & REFRESH_CLOSING != 0 {
         flow.flags |= flow_flags::CLOSING;
     }
-    // (A DSR flow has no reply entry: its backend answers the client directly.)
-    if flow.flags & flow_flags::DSR != 0 {
-        return;
-    }
-    if let Some(peer) =
-        scratch_peer::<Fam>(key, flow).and_then(|peer| table::<Fam>(half_open).get_ptr_mut(peer))
-    {
-        // SAFETY: a valid map value; as for `flow`.
-        unsafe {
-            (*peer).last_seen_ns = now;
-            if aged {
-                (*peer).hop_ifindex = 0;
-            }
-            if closing {
-                (*peer).flags |= flow_flags::CLOSING;
-            }
+    if mode & REFRESH_AGED != 0 {
+        if mode & REFRESH_FROM_BACKEND == 0 {
+            flow.to_client.ifindex = 0;
+        } else {
+            flow.to_backend.ifindex = 0;
         }
     }
 }

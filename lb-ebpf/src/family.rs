@@ -4,12 +4,14 @@
 //! compiled once for each.
 
 use lb_common::{
-    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, consts::family,
+    Addr, BackendVipKey, FlowAddr, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6,
+    consts::family,
 };
 
 use crate::{
     maps::{
-        FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6, FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6,
+        BACKEND_VIPS4, BACKEND_VIPS6, BackendVipsMap, FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6,
+        FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6,
     },
     packet::Packet,
     scratch::Scratch,
@@ -37,7 +39,9 @@ pub trait Family: 'static {
     fn flows() -> &'static FlowTable<Self::Key, Self::Addr>;
     /// Half-open TCP flows (`HALF_OPEN4`, `HALF_OPEN6`).
     fn half_open() -> &'static FlowTable<Self::Key, Self::Addr>;
-    /// This CPU's scratch areas of this family: the packet's key, a peer key, an entry.
+    /// The NAT backends and the VIPs they serve (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
+    fn backend_vips() -> &'static BackendVipsMap<Self::Addr>;
+    /// This CPU's scratch areas of this family: the packet's key, a backend's key, an entry.
     fn areas(scratch: *mut Scratch) -> Areas<Self>;
     /// The key of a 5-tuple, addresses and ports (network order) as on the wire.
     fn key(
@@ -47,10 +51,10 @@ pub trait Family: 'static {
         dst_port: u16,
         protocol: u8,
     ) -> Self::Key;
-    /// The parts of a key: source, destination, source port, destination port.
-    fn parts(key: &Self::Key) -> (Self::Addr, Self::Addr, u16, u16);
-    /// The protocol of a key.
-    fn protocol(key: &Self::Key) -> u8;
+    /// The destination of a key (the VIP of a flow's key).
+    fn dst(key: &Self::Key) -> &Self::Addr;
+    /// The destination port of a key, network order.
+    fn dst_port(key: &Self::Key) -> u16;
     /// The records of fragmented datagrams (`FRAGMENTS4`, `FRAGMENTS6`).
     fn fragments() -> &'static FragmentTable<Self::FragmentKey>;
     /// The key of the datagram of a fragment from `src` to `dst` of protocol `protocol`, whose
@@ -63,8 +67,8 @@ pub trait Family: 'static {
 pub struct Areas<Fam: Family + ?Sized> {
     /// The key of the packet being handled (or of the flow an ICMP error quotes).
     pub key: *mut Fam::Key,
-    /// The key of the other direction of a flow.
-    pub peer: *mut Fam::Key,
+    /// A backend's key in `BACKEND_VIPS4`/`BACKEND_VIPS6`.
+    pub backend: *mut BackendVipKey<Fam::Addr>,
     /// A flow entry being built.
     pub entry: *mut FlowEntry<Fam::Addr>,
     /// The key of a fragmented datagram.
@@ -92,12 +96,17 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn backend_vips() -> &'static BackendVipsMap<u32> {
+        &BACKEND_VIPS4
+    }
+
+    #[inline(always)]
     fn areas(scratch: *mut Scratch) -> Areas<Self> {
         // SAFETY: field addresses of this CPU's scratch area; nothing is read here.
         unsafe {
             Areas {
                 key: &raw mut (*scratch).key4,
-                peer: &raw mut (*scratch).peer4,
+                backend: &raw mut (*scratch).backend4,
                 entry: &raw mut (*scratch).entry4,
                 fragment: &raw mut (*scratch).fragment4,
             }
@@ -117,13 +126,13 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn parts(key: &FlowKey4) -> (u32, u32, u16, u16) {
-        (key.src_addr, key.dst_addr, key.src_port, key.dst_port)
+    fn dst(key: &FlowKey4) -> &u32 {
+        &key.dst_addr
     }
 
     #[inline(always)]
-    fn protocol(key: &FlowKey4) -> u8 {
-        key.proto
+    fn dst_port(key: &FlowKey4) -> u16 {
+        key.dst_port
     }
 
     #[inline(always)]
@@ -164,12 +173,17 @@ impl Family for V6 {
     }
 
     #[inline(always)]
+    fn backend_vips() -> &'static BackendVipsMap<Addr> {
+        &BACKEND_VIPS6
+    }
+
+    #[inline(always)]
     fn areas(scratch: *mut Scratch) -> Areas<Self> {
         // SAFETY: as for IPv4.
         unsafe {
             Areas {
                 key: &raw mut (*scratch).key6,
-                peer: &raw mut (*scratch).peer6,
+                backend: &raw mut (*scratch).backend6,
                 entry: &raw mut (*scratch).entry6,
                 fragment: &raw mut (*scratch).fragment6,
             }
@@ -190,13 +204,13 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn parts(key: &FlowKey) -> (Addr, Addr, u16, u16) {
-        (key.src_addr, key.dst_addr, key.src_port, key.dst_port)
+    fn dst(key: &FlowKey) -> &Addr {
+        &key.dst_addr
     }
 
     #[inline(always)]
-    fn protocol(key: &FlowKey) -> u8 {
-        key.proto
+    fn dst_port(key: &FlowKey) -> u16 {
+        key.dst_port
     }
 
     #[inline(always)]

@@ -1,8 +1,9 @@
 //! Sends a rewritten packet on its way. The kernel's FIB chooses the next hop and its MAC
-//! addresses; each direction of a flow caches that answer in its flow entry and asks the FIB
-//! again about once a second (when the entry is refreshed), so established packets skip the
-//! lookup. The
-//! packet leaves through the interface it arrived on or another interface xlb is attached to
+//! addresses; a flow's entry caches that answer for each direction and asks the FIB again
+//! about once a second (when the entry is refreshed), so established packets skip the lookup.
+//! A new flow asks nothing: its next hop toward the backend is the one cached for the backend
+//! (`BACKEND_HOPS`, at most a second old), and its next hop toward the client is where its
+//! first packet came from (see [`arrival_hop`]). The packet leaves through the interface it arrived on or another interface xlb is attached to
 //! (`XDP_TX` / `XDP_REDIRECT`, or `bpf_redirect` on tc). When the FIB cannot answer (for
 //! example no neighbour entry yet, or a packet too big for the egress MTU), the packet goes to
 //! the kernel, which resolves and forwards it; a DSR packet, which the kernel could not
@@ -14,12 +15,12 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::bpf_fib_lookup as fib_lookup,
 };
-use lb_common::{Addr, FlowAddr, FlowEntry, consts::events};
+use lb_common::{Addr, BackendHop, Hop, consts::events};
 use network_types::eth::EthHdr;
 
 use crate::{
     frame::{Frame, ptr_at},
-    maps::{EGRESS_PORTS, VETH_PEERS, count_event},
+    maps::{BACKEND_HOPS, EGRESS_PORTS, VETH_PEERS, count_event},
     nat::decrement_ttl,
     packet::Packet,
     scratch::scratch,
@@ -28,37 +29,6 @@ use crate::{
 /// `AF_INET` and `AF_INET6` as the FIB helper expects them.
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-
-/// Where a packet goes next.
-pub struct NextHop {
-    ifindex: u32,
-    /// Hand the packet to the interface's veth peer (tc only, see `VETH_PEERS`).
-    peer: bool,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-}
-
-impl NextHop {
-    /// Caches this next hop in a flow entry.
-    #[inline(always)]
-    pub fn store<A: FlowAddr>(&self, entry: &mut FlowEntry<A>) {
-        entry.hop_ifindex = self.ifindex;
-        entry.hop_peer = self.peer as u8;
-        entry.hop_dst_mac = self.dst_mac;
-        entry.hop_src_mac = self.src_mac;
-    }
-
-    /// The next hop cached in a flow entry (none yet, to be resolved, if its `hop_ifindex` is 0).
-    #[inline(always)]
-    pub fn cached<A: FlowAddr>(entry: &FlowEntry<A>) -> Self {
-        Self {
-            ifindex: entry.hop_ifindex,
-            peer: entry.hop_peer != 0,
-            dst_mac: entry.hop_dst_mac,
-            src_mac: entry.hop_src_mac,
-        }
-    }
-}
 
 /// The addresses and ports of a packet after its rewrite: what the FIB is asked about (the
 /// protocol and family are the packet's). References, not copies: the stack is small.
@@ -80,7 +50,7 @@ pub struct Route<'a> {
 /// Asks the FIB for the next hop of a packet rewritten to `route`. `Err` carries the verdict
 /// when the packet must go to the kernel instead.
 #[inline(always)]
-pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextHop, u32> {
+pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<Hop, u32> {
     let (src, dst) = (route.src, route.dst);
     let Some(scratch) = scratch() else {
         return Err(F::PASS);
@@ -119,19 +89,85 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<NextH
         count_event(events::EGRESS_NOT_XLB);
         return Err(unresolved);
     }
-    Ok(NextHop {
+    Ok(Hop {
         ifindex: fib.ifindex,
-        // SAFETY: a lookup by a key on the stack; only presence is read.
-        peer: F::SKB && unsafe { VETH_PEERS.get(&fib.ifindex) }.is_some(),
         dst_mac: fib.dmac,
         src_mac: fib.smac,
+        peer: veth_peer::<F>(fib.ifindex) as u8,
+        _pad: 0,
+    })
+}
+
+/// Whether the tc program hands packets for `ifindex` straight to its veth peer (`VETH_PEERS`).
+#[inline(always)]
+fn veth_peer<F: Frame>(ifindex: u32) -> bool {
+    // SAFETY: a lookup by a key on the stack; only presence is read.
+    F::SKB && unsafe { VETH_PEERS.get(&ifindex) }.is_some()
+}
+
+/// The next hop toward backend `backend_id` for a new flow's first packet, rewritten to
+/// `route`: the one cached in `BACKEND_HOPS` if it is fresh (see `BackendHop::fresh`), else
+/// the FIB's answer, which is cached for the next new flows.
+#[inline(always)]
+pub fn backend_hop<F: Frame>(
+    frame: &F,
+    pkt: &Packet,
+    route: &Route,
+    backend_id: u32,
+    now: u64,
+) -> Result<Hop, u32> {
+    if let Some(cached) = BACKEND_HOPS.get(backend_id)
+        && cached.fresh(now)
+    {
+        return Ok(cached.hop);
+    }
+    let hop = resolve(frame, pkt, route)?;
+    cache_backend_hop(backend_id, &hop, now);
+    Ok(hop)
+}
+
+/// Caches the FIB's answer `hop` for backend `backend_id` at `now` (`BACKEND_HOPS`). Other
+/// CPUs may write the same element at the same time; each writes a whole answer of the FIB,
+/// and a reader that sees a mix of two (only while the answer itself changes) uses it for one
+/// flow's first second at most.
+#[inline(always)]
+pub fn cache_backend_hop(backend_id: u32, hop: &Hop, now: u64) {
+    if let Some(cached) = BACKEND_HOPS.get_ptr_mut(backend_id) {
+        // SAFETY: the backend's element of an array, shared by the CPUs (see above).
+        unsafe {
+            *cached = BackendHop {
+                resolved_ns: now,
+                hop: *hop,
+                _pad: 0,
+            }
+        };
+    }
+}
+
+/// The next hop back to where the frame came from: its interface, its source MAC as the
+/// destination and its destination MAC as the source. A new NAT flow's replies take it toward
+/// the client until the flow's first refresh (within a second) asks the FIB: with routes
+/// that are symmetric, as they are on almost every host, the same answer, with no lookup on
+/// the handshake's path. `None` if the Ethernet header cannot be read.
+#[inline(always)]
+pub fn arrival_hop<F: Frame>(frame: &F) -> Option<Hop> {
+    let eth = ptr_at::<F, EthHdr>(frame, 0)?;
+    let ifindex = frame.ingress_ifindex();
+    // SAFETY: ptr_at checked the Ethernet header lies inside the frame.
+    let (dst_mac, src_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    Some(Hop {
+        ifindex,
+        dst_mac,
+        src_mac,
+        peer: veth_peer::<F>(ifindex) as u8,
+        _pad: 0,
     })
 }
 
 /// Sends a rewritten packet to `hop`: TTL or hop limit decremented as a router does, MAC
 /// addresses set, out of the same interface or another one (see [`Frame::transmit`]).
 #[inline(always)]
-pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &NextHop) -> u32 {
+pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &Hop) -> u32 {
     if decrement_ttl(frame, pkt).is_none() {
         return F::PASS;
     }
@@ -141,7 +177,7 @@ pub fn send<F: Frame>(frame: &F, pkt: &Packet, hop: &NextHop) -> u32 {
 /// Sends a packet whose TTL has been decremented already to `hop`: MAC addresses set, out of
 /// the same interface or another one (or, at tc, straight to the interface's veth peer).
 #[inline(always)]
-pub fn transmit<F: Frame>(frame: &F, hop: &NextHop) -> u32 {
+pub fn transmit<F: Frame>(frame: &F, hop: &Hop) -> u32 {
     // After the TTL (whose change may go through a helper, which invalidates packet pointers).
     let Some(eth) = ptr_at::<F, EthHdr>(frame, 0) else {
         return F::PASS;
@@ -151,5 +187,5 @@ pub fn transmit<F: Frame>(frame: &F, hop: &NextHop) -> u32 {
         (*eth).dst_addr = hop.dst_mac;
         (*eth).src_addr = hop.src_mac;
     }
-    frame.transmit(hop.ifindex, hop.peer)
+    frame.transmit(hop.ifindex, hop.peer != 0)
 }

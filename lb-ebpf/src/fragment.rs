@@ -31,19 +31,19 @@ use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     FlowAddr, FlowEntry, FragmentPorts, VipKey,
     consts::{events, family, flow_flags, proto},
-    direction,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     clock,
     counters::count_traffic,
-    established::{for_kernel, trace_established},
+    established::{direction_of, flow_rewrite, for_kernel, found, hop_of, trace_established},
     family::{Family, V4, V6, packet_key},
-    forward::{NextHop, transmit},
+    forward::transmit,
     frame::{Frame, ptr_at},
     maps::{VIPS, count_event},
-    nat::{Deltas, End, Rewrite, rewrite_later_fragment},
+    nat::rewrite_later_fragment,
+    reply::backend_flow,
     packet::{Packet, addr_words, parse_l4},
     scratch::Scratch,
     unserved,
@@ -210,6 +210,11 @@ fn later<F: Frame, Fam: Family>(
     let ports = unsafe { *ports };
     pkt.sport = ports.src_port;
     pkt.dport = ports.dst_port;
+    if let Some((entry, half_open)) = backend_flow::<Fam>(
+        scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto,
+    ) {
+        return follow::<F, Fam>(frame, pkt, scratch, entry, found::table(half_open) | found::BACKEND);
+    }
     // SAFETY: this CPU's scratch area; the flow key is not otherwise borrowed on this path.
     let flow_key = unsafe { &mut *Fam::areas(scratch).key };
     packet_key::<Fam>(pkt, flow_key);
@@ -229,8 +234,9 @@ fn later<F: Frame, Fam: Family>(
             verdict => verdict,
         };
     };
-    follow::<F, Fam>(frame, pkt, scratch, entry, half_open)
+    follow::<F, Fam>(frame, pkt, scratch, entry, found::table(half_open))
 }
+
 
 /// A later fragment without a record of its first fragment: dropped if it is addressed to a
 /// VIP, passed otherwise (see the module documentation).
@@ -250,49 +256,43 @@ fn unmatched<F: Frame>(pkt: &Packet) -> u32 {
     }
 }
 
-/// Sends a later fragment where its flow's entry `entry` (in the half-open table if
-/// `half_open`) sends the flow's packets, its IP header rewritten as the entry says. The entry
-/// is neither refreshed nor re-resolved: the datagram's first fragment, an instant before, did
-/// both. Without a next hop the fragment goes to the kernel (a DSR fragment, which the kernel
-/// could not forward, is dropped), as its first fragment did.
+/// Sends a later fragment where its flow's entry `entry`, found as `how` says (see
+/// `established::found`), sends the flow's packets of its direction, its IP header rewritten
+/// as the entry says. The entry is neither refreshed nor re-resolved: the datagram's first
+/// fragment, an instant before, did both. Without a next hop the fragment goes to the kernel
+/// (a DSR fragment, which the kernel could not forward, is dropped), as its first fragment did.
 #[inline(always)]
 fn follow<F: Frame, Fam: Family>(
     frame: &F,
     pkt: &Packet,
     scratch: *mut Scratch,
     entry: *mut FlowEntry<Fam::Addr>,
-    half_open: bool,
+    how: u32,
 ) -> u32 {
     if for_kernel(frame, pkt) {
         return F::PASS;
     }
-    // SAFETY: a valid map value; only read here.
-    let flow = unsafe { &*entry };
+    // SAFETY: a valid map value; only read here. The key is this CPU's scratch area's.
+    let (flow, key) = unsafe { (&*entry, &*Fam::areas(scratch).key) };
     let dsr = flow.flags & flow_flags::DSR != 0;
-    let to_backend = flow.direction == direction::TO_BACKEND;
-    let resolved = flow.hop_ifindex != 0;
-    let rewrite = Rewrite {
-        end: if to_backend {
-            End::Destination
-        } else {
-            End::Source
-        },
-        addr: &flow.addr,
-        port: flow.port,
-        deltas: Deltas {
-            addr: flow.csum_addr,
-            port: flow.csum_port,
-        },
-        ttl: resolved,
-    };
+    let to_backend = how & found::BACKEND == 0;
+    let hop = hop_of(flow, to_backend);
+    let resolved = hop.resolved();
+    let rewrite = flow_rewrite::<Fam>(flow, key, to_backend, resolved);
     if rewrite_later_fragment::<F, Fam>(frame, pkt, dsr, &rewrite).is_none() {
         return F::PASS;
     }
-    count_traffic(flow.service_id, flow.backend_id, pkt.ip_len, flow.direction);
+    count_traffic(
+        flow.service_id,
+        flow.backend_id,
+        pkt.ip_len,
+        direction_of(to_backend),
+    );
     count_event(events::FRAGMENT_FOLLOWED);
+    let half_open = how & found::HALF_OPEN != 0;
     trace_established(pkt, flow, to_backend, half_open, clock::now_in(scratch));
     if !resolved {
         return if dsr { F::DROP } else { F::PASS };
     }
-    transmit(frame, &NextHop::cached(flow))
+    transmit(frame, hop)
 }

@@ -9,7 +9,7 @@ use core::ptr::{read_unaligned, write_unaligned};
 use lb_common::{
     Addr, FlowAddr, FlowEntry, VipKey,
     consts::{events, family, flow_flags, proto},
-    csum, direction,
+    csum,
     trace::decision,
 };
 use network_types::{
@@ -19,6 +19,7 @@ use network_types::{
 
 use crate::{
     clock,
+    established::direction_of,
     family::{Family, V4, V6},
     forward::{Route, resolve, send},
     frame::{Frame, ptr_at},
@@ -28,6 +29,7 @@ use crate::{
         ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, Quote, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET,
         addr_words,
     },
+    reply::backend_flow,
     scratch::{Scratch, scratch},
     trace,
 };
@@ -179,13 +181,13 @@ fn parse_quote<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, quote: &mut Quote
 
 /// Translates an ICMP error that quotes a packet of a balanced flow and sends it on.
 ///
-/// The quoted packet went the other way, so its reverse is the key of one of the flow's
-/// entries. Quoting a reply that xlb sent from the VIP (the client side answers), the entry is
-/// the client's, toward the backend: the quote's source becomes the backend, and the error,
-/// addressed to the VIP, goes to the backend. Quoting a packet xlb sent to a backend (the
-/// backend side answers), the entry is the backend's, toward the client: the quote's
-/// destination becomes the VIP again, and the error goes on to the client; if the backend
-/// itself reported, it reports as the VIP.
+/// The quoted packet went the other way. Quoting a reply that xlb sent from the VIP (the client
+/// side answers), the quote's reverse is the flow's key, and the error goes toward the
+/// backend: the quote's source becomes the backend, and the error, addressed to the VIP, goes
+/// to the backend. Quoting a packet xlb sent to a backend (the backend side answers), the flow
+/// is found as the backend's packets find it (`reply`), and the error goes toward the client:
+/// the quote's destination becomes the VIP again, and the error goes on to the client; if the
+/// backend itself reported, it reports as the VIP.
 /// Not inlined: one copy per family, each with its own stack frame; its steps are inlined.
 #[inline(never)]
 fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32> {
@@ -194,16 +196,21 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
     let quote = unsafe { &mut (*scratch).quote };
     parse_quote::<F, Fam>(frame, pkt, quote)?;
     let quote: &Quote = quote;
-    let entry = quoted_entry::<Fam>(scratch, quote)?;
-    // SAFETY: a valid map value; the fields used here never change once written.
-    let entry = unsafe { &*entry };
-    let entry_addr: Addr = entry.addr.to_addr();
+    let (entry, toward_backend) = quoted_entry::<Fam>(scratch, quote)?;
+    // SAFETY: a valid map value; the fields used here never change once written. The key is
+    // this CPU's scratch area's: the flow's.
+    let (entry, key) = unsafe { (&*entry, &*Fam::areas(scratch).key) };
+    // What the quote's rewritten end becomes: the backend, or the VIP.
+    let (entry_addr, entry_port): (Addr, u16) = if toward_backend {
+        (entry.addr.to_addr(), entry.port)
+    } else {
+        (Fam::dst(key).to_addr(), Fam::dst_port(key))
+    };
 
     if pkt.ttl <= 1 {
         count_event(events::TTL_EXPIRED);
         return Some(F::PASS);
     }
-    let toward_backend = entry.direction == direction::TO_BACKEND;
     // An error toward the backend must be addressed to the VIP the quote came from.
     if toward_backend && pkt.dst != quote.src {
         return None;
@@ -224,7 +231,8 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
     let icmp_check: *mut u16 = ptr_at(frame, pkt.l4() + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.
     let mut check = unsafe { read_unaligned(icmp_check) };
-    translate_quote::<F, Fam>(frame, quote, entry, &entry_addr, toward_backend, &mut check)?;
+    let end = (&entry_addr, entry_port);
+    translate_quote::<F, Fam>(frame, quote, end, toward_backend, &mut check)?;
     let outer =
         translate_outer::<F, Fam>(frame, pkt, quote, &entry_addr, toward_backend, &mut check)?;
     // SAFETY: ptr_at checked the field lies inside the frame.
@@ -249,14 +257,16 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
     Some(forward_error(frame, pkt, &route))
 }
 
-/// The entry of the flow the quote belongs to: the one stored under the quote's reverse (the
-/// key written to this CPU's `scratch` area), established or half-open. `None`: the quote is
-/// of no flow.
+/// The entry of the flow the quote belongs to, and whether the error goes toward the backend:
+/// the one stored under the quote's reverse (a packet xlb sent from the VIP), established or
+/// half-open; or the one a packet from the quote's destination would find (a packet xlb sent
+/// to a backend, see `reply`). The flow's key is left in this CPU's `scratch` area. `None`:
+/// the quote is of no flow.
 #[inline(always)]
 fn quoted_entry<Fam: Family>(
     scratch: *mut Scratch,
     quote: &Quote,
-) -> Option<*const FlowEntry<Fam::Addr>> {
+) -> Option<(*const FlowEntry<Fam::Addr>, bool)> {
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };
     *key = Fam::key(
@@ -267,22 +277,32 @@ fn quoted_entry<Fam: Family>(
         quote.proto,
     );
     let key: &Fam::Key = key;
-    match Fam::flows().get_ptr(key) {
-        Some(entry) => Some(entry),
-        None => Fam::half_open().get_ptr(key),
+    if let Some(entry) = Fam::flows().get_ptr(key) {
+        return Some((entry, true));
     }
+    if let Some(entry) = Fam::half_open().get_ptr(key) {
+        return Some((entry, true));
+    }
+    let (entry, _) = backend_flow::<Fam>(
+        scratch,
+        &quote.dst,
+        quote.dport,
+        &quote.src,
+        quote.sport,
+        quote.proto,
+    )?;
+    Some((entry, false))
 }
 
 /// Rewrites the quote: the end that xlb rewrote (the source toward the backend, the
-/// destination toward the client) gets back what the other direction's `entry` says, its
-/// address `entry_addr`, and the quote's own checksums follow. `check`, the ICMP checksum,
+/// destination toward the client) gets back the address and port `end` (what the flow's
+/// other side sees), and the quote's own checksums follow. `check`, the ICMP checksum,
 /// follows every change. `None`: the quote is no longer where the parser said.
 #[inline(always)]
 fn translate_quote<F: Frame, Fam: Family>(
     frame: &F,
     quote: &Quote,
-    entry: &FlowEntry<Fam::Addr>,
-    entry_addr: &Addr,
+    (entry_addr, entry_port): (&Addr, u16),
     toward_backend: bool,
     check: &mut u16,
 ) -> Option<()> {
@@ -295,9 +315,9 @@ fn translate_quote<F: Frame, Fam: Family>(
     *check = check_for_addr(*check, &change);
     *check = csum::replace16(*check, change.ip_check.0, change.ip_check.1);
     let port_offset = quote.l4() + if toward_backend { 0 } else { 2 };
-    let old_port = set_u16(frame, port_offset, entry.port)?;
-    *check = csum::replace16(*check, old_port, entry.port);
-    translate_quote_check(frame, quote, &change, old_port, entry.port, check);
+    let old_port = set_u16(frame, port_offset, entry_port)?;
+    *check = csum::replace16(*check, old_port, entry_port);
+    translate_quote_check(frame, quote, &change, old_port, entry_port, check);
     Some(())
 }
 
@@ -381,7 +401,7 @@ fn trace_translated<A: FlowAddr>(
     let now = clock::now();
     trace::record(now, entry.service_id, pkt, client, |event| {
         event.decision = decision::ICMP_TRANSLATED;
-        event.direction = entry.direction;
+        event.direction = direction_of(toward_backend);
         event.backend_id = entry.backend_id;
         event.proto = quote.proto;
     });

@@ -37,6 +37,7 @@ mod nat;
 mod new_flow;
 mod packet;
 mod passive;
+mod reply;
 mod scratch;
 mod trace;
 mod unserved;

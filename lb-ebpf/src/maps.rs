@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, BackendEntry, BackendTable, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
+    Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
     FragmentKey4, FragmentKey6, FragmentPorts, HandshakeGuard, MaglevTable, ServiceEntry,
     ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
@@ -71,11 +71,34 @@ pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Ar
 
 /// The ports backends listen on (network order, as in packets), a bitmap of 65,536 bits
 /// (`lb_common::backend_port_bit`). Written by userspace when a backend id is taken (before
-/// any table names it) or released; read for a TCP packet that is in no flow and for no
-/// service, which is looked up in the half-open table (as a backend's answer to a SYN) only if
-/// its source port is marked.
+/// any table names it) or released; read for every TCP and UDP packet: only a packet whose
+/// source port is marked may be a backend's, and is looked up in `BACKEND_VIPS4`/`6`.
 #[btf_map]
 pub static BACKEND_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }> = Array::new();
+
+/// The map from a NAT backend to the services it serves (`lb_common::reply`) of one family.
+pub type BackendVipsMap<A> =
+    HashMap<BackendVipKey<A>, BackendVips<A>, { limits::MAX_BACKENDS as usize }>;
+
+/// IPv4 NAT backends (address, port, protocol) -> the VIPs and ports they serve: how a
+/// backend's packet finds its flow's entry, stored under the client's 5-tuple. Written by
+/// userspace before a table names the backend (and before a service entry names a new VIP),
+/// and after the last flow that needs it is gone; read for every packet whose source port is
+/// in `BACKEND_PORTS`.
+#[btf_map]
+pub static BACKEND_VIPS4: BackendVipsMap<u32> = HashMap::new();
+
+/// IPv6 NAT backends, as `BACKEND_VIPS4`.
+#[btf_map]
+pub static BACKEND_VIPS6: BackendVipsMap<Addr> = HashMap::new();
+
+/// The next hop toward each backend, by backend id, and when the FIB gave it: a new flow
+/// takes it if it is less than a second old (`lb_common::BackendHop::fresh`) and asks the FIB
+/// otherwise. Written and read by the program (a new flow that asks the FIB, and the
+/// once-a-second refresh of a flow toward its backend); not pinned: a restarted program asks
+/// the FIB again.
+#[btf_map]
+pub static BACKEND_HOPS: Array<BackendHop, { limits::MAX_BACKENDS as usize }> = Array::new();
 
 /// Round-robin cursor of each backend table (same index as `BACKEND_TABLES`): the number of
 /// new flows that table has placed. The program advances it with an atomic fetch-and-add, so
@@ -96,16 +119,18 @@ pub static RR_CURSORS: Array<u64, { limits::MAX_TABLES as usize }> = Array::new(
 #[btf_map]
 pub static HANDSHAKE_GUARD: Array<HandshakeGuard, 1> = Array::new();
 
-/// A flow table: 5-tuple as it arrives -> how to rewrite it and where to send it (one table
-/// per family and state; see `lb_common::flow`). LRU: when full, the least recently used
-/// entries are evicted; userspace sets each table's size at load (two entries per flow of
-/// `flow_table_size`, a quarter of that for the half-open tables).
+/// A flow table: the client's 5-tuple as it arrives -> how to rewrite the flow's packets and
+/// where to send them, both directions (one table per family and state; see
+/// `lb_common::flow`). LRU: when full, the least recently used entries are evicted; userspace
+/// sets each table's size at load (one entry per flow of `flow_table_size`, a quarter of that
+/// for the half-open tables).
 pub type FlowTable<K, A> =
-    LruHashMap<K, FlowEntry<A>, { 2 * limits::DEFAULT_FLOW_TABLE_SIZE as usize }>;
+    LruHashMap<K, FlowEntry<A>, { limits::DEFAULT_FLOW_TABLE_SIZE as usize }>;
 
-/// Established IPv4 flows, both directions, keyed by the 5-tuple as it arrives: client to VIP
-/// (rewrite the destination to the backend) and backend to client (rewrite the source back to
-/// the VIP), each with its cached next hop. UDP flows are written here on their first packet;
+/// Established IPv4 flows, one entry each, keyed by the client's 5-tuple as it arrives (client
+/// to VIP): the client's packets get the backend as their destination, the backend's (found
+/// through `BACKEND_VIPS4`) the VIP back as their source, each direction with its cached next
+/// hop. UDP flows are written here on their first packet;
 /// TCP flows move here from `HALF_OPEN4` on the client's first packet after the SYN. The
 /// program refreshes `last_seen_ns`, `flags` and `epoch`, and deletes a flow it finds silent
 /// past its timeout; userspace deletes the flows of a backend that goes Down (and, for
@@ -114,7 +139,7 @@ pub type FlowTable<K, A> =
 pub static FLOWS4: FlowTable<FlowKey4, u32> = LruHashMap::new();
 
 /// IPv4 TCP flows whose handshake has not completed (the client has sent a SYN, nothing
-/// since), both directions, as in `FLOWS4`. Kept apart so that a flood of spoofed SYNs evicts
+/// since), one entry each, as in `FLOWS4`. Kept apart so that a flood of spoofed SYNs evicts
 /// only other half-open flows, never an established one. Written by the program on a SYN to a
 /// service; read for packets that miss `FLOWS4`; userspace deletes the flows of a backend that
 /// goes Down.

@@ -1,10 +1,10 @@
 //! The first packet of a new flow to a service, which `balance` recorded as a [`Placement`]:
-//! its backend chosen (see `choose`), the flow recorded in both directions, the packet
-//! rewritten and sent (see [`new_flow`]).
+//! its backend chosen (see `choose`), the flow recorded (one entry for both directions), the
+//! packet rewritten and sent (see [`new_flow`]).
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendEntry, FlowAddr, FlowEntry, ServiceEntry,
+    BackendEntry, FlowAddr, FlowEntry, Hop, ServiceEntry,
     consts::{events, flow_flags, forwarding, proto, scheduler, tcp_flags},
     csum, direction, epoch,
     tables::table_owner,
@@ -19,8 +19,8 @@ use crate::{
         count_traffic,
     },
     family::Family,
-    flows::{make_reply, scratch_peer, table},
-    forward::{NextHop, Route, resolve, transmit},
+    flows::table,
+    forward::{Route, arrival_hop, backend_hop, transmit},
     frame::Frame,
     maps::{BACKENDS, count_event},
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
@@ -103,9 +103,9 @@ pub enum NewFlow<A: FlowAddr> {
     Raced(*mut FlowEntry<A>),
 }
 
-/// The first packet of a flow to a service: choose a backend (see `choose`), record both
-/// directions of the flow (TCP in the half-open table until the handshake completes, UDP in
-/// the established one), rewrite, send. Not inlined, for the stack as `established`; its steps
+/// The first packet of a flow to a service: choose a backend (see `choose`), record the flow
+/// (TCP in the half-open table until the handshake completes, UDP in the established one),
+/// rewrite, send. Not inlined, for the stack as `established`; its steps
 /// are inlined.
 #[inline(never)]
 pub fn new_flow<F: Frame, Fam: Family>(
@@ -148,8 +148,8 @@ pub fn new_flow<F: Frame, Fam: Family>(
         dport: backend.port,
         dsr: placement.dsr(),
     };
-    // Resolve the next hop before recording the flow, so the entry is complete when written.
-    let hop = resolve(frame, pkt, &route);
+    // The next hop before the flow is recorded, so the entry is complete when written.
+    let hop = backend_hop(frame, pkt, &route, chosen.choice.backend_id, now);
     let deltas = Deltas {
         addr: Fam::Addr::csum_delta(
             Fam::Addr::in_addr(&pkt.dst),
@@ -159,7 +159,13 @@ pub fn new_flow<F: Frame, Fam: Family>(
     };
     fill_entry::<F, Fam>(frame, pkt, &chosen, deltas, entry);
     if let Ok(hop) = &hop {
-        hop.store(entry);
+        entry.to_backend = *hop;
+    }
+    // (A DSR flow's backend answers the client directly.)
+    if !placement.dsr()
+        && let Some(back) = arrival_hop(frame)
+    {
+        entry.to_client = back;
     }
     if let Err(outcome) = record::<F, Fam>(key, entry, &chosen) {
         return outcome;
@@ -243,9 +249,9 @@ fn no_backend<Fam: Family>(pkt: &Packet, key: &Fam::Key, placement: Placement, n
     });
 }
 
-/// Fills `entry` (this CPU's scratch area) as the new flow's entry toward the backend: the
-/// backend's address and port and the checksum `deltas` of the rewrite to them, the flow's ids
-/// and times, no next hop yet.
+/// Fills `entry` (this CPU's scratch area) as the new flow's entry: the backend's address and
+/// port and the checksum `deltas` of the rewrite to them, the flow's ids and times, no next
+/// hops yet.
 #[inline(always)]
 fn fill_entry<F: Frame, Fam: Family>(
     frame: &F,
@@ -259,7 +265,6 @@ fn fill_entry<F: Frame, Fam: Family>(
     entry.last_seen_ns = now;
     entry.addr = *Fam::Addr::in_addr(&backend.addr);
     entry.port = backend.port;
-    entry.direction = direction::TO_BACKEND;
     entry.flags = if chosen.placement.dsr() {
         flow_flags::DSR
     } else {
@@ -269,8 +274,9 @@ fn fill_entry<F: Frame, Fam: Family>(
     entry.service_id = chosen.placement.owner().0;
     entry.csum_addr = deltas.addr;
     entry.csum_port = deltas.port;
-    entry.hop_ifindex = 0;
-    entry.hop_peer = 0;
+    entry._pad = 0;
+    entry.to_backend = Hop::default();
+    entry.to_client = Hop::default();
     // A UDP flow is active from its first packet; a TCP flow from its first packet once
     // established (an epoch that cannot be the current one makes that packet count it).
     entry.epoch = if chosen.half_open {
@@ -278,16 +284,15 @@ fn fill_entry<F: Frame, Fam: Family>(
     } else {
         current as u16
     };
-    entry._pad = 0;
+    entry._pad2 = 0;
     entry.created_s = (now / 1_000_000_000) as u32;
     entry.handshake_ack = passive::handshake_ack(frame, pkt);
     entry._tail = Default::default();
 }
 
-/// Records the flow under `key` (`entry`) and, unless with DSR (the backend answers the client
-/// directly), under the reply direction's key (the same entry, turned around). A re-placed
-/// flow replaces its entry; a new one must not overwrite another CPU's. `Err`: what became of
-/// the packet when the flow could not be recorded.
+/// Records the flow under `key` (`entry`). A re-placed flow replaces its entry; a new one
+/// must not overwrite another CPU's. `Err`: what became of the packet when the flow could not
+/// be recorded.
 #[inline(always)]
 fn record<F: Frame, Fam: Family>(
     key: &Fam::Key,
@@ -297,33 +302,22 @@ fn record<F: Frame, Fam: Family>(
     let (replacing, half_open) = (chosen.replacing, chosen.half_open);
     let table = table::<Fam>(half_open);
     let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
-    if table.insert(key, &*entry, insert_flags as u64).is_err() {
-        if replacing {
-            abandon::<Fam>(replacing, key);
-            count_event(events::FLOW_INSERT_FAILED);
-            return Err(NewFlow::Done(F::DROP));
-        }
-        // Another CPU recorded this flow between our lookup and insert: follow its choice.
-        return Err(match table.get_ptr_mut(key) {
-            Some(existing) => NewFlow::Raced(existing),
-            None => {
-                count_event(events::FLOW_INSERT_FAILED);
-                NewFlow::Done(F::DROP)
-            }
-        });
+    if table.insert(key, &*entry, insert_flags as u64).is_ok() {
+        return Ok(());
     }
-    if !chosen.placement.dsr() {
-        let Some(reply_key) = scratch_peer::<Fam>(key, entry) else {
-            return Err(NewFlow::Done(F::DROP));
-        };
-        make_reply::<Fam>(entry, key);
-        if table.insert(reply_key, &*entry, BPF_ANY as u64).is_err() {
-            let _ = table.remove(key);
-            count_event(events::FLOW_INSERT_FAILED);
-            return Err(NewFlow::Done(F::DROP));
-        }
+    if replacing {
+        abandon::<Fam>(replacing, key);
+        count_event(events::FLOW_INSERT_FAILED);
+        return Err(NewFlow::Done(F::DROP));
     }
-    Ok(())
+    // Another CPU recorded this flow between our lookup and insert: follow its choice.
+    Err(match table.get_ptr_mut(key) {
+        Some(existing) => NewFlow::Raced(existing),
+        None => {
+            count_event(events::FLOW_INSERT_FAILED);
+            NewFlow::Done(F::DROP)
+        }
+    })
 }
 
 /// Counts the new flow: for its service and backend, as active (UDP; TCP once established),
@@ -378,7 +372,7 @@ fn send_first<F: Frame, Fam: Family>(
     pkt: &Packet,
     chosen: &Chosen,
     deltas: Deltas,
-    hop: Result<NextHop, u32>,
+    hop: Result<Hop, u32>,
 ) -> u32 {
     let backend = chosen.backend;
     let rewrite = Rewrite {
@@ -404,9 +398,9 @@ fn send_first<F: Frame, Fam: Family>(
     }
 }
 
-/// A re-placement that cannot complete leaves the flow without entries (its reply entry is
-/// already gone), so the client's next retransmission starts it anew rather than following a
-/// forward entry to the backend it was to avoid.
+/// A re-placement that cannot complete leaves the flow without an entry (the claim removed
+/// it), so the client's next retransmission starts it anew rather than following an entry to
+/// the backend it was to avoid.
 #[inline(always)]
 fn abandon<Fam: Family>(replacing: bool, key: &Fam::Key) {
     if replacing {

@@ -12,7 +12,6 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Addr, FlowAddr, FlowEntry,
     consts::{events, flow_flags, tcp_flags},
-    direction,
     passive::{
         AdmissionKey, MAX_SUSPECTS, PassiveEvent, PassiveMark, ServicePolicy, admit, is_suspect,
         passive_event, reaches_threshold, slot_free, window_over,
@@ -73,10 +72,10 @@ pub fn handshake_ack<F: Frame>(frame: &F, pkt: &Packet) -> u32 {
     }
 }
 
-/// A backend's packet on a half-open flow (its reply entry `entry`): a SYN-ACK marks the
-/// flow answered; a RST that acknowledges exactly the client's SYN, before any answer, is a
-/// refused handshake. Packets from the client side never get here (they match the forward
-/// entry), and a RST with another acknowledgement number counts for nothing.
+/// A backend's packet on a half-open flow (its entry `entry`): a SYN-ACK marks the flow
+/// answered; a RST that acknowledges exactly the client's SYN, before any answer, is a
+/// refused handshake. Only a backend's packets get here (`reply` found their flow), and a RST
+/// with another acknowledgement number counts for nothing.
 #[inline(always)]
 pub fn backend_answer<F: Frame, A: FlowAddr>(
     frame: &F,
@@ -85,17 +84,17 @@ pub fn backend_answer<F: Frame, A: FlowAddr>(
     now: u64,
 ) {
     // SAFETY: a valid map value; the flag is only ever set, by this function.
-    let reply = unsafe { &mut *entry };
-    if reply.direction != direction::TO_CLIENT || reply.flags & flow_flags::ANSWERED != 0 {
+    let flow = unsafe { &mut *entry };
+    if flow.flags & flow_flags::ANSWERED != 0 {
         return;
     }
     if pkt.tcp_flags & tcp_flags::RST == 0 {
         if pkt.tcp_flags & tcp_flags::SYN != 0 {
-            reply.flags |= flow_flags::ANSWERED;
+            flow.flags |= flow_flags::ANSWERED;
         }
         return;
     }
-    if pkt.tcp_flags & tcp_flags::ACK == 0 || reply.handshake_ack == 0 {
+    if pkt.tcp_flags & tcp_flags::ACK == 0 || flow.handshake_ack == 0 {
         return;
     }
     let Some(header) = ptr_at::<F, [u8; 12]>(frame, pkt.l4()) else {
@@ -104,11 +103,11 @@ pub fn backend_answer<F: Frame, A: FlowAddr>(
     // SAFETY: ptr_at checked that the first 12 bytes of the TCP header lie in the frame.
     let header = unsafe { &*header };
     let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    if ack != reply.handshake_ack {
+    if ack != flow.handshake_ack {
         return;
     }
-    reply.flags |= flow_flags::ANSWERED;
-    observe(reply.service_id, reply.backend_id, Kind::Refused, now);
+    flow.flags |= flow_flags::ANSWERED;
+    observe(flow.service_id, flow.backend_id, Kind::Refused, now);
 }
 
 /// Counts a refused or unanswered handshake of `backend_id` (service `service_id`) in its

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, ServiceKey,
+    Addr, BackendVipKey, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, ServiceKey,
 };
 
 use crate::{
@@ -15,8 +15,8 @@ use crate::{
     packet::{Packet, Quote},
 };
 
-/// What one packet needs beyond registers: its parsed headers, its flow key, the key of the
-/// other direction, an entry being built, a fragment's datagram key (each in its family's
+/// What one packet needs beyond registers: its parsed headers, its flow key, a backend's key,
+/// an entry being built, a fragment's datagram key (each in its family's
 /// form: see `family`), and the FIB helper's parameter block.
 #[repr(C)]
 pub struct Scratch {
@@ -24,14 +24,14 @@ pub struct Scratch {
     pub pkt: Packet,
     /// An IPv4 packet's 5-tuple as it arrived (or, for ICMP errors, the quoted flow's).
     pub key4: FlowKey4,
-    /// The key of the other direction of an IPv4 flow.
-    pub peer4: FlowKey4,
+    /// An IPv4 backend's key (`BACKEND_VIPS4`).
+    pub backend4: BackendVipKey<u32>,
     /// An IPv4 flow entry being built.
     pub entry4: FlowEntry<u32>,
     /// An IPv6 packet's 5-tuple, as `key4`.
     pub key6: FlowKey,
-    /// The key of the other direction of an IPv6 flow.
-    pub peer6: FlowKey,
+    /// An IPv6 backend's key (`BACKEND_VIPS6`).
+    pub backend6: BackendVipKey<Addr>,
     /// An IPv6 flow entry being built.
     pub entry6: FlowEntry<Addr>,
     /// An IPv4 fragment's datagram (`FRAGMENTS4`).

@@ -245,14 +245,14 @@ impl Dataplane {
     }
 }
 
-/// The entries of a flow table for `sizes` (`[IPv4, IPv6]` flows): two per flow, one per
-/// direction; the half-open tables hold a part of them.
+/// The entries of a flow table for `sizes` (`[IPv4, IPv6]` flows): one per flow; the
+/// half-open tables hold a part of them.
 fn flow_entries(sizes: [u32; 2], half_open: bool, ipv6: bool) -> u32 {
     let flows = sizes[usize::from(ipv6)];
     if half_open {
-        (flows / HALF_OPEN_DIVISOR).saturating_mul(2)
+        flows / HALF_OPEN_DIVISOR
     } else {
-        flows.saturating_mul(2)
+        flows
     }
 }
 

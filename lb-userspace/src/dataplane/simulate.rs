@@ -78,14 +78,14 @@ pub(crate) fn simulate(
         .trim_start_matches("XDP_")
         .to_lowercase();
     // The backend is the flow entry's (whatever the packet became: with DSR it keeps the
-    // VIP); the entries the simulated packet made are removed.
+    // VIP); the entry the simulated packet made is removed.
     let backend = dataplane
         .maps
         .flow(&key)
         .and_then(|entry| dataplane.maps.backend(entry.backend_id))
         .map(|entry| backend_address(&entry));
-    if !existing_flow && let Some(backend) = backend {
-        dataplane.maps.flows.remove(&key, backend);
+    if !existing_flow {
+        dataplane.maps.flows.remove(&key);
     }
     Ok(Simulation {
         verdict,

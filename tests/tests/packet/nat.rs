@@ -165,9 +165,9 @@ fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
             .maps
             .flow(&flow_key("198.18.0.2:5000", "198.18.100.1:53", 17))
             .unwrap();
-        assert_eq!(entry.hop_ifindex, lab.s0);
+        assert_eq!(entry.to_backend.ifindex, lab.s0);
         assert_eq!(
-            entry.hop_peer,
+            entry.to_backend.peer,
             u8::from(lab.hook == Hook::Tc),
             "{:?}",
             lab.hook
@@ -185,9 +185,9 @@ fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
         let entry = lab
             .dataplane
             .maps
-            .flow(&flow_key("198.18.1.11:5353", "198.18.0.2:5000", 17))
+            .flow(&flow_key("198.18.0.2:5000", "198.18.100.1:53", 17))
             .unwrap();
-        assert_eq!((entry.hop_ifindex, entry.hop_peer), (lab.c0, 0));
+        assert_eq!((entry.to_client.ifindex, entry.to_client.peer), (lab.c0, 0));
 
         // Taken off the list, a new flow is transmitted again.
         lab.dataplane.maps.set_veth_peer(lab.s0, false).unwrap();
@@ -199,7 +199,7 @@ fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
             .maps
             .flow(&flow_key("198.18.0.2:5001", "198.18.100.1:53", 17))
             .unwrap();
-        assert_eq!((entry.hop_ifindex, entry.hop_peer), (lab.s0, 0));
+        assert_eq!((entry.to_backend.ifindex, entry.to_backend.peer), (lab.s0, 0));
     });
 }
 
@@ -488,9 +488,10 @@ fn gso_super_packets_are_forwarded_whole_at_tc_and_passed_counted_at_xdp() {
     });
 }
 
-/// A connection asks the FIB once per direction: the backend's SYN-ACK resolves the reply's
-/// next hop, which the established reply entry keeps when the handshake completes, and a FIN
-/// marks both entries closing without asking the FIB again (within the entries' second).
+/// A connection's one entry keeps its next hops from the handshake to the close: toward the
+/// backend the one cached for the backend, toward the client where the SYN came from, both
+/// kept when the handshake completes, and a FIN marks the entry closing without asking the FIB
+/// again (within the entry's second).
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
@@ -517,15 +518,20 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
         );
         assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
 
-        let forward_key = flow_key("198.18.0.2:40100", "198.18.100.1:80", 6);
-        let reply_key = flow_key("198.18.1.11:8080", "198.18.0.2:40100", 6);
-        let entry = |key: &FlowKey| lab.dataplane.maps.flow(key).expect("the flow's entry");
-        let reply = entry(&reply_key);
-        assert_eq!(reply.direction, lb_common::direction::TO_CLIENT);
+        let key = flow_key("198.18.0.2:40100", "198.18.100.1:80", 6);
+        let entry = || lab.dataplane.maps.flow(&key).expect("the flow's entry");
+        assert!(
+            lab.dataplane
+                .maps
+                .flow(&flow_key("198.18.1.11:8080", "198.18.0.2:40100", 6))
+                .is_none(),
+            "one entry per flow: none under the backend's 5-tuple"
+        );
+        let established = entry();
         assert_eq!(
-            (reply.hop_ifindex, reply.hop_dst_mac),
+            (established.to_client.ifindex, established.to_client.dst_mac),
             (lab.c0, CLIENT_MAC),
-            "the established reply entry keeps the next hop the SYN-ACK resolved"
+            "the established entry keeps the next hop toward the client"
         );
         let response = syn_ack.clone().with(|f| {
             f.transport = Transport::Tcp {
@@ -554,15 +560,13 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
             XDP_REDIRECT,
             &to_backend(&fin, "198.18.1.11:8080", backend_mac(0x11), S0_MAC),
         );
-        for (key, hop) in [(&forward_key, lab.s0), (&reply_key, lab.c0)] {
-            let closing = entry(key);
-            assert_ne!(
-                closing.flags & flow_flags::CLOSING,
-                0,
-                "both entries closing"
-            );
-            assert_eq!(closing.hop_ifindex, hop, "a close keeps the next hop");
-        }
+        let closing = entry();
+        assert_ne!(closing.flags & flow_flags::CLOSING, 0, "the entry is closing");
+        assert_eq!(
+            (closing.to_backend.ifindex, closing.to_client.ifindex),
+            (lab.s0, lab.c0),
+            "a close keeps the next hops"
+        );
         let backend_fin = response.clone().with(|f| {
             f.transport = Transport::Tcp {
                 flags: tcp_flags::FIN | tcp_flags::ACK,

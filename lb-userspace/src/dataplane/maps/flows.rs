@@ -18,14 +18,13 @@ use aya::{
 };
 use lb_common::{
     Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, active_count, active_index, consts::proto,
-    direction, epoch,
+    epoch,
 };
 
 use super::batch;
 use crate::{
     config::FlowTimeouts,
     control::{ActiveFlows, Purge},
-    wire,
 };
 
 /// One flow table, as userspace holds it.
@@ -99,10 +98,7 @@ where
                         && (purge == Purge::All || half_open || key.neutral().proto == proto::UDP)
                 })
                 .collect();
-            flows += doomed
-                .iter()
-                .filter(|(_, e)| e.direction == direction::TO_BACKEND)
-                .count();
+            flows += doomed.len();
             let keys: Vec<K> = doomed.into_iter().map(|(key, _)| key).collect();
             batch::delete(map.map(), &keys)?;
         }
@@ -130,7 +126,6 @@ where
             out.extend(
                 batch::lookup_all::<K, FlowEntry<A>>(map.map())?
                     .into_iter()
-                    .filter(|(_, entry)| entry.direction == direction::TO_BACKEND)
                     .map(|(key, entry)| (key.neutral(), K::neutral_entry(&entry), half_open)),
             );
         }
@@ -229,33 +224,19 @@ impl FlowTables {
         Ok(self.v4.purge(&retired, purge)? + self.v6.purge(&retired, purge)?)
     }
 
-    /// The entry of one direction of a flow, from whichever table holds it.
+    /// The entry of a flow, by its key (the client's 5-tuple), from whichever table holds it.
     pub fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.v4.get(key).or_else(|| self.v6.get(key))
     }
 
-    /// Deletes both entries of the flow whose client-to-backend key is `key`, served by
-    /// `backend`, from every table.
-    pub fn remove(&mut self, key: &FlowKey, backend: std::net::SocketAddr) {
-        let reply = FlowKey {
-            src_addr: wire::addr_field(backend.ip()),
-            dst_addr: key.src_addr,
-            src_port: wire::port_field(backend.port()),
-            dst_port: key.src_port,
-            ..*key
-        };
-        self.remove_direction(&reply);
-        self.remove_direction(key);
-    }
-
-    /// Deletes the entry stored under `key` (one direction of a flow) from every table, as an
-    /// LRU eviction would.
-    pub fn remove_direction(&mut self, key: &FlowKey) {
+    /// Deletes the entry of the flow whose key is `key` from every table, as an LRU eviction
+    /// would.
+    pub fn remove(&mut self, key: &FlowKey) {
         self.v4.remove(key);
         self.v6.remove(key);
     }
 
-    /// Every flow, by its client-to-backend entry, and whether it is still half-open: what
+    /// Every flow, by its entry, and whether it is still half-open: what
     /// the tables hold, flows over but not yet reclaimed included (see
     /// [`FlowTimeouts::is_over`]).
     pub fn all(&self) -> Result<Vec<(FlowKey, FlowEntry, bool)>> {

@@ -31,6 +31,7 @@ use lb_common::{
 };
 
 mod backend_ports;
+mod backend_vips;
 mod batch;
 pub(crate) mod flows;
 mod interfaces;
@@ -39,6 +40,7 @@ pub(crate) mod trace;
 
 use self::{
     backend_ports::BackendPorts,
+    backend_vips::BackendVipMaps,
     flows::{FlowMaps, FlowTables},
     passive::PassiveMaps,
 };
@@ -73,6 +75,8 @@ pub struct Maps {
     maglev_data: MapData,
     backends: Array<MapData, BackendEntry>,
     backend_ports: BackendPorts,
+    /// The VIPs each NAT backend serves (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
+    backend_vips: BackendVipMaps,
     cursors: Array<MapData, u64>,
     handshake_guard: Array<MapData, HandshakeGuard>,
     /// The flow tables (`FLOWS4`, `HALF_OPEN4`, `FLOWS6`, `HALF_OPEN6`), their timeouts and
@@ -132,8 +136,17 @@ impl Maps {
                 .into_iter()
                 .filter(|(_, entry)| entry.in_use == 1)
                 .collect();
+        let services: HashMap<MapData, ServiceKey, ServiceEntry> =
+            take(ebpf, map_names::SERVICES)?;
+        let held = services.iter().collect::<Result<Vec<_>, _>>()?;
+        let backend_vips = BackendVipMaps::new(
+            take(ebpf, map_names::BACKEND_VIPS4)?,
+            take(ebpf, map_names::BACKEND_VIPS6)?,
+            &held,
+            &in_use,
+        )?;
         Ok(Self {
-            services: take(ebpf, map_names::SERVICES)?,
+            services,
             tables,
             tables_id,
             tables_data: MapData::from_id(tables_id)?,
@@ -141,6 +154,7 @@ impl Maps {
             maglev_data,
             backends,
             backend_ports: BackendPorts::new(take(ebpf, map_names::BACKEND_PORTS)?, &in_use),
+            backend_vips,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
             flows: FlowTables::new(FlowMaps {
@@ -309,13 +323,15 @@ impl DataplaneReads for Maps {
 
 impl DataplaneMaps for Maps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
-        // Its port is marked before the entry is there (and so before a table names it), and
-        // unmarked after the entry is cleared.
+        // Its port and VIPs are marked before the entry is there (and so before a table names
+        // it), and unmarked after the entry is cleared.
         if entry.in_use == 1 {
             self.backend_ports.set(id, entry)?;
+            self.backend_vips.set_backend(id, entry)?;
         }
         self.backends.set(id, entry, 0)?;
         if entry.in_use != 1 {
+            self.backend_vips.set_backend(id, entry)?;
             self.backend_ports.set(id, entry)?;
         }
         Ok(())
@@ -361,6 +377,8 @@ impl DataplaneMaps for Maps {
     }
 
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        // Its backends' replies find their flows before its first flow is placed.
+        self.backend_vips.set_service(key, entry)?;
         Ok(self.services.insert(key, entry, 0)?)
     }
 

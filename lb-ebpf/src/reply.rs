@@ -1,0 +1,87 @@
+//! A backend's packet (NAT) finds its flow: the flow has one entry, stored under its client's
+//! 5-tuple (see `lb_common::reply`). The packet's source is the backend, its destination the
+//! client; `BACKEND_VIPS4`/`6` give the VIPs the backend serves, and each makes a candidate key
+//! (client, VIP) whose entry must name the packet's source as its backend.
+
+use lb_common::{
+    Addr, BackendVipKey, FlowAddr, FlowEntry, backend_port_bit,
+    consts::proto,
+    reply::MAX_VIPS_PER_BACKEND,
+};
+
+use crate::{family::Family, maps::BACKEND_PORTS, scratch::Scratch};
+
+/// Whether a backend listens on `port` (`BACKEND_PORTS`): only then may a packet from that
+/// port be a backend's.
+#[inline(always)]
+pub fn from_backend_port(port: u16) -> bool {
+    let (word, bit) = backend_port_bit(port);
+    BACKEND_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
+}
+
+/// The entry of the flow of a packet from `backend`:`backend_port` to `client`:`client_port`
+/// of protocol `protocol`, and whether it is in the half-open table; the flow's key is left in
+/// this CPU's `scratch` area (as the packet's key would be). `None`: the packet is no NAT
+/// backend's answer to a flow, and the scratch key holds nothing of use.
+#[inline(always)]
+pub fn backend_flow<Fam: Family>(
+    scratch: *mut Scratch,
+    backend: &Addr,
+    backend_port: u16,
+    client: &Addr,
+    client_port: u16,
+    protocol: u8,
+) -> Option<(*mut FlowEntry<Fam::Addr>, bool)> {
+    if !from_backend_port(backend_port) {
+        return None;
+    }
+    let areas = Fam::areas(scratch);
+    let backend = Fam::Addr::in_addr(backend);
+    // SAFETY: this CPU's scratch area; its backend key is used here only.
+    let backend_key = unsafe { &mut *areas.backend };
+    *backend_key = BackendVipKey {
+        addr: *backend,
+        port: backend_port,
+        proto: protocol,
+        _pad: 0,
+    };
+    let vips = Fam::backend_vips().get_ptr(backend_key)?;
+    // SAFETY: a valid map value; userspace replaces it whole (a hash map's update).
+    let vips = unsafe { &*vips };
+    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
+    let key = unsafe { &mut *areas.key };
+    for index in 0..MAX_VIPS_PER_BACKEND {
+        if index as u32 >= vips.count {
+            break;
+        }
+        let vip = &vips.vips[index];
+        *key = Fam::key(
+            Fam::Addr::in_addr(client),
+            &vip.addr,
+            client_port,
+            vip.port,
+            protocol,
+        );
+        if let Some(entry) = Fam::flows().get_ptr_mut(&*key)
+            && serves::<Fam>(entry, backend, backend_port)
+        {
+            return Some((entry, false));
+        }
+        if protocol == proto::TCP
+            && let Some(entry) = Fam::half_open().get_ptr_mut(&*key)
+            && serves::<Fam>(entry, backend, backend_port)
+        {
+            return Some((entry, true));
+        }
+    }
+    None
+}
+
+/// Whether the flow of `entry` has `backend`:`port` as its backend (and so is the flow of that
+/// backend's packet, not another service's flow of the same client port).
+#[inline(always)]
+fn serves<Fam: Family>(entry: *const FlowEntry<Fam::Addr>, backend: &Fam::Addr, port: u16) -> bool {
+    // SAFETY: a valid map value; the backend's address and port never change once written.
+    let entry = unsafe { &*entry };
+    entry.addr == *backend && entry.port == port
+}

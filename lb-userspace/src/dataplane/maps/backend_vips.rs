@@ -1,0 +1,288 @@
+//! `BACKEND_VIPS4`/`BACKEND_VIPS6`: for each NAT backend (address, port, protocol), the VIPs
+//! and ports it serves, which is how the program finds the flow of a backend's packet (see
+//! `lb_common::reply`). Kept beside `BACKENDS` and `SERVICES`, from what they are told: a
+//! backend's services are in its element before any table names the backend, and a new
+//! service's VIP before its entry is written; a VIP leaves a backend's element only when the
+//! backend id is released (its flows were purged before), so flows never lose their replies.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lb_common::{
+    Addr, BackendEntry, BackendVipKey, BackendVips, FlowAddr, ServiceEntry, ServiceKey, VipPort,
+    consts::{family, forwarding},
+    reply::MAX_VIPS_PER_BACKEND,
+};
+
+/// A NAT backend as its packets show it: address, port (network order), protocol, family.
+type Backend = (Addr, u16, u8, u8);
+/// A VIP and port (network order).
+type Vip = (Addr, u16);
+
+/// Which VIPs each NAT backend serves, from the services and backends the maps were told of.
+/// Pure, so that it is tested without a kernel.
+#[derive(Default)]
+struct ReplyIndex {
+    /// Every service written, by id, and whether it is NAT. Kept after the service is removed:
+    /// its backends keep its VIP until they are released.
+    services: HashMap<u32, (ServiceKey, bool)>,
+    /// The backends in use, by id.
+    backends: HashMap<u32, BackendEntry>,
+}
+
+impl ReplyIndex {
+    /// The VIPs `backend` serves, in order.
+    fn vips_of(&self, backend: &Backend) -> Vec<Vip> {
+        let mut vips = BTreeSet::new();
+        for entry in self.backends.values() {
+            if (entry.addr, entry.port, entry.family) != (backend.0, backend.1, backend.3) {
+                continue;
+            }
+            if let Some((key, true)) = self.services.get(&entry.service_id)
+                && key.proto == backend.2
+            {
+                vips.insert((key.addr, key.port));
+            }
+        }
+        vips.into_iter().collect()
+    }
+
+    /// The backend of id `id` as its packets show it, if it is in use and its service known.
+    fn backend(&self, entry: &BackendEntry) -> Option<Backend> {
+        let (key, _) = self.services.get(&entry.service_id)?;
+        Some((entry.addr, entry.port, key.proto, entry.family))
+    }
+
+    /// Records service `key` (`entry`); returns the backends whose VIPs may have changed.
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Vec<Backend> {
+        let nat = entry.forwarding == forwarding::NAT;
+        self.services.insert(entry.id, (*key, nat));
+        self.backends
+            .values()
+            .filter(|backend| backend.service_id == entry.id)
+            .filter_map(|backend| self.backend(backend))
+            .collect()
+    }
+
+    /// Records backend `id` as `entry` (released if not in use); returns the backends whose
+    /// VIPs may have changed (the old one and the new one).
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Vec<Backend> {
+        let old = self.backends.remove(&id);
+        if entry.in_use == 1 {
+            self.backends.insert(id, *entry);
+        }
+        [old.as_ref(), (entry.in_use == 1).then_some(entry)]
+            .into_iter()
+            .flatten()
+            .filter_map(|backend| self.backend(backend))
+            .collect()
+    }
+
+    /// Every backend with at least one VIP.
+    fn all(&self) -> BTreeSet<Backend> {
+        self.backends
+            .values()
+            .filter_map(|backend| self.backend(backend))
+            .filter(|backend| !self.vips_of(backend).is_empty())
+            .collect()
+    }
+}
+
+/// The two maps and the index they are written from.
+pub(super) struct BackendVipMaps {
+    v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
+    v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
+    index: ReplyIndex,
+}
+
+impl BackendVipMaps {
+    /// Wraps the maps and writes them whole from the services and backends in use that the
+    /// maps already hold (pinned maps that a previous daemon filled, maybe with another
+    /// version's content), removing any other element.
+    pub(super) fn new(
+        v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
+        v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
+        services: &[(ServiceKey, ServiceEntry)],
+        backends: &[(u32, BackendEntry)],
+    ) -> Result<Self> {
+        let mut maps = Self {
+            v4,
+            v6,
+            index: ReplyIndex::default(),
+        };
+        for (key, entry) in services {
+            maps.index.set_service(key, entry);
+        }
+        for (id, entry) in backends {
+            maps.index.set_backend(*id, entry);
+        }
+        let wanted = maps.index.all();
+        for backend in &wanted {
+            maps.write(backend)?;
+        }
+        let held4: Vec<_> = maps.v4.keys().collect::<Result<_, _>>()?;
+        for key in held4 {
+            if !wanted.contains(&(key.addr.to_addr(), key.port, key.proto, family::IPV4)) {
+                let _ = maps.v4.remove(&key);
+            }
+        }
+        let held6: Vec<_> = maps.v6.keys().collect::<Result<_, _>>()?;
+        for key in held6 {
+            if !wanted.contains(&(key.addr, key.port, key.proto, family::IPV6)) {
+                let _ = maps.v6.remove(&key);
+            }
+        }
+        Ok(maps)
+    }
+
+    /// Records service `key` (`entry`), writing its backends' VIPs (call before the service's
+    /// entry is written).
+    pub(super) fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
+        for backend in self.index.set_service(key, entry) {
+            self.write(&backend)?;
+        }
+        Ok(())
+    }
+
+    /// Records backend `id` as `entry`, writing the VIPs of its address (call before the
+    /// backend's entry is written when it is taken, after when it is released).
+    pub(super) fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
+        for backend in self.index.set_backend(id, entry) {
+            self.write(&backend)?;
+        }
+        Ok(())
+    }
+
+    /// Writes (or removes, if it serves none) the VIPs of `backend`.
+    fn write(&mut self, backend: &Backend) -> Result<()> {
+        let vips = self.index.vips_of(backend);
+        let &(addr, port, proto, backend_family) = backend;
+        if vips.len() > MAX_VIPS_PER_BACKEND {
+            bail!(
+                "backend {} serves {} NAT services: at most {MAX_VIPS_PER_BACKEND} can share a \
+                 backend address, port and protocol",
+                crate::wire::ip_from_field(&addr, backend_family),
+                vips.len()
+            );
+        }
+        if backend_family == family::IPV4 {
+            let key = BackendVipKey {
+                addr: addr[0],
+                port,
+                proto,
+                _pad: 0,
+            };
+            match value_of::<u32>(&vips) {
+                Some(value) => self.v4.insert(key, value, 0)?,
+                None => super::absent_is_removed(self.v4.remove(&key))?,
+            }
+        } else {
+            let key = BackendVipKey {
+                addr,
+                port,
+                proto,
+                _pad: 0,
+            };
+            match value_of::<Addr>(&vips) {
+                Some(value) => self.v6.insert(key, value, 0)?,
+                None => super::absent_is_removed(self.v6.remove(&key))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The map value for `vips` (at most [`MAX_VIPS_PER_BACKEND`]); `None` if there are none.
+fn value_of<A: FlowAddr>(vips: &[Vip]) -> Option<BackendVips<A>> {
+    if vips.is_empty() {
+        return None;
+    }
+    let mut value = BackendVips::<A>::default();
+    for (slot, (addr, port)) in value.vips.iter_mut().zip(vips) {
+        *slot = VipPort {
+            addr: A::from_addr(addr),
+            port: *port,
+            _pad: 0,
+        };
+    }
+    value.count = vips.len().min(MAX_VIPS_PER_BACKEND) as u32;
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::consts::proto;
+
+    use super::*;
+
+    fn service(id: u32, vip: u32, port: u16, nat: bool) -> (ServiceKey, ServiceEntry) {
+        (
+            ServiceKey {
+                addr: [vip, 0, 0, 0],
+                port: port.to_be(),
+                proto: proto::TCP,
+                family: family::IPV4,
+            },
+            ServiceEntry {
+                id,
+                forwarding: if nat {
+                    forwarding::NAT
+                } else {
+                    forwarding::DSR
+                },
+                ..ServiceEntry::default()
+            },
+        )
+    }
+
+    fn backend(service_id: u32, addr: u32, port: u16) -> BackendEntry {
+        BackendEntry {
+            addr: [addr, 0, 0, 0],
+            port: port.to_be(),
+            family: family::IPV4,
+            in_use: 1,
+            service_id,
+            ..BackendEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_backend_serves_the_vips_of_its_nat_services_until_it_is_released() {
+        let mut index = ReplyIndex::default();
+        let b1 = ([11, 0, 0, 0], 8080u16.to_be(), proto::TCP, family::IPV4);
+        // Backends first (a new service's are written before its entry): no VIP yet.
+        assert!(index.set_backend(1, &backend(7, 11, 8080)).is_empty());
+        let (key, entry) = service(7, 100, 80, true);
+        assert_eq!(index.set_service(&key, &entry), [b1]);
+        assert_eq!(index.vips_of(&b1), [([100, 0, 0, 0], 80u16.to_be())]);
+        // The same backend in a second NAT service and in a DSR one.
+        let (key, entry) = service(8, 101, 443, true);
+        index.set_service(&key, &entry);
+        assert_eq!(index.set_backend(2, &backend(8, 11, 8080)), [b1]);
+        let (key, entry) = service(9, 102, 8080, false);
+        index.set_service(&key, &entry);
+        index.set_backend(3, &backend(9, 11, 8080));
+        assert_eq!(
+            index.vips_of(&b1),
+            [([100, 0, 0, 0], 80u16.to_be()), ([101, 0, 0, 0], 443u16.to_be())]
+        );
+        // Another port of the same address is another backend.
+        let b2 = ([11, 0, 0, 0], 9090u16.to_be(), proto::TCP, family::IPV4);
+        assert!(index.vips_of(&b2).is_empty());
+        // Released: its service's VIP leaves.
+        assert_eq!(index.set_backend(2, &BackendEntry::default()), [b1]);
+        assert_eq!(index.vips_of(&b1), [([100, 0, 0, 0], 80u16.to_be())]);
+        assert_eq!(index.all().into_iter().collect::<Vec<_>>(), [b1]);
+    }
+
+    #[test]
+    fn the_map_value_holds_the_vips_in_order() {
+        let vips = [([100, 0, 0, 0], 80u16.to_be()), ([101, 0, 0, 0], 443u16.to_be())];
+        let value = value_of::<u32>(&vips).unwrap();
+        assert_eq!(value.count, 2);
+        assert_eq!((value.vips[0].addr, value.vips[1].addr), (100, 101));
+        assert_eq!(value.vips[2], VipPort::default());
+        assert!(value_of::<u32>(&[]).is_none());
+    }
+}
