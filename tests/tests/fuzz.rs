@@ -144,12 +144,13 @@ fn hostile_frames_never_break_the_invariants() {
             let to_vip = fuzz::transport_destination(&input).is_some_and(|dst| is_vip(&dst));
             let may_change = match &reading {
                 Reading::Transport(tuple) => {
-                    to_service || dataplane.maps.flow(&flow_key(tuple)).is_some()
+                    to_service || dataplane.maps.flow_of_packet(&flow_key(tuple)).is_some()
                 }
                 Reading::FirstFragment {
                     tuple, forwardable, ..
                 } => {
-                    *forwardable && (to_service || dataplane.maps.flow(&flow_key(tuple)).is_some())
+                    *forwardable
+                        && (to_service || dataplane.maps.flow_of_packet(&flow_key(tuple)).is_some())
                 }
                 Reading::LaterFragment {
                     datagram,
@@ -163,7 +164,7 @@ fn hostile_frames_never_break_the_invariants() {
                                 SocketAddr::new(dst, dport),
                                 proto,
                             );
-                            dataplane.maps.flow(&flow_key(&tuple)).is_some()
+                            dataplane.maps.flow_of_packet(&flow_key(&tuple)).is_some()
                         })
                 }
                 Reading::Echo(ip) => is_vip(ip),
@@ -172,7 +173,7 @@ fn hostile_frames_never_break_the_invariants() {
                     ..
                 } => dataplane
                     .maps
-                    .flow(&flow_key(&(*dst, *src, *proto)))
+                    .flow_of_packet(&flow_key(&(*dst, *src, *proto)))
                     .is_some(),
                 Reading::Untouchable => false,
             };

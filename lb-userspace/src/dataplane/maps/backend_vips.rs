@@ -154,6 +154,46 @@ impl BackendVipMaps {
         Ok(())
     }
 
+    /// The VIPs and ports the map gives backend `addr`:`port` (network order) of protocol
+    /// `proto` and family `backend_family`, as the program reads them.
+    pub(super) fn read(&self, addr: &Addr, port: u16, proto: u8, backend_family: u8) -> Vec<Vip> {
+        let value = if backend_family == family::IPV4 {
+            let key = BackendVipKey {
+                addr: addr[0],
+                port,
+                proto,
+                _pad: 0,
+            };
+            self.v4.get(&key, 0).ok().map(|value| {
+                let mut vips = BackendVips::<Addr>::default();
+                vips.count = value.count;
+                for (wide, narrow) in vips.vips.iter_mut().zip(value.vips) {
+                    *wide = VipPort {
+                        addr: narrow.addr.to_addr(),
+                        port: narrow.port,
+                        _pad: 0,
+                    };
+                }
+                vips
+            })
+        } else {
+            let key = BackendVipKey {
+                addr: *addr,
+                port,
+                proto,
+                _pad: 0,
+            };
+            self.v6.get(&key, 0).ok()
+        };
+        value.map_or_else(Vec::new, |value| {
+            let count = (value.count as usize).min(MAX_VIPS_PER_BACKEND);
+            value.vips[..count]
+                .iter()
+                .map(|vip| (vip.addr, vip.port))
+                .collect()
+        })
+    }
+
     /// Writes (or removes, if it serves none) the VIPs of `backend`.
     fn write(&mut self, backend: &Backend) -> Result<()> {
         let vips = self.index.vips_of(backend);
