@@ -5,7 +5,9 @@
 //! The benchmarks are found, not listed: every bench target of the tests package (cargo
 //! metadata), run in the order of their `[[bench]]` entries in `tests/Cargo.toml`, which each
 //! needs anyway (`harness = false`: it has its own `main`). That order is the order of their
-//! sections in BENCHMARKS.md.
+//! sections in BENCHMARKS.md. Last comes the A/B against the baseline commit
+//! ([`baseline`](crate::baseline)), which `--ab-only` runs alone (its document:
+//! `target/BENCHMARKS.ab.md`, or `.ab.quick.md`).
 
 use std::{
     fmt::Write as _,
@@ -17,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use xlb_tests::bench::{BEGIN, END};
 
 use crate::{
-    cargo,
+    baseline, cargo,
     janitor::Janitor,
     setup::{self, Need},
     steps::Steps,
@@ -27,8 +29,14 @@ use crate::{
 /// and BIRD for the scale-out benchmark.
 const NEEDS: &[Need] = &[Need::Namespaces, Need::Ethtool, Need::LoadTools, Need::Bird];
 
-/// Runs `cargo xtask bench [--quick]`.
-pub fn run(quick: bool) -> Result<()> {
+/// What the A/B alone runs: the per-packet benchmarks' namespace.
+const AB_NEEDS: &[Need] = &[Need::Namespaces];
+
+/// Runs `cargo xtask bench [--quick] [--ab-only]`.
+pub fn run(quick: bool, ab_only: bool) -> Result<()> {
+    if ab_only {
+        return run_ab_only(quick);
+    }
     let benches = discover()?;
     let bench_steps: Vec<String> = benches.iter().map(|b| format!("benchmark {b}")).collect();
     let path = if quick {
@@ -42,6 +50,7 @@ pub fn run(quick: bool) -> Result<()> {
         .then(setup::plan(NEEDS))
         .then([build])
         .then(&bench_steps)
+        .then(baseline::labels(quick))
         .then([write.as_str()]);
     setup::run(&mut steps, NEEDS)?;
     steps.run(build, build_release)?;
@@ -55,8 +64,34 @@ pub fn run(quick: bool) -> Result<()> {
         println!("{section}");
         sections.push(section);
     }
+    let ab = baseline::run(&mut steps, quick, &run_id)?;
+    println!("{BEGIN}\n{ab}\n{END}");
+    sections.push(ab);
 
-    steps.run(&write, || write_document(&path, quick, &sections))?;
+    steps.run(&write, || write_document(&path, quick, false, &sections))?;
+    Ok(())
+}
+
+/// Runs `cargo xtask bench --ab-only [--quick]`: only the A/B against the baseline, written
+/// to `target/BENCHMARKS.ab.md` (quick: `.ab.quick.md`).
+fn run_ab_only(quick: bool) -> Result<()> {
+    let name = if quick {
+        "BENCHMARKS.ab.quick.md"
+    } else {
+        "BENCHMARKS.ab.md"
+    };
+    let path = cargo::bin_dir()?.with_file_name(name);
+    let write = format!("write {}", path.display());
+    let mut steps = Steps::new("bench")
+        .then(setup::plan(AB_NEEDS))
+        .then(baseline::labels(quick))
+        .then([write.as_str()]);
+    setup::run(&mut steps, AB_NEEDS)?;
+    let run_id = std::process::id().to_string();
+    let _janitor = Janitor::install(format!("xlbt{run_id}-"))?;
+    let ab = baseline::run(&mut steps, quick, &run_id)?;
+    println!("{BEGIN}\n{ab}\n{END}");
+    steps.run(&write, || write_document(&path, quick, true, &[ab]))?;
     Ok(())
 }
 
@@ -87,30 +122,37 @@ fn run_bench(bench: &str, quick: bool, run_id: &str, bin_dir: &Path) -> Result<S
         ])
         .args(quick.then_some("--quick"))
         .env(xlb_tests::netns::RUN_ENV, run_id)
-        .env("XLB_BIN_DIR", bin_dir)
-        .stderr(Stdio::inherit());
+        .env("XLB_BIN_DIR", bin_dir);
+    Ok(sections_of(&mut command, bench)?.join("\n\n"))
+}
+
+/// Runs a benchmark program (`what` in errors) and returns the sections it printed; fails if
+/// it fails or prints none. Its standard error passes through.
+pub fn sections_of(command: &mut Command, what: &str) -> Result<Vec<String>> {
     let output = command
+        .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {command:?}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        bail!("benchmark {bench} failed ({}):\n{stdout}", output.status);
+        bail!("benchmark {what} failed ({}):\n{stdout}", output.status);
     }
     let found = extract_sections(&stdout);
     if found.is_empty() {
-        bail!("benchmark {bench} printed no section");
+        bail!("benchmark {what} printed no section");
     }
-    Ok(found.join("\n\n"))
+    Ok(found)
 }
 
-/// Writes the header, the benchmarks' sections and (unless quick) the analysis to `path`.
-fn write_document(path: &Path, quick: bool, sections: &[String]) -> Result<()> {
-    let mut document = header(quick)?;
+/// Writes the header, the benchmarks' sections and (unless quick or the A/B alone) the analysis
+/// to `path`.
+fn write_document(path: &Path, quick: bool, ab_only: bool, sections: &[String]) -> Result<()> {
+    let mut document = header(quick, ab_only)?;
     for section in sections {
         let _ = writeln!(document, "\n{section}");
     }
     // The hand-written analysis of the results, kept with the benchmarks.
-    if !quick {
+    if !quick && !ab_only {
         let analysis = std::fs::read_to_string("tests/benches/ANALYSIS.md")
             .context("reading tests/benches/ANALYSIS.md")?;
         let _ = write!(document, "\n{analysis}");
@@ -193,7 +235,7 @@ fn extract_sections(stdout: &str) -> Vec<String> {
 }
 
 /// Title, date, machine, commit and command.
-fn header(quick: bool) -> Result<String> {
+fn header(quick: bool, ab_only: bool) -> Result<String> {
     let text = |program: &str, args: &[&str]| -> String {
         Command::new(program)
             .args(args)
@@ -240,7 +282,8 @@ fn header(quick: bool) -> Result<String> {
     );
     let _ = writeln!(
         out,
-        "- command: `cargo xtask bench{}` (as root)",
+        "- command: `cargo xtask bench{}{}` (as root)",
+        if ab_only { " --ab-only" } else { "" },
         if quick { " --quick" } else { "" }
     );
     out.push_str(

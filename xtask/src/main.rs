@@ -4,10 +4,12 @@
 //!   installs what it needs itself.
 //! - `cargo xtask test`: setup, build, then every test tier; non-zero exit on any failure.
 //! - `cargo xtask demo`: setup, build, then balance real traffic in a namespace topology.
-//! - `cargo xtask bench [--quick]`: setup, build, run the benchmarks, write BENCHMARKS.md.
+//! - `cargo xtask bench [--quick] [--ab-only]`: setup, build, run the benchmarks and the A/B
+//!   against the baseline commit, write BENCHMARKS.md (`--ab-only`: the A/B alone).
 //! - `cargo xtask fuzz [--cases N] [--seed S]`: the long fuzzing run of the data plane.
 //! - `cargo xtask package`: setup, then the Debian package (cargo-deb) in target/package/.
 
+mod baseline;
 mod bench;
 mod cargo;
 mod demo;
@@ -47,6 +49,10 @@ enum Command {
         /// target/BENCHMARKS.quick.md instead.
         #[arg(long)]
         quick: bool,
+        /// Run only the A/B of the per-packet benchmarks against the baseline commit (3ac79db),
+        /// without the rest of the suite; writes target/BENCHMARKS.ab.md (or .ab.quick.md).
+        #[arg(long)]
+        ab_only: bool,
     },
     /// Set up, then build the Debian package (cargo-deb): the binary, the systemd unit, an
     /// example configuration in /etc/xlb/, man pages, completions; in target/package/.
@@ -80,7 +86,7 @@ fn main() -> ExitCode {
         }
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, ab_only } => bench::run(quick, ab_only),
         Command::Fuzz { cases, seed } => fuzz::run(cases, seed),
         Command::Package => package::run(),
     };
