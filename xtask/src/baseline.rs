@@ -222,7 +222,7 @@ fn compare_runs(trees: [(&Path, &Executables); 2], quick: bool, run_id: &str) ->
     Ok(samples)
 }
 
-/// What one value measures: its table ("section title: column") and its row (first cell).
+/// What one value measures: its table ("section title — column") and its row (first cell).
 type Key = (String, String);
 
 /// The values of a section's tables that are times: those in columns whose header has the
@@ -253,7 +253,7 @@ fn measurements(section: &str) -> Vec<(Key, f64)> {
                 .split(|c: char| !c.is_alphanumeric())
                 .any(|word| word == "ns");
             if let (true, Some(value)) = (is_time, number(cell)) {
-                found.push(((format!("{title}: {column}"), row.clone()), value));
+                found.push(((format!("{title} — {column}"), row.clone()), value));
             }
         }
     }
@@ -400,7 +400,7 @@ mod tests {
         let found = measurements(SECTION);
         let key = |column: &str, row: &str| {
             (
-                format!("A connection, packet by packet: {column}"),
+                format!("A connection, packet by packet — {column}"),
                 row.to_owned(),
             )
         };
@@ -433,7 +433,7 @@ mod tests {
         samples.add(1, vec![(("t: ns".into(), "new row".into()), 7.0)]);
         let text = section(&samples, 1);
         assert!(
-            text.contains("### A connection, packet by packet: tc: ns (median)"),
+            text.contains("### A connection, packet by packet — tc: ns (median)"),
             "{text}"
         );
         assert!(
