@@ -61,6 +61,12 @@ scheduler = "maglev"
 backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
 
 [[service]]
+name = "new-udp"
+listen = "198.18.100.6:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.11:5353" }, { address = "198.18.1.12:5353" }, { address = "198.18.1.13:5353" } ]
+
+[[service]]
 name = "maglev-dsr"
 listen = "198.18.100.5:80"
 protocol = "tcp"
@@ -297,6 +303,17 @@ fn main() -> Result<()> {
             ensure!(result.verdict == XDP_REDIRECT);
             skipping.push(result.duration.as_secs_f64() * 1e9);
         }
+        let mut udp = Vec::new();
+        for i in 0..new_flows {
+            let frame = Frame::udp(
+                &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
+                "198.18.100.6:53",
+            )
+            .build();
+            let result = packet_net::run(program, &frame, c0, 1)?;
+            ensure!(result.verdict == XDP_REDIRECT, "new UDP flow {i}");
+            udp.push(result.duration.as_secs_f64() * 1e9);
+        }
         let single_noop_ns = median(&mut single_noop);
         let mut single_established = Vec::new();
         for _ in 0..new_flows {
@@ -320,7 +337,7 @@ fn main() -> Result<()> {
             single_noop_ns,
         ));
         rows.push((
-            "new TCP flow (miss, round robin, half-open entries for both directions)".into(),
+            "new TCP flow (miss, round robin, one half-open entry)".into(),
             median(&mut new),
             single_noop_ns,
         ));
@@ -330,13 +347,18 @@ fn main() -> Result<()> {
             single_noop_ns,
         ));
         rows.push((
-            "new TCP flow, Maglev and DSR (one half-open entry, MACs only)".into(),
+            "new TCP flow, Maglev and DSR (MACs only)".into(),
             median(&mut maglev_dsr),
             single_noop_ns,
         ));
         rows.push((
             "new TCP flow, one of three backends suspect (a third pass over its slot)".into(),
             median(&mut skipping),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new UDP flow (miss, round robin, established at once)".into(),
+            median(&mut udp),
             single_noop_ns,
         ));
         Ok(rows)

@@ -136,7 +136,7 @@ fn restart_keeps_every_flow(offloads: Offloads, mode: &str, new_mode: Option<&st
 
 /// Pins left by a version of xlb whose maps had another layout are refused before the program
 /// is loaded, with an error that names the map, both layouts and the way out: here an IPv4
-/// flow table of 48-byte entries (this version's are 56), and the single flow table for both
+/// flow table of 48-byte entries (this version's are 80), and the single flow table for both
 /// families that versions before issue 16 pinned; the pins stay as they were, and the data
 /// plane they hold keeps forwarding.
 #[test]
@@ -159,8 +159,9 @@ fn pins_of_another_layout_are_refused_with_a_clear_error() {
     assert!(
         error.contains(&format!(
             "the map FLOWS4 pinned in {} holds 16-byte keys and 48-byte values, and this \
-             version of xlb needs 16 and 56",
-            xlb.pin_dir.display()
+             version of xlb needs 16 and {}",
+            xlb.pin_dir.display(),
+            size_of::<lb_common::FlowEntry<u32>>()
         )) && error.contains("--detach-on-exit"),
         "{error}"
     );

@@ -1,0 +1,144 @@
+//! One entry per flow: a backend's packets find their flow through the VIPs their backend
+//! serves (a backend shared by several NAT services included), and next hops follow a
+//! neighbour's change within a second, for new flows and existing ones alike.
+
+use std::{process::Command, time::Duration};
+
+use super::*;
+
+/// Backend 198.18.1.11:8080 (and [fd00:1::11]:8080) serves two NAT services each.
+const SHARED: &str = r#"
+interfaces = ["c0", "s0"]
+
+[[service]]
+name = "first"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" } ]
+
+[[service]]
+name = "second"
+listen = "198.18.100.4:80"
+protocol = "tcp"
+backends = [ { address = "198.18.1.11:8080" } ]
+
+[[service]]
+name = "first6"
+listen = "[fd00:100::1]:80"
+protocol = "tcp"
+backends = [ { address = "[fd00:1::11]:8080" } ]
+
+[[service]]
+name = "second6"
+listen = "[fd00:100::2]:80"
+protocol = "tcp"
+backends = [ { address = "[fd00:1::11]:8080" } ]
+"#;
+
+/// A backend's packet to `client`, from `backend`, with `flags`.
+fn from_backend(backend: &str, client: &str, flags: u8) -> Frame {
+    Frame::tcp(backend, client).with(|f| {
+        f.transport = Transport::Tcp { flags, seq: 500 };
+        f.tcp_ack = 1_001;
+        f.eth_dst = S0_MAC;
+        f.eth_src = backend_mac(0x11);
+    })
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_backend_shared_by_two_services_answers_each_flow_from_its_own_vip() {
+    with_lab_config(SHARED, |lab| {
+        let cases = [
+            ("198.18.0.2:40000", "198.18.100.1:80", "198.18.1.11:8080"),
+            ("198.18.0.2:40001", "198.18.100.4:80", "198.18.1.11:8080"),
+            ("[fd00::2]:40000", "[fd00:100::1]:80", "[fd00:1::11]:8080"),
+            ("[fd00::2]:40001", "[fd00:100::2]:80", "[fd00:1::11]:8080"),
+        ];
+        for (client, vip, backend) in cases {
+            let syn = Frame::tcp(client, vip);
+            let to_it = to_backend(&syn, backend, backend_mac(0x11), S0_MAC);
+            lab.expect(&format!("SYN to {vip}"), &syn, lab.c0, XDP_REDIRECT, &to_it);
+        }
+        for (client, vip, backend) in cases {
+            let syn_ack = from_backend(backend, client, tcp_flags::SYN | tcp_flags::ACK);
+            let expected = to_client(&syn_ack, vip);
+            lab.expect(
+                &format!("SYN-ACK from {vip}"),
+                &syn_ack,
+                lab.s0,
+                XDP_REDIRECT,
+                &expected,
+            );
+            let ack = ack_of(&Frame::tcp(client, vip));
+            assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT, "{client}");
+            let answer = from_backend(backend, client, tcp_flags::ACK);
+            let expected = to_client(&answer, vip);
+            lab.expect(
+                &format!("answer from {vip}"),
+                &answer,
+                lab.s0,
+                XDP_REDIRECT,
+                &expected,
+            );
+            // One entry, under the client's 5-tuple.
+            assert!(lab.dataplane.maps.flow(&flow_key(client, vip, 6)).is_some());
+            assert!(lab.dataplane.maps.flow(&flow_key(backend, client, 6)).is_none());
+        }
+        // The backend's packet to a client port no flow has is not ours.
+        let stray = from_backend("198.18.1.11:8080", "198.18.0.2:40002", tcp_flags::ACK);
+        lab.expect_untouched("no flow", &stray.build(), lab.s0);
+        // Nor is a packet from another port of the backend's address.
+        let other = from_backend("198.18.1.11:8081", "198.18.0.2:40000", tcp_flags::ACK);
+        lab.expect_untouched("another port", &other.build(), lab.s0);
+    });
+}
+
+/// Runs `ip ARGS` in the lab's namespace (the test's thread is in it, and so is its child).
+fn ip(args: &str) {
+    let status = Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("running ip");
+    assert!(status.success(), "ip {args}");
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_neighbour_change_reaches_new_and_existing_flows_within_a_second() {
+    with_lab_config(SHARED, |lab| {
+        let moved: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x99];
+        let client_moved: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+        let syn = Frame::tcp("198.18.0.2:41000", "198.18.100.1:80");
+        let to_old = to_backend(&syn, "198.18.1.11:8080", backend_mac(0x11), S0_MAC);
+        lab.expect("SYN before", &syn, lab.c0, XDP_REDIRECT, &to_old);
+        let ack = ack_of(&syn);
+        assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
+
+        // The backend moves to another MAC, and so does the client (its router, say).
+        ip("neigh replace 198.18.1.11 lladdr 02:00:00:00:01:99 dev s0 nud permanent");
+        ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:99 dev c0 nud permanent");
+        std::thread::sleep(Duration::from_millis(1_100));
+
+        // A new flow: the backend's next hop, cached at most a second, is asked again.
+        let new = Frame::tcp("198.18.0.2:41001", "198.18.100.1:80");
+        let to_new = to_backend(&new, "198.18.1.11:8080", moved, S0_MAC);
+        lab.expect("a new flow after", &new, lab.c0, XDP_REDIRECT, &to_new);
+        // The existing flow, both ways: its entry's second is over, each direction asks the
+        // FIB on its next packet.
+        let request = ack.clone().with(|f| {
+            f.transport = Transport::Tcp {
+                flags: tcp_flags::ACK | tcp_flags::PSH,
+                seq: 1_001,
+            }
+        });
+        let to_moved = to_backend(&request, "198.18.1.11:8080", moved, S0_MAC);
+        lab.expect("the flow's request", &request, lab.c0, XDP_REDIRECT, &to_moved);
+        let answer = from_backend("198.18.1.11:8080", "198.18.0.2:41000", tcp_flags::ACK);
+        let expected = to_client(&answer, "198.18.100.1:80").with(|f| f.eth_dst = client_moved);
+        lab.expect("the flow's answer", &answer, lab.s0, XDP_REDIRECT, &expected);
+
+        ip("neigh replace 198.18.1.11 lladdr 02:00:00:00:01:11 dev s0 nud permanent");
+        ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent");
+    });
+}
