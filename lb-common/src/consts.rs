@@ -101,6 +101,10 @@ pub mod flow_flags {
     /// Direct server return: the flow's packets keep their addresses and only get the
     /// backend's MAC address; the backend answers the client directly, never through xlb.
     pub const DSR: u8 = 4;
+    /// The flow's backend is shared by more NAT services than the program tells apart by
+    /// their VIPs: the VIP of its replies is also recorded under the reply's 5-tuple
+    /// (`REPLY_VIPS4`/`REPLY_VIPS6`), and removed with the flow.
+    pub const LOCATED: u8 = 8;
 }
 
 /// Values of [`crate::ServiceEntry::scheduler`]: how a new flow's backend is chosen.
@@ -210,6 +214,11 @@ pub mod map_names {
     pub const BACKEND_VIPS4: &str = "BACKEND_VIPS4";
     /// IPv6 NAT backends, as `BACKEND_VIPS4`.
     pub const BACKEND_VIPS6: &str = "BACKEND_VIPS6";
+    /// IPv4 flows of backends shared by more than `reply::MAX_VIPS_PER_BACKEND` NAT
+    /// services: the reply's 5-tuple -> its VIP and port.
+    pub const REPLY_VIPS4: &str = "REPLY_VIPS4";
+    /// IPv6 flows of such backends, as `REPLY_VIPS4`.
+    pub const REPLY_VIPS6: &str = "REPLY_VIPS6";
     /// Per backend id: the next hop toward it, cached for new flows (not pinned).
     pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
     /// The flow timeouts, one element.
@@ -277,7 +286,7 @@ pub mod map_names {
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).
-    pub const PINNED: [&str; 26] = [
+    pub const PINNED: [&str; 28] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
@@ -285,6 +294,8 @@ pub mod map_names {
         BACKEND_PORTS,
         BACKEND_VIPS4,
         BACKEND_VIPS6,
+        REPLY_VIPS4,
+        REPLY_VIPS6,
         RR_CURSORS,
         HANDSHAKE_GUARD,
         FLOWS4,

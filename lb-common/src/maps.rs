@@ -69,8 +69,16 @@ pub struct BackendEntry {
     pub service_id: u32,
     /// The backend's pool in that service.
     pub pool: u32,
-    /// Explicit padding; zero.
-    pub _pad: u32,
+    /// [`backend_flags`]: set by userspace (and changed in place while the backend serves).
+    pub flags: u32,
+}
+
+/// Bits of [`BackendEntry::flags`].
+pub mod backend_flags {
+    /// The backend's address, port and protocol serve more NAT services than
+    /// `reply::MAX_VIPS_PER_BACKEND`: each new flow also records the VIP of its replies in
+    /// `REPLY_VIPS4`/`REPLY_VIPS6` (see `crate::reply`).
+    pub const SHARED: u32 = 1;
 }
 
 /// Words of `BACKEND_PORTS`, a bitmap of the 65,536 ports.
@@ -255,7 +263,7 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 22] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 24] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
@@ -303,6 +311,16 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 22] = {
             n::BACKEND_VIPS6,
             size_of::<crate::BackendVipKey<Addr>>(),
             size_of::<crate::BackendVips<Addr>>(),
+        ),
+        (
+            n::REPLY_VIPS4,
+            size_of::<FlowKey4>(),
+            size_of::<crate::VipPort<u32>>(),
+        ),
+        (
+            n::REPLY_VIPS6,
+            size_of::<FlowKey>(),
+            size_of::<crate::VipPort<Addr>>(),
         ),
     ]
 };
@@ -364,5 +382,7 @@ mod pod {
         crate::BackendVipKey<Addr>,
         crate::BackendVips<u32>,
         crate::BackendVips<Addr>,
+        crate::VipPort<u32>,
+        crate::VipPort<Addr>,
     );
 }

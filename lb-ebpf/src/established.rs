@@ -331,7 +331,7 @@ fn refresh<F: Frame, Fam: Family>(
     if mode & REFRESH_DUE != 0 {
         let reopened = mode & REFRESH_REOPENED != 0;
         if reopened || over(pkt, flow, half_open, now) {
-            forget::<Fam>(key, half_open);
+            forget::<Fam>(scratch, key, flow, half_open);
             count_event(if reopened {
                 events::FLOW_REOPENED
             } else {

@@ -11,7 +11,7 @@ use lb_common::{
 use crate::{
     maps::{
         BACKEND_VIPS4, BACKEND_VIPS6, BackendVipsMap, FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6,
-        FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6,
+        FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6, REPLY_VIPS4, REPLY_VIPS6, ReplyVips,
     },
     packet::Packet,
     scratch::Scratch,
@@ -41,6 +41,8 @@ pub trait Family: 'static {
     fn half_open() -> &'static FlowTable<Self::Key, Self::Addr>;
     /// The NAT backends and the VIPs they serve (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
     fn backend_vips() -> &'static BackendVipsMap<Self::Addr>;
+    /// The VIPs of the replies of shared backends' flows (`REPLY_VIPS4`, `REPLY_VIPS6`).
+    fn reply_vips() -> &'static ReplyVips<Self::Key, Self::Addr>;
     /// This CPU's scratch areas of this family: the packet's key, a backend's key, an entry.
     fn areas(scratch: *mut Scratch) -> Areas<Self>;
     /// The key of a 5-tuple, addresses and ports (network order) as on the wire.
@@ -51,6 +53,12 @@ pub trait Family: 'static {
         dst_port: u16,
         protocol: u8,
     ) -> Self::Key;
+    /// The source of a key (the client of a flow's key).
+    fn src(key: &Self::Key) -> &Self::Addr;
+    /// The source port of a key, network order.
+    fn src_port(key: &Self::Key) -> u16;
+    /// The protocol of a key.
+    fn protocol(key: &Self::Key) -> u8;
     /// The destination of a key (the VIP of a flow's key).
     fn dst(key: &Self::Key) -> &Self::Addr;
     /// The destination port of a key, network order.
@@ -69,6 +77,8 @@ pub struct Areas<Fam: Family + ?Sized> {
     pub key: *mut Fam::Key,
     /// A backend's key in `BACKEND_VIPS4`/`BACKEND_VIPS6`.
     pub backend: *mut BackendVipKey<Fam::Addr>,
+    /// The 5-tuple of a flow's replies (`REPLY_VIPS4`/`REPLY_VIPS6`).
+    pub reply: *mut Fam::Key,
     /// A flow entry being built.
     pub entry: *mut FlowEntry<Fam::Addr>,
     /// The key of a fragmented datagram.
@@ -101,12 +111,18 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    fn reply_vips() -> &'static ReplyVips<FlowKey4, u32> {
+        &REPLY_VIPS4
+    }
+
+    #[inline(always)]
     fn areas(scratch: *mut Scratch) -> Areas<Self> {
         // SAFETY: field addresses of this CPU's scratch area; nothing is read here.
         unsafe {
             Areas {
                 key: &raw mut (*scratch).key4,
                 backend: &raw mut (*scratch).backend4,
+                reply: &raw mut (*scratch).reply4,
                 entry: &raw mut (*scratch).entry4,
                 fragment: &raw mut (*scratch).fragment4,
             }
@@ -123,6 +139,21 @@ impl Family for V4 {
             proto: protocol,
             _pad: [0; 3],
         }
+    }
+
+    #[inline(always)]
+    fn src(key: &FlowKey4) -> &u32 {
+        &key.src_addr
+    }
+
+    #[inline(always)]
+    fn src_port(key: &FlowKey4) -> u16 {
+        key.src_port
+    }
+
+    #[inline(always)]
+    fn protocol(key: &FlowKey4) -> u8 {
+        key.proto
     }
 
     #[inline(always)]
@@ -178,12 +209,18 @@ impl Family for V6 {
     }
 
     #[inline(always)]
+    fn reply_vips() -> &'static ReplyVips<FlowKey, Addr> {
+        &REPLY_VIPS6
+    }
+
+    #[inline(always)]
     fn areas(scratch: *mut Scratch) -> Areas<Self> {
         // SAFETY: as for IPv4.
         unsafe {
             Areas {
                 key: &raw mut (*scratch).key6,
                 backend: &raw mut (*scratch).backend6,
+                reply: &raw mut (*scratch).reply6,
                 entry: &raw mut (*scratch).entry6,
                 fragment: &raw mut (*scratch).fragment6,
             }
@@ -201,6 +238,21 @@ impl Family for V6 {
             family: family::IPV6,
             _pad: [0; 2],
         }
+    }
+
+    #[inline(always)]
+    fn src(key: &FlowKey) -> &Addr {
+        &key.src_addr
+    }
+
+    #[inline(always)]
+    fn src_port(key: &FlowKey) -> u16 {
+        key.src_port
+    }
+
+    #[inline(always)]
+    fn protocol(key: &FlowKey) -> u8 {
+        key.proto
     }
 
     #[inline(always)]

@@ -14,6 +14,8 @@ use crate::{
     family::Family,
     maps::{FlowTable, count_event},
     passive,
+    reply::forget_reply_vip,
+    scratch::Scratch,
 };
 
 /// A family's flow table: half-open or established.
@@ -82,8 +84,15 @@ pub fn retransmitted_syn<Fam: Family>(
     Retransmission::Replace(backend_id)
 }
 
-/// Deletes the entry of a flow stored under `key` from a table: the flow is over.
+/// Deletes the entry `entry` of a flow, stored under `key`, from a table (and the VIP of its
+/// replies, if recorded): the flow is over.
 #[inline(always)]
-pub fn forget<Fam: Family>(key: &Fam::Key, half_open: bool) {
+pub fn forget<Fam: Family>(
+    scratch: *mut Scratch,
+    key: &Fam::Key,
+    entry: &FlowEntry<Fam::Addr>,
+    half_open: bool,
+) {
+    forget_reply_vip::<Fam>(scratch, key, entry);
     let _ = table::<Fam>(half_open).remove(key);
 }

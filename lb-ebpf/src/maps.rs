@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
+    Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, VipPort, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
     FragmentKey4, FragmentKey6, FragmentPorts, HandshakeGuard, MaglevTable, ServiceEntry,
     ServiceKey, TrafficCounters, VipKey,
     consts::{events, limits},
@@ -91,6 +91,22 @@ pub static BACKEND_VIPS4: BackendVipsMap<u32> = HashMap::new();
 /// IPv6 NAT backends, as `BACKEND_VIPS4`.
 #[btf_map]
 pub static BACKEND_VIPS6: BackendVipsMap<Addr> = HashMap::new();
+
+/// The VIPs of the replies of one family's flows whose backend is shared by more NAT services
+/// than `BACKEND_VIPS4`/`6` lists (`lb_common::reply`): the reply's 5-tuple as it arrives
+/// (backend to client) -> the VIP and port. LRU, a quarter of the flow table's size (set by
+/// userspace at load).
+pub type ReplyVips<K, A> = LruHashMap<K, VipPort<A>, { limits::DEFAULT_FLOW_TABLE_SIZE as usize / 4 }>;
+
+/// IPv4 replies' VIPs. Written by the program with a new flow of a shared backend (the flow's
+/// entry is marked `LOCATED`), deleted with the flow by the program or userspace; read for a
+/// packet from a shared backend.
+#[btf_map]
+pub static REPLY_VIPS4: ReplyVips<FlowKey4, u32> = LruHashMap::new();
+
+/// IPv6 replies' VIPs, as `REPLY_VIPS4`.
+#[btf_map]
+pub static REPLY_VIPS6: ReplyVips<FlowKey, Addr> = LruHashMap::new();
 
 /// The next hop toward each backend, by backend id, and when the FIB gave it: a new flow
 /// takes it if it is less than a second old (`lb_common::BackendHop::fresh`) and asks the FIB

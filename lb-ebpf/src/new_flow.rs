@@ -4,7 +4,7 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    BackendEntry, FlowAddr, FlowEntry, Hop, ServiceEntry,
+    BackendEntry, FlowAddr, FlowEntry, Hop, ServiceEntry, backend_flags,
     consts::{events, flow_flags, forwarding, proto, scheduler, tcp_flags},
     csum, direction, epoch,
     tables::table_owner,
@@ -26,6 +26,7 @@ use crate::{
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
     passive,
+    reply::record_reply_vip,
     scratch::scratch,
     trace,
 };
@@ -170,6 +171,9 @@ pub fn new_flow<F: Frame, Fam: Family>(
     if let Err(outcome) = record::<F, Fam>(key, entry, &chosen) {
         return outcome;
     }
+    if entry.flags & flow_flags::LOCATED != 0 && !record_reply_vip::<Fam>(scratch, key, entry) {
+        count_event(events::FLOW_INSERT_FAILED);
+    }
     count_placed(&chosen);
     trace_placed(pkt, &chosen);
     NewFlow::Done(send_first::<F, Fam>(frame, pkt, &chosen, deltas, hop))
@@ -267,6 +271,8 @@ fn fill_entry<F: Frame, Fam: Family>(
     entry.port = backend.port;
     entry.flags = if chosen.placement.dsr() {
         flow_flags::DSR
+    } else if backend.flags & backend_flags::SHARED != 0 {
+        flow_flags::LOCATED
     } else {
         0
     };

@@ -1,11 +1,14 @@
 //! A backend's packet (NAT) finds its flow: the flow has one entry, stored under its client's
 //! 5-tuple (see `lb_common::reply`). The packet's source is the backend, its destination the
 //! client; `BACKEND_VIPS4`/`6` give the VIPs the backend serves, and each makes a candidate key
-//! (client, VIP) whose entry must name the packet's source as its backend.
+//! (client, VIP) whose entry must name the packet's source as its backend. A backend shared
+//! by more services has the VIP of each of its flows' replies recorded (`REPLY_VIPS4`/`6`),
+//! looked up first.
 
+use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    Addr, BackendVipKey, FlowAddr, FlowEntry, backend_port_bit,
-    consts::proto,
+    Addr, BackendVipKey, FlowAddr, FlowEntry, VipPort, backend_port_bit,
+    consts::{flow_flags, proto},
     reply::MAX_VIPS_PER_BACKEND,
 };
 
@@ -50,31 +53,104 @@ pub fn backend_flow<Fam: Family>(
     let vips = unsafe { &*vips };
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *areas.key };
+    let client = Fam::Addr::in_addr(client);
+    if vips.shared != 0 {
+        // SAFETY: this CPU's scratch area; its reply key is used here only.
+        let reply = unsafe { &mut *areas.reply };
+        *reply = Fam::key(backend, client, backend_port, client_port, protocol);
+        if let Some(vip) = Fam::reply_vips().get_ptr(reply) {
+            // SAFETY: a valid map value, copied at once.
+            let vip = unsafe { *vip };
+            *key = Fam::key(client, &vip.addr, client_port, vip.port, protocol);
+            if let Some(found) = entry_of::<Fam>(key, backend, backend_port) {
+                return Some(found);
+            }
+        }
+    }
     for index in 0..MAX_VIPS_PER_BACKEND {
         if index as u32 >= vips.count {
             break;
         }
         let vip = &vips.vips[index];
-        *key = Fam::key(
-            Fam::Addr::in_addr(client),
-            &vip.addr,
-            client_port,
-            vip.port,
-            protocol,
-        );
-        if let Some(entry) = Fam::flows().get_ptr_mut(&*key)
-            && serves::<Fam>(entry, backend, backend_port)
-        {
-            return Some((entry, false));
-        }
-        if protocol == proto::TCP
-            && let Some(entry) = Fam::half_open().get_ptr_mut(&*key)
-            && serves::<Fam>(entry, backend, backend_port)
-        {
-            return Some((entry, true));
+        *key = Fam::key(client, &vip.addr, client_port, vip.port, protocol);
+        if let Some(found) = entry_of::<Fam>(key, backend, backend_port) {
+            return Some(found);
         }
     }
     None
+}
+
+/// The entry stored under `key` (established, or half-open for TCP) if its backend is
+/// `backend`:`port`, and whether it is half-open.
+#[inline(always)]
+fn entry_of<Fam: Family>(
+    key: &Fam::Key,
+    backend: &Fam::Addr,
+    port: u16,
+) -> Option<(*mut FlowEntry<Fam::Addr>, bool)> {
+    if let Some(entry) = Fam::flows().get_ptr_mut(key)
+        && serves::<Fam>(entry, backend, port)
+    {
+        return Some((entry, false));
+    }
+    if Fam::protocol(key) == proto::TCP
+        && let Some(entry) = Fam::half_open().get_ptr_mut(key)
+        && serves::<Fam>(entry, backend, port)
+    {
+        return Some((entry, true));
+    }
+    None
+}
+
+/// The 5-tuple of the replies of the flow whose entry `entry` is stored under `key`, written
+/// to this CPU's `scratch` area.
+#[inline(always)]
+fn reply_key<Fam: Family>(
+    scratch: *mut Scratch,
+    key: &Fam::Key,
+    entry: &FlowEntry<Fam::Addr>,
+) -> &'static Fam::Key {
+    // SAFETY: this CPU's scratch area; its reply key is used here only.
+    let reply = unsafe { &mut *Fam::areas(scratch).reply };
+    *reply = Fam::key(
+        &entry.addr,
+        Fam::src(key),
+        entry.port,
+        Fam::src_port(key),
+        Fam::protocol(key),
+    );
+    reply
+}
+
+/// Records the VIP of the replies of a new flow of a shared backend (its entry `entry`,
+/// marked `LOCATED`, stored under `key`). `false` if it could not be recorded.
+#[inline(always)]
+pub fn record_reply_vip<Fam: Family>(
+    scratch: *mut Scratch,
+    key: &Fam::Key,
+    entry: &FlowEntry<Fam::Addr>,
+) -> bool {
+    let vip = VipPort {
+        addr: *Fam::dst(key),
+        port: Fam::dst_port(key),
+        _pad: 0,
+    };
+    let reply = reply_key::<Fam>(scratch, key, entry);
+    Fam::reply_vips().insert(reply, &vip, BPF_ANY as u64).is_ok()
+}
+
+/// Deletes the VIP recorded for the replies of a flow that ends (its entry `entry`, stored
+/// under `key`), if its entry says there is one.
+#[inline(always)]
+pub fn forget_reply_vip<Fam: Family>(
+    scratch: *mut Scratch,
+    key: &Fam::Key,
+    entry: &FlowEntry<Fam::Addr>,
+) {
+    if entry.flags & flow_flags::LOCATED != 0 {
+        let reply = reply_key::<Fam>(scratch, key, entry);
+        let _ = Fam::reply_vips().remove(reply);
+    }
 }
 
 /// Whether the flow of `entry` has `backend`:`port` as its backend (and so is the flow of that

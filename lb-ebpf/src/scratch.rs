@@ -26,12 +26,16 @@ pub struct Scratch {
     pub key4: FlowKey4,
     /// An IPv4 backend's key (`BACKEND_VIPS4`).
     pub backend4: BackendVipKey<u32>,
+    /// The 5-tuple of an IPv4 flow's replies (`REPLY_VIPS4`).
+    pub reply4: FlowKey4,
     /// An IPv4 flow entry being built.
     pub entry4: FlowEntry<u32>,
     /// An IPv6 packet's 5-tuple, as `key4`.
     pub key6: FlowKey,
     /// An IPv6 backend's key (`BACKEND_VIPS6`).
     pub backend6: BackendVipKey<Addr>,
+    /// The 5-tuple of an IPv6 flow's replies (`REPLY_VIPS6`).
+    pub reply6: FlowKey,
     /// An IPv6 flow entry being built.
     pub entry6: FlowEntry<Addr>,
     /// An IPv4 fragment's datagram (`FRAGMENTS4`).

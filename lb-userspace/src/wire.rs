@@ -78,7 +78,7 @@ pub fn backend_entry(address: SocketAddr, service_id: u32, pool: u32) -> Backend
         in_use: 1,
         service_id,
         pool,
-        _pad: 0,
+        flags: 0,
     }
 }
 

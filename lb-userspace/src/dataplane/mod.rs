@@ -263,6 +263,9 @@ fn loader(sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<(EbpfLoader<'static
     for (name, half_open, ipv6) in map_names::FLOW_TABLES {
         loader.map_max_entries(name, flow_entries(sizes, half_open, ipv6));
     }
+    // The replies' VIPs of shared backends' flows: as many as half-open flows.
+    loader.map_max_entries(map_names::REPLY_VIPS4, flow_entries(sizes, true, false));
+    loader.map_max_entries(map_names::REPLY_VIPS6, flow_entries(sizes, true, true));
     let mut adopted = false;
     if let Some(dir) = pin_dir {
         pins::check_retired(dir)?;

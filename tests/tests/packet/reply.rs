@@ -142,3 +142,67 @@ fn a_neighbour_change_reaches_new_and_existing_flows_within_a_second() {
         ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent");
     });
 }
+
+/// `count` NAT services on 198.18.100.11.. port 80, each with the one backend 198.18.1.12:8080.
+fn shared_by(count: u8) -> String {
+    let mut config = String::from("interfaces = [\"c0\", \"s0\"]\n");
+    for n in 0..count {
+        config += &format!(
+            "\n[[service]]\nname = \"s{n}\"\nlisten = \"198.18.100.{}:80\"\nprotocol = \"tcp\"\n\
+             backends = [ {{ address = \"198.18.1.12:8080\" }} ]\n",
+            11 + n
+        );
+    }
+    config
+}
+
+/// Past four NAT services on one backend address and port, each new flow also records the VIP
+/// of its replies (its entry marked `LOCATED`), and the flows made before the backend was
+/// shared are still found by their VIPs; the record goes with its flow.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_backend_shared_by_five_services_answers_every_flow_from_its_vip() {
+    with_lab_config(&shared_by(4), |lab| {
+        let backend = "198.18.1.12:8080";
+        let open = |lab: &PacketLab, client: &str, vip: &str| {
+            let syn = Frame::tcp(client, vip);
+            let to_it = to_backend(&syn, backend, backend_mac(0x12), S0_MAC);
+            lab.expect(&format!("SYN to {vip}"), &syn, lab.c0, XDP_REDIRECT, &to_it);
+            assert_eq!(lab.run(&ack_of(&syn).build(), lab.c0).0, XDP_REDIRECT);
+            lab.dataplane.maps.flow(&flow_key(client, vip, 6)).unwrap()
+        };
+        let answered = |lab: &PacketLab, client: &str, vip: &str| {
+            let answer = from_backend(backend, client, tcp_flags::ACK)
+                .with(|f| f.eth_src = backend_mac(0x12));
+            let expected = to_client(&answer, vip);
+            lab.expect(&format!("answer from {vip}"), &answer, lab.s0, XDP_REDIRECT, &expected);
+        };
+        let before = open(lab, "198.18.0.2:42000", "198.18.100.14:80");
+        assert_eq!(before.flags & flow_flags::LOCATED, 0, "four services: not shared");
+
+        // A fifth service: the backend is shared from now on.
+        let config = Config::parse(&shared_by(5)).unwrap();
+        lab.balancer
+            .apply(&ServiceSpec::all_up(&config), &mut lab.dataplane.maps)
+            .unwrap();
+        let fifth = open(lab, "198.18.0.2:42001", "198.18.100.15:80");
+        assert_ne!(fifth.flags & flow_flags::LOCATED, 0, "its VIP is recorded");
+        let first = open(lab, "198.18.0.2:42002", "198.18.100.11:80");
+        assert_ne!(first.flags & flow_flags::LOCATED, 0);
+        for (client, vip) in [
+            ("198.18.0.2:42000", "198.18.100.14:80"),
+            ("198.18.0.2:42001", "198.18.100.15:80"),
+            ("198.18.0.2:42002", "198.18.100.11:80"),
+        ] {
+            answered(lab, client, vip);
+        }
+        // Without its flow's entry, the record leads nowhere: not translated.
+        lab.dataplane
+            .maps
+            .flows
+            .remove(&flow_key("198.18.0.2:42001", "198.18.100.15:80", 6));
+        let stray = from_backend(backend, "198.18.0.2:42001", tcp_flags::ACK)
+            .with(|f| f.eth_src = backend_mac(0x12));
+        lab.expect_untouched("a flow gone", &stray.build(), lab.s0);
+    });
+}

@@ -165,36 +165,6 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
     }
 }
 
-/// A backend address and port serves at most four NAT services (the data plane tells its
-/// replies apart by the VIPs and ports it serves); DSR services do not count.
-#[test]
-fn a_backend_serves_at_most_four_nat_vips() {
-    let service = |name: &str, vip: &str, forwarding: &str| {
-        format!(
-            "[[service]]\nname = \"{name}\"\nlisten = \"{vip}\"\nprotocol = \"tcp\"\n\
-             forwarding = \"{forwarding}\"\nbackends = [ {{ address = \"198.18.1.11:80\" }} ]\n"
-        )
-    };
-    let mut text = String::from("interfaces = [\"eth0\"]\n");
-    for index in 1..=4 {
-        text += &service(&format!("s{index}"), &format!("198.18.100.{index}:80"), "nat");
-    }
-    // A DSR service does not count (its backend answers the clients directly).
-    text += &service("d5", "198.18.100.5:80", "dsr");
-    assert!(Config::parse(&text).is_ok(), "{:?}", Config::parse(&text).err());
-    text += &service("s5", "198.18.100.6:80", "nat");
-    let errors = errors_of(&text);
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].ends_with(
-            "service \"s5\": backend 198.18.1.11:80 already serves 4 NAT services (s1, s2, s3, \
-             s4): one backend address and port can serve at most 4 (xlb tells their replies \
-             apart by the VIPs it serves); give it another port here, or use forwarding = \"dsr\""
-        ),
-        "{errors:?}"
-    );
-}
-
 #[test]
 fn duplicate_services_are_rejected() {
     let text = format!(

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{consts::limits, reply::MAX_VIPS_PER_BACKEND};
+use lb_common::consts::limits;
 use toml::Spanned;
 
 use super::{
@@ -346,56 +346,16 @@ impl Validator<'_> {
         let mut services = Vec::new();
         let mut names = HashMap::new();
         let mut listeners = HashMap::new();
-        let mut shared = HashMap::new();
         for raw in list {
             let span = raw.span();
             let Some(service) = self.service(raw.into_inner(), &span) else {
                 continue;
             };
             self.service_is_unique(&service, &span, &mut names, &mut listeners);
-            self.backends_shared_within_limit(&service, &span, &mut shared);
             services.push(service);
         }
         self.backend_count(&services);
         services
-    }
-
-    /// That no backend address, port and protocol serves more than `MAX_VIPS_PER_BACKEND`
-    /// NAT services with `service` (`shared` holds the VIPs and names of the earlier
-    /// services of each): the data plane tells their replies apart by the VIPs it serves
-    /// (`lb_common::reply`).
-    fn backends_shared_within_limit(
-        &mut self,
-        service: &ServiceConfig,
-        span: &Range<usize>,
-        shared: &mut HashMap<(SocketAddr, Protocol), Vec<(SocketAddr, String)>>,
-    ) {
-        if service.forwarding != super::Forwarding::Nat {
-            return;
-        }
-        for backend in &service.backends {
-            let served = shared.entry((backend.address, service.protocol)).or_default();
-            if served.iter().any(|(vip, _)| *vip == service.listen) {
-                continue;
-            }
-            if served.len() == MAX_VIPS_PER_BACKEND {
-                let names: Vec<&str> = served.iter().map(|(_, name)| name.as_str()).collect();
-                self.error(
-                    span,
-                    format!(
-                        "{}: backend {} already serves {MAX_VIPS_PER_BACKEND} NAT services ({}): \
-                         one backend address and port can serve at most {MAX_VIPS_PER_BACKEND} \
-                         (xlb tells their replies apart by the VIPs it serves); give it another \
-                         port here, or use forwarding = \"dsr\"",
-                        Place::service(&service.name),
-                        backend.address,
-                        names.join(", ")
-                    ),
-                );
-                continue;
-            }
-            served.push((service.listen, service.name.clone()));
-        }
     }
 
     /// That there is at least one service, and at most `MAX_SERVICES`.

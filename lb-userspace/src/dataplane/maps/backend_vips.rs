@@ -4,13 +4,17 @@
 //! backend's services are in its element before any table names the backend, and a new
 //! service's VIP before its entry is written; a VIP leaves a backend's element only when the
 //! backend id is released (its flows were purged before), so flows never lose their replies.
+//! A backend's VIPs keep the order they came in, so that the first
+//! `MAX_VIPS_PER_BACKEND`, which the element lists, stay listed when more come; with more,
+//! the element and the backend's `BACKENDS` entries are marked shared (`backend_flags`).
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lb_common::{
     Addr, BackendEntry, BackendVipKey, BackendVips, FlowAddr, ServiceEntry, ServiceKey, VipPort,
+    backend_flags,
     consts::{family, forwarding},
     reply::MAX_VIPS_PER_BACKEND,
 };
@@ -29,10 +33,44 @@ struct ReplyIndex {
     services: HashMap<u32, (ServiceKey, bool)>,
     /// The backends in use, by id.
     backends: HashMap<u32, BackendEntry>,
+    /// The VIPs of each backend, in the order they came.
+    order: HashMap<Backend, Vec<Vip>>,
 }
 
 impl ReplyIndex {
-    /// The VIPs `backend` serves, in order.
+    /// The VIPs `backend` serves, in the order they came (those that came together, in
+    /// address order).
+    fn listed(&mut self, backend: &Backend) -> Vec<Vip> {
+        let now = self.vips_of(backend);
+        let order = self.order.entry(*backend).or_default();
+        order.retain(|vip| now.contains(vip));
+        for vip in now {
+            if !order.contains(&vip) {
+                order.push(vip);
+            }
+        }
+        let listed = order.clone();
+        if listed.is_empty() {
+            self.order.remove(backend);
+        }
+        listed
+    }
+
+    /// Whether `backend` serves more NAT services than a `BACKEND_VIPS` element lists.
+    fn shared(&self, backend: &Backend) -> bool {
+        self.vips_of(backend).len() > MAX_VIPS_PER_BACKEND
+    }
+
+    /// The ids in use of `backend`.
+    fn ids_of(&self, backend: &Backend) -> Vec<u32> {
+        self.backends
+            .iter()
+            .filter(|(_, entry)| self.backend(entry).as_ref() == Some(backend))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The VIPs `backend` serves, in address order.
     fn vips_of(&self, backend: &Backend) -> Vec<Vip> {
         let mut vips = BTreeSet::new();
         for entry in self.backends.values() {
@@ -94,6 +132,8 @@ pub(super) struct BackendVipMaps {
     v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
     v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
     index: ReplyIndex,
+    /// The flags last given to each backend id's `BACKENDS` entry.
+    flags: HashMap<u32, u32>,
 }
 
 impl BackendVipMaps {
@@ -110,6 +150,7 @@ impl BackendVipMaps {
             v4,
             v6,
             index: ReplyIndex::default(),
+            flags: HashMap::new(),
         };
         for (key, entry) in services {
             maps.index.set_service(key, entry);
@@ -120,6 +161,9 @@ impl BackendVipMaps {
         let wanted = maps.index.all();
         for backend in &wanted {
             maps.write(backend)?;
+        }
+        for (id, entry) in backends {
+            maps.flags.insert(*id, entry.flags);
         }
         let held4: Vec<_> = maps.v4.keys().collect::<Result<_, _>>()?;
         for key in held4 {
@@ -137,21 +181,55 @@ impl BackendVipMaps {
     }
 
     /// Records service `key` (`entry`), writing its backends' VIPs (call before the service's
-    /// entry is written).
-    pub(super) fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
-        for backend in self.index.set_service(key, entry) {
-            self.write(&backend)?;
-        }
-        Ok(())
+    /// entry is written). Returns the backend ids whose `BACKENDS` flags change, with their
+    /// new flags: write them before the service's entry too.
+    pub(super) fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        entry: &ServiceEntry,
+    ) -> Result<Vec<(u32, u32)>> {
+        let changed = self.index.set_service(key, entry);
+        self.write_all(&changed)
     }
 
     /// Records backend `id` as `entry`, writing the VIPs of its address (call before the
-    /// backend's entry is written when it is taken, after when it is released).
-    pub(super) fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
-        for backend in self.index.set_backend(id, entry) {
-            self.write(&backend)?;
+    /// backend's entry is written when it is taken, after when it is released). Returns the
+    /// flags of its entry, and the other backend ids whose flags change, with theirs.
+    pub(super) fn set_backend(
+        &mut self,
+        id: u32,
+        entry: &BackendEntry,
+    ) -> Result<(u32, Vec<(u32, u32)>)> {
+        let changed = self.index.set_backend(id, entry);
+        let mut flags = self.write_all(&changed)?;
+        let own = match flags.iter().position(|(other, _)| *other == id) {
+            Some(at) => flags.remove(at).1,
+            None => self.flags.get(&id).copied().unwrap_or(0),
+        };
+        if entry.in_use != 1 {
+            self.flags.remove(&id);
         }
-        Ok(())
+        Ok((own, flags))
+    }
+
+    /// Writes the VIPs of `backends`; returns the ids whose flags change, with their new
+    /// flags (recorded as given).
+    fn write_all(&mut self, backends: &[Backend]) -> Result<Vec<(u32, u32)>> {
+        let mut changed = Vec::new();
+        for backend in backends {
+            self.write(backend)?;
+            let flags = if self.index.shared(backend) {
+                backend_flags::SHARED
+            } else {
+                0
+            };
+            for id in self.index.ids_of(backend) {
+                if self.flags.insert(id, flags) != Some(flags) {
+                    changed.push((id, flags));
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// The VIPs and ports the map gives backend `addr`:`port` (network order) of protocol
@@ -164,17 +242,14 @@ impl BackendVipMaps {
                 proto,
                 _pad: 0,
             };
-            self.v4.get(&key, 0).ok().map(|value| {
-                let mut vips = BackendVips::<Addr>::default();
-                vips.count = value.count;
-                for (wide, narrow) in vips.vips.iter_mut().zip(value.vips) {
-                    *wide = VipPort {
-                        addr: narrow.addr.to_addr(),
-                        port: narrow.port,
-                        _pad: 0,
-                    };
-                }
-                vips
+            self.v4.get(&key, 0).ok().map(|value| BackendVips::<Addr> {
+                count: value.count,
+                shared: value.shared,
+                vips: value.vips.map(|narrow| VipPort {
+                    addr: narrow.addr.to_addr(),
+                    port: narrow.port,
+                    _pad: 0,
+                }),
             })
         } else {
             let key = BackendVipKey {
@@ -196,16 +271,8 @@ impl BackendVipMaps {
 
     /// Writes (or removes, if it serves none) the VIPs of `backend`.
     fn write(&mut self, backend: &Backend) -> Result<()> {
-        let vips = self.index.vips_of(backend);
+        let vips = self.index.listed(backend);
         let &(addr, port, proto, backend_family) = backend;
-        if vips.len() > MAX_VIPS_PER_BACKEND {
-            bail!(
-                "backend {} serves {} NAT services: at most {MAX_VIPS_PER_BACKEND} can share a \
-                 backend address, port and protocol",
-                crate::wire::ip_from_field(&addr, backend_family),
-                vips.len()
-            );
-        }
         if backend_family == family::IPV4 {
             let key = BackendVipKey {
                 addr: addr[0],
@@ -233,7 +300,8 @@ impl BackendVipMaps {
     }
 }
 
-/// The map value for `vips` (at most [`MAX_VIPS_PER_BACKEND`]); `None` if there are none.
+/// The map value for `vips`: the first [`MAX_VIPS_PER_BACKEND`], and whether there are
+/// more; `None` if there are none.
 fn value_of<A: FlowAddr>(vips: &[Vip]) -> Option<BackendVips<A>> {
     if vips.is_empty() {
         return None;
@@ -247,6 +315,7 @@ fn value_of<A: FlowAddr>(vips: &[Vip]) -> Option<BackendVips<A>> {
         };
     }
     value.count = vips.len().min(MAX_VIPS_PER_BACKEND) as u32;
+    value.shared = u32::from(vips.len() > MAX_VIPS_PER_BACKEND);
     Some(value)
 }
 
@@ -314,6 +383,33 @@ mod tests {
         assert_eq!(index.set_backend(2, &BackendEntry::default()), [b1]);
         assert_eq!(index.vips_of(&b1), [([100, 0, 0, 0], 80u16.to_be())]);
         assert_eq!(index.all().into_iter().collect::<Vec<_>>(), [b1]);
+    }
+
+    #[test]
+    fn a_backend_keeps_its_first_vips_listed_as_more_come_and_is_shared_past_four() {
+        let mut index = ReplyIndex::default();
+        let b1 = ([11, 0, 0, 0], 8080u16.to_be(), proto::TCP, family::IPV4);
+        // Services 10..=14, VIPs .105 down to .101: each comes after the ones before.
+        for (n, vip) in (10..15).zip((101..106).rev()) {
+            let (key, entry) = service(n, vip, 80, true);
+            index.set_service(&key, &entry);
+            index.set_backend(n, &backend(n, 11, 8080));
+            let listed = index.listed(&b1);
+            assert_eq!(listed[0], ([105, 0, 0, 0], 80u16.to_be()), "the first stays first");
+            assert_eq!(listed.len(), (n - 9) as usize);
+            assert_eq!(index.shared(&b1), n == 14, "shared with the fifth");
+        }
+        let value = value_of::<u32>(&index.listed(&b1)).unwrap();
+        assert_eq!((value.count, value.shared), (4, 1));
+        assert_eq!(value.vips[3].addr, 102, "the fifth, .101, is not listed");
+        // The second leaves: the fifth moves up, the others keep their order.
+        index.set_backend(11, &BackendEntry::default());
+        let addrs: Vec<u32> = index.listed(&b1).iter().map(|(a, _)| a[0]).collect();
+        assert_eq!(addrs, [105, 103, 102, 101]);
+        assert!(!index.shared(&b1));
+        let mut ids = index.ids_of(&b1);
+        ids.sort();
+        assert_eq!(ids, [10, 12, 13, 14]);
     }
 
     #[test]

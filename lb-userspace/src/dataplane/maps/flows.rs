@@ -17,7 +17,8 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
 };
 use lb_common::{
-    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, active_count, active_index, consts::proto,
+    Addr, FlowAddr, FlowEntry, FlowKey, FlowKey4, VipPort, active_count, active_index,
+    consts::{flow_flags, proto},
     epoch,
 };
 
@@ -34,6 +35,8 @@ type Table<K, A> = HashMap<MapData, K, FlowEntry<A>>;
 struct FamilyTables<K, A: FlowAddr> {
     flows: Table<K, A>,
     half_open: Table<K, A>,
+    /// The replies' VIPs of shared backends' flows (`REPLY_VIPS4`/`REPLY_VIPS6`).
+    replies: HashMap<MapData, K, VipPort<A>>,
 }
 
 /// What turns a family's key and entry into the family-neutral forms, and back.
@@ -81,9 +84,26 @@ where
     K: FamilyKey<Addr = A>,
     A: FlowAddr + Pod,
     FlowEntry<A>: Pod,
+    VipPort<A>: Pod,
 {
     fn maps(&self) -> [(&Table<K, A>, bool); 2] {
         [(&self.flows, false), (&self.half_open, true)]
+    }
+
+    /// The key of the VIP recorded for the replies of the flow of `entry`, stored under `key`,
+    /// if its entry says there is one (see `lb_common::reply`).
+    fn reply_key(key: &K, entry: &FlowEntry<A>) -> Option<K> {
+        if entry.flags & flow_flags::LOCATED == 0 {
+            return None;
+        }
+        let (key, entry) = (key.neutral(), K::neutral_entry(entry));
+        K::of(&FlowKey {
+            src_addr: entry.addr,
+            dst_addr: key.src_addr,
+            src_port: entry.port,
+            dst_port: key.src_port,
+            ..key
+        })
     }
 
     fn purge(&self, retired: &HashSet<u32>, purge: Purge) -> Result<usize> {
@@ -99,8 +119,13 @@ where
                 })
                 .collect();
             flows += doomed.len();
+            let replies: Vec<K> = doomed
+                .iter()
+                .filter_map(|(key, entry)| Self::reply_key(key, entry))
+                .collect();
             let keys: Vec<K> = doomed.into_iter().map(|(key, _)| key).collect();
             batch::delete(map.map(), &keys)?;
+            batch::delete(self.replies.map(), &replies)?;
         }
         Ok(flows)
     }
@@ -116,8 +141,19 @@ where
 
     fn remove(&mut self, key: &FlowKey) {
         if let Some(key) = K::of(key) {
-            let _ = self.flows.remove(&key);
-            let _ = self.half_open.remove(&key);
+            for half_open in [false, true] {
+                let map = if half_open {
+                    &mut self.half_open
+                } else {
+                    &mut self.flows
+                };
+                if let Ok(entry) = map.get(&key, 0) {
+                    let _ = map.remove(&key);
+                    if let Some(reply) = Self::reply_key(&key, &entry) {
+                        let _ = self.replies.remove(&reply);
+                    }
+                }
+            }
         }
     }
 
@@ -152,6 +188,10 @@ pub struct FlowMaps {
     pub flows6: HashMap<MapData, FlowKey, FlowEntry>,
     /// `HALF_OPEN6`.
     pub half_open6: HashMap<MapData, FlowKey, FlowEntry>,
+    /// `REPLY_VIPS4`.
+    pub replies4: HashMap<MapData, FlowKey4, VipPort<u32>>,
+    /// `REPLY_VIPS6`.
+    pub replies6: HashMap<MapData, FlowKey, VipPort<Addr>>,
     /// `FLOW_TIMEOUTS`.
     pub timeouts: Array<MapData, lb_common::FlowTimeouts>,
     /// `ACTIVE_FLOWS`.
@@ -165,10 +205,12 @@ impl FlowTables {
             v4: FamilyTables {
                 flows: maps.flows4,
                 half_open: maps.half_open4,
+                replies: maps.replies4,
             },
             v6: FamilyTables {
                 flows: maps.flows6,
                 half_open: maps.half_open6,
+                replies: maps.replies6,
             },
             timeouts: maps.timeouts,
             active: maps.active,

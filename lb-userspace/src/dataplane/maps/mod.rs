@@ -162,6 +162,8 @@ impl Maps {
                 half_open4: take(ebpf, map_names::HALF_OPEN4)?,
                 flows6: take(ebpf, map_names::FLOWS6)?,
                 half_open6: take(ebpf, map_names::HALF_OPEN6)?,
+                replies4: take(ebpf, map_names::REPLY_VIPS4)?,
+                replies6: take(ebpf, map_names::REPLY_VIPS6)?,
                 timeouts: take(ebpf, map_names::FLOW_TIMEOUTS)?,
                 active: take(ebpf, map_names::ACTIVE_FLOWS)?,
             }),
@@ -226,6 +228,17 @@ impl Maps {
         }
         for key in held.iter().filter(|key| !wanted.contains(key)) {
             self.host_ports.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the flags of backend ids in use (`BACKENDS`, in place: only the flags change).
+    fn set_backend_flags(&mut self, flags: &[(u32, u32)]) -> Result<()> {
+        for &(id, flags) in flags {
+            let entry = self.backends.get(&id, 0)?;
+            if entry.in_use == 1 && entry.flags != flags {
+                self.backends.set(id, BackendEntry { flags, ..entry }, 0)?;
+            }
         }
         Ok(())
     }
@@ -345,15 +358,20 @@ impl DataplaneReads for Maps {
 impl DataplaneMaps for Maps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
         // Its port and VIPs are marked before the entry is there (and so before a table names
-        // it), and unmarked after the entry is cleared.
+        // it), and unmarked after the entry is cleared; the entries of the same backend in
+        // other services are marked shared (or no longer) before either.
+        let mut entry = *entry;
         if entry.in_use == 1 {
-            self.backend_ports.set(id, entry)?;
-            self.backend_vips.set_backend(id, entry)?;
+            self.backend_ports.set(id, &entry)?;
+            let (flags, others) = self.backend_vips.set_backend(id, &entry)?;
+            self.set_backend_flags(&others)?;
+            entry.flags = flags;
         }
         self.backends.set(id, entry, 0)?;
         if entry.in_use != 1 {
-            self.backend_vips.set_backend(id, entry)?;
-            self.backend_ports.set(id, entry)?;
+            let (_, others) = self.backend_vips.set_backend(id, &entry)?;
+            self.set_backend_flags(&others)?;
+            self.backend_ports.set(id, &entry)?;
         }
         Ok(())
     }
@@ -399,7 +417,8 @@ impl DataplaneMaps for Maps {
 
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<()> {
         // Its backends' replies find their flows before its first flow is placed.
-        self.backend_vips.set_service(key, entry)?;
+        let flags = self.backend_vips.set_service(key, entry)?;
+        self.set_backend_flags(&flags)?;
         Ok(self.services.insert(key, entry, 0)?)
     }
 
