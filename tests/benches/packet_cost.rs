@@ -116,7 +116,18 @@ fn main() -> Result<()> {
                 })
                 .build()
         };
-        let syn = |frame: Frame| frame.with(|f| f.ttl = 255).build();
+        // The flows' first frames come from s0's MAC: a flow's replies go back where its first
+        // frame came from (until its first refresh asks the FIB, which the namespace also
+        // answers with s0's MAC), so that a rewritten reply is addressed to s0 again and the
+        // next repetition takes the same path.
+        let syn = |frame: Frame| {
+            frame
+                .with(|f| {
+                    f.ttl = 255;
+                    f.eth_src = S0_MAC;
+                })
+                .build()
+        };
         let established = ack(Frame::tcp("198.18.0.2:40000", "198.18.100.1:80"));
         // The replies arrive on s0, addressed to it.
         let on_s0 = |frame: Frame| frame.with(|f| f.eth_dst = S0_MAC);
@@ -138,7 +149,6 @@ fn main() -> Result<()> {
             ensure!(packet_net::run(program, then, c0, 1)?.verdict == XDP_REDIRECT);
         }
 
-        // Median per-packet time over `rounds` test runs of REPEAT repetitions.
         // Median per-packet time over `rounds` test runs of REPEAT repetitions of `run`, each
         // of which must give `verdict` and keep the frame's length.
         let median_ns = |run: &dyn Fn() -> Result<packet_net::RunResult>,
