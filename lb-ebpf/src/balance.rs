@@ -14,7 +14,7 @@ use crate::{
     clock,
     established::{NO_FLOW, established, established_apart, found},
     family::{Family, V4, V6, packet_key},
-    flows::{Retransmission, promote, retransmitted_syn},
+    flows::{Retransmission, promote, promoted, retransmitted_syn},
     fragment::{self, FIRST_FRAGMENT},
     frame::Frame,
     icmp,
@@ -121,6 +121,18 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
             return verdict;
         }
     }
+    // A client's packet without SYN after its SYN completes the handshake (no service lookup:
+    // the half-open entry says the flow was placed).
+    let syn = pkt.tcp_flags & tcp_flags::SYN != 0;
+    if pkt.proto == proto::TCP
+        && !syn
+        && let Some(entry) = Fam::half_open().get_ptr_mut(key)
+    {
+        let verdict = complete::<F, Fam>(frame, pkt, scratch, key, entry);
+        if verdict != NO_FLOW {
+            return verdict;
+        }
+    }
     // SAFETY: this CPU's scratch area; the service key is not otherwise borrowed.
     let service_key = unsafe { &mut (*scratch).service };
     *service_key = ServiceKey {
@@ -132,29 +144,43 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     let Some(service) = SERVICES.get_ptr(service_key) else {
         return unserved::not_served::<F>(pkt);
     };
+    // A retransmitted SYN is forwarded or, if the backend never answered, placed on another
+    // backend.
     if pkt.proto == proto::TCP
+        && syn
         && let Some(entry) = Fam::half_open().get_ptr_mut(key)
     {
-        // A client packet without SYN completes the handshake; a retransmitted SYN is
-        // forwarded or, if the backend never answered, placed on another backend.
-        let (entry, half_open) = if pkt.tcp_flags & tcp_flags::SYN == 0 {
-            match promote::<Fam>(key, entry) {
-                Some(entry) => (entry, false),
-                None => (entry, true),
-            }
-        } else {
-            match retransmitted_syn::<Fam>(key, entry) {
-                Retransmission::Replace(avoid) => return to_place(pkt, service, avoid),
-                Retransmission::Forward => (entry, true),
-            }
-        };
-        let how = found::table(half_open);
+        match retransmitted_syn::<Fam>(key, entry) {
+            Retransmission::Replace(avoid) => return to_place(pkt, service, avoid),
+            Retransmission::Forward => {}
+        }
+        let how = found::CLIENT | found::HALF_OPEN;
         let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, how);
         if verdict != NO_FLOW {
             return verdict;
         }
     }
     to_place(pkt, service, NO_BACKEND_ID)
+}
+
+/// The client's packet that completes the handshake of the half-open flow whose entry `entry`
+/// is stored under `key`: the flow moves to the established table (see `promote`), and the
+/// packet follows it; if the move failed, the flow stays half-open for now.
+#[inline(always)]
+fn complete<F: Frame, Fam: Family>(
+    frame: &F,
+    pkt: &Packet,
+    scratch: *mut Scratch,
+    key: &Fam::Key,
+    entry: *mut FlowEntry<Fam::Addr>,
+) -> u32 {
+    if !promote::<Fam>(key, entry, clock::now_in(scratch)) {
+        let how = found::CLIENT | found::HALF_OPEN;
+        return established_apart::<F, Fam>(frame, pkt, scratch, entry, how);
+    }
+    let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, found::CLIENT);
+    promoted::<Fam>(key);
+    verdict
 }
 
 /// A backend's packet of the flow whose entry `entry` is stored under the key in the scratch

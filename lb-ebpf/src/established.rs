@@ -213,7 +213,7 @@ impl Reasons {
 /// Counts the flow active in the current epoch (`ACTIVE_FLOWS`), if its first packet of the
 /// epoch is this one.
 #[inline(always)]
-fn count_epoch<A: FlowAddr>(flow: &mut FlowEntry<A>, now: u64) {
+pub fn count_epoch<A: FlowAddr>(flow: &mut FlowEntry<A>, now: u64) {
     let current = epoch(now);
     if flow.epoch != current as u16 {
         flow.epoch = current as u16;

@@ -11,6 +11,7 @@ use lb_common::{
 
 use crate::{
     clock,
+    established::count_epoch,
     family::Family,
     maps::{FlowTable, count_event},
     passive,
@@ -28,19 +29,28 @@ pub fn table<Fam: Family>(half_open: bool) -> &'static FlowTable<Fam::Key, Fam::
     }
 }
 
-/// Moves a TCP flow whose handshake completed from the half-open table to the established one
-/// (one insert, one delete). Returns the entry in the established table.
+/// Copies a TCP flow whose handshake completed (its entry `entry`, stored under `key`) into
+/// the established table, counted active from this packet on (as the packet that completes a
+/// handshake counts it), and returns whether it did. The half-open entry stays until the packet
+/// has followed it (see [`promoted`]): one insert and, after the packet, one delete, with no
+/// lookup of the copy.
 #[inline(always)]
-pub fn promote<Fam: Family>(
-    key: &Fam::Key,
-    entry: *mut FlowEntry<Fam::Addr>,
-) -> Option<*mut FlowEntry<Fam::Addr>> {
+pub fn promote<Fam: Family>(key: &Fam::Key, entry: *mut FlowEntry<Fam::Addr>, now: u64) -> bool {
     // SAFETY: a valid map value; the helper copies it into the other map.
-    let entry = unsafe { &*entry };
-    Fam::flows().insert(key, entry, BPF_ANY as u64).ok()?;
-    let _ = Fam::half_open().remove(key);
+    let entry = unsafe { &mut *entry };
+    count_epoch(entry, now);
+    if Fam::flows().insert(key, &*entry, BPF_ANY as u64).is_err() {
+        return false;
+    }
     count_event(events::FLOW_PROMOTED);
-    Fam::flows().get_ptr_mut(key)
+    true
+}
+
+/// Deletes the half-open entry of a flow [`promote`] copied, once the packet that completed
+/// its handshake has followed it.
+#[inline(always)]
+pub fn promoted<Fam: Family>(key: &Fam::Key) {
+    let _ = Fam::half_open().remove(key);
 }
 
 /// What a client's retransmitted SYN on a half-open flow calls for.
