@@ -197,6 +197,8 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     /// The ports backends listen on, a bitmap.
     pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
+    /// The ports services listen on, a bitmap.
+    pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     /// The handshake guard: window count of new TCP flows, budget and hash seed.
     pub const HANDSHAKE_GUARD: &str = "HANDSHAKE_GUARD";
     /// Round-robin cursors, one per backend table.
@@ -286,12 +288,13 @@ pub mod map_names {
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).
-    pub const PINNED: [&str; 28] = [
+    pub const PINNED: [&str; 29] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
         BACKENDS,
         BACKEND_PORTS,
+        SERVICE_PORTS,
         BACKEND_VIPS4,
         BACKEND_VIPS6,
         REPLY_VIPS4,

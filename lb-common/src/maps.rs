@@ -263,7 +263,7 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 24] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 25] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
@@ -302,6 +302,7 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 24] = {
         (n::SUSPECT_SLOTS, 4, size_of::<SuspectSlots>()),
         (n::ADMISSION, size_of::<AdmissionKey>(), 8),
         (n::BACKEND_PORTS, 4, 8),
+        (n::SERVICE_PORTS, 4, 8),
         (
             n::BACKEND_VIPS4,
             size_of::<crate::BackendVipKey<u32>>(),

@@ -22,7 +22,7 @@ use crate::{
     new_flow::{NewFlow, Placement, new_flow},
     packet::{Packet, Parsed, parse},
     passive,
-    reply::backend_flow,
+    reply::{backend_flow, to_service_port},
     scratch::{Scratch, scratch},
     unserved,
 };
@@ -105,6 +105,10 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
         if verdict != NO_FLOW {
             return verdict;
         }
+    }
+    // A client's packet to a port no service listens on belongs to no flow and no service.
+    if !to_service_port(pkt.dport) {
+        return unserved::not_served::<F>(pkt);
     }
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };

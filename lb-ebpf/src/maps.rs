@@ -76,6 +76,13 @@ pub static BACKENDS: Array<BackendEntry, { limits::MAX_BACKENDS as usize }> = Ar
 #[btf_map]
 pub static BACKEND_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }> = Array::new();
 
+/// The ports services listen on (network order), a bitmap as `BACKEND_PORTS`. Written by
+/// userspace before a service's entry (a port no service uses any more stays marked); read
+/// for every client's TCP and UDP packet: one to a port no service listens on belongs to no
+/// flow and no service, and skips their lookups.
+#[btf_map]
+pub static SERVICE_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }> = Array::new();
+
 /// The map from a NAT backend to the services it serves (`lb_common::reply`) of one family.
 pub type BackendVipsMap<A> =
     HashMap<BackendVipKey<A>, BackendVips<A>, { limits::MAX_BACKENDS as usize }>;

@@ -12,7 +12,11 @@ use lb_common::{
     reply::MAX_VIPS_PER_BACKEND,
 };
 
-use crate::{family::Family, maps::BACKEND_PORTS, scratch::Scratch};
+use crate::{
+    family::Family,
+    maps::{BACKEND_PORTS, SERVICE_PORTS},
+    scratch::Scratch,
+};
 
 /// Whether a backend listens on `port` (`BACKEND_PORTS`): only then may a packet from that
 /// port be a backend's.
@@ -20,6 +24,14 @@ use crate::{family::Family, maps::BACKEND_PORTS, scratch::Scratch};
 pub fn from_backend_port(port: u16) -> bool {
     let (word, bit) = backend_port_bit(port);
     BACKEND_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
+}
+
+/// Whether a service listens on `port` (`SERVICE_PORTS`): only then may a client's packet to
+/// that port belong to a flow or a service.
+#[inline(always)]
+pub fn to_service_port(port: u16) -> bool {
+    let (word, bit) = backend_port_bit(port);
+    SERVICE_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
 }
 
 /// The entry of the flow of a packet from `backend`:`backend_port` to `client`:`client_port`

@@ -1,8 +1,8 @@
 //! `BACKEND_PORTS`: the ports backends listen on, as a bitmap the program tests before it
-//! looks a packet that is in no flow and for no service up in the half-open table (only a
-//! backend's answer to a SYN can be such a packet). Kept here, beside `BACKENDS`, so that a
-//! backend's port is marked before any table names the backend and unmarked only once its id
-//! is released (after its flows were purged).
+//! looks a packet up as a backend's (`BACKEND_VIPS4`/`6`). Kept here, beside `BACKENDS`, so
+//! that a backend's port is marked before any table names the backend and unmarked only once
+//! its id is released (after its flows were purged). `SERVICE_PORTS`, the services' ports,
+//! has the same form ([`write`]).
 
 use std::collections::HashMap;
 
@@ -74,22 +74,24 @@ impl BackendPorts {
     pub(super) fn set(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
         let port = (entry.in_use == 1).then_some(entry.port);
         for (port, on) in self.users.change(id, port) {
-            self.write(port, on)?;
+            write(&mut self.map, port, on)?;
         }
         Ok(())
     }
 
-    /// Sets or clears one port's bit.
-    fn write(&mut self, port: u16, on: bool) -> Result<()> {
-        let (word, bit) = backend_port_bit(port);
-        let mut value = self.map.get(&word, 0)?;
-        if on {
-            value |= bit;
-        } else {
-            value &= !bit;
-        }
-        Ok(self.map.set(word, value, 0)?)
+}
+
+/// Sets or clears port `port`'s bit (network order) in a bitmap of ports (`BACKEND_PORTS`,
+/// `SERVICE_PORTS`).
+pub(super) fn write(map: &mut Array<MapData, u64>, port: u16, on: bool) -> Result<()> {
+    let (word, bit) = backend_port_bit(port);
+    let mut value = map.get(&word, 0)?;
+    if on {
+        value |= bit;
+    } else {
+        value &= !bit;
     }
+    Ok(map.set(word, value, 0)?)
 }
 
 #[cfg(test)]

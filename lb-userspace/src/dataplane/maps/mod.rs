@@ -77,6 +77,8 @@ pub struct Maps {
     backend_ports: BackendPorts,
     /// The VIPs each NAT backend serves (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
     backend_vips: BackendVipMaps,
+    /// The ports services listen on (`SERVICE_PORTS`), a bitmap.
+    service_ports: Array<MapData, u64>,
     cursors: Array<MapData, u64>,
     handshake_guard: Array<MapData, HandshakeGuard>,
     /// The flow tables (`FLOWS4`, `HALF_OPEN4`, `FLOWS6`, `HALF_OPEN6`), their timeouts and
@@ -139,6 +141,10 @@ impl Maps {
         let services: HashMap<MapData, ServiceKey, ServiceEntry> =
             take(ebpf, map_names::SERVICES)?;
         let held = services.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut service_ports: Array<MapData, u64> = take(ebpf, map_names::SERVICE_PORTS)?;
+        for (key, _) in &held {
+            backend_ports::write(&mut service_ports, key.port, true)?;
+        }
         let backend_vips = BackendVipMaps::new(
             take(ebpf, map_names::BACKEND_VIPS4)?,
             take(ebpf, map_names::BACKEND_VIPS6)?,
@@ -155,6 +161,7 @@ impl Maps {
             backends,
             backend_ports: BackendPorts::new(take(ebpf, map_names::BACKEND_PORTS)?, &in_use),
             backend_vips,
+            service_ports,
             cursors: take(ebpf, map_names::RR_CURSORS)?,
             handshake_guard: take(ebpf, map_names::HANDSHAKE_GUARD)?,
             flows: FlowTables::new(FlowMaps {
@@ -419,6 +426,9 @@ impl DataplaneMaps for Maps {
         // Its backends' replies find their flows before its first flow is placed.
         let flags = self.backend_vips.set_service(key, entry)?;
         self.set_backend_flags(&flags)?;
+        // Its port is marked before its entry is there; a port no service uses any more stays
+        // marked (its packets are looked up as before, at no other cost).
+        backend_ports::write(&mut self.service_ports, key.port, true)?;
         Ok(self.services.insert(key, entry, 0)?)
     }
 
