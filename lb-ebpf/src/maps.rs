@@ -84,8 +84,10 @@ pub static BACKEND_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }>
 pub static SERVICE_PORTS: Array<u64, { lb_common::BACKEND_PORT_WORDS as usize }> = Array::new();
 
 /// The map from a NAT backend to the services it serves (`lb_common::reply`) of one family.
+/// Not preallocated (`BPF_F_NO_PREALLOC`): memory for the backends there are, not for
+/// `MAX_BACKENDS`; only userspace updates it.
 pub type BackendVipsMap<A> =
-    HashMap<BackendVipKey<A>, BackendVips<A>, { limits::MAX_BACKENDS as usize }>;
+    HashMap<BackendVipKey<A>, BackendVips<A>, { limits::MAX_BACKENDS as usize }, 1>;
 
 /// IPv4 NAT backends (address, port, protocol) -> the VIPs and ports they serve: how a
 /// backend's packet finds its flow's entry, stored under the client's 5-tuple. Written by

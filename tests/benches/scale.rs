@@ -116,7 +116,8 @@ struct Row {
     noop_single: f64,
     pass_ms: f64,
     read_ms: f64,
-    /// Kernel memory of the IPv4 flow tables per flow they hold.
+    /// Kernel memory of the IPv4 flow tables (with the replies' VIPs of shared backends) per
+    /// flow they hold.
     bytes_per_flow: f64,
 }
 
@@ -246,7 +247,11 @@ fn measure(
         let read = dataplane.maps.flows.all()?;
         let read_ms = (thread_cpu_time() - started).as_secs_f64() * 1e3;
         ensure!(read.len() >= fill.min(read.len()));
-        let flow_tables = memory_of(&[map_names::FLOWS4, map_names::HALF_OPEN4])?;
+        let flow_tables = memory_of(&[
+            map_names::FLOWS4,
+            map_names::HALF_OPEN4,
+            map_names::REPLY_VIPS4,
+        ])?;
         let tables = summary.tables_published as u64;
         let memory = open_map_memory()? + tables * table_memory()?;
         Ok(Row {
