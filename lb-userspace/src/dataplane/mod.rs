@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use self::{
     attach::Attachments,
-    maps::{passive, trace},
+    maps::{legacy_flows::LegacyFlows, passive, trace},
 };
 pub use self::{
     attach::{
@@ -34,7 +34,10 @@ pub use self::{
         hooks::{Hook, Plan},
         preflight::preflight,
     },
-    maps::{Maps, TablePublisher, handshake_budget, monotonic_ns},
+    maps::{
+        Maps, TablePublisher, handshake_budget, legacy_flows::pin_as_earlier_version,
+        monotonic_ns,
+    },
     noop::NoopProgram,
 };
 use crate::sys::netif;
@@ -57,6 +60,9 @@ pub struct Dataplane {
     attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
+    /// The flow tables of an earlier version (two entries per flow) taken over, until the
+    /// program replaces the old one (see `maps::legacy_flows`).
+    legacy: Option<LegacyFlows>,
 }
 
 impl Dataplane {
@@ -77,10 +83,49 @@ impl Dataplane {
         )
     }
 
-    /// Loads `object`, whose flow tables hold `[IPv4, IPv6]` flows.
+    /// Loads `object`, whose flow tables hold `[IPv4, IPv6]` flows. Flow tables pinned by an
+    /// earlier version with two entries per flow are taken over (see `maps::legacy_flows`):
+    /// put back as they were if loading fails.
     fn load_with(object: &[u8], sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<Self> {
+        let legacy = match pin_dir {
+            Some(dir) => {
+                pins::check_retired(dir)?;
+                LegacyFlows::take_pinned(dir)?
+            }
+            None => None,
+        };
+        match Self::load_over(object, sizes, pin_dir, legacy.is_some()) {
+            Ok(mut dataplane) => {
+                if let Some(legacy) = legacy {
+                    let flows = legacy.flows()?;
+                    let written = dataplane.maps.adopt_flows(&flows, false);
+                    info!(
+                        "took over {written} flows of the earlier flow tables (two entries per \
+                         flow, now one)"
+                    );
+                    dataplane.legacy = Some(legacy);
+                }
+                Ok(dataplane)
+            }
+            Err(error) => {
+                if let Some(legacy) = legacy {
+                    legacy.restore();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Loads `object` (see [`Self::load_with`]); `legacy`: the earlier flow tables were moved
+    /// aside, and the pins are adopted all the same.
+    fn load_over(
+        object: &[u8],
+        sizes: [u32; 2],
+        pin_dir: Option<&Path>,
+        legacy: bool,
+    ) -> Result<Self> {
         let flow_table_size = sizes[0];
-        let (mut loader, adopted) = loader(sizes, pin_dir)?;
+        let (mut loader, adopted) = loader(sizes, pin_dir, legacy)?;
         let mut ebpf = loader.load(object).with_context(|| match pin_dir {
             Some(dir) if adopted => format!(
                 "loading the XDP object with the maps pinned in {} (if xlb was upgraded and its \
@@ -105,6 +150,7 @@ impl Dataplane {
             attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
+            legacy: None,
         })
     }
 
@@ -150,6 +196,7 @@ impl Dataplane {
         for interface in interfaces {
             self.maps.add_egress_port(netif::index(interface)?)?;
         }
+        self.last_flows_of_earlier_tables();
         let result = self
             .attachments
             .attach_all(&mut self.ebpf, interfaces, hook);
@@ -163,6 +210,22 @@ impl Dataplane {
             }
         }
         result
+    }
+
+    /// Just before the program replaces an earlier version's: the flows that version made
+    /// since its tables were taken over, written too; then its tables' pins are removed.
+    fn last_flows_of_earlier_tables(&mut self) {
+        let Some(legacy) = self.legacy.take() else {
+            return;
+        };
+        match legacy.flows() {
+            Ok(flows) => {
+                let written = self.maps.adopt_flows(&flows, true);
+                info!("took over {written} more flows of the earlier flow tables");
+            }
+            Err(error) => warn!("reading the earlier flow tables again: {error:#}"),
+        }
+        legacy.finish();
     }
 
     /// Makes the tc program hand packets to the veth peer of each interface in `interfaces`
@@ -258,7 +321,12 @@ fn flow_entries(sizes: [u32; 2], half_open: bool, ipv6: bool) -> u32 {
 
 /// The loader, with the flow tables sized and, with `pin_dir`, every pinned map's path; and
 /// whether an earlier daemon's maps are pinned there to be taken over (their layouts checked).
-fn loader(sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<(EbpfLoader<'static>, bool)> {
+/// (`legacy`: the earlier flow tables were moved aside, the other pins are to be taken over.)
+fn loader(
+    sizes: [u32; 2],
+    pin_dir: Option<&Path>,
+    legacy: bool,
+) -> Result<(EbpfLoader<'static>, bool)> {
     let mut loader = EbpfLoader::new();
     for (name, half_open, ipv6) in map_names::FLOW_TABLES {
         loader.map_max_entries(name, flow_entries(sizes, half_open, ipv6));
@@ -268,8 +336,7 @@ fn loader(sizes: [u32; 2], pin_dir: Option<&Path>) -> Result<(EbpfLoader<'static
     loader.map_max_entries(map_names::REPLY_VIPS6, flow_entries(sizes, true, true));
     let mut adopted = false;
     if let Some(dir) = pin_dir {
-        pins::check_retired(dir)?;
-        adopted = dir.join(map_names::FLOWS4).exists();
+        adopted = legacy || dir.join(map_names::FLOWS4).exists();
         if adopted {
             pins::check_layouts(dir)?;
         }
@@ -297,7 +364,7 @@ fn check_pinned_sizes(ebpf: &Ebpf, sizes: [u32; 2]) -> Result<()> {
                 "the pinned flow table {name} holds {} flows but {key} is {}: keep the \
                  old size, or stop xlb with --detach-on-exit (dropping every flow) to \
                  change it",
-                pinned / 2,
+                pinned,
                 sizes[usize::from(ipv6)]
             );
         }

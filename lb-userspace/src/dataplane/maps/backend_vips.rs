@@ -139,13 +139,14 @@ pub(super) struct BackendVipMaps {
 impl BackendVipMaps {
     /// Wraps the maps and writes them whole from the services and backends in use that the
     /// maps already hold (pinned maps that a previous daemon filled, maybe with another
-    /// version's content), removing any other element.
+    /// version's content), removing any other element. Returns them with the backend ids
+    /// whose `BACKENDS` flags are to change, and their flags.
     pub(super) fn new(
         v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
         v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
         services: &[(ServiceKey, ServiceEntry)],
         backends: &[(u32, BackendEntry)],
-    ) -> Result<Self> {
+    ) -> Result<(Self, Vec<(u32, u32)>)> {
         let mut maps = Self {
             v4,
             v6,
@@ -177,7 +178,11 @@ impl BackendVipMaps {
                 let _ = maps.v6.remove(&key);
             }
         }
-        Ok(maps)
+        // The flags of the backends' entries as the index says (pins of an earlier version
+        // have none).
+        let backends_now: Vec<Backend> = wanted.into_iter().collect();
+        let fixes = maps.write_all(&backends_now)?;
+        Ok((maps, fixes))
     }
 
     /// Records service `key` (`entry`), writing its backends' VIPs (call before the service's

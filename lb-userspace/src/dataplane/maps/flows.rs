@@ -45,6 +45,7 @@ trait FamilyKey: Pod + Default + Copy {
     fn of(key: &FlowKey) -> Option<Self>;
     fn neutral(&self) -> FlowKey;
     fn neutral_entry(entry: &FlowEntry<Self::Addr>) -> FlowEntry;
+    fn family_entry(entry: &FlowEntry) -> FlowEntry<Self::Addr>;
 }
 
 impl FamilyKey for FlowKey4 {
@@ -61,6 +62,10 @@ impl FamilyKey for FlowKey4 {
     fn neutral_entry(entry: &FlowEntry<u32>) -> FlowEntry {
         entry.widen()
     }
+
+    fn family_entry(entry: &FlowEntry) -> FlowEntry<u32> {
+        entry.narrow()
+    }
 }
 
 impl FamilyKey for FlowKey {
@@ -75,6 +80,10 @@ impl FamilyKey for FlowKey {
     }
 
     fn neutral_entry(entry: &FlowEntry) -> FlowEntry {
+        *entry
+    }
+
+    fn family_entry(entry: &FlowEntry) -> FlowEntry {
         *entry
     }
 }
@@ -137,6 +146,33 @@ where
             .or_else(|_| self.half_open.get(&key, 0))
             .ok()
             .map(|entry| K::neutral_entry(&entry))
+    }
+
+    /// Writes the flow `entry` under `key` into the half-open table or the established one,
+    /// with the VIP of its replies if its entry says so; with `only_new`, not over a flow the
+    /// table holds. Returns whether it was written.
+    fn insert(&mut self, key: &FlowKey, entry: &FlowEntry, half_open: bool, only_new: bool) -> bool {
+        let Some(family_key) = K::of(key) else {
+            return false;
+        };
+        let entry = K::family_entry(entry);
+        let map = if half_open {
+            &mut self.half_open
+        } else {
+            &mut self.flows
+        };
+        if map.insert(family_key, entry, u64::from(only_new)).is_err() {
+            return false;
+        }
+        if let Some(reply) = Self::reply_key(&family_key, &entry) {
+            let vip = VipPort {
+                addr: A::from_addr(&key.dst_addr),
+                port: key.dst_port,
+                _pad: 0,
+            };
+            let _ = self.replies.insert(reply, vip, 0);
+        }
+        true
     }
 
     fn remove(&mut self, key: &FlowKey) {
@@ -269,6 +305,19 @@ impl FlowTables {
     /// The entry of a flow, by its key (the client's 5-tuple), from whichever table holds it.
     pub fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.v4.get(key).or_else(|| self.v6.get(key))
+    }
+
+    /// Writes `flows` (key, entry, half-open) into their family's tables, each with the VIP
+    /// of its replies if its entry is marked `LOCATED`; with `only_new`, not over flows the
+    /// tables hold (`BPF_NOEXIST`). Returns how many were written.
+    pub fn insert(&mut self, flows: &[(FlowKey, FlowEntry, bool)], only_new: bool) -> usize {
+        flows
+            .iter()
+            .filter(|(key, entry, half_open)| {
+                self.v4.insert(key, entry, *half_open, only_new)
+                    || self.v6.insert(key, entry, *half_open, only_new)
+            })
+            .count()
     }
 
     /// Deletes the entry of the flow whose key is `key` from every table, as an LRU eviction

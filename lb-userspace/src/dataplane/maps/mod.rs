@@ -33,6 +33,7 @@ use lb_common::{
 mod backend_ports;
 mod backend_vips;
 mod batch;
+pub(crate) mod legacy_flows;
 pub(crate) mod flows;
 mod interfaces;
 pub(crate) mod passive;
@@ -145,12 +146,17 @@ impl Maps {
         for (key, _) in &held {
             backend_ports::write(&mut service_ports, key.port, true)?;
         }
-        let backend_vips = BackendVipMaps::new(
+        let (backend_vips, flags) = BackendVipMaps::new(
             take(ebpf, map_names::BACKEND_VIPS4)?,
             take(ebpf, map_names::BACKEND_VIPS6)?,
             &held,
             &in_use,
         )?;
+        let mut backends = backends;
+        for (id, flags) in flags {
+            let entry = backends.get(&id, 0)?;
+            backends.set(id, BackendEntry { flags, ..entry }, 0)?;
+        }
         Ok(Self {
             services,
             tables,
@@ -237,6 +243,26 @@ impl Maps {
             self.host_ports.remove(key)?;
         }
         Ok(())
+    }
+
+    /// Writes the flows of an earlier version's tables (see `legacy_flows`): each of a backend
+    /// now shared gets the VIP of its replies recorded. With `only_new`, not over flows the
+    /// tables hold. Returns how many were written.
+    pub fn adopt_flows(&mut self, flows: &[(FlowKey, FlowEntry, bool)], only_new: bool) -> usize {
+        let marked: Vec<(FlowKey, FlowEntry, bool)> = flows
+            .iter()
+            .map(|&(key, mut entry, half_open)| {
+                let shared = self
+                    .backends
+                    .get(&entry.backend_id, 0)
+                    .is_ok_and(|backend| backend.flags & lb_common::backend_flags::SHARED != 0);
+                if shared && entry.flags & lb_common::consts::flow_flags::DSR == 0 {
+                    entry.flags |= lb_common::consts::flow_flags::LOCATED;
+                }
+                (key, entry, half_open)
+            })
+            .collect();
+        self.flows.insert(&marked, only_new)
     }
 
     /// Rewrites the flags of backend ids in use (`BACKENDS`, in place: only the flags change).
