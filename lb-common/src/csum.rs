@@ -158,7 +158,10 @@ mod tests {
             let (addr, port) = (delta32(old, new), delta16(old_port, new_port));
             for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
                 let there = apply(apply(check, addr), port);
-                assert!(same(replace32(replace16(check, old_port, new_port), old, new), there));
+                assert!(same(
+                    replace32(replace16(check, old_port, new_port), old, new),
+                    there
+                ));
                 let back = apply(apply(there, negate(addr)), negate(port));
                 assert!(same(back, check), "{check:#x} -> {there:#x} -> {back:#x}");
             }

@@ -27,6 +27,6 @@ pub mod tables;
 pub mod trace;
 
 pub use flow::*;
-pub use maps::*;
 pub use hop::{BackendHop, Hop};
+pub use maps::*;
 pub use reply::{BackendVipKey, BackendVips, VipPort};

@@ -98,9 +98,9 @@ fn balance_apart<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut S
 /// stack at once (the program's stack is 512 bytes for all frames).
 #[inline(always)]
 fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
-    if let Some((entry, half_open)) = backend_flow::<Fam>(
-        scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto,
-    ) {
+    if let Some((entry, half_open)) =
+        backend_flow::<Fam>(scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto)
+    {
         let verdict = from_backend::<F, Fam>(frame, pkt, scratch, entry, half_open);
         if verdict != NO_FLOW {
             return verdict;

@@ -43,8 +43,8 @@ use crate::{
     frame::{Frame, ptr_at},
     maps::{VIPS, count_event},
     nat::rewrite_later_fragment,
-    reply::backend_flow,
     packet::{Packet, addr_words, parse_l4},
+    reply::backend_flow,
     scratch::Scratch,
     unserved,
 };
@@ -210,10 +210,16 @@ fn later<F: Frame, Fam: Family>(
     let ports = unsafe { *ports };
     pkt.sport = ports.src_port;
     pkt.dport = ports.dst_port;
-    if let Some((entry, half_open)) = backend_flow::<Fam>(
-        scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto,
-    ) {
-        return follow::<F, Fam>(frame, pkt, scratch, entry, found::table(half_open) | found::BACKEND);
+    if let Some((entry, half_open)) =
+        backend_flow::<Fam>(scratch, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto)
+    {
+        return follow::<F, Fam>(
+            frame,
+            pkt,
+            scratch,
+            entry,
+            found::table(half_open) | found::BACKEND,
+        );
     }
     // SAFETY: this CPU's scratch area; the flow key is not otherwise borrowed on this path.
     let flow_key = unsafe { &mut *Fam::areas(scratch).key };
@@ -236,7 +242,6 @@ fn later<F: Frame, Fam: Family>(
     };
     follow::<F, Fam>(frame, pkt, scratch, entry, found::table(half_open))
 }
-
 
 /// A later fragment without a record of its first fragment: dropped if it is addressed to a
 /// VIP, passed otherwise (see the module documentation).

@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, VipPort, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FlowTimeouts,
-    FragmentKey4, FragmentKey6, FragmentPorts, HandshakeGuard, MaglevTable, ServiceEntry,
-    ServiceKey, TrafficCounters, VipKey,
+    Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, ClientPrefix,
+    FlowEntry, FlowKey, FlowKey4, FlowTimeouts, FragmentKey4, FragmentKey6, FragmentPorts,
+    HandshakeGuard, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey, VipPort,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     trace::{TraceConfig, TraceEvent},
@@ -105,7 +105,8 @@ pub static BACKEND_VIPS6: BackendVipsMap<Addr> = HashMap::new();
 /// than `BACKEND_VIPS4`/`6` lists (`lb_common::reply`): the reply's 5-tuple as it arrives
 /// (backend to client) -> the VIP and port. LRU, a quarter of the flow table's size (set by
 /// userspace at load).
-pub type ReplyVips<K, A> = LruHashMap<K, VipPort<A>, { limits::DEFAULT_FLOW_TABLE_SIZE as usize / 4 }>;
+pub type ReplyVips<K, A> =
+    LruHashMap<K, VipPort<A>, { limits::DEFAULT_FLOW_TABLE_SIZE as usize / 4 }>;
 
 /// IPv4 replies' VIPs. Written by the program with a new flow of a shared backend (the flow's
 /// entry is marked `LOCATED`), deleted with the flow by the program or userspace; read for a

@@ -148,7 +148,9 @@ pub fn record_reply_vip<Fam: Family>(
         _pad: 0,
     };
     let reply = reply_key::<Fam>(scratch, key, entry);
-    Fam::reply_vips().insert(reply, &vip, BPF_ANY as u64).is_ok()
+    Fam::reply_vips()
+        .insert(reply, &vip, BPF_ANY as u64)
+        .is_ok()
 }
 
 /// Deletes the VIP recorded for the replies of a flow that ends (its entry `entry`, stored

@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, BackendVipKey, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6, ServiceKey,
+    Addr, BackendVipKey, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6,
+    ServiceKey,
 };
 
 use crate::{

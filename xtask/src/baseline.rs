@@ -166,7 +166,10 @@ fn extract_baseline(root: &Path, src: &Path, partial: &Path) -> Result<()> {
         .stdin(Stdio::piped())
         .spawn()
         .context("running git apply")?;
-    std::io::Write::write_all(&mut apply.stdin.take().expect("piped"), BASELINE_PATCH.as_bytes())?;
+    std::io::Write::write_all(
+        &mut apply.stdin.take().expect("piped"),
+        BASELINE_PATCH.as_bytes(),
+    )?;
     let applied = apply.wait()?;
     if !applied.success() {
         bail!("applying xtask/src/baseline-udp.patch to {BASELINE} failed ({applied})");
@@ -468,9 +471,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "| SYN | 1985 | 1985 | 1.00 | 1985–1985 | 1985–1985 | ≤ 0.5 | no |"
-            ),
+            text.contains("| SYN | 1985 | 1985 | 1.00 | 1985–1985 | 1985–1985 | ≤ 0.5 | no |"),
             "{text}"
         );
         assert!(

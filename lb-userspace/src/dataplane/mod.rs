@@ -35,8 +35,7 @@ pub use self::{
         preflight::preflight,
     },
     maps::{
-        Maps, TablePublisher, handshake_budget, legacy_flows::pin_as_earlier_version,
-        monotonic_ns,
+        Maps, TablePublisher, handshake_budget, legacy_flows::pin_as_earlier_version, monotonic_ns,
     },
     noop::NoopProgram,
 };

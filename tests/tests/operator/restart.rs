@@ -158,12 +158,10 @@ fn a_restart_onto_tables_of_two_entries_per_flow_keeps_every_connection() {
                             let download = start_download(http_vip(), 1_000_000, 3_000).await?;
                             let backend = download.backend.clone();
                             // A connection the restart broke stalls: bounded.
-                            let bytes = tokio::time::timeout(
-                                Duration::from_secs(20),
-                                download.finish(),
-                            )
-                            .await
-                            .map_err(|_| anyhow::anyhow!("stalled for 20 s"))??;
+                            let bytes =
+                                tokio::time::timeout(Duration::from_secs(20), download.finish())
+                                    .await
+                                    .map_err(|_| anyhow::anyhow!("stalled for 20 s"))??;
                             anyhow::Ok((backend, bytes))
                         })
                         .unwrap()
@@ -187,7 +185,10 @@ fn a_restart_onto_tables_of_two_entries_per_flow_keeps_every_connection() {
     });
     for download in &downloads {
         let (backend, bytes) = download.as_ref().expect("the download completed");
-        assert_eq!(*bytes, 1_000_000, "the download from {backend} completed byte-exact");
+        assert_eq!(
+            *bytes, 1_000_000,
+            "the download from {backend} completed byte-exact"
+        );
     }
     assert!(
         !xlb.pin_dir.join("FLOWS4_TWO_ENTRIES").exists(),

@@ -199,7 +199,10 @@ fn a_next_hop_on_a_listed_veth_is_handed_to_its_peer_at_tc_only() {
             .maps
             .flow(&flow_key("198.18.0.2:5001", "198.18.100.1:53", 17))
             .unwrap();
-        assert_eq!((entry.to_backend.ifindex, entry.to_backend.peer), (lab.s0, 0));
+        assert_eq!(
+            (entry.to_backend.ifindex, entry.to_backend.peer),
+            (lab.s0, 0)
+        );
     });
 }
 
@@ -561,7 +564,11 @@ fn a_connection_keeps_its_next_hops_from_the_handshake_to_the_close() {
             &to_backend(&fin, "198.18.1.11:8080", backend_mac(0x11), S0_MAC),
         );
         let closing = entry();
-        assert_ne!(closing.flags & flow_flags::CLOSING, 0, "the entry is closing");
+        assert_ne!(
+            closing.flags & flow_flags::CLOSING,
+            0,
+            "the entry is closing"
+        );
         assert_eq!(
             (closing.to_backend.ifindex, closing.to_client.ifindex),
             (lab.s0, lab.c0),

@@ -83,7 +83,12 @@ fn a_backend_shared_by_two_services_answers_each_flow_from_its_own_vip() {
             );
             // One entry, under the client's 5-tuple.
             assert!(lab.dataplane.maps.flow(&flow_key(client, vip, 6)).is_some());
-            assert!(lab.dataplane.maps.flow(&flow_key(backend, client, 6)).is_none());
+            assert!(
+                lab.dataplane
+                    .maps
+                    .flow(&flow_key(backend, client, 6))
+                    .is_none()
+            );
         }
         // The backend's packet to a client port no flow has is not ours.
         let stray = from_backend("198.18.1.11:8080", "198.18.0.2:40002", tcp_flags::ACK);
@@ -133,10 +138,22 @@ fn a_neighbour_change_reaches_new_and_existing_flows_within_a_second() {
             }
         });
         let to_moved = to_backend(&request, "198.18.1.11:8080", moved, S0_MAC);
-        lab.expect("the flow's request", &request, lab.c0, XDP_REDIRECT, &to_moved);
+        lab.expect(
+            "the flow's request",
+            &request,
+            lab.c0,
+            XDP_REDIRECT,
+            &to_moved,
+        );
         let answer = from_backend("198.18.1.11:8080", "198.18.0.2:41000", tcp_flags::ACK);
         let expected = to_client(&answer, "198.18.100.1:80").with(|f| f.eth_dst = client_moved);
-        lab.expect("the flow's answer", &answer, lab.s0, XDP_REDIRECT, &expected);
+        lab.expect(
+            "the flow's answer",
+            &answer,
+            lab.s0,
+            XDP_REDIRECT,
+            &expected,
+        );
 
         ip("neigh replace 198.18.1.11 lladdr 02:00:00:00:01:11 dev s0 nud permanent");
         ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev c0 nud permanent");
@@ -175,10 +192,20 @@ fn a_backend_shared_by_five_services_answers_every_flow_from_its_vip() {
             let answer = from_backend(backend, client, tcp_flags::ACK)
                 .with(|f| f.eth_src = backend_mac(0x12));
             let expected = to_client(&answer, vip);
-            lab.expect(&format!("answer from {vip}"), &answer, lab.s0, XDP_REDIRECT, &expected);
+            lab.expect(
+                &format!("answer from {vip}"),
+                &answer,
+                lab.s0,
+                XDP_REDIRECT,
+                &expected,
+            );
         };
         let before = open(lab, "198.18.0.2:42000", "198.18.100.14:80");
-        assert_eq!(before.flags & flow_flags::LOCATED, 0, "four services: not shared");
+        assert_eq!(
+            before.flags & flow_flags::LOCATED,
+            0,
+            "four services: not shared"
+        );
 
         // A fifth service: the backend is shared from now on.
         let config = Config::parse(&shared_by(5)).unwrap();

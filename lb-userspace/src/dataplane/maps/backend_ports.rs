@@ -78,7 +78,6 @@ impl BackendPorts {
         }
         Ok(())
     }
-
 }
 
 /// Sets or clears port `port`'s bit (network order) in a bitmap of ports (`BACKEND_PORTS`,

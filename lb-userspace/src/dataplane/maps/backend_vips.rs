@@ -379,7 +379,10 @@ mod tests {
         index.set_backend(3, &backend(9, 11, 8080));
         assert_eq!(
             index.vips_of(&b1),
-            [([100, 0, 0, 0], 80u16.to_be()), ([101, 0, 0, 0], 443u16.to_be())]
+            [
+                ([100, 0, 0, 0], 80u16.to_be()),
+                ([101, 0, 0, 0], 443u16.to_be())
+            ]
         );
         // Another port of the same address is another backend.
         let b2 = ([11, 0, 0, 0], 9090u16.to_be(), proto::TCP, family::IPV4);
@@ -400,7 +403,11 @@ mod tests {
             index.set_service(&key, &entry);
             index.set_backend(n, &backend(n, 11, 8080));
             let listed = index.listed(&b1);
-            assert_eq!(listed[0], ([105, 0, 0, 0], 80u16.to_be()), "the first stays first");
+            assert_eq!(
+                listed[0],
+                ([105, 0, 0, 0], 80u16.to_be()),
+                "the first stays first"
+            );
             assert_eq!(listed.len(), (n - 9) as usize);
             assert_eq!(index.shared(&b1), n == 14, "shared with the fifth");
         }
@@ -419,7 +426,10 @@ mod tests {
 
     #[test]
     fn the_map_value_holds_the_vips_in_order() {
-        let vips = [([100, 0, 0, 0], 80u16.to_be()), ([101, 0, 0, 0], 443u16.to_be())];
+        let vips = [
+            ([100, 0, 0, 0], 80u16.to_be()),
+            ([101, 0, 0, 0], 443u16.to_be()),
+        ];
         let value = value_of::<u32>(&vips).unwrap();
         assert_eq!(value.count, 2);
         assert_eq!((value.vips[0].addr, value.vips[1].addr), (100, 101));

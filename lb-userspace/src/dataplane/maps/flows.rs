@@ -151,7 +151,13 @@ where
     /// Writes the flow `entry` under `key` into the half-open table or the established one,
     /// with the VIP of its replies if its entry says so; with `only_new`, not over a flow the
     /// table holds. Returns whether it was written.
-    fn insert(&mut self, key: &FlowKey, entry: &FlowEntry, half_open: bool, only_new: bool) -> bool {
+    fn insert(
+        &mut self,
+        key: &FlowKey,
+        entry: &FlowEntry,
+        half_open: bool,
+        only_new: bool,
+    ) -> bool {
         let Some(family_key) = K::of(key) else {
             return false;
         };

@@ -138,8 +138,7 @@ impl Maps {
                 .into_iter()
                 .filter(|(_, entry)| entry.in_use == 1)
                 .collect();
-        let services: HashMap<MapData, ServiceKey, ServiceEntry> =
-            take(ebpf, map_names::SERVICES)?;
+        let services: HashMap<MapData, ServiceKey, ServiceEntry> = take(ebpf, map_names::SERVICES)?;
         let held = services.iter().collect::<Result<Vec<_>, _>>()?;
         let mut service_ports: Array<MapData, u64> = take(ebpf, map_names::SERVICE_PORTS)?;
         for (key, _) in &held {
@@ -299,7 +298,9 @@ impl Maps {
     /// packet's source (see `lb_common::reply`).
     pub fn flow_of_packet(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flow(key).or_else(|| {
-            let vips = self.backend_vips.read(&key.src_addr, key.src_port, key.proto, key.family);
+            let vips = self
+                .backend_vips
+                .read(&key.src_addr, key.src_port, key.proto, key.family);
             vips.into_iter().find_map(|(vip, vip_port)| {
                 let flow_key = FlowKey {
                     src_addr: key.dst_addr,
@@ -314,7 +315,6 @@ impl Maps {
         })
     }
 }
-
 
 impl DataplaneMaps for Maps {
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<()> {
