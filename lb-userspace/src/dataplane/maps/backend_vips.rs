@@ -33,6 +33,10 @@ struct ReplyIndex {
     services: HashMap<u32, (ServiceKey, bool)>,
     /// The backends in use, by id.
     backends: HashMap<u32, BackendEntry>,
+    /// The ids in use of each backend address (address, port, family).
+    by_address: HashMap<(Addr, u16, u8), BTreeSet<u32>>,
+    /// The ids in use of each service's backends.
+    by_service: HashMap<u32, BTreeSet<u32>>,
     /// The VIPs of each backend, in the order they came.
     order: HashMap<Backend, Vec<Vip>>,
 }
@@ -61,22 +65,27 @@ impl ReplyIndex {
         self.vips_of(backend).len() > MAX_VIPS_PER_BACKEND
     }
 
+    /// The ids in use at `backend`'s address, and their entries.
+    fn at_address(&self, backend: &Backend) -> impl Iterator<Item = (u32, &BackendEntry)> {
+        self.by_address
+            .get(&(backend.0, backend.1, backend.3))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((*id, self.backends.get(id)?)))
+    }
+
     /// The ids in use of `backend`.
     fn ids_of(&self, backend: &Backend) -> Vec<u32> {
-        self.backends
-            .iter()
+        self.at_address(backend)
             .filter(|(_, entry)| self.backend(entry).as_ref() == Some(backend))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect()
     }
 
     /// The VIPs `backend` serves, in address order.
     fn vips_of(&self, backend: &Backend) -> Vec<Vip> {
         let mut vips = BTreeSet::new();
-        for entry in self.backends.values() {
-            if (entry.addr, entry.port, entry.family) != (backend.0, backend.1, backend.3) {
-                continue;
-            }
+        for (_, entry) in self.at_address(backend) {
             if let Some((key, true)) = self.services.get(&entry.service_id)
                 && key.proto == backend.2
             {
@@ -96,9 +105,11 @@ impl ReplyIndex {
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Vec<Backend> {
         let nat = entry.forwarding == forwarding::NAT;
         self.services.insert(entry.id, (*key, nat));
-        self.backends
-            .values()
-            .filter(|backend| backend.service_id == entry.id)
+        self.by_service
+            .get(&entry.id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.backends.get(id))
             .filter_map(|backend| self.backend(backend))
             .collect()
     }
@@ -107,8 +118,26 @@ impl ReplyIndex {
     /// VIPs may have changed (the old one and the new one).
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Vec<Backend> {
         let old = self.backends.remove(&id);
+        if let Some(old) = &old {
+            let address = (old.addr, old.port, old.family);
+            if let Some(ids) = self.by_address.get_mut(&address) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_address.remove(&address);
+                }
+            }
+            if let Some(ids) = self.by_service.get_mut(&old.service_id) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_service.remove(&old.service_id);
+                }
+            }
+        }
         if entry.in_use == 1 {
             self.backends.insert(id, *entry);
+            let address = (entry.addr, entry.port, entry.family);
+            self.by_address.entry(address).or_default().insert(id);
+            self.by_service.entry(entry.service_id).or_default().insert(id);
         }
         [old.as_ref(), (entry.in_use == 1).then_some(entry)]
             .into_iter()
