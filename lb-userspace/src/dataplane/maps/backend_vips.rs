@@ -137,7 +137,10 @@ impl ReplyIndex {
             self.backends.insert(id, *entry);
             let address = (entry.addr, entry.port, entry.family);
             self.by_address.entry(address).or_default().insert(id);
-            self.by_service.entry(entry.service_id).or_default().insert(id);
+            self.by_service
+                .entry(entry.service_id)
+                .or_default()
+                .insert(id);
         }
         [old.as_ref(), (entry.in_use == 1).then_some(entry)]
             .into_iter()
