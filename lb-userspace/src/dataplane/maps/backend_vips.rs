@@ -192,9 +192,6 @@ impl BackendVipMaps {
             maps.index.set_backend(*id, entry);
         }
         let wanted = maps.index.all();
-        for backend in &wanted {
-            maps.write(backend)?;
-        }
         for (id, entry) in backends {
             maps.flags.insert(*id, entry.flags);
         }
@@ -210,8 +207,8 @@ impl BackendVipMaps {
                 let _ = maps.v6.remove(&key);
             }
         }
-        // The flags of the backends' entries as the index says (pins of an earlier version
-        // have none).
+        // Every backend's VIPs, and the flags of its entries as the index says (pins of an
+        // earlier version have none).
         let backends_now: Vec<Backend> = wanted.into_iter().collect();
         let fixes = maps.write_all(&backends_now)?;
         Ok((maps, fixes))
