@@ -148,22 +148,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     let Some(service) = SERVICES.get_ptr(service_key) else {
         return unserved::not_served::<F>(pkt);
     };
-    // A retransmitted SYN is forwarded or, if the backend never answered, placed on another
-    // backend.
-    if pkt.proto == proto::TCP
-        && syn
-        && let Some(entry) = Fam::half_open().get_ptr_mut(key)
-    {
-        match retransmitted_syn::<Fam>(key, entry) {
-            Retransmission::Replace(avoid) => return to_place(pkt, service, avoid),
-            Retransmission::Forward => {}
-        }
-        let how = found::CLIENT | found::HALF_OPEN;
-        let verdict = established_apart::<F, Fam>(frame, pkt, scratch, entry, how);
-        if verdict != NO_FLOW {
-            return verdict;
-        }
-    }
+    // (A retransmitted SYN is found when its entry cannot be inserted: see `place`.)
     to_place(pkt, service, NO_BACKEND_ID)
 }
 
@@ -228,22 +213,37 @@ fn to_place(pkt: &Packet, service: *const ServiceEntry, avoid: u32) -> u32 {
     PLACE
 }
 
-/// Places the new flow [`to_place`] recorded.
+/// Places the new flow [`to_place`] recorded. A SYN whose half-open entry exists already
+/// (the client retransmitted it) is found by the insert, not by a lookup before it, which a
+/// new flow would pay for nothing: it follows that entry or, if the backend never answered or
+/// the entry was over, is placed once more (away from that backend: see `retransmitted_syn`).
 #[inline(always)]
 fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
     // SAFETY: this CPU's scratch area: the placement and the key `balance` left there.
-    let (placement, key) = unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
-    match new_flow::<F, Fam>(frame, pkt, key, placement) {
-        NewFlow::Done(verdict) => verdict,
-        NewFlow::Raced(entry) => {
-            let how = found::table(pkt.proto == proto::TCP);
-            match established_apart::<F, Fam>(frame, pkt, scratch, entry, how) {
-                // (The other CPU's entry cannot be over an instant after it was made.)
-                NO_FLOW => F::DROP,
-                verdict => verdict,
+    let (mut placement, key) =
+        unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
+    let syn = pkt.proto == proto::TCP && pkt.tcp_flags & tcp_flags::SYN != 0;
+    // Twice at most: the second time away from the backend that never answered.
+    for _ in 0..2 {
+        let entry = match new_flow::<F, Fam>(frame, pkt, key, placement) {
+            NewFlow::Done(verdict) => return verdict,
+            NewFlow::Raced(entry) => entry,
+        };
+        if syn && !placement.replacing() {
+            if let Retransmission::Replace(avoid) = retransmitted_syn::<Fam>(key, entry) {
+                placement = placement.avoiding(avoid);
+                continue;
             }
         }
+        let how = found::table(pkt.proto == proto::TCP);
+        match established_apart::<F, Fam>(frame, pkt, scratch, entry, how) {
+            // The entry was over (a retransmitted SYN's, silent past its timeout) and is
+            // gone: the packet starts a new flow.
+            NO_FLOW => continue,
+            verdict => return verdict,
+        }
     }
+    F::DROP
 }
 
 /// The home pool of a new flow from `client`: the pool of the longest client prefix that

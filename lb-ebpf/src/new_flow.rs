@@ -75,9 +75,16 @@ impl Placement {
         (self.0 >> 32) as u32
     }
 
+    /// The same placement, away from backend `avoid` (a retransmitted SYN's, whose backend
+    /// never answered).
+    #[inline(always)]
+    pub fn avoiding(self, avoid: u32) -> Self {
+        Self(self.0 & u64::from(u32::MAX) | u64::from(avoid) << 32)
+    }
+
     /// A retransmitted SYN's flow, re-placed away from [`Self::avoid`].
     #[inline(always)]
-    fn replacing(self) -> bool {
+    pub fn replacing(self) -> bool {
         self.avoid() != NO_BACKEND_ID
     }
 
@@ -123,11 +130,16 @@ pub fn new_flow<F: Frame, Fam: Family>(
         return NewFlow::Done(F::PASS);
     }
     let now = clock::now();
-    if !replacing && admission_drops(pkt, placement.owner().0, now) {
+    if !replacing && admission_drops::<Fam>(pkt, key, placement.owner().0, now) {
         return NewFlow::Done(F::DROP);
     }
     let choice = choose_backend(placement, pkt, now);
     let (Some(backend), Some(scratch)) = (chosen_backend(&choice), scratch()) else {
+        // A SYN the client retransmitted keeps its half-open flow's backend, as any packet of
+        // a flow keeps its backend when the table has none left.
+        if let Some(existing) = retransmitted::<Fam>(pkt, key, replacing) {
+            return NewFlow::Raced(existing);
+        }
         no_backend::<Fam>(pkt, key, placement, now);
         return NewFlow::Done(F::DROP);
     };
@@ -205,12 +217,18 @@ const MIDSTREAM_BURST: u64 = 4;
 /// entry was lost, or it went through another instance) is held to the limit too, with
 /// [`MIDSTREAM_BURST`] times its burst: a flood of them from one prefix would otherwise take
 /// two entries per packet and reach the backends at full rate, while the connections an
-/// instance takes over after a failure come in a burst of their own.
+/// instance takes over after a failure come in a burst of their own. A SYN the client
+/// retransmitted (its flow, stored under `key`, is half-open) is not dropped: it is no new
+/// flow, and finds its entry when it is recorded (see `record`).
 #[inline(always)]
-fn admission_drops(pkt: &Packet, service_id: u32, now: u64) -> bool {
-    let starts = pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN != 0;
+fn admission_drops<Fam: Family>(pkt: &Packet, key: &Fam::Key, service_id: u32, now: u64) -> bool {
+    let syn = pkt.proto == proto::TCP && pkt.tcp_flags & tcp_flags::SYN != 0;
+    let starts = pkt.proto != proto::TCP || syn;
     let burst = if starts { 1 } else { MIDSTREAM_BURST };
     if passive::admitted(service_id, &pkt.src, now, burst) {
+        return false;
+    }
+    if syn && Fam::half_open().get_ptr(key).is_some() {
         return false;
     }
     count_admission_dropped(service_id);
@@ -239,6 +257,21 @@ fn chosen_backend(choice: &Choice) -> Option<*const BackendEntry> {
         true => None,
         false => BACKENDS.get_ptr(choice.backend_id),
     }
+}
+
+/// The half-open entry of a flow whose SYN the client retransmitted (stored under `key`), for a
+/// packet that could not be placed: a new flow's first packet (not a re-placement) pays for
+/// this lookup only then, as its entry's insert finds retransmissions otherwise.
+#[inline(always)]
+fn retransmitted<Fam: Family>(
+    pkt: &Packet,
+    key: &Fam::Key,
+    replacing: bool,
+) -> Option<*mut FlowEntry<Fam::Addr>> {
+    if replacing || pkt.proto != proto::TCP || pkt.tcp_flags & tcp_flags::SYN == 0 {
+        return None;
+    }
+    Fam::half_open().get_ptr_mut(key)
 }
 
 /// No backend can take the flow: counted, traced, and a re-placed flow abandoned.

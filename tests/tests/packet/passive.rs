@@ -249,13 +249,15 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
         );
         std::thread::sleep(Duration::from_nanos(UNANSWERED_AFTER_NS) + Duration::from_millis(50));
 
-        // The cursor is at slot 2 (b3): the re-placed SYN takes it.
+        // A SYN's entry is inserted after its backend is chosen, so each copy of a SYN took a
+        // turn: the duplicate slot 2, the retransmission slot 0 (b1, the backend to avoid),
+        // and its re-placement slot 1 (b2).
         lab.expect(
             "retransmitted, unanswered",
             &unanswered,
             lab.c0,
             XDP_REDIRECT,
-            &placed(&unanswered, 0x13),
+            &placed(&unanswered, 0x12),
         );
         lab.expect(
             "retransmitted, answered",
@@ -280,7 +282,7 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
         );
 
         let late = from_backend(0x11, 42_000, tcp_flags::SYN | tcp_flags::ACK, 1_001);
-        let new_answer = from_backend(0x13, 42_000, tcp_flags::SYN | tcp_flags::ACK, 1_001);
+        let new_answer = from_backend(0x12, 42_000, tcp_flags::SYN | tcp_flags::ACK, 1_001);
         let ack = ack_of(&unanswered);
         lab.run_cases(&[
             Case::untouched(
@@ -300,15 +302,59 @@ fn a_retransmitted_syn_its_backend_never_answered_goes_to_another_backend() {
                 &ack,
                 Port::Clients,
                 XDP_REDIRECT,
-                &placed(&ack, 0x13),
+                &placed(&ack, 0x12),
             ),
         ]);
     });
 }
 
+/// A SYN the client retransmits after its half-open flow was over (silent past the closing
+/// timeout, which also holds a handshake) starts a new flow: its insert finds the old entry,
+/// the packet follows it and finds it over, and the SYN is placed anew rather than dropped.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_syn_retransmitted_after_its_half_open_flow_was_over_starts_a_new_flow() {
+    with_lab(|lab| {
+        let first = syn(42_100);
+        lab.expect("SYN", &first, lab.c0, XDP_REDIRECT, &placed(&first, 0x11));
+        // Answered: its retransmission is not re-placed as unanswered, it follows the flow.
+        let syn_ack = from_backend(0x11, 42_100, tcp_flags::SYN | tcp_flags::ACK, 1_001);
+        lab.expect(
+            "SYN-ACK",
+            &syn_ack,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_client(&syn_ack, VIP),
+        );
+        lab.dataplane
+            .maps
+            .set_flow_timeouts(&FlowTimeouts {
+                tcp_idle: Duration::from_secs(3_600),
+                tcp_closing: Duration::from_millis(50),
+                udp_idle: Duration::from_secs(60),
+            })
+            .unwrap();
+        // The program looks at a flow's timeout at most once a second.
+        std::thread::sleep(Duration::from_millis(1_100));
+        let new_flows = lab.service_new_flows("web");
+        // The cursor took slot 1 for the retransmission's first try, which found the old
+        // entry; the new flow takes slot 2.
+        lab.expect(
+            "retransmitted after the flow was over",
+            &first,
+            lab.c0,
+            XDP_REDIRECT,
+            &placed(&first, 0x13),
+        );
+        assert_eq!(lab.event(events::FLOW_EXPIRED), 1);
+        assert_eq!(lab.service_new_flows("web"), new_flows + 1);
+        assert_eq!(lab.event(events::SYN_REPLACED), 0);
+    });
+}
+
 /// Admission: a client prefix may open `burst` new flows at once and `rate` per second
 /// after; the excess is dropped and counted. Another prefix has its own bucket, and packets
-/// of admitted flows are never limited; a packet without SYN that makes an entry (a
+/// of admitted flows (a retransmitted SYN among them) are never limited; a packet without SYN that makes an entry (a
 /// connection that lost its entry) is, with four times the burst.
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
@@ -338,6 +384,19 @@ fn the_admission_bucket_admits_its_burst_and_rate_and_drops_the_excess() {
                 "XDP_DROP",
                 "XDP_DROP"
             ]
+        );
+        assert_eq!(lab.event(events::ADMISSION_DROPPED), 2);
+        let counters = lab.dataplane.maps.service_counters(web).unwrap();
+        assert_eq!((counters.admission_dropped, counters.new_flows), (2, 3));
+
+        // A SYN the client retransmits is no new flow: with the bucket empty, it still
+        // follows its half-open flow, and is neither dropped nor counted.
+        lab.expect(
+            "a retransmitted SYN of an admitted flow",
+            &syn(43_001),
+            lab.c0,
+            XDP_REDIRECT,
+            &placed(&syn(43_001), 0x12),
         );
         assert_eq!(lab.event(events::ADMISSION_DROPPED), 2);
         let counters = lab.dataplane.maps.service_counters(web).unwrap();
