@@ -216,6 +216,10 @@ pub mod map_names {
     pub const BACKEND_VIPS4: &str = "BACKEND_VIPS4";
     /// IPv6 NAT backends, as `BACKEND_VIPS4`.
     pub const BACKEND_VIPS6: &str = "BACKEND_VIPS6";
+    /// Per backend port, the one VIP its IPv4 NAT backends serve, if one (not pinned).
+    pub const VIP_HINTS4: &str = "VIP_HINTS4";
+    /// The same for IPv6 NAT backends.
+    pub const VIP_HINTS6: &str = "VIP_HINTS6";
     /// IPv4 flows of backends shared by more than `reply::MAX_VIPS_PER_BACKEND` NAT
     /// services: the reply's 5-tuple -> its VIP and port.
     pub const REPLY_VIPS4: &str = "REPLY_VIPS4";

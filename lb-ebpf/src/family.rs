@@ -12,6 +12,7 @@ use crate::{
     maps::{
         BACKEND_VIPS4, BACKEND_VIPS6, BackendVipsMap, FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6,
         FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6, REPLY_VIPS4, REPLY_VIPS6, ReplyVips,
+        VIP_HINTS4, VIP_HINTS6, VipHints,
     },
     packet::Packet,
     scratch::Scratch,
@@ -41,6 +42,8 @@ pub trait Family: 'static {
     fn half_open() -> &'static FlowTable<Self::Key, Self::Addr>;
     /// The NAT backends and the VIPs they serve (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
     fn backend_vips() -> &'static BackendVipsMap<Self::Addr>;
+    /// The one VIP of each backend port, where there is one (`VIP_HINTS4`, `VIP_HINTS6`).
+    fn vip_hints() -> &'static VipHints<Self::Addr>;
     /// The VIPs of the replies of shared backends' flows (`REPLY_VIPS4`, `REPLY_VIPS6`).
     fn reply_vips() -> &'static ReplyVips<Self::Key, Self::Addr>;
     /// This CPU's scratch areas of this family: the packet's key, a backend's key, an entry.
@@ -108,6 +111,11 @@ impl Family for V4 {
     #[inline(always)]
     fn backend_vips() -> &'static BackendVipsMap<u32> {
         &BACKEND_VIPS4
+    }
+
+    #[inline(always)]
+    fn vip_hints() -> &'static VipHints<u32> {
+        &VIP_HINTS4
     }
 
     #[inline(always)]
@@ -206,6 +214,11 @@ impl Family for V6 {
     #[inline(always)]
     fn backend_vips() -> &'static BackendVipsMap<Addr> {
         &BACKEND_VIPS6
+    }
+
+    #[inline(always)]
+    fn vip_hints() -> &'static VipHints<Addr> {
+        &VIP_HINTS6
     }
 
     #[inline(always)]

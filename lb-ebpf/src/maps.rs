@@ -101,6 +101,25 @@ pub static BACKEND_VIPS4: BackendVipsMap<u32> = HashMap::new();
 #[btf_map]
 pub static BACKEND_VIPS6: BackendVipsMap<Addr> = HashMap::new();
 
+/// Per slot of a backend address and port (`lb_common::reply::hint_slot`), the one VIP and
+/// port that the NAT backends of that slot serve in one family, if they serve exactly one;
+/// zero otherwise. A hint: a backend's packet tries that flow first, checked as any candidate
+/// (its entry must name the packet's source as its backend), and looks up `BACKEND_VIPS4`/`6`
+/// only when the hint is missing or finds nothing, so a stale or half-written hint costs a
+/// lookup, never a wrong flow. An array, which the verifier inlines: the common case pays no
+/// hash lookup.
+pub type VipHints<A> = Array<VipPort<A>, { lb_common::reply::HINT_SLOTS as usize }>;
+
+/// IPv4 backends' VIP hints. Written by userspace when a backend id is taken or released, or
+/// its service changes; read for every packet whose source port is in `BACKEND_PORTS`. Not
+/// pinned: a restarted daemon writes them again.
+#[btf_map]
+pub static VIP_HINTS4: VipHints<u32> = Array::new();
+
+/// IPv6 backends' VIP hints, as `VIP_HINTS4`.
+#[btf_map]
+pub static VIP_HINTS6: VipHints<Addr> = Array::new();
+
 /// The VIPs of the replies of one family's flows whose backend is shared by more NAT services
 /// than `BACKEND_VIPS4`/`6` lists (`lb_common::reply`): the reply's 5-tuple as it arrives
 /// (backend to client) -> the VIP and port. LRU, a quarter of the flow table's size (set by

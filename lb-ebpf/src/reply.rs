@@ -1,6 +1,7 @@
 //! A backend's packet (NAT) finds its flow: the flow has one entry, stored under its client's
 //! 5-tuple (see `lb_common::reply`). The packet's source is the backend, its destination the
-//! client; `BACKEND_VIPS4`/`6` give the VIPs the backend serves, and each makes a candidate key
+//! client; the backend's one VIP (`VIP_HINTS4`/`6`, where its slot has one), else
+//! `BACKEND_VIPS4`/`6`, give the VIPs the backend serves, and each makes a candidate key
 //! (client, VIP) whose entry must name the packet's source as its backend. A backend shared
 //! by more services has the VIP of each of its flows' replies recorded (`REPLY_VIPS4`/`6`),
 //! looked up first.
@@ -9,7 +10,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Addr, BackendVipKey, FlowAddr, FlowEntry, VipPort, backend_port_bit,
     consts::{flow_flags, proto},
-    reply::MAX_VIPS_PER_BACKEND,
+    reply::{MAX_VIPS_PER_BACKEND, hint_slot},
 };
 
 use crate::{
@@ -51,6 +52,19 @@ pub fn backend_flow<Fam: Family>(
         return None;
     }
     let areas = Fam::areas(scratch);
+    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
+    let key = unsafe { &mut *areas.key };
+    let client = Fam::Addr::in_addr(client);
+    // The backend's one VIP, if its slot has one: no lookup of the backend's VIPs.
+    if let Some(hint) = Fam::vip_hints().get(hint_slot(backend, backend_port)) {
+        let vip = *hint;
+        if vip.port != 0 {
+            *key = Fam::key(client, &vip.addr, client_port, vip.port, protocol);
+            if let Some(found) = entry_of::<Fam>(key, Fam::Addr::in_addr(backend), backend_port) {
+                return Some(found);
+            }
+        }
+    }
     let backend = Fam::Addr::in_addr(backend);
     // SAFETY: this CPU's scratch area; its backend key is used here only.
     let backend_key = unsafe { &mut *areas.backend };
@@ -63,9 +77,6 @@ pub fn backend_flow<Fam: Family>(
     let vips = Fam::backend_vips().get_ptr(backend_key)?;
     // SAFETY: a valid map value; userspace replaces it whole (a hash map's update).
     let vips = unsafe { &*vips };
-    // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
-    let key = unsafe { &mut *areas.key };
-    let client = Fam::Addr::in_addr(client);
     if vips.shared != 0 {
         // SAFETY: this CPU's scratch area; its reply key is used here only.
         let reply = unsafe { &mut *areas.reply };

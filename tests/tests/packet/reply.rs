@@ -233,3 +233,82 @@ fn a_backend_shared_by_five_services_answers_every_flow_from_its_vip() {
         lab.expect_untouched("a flow gone", &stray.build(), lab.s0);
     });
 }
+
+/// The program's map named `name` (the XDP and tc programs share their maps).
+fn program_map(lab: &PacketLab, name: &str) -> aya::maps::MapData {
+    let info = lab.dataplane.program().info().expect("the program's info");
+    let ids = info.map_ids().expect("its maps").expect("map ids");
+    ids.into_iter()
+        .find(|id| {
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|map| map.name_as_str() == Some(name))
+        })
+        .map(|id| aya::maps::MapData::from_id(id).expect("opening the map"))
+        .unwrap_or_else(|| panic!("no map {name}"))
+}
+
+/// A NAT backend that serves one VIP has that VIP as a hint in its slot (`VIP_HINTS4`), which
+/// its packets try before `BACKEND_VIPS4`: with the backend's
+/// `BACKEND_VIPS4` element gone, the hint alone finds the flow; with a wrong hint, the packet
+/// still finds its flow through `BACKEND_VIPS4`.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_ports_one_vip_finds_the_flow_and_a_wrong_one_falls_back_on_the_backends_vips() {
+    use aya::maps::{Array, HashMap, Map};
+    use lb_common::{BackendVipKey, BackendVips, VipPort, reply::hint_slot};
+
+    with_lab(|lab| {
+        let (client, vip, backend) = ("198.18.0.2:44000", "198.18.100.1:80", "198.18.1.11:8080");
+        let syn = Frame::tcp(client, vip);
+        let to_it = to_backend(&syn, backend, backend_mac(0x11), S0_MAC);
+        lab.expect("SYN", &syn, lab.c0, XDP_REDIRECT, &to_it);
+        let answer = from_backend(backend, client, tcp_flags::SYN | tcp_flags::ACK);
+        let answered = to_client(&answer, vip);
+
+        let slot = hint_slot(
+            &[u32::from_ne_bytes([198, 18, 1, 11]), 0, 0, 0],
+            8080u16.to_be(),
+        );
+        let mut hints: Array<_, VipPort<u32>> =
+            Array::try_from(Map::Array(program_map(lab, "VIP_HINTS4"))).unwrap();
+        let hint = hints.get(&slot, 0).unwrap();
+        assert_eq!(
+            (hint.addr, hint.port),
+            (u32::from_ne_bytes([198, 18, 100, 1]), 80u16.to_be()),
+            "the hint of 198.18.1.11:8080"
+        );
+        let mut vips: HashMap<_, BackendVipKey<u32>, BackendVips<u32>> =
+            HashMap::try_from(Map::HashMap(program_map(lab, "BACKEND_VIPS4"))).unwrap();
+        let key = BackendVipKey {
+            addr: u32::from_ne_bytes([198, 18, 1, 11]),
+            port: 8080u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        let listed = vips.get(&key, 0).unwrap();
+
+        vips.remove(&key).unwrap();
+        lab.expect(
+            "by the hint alone",
+            &answer,
+            lab.s0,
+            XDP_REDIRECT,
+            &answered,
+        );
+        vips.insert(key, listed, 0).unwrap();
+        let wrong = VipPort {
+            addr: u32::from_ne_bytes([198, 18, 100, 9]),
+            ..hint
+        };
+        hints.set(slot, wrong, 0).unwrap();
+        lab.expect(
+            "past a wrong hint",
+            &answer,
+            lab.s0,
+            XDP_REDIRECT,
+            &answered,
+        );
+        // Without either, the packet is no backend's answer to a flow: passed untouched.
+        vips.remove(&key).unwrap();
+        assert_eq!(lab.run(&answer.build(), lab.s0).0, XDP_PASS);
+    });
+}

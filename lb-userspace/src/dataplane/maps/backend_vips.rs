@@ -11,13 +11,15 @@
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Result;
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use lb_common::{
     Addr, BackendEntry, BackendVipKey, BackendVips, FlowAddr, ServiceEntry, ServiceKey, VipPort,
     backend_flags,
     consts::{family, forwarding},
-    reply::MAX_VIPS_PER_BACKEND,
+    reply::{MAX_VIPS_PER_BACKEND, hint_slot},
 };
+
+use super::vip_hints::{Slot, VipHintMaps};
 
 /// A NAT backend as its packets show it: address, port (network order), protocol, family.
 type Backend = (Addr, u16, u8, u8);
@@ -95,6 +97,15 @@ impl ReplyIndex {
         vips.into_iter().collect()
     }
 
+    /// What backend `id` adds to its slot's hint (`vip_hints`): its slot and family, and its
+    /// service's VIP; none if it is not in use or not a NAT backend.
+    fn contribution(&self, id: u32) -> Option<(Slot, Vip)> {
+        let entry = self.backends.get(&id)?;
+        let (key, nat) = self.services.get(&entry.service_id)?;
+        let slot = hint_slot(&entry.addr, entry.port);
+        nat.then_some(((slot, entry.family), (key.addr, key.port)))
+    }
+
     /// The backend of id `id` as its packets show it, if it is in use and its service known.
     fn backend(&self, entry: &BackendEntry) -> Option<Backend> {
         let (key, _) = self.services.get(&entry.service_id)?;
@@ -159,10 +170,11 @@ impl ReplyIndex {
     }
 }
 
-/// The two maps and the index they are written from.
+/// The two maps, the ports' hints, and the index they are written from.
 pub(super) struct BackendVipMaps {
     v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
     v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
+    ports: VipHintMaps,
     index: ReplyIndex,
     /// The flags last given to each backend id's `BACKENDS` entry.
     flags: HashMap<u32, u32>,
@@ -171,26 +183,34 @@ pub(super) struct BackendVipMaps {
 impl BackendVipMaps {
     /// Wraps the maps and writes them whole from the services and backends in use that the
     /// maps already hold (pinned maps that a previous daemon filled, maybe with another
-    /// version's content), removing any other element. Returns them with the backend ids
-    /// whose `BACKENDS` flags are to change, and their flags.
+    /// version's content), removing any other element, and the ports' hints (`ports`, new
+    /// arrays). Returns them with the backend ids whose `BACKENDS` flags are to change, and
+    /// their flags.
     pub(super) fn new(
         v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
         v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
+        ports: (Array<MapData, VipPort<u32>>, Array<MapData, VipPort<Addr>>),
         services: &[(ServiceKey, ServiceEntry)],
         backends: &[(u32, BackendEntry)],
     ) -> Result<(Self, Vec<(u32, u32)>)> {
+        let mut index = ReplyIndex::default();
+        for (key, entry) in services {
+            index.set_service(key, entry);
+        }
+        for (id, entry) in backends {
+            index.set_backend(*id, entry);
+        }
+        let contributions = backends
+            .iter()
+            .filter_map(|(id, _)| Some((*id, index.contribution(*id)?)));
+        let ports = VipHintMaps::new(ports.0, ports.1, contributions)?;
         let mut maps = Self {
             v4,
             v6,
-            index: ReplyIndex::default(),
+            ports,
+            index,
             flags: HashMap::new(),
         };
-        for (key, entry) in services {
-            maps.index.set_service(key, entry);
-        }
-        for (id, entry) in backends {
-            maps.index.set_backend(*id, entry);
-        }
         let wanted = maps.index.all();
         for (id, entry) in backends {
             maps.flags.insert(*id, entry.flags);
@@ -223,6 +243,17 @@ impl BackendVipMaps {
         entry: &ServiceEntry,
     ) -> Result<Vec<(u32, u32)>> {
         let changed = self.index.set_service(key, entry);
+        let ids: Vec<u32> = self
+            .index
+            .by_service
+            .get(&entry.id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for id in ids {
+            self.ports.change(id, self.index.contribution(id))?;
+        }
         self.write_all(&changed)
     }
 
@@ -235,6 +266,7 @@ impl BackendVipMaps {
         entry: &BackendEntry,
     ) -> Result<(u32, Vec<(u32, u32)>)> {
         let changed = self.index.set_backend(id, entry);
+        self.ports.change(id, self.index.contribution(id))?;
         let mut flags = self.write_all(&changed)?;
         let own = match flags.iter().position(|(other, _)| *other == id) {
             Some(at) => flags.remove(at).1,

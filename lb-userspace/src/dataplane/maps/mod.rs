@@ -37,6 +37,7 @@ pub(crate) mod legacy_flows;
 pub(crate) mod passive;
 mod reads;
 pub(crate) mod trace;
+mod vip_hints;
 
 use self::{
     backend_ports::BackendPorts,
@@ -147,6 +148,10 @@ impl Maps {
         let (backend_vips, flags) = BackendVipMaps::new(
             take(ebpf, map_names::BACKEND_VIPS4)?,
             take(ebpf, map_names::BACKEND_VIPS6)?,
+            (
+                take(ebpf, map_names::VIP_HINTS4)?,
+                take(ebpf, map_names::VIP_HINTS6)?,
+            ),
             &held,
             &in_use,
         )?;
