@@ -17,7 +17,11 @@ use crate::{
     cmd,
     config::Config,
     control::{Balancer, DataplaneReads as _},
-    dataplane::{Dataplane, Plan, pins, preflight},
+    dataplane::{
+        Dataplane, Plan,
+        pins::{self, PinLife},
+        preflight,
+    },
     metrics,
     monitor::{Job, Monitor},
     service_manager,
@@ -76,6 +80,7 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         listener,
         metrics_listener,
         lock: _lock,
+        pin_life,
     } = load_and_claim(config_path, options)?;
     let pin_path = config.pin_path.clone();
     let (mut dataplane, mut monitor) =
@@ -87,7 +92,7 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         }
     };
     serve(&mut monitor, &mut dataplane, listener, hangup, shutdown).await?;
-    shut_down(&mut dataplane, &monitor, options, &pin_path);
+    shut_down(&mut dataplane, &monitor, options, (&pin_path, pin_life));
     Ok(())
 }
 
@@ -114,6 +119,8 @@ struct Claimed {
     metrics_listener: Option<TcpListener>,
     /// The pin directory's lock, held until the daemon exits.
     lock: pins::PinLock,
+    /// Whether the pins outlive the daemon.
+    pin_life: PinLife,
 }
 
 /// Loads the configuration, decides the hooks, and claims what one daemon alone may have: the
@@ -131,6 +138,16 @@ fn load_and_claim(config_path: &Path, options: &Options) -> Result<Claimed> {
     // A metrics address that cannot be bound stops xlb here, before it touches anything.
     let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
     pins::prepare(&config.pin_path)?;
+    let pin_life = pins::pin_life(&config.pin_path);
+    if pin_life == PinLife::WithThisNamespace {
+        warn!(
+            pins = %config.pin_path.display(),
+            "the pins are on a bpffs that only this process's mount namespace has (a private \
+             one, as `ip netns exec` makes): they go when it does, and the data plane stops \
+             with this daemon, so a restart keeps no flow. Run xlb in the host's mount \
+             namespace (`nsenter --net=/run/netns/NAME`) or give it the host's /sys/fs/bpf"
+        );
+    }
     let lock = pins::PinLock::take(&config.pin_path)?;
     Ok(Claimed {
         config,
@@ -138,6 +155,7 @@ fn load_and_claim(config_path: &Path, options: &Options) -> Result<Claimed> {
         listener,
         metrics_listener,
         lock,
+        pin_life,
     })
 }
 
@@ -226,8 +244,14 @@ async fn serve(
 }
 
 /// Removes the socket, logs the counters, and either detaches (removing the pins) or leaves
-/// the data plane forwarding for the next `xlb run`.
-fn shut_down(dataplane: &mut Dataplane, monitor: &Monitor, options: &Options, pin_path: &Path) {
+/// the data plane forwarding for the next `xlb run` (if its pins outlive the daemon: `pins`
+/// is where they are and whether they do).
+fn shut_down(
+    dataplane: &mut Dataplane,
+    monitor: &Monitor,
+    options: &Options,
+    (pin_path, pin_life): (&Path, PinLife),
+) {
     let _ = std::fs::remove_file(&options.socket);
     info!("shutting down");
     log_counters(dataplane, monitor.core().balancer());
@@ -235,6 +259,8 @@ fn shut_down(dataplane: &mut Dataplane, monitor: &Monitor, options: &Options, pi
         dataplane.detach_all();
         dataplane.unpin_maps();
         info!("detached; pins removed");
+    } else if pin_life == PinLife::WithThisNamespace {
+        warn!(pins = %pin_path.display(), "the data plane stops with this daemon: its pins go with this process's private mount namespace");
     } else {
         info!(pins = %pin_path.display(), "the data plane keeps forwarding; the next `xlb run` takes it over");
     }

@@ -4,7 +4,7 @@
 use std::{
     ffi::CString,
     fs::{File, TryLockError},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
 };
 
@@ -62,6 +62,59 @@ pub(crate) fn prepare(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether what is pinned in a directory outlives the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PinLife {
+    /// The bpffs is one the host's mount namespace has: pins outlive the daemon, and the data
+    /// plane keeps forwarding after it.
+    Lasting,
+    /// The bpffs is mounted only in this process's mount namespace (a private one, as
+    /// `ip netns exec` makes): it goes when that namespace does, and with it the pins, the
+    /// links and so the data plane.
+    WithThisNamespace,
+}
+
+/// Whether the pins in `dir` (on a bpffs) outlive this process: they do if this process is
+/// in the host's mount namespace (pid 1's), or if that namespace has the same bpffs mounted
+/// (a bind mount of the host's `/sys/fs/bpf` into a container; pid 1's mount table is read
+/// even where its namespace link is not). Lasting when it cannot tell.
+pub(crate) fn pin_life(dir: &Path) -> PinLife {
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if let (Some(own), Some(host)) = (namespace("self"), namespace("1"))
+        && own == host
+    {
+        return PinLife::Lasting;
+    }
+    let (Ok(metadata), Ok(mounts)) = (
+        std::fs::metadata(dir),
+        std::fs::read_to_string("/proc/1/mountinfo"),
+    ) else {
+        return PinLife::Lasting;
+    };
+    let device = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
+    if host_has_bpffs(&mounts, device) {
+        PinLife::Lasting
+    } else {
+        PinLife::WithThisNamespace
+    }
+}
+
+/// Whether `mountinfo` (proc(5)'s format) lists a bpffs whose device is `device` (major,
+/// minor): every mount of one bpffs instance has its device.
+fn host_has_bpffs(mountinfo: &str, device: (u32, u32)) -> bool {
+    mountinfo.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let Some(numbers) = fields.nth(2) else {
+            return false;
+        };
+        let fstype = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next());
+        fstype == Some("bpf") && numbers == format!("{}:{}", device.0, device.1)
+    })
 }
 
 /// An exclusive lock on a pin directory, held while the daemon runs: a `flock` on the
@@ -142,6 +195,26 @@ pub(crate) fn check_retired(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 22 0:28 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:12 - bpf bpf rw,mode=700
+40 1 0:36 / /run/cilium/bpf rw,relatime - bpf none rw
+45 1 0:28 /xlb /srv/pins rw,relatime - bpf bpf rw
+";
+
+    #[test]
+    fn a_bpffs_outlives_the_daemon_if_the_hosts_namespace_mounts_it() {
+        assert!(host_has_bpffs(MOUNTINFO, (0, 28)), "/sys/fs/bpf");
+        assert!(host_has_bpffs(MOUNTINFO, (0, 36)), "another bpffs");
+        assert!(!host_has_bpffs(MOUNTINFO, (0, 21)), "sysfs is no bpffs");
+        assert!(
+            !host_has_bpffs(MOUNTINFO, (0, 50)),
+            "mounted in a private namespace only"
+        );
+        assert!(!host_has_bpffs("", (0, 28)));
+        assert!(!host_has_bpffs("garbage\n1 2\n", (0, 28)));
+    }
 
     #[test]
     fn a_second_lock_on_the_same_pins_is_refused() {

@@ -1,5 +1,7 @@
 //! Restarting the daemon: every flow survives, also when the hook changes.
 
+use xlb_tests::scenario::{Launch, start_xlb_launched};
+
 use super::*;
 
 #[test]
@@ -354,4 +356,52 @@ fn after_a_restart_during_an_outage_no_new_flow_goes_to_a_dead_backend() {
         "the SYNs found no backend (the 3 new flows are those before the restart): {:?}",
         web.counters
     );
+}
+
+/// Under `ip netns exec` (a private mount namespace with a /sys of its own, where xlb mounts
+/// a bpffs the host never sees) the pins go with the daemon: it warns at start, and at exit
+/// says that the data plane stops with it instead of claiming that it keeps forwarding; and
+/// indeed nothing is left pinned where the host, or the next daemon, could find it. Started in
+/// the host's mount namespace, it warns of nothing and its pins stay.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_daemon_whose_pins_go_with_its_mount_namespace_says_so() {
+    let lab = Lab::with_offloads(Wiring::TwoInterfaces, 3, Offloads::Default).unwrap();
+    let _backends = start_backends(&lab).unwrap();
+    let config = balancer_config_with(&lab, "auto", "", "");
+    let warning = "only this process's mount namespace has";
+    let launch = Launch {
+        wrapper: ["ip", "netns", "exec", lab.balancer.name()]
+            .map(str::to_owned)
+            .to_vec(),
+        ..Launch::default()
+    };
+    let mut private = start_xlb_launched(&lab.balancer, &config, launch).unwrap();
+    assert!(private.output().contains(warning), "{}", private.output());
+    assert_eq!(
+        connections(&lab, 3).values().sum::<usize>(),
+        3,
+        "it balances"
+    );
+    private.stop(Duration::from_secs(10)).unwrap();
+    let output = private.output();
+    assert!(
+        output.contains("the data plane stops with this daemon")
+            && !output.contains("keeps forwarding"),
+        "{output}"
+    );
+    assert!(
+        !private.pin_dir.exists(),
+        "nothing pinned where the host sees it"
+    );
+    drop(private);
+
+    let mut host = start_xlb(&lab.balancer, &config).unwrap();
+    host.stop(Duration::from_secs(10)).unwrap();
+    let output = host.output();
+    assert!(
+        !output.contains(warning) && output.contains("the data plane keeps forwarding"),
+        "{output}"
+    );
+    assert!(host.pin_dir.exists(), "its pins stay");
 }
