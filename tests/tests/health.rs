@@ -350,3 +350,137 @@ fn a_udp_flow_moves_to_a_live_backend_when_its_backend_goes_down() {
         );
     });
 }
+
+/// Runs `xlb status --check` against `xlb`: its exit code and line.
+fn probe(xlb: &Xlb) -> (i32, String) {
+    let (code, stdout, _) = xlb.cli(&["status", "--check"]).unwrap();
+    (code, stdout.trim().to_owned())
+}
+
+/// A service whose every backend stops is an outage, and xlb says so where operators look: the
+/// backends' Down lines at WARN, one ERROR line for the service, the service line of
+/// `xlb status`, and `xlb status --check` (CRITICAL, exit 2; WARNING, exit 1, while some of its
+/// backends are out); when a backend is back, a WARN line says the service takes new flows
+/// again, and the probe is OK (exit 0).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_service_that_loses_every_backend_says_so_at_error_and_to_probes() {
+    let Setup {
+        lab,
+        mut backends,
+        xlb,
+    } = setup();
+    let (code, line) = probe(&xlb);
+    assert_eq!(code, 0, "{line}");
+    assert!(
+        line.starts_with("XLB OK - 2 services, all 6 backends take new flows |"),
+        "{line}"
+    );
+
+    backends[0].stop().unwrap();
+    wait_for_state(&xlb, &address_of(&lab, 0), "Down", Duration::from_secs(3));
+    let (code, line) = probe(&xlb);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains("web 2 of 3") && line.contains("dns 2 of 3"),
+        "{line}"
+    );
+
+    for backend in &mut backends[1..] {
+        backend.stop().unwrap();
+    }
+    let outage = "service has no backend that can take new flows";
+    let start = Instant::now();
+    while !xlb
+        .output()
+        .lines()
+        .any(|l| l.contains(outage) && l.contains("service=\"web\""))
+    {
+        assert!(start.elapsed() < Duration::from_secs(3), "{}", xlb.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = xlb.output();
+    let lines = |needle: &str| -> Vec<String> {
+        output
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    };
+    let outages = lines(outage);
+    assert!(outages.iter().all(|l| l.contains("ERROR")), "{outages:?}");
+    let downs = lines("backend state changed");
+    assert!(
+        downs
+            .iter()
+            .filter(|l| l.contains("state=Down"))
+            .all(|l| l.contains("WARN")),
+        "{downs:?}"
+    );
+    let (code, line) = probe(&xlb);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("XLB CRITICAL - no backend can take new flows: web"),
+        "{line}"
+    );
+    let (_, status, _) = xlb.cli(&["status", "web"]).unwrap();
+    assert!(
+        status
+            .lines()
+            .find(|l| l.starts_with("web tcp"))
+            .unwrap()
+            .ends_with("NO BACKEND CAN TAKE NEW FLOWS"),
+        "{status}"
+    );
+
+    backends[2].start(&lab).unwrap();
+    let recovered = "service can take new flows again";
+    let start = Instant::now();
+    while !xlb
+        .output()
+        .lines()
+        .any(|l| l.contains(recovered) && l.contains("service=\"web\""))
+    {
+        assert!(start.elapsed() < Duration::from_secs(3), "{}", xlb.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        xlb.output()
+            .lines()
+            .filter(|l| l.contains(recovered))
+            .all(|l| l.contains("WARN")),
+        "{}",
+        xlb.output()
+    );
+    for backend in &mut backends[..2] {
+        backend.start(&lab).unwrap();
+    }
+    let start = Instant::now();
+    while probe(&xlb).0 != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            probe(&xlb)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(xlb);
+    let (code, line) = probe_without_daemon();
+    assert_eq!(
+        (code, line.starts_with("XLB UNKNOWN - ")),
+        (3, true),
+        "{line}"
+    );
+}
+
+/// `xlb status --check` with no daemon at its socket.
+fn probe_without_daemon() -> (i32, String) {
+    let output = std::process::Command::new(xlb_tests::process::binary("xlb").unwrap())
+        .args(["--socket", "/nonexistent/xlb.sock", "status", "--check"])
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    )
+}

@@ -188,7 +188,7 @@ mod tests {
         assert!(error.starts_with("malformed request"), "{error}");
         assert_eq!(
             answer("{\"command\":\"status\"}\n").await.unwrap(),
-            Response::Done("Status(Status { service: None })".into())
+            Response::Done("Status(Status { service: None, check: false })".into())
         );
         let Response::Error(error) =
             answer("{\"command\":\"trace\",\"service\":\"web\",\"seconds\":0}\n")

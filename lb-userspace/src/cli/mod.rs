@@ -2,6 +2,7 @@
 //! calls [`main`].
 
 pub mod args;
+mod probe;
 mod render;
 
 use std::{
@@ -71,8 +72,26 @@ pub fn main() -> ExitCode {
             let seconds = request.seconds;
             trace(&cli.socket, &Request::Trace(request), seconds, json)
         }
+        Command::Daemon(Request::Status(status)) if status.check => {
+            if json {
+                return refuse_json("status --check", "it prints a probe's line");
+            }
+            probe(&cli.socket, status)
+        }
         Command::Daemon(request) => ask(&cli.socket, &request, json),
     }
+}
+
+/// `xlb status --check`: the probe's line, and its verdict as the exit code.
+fn probe(socket: &Path, status: Status) -> ExitCode {
+    let (verdict, line) = match client::call(socket, &Request::Status(status)) {
+        Ok(Response::Status(report)) => probe::verdict(&report),
+        Ok(Response::Error(error)) => probe::unreachable(&anyhow::anyhow!(error)),
+        Ok(other) => probe::unreachable(&anyhow::anyhow!("unexpected answer: {other:?}")),
+        Err(error) => probe::unreachable(&error),
+    };
+    println!("{line}");
+    ExitCode::from(verdict as u8)
 }
 
 /// Refuses `--json` for a command whose output is not an answer.

@@ -13,6 +13,12 @@ pub struct Status {
     /// Only this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Answer as a monitoring probe (Nagios/Icinga plugins): one line, and the exit code 0 if
+    /// every backend can take new flows, 1 if a service has some that cannot, 2 if a service
+    /// has none that can, 3 if the daemon does not answer. (Read by the client only.)
+    #[arg(long)]
+    #[serde(skip)]
+    pub check: bool,
 }
 
 impl Status {

@@ -190,6 +190,15 @@ fn services_and_backends(
             services.iter().map(|s| (service_labels(s), value(s))),
         )?;
     }
+    gauges(
+        e,
+        "xlb_service_backends_available",
+        "Backends that can take new flows (a weight in the service's tables); 0 is an outage",
+        services.iter().map(|s| {
+            let available = s.backends.iter().filter(|b| b.weight > 0).count();
+            (service_labels(s), available as i64)
+        }),
+    )?;
     for (name, help, value) in BACKEND_COUNTERS {
         counters(
             e,

@@ -79,6 +79,7 @@ fn every_series_is_served_with_its_labels() {
         format!(r#"xlb_backend_state{{{backend},state="draining"}} 1"#),
         format!(r#"xlb_backend_state{{{backend},state="up"}} 0"#),
         format!(r#"xlb_backend_weight{{{backend}}} 100"#),
+        r#"xlb_service_backends_available{service="web"} 1"#.to_owned(),
         format!(r#"xlb_backend_health_check_duration_seconds{{{backend}}} 0.002"#),
         r#"xlb_dataplane_events_total{event="no_backend"} 4"#.to_owned(),
         r#"xlb_pool_spilled_flows_total{service="video",from="kr",to="jp"} 12"#.to_owned(),

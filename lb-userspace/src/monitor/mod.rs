@@ -19,6 +19,7 @@
 //! reach the monitor as [`Job`]s, run between events.
 
 mod announcing;
+mod availability;
 mod checkers;
 mod core;
 pub(crate) mod flow_list;
@@ -40,6 +41,8 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 use tracing::{debug, error, info, warn};
+
+use crate::health::state::State;
 
 use self::{
     announcing::Announcing,
@@ -87,6 +90,8 @@ pub struct Monitor {
     tracing: Tracing,
     /// The last apply failed: it is tried again every [`RETRY_EVERY`] until it succeeds.
     apply_failed: bool,
+    /// Whether each service can take new flows, as last decided.
+    availability: availability::Availability,
 }
 
 impl Monitor {
@@ -113,6 +118,7 @@ impl Monitor {
             announcing: Announcing::default(),
             tracing: Tracing::default(),
             apply_failed: false,
+            availability: availability::Availability::default(),
         })
     }
 
@@ -292,6 +298,11 @@ impl Monitor {
         self.announcing.decided(self.core.config(), &plan.specs);
         // Logged once in effect: whoever reads "state changed" finds the tables published.
         log_plan(self.core.config(), &plan);
+        availability::log(
+            &self
+                .availability
+                .update(self.core.config(), &plan.available),
+        );
         if summary.tables_published > 0 {
             debug!(tables = summary.tables_published, "tables published");
         }
@@ -505,18 +516,21 @@ fn log_plan(config: &Config, plan: &plan::Plan) {
     for t in &plan.transitions {
         let service = &config.services[t.service];
         let address = service.backends[t.backend].address;
+        // An outage is news for whoever watches warnings; the rest is routine.
+        let down = t.to == State::Down;
         match t.from {
+            None if down => {
+                warn!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
+            }
             None => {
                 info!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
             }
-            Some(from) => info!(
-                service = service.name,
-                backend = %address,
-                from = %from,
-                state = %t.to,
-                reason = t.reason,
-                "backend state changed"
-            ),
+            Some(from) if down => {
+                warn!(service = service.name, backend = %address, from = %from, state = %t.to, reason = t.reason, "backend state changed");
+            }
+            Some(from) => {
+                info!(service = service.name, backend = %address, from = %from, state = %t.to, reason = t.reason, "backend state changed");
+            }
         }
     }
     for (s, b, reason) in &plan.reasons {

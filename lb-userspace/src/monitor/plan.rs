@@ -55,6 +55,9 @@ pub(crate) struct Plan {
     /// Down backends whose flows are purged once the tables no longer name them: (service,
     /// backend, which flows).
     pub purges: Vec<(usize, usize, Purge)>,
+    /// Per service, how many of its backends can take new flows (a weight in its tables);
+    /// `None` while one of them has not been checked yet.
+    pub available: Vec<Option<usize>>,
 }
 
 impl Plan {
@@ -82,6 +85,7 @@ pub(crate) fn plan(
     let mut spills = Vec::new();
     let mut specs = Vec::with_capacity(config.services.len());
     let mut purges = Vec::new();
+    let mut available = Vec::with_capacity(config.services.len());
     for (service_index, service) in config.services.iter().enumerate() {
         let statuses = &mut next[service_index];
         report_states(
@@ -93,6 +97,8 @@ pub(crate) fn plan(
             &mut reasons,
         );
         let (weights, room) = weights_and_room(service, statuses, now);
+        let checked = statuses.iter().all(|status| status.health.is_known());
+        available.push(checked.then(|| weights.iter().filter(|&&w| w > 0).count()));
         let fallback: Vec<Vec<usize>> = service.pools.iter().map(|p| p.fallback.clone()).collect();
         let serving: Vec<u32> = serving_pools(&room, &fallback)
             .into_iter()
@@ -116,6 +122,7 @@ pub(crate) fn plan(
         spills,
         specs,
         purges,
+        available,
     }
 }
 

@@ -227,7 +227,12 @@ impl Reports {
             }
             let applied = core.applied(index);
             let (pps, bps) = applied.map_or((0.0, 0.0), |a| self.rates.of(Key::Service(a.id)));
+            let available = (0..config.backends.len())
+                .filter_map(|b| core.applied_backend(index, b))
+                .filter(|backend| backend.weight > 0)
+                .count();
             report.services.push(ServiceStatus {
+                available,
                 name: config.name.clone(),
                 listen: config.listen,
                 protocol: config.protocol.to_string(),

@@ -68,6 +68,10 @@ pub struct ServiceStatus {
     pub bits_per_second: f64,
     /// Backends in config order.
     pub backends: Vec<BackendStatusReport>,
+    /// How many backends can take new flows (a weight in the service's published tables);
+    /// none is an outage of the service.
+    #[serde(default)]
+    pub available: usize,
     /// Locality pools (empty for a service without `[[service.pool]]`s).
     #[serde(default)]
     pub pools: Vec<PoolStatus>,

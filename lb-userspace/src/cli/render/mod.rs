@@ -169,12 +169,13 @@ fn service_lines(out: &mut String, service: &ServiceStatus) {
     let width = address_width(service.backends.iter().map(|b| &b.address));
     let _ = writeln!(
         out,
-        "{} {} {}  {} pkt/s  {}bit/s",
+        "{} {} {}  {} pkt/s  {}bit/s{}",
         service.name,
         service.protocol,
         service.listen,
         si(service.packets_per_second),
-        si(service.bits_per_second)
+        si(service.bits_per_second),
+        availability(service)
     );
     let _ = writeln!(
         out,
@@ -186,6 +187,16 @@ fn service_lines(out: &mut String, service: &ServiceStatus) {
     }
     if !service.pools.is_empty() {
         pool_lines(out, &service.pools);
+    }
+}
+
+/// What a service line says of its backends for new flows: nothing when all can take them.
+fn availability(service: &ServiceStatus) -> String {
+    let backends = service.backends.len();
+    match service.available {
+        0 if backends > 0 => "  NO BACKEND CAN TAKE NEW FLOWS".to_owned(),
+        available if available < backends => format!("  {available} of {backends} take new flows"),
+        _ => String::new(),
     }
 }
 
@@ -366,6 +377,7 @@ mod tests {
                 protocol: "tcp".into(),
                 packets_per_second: 12_345.0,
                 bits_per_second: 98_765_432.0,
+                available: 1,
                 backends: vec![BackendStatusReport {
                     address: "198.18.101.111:65535".parse().unwrap(),
                     state: "Overloaded".into(),
@@ -460,6 +472,33 @@ mod tests {
     }
 
     #[test]
+    fn the_service_line_says_how_many_backends_take_new_flows_when_not_all_do() {
+        let service = |available| StatusReport {
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                listen: "198.18.100.1:80".parse().unwrap(),
+                protocol: "tcp".into(),
+                packets_per_second: 0.0,
+                bits_per_second: 0.0,
+                backends: vec![backend("198.18.1.1:80"), backend("198.18.1.2:80")],
+                available,
+                pools: Vec::new(),
+            }],
+            ..StatusReport::default()
+        };
+        let first_line = |available| {
+            status(&service(available))
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(first_line(2), "web tcp 198.18.100.1:80  0 pkt/s  0bit/s");
+        assert!(first_line(1).ends_with("  1 of 2 take new flows"));
+        assert!(first_line(0).ends_with("  NO BACKEND CAN TAKE NEW FLOWS"));
+    }
+
+    #[test]
     fn long_addresses_are_never_cut_and_columns_stay_aligned() {
         let long = "[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535";
         let report = StatusReport {
@@ -470,6 +509,7 @@ mod tests {
                 packets_per_second: 0.0,
                 bits_per_second: 0.0,
                 backends: vec![backend(long), backend("198.18.1.1:80")],
+                available: 2,
                 pools: Vec::new(),
             }],
             ..StatusReport::default()
