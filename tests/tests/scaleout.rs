@@ -244,3 +244,45 @@ fn dsr_backends_must_be_on_an_attached_network() {
     let (code, stderr) = check(&config("198.18.1.11:80"));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A NAT backend may be behind a gateway, but its route must leave by an interface xlb is
+/// attached to, where its replies come back to be translated; `xlb check` names the service,
+/// the backend and the interface otherwise, and a backend with no route at all.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn nat_backends_must_be_routed_through_an_attached_interface() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The balancer reaches 198.18.2.0/24 through the router 198.18.0.2 (on eth0), and its
+    // backends 198.18.1.0/24 on eth1.
+    let lab = Lab::new(Wiring::BehindRouter, 1).unwrap();
+    let config = |interfaces: &str, backend: &str| {
+        format!(
+            "interfaces = [{interfaces}]\n[[service]]\nname = \"web\"\nlisten = \
+             \"{VIP}:80\"\nprotocol = \"tcp\"\nbackends = [ {{ address = \"{backend}\" }} ]\n"
+        )
+    };
+    let check = |config: &str| {
+        let (code, _, stderr) = xlb_tests::daemon::check(&lab.balancer, config).unwrap();
+        (code, stderr)
+    };
+    let (code, stderr) = check(&config("\"eth0\", \"eth1\"", "198.18.2.9:80"));
+    assert_eq!(
+        code, 0,
+        "through a gateway on an attached interface: {stderr}"
+    );
+    let (code, stderr) = check(&config("\"eth0\"", "198.18.1.11:80"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "service \"web\": backend 198.18.1.11 is reached through an interface xlb is not \
+             attached to (eth1); with NAT its replies come back that way"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&config("\"eth0\", \"eth1\"", "198.19.255.9:80"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("service \"web\": no route to backend 198.19.255.9"),
+        "{stderr}"
+    );
+}

@@ -17,6 +17,19 @@ pub fn index(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// The name of the interface with index `index`, if there is one.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(index, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Whether the kernel forwards IPv4 packets that arrive on `name`
 /// (`net.ipv4.conf.<name>.forwarding`). The FIB lookup xlb uses to forward refuses to answer
 /// for an interface that does not forward.

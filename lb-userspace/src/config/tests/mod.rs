@@ -183,6 +183,22 @@ fn duplicate_services_are_rejected() {
 }
 
 #[test]
+fn a_backend_on_a_vip_is_rejected() {
+    let text = format!(
+        "{VALID}\n[[service]]\nname = \"loop\"\nlisten = \"198.18.100.7:80\"\nprotocol = \"tcp\"\nbackends = [ {{ address = \"198.18.100.1:8080\" }} ]\n"
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains(
+            "service \"loop\": backend 198.18.100.1:8080 is on 198.18.100.1, a VIP of this \
+             config (service \"web\" listens there)"
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn the_same_vip_and_port_may_serve_tcp_and_udp() {
     let text = VALID.replace("198.18.100.1:53", "198.18.100.1:80");
     assert!(Config::parse(&text).is_ok());

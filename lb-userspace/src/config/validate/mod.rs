@@ -346,6 +346,7 @@ impl Validator<'_> {
         let mut services = Vec::new();
         let mut names = HashMap::new();
         let mut listeners = HashMap::new();
+        let mut spans = Vec::new();
         for raw in list {
             let span = raw.span();
             let Some(service) = self.service(raw.into_inner(), &span) else {
@@ -353,9 +354,38 @@ impl Validator<'_> {
             };
             self.service_is_unique(&service, &span, &mut names, &mut listeners);
             services.push(service);
+            spans.push(span);
         }
         self.backend_count(&services);
+        self.backends_are_not_vips(&services, &spans);
         services
+    }
+
+    /// That no backend's address is a VIP of the config (`spans`: each service's position):
+    /// the program balances or drops whatever is sent to a VIP, so a backend there is never
+    /// reached.
+    fn backends_are_not_vips(&mut self, services: &[ServiceConfig], spans: &[Range<usize>]) {
+        let mut vips: HashMap<std::net::IpAddr, &str> = HashMap::new();
+        for service in services {
+            vips.entry(service.listen.ip()).or_insert(&service.name);
+        }
+        for (service, span) in services.iter().zip(spans) {
+            for backend in &service.backends {
+                if let Some(owner) = vips.get(&backend.address.ip()) {
+                    let place = Place::service(&service.name);
+                    self.error(
+                        span,
+                        format!(
+                            "{place}: backend {} is on {}, a VIP of this config (service \
+                             {owner:?} listens there): packets to a VIP are the balancer's, so \
+                             this backend would never be reached",
+                            backend.address,
+                            backend.address.ip()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// That there is at least one service, and at most `MAX_SERVICES`.

@@ -1,26 +1,33 @@
-//! Direct server return only changes the MAC address: a DSR service's backends must be
-//! reachable without a gateway, through one of the interfaces xlb is attached to. The kernel's
-//! routing table says (`ip route get`), before anything is loaded.
+//! Where the kernel's routing table (`ip route get`) sends each backend, checked before
+//! anything is loaded. Every backend needs a route. A NAT backend's route must leave by an
+//! interface xlb is attached to: its replies come back that way, and only there does the
+//! program translate them (through a gateway is fine). A DSR backend must also be reached
+//! without a gateway: direct server return only changes the MAC address.
 
 use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use futures_util::TryStreamExt as _;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
 use super::links::in_namespace;
 use crate::config::{Config, Forwarding};
 use crate::sys::netif;
 
-/// Fails, naming the service and the backend, if a DSR backend is behind a gateway or out of
-/// an interface xlb is not attached to.
-pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
-    let backends: Vec<(String, IpAddr)> = config
+/// Fails, naming the service and the backend, if a backend has no route, if a NAT backend is
+/// reached through an interface xlb is not attached to, or a DSR backend through a gateway or
+/// such an interface. A backend on this host (a local route) is left alone.
+pub(crate) fn check_backend_routes(config: &Config) -> Result<()> {
+    let backends: Vec<(String, IpAddr, bool)> = config
         .services
         .iter()
-        .filter(|s| s.forwarding == Forwarding::Dsr)
-        .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.address.ip())))
+        .flat_map(|s| {
+            let dsr = s.forwarding == Forwarding::Dsr;
+            s.backends
+                .iter()
+                .map(move |b| (s.name.clone(), b.address.ip(), dsr))
+        })
         .collect();
     if backends.is_empty() {
         return Ok(());
@@ -33,7 +40,7 @@ pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
     in_namespace(None, move || async move {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        for (service, address) in backends {
+        for (service, address, dsr) in backends {
             let request = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(address, if address.is_ipv4() { 32 } else { 128 })?
                 .build();
@@ -44,6 +51,9 @@ pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
                 Ok(None) => bail!("service {service:?}: no route to backend {address}"),
                 Err(error) => bail!("service {service:?}: no route to backend {address} ({error})"),
             };
+            if route.header.kind == RouteType::Local {
+                continue;
+            }
             let gateway = route.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::from(*g)),
                 RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::from(*g)),
@@ -54,8 +64,19 @@ pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
                 _ => None,
             });
             let attached = interfaces.iter().find(|(_, index)| Some(*index) == oif);
+            let names = || interfaces.iter().map(|(n, _)| n).collect::<Vec<_>>();
             match (gateway, attached) {
                 (None, Some(_)) => {}
+                (Some(_), Some(_)) if !dsr => {}
+                (_, None) if !dsr => bail!(
+                    "service {service:?}: backend {address} is reached through an interface \
+                     xlb is not attached to ({}); with NAT its replies come back that way, \
+                     where the program cannot translate them, so every connection would hang: \
+                     attach xlb there too, or route the backend through one of {:?}",
+                    oif.and_then(netif::name_of)
+                        .unwrap_or_else(|| "no interface".into()),
+                    names()
+                ),
                 (Some(gateway), _) => bail!(
                     "service {service:?}: backend {address} is reached through the gateway \
                      {gateway}; forwarding = \"dsr\" only changes the MAC address, so the \
@@ -65,7 +86,7 @@ pub(crate) fn check_dsr_backends(config: &Config) -> Result<()> {
                     "service {service:?}: backend {address} is reached through an interface \
                      xlb is not attached to; with forwarding = \"dsr\" it must be on the \
                      network of one of {:?}",
-                    interfaces.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                    names()
                 ),
             }
         }

@@ -30,7 +30,7 @@ pub fn preflight(config: &Config) -> Result<Plan> {
             );
         }
     }
-    onlink::check_dsr_backends(config)?;
+    onlink::check_backend_routes(config)?;
     let facts = links::inspect(&config.interfaces)?;
     let assessments: Vec<Assessment> = facts.iter().map(Assessment::of).collect();
     hooks::plan(
