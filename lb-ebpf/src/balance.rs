@@ -229,11 +229,12 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) 
             NewFlow::Done(verdict) => return verdict,
             NewFlow::Raced(entry) => entry,
         };
-        if syn && !placement.replacing() {
-            if let Retransmission::Replace(avoid) = retransmitted_syn::<Fam>(key, entry) {
-                placement = placement.avoiding(avoid);
-                continue;
-            }
+        if syn
+            && !placement.replacing()
+            && let Retransmission::Replace(avoid) = retransmitted_syn::<Fam>(key, entry)
+        {
+            placement = placement.avoiding(avoid);
+            continue;
         }
         let how = found::table(pkt.proto == proto::TCP);
         match established_apart::<F, Fam>(frame, pkt, scratch, entry, how) {
