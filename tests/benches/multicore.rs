@@ -8,8 +8,8 @@ use std::sync::Barrier;
 
 use anyhow::{Result, anyhow, ensure};
 use aya::programs::Xdp;
+use loopback::parse_with_loopbacks;
 use xlb::{
-    config::Config,
     control::{Balancer, ServiceSpec},
     dataplane::{Dataplane, NoopProgram},
     sys::netif,
@@ -19,6 +19,9 @@ use xlb_tests::{
     packet::{Frame, Transport, tcp_flags},
     packet_net::{self, XDP_PASS, XDP_REDIRECT},
 };
+
+#[path = "shared/loopback.rs"]
+mod loopback;
 
 /// Repetitions per test run of an established packet (the TTL of 255 must outlast them).
 const REPEAT: u32 = 250;
@@ -45,22 +48,6 @@ listen = "198.18.100.2:53"
 protocol = "udp"
 backends = [ { address = "198.18.1.11:5353" }, { address = "198.18.1.12:5353" }, { address = "198.18.1.13:5353" } ]
 "#;
-
-/// Parses `config`, whose services named `loopback...` are then given their own VIP as their
-/// backend: the rewrite does all its work and leaves the frame as it was, so one test run can
-/// repeat it. A config may not say so itself (`xlb check` refuses a backend on a VIP, which a
-/// real client could never reach), so such a service is written with any backend.
-fn parse_with_loopbacks(config: &str) -> Result<Config> {
-    let mut config = Config::parse(config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for service in &mut config.services {
-        if service.name.starts_with("loopback") {
-            for backend in &mut service.backends {
-                backend.address = service.listen;
-            }
-        }
-    }
-    Ok(config)
-}
 
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) -> Result<()> {

@@ -11,8 +11,8 @@
 
 use anyhow::{Result, ensure};
 use lb_common::{passive::PassiveMark, trace::TraceConfig};
+use loopback::parse_with_loopbacks;
 use xlb::{
-    config::Config,
     control::{Balancer, ServiceSpec},
     dataplane::{Dataplane, NoopProgram, monotonic_ns},
     sys::netif,
@@ -22,6 +22,9 @@ use xlb_tests::{
     packet::{Frame, Transport, tcp_flags},
     packet_net::{self, S0_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT},
 };
+
+#[path = "shared/loopback.rs"]
+mod loopback;
 
 /// Repetitions per test run (the TTL of 255 must outlast them).
 const REPEAT: u32 = 250;
@@ -74,22 +77,6 @@ scheduler = "maglev"
 forwarding = "dsr"
 backends = [ { address = "198.18.1.11:80" }, { address = "198.18.1.12:80" }, { address = "198.18.1.13:80" } ]
 "#;
-
-/// Parses `config`, whose services named `loopback...` are then given their own VIP as their
-/// backend: the rewrite does all its work and leaves the frame as it was, so one test run can
-/// repeat it. A config may not say so itself (`xlb check` refuses a backend on a VIP, which a
-/// real client could never reach), so such a service is written with any backend.
-fn parse_with_loopbacks(config: &str) -> Result<Config> {
-    let mut config = Config::parse(config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    for service in &mut config.services {
-        if service.name.starts_with("loopback") {
-            for backend in &mut service.backends {
-                backend.address = service.listen;
-            }
-        }
-    }
-    Ok(config)
-}
 
 fn main() -> Result<()> {
     let quick = quick();

@@ -6,11 +6,11 @@
 
 use std::{fmt::Write as _, time::Instant};
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Result, ensure};
 use aya::maps::{Array, MapData, MapInfo};
 use lb_common::{BackendTable, consts::map_names};
+use loopback::parse_with_loopbacks;
 use xlb::{
-    config::Config,
     control::{Balancer, DataplaneReads as _, ServiceSpec},
     dataplane::{Dataplane, NoopProgram},
     sys::netif,
@@ -20,6 +20,9 @@ use xlb_tests::{
     packet::{Frame, Transport, tcp_flags},
     packet_net::{self, XDP_REDIRECT},
 };
+
+#[path = "shared/loopback.rs"]
+mod loopback;
 
 /// Kernel memory (bytes) of the BPF maps this process holds open, from /proc/self/fdinfo.
 fn open_map_memory() -> Result<u64> {
@@ -77,11 +80,11 @@ fn table_memory() -> Result<u64> {
 
 fn config(services: usize, backends: usize) -> String {
     let mut text = String::from("interfaces = [\"c0\", \"s0\"]\n");
-    // The first service's backend is its own VIP, so a repeated packet stays on one path (see
-    // packet_cost.rs).
+    // The first service's backend is its own VIP (see `parse_with_loopbacks`), so a repeated
+    // packet stays on one path.
     text.push_str(
         "[[service]]\nname = \"loopback\"\nlisten = \"198.18.100.1:80\"\nprotocol = \"tcp\"\n\
-         backends = [ { address = \"198.18.100.1:80\" } ]\n",
+         backends = [ { address = \"198.18.1.250:80\" } ]\n",
     );
     for s in 0..services {
         let list: Vec<String> = (0..backends)
@@ -135,7 +138,7 @@ fn measure(
     let ns = packet_net::build()?;
     packet_net::repeatable(&ns)?;
     ns.enter(|| -> Result<Row> {
-        let config = Config::parse(&config(services, backends)).map_err(|e| anyhow!("{e:?}"))?;
+        let config = parse_with_loopbacks(&config(services, backends))?;
         let mut dataplane = Dataplane::load(flows)?;
         let start = Instant::now();
         let mut balancer = Balancer::new();
