@@ -107,6 +107,7 @@ mod tests {
             effective_weight: 100,
             agent_weight_percent: None,
             active_flows: 0,
+            connections: Default::default(),
             packets_per_second: 0.0,
             bits_per_second: 0.0,
             operator: None,

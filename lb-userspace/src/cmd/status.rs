@@ -33,7 +33,7 @@ impl Status {
             })
             .collect();
         monitor
-            .status(self.service.as_deref(), interfaces)
+            .status(self.service.as_deref(), interfaces, &dataplane.maps)
             .map(Response::Status)
     }
 }

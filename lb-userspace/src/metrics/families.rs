@@ -230,6 +230,22 @@ fn services_and_backends(
     )?;
     gauges(
         e,
+        "xlb_backend_connections",
+        "Connections in the flow tables, idle ones included: established, half_open, closing \
+         (TCP) and udp (flows)",
+        backends(services).flat_map(|(labels, b)| {
+            let c = b.connections;
+            [
+                ("established", c.established),
+                ("half_open", c.half_open),
+                ("closing", c.closing),
+                ("udp", c.udp),
+            ]
+            .map(|(state, count)| (with(labels.clone(), "state", state), count as i64))
+        }),
+    )?;
+    gauges(
+        e,
         "xlb_backend_health_check_duration_seconds",
         "Duration of the last health check",
         backends(services)

@@ -68,6 +68,8 @@ pub(crate) struct BackendMetrics {
     pub weight: u32,
     /// Flows whose client sent a packet in the last activity epoch (about 8.6 s).
     pub active_flows: u64,
+    /// Connections in the flow tables, by state.
+    pub connections: crate::report::Connections,
     /// Duration of the last health check, in seconds.
     pub check_seconds: Option<f64>,
     /// Times the data plane marked it suspect (passive health).

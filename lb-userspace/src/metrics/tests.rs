@@ -18,6 +18,11 @@ pub(crate) fn full_snapshot() -> Snapshot {
                 state: State::Draining,
                 weight: 100,
                 active_flows: 4,
+                connections: crate::report::Connections {
+                    established: 6,
+                    closing: 1,
+                    ..Default::default()
+                },
                 check_seconds: Some(0.002),
                 passive_marks: 1,
             }],
@@ -79,6 +84,8 @@ fn every_series_is_served_with_its_labels() {
         format!(r#"xlb_backend_state{{{backend},state="draining"}} 1"#),
         format!(r#"xlb_backend_state{{{backend},state="up"}} 0"#),
         format!(r#"xlb_backend_weight{{{backend}}} 100"#),
+        format!(r#"xlb_backend_connections{{{backend},state="established"}} 6"#),
+        format!(r#"xlb_backend_connections{{{backend},state="closing"}} 1"#),
         r#"xlb_service_backends_available{service="web"} 1"#.to_owned(),
         format!(r#"xlb_backend_health_check_duration_seconds{{{backend}}} 0.002"#),
         r#"xlb_dataplane_events_total{event="no_backend"} 4"#.to_owned(),

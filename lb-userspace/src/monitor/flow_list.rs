@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::IpNet;
-use lb_common::{FlowEntry, FlowKey, consts::flow_flags, consts::proto};
+use lb_common::{FlowEntry, FlowKey};
 
-use super::core::Core;
+use super::{connections::FlowState, core::Core};
 use crate::{
     config::parse_prefix,
     control::{DataplaneReads, ServiceState},
@@ -51,15 +51,7 @@ pub(crate) fn list(
             if !keep {
                 return None;
             }
-            let state = if key.proto == proto::UDP {
-                "active"
-            } else if *half_open {
-                "half-open"
-            } else if entry.flags & flow_flags::CLOSING != 0 {
-                "closing"
-            } else {
-                "established"
-            };
+            let state = FlowState::of(key, entry, *half_open).name();
             let now_s = now_ns / 1_000_000_000;
             let age = (entry.created_s != 0)
                 .then(|| now_s.saturating_sub(u64::from(entry.created_s)) as f64);
@@ -151,6 +143,8 @@ pub(crate) fn report(
 
 #[cfg(test)]
 mod tests {
+    use lb_common::consts::{flow_flags, proto};
+
     use super::*;
     use crate::{
         config::{Forwarding, Protocol},

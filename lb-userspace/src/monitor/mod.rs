@@ -21,6 +21,7 @@
 mod announcing;
 mod availability;
 mod checkers;
+pub(crate) mod connections;
 mod core;
 pub(crate) mod flow_list;
 mod operator;
@@ -368,9 +369,16 @@ impl Monitor {
         &self,
         only: Option<&str>,
         interfaces: Vec<(String, String)>,
+        maps: &impl DataplaneReads,
     ) -> Result<StatusReport> {
-        self.reports
-            .status(&self.core, only, interfaces, self.announcing.report())
+        let connections = connections::read(maps, &self.core.config().flow_timeouts);
+        self.reports.status(
+            &self.core,
+            only,
+            interfaces,
+            self.announcing.report(),
+            &connections,
+        )
     }
 
     /// `xlb stats`: counters, events, the flow tables.

@@ -24,8 +24,8 @@ use crate::{
     health::state::{BackendStatus, State},
     metrics::{self, BackendMetrics, GuardMetrics, ReloadMetrics, ServiceMetrics, Snapshot},
     report::{
-        AnnounceReport, BackendStatusReport, Counters, FlowTableStats, PoolStatus, ServiceStats,
-        ServiceStatus, StatsReport, StatusReport,
+        AnnounceReport, BackendStatusReport, Connections, Counters, FlowTableStats, PoolStatus,
+        ServiceStats, ServiceStatus, StatsReport, StatusReport,
     },
     sys::time::unix_seconds,
 };
@@ -151,6 +151,7 @@ impl Reports {
             Counters::from(found.unwrap_or_default())
         };
         let config = core.config();
+        let connections = super::connections::read(maps, &config.flow_timeouts);
         let mut snapshot = Snapshot::default();
         for (s, (service, statuses)) in config.services.iter().zip(core.statuses()).enumerate() {
             let Some(applied) = core.applied(s) else {
@@ -168,6 +169,7 @@ impl Reports {
                             state: status.reported.as_ref().map_or(State::Down, |r| r.state),
                             weight: backend.weight,
                             active_flows: self.active_flows.of(backend.id),
+                            connections: connections.get(&backend.id).copied().unwrap_or_default(),
                             check_seconds: status.check_latency.map(|d| d.as_secs_f64()),
                             passive_marks: status.passive_marks,
                         })
@@ -206,6 +208,7 @@ impl Reports {
         only: Option<&str>,
         interfaces: Vec<(String, String)>,
         announce: Option<AnnounceReport>,
+        connections: &HashMap<u32, Connections>,
     ) -> Result<StatusReport> {
         let only = only.map(|name| core.service_index(name)).transpose()?;
         let now = Instant::now();
@@ -260,6 +263,10 @@ impl Reports {
                             effective_weight: backend.map_or(0, |b| b.weight),
                             agent_weight_percent: status.agent.weight_percent,
                             active_flows: backend.map_or(0, |b| self.active_flows.of(b.id)),
+                            connections: backend
+                                .and_then(|b| connections.get(&b.id))
+                                .copied()
+                                .unwrap_or_default(),
                             packets_per_second: pps,
                             bits_per_second: bps,
                             operator: status.operator.clone(),

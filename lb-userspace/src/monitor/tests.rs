@@ -468,14 +468,37 @@ async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port(
         !monitor.reports.count_active_flows(&mut monitor.core, &maps),
         "no service has max_flows"
     );
+    // Two connections on backend 1, one of them closing: the open one counts, the closing one
+    // apart.
+    let flow = |port: u16, flags: u8| {
+        let key = lb_common::FlowKey {
+            src_port: port.to_be(),
+            proto: lb_common::consts::proto::TCP,
+            ..Default::default()
+        };
+        let entry = lb_common::FlowEntry {
+            backend_id: 1,
+            flags,
+            ..Default::default()
+        };
+        (key, entry, false)
+    };
+    maps.flow_entries = vec![
+        flow(40_000, 0),
+        flow(40_001, lb_common::consts::flow_flags::CLOSING),
+    ];
     let interfaces = vec![("eth0".to_owned(), "tc".to_owned())];
-    let status = monitor.status(None, interfaces.clone()).unwrap();
+    let status = monitor.status(None, interfaces.clone(), &maps).unwrap();
     assert_eq!(status.interfaces, interfaces);
     let web = &status.services[0];
     assert_eq!(web.name, "web");
     assert_eq!(web.backends[1].active_flows, 4);
     assert_eq!(web.backends[1].state, "Up");
-    assert!(monitor.status(Some("nope"), Vec::new()).is_err());
+    let connections = web.backends[1].connections;
+    assert_eq!((connections.open(), connections.closing), (1, 1));
+    assert_eq!(web.backends[0].connections.open(), 0);
+    assert!(monitor.status(Some("nope"), Vec::new(), &maps).is_err());
+    maps.flow_entries.clear();
 
     let stats = monitor.stats(&maps).unwrap();
     assert_eq!(stats.services[0].counters.new_flows, 3);

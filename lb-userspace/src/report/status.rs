@@ -111,6 +111,9 @@ pub struct BackendStatusReport {
     pub agent_weight_percent: Option<u32>,
     /// Flows with a packet in the last 10 seconds.
     pub active_flows: u64,
+    /// Connections in the flow tables, idle ones included, by state.
+    #[serde(default)]
+    pub connections: Connections,
     /// Packets per second, both directions, over the last second.
     pub packets_per_second: f64,
     /// Bits per second, both directions, over the last second.
@@ -124,4 +127,24 @@ pub struct BackendStatusReport {
     /// Times the data plane marked it suspect since the daemon started.
     #[serde(default)]
     pub passive_marks: u64,
+}
+
+/// One backend's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    /// Established TCP connections, idle ones included.
+    pub established: u64,
+    /// TCP handshakes not completed.
+    pub half_open: u64,
+    /// TCP connections closed by a FIN or RST whose entry is not over yet.
+    pub closing: u64,
+    /// UDP flows whose entry is not over.
+    pub udp: u64,
+}
+
+impl Connections {
+    /// The connections that are open: established TCP connections and UDP flows.
+    pub fn open(&self) -> u64 {
+        self.established + self.udp
+    }
 }

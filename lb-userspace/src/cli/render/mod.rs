@@ -95,12 +95,20 @@ fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
         b.weight,
         b.effective_weight,
         agent,
-        si(b.active_flows as f64),
+        si(b.connections.open() as f64),
         si(b.packets_per_second),
         si(b.bits_per_second),
         age(b.since_seconds),
     );
     let _ = writeln!(out, "    {}", truncate(&b.reason, 76));
+    let c = &b.connections;
+    if c.half_open > 0 || c.closing > 0 {
+        let _ = writeln!(
+            out,
+            "    also {} half-open, {} closing; {} active flows",
+            c.half_open, c.closing, b.active_flows
+        );
+    }
     if let Some(operator) = &b.operator {
         let _ = writeln!(out, "    {}", operator_note(operator));
     }
@@ -180,7 +188,7 @@ fn service_lines(out: &mut String, service: &ServiceStatus) {
     let _ = writeln!(
         out,
         "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
-        "BACKEND", "STATE", "WGT", "EFF", "AGNT", "FLOWS", "PKT/S", "BIT/S", "FOR"
+        "BACKEND", "STATE", "WGT", "EFF", "AGNT", "CONN", "PKT/S", "BIT/S", "FOR"
     );
     for backend in &service.backends {
         backend_line(out, backend, width);
@@ -387,6 +395,10 @@ mod tests {
                     effective_weight: 25_600,
                     agent_weight_percent: Some(100),
                     active_flows: 1_234_567,
+                    connections: crate::report::Connections {
+                        established: 1_234_567,
+                        ..Default::default()
+                    },
                     packets_per_second: 123_456.0,
                     bits_per_second: 1.5e9,
                     operator: Some(Operator {
@@ -463,6 +475,7 @@ mod tests {
             effective_weight: 100,
             agent_weight_percent: None,
             active_flows: 0,
+            connections: Default::default(),
             packets_per_second: 0.0,
             bits_per_second: 0.0,
             operator: None,
