@@ -72,7 +72,15 @@ pub(super) struct Reports {
     reloads: ReloadMetrics,
     snapshot: metrics::Shared,
     metrics_server: Option<JoinHandle<()>>,
+    /// Each backend's connections as the metrics show them, and when they were counted (a
+    /// count reads the whole flow tables: see [`CONNECTIONS_EVERY`]).
+    connections: Option<(Instant, HashMap<u32, Connections>)>,
 }
+
+/// How often the metrics' connection counts are taken, when a metrics address is configured:
+/// each count reads the flow tables (457 ms of CPU at a million flows on the benchmark
+/// machine), which the once-a-second sample cannot afford. `xlb status` counts afresh.
+const CONNECTIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for Reports {
     fn default() -> Self {
@@ -88,6 +96,7 @@ impl Default for Reports {
             },
             snapshot: Arc::new(Mutex::new(Snapshot::default())),
             metrics_server: None,
+            connections: None,
         }
     }
 }
@@ -130,6 +139,14 @@ impl Reports {
                 .collect();
         }
         self.rates.last = Some((now, current));
+        let stale = self
+            .connections
+            .as_ref()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= CONNECTIONS_EVERY);
+        if core.config().metrics.is_some() && stale {
+            let counted = super::connections::read(maps, &core.config().flow_timeouts);
+            self.connections = Some((now, counted));
+        }
         let snapshot = self.snapshot(core, maps, announce);
         *self.snapshot.lock().expect("the snapshot lock") = snapshot;
     }
@@ -151,7 +168,8 @@ impl Reports {
             Counters::from(found.unwrap_or_default())
         };
         let config = core.config();
-        let connections = super::connections::read(maps, &config.flow_timeouts);
+        let no_counts = HashMap::new();
+        let connections = self.connections.as_ref().map_or(&no_counts, |(_, c)| c);
         let mut snapshot = Snapshot::default();
         for (s, (service, statuses)) in config.services.iter().zip(core.statuses()).enumerate() {
             let Some(applied) = core.applied(s) else {
