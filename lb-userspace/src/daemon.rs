@@ -83,8 +83,15 @@ pub(crate) async fn run(config_path: &Path, options: &Options, signals: Signals)
         pin_life,
     } = load_and_claim(config_path, options)?;
     let pin_path = config.pin_path.clone();
-    let (mut dataplane, mut monitor) =
-        fill_and_attach(config, config_path, options, &plan, metrics_listener).await?;
+    let attached = fill_and_attach(config, config_path, options, &plan, metrics_listener).await;
+    let (mut dataplane, mut monitor) = match attached {
+        Ok(attached) => attached,
+        Err(error) => {
+            // Refused: the socket this daemon bound goes with it.
+            let _ = std::fs::remove_file(&options.socket);
+            return Err(error);
+        }
+    };
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => {}
@@ -135,6 +142,17 @@ fn load_and_claim(config_path: &Path, options: &Options) -> Result<Claimed> {
     // One daemon per socket and per pin directory; the kernel refuses a second one on an
     // interface that already has an XDP program that is not ours to take over.
     let listener = server::bind(&options.socket)?;
+    // From here the socket file is this daemon's: a refusal removes it.
+    let claimed = claim_the_rest(config, plan, listener);
+    if claimed.is_err() {
+        let _ = std::fs::remove_file(&options.socket);
+    }
+    claimed
+}
+
+/// [`load_and_claim`] once the API socket is bound: the metrics address and the pin
+/// directory.
+fn claim_the_rest(config: Config, plan: Plan, listener: UnixListener) -> Result<Claimed> {
     // A metrics address that cannot be bound stops xlb here, before it touches anything.
     let metrics_listener = config.metrics.map(metrics::bind).transpose()?;
     pins::prepare(&config.pin_path)?;

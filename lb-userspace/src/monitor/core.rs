@@ -199,11 +199,19 @@ impl Core {
     /// One line on what the daemon balances, for `systemctl status`.
     pub fn summary(&self) -> String {
         format!(
-            "balancing {} services ({} backends) on {}",
-            self.config.services.len(),
-            self.config.backend_count(),
+            "balancing {} ({}) on {}",
+            count(self.config.services.len(), "service"),
+            count(self.config.backend_count(), "backend"),
             self.config.interfaces.join(", ")
         )
+    }
+}
+
+/// `n` and the noun, plural unless `n` is 1 ("1 backend", "2 backends").
+pub(super) fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 

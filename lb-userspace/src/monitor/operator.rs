@@ -147,7 +147,15 @@ impl OperatorSettings {
     /// Applies the settings and logs them (at start and after a reload).
     pub(super) fn restore(&self, core: &mut Core) {
         for ((service, backend), setting) in &self.settings {
-            info!(service, %backend, admin = ?setting.admin, weight = ?setting.weight, by = setting.by, "operator setting kept");
+            let admin = match setting.admin {
+                Some(Admin::Drain) => "drain",
+                Some(Admin::Disable) => "disable",
+                None => "none",
+            };
+            let weight = setting
+                .weight
+                .map_or("as configured".to_owned(), |w| w.to_string());
+            info!(service, %backend, admin, %weight, by = setting.by, "operator setting kept");
         }
         let orphans = self.apply(core);
         if !orphans.is_empty() {

@@ -562,3 +562,11 @@ async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port(
         "{error}"
     );
 }
+
+#[test]
+fn counts_in_logs_agree_with_their_number() {
+    use super::core::count;
+    assert_eq!(count(1, "backend"), "1 backend");
+    assert_eq!(count(0, "service"), "0 services");
+    assert_eq!(count(6, "backend"), "6 backends");
+}

@@ -236,6 +236,10 @@ fn pins_of_another_layout_are_refused_with_a_clear_error() {
         "refused before loading:\n{error}"
     );
     assert!(flows.exists(), "the pins are left as they were");
+    assert!(
+        !xlb.socket.exists(),
+        "a refused daemon leaves no socket behind"
+    );
 
     // The earlier versions' one flow table (40-byte keys, 72-byte values), as their pins have
     // it: named, and refused before anything is loaded onto the pins.

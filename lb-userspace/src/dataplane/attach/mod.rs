@@ -160,7 +160,8 @@ impl Attachments {
         let (link, hook_now, pin, adopted) =
             attached.with_context(|| format!("attaching to interface {interface} ({hook})"))?;
         if adopted {
-            info!(interface, ifindex, hook = ?hook_now, "took over the pinned link (program replaced)");
+            let hook_now = hook_now.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
+            info!(interface, ifindex, hook = %hook_now, "took over the pinned link (program replaced)");
         } else {
             info!(interface, ifindex, %hook, "attached");
         }
