@@ -45,9 +45,30 @@ pub(crate) fn init() {
         .init();
 }
 
+/// `text` (an error with several lines, such as every error of a config file) as one line,
+/// its lines joined by "; ": a log record is one line in the journal and in grep.
+pub(crate) fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::names_stream;
+    use super::{names_stream, one_line};
+
+    #[test]
+    fn an_error_of_several_lines_is_logged_as_one() {
+        assert_eq!(
+            one_line(
+                "xlb.toml:3:12: xdp_mode: unknown mode\n  xlb.toml:9:1: no service\n\nnothing was changed"
+            ),
+            "xlb.toml:3:12: xdp_mode: unknown mode; xlb.toml:9:1: no service; nothing was changed"
+        );
+        assert_eq!(one_line("one"), "one");
+    }
 
     #[test]
     fn the_journal_is_used_only_when_systemd_connected_stderr_to_it() {

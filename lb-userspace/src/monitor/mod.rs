@@ -434,7 +434,8 @@ impl Monitor {
         let result = self.reload_config(dataplane);
         self.reports.count_reload(result.is_ok());
         if let Err(error) = &result {
-            warn!("reload refused: {error:#}");
+            let error = crate::logging::one_line(&format!("{error:#}"));
+            warn!("reload refused: {error}");
         }
         self.sample(&dataplane.maps);
         service_manager::ready(&self.summary());
