@@ -95,32 +95,16 @@ pub(super) fn unreachable(error: &anyhow::Error) -> (Verdict, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{BackendStatusReport, ServiceStatus};
+    use crate::{cli::render::tests::backend, report::ServiceStatus};
 
     fn service(name: &str, available: usize, backends: usize) -> ServiceStatus {
-        let backend = BackendStatusReport {
-            address: "198.18.1.1:80".parse().unwrap(),
-            state: "Up".into(),
-            reason: String::new(),
-            since_seconds: 0.0,
-            weight: 1,
-            effective_weight: 100,
-            agent_weight_percent: None,
-            active_flows: 0,
-            connections: Default::default(),
-            packets_per_second: 0.0,
-            bits_per_second: 0.0,
-            operator: None,
-            suspect: None,
-            passive_marks: 0,
-        };
         ServiceStatus {
             name: name.into(),
             listen: "198.18.100.1:80".parse().unwrap(),
             protocol: "tcp".into(),
             packets_per_second: 0.0,
             bits_per_second: 0.0,
-            backends: vec![backend; backends],
+            backends: vec![backend("198.18.1.1:80"); backends],
             available,
             pools: Vec::new(),
         }

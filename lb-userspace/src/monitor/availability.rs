@@ -42,14 +42,20 @@ impl Availability {
     /// backend for new flows and had some, or was not known before; one that has some again.
     pub(crate) fn update(&mut self, config: &Config, available: &[Option<usize>]) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (service, available) in config.services.iter().zip(available) {
-            let Some(available) = *available else {
+        // Rebuilt from the config's services, so a service that left is forgotten.
+        let mut last = HashMap::with_capacity(config.services.len());
+        for (service, &available) in config.services.iter().zip(available) {
+            let before = self.last.remove(&service.name);
+            // Not all checked yet: keep what was known.
+            let Some(now) = available.or(before) else {
                 continue;
             };
-            let backends = service.backends.len();
-            let before = self.last.insert(service.name.clone(), available);
-            let name = service.name.clone();
-            match (before, available) {
+            last.insert(service.name.clone(), now);
+            if available.is_none() {
+                continue;
+            }
+            let (name, backends) = (service.name.clone(), service.backends.len());
+            match (before, now) {
                 (Some(0), 0) => {}
                 (_, 0) => changes.push(Change::Lost {
                     service: name,
@@ -63,8 +69,7 @@ impl Availability {
                 _ => {}
             }
         }
-        self.last
-            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
+        self.last = last;
         changes
     }
 }

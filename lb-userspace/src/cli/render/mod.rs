@@ -361,7 +361,7 @@ fn simulation_line(report: &SimulationReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::report::{AnnounceReport, FlowTableStats, PoolStatus, ServiceStatus, VipReport};
 
@@ -465,7 +465,8 @@ mod tests {
         assert!(text.starts_with("xlb 0.1.0 (abc)  interfaces: eth0 (tc)\n"));
     }
 
-    fn backend(address: &str) -> BackendStatusReport {
+    /// An Up backend at `address`, every figure zero (the probe's tests use it too).
+    pub(in crate::cli) fn backend(address: &str) -> BackendStatusReport {
         BackendStatusReport {
             address: address.parse().unwrap(),
             state: "Up".into(),
