@@ -106,6 +106,7 @@ mod tests {
             bits_per_second: 0.0,
             backends: vec![backend("198.18.1.1:80"); backends],
             available,
+            leaving: Vec::new(),
             pools: Vec::new(),
         }
     }

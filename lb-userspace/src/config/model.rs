@@ -62,6 +62,11 @@ pub(super) const DEFAULT_ANNOUNCE_DEVICE: &str = "xlb-vip";
 pub(super) const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 /// Default drain time on SIGTERM.
 pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// Default `drain_timeout` of a backend removed from the config: five minutes, as an AWS
+/// target group's deregistration delay.
+pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest `drain_timeout`.
+pub(super) const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3_600);
 
 /// Where the program is attached (`xdp_mode`); see `hooks` for what is correct where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +223,10 @@ pub struct ServiceConfig {
     pub forwarding: Forwarding,
     /// What happens to a Down backend's established connections.
     pub on_down: OnDown,
+    /// How long a backend removed from the config keeps its connections: it takes no new
+    /// flow, and its flows are removed once it has no connection left or this time has
+    /// passed (0: at once).
+    pub drain_timeout: Duration,
     /// Whether its VIP is announced to the local BGP daemon while it can take new flows.
     pub announce: bool,
     /// Backends of every pool, in file order.

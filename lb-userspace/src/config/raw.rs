@@ -265,6 +265,7 @@ pub(super) struct RawService {
     pub(super) maglev: Option<Spanned<RawMaglev>>,
     pub(super) forwarding: Field<Forwarding>,
     pub(super) on_down: Field<OnDown>,
+    pub(super) drain_timeout: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<bool>>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) pool: Option<Spanned<Vec<Spanned<RawPool>>>>,

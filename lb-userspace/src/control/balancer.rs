@@ -4,7 +4,7 @@
 //! record changes only with them. A failed apply leaves a record that the next apply repairs
 //! (it writes again whatever the failure may have left half-written).
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Result, bail};
 use lb_common::{
@@ -43,6 +43,9 @@ pub struct ServiceState {
     pub protocol: Protocol,
     /// Backends, in config order.
     pub backends: Vec<BackendState>,
+    /// Backends removed from the config that keep their flows (and ids) until the monitor
+    /// releases them ([`Balancer::release`]): in no table, so they take no new flow.
+    pub leaving: Vec<BackendState>,
     /// The published round-robin sequence of backend ids of each home pool's table.
     pub tables: Vec<Vec<u32>>,
     /// Generation of the published tables.
@@ -100,8 +103,11 @@ pub struct ApplySummary {
     pub services_removed: usize,
     /// Backends added.
     pub backends_added: usize,
-    /// Backends removed.
+    /// Backends removed (from the config, or with their service).
     pub backends_removed: usize,
+    /// Of those, backends that keep their connections until they end or the service's
+    /// `drain_timeout` passes.
+    pub backends_draining: usize,
     /// Tables published.
     pub tables_published: usize,
     /// Flows deleted because their backend left.
@@ -258,9 +264,17 @@ impl Balancer {
                     // be emptied or removed, if the next apply does not want them.
                     new.locality.pools = new.locality.pools.max(old.locality.pools);
                     new.maglev = new.maglev.or(old.maglev);
+                    let known = |new: &ServiceState, id| {
+                        new.backends.iter().chain(&new.leaving).any(|b| b.id == id)
+                    };
                     for backend in old.backends {
-                        if !new.backends.iter().any(|b| b.id == backend.id) {
+                        if !known(new, backend.id) {
                             new.backends.push(backend);
+                        }
+                    }
+                    for backend in old.leaving {
+                        if !known(new, backend.id) {
+                            new.leaving.push(backend);
                         }
                     }
                 }
@@ -271,7 +285,7 @@ impl Balancer {
         for service in &mut merged {
             service.known = Known::Unknown;
             ids.services.claim(service.id);
-            for backend in &service.backends {
+            for backend in service.backends.iter().chain(&service.leaving) {
                 ids.backends.claim(backend.id);
             }
         }
@@ -290,7 +304,8 @@ impl Balancer {
     }
 
     /// What of `services` already has ids: the services applied, with their backends that
-    /// are applied.
+    /// are applied. Applied on its own when ids run out, so backends that leave (and those
+    /// already leaving) are released at once: their ids are wanted now.
     fn staying(&self, services: &[ServiceSpec]) -> Vec<ServiceSpec> {
         services
             .iter()
@@ -300,6 +315,7 @@ impl Balancer {
                     .iter()
                     .find(|s| s.listen == spec.listen && s.protocol == spec.protocol)?;
                 let mut spec = spec.clone();
+                spec.drain_timeout = Duration::ZERO;
                 spec.backends.retain(|b| {
                     applied
                         .backends
@@ -309,6 +325,39 @@ impl Balancer {
                 Some(spec)
             })
             .collect()
+    }
+
+    /// The backends that leave, with the index of their service in [`Self::services`].
+    pub fn leaving(&self) -> impl Iterator<Item = (usize, &BackendState)> {
+        self.services
+            .iter()
+            .enumerate()
+            .flat_map(|(index, service)| service.leaving.iter().map(move |b| (index, b)))
+    }
+
+    /// Releases backends that leave (`ids`; others are ignored): their flows purged, their
+    /// entries cleared, their ids free. Returns how many flows were purged. If a write fails,
+    /// they are still leaving, and releasing them again finishes the job.
+    pub fn release(&mut self, ids: &[u32], maps: &mut impl DataplaneMaps) -> Result<usize> {
+        let ids: Vec<u32> = self
+            .leaving()
+            .map(|(_, backend)| backend.id)
+            .filter(|id| ids.contains(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let purged = maps.purge_flows(&ids, Purge::All)?;
+        for &id in &ids {
+            maps.release_backend(id)?;
+        }
+        for service in &mut self.services {
+            service.leaving.retain(|backend| !ids.contains(&backend.id));
+        }
+        for id in ids {
+            self.ids.backends.release(id);
+        }
+        Ok(purged)
     }
 
     /// Takes over what a previous daemon left in pinned maps: its services and backends keep
@@ -348,6 +397,7 @@ impl Balancer {
                 listen,
                 protocol,
                 backends,
+                leaving: Vec::new(),
                 tables: vec![Vec::new(); pools as usize],
                 generation: 0,
                 locality: Locality {
@@ -393,6 +443,7 @@ impl ApplySummary {
         self.services_removed += other.services_removed;
         self.backends_added += other.backends_added;
         self.backends_removed += other.backends_removed;
+        self.backends_draining += other.backends_draining;
         self.tables_published += other.tables_published;
         self.flows_purged += other.flows_purged;
     }

@@ -162,14 +162,16 @@ pub(super) fn plan(
             prefixes: !removed.locality.prefixes.is_empty() || prefixes_unknown(&removed),
         });
         summary.services_removed += 1;
+        summary.backends_removed += removed.backends.len();
         ids.services.release(removed.id);
-        writes.retired.extend(removed.backends.iter().map(|b| b.id));
+        // A service that leaves takes its backends' flows with it: its VIP no longer answers.
+        let backends = removed.backends.iter().chain(&removed.leaving);
+        writes.retired.extend(backends.map(|b| b.id));
     }
     summary.tables_published += writes.tables.len()
         + writes.pools_emptied.len()
         + writes.maglev_tables.len()
         + writes.removed.iter().map(|r| r.tables.len()).sum::<usize>();
-    summary.backends_removed = writes.retired.len();
     for &id in &writes.retired {
         ids.backends.release(id);
     }
@@ -200,6 +202,7 @@ fn new_service(spec: &ServiceSpec, id: u32) -> ServiceState {
         listen: spec.listen,
         protocol: spec.protocol,
         backends: Vec::new(),
+        leaving: Vec::new(),
         tables: Vec::new(),
         generation: 0,
         locality: Locality {
@@ -263,9 +266,11 @@ fn service(
     Ok(state)
 }
 
-/// The backends of `state` for `spec`: those that stay keep their ids, new ones take one.
-/// The entries of new backends (of all, if the maps' are not known) go to `setup`. Returns the
-/// ids of the backends that leave.
+/// The backends of `state` for `spec`: those that stay keep their ids, new ones take one, and
+/// one removed earlier that is back while it drains takes its id (and flows) back. The
+/// entries of new backends (of all, if the maps' are not known) go to `setup`. Those that
+/// leave join `state.leaving`, where they keep their ids and flows, if the service drains
+/// them; else they are returned, with those that were leaving, to be retired now.
 fn backends(
     spec: &ServiceSpec,
     state: &mut ServiceState,
@@ -275,15 +280,17 @@ fn backends(
     setup: &mut Setup,
 ) -> Result<Vec<u32>, Exhausted> {
     let mut old_backends = std::mem::take(&mut state.backends);
+    let mut leaving = std::mem::take(&mut state.leaving);
     for backend in &spec.backends {
         let same = |b: &BackendState| b.address == backend.address && b.pool == backend.pool;
-        let (id, new) = match old_backends.iter().position(same) {
-            Some(i) => (old_backends.swap_remove(i).id, false),
-            None => {
-                let id = ids.backends.allocate().ok_or(Exhausted::Backends)?;
-                summary.backends_added += 1;
-                (id, true)
-            }
+        let (id, new) = if let Some(i) = old_backends.iter().position(same) {
+            (old_backends.swap_remove(i).id, false)
+        } else if let Some(i) = leaving.iter().position(same) {
+            (leaving.swap_remove(i).id, false)
+        } else {
+            let id = ids.backends.allocate().ok_or(Exhausted::Backends)?;
+            summary.backends_added += 1;
+            (id, true)
         };
         if new || unknown {
             let entry = backend_entry(backend.address, state.id, backend.pool);
@@ -297,7 +304,18 @@ fn backends(
             maglev_weight: backend.maglev_weight,
         });
     }
-    Ok(old_backends.iter().map(|b| b.id).collect())
+    summary.backends_removed += old_backends.len();
+    if spec.drain_timeout.is_zero() {
+        return Ok(old_backends.iter().chain(&leaving).map(|b| b.id).collect());
+    }
+    summary.backends_draining += old_backends.len();
+    leaving.extend(old_backends.into_iter().map(|backend| BackendState {
+        weight: 0,
+        maglev_weight: 0,
+        ..backend
+    }));
+    state.leaving = leaving;
+    Ok(Vec::new())
 }
 
 /// The client prefixes of `state` for `spec`, written if they changed, if the service is new

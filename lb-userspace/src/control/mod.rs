@@ -22,6 +22,8 @@ mod writes;
 #[cfg(test)]
 mod apply_tests;
 #[cfg(test)]
+mod drain_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod maglev_tests;

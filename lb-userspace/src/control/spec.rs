@@ -1,7 +1,7 @@
 //! What the data plane should serve, as the monitor decides it: services, their backends'
 //! weights, their locality pools.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use lb_common::{
@@ -31,6 +31,10 @@ pub struct ServiceSpec {
     pub scheduler: Scheduler,
     /// How packets reach the backends.
     pub forwarding: Forwarding,
+    /// How long a backend that leaves keeps its flows (0: they are purged with it): it takes
+    /// no new flow, and the monitor releases it once it has no connection left or this time
+    /// has passed.
+    pub drain_timeout: Duration,
 }
 
 /// A backend as the data plane should have it.
@@ -104,6 +108,7 @@ impl ServiceSpec {
             policy: policy(service),
             scheduler: service.scheduler,
             forwarding: service.forwarding,
+            drain_timeout: service.drain_timeout,
         }
     }
 

@@ -189,7 +189,8 @@ fn removed_backends_leave_the_table_before_their_flows_are_purged() {
     balancer.apply(&config(WEB), &mut maps).unwrap();
     maps.flows_by_backend.insert(1, 5);
     maps.log.clear();
-    let one_backend = WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "");
+    let one_backend = WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "")
+        + "drain_timeout = \"0s\"\n";
     let summary = balancer.apply(&config(&one_backend), &mut maps).unwrap();
     // The service's share of suspects shrinks with its backends: its policy is written again.
     assert_eq!(

@@ -9,7 +9,8 @@
 //! - `reports`: rates, active flows, spills and reloads, behind `xlb status`, `xlb stats` and
 //!   the metrics endpoint (which it serves);
 //! - `operator`: what operators set on backends, kept in the state file (`persist`);
-//! - `announcing`: route health injection; `trace`: the data plane's trace maps.
+//! - `announcing`: route health injection; `trace`: the data plane's trace maps;
+//! - `departures`: backends removed from the config, released once their connections end.
 //!
 //! This module keeps the select loop and [`Monitor::evaluate`]: when anything that decides
 //! the tables changed, [`plan::plan`] (a pure function of config, statuses and time) decides
@@ -23,6 +24,7 @@ mod availability;
 mod checkers;
 pub(crate) mod connections;
 mod core;
+mod departures;
 pub(crate) mod flow_list;
 mod operator;
 mod passive;
@@ -73,6 +75,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(1);
 /// How often a failed apply is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often backends removed from the config are looked at (released when done).
+const DEPARTURES_EVERY: Duration = Duration::from_secs(1);
 
 /// Work an edge asks of the monitor (an operator's command, a SIGHUP's reload), run on the
 /// monitor's task between events, with the data plane.
@@ -93,6 +97,7 @@ pub struct Monitor {
     apply_failed: bool,
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
+    departures: departures::Departures,
 }
 
 impl Monitor {
@@ -120,6 +125,7 @@ impl Monitor {
             tracing: Tracing::default(),
             apply_failed: false,
             availability: availability::Availability::default(),
+            departures: departures::Departures::default(),
         })
     }
 
@@ -178,6 +184,7 @@ impl Monitor {
         };
         let (mut ramp, mut sample) = (ticks(RAMP_STEP), ticks(SAMPLE_EVERY));
         let (mut count_flows, mut retry) = (ticks(COUNT_FLOWS_EVERY), ticks(RETRY_EVERY));
+        let mut departures = ticks(DEPARTURES_EVERY);
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
         let mut drained_at: Option<Instant> = None;
@@ -211,6 +218,11 @@ impl Monitor {
                 _ = count_flows.tick() => {
                     if self.reports.count_active_flows(&mut self.core, &dataplane.maps) {
                         let _ = self.apply(&mut dataplane.maps);
+                    }
+                }
+                _ = departures.tick() => {
+                    if let Err(error) = self.departures.review(&mut self.core, &mut dataplane.maps) {
+                        warn!("releasing backends removed from the config failed, trying again: {error:#}");
                     }
                 }
                 _ = retry.tick(), if self.apply_failed => {
@@ -293,6 +305,7 @@ impl Monitor {
         // Spills so far count toward the pools that were serving until now.
         self.reports.account_spills(&self.core, maps);
         let summary = self.core.balancer_mut().apply(&plan.specs, maps)?;
+        self.departures.note(&self.core, Instant::now());
         // Only once applied: after a failed apply the next evaluation decides the same changes
         // again (transitions, purges, marks to clear) rather than finding them done.
         self.core.set_statuses(plan.statuses.clone());
@@ -372,13 +385,16 @@ impl Monitor {
         maps: &impl DataplaneReads,
     ) -> Result<StatusReport> {
         let connections = connections::read(maps, &self.core.config().flow_timeouts);
-        self.reports.status(
+        let mut report = self.reports.status(
             &self.core,
             only,
             interfaces,
             self.announcing.report(),
             &connections,
-        )
+        )?;
+        self.departures
+            .report(&self.core, &mut report, &connections);
+        Ok(report)
     }
 
     /// `xlb stats`: counters, events, the flow tables.
@@ -499,14 +515,15 @@ impl Monitor {
              tries again every second",
         )?;
         let message = format!(
-            "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed, \
-             {} tables published, {} flows purged, interfaces +{} -{}",
+            "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed \
+             ({} draining), {} tables published, {} flows purged, interfaces +{} -{}",
             path.display(),
             self.core.config().services.len(),
             summary.services_added,
             summary.services_removed,
             summary.backends_added,
             summary.backends_removed,
+            summary.backends_draining,
             summary.tables_published,
             summary.flows_purged,
             attached,

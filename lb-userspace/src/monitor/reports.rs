@@ -254,6 +254,7 @@ impl Reports {
                 .count();
             report.services.push(ServiceStatus {
                 available,
+                leaving: Vec::new(),
                 name: config.name.clone(),
                 listen: config.listen,
                 protocol: config.protocol.to_string(),

@@ -14,8 +14,8 @@ pub use self::{
     simulation::SimulationReport,
     stats::{Counters, FlowTableStats, ServiceStats, StatsReport},
     status::{
-        AnnounceReport, BackendStatusReport, Connections, PoolStatus, ServiceStatus, StatusReport,
-        VipReport,
+        AnnounceReport, BackendStatusReport, Connections, LeavingBackendReport, PoolStatus,
+        ServiceStatus, StatusReport, VipReport,
     },
     trace::{TraceEventReport, TraceSummary, TraceUpdate},
 };

@@ -75,6 +75,23 @@ pub struct ServiceStatus {
     /// Locality pools (empty for a service without `[[service.pool]]`s).
     #[serde(default)]
     pub pools: Vec<PoolStatus>,
+    /// Backends removed from the config that keep their connections until these end or the
+    /// service's `drain_timeout` passes.
+    #[serde(default)]
+    pub leaving: Vec<LeavingBackendReport>,
+}
+
+/// A backend removed from the config, draining: no new flow, its connections kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeavingBackendReport {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Its connections in the flow tables, by state.
+    pub connections: Connections,
+    /// Seconds since it left the config.
+    pub since_seconds: f64,
+    /// Seconds until its connections are cut, unless they end first.
+    pub cut_in_seconds: f64,
 }
 
 /// One locality pool of a service.

@@ -8,6 +8,7 @@
 mod commands;
 mod metrics;
 mod reload;
+mod removal;
 mod restart;
 mod settings;
 mod trace;

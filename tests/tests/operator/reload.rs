@@ -37,9 +37,13 @@ fn reload_applies_the_difference_and_an_invalid_file_changes_nothing() {
         assert_ne!(without_b3, original);
         std::fs::write(&xlb.config_path, &without_b3).unwrap();
         let done = ok(&xlb, &["reload"]);
-        assert!(done.contains("1 removed"), "{done}");
-        let status = ok(&xlb, &["status"]);
-        assert!(!status.contains(&web_backend(2)), "{status}");
+        assert!(done.contains("1 removed (1 draining)"), "{done}");
+        // It has no connection: released at the daemon's next look, within seconds.
+        let start = Instant::now();
+        while ok(&xlb, &["status"]).contains(&web_backend(2)) {
+            assert!(start.elapsed() < Duration::from_secs(5), "b3 still listed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(connections(&lab, 4).get("b3"), None);
 
         // An invalid file: the error says where, nothing changes.

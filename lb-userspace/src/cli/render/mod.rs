@@ -2,6 +2,7 @@
 //! address is too long to (addresses are never cut).
 
 mod flows;
+mod leaving;
 mod trace;
 
 use std::{fmt::Write as _, net::SocketAddr};
@@ -193,6 +194,7 @@ fn service_lines(out: &mut String, service: &ServiceStatus) {
     for backend in &service.backends {
         backend_line(out, backend, width);
     }
+    leaving::leaving_lines(out, &service.leaving);
     if !service.pools.is_empty() {
         pool_lines(out, &service.pools);
     }
@@ -386,6 +388,7 @@ pub(super) mod tests {
                 packets_per_second: 12_345.0,
                 bits_per_second: 98_765_432.0,
                 available: 1,
+                leaving: Vec::new(),
                 backends: vec![BackendStatusReport {
                     address: "198.18.101.111:65535".parse().unwrap(),
                     state: "Overloaded".into(),
@@ -496,6 +499,7 @@ pub(super) mod tests {
                 bits_per_second: 0.0,
                 backends: vec![backend("198.18.1.1:80"), backend("198.18.1.2:80")],
                 available,
+                leaving: Vec::new(),
                 pools: Vec::new(),
             }],
             ..StatusReport::default()
@@ -524,6 +528,7 @@ pub(super) mod tests {
                 bits_per_second: 0.0,
                 backends: vec![backend(long), backend("198.18.1.1:80")],
                 available: 2,
+                leaving: Vec::new(),
                 pools: Vec::new(),
             }],
             ..StatusReport::default()

@@ -25,6 +25,7 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "listen",
         "protocol",
         "scheduler",
+        "drain_timeout",
         "backends",
         "address",
         "weight",

@@ -9,6 +9,7 @@ use lb_common::consts::limits;
 
 use super::*;
 
+mod drain;
 mod example;
 mod passive;
 mod pools;

@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     ops::Range,
     sync::Arc,
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -15,8 +16,8 @@ use toml::Spanned;
 use super::{Place, Validator, earlier_line};
 use crate::config::{
     model::{
-        BackendConfig, DEFAULT_POOL_NAME, Forwarding, LoadConfig, OnDown, PoolConfig, Protocol,
-        ServiceConfig,
+        BackendConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_POOL_NAME, Forwarding, LoadConfig,
+        MAX_DRAIN_TIMEOUT, OnDown, PoolConfig, Protocol, ServiceConfig,
     },
     raw::{Field, RawBackend, RawPool, RawService},
 };
@@ -69,6 +70,12 @@ impl Validator<'_> {
             &place,
         );
         let on_down = self.leaf(raw.on_down, || format!("{place}:"), OnDown::Keep);
+        let drain_timeout = self.duration_or(
+            &raw.drain_timeout,
+            &format!("{place}: drain_timeout"),
+            DEFAULT_DRAIN_TIMEOUT,
+            Duration::ZERO..=MAX_DRAIN_TIMEOUT,
+        );
         let passive = match forwarding {
             Forwarding::Nat => self.passive(raw.passive, protocol, &place),
             Forwarding::Dsr => None,
@@ -87,6 +94,7 @@ impl Validator<'_> {
             scheduler,
             forwarding,
             on_down,
+            drain_timeout,
             announce: raw.announce.is_some_and(Spanned::into_inner),
             backends,
             pools,
