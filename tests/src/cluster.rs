@@ -140,10 +140,21 @@ impl Bird {
 
     /// `birdc show protocols` (for failure messages).
     pub fn protocols(&self) -> String {
+        self.show(&["protocols"])
+    }
+
+    /// `birdc show bfd sessions`.
+    pub fn bfd_sessions(&self) -> String {
+        self.show(&["bfd", "sessions"])
+    }
+
+    /// `birdc show ...`; empty if birdc fails.
+    fn show(&self, what: &[&str]) -> String {
         std::process::Command::new("birdc")
             .arg("-s")
             .arg(&self.socket)
-            .args(["show", "protocols"])
+            .arg("show")
+            .args(what)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
@@ -360,6 +371,12 @@ impl Cluster {
         // Reaped; its pins stay for the restart.
         xlb.stop(Duration::from_secs(5))?;
         Ok(())
+    }
+
+    /// Balancer `index` loses its link (as a host that hangs stops answering): nothing is
+    /// withdrawn, the router has to notice.
+    pub fn cut_link(&self, index: usize) -> Result<()> {
+        self.balancers[index].ip("link set dev eth0 down").map(drop)
     }
 
     /// Starts balancer `index`'s xlb again, on its pins, as it was started.

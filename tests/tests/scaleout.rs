@@ -110,6 +110,34 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> 
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
+fn bfd_takes_a_balancer_that_lost_its_link_out_of_the_route_within_a_second() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start(3, 2, MAGLEV).unwrap();
+    // The contrib configs' BFD: a session per balancer, Up, 100 ms x 3.
+    let up = within(Duration::from_secs(10), || {
+        cluster.router_bird.bfd_sessions().matches(" Up ").count() == 3
+    });
+    let sessions = cluster.router_bird.bfd_sessions();
+    assert!(up.is_some(), "{sessions}");
+    assert!(
+        sessions.contains("0.100") && sessions.contains("0.300"),
+        "{sessions}"
+    );
+    // Balancer 2's link goes (its host hangs): no withdrawal, only silence.
+    cluster.cut_link(1).unwrap();
+    let gone = cluster
+        .wait_for_next_hops(2, Duration::from_secs(5))
+        .unwrap();
+    eprintln!("BFD: the balancer that lost its link left the route after {gone:?}");
+    assert!(
+        gone < Duration::from_secs(1),
+        "BGP's hold time (3 s) took it out, not BFD: {gone:?}\n{}",
+        cluster.router_bird.bfd_sessions()
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
 fn the_route_follows_the_backends_and_the_daemon() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start_with(1, 2, MAGLEV, "1s", true).unwrap();
