@@ -289,6 +289,13 @@ pub mod map_names {
     /// The traced decisions, a ring buffer (not pinned).
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
 
+    /// Whether the daemon shares flows with a fleet (not pinned).
+    pub const FLEET: &str = "FLEET";
+    /// The flows made established or closed, for the fleet, a ring buffer (not pinned).
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// Flow events the ring had no room for, per CPU (not pinned).
+    pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
+
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).

@@ -4,7 +4,7 @@
 //! names ([`consts`]), the `#[repr(C)]` keys and values of every map ([`maps`]) and the pure
 //! checksum arithmetic both sides use ([`csum`]), the flow hash both compute ([`hash`]), the
 //! handshake guard's decisions ([`guard`]), where a table lives ([`tables`]) and what `xlb trace`
-//! records ([`trace`]). The crate is
+//! records ([`trace`]), and what instances of a fleet share of their flows ([`share`]). The crate is
 //! `no_std` so the programs can use it; the `user` feature adds, for userspace, `aya::Pod`
 //! implementations and a builder of test frames ([`frame`]).
 #![no_std]
@@ -23,6 +23,7 @@ pub mod hop;
 pub mod maps;
 pub mod passive;
 pub mod reply;
+pub mod share;
 pub mod tables;
 pub mod trace;
 

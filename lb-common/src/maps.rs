@@ -377,6 +377,7 @@ mod pod {
         crate::passive::PassiveMark,
         crate::passive::SuspectSlots,
         crate::passive::PassiveEvent,
+        crate::share::FlowEvent,
         crate::passive::AdmissionKey,
         crate::BackendHop,
         crate::BackendVipKey<u32>,

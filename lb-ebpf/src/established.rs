@@ -12,6 +12,7 @@ use lb_common::{
     FlowAddr, FlowEntry, Hop,
     consts::{events, flow_flags, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
     csum, direction, epoch,
+    share::flow_event,
     trace::decision,
 };
 
@@ -26,7 +27,7 @@ use crate::{
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
     scratch::Scratch,
-    trace,
+    share, trace,
 };
 
 /// What [`established`] returns, instead of a verdict, when the packet's flow was over (silent
@@ -340,6 +341,9 @@ fn refresh<F: Frame, Fam: Family>(
             return NO_FLOW;
         }
         stamp(flow, mode, now);
+        if mode & REFRESH_CLOSING != 0 && !half_open {
+            share::tell::<Fam>(key, flow, flow_event::CLOSING);
+        }
     }
     // A close within the entry's second keeps the next hop it has.
     if mode & REFRESH_AGED == 0 && hop_of(flow, to_backend).resolved() {

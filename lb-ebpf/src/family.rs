@@ -56,6 +56,8 @@ pub trait Family: 'static {
         dst_port: u16,
         protocol: u8,
     ) -> Self::Key;
+    /// The family-neutral form of a key (what the daemon reads).
+    fn neutral(key: &Self::Key) -> FlowKey;
     /// The source of a key (the client of a flow's key).
     fn src(key: &Self::Key) -> &Self::Addr;
     /// The source port of a key, network order.
@@ -147,6 +149,11 @@ impl Family for V4 {
             proto: protocol,
             _pad: [0; 3],
         }
+    }
+
+    #[inline(always)]
+    fn neutral(key: &FlowKey4) -> FlowKey {
+        key.widen()
     }
 
     #[inline(always)]
@@ -251,6 +258,11 @@ impl Family for V6 {
             family: family::IPV6,
             _pad: [0; 2],
         }
+    }
+
+    #[inline(always)]
+    fn neutral(key: &FlowKey) -> FlowKey {
+        *key
     }
 
     #[inline(always)]

@@ -7,6 +7,7 @@ use lb_common::{
     FlowEntry,
     consts::{events, flow_flags},
     passive::UNANSWERED_AFTER_NS,
+    share::flow_event,
 };
 
 use crate::{
@@ -17,6 +18,7 @@ use crate::{
     passive,
     reply::forget_reply_vip,
     scratch::Scratch,
+    share,
 };
 
 /// A family's flow table: half-open or established.
@@ -43,6 +45,7 @@ pub fn promote<Fam: Family>(key: &Fam::Key, entry: *mut FlowEntry<Fam::Addr>, no
         return false;
     }
     count_event(events::FLOW_PROMOTED);
+    share::tell::<Fam>(key, entry, flow_event::OPENED);
     true
 }
 

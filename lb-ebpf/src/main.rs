@@ -39,6 +39,7 @@ mod packet;
 mod passive;
 mod reply;
 mod scratch;
+mod share;
 mod trace;
 mod unserved;
 

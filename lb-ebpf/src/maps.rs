@@ -13,6 +13,7 @@ use lb_common::{
     HandshakeGuard, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey, VipPort,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
+    share::FlowEvent,
     trace::{TraceConfig, TraceEvent},
 };
 
@@ -338,6 +339,25 @@ pub static TRACE_CONFIG: Array<TraceConfig, 1> = Array::new();
 /// as lost in `TRACE_CONFIG`. Not pinned.
 #[btf_map]
 pub static TRACE_EVENTS: RingBuf<TraceEvent, { 256 * 1024 }> = RingBuf::new();
+
+/// Whether the daemon shares this instance's flows with a fleet, one element (0: no, the
+/// default). Written by the daemon at start when the config has a `[fleet]`; read by the
+/// program whenever a flow becomes established or closes. Not pinned: it belongs to the
+/// program instance the daemon started.
+#[btf_map]
+pub static FLEET: Array<u32, 1> = Array::new();
+
+/// The flows this instance made established or closed, for the fleet: one `FlowEvent` each.
+/// Written by the program while `FLEET` says so; read by the daemon, which sends them to the
+/// other instances. 1 MiB (16,384 events); when full, events are counted in
+/// `FLOW_EVENTS_LOST`. Not pinned.
+#[btf_map]
+pub static FLOW_EVENTS: RingBuf<FlowEvent, { 1024 * 1024 }> = RingBuf::new();
+
+/// Flow events the ring had no room for, per CPU. Written by the program; read by the daemon
+/// (metrics). Not pinned.
+#[btf_map]
+pub static FLOW_EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Counts one data-plane event.
 #[inline(always)]

@@ -7,6 +7,7 @@ use lb_common::{
     BackendEntry, FlowAddr, FlowEntry, Hop, ServiceEntry, backend_flags,
     consts::{events, flow_flags, forwarding, proto, scheduler, tcp_flags},
     csum, direction, epoch,
+    share::flow_event,
     tables::table_owner,
     trace::{NO_BACKEND_ID, decision},
 };
@@ -28,7 +29,7 @@ use crate::{
     passive,
     reply::record_reply_vip,
     scratch::scratch,
-    trace,
+    share, trace,
 };
 
 /// Where a new flow is placed, in one 64-bit argument (a BPF function takes at most five
@@ -342,6 +343,9 @@ fn record<F: Frame, Fam: Family>(
     let table = table::<Fam>(half_open);
     let insert_flags = if replacing { BPF_ANY } else { BPF_NOEXIST };
     if table.insert(key, &*entry, insert_flags as u64).is_ok() {
+        if !half_open {
+            share::tell::<Fam>(key, entry, flow_event::OPENED);
+        }
         return Ok(());
     }
     if replacing {

@@ -36,6 +36,7 @@ pub use self::{
     },
     maps::{
         Maps, TablePublisher, handshake_budget, legacy_flows::pin_as_earlier_version, monotonic_ns,
+        share::FlowEvents,
     },
     noop::NoopProgram,
 };
@@ -56,6 +57,8 @@ pub struct Dataplane {
     pub tracer: Option<trace::Tracer>,
     /// The marks the program reports, until the monitor takes them.
     pub passive_events: Option<passive::PassiveEvents>,
+    /// The flows the program tells of for a fleet, until the fleet's sender takes them.
+    pub flow_events: Option<FlowEvents>,
     attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
@@ -141,11 +144,13 @@ impl Dataplane {
         maps.arm_handshake_guard(flow_table_size)?;
         let tracer = trace::Tracer::take(&mut ebpf)?;
         let passive_events = passive::PassiveEvents::take(&mut ebpf)?;
+        let flow_events = FlowEvents::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             maps,
             tracer: Some(tracer),
             passive_events: Some(passive_events),
+            flow_events: Some(flow_events),
             attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,

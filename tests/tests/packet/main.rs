@@ -11,7 +11,7 @@
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
 //! concern: `nat`, `ipv6`, `fragments`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
-//! `passive`, `scaleout`.
+//! `passive`, `scaleout`, `share`.
 
 mod expiry;
 mod flood;
@@ -23,6 +23,7 @@ mod nat;
 mod passive;
 mod reply;
 mod scaleout;
+mod share;
 mod swap;
 mod trace;
 mod unserved;

@@ -36,6 +36,7 @@ mod interfaces;
 pub(crate) mod legacy_flows;
 pub(crate) mod passive;
 mod reads;
+pub(crate) mod share;
 pub(crate) mod trace;
 mod vip_hints;
 

@@ -1,0 +1,138 @@
+//! Flows shared with a fleet: the events the program tells the daemon of while it shares flows
+//! (`FLOW_EVENTS`), and an entry built from another instance's event serving both directions
+//! of its flow here.
+
+use lb_common::{
+    consts::proto,
+    share::{FlowEvent, flow_event, shared_entry},
+};
+use xlb::dataplane::{FlowEvents, monotonic_ns};
+
+use super::*;
+
+/// The events the program wrote since the last call.
+fn drain(events: &mut FlowEvents) -> Vec<FlowEvent> {
+    std::iter::from_fn(|| events.next_event()).collect()
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn while_sharing_the_program_tells_of_each_flow_established_and_closed() {
+    with_lab(|lab| {
+        let mut events = lab.dataplane.flow_events.take().unwrap();
+        let udp = Frame::udp("198.18.0.2:42000", "198.18.100.1:53");
+        assert_eq!(lab.run(&udp.build(), lab.c0).0, XDP_REDIRECT);
+        assert!(
+            drain(&mut events).is_empty(),
+            "off unless the daemon shares"
+        );
+
+        events.share(true).unwrap();
+        // A handshake: nothing for the SYN (half-open), the flow at the ACK, once.
+        let syn = Frame::tcp("198.18.0.2:42001", "198.18.100.1:80");
+        assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);
+        assert!(
+            drain(&mut events).is_empty(),
+            "a half-open flow is not shared"
+        );
+        let ack = ack_of(&syn);
+        assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
+        assert_eq!(lab.run(&ack.build(), lab.c0).0, XDP_REDIRECT);
+        let key = flow_key("198.18.0.2:42001", "198.18.100.1:80", proto::TCP);
+        let entry = lab.dataplane.maps.flow(&key).unwrap();
+        let told = drain(&mut events);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            (
+                told[0].key,
+                told[0].backend,
+                told[0].backend_port,
+                told[0].kind
+            ),
+            (key, entry.addr, entry.port, flow_event::OPENED)
+        );
+        // Its FIN: closing, once.
+        let fin = ack.clone().with(|f| {
+            f.transport = Transport::Tcp {
+                flags: tcp_flags::FIN | tcp_flags::ACK,
+                seq: 1_001,
+            }
+        });
+        assert_eq!(lab.run(&fin.build(), lab.c0).0, XDP_REDIRECT);
+        assert_eq!(lab.run(&fin.build(), lab.c0).0, XDP_REDIRECT);
+        let told = drain(&mut events);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!((told[0].key, told[0].kind), (key, flow_event::CLOSING));
+        // A UDP flow (IPv6 here): at its first datagram.
+        let udp6 = Frame::udp("[fd00::2]:42002", "[fd00:100::1]:53");
+        assert_eq!(lab.run(&udp6.build(), lab.c0).0, XDP_REDIRECT);
+        assert_eq!(lab.run(&udp6.build(), lab.c0).0, XDP_REDIRECT);
+        let told = drain(&mut events);
+        assert_eq!(told.len(), 1, "{told:?}");
+        let key6 = flow_key("[fd00::2]:42002", "[fd00:100::1]:53", proto::UDP);
+        assert_eq!((told[0].key, told[0].kind), (key6, flow_event::OPENED));
+        assert_eq!(events.lost(), 0);
+    });
+}
+
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn a_flow_another_instance_placed_goes_both_ways_here() {
+    with_lab(|lab| {
+        // Another instance placed 198.18.0.2:43000 on 198.18.1.12:8080 (here backend 1 of
+        // service 0); this one never saw its SYN. Its ACK here would otherwise be placed anew.
+        let key = flow_key("198.18.0.2:43000", "198.18.100.1:80", proto::TCP);
+        let backend = endpoint("198.18.1.12:8080");
+        let entry = shared_entry(
+            &key,
+            &addr_field(backend.ip()),
+            port_field(backend.port()),
+            (lab.backend_ids("web")[1], 0),
+            0,
+            monotonic_ns().unwrap(),
+        );
+        assert_eq!(
+            lab.dataplane.maps.adopt_flows(&[(key, entry, false)], true),
+            1
+        );
+        let ack = Frame::tcp("198.18.0.2:43000", "198.18.100.1:80").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: tcp_flags::ACK,
+                seq: 77,
+            }
+        });
+        let new_before = lab.service_new_flows("web");
+        lab.expect(
+            "the client's packet follows the shared entry",
+            &ack,
+            lab.c0,
+            XDP_REDIRECT,
+            &to_backend(&ack, "198.18.1.12:8080", backend_mac(0x12), S0_MAC),
+        );
+        let reply = Frame::tcp("198.18.1.12:8080", "198.18.0.2:43000").with(|f| {
+            f.transport = Transport::Tcp {
+                flags: tcp_flags::ACK,
+                seq: 5,
+            };
+            f.eth_dst = S0_MAC;
+        });
+        lab.expect(
+            "the backend's reply is translated back to the VIP",
+            &reply,
+            lab.s0,
+            XDP_REDIRECT,
+            &to_client(&reply, "198.18.100.1:80"),
+        );
+        assert_eq!(
+            lab.service_new_flows("web"),
+            new_before,
+            "not a new flow here"
+        );
+        // A local entry is never replaced by a shared one.
+        let other = shared_entry(&key, &[0x0d01_12c6, 0, 0, 0], 0, (2, 0), 0, 1);
+        assert_eq!(
+            lab.dataplane.maps.adopt_flows(&[(key, other, false)], true),
+            0
+        );
+    });
+}
