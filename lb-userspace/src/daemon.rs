@@ -22,6 +22,7 @@ use crate::{
         pins::{self, PinLife},
         preflight,
     },
+    fleet::Fleet,
     metrics,
     monitor::{Job, Monitor},
     service_manager,
@@ -188,6 +189,7 @@ async fn fill_and_attach(
 ) -> Result<(Dataplane, Monitor)> {
     let interfaces = config.interfaces.clone();
     let announce = config.announce.clone();
+    let fleet = config.fleet.clone();
     let service_count = config.services.len();
     let (mut dataplane, mut monitor) = fill(config, config_path, options, metrics_listener).await?;
     // Attach only once the maps are complete, so the first packet already finds its service.
@@ -198,6 +200,15 @@ async fn fill_and_attach(
         );
     }
     // Announce only once attached: a router may send the VIP's flows here at once.
+    // The fleet's flows before the routers send this instance any.
+    if let Some(fleet) = &fleet {
+        let events = dataplane
+            .flow_events
+            .take()
+            .context("the flow events were taken already")?;
+        let fleet = Fleet::start(fleet, events)?;
+        monitor.join_fleet(fleet, &mut dataplane.maps).await;
+    }
     if let Some(announce) = &announce {
         monitor.set_announcer(Announcer::start(announce).await?);
         monitor.evaluate(&mut dataplane.maps)?;

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 mod daemon;
 pub mod dataplane;
+pub mod fleet;
 mod health;
 mod logging;
 mod metrics;

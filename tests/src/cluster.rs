@@ -216,6 +216,23 @@ impl Cluster {
             dsr || balancers == 1,
             "NAT needs the replies through its balancer"
         );
+        Self::build(balancers, backends, service_keys, drain, dsr, false)
+    }
+
+    /// [`Self::start`] with DSR and the balancers sharing their flows (`[fleet]`, with a key
+    /// of their own, each listening on its address, port [`FLEET_PORT`]).
+    pub fn start_fleet(balancers: usize, backends: usize, service_keys: &str) -> Result<Self> {
+        Self::build(balancers, backends, service_keys, "0s", true, true)
+    }
+
+    fn build(
+        balancers: usize,
+        backends: usize,
+        service_keys: &str,
+        drain: &str,
+        dsr: bool,
+        fleet: bool,
+    ) -> Result<Self> {
         let switch = Netns::new("sw")?;
         let client = Netns::new("client")?;
         let router = Netns::new("rt")?;
@@ -280,11 +297,23 @@ impl Cluster {
             .enumerate()
             .map(|(i, lb)| Bird::start(lb, &format!("lb{}", i + 1), &balancer_bird_config(i)?))
             .collect::<Result<Vec<_>>>()?;
+        let fleet_key = if fleet { Some(fleet_key()?) } else { None };
         let configs: Vec<String> = birds
             .iter()
-            .map(|bird| {
+            .enumerate()
+            .map(|(i, bird)| {
                 let forwarding = if dsr { "dsr" } else { "nat" };
-                xlb_config(backends, service_keys, &bird.socket, drain, forwarding)
+                let fleet = fleet_key
+                    .as_ref()
+                    .map(|key| fleet_section(i, balancers, key))
+                    .unwrap_or_default();
+                let config = xlb_config(backends, service_keys, &bird.socket, drain, forwarding);
+                // A top-level key: before the first table.
+                config.replacen(
+                    "interfaces = [\"eth0\"]\n",
+                    &format!("interfaces = [\"eth0\"]\n{fleet}"),
+                    1,
+                )
             })
             .collect();
         let mut cluster = Self {
@@ -373,6 +402,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// `xlb ARGS` on every balancer whose xlb runs; each must succeed.
+    pub fn on_every_balancer(&self, args: &[&str]) -> Result<()> {
+        for (i, xlb) in self.xlbs.iter().enumerate() {
+            let mut xlb = xlb.lock().expect("the xlb lock");
+            if xlb.exited()? {
+                continue;
+            }
+            let (code, stdout, stderr) = xlb.cli(args)?;
+            anyhow::ensure!(code == 0, "lb{}: xlb {args:?}: {stderr}{stdout}", i + 1);
+        }
+        Ok(())
+    }
+
+    /// Rewrites every balancer's config file with `change` and reloads the running ones.
+    pub fn reload_every_balancer(&self, change: impl Fn(&str) -> String) -> Result<()> {
+        for xlb in &self.xlbs {
+            let path = xlb.lock().expect("the xlb lock").config_path.clone();
+            let text = std::fs::read_to_string(&path)?;
+            std::fs::write(&path, change(&text))?;
+        }
+        self.on_every_balancer(&["reload"])
+    }
+
     /// Balancer `index` loses its link (as a host that hangs stops answering): nothing is
     /// withdrawn, the router has to notice.
     pub fn cut_link(&self, index: usize) -> Result<()> {
@@ -411,6 +463,34 @@ fn start_server(host: &Netns, index: usize) -> Result<Process> {
     let mut process = Process::spawn(&name, command)?;
     process.wait_for_output("ready", STARTUP)?;
     Ok(process)
+}
+
+/// The port of the fleet's messages.
+pub const FLEET_PORT: u16 = 7470;
+
+/// A fleet key in a file readable by its owner only.
+fn fleet_key() -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = temp_file(
+        "fleet.key",
+        "a key the test fleet shares, 32 bytes or more\n",
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// The `fleet` of balancer `index` of `balancers`: every other balancer is a peer.
+fn fleet_section(index: usize, balancers: usize, key: &Path) -> String {
+    let peers: Vec<String> = (0..balancers)
+        .filter(|&i| i != index)
+        .map(|i| format!("\"{}:{FLEET_PORT}\"", balancer_addr(i)))
+        .collect();
+    format!(
+        "fleet = {{ listen = \"{}:{FLEET_PORT}\", peers = [{}], key_file = \"{}\" }}\n",
+        balancer_addr(index),
+        peers.join(", "),
+        key.display()
+    )
 }
 
 /// The xlb config of a balancer: one service on the VIP over every backend, announced

@@ -186,7 +186,7 @@ pub fn run(scheduler_keys: &str, load: Load) -> Result<Report> {
 
 /// One round: `load`'s connections from the client (on a thread of their own) and, once
 /// they opened, `event` on this thread; the connections' outcome and what `event` measured.
-fn round<T: Send>(
+pub fn round<T: Send>(
     cluster: &Cluster,
     load: Load,
     event: impl FnOnce() -> Result<T>,

@@ -19,9 +19,10 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdmissionConfig, AnnounceConfig, BackendConfig, Config, DEFAULT_MAGLEV_SEED,
-    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FlowTimeouts, Forwarding,
-    HealthCheck, HealthConfig, LoadConfig, MAGLEV_SLOTS_PER_BACKEND, MaglevConfig, OnDown,
-    PassiveConfig, PoolConfig, Protocol, Scheduler, ServiceConfig, XdpMode, is_prime,
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FleetConfig, FlowTimeouts,
+    Forwarding, HealthCheck, HealthConfig, LoadConfig, MAGLEV_SLOTS_PER_BACKEND, MaglevConfig,
+    OnDown, PassiveConfig, PoolConfig, Protocol, Scheduler, Secret, ServiceConfig, XdpMode,
+    is_prime,
 };
 pub use prefixes::{parse_prefix, parse_prefix_file};
 

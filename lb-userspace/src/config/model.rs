@@ -39,6 +39,32 @@ pub struct Config {
     pub announce: Option<AnnounceConfig>,
     /// Virtual services, in file order.
     pub services: Vec<ServiceConfig>,
+    /// The fleet this instance shares its flows with (`[fleet]`), if any.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The instances that share their flows (`[fleet]`): each tells the others of the flows it
+/// makes, so that any of them can carry any flow when the routers move it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// This instance's address for the fleet's messages (UDP).
+    pub listen: SocketAddr,
+    /// The other instances' addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The file of the shared key.
+    pub key_file: PathBuf,
+    /// The shared key (the file's contents, surrounding whitespace removed).
+    pub key: Secret,
+}
+
+/// A secret: compared, cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// Route health injection (`[announce]`): xlb holds each announced VIP as an address of a

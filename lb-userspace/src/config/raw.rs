@@ -251,6 +251,7 @@ pub(super) struct RawConfig {
     pub(super) tcp_closing_timeout: Option<Spanned<String>>,
     pub(super) udp_idle_timeout: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<RawAnnounce>>,
+    pub(super) fleet: Option<Spanned<RawFleet>>,
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
 }
@@ -284,6 +285,14 @@ pub(super) struct RawAnnounce {
     pub(super) device: Option<Spanned<String>>,
     pub(super) bird_socket: Option<Spanned<String>>,
     pub(super) drain: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) peers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,9 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{BackendMetrics, GuardMetrics, ReloadMetrics, ServiceMetrics, Shared, Snapshot};
+use super::{
+    BackendMetrics, FleetMetrics, GuardMetrics, ReloadMetrics, ServiceMetrics, Shared, Snapshot,
+};
 use crate::{
     health::state::State,
     report::{AnnounceReport, Counters, VipReport},
@@ -409,6 +411,30 @@ fn announcements(
     )
 }
 
+/// The flows shared with the fleet, and the datagrams that carry them.
+fn fleet_families(e: &mut DescriptorEncoder, fleet: &FleetMetrics) -> Result<(), std::fmt::Error> {
+    let labelled = |samples: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
+        samples
+            .iter()
+            .map(|(result, n)| (vec![("result", (*result).to_owned())], *n))
+            .collect()
+    };
+    counters(
+        e,
+        "xlb_fleet_flows",
+        "Flows shared with the fleet: sent to peers (once per peer), received, installed, \
+         already present here, of a service or backend not here, lost (ring or queue full)",
+        labelled(&fleet.flows),
+    )?;
+    counters(
+        e,
+        "xlb_fleet_messages",
+        "The fleet's datagrams: sent, failed to send, and received ones refused (not from a \
+         peer, malformed, a wrong tag, replayed or stale) or dropped (the monitor was behind)",
+        labelled(&fleet.messages),
+    )
+}
+
 impl Collector for XlbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot: Snapshot = self.0.lock().expect("the snapshot lock").clone();
@@ -419,6 +445,9 @@ impl Collector for XlbCollector {
         reloads(e, snapshot.reloads)?;
         if let Some(announce) = &snapshot.announce {
             announcements(e, announce)?;
+        }
+        if let Some(fleet) = &snapshot.fleet {
+            fleet_families(e, fleet)?;
         }
         gauges(
             e,

@@ -42,6 +42,17 @@ pub(crate) struct Snapshot {
     pub unserved: Vec<(std::net::IpAddr, u64)>,
     /// Route health injection: each VIP's announcement (none without `[announce]`).
     pub announce: Option<crate::report::AnnounceReport>,
+    /// The flows shared with the fleet (none without `[fleet]`).
+    pub fleet: Option<FleetMetrics>,
+}
+
+/// The fleet's flows and messages, each count with what happened to them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FleetMetrics {
+    /// Flows: (result, count).
+    pub flows: Vec<(&'static str, u64)>,
+    /// Datagrams: (result, count).
+    pub messages: Vec<(&'static str, u64)>,
 }
 
 /// One service.

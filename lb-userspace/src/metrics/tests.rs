@@ -57,6 +57,10 @@ pub(crate) fn full_snapshot() -> Snapshot {
                 withdrawals: 1,
             }],
         }),
+        fleet: Some(FleetMetrics {
+            flows: vec![("sent", 40), ("installed", 12)],
+            messages: vec![("sent", 4), ("refused_bad_tag", 2)],
+        }),
     }
 }
 
@@ -101,6 +105,8 @@ fn every_series_is_served_with_its_labels() {
         "xlb_handshake_guard_budget 4096".to_owned(),
         r#"xlb_config_reloads_total{result="failure"} 1"#.to_owned(),
         "xlb_config_last_reload_successful 0".to_owned(),
+        r#"xlb_fleet_flows_total{result="installed"} 12"#.to_owned(),
+        r#"xlb_fleet_messages_total{result="refused_bad_tag"} 2"#.to_owned(),
         "xlb_config_last_reload_success_timestamp_seconds 1700000000.0".to_owned(),
         format!(
             r#"xlb_build_info{{version="{}",commit="{}"}} 1"#,

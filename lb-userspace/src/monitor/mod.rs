@@ -10,7 +10,8 @@
 //!   the metrics endpoint (which it serves);
 //! - `operator`: what operators set on backends, kept in the state file (`persist`);
 //! - `announcing`: route health injection; `trace`: the data plane's trace maps;
-//! - `departures`: backends removed from the config, released once their connections end.
+//! - `departures`: backends removed from the config, released once their connections end;
+//! - `fleet`: the flows peers share with this instance, and the snapshots they ask for.
 //!
 //! This module keeps the select loop and [`Monitor::evaluate`]: when anything that decides
 //! the tables changed, [`plan::plan`] (a pure function of config, statuses and time) decides
@@ -21,10 +22,12 @@
 
 mod announcing;
 mod availability;
+mod changes;
 mod checkers;
 pub(crate) mod connections;
 mod core;
 mod departures;
+mod fleet;
 pub(crate) mod flow_list;
 mod operator;
 mod passive;
@@ -44,8 +47,6 @@ use tokio::{
     time::{Instant, MissedTickBehavior, interval},
 };
 use tracing::{debug, error, info, warn};
-
-use crate::health::state::State;
 
 use self::{
     announcing::Announcing,
@@ -98,6 +99,10 @@ pub struct Monitor {
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
     departures: departures::Departures,
+    /// The fleet this instance shares its flows with, once joined.
+    fleet: Option<fleet::FleetLink>,
+    /// Its accepted messages, until [`Self::run`] takes them.
+    fleet_inbox: Option<mpsc::Receiver<crate::fleet::Incoming>>,
 }
 
 impl Monitor {
@@ -126,6 +131,8 @@ impl Monitor {
             apply_failed: false,
             availability: availability::Availability::default(),
             departures: departures::Departures::default(),
+            fleet: None,
+            fleet_inbox: None,
         })
     }
 
@@ -185,6 +192,7 @@ impl Monitor {
         let (mut ramp, mut sample) = (ticks(RAMP_STEP), ticks(SAMPLE_EVERY));
         let (mut count_flows, mut retry) = (ticks(COUNT_FLOWS_EVERY), ticks(RETRY_EVERY));
         let mut departures = ticks(DEPARTURES_EVERY);
+        let mut fleet_inbox = self.fleet_inbox.take();
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
         let mut drained_at: Option<Instant> = None;
@@ -206,6 +214,7 @@ impl Monitor {
                     }
                 }
                 Some(job) = jobs.recv() => job(self, dataplane),
+                Some(message) = fleet::next(&mut fleet_inbox) => self.fleet_message(message, &mut dataplane.maps),
                 _ = ramp.tick() => {
                     if self.core.any_ramping(Instant::now()) {
                         let _ = self.apply(&mut dataplane.maps);
@@ -269,6 +278,9 @@ impl Monitor {
     fn sample(&mut self, maps: &impl DataplaneReads) {
         self.reports
             .sample(&self.core, maps, self.announcing.report());
+        if let Some(fleet) = &self.fleet {
+            self.reports.set_fleet(fleet.metrics());
+        }
     }
 
     /// [`Self::evaluate`], and if it fails, says so once and has it tried again every
@@ -311,7 +323,7 @@ impl Monitor {
         self.core.set_statuses(plan.statuses.clone());
         self.announcing.decided(self.core.config(), &plan.specs);
         // Logged once in effect: whoever reads "state changed" finds the tables published.
-        log_plan(self.core.config(), &plan);
+        changes::log_plan(self.core.config(), &plan);
         availability::log(
             &self
                 .availability
@@ -534,51 +546,6 @@ impl Monitor {
             warn!(interfaces = ?detached, "detached from interfaces no longer in the config");
         }
         Ok(message)
-    }
-}
-
-/// Logs a plan's state changes, reason changes and spills.
-fn log_plan(config: &Config, plan: &plan::Plan) {
-    for t in &plan.transitions {
-        let service = &config.services[t.service];
-        let address = service.backends[t.backend].address;
-        // An outage is news for whoever watches warnings; the rest is routine.
-        let down = t.to == State::Down;
-        match t.from {
-            None if down => {
-                warn!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
-            }
-            None => {
-                info!(service = service.name, backend = %address, state = %t.to, reason = t.reason, "backend state");
-            }
-            Some(from) if down => {
-                warn!(service = service.name, backend = %address, from = %from, state = %t.to, reason = t.reason, "backend state changed");
-            }
-            Some(from) => {
-                info!(service = service.name, backend = %address, from = %from, state = %t.to, reason = t.reason, "backend state changed");
-            }
-        }
-    }
-    for (s, b, reason) in &plan.reasons {
-        let service = &config.services[*s];
-        debug!(service = service.name, backend = %service.backends[*b].address, reason, "backend load");
-    }
-    for spill in &plan.spills {
-        let service = &config.services[spill.service];
-        let pool = &service.pools[spill.home].name;
-        if spill.serving == spill.home {
-            info!(
-                service = service.name,
-                pool, "pool has room again: its clients' new flows stay home"
-            );
-        } else {
-            info!(
-                service = service.name,
-                pool,
-                to = service.pools[spill.serving].name,
-                "pool has no room: its clients' new flows spill over"
-            );
-        }
     }
 }
 

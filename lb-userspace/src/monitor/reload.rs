@@ -76,6 +76,13 @@ pub(crate) fn plan(
                 .into(),
         ));
     }
+    if new.fleet != old.fleet {
+        return Err(Refusal(
+            "[fleet] cannot change while xlb runs (its socket and key are set at start): restart \
+             this instance"
+                .into(),
+        ));
+    }
     if new.pin_path != old.pin_path {
         return Err(Refusal("pin_path cannot change while xlb runs".into()));
     }

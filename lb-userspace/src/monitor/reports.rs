@@ -151,6 +151,11 @@ impl Reports {
         *self.snapshot.lock().expect("the snapshot lock") = snapshot;
     }
 
+    /// Puts the fleet's counts into the metrics' snapshot.
+    pub(super) fn set_fleet(&self, fleet: metrics::FleetMetrics) {
+        self.snapshot.lock().expect("the snapshot lock").fleet = Some(fleet);
+    }
+
     /// What the metrics show now.
     fn snapshot(
         &self,

@@ -11,6 +11,7 @@ use super::*;
 
 mod drain;
 mod example;
+mod fleet;
 mod passive;
 mod pools;
 mod scaleout;

@@ -4,6 +4,7 @@
 //! (`health`), locality pools and client prefixes (`pools`), scheduler and forwarding
 //! (`scaleout`).
 
+mod fleet;
 mod health;
 mod passive;
 mod pools;
@@ -156,6 +157,7 @@ impl Validator<'_> {
         });
         let services = self.services(raw.service);
         let announce = self.announce(raw.announce, &services, declared);
+        let fleet = raw.fleet.and_then(|fleet| self.fleet(fleet, &services));
         Config {
             interfaces,
             xdp_mode,
@@ -169,6 +171,7 @@ impl Validator<'_> {
             host_ports,
             flow_timeouts,
             services,
+            fleet,
         }
     }
 

@@ -1,0 +1,140 @@
+//! Tier 3: instances that share their flows (`[fleet]`) behind ECMP, with real parts: the
+//! scale-out cluster (a router running BIRD with the contrib configs, BFD included, three
+//! balancers each running xlb and BIRD, three DSR backends, links at their defaults). Needs
+//! root: run with `cargo xtask test`.
+//!
+//! 300 long-lived connections echo 1 KB every 200 ms for 6 s, every byte checked, in each
+//! round of one cluster, one event per round: an instance killed (SIGKILL), then started
+//! again (it joins with a snapshot of its peers' flows); a backend drained on every instance
+//! and then an instance killed; that instance started again; a backend removed from every
+//! config (it drains) and then an instance killed; an instance's host hanging (its link
+//! cut). The router's ECMP re-hash moves flows between the instances at every event: the
+//! moved ones must find their flow shared, and keep their backend. With Maglev and with
+//! round robin, whose instances place a moved flow without a shared entry anywhere.
+
+use std::{sync::Mutex, time::Duration};
+
+use xlb_tests::{
+    cluster::{Cluster, PORT},
+    scaleout::{LOAD, MAGLEV, Outcome, ROUND_ROBIN, round},
+    topology::backend_addr,
+};
+
+/// The tests of this file share two CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs every round on a fresh fleet with `scheduler`; each round's name and outcome.
+fn rounds(scheduler: &str) -> Vec<(&'static str, Outcome)> {
+    let cluster = Cluster::start_fleet(3, 3, scheduler).unwrap();
+    let b3 = format!("{}:{PORT}", backend_addr(2));
+    let hops = |n: usize| {
+        cluster
+            .wait_for_next_hops(n, Duration::from_secs(10))
+            .map(drop)
+    };
+    let mut outcomes = Vec::new();
+    let mut play = |name: &'static str, event: &dyn Fn() -> anyhow::Result<()>| {
+        let (outcome, ()) =
+            round(&cluster, LOAD, event).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        eprintln!(
+            "{scheduler}, {name}: {} of {} completed, failed {:?}",
+            outcome.completed,
+            outcome.total(),
+            outcome.failed
+        );
+        outcomes.push((name, outcome));
+    };
+    play("SIGKILL", &|| {
+        cluster.kill(1)?;
+        hops(2)
+    });
+    play("restart (joins with a snapshot)", &|| {
+        cluster.restart(1)?;
+        hops(3)
+    });
+    play("drain b3 everywhere, then SIGKILL", &|| {
+        cluster.on_every_balancer(&["backend", "drain", "web", &b3])?;
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill(2)?;
+        hops(2)
+    });
+    play("restart", &|| {
+        cluster.restart(2)?;
+        hops(3)
+    });
+    cluster
+        .on_every_balancer(&["backend", "enable", "web", &b3])
+        .unwrap();
+    play("remove b3 everywhere, then SIGKILL", &|| {
+        let entry = format!(", {{ address = \"{b3}\" }}");
+        cluster.reload_every_balancer(|text| text.replacen(&entry, "", 1))?;
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill(0)?;
+        hops(2)
+    });
+    play("restart", &|| {
+        cluster.restart(0)?;
+        hops(3)
+    });
+    play("a host hangs (its link cut)", &|| {
+        cluster.cut_link(1)?;
+        hops(2)
+    });
+    let restarted = cluster.xlbs[1].lock().unwrap().output();
+    assert!(
+        restarted.contains("fleet: took the flows of every peer"),
+        "{restarted}"
+    );
+    outcomes
+}
+
+fn check(scheduler: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let outcomes = rounds(scheduler);
+    let lost: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| o.completed != o.total() || o.total() != LOAD.connections)
+        .map(|(name, o)| format!("{name}: {} of {} ({:?})", o.completed, o.total(), o.failed))
+        .collect();
+    assert!(lost.is_empty(), "{scheduler}: {lost:#?}");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn maglev_instances_that_share_flows_keep_every_connection() {
+    check(MAGLEV);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn round_robin_instances_that_share_flows_keep_every_connection() {
+    check(ROUND_ROBIN);
+}
+
+/// The same cluster without `[fleet]`: when a drained backend's connections change instance,
+/// Maglev alone sends them elsewhere (the scenario the fleet's rounds would miss if sharing
+/// did nothing).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn without_shared_flows_a_drained_backends_moved_connections_are_lost() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start(3, 3, MAGLEV).unwrap();
+    let b3 = format!("{}:{PORT}", backend_addr(2));
+    let (outcome, ()) = round(&cluster, LOAD, || {
+        cluster.on_every_balancer(&["backend", "drain", "web", &b3])?;
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill(2)?;
+        cluster
+            .wait_for_next_hops(2, Duration::from_secs(10))
+            .map(drop)
+    })
+    .unwrap();
+    eprintln!(
+        "without [fleet], drain b3 everywhere, then SIGKILL: {} of {} completed, failed {:?}",
+        outcome.completed,
+        outcome.total(),
+        outcome.failed
+    );
+    assert_eq!(outcome.total(), LOAD.connections);
+    assert!(outcome.completed < LOAD.connections, "{outcome:?}");
+}
