@@ -26,7 +26,6 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "protocol",
         "scheduler",
         "drain_timeout",
-        "fleet",
         "peers",
         "key_file",
         "backends",
