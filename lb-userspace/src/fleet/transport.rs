@@ -354,7 +354,15 @@ impl Receiver {
             let Ok((len, from)) = self.socket.recv_from(&mut buffer).await else {
                 continue;
             };
-            let Some(incoming) = self.accept(&buffer[..len], from) else {
+            let accepted = accept(
+                &buffer[..len],
+                from,
+                &mut self.windows,
+                &self.key,
+                &self.counters,
+                now_ms(),
+            );
+            let Some(incoming) = accepted else {
                 continue;
             };
             if self.inbox.try_send(incoming).is_err() {
@@ -362,38 +370,91 @@ impl Receiver {
             }
         }
     }
+}
 
-    /// The message in `datagram` from `from`, if it is accepted (else counted).
-    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Incoming> {
-        let counters = &self.counters;
-        let Some(window) = self.windows.get_mut(&from) else {
-            counters.refused_not_a_peer.fetch_add(1, Relaxed);
-            return None;
-        };
-        let message = match wire::decode(datagram, &self.key) {
-            Ok(message) => message,
-            Err(Refused::BadTag) => {
-                counters.refused_bad_tag.fetch_add(1, Relaxed);
-                return None;
-            }
-            Err(Refused::Malformed | Refused::BadRecord) => {
-                counters.refused_malformed.fetch_add(1, Relaxed);
-                return None;
-            }
-        };
-        if let Err(Rejected::Replayed | Rejected::Stale) =
-            window.accept(message.epoch, message.sequence, message.sent_ms, now_ms())
-        {
-            counters.refused_replayed.fetch_add(1, Relaxed);
+/// The message in `datagram` from `from`, if it is accepted: from a peer (one of
+/// `windows`' keys), authentic under `key`, not replayed. What is refused is counted.
+fn accept(
+    datagram: &[u8],
+    from: SocketAddr,
+    windows: &mut HashMap<SocketAddr, Window>,
+    key: &Key,
+    counters: &Counters,
+    now_ms: u64,
+) -> Option<Incoming> {
+    let Some(window) = windows.get_mut(&from) else {
+        counters.refused_not_a_peer.fetch_add(1, Relaxed);
+        return None;
+    };
+    let message = match wire::decode(datagram, key) {
+        Ok(message) => message,
+        Err(Refused::BadTag) => {
+            counters.refused_bad_tag.fetch_add(1, Relaxed);
             return None;
         }
-        counters
-            .records_received
-            .fetch_add(message.records.len() as u64, Relaxed);
-        Some(match message.kind {
-            Kind::Flows | Kind::Snapshot => Incoming::Flows(message.records),
-            Kind::SnapshotRequest => Incoming::SnapshotRequest(from),
-            Kind::SnapshotDone => Incoming::SnapshotDone(from),
-        })
+        Err(Refused::Malformed | Refused::BadRecord) => {
+            counters.refused_malformed.fetch_add(1, Relaxed);
+            return None;
+        }
+    };
+    if let Err(Rejected::Replayed | Rejected::Stale) =
+        window.accept(message.epoch, message.sequence, message.sent_ms, now_ms)
+    {
+        counters.refused_replayed.fetch_add(1, Relaxed);
+        return None;
+    }
+    counters
+        .records_received
+        .fetch_add(message.records.len() as u64, Relaxed);
+    Some(match message.kind {
+        Kind::Flows | Kind::Snapshot => Incoming::Flows(message.records),
+        Kind::SnapshotRequest => Incoming::SnapshotRequest(from),
+        Kind::SnapshotDone => Incoming::SnapshotDone(from),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::share::flow_event;
+
+    use super::*;
+    use crate::fleet::wire::tests::flow;
+
+    #[test]
+    fn only_a_peers_authentic_new_messages_are_accepted_and_the_rest_is_counted() {
+        let key = Key::new(b"a fleet key of at least 32 bytes!");
+        let peer: SocketAddr = "198.18.1.22:7470".parse().unwrap();
+        let mut windows: HashMap<SocketAddr, Window> = [(peer, Window::default())].into();
+        let counters = Counters::default();
+        let now = 1_765_000_000_000;
+        let message = |sequence: u64| Message {
+            kind: Kind::Flows,
+            epoch: 1,
+            sequence,
+            sent_ms: now,
+            records: vec![flow(40_000, flow_event::OPENED)],
+        };
+        let datagram = wire::encode(&message(1), &key);
+        let mut take = |datagram: &[u8], from: SocketAddr| {
+            accept(datagram, from, &mut windows, &key, &counters, now)
+        };
+        assert!(matches!(take(&datagram, peer), Some(Incoming::Flows(r)) if r.len() == 1));
+        assert!(take(&datagram, peer).is_none(), "replayed");
+        let stranger: SocketAddr = "198.18.1.99:7470".parse().unwrap();
+        assert!(take(&wire::encode(&message(2), &key), stranger).is_none());
+        let forged = wire::encode(&message(3), &Key::new(b"not the fleet's key, 32 bytes...."));
+        assert!(take(&forged, peer).is_none());
+        assert!(take(b"XLBF garbage", peer).is_none());
+        let n = |c: &AtomicU64| c.load(Relaxed);
+        assert_eq!(
+            (
+                n(&counters.records_received),
+                n(&counters.refused_replayed),
+                n(&counters.refused_not_a_peer),
+                n(&counters.refused_bad_tag),
+                n(&counters.refused_malformed)
+            ),
+            (1, 1, 1, 1, 1)
+        );
     }
 }

@@ -225,7 +225,7 @@ fn record(bytes: &[u8]) -> Option<FlowEvent> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn flow(client_port: u16, event: u8) -> FlowEvent {
