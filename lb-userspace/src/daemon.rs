@@ -207,6 +207,7 @@ async fn fill_and_attach(
             .take()
             .context("the flow events were taken already")?;
         let fleet = Fleet::start(fleet, events)?;
+        dataplane.fleet_switch.share_flows(true)?;
         monitor.join_fleet(fleet, &mut dataplane.maps).await;
     }
     if let Some(announce) = &announce {

@@ -35,8 +35,10 @@ pub use self::{
         preflight::preflight,
     },
     maps::{
-        Maps, TablePublisher, handshake_budget, legacy_flows::pin_as_earlier_version, monotonic_ns,
-        share::FlowEvents,
+        Maps, TablePublisher, handshake_budget,
+        legacy_flows::pin_as_earlier_version,
+        monotonic_ns,
+        share::{FleetSwitch, FlowEvents},
     },
     noop::NoopProgram,
 };
@@ -59,6 +61,8 @@ pub struct Dataplane {
     pub passive_events: Option<passive::PassiveEvents>,
     /// The flows the program tells of for a fleet, until the fleet's sender takes them.
     pub flow_events: Option<FlowEvents>,
+    /// Whether the program tells of its flows.
+    pub fleet_switch: FleetSwitch,
     attachments: Attachments,
     pin_dir: Option<PathBuf>,
     adopted: bool,
@@ -145,12 +149,14 @@ impl Dataplane {
         let tracer = trace::Tracer::take(&mut ebpf)?;
         let passive_events = passive::PassiveEvents::take(&mut ebpf)?;
         let flow_events = FlowEvents::take(&mut ebpf)?;
+        let fleet_switch = FleetSwitch::take(&mut ebpf)?;
         Ok(Self {
             ebpf,
             maps,
             tracer: Some(tracer),
             passive_events: Some(passive_events),
             flow_events: Some(flow_events),
+            fleet_switch,
             attachments: Attachments::new(pin_dir.map(Path::to_owned)),
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,

@@ -96,13 +96,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Binds the fleet's socket, turns the program's flow events on, and starts the tasks.
-    pub fn start(config: &FleetConfig, mut events: FlowEvents) -> Result<Self> {
+    /// Binds the fleet's socket and starts the tasks, which send the program's flow `events`
+    /// (the caller turns them on: `Dataplane::fleet_switch`).
+    pub fn start(config: &FleetConfig, events: FlowEvents) -> Result<Self> {
         let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("fleet: binding {} (listen)", config.listen))?;
         socket.set_nonblocking(true)?;
         let socket = Arc::new(UdpSocket::from_std(socket)?);
-        events.share(true)?;
         let key = Key::new(&config.key.0);
         let counters = Arc::new(Counters::default());
         let (outbox, outgoing) = mpsc::channel(64);

@@ -27,7 +27,7 @@ fn while_sharing_the_program_tells_of_each_flow_established_and_closed() {
             "off unless the daemon shares"
         );
 
-        events.share(true).unwrap();
+        lab.dataplane.fleet_switch.share_flows(true).unwrap();
         // A handshake: nothing for the SYN (half-open), the flow at the ACK, once.
         let syn = Frame::tcp("198.18.0.2:42001", "198.18.100.1:80");
         assert_eq!(lab.run(&syn.build(), lab.c0).0, XDP_REDIRECT);

@@ -14,9 +14,29 @@ use lb_common::{consts::map_names, share::FlowEvent};
 
 use super::take;
 
-/// The program's flow events, and the switch that turns them on.
-pub struct FlowEvents {
+/// The switch that turns the program's flow events on (`FLEET`).
+pub struct FleetSwitch {
     on: Array<MapData, u32>,
+}
+
+impl FleetSwitch {
+    /// Takes the map out of the loaded object.
+    pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            on: take(ebpf, map_names::FLEET)?,
+        })
+    }
+
+    /// Turns the events on (or off).
+    pub fn share_flows(&mut self, on: bool) -> Result<()> {
+        self.on
+            .set(0, u32::from(on), 0)
+            .with_context(|| format!("writing {}", map_names::FLEET))
+    }
+}
+
+/// The program's flow events, and those lost to a full ring.
+pub struct FlowEvents {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
 }
@@ -25,17 +45,9 @@ impl FlowEvents {
     /// Takes the maps out of the loaded object.
     pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            on: take(ebpf, map_names::FLEET)?,
             ring: take(ebpf, map_names::FLOW_EVENTS)?,
             lost: take(ebpf, map_names::FLOW_EVENTS_LOST)?,
         })
-    }
-
-    /// Turns the events on (or off).
-    pub fn share(&mut self, on: bool) -> Result<()> {
-        self.on
-            .set(0, u32::from(on), 0)
-            .with_context(|| format!("writing {}", map_names::FLEET))
     }
 
     /// The next event, if any.

@@ -1,0 +1,226 @@
+//! Flows shared by the instances of a fleet: how long a new flow takes to be installed on a
+//! peer, what sharing costs on the wire and in the data plane. Needs root. Run by
+//! `cargo xtask bench`.
+//!
+//! Two instances in one namespace (`packet_net`'s), each a loaded program with its own maps
+//! and a fleet transport on an address of its own: A's program makes new UDP flows, one
+//! BPF_PROG_TEST_RUN each, at a steady 5,000 a second; B installs what A sends as its
+//! monitor does. A flow's delay runs from just before A's test run to just after B's map
+//! update. In the same run, the data plane's cost of a new flow with sharing on and off.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::atomic::Ordering::Relaxed,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow, ensure};
+use xlb::{
+    config::{Config, FleetConfig, Secret},
+    control::{Balancer, ServiceSpec},
+    dataplane::{Dataplane, monotonic_ns},
+    fleet::{Fleet, Incoming, install},
+    sys::netif,
+};
+use xlb_tests::{
+    bench::{Table, median, percentile, print_section, quick},
+    packet::Frame,
+    packet_net::{self, XDP_REDIRECT},
+};
+
+const CONFIG: &str = r#"
+interfaces = ["c0", "s0"]
+
+[[service]]
+name = "dns"
+listen = "198.18.100.1:53"
+protocol = "udp"
+backends = [ { address = "198.18.1.11:5353" }, { address = "198.18.1.12:5353" } ]
+"#;
+
+/// New flows per second.
+const RATE: u64 = 5_000;
+
+fn fleet(listen: &str, peer: &str) -> FleetConfig {
+    FleetConfig {
+        listen: listen.parse().unwrap(),
+        peers: vec![peer.parse().unwrap()],
+        key_file: PathBuf::new(),
+        key: Secret(b"the benchmark's fleet key, 32 bytes and more".to_vec()),
+    }
+}
+
+/// The first datagram of new flow `i`.
+fn frame(i: u64) -> Vec<u8> {
+    Frame::udp(
+        &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
+        "198.18.100.1:53",
+    )
+    .build()
+}
+
+/// Makes `flows` new flows through `program`, at [`RATE`]; when each began.
+fn make_flows(program: &aya::programs::Xdp, c0: u32, flows: u64) -> Result<Vec<Instant>> {
+    let mut made = Vec::with_capacity(flows as usize);
+    let start = Instant::now();
+    for i in 0..flows {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / RATE);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        made.push(Instant::now());
+        let run = packet_net::run(program, &frame(i), c0, 1)?;
+        ensure!(run.verdict == XDP_REDIRECT, "new flow {i}");
+    }
+    Ok(made)
+}
+
+fn main() -> Result<()> {
+    let flows = if quick() { 1_000 } else { 20_000 };
+    let ns = packet_net::build()?;
+    ns.ip("link set lo up")?;
+    ns.ip("addr add 198.18.9.1/32 dev lo")?;
+    ns.ip("addr add 198.18.9.2/32 dev lo")?;
+    let (rows, notes) = ns.enter(|| -> Result<(Vec<Vec<String>>, String)> {
+        let config = Config::parse(CONFIG).map_err(|e| anyhow!("{e:?}"))?;
+        let mut a = Dataplane::load(1 << 18)?;
+        let mut b = Dataplane::load(1 << 18)?;
+        let (mut balancer_a, mut balancer_b) = (Balancer::new(), Balancer::new());
+        balancer_a.apply(&ServiceSpec::all_up(&config), &mut a.maps)?;
+        balancer_b.apply(&ServiceSpec::all_up(&config), &mut b.maps)?;
+        let c0 = netif::index("c0")?;
+        for name in ["c0", "s0"] {
+            a.maps.add_egress_port(netif::index(name)?)?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let entered = runtime.enter();
+        let events_a = a.flow_events.take().expect("A's flow events");
+        let events_b = b.flow_events.take().expect("B's flow events");
+        let fleet_a = Fleet::start(&fleet("198.18.9.1:7470", "198.18.9.2:7470"), events_a)?;
+        let mut fleet_b = Fleet::start(&fleet("198.18.9.2:7470", "198.18.9.1:7470"), events_b)?;
+        a.fleet_switch.share_flows(true)?;
+        let mut inbox = fleet_b.take_inbox().expect("B's inbox");
+        drop(entered);
+
+        // A makes the flows on a thread of its own (in this namespace), at RATE, while this
+        // thread runs the fleets' tasks and installs on B what arrives, as B's monitor does.
+        let (made, installed) = std::thread::scope(|scope| -> Result<_> {
+            let program = a.program();
+            let maker = scope.spawn(move || make_flows(program, c0, flows));
+            let installed = runtime.block_on(async {
+                let mut installed: HashMap<u16, Instant> = HashMap::new();
+                let deadline = Instant::now()
+                    + Duration::from_nanos(flows * 1_000_000_000 / RATE)
+                    + Duration::from_secs(2);
+                while (installed.len() as u64) < flows && Instant::now() < deadline {
+                    let wait = tokio::time::timeout(Duration::from_millis(100), inbox.recv());
+                    let Ok(Some(Incoming::Flows(records))) = wait.await else {
+                        continue;
+                    };
+                    let resolved =
+                        install::resolve(&records, balancer_b.services(), monotonic_ns()?);
+                    let entries: Vec<_> = resolved
+                        .entries
+                        .iter()
+                        .map(|&(k, e)| (k, e, false))
+                        .collect();
+                    b.maps.adopt_flows(&entries, true);
+                    let now = Instant::now();
+                    for (key, _) in &resolved.entries {
+                        installed.insert(key.src_port, now);
+                    }
+                }
+                anyhow::Ok(installed)
+            })?;
+            let made = maker.join().expect("the flow maker")?;
+            Ok((made, installed))
+        })?;
+        let mut delays: Vec<f64> = made
+            .iter()
+            .enumerate()
+            .filter_map(|(i, at)| {
+                let port = (1_024 + i as u64 % 60_000) as u16;
+                installed
+                    .get(&port.to_be())
+                    .map(|done| done.duration_since(*at).as_secs_f64() * 1e3)
+            })
+            .collect();
+        let counters = fleet_a.counters();
+        let (datagrams, records) = (
+            counters.datagrams_sent.load(Relaxed),
+            counters.records_sent.load(Relaxed),
+        );
+        // IPv4 and UDP headers, the message's header and tag, 60 bytes a record.
+        let wire_bytes = datagrams * (20 + 8 + 32 + 16) + records * 60;
+        let per_flow = wire_bytes as f64 / records.max(1) as f64;
+        let arrived = delays.len();
+
+        // The data plane's cost of a new flow, sharing on and off, in alternating blocks.
+        let mut cost = [Vec::new(), Vec::new()];
+        for block in 0..20u64 {
+            let on = block % 2 == 0;
+            a.fleet_switch.share_flows(on)?;
+            for j in 0..200u64 {
+                let run = packet_net::run(a.program(), &frame(1_000_000 + block * 200 + j), c0, 1)?;
+                ensure!(run.verdict == XDP_REDIRECT);
+                cost[usize::from(on)].push(run.duration.as_secs_f64() * 1e9);
+            }
+        }
+        let rows = vec![
+            vec![format!("flows made on A at {RATE}/s"), flows.to_string()],
+            vec!["installed on B".into(), arrived.to_string()],
+            vec![
+                "delay, made on A to installed on B: p50".into(),
+                format!("{:.2} ms", median(&mut delays)),
+            ],
+            vec![
+                "delay: p99".into(),
+                format!("{:.2} ms", percentile(&mut delays, 99.0)),
+            ],
+            vec![
+                "delay: max".into(),
+                format!("{:.2} ms", percentile(&mut delays, 100.0)),
+            ],
+            vec![
+                "on the wire per flow and peer (IPv4)".into(),
+                format!("{per_flow:.0} B ({records} flows in {datagrams} datagrams)"),
+            ],
+            vec![
+                "per 1,000 new flows/s, per peer".into(),
+                format!("{:.0} kB/s", per_flow),
+            ],
+            vec![
+                "new UDP flow in the data plane, sharing off (median)".into(),
+                format!("{:.0} ns", median(&mut cost[0])),
+            ],
+            vec![
+                "new UDP flow in the data plane, sharing on (median)".into(),
+                format!("{:.0} ns", median(&mut cost[1])),
+            ],
+        ];
+        drop((fleet_a, fleet_b));
+        Ok((rows, format!("{arrived} of {flows} arrived")))
+    })??;
+    let mut table = Table::new(&["measure", "value"]);
+    for row in rows {
+        table.row(row);
+    }
+    print_section(
+        "Flow sharing between instances (fleet)",
+        &format!(
+            "Two instances in one namespace, each a loaded program with its own maps and a fleet \
+             transport (UDP over the namespace's loopback, HMAC-SHA256 tags): A's program makes \
+             new UDP flows (one BPF_PROG_TEST_RUN each) at a steady {RATE} a second; B installs \
+             what A sends as its monitor does. A flow's delay runs from just before A's test run \
+             to just after B's map update ({notes}). A shared flow takes no memory on a peer \
+             beyond the slot it fills in its preallocated flow table (80 bytes of entry and a \
+             16-byte key for IPv4); waiting to be sent, 64 bytes, at most 65,536 of them. The \
+             data plane's cost with sharing on and off alternates in blocks of 200 flows.\n\n{}",
+            table.markdown()
+        ),
+    );
+    Ok(())
+}
