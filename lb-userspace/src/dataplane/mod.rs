@@ -338,6 +338,10 @@ fn loader(
     legacy: bool,
 ) -> Result<(EbpfLoader<'static>, bool)> {
     let mut loader = EbpfLoader::new();
+    // For developers: the verifier's whole log in a refused load's error.
+    if std::env::var_os("XLB_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
     for (name, half_open, ipv6) in map_names::FLOW_TABLES {
         loader.map_max_entries(name, flow_entries(sizes, half_open, ipv6));
     }
