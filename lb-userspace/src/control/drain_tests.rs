@@ -15,6 +15,17 @@ fn web_without_b2() -> String {
     WEB.replace(", { address = \"198.18.1.12:8080\", weight = 2 }", "")
 }
 
+/// `WEB` applied, then without b2, which is leaving.
+fn b2_leaving() -> (FakeMaps, Balancer) {
+    let mut maps = FakeMaps::default();
+    let mut balancer = Balancer::new();
+    balancer.apply(&config(WEB), &mut maps).unwrap();
+    balancer
+        .apply(&config(&web_without_b2()), &mut maps)
+        .unwrap();
+    (maps, balancer)
+}
+
 fn leaving(balancer: &Balancer) -> Vec<(usize, u32)> {
     balancer.leaving().map(|(s, b)| (s, b.id)).collect()
 }
@@ -63,12 +74,7 @@ fn a_removed_backend_leaves_the_table_and_keeps_its_flows_until_released() {
 
 #[test]
 fn a_backend_back_while_it_drains_takes_its_id_and_flows_back() {
-    let mut maps = FakeMaps::default();
-    let mut balancer = Balancer::new();
-    balancer.apply(&config(WEB), &mut maps).unwrap();
-    balancer
-        .apply(&config(&web_without_b2()), &mut maps)
-        .unwrap();
+    let (mut maps, mut balancer) = b2_leaving();
     maps.log.clear();
     let summary = balancer.apply(&config(WEB), &mut maps).unwrap();
     assert_eq!(maps.log, ["policy 0", "table 0 [1, 0, 1]"]);
@@ -84,12 +90,7 @@ fn a_backend_back_while_it_drains_takes_its_id_and_flows_back() {
 
 #[test]
 fn a_release_that_fails_is_finished_by_the_next() {
-    let mut maps = FakeMaps::default();
-    let mut balancer = Balancer::new();
-    balancer.apply(&config(WEB), &mut maps).unwrap();
-    balancer
-        .apply(&config(&web_without_b2()), &mut maps)
-        .unwrap();
+    let (mut maps, mut balancer) = b2_leaving();
     maps.fail_in = Some(0);
     assert!(balancer.release(&[1], &mut maps).is_err());
     assert_eq!(leaving(&balancer), [(0, 1)], "still leaving");
@@ -100,12 +101,7 @@ fn a_release_that_fails_is_finished_by_the_next() {
 
 #[test]
 fn a_service_that_leaves_takes_its_leaving_backends_with_it() {
-    let mut maps = FakeMaps::default();
-    let mut balancer = Balancer::new();
-    balancer.apply(&config(WEB), &mut maps).unwrap();
-    balancer
-        .apply(&config(&web_without_b2()), &mut maps)
-        .unwrap();
+    let (mut maps, mut balancer) = b2_leaving();
     maps.log.clear();
     let summary = balancer.apply(&[], &mut maps).unwrap();
     assert_eq!(
@@ -125,12 +121,7 @@ fn a_service_that_leaves_takes_its_leaving_backends_with_it() {
 
 #[test]
 fn a_drain_timeout_of_zero_releases_those_leaving_too() {
-    let mut maps = FakeMaps::default();
-    let mut balancer = Balancer::new();
-    balancer.apply(&config(WEB), &mut maps).unwrap();
-    balancer
-        .apply(&config(&web_without_b2()), &mut maps)
-        .unwrap();
+    let (mut maps, mut balancer) = b2_leaving();
     maps.log.clear();
     let at_once = web_without_b2() + "drain_timeout = \"0s\"\n";
     balancer.apply(&config(&at_once), &mut maps).unwrap();
