@@ -431,6 +431,14 @@ impl Cluster {
         self.balancers[index].ip("link set dev eth0 down").map(drop)
     }
 
+    /// Stops balancer `index`'s xlb as an operator does (SIGTERM: it withdraws its VIPs,
+    /// balances on for its drain time, then exits; its pins stay).
+    pub fn stop(&self, index: usize) -> Result<()> {
+        let mut xlb = self.xlbs[index].lock().expect("the xlb lock");
+        xlb.stop(Duration::from_secs(10))?;
+        Ok(())
+    }
+
     /// Starts balancer `index`'s xlb again, on its pins, as it was started.
     pub fn restart(&self, index: usize) -> Result<()> {
         let mut xlb = self.xlbs[index].lock().expect("the xlb lock");

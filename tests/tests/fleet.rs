@@ -7,8 +7,8 @@
 //! round of one cluster, one event per round: an instance killed (SIGKILL), then started
 //! again (it joins with a snapshot of its peers' flows); a backend drained on every instance
 //! and then an instance killed; that instance started again; a backend removed from every
-//! config (it drains) and then an instance killed; an instance's host hanging (its link
-//! cut). The router's ECMP re-hash moves flows between the instances at every event: the
+//! config (it drains) and then an instance killed; an instance restarted as an operator
+//! does (SIGTERM, then started); an instance's host hanging (its link cut). The router's ECMP re-hash moves flows between the instances at every event: the
 //! moved ones must find their flow shared, and keep their backend. With Maglev and with
 //! round robin, whose instances place a moved flow without a shared entry anywhere.
 
@@ -74,6 +74,12 @@ fn rounds(scheduler: &str) -> Vec<(&'static str, Outcome)> {
     });
     play("restart", &|| {
         cluster.restart(0)?;
+        hops(3)
+    });
+    play("rolling restart (SIGTERM, then started again)", &|| {
+        cluster.stop(2)?;
+        hops(2)?;
+        cluster.restart(2)?;
         hops(3)
     });
     play("a host hangs (its link cut)", &|| {
