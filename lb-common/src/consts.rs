@@ -216,6 +216,10 @@ pub mod map_names {
     pub const BACKEND_VIPS4: &str = "BACKEND_VIPS4";
     /// IPv6 NAT backends, as `BACKEND_VIPS4`.
     pub const BACKEND_VIPS6: &str = "BACKEND_VIPS6";
+    /// IPv4 NAT backends that serve one VIP -> that VIP and their ids (not pinned).
+    pub const LONE_VIPS4: &str = "LONE_VIPS4";
+    /// IPv6 NAT backends that serve one VIP, as `LONE_VIPS4`.
+    pub const LONE_VIPS6: &str = "LONE_VIPS6";
     /// Per backend port, the one VIP its IPv4 NAT backends serve, if one (not pinned).
     pub const VIP_HINTS4: &str = "VIP_HINTS4";
     /// The same for IPv6 NAT backends.
@@ -293,6 +297,10 @@ pub mod map_names {
     pub const FLEET: &str = "FLEET";
     /// The flows made established or closed, for the fleet, a ring buffer (not pinned).
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// The XDP program, for a packet whose flow it adopted to run it again (not pinned).
+    pub const RERUN_XDP: &str = "RERUN_XDP";
+    /// The tc program, as `RERUN_XDP` (not pinned).
+    pub const RERUN_TC: &str = "RERUN_TC";
     /// Flow events the ring had no room for, per CPU (not pinned).
     pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
 
@@ -436,8 +444,19 @@ pub mod events {
     /// fragment (it has not arrived yet, came through another instance, or its record was
     /// evicted): dropped, since nothing tells which backend its datagram went to.
     pub const FRAGMENT_UNMATCHED: u32 = 28;
+    /// While the instance shares flows with a fleet, a NAT backend's packet with no entry
+    /// here: another instance placed its flow, and ECMP brought the backend's answer here
+    /// before the flow's entry came. Its backend serves one VIP (`LONE_VIPS4`/`6`), so the
+    /// flow is known: its entry was made from the packet (half-open for a SYN-ACK), which
+    /// went on, translated, to the client.
+    pub const FLOW_ADOPTED: u32 = 29;
+    /// While the instance shares flows with a fleet, a NAT backend's packet with no entry
+    /// here that could not be adopted (its backend serves several VIPs, or the table was
+    /// full): dropped, never sent on with the backend's address. Its flow's entry, once
+    /// shared, carries its retransmission.
+    pub const REPLY_UNADOPTED: u32 = 30;
     /// Number of event counters.
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 31;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -470,6 +489,8 @@ pub mod events {
         "other_host",
         "fragment_followed",
         "fragment_unmatched",
+        "flow_adopted",
+        "reply_unadopted",
     ];
 }
 

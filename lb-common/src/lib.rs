@@ -30,4 +30,4 @@ pub mod trace;
 pub use flow::*;
 pub use hop::{BackendHop, Hop};
 pub use maps::*;
-pub use reply::{BackendVipKey, BackendVips, VipPort};
+pub use reply::{BackendVipKey, BackendVips, LoneVip, VipPort};

@@ -386,5 +386,7 @@ mod pod {
         crate::BackendVips<Addr>,
         crate::VipPort<u32>,
         crate::VipPort<Addr>,
+        crate::LoneVip<u32>,
+        crate::LoneVip<Addr>,
     );
 }

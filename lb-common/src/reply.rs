@@ -76,6 +76,24 @@ pub struct BackendVips<A: FlowAddr> {
     pub vips: [VipPort<A>; MAX_VIPS_PER_BACKEND],
 }
 
+/// Value of `LONE_VIPS4`/`LONE_VIPS6`: a NAT backend (address, port, protocol) that serves
+/// one VIP, and its ids in that service. With it an instance of a fleet takes over a flow whose
+/// backend's packet arrives before the flow's entry does (another instance placed the flow, and
+/// ECMP brought the backend's answer here first): the flow's key is the packet's destination
+/// and this VIP, and its entry the one [`crate::share::fill_shared_entry`] makes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoneVip<A: FlowAddr> {
+    /// The one VIP and port the backend serves.
+    pub vip: VipPort<A>,
+    /// The backend's id in that service (index into `BACKENDS`).
+    pub backend_id: u32,
+    /// The service's id.
+    pub service_id: u32,
+}
+
+const _: () = assert!(size_of::<LoneVip<u32>>() == 16);
+const _: () = assert!(size_of::<LoneVip<crate::Addr>>() == 28);
 const _: () = assert!(size_of::<BackendVipKey<u32>>() == 8);
 const _: () = assert!(size_of::<BackendVipKey<crate::Addr>>() == 20);
 const _: () = assert!(size_of::<BackendVips<u32>>() == 40);

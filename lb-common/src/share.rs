@@ -4,8 +4,9 @@
 //! An instance's backend and service ids are its own (each allocates them), and its next hops
 //! are its own interfaces, so what travels between instances is addresses: the flow's key and
 //! its backend's address and port. The receiving daemon builds the entry from them with
-//! [`shared_entry`], the same rewrite the program would have worked out ([`nat_deltas`]), its
-//! own ids, and next hops left to be resolved by the first packet through the FIB.
+//! [`shared_entry`] (the same rewrite the program would have worked out: [`fill_shared_entry`],
+//! which the program uses too when it takes a flow over from a backend's packet), its own ids,
+//! and next hops left to be resolved by the first packet through the FIB.
 
 use crate::{Addr, FlowAddr, FlowEntry, FlowKey, Hop, consts::family, csum, epoch};
 
@@ -38,18 +39,6 @@ pub struct FlowEvent {
 
 const _: () = assert!(size_of::<FlowEvent>() == 64);
 
-/// The checksum changes of the client-to-backend rewrite from `vip:vport` to
-/// `backend:bport` (ports in network order), for a flow of `family`: what the program works
-/// out when it makes a flow's entry (`FlowEntry::csum_addr`, `csum_port`).
-pub fn nat_deltas(family_of: u8, vip: &Addr, vport: u16, backend: &Addr, bport: u16) -> (u16, u16) {
-    let addr = if family_of == family::IPV4 {
-        <u32 as FlowAddr>::csum_delta(&vip[0], &backend[0])
-    } else {
-        <Addr as FlowAddr>::csum_delta(vip, backend)
-    };
-    (addr, csum::delta16(vport, bport))
-}
-
 /// The entry an instance makes for a flow of `key` that another instance placed on the
 /// backend at `backend:backend_port`, which is this instance's backend `backend_id` of its
 /// service `service_id`; `flags` are the flow's (`flow_flags::DSR` for a DSR service),
@@ -63,33 +52,61 @@ pub fn shared_entry(
     flags: u8,
     now_ns: u64,
 ) -> FlowEntry {
-    let (backend_id, service_id) = ids;
-    let (csum_addr, csum_port) = nat_deltas(
-        key.family,
-        &key.dst_addr,
-        key.dst_port,
-        backend,
-        backend_port,
-    );
-    FlowEntry {
-        last_seen_ns: now_ns,
-        addr: *backend,
-        port: backend_port,
-        flags,
-        _pad: 0,
-        backend_id,
-        service_id,
-        csum_addr,
-        csum_port,
-        to_backend: Hop::default(),
-        to_client: Hop::default(),
-        // Not the current epoch: the flow's first packet here counts it active.
-        epoch: (epoch(now_ns) as u16).wrapping_sub(1),
-        _pad2: 0,
-        created_s: (now_ns / 1_000_000_000) as u32,
-        handshake_ack: 0,
-        _tail: [0; 4],
+    let vip = (key.dst_addr, key.dst_port);
+    if key.family == family::IPV4 {
+        let mut entry = FlowEntry::<u32>::default();
+        let backend = (backend[0], backend_port);
+        fill_shared_entry(
+            &mut entry,
+            (&vip.0[0], vip.1),
+            (&backend.0, backend.1),
+            ids,
+            flags,
+            now_ns,
+        );
+        return entry.widen();
     }
+    let mut entry = FlowEntry::default();
+    fill_shared_entry(
+        &mut entry,
+        (&vip.0, vip.1),
+        (backend, backend_port),
+        ids,
+        flags,
+        now_ns,
+    );
+    entry
+}
+
+/// Fills `entry` as [`shared_entry`] describes, for a flow to `vip` (address and port, network
+/// order) whose backend is `backend`; the program fills its own entries so when it takes over
+/// a flow from a backend's packet (`reply::LoneVip`). Generic over the address's form, so that
+/// the daemon and the program make the same entry.
+#[inline(always)]
+pub fn fill_shared_entry<A: FlowAddr>(
+    entry: &mut FlowEntry<A>,
+    vip: (&A, u16),
+    backend: (&A, u16),
+    ids: (u32, u32),
+    flags: u8,
+    now_ns: u64,
+) {
+    entry.last_seen_ns = now_ns;
+    entry.addr = *backend.0;
+    entry.port = backend.1;
+    entry.flags = flags;
+    entry._pad = 0;
+    (entry.backend_id, entry.service_id) = ids;
+    entry.csum_addr = A::csum_delta(vip.0, backend.0);
+    entry.csum_port = csum::delta16(vip.1, backend.1);
+    entry.to_backend = Hop::default();
+    entry.to_client = Hop::default();
+    // Not the current epoch: the flow's first packet here counts it active.
+    entry.epoch = (epoch(now_ns) as u16).wrapping_sub(1);
+    entry._pad2 = 0;
+    entry.created_s = (now_ns / 1_000_000_000) as u32;
+    entry.handshake_ack = 0;
+    entry._tail = Default::default();
 }
 
 #[cfg(test)]

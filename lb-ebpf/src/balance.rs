@@ -11,6 +11,7 @@ use lb_common::{
 };
 
 use crate::{
+    adopt::RERUN,
     clock,
     established::{NO_FLOW, established, established_apart, found},
     family::{Family, V4, V6, packet_key},
@@ -60,11 +61,13 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
     if pkt.family == family::IPV4 {
         match balance::<F, V4>(frame, pkt, scratch) {
             PLACE => place::<F, V4>(frame, pkt, scratch),
+            RERUN => rerun(frame),
             verdict => verdict,
         }
     } else {
         match balance_apart::<F, V6>(frame, pkt, scratch) {
             PLACE => place::<F, V6>(frame, pkt, scratch),
+            RERUN => rerun(frame),
             verdict => verdict,
         }
     }
@@ -76,6 +79,7 @@ pub fn process<F: Frame>(frame: &F) -> u32 {
 fn first_fragment<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) -> u32 {
     match balance_apart::<F, Fam>(frame, pkt, scratch) {
         PLACE => place::<F, Fam>(frame, pkt, scratch),
+        RERUN => rerun(frame),
         verdict => verdict,
     }
 }
@@ -83,6 +87,18 @@ fn first_fragment<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut 
 /// What [`balance`] returns, instead of a verdict, for the first packet of a flow to place:
 /// the placement is in the scratch area. No hook's verdict has this value.
 const PLACE: u32 = 0xffff_fffd;
+
+/// The verdict for a packet [`balance`] returned [`RERUN`] for: none if the program runs again
+/// on it; dropped if it cannot (the daemon that filled `RERUN_XDP`/`RERUN_TC` is gone: the
+/// backend sends the packet again, and finds the flow's entry). Inlined into the top level:
+/// made from a function of its own, the tail call did not give the packet the verdict of the
+/// program's second run (the packet tests saw drops).
+#[inline(always)]
+fn rerun<F: Frame>(frame: &F) -> u32 {
+    frame.rerun();
+    count_event(events::REPLY_UNADOPTED);
+    F::DROP
+}
 
 /// [`balance`] in a function of its own (IPv6: its frame stays off the IPv4 path's).
 #[inline(never)]
@@ -108,7 +124,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     }
     // A client's packet to a port no service listens on belongs to no flow and no service.
     if !to_service_port(pkt.dport) {
-        return unserved::not_served::<F>(pkt);
+        return unserved::in_no_flow::<F, Fam>(pkt);
     }
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };
@@ -146,7 +162,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
         family: pkt.family,
     };
     let Some(service) = SERVICES.get_ptr(service_key) else {
-        return unserved::not_served::<F>(pkt);
+        return unserved::in_no_flow::<F, Fam>(pkt);
     };
     // (A retransmitted SYN is found when its entry cannot be inserted: see `place`.)
     to_place(pkt, service, NO_BACKEND_ID)

@@ -11,8 +11,8 @@ use lb_common::{
 use crate::{
     maps::{
         BACKEND_VIPS4, BACKEND_VIPS6, BackendVipsMap, FLOWS4, FLOWS6, FRAGMENTS4, FRAGMENTS6,
-        FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6, REPLY_VIPS4, REPLY_VIPS6, ReplyVips,
-        VIP_HINTS4, VIP_HINTS6, VipHints,
+        FlowTable, FragmentTable, HALF_OPEN4, HALF_OPEN6, LONE_VIPS4, LONE_VIPS6, LoneVipsMap,
+        REPLY_VIPS4, REPLY_VIPS6, ReplyVips, VIP_HINTS4, VIP_HINTS6, VipHints,
     },
     packet::Packet,
     scratch::Scratch,
@@ -42,6 +42,8 @@ pub trait Family: 'static {
     fn half_open() -> &'static FlowTable<Self::Key, Self::Addr>;
     /// The NAT backends and the VIPs they serve (`BACKEND_VIPS4`, `BACKEND_VIPS6`).
     fn backend_vips() -> &'static BackendVipsMap<Self::Addr>;
+    /// The NAT backends that serve one VIP, with their ids (`LONE_VIPS4`, `LONE_VIPS6`).
+    fn lone_vips() -> &'static LoneVipsMap<Self::Addr>;
     /// The one VIP of each backend port, where there is one (`VIP_HINTS4`, `VIP_HINTS6`).
     fn vip_hints() -> &'static VipHints<Self::Addr>;
     /// The VIPs of the replies of shared backends' flows (`REPLY_VIPS4`, `REPLY_VIPS6`).
@@ -113,6 +115,11 @@ impl Family for V4 {
     #[inline(always)]
     fn backend_vips() -> &'static BackendVipsMap<u32> {
         &BACKEND_VIPS4
+    }
+
+    #[inline(always)]
+    fn lone_vips() -> &'static LoneVipsMap<u32> {
+        &LONE_VIPS4
     }
 
     #[inline(always)]
@@ -221,6 +228,11 @@ impl Family for V6 {
     #[inline(always)]
     fn backend_vips() -> &'static BackendVipsMap<Addr> {
         &BACKEND_VIPS6
+    }
+
+    #[inline(always)]
+    fn lone_vips() -> &'static LoneVipsMap<Addr> {
+        &LONE_VIPS6
     }
 
     #[inline(always)]

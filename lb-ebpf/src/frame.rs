@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{EGRESS_PORTS, IFACE_MACS, IFACE_MACS_GENERATION},
+    maps::{EGRESS_PORTS, IFACE_MACS, IFACE_MACS_GENERATION, RERUN_TC, RERUN_XDP},
     scratch::Scratch,
 };
 
@@ -81,6 +81,10 @@ pub trait Frame {
     /// is attached to) and returns the verdict that does it. `peer` (tc only; XDP ignores it):
     /// hand it to the veth peer of `ifindex` instead, as if `ifindex` had sent it.
     fn transmit(&self, ifindex: u32, peer: bool) -> u32;
+    /// Runs this hook's program again on the frame, from its start (a tail call through
+    /// `RERUN_XDP`/`RERUN_TC`, which the daemon fills with the programs it loaded); returns
+    /// only if that cannot be done (the daemon that filled it is gone).
+    fn rerun(&self);
     /// tc only: `bpf_l4_csum_replace` on the checksum at `offset`.
     fn skb_l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()>;
     /// tc only: stores `bytes` at `offset`, updating `skb->csum` of a `CHECKSUM_COMPLETE`
@@ -236,6 +240,12 @@ impl Frame for XdpFrame {
     fn skb_store_recompute(&self, _: usize, _: &[u32; 4], _: usize) -> Option<()> {
         None
     }
+
+    #[inline(always)]
+    fn rerun(&self) {
+        // SAFETY: a tail call into the XDP program the daemon put in slot 0 (this one).
+        unsafe { RERUN_XDP.tail_call(&self.0, 0) };
+    }
 }
 
 /// The tc ingress hook (tcx, or clsact on kernels before 6.6).
@@ -336,5 +346,11 @@ impl Frame for TcFrame {
             )
         };
         (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn rerun(&self) {
+        // SAFETY: a tail call into the tc program the daemon put in slot 0 (this one).
+        unsafe { RERUN_TC.tail_call(&self.0, 0) };
     }
 }

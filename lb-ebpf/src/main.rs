@@ -21,6 +21,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod adopt;
 mod balance;
 mod choose;
 mod clock;

@@ -3,14 +3,16 @@
 
 use aya_ebpf::{
     btf_maps::{
-        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray,
+        RingBuf,
     },
     macros::btf_map,
 };
 use lb_common::{
     Addr, BackendEntry, BackendHop, BackendTable, BackendVipKey, BackendVips, ClientPrefix,
     FlowEntry, FlowKey, FlowKey4, FlowTimeouts, FragmentKey4, FragmentKey6, FragmentPorts,
-    HandshakeGuard, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey, VipPort,
+    HandshakeGuard, LoneVip, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
+    VipPort,
     consts::{events, limits},
     passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
     share::FlowEvent,
@@ -101,6 +103,34 @@ pub static BACKEND_VIPS4: BackendVipsMap<u32> = HashMap::new();
 /// IPv6 NAT backends, as `BACKEND_VIPS4`.
 #[btf_map]
 pub static BACKEND_VIPS6: BackendVipsMap<Addr> = HashMap::new();
+
+/// A family's NAT backends that serve one VIP (`lb_common::reply::LoneVip`). Not
+/// preallocated, as `BackendVipsMap`.
+pub type LoneVipsMap<A> =
+    HashMap<BackendVipKey<A>, LoneVip<A>, { limits::MAX_BACKENDS as usize }, 1>;
+
+/// IPv4 NAT backends (address, port, protocol) that serve one VIP -> that VIP and their ids:
+/// how an instance of a fleet takes over a flow whose backend's packet comes before its entry
+/// (see `adopt`). Written by userspace beside `BACKEND_VIPS4`; read only for a NAT backend's
+/// packet with no entry while the instance shares flows (`FLEET`). Not pinned: a restarted
+/// daemon writes it again.
+#[btf_map]
+pub static LONE_VIPS4: LoneVipsMap<u32> = HashMap::new();
+
+/// IPv6 NAT backends that serve one VIP, as `LONE_VIPS4`.
+#[btf_map]
+pub static LONE_VIPS6: LoneVipsMap<Addr> = HashMap::new();
+
+/// The XDP program itself, in slot 0: a packet whose flow was just adopted runs the program
+/// again through it (a tail call), and finds its flow's entry as any packet does. Written by
+/// the daemon once the program is loaded; read only for such packets. Not pinned: a program
+/// array holds its programs only while the daemon holds it.
+#[btf_map]
+pub static RERUN_XDP: ProgramArray<1> = ProgramArray::new();
+
+/// The tc program itself, as `RERUN_XDP` (a program array serves programs of one type).
+#[btf_map]
+pub static RERUN_TC: ProgramArray<1> = ProgramArray::new();
 
 /// Per slot of a backend address and port (`lb_common::reply::hint_slot`), the one VIP and
 /// port that the NAT backends of that slot serve in one family, if they serve exactly one;

@@ -4,20 +4,49 @@
 //! `BACKEND_VIPS4`/`6`, give the VIPs the backend serves, and each makes a candidate key
 //! (client, VIP) whose entry must name the packet's source as its backend. A backend shared
 //! by more services has the VIP of each of its flows' replies recorded (`REPLY_VIPS4`/`6`),
-//! looked up first.
+//! looked up first. A NAT backend's packet with no entry, while the instance shares flows
+//! with a fleet, has its flow taken over (`adopt`) or is dropped, never passed with the
+//! backend's address (see [`unowned`]).
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Addr, BackendVipKey, FlowAddr, FlowEntry, VipPort, backend_port_bit,
-    consts::{flow_flags, proto},
+    consts::{events, flow_flags, proto},
     reply::{MAX_VIPS_PER_BACKEND, hint_slot},
 };
 
 use crate::{
+    adopt::adopt,
     family::Family,
-    maps::{BACKEND_PORTS, SERVICE_PORTS},
+    maps::{BACKEND_PORTS, SERVICE_PORTS, count_event},
     scratch::Scratch,
 };
+
+/// What [`unowned`] found: a packet that is no NAT backend's, ...
+pub const NOT_A_BACKENDS: u32 = 0;
+/// ... a NAT backend's whose flow was adopted (its entry is made: the program is to run again
+/// on it), ...
+pub const ADOPTED: u32 = 1;
+/// ... or a NAT backend's whose flow this instance neither has nor can take over: to be
+/// dropped, never sent on with the backend's address.
+pub const UNKNOWN: u32 = 2;
+
+/// The packet in this CPU's `scratch` area, from a backend's port and in no flow (see
+/// [`backend_flow`]), while the instance shares flows with a fleet: whether it is a NAT
+/// backend's, and whether its flow was adopted (see `adopt`).
+#[inline(always)]
+pub fn unowned<Fam: Family>(scratch: *mut Scratch) -> u32 {
+    if adopt::<Fam>(scratch) {
+        return ADOPTED;
+    }
+    // SAFETY: this CPU's scratch area: the backend's key `adopt` wrote.
+    let backend = unsafe { &*Fam::areas(scratch).backend };
+    if Fam::backend_vips().get_ptr(backend).is_none() {
+        return NOT_A_BACKENDS;
+    }
+    count_event(events::REPLY_UNADOPTED);
+    UNKNOWN
+}
 
 /// Whether a backend listens on `port` (`BACKEND_PORTS`): only then may a packet from that
 /// port be a backend's.

@@ -10,11 +10,17 @@ use crate::{
     maps::{FLEET, FLOW_EVENTS, FLOW_EVENTS_LOST},
 };
 
+/// Whether the daemon shares this instance's flows with a fleet.
+#[inline(always)]
+pub fn on() -> bool {
+    FLEET.get(0).is_some_and(|on| *on != 0)
+}
+
 /// Tells the daemon that the flow stored under `key`, whose entry is `entry`, became what
 /// `kind` says (`lb_common::share::flow_event`), if the daemon shares flows.
 #[inline(always)]
 pub fn tell<Fam: Family>(key: &Fam::Key, entry: &FlowEntry<Fam::Addr>, kind: u8) {
-    if FLEET.get(0).is_none_or(|on| *on == 0) {
+    if !on() {
         return;
     }
     tell_now::<Fam>(key, entry, kind);

@@ -1,15 +1,39 @@
 //! A TCP or UDP packet that no flow and no service takes: passed, unless it is addressed to a
-//! VIP (see [`not_served`]).
+//! VIP (see [`not_served`]), or, in a fleet, a NAT backend's (see [`in_no_flow`]).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use lb_common::{VipKey, consts::events, host_port_key};
 
 use crate::{
+    adopt::RERUN,
+    family::Family,
     frame::Frame,
     maps::{HOST_PORTS, VIPS, count_event},
     packet::Packet,
+    reply::{ADOPTED, UNKNOWN, from_backend_port, unowned},
+    scratch::scratch,
+    share,
 };
+
+/// A TCP or UDP packet of family `Fam` in no flow and for no service. While the instance shares
+/// flows with a fleet, a NAT backend's packet may be of a flow another instance placed (see
+/// `reply::unowned`): [`RERUN`] once its flow is adopted, dropped if it cannot be. Anything
+/// else as [`not_served`] says. In a function of its own: only such packets pay for it.
+#[inline(never)]
+pub fn in_no_flow<F: Frame, Fam: Family>(pkt: &Packet) -> u32 {
+    if share::on()
+        && from_backend_port(pkt.sport)
+        && let Some(scratch) = scratch()
+    {
+        match unowned::<Fam>(scratch) {
+            ADOPTED => return RERUN,
+            UNKNOWN => return F::DROP,
+            _ => {}
+        }
+    }
+    not_served::<F>(pkt)
+}
 
 /// A TCP or UDP packet in no flow and for no service. To a VIP it is dropped and counted in
 /// the VIP's entry (passed, it would reach the host's own sockets, the VIP being a local

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 use super::*;
 
 /// Backend 198.18.1.11:8080 (and [fd00:1::11]:8080) serves two NAT services each.
-const SHARED: &str = r#"
+pub(super) const SHARED: &str = r#"
 interfaces = ["c0", "s0"]
 
 [[service]]

@@ -19,12 +19,10 @@ use lb_common::{
     reply::{MAX_VIPS_PER_BACKEND, hint_slot},
 };
 
-use super::vip_hints::{Slot, VipHintMaps};
-
-/// A NAT backend as its packets show it: address, port (network order), protocol, family.
-type Backend = (Addr, u16, u8, u8);
-/// A VIP and port (network order).
-type Vip = (Addr, u16);
+use super::{
+    lone_vips::{Backend, Lone, LoneVipMaps, Vip},
+    vip_hints::{Slot, VipHintMaps},
+};
 
 /// Which VIPs each NAT backend serves, from the services and backends the maps were told of.
 /// Pure, so that it is tested without a kernel.
@@ -74,6 +72,23 @@ impl ReplyIndex {
             .into_iter()
             .flatten()
             .filter_map(|id| Some((*id, self.backends.get(id)?)))
+    }
+
+    /// The one VIP `backend` serves, with its backend id and service id there; none if it
+    /// serves none or several (`LONE_VIPS4`/`6`).
+    fn lone(&self, backend: &Backend) -> Option<Lone> {
+        let vips = self.vips_of(backend);
+        let [vip] = vips.as_slice() else {
+            return None;
+        };
+        self.at_address(backend).find_map(|(id, entry)| {
+            let (key, nat) = self.services.get(&entry.service_id)?;
+            (*nat && key.proto == backend.2 && (key.addr, key.port) == *vip).then_some((
+                *vip,
+                id,
+                entry.service_id,
+            ))
+        })
     }
 
     /// The ids in use of `backend`.
@@ -170,11 +185,13 @@ impl ReplyIndex {
     }
 }
 
-/// The two maps, the ports' hints, and the index they are written from.
+/// The two maps, the ports' hints, the backends that serve one VIP, and the index they are
+/// written from.
 pub(super) struct BackendVipMaps {
     v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
     v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
     ports: VipHintMaps,
+    lone: LoneVipMaps,
     index: ReplyIndex,
     /// The flags last given to each backend id's `BACKENDS` entry.
     flags: HashMap<u32, u32>,
@@ -190,6 +207,7 @@ impl BackendVipMaps {
         v4: BpfHashMap<MapData, BackendVipKey<u32>, BackendVips<u32>>,
         v6: BpfHashMap<MapData, BackendVipKey<Addr>, BackendVips<Addr>>,
         ports: (Array<MapData, VipPort<u32>>, Array<MapData, VipPort<Addr>>),
+        lone: LoneVipMaps,
         services: &[(ServiceKey, ServiceEntry)],
         backends: &[(u32, BackendEntry)],
     ) -> Result<(Self, Vec<(u32, u32)>)> {
@@ -208,6 +226,7 @@ impl BackendVipMaps {
             v4,
             v6,
             ports,
+            lone,
             index,
             flags: HashMap::new(),
         };
@@ -335,8 +354,10 @@ impl BackendVipMaps {
         })
     }
 
-    /// Writes (or removes, if it serves none) the VIPs of `backend`.
+    /// Writes (or removes, if it serves none) the VIPs of `backend`, and its one VIP if it
+    /// serves one.
     fn write(&mut self, backend: &Backend) -> Result<()> {
+        self.lone.write(backend, self.index.lone(backend))?;
         let vips = self.index.listed(backend);
         let &(addr, port, proto, backend_family) = backend;
         if backend_family == family::IPV4 {

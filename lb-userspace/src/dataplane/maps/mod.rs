@@ -34,6 +34,7 @@ mod batch;
 pub(crate) mod flows;
 mod interfaces;
 pub(crate) mod legacy_flows;
+mod lone_vips;
 pub(crate) mod passive;
 mod reads;
 pub(crate) mod share;
@@ -44,6 +45,7 @@ use self::{
     backend_ports::BackendPorts,
     backend_vips::BackendVipMaps,
     flows::{FlowMaps, FlowTables},
+    lone_vips::LoneVipMaps,
     passive::PassiveMaps,
 };
 use crate::{
@@ -152,6 +154,10 @@ impl Maps {
             (
                 take(ebpf, map_names::VIP_HINTS4)?,
                 take(ebpf, map_names::VIP_HINTS6)?,
+            ),
+            LoneVipMaps::new(
+                take(ebpf, map_names::LONE_VIPS4)?,
+                take(ebpf, map_names::LONE_VIPS6)?,
             ),
             &held,
             &in_use,

@@ -1,29 +1,54 @@
 //! The flows the program tells the daemon of while it shares them with a fleet (see
 //! `lb_common::share`): whether it does (`FLEET`), the events (`FLOW_EVENTS`, read by a task
 //! that waits on the ring buffer's descriptor) and those lost to a full ring
-//! (`FLOW_EVENTS_LOST`).
+//! (`FLOW_EVENTS_LOST`); and the program arrays through which a NAT backend's packet whose
+//! flow the program just adopted runs the program again (`RERUN_XDP`, `RERUN_TC`).
 
 use std::os::fd::{AsRawFd, RawFd};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
 };
-use lb_common::{consts::map_names, share::FlowEvent};
+use lb_common::{
+    consts::{map_names, program_names},
+    share::FlowEvent,
+};
 
 use super::take;
 
-/// The switch that turns the program's flow events on (`FLEET`).
+/// The switch that turns the program's flow events on (`FLEET`), and the program arrays each
+/// program runs itself again through (held while the daemon runs: a program array keeps its
+/// programs only while a process or a pin holds it).
 pub struct FleetSwitch {
     on: Array<MapData, u32>,
+    _reruns: [ProgramArray<MapData>; 2],
 }
 
 impl FleetSwitch {
-    /// Takes the map out of the loaded object.
+    /// Takes the maps out of the loaded object, and puts each loaded program in its own
+    /// program array.
     pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut rerun = |map: &str, program: &str| -> Result<ProgramArray<MapData>> {
+            let fd = ebpf
+                .program(program)
+                .with_context(|| format!("the object has no program {program}"))?
+                .fd()?
+                .try_clone()?;
+            let mut array: ProgramArray<MapData> = take(ebpf, map)?;
+            array
+                .set(0, &fd, 0)
+                .with_context(|| format!("writing {map}"))?;
+            Ok(array)
+        };
+        let reruns = [
+            rerun(map_names::RERUN_XDP, program_names::BALANCER)?,
+            rerun(map_names::RERUN_TC, program_names::BALANCER_TC)?,
+        ];
         Ok(Self {
             on: take(ebpf, map_names::FLEET)?,
+            _reruns: reruns,
         })
     }
 
