@@ -124,7 +124,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
     }
     // A client's packet to a port no service listens on belongs to no flow and no service.
     if !to_service_port(pkt.dport) {
-        return unserved::in_no_flow::<F, Fam>(pkt);
+        return unserved::in_no_flow::<F, Fam>(frame, pkt);
     }
     // SAFETY: this CPU's scratch area; the key is not otherwise borrowed on this path.
     let key = unsafe { &mut *Fam::areas(scratch).key };
@@ -162,7 +162,7 @@ fn balance<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch
         family: pkt.family,
     };
     let Some(service) = SERVICES.get_ptr(service_key) else {
-        return unserved::in_no_flow::<F, Fam>(pkt);
+        return unserved::in_no_flow::<F, Fam>(frame, pkt);
     };
     // (A retransmitted SYN is found when its entry cannot be inserted: see `place`.)
     to_place(pkt, service, NO_BACKEND_ID)

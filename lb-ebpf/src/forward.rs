@@ -12,7 +12,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup,
+    },
     helpers::bpf_fib_lookup as fib_lookup,
 };
 use lb_common::{Addr, BackendHop, Hop, consts::events};
@@ -51,31 +54,12 @@ pub struct Route<'a> {
 /// when the packet must go to the kernel instead.
 #[inline(always)]
 pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<Hop, u32> {
-    let (src, dst) = (route.src, route.dst);
     let Some(scratch) = scratch() else {
         return Err(F::PASS);
     };
     // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
     let fib = unsafe { &mut (*scratch).fib };
-    // Every input field is set: a request without options.
-    fib.__bindgen_anon_2.flowinfo = 0;
-    fib.l4_protocol = pkt.proto;
-    fib.sport = route.sport;
-    fib.dport = route.dport;
-    fib.__bindgen_anon_1.tot_len = frame.fib_tot_len(pkt.ip_len);
-    fib.ifindex = frame.ingress_ifindex();
-    if pkt.is_ipv6() {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = *src;
-        fib.__bindgen_anon_4.ipv6_dst = *dst;
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = src[0];
-        fib.__bindgen_anon_4.ipv4_dst = dst[0];
-    }
-
-    // SAFETY: the helper reads and writes `fib`, whose size we pass.
-    let rc = unsafe { fib_lookup(frame.raw(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = ask(frame, pkt, route, fib);
     let unresolved = if route.dsr { F::DROP } else { F::PASS };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count_event(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
@@ -96,6 +80,49 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<Hop, 
         peer: veth_peer::<F>(fib.ifindex) as u8,
         _pad: 0,
     })
+}
+
+/// Asks the FIB about a packet rewritten to `route`, in `fib`: the helper's answer.
+#[inline(always)]
+fn ask<F: Frame>(frame: &F, pkt: &Packet, route: &Route, fib: &mut bpf_fib_lookup) -> i64 {
+    let (src, dst) = (route.src, route.dst);
+    // Every input field is set: a request without options.
+    fib.__bindgen_anon_2.flowinfo = 0;
+    fib.l4_protocol = pkt.proto;
+    fib.sport = route.sport;
+    fib.dport = route.dport;
+    fib.__bindgen_anon_1.tot_len = frame.fib_tot_len(pkt.ip_len);
+    fib.ifindex = frame.ingress_ifindex();
+    if pkt.is_ipv6() {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
+    } else {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst[0];
+    }
+    // SAFETY: the helper reads and writes `fib`, whose size we pass.
+    unsafe { fib_lookup(frame.raw(), fib, size_of::<bpf_fib_lookup>() as i32, 0) }
+}
+
+/// Whether the packet, as it is, is addressed to this host (the FIB would not forward it: a
+/// local address, or broadcast): a health check's answer, say, to the balancer itself.
+#[inline(always)]
+pub fn to_this_host<F: Frame>(frame: &F, pkt: &Packet) -> bool {
+    let Some(scratch) = scratch() else {
+        return true;
+    };
+    // SAFETY: this CPU's scratch area, used by nobody else while the program runs.
+    let fib = unsafe { &mut (*scratch).fib };
+    let route = Route {
+        src: &pkt.src,
+        dst: &pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        dsr: false,
+    };
+    ask(frame, pkt, &route, fib) == BPF_FIB_LKUP_RET_NOT_FWDED as i64
 }
 
 /// Whether the tc program hands packets for `ifindex` straight to its veth peer (`VETH_PEERS`).

@@ -8,6 +8,7 @@ use lb_common::{VipKey, consts::events, host_port_key};
 use crate::{
     adopt::RERUN,
     family::Family,
+    forward::to_this_host,
     frame::Frame,
     maps::{HOST_PORTS, VIPS, count_event},
     packet::Packet,
@@ -18,12 +19,14 @@ use crate::{
 
 /// A TCP or UDP packet of family `Fam` in no flow and for no service. While the instance shares
 /// flows with a fleet, a NAT backend's packet may be of a flow another instance placed (see
-/// `reply::unowned`): [`RERUN`] once its flow is adopted, dropped if it cannot be. Anything
-/// else as [`not_served`] says. In a function of its own: only such packets pay for it.
+/// `reply::unowned`): [`RERUN`] once its flow is adopted, dropped if it cannot be; unless it
+/// is addressed to this host (a health check's answer). Anything else as [`not_served`]
+/// says. In a function of its own: only such packets pay for it.
 #[inline(never)]
-pub fn in_no_flow<F: Frame, Fam: Family>(pkt: &Packet) -> u32 {
+pub fn in_no_flow<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> u32 {
     if share::on()
         && from_backend_port(pkt.sport)
+        && !to_this_host(frame, pkt)
         && let Some(scratch) = scratch()
     {
         match unowned::<Fam>(scratch) {

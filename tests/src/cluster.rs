@@ -38,6 +38,9 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 /// The port of the service (and of the backends: DSR keeps it).
 pub const PORT: u16 = 80;
+/// A prefix of the backends' addresses (198.18.1.11 and on), and none of the balancers' or the
+/// router's.
+const BACKENDS: &str = "198.18.1.8/29";
 
 /// The address of balancer `index` (0-based): 198.18.1.21, .22, ...
 pub fn balancer_addr(index: usize) -> Ipv4Addr {
@@ -51,7 +54,19 @@ fn contrib() -> PathBuf {
 
 /// contrib/bird/balancer.conf for balancer `index`.
 pub fn balancer_bird_config(index: usize) -> Result<String> {
-    let text = std::fs::read_to_string(contrib().join("bird/balancer.conf"))?;
+    bird_config_of_balancer(index, false)
+}
+
+/// contrib/bird/balancer.conf for balancer `index`; with `nat_answers`, its lines for NAT
+/// behind ECMP uncommented, as its comment says to.
+fn bird_config_of_balancer(index: usize, nat_answers: bool) -> Result<String> {
+    let mut text = std::fs::read_to_string(contrib().join("bird/balancer.conf"))?;
+    if nat_answers {
+        if !text.contains("\n#nat ") {
+            bail!("contrib/bird/balancer.conf has no lines for NAT behind ECMP");
+        }
+        text = text.replace("\n#nat ", "\n");
+    }
     let address = balancer_addr(index).to_string();
     replace_all(
         &text,
@@ -214,15 +229,24 @@ impl Cluster {
     ) -> Result<Self> {
         anyhow::ensure!(
             dsr || balancers == 1,
-            "NAT needs the replies through its balancer"
+            "NAT without shared flows needs the replies through its one balancer"
         );
         Self::build(balancers, backends, service_keys, drain, dsr, false)
     }
 
-    /// [`Self::start`] with DSR and the balancers sharing their flows (`[fleet]`, with a key
-    /// of their own, each listening on its address, port [`FLEET_PORT`]).
-    pub fn start_fleet(balancers: usize, backends: usize, service_keys: &str) -> Result<Self> {
-        Self::build(balancers, backends, service_keys, "0s", true, true)
+    /// [`Self::start`] with the balancers sharing their flows (`[fleet]`, with a key of their
+    /// own, each listening on its address, port [`FLEET_PORT`]), with DSR, or with NAT (`dsr`
+    /// false): then the backends' answers go back through the balancers, spread by the router
+    /// as the clients' flows are (the backends' gateway is the router, whose BIRD puts the
+    /// balancers' default routes in the table of the backends' packets, as contrib/bird's
+    /// configs say for NAT behind ECMP).
+    pub fn start_fleet(
+        balancers: usize,
+        backends: usize,
+        service_keys: &str,
+        dsr: bool,
+    ) -> Result<Self> {
+        Self::build(balancers, backends, service_keys, "0s", dsr, true)
     }
 
     fn build(
@@ -272,19 +296,29 @@ impl Cluster {
         for (i, host) in hosts.iter().enumerate() {
             to_switch(host, backend_addr(i))?;
             host.ip(&format!("route add default via {ROUTER}"))?;
-            if !dsr {
+            if !dsr && !fleet {
                 host.ip(&format!("route add 198.18.2.0/24 via {}", balancer_addr(0)))?;
             }
-            host.exec(
-                "sh",
-                &[
-                    &contrib().join("dsr-backend.sh").to_string_lossy(),
-                    &VIP.to_string(),
-                ],
-            )?;
+            if dsr {
+                host.exec(
+                    "sh",
+                    &[
+                        &contrib().join("dsr-backend.sh").to_string_lossy(),
+                        &VIP.to_string(),
+                    ],
+                )?;
+            }
         }
         router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        let nat_answers = !dsr && fleet;
+        if nat_answers {
+            // The backends' packets take table 100 (the balancers' default routes), and
+            // leave by the interface they came in on without a redirect.
+            router.ip(&format!("rule add from {BACKENDS} lookup 100"))?;
+            router.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+            router.sysctl("net.ipv4.conf.eth0.send_redirects", "0")?;
+        }
 
         let servers = hosts
             .iter()
@@ -295,7 +329,10 @@ impl Cluster {
         let birds = lbs
             .iter()
             .enumerate()
-            .map(|(i, lb)| Bird::start(lb, &format!("lb{}", i + 1), &balancer_bird_config(i)?))
+            .map(|(i, lb)| {
+                let config = bird_config_of_balancer(i, nat_answers)?;
+                Bird::start(lb, &format!("lb{}", i + 1), &config)
+            })
             .collect::<Result<Vec<_>>>()?;
         let fleet_key = if fleet { Some(fleet_key()?) } else { None };
         let configs: Vec<String> = birds
@@ -335,7 +372,16 @@ impl Cluster {
         cluster
             .wait_for_next_hops(balancers, Duration::from_secs(30))
             .with_context(|| {
-                format!("BGP did not converge:\n{}", cluster.router_bird.protocols())
+                let xlbs: Vec<String> = cluster
+                    .xlbs
+                    .iter()
+                    .map(|xlb| xlb.lock().expect("the xlb lock").output())
+                    .collect();
+                format!(
+                    "BGP did not converge:\n{}\nxlb:\n{}",
+                    cluster.router_bird.protocols(),
+                    xlbs.join("\n")
+                )
             })?;
         Ok(cluster)
     }
@@ -443,6 +489,28 @@ impl Cluster {
     pub fn restart(&self, index: usize) -> Result<()> {
         let mut xlb = self.xlbs[index].lock().expect("the xlb lock");
         xlb.restart(&self.balancers[index], &[])
+    }
+
+    /// The data-plane event `name` (`xlb --json stats`), summed over the balancers whose xlb
+    /// runs, since each loaded its program.
+    pub fn event_total(&self, name: &str) -> Result<u64> {
+        let mut total = 0;
+        for xlb in &self.xlbs {
+            let mut xlb = xlb.lock().expect("the xlb lock");
+            if xlb.exited()? {
+                continue;
+            }
+            let (code, stdout, stderr) = xlb.cli(&["--json", "stats"])?;
+            anyhow::ensure!(code == 0, "xlb stats: {stderr}");
+            let answer: serde_json::Value = serde_json::from_str(&stdout)?;
+            let events = answer["stats"]["events"].as_array().context("events")?;
+            total += events
+                .iter()
+                .filter(|pair| pair[0] == name)
+                .filter_map(|pair| pair[1].as_u64())
+                .sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// Flows of the service each balancer's xlb placed (new, or arriving without a flow) and

@@ -248,7 +248,7 @@ fn a_backends_answer_that_comes_before_its_flow_is_adopted_while_sharing() {
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn a_backend_of_several_vips_whose_answer_comes_first_is_dropped_not_leaked() {
-    with_lab_config(super::reply::SHARED, |lab| {
+    with_lab_config(reply::SHARED, |lab| {
         lab.dataplane.fleet_switch.share_flows(true).unwrap();
         let synack = answer(
             "198.18.1.11:8080",
