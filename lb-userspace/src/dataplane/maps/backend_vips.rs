@@ -444,6 +444,44 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_of_one_nat_vip_is_lone_with_its_ids_there() {
+        let mut index = ReplyIndex::default();
+        let b1 = ([11, 0, 0, 0], 8080u16.to_be(), proto::TCP, family::IPV4);
+        let vip = ([100, 0, 0, 0], 80u16.to_be());
+        let (key, entry) = service(7, 100, 80, true);
+        index.set_service(&key, &entry);
+        index.set_backend(3, &backend(7, 11, 8080));
+        assert_eq!(index.lone(&b1), Some((vip, 3, 7)));
+        // A DSR service with the same backend changes nothing: only NAT answers are adopted.
+        let (key, entry) = service(9, 102, 8080, false);
+        index.set_service(&key, &entry);
+        index.set_backend(4, &backend(9, 11, 8080));
+        assert_eq!(index.lone(&b1), Some((vip, 3, 7)));
+        // A second NAT VIP: which flow an answer belongs to is no longer known.
+        let (key, entry) = service(8, 101, 443, true);
+        index.set_service(&key, &entry);
+        index.set_backend(5, &backend(8, 11, 8080));
+        assert_eq!(index.lone(&b1), None);
+        // Released again: lone once more; and no VIP at all once the last id goes.
+        index.set_backend(
+            5,
+            &BackendEntry {
+                in_use: 0,
+                ..backend(8, 11, 8080)
+            },
+        );
+        assert_eq!(index.lone(&b1), Some((vip, 3, 7)));
+        index.set_backend(
+            3,
+            &BackendEntry {
+                in_use: 0,
+                ..backend(7, 11, 8080)
+            },
+        );
+        assert_eq!(index.lone(&b1), None);
+    }
+
+    #[test]
     fn a_backend_serves_the_vips_of_its_nat_services_until_it_is_released() {
         let mut index = ReplyIndex::default();
         let b1 = ([11, 0, 0, 0], 8080u16.to_be(), proto::TCP, family::IPV4);
