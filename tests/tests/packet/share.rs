@@ -242,6 +242,14 @@ fn a_backends_answer_that_comes_before_its_flow_is_adopted_while_sharing() {
         // A packet from a port no NAT backend has at that address: not a backend's.
         let stranger = answer("198.18.1.99:8081", "198.18.0.2:44004", tcp_flags::ACK);
         assert_eq!(lab.run(&stranger.build(), lab.s0).0, XDP_PASS);
+        // A backend's answer to this host itself (a health check's): for the host.
+        let check = answer(
+            "198.18.1.12:8080",
+            "198.18.1.1:45000",
+            tcp_flags::SYN | tcp_flags::ACK,
+        );
+        assert_eq!(lab.run(&check.build(), lab.s0).0, XDP_PASS);
+        assert_eq!(lab.event(events::FLOW_ADOPTED), 4);
     });
 }
 
