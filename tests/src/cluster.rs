@@ -513,6 +513,23 @@ impl Cluster {
         Ok(total)
     }
 
+    /// The value of metric `series` (its name and labels, as exposed) of balancer `index`'s
+    /// xlb; 0 if it does not expose it.
+    pub fn metric(&self, index: usize, series: &str) -> Result<f64> {
+        let endpoint = METRICS.parse()?;
+        let body = self.balancers[index].block_on(async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::client::http_get_body(endpoint, "/metrics"),
+            )
+            .await
+        })???;
+        Ok(body
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Flows of the service each balancer's xlb placed (new, or arriving without a flow) and
     /// the packets it forwarded, as `xlb --json stats` counts them.
     pub fn placed_and_forwarded(&self) -> Result<Vec<(u64, u64)>> {
@@ -543,6 +560,8 @@ fn start_server(host: &Netns, index: usize) -> Result<Process> {
 
 /// The port of the fleet's messages.
 pub const FLEET_PORT: u16 = 7470;
+/// Where each balancer's xlb serves its metrics, in its namespace.
+const METRICS: &str = "127.0.0.1:9814";
 
 /// A fleet key in a file readable by its owner only.
 fn fleet_key() -> Result<PathBuf> {
@@ -584,6 +603,7 @@ fn xlb_config(
         .join(", ");
     format!(
         r#"interfaces = ["eth0"]
+metrics = "{METRICS}"
 
 [announce]
 bird_socket = "{}"

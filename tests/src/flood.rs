@@ -94,6 +94,57 @@ pub fn syn_flood(
     })
 }
 
+/// Sends `count` UDP datagrams of random bytes (16 to 271 of them), each from and to one of
+/// `pairs` in turn (source and destination: a source may be spoofed, as the raw socket writes
+/// the IP header), until `count` are sent or `limit` has passed; the payloads come from a
+/// generator seeded with `seed`.
+pub fn datagram_flood(
+    pairs: &[(SocketAddrV4, SocketAddrV4)],
+    count: u64,
+    limit: Duration,
+    seed: u64,
+) -> Result<Flood> {
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .context("opening a raw socket")?;
+    let mut state = seed | 1;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < count && !pairs.is_empty() {
+        if sent % 1_000 == 0 && started.elapsed() >= limit {
+            break;
+        }
+        let (from, to) = pairs[sent as usize % pairs.len()];
+        let mut payload = Vec::with_capacity(272);
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let length = 16 + (state % 256) as usize;
+        while payload.len() < length {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            payload.extend_from_slice(&state.to_le_bytes());
+        }
+        payload.truncate(length);
+        let packet = Frame::udp(&from.to_string(), &to.to_string())
+            .with(|f| f.payload = payload)
+            .ip_packet();
+        let destination = SockAddr::from(SocketAddr::V4(to));
+        // A full socket buffer is back-pressure, not failure: skip the datagram.
+        if socket.send_to(&packet, &destination).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(Flood {
+        sent,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// Recomputes the header and TCP checksums of an IPv4 packet without options. (The kernel
 /// recomputes the header's anyway; this keeps the packet valid on its own.)
 fn rewrite_checksums(packet: &mut [u8]) {

@@ -14,10 +14,13 @@
 
 use std::{sync::Mutex, time::Duration};
 
+use std::net::SocketAddrV4;
+
 use xlb_tests::{
-    cluster::{Cluster, PORT},
+    cluster::{CLIENT, Cluster, FLEET_PORT, PORT, balancer_addr},
+    flood::{Flood, datagram_flood},
     scaleout::{LOAD, MAGLEV, Outcome, ROUND_ROBIN, round},
-    topology::backend_addr,
+    topology::{VIP, backend_addr},
 };
 
 /// The tests of this file share two CPUs: one at a time.
@@ -88,6 +91,12 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         cluster.restart(2)?;
         hops(3)
     });
+    if !dsr {
+        play("forged fleet datagrams (a flood)", &|| {
+            forge_fleet_datagrams(&cluster).map(drop)
+        });
+        check_forgeries_refused(&cluster);
+    }
     play("a host hangs (its link cut)", &|| {
         cluster.cut_link(1)?;
         hops(2)
@@ -106,6 +115,61 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         "{restarted}"
     );
     outcomes
+}
+
+/// Sends 30,000 datagrams of random bytes from the client host (within 3 s): to each
+/// balancer's fleet port, from the client and from the other balancers' addresses (spoofed),
+/// and to the VIP's port of that number.
+fn forge_fleet_datagrams(cluster: &Cluster) -> anyhow::Result<Flood> {
+    let balancers: Vec<SocketAddrV4> = (0..3)
+        .map(|i| SocketAddrV4::new(balancer_addr(i), FLEET_PORT))
+        .collect();
+    let mut pairs = vec![(
+        SocketAddrV4::new(CLIENT, 40_000),
+        SocketAddrV4::new(VIP, FLEET_PORT),
+    )];
+    for to in &balancers {
+        pairs.push((SocketAddrV4::new(CLIENT, 40_001), *to));
+        pairs.extend(
+            balancers
+                .iter()
+                .filter(|from| *from != to)
+                .map(|from| (*from, *to)),
+        );
+    }
+    let flood = cluster
+        .client
+        .enter(move || datagram_flood(&pairs, 30_000, Duration::from_secs(3), 0x666c_6565_74))??;
+    eprintln!(
+        "forged fleet datagrams: {} sent in {:?}",
+        flood.sent, flood.elapsed
+    );
+    Ok(flood)
+}
+
+/// Every balancer refused forged datagrams, from strangers and with a peer's address, and the
+/// data plane dropped those to the VIP.
+fn check_forgeries_refused(cluster: &Cluster) {
+    for i in 0..3 {
+        let refused = |result: &str| {
+            cluster
+                .metric(
+                    i,
+                    &format!("xlb_fleet_messages_total{{result=\"{result}\"}}"),
+                )
+                .unwrap()
+        };
+        let (stranger, forged) = (
+            refused("refused_not_a_peer"),
+            refused("refused_malformed") + refused("refused_bad_tag"),
+        );
+        eprintln!(
+            "lb{}: refused {stranger} from strangers, {forged} forged",
+            i + 1
+        );
+        assert!(stranger > 0.0 && forged > 0.0, "lb{}", i + 1);
+    }
+    assert!(cluster.event_total("vip_unserved").unwrap() > 0);
 }
 
 fn check(scheduler: &str, dsr: bool) {
