@@ -235,7 +235,8 @@ impl Cluster {
     }
 
     /// [`Self::start`] with the balancers sharing their flows (`[fleet]`, with a key of their
-    /// own, each listening on its address, port [`FLEET_PORT`]), with DSR, or with NAT (`dsr`
+    /// own, each listening on its address, port [`FLEET_PORT`]) and one more backend host than
+    /// the configs list (to be added), with DSR, or with NAT (`dsr`
     /// false): then the backends' answers go back through the balancers, spread by the router
     /// as the clients' flows are (the backends' gateway is the router, whose BIRD puts the
     /// balancers' default routes in the table of the backends' packets, as contrib/bird's
@@ -263,6 +264,9 @@ impl Cluster {
         let lbs: Vec<Netns> = (0..balancers)
             .map(|i| Netns::new(&format!("lb{}", i + 1)))
             .collect::<Result<_>>()?;
+        // A fleet's cluster has a backend more, running, that the configs do not list yet.
+        let listed = backends;
+        let backends = backends + usize::from(fleet);
         let hosts: Vec<Netns> = (0..backends)
             .map(|i| Netns::new(&format!("b{}", i + 1)))
             .collect::<Result<_>>()?;
@@ -344,7 +348,7 @@ impl Cluster {
                     .as_ref()
                     .map(|key| fleet_section(i, balancers, key))
                     .unwrap_or_default();
-                let config = xlb_config(backends, service_keys, &bird.socket, drain, forwarding);
+                let config = xlb_config(listed, service_keys, &bird.socket, drain, forwarding);
                 // A top-level key: before the first table.
                 config.replacen(
                     "interfaces = [\"eth0\"]\n",

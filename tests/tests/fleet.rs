@@ -1,16 +1,19 @@
 //! Tier 3: instances that share their flows (`[fleet]`) behind ECMP, with real parts: the
 //! scale-out cluster (a router running BIRD with the contrib configs, BFD included, three
-//! balancers each running xlb and BIRD, three DSR backends, links at their defaults). Needs
-//! root: run with `cargo xtask test`.
+//! balancers each running xlb and BIRD, three backends and a fourth to be added, links at
+//! their defaults). Needs root: run with `cargo xtask test`.
 //!
 //! 300 long-lived connections echo 1 KB every 200 ms for 6 s, every byte checked, in each
 //! round of one cluster, one event per round: an instance killed (SIGKILL), then started
 //! again (it joins with a snapshot of its peers' flows); a backend drained on every instance
 //! and then an instance killed; that instance started again; a backend removed from every
-//! config (it drains) and then an instance killed; an instance restarted as an operator
-//! does (SIGTERM, then started); an instance's host hanging (its link cut). The router's ECMP re-hash moves flows between the instances at every event: the
-//! moved ones must find their flow shared, and keep their backend. With Maglev and with
-//! round robin, whose instances place a moved flow without a shared entry anywhere.
+//! config (it drains) and then an instance killed; an instance restarted as an operator does
+//! (SIGTERM, then started); a backend added to every config, then an instance killed; an
+//! instance's host hanging (its link cut). The router's ECMP re-hash moves flows between the
+//! instances at every event: the moved ones must find their flow shared, and keep their
+//! backend. DSR with Maglev and with round robin (whose instances place a moved flow without
+//! a shared entry anywhere), and NAT with Maglev, the backends' answers spread over the
+//! instances as the clients' flows are (with a round of forged fleet datagrams).
 
 use std::{sync::Mutex, time::Duration};
 
@@ -97,9 +100,22 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         });
         check_forgeries_refused(&cluster);
     }
-    play("a host hangs (its link cut)", &|| {
-        cluster.cut_link(1)?;
+    play("add b4 everywhere, then SIGKILL", &|| {
+        let b4 = format!(
+            "backends = [ {{ address = \"{}:{PORT}\" }}, ",
+            backend_addr(3)
+        );
+        cluster.reload_every_balancer(|text| {
+            assert!(text.contains("backends = [ "), "{text}");
+            text.replacen("backends = [ ", &b4, 1)
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.kill(1)?;
         hops(2)
+    });
+    play("a host hangs (its link cut)", &|| {
+        cluster.cut_link(0)?;
+        hops(1)
     });
     if !dsr {
         // The backends' answers crossed instances: the router spread them over every
