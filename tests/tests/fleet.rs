@@ -155,7 +155,7 @@ fn forge_fleet_datagrams(cluster: &Cluster) -> anyhow::Result<Flood> {
     }
     let flood = cluster
         .client
-        .enter(move || datagram_flood(&pairs, 30_000, Duration::from_secs(3), 0x666c_6565_74))??;
+        .enter(move || datagram_flood(&pairs, 30_000, Duration::from_secs(3), 0x66_6c65_6574))??;
     eprintln!(
         "forged fleet datagrams: {} sent in {:?}",
         flood.sent, flood.elapsed
