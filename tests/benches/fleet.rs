@@ -6,10 +6,13 @@
 //! and a fleet transport on an address of its own: A's program makes new UDP flows, one
 //! BPF_PROG_TEST_RUN each, at a steady 5,000 a second; B installs what A sends as its
 //! monitor does. A flow's delay runs from just before A's test run to just after B's map
-//! update. In the same run, the data plane's cost of a new flow with sharing on and off.
+//! update. In the same run, the data plane's cost of a new flow with sharing on and off; then
+//! one instance's new connections per second end to end, `[fleet]` on and off in turns.
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
     path::PathBuf,
     sync::atomic::Ordering::Relaxed,
     time::{Duration, Instant},
@@ -24,9 +27,14 @@ use xlb::{
     sys::netif,
 };
 use xlb_tests::{
-    bench::{Table, median, percentile, print_section, quick},
+    bench::{Table, median, percentile, print_section, quick, wrk},
+    client::http_get_body,
+    daemon::start_xlb,
     packet::Frame,
     packet_net::{self, XDP_REDIRECT},
+    process::temp_file,
+    scenario::{balancer_config_with, start_backends},
+    topology::{Lab, Offloads, VIP, Wiring, backend_addr},
 };
 
 const CONFIG: &str = r#"
@@ -208,6 +216,7 @@ fn main() -> Result<()> {
     for row in rows {
         table.row(row);
     }
+    let connections = connections_per_second()?;
     print_section(
         "Flow sharing between instances (fleet)",
         &format!(
@@ -218,9 +227,91 @@ fn main() -> Result<()> {
              to just after B's map update ({notes}). A shared flow takes no memory on a peer \
              beyond the slot it fills in its preallocated flow table (80 bytes of entry and a \
              16-byte key for IPv4); waiting to be sent, 64 bytes, at most 65,536 of them. The \
-             data plane's cost with sharing on and off alternates in blocks of 200 flows.\n\n{}",
+             data plane's cost with sharing on and off alternates in blocks of 200 flows.\n\n{}\n\n\
+             {connections}",
             table.markdown()
         ),
     );
     Ok(())
+}
+
+/// One instance's new connections per second, end to end, with `[fleet]` on and off in turns;
+/// a paragraph and its table.
+fn connections_per_second() -> Result<String> {
+    let (runs, seconds) = if quick() { (1, 1) } else { (5, 4) };
+    let lab = Lab::with_offloads(Wiring::TwoInterfaces, 3, Offloads::Default)?;
+    let _backends = start_backends(&lab)?;
+    let key = temp_file(
+        "bench-fleet.key",
+        "the benchmark's fleet key, 32 bytes and more\n",
+    )?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    // Its one peer: a backend host's address, where nothing listens. What is measured is this
+    // instance's side: the events, their tags and datagrams.
+    let fleet = format!(
+        "fleet = {{ listen = \"198.18.1.1:7470\", peers = [\"{}:7470\"], key_file = \"{}\" }}\n",
+        backend_addr(0),
+        key.display()
+    );
+    let target = SocketAddr::from((VIP, 80));
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut sent = 0.0;
+    for _ in 0..runs {
+        for (i, on) in [false, true].into_iter().enumerate() {
+            let config = format!(
+                "metrics = \"{METRICS}\"\n{}{}",
+                if on { fleet.as_str() } else { "" },
+                balancer_config_with(&lab, "auto", "", "")
+            );
+            let xlb = start_xlb(&lab.balancer, &config)?;
+            wrk(&lab.client, target, 1, true)?;
+            let (rate, _) = wrk(&lab.client, target, seconds, true)?;
+            rates[i].push(rate);
+            if on {
+                sent += flows_sent(&lab)?;
+            }
+            drop(xlb);
+        }
+    }
+    ensure!(sent > 0.0, "with [fleet] on, no flow was sent");
+    let mut table = Table::new(&["[fleet]", "new connections/s (median, min–max)"]);
+    for (name, values) in ["off", "on"].iter().zip(&mut rates) {
+        let (min, max) = (
+            values.iter().copied().fold(f64::MAX, f64::min),
+            values.iter().copied().fold(0.0, f64::max),
+        );
+        table.row(vec![
+            (*name).to_owned(),
+            format!("{:.0} ({min:.0}–{max:.0})", median(values)),
+        ]);
+    }
+    Ok(format!(
+        "End to end, one instance on the test topology at the links' defaults (xlb auto: tc): \
+         wrk's new connections per second (a connection per request, 2 threads, 32 \
+         connections, {seconds} s), with `[fleet]` off and on in turns, {runs} runs each; on, \
+         every connection's flow is told to the daemon, tagged and sent to one peer ({sent:.0} \
+         flows sent in all). Client, backends and xlb share the machine's two CPUs, so the \
+         daemon's sending competes with the load.\n\n{}",
+        table.markdown()
+    ))
+}
+
+/// Where the instance of [`connections_per_second`] serves its metrics.
+const METRICS: &str = "127.0.0.1:9814";
+
+/// The flows the lab's instance sent to its peer, from its metrics.
+fn flows_sent(lab: &Lab) -> Result<f64> {
+    let endpoint = METRICS.parse()?;
+    let body = lab
+        .balancer
+        .block_on(http_get_body(endpoint, "/metrics"))??;
+    Ok(body
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("xlb_fleet_flows_total{result=\"sent\"}")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
 }

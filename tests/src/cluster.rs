@@ -489,6 +489,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Takes balancer `index` out of the fleet as if it had never run: its xlb stopped as an
+    /// operator does (SIGTERM), its pins and state removed. [`Self::restart`] then starts it as
+    /// a new instance, which joins with its peers' flows.
+    pub fn retire(&self, index: usize) -> Result<()> {
+        let mut xlb = self.xlbs[index].lock().expect("the xlb lock");
+        xlb.stop(Duration::from_secs(10))?;
+        xlb.forget();
+        Ok(())
+    }
+
     /// Starts balancer `index`'s xlb again, on its pins, as it was started.
     pub fn restart(&self, index: usize) -> Result<()> {
         let mut xlb = self.xlbs[index].lock().expect("the xlb lock");

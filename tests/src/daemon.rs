@@ -119,6 +119,15 @@ impl Xlb {
     }
 }
 
+impl Xlb {
+    /// Removes the pins and state this daemon left when it exited: its next start is a new
+    /// instance's, with nothing to take over.
+    pub fn forget(&self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
 impl Drop for Xlb {
     fn drop(&mut self) {
         let _ = self.process.signal(libc::SIGKILL);
