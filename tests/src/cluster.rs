@@ -202,6 +202,8 @@ pub struct Cluster {
     pub xlbs: Vec<Mutex<Xlb>>,
     /// Each balancer's xlb config.
     configs: Vec<String>,
+    /// Where the backends' UDP echo listens, if the cluster has a UDP service.
+    udp: Option<Ipv4Addr>,
     // Declared after the daemons: dropped after them.
     servers: Mutex<Vec<Option<Process>>>,
     _birds: Vec<Bird>,
@@ -327,7 +329,7 @@ impl Cluster {
         let servers = hosts
             .iter()
             .enumerate()
-            .map(|(i, host)| start_server(host, i).map(Some))
+            .map(|(i, host)| start_server(host, i, udp_bind(fleet, dsr)).map(Some))
             .collect::<Result<Vec<_>>>()?;
         let router_bird = Bird::start(&router, "rt", &router_bird_config(balancers)?)?;
         let birds = lbs
@@ -348,7 +350,10 @@ impl Cluster {
                     .as_ref()
                     .map(|key| fleet_section(i, balancers, key))
                     .unwrap_or_default();
-                let config = xlb_config(listed, service_keys, &bird.socket, drain, forwarding);
+                let mut config = xlb_config(listed, service_keys, &bird.socket, drain, forwarding);
+                if fleet_key.is_some() {
+                    config.push_str(&udp_service(&config));
+                }
                 // A top-level key: before the first table.
                 config.replacen(
                     "interfaces = [\"eth0\"]\n",
@@ -364,6 +369,7 @@ impl Cluster {
             backends: hosts,
             xlbs: Vec::new(),
             configs,
+            udp: udp_bind(fleet, dsr),
             servers: Mutex::new(servers),
             _birds: birds,
             router_bird,
@@ -400,7 +406,7 @@ impl Cluster {
 
     /// Starts backend `index`'s server again.
     pub fn start_server(&self, index: usize) -> Result<()> {
-        let server = start_server(&self.backends[index], index)?;
+        let server = start_server(&self.backends[index], index, self.udp)?;
         self.servers.lock().expect("the servers lock")[index] = Some(server);
         Ok(())
     }
@@ -562,11 +568,25 @@ impl Cluster {
     }
 }
 
-/// Starts backend `index`'s HTTP server on `host`, on the service's port.
-fn start_server(host: &Netns, index: usize) -> Result<Process> {
+/// Where a backend's UDP echo listens: a fleet's cluster has a UDP service too, on the same
+/// port; its DSR backends answer from the VIP, so they listen on it.
+fn udp_bind(fleet: bool, dsr: bool) -> Option<Ipv4Addr> {
+    match (fleet, dsr) {
+        (false, _) => None,
+        (true, true) => Some(VIP),
+        (true, false) => Some(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// Starts backend `index`'s HTTP server on `host`, on the service's port, and its UDP echo on
+/// `udp`, that port, if given.
+fn start_server(host: &Netns, index: usize, udp: Option<Ipv4Addr>) -> Result<Process> {
     let mut command = host.command(binary("xlb-backend")?);
     let name = format!("b{}", index + 1);
     command.args(["--name", &name, "--http", &format!("0.0.0.0:{PORT}")]);
+    if let Some(address) = udp {
+        command.args(["--udp", &format!("{address}:{PORT}")]);
+    }
     let mut process = Process::spawn(&name, command)?;
     process.wait_for_output("ready", STARTUP)?;
     Ok(process)
@@ -599,6 +619,18 @@ fn fleet_section(index: usize, balancers: usize, key: &Path) -> String {
         balancer_addr(index),
         peers.join(", "),
         key.display()
+    )
+}
+
+/// A UDP service beside the TCP service of `config` (the same VIP, port, backends and keys),
+/// as a fleet's cluster has.
+fn udp_service(config: &str) -> String {
+    let start = config.find("[[service]]").expect("a service");
+    format!(
+        "\n{}",
+        config[start..]
+            .replacen("name = \"web\"", "name = \"dgram\"", 1)
+            .replacen("protocol = \"tcp\"", "protocol = \"udp\"", 1)
     )
 }
 

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use tokio::task::JoinSet;
 
 use crate::{
-    client::{Session, payload},
+    client::{Session, payload, udp_socket},
     cluster::{Cluster, PORT},
     topology::VIP,
 };
@@ -37,6 +37,9 @@ pub struct Load {
     pub bytes: usize,
     /// When the event happens, after every connection opened.
     pub event_at: Duration,
+    /// UDP sessions beside the connections (to the UDP service of a fleet's cluster): each
+    /// sends a datagram every `every` and must be answered by one backend throughout.
+    pub udp_sessions: usize,
 }
 
 /// 300 connections for 6 s, 1 KB each way every 200 ms; the event 2 s in.
@@ -46,6 +49,7 @@ pub const LOAD: Load = Load {
     every: Duration::from_millis(200),
     bytes: 1_000,
     event_at: Duration::from_secs(2),
+    udp_sessions: 0,
 };
 
 /// How the connections of one round ended.
@@ -58,6 +62,10 @@ pub struct Outcome {
     pub failed: BTreeMap<String, usize>,
     /// Exchanges made in all.
     pub exchanges: u64,
+    /// UDP sessions whose every datagram was answered, by one backend.
+    pub udp_completed: usize,
+    /// UDP sessions that failed, by what went wrong first.
+    pub udp_failed: BTreeMap<String, usize>,
 }
 
 impl Outcome {
@@ -100,10 +108,62 @@ async fn connection(index: usize, load: Load, until: Instant) -> (Result<()>, u6
     (result, exchanges)
 }
 
+/// How long a UDP session waits for the answer to a datagram before it sends it again, and how
+/// many times it sends one: a datagram may be lost while the router takes a dead instance out
+/// of its route (BFD: 0.3 s), as TCP retransmits a segment.
+const UDP_WAIT: Duration = Duration::from_millis(400);
+const UDP_SENDS: usize = 3;
+
+/// One UDP session: a datagram every `load.every` until `until`, each answered with its own
+/// bytes by the backend that answered the first (a late answer to an earlier datagram is
+/// skipped).
+async fn udp_session(index: usize, load: Load, until: Instant) -> Result<()> {
+    let vip = SocketAddr::from((VIP, PORT));
+    let socket = udp_socket(vip).await?;
+    let mut backend: Option<String> = None;
+    let mut buffer = vec![0u8; 2_048];
+    let mut round = 0u64;
+    while Instant::now() < until {
+        let body = payload((index as u64) << 32 | round, 64);
+        let mut answered = None;
+        'sends: for _ in 0..UDP_SENDS {
+            socket.send(&body).await?;
+            let deadline = tokio::time::Instant::now() + UDP_WAIT;
+            while let Ok(received) =
+                tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await
+            {
+                let reply = &buffer[..received?];
+                let Some(split) = reply.iter().position(|&b| b == b'\n') else {
+                    anyhow::bail!("a UDP answer without a backend's name");
+                };
+                if reply[split + 1..] == body[..] {
+                    answered = Some(String::from_utf8_lossy(&reply[..split]).into_owned());
+                    break 'sends;
+                }
+            }
+        }
+        let name = answered.with_context(|| format!("no UDP answer in {UDP_SENDS} sends"))?;
+        match &backend {
+            None => backend = Some(name),
+            Some(first) if *first != name => {
+                anyhow::bail!("UDP session moved from backend {first} to {name}")
+            }
+            Some(_) => {}
+        }
+        round += 1;
+        tokio::time::sleep(load.every).await;
+    }
+    Ok(())
+}
+
 /// Runs `load`'s connections (in the client's namespace, from the caller's thread) and
 /// returns once every one ended. `opened` is called once every connection had time to open.
 pub async fn run_connections(load: Load) -> Outcome {
     let until = Instant::now() + load.duration;
+    let mut sessions = JoinSet::new();
+    for index in 0..load.udp_sessions {
+        sessions.spawn(udp_session(index, load, until));
+    }
     let mut set = JoinSet::new();
     for index in 0..load.connections {
         set.spawn(connection(index, load, until));
@@ -122,6 +182,14 @@ pub async fn run_connections(load: Load) -> Outcome {
                 let kind = format!("{error:#}");
                 let kind = kind.split(':').next().unwrap_or("").trim().to_owned();
                 *outcome.failed.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    while let Some(joined) = sessions.join_next().await {
+        match joined.unwrap_or_else(|e| Err(e.into())) {
+            Ok(()) => outcome.udp_completed += 1,
+            Err(error) => {
+                *outcome.udp_failed.entry(format!("{error:#}")).or_default() += 1;
             }
         }
     }

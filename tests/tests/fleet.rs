@@ -23,8 +23,15 @@ use std::net::SocketAddrV4;
 use xlb_tests::{
     cluster::{CLIENT, Cluster, FLEET_PORT, PORT, balancer_addr},
     flood::{Flood, datagram_flood},
-    scaleout::{LOAD, MAGLEV, Outcome, ROUND_ROBIN, round},
+    scaleout::{LOAD, Load, MAGLEV, Outcome, ROUND_ROBIN, round},
     topology::{VIP, backend_addr},
+};
+
+/// Each round's load: the scale-out test's 300 connections, and 60 UDP sessions of a datagram
+/// every 200 ms that must keep their backend.
+const FLEET_LOAD: Load = Load {
+    udp_sessions: 60,
+    ..LOAD
 };
 
 /// The tests of this file share two CPUs: one at a time.
@@ -58,12 +65,16 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
     let mut outcomes = Vec::new();
     let mut play = |name: &'static str, event: &dyn Fn() -> anyhow::Result<()>| {
         let (outcome, ()) =
-            round(&cluster, LOAD, event).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            round(&cluster, FLEET_LOAD, event).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         eprintln!(
-            "{scheduler}, {name}: {} of {} completed, failed {:?}",
+            "{scheduler}, {name}: {} of {} completed, failed {:?}; UDP sessions: {} of {} kept \
+             their backend, failed {:?}",
             outcome.completed,
             outcome.total(),
-            outcome.failed
+            outcome.failed,
+            outcome.udp_completed,
+            FLEET_LOAD.udp_sessions,
+            outcome.udp_failed
         );
         outcomes.push((name, outcome));
     };
@@ -76,7 +87,9 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         hops(3)
     });
     play("drain b3 everywhere, then SIGKILL", &|| {
-        cluster.on_every_balancer(&["backend", "drain", "web", &b3])?;
+        for service in ["web", "dgram"] {
+            cluster.on_every_balancer(&["backend", "drain", service, &b3])?;
+        }
         std::thread::sleep(Duration::from_millis(300));
         cluster.kill(2)?;
         hops(2)
@@ -85,12 +98,14 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         cluster.restart(2)?;
         hops(3)
     });
-    cluster
-        .on_every_balancer(&["backend", "enable", "web", &b3])
-        .unwrap();
+    for service in ["web", "dgram"] {
+        cluster
+            .on_every_balancer(&["backend", "enable", service, &b3])
+            .unwrap();
+    }
     play("remove b3 everywhere, then SIGKILL", &|| {
         let entry = format!(", {{ address = \"{b3}\" }}");
-        cluster.reload_every_balancer(|text| text.replacen(&entry, "", 1))?;
+        cluster.reload_every_balancer(|text| text.replace(&entry, ""))?;
         std::thread::sleep(Duration::from_millis(300));
         cluster.kill(0)?;
         hops(2)
@@ -118,7 +133,7 @@ fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
         );
         cluster.reload_every_balancer(|text| {
             assert!(text.contains("backends = [ "), "{text}");
-            text.replacen("backends = [ ", &b4, 1)
+            text.replace("backends = [ ", &b4)
         })?;
         std::thread::sleep(Duration::from_millis(300));
         cluster.kill(1)?;
@@ -226,8 +241,22 @@ fn check(scheduler: &str, dsr: bool) {
     let outcomes = rounds(scheduler, dsr);
     let lost: Vec<String> = outcomes
         .iter()
-        .filter(|(_, o)| o.completed != o.total() || o.total() != LOAD.connections)
-        .map(|(name, o)| format!("{name}: {} of {} ({:?})", o.completed, o.total(), o.failed))
+        .filter(|(_, o)| {
+            o.completed != o.total()
+                || o.total() != FLEET_LOAD.connections
+                || o.udp_completed != FLEET_LOAD.udp_sessions
+        })
+        .map(|(name, o)| {
+            format!(
+                "{name}: {} of {} ({:?}); UDP {} of {} ({:?})",
+                o.completed,
+                o.total(),
+                o.failed,
+                o.udp_completed,
+                FLEET_LOAD.udp_sessions,
+                o.udp_failed
+            )
+        })
         .collect();
     assert!(lost.is_empty(), "{scheduler}: {lost:#?}");
 }
