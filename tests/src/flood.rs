@@ -49,13 +49,7 @@ pub fn syn_flood(
     seed: u64,
     stop: impl Fn() -> bool,
 ) -> Result<Flood> {
-    // IPPROTO_RAW: we write the IP header ourselves (the kernel fills in its checksum).
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .context("opening a raw socket")?;
+    let socket = raw_socket()?;
     let destination = SockAddr::from(SocketAddr::V4(target));
     let mut packet = Frame::tcp("198.19.0.1:1024", &target.to_string())
         .with(|f| {
@@ -73,11 +67,7 @@ pub fn syn_flood(
         if sent % 1_000 == 0 && (started.elapsed() >= limit || stop()) {
             break;
         }
-        // xorshift64: fast and good enough to spread sources.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let [a, b, c, d, ..] = state.to_le_bytes();
+        let [a, b, c, d, ..] = xorshift(&mut state).to_le_bytes();
         let source = Ipv4Addr::new(198, 19, a, b);
         let port = 1024 + u16::from_le_bytes([c, d]) % 64_000;
         packet[12..16].copy_from_slice(&source.octets());
@@ -104,12 +94,7 @@ pub fn datagram_flood(
     limit: Duration,
     seed: u64,
 ) -> Result<Flood> {
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .context("opening a raw socket")?;
+    let socket = raw_socket()?;
     let mut state = seed | 1;
     let started = Instant::now();
     let mut sent = 0;
@@ -119,15 +104,9 @@ pub fn datagram_flood(
         }
         let (from, to) = pairs[sent as usize % pairs.len()];
         let mut payload = Vec::with_capacity(272);
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let length = 16 + (state % 256) as usize;
+        let length = 16 + (xorshift(&mut state) % 256) as usize;
         while payload.len() < length {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            payload.extend_from_slice(&state.to_le_bytes());
+            payload.extend_from_slice(&xorshift(&mut state).to_le_bytes());
         }
         payload.truncate(length);
         let packet = Frame::udp(&from.to_string(), &to.to_string())
@@ -143,6 +122,26 @@ pub fn datagram_flood(
         sent,
         elapsed: started.elapsed(),
     })
+}
+
+/// A raw IPv4 socket: IPPROTO_RAW, we write the IP header ourselves (the kernel fills in its
+/// checksum).
+fn raw_socket() -> Result<Socket> {
+    Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .context("opening a raw socket")
+}
+
+/// The next value of an xorshift64 generator (fast, and good enough to spread sources and
+/// bytes).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 /// Recomputes the header and TCP checksums of an IPv4 packet without options. (The kernel

@@ -3,8 +3,8 @@
 //! balancers each running xlb and BIRD, three backends and a fourth to be added, links at
 //! their defaults). Needs root: run with `cargo xtask test`.
 //!
-//! 300 long-lived connections echo 1 KB every 200 ms for 6 s, every byte checked, in each
-//! round of one cluster, one event per round: an instance killed (SIGKILL), then started
+//! 300 long-lived connections echo 1 KB every 200 ms for 5 s (the event 1 s in), every byte
+//! checked, with 60 UDP sessions that must keep their backend, in each round of one cluster, one event per round: an instance killed (SIGKILL), then started
 //! again (it joins with a snapshot of its peers' flows); a backend drained on every instance
 //! and then an instance killed; that instance started again; a backend removed from every
 //! config (it drains) and then an instance killed; an instance restarted as an operator does
@@ -28,9 +28,12 @@ use xlb_tests::{
 };
 
 /// Each round's load: the scale-out test's 300 connections, and 60 UDP sessions of a datagram
-/// every 200 ms that must keep their backend.
+/// every 200 ms that must keep their backend; the event 1 s in (every connection opened
+/// within 0.1 s), and 4 s of exchanges after it began, as in the scale-out test.
 const FLEET_LOAD: Load = Load {
     udp_sessions: 60,
+    event_at: Duration::from_secs(1),
+    duration: Duration::from_secs(5),
     ..LOAD
 };
 
