@@ -3,6 +3,7 @@
 //! a packet builder for BPF_PROG_TEST_RUN, and a SYN flood.
 
 pub mod bench;
+pub mod bird;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
