@@ -20,7 +20,7 @@ use lb_common::{
 };
 
 use super::{
-    lone_vips::{Backend, Lone, LoneVipMaps, Vip},
+    lone_vips::{Backend, Lone, LoneVipMaps, Vip, put},
     vip_hints::{Slot, VipHintMaps},
 };
 
@@ -359,31 +359,11 @@ impl BackendVipMaps {
     fn write(&mut self, backend: &Backend) -> Result<()> {
         self.lone.write(backend, self.index.lone(backend))?;
         let vips = self.index.listed(backend);
-        let &(addr, port, proto, backend_family) = backend;
-        if backend_family == family::IPV4 {
-            let key = BackendVipKey {
-                addr: addr[0],
-                port,
-                proto,
-                _pad: 0,
-            };
-            match value_of::<u32>(&vips) {
-                Some(value) => self.v4.insert(key, value, 0)?,
-                None => super::absent_is_removed(self.v4.remove(&key))?,
-            }
+        if backend.3 == family::IPV4 {
+            put(&mut self.v4, backend, value_of::<u32>(&vips))
         } else {
-            let key = BackendVipKey {
-                addr,
-                port,
-                proto,
-                _pad: 0,
-            };
-            match value_of::<Addr>(&vips) {
-                Some(value) => self.v6.insert(key, value, 0)?,
-                None => super::absent_is_removed(self.v6.remove(&key))?,
-            }
+            put(&mut self.v6, backend, value_of::<Addr>(&vips))
         }
-        Ok(())
     }
 }
 

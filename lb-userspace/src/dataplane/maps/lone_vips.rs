@@ -6,7 +6,10 @@
 //! Not pinned: each daemon writes them whole at start.
 
 use anyhow::Result;
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, MapData},
+};
 use lb_common::{Addr, BackendVipKey, FlowAddr, LoneVip, VipPort, consts::family};
 
 /// A NAT backend as its packets show it: address, port (network order), protocol, family.
@@ -35,32 +38,36 @@ impl LoneVipMaps {
     /// Writes `backend`'s one VIP and ids, or removes its element if it serves none or more
     /// than one (`lone` is `None`).
     pub(super) fn write(&mut self, backend: &Backend, lone: Option<Lone>) -> Result<()> {
-        let &(addr, port, proto, backend_family) = backend;
-        if backend_family == family::IPV4 {
-            let key = BackendVipKey {
-                addr: addr[0],
-                port,
-                proto,
-                _pad: 0,
-            };
-            match lone {
-                Some(lone) => self.v4.insert(key, value_of::<u32>(lone), 0)?,
-                None => super::absent_is_removed(self.v4.remove(&key))?,
-            }
+        if backend.3 == family::IPV4 {
+            put(&mut self.v4, backend, lone.map(value_of::<u32>))
         } else {
-            let key = BackendVipKey {
-                addr,
-                port,
-                proto,
-                _pad: 0,
-            };
-            match lone {
-                Some(lone) => self.v6.insert(key, value_of::<Addr>(lone), 0)?,
-                None => super::absent_is_removed(self.v6.remove(&key))?,
-            }
+            put(&mut self.v6, backend, lone.map(value_of::<Addr>))
         }
-        Ok(())
     }
+}
+
+/// Writes `value` under `backend`'s key in `map`, a map of its family keyed by backend
+/// (`LONE_VIPS4`/`6`, `BACKEND_VIPS4`/`6`), or removes the key if `value` is `None`.
+pub(super) fn put<A: FlowAddr, V: Pod>(
+    map: &mut BpfHashMap<MapData, BackendVipKey<A>, V>,
+    backend: &Backend,
+    value: Option<V>,
+) -> Result<()>
+where
+    BackendVipKey<A>: Pod,
+{
+    let &(addr, port, proto, _) = backend;
+    let key = BackendVipKey {
+        addr: A::from_addr(&addr),
+        port,
+        proto,
+        _pad: 0,
+    };
+    match value {
+        Some(value) => map.insert(key, value, 0)?,
+        None => super::absent_is_removed(map.remove(&key))?,
+    }
+    Ok(())
 }
 
 /// The map value of `lone`.
