@@ -213,7 +213,10 @@ pub struct FlowEntry<A: FlowAddr = Addr> {
     pub created_s: u32,
     /// While the flow is half-open: the acknowledgement number that the backend's answer to
     /// the client's SYN carries (the SYN's sequence number plus one, host order), so that only
-    /// a RST answering that very SYN counts as refused (passive health). Unused afterwards.
+    /// a RST answering that very SYN counts as refused (passive health). Unused by the program
+    /// afterwards; on an established copy of a fleet peer's flow, the daemon's mark (the low
+    /// 32 bits of the stamp it wrote), which tells it the program has not stamped the entry
+    /// since.
     pub handshake_ack: u32,
     /// Explicit tail padding; zero.
     pub _tail: A::Pad,

@@ -47,6 +47,26 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// CPU time process `pid` has used, all its threads, user and system (`/proc/PID/stat`).
+pub fn process_cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command's name, in parentheses: fields 3 onwards; utime and stime are 14, 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<u64> {
+        Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse()?)
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(
+        (ticks(14)? + ticks(15)?) * 1_000_000_000 / per_second,
+    ))
+}
+
 /// A markdown table.
 pub struct Table {
     header: Vec<String>,

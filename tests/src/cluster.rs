@@ -473,14 +473,16 @@ fn fleet_key() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The `fleet` of balancer `index` of `balancers`: every other balancer is a peer.
+/// The `fleet` of balancer `index` of `balancers`: every other balancer is a peer. UDP flows
+/// expire after 6 s of silence and the peers' copies are refreshed every 2 s, so that a
+/// round can outlast a copy that is not refreshed.
 fn fleet_section(index: usize, balancers: usize, key: &Path) -> String {
     let peers: Vec<String> = (0..balancers)
         .filter(|&i| i != index)
         .map(|i| format!("\"{}:{FLEET_PORT}\"", balancer_addr(i)))
         .collect();
     format!(
-        "fleet = {{ listen = \"{}:{FLEET_PORT}\", peers = [{}], key_file = \"{}\" }}\n",
+        "udp_idle_timeout = \"6s\"\nfleet = {{ listen = \"{}:{FLEET_PORT}\", peers = [{}], key_file = \"{}\", refresh = \"2s\" }}\n",
         balancer_addr(index),
         peers.join(", "),
         key.display()

@@ -55,6 +55,24 @@ pub struct FleetConfig {
     pub key_file: PathBuf,
     /// The shared key (the file's contents, surrounding whitespace removed).
     pub key: Secret,
+    /// How often this instance sends its peers again the flows it carried since the last
+    /// time (`refresh`): their copies then outlive the flow's idle timeout, and a flow whose
+    /// first message was lost reaches them then.
+    pub refresh: Duration,
+}
+
+impl FleetConfig {
+    /// `refresh`'s default.
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
+}
+
+impl Config {
+    /// How often the fleet's flows are refreshed (`refresh`; its default without a fleet).
+    pub fn fleet_refresh(&self) -> Duration {
+        self.fleet
+            .as_ref()
+            .map_or(FleetConfig::DEFAULT_REFRESH, |fleet| fleet.refresh)
+    }
 }
 
 /// A secret: compared, cloned, never printed.

@@ -293,6 +293,7 @@ pub(super) struct RawFleet {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) peers: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) key_file: Option<Spanned<String>>,
+    pub(super) refresh: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -13,11 +13,15 @@
 //! - A joining or restarted instance asks every peer for its flows before it is announced
 //!   (a snapshot); a peer answers with every established flow of its tables.
 //!
-//! What it does not do: it sends each flow once (no acknowledgements, no resend: a lost
-//! datagram loses its flows on the peers, which then place them as a new instance would);
-//! and a peer's copy of a flow it never sees a packet of expires after the flow's timeout
-//! there, even if the flow is alive elsewhere.
+//! - Every `refresh` (10 s by default) an instance sends again the flows it carried since
+//!   the last time ([`carried`]): the peers' copies then live as long as the flow does, and a
+//!   flow whose first datagram was lost reaches them then.
+//!
+//! What it does not do: acknowledge or resend a datagram. A lost one's flows reach the peers
+//! at the next refresh if they are still alive; a flow that changes instance before that is
+//! placed there as a new instance would place it.
 
+pub mod carried;
 pub mod install;
 pub mod replay;
 mod transport;

@@ -3,7 +3,7 @@
 //! socket bound to the fleet's `listen` address.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc,
@@ -64,6 +64,9 @@ pub struct Counters {
     pub refused_replayed: AtomicU64,
     /// Accepted messages dropped because the monitor had [`INBOX`] waiting.
     pub dropped_inbox: AtomicU64,
+    /// Flows of a refresh not sent before the next refresh replaced it (the budget of
+    /// datagrams was too small for the flows carried).
+    pub refresh_unsent: AtomicU64,
 }
 
 /// An accepted message, for the monitor.
@@ -84,6 +87,8 @@ enum Outgoing {
     Snapshot(SocketAddr, Vec<FlowEvent>),
     /// Asks every peer for its flows.
     Request,
+    /// The flows this instance carried since its last refresh, to every peer.
+    Refresh(Vec<FlowEvent>),
 }
 
 /// The fleet's transport: its tasks, what they received, and their counters.
@@ -158,6 +163,17 @@ impl Fleet {
             .is_err()
         {
             warn!(%peer, "fleet: a snapshot could not be queued (too many at once): the peer will miss it");
+        }
+    }
+
+    /// Sends `flows` to every peer again (a refresh, see [`super::carried`]), after the
+    /// program's events and as the budget of datagrams allows; what is left of the previous
+    /// refresh is dropped (and counted).
+    pub fn send_refresh(&self, flows: Vec<FlowEvent>) {
+        if self.outbox.try_send(Outgoing::Refresh(flows)).is_err() {
+            warn!(
+                "fleet: a refresh could not be queued (the sender is behind): the peers get the next one"
+            );
         }
     }
 
@@ -252,7 +268,8 @@ impl Sender {
                 return;
             }
         };
-        let mut pending: Vec<FlowEvent> = Vec::new();
+        let mut pending: VecDeque<FlowEvent> = VecDeque::new();
+        let mut refresh: VecDeque<FlowEvent> = VecDeque::new();
         let mut flush_at: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -261,7 +278,7 @@ impl Sender {
                     let events = guard.get_inner_mut();
                     while let Some(event) = events.next_event() {
                         if pending.len() < MAX_PENDING {
-                            pending.push(event);
+                            pending.push_back(event);
                         } else {
                             self.counters.dropped_pending.fetch_add(1, Relaxed);
                         }
@@ -270,11 +287,11 @@ impl Sender {
                     guard.clear_ready();
                     flush_at.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
                     if pending.len() >= MAX_RECORDS {
-                        flush_at = self.flush(&mut pending).await;
+                        flush_at = self.flush(&mut pending, &mut refresh).await;
                     }
                 }
                 () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
-                    flush_at = self.flush(&mut pending).await;
+                    flush_at = self.flush(&mut pending, &mut refresh).await;
                 }
                 asked = outgoing.recv() => match asked {
                     None => return,
@@ -291,22 +308,33 @@ impl Sender {
                         }
                         self.send(Kind::SnapshotDone, &[], &[peer]).await;
                     }
+                    Some(Outgoing::Refresh(flows)) => {
+                        let unsent = std::mem::replace(&mut refresh, flows.into()).len() as u64;
+                        self.counters.refresh_unsent.fetch_add(unsent, Relaxed);
+                        flush_at.get_or_insert_with(Instant::now);
+                    }
                 },
             }
         }
     }
 
-    /// Sends what is pending to every peer, as far as the budget allows; when it could not
-    /// send everything, the time to try again.
-    async fn flush(&mut self, pending: &mut Vec<FlowEvent>) -> Option<Instant> {
+    /// Sends what is pending to every peer, then what is left of the refresh, as far as the
+    /// budget allows; when it could not send everything, the time to try again.
+    async fn flush(
+        &mut self,
+        pending: &mut VecDeque<FlowEvent>,
+        refresh: &mut VecDeque<FlowEvent>,
+    ) -> Option<Instant> {
         let peers = self.peers.clone();
-        while !pending.is_empty() {
-            if !self.budget.take() {
-                return Some(Instant::now() + FLUSH_AFTER);
+        for queue in [pending, refresh] {
+            while !queue.is_empty() {
+                if !self.budget.take() {
+                    return Some(Instant::now() + FLUSH_AFTER);
+                }
+                let take = queue.len().min(MAX_RECORDS);
+                let batch: Vec<FlowEvent> = queue.drain(..take).collect();
+                self.send(Kind::Flows, &batch, &peers).await;
             }
-            let take = pending.len().min(MAX_RECORDS);
-            let batch: Vec<FlowEvent> = pending.drain(..take).collect();
-            self.send(Kind::Flows, &batch, &peers).await;
         }
         None
     }

@@ -1,7 +1,8 @@
 //! The monitor's side of the fleet (see `crate::fleet`): it installs the flows peers send
-//! (never over one of this instance's own), answers a peer's snapshot request with this
-//! instance's established flows, and at start asks every peer for theirs before the instance
-//! is announced.
+//! (never over one of this instance's own; a copy it has is stamped anew), answers a peer's
+//! snapshot request with this instance's established flows, sends every `refresh` the flows
+//! it carried since the last, and at start asks every peer for theirs before the instance is
+//! announced.
 
 use std::{
     collections::HashSet,
@@ -11,11 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_common::{
-    FlowEntry, FlowKey,
-    consts::flow_flags,
-    share::{FlowEvent, flow_event},
-};
+use lb_common::{FlowEntry, FlowKey, consts::flow_flags, share::FlowEvent};
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{info, warn};
 
@@ -23,7 +20,7 @@ use super::{Monitor, core::Core};
 use crate::{
     control::DataplaneReads as _,
     dataplane::Maps,
-    fleet::{Fleet, Incoming, install},
+    fleet::{Fleet, Incoming, carried, install},
     metrics::FleetMetrics,
 };
 
@@ -43,6 +40,10 @@ pub(super) struct FleetLink {
     pub(super) present: u64,
     /// Flows of a service or backend this instance does not have.
     pub(super) unknown: u64,
+    /// Copies of peers' flows stamped anew by their refresh.
+    pub(super) refreshed: u64,
+    /// When this instance's last refresh read the tables (the program's clock, ns).
+    refreshed_at: u64,
 }
 
 impl FleetLink {
@@ -56,6 +57,7 @@ impl FleetLink {
                 ("received", n(&c.records_received)),
                 ("installed", self.installed),
                 ("present", self.present),
+                ("refreshed", self.refreshed),
                 ("unknown", self.unknown),
                 ("lost", n(&c.lost_in_ring) + n(&c.dropped_pending)),
             ],
@@ -67,6 +69,7 @@ impl FleetLink {
                 ("refused_bad_tag", n(&c.refused_bad_tag)),
                 ("refused_replayed", n(&c.refused_replayed)),
                 ("dropped", n(&c.dropped_inbox)),
+                ("refresh_unsent", n(&c.refresh_unsent)),
             ],
         }
     }
@@ -94,8 +97,9 @@ impl FleetLink {
         }
     }
 
-    /// Installs the flows of `records`: new ones where this instance has none, and closing
-    /// ones marked so (over this instance's entry too, whose next hops stay).
+    /// Installs the flows of `records`: new ones where this instance has none (stamped as
+    /// copies, `carried::stamp_copy`), its entries of the others stamped anew if older, and closing ones
+    /// marked so (over this instance's entry too, whose next hops stay).
     fn install(&mut self, records: &[FlowEvent], core: &Core, maps: &mut Maps) {
         let now = maps.now_ns().unwrap_or(0);
         let resolved = install::resolve(records, core.balancer().services(), now);
@@ -104,10 +108,16 @@ impl FleetLink {
             .entries
             .into_iter()
             .partition(|(_, entry)| entry.flags & flow_flags::CLOSING != 0);
-        let opened: Vec<_> = opened.into_iter().map(|(k, e)| (k, e, false)).collect();
-        let written = maps.adopt_flows(&opened, true) as u64;
-        self.installed += written;
-        self.present += opened.len() as u64 - written;
+        for (key, mut entry) in opened {
+            carried::stamp_copy(&mut entry, now);
+            if maps.adopt_flows(&[(key, entry, false)], true) == 1 {
+                self.installed += 1;
+            } else if maps.flows.update(&key, |own| carried::stamp_copy(own, now)) {
+                self.refreshed += 1;
+            } else {
+                self.present += 1;
+            }
+        }
         for (key, entry) in closing {
             let marked = match maps.flow(&key) {
                 Some(mut own) => {
@@ -119,28 +129,29 @@ impl FleetLink {
             maps.adopt_flows(&[(key, marked, false)], false);
         }
     }
+
+    /// Sends every peer the flows this instance carried since its last refresh.
+    fn refresh(&mut self, core: &Core, maps: &Maps) -> Result<()> {
+        let now = maps.now_ns()?;
+        let flows = maps.flows()?;
+        let timeouts = &core.config().flow_timeouts;
+        let records = carried::carried_since(&flows, self.refreshed_at, timeouts, now);
+        self.refreshed_at = now;
+        if !records.is_empty() {
+            self.fleet.send_refresh(records);
+        }
+        Ok(())
+    }
 }
 
 /// This instance's established flows, as the records of a snapshot.
 fn snapshot(core: &Core, maps: &Maps) -> Result<Vec<FlowEvent>> {
     let now = maps.now_ns()?;
-    let timeouts = &core.config().flow_timeouts;
-    Ok(maps
-        .flows()?
-        .into_iter()
-        .filter(|(key, entry, half_open)| {
-            !half_open
-                && entry.flags & flow_flags::CLOSING == 0
-                && !timeouts.is_over(key, entry, false, now)
-        })
-        .map(|(key, entry, _)| FlowEvent {
-            key,
-            backend: entry.addr,
-            backend_port: entry.port,
-            kind: flow_event::OPENED,
-            _pad: [0; 5],
-        })
-        .collect())
+    Ok(carried::snapshot(
+        &maps.flows()?,
+        &core.config().flow_timeouts,
+        now,
+    ))
 }
 
 /// The next accepted message, if the monitor has a fleet (else never).
@@ -166,6 +177,8 @@ impl Monitor {
             installed: 0,
             present: 0,
             unknown: 0,
+            refreshed: 0,
+            refreshed_at: maps.now_ns().unwrap_or(0),
         };
         link.fleet.request_snapshot();
         let deadline = Instant::now() + SNAPSHOT_WAIT;
@@ -190,6 +203,16 @@ impl Monitor {
         }
         self.fleet = Some(link);
         self.fleet_inbox = Some(inbox);
+    }
+
+    /// Sends the peers the flows this instance carried since the last refresh (every
+    /// `refresh`, from the monitor's loop).
+    pub(super) fn refresh_fleet(&mut self, maps: &Maps) {
+        if let Some(link) = &mut self.fleet
+            && let Err(error) = link.refresh(&self.core, maps)
+        {
+            warn!("fleet: the flow tables could not be read for a refresh: {error:#}");
+        }
     }
 
     /// Handles a message of the fleet in the monitor's loop.

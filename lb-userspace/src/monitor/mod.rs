@@ -192,6 +192,7 @@ impl Monitor {
         let (mut ramp, mut sample) = (ticks(RAMP_STEP), ticks(SAMPLE_EVERY));
         let (mut count_flows, mut retry) = (ticks(COUNT_FLOWS_EVERY), ticks(RETRY_EVERY));
         let mut departures = ticks(DEPARTURES_EVERY);
+        let mut refresh_fleet = ticks(self.core.config().fleet_refresh());
         let mut fleet_inbox = self.fleet_inbox.take();
         tokio::pin!(shutdown);
         // Once told to stop: the VIPs are withdrawn, and xlb keeps balancing until then.
@@ -234,6 +235,7 @@ impl Monitor {
                         warn!("releasing backends removed from the config failed, trying again: {error:#}");
                     }
                 }
+                _ = refresh_fleet.tick(), if self.fleet.is_some() => self.refresh_fleet(&dataplane.maps),
                 _ = retry.tick(), if self.apply_failed => {
                     let _ = self.apply(&mut dataplane.maps);
                 }

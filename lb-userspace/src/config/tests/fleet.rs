@@ -138,3 +138,62 @@ fn every_fleet_mistake_is_located_and_named() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[test]
+fn peers_copies_are_refreshed_at_most_every_third_of_the_shortest_idle_timeout() {
+    let key = key_file("refresh.key", KEY, 0o600);
+    let fleet = |extra: &str| {
+        format!(
+            "listen = \"198.18.1.21:7470\", peers = [\"198.18.1.22:7470\"], key_file = \"{}\"{extra}",
+            key.display()
+        )
+    };
+    let refresh = |text: &str| {
+        Config::parse(text)
+            .unwrap()
+            .fleet
+            .unwrap()
+            .refresh
+            .as_secs()
+    };
+    assert_eq!(refresh(&with_fleet(&fleet(""))), 10, "the default");
+    assert_eq!(refresh(&with_fleet(&fleet(", refresh = \"3s\""))), 3);
+    let with_udp_idle = |idle: &str, extra: &str| {
+        with_fleet(&fleet(extra)).replacen(
+            "interfaces = [\"eth0\"]\n",
+            &format!("interfaces = [\"eth0\"]\nudp_idle_timeout = \"{idle}\"\n"),
+            1,
+        )
+    };
+    assert_eq!(
+        refresh(&with_udp_idle("15s", "")),
+        5,
+        "a third of the UDP timeout"
+    );
+    for (text, line, problem) in [
+        (
+            with_fleet(&fleet(", refresh = \"1s\"")),
+            2,
+            "fleet: refresh: \"1s\" is out of range 2s..=1h",
+        ),
+        (
+            with_fleet(&fleet(", refresh = \"30s\"")),
+            2,
+            "fleet: refresh \"30s\" is more than a third of udp_idle_timeout (1m): peers' copies of an idle flow could expire between two refreshes; use at most 20s",
+        ),
+        (
+            with_udp_idle("5s", ""),
+            3,
+            "fleet: udp_idle_timeout 5s is too short for a fleet",
+        ),
+    ] {
+        let errors = errors_of(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{line}:")) && e.contains(problem)),
+            "expected {problem:?} on line {line} in {errors:#?}"
+        );
+    }
+    let _ = std::fs::remove_file(key);
+}

@@ -1,13 +1,13 @@
 //! The `[fleet]` section: this instance's address for the fleet's messages, its peers', and
 //! the shared key that authenticates them.
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
 
 use toml::Spanned;
 
 use super::Validator;
 use crate::config::{
-    model::{FleetConfig, Secret, ServiceConfig},
+    model::{FleetConfig, FlowTimeouts, Secret, ServiceConfig},
     raw::RawFleet,
 };
 
@@ -15,6 +15,11 @@ use crate::config::{
 const MIN_KEY: usize = 32;
 /// The most peers: a new flow is sent to each.
 const MAX_PEERS: usize = 64;
+/// The shortest `refresh`: each one reads every flow table, and a flow's entry is stamped
+/// at most once a second (`LAST_SEEN_REFRESH_NS`).
+const MIN_REFRESH: Duration = Duration::from_secs(2);
+/// The longest `refresh`.
+const MAX_REFRESH: Duration = Duration::from_secs(3_600);
 
 impl Validator<'_> {
     /// `[fleet]`; `None` if it has a problem (reported).
@@ -22,6 +27,7 @@ impl Validator<'_> {
         &mut self,
         raw: Spanned<RawFleet>,
         services: &[ServiceConfig],
+        timeouts: &FlowTimeouts,
     ) -> Option<FleetConfig> {
         let span = raw.span();
         let raw = raw.into_inner();
@@ -47,6 +53,7 @@ impl Validator<'_> {
             }
         };
         let key = key_file.and_then(|path| self.fleet_key(path));
+        let refresh = self.fleet_refresh(raw.refresh.as_ref(), &span, timeouts);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -55,7 +62,39 @@ impl Validator<'_> {
             peers,
             key_file: self.base.join(key_file?.get_ref()),
             key: key?,
+            refresh,
         })
+    }
+
+    /// `refresh`: within [`MIN_REFRESH`] and [`MAX_REFRESH`], and at most a third of the
+    /// shortest idle timeout, so that a peer's copy of a live flow is refreshed twice before
+    /// it could expire. By default [`FleetConfig::DEFAULT_REFRESH`], or that third if shorter.
+    fn fleet_refresh(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        span: &std::ops::Range<usize>,
+        timeouts: &FlowTimeouts,
+    ) -> Duration {
+        let (idle_key, idle) = if timeouts.udp_idle <= timeouts.tcp_idle {
+            ("udp_idle_timeout", timeouts.udp_idle)
+        } else {
+            ("tcp_idle_timeout", timeouts.tcp_idle)
+        };
+        let third = idle / 3;
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        let Some(raw) = raw else {
+            if third < MIN_REFRESH {
+                self.error(span, format!("fleet: {idle_key} {} is too short for a fleet: peers' copies of a flow are refreshed every {} at the fastest, and at most every third of the timeout; use at least {}", shown(idle), shown(MIN_REFRESH), shown(MIN_REFRESH * 3)));
+            }
+            return FleetConfig::DEFAULT_REFRESH.min(third).max(MIN_REFRESH);
+        };
+        let Some(refresh) = self.duration(raw, "fleet: refresh", MIN_REFRESH..=MAX_REFRESH) else {
+            return FleetConfig::DEFAULT_REFRESH;
+        };
+        if refresh > third {
+            self.error(&raw.span(), format!("fleet: refresh {:?} is more than a third of {idle_key} ({}): peers' copies of an idle flow could expire between two refreshes; use at most {}", raw.get_ref(), shown(idle), shown(third)));
+        }
+        refresh
     }
 
     /// An address with a port other than 0, named `what` in errors.

@@ -157,7 +157,9 @@ impl Validator<'_> {
         });
         let services = self.services(raw.service);
         let announce = self.announce(raw.announce, &services, declared);
-        let fleet = raw.fleet.and_then(|fleet| self.fleet(fleet, &services));
+        let fleet = raw
+            .fleet
+            .and_then(|fleet| self.fleet(fleet, &services, &flow_timeouts));
         Config {
             interfaces,
             xdp_mode,

@@ -2,7 +2,8 @@
 //! the timeouts the program applies, the active-flow counts it keeps, purging the flows of a
 //! backend that left, and reading flows for `xlb flows` and `xlb simulate`.
 //!
-//! No periodic pass reads the tables: the program deletes a flow it finds silent past its
+//! No periodic pass reads the tables (but a fleet's refresh, `crate::fleet::carried`): the
+//! program deletes a flow it finds silent past its
 //! timeout (and treats its packet as a new flow's), a flow no packet touches again is
 //! reclaimed by the tables' LRU eviction when room is needed (the tables are allocated whole,
 //! so it costs no memory meanwhile), and the active-flow counts come from `ACTIVE_FLOWS`,
@@ -137,6 +138,21 @@ where
             batch::delete(self.replies.map(), &replies)?;
         }
         Ok(flows)
+    }
+
+    fn update(&mut self, key: &FlowKey, change: impl FnOnce(&mut FlowEntry) -> bool) -> bool {
+        let Some(key) = K::of(key) else {
+            return false;
+        };
+        let Ok(entry) = self.flows.get(&key, 0) else {
+            return false;
+        };
+        let mut entry = K::neutral_entry(&entry);
+        if !change(&mut entry) {
+            return false;
+        }
+        // BPF_EXIST: not over an entry the program or the LRU removed meanwhile.
+        self.flows.insert(key, K::family_entry(&entry), 2).is_ok()
     }
 
     fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -324,6 +340,17 @@ impl FlowTables {
                     || self.v6.insert(key, entry, *half_open, only_new)
             })
             .count()
+    }
+
+    /// Changes the established entry of the flow `key` by `change`, which says whether it
+    /// changed anything to write. Returns whether the entry was written. The entry is read and
+    /// written whole: what a packet changes between the two is lost.
+    pub fn update(&mut self, key: &FlowKey, change: impl FnOnce(&mut FlowEntry) -> bool) -> bool {
+        if <FlowKey4 as FamilyKey>::of(key).is_some() {
+            self.v4.update(key, change)
+        } else {
+            self.v6.update(key, change)
+        }
     }
 
     /// Deletes the entry of the flow whose key is `key` from every table, as an LRU eviction
