@@ -3,15 +3,16 @@
 //!
 //! Parsing happens in two steps. serde reads the file into the `raw` structs, whose leaves
 //! carry their position and whose typed leaves (modes, ports, bounded numbers) are converted
-//! as they are read; syntax errors, unknown keys and values of the wrong TOML type stop there
-//! with one located error. Validation (`validate`) then checks every value and the rules
-//! between them, and collects all the problems it finds, so an operator fixes a file in one
-//! pass. Messages name their place in the file (`service "web": pool "kr": health: ...`).
+//! as they are read; `read` keeps every key serde refuses (unknown, or a value of the wrong
+//! TOML type) as a located error and reads on without it. Validation (`validate`) then checks
+//! every value and the rules between them, and collects all the problems it finds, so an
+//! operator fixes a file in one pass. Messages name their place in the file (`service "web": pool "kr": health: ...`).
 
 mod error;
 mod model;
 mod prefixes;
 mod raw;
+mod read;
 mod validate;
 
 use std::path::Path;
@@ -52,15 +53,20 @@ impl Config {
 
     /// Parses and validates configuration text whose relative paths are relative to `base`.
     pub fn parse_in(text: &str, base: &Path) -> Result<Self, Vec<ConfigError>> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|error| {
-            let span = error.span().unwrap_or(0..0);
-            vec![error::locate(
-                text,
-                &span,
-                error.message().trim_end().to_owned(),
-            )]
-        })?;
-        validate::validate(raw, text, base)
+        let read = read::read(text)?;
+        let mut errors = read.errors;
+        match validate::validate(read.raw, text, base) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(found) => errors.extend(found.into_iter().filter(|error| {
+                !read
+                    .removed
+                    .iter()
+                    .any(|removed| removed.explains(error, text))
+            })),
+        }
+        errors.sort_by_key(|error| (error.line, error.column));
+        Err(errors)
     }
 
     /// Number of backends across all services.

@@ -1,6 +1,6 @@
 //! The file as serde reads it: every key optional, every leaf with its position
-//! ([`toml::Spanned`]). Syntax errors, unknown keys and values of the wrong TOML type stop
-//! parsing with one located error. Leaves with a meaning beyond their TOML type (a mode, a
+//! ([`toml::Spanned`]). Unknown keys and values of the wrong TOML type are refused by serde
+//! (`super::read` keeps each as an error and reads on without it). Leaves with a meaning beyond their TOML type (a mode, a
 //! port, a number with bounds) are [`Checked`]: serde reads them through their [`Leaf`]
 //! conversion, and a value that does not convert (an unknown mode, a weight out of range) is
 //! kept as its error, so that validation reports it with every other problem at once.

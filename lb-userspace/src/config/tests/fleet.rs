@@ -77,7 +77,7 @@ fn every_fleet_mistake_is_located_and_named() {
         ),
         (
             format!("listen = \"198.18.1.21\", {peers}, {}", key(&good)),
-            "fleet: listen: \"198.18.1.21\" is not an address with a port".to_owned(),
+            "fleet: listen: \"198.18.1.21\" has no port".to_owned(),
         ),
         (
             format!("listen = \"198.18.100.1:7470\", {peers}, {}", key(&good)),
@@ -123,7 +123,7 @@ fn every_fleet_mistake_is_located_and_named() {
                 "listen = \"198.18.1.21:7470\", {peers}, {}, port = 1",
                 key(&good)
             ),
-            "unknown field `port`".to_owned(),
+            "unknown key `port`".to_owned(),
         ),
     ] {
         let errors = errors_of(&with_fleet(&fleet));

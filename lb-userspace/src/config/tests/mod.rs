@@ -9,6 +9,7 @@ use lb_common::consts::limits;
 
 use super::*;
 
+mod corpus;
 mod drain;
 mod example;
 mod fleet;
@@ -86,18 +87,18 @@ fn parses_a_valid_config() {
 fn unknown_keys_are_errors_with_their_position() {
     let text = "interfaces = [\"eth0\"]\nbogus = 1\n";
     let errors = errors_of(text);
-    assert_eq!(errors.len(), 1);
-    assert!(
-        errors[0].starts_with("2:1: unknown field `bogus`"),
-        "{errors:?}"
+    // And the file's other problem, which the unknown key no longer hides.
+    assert_eq!(
+        errors,
+        [
+            "0:0: no [[service]] defined: xlb would balance nothing",
+            "2:1: unknown key `bogus`, expected one of `interfaces`, `xdp_mode`, `assume_complete_checksums`, `veth_peer_redirect`, `flow_table_size`, `flow_table_size_ipv6`, `pin_path`, `metrics`, `host_ports`, `tcp_idle_timeout`, `tcp_closing_timeout`, `udp_idle_timeout`, `announce`, `fleet`, `service`"
+        ]
     );
 
     let text = VALID.replace("scheduler = \"round-robin\"", "schedular = \"round-robin\"");
     let errors = errors_of(&text);
-    assert!(
-        errors[0].contains("unknown field `schedular`"),
-        "{errors:?}"
-    );
+    assert!(errors[0].contains("unknown key `schedular`"), "{errors:?}");
     assert!(errors[0].starts_with("9:"), "{errors:?}");
 }
 
@@ -154,7 +155,7 @@ backends = [ { address = "198.18.1.11" }, { address = "198.18.1.12:8080", weight
         "8:10: service \"web\": listen: \"198.18.100.300:80\" is not an address with a port",
         "9:12: service \"web\": unknown protocol \"sctp\"",
         "10:13: service \"web\": unknown scheduler \"least-conn\"",
-        "11:26: service \"web\": backend: \"198.18.1.11\" is not an address with a port",
+        "11:26: service \"web\": backend: \"198.18.1.11\" has no port",
         "11:84: service \"web\": weight 999 is out of range 0..=256",
         "11:103: service \"web\": backend 198.18.1.12:8080 is listed twice (first at line 11)",
     ];
@@ -429,7 +430,7 @@ fn bad_health_and_load_settings_are_reported() {
         ),
         (
             r#"health = { check = "tcp", retries = 3 }"#,
-            "unknown field `retries`",
+            "unknown key `retries`",
         ),
         (r#"load = { interval = "1s" }"#, "set `agent_port`"),
         (

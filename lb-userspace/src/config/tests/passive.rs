@@ -85,7 +85,7 @@ fn bad_passive_and_admission_settings_are_reported() {
             "\"later\" is not a duration",
         ),
         (r#"passive = { max_share = "150%" }"#, "is not a percentage"),
-        ("passive = { observe = 1 }", "unknown field `observe`"),
+        ("passive = { observe = 1 }", "unknown key `observe`"),
         (
             "admission = { burst = 10 }",
             "admission: missing key `rate`",

@@ -101,8 +101,13 @@ impl Validator<'_> {
     fn fleet_address(&mut self, value: &Spanned<String>, what: &str) -> Option<SocketAddr> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(address) if address.port() != 0 && !address.ip().is_unspecified() => Some(address),
-            _ => {
-                self.error(&value.span(), format!("{what}: {:?} is not an address with a port, like \"198.18.1.22:7470\" (not 0.0.0.0 or port 0)", value.get_ref()));
+            Ok(_) => {
+                self.error(&value.span(), format!("{what}: {:?}: not 0.0.0.0, :: or port 0 (this host's own address and a port, like \"198.18.1.22:7470\")", value.get_ref()));
+                None
+            }
+            Err(_) => {
+                let problem = super::not_an_address(value.get_ref(), "\"198.18.1.22:7470\"");
+                self.error(&value.span(), format!("{what}: {problem}"));
                 None
             }
         }

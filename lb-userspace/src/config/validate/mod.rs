@@ -57,6 +57,40 @@ pub(super) fn validate(
     }
 }
 
+/// Why `text`, which does not parse as an address with a port, is not one (`example`: what
+/// one looks like here): a port out of range, an IPv6 address without brackets, no port, or
+/// no address at all.
+pub(super) fn not_an_address(text: &str, example: &str) -> String {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        // "fd00::10:80": the last group may be meant as the port.
+        if let Some((ip, port)) = text.rsplit_once(':')
+            && ip.parse::<std::net::Ipv6Addr>().is_ok()
+            && port.parse::<u16>().is_ok_and(|port| port > 0)
+        {
+            return format!(
+                "{text:?} is an IPv6 address without a port: an IPv6 address with a port is written in brackets, like \"[{ip}]:{port}\""
+            );
+        }
+        let _ = ip;
+        return format!("{text:?} has no port: write it like {example}");
+    }
+    if let Some((ip, port)) = text.rsplit_once(':') {
+        let ip = ip
+            .strip_prefix('[')
+            .and_then(|ip| ip.strip_suffix(']'))
+            .unwrap_or(ip);
+        if let (Ok(ip), Ok(port)) = (ip.parse::<std::net::IpAddr>(), port.parse::<u64>()) {
+            if ip.is_ipv6() && !text.starts_with('[') {
+                return format!(
+                    "{text:?}: an IPv6 address with a port is written in brackets, like \"[{ip}]:{port}\""
+                );
+            }
+            return format!("{text:?}: port {port} is out of range 1..=65535");
+        }
+    }
+    format!("{text:?} is not an address with a port, like {example}")
+}
+
 /// Collects the problems of one file.
 struct Validator<'a> {
     text: &'a str,
@@ -261,14 +295,16 @@ impl Validator<'_> {
         let address = address?;
         match address.get_ref().parse::<SocketAddr>() {
             Ok(parsed) if parsed.port() != 0 => Some(parsed),
-            _ => {
+            Ok(_) => {
                 self.error(
                     &address.span(),
-                    format!(
-                        "metrics: {:?} is not an address with a port, like \"127.0.0.1:9100\"",
-                        address.get_ref()
-                    ),
+                    "metrics: port 0 is not a usable port".into(),
                 );
+                None
+            }
+            Err(_) => {
+                let problem = not_an_address(address.get_ref(), "\"127.0.0.1:9100\"");
+                self.error(&address.span(), format!("metrics: {problem}"));
                 None
             }
         }
@@ -348,8 +384,8 @@ impl Validator<'_> {
     /// all.
     fn services(&mut self, list: Vec<Spanned<RawService>>) -> Vec<ServiceConfig> {
         self.service_count(&list);
+        self.service_names_are_unique(&list);
         let mut services = Vec::new();
-        let mut names = HashMap::new();
         let mut listeners = HashMap::new();
         let mut spans = Vec::new();
         for raw in list {
@@ -357,7 +393,7 @@ impl Validator<'_> {
             let Some(service) = self.service(raw.into_inner(), &span) else {
                 continue;
             };
-            self.service_is_unique(&service, &span, &mut names, &mut listeners);
+            self.listener_is_unique(&service, &span, &mut listeners);
             services.push(service);
             spans.push(span);
         }
@@ -412,22 +448,33 @@ impl Validator<'_> {
         }
     }
 
-    /// That no earlier service has `service`'s name, nor its address, port and protocol
-    /// (`names` and `listeners` hold the earlier services' positions).
-    fn service_is_unique(
+    /// That no two services have one name, whether or not they are otherwise valid.
+    fn service_names_are_unique(&mut self, list: &[Spanned<RawService>]) {
+        let mut names = HashMap::new();
+        for service in list {
+            let Some(name) = &service.get_ref().name else {
+                continue;
+            };
+            let span = service.span();
+            if let Some(first) = earlier_line(self.text, &mut names, name.get_ref(), span.start) {
+                let place = Place::service(name.get_ref());
+                self.error(
+                    &span,
+                    format!("{place}: the name is already used by the service at line {first}"),
+                );
+            }
+        }
+    }
+
+    /// That no earlier valid service has `service`'s address, port and protocol (`listeners`
+    /// holds the earlier services' positions).
+    fn listener_is_unique(
         &mut self,
         service: &ServiceConfig,
         span: &Range<usize>,
-        names: &mut HashMap<String, usize>,
         listeners: &mut HashMap<(SocketAddr, Protocol), usize>,
     ) {
         let place = Place::service(&service.name);
-        if let Some(first) = earlier_line(self.text, names, service.name.clone(), span.start) {
-            self.error(
-                span,
-                format!("{place}: the name is already used by the service at line {first}"),
-            );
-        }
         let listener = (service.listen, service.protocol);
         if let Some(first) = earlier_line(self.text, listeners, listener, span.start) {
             self.error(

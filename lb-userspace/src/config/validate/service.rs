@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use lb_common::consts::limits;
 use toml::Spanned;
 
-use super::{Place, Validator, earlier_line};
+use super::{Place, Validator, earlier_line, not_an_address};
 use crate::config::{
     model::{
         BackendConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_POOL_NAME, Forwarding, LoadConfig,
@@ -171,9 +171,11 @@ impl Validator<'_> {
                 (backends, vec![pool])
             }
             (None, Some(pools)) => self.pools(pools, place, listen),
-            (Some(backends), Some(_)) => {
+            (Some(backends), Some(pools)) => {
                 self.error(&backends.span(), format!("{place}: `backends` and `[[service.pool]]` exclude each other: put every backend in a pool"));
-                (Vec::new(), Vec::new())
+                // The pools are checked all the same, so that what names them is not taken
+                // for wrong.
+                self.pools(pools, place, listen)
             }
             (None, None) => {
                 self.error(
@@ -358,7 +360,8 @@ impl Validator<'_> {
     pub(super) fn endpoint(&mut self, value: &Spanned<String>, what: &str) -> Option<SocketAddr> {
         let text = value.get_ref();
         let Ok(address) = text.parse::<SocketAddr>() else {
-            self.error(&value.span(), format!("{what}: {text:?} is not an address with a port, like \"198.18.1.10:80\" or \"[fd00::10]:80\""));
+            let problem = not_an_address(text, "\"198.18.1.10:80\" or \"[fd00::10]:80\"");
+            self.error(&value.span(), format!("{what}: {problem}"));
             return None;
         };
         let ip = address.ip();
