@@ -313,4 +313,18 @@ fn nat_backends_must_be_routed_through_an_attached_interface() {
         stderr.contains("service \"web\": no route to backend 198.19.255.9"),
         "{stderr}"
     );
+    // Every problem the host has, in one run, each at the place the file writes it: an
+    // interface that does not exist, a backend through an interface not attached, a backend
+    // with no route.
+    let backends = "198.18.1.11:80\" }, { address = \"198.19.255.9:80";
+    let (code, stderr) = check(&config("\"eth0\", \"eth9\"", backends));
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        ":1:23: interface eth9 does not exist",
+        ":6:26: service \"web\": backend 198.18.1.11 is reached through an interface xlb is not attached to (eth1)",
+        ":6:58: service \"web\": no route to backend 198.19.255.9",
+        ": 3 errors",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
 }

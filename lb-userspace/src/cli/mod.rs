@@ -15,7 +15,7 @@ use std::{
 use crate::{
     api::client,
     cmd::{Request, Response, status::Status},
-    config::Config,
+    config::{Config, ConfigErrors, locate_subject},
     daemon,
     dataplane::preflight,
 };
@@ -223,12 +223,7 @@ fn run_checks(path: &Path, offline: bool, report: &mut CheckReport) -> Result<()
                     message: e.message.clone(),
                 })
                 .collect();
-            Err(format!(
-                "{errors}\n{}: {} error{}",
-                path.display(),
-                errors.errors.len(),
-                if errors.errors.len() == 1 { "" } else { "s" }
-            ))
+            Err(counted(&errors))
         }
         Ok(config) => {
             report.services = config.services.len();
@@ -243,24 +238,44 @@ fn run_checks(path: &Path, offline: bool, report: &mut CheckReport) -> Result<()
     }
 }
 
-/// The host's checks of a valid `config` (its interfaces and their hooks), recorded in
-/// `report`.
+/// The host's checks of a valid `config` (its interfaces, their hooks, the backends' routes),
+/// recorded in `report`, every problem at the place the file writes what it is about.
 fn check_host(path: &Path, config: &Config, report: &mut CheckReport) -> Result<(), String> {
     match preflight(config) {
         Ok(plan) => {
             report.hooks = plan.reasons.clone();
             Ok(())
         }
-        Err(error) => {
-            let message = format!("{error:#}");
-            report.errors.push(CheckError {
-                line: 0,
-                column: 0,
-                message: message.clone(),
-            });
-            Err(format!("{}: {message}", path.display()))
+        Err(problems) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let errors = ConfigErrors {
+                path: path.to_owned(),
+                errors: problems
+                    .0
+                    .into_iter()
+                    .map(|p| locate_subject(&text, &p.subject, p.message))
+                    .collect(),
+            };
+            report
+                .errors
+                .extend(errors.errors.iter().map(|e| CheckError {
+                    line: e.line,
+                    column: e.column,
+                    message: e.message.clone(),
+                }));
+            Err(counted(&errors))
         }
     }
+}
+
+/// `errors` as `xlb check` prints them, and their count.
+fn counted(errors: &ConfigErrors) -> String {
+    let n = errors.errors.len();
+    format!(
+        "{errors}\n{}: {n} error{}",
+        errors.path.display(),
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// Prints `xlb check`'s outcome for people: the errors to stderr, or each interface's hook and

@@ -9,6 +9,7 @@
 //! operator fixes a file in one pass. Messages name their place in the file (`service "web": pool "kr": health: ...`).
 
 mod error;
+mod locate;
 mod model;
 mod prefixes;
 mod raw;
@@ -18,6 +19,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use locate::{Subject, locate_subject};
 pub use model::{
     AdmissionConfig, AnnounceConfig, BackendConfig, Config, DEFAULT_MAGLEV_SEED,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FleetConfig, FlowTimeouts,

@@ -488,7 +488,7 @@ impl Monitor {
             hook: dataplane.hook(),
             announce: self.announcing.config(),
         };
-        let plan = reload::plan(running, new, preflight)?;
+        let plan = reload::plan(running, new, |config| Ok(preflight(config)?))?;
         let metrics_listener = match (&plan.metrics_changed, plan.config.metrics) {
             (true, Some(address)) => Some(metrics::bind(address).context("nothing was changed")?),
             _ => None,

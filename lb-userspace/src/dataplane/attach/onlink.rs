@@ -6,19 +6,21 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use futures_util::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
-use super::links::in_namespace;
-use crate::config::{Config, Forwarding};
+use super::{links::in_namespace, preflight::HostProblem};
+use crate::config::{Config, Forwarding, Subject};
 use crate::sys::netif;
 
-/// Fails, naming the service and the backend, if a backend has no route, if a NAT backend is
-/// reached through an interface xlb is not attached to, or a DSR backend through a gateway or
-/// such an interface. A backend on this host (a local route) is left alone.
-pub(crate) fn check_backend_routes(config: &Config) -> Result<()> {
+/// The problems of the backends' routes, each naming its service and backend: a backend
+/// without a route, a NAT backend reached through an interface xlb is not attached to, a DSR
+/// backend through a gateway or such an interface. A backend on this host (a local route) is
+/// left alone; interfaces that do not exist are the caller's to report. Fails only if the
+/// routing table cannot be asked.
+pub(crate) fn backend_route_problems(config: &Config) -> Result<Vec<HostProblem>> {
     let backends: Vec<(String, IpAddr, bool)> = config
         .services
         .iter()
@@ -30,26 +32,44 @@ pub(crate) fn check_backend_routes(config: &Config) -> Result<()> {
         })
         .collect();
     if backends.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let interfaces: Vec<(String, u32)> = config
         .interfaces
         .iter()
-        .map(|name| Ok((name.clone(), netif::index(name)?)))
-        .collect::<Result<_>>()?;
+        .filter_map(|name| Some((name.clone(), netif::index(name).ok()?)))
+        .collect();
     in_namespace(None, move || async move {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
+        let mut problems = Vec::new();
         for (service, address, dsr) in backends {
             let request = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(address, if address.is_ipv4() { 32 } else { 128 })?
                 .build();
+            let problem = |message: String| HostProblem {
+                subject: Subject::Backend {
+                    service: service.clone(),
+                    address,
+                },
+                message,
+            };
             // The kernel answers a lookup it cannot route with an error (ENETUNREACH), not
             // with no route.
             let route = match handle.route().get(request).execute().try_next().await {
                 Ok(Some(route)) => route,
-                Ok(None) => bail!("service {service:?}: no route to backend {address}"),
-                Err(error) => bail!("service {service:?}: no route to backend {address} ({error})"),
+                Ok(None) => {
+                    problems.push(problem(format!(
+                        "service {service:?}: no route to backend {address}"
+                    )));
+                    continue;
+                }
+                Err(error) => {
+                    problems.push(problem(format!(
+                        "service {service:?}: no route to backend {address} ({error})"
+                    )));
+                    continue;
+                }
             };
             if route.header.kind == RouteType::Local {
                 continue;
@@ -65,10 +85,10 @@ pub(crate) fn check_backend_routes(config: &Config) -> Result<()> {
             });
             let attached = interfaces.iter().find(|(_, index)| Some(*index) == oif);
             let names = || interfaces.iter().map(|(n, _)| n).collect::<Vec<_>>();
-            match (gateway, attached) {
-                (None, Some(_)) => {}
-                (Some(_), Some(_)) if !dsr => {}
-                (_, None) if !dsr => bail!(
+            let message = match (gateway, attached) {
+                (None, Some(_)) => continue,
+                (Some(_), Some(_)) if !dsr => continue,
+                (_, None) if !dsr => format!(
                     "service {service:?}: backend {address} is reached through an interface \
                      xlb is not attached to ({}); with NAT its replies come back that way, \
                      where the program cannot translate them, so every connection would hang: \
@@ -77,19 +97,20 @@ pub(crate) fn check_backend_routes(config: &Config) -> Result<()> {
                         .unwrap_or_else(|| "no interface".into()),
                     names()
                 ),
-                (Some(gateway), _) => bail!(
+                (Some(gateway), _) => format!(
                     "service {service:?}: backend {address} is reached through the gateway \
                      {gateway}; forwarding = \"dsr\" only changes the MAC address, so the \
                      backend must be on a network xlb's interfaces are attached to"
                 ),
-                (None, None) => bail!(
+                (None, None) => format!(
                     "service {service:?}: backend {address} is reached through an interface \
                      xlb is not attached to; with forwarding = \"dsr\" it must be on the \
                      network of one of {:?}",
                     names()
                 ),
-            }
+            };
+            problems.push(problem(message));
         }
-        Ok(())
+        Ok(problems)
     })
 }
