@@ -60,6 +60,8 @@ pub enum Command {
     Daemon(Request),
     /// `xlb status` refreshed every second, like top (with --json: one JSON line per refresh).
     Top {
+        /// Only this service.
+        service: Option<String>,
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,

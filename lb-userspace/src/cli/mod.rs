@@ -64,9 +64,10 @@ pub fn main() -> ExitCode {
             man(dir.as_deref())
         }
         Command::Top {
+            service,
             interval,
             iterations,
-        } => top(&cli.socket, interval, iterations, json),
+        } => top(&cli.socket, service, interval, iterations, json),
         Command::Daemon(Request::Trace(request)) => {
             init_client_logging();
             let seconds = request.seconds;
@@ -389,7 +390,15 @@ fn run(path: &Path, options: &daemon::Options) -> ExitCode {
     }
 }
 
-fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> ExitCode {
+/// `xlb top`: the status of every service (or one) every `interval` seconds, `iterations`
+/// times or until interrupted; the screen is cleared between frames on a terminal.
+fn top(
+    socket: &Path,
+    service: Option<String>,
+    interval: f64,
+    iterations: Option<u64>,
+    json: bool,
+) -> ExitCode {
     init_client_logging();
     if !(interval.is_finite() && interval > 0.0) {
         eprintln!("xlb: --interval must be a positive number of seconds, not {interval}");
@@ -398,7 +407,11 @@ fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> Exi
     let clear = std::io::stdout().is_terminal() && !json;
     let mut shown = 0u64;
     loop {
-        match client::call(socket, &Request::Status(Status::default())) {
+        let request = Request::Status(Status {
+            service: service.clone(),
+            check: false,
+        });
+        match client::call(socket, &request) {
             Ok(Response::Status(report)) if json => {
                 println!("{}", serde_json::to_string(&report).expect("serializable"));
             }
@@ -408,6 +421,10 @@ fn top(socket: &Path, interval: f64, iterations: Option<u64>, json: bool) -> Exi
                 }
                 println!("xlb top (every {interval}s, Ctrl-C to quit)");
                 print!("{}", render::status(&report));
+            }
+            Ok(Response::Error(error)) => {
+                eprintln!("xlb: {error}");
+                return ExitCode::FAILURE;
             }
             Ok(other) => {
                 eprintln!("xlb: unexpected answer: {other:?}");

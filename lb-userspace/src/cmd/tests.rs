@@ -10,7 +10,7 @@ fn requests_are_one_json_object_each() {
         r#"{"command":"status"}"#
     );
     assert_eq!(
-        serde_json::to_string(&Request::Stats(stats::Stats {})).unwrap(),
+        serde_json::to_string(&Request::Stats(stats::Stats::default())).unwrap(),
         r#"{"command":"stats"}"#
     );
     let drain: Request = serde_json::from_str(

@@ -105,6 +105,15 @@ impl Health {
         self.up == Some(true)
     }
 
+    /// The checks' verdict in a word: "up", "down", or "unknown" before the first.
+    pub fn verdict(&self) -> &'static str {
+        match self.up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "unknown",
+        }
+    }
+
     /// Whether any check has decided the health yet.
     pub fn is_known(&self) -> bool {
         self.up.is_some()

@@ -127,6 +127,10 @@ pub(crate) fn report(
         .as_deref()
         .map(|text| parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}")))
         .transpose()?;
+    if let (Some(net), Some(name)) = (&client, &query.service) {
+        let listen = core.config().services[core.service_index(name)?].listen;
+        super::trace::of_the_family(net, name, listen)?;
+    }
     let filter = Filter {
         service,
         backend: query.backend,

@@ -412,8 +412,13 @@ impl Monitor {
     }
 
     /// `xlb stats`: counters, events, the flow tables.
-    pub fn stats(&self, maps: &impl DataplaneReads) -> Result<StatsReport> {
-        self.reports.stats(&self.core, maps)
+    pub fn stats(&self, service: Option<&str>, maps: &impl DataplaneReads) -> Result<StatsReport> {
+        let mut report = self.reports.stats(&self.core, maps)?;
+        if let Some(name) = service {
+            self.core.service_index(name)?;
+            report.services.retain(|s| s.name == name);
+        }
+        Ok(report)
     }
 
     /// `xlb flows`: the flows `query` asks for.

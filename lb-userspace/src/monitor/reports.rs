@@ -296,6 +296,11 @@ impl Reports {
                             operator: status.operator.clone(),
                             suspect: status.suspect.clone(),
                             passive_marks: status.passive_marks,
+                            health: status.health.verdict().into(),
+                            pool: (config.pools.len() > 1)
+                                .then(|| config.pools.get(configured.pool))
+                                .flatten()
+                                .map(|pool| pool.name.clone()),
                         }
                     })
                     .collect(),

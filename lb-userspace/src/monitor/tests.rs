@@ -500,10 +500,16 @@ async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port(
     assert!(monitor.status(Some("nope"), Vec::new(), &maps).is_err());
     maps.flow_entries.clear();
 
-    let stats = monitor.stats(&maps).unwrap();
+    let stats = monitor.stats(None, &maps).unwrap();
     assert_eq!(stats.services[0].counters.new_flows, 3);
     assert_eq!(stats.services[0].backends[1].1.new_flows, 2);
     assert_eq!(stats.flow_table.active_ipv4, 4);
+    let names = |service| -> Vec<String> {
+        let stats = monitor.stats(Some(service), &maps).unwrap();
+        stats.services.into_iter().map(|s| s.name).collect()
+    };
+    assert_eq!(names("web"), ["web"]);
+    assert!(monitor.stats(Some("nope"), &maps).is_err());
 
     // One established flow from 198.18.0.2:40000 on b2, seen 2 s ago.
     maps.now_ns = 100_000_000_000;

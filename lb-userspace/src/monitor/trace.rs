@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use ipnet::IpNet;
 use lb_common::{
     consts::{proto, tcp_flags},
     direction,
@@ -136,6 +137,20 @@ pub(crate) fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> Trac
     }
 }
 
+/// That client prefix `net` is of the family of service `service`, which listens on
+/// `listen`: else nothing of it could match.
+pub(crate) fn of_the_family(net: &IpNet, service: &str, listen: SocketAddr) -> Result<()> {
+    if net.addr().is_ipv4() == listen.is_ipv4() {
+        return Ok(());
+    }
+    let (this, that) = if net.addr().is_ipv4() {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    bail!("client prefix {net} is {this} and service {service:?} is {that}: nothing could match")
+}
+
 /// The data plane's filter for `request` (a trace that begins at `start_ns`), and the names of
 /// every service, backend and pool as applied in `core`; an unknown service, a malformed
 /// prefix or one of the other family is an error.
@@ -151,18 +166,7 @@ pub(crate) fn filter(
         None => (lb_common::Addr::default(), 0, 0),
         Some(text) => {
             let net = parse_prefix(text).map_err(|e| anyhow!("client prefix: {e}"))?;
-            if net.addr().is_ipv4() != listen.is_ipv4() {
-                let (this, that) = if net.addr().is_ipv4() {
-                    ("IPv4", "IPv6")
-                } else {
-                    ("IPv6", "IPv4")
-                };
-                bail!(
-                    "client prefix {net} is {this} and service {:?} is {that}: no packet could \
-                     match",
-                    request.service
-                );
-            }
+            of_the_family(&net, &request.service, listen)?;
             (wire::addr_field(net.addr()), net.prefix_len(), family)
         }
     };

@@ -122,7 +122,8 @@ pub struct BackendStatusReport {
     pub since_seconds: f64,
     /// Weight in the config.
     pub weight: u32,
-    /// Weight in the published table (in hundredths of the configured weight unit).
+    /// Weight in the published table, in hundredths of a weight unit (slow start and the
+    /// agent's percentage scale the weight in force: an operator's, or the configured one).
     pub effective_weight: u32,
     /// The agent's last weight, if it has an agent.
     pub agent_weight_percent: Option<u32>,
@@ -144,6 +145,13 @@ pub struct BackendStatusReport {
     /// Times the data plane marked it suspect since the daemon started.
     #[serde(default)]
     pub passive_marks: u64,
+    /// What its health checks say, apart from what an operator set: "up", "down", or
+    /// "unknown" before the first verdict.
+    #[serde(default)]
+    pub health: String,
+    /// Its pool, when the service has several.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One backend's connections.

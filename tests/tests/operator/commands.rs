@@ -73,9 +73,30 @@ fn status_stats_and_top_show_the_services() {
             .all(|(_, c)| c.new_flows == 2 && c.packets_to_client > 0)
     );
     assert!(ok(&xlb, &["stats"]).contains("PKTS IN"));
+    // One service, as `status`, `flows` and `trace` take it.
+    let web = ok(&xlb, &["stats", "web"]);
+    assert!(
+        web.starts_with("web\n") && !web.contains("\ndns\n"),
+        "{web}"
+    );
+    let error = fails(&xlb, &["stats", "nope"]);
+    assert!(error.contains("no service named \"nope\""), "{error}");
 
     let top = ok(&xlb, &["top", "--iterations", "2", "--interval", "0.2"]);
     assert_eq!(top.matches("xlb top").count(), 2, "{top}");
+    let top = ok(&xlb, &["top", "dns", "--iterations", "1"]);
+    assert!(
+        top.contains("\ndns udp ") && !top.contains("\nweb tcp "),
+        "{top}"
+    );
+    // Each backend's state, and apart from it what its checks say.
+    assert!(top.contains("BACKEND") && top.contains(" CHK "), "{top}");
+    // A client prefix of the other family matches nothing: an error, as in `trace`.
+    let error = fails(&xlb, &["flows", "web", "--client", "fd00::/64"]);
+    assert!(
+        error.contains("client prefix fd00::/64 is IPv6 and service \"web\" is IPv4"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -30,6 +30,8 @@ fn an_operator_drains_disables_and_enables_backends() {
     let status = ok(&xlb, &["--json", "status"]);
     assert!(status.contains("\"state\": \"Down\""), "{status}");
     assert!(status.contains("disabled by the operator"), "{status}");
+    // The operator's state apart from the checks', which still pass (as HAProxy's MAINT).
+    assert!(status.contains("\"health\": \"up\""), "{status}");
     assert_eq!(connections(&lab, 6).get("b1"), None);
     ok(&xlb, &["backend", "enable", "web", &b1]);
 

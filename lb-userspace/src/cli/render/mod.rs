@@ -84,24 +84,52 @@ fn operator_note(operator: &Operator) -> String {
     format!("operator: {} by {} at {when}", what.join(", "), operator.by)
 }
 
+/// A weight in hundredths of a unit, as a weight: "3", "1.5", "0.25".
+fn weight_units(hundredths: u32) -> String {
+    let (whole, part) = (hundredths / 100, hundredths % 100);
+    match part {
+        0 => whole.to_string(),
+        part if part % 10 == 0 => format!("{whole}.{}", part / 10),
+        part => format!("{whole}.{part:02}"),
+    }
+}
+
+/// A backend's line: its state (what the balancer does with it) and apart from it what its
+/// checks say (CHK), the weight in force (an operator's or the configured one) and the
+/// weight its table gives it now in the same unit (EFF: slow start, the agent); then its
+/// reason, after its pool when the service has several.
 fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
     let agent = b
         .agent_weight_percent
         .map_or("-".to_owned(), |p| format!("{p}%"));
+    let weight = b
+        .operator
+        .as_ref()
+        .and_then(|o| o.weight)
+        .unwrap_or(b.weight);
+    let check = match b.health.as_str() {
+        "" | "unknown" => "-",
+        verdict => verdict,
+    };
     let _ = writeln!(
         out,
-        "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+        "  {:<width$} {:<10} {:>4} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
         b.address.to_string(),
         b.state,
-        b.weight,
-        b.effective_weight,
+        check,
+        weight,
+        weight_units(b.effective_weight),
         agent,
         si(b.connections.open() as f64),
         si(b.packets_per_second),
         si(b.bits_per_second),
         age(b.since_seconds),
     );
-    let _ = writeln!(out, "    {}", truncate(&b.reason, 76));
+    let reason = match &b.pool {
+        Some(pool) => format!("pool {pool}: {}", b.reason),
+        None => b.reason.clone(),
+    };
+    let _ = writeln!(out, "    {}", truncate(&reason, 76));
     let c = &b.connections;
     if c.half_open > 0 || c.closing > 0 {
         let _ = writeln!(
@@ -188,8 +216,8 @@ fn service_lines(out: &mut String, service: &ServiceStatus) {
     );
     let _ = writeln!(
         out,
-        "  {:<width$} {:<10} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
-        "BACKEND", "STATE", "WGT", "EFF", "AGNT", "CONN", "PKT/S", "BIT/S", "FOR"
+        "  {:<width$} {:<10} {:>4} {:>3} {:>5} {:>4} {:>6} {:>6} {:>6} {:>4}",
+        "BACKEND", "STATE", "CHK", "WGT", "EFF", "AGNT", "CONN", "PKT/S", "BIT/S", "FOR"
     );
     for backend in &service.backends {
         backend_line(out, backend, width);
@@ -412,6 +440,8 @@ pub(super) mod tests {
                     }),
                     suspect: None,
                     passive_marks: 0,
+                    health: "up".into(),
+                    pool: Some("a-rather-long-pool-name-for-seoul".into()),
                 }],
                 pools: vec![PoolStatus {
                     name: "a-rather-long-pool-name-for-seoul".into(),
@@ -455,7 +485,7 @@ pub(super) mod tests {
         }
         assert!(
             text.contains(
-                "198.18.101.111:65535  Overloaded 256 25600 100%   1.2M   123k   1.5G   1m"
+                "198.18.101.111:65535  Overloaded   up   3   256 100%   1.2M   123k   1.5G   1m"
             ),
             "{text}"
         );
@@ -466,6 +496,30 @@ pub(super) mod tests {
             "{text}"
         );
         assert!(text.starts_with("xlb 0.1.0 (abc)  interfaces: eth0 (tc)\n"));
+    }
+
+    #[test]
+    fn a_backends_line_shows_the_weight_in_force_its_share_now_and_its_checks_apart() {
+        let mut b = backend("198.18.1.11:8080");
+        b.state = "Down".into();
+        b.reason = "disabled by the operator".into();
+        b.effective_weight = 0;
+        b.operator = Some(Operator {
+            admin: Some(Admin::Disable),
+            weight: Some(3),
+            by: "root".into(),
+            at: 0,
+        });
+        b.pool = Some("kr".into());
+        let mut out = String::new();
+        backend_line(&mut out, &b, 16);
+        assert!(
+            out.starts_with("  198.18.1.11:8080 Down         up   3     0    -"),
+            "{out}"
+        );
+        assert!(out.contains("\n    pool kr: disabled by the operator\n"), "{out}");
+        let units = [300, 150, 25, 0].map(weight_units);
+        assert_eq!(units, ["3", "1.5", "0.25", "0"]);
     }
 
     /// An Up backend at `address`, every figure zero (the probe's tests use it too).
@@ -485,6 +539,8 @@ pub(super) mod tests {
             operator: None,
             suspect: None,
             passive_marks: 0,
+            health: "up".into(),
+            pool: None,
         }
     }
 
