@@ -66,7 +66,7 @@ fn counts(xlb: &Xlb) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
         .context("the service's backends")?
         .iter()
         .enumerate()
-        .map(|(i, backend)| Ok((backend_name(i), number(&backend[1]["new_flows"])?)))
+        .map(|(i, backend)| Ok((backend_name(i), number(&backend["counters"]["new_flows"])?)))
         .collect::<Result<_>>()?;
     let events = stats["events"]
         .as_array()

@@ -412,9 +412,7 @@ fn top(
             check: false,
         });
         match client::call(socket, &request) {
-            Ok(Response::Status(report)) if json => {
-                println!("{}", serde_json::to_string(&report).expect("serializable"));
-            }
+            Ok(response @ Response::Status(_)) if json => print_json_line(&response),
             Ok(Response::Status(report)) => {
                 if clear {
                     print!("\x1b[H\x1b[2J");

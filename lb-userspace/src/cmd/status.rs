@@ -29,7 +29,10 @@ impl Status {
             .iter()
             .map(|a| {
                 let hook = a.hook.map_or("xdp (adopted)".to_owned(), |h| h.to_string());
-                (a.interface.clone(), hook)
+                crate::report::InterfaceHook {
+                    name: a.interface.clone(),
+                    hook,
+                }
             })
             .collect();
         monitor

@@ -395,7 +395,7 @@ impl Monitor {
     pub fn status(
         &self,
         only: Option<&str>,
-        interfaces: Vec<(String, String)>,
+        interfaces: Vec<crate::report::InterfaceHook>,
         maps: &impl DataplaneReads,
     ) -> Result<StatusReport> {
         let connections = connections::read(maps, &self.core.config().flow_timeouts);

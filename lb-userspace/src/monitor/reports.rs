@@ -229,7 +229,7 @@ impl Reports {
         &self,
         core: &Core,
         only: Option<&str>,
-        interfaces: Vec<(String, String)>,
+        interfaces: Vec<crate::report::InterfaceHook>,
         announce: Option<AnnounceReport>,
         connections: &HashMap<u32, Connections>,
     ) -> Result<StatusReport> {
@@ -376,7 +376,10 @@ impl Reports {
             for b in 0..service.backends.len() {
                 if let Some(backend) = core.applied_backend(s, b) {
                     let counters = maps.backend_counters(backend.id)?;
-                    backends.push((backend.address, Counters::from(counters)));
+                    backends.push(crate::report::BackendCounters {
+                        address: backend.address,
+                        counters: Counters::from(counters),
+                    });
                 }
             }
             report.services.push(ServiceStats {

@@ -487,7 +487,10 @@ async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port(
         flow(40_000, 0),
         flow(40_001, lb_common::consts::flow_flags::CLOSING),
     ];
-    let interfaces = vec![("eth0".to_owned(), "tc".to_owned())];
+    let interfaces = vec![crate::report::InterfaceHook {
+        name: "eth0".to_owned(),
+        hook: "tc".to_owned(),
+    }];
     let status = monitor.status(None, interfaces.clone(), &maps).unwrap();
     assert_eq!(status.interfaces, interfaces);
     let web = &status.services[0];
@@ -502,7 +505,7 @@ async fn status_stats_flows_and_trace_read_the_data_plane_through_its_read_port(
 
     let stats = monitor.stats(None, &maps).unwrap();
     assert_eq!(stats.services[0].counters.new_flows, 3);
-    assert_eq!(stats.services[0].backends[1].1.new_flows, 2);
+    assert_eq!(stats.services[0].backends[1].counters.new_flows, 2);
     assert_eq!(stats.flow_table.active_ipv4, 4);
     let names = |service| -> Vec<String> {
         let stats = monitor.stats(Some(service), &maps).unwrap();

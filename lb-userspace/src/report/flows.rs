@@ -30,8 +30,10 @@ pub struct FlowReport {
     /// seen).
     pub state: String,
     /// Seconds since it began, if known (entries made by older versions do not say).
+    #[serde(serialize_with = "super::seconds::maybe_millis")]
     pub age_seconds: Option<f64>,
     /// Seconds since its last packet (at most a second stale: times are refreshed once a
     /// second).
+    #[serde(serialize_with = "super::seconds::millis")]
     pub idle_seconds: f64,
 }

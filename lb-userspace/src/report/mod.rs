@@ -4,6 +4,7 @@
 //! reaches the others through here, since this layer knows only the data.
 
 mod flows;
+mod seconds;
 mod simulation;
 mod stats;
 mod status;
@@ -12,10 +13,10 @@ mod trace;
 pub use self::{
     flows::{FlowReport, FlowsReport},
     simulation::SimulationReport,
-    stats::{Counters, FlowTableStats, ServiceStats, StatsReport},
+    stats::{BackendCounters, Counters, FlowTableStats, ServiceStats, StatsReport},
     status::{
-        AnnounceReport, BackendStatusReport, Connections, LeavingBackendReport, PoolStatus,
-        ServiceStatus, StatusReport, VipReport,
+        AnnounceReport, BackendStatusReport, Connections, InterfaceHook, LeavingBackendReport,
+        PoolStatus, ServiceStatus, StatusReport, VipReport,
     },
     trace::{TraceEventReport, TraceSummary, TraceUpdate},
 };

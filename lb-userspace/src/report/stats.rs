@@ -55,7 +55,16 @@ pub struct ServiceStats {
     /// The service's counters.
     pub counters: Counters,
     /// Each backend's counters.
-    pub backends: Vec<(SocketAddr, Counters)>,
+    pub backends: Vec<BackendCounters>,
+}
+
+/// One backend's counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    /// Its address and port.
+    pub address: SocketAddr,
+    /// Its counters.
+    pub counters: Counters,
 }
 
 /// Traffic counters.

@@ -15,12 +15,21 @@ pub struct StatusReport {
     pub version: String,
     /// The interfaces and the hook the program runs at on each.
     #[serde(default)]
-    pub interfaces: Vec<(String, String)>,
+    pub interfaces: Vec<InterfaceHook>,
     /// Services in config order.
     pub services: Vec<ServiceStatus>,
     /// Route health injection, if any service announces its VIP.
     #[serde(default)]
     pub announce: Option<AnnounceReport>,
+}
+
+/// An interface and the hook the program runs at there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceHook {
+    /// The interface's name.
+    pub name: String,
+    /// The hook: "tc", "native", "generic", or "xdp (adopted)".
+    pub hook: String,
 }
 
 /// Route health injection: the device, the BGP daemon, each VIP's announcement.
@@ -46,6 +55,7 @@ pub struct VipReport {
     /// Why.
     pub reason: String,
     /// Seconds since the last change, as of the report.
+    #[serde(serialize_with = "super::seconds::millis")]
     pub since_seconds: f64,
     /// Times it was announced and withdrawn since xlb started.
     pub announcements: u64,
@@ -89,8 +99,10 @@ pub struct LeavingBackendReport {
     /// Its connections in the flow tables, by state.
     pub connections: Connections,
     /// Seconds since it left the config.
+    #[serde(serialize_with = "super::seconds::millis")]
     pub since_seconds: f64,
     /// Seconds until its connections are cut, unless they end first.
+    #[serde(serialize_with = "super::seconds::millis")]
     pub cut_in_seconds: f64,
 }
 
@@ -119,6 +131,7 @@ pub struct BackendStatusReport {
     /// Why.
     pub reason: String,
     /// Seconds in this state.
+    #[serde(serialize_with = "super::seconds::millis")]
     pub since_seconds: f64,
     /// Weight in the config.
     pub weight: u32,

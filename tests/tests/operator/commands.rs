@@ -70,7 +70,7 @@ fn status_stats_and_top_show_the_services() {
         stats.services[0]
             .backends
             .iter()
-            .all(|(_, c)| c.new_flows == 2 && c.packets_to_client > 0)
+            .all(|b| b.counters.new_flows == 2 && b.counters.packets_to_client > 0)
     );
     assert!(ok(&xlb, &["stats"]).contains("PKTS IN"));
     // One service, as `status`, `flows` and `trace` take it.

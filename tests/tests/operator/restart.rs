@@ -350,7 +350,7 @@ fn after_a_restart_during_an_outage_no_new_flow_goes_to_a_dead_backend() {
         panic!("{stdout}")
     };
     let web = &stats.services[0];
-    let to_backends: u64 = web.backends.iter().map(|(_, c)| c.new_flows).sum();
+    let to_backends: u64 = web.backends.iter().map(|b| b.counters.new_flows).sum();
     assert_eq!(
         attempts, ["no answer"; 3],
         "new connections reached a backend: {attempts:?}"

@@ -164,7 +164,7 @@ fn version_line(out: &mut String, report: &StatusReport) {
     let interfaces: Vec<String> = report
         .interfaces
         .iter()
-        .map(|(name, hook)| format!("{name} ({hook})"))
+        .map(|i| format!("{} ({})", i.name, i.hook))
         .collect();
     let _ = writeln!(
         out,
@@ -280,7 +280,7 @@ fn counters_line(out: &mut String, label: &str, c: &Counters, width: usize) {
 pub(super) fn stats(report: &StatsReport) -> String {
     let mut out = String::new();
     for service in &report.services {
-        let width = address_width(service.backends.iter().map(|(a, _)| a));
+        let width = address_width(service.backends.iter().map(|b| &b.address));
         let _ = writeln!(out, "{}", service.name);
         let _ = writeln!(
             out,
@@ -288,8 +288,13 @@ pub(super) fn stats(report: &StatsReport) -> String {
             "", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT", "FLOWS", "NO BKND"
         );
         counters_line(&mut out, "(service)", &service.counters, width);
-        for (address, counters) in &service.backends {
-            counters_line(&mut out, &address.to_string(), counters, width);
+        for backend in &service.backends {
+            counters_line(
+                &mut out,
+                &backend.address.to_string(),
+                &backend.counters,
+                width,
+            );
         }
     }
     let nonzero: Vec<String> = report
@@ -408,7 +413,10 @@ pub(super) mod tests {
     fn status_fits_80_columns() {
         let report = StatusReport {
             version: "0.1.0 (abc)".into(),
-            interfaces: vec![("eth0".into(), "tc".into())],
+            interfaces: vec![crate::report::InterfaceHook {
+                name: "eth0".into(),
+                hook: "tc".into(),
+            }],
             services: vec![ServiceStatus {
                 name: "web".into(),
                 listen: "198.18.100.1:80".parse().unwrap(),
@@ -517,7 +525,10 @@ pub(super) mod tests {
             out.starts_with("  198.18.1.11:8080 Down         up   3     0    -"),
             "{out}"
         );
-        assert!(out.contains("\n    pool kr: disabled by the operator\n"), "{out}");
+        assert!(
+            out.contains("\n    pool kr: disabled by the operator\n"),
+            "{out}"
+        );
         let units = [300, 150, 25, 0].map(weight_units);
         assert_eq!(units, ["3", "1.5", "0.25", "0"]);
     }
@@ -598,7 +609,10 @@ pub(super) mod tests {
             services: vec![crate::report::ServiceStats {
                 name: "web".into(),
                 counters: Counters::default(),
-                backends: vec![(long.parse().unwrap(), Counters::default())],
+                backends: vec![crate::report::BackendCounters {
+                    address: long.parse().unwrap(),
+                    counters: Counters::default(),
+                }],
             }],
             ..StatsReport::default()
         });
