@@ -15,7 +15,7 @@ use std::{
 use crate::{
     api::client,
     cmd::{Request, Response, status::Status},
-    config::{Config, ConfigErrors, locate_subject},
+    config::{Config, ConfigError, ConfigErrors, locate_subject},
     daemon,
     dataplane::preflight,
 };
@@ -114,7 +114,7 @@ fn ask(socket: &Path, request: &Request, json: bool) -> ExitCode {
     };
     if json {
         print_json(&response);
-        return if matches!(response, Response::Error(_)) {
+        return if matches!(response, Response::Error(_) | Response::Invalid(_)) {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
@@ -135,6 +135,10 @@ fn print_response(response: Response) -> ExitCode {
         Response::Done(message) => println!("{message}"),
         Response::Error(error) => {
             eprintln!("xlb: {error}");
+            return ExitCode::FAILURE;
+        }
+        Response::Invalid(errors) => {
+            eprintln!("{}\nnothing was changed", counted(&errors));
             return ExitCode::FAILURE;
         }
     }
@@ -165,7 +169,7 @@ struct CheckReport {
     file: PathBuf,
     ok: bool,
     /// Every problem: line and column (0 when the problem has no position) and message.
-    errors: Vec<CheckError>,
+    errors: Vec<ConfigError>,
     services: usize,
     backends: usize,
     interfaces: usize,
@@ -173,13 +177,6 @@ struct CheckReport {
     host_checked: bool,
     /// What each interface gets, and why.
     hooks: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct CheckError {
-    line: usize,
-    column: usize,
-    message: String,
 }
 
 /// `xlb check`: validates the configuration and, unless `offline`, asks the host where the
@@ -215,15 +212,7 @@ fn check(path: &Path, offline: bool, json: bool) -> ExitCode {
 fn run_checks(path: &Path, offline: bool, report: &mut CheckReport) -> Result<(), String> {
     match Config::load(path) {
         Err(errors) => {
-            report.errors = errors
-                .errors
-                .iter()
-                .map(|e| CheckError {
-                    line: e.line,
-                    column: e.column,
-                    message: e.message.clone(),
-                })
-                .collect();
+            report.errors = errors.errors.clone();
             Err(counted(&errors))
         }
         Ok(config) => {
@@ -257,13 +246,7 @@ fn check_host(path: &Path, config: &Config, report: &mut CheckReport) -> Result<
                     .map(|p| locate_subject(&text, &p.subject, p.message))
                     .collect(),
             };
-            report
-                .errors
-                .extend(errors.errors.iter().map(|e| CheckError {
-                    line: e.line,
-                    column: e.column,
-                    message: e.message.clone(),
-                }));
+            report.errors.extend(errors.errors.iter().cloned());
             Err(counted(&errors))
         }
     }

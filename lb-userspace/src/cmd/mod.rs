@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    config::ConfigErrors,
     dataplane::Dataplane,
     monitor::{Job, Monitor},
     report::{
@@ -113,6 +114,9 @@ pub enum Response {
     Done(String),
     /// The request failed; why.
     Error(String),
+    /// A reload found errors in the file (every one, located, as `xlb check --json` gives
+    /// them); nothing was changed.
+    Invalid(ConfigErrors),
 }
 
 /// What the daemon answers a request with: one response, or (`trace`) a stream of them that

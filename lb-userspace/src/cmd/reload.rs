@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::Response;
-use crate::{dataplane::Dataplane, monitor::Monitor};
+use crate::{config::ConfigErrors, dataplane::Dataplane, monitor::Monitor};
 
 /// Re-read the configuration file (like SIGHUP).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
@@ -14,6 +14,12 @@ pub struct Reload {}
 impl Reload {
     /// Reloads; says what changed, or why nothing did.
     pub fn answer(self, monitor: &mut Monitor, dataplane: &mut Dataplane) -> Result<Response> {
-        monitor.reload(dataplane).map(Response::Done)
+        match monitor.reload(dataplane) {
+            Ok(done) => Ok(Response::Done(done)),
+            Err(error) => match error.downcast_ref::<ConfigErrors>() {
+                Some(errors) => Ok(Response::Invalid(errors.clone())),
+                None => Err(error),
+            },
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::{fmt, ops::Range, path::PathBuf};
 
 /// One problem in a configuration file, at a 1-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigError {
     /// Line of the offending value (1-based; 0 when the problem has no position).
     pub line: usize,
@@ -15,9 +15,10 @@ pub struct ConfigError {
 }
 
 /// Every problem found in one configuration file.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct ConfigErrors {
     /// The file.
+    #[serde(rename = "file")]
     pub path: PathBuf,
     /// The problems, in file order.
     pub errors: Vec<ConfigError>,

@@ -486,7 +486,8 @@ impl Monitor {
             .config_path()
             .context("this daemon has no config file to reload")?
             .to_owned();
-        let new = Config::load(&path).map_err(|errors| anyhow!("{errors}\nnothing was changed"))?;
+        let new = Config::load(&path)
+            .map_err(|errors| anyhow::Error::new(errors).context("nothing was changed"))?;
         let running = Running {
             config: self.core.config(),
             statuses: self.core.statuses(),

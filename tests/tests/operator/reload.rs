@@ -61,6 +61,19 @@ fn reload_applies_the_difference_and_an_invalid_file_changes_nothing() {
         assert!(error.contains("unknown protocol \"sctp\""), "{error}");
         assert!(error.contains("nothing was changed"), "{error}");
         assert_eq!(backends_of(&xlb), before);
+        // As JSON, every error located, as `xlb check --json` gives them.
+        let (code, stdout, _) = xlb.cli(&["--json", "reload"]).unwrap();
+        assert_eq!(code, 1, "{stdout}");
+        let Ok(Response::Invalid(invalid)) = serde_json::from_str(&stdout) else {
+            panic!("{stdout}")
+        };
+        assert!(
+            invalid
+                .errors
+                .iter()
+                .any(|e| e.line > 0 && e.message.contains("unknown protocol \"sctp\"")),
+            "{stdout}"
+        );
 
         // A valid file that needs another hook (native XDP, which would corrupt packets on
         // these links anyway): refused, nothing changes.
