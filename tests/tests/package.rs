@@ -57,6 +57,7 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
         "./usr/share/man/man1/xlb.1.gz",
         "./usr/share/man/man1/xlb-trace.1.gz",
         "./usr/share/man/man1/xlb-backend-weight.1.gz",
+        "./usr/share/man/man5/xlb.toml.5.gz",
         "./usr/share/bash-completion/completions/xlb",
         "./usr/share/zsh/vendor-completions/_xlb",
         "./usr/share/fish/vendor_completions.d/xlb.fish",
@@ -115,6 +116,13 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
             .arg(root.join("usr/share/man/man1/xlb.1.gz")),
     );
     assert!(man.contains(".TH xlb 1"), "{man}");
+    assert!(man.contains("EXIT STATUS") && man.contains("SEE ALSO"), "{man}");
+    let config = output(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(root.join("usr/share/man/man5/xlb.toml.5.gz")),
+    );
+    assert!(config.contains("[[service]]"), "{config}");
     let bash =
         std::fs::read_to_string(root.join("usr/share/bash-completion/completions/xlb")).unwrap();
     assert!(bash.contains("_xlb()"));

@@ -17,7 +17,8 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Print the answer as JSON (refused by commands that print no answer).
+    /// Print the answer as JSON (`run`, `completions` and `man` print no answer and refuse
+    /// it).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -76,7 +77,7 @@ pub enum Command {
     },
     /// Print the man page (roff), or write one page per command into DIR.
     Man {
-        /// Write xlb.1, xlb-run.1, ... here instead.
+        /// Write xlb.1, xlb-run.1, ... and xlb.toml.5 here instead.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },

@@ -2,6 +2,7 @@
 //! calls [`main`].
 
 pub mod args;
+mod man;
 mod probe;
 mod render;
 
@@ -326,12 +327,12 @@ fn print_json_line(value: &impl Serialize) {
     println!("{}", serde_json::to_string(value).expect("serializable"));
 }
 
-/// `xlb man`: the page of `xlb` on stdout, or every command's page in `dir`.
+/// `xlb man`: the page of `xlb` on stdout, or every command's page and `xlb.toml(5)` in
+/// `dir`.
 fn man(dir: Option<&Path>) -> ExitCode {
     let result = match dir {
-        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
-        Some(dir) => std::fs::create_dir_all(dir)
-            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir)),
+        None => man::main_page(&mut std::io::stdout()),
+        Some(dir) => man::write_all(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -534,9 +534,15 @@ impl Monitor {
             "the new configuration is in force, but applying it to the data plane failed; xlb \
              tries again every second",
         )?;
+        // A backend added starts unchecked: its tables change when its first check passes.
+        let joining = if summary.backends_added > 0 {
+            " (added backends join them once a check passes)"
+        } else {
+            ""
+        };
         let message = format!(
             "reloaded {}: {} services ({} added, {} removed), {} backends added, {} removed \
-             ({} draining), {} tables published, {} flows purged, interfaces +{} -{}",
+             ({} draining), {} tables published{joining}, {} flows purged, interfaces +{} -{}",
             path.display(),
             self.core.config().services.len(),
             summary.services_added,
