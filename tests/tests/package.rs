@@ -116,7 +116,10 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
             .arg(root.join("usr/share/man/man1/xlb.1.gz")),
     );
     assert!(man.contains(".TH xlb 1"), "{man}");
-    assert!(man.contains("EXIT STATUS") && man.contains("SEE ALSO"), "{man}");
+    assert!(
+        man.contains("EXIT STATUS") && man.contains("SEE ALSO"),
+        "{man}"
+    );
     let config = output(
         Command::new("gzip")
             .arg("-dc")

@@ -1,8 +1,8 @@
 //! `xlb simulate`: which backend would a new flow get now? A synthetic first packet runs
 //! through the loaded program (BPF_PROG_TEST_RUN, as Katran's simulator does) and the answer is
 //! read from the flow entry it made (so it holds for DSR too, whose packets keep the VIP). That
-//! flow is then deleted, so the simulation leaves no flow behind; it does take a turn of the
-//! round robin, as a real flow would.
+//! flow is then deleted, and the turn of the round robin it took is given back, so the
+//! simulation changes nothing it observes: asked twice, it answers the same.
 
 use std::net::SocketAddr;
 
@@ -31,14 +31,15 @@ pub(crate) struct Simulation {
     pub existing_flow: bool,
 }
 
-/// Runs a new flow from `client` to the service at `listen` through the program, as if it
-/// arrived on interface `ifindex`.
+/// Runs a new flow from `client` to the service at `listen` (whose round-robin tables are
+/// `tables`) through the program, as if it arrived on interface `ifindex`.
 pub(crate) fn simulate(
     dataplane: &mut Dataplane,
     listen: SocketAddr,
     protocol: Protocol,
     client: SocketAddr,
     ifindex: u32,
+    tables: &[u32],
 ) -> Result<Simulation> {
     if client.is_ipv4() != listen.is_ipv4() {
         bail!("client {client} and service {listen} are not of the same address family");
@@ -66,6 +67,10 @@ pub(crate) fn simulate(
         .iter()
         .flat_map(|field: &u32| field.to_ne_bytes())
         .collect();
+    let cursors: Vec<(u32, u64)> = tables
+        .iter()
+        .map(|&index| Ok((index, dataplane.maps.rr_cursor(index)?)))
+        .collect::<Result<_>>()?;
     let result = dataplane.program().test_run(TestRunOptions {
         data_in: Some(&frame),
         data_out: Some(&mut out),
@@ -86,12 +91,27 @@ pub(crate) fn simulate(
         .map(|entry| backend_address(&entry));
     if !existing_flow {
         dataplane.maps.flows.remove(&key);
+        give_back_turn(dataplane, &cursors)?;
     }
     Ok(Simulation {
         verdict,
         backend,
         existing_flow,
     })
+}
+
+/// Gives back the turn the simulated flow took: the cursor of the table that placed it (the
+/// one that moved since `before`) goes back by one. A real new flow placed by that table
+/// meanwhile keeps its backend; the next one then gets the backend it had.
+fn give_back_turn(dataplane: &mut Dataplane, before: &[(u32, u64)]) -> Result<()> {
+    for &(index, cursor) in before {
+        let now = dataplane.maps.rr_cursor(index)?;
+        if now > cursor {
+            dataplane.maps.set_rr_cursor(index, now - 1)?;
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The first packet of a flow from `src` to `dst`: a TCP SYN or a small UDP datagram.

@@ -12,21 +12,35 @@ use crate::{
     report::SimulationReport,
 };
 
-/// Which backend a new flow from `client` to `service` gets now (it takes a turn of the round
-/// robin, as a real flow would, and leaves no flow behind).
+/// Which backend a new flow from `client` to `service` gets now (its turn of the round robin
+/// given back, and no flow left behind).
 pub(super) fn simulate(
     core: &Core,
     dataplane: &mut Dataplane,
     service: &str,
     client: SocketAddr,
 ) -> Result<SimulationReport> {
-    let config = &core.config().services[core.service_index(service)?];
+    let index = core.service_index(service)?;
+    let config = &core.config().services[index];
+    // The round-robin tables of its pools, whose turn the simulation gives back.
+    let tables: Vec<u32> = core.applied(index).map_or_else(Vec::new, |applied| {
+        (0..applied.tables.len() as u32)
+            .map(|pool| lb_common::tables::table_index(applied.id, pool))
+            .collect()
+    });
     let ifindex = dataplane
         .attachments()
         .first()
         .map(|a| a.ifindex)
         .context("xlb is attached to no interface")?;
-    let simulation = run_through(dataplane, config.listen, config.protocol, client, ifindex)?;
+    let simulation = run_through(
+        dataplane,
+        config.listen,
+        config.protocol,
+        client,
+        ifindex,
+        &tables,
+    )?;
     let mut report = SimulationReport {
         service: config.name.clone(),
         client,

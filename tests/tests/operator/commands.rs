@@ -110,17 +110,21 @@ fn simulate_tells_which_backend_a_new_flow_would_get() {
     let first = ok(&xlb, &["simulate", "web", "198.18.0.2:40000"]);
     let second = ok(&xlb, &["simulate", "web", "198.18.0.2:40000"]);
     assert!(
-        first.contains("a new flow would go to 198.18.1.1"),
+        first.contains("a new flow would go to 198.18.1.1") && !first.contains("redirect"),
         "{first}"
     );
-    assert!(
-        second.contains("a new flow would go to 198.18.1.1"),
-        "{second}"
+    // A simulation gives back the turn of the round robin it took: it changes nothing it
+    // observes, and the next real new flow goes where it said.
+    assert_eq!(first, second);
+    let simulated = first.trim_end().rsplit('.').next().unwrap();
+    let backend = format!(
+        "b{}",
+        simulated.split(':').next().unwrap().parse::<u32>().unwrap() - 10
     );
-    assert_ne!(
-        first, second,
-        "each simulated flow takes a turn of the round robin"
-    );
+    assert_eq!(connections(&lab, 1).get(&backend), Some(&1), "{first}");
+    // A bare address is simulated from port 32768.
+    let bare = ok(&xlb, &["simulate", "web", "198.18.0.2"]);
+    assert!(bare.starts_with("web from 198.18.0.2:32768: "), "{bare}");
     let json = ok(&xlb, &["--json", "simulate", "dns", "198.18.0.2:5000"]);
     let Response::Simulation(report) = serde_json::from_str(&json).unwrap() else {
         panic!("{json}")

@@ -378,15 +378,21 @@ pub(super) fn simulation(report: &SimulationReport) -> String {
     out
 }
 
+/// What the simulation says: the backend, and the program's verdict when it is not the one
+/// that sends a packet on its way (`redirect`, `tx`).
 fn simulation_line(report: &SimulationReport) -> String {
+    let verdict = match report.verdict.as_str() {
+        "redirect" | "tx" => String::new(),
+        other => format!(" ({other})"),
+    };
     match report.backend {
         Some(backend) if report.existing_flow => format!(
-            "{} from {}: existing flow to {backend} ({})\n",
-            report.service, report.client, report.verdict
+            "{} from {}: existing flow to {backend}{verdict}\n",
+            report.service, report.client
         ),
         Some(backend) => format!(
-            "{} from {}: a new flow would go to {backend} ({})\n",
-            report.service, report.client, report.verdict
+            "{} from {}: a new flow would go to {backend}{verdict}\n",
+            report.service, report.client
         ),
         None => format!(
             "{} from {}: no backend ({})\n",

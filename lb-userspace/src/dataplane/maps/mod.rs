@@ -299,6 +299,17 @@ impl Maps {
             .filter(|entry| entry.in_use == 1)
     }
 
+    /// The round-robin cursor of table `index` (`RR_CURSORS`): the new flows it has placed.
+    pub fn rr_cursor(&self, index: u32) -> Result<u64> {
+        Ok(self.cursors.get(&index, 0)?)
+    }
+
+    /// Sets the round-robin cursor of table `index` to `value` (a simulation giving its turn
+    /// back).
+    pub fn set_rr_cursor(&mut self, index: u32, value: u64) -> Result<()> {
+        Ok(self.cursors.set(index, value, 0)?)
+    }
+
     /// The entry of a flow, by its key (the client's 5-tuple), if a flow table has it.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.get(key)
