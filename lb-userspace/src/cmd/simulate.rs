@@ -30,6 +30,15 @@ fn client_address(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address, with or without a port (like 198.18.0.2:40000 or [fd00::2]:40000)"))
 }
 
+impl Simulate {
+    /// The simulated flow's backend and pools.
+    pub fn answer(self, monitor: &Monitor, dataplane: &mut Dataplane) -> Result<Response> {
+        monitor
+            .simulate(dataplane, &self.service, self.client)
+            .map(Response::Simulation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,14 +52,5 @@ mod tests {
                 .unwrap_err()
                 .contains("\"client-1\" is not an address")
         );
-    }
-}
-
-impl Simulate {
-    /// The simulated flow's backend and pools.
-    pub fn answer(self, monitor: &Monitor, dataplane: &mut Dataplane) -> Result<Response> {
-        monitor
-            .simulate(dataplane, &self.service, self.client)
-            .map(Response::Simulation)
     }
 }
