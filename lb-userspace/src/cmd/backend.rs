@@ -1,5 +1,6 @@
 //! `xlb backend drain|disable|enable|weight SERVICE BACKEND [WEIGHT]`: an operator's setting
-//! on one backend, kept across reloads and restarts until `enable`.
+//! on one backend, kept across reloads and restarts until `enable`; and `xlb backend
+//! add|remove SERVICE BACKEND`, which change the configuration file and reload it.
 //!
 //! On the command line the change comes first (`xlb backend weight web 198.18.1.11:8080 50`);
 //! on the wire it is one flat object (`{"command":"backend","service":"web","backend":
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Caller, Response, in_range};
 use crate::{
+    config::{NewBackend, add_backend, remove_backend},
     dataplane::Dataplane,
     monitor::{Change as MonitorChange, Monitor},
 };
@@ -44,6 +46,22 @@ pub enum Change {
         #[arg(value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_WEIGHT)))]
         weight: u32,
     },
+    /// Add a backend to the configuration file, then reload it (the file is changed only if
+    /// the reload is applied).
+    Add {
+        /// Which backend.
+        #[command(flatten)]
+        target: Target,
+        /// Its weight (default: the configuration's default, 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_WEIGHT)))]
+        weight: Option<u32>,
+        /// Its pool, for a service with pools.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Remove a backend from the configuration file, then reload it: it drains (its
+    /// connections continue until they end or the service's `drain_timeout`).
+    Remove(Target),
 }
 
 /// Which backend.
@@ -59,7 +77,11 @@ impl Backend {
     /// Checks the weight's bounds.
     pub fn check(&self) -> Result<(), String> {
         match self.change {
-            Change::Weight { weight, .. } => in_range("weight", weight, 0..=MAX_WEIGHT),
+            Change::Weight { weight, .. }
+            | Change::Add {
+                weight: Some(weight),
+                ..
+            } => in_range("weight", weight, 0..=MAX_WEIGHT),
             _ => Ok(()),
         }
     }
@@ -71,27 +93,39 @@ impl Backend {
         monitor: &mut Monitor,
         dataplane: &mut Dataplane,
     ) -> Result<Response> {
-        let (target, change) = self.change.into_parts();
-        monitor
-            .change_backend(
+        let mut set = |target: Target, change: MonitorChange| {
+            monitor.change_backend(
                 &mut dataplane.maps,
                 &target.service,
                 target.backend,
                 change,
                 &caller.0,
             )
-            .map(Response::Done)
-    }
-}
-
-impl Change {
-    fn into_parts(self) -> (Target, MonitorChange) {
-        match self {
-            Self::Drain(target) => (target, MonitorChange::Drain),
-            Self::Disable(target) => (target, MonitorChange::Disable),
-            Self::Enable(target) => (target, MonitorChange::Enable),
-            Self::Weight { target, weight } => (target, MonitorChange::Weight(weight)),
-        }
+        };
+        let done = match self.change {
+            Change::Drain(target) => set(target, MonitorChange::Drain),
+            Change::Disable(target) => set(target, MonitorChange::Disable),
+            Change::Enable(target) => set(target, MonitorChange::Enable),
+            Change::Weight { target, weight } => set(target, MonitorChange::Weight(weight)),
+            Change::Add {
+                target,
+                weight,
+                pool,
+            } => {
+                let backend = NewBackend {
+                    address: target.backend,
+                    weight,
+                    pool,
+                };
+                monitor.edit_config(dataplane, |text| {
+                    add_backend(text, &target.service, &backend)
+                })
+            }
+            Change::Remove(target) => monitor.edit_config(dataplane, |text| {
+                remove_backend(text, &target.service, target.backend)
+            }),
+        };
+        done.map(Response::Done)
     }
 }
 
@@ -108,23 +142,35 @@ struct Wire {
 }
 
 /// What to do, as it travels.
-#[derive(Clone, Copy, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Action {
     Drain,
     Disable,
     Enable,
     Weight(u32),
+    Add {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
+    Remove,
 }
 
 impl From<Backend> for Wire {
     fn from(backend: Backend) -> Self {
-        let (target, change) = backend.change.into_parts();
-        let action = match change {
-            MonitorChange::Drain => Action::Drain,
-            MonitorChange::Disable => Action::Disable,
-            MonitorChange::Enable => Action::Enable,
-            MonitorChange::Weight(weight) => Action::Weight(weight),
+        let (target, action) = match backend.change {
+            Change::Drain(target) => (target, Action::Drain),
+            Change::Disable(target) => (target, Action::Disable),
+            Change::Enable(target) => (target, Action::Enable),
+            Change::Weight { target, weight } => (target, Action::Weight(weight)),
+            Change::Add {
+                target,
+                weight,
+                pool,
+            } => (target, Action::Add { weight, pool }),
+            Change::Remove(target) => (target, Action::Remove),
         };
         Self {
             service: target.service,
@@ -145,6 +191,12 @@ impl From<Wire> for Backend {
             Action::Disable => Change::Disable(target),
             Action::Enable => Change::Enable(target),
             Action::Weight(weight) => Change::Weight { target, weight },
+            Action::Add { weight, pool } => Change::Add {
+                target,
+                weight,
+                pool,
+            },
+            Action::Remove => Change::Remove(target),
         };
         Self { change }
     }

@@ -8,6 +8,7 @@
 //! every value and the rules between them, and collects all the problems it finds, so an
 //! operator fixes a file in one pass. Messages name their place in the file (`service "web": pool "kr": health: ...`).
 
+mod edit;
 mod error;
 mod locate;
 mod model;
@@ -18,6 +19,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use edit::{NewBackend, add_backend, remove_backend};
 pub use error::{ConfigError, ConfigErrors};
 pub use locate::{Subject, locate_subject};
 pub use model::{

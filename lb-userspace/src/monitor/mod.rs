@@ -27,6 +27,7 @@ mod checkers;
 pub(crate) mod connections;
 mod core;
 mod departures;
+mod edit;
 mod fleet;
 pub(crate) mod flow_list;
 mod operator;

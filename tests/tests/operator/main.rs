@@ -1,11 +1,13 @@
 //! Tier 3: what an operator does to a running xlb, through the CLI and its control API, with
 //! real servers in network namespaces: status, stats, top, flows, simulate and bad input
 //! (`commands`); backend drain/disable/weight/enable and their persistence (`settings`);
+//! backends added and removed through the file (`edit`);
 //! reload and SIGHUP (`reload`); the metrics endpoint read by promtool and Prometheus
 //! (`metrics`); a restart that keeps every flow (`restart`); `xlb trace` (`trace`). Needs
 //! root: run with `cargo xtask test`.
 
 mod commands;
+mod edit;
 mod metrics;
 mod reload;
 mod removal;
