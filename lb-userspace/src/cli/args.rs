@@ -103,8 +103,11 @@ mod tests {
         };
         let weight = error(&["xlb", "backend", "weight", "web", "198.18.1.1:80", "300"]);
         assert!(weight.contains("300 is not in 0..=256"), "{weight}");
-        let address = error(&["xlb", "backend", "drain", "web", "198.18.1.1"]);
-        assert!(address.contains("invalid socket address"), "{address}");
+        let address = error(&["xlb", "backend", "drain", "web", "backend-1:80"]);
+        assert!(
+            address.contains("\"backend-1:80\" is not a backend"),
+            "{address}"
+        );
         let prefix = error(&["xlb", "flows", "--client", "198.18.0.1/16"]);
         assert!(
             prefix.contains("did you mean \"198.18.0.0/16\""),

@@ -16,8 +16,10 @@ use super::{Caller, Response, in_range};
 use crate::{
     config::{NewBackend, add_backend, remove_backend},
     dataplane::Dataplane,
-    monitor::{Change as MonitorChange, Monitor},
+    monitor::{Change as MonitorChange, Monitor, targets::EVERY_SERVICE},
 };
+
+pub(crate) use crate::monitor::targets::BackendAddress;
 
 /// One backend, and what to do to it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
@@ -67,10 +69,24 @@ pub enum Change {
 /// Which backend.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct Target {
-    /// The service's name.
+    /// The service's name (for drain, disable, enable and weight, `*`: every service).
     pub service: String,
-    /// The backend's address and port.
-    pub backend: SocketAddr,
+    /// The backend's address and port (for drain, disable, enable and weight, the address
+    /// alone: every backend on that host).
+    pub backend: BackendAddress,
+}
+
+impl Target {
+    /// The one backend a change of the file names: an address with its port, in a service.
+    fn one(&self) -> Result<SocketAddr> {
+        match self.backend {
+            BackendAddress::One(address) if self.service != EVERY_SERVICE => Ok(address),
+            _ => anyhow::bail!(
+                "add and remove name one backend of one service: its address with its port, \
+                 like `web 198.18.1.11:8080`"
+            ),
+        }
+    }
 }
 
 impl Backend {
@@ -113,7 +129,7 @@ impl Backend {
                 pool,
             } => {
                 let backend = NewBackend {
-                    address: target.backend,
+                    address: target.one()?,
                     weight,
                     pool,
                 };
@@ -121,9 +137,12 @@ impl Backend {
                     add_backend(text, &target.service, &backend)
                 })
             }
-            Change::Remove(target) => monitor.edit_config(dataplane, |text| {
-                remove_backend(text, &target.service, target.backend)
-            }),
+            Change::Remove(target) => {
+                let address = target.one()?;
+                monitor.edit_config(dataplane, |text| {
+                    remove_backend(text, &target.service, address)
+                })
+            }
         };
         done.map(Response::Done)
     }
@@ -135,8 +154,8 @@ impl Backend {
 struct Wire {
     /// Service name.
     service: String,
-    /// Backend address and port.
-    backend: SocketAddr,
+    /// Backend address and port, or its host alone.
+    backend: BackendAddress,
     /// What to do.
     action: Action,
 }

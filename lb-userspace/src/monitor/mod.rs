@@ -37,6 +37,7 @@ pub(crate) mod plan;
 pub(crate) mod reload;
 mod reports;
 mod simulate;
+pub(crate) mod targets;
 pub(crate) mod trace;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
@@ -442,19 +443,25 @@ impl Monitor {
         self.tracing.start(&self.core, request)
     }
 
-    /// `xlb backend ...`: an operator's `change` to one backend, made `by` someone, kept
-    /// across reloads and restarts, and applied at once.
+    /// `xlb backend ...`: an operator's `change` to the backends `service` and `backend`
+    /// name (one, a host's, or a host's in every service: `targets`), made `by` someone,
+    /// kept across reloads and restarts, and applied at once.
     pub fn change_backend(
         &mut self,
         maps: &mut (impl DataplaneMaps + DataplaneReads),
         service: &str,
-        backend: SocketAddr,
+        backend: targets::BackendAddress,
         change: Change,
         by: &str,
     ) -> Result<String> {
-        let done = self
-            .operators
-            .change(&mut self.core, service, backend, change, by)?;
+        let mut done = Vec::new();
+        for (service, address) in targets::targets(self.core.config(), service, backend)? {
+            done.push(
+                self.operators
+                    .change(&mut self.core, &service, address, change, by)?,
+            );
+        }
+        let done = done.join("\n");
         self.apply(maps).context(
             "the setting is saved and in force, but applying it to the data plane failed; \
              xlb tries again every second",

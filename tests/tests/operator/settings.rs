@@ -47,6 +47,23 @@ fn an_operator_drains_disables_and_enables_backends() {
         "{error}"
     );
     assert_eq!(connections(&lab, 3).len(), 3);
+
+    // A host taken out of every service at once: its address alone, `*` for the services.
+    let host = backend_addr(0).to_string();
+    let done = ok(&xlb, &["backend", "drain", "*", &host]);
+    assert!(
+        done.contains(&format!("web {host}:8080 drained"))
+            && done.contains(&format!("dns {host}:5353 drained")),
+        "{done}"
+    );
+    assert_eq!(connections(&lab, 6).get("b1"), None);
+    ok(&xlb, &["backend", "enable", "*", &host]);
+    assert_eq!(connections(&lab, 6).get("b1"), Some(&2));
+    let error = fails(&xlb, &["backend", "drain", "*", "198.18.1.99"]);
+    assert!(
+        error.contains("no service has a backend 198.18.1.99"),
+        "{error}"
+    );
 }
 
 /// The operator setting of `backend` in `status --json`, as (admin, weight, by).
