@@ -443,32 +443,6 @@ impl Monitor {
         self.tracing.start(&self.core, request)
     }
 
-    /// `xlb backend ...`: an operator's `change` to the backends `service` and `backend`
-    /// name (one, a host's, or a host's in every service: `targets`), made `by` someone,
-    /// kept across reloads and restarts, and applied at once.
-    pub fn change_backend(
-        &mut self,
-        maps: &mut (impl DataplaneMaps + DataplaneReads),
-        service: &str,
-        backend: targets::BackendAddress,
-        change: Change,
-        by: &str,
-    ) -> Result<String> {
-        let mut done = Vec::new();
-        for (service, address) in targets::targets(self.core.config(), service, backend)? {
-            done.push(
-                self.operators
-                    .change(&mut self.core, &service, address, change, by)?,
-            );
-        }
-        let done = done.join("\n");
-        self.apply(maps).context(
-            "the setting is saved and in force, but applying it to the data plane failed; \
-             xlb tries again every second",
-        )?;
-        Ok(done)
-    }
-
     /// `xlb reload` (and SIGHUP): [`Self::reload_config`], counted for the metrics and
     /// announced to systemd (reloading, then ready again whether it succeeded or not: a
     /// failed reload changed nothing).

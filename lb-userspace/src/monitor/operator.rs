@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result, bail};
 use lb_common::consts::limits::MAX_WEIGHT;
 use tracing::{info, warn};
 
-use super::{core::Core, persist};
+use super::{Monitor, core::Core, persist, targets};
+use crate::control::{DataplaneMaps, DataplaneReads};
 use crate::{health::state::Admin, sys::time::unix_seconds};
 
 /// An operator's change to a backend.
@@ -164,5 +165,52 @@ impl OperatorSettings {
                 "operator settings name backends not in the config; kept until `xlb backend enable`"
             );
         }
+    }
+}
+
+impl Monitor {
+    /// `xlb backend ...`: an operator's `change` to the backends `service` and `backend`
+    /// name (one, a host's, or a host's in every service: `targets`), made `by` someone,
+    /// kept across reloads and restarts, and applied at once.
+    pub fn change_backend(
+        &mut self,
+        maps: &mut (impl DataplaneMaps + DataplaneReads),
+        service: &str,
+        backend: targets::BackendAddress,
+        change: Change,
+        by: &str,
+    ) -> Result<String> {
+        let targets = targets::targets(self.core.config(), service, backend)?;
+        let mut done = Vec::new();
+        let mut failed = None;
+        for (service, address) in &targets {
+            match self
+                .operators
+                .change(&mut self.core, service, *address, change, by)
+            {
+                Ok(said) => done.push(said),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failed {
+            if !done.is_empty() {
+                let _ = self.apply(maps);
+            }
+            return Err(error.context(format!(
+                "{} of the {} backends named were changed: {}",
+                done.len(),
+                targets.len(),
+                done.join("; ")
+            )));
+        }
+        let done = done.join("\n");
+        self.apply(maps).context(
+            "the setting is saved and in force, but applying it to the data plane failed; \
+             xlb tries again every second",
+        )?;
+        Ok(done)
     }
 }
