@@ -286,7 +286,12 @@ impl Reports {
                             weight: configured.weight,
                             effective_weight: backend.map_or(0, |b| b.weight),
                             agent_weight_percent: status.agent.weight_percent,
-                            active_flows: backend.map_or(0, |b| self.active_flows.of(b.id)),
+                            // Every flow purged (disabled, or its host gone): the
+                            // epoch's activity count is of flows that are no more.
+                            active_flows: match status.purged {
+                                Some(crate::health::state::Purge::All) => 0,
+                                _ => backend.map_or(0, |b| self.active_flows.of(b.id)),
+                            },
                             connections: backend
                                 .and_then(|b| connections.get(&b.id))
                                 .copied()

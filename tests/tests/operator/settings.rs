@@ -25,6 +25,26 @@ fn an_operator_drains_disables_and_enables_backends() {
 
     ok(&xlb, &["backend", "enable", "web", &b1]);
     assert_eq!(connections(&lab, 6).get("b1"), Some(&2));
+    // Its activity is counted (the daemon reads the data plane's counts every second).
+    let active = |xlb: &Xlb| {
+        let status = ok(xlb, &["--json", "status", "web"]);
+        let Ok(Response::Status(report)) = serde_json::from_str(&status) else {
+            panic!("{status}")
+        };
+        let b = report.services[0]
+            .backends
+            .iter()
+            .find(|b| b.address.to_string() == b1);
+        b.unwrap().active_flows
+    };
+    let start = Instant::now();
+    while active(&xlb) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "b1's flows never counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     ok(&xlb, &["backend", "disable", "web", &b1]);
     let status = ok(&xlb, &["--json", "status"]);
@@ -32,6 +52,8 @@ fn an_operator_drains_disables_and_enables_backends() {
     assert!(status.contains("disabled by the operator"), "{status}");
     // The operator's state apart from the checks', which still pass (as HAProxy's MAINT).
     assert!(status.contains("\"health\": \"up\""), "{status}");
+    // Its flows purged, it shows no activity (not the epoch's count of flows now gone).
+    assert_eq!(active(&xlb), 0, "{status}");
     assert_eq!(connections(&lab, 6).get("b1"), None);
     ok(&xlb, &["backend", "enable", "web", &b1]);
 
