@@ -30,8 +30,8 @@ fn main() -> Result<()> {
     let load = if quick {
         Load {
             connections: 60,
-            duration: std::time::Duration::from_secs(3),
-            event_at: std::time::Duration::from_secs(1),
+            duration: Duration::from_secs(3),
+            event_at: Duration::from_secs(1),
             ..LOAD
         }
     } else {
