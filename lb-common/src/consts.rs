@@ -125,6 +125,16 @@ pub mod forwarding {
     pub const DSR: u8 = 1;
 }
 
+/// Bits of [`crate::MaglevTable::len`]: the slot count, and how new flows hash.
+pub mod maglev_len {
+    /// New flows hash the client's address (with the VIP) alone, not the 5-tuple: every
+    /// connection of a client goes to one backend while the backends stay the same (the
+    /// `source-hash` scheduler; IPVS's `sh`, HAProxy's `balance source`).
+    pub const CLIENT_HASH: u32 = 1 << 31;
+    /// The slot count (the table's prime size).
+    pub const SLOTS: u32 = CLIENT_HASH - 1;
+}
+
 /// Capacity limits. Maps are sized from these; userspace validation enforces them.
 pub mod limits {
     /// Virtual services (VIP, port, protocol) in the `SERVICES` map.

@@ -25,6 +25,13 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     )
 }
 
+/// The hash of a client's address and the VIP alone (ports and protocol left out), under
+/// `seed`: every connection of the client to the VIP hashes the same (source hashing).
+#[inline(always)]
+pub fn client_hash(client: &Addr, vip: &Addr, family: u8, seed: u32) -> u32 {
+    tuple_hash(client, vip, 0, u32::from(family) << 8, seed)
+}
+
 /// [`flow_hash`] of a 5-tuple given by its parts: the addresses (family-neutral), the ports
 /// (`src_port | dst_port << 16`, each in network order) and `proto | family << 8`.
 #[inline(always)]

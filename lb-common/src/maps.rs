@@ -128,7 +128,9 @@ impl BackendTable {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MaglevTable {
-    /// Number of valid slots (the table's prime size); 0 means no backend can take new flows.
+    /// Number of valid slots (the table's prime size; `maglev_len::SLOTS`); 0 means no backend
+    /// can take new flows. With `maglev_len::CLIENT_HASH` set, new flows hash the client's
+    /// address alone ([`crate::hash::client_hash`]).
     pub len: u32,
     /// Seed of the 5-tuple hash, the same on every instance.
     pub seed: u32,

@@ -9,7 +9,7 @@ use core::{
 
 use lb_common::{
     HandshakeGuard,
-    consts::{events, limits::MAX_MAGLEV_SLOTS, proto, tcp_flags},
+    consts::{events, limits::MAX_MAGLEV_SLOTS, maglev_len, proto, tcp_flags},
     guard::{hashes_syn, starts_flooded, window_ended},
     hash::tuple_hash,
     passive::MAX_SKIPS,
@@ -74,7 +74,7 @@ pub fn round_robin(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choi
     let seed = hash_seed(pkt, now);
     let hashed = seed.is_some();
     let turn = match seed {
-        Some(seed) => packet_hash(pkt, seed) as u64,
+        Some(seed) => packet_hash(pkt, seed, false) as u64,
         None => {
             let Some(cursor) = RR_CURSORS.get_ptr_mut(table_index) else {
                 return Choice::NONE;
@@ -94,8 +94,9 @@ pub fn round_robin(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choi
     pass_over(&table.slots, len, first, avoid, now, hashed)
 }
 
-/// The backend a new flow gets from a Maglev table: the slot its 5-tuple hashes to, with the
-/// table's seed, which every instance shares. A TCP packet without SYN that finds no flow
+/// The backend a new flow gets from a Maglev table: the slot its 5-tuple (or, for source
+/// hashing, its client's address) hashes to, with the table's seed, which every instance
+/// shares. A TCP packet without SYN that finds no flow
 /// (its flow went through another instance before a routing change) is placed the same way,
 /// and so reaches the backend that instance chose, as long as both see the same backends.
 #[inline(always)]
@@ -103,7 +104,7 @@ pub fn maglev(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choice {
     let Some(table) = MAGLEV_TABLES.get_value(table_index, &0) else {
         return Choice::NONE;
     };
-    let len = table.len as usize;
+    let len = (table.len & maglev_len::SLOTS) as usize;
     if len == 0 {
         return Choice::NONE;
     }
@@ -113,19 +114,24 @@ pub fn maglev(table_index: u32, pkt: &Packet, now: u64, avoid: u32) -> Choice {
     count_maglev_syn(pkt, now);
     // LLVM divides in 32 bits, and the verifier knows nothing of a remainder's bounds: the
     // mask (which changes nothing, as `len` is at most MAX_MAGLEV_SLOTS < 2^17) bounds it.
-    let first = (packet_hash(pkt, table.seed) % len as u32) as usize & MAGLEV_SLOT_MASK;
+    let hash = packet_hash(pkt, table.seed, table.len & maglev_len::CLIENT_HASH != 0);
+    let first = (hash % len as u32) as usize & MAGLEV_SLOT_MASK;
     pass_over(&table.slots, len, first, avoid, now, true)
 }
 
 /// The flow hash (`lb_common::hash`) of a packet's 5-tuple under `seed`, the value userspace
-/// computes from the flow's key.
+/// computes from the flow's key; `by_client`: of the client's address and the VIP alone
+/// (`lb_common::hash::client_hash`). The ports and protocol are masked out rather than
+/// branched around: a branch here doubles what the verifier walks through on every path
+/// that places a flow.
 #[inline(always)]
-fn packet_hash(pkt: &Packet, seed: u32) -> u32 {
+fn packet_hash(pkt: &Packet, seed: u32, by_client: bool) -> u32 {
+    let keep = u32::from(by_client).wrapping_sub(1);
     tuple_hash(
         &pkt.src,
         &pkt.dst,
-        u32::from(pkt.sport) | u32::from(pkt.dport) << 16,
-        u32::from(pkt.proto) | u32::from(pkt.family) << 8,
+        (u32::from(pkt.sport) | u32::from(pkt.dport) << 16) & keep,
+        (u32::from(pkt.proto) & keep) | u32::from(pkt.family) << 8,
         seed,
     )
 }

@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         let config = MaglevConfig {
             table_size: size,
             seed: 0,
+            client_hash: false,
         };
         // What the daemon runs: the table, and the ids written into the map's value.
         let mut times: Vec<f64> = (0..runs)

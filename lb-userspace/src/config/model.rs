@@ -181,6 +181,7 @@ impl Scheduler {
     pub fn name(&self) -> &'static str {
         match self {
             Self::RoundRobin => "round-robin",
+            Self::Maglev(config) if config.client_hash => "source-hash",
             Self::Maglev(_) => "maglev",
         }
     }
@@ -193,6 +194,9 @@ pub struct MaglevConfig {
     pub table_size: u32,
     /// Seed of the backends' permutations and of the 5-tuple hash.
     pub seed: u32,
+    /// Whether new flows hash the client's address alone (`scheduler = "source-hash"`): every
+    /// connection of a client to one backend while the backends stay the same.
+    pub client_hash: bool,
 }
 
 /// The default Maglev table size: a prime, so that every backend's permutation visits every

@@ -176,6 +176,7 @@ impl Leaf for Protocol {
 pub(super) enum SchedulerName {
     RoundRobin,
     Maglev,
+    SourceHash,
 }
 
 impl Leaf for SchedulerName {
@@ -184,7 +185,11 @@ impl Leaf for SchedulerName {
         one_of(
             &raw,
             "scheduler",
-            &[("round-robin", Self::RoundRobin), ("maglev", Self::Maglev)],
+            &[
+                ("round-robin", Self::RoundRobin),
+                ("maglev", Self::Maglev),
+                ("source-hash", Self::SourceHash),
+            ],
         )
     }
 }
@@ -391,7 +396,10 @@ mod tests {
         );
         assert_eq!(
             SchedulerName::from_raw("x".into()),
-            Err("unknown scheduler \"x\", expected \"round-robin\" or \"maglev\"".into())
+            Err(
+                "unknown scheduler \"x\", expected \"round-robin\", \"maglev\" or \"source-hash\""
+                    .into()
+            )
         );
         assert_eq!(
             Forwarding::from_raw("tunnel".into()),

@@ -410,6 +410,7 @@ impl Balancer {
                 maglev: (entry.scheduler == scheduler::MAGLEV).then_some(MaglevConfig {
                     table_size: 0,
                     seed: 0,
+                    client_hash: false,
                 }),
                 maglev_inputs: Vec::new(),
                 forwarding: match entry.forwarding {

@@ -95,6 +95,9 @@ pub fn lookup_table(
     // SAFETY: a `MaglevTable` is integers only: all zeroes is a valid value (an empty table).
     let mut lookup: Box<MaglevTable> = unsafe { Box::new_zeroed().assume_init() };
     lookup.len = slots.len() as u32;
+    if config.client_hash {
+        lookup.len |= lb_common::consts::maglev_len::CLIENT_HASH;
+    }
     lookup.seed = config.seed;
     for (slot, &index) in lookup.slots.iter_mut().zip(&slots) {
         *slot = backends[index as usize].0;

@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, thread::sleep};
 
+use lb_common::{consts::maglev_len, hash::client_hash};
 use xlb::{config::MaglevConfig, control::maglev::lookup_table};
 
 use super::*;
@@ -17,6 +18,14 @@ name = "mag"
 listen = "198.18.100.4:80"
 protocol = "tcp"
 scheduler = "maglev"
+maglev = { table_size = 1009, seed = 11 }
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "src"
+listen = "198.18.100.7:80"
+protocol = "tcp"
+scheduler = "source-hash"
 maglev = { table_size = 1009, seed = 11 }
 backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
 
@@ -59,7 +68,12 @@ impl PacketLab {
             .map(|b| (b.id, b.address, b.weight))
             .collect();
         let table = lookup_table(&backends, &config);
-        let slot = flow_hash(key, config.seed) % table.len;
+        let hash = if config.client_hash {
+            client_hash(&key.src_addr, &key.dst_addr, key.family, config.seed)
+        } else {
+            flow_hash(key, config.seed)
+        };
+        let slot = hash % (table.len & maglev_len::SLOTS);
         let id = table.slots[slot as usize];
         service
             .backends
@@ -98,6 +112,7 @@ fn maglev_places_by_the_slot_the_5_tuple_hashes_to_also_without_syn() {
         let config = MaglevConfig {
             table_size: 1009,
             seed: 11,
+            client_hash: false,
         };
         let mut cases = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -131,6 +146,52 @@ fn maglev_places_by_the_slot_the_5_tuple_hashes_to_also_without_syn() {
     });
 }
 
+/// Source hashing: every connection of a client goes to one backend (the slot its address
+/// hashes to), whatever its port; clients spread over the backends.
+#[test]
+#[ignore = "needs root and BPF: run with `cargo xtask test`"]
+fn source_hashing_sends_every_connection_of_a_client_to_one_backend() {
+    with_lab_config(SCALEOUT, |lab| {
+        let config = MaglevConfig {
+            table_size: 1009,
+            seed: 11,
+            client_hash: true,
+        };
+        let mut cases = Vec::new();
+        let mut per_client = std::collections::BTreeMap::new();
+        for client in 2..10u16 {
+            for port in 0..3u16 {
+                let from = format!("198.18.0.{client}:{}", 42_000 + port * 1_111);
+                let input = Frame::tcp(&from, "198.18.100.7:80");
+                let backend =
+                    lab.maglev_backend("src", config, &flow_key(&from, "198.18.100.7:80", 6));
+                per_client
+                    .entry(client)
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(backend);
+                cases.push(Case::new(
+                    format!("SYN from {from}"),
+                    &input,
+                    Port::Clients,
+                    XDP_REDIRECT,
+                    &to_backend(&input, &backend.to_string(), mac_of(backend), S0_MAC),
+                ));
+            }
+        }
+        lab.run_cases(&cases);
+        assert!(
+            per_client.values().all(|backends| backends.len() == 1),
+            "{per_client:?}"
+        );
+        let backends: std::collections::BTreeSet<_> = per_client.values().flatten().collect();
+        assert!(
+            backends.len() > 1,
+            "8 clients reach more than one backend: {per_client:?}"
+        );
+        assert_eq!(lab.service_new_flows("src"), 24);
+    });
+}
+
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
 fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
@@ -138,6 +199,7 @@ fn dsr_changes_only_the_mac_and_keeps_no_reply_entry() {
         let config = MaglevConfig {
             table_size: 65_537,
             seed: 0,
+            client_hash: false,
         };
         let client = "198.18.0.2:42000";
         let syn = Frame::tcp(client, "198.18.100.5:80");

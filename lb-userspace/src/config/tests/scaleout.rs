@@ -14,7 +14,8 @@ fn maglev_and_dsr_as_in_the_documentation() {
         service.scheduler,
         Scheduler::Maglev(MaglevConfig {
             table_size: 131_071,
-            seed: 42
+            seed: 42,
+            client_hash: false,
         })
     );
     assert_eq!(service.forwarding, Forwarding::Dsr);
@@ -25,10 +26,25 @@ fn maglev_and_dsr_as_in_the_documentation() {
         defaults.services[0].scheduler,
         Scheduler::Maglev(MaglevConfig {
             table_size: 65_537,
-            seed: 0
+            seed: 0,
+            client_hash: false,
         })
     );
     assert_eq!(defaults.services[0].forwarding, Forwarding::Nat);
+    // Source hashing: a Maglev table whose flows hash the client's address alone.
+    let source = Config::parse(&with_service_keys(
+        "scheduler = \"source-hash\"\nmaglev = { seed = 7 }",
+    ))
+    .unwrap();
+    assert_eq!(
+        source.services[0].scheduler,
+        Scheduler::Maglev(MaglevConfig {
+            table_size: 65_537,
+            seed: 7,
+            client_hash: true,
+        })
+    );
+    assert_eq!(source.services[0].scheduler.name(), "source-hash");
     assert!(defaults.services[0].passive.is_some());
 }
 
@@ -57,7 +73,7 @@ fn bad_maglev_tables_are_reported() {
     assert_eq!(
         errors_of(&with_service_keys("maglev = { seed = 1 }")),
         [
-            "7:10: service \"web\": maglev: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\""
+            "7:10: service \"web\": maglev: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\" or \"source-hash\""
         ]
     );
     assert_eq!(

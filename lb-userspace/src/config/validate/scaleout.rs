@@ -32,10 +32,11 @@ impl Validator<'_> {
         let Some(maglev) = maglev else {
             return match name {
                 SchedulerName::RoundRobin => Scheduler::RoundRobin,
-                SchedulerName::Maglev => {
+                SchedulerName::Maglev | SchedulerName::SourceHash => {
                     let config = MaglevConfig {
                         table_size: DEFAULT_MAGLEV_TABLE_SIZE,
                         seed: DEFAULT_MAGLEV_SEED,
+                        client_hash: name == SchedulerName::SourceHash,
                     };
                     self.maglev_fits(&config, backends, &what, &(0..0));
                     Scheduler::Maglev(config)
@@ -43,10 +44,10 @@ impl Validator<'_> {
             };
         };
         let span = maglev.span();
-        if name != SchedulerName::Maglev {
+        if name == SchedulerName::RoundRobin {
             self.error(
                 &span,
-                format!("{what}: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\""),
+                format!("{what}: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\" or \"source-hash\""),
             );
             return Scheduler::RoundRobin;
         }
@@ -58,7 +59,11 @@ impl Validator<'_> {
         let seed = self
             .optional_leaf(maglev.seed, || format!("{what}: seed"))
             .map_or(DEFAULT_MAGLEV_SEED, |n| n.0 as u32);
-        let config = MaglevConfig { table_size, seed };
+        let config = MaglevConfig {
+            table_size,
+            seed,
+            client_hash: name == SchedulerName::SourceHash,
+        };
         self.maglev_fits(&config, backends, &what, &size_span.unwrap_or(span));
         Scheduler::Maglev(config)
     }
