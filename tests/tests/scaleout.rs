@@ -142,7 +142,15 @@ fn the_route_follows_the_backends_and_the_daemon() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start_with(1, 2, MAGLEV, "1s", true).unwrap();
     let vip = |status: &serde_json::Value| status["status"]["announce"]["vips"][0].clone();
-    let status = cluster.status(0).unwrap();
+    // The daemon probes BIRD as it starts: its first answer may come after the first status.
+    let start = Instant::now();
+    let mut status = cluster.status(0).unwrap();
+    while status["status"]["announce"]["bird_reachable"] != true
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        status = cluster.status(0).unwrap();
+    }
     assert_eq!(
         status["status"]["announce"]["bird_reachable"], true,
         "{status}"

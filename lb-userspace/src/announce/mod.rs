@@ -137,7 +137,15 @@ impl Announcer {
         let now = Instant::now();
         AnnounceReport {
             device: self.config.device.clone(),
-            bird: shared.bird.clone(),
+            bird: if shared.bird.is_empty() {
+                // The first probe has not answered yet (it runs at start).
+                format!(
+                    "BIRD at {} not probed yet",
+                    self.config.bird_socket.display()
+                )
+            } else {
+                shared.bird.clone()
+            },
             bird_reachable: shared.bird_reachable,
             vips: shared
                 .vips

@@ -48,18 +48,13 @@ pub(super) struct Read {
     pub(super) removed: Vec<Removed>,
 }
 
-/// Reads `text`; syntax errors (all of them) stop it.
+/// Reads `text`; a syntax error stops it (the first: what the parser says after one is
+/// mostly the echo of it).
 pub(super) fn read(text: &str) -> Result<Read, Vec<ConfigError>> {
-    let (mut root, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        return Err(syntax
-            .iter()
-            .map(|error| {
-                let span = error.span().unwrap_or(0..0);
-                locate(text, &span, error.message().trim_end().to_owned())
-            })
-            .collect());
-    }
+    let mut root = DeTable::parse(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        vec![locate(text, &span, error.message().trim_end().to_owned())]
+    })?;
     let mut errors = Vec::new();
     let mut removed = Vec::new();
     loop {

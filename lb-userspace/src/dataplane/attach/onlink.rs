@@ -11,16 +11,19 @@ use futures_util::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
-use super::{links::in_namespace, preflight::HostProblem};
-use crate::config::{Config, Forwarding, Subject};
+use super::links::in_namespace;
+use crate::config::{Config, Forwarding};
 use crate::sys::netif;
+
+/// A problem of a backend's route: its service, its address, what is wrong.
+pub(crate) type RouteProblem = (String, IpAddr, String);
 
 /// The problems of the backends' routes, each naming its service and backend: a backend
 /// without a route, a NAT backend reached through an interface xlb is not attached to, a DSR
 /// backend through a gateway or such an interface. A backend on this host (a local route) is
 /// left alone; interfaces that do not exist are the caller's to report. Fails only if the
 /// routing table cannot be asked.
-pub(crate) fn backend_route_problems(config: &Config) -> Result<Vec<HostProblem>> {
+pub(crate) fn backend_route_problems(config: &Config) -> Result<Vec<RouteProblem>> {
     let backends: Vec<(String, IpAddr, bool)> = config
         .services
         .iter()
@@ -47,13 +50,7 @@ pub(crate) fn backend_route_problems(config: &Config) -> Result<Vec<HostProblem>
             let request = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(address, if address.is_ipv4() { 32 } else { 128 })?
                 .build();
-            let problem = |message: String| HostProblem {
-                subject: Subject::Backend {
-                    service: service.clone(),
-                    address,
-                },
-                message,
-            };
+            let problem = |message: String| (service.clone(), address, message);
             // The kernel answers a lookup it cannot route with an error (ENETUNREACH), not
             // with no route.
             let route = match handle.route().get(request).execute().try_next().await {

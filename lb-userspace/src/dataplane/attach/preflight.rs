@@ -71,7 +71,16 @@ pub fn preflight(config: &Config) -> Result<Plan, HostProblems> {
         }
     }
     match onlink::backend_route_problems(config) {
-        Ok(routes) => problems.extend(routes),
+        Ok(routes) => {
+            problems.extend(
+                routes
+                    .into_iter()
+                    .map(|(service, address, message)| HostProblem {
+                        subject: Subject::Backend { service, address },
+                        message,
+                    }),
+            )
+        }
         Err(error) => problems.push(HostProblem {
             subject: Subject::Host,
             message: format!("the routes to the backends could not be read: {error:#}"),

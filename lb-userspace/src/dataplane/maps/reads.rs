@@ -83,3 +83,33 @@ impl DataplaneReads for Maps {
         monotonic_ns()
     }
 }
+
+impl Maps {
+    /// The entry of a flow, by its key (the client's 5-tuple), if a flow table has it.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key)
+    }
+
+    /// The entry a packet with the 5-tuple `key` follows, as the program finds it: the one
+    /// stored under `key` (a client's packet), or, for a NAT backend's packet, the flow whose
+    /// key is the packet's destination and a VIP the backend serves, and whose backend is the
+    /// packet's source (see `lb_common::reply`).
+    pub fn flow_of_packet(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flow(key).or_else(|| {
+            let vips = self
+                .backend_vips
+                .read(&key.src_addr, key.src_port, key.proto, key.family);
+            vips.into_iter().find_map(|(vip, vip_port)| {
+                let flow_key = FlowKey {
+                    src_addr: key.dst_addr,
+                    dst_addr: vip,
+                    src_port: key.dst_port,
+                    dst_port: vip_port,
+                    ..*key
+                };
+                self.flow(&flow_key)
+                    .filter(|entry| (entry.addr, entry.port) == (key.src_addr, key.src_port))
+            })
+        })
+    }
+}
