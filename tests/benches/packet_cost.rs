@@ -76,6 +76,13 @@ protocol = "tcp"
 scheduler = "maglev"
 forwarding = "dsr"
 backends = [ { address = "198.18.1.11:80" }, { address = "198.18.1.12:80" }, { address = "198.18.1.13:80" } ]
+
+[[service]]
+name = "source-hash"
+listen = "198.18.100.7:80"
+protocol = "tcp"
+scheduler = "source-hash"
+backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
 "#;
 
 fn main() -> Result<()> {
@@ -271,16 +278,25 @@ fn main() -> Result<()> {
         ));
 
         // New flows: one run each, against single runs of the reference program; round
-        // robin, Maglev and Maglev with DSR in turn, so that they share the run's conditions.
+        // robin, Maglev, Maglev with DSR and source hashing in turn, so that they share the
+        // run's conditions.
         let (mut new, mut single_noop, mut single_floor) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut maglev, mut maglev_dsr) = (Vec::new(), Vec::new());
+        let (mut maglev, mut maglev_dsr, mut source) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..new_flows {
             let client = format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000);
             for (vip, times) in [
                 ("198.18.100.2:80", &mut new),
                 ("198.18.100.4:80", &mut maglev),
                 ("198.18.100.5:80", &mut maglev_dsr),
+                ("198.18.100.7:80", &mut source),
             ] {
+                // Source hashing hashes the address alone: each flow from a client of its own
+                // (198.19.0.0/16), so that its slots are as scattered as Maglev's.
+                let client = if vip == "198.18.100.7:80" {
+                    format!("198.19.{}.{}:40000", (i / 256) % 256, i % 256)
+                } else {
+                    client.clone()
+                };
                 let frame = Frame::tcp(&client, vip).build();
                 let result = packet_net::run(program, &frame, c0, 1)?;
                 ensure!(
@@ -362,6 +378,11 @@ fn main() -> Result<()> {
         rows.push((
             "new TCP flow, Maglev and DSR (MACs only)".into(),
             median(&mut maglev_dsr),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, source hashing (Maglev on the client's address)".into(),
+            median(&mut source),
             single_noop_ns,
         ));
         rows.push((
