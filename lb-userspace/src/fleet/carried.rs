@@ -86,6 +86,16 @@ pub fn stamp_copy(entry: &mut FlowEntry, now_ns: u64) -> bool {
     true
 }
 
+/// Whether a peer's flow `theirs` should replace this instance's entry `own` of the same
+/// key: they name different backends and `own` is idle (no packet for over two of the
+/// program's stamping periods). A 5-tuple a client used again (UDP ports come back) is placed
+/// anew where it arrives, while another instance may still hold the old placement: the
+/// placement a packet just made is the newer one. An entry in use here stays.
+pub fn replaces(own: &FlowEntry, theirs: &FlowEntry, now_ns: u64) -> bool {
+    (own.addr, own.port) != (theirs.addr, theirs.port)
+        && now_ns.saturating_sub(own.last_seen_ns) > 2 * LAST_SEEN_REFRESH_NS
+}
+
 /// Whether `entry` is a copy no packet has stamped since the daemon did.
 fn is_untouched_copy(entry: &FlowEntry) -> bool {
     entry.handshake_ack == entry.last_seen_ns as u32
@@ -190,5 +200,24 @@ mod tests {
         let (_, mut closing, _) = flow(7, proto::TCP, 500, flow_flags::CLOSING, false);
         assert!(!stamp_copy(&mut closing, 600 * S));
         assert_eq!(closing.last_seen_ns, 500 * S);
+    }
+
+    #[test]
+    fn a_newer_placement_replaces_an_idle_entry_of_another_backend_only() {
+        let entry = |last_seen_s: u64, port: u16| FlowEntry {
+            last_seen_ns: last_seen_s * S,
+            port: port.to_be(),
+            ..FlowEntry::default()
+        };
+        let theirs = entry(100, 8080);
+        assert!(
+            replaces(&entry(90, 8081), &theirs, 100 * S),
+            "idle, another backend"
+        );
+        assert!(!replaces(&entry(99, 8081), &theirs, 100 * S), "in use here");
+        assert!(
+            !replaces(&entry(90, 8080), &theirs, 100 * S),
+            "the same backend"
+        );
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct FleetLink {
     pub(super) unknown: u64,
     /// Copies of peers' flows stamped anew by their refresh.
     pub(super) refreshed: u64,
+    /// Idle entries of another backend that a peer's newer placement replaced.
+    pub(super) replaced: u64,
     /// When this instance's last refresh read the tables (the program's clock, ns).
     refreshed_at: u64,
 }
@@ -58,6 +60,7 @@ impl FleetLink {
                 ("installed", self.installed),
                 ("present", self.present),
                 ("refreshed", self.refreshed),
+                ("replaced", self.replaced),
                 ("unknown", self.unknown),
                 ("lost", n(&c.lost_in_ring) + n(&c.dropped_pending)),
             ],
@@ -112,6 +115,12 @@ impl FleetLink {
             carried::stamp_copy(&mut entry, now);
             if maps.adopt_flows(&[(key, entry, false)], true) == 1 {
                 self.installed += 1;
+            } else if maps
+                .flow(&key)
+                .is_some_and(|own| carried::replaces(&own, &entry, now))
+            {
+                maps.adopt_flows(&[(key, entry, false)], false);
+                self.replaced += 1;
             } else if maps.flows.update(&key, |own| carried::stamp_copy(own, now)) {
                 self.refreshed += 1;
             } else {
@@ -178,6 +187,7 @@ impl Monitor {
             present: 0,
             unknown: 0,
             refreshed: 0,
+            replaced: 0,
             refreshed_at: maps.now_ns().unwrap_or(0),
         };
         link.fleet.request_snapshot();
