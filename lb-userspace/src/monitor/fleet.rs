@@ -115,13 +115,20 @@ impl FleetLink {
             carried::stamp_copy(&mut entry, now);
             if maps.adopt_flows(&[(key, entry, false)], true) == 1 {
                 self.installed += 1;
-            } else if maps
-                .flow(&key)
-                .is_some_and(|own| carried::replaces(&own, &entry, now))
-            {
+                continue;
+            }
+            // The entry here is read once: stamped anew, or found to give way (a refresh
+            // brings every carried flow, so this is the bulk of the fleet's writes).
+            let mut replace = false;
+            let stamped = maps.flows.update(&key, |own| {
+                replace = carried::replaces(own, &entry, now);
+                !replace && carried::stamp_copy(own, now)
+            });
+            if replace {
+                // Written as a new flow is, with the VIP of its replies if it needs one.
                 maps.adopt_flows(&[(key, entry, false)], false);
                 self.replaced += 1;
-            } else if maps.flows.update(&key, |own| carried::stamp_copy(own, now)) {
+            } else if stamped {
                 self.refreshed += 1;
             } else {
                 self.present += 1;
