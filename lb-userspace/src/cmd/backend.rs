@@ -1,5 +1,6 @@
-//! `xlb backend drain|disable|enable|weight SERVICE BACKEND [WEIGHT]`: an operator's setting
-//! on one backend, kept across reloads and restarts until `enable`; and `xlb backend
+//! `xlb backend drain|disable|enable|weight|pause-checks|resume-checks SERVICE BACKEND
+//! [WEIGHT]`: an operator's setting on one backend, kept across reloads and restarts until
+//! `enable`; and `xlb backend
 //! add|remove SERVICE BACKEND`, which change the configuration file and reload it.
 //!
 //! On the command line the change comes first (`xlb backend weight web 198.18.1.11:8080 50`);
@@ -48,6 +49,11 @@ pub enum Change {
         #[arg(value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_WEIGHT)))]
         weight: u32,
     },
+    /// Stop the backend's health checks: it keeps the verdict they gave last (Up stays Up,
+    /// Down stays Down) until `resume-checks` or `enable`; a passive mark lasts its hold.
+    PauseChecks(Target),
+    /// Run the backend's health checks again: their results decide its health.
+    ResumeChecks(Target),
     /// Add a backend to the configuration file, then reload it (the file is changed only if
     /// the reload is applied).
     Add {
@@ -69,10 +75,10 @@ pub enum Change {
 /// Which backend.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct Target {
-    /// The service's name (for drain, disable, enable and weight, `*`: every service).
+    /// The service's name (except for add and remove, `*`: every service).
     pub service: String,
-    /// The backend's address and port (for drain, disable, enable and weight, the address
-    /// alone: every backend on that host).
+    /// The backend's address and port (except for add and remove, the address alone: every
+    /// backend on that host).
     pub backend: BackendAddress,
 }
 
@@ -123,6 +129,8 @@ impl Backend {
             Change::Disable(target) => set(target, MonitorChange::Disable),
             Change::Enable(target) => set(target, MonitorChange::Enable),
             Change::Weight { target, weight } => set(target, MonitorChange::Weight(weight)),
+            Change::PauseChecks(target) => set(target, MonitorChange::PauseChecks),
+            Change::ResumeChecks(target) => set(target, MonitorChange::ResumeChecks),
             Change::Add {
                 target,
                 weight,
@@ -168,6 +176,8 @@ enum Action {
     Disable,
     Enable,
     Weight(u32),
+    PauseChecks,
+    ResumeChecks,
     Add {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<u32>,
@@ -184,6 +194,8 @@ impl From<Backend> for Wire {
             Change::Disable(target) => (target, Action::Disable),
             Change::Enable(target) => (target, Action::Enable),
             Change::Weight { target, weight } => (target, Action::Weight(weight)),
+            Change::PauseChecks(target) => (target, Action::PauseChecks),
+            Change::ResumeChecks(target) => (target, Action::ResumeChecks),
             Change::Add {
                 target,
                 weight,
@@ -210,6 +222,8 @@ impl From<Wire> for Backend {
             Action::Disable => Change::Disable(target),
             Action::Enable => Change::Enable(target),
             Action::Weight(weight) => Change::Weight { target, weight },
+            Action::PauseChecks => Change::PauseChecks(target),
+            Action::ResumeChecks => Change::ResumeChecks(target),
             Action::Add { weight, pool } => Change::Add {
                 target,
                 weight,

@@ -27,6 +27,15 @@ fn requests_are_one_json_object_each() {
             change: Change::Drain(target.clone())
         })
     );
+    let pause = r#"{"command":"backend","service":"web","backend":"198.18.1.11:8080","action":"pause_checks"}"#;
+    let parsed: Request = serde_json::from_str(pause).unwrap();
+    assert_eq!(
+        parsed,
+        Request::Backend(backend::Backend {
+            change: Change::PauseChecks(target.clone())
+        })
+    );
+    assert_eq!(serde_json::to_string(&parsed).unwrap(), pause);
     let weight =
         r#"{"command":"backend","service":"web","backend":"[fd00::1]:80","action":{"weight":7}}"#;
     let parsed: Request = serde_json::from_str(weight).unwrap();

@@ -129,6 +129,21 @@ impl Health {
         self.gone
     }
 
+    /// Holds the verdict the operator paused the checks at (after a restart, when no check
+    /// has run yet); a verdict already held stays as it is, with its failure.
+    pub fn hold(&mut self, paused: Paused) {
+        let up = paused == Paused::Up;
+        if self.up != Some(up) {
+            *self = Self {
+                up: Some(up),
+                streak: 0,
+                last_failure: None,
+                gone: false,
+            };
+        }
+        self.streak = 0;
+    }
+
     /// Takes the backend Down at once, whatever the streak: a check confirmed what the data
     /// plane saw (passive health). Returns whether the health changed.
     pub fn fail_now(&mut self, failure: Failure) -> bool {
@@ -203,8 +218,19 @@ pub enum Admin {
     Disable,
 }
 
-/// What an operator set on a backend (`xlb backend drain|disable|weight`): kept across
-/// reloads and restarts (in the daemon's state file) until `xlb backend enable`.
+/// The checks' verdict a backend keeps while an operator has paused its checks (`xlb backend
+/// pause-checks`): the one they gave when paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Paused {
+    /// Paused while the checks passed: the backend stays healthy.
+    Up,
+    /// Paused while they failed: it stays Down.
+    Down,
+}
+
+/// What an operator set on a backend (`xlb backend drain|disable|weight|pause-checks`): kept
+/// across reloads and restarts (in the daemon's state file) until `xlb backend enable`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operator {
     /// Drained or disabled, if either.
@@ -213,6 +239,9 @@ pub struct Operator {
     /// A weight that replaces the configured one (0..=256).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Its health checks are paused, holding this verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_paused: Option<Paused>,
     /// Who set it last: the user's name and uid, or the signal.
     pub by: String,
     /// When, in seconds since the Unix epoch.
@@ -343,8 +372,23 @@ impl BackendStatus {
         }
     }
 
-    /// The state and its reason, given the load config (for the overload reason).
+    /// The state and its reason, given the load config (for the overload reason); the reason
+    /// says when the checks are paused.
     pub fn state(
+        &self,
+        load: Option<&LoadConfig>,
+        slowstart: Option<Duration>,
+        now: Instant,
+    ) -> (State, String) {
+        let (state, mut reason) = self.state_of_checks(load, slowstart, now);
+        if self.checks_paused().is_some() {
+            reason.push_str("; checks paused by the operator");
+        }
+        (state, reason)
+    }
+
+    /// [`Self::state`], but for the paused checks.
+    fn state_of_checks(
         &self,
         load: Option<&LoadConfig>,
         slowstart: Option<Duration>,
@@ -419,6 +463,11 @@ impl BackendStatus {
         } else {
             (weight.round() as u32).max(1)
         }
+    }
+
+    /// The verdict the operator paused the checks at, if they are paused.
+    pub fn checks_paused(&self) -> Option<Paused> {
+        self.operator.as_ref().and_then(|o| o.checks_paused)
     }
 
     /// The operator's weight, if one is set.

@@ -285,6 +285,7 @@ fn operator(admin: Option<Admin>, weight: Option<u32>) -> Operator {
     Operator {
         admin,
         weight,
+        checks_paused: None,
         by: "root (uid 0)".into(),
         at: 1_700_000_000,
     }

@@ -1,7 +1,13 @@
 //! The checkers: one task per backend health check and one per agent, which report to the
 //! monitor; and what is done with their reports (recorded in the backends' statuses).
 
-use std::{collections::HashMap, net::SocketAddr, ops::RangeInclusive, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    ops::RangeInclusive,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use lb_common::passive::PassiveEvent;
@@ -67,6 +73,9 @@ pub(super) struct Checkers {
     events: mpsc::Sender<Event>,
     /// Permits for checks and queries in flight.
     slots: Arc<Semaphore>,
+    /// The backends (service, backend index) whose checks an operator paused: their tasks
+    /// skip their turns.
+    paused: Arc<RwLock<HashSet<(usize, usize)>>>,
 }
 
 impl Checkers {
@@ -79,6 +88,7 @@ impl Checkers {
             agent_errors: HashMap::new(),
             events,
             slots: Arc::new(Semaphore::new(in_flight())),
+            paused: Arc::default(),
         };
         (checkers, received)
     }
@@ -107,6 +117,41 @@ impl Checkers {
         at.generation == self.generation
     }
 
+    /// Takes the backends whose checks are paused from `core`'s statuses (their tasks skip
+    /// their turns from now on).
+    pub(super) fn sync_paused(&self, core: &Core) {
+        let paused = core
+            .statuses()
+            .iter()
+            .enumerate()
+            .flat_map(|(s, statuses)| {
+                statuses
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, status)| status.checks_paused().is_some())
+                    .map(move |(b, _)| (s, b))
+            })
+            .collect();
+        *self
+            .paused
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = paused;
+    }
+
+    /// Whether an operator paused the checks of backend `backend` of service `service`.
+    fn is_paused(paused: &RwLock<HashSet<(usize, usize)>>, service: usize, backend: usize) -> bool {
+        paused
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&(service, backend))
+    }
+
+    /// Whether the checks of backend `backend` of service `service` are paused now.
+    #[cfg(test)]
+    pub(super) fn is_paused_now(&self, service: usize, backend: usize) -> bool {
+        Self::is_paused(&self.paused, service, backend)
+    }
+
     /// Runs every checked backend's first health check at once and returns their results
     /// (they decide each backend's initial health). Takes at most the longest check timeout.
     pub(super) async fn first_checks(&self, core: &Core) -> Result<Vec<Event>> {
@@ -116,6 +161,12 @@ impl Checkers {
                 continue;
             }
             for (backend_index, backend) in service.backends.iter().enumerate() {
+                if core.statuses()[service_index][backend_index]
+                    .checks_paused()
+                    .is_some()
+                {
+                    continue;
+                }
                 let (check, target, limit) = (
                     service.health.check.clone(),
                     backend.check_address(),
@@ -141,6 +192,7 @@ impl Checkers {
     /// Starts one checker task per backend health check and per agent of `core`'s config. The
     /// backends are checked at instants spread evenly over their intervals, not all at once.
     pub(super) fn spawn(&mut self, core: &Core) {
+        self.sync_paused(core);
         let count = core.config().backend_count() as u32;
         let mut nth = 0;
         for (service_index, service) in core.config().services.iter().enumerate() {
@@ -156,6 +208,7 @@ impl Checkers {
                         .health
                         .is_known();
                     let (events, slots) = (self.events.clone(), Arc::clone(&self.slots));
+                    let paused = Arc::clone(&self.paused);
                     let first = Instant::now() + if checked { offset } else { Duration::ZERO };
                     self.tasks.spawn(async move {
                         let mut ticks = interval_at(first, every);
@@ -163,6 +216,9 @@ impl Checkers {
                         let mut gone_probe = GoneProbe::default();
                         loop {
                             ticks.tick().await;
+                            if Self::is_paused(&paused, service_index, backend_index) {
+                                continue;
+                            }
                             let Ok(_slot) = slots.acquire().await else {
                                 break;
                             };
@@ -226,6 +282,17 @@ impl Checkers {
     /// events and confirmations (the passive module's), change nothing here.
     pub(super) fn record(&mut self, core: &mut Core, event: Event) -> bool {
         if event.backend().is_none_or(|at| !self.is_current(at)) {
+            return false;
+        }
+        // A check that was under way when the operator paused them says nothing now.
+        let paused = |at: BackendRef| {
+            core.statuses()[at.service][at.backend]
+                .checks_paused()
+                .is_some()
+        };
+        if let Event::Health(at, ..) | Event::Gone(at, _) = &event
+            && paused(*at)
+        {
             return false;
         }
         match event {

@@ -552,4 +552,6 @@ fn write_program_settings(maps: &mut Maps, config: &Config) -> Result<()> {
 }
 
 #[cfg(test)]
+mod paused_tests;
+#[cfg(test)]
 mod tests;

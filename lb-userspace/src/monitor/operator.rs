@@ -1,4 +1,4 @@
-//! What operators set on backends (drain, disable, weight), who set it and when: kept in the
+//! What operators set on backends (drain, disable, weight, paused checks), who set it and when: kept in the
 //! state file (`persist`) so that reloads and restarts keep it, and mirrored into the statuses
 //! of the backends the config has.
 
@@ -10,7 +10,11 @@ use tracing::{info, warn};
 
 use super::{Monitor, core::Core, persist, targets};
 use crate::control::{DataplaneMaps, DataplaneReads};
-use crate::{health::state::Admin, sys::time::unix_seconds};
+use crate::{
+    config::HealthCheck,
+    health::state::{Admin, Paused},
+    sys::time::unix_seconds,
+};
 
 /// An operator's change to a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +27,10 @@ pub enum Change {
     Enable,
     /// Replace the configured weight (0..=MAX_WEIGHT).
     Weight(u32),
+    /// Stop the health checks; the backend keeps the checks' last verdict.
+    PauseChecks,
+    /// Run the health checks again.
+    ResumeChecks,
 }
 
 /// Operators' settings, and the file they are kept in.
@@ -52,6 +60,12 @@ impl OperatorSettings {
             state_file,
             settings,
         })
+    }
+
+    /// Whether no setting is kept.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.settings.is_empty()
     }
 
     /// Applies an operator's change to one backend, records `by` whom it was made, and keeps
@@ -109,8 +123,26 @@ impl OperatorSettings {
             Change::Enable => "enabled: what the operator set is cleared; back to the config \
                                and the checks"
                 .to_owned(),
+            Change::PauseChecks => {
+                let paused = Self::verdict_to_hold(core, service, backend)?;
+                let verdict = match paused {
+                    Paused::Up => "up",
+                    Paused::Down => "down",
+                };
+                setting.checks_paused.get_or_insert(paused);
+                format!(
+                    "checks paused: it stays {verdict} until `xlb backend resume-checks` (passive \
+                     marks last their hold)"
+                )
+            }
+            Change::ResumeChecks => {
+                setting.checks_paused = None;
+                "checks resumed: their results decide its health again".to_owned()
+            }
         };
-        if change == Change::Enable {
+        let cleared =
+            setting.admin.is_none() && setting.weight.is_none() && setting.checks_paused.is_none();
+        if change == Change::Enable || cleared {
             settings.remove(&key);
         } else {
             setting.by = by.to_owned();
@@ -126,6 +158,31 @@ impl OperatorSettings {
         Ok(format!("{service} {backend} {verb}"))
     }
 
+    /// The checks' verdict a pause of `backend` of `service` holds: refused when the service
+    /// has no checks or none has decided yet.
+    fn verdict_to_hold(core: &Core, service: &str, backend: SocketAddr) -> Result<Paused> {
+        let s = core.service_index(service)?;
+        let config = &core.config().services[s];
+        if config.health.check == HealthCheck::None {
+            bail!("service {service:?} has no health checks to pause; nothing was changed");
+        }
+        let Some(b) = config.backends.iter().position(|b| b.address == backend) else {
+            bail!("service {service:?} has no backend {backend}");
+        };
+        let health = &core.statuses()[s][b].health;
+        if !health.is_known() {
+            bail!(
+                "{service} {backend}: no check has decided its health yet, so there is no \
+                 verdict to hold; nothing was changed"
+            );
+        }
+        Ok(if health.is_up() {
+            Paused::Up
+        } else {
+            Paused::Down
+        })
+    }
+
     /// Puts the settings into the statuses of the backends `core`'s config has; returns the
     /// settings on backends it does not have (kept until `enable`).
     fn apply(&self, core: &mut Core) -> Vec<String> {
@@ -139,6 +196,9 @@ impl OperatorSettings {
             for (backend, status) in service.backends.iter().zip(statuses.iter_mut()) {
                 let key = (service.name.clone(), backend.address);
                 status.operator = self.settings.get(&key).cloned();
+                if let Some(paused) = status.checks_paused() {
+                    status.health.hold(paused);
+                }
                 orphans.retain(|o| *o != format!("{} {}", key.0, key.1));
             }
         }
@@ -156,7 +216,12 @@ impl OperatorSettings {
             let weight = setting
                 .weight
                 .map_or("as configured".to_owned(), |w| w.to_string());
-            info!(service, %backend, admin, %weight, by = setting.by, "operator setting kept");
+            let checks = if setting.checks_paused.is_some() {
+                "paused"
+            } else {
+                "running"
+            };
+            info!(service, %backend, admin, %weight, checks, by = setting.by, "operator setting kept");
         }
         let orphans = self.apply(core);
         if !orphans.is_empty() {
@@ -180,7 +245,21 @@ impl Monitor {
         change: Change,
         by: &str,
     ) -> Result<String> {
-        let targets = targets::targets(self.core.config(), service, backend)?;
+        let mut targets = targets::targets(self.core.config(), service, backend)?;
+        if matches!(change, Change::PauseChecks | Change::ResumeChecks) && targets.len() > 1 {
+            // A host's backends across services: those of services without checks have none
+            // to pause (named alone, they are refused).
+            let config = self.core.config();
+            targets.retain(|(name, _)| {
+                config
+                    .services
+                    .iter()
+                    .any(|s| s.name == *name && s.health.check != HealthCheck::None)
+            });
+            if targets.is_empty() {
+                bail!("none of the services named has health checks to pause; nothing was changed");
+            }
+        }
         let mut done = Vec::new();
         let mut failed = None;
         for (service, address) in &targets {
@@ -196,9 +275,11 @@ impl Monitor {
             }
         }
         if let Some(error) = failed {
-            if !done.is_empty() {
-                let _ = self.apply(maps);
+            if done.is_empty() {
+                return Err(error);
             }
+            self.checkers.sync_paused(&self.core);
+            let _ = self.apply(maps);
             return Err(error.context(format!(
                 "{} of the {} backends named were changed: {}",
                 done.len(),
@@ -207,6 +288,7 @@ impl Monitor {
             )));
         }
         let done = done.join("\n");
+        self.checkers.sync_paused(&self.core);
         self.apply(maps).context(
             "the setting is saved and in force, but applying it to the data plane failed; \
              xlb tries again every second",

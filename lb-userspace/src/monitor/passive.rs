@@ -1,7 +1,8 @@
 //! Passive health, the daemon's side: the data plane reports each backend it marks suspect
 //! (a ring buffer, read by a task); the monitor shows the mark, runs the backend's check at
 //! once, and takes the backend Down if the check fails too, or clears the mark if it passes.
-//! A service without checks leaves the mark to expire after its hold.
+//! A service without checks, or a backend whose checks an operator paused, leaves the mark to
+//! expire after its hold.
 
 use std::time::Duration;
 
@@ -141,15 +142,18 @@ impl Passive {
             warn!(service = name, backend = %address, reason = why, "backend not marked suspect: as many of the service's backends are suspect as max_share allows");
             return false;
         }
-        // What confirms the mark: the backend's check, or (a service without checks) only the
+        // What confirms the mark: the backend's check, or (no checks, or paused) only the
         // mark's hold.
+        let paused = core.statuses()[at.service][at.backend]
+            .checks_paused()
+            .is_some();
         let confirm = match service.health.check {
-            HealthCheck::None => Err(service.passive.as_ref().map_or(Duration::ZERO, |p| p.hold)),
-            ref check => Ok((
+            ref check if *check != HealthCheck::None && !paused => Ok((
                 check.clone(),
                 service.backends[at.backend].check_address(),
                 service.health.timeout,
             )),
+            _ => Err(service.passive.as_ref().map_or(Duration::ZERO, |p| p.hold)),
         };
         let status = core.status_mut(at);
         status.passive_marks += 1;

@@ -1,4 +1,4 @@
-//! The operator's settings on backends (drains, disables, weights), kept in a small JSON file
+//! The operator's settings on backends (drains, disables, weights, paused checks), kept in a small JSON file
 //! in the daemon's state directory so that reloads and restarts do not undo them. The file is
 //! rewritten whole after every change: a temporary file, synced, renamed over it, and the
 //! directory synced, so that a power loss leaves the old file or the new one. On load, the
@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use lb_common::consts::limits::MAX_WEIGHT;
 use serde::{Deserialize, Serialize};
 
-use crate::health::state::{Admin, Operator};
+use crate::health::state::{Admin, Operator, Paused};
 
 /// Name of the file in the state directory.
 const FILE: &str = "operator.json";
@@ -43,6 +43,8 @@ struct Entry {
     admin: Option<Admin>,
     #[serde(default, deserialize_with = "weight")]
     weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checks_paused: Option<Paused>,
     by: String,
     at: u64,
 }
@@ -84,6 +86,7 @@ pub(super) fn load(path: &Path) -> Result<Operators> {
             let operator = Operator {
                 admin: e.admin,
                 weight: e.weight,
+                checks_paused: e.checks_paused,
                 by: e.by,
                 at: e.at,
             };
@@ -106,6 +109,7 @@ pub(super) fn save(path: &Path, operators: &Operators) -> Result<()> {
                 backend: *backend,
                 admin: operator.admin,
                 weight: operator.weight,
+                checks_paused: operator.checks_paused,
                 by: operator.by.clone(),
                 at: operator.at,
             })
@@ -142,6 +146,7 @@ mod tests {
             Operator {
                 admin: Some(Admin::Drain),
                 weight: Some(5),
+                checks_paused: Some(Paused::Down),
                 by: "root (uid 0)".into(),
                 at: 1_700_000_000,
             },

@@ -12,7 +12,7 @@ use crate::{
     },
 };
 
-const CONFIG: &str = r#"
+pub(super) const CONFIG: &str = r#"
 interfaces = ["eth0"]
 [[service]]
 name = "web"
@@ -28,19 +28,19 @@ const B1: BackendRef = BackendRef {
     backend: 0,
     generation: 0,
 };
-const B2: BackendRef = BackendRef {
+pub(super) const B2: BackendRef = BackendRef {
     service: 0,
     backend: 1,
     generation: 0,
 };
 
 /// A monitor whose backends all passed their first check, applied to fake maps.
-fn started() -> (Monitor, FakeMaps) {
+pub(super) fn started() -> (Monitor, FakeMaps) {
     started_with(Config::parse(CONFIG).unwrap())
 }
 
 /// [`started`] with another config.
-fn started_with(config: Config) -> (Monitor, FakeMaps) {
+pub(super) fn started_with(config: Config) -> (Monitor, FakeMaps) {
     let mut monitor = Monitor::new(config, None, None, false).unwrap();
     for status in &mut monitor.core.statuses_mut().1[0] {
         status.health.observe(Ok(()), 2, 3);
@@ -50,15 +50,15 @@ fn started_with(config: Config) -> (Monitor, FakeMaps) {
     (monitor, maps)
 }
 
-fn table(maps: &FakeMaps) -> Vec<u32> {
+pub(super) fn table(maps: &FakeMaps) -> Vec<u32> {
     maps.tables[&0].clone()
 }
 
-fn fail() -> Event {
+pub(super) fn fail() -> Event {
     Event::Health(B2, Err("connection refused".into()), Duration::ZERO)
 }
 
-fn state_of(monitor: &Monitor, at: BackendRef) -> State {
+pub(super) fn state_of(monitor: &Monitor, at: BackendRef) -> State {
     monitor.core.statuses()[at.service][at.backend]
         .reported
         .as_ref()
@@ -309,7 +309,7 @@ async fn all_backends_down_leaves_an_empty_table() {
 }
 
 /// The data plane's report of a refused handshake on B2.
-fn marked_b2() -> lb_common::passive::PassiveEvent {
+pub(super) fn marked_b2() -> lb_common::passive::PassiveEvent {
     lb_common::passive::PassiveEvent {
         time_ns: 5_040_000_000,
         window_start_ns: 5_000_000_000,

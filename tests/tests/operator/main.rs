@@ -28,8 +28,8 @@ use xlb_tests::{
     client::{http_echo, http_get_body, payload, start_download},
     process::binary,
     scenario::{
-        Backend, TCP_SERVICE_PORT, UDP_SERVICE_PORT, Xlb, balancer_config, balancer_config_with,
-        start_backends, start_xlb, tally,
+        Backend, TCP_SERVICE_PORT, UDP_PORT, UDP_SERVICE_PORT, Xlb, balancer_config,
+        balancer_config_with, start_backends, start_xlb, tally,
     },
     topology::{CLIENT, Lab, Offloads, VIP, Wiring, backend_addr},
 };

@@ -209,3 +209,79 @@ fn operator_settings_survive_reloads_and_restarts_until_enable() {
     assert_eq!(setting_of(&xlb, &b1), None);
     assert_eq!(connections(&lab, 6), balanced);
 }
+
+/// The state and the health `status --json` gives `backend` of web, and whether its checks are
+/// paused.
+fn health_of(xlb: &Xlb, backend: &str) -> (String, String, bool) {
+    let response: Response = serde_json::from_str(&ok(xlb, &["--json", "status", "web"])).unwrap();
+    let Response::Status(report) = response else {
+        panic!("status answered {response:?}");
+    };
+    let b = report.services[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == backend)
+        .unwrap();
+    let paused = b
+        .operator
+        .as_ref()
+        .is_some_and(|o| o.checks_paused.is_some());
+    (b.state.clone(), b.health.clone(), paused)
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn paused_checks_keep_a_backend_as_it_was_until_resumed() {
+    let Setup {
+        lab: _lab,
+        xlb,
+        mut _backends,
+    } = setup(
+        r#"health = { check = "tcp", interval = "200ms", timeout = "100ms", rise = 2, fall = 2 }"#,
+    );
+    let b1 = web_backend(0);
+    let done = ok(&xlb, &["backend", "pause-checks", "web", &b1]);
+    assert!(done.contains("checks paused: it stays up"), "{done}");
+
+    // Its server stops: no check runs to see it, so it stays Up (the operator's call).
+    _backends[0].stop().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(health_of(&xlb, &b1), ("Up".into(), "up".into(), true));
+    let status = ok(&xlb, &["status", "web"]);
+    let line = status.lines().find(|l| l.contains(&b1)).unwrap();
+    assert!(line.contains(" Up ") && line.contains(" off "), "{status}");
+    assert!(status.contains("checks paused by the operator"), "{status}");
+    assert!(
+        status.contains("checks paused while up by root"),
+        "{status}"
+    );
+
+    // Resumed, the checks see it gone within fall intervals.
+    let done = ok(&xlb, &["backend", "resume-checks", "web", &b1]);
+    assert!(done.contains("checks resumed"), "{done}");
+    let start = Instant::now();
+    while health_of(&xlb, &b1).0 != "Down" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            health_of(&xlb, &b1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health_of(&xlb, &b1), ("Down".into(), "down".into(), false));
+
+    // A service without checks has none to pause; nothing changes. A host's backends in
+    // every service: those with checks.
+    let dns_b2 = format!("{}:{UDP_PORT}", backend_addr(1));
+    let error = fails(&xlb, &["backend", "pause-checks", "dns", &dns_b2]);
+    assert!(error.contains("has no health checks to pause"), "{error}");
+    let host = backend_addr(1).to_string();
+    let done = ok(&xlb, &["backend", "pause-checks", "*", &host]);
+    assert_eq!(
+        done.trim_end(),
+        format!(
+            "web {} checks paused: it stays up until `xlb backend resume-checks` (passive marks last their hold)",
+            web_backend(1)
+        )
+    );
+}

@@ -16,7 +16,7 @@ pub(super) use self::{
     trace::{trace_end, trace_event},
 };
 use crate::{
-    health::state::{Admin, Operator},
+    health::state::{Admin, Operator, Paused},
     report::{AnnounceReport, BackendStatusReport, PoolStatus, ServiceStatus, StatusReport},
 };
 
@@ -79,6 +79,11 @@ fn operator_note(operator: &Operator) -> String {
     if let Some(weight) = operator.weight {
         what.push(format!("weight {weight}"));
     }
+    match operator.checks_paused {
+        Some(Paused::Up) => what.push("checks paused while up".to_owned()),
+        Some(Paused::Down) => what.push("checks paused while down".to_owned()),
+        None => {}
+    }
     let when = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(operator.at),
     );
@@ -96,7 +101,7 @@ fn weight_units(hundredths: u32) -> String {
 }
 
 /// A backend's line: its state (what the balancer does with it) and apart from it what its
-/// checks say (CHK), the weight in force (an operator's or the configured one) and the
+/// checks say (CHK; `off` while an operator paused them), the weight in force (an operator's or the configured one) and the
 /// weight its table gives it now in the same unit (EFF: slow start, the agent); then its
 /// reason, after its pool when the service has several.
 fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
@@ -108,7 +113,12 @@ fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
         .as_ref()
         .and_then(|o| o.weight)
         .unwrap_or(b.weight);
+    let paused = b
+        .operator
+        .as_ref()
+        .is_some_and(|o| o.checks_paused.is_some());
     let check = match b.health.as_str() {
+        _ if paused => "off",
         "" | "unknown" => "-",
         verdict => verdict,
     };
@@ -313,6 +323,7 @@ pub(super) mod tests {
                     operator: Some(Operator {
                         admin: Some(Admin::Drain),
                         weight: Some(3),
+                        checks_paused: None,
                         by: "alice (uid 1000)".into(),
                         at: 1_700_000_000,
                     }),
@@ -385,6 +396,7 @@ pub(super) mod tests {
         b.operator = Some(Operator {
             admin: Some(Admin::Disable),
             weight: Some(3),
+            checks_paused: None,
             by: "root".into(),
             at: 0,
         });
@@ -397,6 +409,14 @@ pub(super) mod tests {
         );
         assert!(
             out.contains("\n    pool kr: disabled by the operator\n"),
+            "{out}"
+        );
+        // Paused checks say nothing: the state holds their last verdict.
+        b.operator.as_mut().unwrap().checks_paused = Some(Paused::Down);
+        let mut out = String::new();
+        backend_line(&mut out, &b, 16);
+        assert!(
+            out.starts_with("  198.18.1.11:8080 Down        off"),
             "{out}"
         );
         let units = [300, 150, 25, 0].map(weight_units);
