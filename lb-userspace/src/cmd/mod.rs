@@ -72,7 +72,7 @@ impl Request {
     ) -> Reply {
         let answer = match self {
             Self::Status(status) => status.answer(monitor, dataplane),
-            Self::Stats(stats) => stats.answer(monitor, dataplane),
+            Self::Stats(stats) => stats.answer(caller, monitor, dataplane),
             Self::Flows(flows) => flows.answer(monitor, dataplane),
             Self::Backend(backend) => backend.answer(caller, monitor, dataplane),
             Self::Reload(reload) => reload.answer(monitor, dataplane),

@@ -39,6 +39,7 @@ mod reports;
 mod simulate;
 pub(crate) mod targets;
 pub(crate) mod trace;
+mod zeroed;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -101,6 +102,8 @@ pub struct Monitor {
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
     departures: departures::Departures,
+    /// The counters when an operator last zeroed them, if ever.
+    zeroed: Option<zeroed::Baseline>,
     /// The fleet this instance shares its flows with, once joined.
     fleet: Option<fleet::FleetLink>,
     /// Its accepted messages, until [`Self::run`] takes them.
@@ -133,6 +136,7 @@ impl Monitor {
             apply_failed: false,
             availability: availability::Availability::default(),
             departures: departures::Departures::default(),
+            zeroed: None,
             fleet: None,
             fleet_inbox: None,
         })
@@ -416,10 +420,34 @@ impl Monitor {
     /// `xlb stats`: counters, events, the flow tables.
     pub fn stats(&self, service: Option<&str>, maps: &impl DataplaneReads) -> Result<StatsReport> {
         let mut report = self.reports.stats(&self.core, maps)?;
+        if let Some(baseline) = &self.zeroed {
+            baseline.subtract(&self.core, &mut report);
+        }
         if let Some(name) = service {
             self.core.service_index(name)?;
             report.services.retain(|s| s.name == name);
         }
+        Ok(report)
+    }
+
+    /// `xlb stats --zero`: every counter as `stats` shows it, then zeroed `by` someone (in
+    /// what `stats` shows; the data plane and the metrics keep counting).
+    pub fn zero_counters(&mut self, maps: &impl DataplaneReads, by: &str) -> Result<StatsReport> {
+        let raw = self.reports.stats(&self.core, maps)?;
+        let mut report = raw.clone();
+        if let Some(baseline) = &self.zeroed {
+            baseline.subtract(&self.core, &mut report);
+        }
+        let zeroed = crate::report::Zeroed {
+            by: by.to_owned(),
+            at: crate::sys::time::unix_seconds(),
+        };
+        self.zeroed = Some(zeroed::Baseline::take(&self.core, &raw, zeroed));
+        info!(
+            by,
+            "counters zeroed (in `xlb stats`; the metrics keep counting)"
+        );
+        report.zeroed_now = true;
         Ok(report)
     }
 

@@ -13,7 +13,7 @@ mod trace;
 pub use self::{
     flows::{FlowReport, FlowsReport},
     simulation::SimulationReport,
-    stats::{BackendCounters, Counters, FlowTableStats, ServiceStats, StatsReport},
+    stats::{BackendCounters, Counters, FlowTableStats, ServiceStats, StatsReport, Zeroed},
     status::{
         AnnounceReport, BackendStatusReport, Connections, InterfaceHook, LeavingBackendReport,
         PoolStatus, ServiceStatus, StatusReport, VipReport,

@@ -1,12 +1,20 @@
-//! `xlb stats`: counters since the program was loaded, data-plane events, the flow tables.
+//! `xlb stats`: counters since the program was loaded (or since an operator zeroed them),
+//! data-plane events, the flow tables.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Counters since the program was loaded.
+/// Counters since the program was loaded, or since `since`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReport {
+    /// When an operator last zeroed the counters (`xlb stats --zero`), which count from
+    /// then; none: since the program was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Zeroed>,
+    /// The counters were zeroed after this report was read (the answer to `--zero`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zeroed_now: bool,
     /// Services in config order.
     pub services: Vec<ServiceStats>,
     /// Data-plane events, by name.
@@ -17,6 +25,15 @@ pub struct StatsReport {
     /// but for `host_ports`). Absent from older daemons' answers.
     #[serde(default)]
     pub unserved: Vec<(std::net::IpAddr, u64)>,
+}
+
+/// Who zeroed the counters, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zeroed {
+    /// The user of the socket's peer, by uid.
+    pub by: String,
+    /// In seconds since the Unix epoch.
+    pub at: u64,
 }
 
 /// The flow tables: their live flows against their size.
@@ -91,6 +108,36 @@ pub struct Counters {
     /// New flows dropped by the per-prefix admission limit (services).
     #[serde(default)]
     pub admission_dropped: u64,
+}
+
+impl Counters {
+    /// What was counted since `base` was read; `None` if a counter went back (the data plane's
+    /// counters were reset since: a service or backend id freed and used again).
+    pub fn since(&self, base: &Self) -> Option<Self> {
+        let pairs = [
+            (self.packets_to_backend, base.packets_to_backend),
+            (self.bytes_to_backend, base.bytes_to_backend),
+            (self.packets_to_client, base.packets_to_client),
+            (self.bytes_to_client, base.bytes_to_client),
+            (self.new_flows, base.new_flows),
+            (self.no_backend, base.no_backend),
+            (self.refused, base.refused),
+            (self.unanswered, base.unanswered),
+            (self.admission_dropped, base.admission_dropped),
+        ];
+        let [a, b, c, d, e, f, g, h, i] = pairs.map(|(now, then)| now.checked_sub(then));
+        Some(Self {
+            packets_to_backend: a?,
+            bytes_to_backend: b?,
+            packets_to_client: c?,
+            bytes_to_client: d?,
+            new_flows: e?,
+            no_backend: f?,
+            refused: g?,
+            unanswered: h?,
+            admission_dropped: i?,
+        })
+    }
 }
 
 impl From<lb_common::TrafficCounters> for Counters {

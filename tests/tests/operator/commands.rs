@@ -82,6 +82,35 @@ fn status_stats_and_top_show_the_services() {
     let error = fails(&xlb, &["stats", "nope"]);
     assert!(error.contains("no service named \"nope\""), "{error}");
 
+    // Zeroed: the answer has the counters up to now, and stats count from then on.
+    let stats_json = |args: &[&str]| {
+        let json = ok(&xlb, args);
+        let Response::Stats(stats) = serde_json::from_str(&json).unwrap() else {
+            panic!("{json}")
+        };
+        stats
+    };
+    let zeroed = stats_json(&["--json", "stats", "--zero"]);
+    assert!(zeroed.zeroed_now && zeroed.since.is_none());
+    assert_eq!(zeroed.services[0].counters.new_flows, 6);
+    assert_eq!(
+        stats_json(&["--json", "stats"]).services[0]
+            .counters
+            .new_flows,
+        0
+    );
+    assert_eq!(connections(&lab, 3).len(), 3);
+    let since = stats_json(&["--json", "stats", "web"]);
+    assert_eq!(since.services[0].counters.new_flows, 3);
+    assert_eq!(since.since.unwrap().by, "root (uid 0)");
+    let text = ok(&xlb, &["stats"]);
+    assert!(
+        text.starts_with("counters since zeroed by root (uid 0) at 20"),
+        "{text}"
+    );
+    let (code, _, stderr) = xlb.cli(&["stats", "web", "--zero"]).unwrap();
+    assert_eq!(code, 2, "{stderr}");
+
     let top = ok(&xlb, &["top", "--iterations", "2", "--interval", "0.2"]);
     assert_eq!(top.matches("xlb top").count(), 2, "{top}");
     let top = ok(&xlb, &["top", "dns", "--iterations", "1"]);

@@ -23,6 +23,16 @@ fn counters_line(out: &mut String, label: &str, c: &Counters, width: usize) {
 /// `xlb stats`.
 pub(in crate::cli) fn stats(report: &StatsReport) -> String {
     let mut out = String::new();
+    if let Some(zeroed) = &report.since {
+        let _ = writeln!(
+            out,
+            "counters since zeroed by {} at {}",
+            zeroed.by,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(zeroed.at)
+            )
+        );
+    }
     for service in &report.services {
         let width = address_width(service.backends.iter().map(|b| &b.address));
         let _ = writeln!(out, "{}", service.name);
@@ -96,6 +106,12 @@ pub(in crate::cli) fn stats(report: &StatsReport) -> String {
              (raise flow_table_size or flow_table_size_ipv6)"
         );
     }
+    if report.zeroed_now {
+        let _ = writeln!(
+            out,
+            "zeroed: `xlb stats` counts from now (the metrics endpoint keeps counting)"
+        );
+    }
     out
 }
 
@@ -130,6 +146,7 @@ mod tests {
                 ("198.18.100.1".parse().unwrap(), 0),
                 ("198.18.100.2".parse().unwrap(), 31),
             ],
+            ..StatsReport::default()
         };
         let calm = stats(&report);
         assert!(!calm.contains("handshake guard"), "{calm}");
@@ -143,5 +160,23 @@ mod tests {
         let line = "  SYN flood: handshake guard on, SYNs placed by hash (over 819 new per 100 ms)";
         assert!(flood.contains(line), "{flood}");
         assert!(flood.lines().all(|l| l.chars().count() <= 80), "{flood}");
+
+        // Zeroed counters say since when; the answer to --zero says they were just zeroed.
+        report.since = Some(crate::report::Zeroed {
+            by: "root (uid 0)".into(),
+            at: 1_700_000_000,
+        });
+        report.zeroed_now = true;
+        let zeroed = stats(&report);
+        assert!(
+            zeroed.starts_with("counters since zeroed by root (uid 0) at 2023-11-14T22:13:20Z\n"),
+            "{zeroed}"
+        );
+        assert!(
+            zeroed.ends_with(
+                "zeroed: `xlb stats` counts from now (the metrics endpoint keeps counting)\n"
+            ),
+            "{zeroed}"
+        );
     }
 }
