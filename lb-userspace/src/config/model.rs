@@ -174,6 +174,9 @@ pub enum Scheduler {
     /// Weighted Maglev hashing of the 5-tuple: every instance with the same backends and seed
     /// sends a flow to the same backend.
     Maglev(MaglevConfig),
+    /// Round robin over a table whose weights the daemon sets from the backends' open
+    /// connections (see `control::least_connections`).
+    LeastConnections,
 }
 
 impl Scheduler {
@@ -181,6 +184,7 @@ impl Scheduler {
     pub fn name(&self) -> &'static str {
         match self {
             Self::RoundRobin => "round-robin",
+            Self::LeastConnections => "least-connections",
             Self::Maglev(config) if config.client_hash => "source-hash",
             Self::Maglev(_) => "maglev",
         }

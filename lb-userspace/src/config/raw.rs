@@ -177,6 +177,7 @@ pub(super) enum SchedulerName {
     RoundRobin,
     Maglev,
     SourceHash,
+    LeastConnections,
 }
 
 impl Leaf for SchedulerName {
@@ -189,6 +190,7 @@ impl Leaf for SchedulerName {
                 ("round-robin", Self::RoundRobin),
                 ("maglev", Self::Maglev),
                 ("source-hash", Self::SourceHash),
+                ("least-connections", Self::LeastConnections),
             ],
         )
     }
@@ -397,7 +399,7 @@ mod tests {
         assert_eq!(
             SchedulerName::from_raw("x".into()),
             Err(
-                "unknown scheduler \"x\", expected \"round-robin\", \"maglev\" or \"source-hash\""
+                "unknown scheduler \"x\", expected \"round-robin\", \"maglev\", \"source-hash\" or \"least-connections\""
                     .into()
             )
         );

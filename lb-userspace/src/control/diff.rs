@@ -341,7 +341,7 @@ fn entry(spec: &ServiceSpec, state: &mut ServiceState, unknown: bool, writes: &m
     let locality = &spec.locality;
     let maglev = match spec.scheduler {
         Scheduler::Maglev(config) => Some(config),
-        Scheduler::RoundRobin => None,
+        Scheduler::RoundRobin | Scheduler::LeastConnections => None,
     };
     let entry_changed = state.locality.pools != locality.pools
         || state.locality.default_pool != locality.default_pool
@@ -401,7 +401,7 @@ fn tables(spec: &ServiceSpec, state: &mut ServiceState, unknown: bool, writes: &
     }
     let maglev = match spec.scheduler {
         Scheduler::Maglev(config) => Some(config),
-        Scheduler::RoundRobin => None,
+        Scheduler::RoundRobin | Scheduler::LeastConnections => None,
     };
     // Maglev tables are compared by what they are built from (exact weights): the
     // round-robin sequence scales weights down and may not change when they do.

@@ -12,6 +12,7 @@
 mod balancer;
 mod diff;
 mod ids;
+pub mod least_connections;
 pub(crate) mod locality;
 pub mod maglev;
 mod ports;

@@ -279,6 +279,8 @@ pub struct BackendStatus {
     pub agent: AgentState,
     /// Active flows, when counted.
     pub active_flows: Option<u64>,
+    /// Open connections and handshakes, when counted (least-connections services).
+    pub open_connections: Option<u64>,
     /// Whether the backend is Overloaded (with hysteresis; see [`Self::update_overload`]).
     pub overloaded: bool,
     /// When the backend last came Up after being Down (slow start runs from here).
@@ -320,6 +322,7 @@ impl BackendStatus {
             health,
             agent: AgentState::default(),
             active_flows: None,
+            open_connections: None,
             overloaded: false,
             came_up_at: None,
             reported: None,

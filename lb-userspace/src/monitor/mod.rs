@@ -24,6 +24,7 @@ mod announcing;
 mod availability;
 mod changes;
 mod checkers;
+mod connection_counts;
 pub(crate) mod connections;
 mod core;
 mod departures;
@@ -102,6 +103,8 @@ pub struct Monitor {
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
     departures: departures::Departures,
+    /// When the connections of least-connections services are counted next.
+    connection_counts: connection_counts::ConnectionCounts,
     /// The counters when an operator last zeroed them, if ever.
     zeroed: Option<zeroed::Baseline>,
     /// The fleet this instance shares its flows with, once joined.
@@ -137,6 +140,7 @@ impl Monitor {
             availability: availability::Availability::default(),
             departures: departures::Departures::default(),
             zeroed: None,
+            connection_counts: connection_counts::ConnectionCounts::default(),
             fleet: None,
             fleet_inbox: None,
         })
@@ -232,7 +236,9 @@ impl Monitor {
                     dataplane.refresh_interface_macs();
                 }
                 _ = count_flows.tick() => {
-                    if self.reports.count_active_flows(&mut self.core, &dataplane.maps) {
+                    let overload = self.reports.count_active_flows(&mut self.core, &dataplane.maps);
+                    let least = self.connection_counts.count(&mut self.core, &dataplane.maps, Instant::now());
+                    if overload || least {
                         let _ = self.apply(&mut dataplane.maps);
                     }
                 }

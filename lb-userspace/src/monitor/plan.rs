@@ -7,8 +7,8 @@
 use tokio::time::Instant;
 
 use crate::{
-    config::{Config, OnDown, ServiceConfig},
-    control::{ServiceSpec, serving_pools},
+    config::{Config, OnDown, Scheduler, ServiceConfig},
+    control::{ServiceSpec, least_connections, serving_pools},
     health::state::{BackendStatus, Purge, Reported, State, has_room, table_weights},
 };
 
@@ -96,7 +96,12 @@ pub(crate) fn plan(
             &mut transitions,
             &mut reasons,
         );
-        let (weights, room) = weights_and_room(service, statuses, now);
+        let (mut weights, room) = weights_and_room(service, statuses, now);
+        if service.scheduler == Scheduler::LeastConnections {
+            let connections: Vec<Option<u64>> =
+                statuses.iter().map(|s| s.open_connections).collect();
+            weights = least_connections::weights(&weights, &connections);
+        }
         let checked = statuses.iter().all(|status| status.health.is_known());
         available.push(checked.then(|| weights.iter().filter(|&&w| w > 0).count()));
         let fallback: Vec<Vec<usize>> = service.pools.iter().map(|p| p.fallback.clone()).collect();

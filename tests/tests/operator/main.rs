@@ -3,8 +3,9 @@
 //! (`commands`); backend drain/disable/weight/enable and their persistence (`settings`);
 //! backends added and removed through the file (`edit`);
 //! reload and SIGHUP (`reload`); the metrics endpoint read by promtool and Prometheus
-//! (`metrics`); a restart that keeps every flow (`restart`); `xlb trace` (`trace`). Needs
-//! root: run with `cargo xtask test`.
+//! (`metrics`); a restart that keeps every flow (`restart`); `xlb trace` (`trace`); the
+//! schedulers an operator picks beside round robin (`scheduling`). Needs root: run with
+//! `cargo xtask test`.
 
 mod commands;
 mod edit;
@@ -12,6 +13,7 @@ mod metrics;
 mod reload;
 mod removal;
 mod restart;
+mod scheduling;
 mod settings;
 mod trace;
 

@@ -45,6 +45,8 @@ fn maglev_and_dsr_as_in_the_documentation() {
         })
     );
     assert_eq!(source.services[0].scheduler.name(), "source-hash");
+    let least = Config::parse(&with_service_keys("scheduler = \"least-connections\"")).unwrap();
+    assert_eq!(least.services[0].scheduler, Scheduler::LeastConnections);
     assert!(defaults.services[0].passive.is_some());
 }
 
@@ -68,6 +70,14 @@ fn bad_maglev_tables_are_reported() {
         errors_of(&two),
         [
             "8:25: service \"web\": maglev: table_size 101 is too small for 2 backends: at least 100 slots per backend (200) keep their shares even"
+        ]
+    );
+    assert_eq!(
+        errors_of(&with_service_keys(
+            "scheduler = \"least-connections\"\nmaglev = { seed = 1 }"
+        )),
+        [
+            "8:10: service \"web\": maglev: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\" or \"source-hash\""
         ]
     );
     assert_eq!(

@@ -32,6 +32,7 @@ impl Validator<'_> {
         let Some(maglev) = maglev else {
             return match name {
                 SchedulerName::RoundRobin => Scheduler::RoundRobin,
+                SchedulerName::LeastConnections => Scheduler::LeastConnections,
                 SchedulerName::Maglev | SchedulerName::SourceHash => {
                     let config = MaglevConfig {
                         table_size: DEFAULT_MAGLEV_TABLE_SIZE,
@@ -44,7 +45,7 @@ impl Validator<'_> {
             };
         };
         let span = maglev.span();
-        if name == SchedulerName::RoundRobin {
+        if let SchedulerName::RoundRobin | SchedulerName::LeastConnections = name {
             self.error(
                 &span,
                 format!("{what}: the table of the Maglev scheduler, but the service's scheduler is not \"maglev\" or \"source-hash\""),

@@ -1,0 +1,107 @@
+//! The schedulers beside round robin, with real servers: least connections (idle connections
+//! held on one backend steer new ones to the others) and source hashing (every connection of
+//! a client to one backend).
+
+use std::net::IpAddr;
+
+use xlb_tests::client::{Session, http_echo_from};
+
+use super::*;
+
+/// The effective weight (hundredths) `status --json` gives each web backend.
+fn effective_weights(xlb: &Xlb) -> Vec<u32> {
+    backends_of(xlb)
+        .into_iter()
+        .filter(|(address, ..)| address.port() == 8080)
+        .map(|(.., effective)| effective)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn least_connections_steers_new_connections_away_from_a_backend_holding_many() {
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup(r#"scheduler = "least-connections""#);
+    // Six connections held open, idle, on b1 alone (b2 and b3 drained while they open).
+    let (b2, b3) = (web_backend(1), web_backend(2));
+    ok(&xlb, &["backend", "drain", "web", &b2]);
+    ok(&xlb, &["backend", "drain", "web", &b3]);
+    // One runtime throughout: the sessions' connections live as long as it does.
+    let spread = lab
+        .client
+        .block_on(async {
+            let mut sessions = Vec::new();
+            for i in 0..6 {
+                let mut session = Session::open(http_vip()).await?;
+                assert_eq!(session.echo(payload(i, 200)).await?, "b1");
+                sessions.push(session);
+            }
+            ok(&xlb, &["backend", "enable", "web", &b2]);
+            ok(&xlb, &["backend", "enable", "web", &b3]);
+            // Counted within a second: b1's share is 1 / (1 + 6) of the others'.
+            let start = Instant::now();
+            while effective_weights(&xlb) != [20, 140, 140] {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{:?}\n{}",
+                    effective_weights(&xlb),
+                    ok(&xlb, &["status", "web"]),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // A table of 1, 7 and 7 slots: of 12 new connections b1 takes at most one (round
+            // robin: four).
+            let mut names = Vec::new();
+            for i in 0..12 {
+                names.push(http_echo(http_vip(), payload(i, 300)).await?);
+            }
+            drop(sessions);
+            anyhow::Ok(tally(&names))
+        })
+        .unwrap()
+        .unwrap();
+    assert!(spread.get("b1").copied().unwrap_or(0) <= 1, "{spread:?}");
+    assert_eq!(spread.values().sum::<usize>(), 12, "{spread:?}");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn source_hashing_sends_every_connection_of_a_client_to_one_backend() {
+    let Setup {
+        lab,
+        xlb: _xlb,
+        _backends,
+    } = setup(r#"scheduler = "source-hash""#);
+    let clients: Vec<IpAddr> = (10..18)
+        .map(|i| format!("198.18.0.{i}").parse().unwrap())
+        .collect();
+    for client in &clients {
+        lab.client
+            .ip(&format!("addr add {client}/24 dev eth0"))
+            .unwrap();
+    }
+    let reached = lab
+        .client
+        .block_on(async {
+            let mut reached = Vec::new();
+            for (c, &client) in clients.iter().enumerate() {
+                let mut names = Vec::new();
+                for i in 0..4 {
+                    let body = payload((c * 4 + i) as u64, 300);
+                    names.push(http_echo_from(Some(client), http_vip(), body).await?);
+                }
+                reached.push(tally(&names));
+            }
+            anyhow::Ok(reached)
+        })
+        .unwrap()
+        .unwrap();
+    // Each client's four connections (four source ports) on one backend; the clients spread.
+    assert!(reached.iter().all(|r| r.len() == 1), "{reached:?}");
+    let backends: std::collections::BTreeSet<&String> =
+        reached.iter().flat_map(|r| r.keys()).collect();
+    assert!(backends.len() >= 2, "{reached:?}");
+}
