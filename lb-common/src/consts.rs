@@ -169,6 +169,9 @@ pub mod limits {
     pub const MAX_WEIGHT: u32 = 256;
     /// Network interfaces xlb can attach to (entries of the `EGRESS_PORTS` devmap).
     pub const MAX_INTERFACES: u32 = 64;
+    /// Clients whose last new flow's backend is remembered for source persistence
+    /// (`PERSISTENCE`, LRU, across services).
+    pub const MAX_PERSISTENT_CLIENTS: u32 = 65_536;
     /// Client prefixes whose new-flow rate is tracked (`ADMISSION`, LRU, across services).
     pub const MAX_ADMISSION_PREFIXES: u32 = 65_536;
     /// Fragmented datagrams whose first fragment's ports are remembered, per family
@@ -294,6 +297,8 @@ pub mod map_names {
     pub const SUSPECT_SLOTS: &str = "SUSPECT_SLOTS";
     /// Per (service, client prefix): the admission bucket.
     pub const ADMISSION: &str = "ADMISSION";
+    /// Per (service, client): the backend of its last new flow (source persistence).
+    pub const PERSISTENCE: &str = "PERSISTENCE";
     /// Marks for the daemon to confirm, a ring buffer (not pinned: read by the daemon that
     /// loaded the program; a restarted daemon reads `PASSIVE_MARKS`).
     pub const PASSIVE_EVENTS: &str = "PASSIVE_EVENTS";
@@ -317,7 +322,7 @@ pub mod map_names {
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).
-    pub const PINNED: [&str; 29] = [
+    pub const PINNED: [&str; 30] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
@@ -347,6 +352,7 @@ pub mod map_names {
         PASSIVE_MARKS,
         SUSPECT_SLOTS,
         ADMISSION,
+        PERSISTENCE,
     ];
 }
 

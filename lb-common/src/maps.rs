@@ -265,11 +265,13 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 25] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 26] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
-        passive::{AdmissionKey, PassiveMark, ServicePolicy, SuspectSlots},
+        passive::{
+            AdmissionKey, PassiveMark, PersistEntry, PersistKey, ServicePolicy, SuspectSlots,
+        },
     };
     [
         (
@@ -303,6 +305,11 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 25] = {
         (n::PASSIVE_MARKS, 4, size_of::<PassiveMark>()),
         (n::SUSPECT_SLOTS, 4, size_of::<SuspectSlots>()),
         (n::ADMISSION, size_of::<AdmissionKey>(), 8),
+        (
+            n::PERSISTENCE,
+            size_of::<PersistKey>(),
+            size_of::<PersistEntry>(),
+        ),
         (n::BACKEND_PORTS, 4, 8),
         (n::SERVICE_PORTS, 4, 8),
         (
@@ -331,6 +338,8 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 25] = {
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServiceEntry>() == 8);
 const _: () = assert!(size_of::<BackendEntry>() == 32);
+const _: () = assert!(size_of::<crate::passive::PersistKey>() == 20);
+const _: () = assert!(size_of::<crate::passive::PersistEntry>() == 16);
 const _: () = assert!(size_of::<BackendTable>() == 8 + 4 * MAX_TABLE_SLOTS);
 const _: () = assert!(size_of::<MaglevTable>() == 8 + 4 * MAX_MAGLEV_SLOTS);
 const _: () = assert!(size_of::<VipKey>() == 20);
@@ -381,6 +390,8 @@ mod pod {
         crate::passive::PassiveEvent,
         crate::share::FlowEvent,
         crate::passive::AdmissionKey,
+        crate::passive::PersistKey,
+        crate::passive::PersistEntry,
         crate::BackendHop,
         crate::BackendVipKey<u32>,
         crate::BackendVipKey<Addr>,

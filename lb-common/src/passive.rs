@@ -40,8 +40,10 @@ pub struct ServicePolicy {
     pub unanswered: u16,
     /// Backends of the service that may be suspect at once (at most [`MAX_SUSPECTS`]).
     pub max_suspects: u16,
-    /// Explicit padding; zero.
-    pub _pad: u16,
+    /// Source persistence: a client's new flows go to the backend of its last new flow if
+    /// that came at most this many seconds before (`PERSISTENCE`); 0: off. (Once padding:
+    /// entries written by earlier daemons say 0.)
+    pub persist_s: u16,
     /// The window the counts are kept over (ns).
     pub window_ns: u64,
     /// How long a mark lasts unless the daemon clears it first (ns).
@@ -116,6 +118,35 @@ pub struct PassiveEvent {
     pub kind: u8,
     /// Explicit padding; zero.
     pub _pad: [u8; 7],
+}
+
+/// Key of `PERSISTENCE`: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    /// The client's address (IPv4 in the first word, the rest zero).
+    pub client: Addr,
+    /// The service.
+    pub service_id: u32,
+}
+
+/// Value of `PERSISTENCE`: the backend a client's last new flow to a service got, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistEntry {
+    /// The backend.
+    pub backend_id: u32,
+    /// Explicit padding; zero.
+    pub _pad: u32,
+    /// When the client's last new flow came (the program's coarse clock, ns).
+    pub last_ns: u64,
+}
+
+/// Whether a client's last new flow at `last_ns` still holds its next one at `now_ns`, for a
+/// service that persists `persist_s` seconds (0: not at all).
+#[inline(always)]
+pub const fn persists(now_ns: u64, last_ns: u64, persist_s: u16) -> bool {
+    now_ns.wrapping_sub(last_ns) as i64 <= persist_s as i64 * 1_000_000_000 && persist_s != 0
 }
 
 /// Key of `ADMISSION`: a client prefix of a service.

@@ -26,6 +26,8 @@ pub mod decision {
     /// A new flow (or a TCP packet without SYN that found no flow), its backend taken from
     /// the Maglev slot its 5-tuple hashes to.
     pub const NEW_MAGLEV: u8 = 8;
+    /// A new flow, its backend the one its client's last new flow got (source persistence).
+    pub const PERSISTED: u8 = 9;
 }
 
 /// [`TraceConfig::service_id`] for every service.

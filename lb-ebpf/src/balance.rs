@@ -22,7 +22,7 @@ use crate::{
     maps::{CLIENT_POOLS, SERVICES, count_event},
     new_flow::{NewFlow, Placement, new_flow},
     packet::{Packet, Parsed, parse},
-    passive,
+    passive, persist,
     reply::{backend_flow, to_service_port},
     scratch::{Scratch, scratch},
     unserved,
@@ -239,10 +239,17 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) 
     let (mut placement, key) =
         unsafe { (Placement((*scratch).placement), &*Fam::areas(scratch).key) };
     let syn = pkt.proto == proto::TCP && pkt.tcp_flags & tcp_flags::SYN != 0;
+    let (service_id, now) = (placement.owner().0, clock::now_in(scratch));
+    pkt.sticky.set(persist::sticky(service_id, &pkt.src, now));
+    // SAFETY: this CPU's scratch area (see `persist`).
+    unsafe { (*scratch).placed = NO_BACKEND_ID };
     // Twice at most: the second time away from the backend that never answered.
     for _ in 0..2 {
         let entry = match new_flow::<F, Fam>(frame, pkt, key, placement) {
-            NewFlow::Done(verdict) => return verdict,
+            NewFlow::Done(verdict) => {
+                persist::remember(scratch, service_id, now);
+                return verdict;
+            }
             NewFlow::Raced(entry) => entry,
         };
         if syn

@@ -38,6 +38,7 @@ mod nat;
 mod new_flow;
 mod packet;
 mod passive;
+mod persist;
 mod reply;
 mod scratch;
 mod share;

@@ -14,7 +14,10 @@ use lb_common::{
     HandshakeGuard, LoneVip, MaglevTable, ServiceEntry, ServiceKey, TrafficCounters, VipKey,
     VipPort,
     consts::{events, limits},
-    passive::{AdmissionKey, PassiveEvent, PassiveMark, ServicePolicy, SuspectSlots},
+    passive::{
+        AdmissionKey, PassiveEvent, PassiveMark, PersistEntry, PersistKey, ServicePolicy,
+        SuspectSlots,
+    },
     share::FlowEvent,
     trace::{TraceConfig, TraceEvent},
 };
@@ -343,6 +346,17 @@ pub static PASSIVE_MARKS: Array<PassiveMark, { limits::MAX_BACKENDS as usize }> 
 /// so that two CPUs never take the same slot. Written and read by the program only.
 #[btf_map]
 pub static SUSPECT_SLOTS: Array<SuspectSlots, { limits::MAX_SERVICES as usize }> = Array::new();
+
+/// Source persistence: per (service, client), the backend of the client's last new flow and
+/// when it came. Written by the program at every new flow of a service that persists
+/// (`ServicePolicy::persist_s`), read at the next; entries of a backend that stops taking new
+/// flows are deleted by the daemon. LRU: clients that stop coming are forgotten first.
+#[btf_map]
+pub static PERSISTENCE: LruHashMap<
+    PersistKey,
+    PersistEntry,
+    { limits::MAX_PERSISTENT_CLIENTS as usize },
+> = LruHashMap::new();
 
 /// Admission: per (service, client prefix), the time its next new flow is due (GCRA, see
 /// `lb_common::passive::admit`). Written and read by the program for the new flows of

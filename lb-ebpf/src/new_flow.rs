@@ -26,7 +26,7 @@ use crate::{
     maps::{BACKENDS, count_event},
     nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
-    passive,
+    passive, persist,
     reply::record_reply_vip,
     scratch::scratch,
     share, trace,
@@ -91,7 +91,7 @@ impl Placement {
 
     /// The service and home pool whose table this is.
     #[inline(always)]
-    fn owner(self) -> (u32, u32) {
+    pub fn owner(self) -> (u32, u32) {
         table_owner(self.table_index())
     }
 }
@@ -184,6 +184,8 @@ pub fn new_flow<F: Frame, Fam: Family>(
     if let Err(outcome) = record::<F, Fam>(key, entry, &chosen) {
         return outcome;
     }
+    // SAFETY: this CPU's scratch area (see `persist::remember`).
+    unsafe { (*scratch).placed = chosen.choice.backend_id };
     if entry.flags & flow_flags::LOCATED != 0 && !record_reply_vip::<Fam>(scratch, key, entry) {
         count_event(events::FLOW_INSERT_FAILED);
     }
@@ -239,16 +241,18 @@ fn admission_drops<Fam: Family>(pkt: &Packet, key: &Fam::Key, service_id: u32, n
     true
 }
 
-/// The backend the flow gets from its table, by the service's scheduler (Maglev or round
-/// robin), past suspect backends and the one a re-placed flow avoids.
+/// The backend the flow gets: the one its client persists on (see `persist`), or else from
+/// its table, by the service's scheduler (Maglev or round robin), past suspect backends and
+/// the one a re-placed flow avoids.
 #[inline(always)]
 fn choose_backend(placement: Placement, pkt: &Packet, now: u64) -> Choice {
     let (table_index, avoid) = (placement.table_index(), placement.avoid());
-    if placement.maglev() {
+    let choice = if placement.maglev() {
         choose::maglev(table_index, pkt, now, avoid)
     } else {
         choose::round_robin(table_index, pkt, now, avoid)
-    }
+    };
+    persist::over(choice, pkt.sticky.get(), avoid)
 }
 
 /// The entry of the chosen backend (`BACKENDS`); `None` if there is none.
@@ -390,6 +394,8 @@ fn trace_placed(pkt: &Packet, chosen: &Chosen) {
     trace::record(chosen.now, service_id, pkt, client, |event| {
         event.decision = if chosen.replacing {
             decision::REPLACED
+        } else if choice.slot == persist::PERSISTED_SLOT {
+            decision::PERSISTED
         } else if placement.maglev() {
             decision::NEW_MAGLEV
         } else if choice.hashed {

@@ -49,6 +49,9 @@ pub struct Scratch {
     pub quote: Quote,
     /// Where a new flow goes (`balance::Placement`).
     pub placement: u64,
+    /// The backend a new flow was recorded on, or `NO_BACKEND_ID`: set when it is recorded,
+    /// read to remember it (`persist`).
+    pub placed: u32,
     /// A client's address as the key of a service's prefixes (`CLIENT_POOLS`).
     pub prefix: Key<ClientPrefix>,
     /// Parameters and answer of `bpf_fib_lookup`.

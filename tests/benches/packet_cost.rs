@@ -83,6 +83,13 @@ listen = "198.18.100.7:80"
 protocol = "tcp"
 scheduler = "source-hash"
 backends = [ { address = "198.18.1.11:8080" }, { address = "198.18.1.12:8080" }, { address = "198.18.1.13:8080" } ]
+
+[[service]]
+name = "persistent-udp"
+listen = "198.18.100.8:53"
+protocol = "udp"
+persistence = "1h"
+backends = [ { address = "198.18.1.11:5353" }, { address = "198.18.1.12:5353" }, { address = "198.18.1.13:5353" } ]
 "#;
 
 fn main() -> Result<()> {
@@ -332,16 +339,25 @@ fn main() -> Result<()> {
             ensure!(result.verdict == XDP_REDIRECT);
             skipping.push(result.duration.as_secs_f64() * 1e9);
         }
-        let mut udp = Vec::new();
+        // New UDP flows, without and with persistence in turn (UDP: its entries go to the
+        // established table, which has room for both; TCP's half-open table would overflow
+        // and slow every row). Every flow of one client but the first finds its persistence.
+        // A third: each flow from a client of its own (198.19.0.0/16), whose persistence is
+        // recorded for the first time.
+        let (mut udp, mut persisted, mut first) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..new_flows {
-            let frame = Frame::udp(
-                &format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000),
-                "198.18.100.6:53",
-            )
-            .build();
-            let result = packet_net::run(program, &frame, c0, 1)?;
-            ensure!(result.verdict == XDP_REDIRECT, "new UDP flow {i}");
-            udp.push(result.duration.as_secs_f64() * 1e9);
+            let client = format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000);
+            let own = format!("198.19.{}.{}:40000", (i / 256) % 256, i % 256);
+            for (client, vip, times) in [
+                (&client, "198.18.100.6:53", &mut udp),
+                (&client, "198.18.100.8:53", &mut persisted),
+                (&own, "198.18.100.8:53", &mut first),
+            ] {
+                let frame = Frame::udp(client, vip).build();
+                let result = packet_net::run(program, &frame, c0, 1)?;
+                ensure!(result.verdict == XDP_REDIRECT, "new UDP flow {i} to {vip}");
+                times.push(result.duration.as_secs_f64() * 1e9);
+            }
         }
         let single_noop_ns = median(&mut single_noop);
         let mut single_established = Vec::new();
@@ -393,6 +409,16 @@ fn main() -> Result<()> {
         rows.push((
             "new UDP flow (miss, round robin, established at once)".into(),
             median(&mut udp),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new UDP flow, round robin with persistence (the client seen before)".into(),
+            median(&mut persisted),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new UDP flow, round robin with persistence (a client's first)".into(),
+            median(&mut first),
             single_noop_ns,
         ));
         Ok(rows)

@@ -109,6 +109,8 @@ pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// Default `drain_timeout` of a backend removed from the config: five minutes, as an AWS
 /// target group's deregistration delay.
 pub(super) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest `persistence`: the data plane keeps it in 16 bits of seconds.
+pub(super) const MAX_PERSISTENCE: Duration = Duration::from_secs(u16::MAX as u64);
 /// Longest `drain_timeout`.
 pub(super) const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3_600);
 
@@ -279,6 +281,9 @@ pub struct ServiceConfig {
     /// flow, and its flows are removed once it has no connection left or this time has
     /// passed (0: at once).
     pub drain_timeout: Duration,
+    /// Source persistence: a client's new flows go to the backend of its last new flow if
+    /// that came at most this long before (whole seconds; IPVS's `-p`); none: off.
+    pub persistence: Option<Duration>,
     /// Whether its VIP is announced to the local BGP daemon while it can take new flows.
     pub announce: bool,
     /// Backends of every pool, in file order.

@@ -274,6 +274,7 @@ pub(super) struct RawService {
     pub(super) forwarding: Field<Forwarding>,
     pub(super) on_down: Field<OnDown>,
     pub(super) drain_timeout: Option<Spanned<String>>,
+    pub(super) persistence: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<bool>>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) pool: Option<Spanned<Vec<Spanned<RawPool>>>>,

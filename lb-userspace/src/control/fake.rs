@@ -207,6 +207,14 @@ impl DataplaneMaps for FakeMaps {
         }
         Ok(())
     }
+    fn forget_persistence(&mut self, serving: &std::collections::HashSet<u32>) -> Result<usize> {
+        self.fault()?;
+        let mut ids: Vec<u32> = serving.iter().copied().collect();
+        ids.sort_unstable();
+        self.log.push(format!("persist keep {ids:?}"));
+        Ok(0)
+    }
+
     fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize> {
         self.fault()?;
         for (index, slots) in &self.tables {

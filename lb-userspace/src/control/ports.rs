@@ -3,7 +3,7 @@
 //! maps implement both, and so does an in-memory fake (`fake`) that tests read back, so the
 //! control plane, the monitor and its reports are tested without a kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub use crate::health::state::Purge;
 use anyhow::Result;
@@ -48,6 +48,9 @@ pub trait DataplaneMaps {
     /// only those that are not established connections (`purge`); returns how many flows were
     /// deleted.
     fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize>;
+    /// Deletes the source persistence of every client whose backend is not in `serving`
+    /// (`PERSISTENCE`); returns how many clients were forgotten.
+    fn forget_persistence(&mut self, serving: &HashSet<u32>) -> Result<usize>;
     /// Clears the entry of a released backend id.
     fn release_backend(&mut self, id: u32) -> Result<()> {
         self.set_backend(id, &BackendEntry::default())

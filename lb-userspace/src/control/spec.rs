@@ -137,6 +137,8 @@ pub(super) fn policy(service: &ServiceConfig) -> ServicePolicy {
         policy.window_ns = passive.window.as_nanos() as u64;
         policy.hold_ns = passive.hold.as_nanos() as u64;
     }
+    // (At most u16::MAX seconds: configuration makes sure of it.)
+    policy.persist_s = service.persistence.map_or(0, |p| p.as_secs() as u16);
     if let Some(admission) = &service.admission {
         let (interval, tolerance) = admission_times(admission.rate, admission.burst);
         policy.admit_interval_ns = interval;

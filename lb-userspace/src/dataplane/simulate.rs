@@ -1,8 +1,9 @@
 //! `xlb simulate`: which backend would a new flow get now? A synthetic first packet runs
 //! through the loaded program (BPF_PROG_TEST_RUN, as Katran's simulator does) and the answer is
 //! read from the flow entry it made (so it holds for DSR too, whose packets keep the VIP). That
-//! flow is then deleted, and the turn of the round robin it took is given back, so the
-//! simulation changes nothing it observes: asked twice, it answers the same.
+//! flow is then deleted, the turn of the round robin it took is given back, and the client's
+//! source persistence is put back as it was, so the simulation changes nothing it observes:
+//! asked twice, it answers the same.
 
 use std::net::SocketAddr;
 
@@ -12,6 +13,8 @@ use lb_common::{
     FlowKey,
     consts::{tcp_flags, xdp_action},
     frame::{Frame, Transport},
+    passive::PersistKey,
+    tables::table_owner,
 };
 
 use super::Dataplane;
@@ -67,6 +70,11 @@ pub(crate) fn simulate(
         .iter()
         .flat_map(|field: &u32| field.to_ne_bytes())
         .collect();
+    let persist_key = tables.first().map(|&index| PersistKey {
+        client: addr_field(client.ip()),
+        service_id: table_owner(index).0,
+    });
+    let persisted = persist_key.and_then(|key| dataplane.maps.persistence.get(&key));
     let cursors: Vec<(u32, u64)> = tables
         .iter()
         .map(|&index| Ok((index, dataplane.maps.rr_cursor(index)?)))
@@ -92,6 +100,12 @@ pub(crate) fn simulate(
     if !existing_flow {
         dataplane.maps.flows.remove(&key);
         give_back_turn(dataplane, &cursors)?;
+        if let Some(persist_key) = &persist_key {
+            dataplane
+                .maps
+                .persistence
+                .put_back(persist_key, persisted)?;
+        }
     }
     Ok(Simulation {
         verdict,

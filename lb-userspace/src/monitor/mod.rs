@@ -35,6 +35,7 @@ mod operator;
 mod passive;
 mod persist;
 pub(crate) mod plan;
+mod purges;
 pub(crate) mod reload;
 mod reports;
 mod simulate;
@@ -65,7 +66,7 @@ pub(crate) use self::{core::Core, flow_list::FlowQuery, operator::Change, trace:
 use crate::{
     announce::Announcer,
     config::Config,
-    control::{ApplySummary, DataplaneMaps, DataplaneReads, Purge},
+    control::{ApplySummary, DataplaneMaps, DataplaneReads},
     dataplane::{Dataplane, Maps, preflight},
     metrics,
     report::{FlowsReport, SimulationReport, StatsReport, StatusReport, TraceUpdate},
@@ -103,6 +104,9 @@ pub struct Monitor {
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
     departures: departures::Departures,
+    /// The backends of services with source persistence that took new flows when last
+    /// decided (a client's persistence on one that stops is forgotten).
+    persisting: std::collections::HashSet<u32>,
     /// When the connections of least-connections services are counted next.
     connection_counts: connection_counts::ConnectionCounts,
     /// The counters when an operator last zeroed them, if ever.
@@ -141,6 +145,7 @@ impl Monitor {
             departures: departures::Departures::default(),
             zeroed: None,
             connection_counts: connection_counts::ConnectionCounts::default(),
+            persisting: std::collections::HashSet::new(),
             fleet: None,
             fleet_inbox: None,
         })
@@ -352,6 +357,7 @@ impl Monitor {
             .filter_map(|(service, backend)| self.core.backend_id(service, backend));
         self.passive.clear_marks(down_ids);
         self.purge_down(&plan, maps)?;
+        self.forget_persistence(maps)?;
         // After the purges: a mark not cleared is kept for the next evaluation.
         let marks = self.passive.take_marks_to_clear();
         for (done, &id) in marks.iter().enumerate() {
@@ -361,45 +367,6 @@ impl Monitor {
             }
         }
         Ok(summary)
-    }
-
-    /// Purges the flows the plan says to purge, all of one kind at once; a purge that fails is
-    /// made again by the next evaluation.
-    fn purge_down(&mut self, plan: &plan::Plan, maps: &mut impl DataplaneMaps) -> Result<()> {
-        for purge in [Purge::Unestablished, Purge::All] {
-            let backends: Vec<(usize, usize)> = plan
-                .purges
-                .iter()
-                .filter(|p| p.2 == purge)
-                .map(|&(service, backend, _)| (service, backend))
-                .collect();
-            let ids: Vec<u32> = backends
-                .iter()
-                .filter_map(|&(s, b)| self.core.backend_id(s, b))
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let purged = match maps.purge_flows(&ids, purge) {
-                Ok(purged) => purged,
-                Err(error) => {
-                    // Purged again by the next evaluation.
-                    for &(s, b) in &backends {
-                        self.core.status_mut(self.checkers.at(s, b)).purged = None;
-                    }
-                    return Err(error);
-                }
-            };
-            for (s, b) in backends {
-                let service = &self.core.config().services[s];
-                let which = match purge {
-                    Purge::All => "every flow",
-                    Purge::Unestablished => "flows other than established connections",
-                };
-                info!(service = service.name, backend = %service.backends[b].address, purged, "{which} of a Down backend purged");
-            }
-        }
-        Ok(())
     }
 
     /// `xlb status`: every service, or the one named; `interfaces` are the attached

@@ -105,6 +105,7 @@ pub(crate) fn describe(event: &TraceEvent, names: &Names, start_ns: u64) -> Trac
             decision::NEW_ROUND_ROBIN => "new_round_robin",
             decision::NEW_HASHED => "new_hashed",
             decision::NEW_MAGLEV => "new_maglev",
+            decision::PERSISTED => "persisted",
             decision::NO_BACKEND => "no_backend",
             decision::ESTABLISHED => "established",
             decision::ICMP_TRANSLATED => "icmp_translated",

@@ -105,3 +105,47 @@ fn source_hashing_sends_every_connection_of_a_client_to_one_backend() {
         reached.iter().flat_map(|r| r.keys()).collect();
     assert!(backends.len() >= 2, "{reached:?}");
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn persistence_keeps_a_clients_connections_on_one_backend_until_it_stops_taking_new_ones() {
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup(r#"persistence = "30s""#);
+    let client: IpAddr = "198.18.0.2".parse().unwrap();
+    let from_client = |n: u64| {
+        lab.client
+            .block_on(async move {
+                let mut names = Vec::new();
+                for i in 0..n {
+                    names.push(http_echo_from(Some(client), http_vip(), payload(i, 300)).await?);
+                }
+                anyhow::Ok(tally(&names))
+            })
+            .unwrap()
+            .unwrap()
+    };
+    // Six connections, one after another (round robin alone: two on each backend).
+    let first = from_client(6);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (name, _) = first.into_iter().next().unwrap();
+    let index = name[1..].parse::<usize>().unwrap() - 1;
+    // `simulate` sees the persistence (and leaves it, and the round robin, as they were).
+    for _ in 0..2 {
+        let json = ok(&xlb, &["--json", "simulate", "web", "198.18.0.2:50000"]);
+        let Response::Simulation(simulated) = serde_json::from_str(&json).unwrap() else {
+            panic!("{json}")
+        };
+        assert_eq!(
+            simulated.backend.map(|b| b.to_string()),
+            Some(web_backend(index))
+        );
+    }
+    // Its backend drained: the client's persistence is forgotten, and it persists elsewhere.
+    ok(&xlb, &["backend", "drain", "web", &web_backend(index)]);
+    let after = from_client(6);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(!after.contains_key(&name), "{after:?}");
+}

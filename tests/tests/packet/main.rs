@@ -21,6 +21,7 @@ mod ipv6;
 mod locality;
 mod nat;
 mod passive;
+mod persistence;
 mod reply;
 mod scaleout;
 mod share;

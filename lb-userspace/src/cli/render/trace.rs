@@ -30,6 +30,9 @@ pub(crate) fn trace_event(e: &TraceEventReport) -> String {
             };
             format!("new flow -> {backend} ({how}{slot}{skipped}{pools})")
         }
+        "persisted" => {
+            format!("new flow -> {backend} (persistence: its client's last new flow's backend)")
+        }
         "replaced" => format!(
             "SYN retransmitted, its backend never answered: re-placed -> {backend} (slot {})",
             e.slot.unwrap_or_default()
@@ -117,6 +120,13 @@ mod tests {
         assert!(
             hashed.contains("(hash: the handshake guard (SYN flood), slot 3; pool kr)"),
             "{hashed}"
+        );
+        let persisted = trace_event(&event("persisted"));
+        assert!(
+            persisted.contains(
+                "new flow -> 198.18.1.21:8080 (persistence: its client's last new flow's backend)"
+            ),
+            "{persisted}"
         );
         let reply = trace_event(&TraceEventReport {
             direction: "to_client".into(),

@@ -26,6 +26,7 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "protocol",
         "scheduler",
         "drain_timeout",
+        "persistence",
         "peers",
         "key_file",
         "backends",

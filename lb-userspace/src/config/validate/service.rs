@@ -17,7 +17,7 @@ use super::{Place, Validator, earlier_line, not_an_address};
 use crate::config::{
     model::{
         BackendConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_POOL_NAME, Forwarding, LoadConfig,
-        MAX_DRAIN_TIMEOUT, OnDown, PoolConfig, Protocol, ServiceConfig,
+        MAX_DRAIN_TIMEOUT, MAX_PERSISTENCE, OnDown, PoolConfig, Protocol, ServiceConfig,
     },
     raw::{Field, RawBackend, RawPool, RawService},
 };
@@ -76,6 +76,12 @@ impl Validator<'_> {
             DEFAULT_DRAIN_TIMEOUT,
             Duration::ZERO..=MAX_DRAIN_TIMEOUT,
         );
+        let persistence = raw.persistence.as_ref().and_then(|value| {
+            let what = format!("{place}: persistence");
+            let persistence =
+                self.duration(value, &what, Duration::from_secs(1)..=MAX_PERSISTENCE)?;
+            Some(Duration::from_secs(persistence.as_secs()))
+        });
         let passive = match forwarding {
             Forwarding::Nat => self.passive(raw.passive, protocol, &place),
             Forwarding::Dsr => None,
@@ -95,6 +101,7 @@ impl Validator<'_> {
             forwarding,
             on_down,
             drain_timeout,
+            persistence,
             announce: raw.announce.is_some_and(Spanned::into_inner),
             backends,
             pools,

@@ -3,6 +3,7 @@
 //! tables' timeouts and active-flow counts; the interfaces' settings are in `interfaces`.
 
 use std::{
+    collections::HashSet,
     io::Read as _,
     os::fd::{AsFd as _, AsRawFd as _},
 };
@@ -36,6 +37,7 @@ mod interfaces;
 pub(crate) mod legacy_flows;
 mod lone_vips;
 pub(crate) mod passive;
+mod persistence;
 mod reads;
 pub(crate) mod share;
 pub(crate) mod trace;
@@ -101,6 +103,8 @@ pub struct Maps {
     events: PerCpuArray<MapData, u64>,
     /// Passive health and admission settings and marks.
     pub passive: PassiveMaps,
+    /// Source persistence (`PERSISTENCE`).
+    pub(crate) persistence: persistence::PersistenceMap,
 }
 
 /// New TCP flows per handshake-guard window above which SYNs are placed by hash: the rate at
@@ -202,6 +206,7 @@ impl Maps {
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             events: take(ebpf, map_names::EVENTS)?,
             passive: PassiveMaps::take(ebpf)?,
+            persistence: persistence::PersistenceMap::take(ebpf)?,
         })
     }
 
@@ -420,6 +425,10 @@ impl DataplaneMaps for Maps {
 
     fn purge_flows(&mut self, backend_ids: &[u32], purge: Purge) -> Result<usize> {
         self.flows.purge(backend_ids, purge)
+    }
+
+    fn forget_persistence(&mut self, serving: &HashSet<u32>) -> Result<usize> {
+        self.persistence.retain(serving)
     }
 
     fn publish_prefixes(&mut self, service_id: u32, prefixes: &[(IpNet, u32)]) -> Result<()> {
