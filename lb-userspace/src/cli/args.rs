@@ -39,10 +39,10 @@ pub enum Command {
         /// instead of leaving the data plane forwarding.
         #[arg(long)]
         detach_on_exit: bool,
-        /// Where operators' drains, disables and weights are kept across restarts.
+        /// Where operators' drains, disables, weights and paused checks are kept across restarts.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// Forget every operator setting (drain, disable, weight) at start.
+        /// Forget every operator setting (drain, disable, weight, paused checks) at start.
         #[arg(long)]
         reset_operator_state: bool,
     },

@@ -124,7 +124,7 @@ fn extra_sections(main: bool) -> Roff {
     item(
         &mut roff,
         "/var/lib/xlb/operator.json",
-        "Operators' drains, disables and weights, kept across restarts (--state-dir).",
+        "Operators' settings on backends, kept across restarts (--state-dir).",
     );
     if main {
         roff.control("SH", ["EXAMPLES"]);

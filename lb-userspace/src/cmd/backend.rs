@@ -38,7 +38,8 @@ pub enum Change {
     Drain(Target),
     /// Out of the table at once; its flows are purged.
     Disable(Target),
-    /// Clear what an operator set (drain, disable, weight): back to the config and checks.
+    /// Clear what an operator set (drain, disable, weight, paused checks): back to the config
+    /// and the checks.
     Enable(Target),
     /// Replace the configured weight (0 to 256; 0 drains).
     Weight {

@@ -1,6 +1,6 @@
-//! What operators set on backends (drain, disable, weight, paused checks), who set it and when: kept in the
-//! state file (`persist`) so that reloads and restarts keep it, and mirrored into the statuses
-//! of the backends the config has.
+//! What operators set on backends (drain, disable, weight, paused checks), who set it and when:
+//! kept in the state file (`persist`) so that reloads and restarts keep it, and mirrored into the
+//! statuses of the backends the config has.
 
 use std::{net::SocketAddr, path::Path, path::PathBuf};
 
@@ -23,7 +23,7 @@ pub enum Change {
     Drain,
     /// Administratively Down: out of the table, flows purged.
     Disable,
-    /// Clear what an operator set (drain, disable, weight).
+    /// Clear what an operator set (drain, disable, weight, paused checks).
     Enable,
     /// Replace the configured weight (0..=MAX_WEIGHT).
     Weight(u32),

@@ -100,10 +100,10 @@ fn weight_units(hundredths: u32) -> String {
     }
 }
 
-/// A backend's line: its state (what the balancer does with it) and apart from it what its
-/// checks say (CHK; `off` while an operator paused them), the weight in force (an operator's or the configured one) and the
-/// weight its table gives it now in the same unit (EFF: slow start, the agent); then its
-/// reason, after its pool when the service has several.
+/// A backend's line: its state (what the balancer does with it) and apart from it what its checks
+/// say (CHK; `off` while an operator paused them), the weight in force (an operator's or the
+/// configured one) and the weight its table gives it now in the same unit (EFF: slow start, the
+/// agent); then its reason, after its pool when the service has several.
 fn backend_line(out: &mut String, b: &BackendStatusReport, width: usize) {
     let agent = b
         .agent_weight_percent
