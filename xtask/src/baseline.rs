@@ -82,6 +82,14 @@ pub fn rounds(quick: bool) -> usize {
     if quick { 1 } else { 7 }
 }
 
+/// `n` rounds, in words: "1 round", "7 rounds".
+fn in_words(rounds: usize) -> String {
+    match rounds {
+        1 => "1 round".to_owned(),
+        n => format!("{n} rounds"),
+    }
+}
+
 /// The step labels of the A/B, in the order [`run`] runs them.
 pub fn labels(quick: bool) -> [String; 4] {
     [
@@ -90,10 +98,7 @@ pub fn labels(quick: bool) -> [String; 4] {
         format!("A/B: build the current benches ({})", BENCHES.join(", ")),
         format!(
             "A/B: {} of both benches, {BASELINE} and current in turns",
-            match rounds(quick) {
-                1 => "1 round".to_owned(),
-                n => format!("{n} rounds"),
-            }
+            in_words(rounds(quick))
         ),
     ]
 }
@@ -394,9 +399,10 @@ fn comparison_row(row: &str, old: Option<Summary>, new: Option<Summary>) -> Vec<
 
 /// The A/B section: a paragraph, then one table per benchmark table and time column.
 fn section(samples: &Samples, rounds: usize) -> String {
+    let rounds = in_words(rounds);
     let mut out = format!(
         "## A/B against {BASELINE}\n\nThe benchmarks {} of {BASELINE} and of the current tree, \
-         {rounds} rounds, each running every benchmark of both trees in turns (the baseline \
+         {rounds}, each running every benchmark of both trees in turns (the baseline \
          first in every other round). Medians and spreads (min–max) are over the rounds of \
          each benchmark's own median, in ns; new÷old is the ratio of the medians. Goals: a \
          SYN of a new flow at most 0.5 of {BASELINE}'s, its SYN-ACK and the ACK that \

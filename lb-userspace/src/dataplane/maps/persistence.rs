@@ -37,10 +37,9 @@ impl PersistenceMap {
     pub(crate) fn put_back(&mut self, key: &PersistKey, entry: Option<PersistEntry>) -> Result<()> {
         let done = match entry {
             Some(entry) => self.map.insert(key, entry, 0),
-            None => self.map.remove(key).or_else(|error| match error {
-                aya::maps::MapError::KeyNotFound => Ok(()),
-                error => Err(error),
-            }),
+            // Absent before, and still absent (a service without persistence): nothing to do.
+            None if self.get(key).is_none() => Ok(()),
+            None => self.map.remove(key),
         };
         done.with_context(|| format!("restoring {}", map_names::PERSISTENCE))
     }
