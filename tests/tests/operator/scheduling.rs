@@ -143,6 +143,34 @@ fn persistence_keeps_a_clients_connections_on_one_backend_until_it_stops_taking_
             Some(web_backend(index))
         );
     }
+    // A simulation leaves no persistence to a client without one: simulated, 198.18.0.99
+    // would get round robin's next backend; a real client takes that turn, and .99's real
+    // connection then gets the turn after (with persistence left behind, the same backend).
+    for other in ["198.18.0.98", "198.18.0.99"] {
+        lab.client
+            .ip(&format!("addr add {other}/24 dev eth0"))
+            .unwrap();
+    }
+    let json = ok(&xlb, &["--json", "simulate", "web", "198.18.0.99:50000"]);
+    let Response::Simulation(simulated) = serde_json::from_str(&json).unwrap() else {
+        panic!("{json}")
+    };
+    let next = |client: &str| {
+        let client: IpAddr = client.parse().unwrap();
+        lab.client
+            .block_on(http_echo_from(Some(client), http_vip(), payload(1, 300)))
+            .unwrap()
+            .unwrap()
+    };
+    let taken = next("198.18.0.98");
+    assert_eq!(
+        Some(format!(
+            "{}:8080",
+            backend_addr(taken[1..].parse::<usize>().unwrap() - 1)
+        )),
+        simulated.backend.map(|b| b.to_string())
+    );
+    assert_ne!(next("198.18.0.99"), taken);
     // Its backend drained: the client's persistence is forgotten, and it persists elsewhere.
     ok(&xlb, &["backend", "drain", "web", &web_backend(index)]);
     let after = from_client(6);
