@@ -10,7 +10,7 @@
 
 use lb_common::{
     FlowAddr, FlowEntry, Hop,
-    consts::{events, flow_flags, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
+    consts::{events, flow_flags, proto, tcp_flags, timing::LAST_SEEN_REFRESH_NS},
     csum, direction, epoch,
     share::flow_event,
     trace::decision,
@@ -24,7 +24,7 @@ use crate::{
     forward::{Route, cache_backend_hop, resolve, transmit},
     frame::Frame,
     maps::{FLOW_TIMEOUTS, count_event},
-    nat::{Deltas, End, Rewrite, rewrite_unless_dsr},
+    nat::{self, Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
     scratch::Scratch,
     share, trace,
@@ -344,6 +344,13 @@ fn refresh<F: Frame, Fam: Family>(
         if mode & REFRESH_CLOSING != 0 && !half_open {
             share::tell::<Fam>(key, flow, flow_event::CLOSING);
         }
+    }
+    // An operator ended the connection: this packet tells its receiver so.
+    if flow.flags & flow_flags::RESET != 0 && pkt.proto == proto::TCP {
+        if nat::set_rst(frame, pkt).is_none() {
+            return F::PASS;
+        }
+        flow.flags = flow.flags & !flow_flags::RESET | flow_flags::CLOSING;
     }
     // A close within the entry's second keeps the next hop it has.
     if mode & REFRESH_AGED == 0 && hop_of(flow, to_backend).resolved() {

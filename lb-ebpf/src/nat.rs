@@ -5,7 +5,7 @@ use core::ptr::{read_unaligned, write_unaligned};
 
 use lb_common::{
     Addr, FlowAddr as _,
-    consts::{family, proto},
+    consts::{family, proto, tcp_flags},
     csum,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -365,6 +365,43 @@ fn rewrite_skb<F: Frame, Fam: Family>(
     // SAFETY: ptr_at checked the port lies inside the frame.
     unsafe { write_unaligned(port_ptr, rewrite.port) };
     frame.skb_l4_csum_replace(check, 0, deltas.port as u64, l4_csum_flags(0, udp, false))
+}
+
+/// The TCP header's 16-bit word that holds the flags (with the data offset before them).
+const TCP_FLAGS_WORD: usize = 12;
+
+/// Makes a TCP packet a reset: its RST flag set, everything else kept (its sequence number is
+/// the one its receiver expects next, so the receiver takes it), its checksum changed for the
+/// flag: by arithmetic at XDP, by the helper at tc (which knows a partial checksum, whose
+/// header part is not summed yet). `None` if the header is not where `pkt` says.
+#[inline(always)]
+pub fn set_rst<F: Frame>(frame: &F, pkt: &Packet) -> Option<()> {
+    let word: *mut u16 = ptr_at(frame, pkt.l4() + TCP_FLAGS_WORD)?;
+    // SAFETY: ptr_at checked the word lies inside the frame; unaligned, as headers are.
+    let (old, new) = unsafe {
+        let old = read_unaligned(word);
+        let new = old | u16::from_ne_bytes([0, tcp_flags::RST]);
+        write_unaligned(word, new);
+        (old, new)
+    };
+    let check = pkt.l4_check_offset();
+    if F::SKB {
+        return frame.skb_l4_csum_replace(
+            check,
+            u64::from(old),
+            u64::from(new),
+            l4_csum_flags(2, false, false),
+        );
+    }
+    let check: *mut u16 = ptr_at(frame, check)?;
+    // SAFETY: as above.
+    unsafe {
+        write_unaligned(
+            check,
+            csum::apply(read_unaligned(check), csum::delta16(old, new)),
+        )
+    };
+    Some(())
 }
 
 /// Decrements the IPv4 TTL or the IPv6 hop limit, as a router does when it forwards.

@@ -1,7 +1,7 @@
 //! `xlb backend drain|disable|enable|weight|pause-checks|resume-checks SERVICE BACKEND
 //! [WEIGHT]`: an operator's setting on one backend, kept across reloads and restarts until
-//! `enable`; and `xlb backend
-//! add|remove SERVICE BACKEND`, which change the configuration file and reload it.
+//! `enable`; `xlb backend reset SERVICE BACKEND [--client C]`, which ends its connections; and
+//! `xlb backend add|remove SERVICE BACKEND`, which change the configuration file and reload it.
 //!
 //! On the command line the change comes first (`xlb backend weight web 198.18.1.11:8080 50`);
 //! on the wire it is one flat object (`{"command":"backend","service":"web","backend":
@@ -55,6 +55,17 @@ pub enum Change {
     PauseChecks(Target),
     /// Run the backend's health checks again: their results decide its health.
     ResumeChecks(Target),
+    /// End the backend's connections without taking it out (or one client's, with
+    /// `--client`): each TCP connection's next packet, either way, leaves as a RST; its UDP
+    /// flows are forgotten. It keeps taking new flows.
+    Reset {
+        /// Which backend.
+        #[command(flatten)]
+        target: Target,
+        /// Only this client's (an address, or an address and port: one connection).
+        #[arg(long)]
+        client: Option<BackendAddress>,
+    },
     /// Add a backend to the configuration file, then reload it (the file is changed only if
     /// the reload is applied).
     Add {
@@ -132,6 +143,12 @@ impl Backend {
             Change::Weight { target, weight } => set(target, MonitorChange::Weight(weight)),
             Change::PauseChecks(target) => set(target, MonitorChange::PauseChecks),
             Change::ResumeChecks(target) => set(target, MonitorChange::ResumeChecks),
+            Change::Reset { target, client } => monitor.reset_connections(
+                &mut dataplane.maps,
+                &target.service,
+                target.backend,
+                client,
+            ),
             Change::Add {
                 target,
                 weight,
@@ -179,6 +196,10 @@ enum Action {
     Weight(u32),
     PauseChecks,
     ResumeChecks,
+    Reset {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<BackendAddress>,
+    },
     Add {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<u32>,
@@ -197,6 +218,7 @@ impl From<Backend> for Wire {
             Change::Weight { target, weight } => (target, Action::Weight(weight)),
             Change::PauseChecks(target) => (target, Action::PauseChecks),
             Change::ResumeChecks(target) => (target, Action::ResumeChecks),
+            Change::Reset { target, client } => (target, Action::Reset { client }),
             Change::Add {
                 target,
                 weight,
@@ -225,6 +247,7 @@ impl From<Wire> for Backend {
             Action::Weight(weight) => Change::Weight { target, weight },
             Action::PauseChecks => Change::PauseChecks(target),
             Action::ResumeChecks => Change::ResumeChecks(target),
+            Action::Reset { client } => Change::Reset { target, client },
             Action::Add { weight, pool } => Change::Add {
                 target,
                 weight,

@@ -36,6 +36,18 @@ fn requests_are_one_json_object_each() {
         })
     );
     assert_eq!(serde_json::to_string(&parsed).unwrap(), pause);
+    let reset = r#"{"command":"backend","service":"web","backend":"198.18.1.11:8080","action":{"reset":{"client":"198.18.0.2:40000"}}}"#;
+    let parsed: Request = serde_json::from_str(reset).unwrap();
+    assert_eq!(
+        parsed,
+        Request::Backend(backend::Backend {
+            change: Change::Reset {
+                target: target.clone(),
+                client: Some("198.18.0.2:40000".parse().unwrap()),
+            }
+        })
+    );
+    assert_eq!(serde_json::to_string(&parsed).unwrap(), reset);
     let weight =
         r#"{"command":"backend","service":"web","backend":"[fd00::1]:80","action":{"weight":7}}"#;
     let parsed: Request = serde_json::from_str(weight).unwrap();

@@ -38,6 +38,7 @@ pub(crate) mod plan;
 mod purges;
 pub(crate) mod reload;
 mod reports;
+mod resets;
 mod simulate;
 pub(crate) mod targets;
 pub(crate) mod trace;

@@ -392,7 +392,7 @@ fn status_counts_open_connections_idle_ones_included() {
         .block_on(async {
             let mut sessions = Vec::new();
             for i in 0..6 {
-                let mut session = xlb_tests::client::Session::open(http_vip()).await.unwrap();
+                let mut session = Session::open(http_vip()).await.unwrap();
                 session.echo(payload(i, 100)).await.unwrap();
                 sessions.push(session);
             }

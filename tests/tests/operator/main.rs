@@ -27,7 +27,7 @@ use std::{
 
 use xlb::cmd::Response;
 use xlb_tests::{
-    client::{http_echo, http_get_body, payload, start_download},
+    client::{Session, http_echo, http_get_body, payload, start_download},
     process::binary,
     scenario::{
         Backend, TCP_SERVICE_PORT, UDP_PORT, UDP_SERVICE_PORT, Xlb, balancer_config,

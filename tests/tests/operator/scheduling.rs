@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use xlb_tests::client::{Session, http_echo_from};
+use xlb_tests::client::http_echo_from;
 
 use super::*;
 

@@ -285,3 +285,77 @@ fn paused_checks_keep_a_backend_as_it_was_until_resumed() {
         )
     );
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn reset_ends_a_backends_connections_and_it_keeps_serving() {
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup("");
+    let outcome = lab
+        .client
+        .block_on(async {
+            // Two idle connections on one backend, one on another.
+            let mut sessions = Vec::new();
+            for i in 0..3 {
+                let mut session = Session::open(http_vip()).await?;
+                let backend = session.echo(payload(i, 200)).await?;
+                sessions.push((session, backend));
+            }
+            let b1 = web_backend(0);
+            // One client's connection only: its address and port are those `flows` shows.
+            let flows = ok(&xlb, &["--json", "flows", "web", "--backend", &b1]);
+            let Response::Flows(flows) = serde_json::from_str(&flows).unwrap() else {
+                panic!("{flows}")
+            };
+            let one = flows.flows[0].client.to_string();
+            let said = ok(&xlb, &["backend", "reset", "web", &b1, "--client", &one]);
+            assert!(
+                said.contains(": 1 TCP connections end at their next packet"),
+                "{said}"
+            );
+            let said = ok(&xlb, &["backend", "reset", "web", &b1]);
+            assert!(
+                said.contains("the backend keeps taking new flows"),
+                "{said}"
+            );
+            // Each connection of b1 fails at its next request; b2's continues.
+            let mut ended = Vec::new();
+            for (mut session, backend) in sessions {
+                let answer = session.echo(payload(9, 200)).await;
+                ended.push((backend, answer.is_err()));
+            }
+            // b1 takes new connections.
+            let again = http_echo(http_vip(), payload(7, 100)).await?;
+            anyhow::Ok((ended, again))
+        })
+        .unwrap()
+        .unwrap();
+    let (ended, _) = outcome;
+    assert!(
+        ended
+            .iter()
+            .all(|(backend, failed)| *failed == (backend == "b1")),
+        "{ended:?}"
+    );
+    assert!(
+        ended.iter().any(|(backend, _)| backend == "b1"),
+        "{ended:?}"
+    );
+    let error = fails(
+        &xlb,
+        &[
+            "backend",
+            "reset",
+            "web",
+            &web_backend(0),
+            "--client",
+            "198.18.0.99",
+        ],
+    );
+    assert!(error.contains("no connection of that client"), "{error}");
+    let status = ok(&xlb, &["status", "web"]);
+    assert!(!status.contains("Down"), "{status}");
+}

@@ -23,6 +23,7 @@ mod nat;
 mod passive;
 mod persistence;
 mod reply;
+mod reset;
 mod scaleout;
 mod share;
 mod swap;
