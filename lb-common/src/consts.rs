@@ -105,7 +105,7 @@ pub mod flow_flags {
     /// their VIPs: the VIP of its replies is also recorded under the reply's 5-tuple
     /// (`REPLY_VIPS4`/`REPLY_VIPS6`), and removed with the flow.
     pub const LOCATED: u8 = 8;
-    /// An operator ended the connection (`xlb backend reset`, `xlb flows --reset`): its next
+    /// An operator ended the connection (`xlb backend reset`): its next
     /// packet, in either direction, leaves as a RST to its receiver, and the flow is closing.
     /// Set by the daemon with both next hops unresolved, so that the packet takes the refresh.
     pub const RESET: u8 = 16;

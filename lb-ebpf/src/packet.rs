@@ -87,9 +87,10 @@ pub struct Packet {
     pub sport: u16,
     /// Destination port (0 for ICMP).
     pub dport: u16,
-    /// A new flow's: the backend its client persists on (`persist`), or `NO_BACKEND_ID`. Set
-    /// by `balance::place` before the flow is placed, read when its backend is chosen (from
-    /// here, the packet's own memory, no value is kept across the choice on the stack).
+    /// A new flow's: the backend its client persists on (`persist::sticky`: or
+    /// `NO_BACKEND_ID`, or `NOT_PERSISTENT`). Set by `balance::place` before the flow is
+    /// placed, read when its backend is chosen and when it is remembered (from here, the
+    /// packet's own memory, no value is kept across the choice on the stack).
     pub sticky: core::cell::Cell<u32>,
 }
 

@@ -24,7 +24,13 @@ use crate::{
 /// The slot a persisted choice says it came from: none of the table's.
 pub const PERSISTED_SLOT: u32 = u32::MAX;
 
-/// `choice`, or the `sticky` backend in its place unless that is `NO_BACKEND_ID` or `avoid`.
+/// What [`sticky`] says of a service without persistence (and [`NO_BACKEND_ID`], the one
+/// above it, of a client without a backend to persist on): no backend id is this high, and
+/// [`remember`] then reads no policy again.
+pub const NOT_PERSISTENT: u32 = NO_BACKEND_ID - 1;
+
+/// `choice`, or the `sticky` backend in its place unless that is `NOT_PERSISTENT`,
+/// `NO_BACKEND_ID` or `avoid`.
 /// Without a branch: one here made the verifier walk the rest of a new flow twice, past its
 /// million instructions (so the table's choice is made, and a round-robin turn taken, either
 /// way).
@@ -34,8 +40,8 @@ pub const PERSISTED_SLOT: u32 = u32::MAX;
     reason = "`!= 0` is a branch in BPF, which would double what the verifier walks"
 )]
 pub fn over(choice: Choice, sticky: u32, avoid: u32) -> Choice {
-    // 1 when `sticky` is `NO_BACKEND_ID` (u32::MAX), else 0.
-    let none = ((u64::from(sticky) + 1) >> 32) as u32;
+    // 1 when `sticky` is `NOT_PERSISTENT` or `NO_BACKEND_ID` (the two highest u32s), else 0.
+    let none = ((u64::from(sticky) + 2) >> 32) as u32;
     // 1 when `sticky` is not `avoid`, else 0.
     let other = ((u64::from(sticky ^ avoid) + u64::from(u32::MAX)) >> 32) as u32;
     let held = (other & !none & 1).wrapping_neg();
@@ -50,7 +56,7 @@ pub fn over(choice: Choice, sticky: u32, avoid: u32) -> Choice {
 }
 
 /// The backend a new flow from `client` to service `service_id` persists on at `now`;
-/// `NO_BACKEND_ID` if none.
+/// `NO_BACKEND_ID` if none, `NOT_PERSISTENT` if the service has no persistence.
 #[inline(always)]
 pub fn sticky(service_id: u32, client: &Addr, now: u64) -> u32 {
     let low = u64::from(client[0]) | u64::from(client[1]) << 32;
@@ -71,7 +77,7 @@ pub extern "C" fn xlb_persist_sticky(
 ) -> u32 {
     let persist_s = SERVICE_POLICIES.get(service_id).map_or(0, |p| p.persist_s);
     if persist_s == 0 {
-        return NO_BACKEND_ID;
+        return NOT_PERSISTENT;
     }
     let key = PersistKey {
         client: [
@@ -94,19 +100,23 @@ pub extern "C" fn xlb_persist_sticky(
     id
 }
 
-/// Remembers the backend the new flow from `client` to service `service_id` was recorded on
-/// (`Scratch::placed`, if it was) at `now`, if the service persists.
+/// Remembers the backend the new flow from the packet's client to service `service_id` was
+/// recorded on (`Scratch::placed`, if it was) at `now`, if the service persists (as
+/// [`sticky`] said before the flow was placed: `Packet::sticky`).
 #[inline(never)]
 pub fn remember(scratch: *mut Scratch, service_id: u32, now: u64) {
     // SAFETY: this CPU's scratch area: the packet, and what `new_flow` recorded.
-    let (client, backend_id) = unsafe { ((*scratch).pkt.src, (*scratch).placed) };
-    if backend_id == NO_BACKEND_ID
-        || SERVICE_POLICIES
-            .get(service_id)
-            .is_none_or(|p| p.persist_s == 0)
-    {
+    let (persistent, backend_id) = unsafe {
+        (
+            (*scratch).pkt.sticky.get() != NOT_PERSISTENT,
+            (*scratch).placed,
+        )
+    };
+    if !persistent || backend_id == NO_BACKEND_ID {
         return;
     }
+    // SAFETY: as above.
+    let client = unsafe { (*scratch).pkt.src };
     let key = PersistKey { client, service_id };
     if let Some(entry) = PERSISTENCE.get_ptr_mut(&key) {
         // SAFETY: a valid map value. The same backend again (the common case): its time is

@@ -24,6 +24,7 @@ mod announcing;
 mod availability;
 mod changes;
 mod checkers;
+mod client_persistence;
 mod connection_counts;
 pub(crate) mod connections;
 mod core;
@@ -105,13 +106,12 @@ pub struct Monitor {
     /// Whether each service can take new flows, as last decided.
     availability: availability::Availability,
     departures: departures::Departures,
-    /// The backends of services with source persistence that took new flows when last
-    /// decided (a client's persistence on one that stops is forgotten).
-    persisting: std::collections::HashSet<u32>,
+    /// Source persistence: clients of backends that stop taking new flows are forgotten.
+    client_persistence: client_persistence::ClientPersistence,
     /// When the connections of least-connections services are counted next.
     connection_counts: connection_counts::ConnectionCounts,
     /// The counters when an operator last zeroed them, if ever.
-    zeroed: Option<zeroed::Baseline>,
+    zeroed: zeroed::Zeroing,
     /// The fleet this instance shares its flows with, once joined.
     fleet: Option<fleet::FleetLink>,
     /// Its accepted messages, until [`Self::run`] takes them.
@@ -144,9 +144,9 @@ impl Monitor {
             apply_failed: false,
             availability: availability::Availability::default(),
             departures: departures::Departures::default(),
-            zeroed: None,
+            zeroed: zeroed::Zeroing::default(),
             connection_counts: connection_counts::ConnectionCounts::default(),
-            persisting: std::collections::HashSet::new(),
+            client_persistence: client_persistence::ClientPersistence::default(),
             fleet: None,
             fleet_inbox: None,
         })
@@ -358,7 +358,7 @@ impl Monitor {
             .filter_map(|(service, backend)| self.core.backend_id(service, backend));
         self.passive.clear_marks(down_ids);
         self.purge_down(&plan, maps)?;
-        self.forget_persistence(maps)?;
+        self.client_persistence.forget(&self.core, maps)?;
         // After the purges: a mark not cleared is kept for the next evaluation.
         let marks = self.passive.take_marks_to_clear();
         for (done, &id) in marks.iter().enumerate() {
@@ -394,9 +394,7 @@ impl Monitor {
     /// `xlb stats`: counters, events, the flow tables.
     pub fn stats(&self, service: Option<&str>, maps: &impl DataplaneReads) -> Result<StatsReport> {
         let mut report = self.reports.stats(&self.core, maps)?;
-        if let Some(baseline) = &self.zeroed {
-            baseline.subtract(&self.core, &mut report);
-        }
+        self.zeroed.count_since(&self.core, &mut report);
         if let Some(name) = service {
             self.core.service_index(name)?;
             report.services.retain(|s| s.name == name);
@@ -408,20 +406,11 @@ impl Monitor {
     /// what `stats` shows; the data plane and the metrics keep counting).
     pub fn zero_counters(&mut self, maps: &impl DataplaneReads, by: &str) -> Result<StatsReport> {
         let raw = self.reports.stats(&self.core, maps)?;
-        let mut report = raw.clone();
-        if let Some(baseline) = &self.zeroed {
-            baseline.subtract(&self.core, &mut report);
-        }
-        let zeroed = crate::report::Zeroed {
-            by: by.to_owned(),
-            at: crate::sys::time::unix_seconds(),
-        };
-        self.zeroed = Some(zeroed::Baseline::take(&self.core, &raw, zeroed));
+        let report = self.zeroed.zero(&self.core, raw, by);
         info!(
             by,
             "counters zeroed (in `xlb stats`; the metrics keep counting)"
         );
-        report.zeroed_now = true;
         Ok(report)
     }
 

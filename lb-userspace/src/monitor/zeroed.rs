@@ -14,8 +14,37 @@ use std::{
 use super::core::Core;
 use crate::report::{Counters, StatsReport, Zeroed};
 
+/// The counters as `xlb stats` shows them: since the last zeroing, if any.
+#[derive(Default)]
+pub(super) struct Zeroing {
+    last: Option<Baseline>,
+}
+
+impl Zeroing {
+    /// Makes `report` (read whole from the data plane) count from the last zeroing.
+    pub(super) fn count_since(&self, core: &Core, report: &mut StatsReport) {
+        if let Some(baseline) = &self.last {
+            baseline.subtract(core, report);
+        }
+    }
+
+    /// Zeroes the counters of `raw` (read whole from the data plane), `by` someone now;
+    /// returns them as they were until now.
+    pub(super) fn zero(&mut self, core: &Core, raw: StatsReport, by: &str) -> StatsReport {
+        let mut report = raw.clone();
+        self.count_since(core, &mut report);
+        let zeroed = Zeroed {
+            by: by.to_owned(),
+            at: crate::sys::time::unix_seconds(),
+        };
+        self.last = Some(Baseline::take(core, &raw, zeroed));
+        report.zeroed_now = true;
+        report
+    }
+}
+
 /// What the counters were when an operator zeroed them.
-pub(super) struct Baseline {
+struct Baseline {
     /// Who zeroed them and when.
     zeroed: Zeroed,
     /// By service name: its id and counters.
@@ -48,7 +77,7 @@ fn id_of(core: &Core, name: &str, backend: Option<SocketAddr>) -> Option<u32> {
 impl Baseline {
     /// The counters of `report` (every service's, read whole) as zeroed `by` someone `at` a
     /// time.
-    pub(super) fn take(core: &Core, report: &StatsReport, zeroed: Zeroed) -> Self {
+    fn take(core: &Core, report: &StatsReport, zeroed: Zeroed) -> Self {
         let mut services = HashMap::new();
         let mut backends = HashMap::new();
         for service in &report.services {
@@ -72,7 +101,7 @@ impl Baseline {
     }
 
     /// Makes `report` count from the zeroing, and say since when.
-    pub(super) fn subtract(&self, core: &Core, report: &mut StatsReport) {
+    fn subtract(&self, core: &Core, report: &mut StatsReport) {
         let since = |now: &mut Counters, base: Option<&(u32, Counters)>, id: Option<u32>| {
             let since = base
                 .filter(|(then, _)| Some(*then) == id)

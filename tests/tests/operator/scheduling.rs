@@ -1,6 +1,6 @@
 //! The schedulers beside round robin, with real servers: least connections (idle connections
-//! held on one backend steer new ones to the others) and source hashing (every connection of
-//! a client to one backend).
+//! held on one backend steer new ones to the others), source hashing (every connection of a
+//! client to one backend) and source persistence (with a reset, also at native XDP).
 
 use std::net::IpAddr;
 
@@ -176,4 +176,44 @@ fn persistence_keeps_a_clients_connections_on_one_backend_until_it_stops_taking_
     let after = from_client(6);
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(!after.contains_key(&name), "{after:?}");
+}
+
+/// Source persistence and a reset, at native XDP on links prepared for it (the tests above run
+/// at tc on links at their defaults): three connections of one client on one backend; reset,
+/// each fails at its next request; the client's next connection reaches that backend again.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn persistence_and_reset_at_native_xdp() {
+    let Setup {
+        lab,
+        xlb,
+        _backends,
+    } = setup_with(Offloads::Prepared, "native", r#"persistence = "30s""#);
+    assert!(xlb.output().contains("hook=native"), "{}", xlb.output());
+    let (backends, failed, again) = lab
+        .client
+        .block_on(async {
+            let mut sessions = Vec::new();
+            for i in 0..3 {
+                let mut session = Session::open(http_vip()).await?;
+                let backend = session.echo(payload(i, 200)).await?;
+                sessions.push((session, backend));
+            }
+            let backends: std::collections::BTreeSet<String> =
+                sessions.iter().map(|(_, b)| b.clone()).collect();
+            let name = backends.iter().next().unwrap().clone();
+            let index = name[1..].parse::<usize>().unwrap() - 1;
+            ok(&xlb, &["backend", "reset", "web", &web_backend(index)]);
+            let mut failed = 0;
+            for (mut session, _) in sessions {
+                failed += usize::from(session.echo(payload(9, 200)).await.is_err());
+            }
+            let again = http_echo(http_vip(), payload(7, 100)).await?;
+            anyhow::Ok((backends, failed, again == name))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    assert_eq!(failed, 3);
+    assert!(again, "the client still persists on its backend");
 }
