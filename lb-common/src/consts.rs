@@ -109,6 +109,13 @@ pub mod flow_flags {
     /// packet, in either direction, leaves as a RST to its receiver, and the flow is closing.
     /// Set by the daemon with both next hops unresolved, so that the packet takes the refresh.
     pub const RESET: u8 = 16;
+    /// With [`DSR`]: the flow's packets to the backend are encapsulated in IPIP (see
+    /// `crate::tunnel`) to the entry's backend address, rather than sent to its MAC address.
+    pub const IPIP: u8 = 32;
+    /// With [`DSR`]: encapsulated in GUE, as [`IPIP`].
+    pub const GUE: u8 = 64;
+    /// Either encapsulation.
+    pub const TUNNEL: u8 = IPIP | GUE;
 }
 
 /// Values of [`crate::ServiceEntry::scheduler`]: how a new flow's backend is chosen.
@@ -127,6 +134,13 @@ pub mod forwarding {
     /// Layer-2 direct server return: only the destination MAC is rewritten (the backend holds
     /// the VIP on a loopback), replies go from the backend to the client directly.
     pub const DSR: u8 = 1;
+    /// Layer-3 direct server return over IPIP: the packet, unchanged, inside an outer IP
+    /// header to the backend's address (see `crate::tunnel`); the backend strips it, holds
+    /// the VIP, and answers the client directly.
+    pub const IPIP: u8 = 2;
+    /// Layer-3 direct server return over GUE: as [`IPIP`], with a UDP header after the outer
+    /// IP header (see `crate::tunnel`).
+    pub const GUE: u8 = 3;
 }
 
 /// Bits of [`crate::MaglevTable::len`]: the slot count, and how new flows hash.
@@ -320,13 +334,20 @@ pub mod map_names {
     pub const RERUN_XDP: &str = "RERUN_XDP";
     /// The tc program, as `RERUN_XDP` (not pinned).
     pub const RERUN_TC: &str = "RERUN_TC";
+    /// The encapsulating XDP program, in slot 0 (pinned: tunnel flows keep flowing while no
+    /// daemon runs).
+    pub const ENCAP_XDP: &str = "ENCAP_XDP";
+    /// The encapsulating tc program, as `ENCAP_XDP`.
+    pub const ENCAP_TC: &str = "ENCAP_TC";
+    /// The outer source addresses and GUE's port, one element.
+    pub const TUNNEL: &str = "TUNNEL";
     /// Flow events the ring had no room for, per CPU (not pinned).
     pub const FLOW_EVENTS_LOST: &str = "FLOW_EVENTS_LOST";
 
     /// Every map that is pinned (all but the per-CPU scratch space, which holds nothing
     /// between packets, the fragment records, which hold nothing for longer than a datagram
     /// takes to pass, and the trace's maps).
-    pub const PINNED: [&str; 30] = [
+    pub const PINNED: [&str; 32] = [
         SERVICES,
         BACKEND_TABLES,
         MAGLEV_TABLES,
@@ -357,6 +378,8 @@ pub mod map_names {
         SUSPECT_SLOTS,
         ADMISSION,
         PERSISTENCE,
+        ENCAP_XDP,
+        ENCAP_TC,
     ];
 }
 
@@ -373,6 +396,13 @@ pub mod program_names {
     pub const NOOP_TC: &str = "xlb_noop_tc";
     /// The floor: one flow lookup and a redirect (object `xlb-noop`).
     pub const FLOOR: &str = "xlb_floor";
+    /// The encapsulation of a tunnel flow's packet, at XDP (object `xlb`): the balancer's
+    /// tail call (`ENCAP_XDP`).
+    pub const ENCAP: &str = "xlb_encap";
+    /// The same at tc (object `xlb`; `ENCAP_TC`).
+    pub const ENCAP_TC: &str = "xlb_tc_encap";
+    /// `xlb decap`'s program, at tc ingress on a backend (object `xlb-decap`).
+    pub const DECAP: &str = "xlb_decap";
 }
 
 /// Indexes into the `EVENTS` per-CPU array: things the data plane did that an operator may
@@ -475,8 +505,16 @@ pub mod events {
     /// full): dropped, never sent on with the backend's address. Its flow's entry, once
     /// shared, carries its retransmission.
     pub const REPLY_UNADOPTED: u32 = 30;
+    /// A packet to a backend over a tunnel that the encapsulation would make too big for the
+    /// next hop's MTU, with DF set (all IPv6): answered to the client with ICMP
+    /// fragmentation-needed or packet-too-big naming the MTU that fits, not sent.
+    pub const TUNNEL_TOO_BIG: u32 = 31;
+    /// A packet to a backend over a tunnel that could not be encapsulated (no room for the
+    /// outer header, an offload the kernel cannot encapsulate, or the encapsulating program
+    /// missing): dropped.
+    pub const TUNNEL_FAILED: u32 = 32;
     /// Number of event counters.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 33;
 
     /// Display names, indexed by event code.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -511,6 +549,8 @@ pub mod events {
         "fragment_unmatched",
         "flow_adopted",
         "reply_unadopted",
+        "tunnel_too_big",
+        "tunnel_failed",
     ];
 }
 

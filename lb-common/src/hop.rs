@@ -18,6 +18,10 @@ pub struct Hop {
     pub peer: u8,
     /// Explicit padding; zero.
     pub _pad: u8,
+    /// Explicit padding to the struct's alignment; zero. Named, so that a copy of a hop
+    /// copies defined bytes (LLVM may fill unnamed padding from any register, which the
+    /// verifier refuses to read).
+    pub _tail: u16,
 }
 
 impl Hop {

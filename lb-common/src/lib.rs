@@ -26,6 +26,7 @@ pub mod reply;
 pub mod share;
 pub mod tables;
 pub mod trace;
+pub mod tunnel;
 
 pub use flow::*;
 pub use hop::{BackendHop, Hop};

@@ -265,7 +265,7 @@ pub struct HandshakeGuard {
 /// of maps and the devmap hold descriptors and interface indexes, whose size never changes).
 /// A map pinned by a version of xlb with another layout cannot be taken over: userspace checks
 /// these before it loads the program onto pinned maps.
-pub const PINNED_LAYOUTS: [(&str, usize, usize); 26] = {
+pub const PINNED_LAYOUTS: [(&str, usize, usize); 28] = {
     use crate::{
         FlowKey4, FlowTimeouts,
         consts::map_names as n,
@@ -312,6 +312,8 @@ pub const PINNED_LAYOUTS: [(&str, usize, usize); 26] = {
         ),
         (n::BACKEND_PORTS, 4, 8),
         (n::SERVICE_PORTS, 4, 8),
+        (n::ENCAP_XDP, 4, 4),
+        (n::ENCAP_TC, 4, 4),
         (
             n::BACKEND_VIPS4,
             size_of::<crate::BackendVipKey<u32>>(),
@@ -393,6 +395,8 @@ mod pod {
         crate::passive::PersistKey,
         crate::passive::PersistEntry,
         crate::BackendHop,
+        crate::tunnel::TunnelConfig,
+        crate::tunnel::DecapConfig,
         crate::BackendVipKey<u32>,
         crate::BackendVipKey<Addr>,
         crate::BackendVips<u32>,

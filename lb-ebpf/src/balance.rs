@@ -25,7 +25,7 @@ use crate::{
     passive, persist,
     reply::{backend_flow, to_service_port},
     scratch::{Scratch, scratch},
-    unserved,
+    tunnel, unserved,
 };
 
 /// Handles one frame and returns the hook's verdict.
@@ -248,7 +248,7 @@ fn place<F: Frame, Fam: Family>(frame: &F, pkt: &Packet, scratch: *mut Scratch) 
         let entry = match new_flow::<F, Fam>(frame, pkt, key, placement) {
             NewFlow::Done(verdict) => {
                 persist::remember(scratch, service_id, now);
-                return verdict;
+                return tunnel::after_new_flow::<F, Fam>(scratch, verdict);
             }
             NewFlow::Raced(entry) => entry,
         };

@@ -27,7 +27,7 @@ use crate::{
     nat::{self, Deltas, End, Rewrite, rewrite_unless_dsr},
     packet::Packet,
     scratch::Scratch,
-    share, trace,
+    share, trace, tunnel,
 };
 
 /// What [`established`] returns, instead of a verdict, when the packet's flow was over (silent
@@ -128,6 +128,9 @@ pub fn established<F: Frame, Fam: Family>(
     trace_established(pkt, flow, to_backend, half_open, now);
     if !resolved {
         return unresolved;
+    }
+    if to_backend {
+        return tunnel::to_backend(frame, scratch, hop, flow.flags, &flow.addr);
     }
     transmit(frame, hop)
 }

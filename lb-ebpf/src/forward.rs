@@ -79,6 +79,7 @@ pub fn resolve<F: Frame>(frame: &F, pkt: &Packet, route: &Route) -> Result<Hop, 
         src_mac: fib.smac,
         peer: veth_peer::<F>(fib.ifindex) as u8,
         _pad: 0,
+        _tail: 0,
     })
 }
 
@@ -188,6 +189,7 @@ pub fn arrival_hop<F: Frame>(frame: &F) -> Option<Hop> {
         src_mac,
         peer: veth_peer::<F>(ifindex) as u8,
         _pad: 0,
+        _tail: 0,
     })
 }
 

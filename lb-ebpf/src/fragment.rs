@@ -46,7 +46,7 @@ use crate::{
     packet::{Packet, addr_words, parse_l4},
     reply::backend_flow,
     scratch::Scratch,
-    unserved,
+    tunnel, unserved,
 };
 
 /// What [`process`] returns, instead of a verdict, for a first fragment: `pkt` holds it as it
@@ -298,6 +298,9 @@ fn follow<F: Frame, Fam: Family>(
     trace_established(pkt, flow, to_backend, half_open, clock::now_in(scratch));
     if !resolved {
         return if dsr { F::DROP } else { F::PASS };
+    }
+    if to_backend {
+        return tunnel::to_backend(frame, scratch, hop, flow.flags, &flow.addr);
     }
     transmit(frame, hop)
 }

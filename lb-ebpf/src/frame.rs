@@ -28,14 +28,20 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        TC_ACT_UNSPEC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, xdp_action,
+        TC_ACT_UNSPEC, bpf_adj_room_mode, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+        xdp_action,
     },
-    helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer},
+    helpers::{
+        bpf_check_mtu, bpf_csum_update, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
 use crate::{
-    maps::{EGRESS_PORTS, IFACE_MACS, IFACE_MACS_GENERATION, RERUN_TC, RERUN_XDP},
+    maps::{
+        EGRESS_PORTS, ENCAP_TC, ENCAP_XDP, IFACE_MACS, IFACE_MACS_GENERATION, RERUN_TC, RERUN_XDP,
+    },
     scratch::Scratch,
 };
 
@@ -85,6 +91,23 @@ pub trait Frame {
     /// `RERUN_XDP`/`RERUN_TC`, which the daemon fills with the programs it loaded); returns
     /// only if that cannot be done (the daemon that filled it is gone).
     fn rerun(&self);
+    /// Runs this hook's encapsulating program on the frame (a tail call through
+    /// `ENCAP_XDP`/`ENCAP_TC`, see `tunnel`); returns only if that cannot be done.
+    fn encapsulate(&self);
+    /// Whether `verdict` sends the packet on (`transmit`'s, when it succeeds).
+    fn sent(verdict: u32) -> bool;
+    /// Makes room for `len` bytes of outer headers between the Ethernet header and the IP
+    /// header: at XDP, the frame's start moves `len` bytes back (the Ethernet header is then
+    /// written anew); at tc, `bpf_skb_adjust_room` inserts them after the MAC header with the
+    /// encapsulation `flags`, so that a GSO packet's segments are cut to fit. Packet pointers
+    /// taken before are invalid after. `None` if the kernel refused.
+    fn grow_head(&self, len: u32, flags: u64) -> Option<()>;
+    /// Cuts the frame to its first `len` bytes. `None` if the kernel refused.
+    fn truncate(&self, len: usize) -> Option<()>;
+    /// tc only: adds `sum`, the one's-complement sum of bytes just written in front of the
+    /// packet, to a `CHECKSUM_COMPLETE` skb's `csum` (which covers the packet from its IP
+    /// header), so that the sum stays that of the bytes the skb holds.
+    fn csum_added(&self, sum: u32);
     /// tc only: `bpf_l4_csum_replace` on the checksum at `offset`.
     fn skb_l4_csum_replace(&self, offset: usize, from: u64, to: u64, flags: u64) -> Option<()>;
     /// tc only: stores `bytes` at `offset`, updating `skb->csum` of a `CHECKSUM_COMPLETE`
@@ -246,6 +269,35 @@ impl Frame for XdpFrame {
         // SAFETY: a tail call into the XDP program the daemon put in slot 0 (this one).
         unsafe { RERUN_XDP.tail_call(&self.0, 0) };
     }
+
+    #[inline(always)]
+    fn sent(verdict: u32) -> bool {
+        verdict == xdp_action::XDP_TX || verdict == xdp_action::XDP_REDIRECT
+    }
+
+    #[inline(always)]
+    fn encapsulate(&self) {
+        // SAFETY: a tail call into the encapsulating XDP program the daemon put in slot 0.
+        unsafe { ENCAP_XDP.tail_call(&self.0, 0) };
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, len: u32, _flags: u64) -> Option<()> {
+        // SAFETY: the helper moves the frame's start within its headroom.
+        let rc = unsafe { bpf_xdp_adjust_head(self.0.ctx, -(len as i32)) };
+        (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn truncate(&self, len: usize) -> Option<()> {
+        let cut = self.len().checked_sub(len)?;
+        // SAFETY: the helper moves the frame's end back within the frame.
+        let rc = unsafe { bpf_xdp_adjust_tail(self.0.ctx, -(cut as i32)) };
+        (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn csum_added(&self, _sum: u32) {}
 }
 
 /// The tc ingress hook (tcx, or clsact on kernels before 6.6).
@@ -352,5 +404,37 @@ impl Frame for TcFrame {
     fn rerun(&self) {
         // SAFETY: a tail call into the tc program the daemon put in slot 0 (this one).
         unsafe { RERUN_TC.tail_call(&self.0, 0) };
+    }
+
+    #[inline(always)]
+    fn sent(verdict: u32) -> bool {
+        verdict == TC_ACT_REDIRECT as u32
+    }
+
+    #[inline(always)]
+    fn encapsulate(&self) {
+        // SAFETY: a tail call into the encapsulating tc program the daemon put in slot 0.
+        unsafe { ENCAP_TC.tail_call(&self.0, 0) };
+    }
+
+    #[inline(always)]
+    fn grow_head(&self, len: u32, flags: u64) -> Option<()> {
+        self.0
+            .adjust_room(len as i32, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, flags)
+            .ok()
+    }
+
+    #[inline(always)]
+    fn truncate(&self, len: usize) -> Option<()> {
+        // SAFETY: the helper cuts the skb's data at `len`.
+        let rc = unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
+        (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn csum_added(&self, sum: u32) {
+        // SAFETY: the helper changes only a CHECKSUM_COMPLETE skb's csum (others: an error,
+        // ignored: their sums do not cover the packet).
+        let _ = unsafe { bpf_csum_update(self.0.skb.skb, sum) };
     }
 }

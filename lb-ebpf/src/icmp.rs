@@ -24,14 +24,14 @@ use crate::{
     forward::{Route, resolve, send},
     frame::{Frame, ptr_at},
     maps::{VIPS, count_event},
-    nat::{AddrChange, End, check_for_addr, set_addr, set_ttl, set_u16},
+    nat::{AddrChange, End, check_for_addr, decrement_ttl, set_addr, set_ttl, set_u16},
     packet::{
         ICMP_CHECK_OFFSET, ICMP_HEADER, Packet, Quote, TCP_CHECK_OFFSET, UDP_CHECK_OFFSET,
         addr_words,
     },
     reply::backend_flow,
     scratch::{Scratch, scratch},
-    trace,
+    trace, tunnel,
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -226,7 +226,14 @@ fn translate_error<F: Frame, Fam: Family>(frame: &F, pkt: &Packet) -> Option<u32
             dport: 0,
             dsr: true,
         };
-        return Some(forward_error(frame, pkt, &route));
+        return Some(match resolve(frame, pkt, &route) {
+            Ok(hop) if entry.flags & flow_flags::TUNNEL != 0 => match decrement_ttl(frame, pkt) {
+                Some(()) => tunnel::to_backend(frame, scratch, &hop, entry.flags, &entry_addr),
+                None => F::PASS,
+            },
+            Ok(hop) => send(frame, pkt, &hop),
+            Err(verdict) => verdict,
+        });
     }
     let icmp_check: *mut u16 = ptr_at(frame, pkt.l4() + ICMP_CHECK_OFFSET)?;
     // SAFETY: ptr_at checked the field lies inside the frame.

@@ -42,7 +42,9 @@ mod persist;
 mod reply;
 mod scratch;
 mod share;
+mod too_big;
 mod trace;
+mod tunnel;
 mod unserved;
 
 use aya_ebpf::{
@@ -55,13 +57,34 @@ use crate::frame::{TcFrame, XdpFrame};
 /// The balancer at the XDP hook (native or generic mode).
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
-    balance::process(&XdpFrame(ctx))
+    let frame = XdpFrame(ctx);
+    match balance::process(&frame) {
+        tunnel::ENCAPSULATE => tunnel::hand_over(&frame),
+        verdict => verdict,
+    }
 }
 
 /// The balancer at the tc ingress hook (`xdp_mode = "tc"`).
 #[classifier]
 pub fn xlb_tc(ctx: TcContext) -> i32 {
-    balance::process(&TcFrame(ctx)) as i32
+    let frame = TcFrame(ctx);
+    (match balance::process(&frame) {
+        tunnel::ENCAPSULATE => tunnel::hand_over(&frame),
+        verdict => verdict,
+    }) as i32
+}
+
+/// The encapsulation of a tunnel flow's packet at XDP, which the balancer tail-calls
+/// (`ENCAP_XDP`, see `tunnel`).
+#[xdp]
+pub fn xlb_encap(ctx: XdpContext) -> u32 {
+    tunnel::encapsulate(&XdpFrame(ctx))
+}
+
+/// The encapsulation of a tunnel flow's packet at tc (`ENCAP_TC`).
+#[classifier]
+pub fn xlb_tc_encap(ctx: TcContext) -> i32 {
+    tunnel::encapsulate(&TcFrame(ctx)) as i32
 }
 
 #[cfg(not(test))]

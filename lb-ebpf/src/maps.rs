@@ -20,6 +20,7 @@ use lb_common::{
     },
     share::FlowEvent,
     trace::{TraceConfig, TraceEvent},
+    tunnel::TunnelConfig,
 };
 
 /// Virtual services: (VIP, port, protocol) -> service id.
@@ -134,6 +135,23 @@ pub static RERUN_XDP: ProgramArray<1> = ProgramArray::new();
 /// The tc program itself, as `RERUN_XDP` (a program array serves programs of one type).
 #[btf_map]
 pub static RERUN_TC: ProgramArray<1> = ProgramArray::new();
+
+/// The encapsulating XDP program (`xlb_encap`), in slot 0: a tunnel flow's packet, its next
+/// hop and backend left in the scratch area, runs it through a tail call from the balancer's
+/// top level (see `tunnel`). Written by the daemon once the programs are loaded; pinned, so
+/// that tunnel flows keep flowing while no daemon runs.
+#[btf_map]
+pub static ENCAP_XDP: ProgramArray<1> = ProgramArray::new();
+
+/// The encapsulating tc program (`xlb_tc_encap`), as `ENCAP_XDP`.
+#[btf_map]
+pub static ENCAP_TC: ProgramArray<1> = ProgramArray::new();
+
+/// The outer headers' source addresses and GUE's port (`lb_common::tunnel::TunnelConfig`).
+/// Written by the daemon from `[tunnel]`; read by the encapsulating programs. Not pinned:
+/// each daemon writes it from its config.
+#[btf_map]
+pub static TUNNEL: Array<TunnelConfig, 1> = Array::new();
 
 /// Per slot of a backend address and port (`lb_common::reply::hint_slot`), the one VIP and
 /// port that the NAT backends of that slot serve in one family, if they serve exactly one;

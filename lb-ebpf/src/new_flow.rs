@@ -41,6 +41,12 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct Placement(pub u64);
 
+/// The flow flags of each forwarding (`consts::forwarding`), a byte each, by its value.
+const FORWARDING_FLAGS: u32 = (flow_flags::DSR as u32) << (8 * forwarding::DSR)
+    | ((flow_flags::DSR | flow_flags::IPIP) as u32) << (8 * forwarding::IPIP)
+    | ((flow_flags::DSR | flow_flags::GUE) as u32) << (8 * forwarding::GUE);
+const _: () = assert!(forwarding::NAT == 0 && forwarding::GUE == 3);
+
 /// Bits of [`Placement`] that hold the table index (`MAX_TABLES` is 2^17).
 const TABLE_INDEX_BITS: u64 = (1 << 24) - 1;
 
@@ -67,8 +73,22 @@ impl Placement {
     }
 
     #[inline(always)]
+    fn forwarding(self) -> u8 {
+        (self.0 >> 28) as u8 & 0xf
+    }
+
+    /// Direct server return, at layer 2 or through a tunnel: the backend answers the client.
+    #[inline(always)]
     fn dsr(self) -> bool {
-        (self.0 >> 28) as u8 & 0xf == forwarding::DSR
+        self.forwarding() != forwarding::NAT
+    }
+
+    /// The flags of the flow's entry that say how its packets reach the backend: none for
+    /// NAT, `DSR`, `DSR | IPIP` or `DSR | GUE`. Read from a constant by shifts, not chosen by
+    /// branches, so that the verifier walks the rest of a new flow once, not once per kind.
+    #[inline(always)]
+    fn forwarding_flags(self) -> u8 {
+        (FORWARDING_FLAGS >> (u32::from(self.forwarding() & 3) * 8)) as u8
     }
 
     #[inline(always)]
@@ -308,7 +328,7 @@ fn fill_entry<F: Frame, Fam: Family>(
     entry.addr = *Fam::Addr::in_addr(&backend.addr);
     entry.port = backend.port;
     entry.flags = if chosen.placement.dsr() {
-        flow_flags::DSR
+        chosen.placement.forwarding_flags()
     } else if backend.flags & backend_flags::SHARED != 0 {
         flow_flags::LOCATED
     } else {

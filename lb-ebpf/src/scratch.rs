@@ -14,6 +14,7 @@ use lb_common::{
 use crate::{
     clock::ClockCache,
     packet::{Packet, Quote},
+    tunnel::TunnelJob,
 };
 
 /// What one packet needs beyond registers: its parsed headers, its flow key, a backend's key,
@@ -54,6 +55,8 @@ pub struct Scratch {
     pub placed: u32,
     /// A client's address as the key of a service's prefixes (`CLIENT_POOLS`).
     pub prefix: Key<ClientPrefix>,
+    /// A tunnel flow's packet's way to its backend, for the encapsulating program.
+    pub tunnel: TunnelJob,
     /// Parameters and answer of `bpf_fib_lookup`.
     pub fib: bpf_fib_lookup,
     /// The CPU's last reading of the clock: unlike the rest, kept from one packet to the next.

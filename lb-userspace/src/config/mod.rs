@@ -26,8 +26,8 @@ pub use model::{
     AdmissionConfig, AnnounceConfig, BackendConfig, Config, DEFAULT_MAGLEV_SEED,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FleetConfig, FlowTimeouts,
     Forwarding, HealthCheck, HealthConfig, LoadConfig, MAGLEV_SLOTS_PER_BACKEND, MaglevConfig,
-    OnDown, PassiveConfig, PoolConfig, Protocol, Scheduler, Secret, ServiceConfig, XdpMode,
-    is_prime,
+    OnDown, PassiveConfig, PoolConfig, Protocol, Scheduler, Secret, ServiceConfig, TunnelSettings,
+    XdpMode, is_prime,
 };
 pub use prefixes::{parse_prefix, parse_prefix_file};
 

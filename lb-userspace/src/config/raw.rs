@@ -213,7 +213,12 @@ impl Leaf for Forwarding {
         one_of(
             &raw,
             "forwarding",
-            &[("nat", Self::Nat), ("dsr", Self::Dsr)],
+            &[
+                ("nat", Self::Nat),
+                ("dsr", Self::Dsr),
+                ("ipip", Self::Ipip),
+                ("gue", Self::Gue),
+            ],
         )
     }
 }
@@ -259,6 +264,7 @@ pub(super) struct RawConfig {
     pub(super) udp_idle_timeout: Option<Spanned<String>>,
     pub(super) announce: Option<Spanned<RawAnnounce>>,
     pub(super) fleet: Option<Spanned<RawFleet>>,
+    pub(super) tunnel: Option<Spanned<RawTunnel>>,
     #[serde(default)]
     pub(super) service: Vec<Spanned<RawService>>,
 }
@@ -303,6 +309,17 @@ pub(super) struct RawFleet {
     pub(super) key_file: Option<Spanned<String>>,
     pub(super) refresh: Option<Spanned<String>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTunnel {
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) source_ipv6: Option<Spanned<String>>,
+    pub(super) gue_port: Field<GuePort>,
+}
+
+/// Bounds of `gue_port`.
+pub(super) type GuePort = Ranged<1, 65535>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -406,7 +423,10 @@ mod tests {
         );
         assert_eq!(
             Forwarding::from_raw("tunnel".into()),
-            Err("unknown forwarding \"tunnel\", expected \"nat\" or \"dsr\"".into())
+            Err(
+                "unknown forwarding \"tunnel\", expected \"nat\", \"dsr\", \"ipip\" or \"gue\""
+                    .into()
+            )
         );
     }
 }

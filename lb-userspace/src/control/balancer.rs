@@ -10,7 +10,6 @@ use anyhow::{Result, bail};
 use lb_common::{
     VipKey,
     consts::{
-        forwarding,
         limits::{MAX_BACKENDS, MAX_SERVICES},
         scheduler,
     },
@@ -413,10 +412,7 @@ impl Balancer {
                     client_hash: false,
                 }),
                 maglev_inputs: Vec::new(),
-                forwarding: match entry.forwarding {
-                    forwarding::DSR => Forwarding::Dsr,
-                    _ => Forwarding::Nat,
-                },
+                forwarding: Forwarding::from_code(entry.forwarding),
                 known: Known::Adopted,
             });
         }

@@ -7,10 +7,8 @@ use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use ipnet::IpNet;
 use lb_common::{
-    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey,
-    consts::{forwarding, scheduler},
-    passive::ServicePolicy,
-    tables::table_index,
+    BackendEntry, BackendTable, MaglevTable, ServiceEntry, ServiceKey, VipKey, consts::scheduler,
+    passive::ServicePolicy, tables::table_index,
 };
 
 use super::{
@@ -452,9 +450,6 @@ fn service_entry(
             Some(_) => scheduler::MAGLEV,
             None => scheduler::ROUND_ROBIN,
         },
-        forwarding: match forwarding {
-            Forwarding::Nat => forwarding::NAT,
-            Forwarding::Dsr => forwarding::DSR,
-        },
+        forwarding: forwarding.code(),
     }
 }

@@ -386,7 +386,8 @@ fn check_pinned_sizes(ebpf: &Ebpf, sizes: [u32; 2]) -> Result<()> {
     Ok(())
 }
 
-/// Loads the XDP and the tc program into the kernel, each past the verifier.
+/// Loads the XDP and the tc programs (the balancer and its encapsulation) into the kernel, each
+/// past the verifier.
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let program: &mut Xdp = ebpf
         .program_mut(program_names::BALANCER)
@@ -402,5 +403,19 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     program
         .load()
         .context("loading the tc program (verifier)")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::ENCAP)
+        .ok_or_else(|| anyhow!("the object has no program {}", program_names::ENCAP))?
+        .try_into()?;
+    program
+        .load()
+        .context("loading the encapsulating XDP program (verifier)")?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(program_names::ENCAP_TC)
+        .ok_or_else(|| anyhow!("the object has no program {}", program_names::ENCAP_TC))?
+        .try_into()?;
+    program
+        .load()
+        .context("loading the encapsulating tc program (verifier)")?;
     Ok(())
 }

@@ -11,11 +11,7 @@ use lb_common::{
     share::{FlowEvent, flow_event, shared_entry},
 };
 
-use crate::{
-    config::{Forwarding, Protocol},
-    control::ServiceState,
-    wire::ip_from_field,
-};
+use crate::{config::Protocol, control::ServiceState, wire::ip_from_field};
 
 /// Records resolved against this instance's services.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,10 +54,7 @@ pub fn resolve(records: &[FlowEvent], services: &[ServiceState], now_ns: u64) ->
             resolved.no_backend += 1;
             continue;
         };
-        let mut flags = match service.forwarding {
-            Forwarding::Dsr => flow_flags::DSR,
-            Forwarding::Nat => 0,
-        };
+        let mut flags = service.forwarding.flow_flags();
         if record.kind == flow_event::CLOSING {
             flags |= flow_flags::CLOSING;
         }
@@ -89,7 +82,10 @@ mod tests {
     use lb_common::consts::{family, proto};
 
     use super::*;
-    use crate::control::{BackendState, Known, Locality};
+    use crate::{
+        config::Forwarding,
+        control::{BackendState, Known, Locality},
+    };
 
     fn record(vip: &str, backend: &str, kind: u8) -> FlowEvent {
         let vip: SocketAddr = vip.parse().unwrap();

@@ -176,6 +176,7 @@ impl Monitor {
     pub async fn start(&mut self, maps: &mut Maps) -> Result<()> {
         maps.set_flow_timeouts(&self.core.config().flow_timeouts)?;
         maps.set_host_ports(&self.core.config().host_ports)?;
+        maps.tunnel.set(&self.core.config().tunnel)?;
         for event in self.checkers.first_checks(&self.core).await? {
             self.handle(event);
         }
@@ -536,10 +537,12 @@ impl Monitor {
     }
 }
 
-/// Writes the settings the data plane reads for every packet: flow timeouts and host ports.
+/// Writes the settings the data plane reads for every packet: flow timeouts, host ports and
+/// the tunnels' outer headers.
 fn write_program_settings(maps: &mut Maps, config: &Config) -> Result<()> {
     maps.set_flow_timeouts(&config.flow_timeouts)?;
-    maps.set_host_ports(&config.host_ports)
+    maps.set_host_ports(&config.host_ports)?;
+    maps.tunnel.set(&config.tunnel)
 }
 
 #[cfg(test)]

@@ -50,6 +50,20 @@ fn forwarding(family: &str, name: &str) -> Result<bool> {
     Ok(value.trim() == "1")
 }
 
+/// The MTU of the interface with index `ifindex` (in this network namespace).
+pub fn mtu(ifindex: u32) -> Result<u32> {
+    let Some(name) = name_of(ifindex) else {
+        bail!("interface {ifindex} does not exist");
+    };
+    let path = format!("/sys/class/net/{name}/mtu");
+    let value = std::fs::read_to_string(&path)
+        .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))?;
+    value
+        .trim()
+        .parse()
+        .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))
+}
+
 /// The MAC address of the interface with index `ifindex` (in this network namespace).
 pub fn mac(ifindex: u32) -> Result<[u8; 6]> {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];

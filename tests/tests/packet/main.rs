@@ -11,7 +11,7 @@
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
 //! concern: `nat`, `ipv6`, `fragments`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
-//! `passive`, `scaleout`, `share`.
+//! `passive`, `scaleout`, `share`, `tunnel`.
 
 mod expiry;
 mod flood;
@@ -28,6 +28,7 @@ mod scaleout;
 mod share;
 mod swap;
 mod trace;
+mod tunnel;
 mod unserved;
 
 use std::{
@@ -149,6 +150,7 @@ fn with_lab_at(config: &str, hook: Hook, test: &(impl Fn(&mut PacketLab) + Send 
         dataplane.maps.add_egress_port(c0).unwrap();
         dataplane.maps.add_egress_port(s0).unwrap();
         dataplane.maps.set_host_ports(&config.host_ports).unwrap();
+        dataplane.maps.tunnel.set(&config.tunnel).unwrap();
         let mut lab = PacketLab {
             dataplane,
             balancer,

@@ -92,7 +92,7 @@ fn unknown_keys_are_errors_with_their_position() {
         errors,
         [
             "0:0: no [[service]] defined: xlb would balance nothing",
-            "2:1: unknown key `bogus`, expected one of `interfaces`, `xdp_mode`, `assume_complete_checksums`, `veth_peer_redirect`, `flow_table_size`, `flow_table_size_ipv6`, `pin_path`, `metrics`, `host_ports`, `tcp_idle_timeout`, `tcp_closing_timeout`, `udp_idle_timeout`, `announce`, `fleet`, `service`"
+            "2:1: unknown key `bogus`, expected one of `interfaces`, `xdp_mode`, `assume_complete_checksums`, `veth_peer_redirect`, `flow_table_size`, `flow_table_size_ipv6`, `pin_path`, `metrics`, `host_ports`, `tcp_idle_timeout`, `tcp_closing_timeout`, `udp_idle_timeout`, `announce`, `fleet`, `tunnel`, `service`"
         ]
     );
 

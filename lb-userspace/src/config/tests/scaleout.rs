@@ -1,7 +1,7 @@
 //! The Maglev scheduler's table and DSR forwarding: defaults, the documented forms, errors.
 
 use super::{errors_of, with_service_keys};
-use crate::config::{Config, Forwarding, MaglevConfig, Scheduler};
+use crate::config::{Config, Forwarding, MaglevConfig, Scheduler, TunnelSettings};
 
 #[test]
 fn maglev_and_dsr_as_in_the_documentation() {
@@ -111,7 +111,9 @@ fn dsr_needs_the_vips_port_and_no_passive_health() {
     );
     assert_eq!(
         errors_of(&with_service_keys("forwarding = \"tunnel\"")),
-        ["7:14: service \"web\": unknown forwarding \"tunnel\", expected \"nat\" or \"dsr\""]
+        [
+            "7:14: service \"web\": unknown forwarding \"tunnel\", expected \"nat\", \"dsr\", \"ipip\" or \"gue\""
+        ]
     );
 }
 
@@ -170,4 +172,70 @@ health = { interval = "0s" }"#,
         "{errors:?}"
     );
     assert!(errors.iter().any(|e| e.contains("interval")), "{errors:?}");
+}
+
+#[test]
+fn tunnels_need_this_instances_source_and_a_gue_port_of_their_own() {
+    let services = r#"
+[[service]]
+name = "web"
+listen = "198.18.100.1:80"
+protocol = "tcp"
+forwarding = "ipip"
+backends = [ { address = "198.18.1.11:80" } ]
+[[service]]
+name = "dns"
+listen = "[fd00::100]:53"
+protocol = "udp"
+forwarding = "gue"
+backends = [ { address = "[fd00::11]:53" } ]
+"#;
+    let text = format!(
+        "interfaces = [\"eth0\"]\n[tunnel]\nsource = \"198.18.0.2\"\nsource_ipv6 = \"fd00::2\"\ngue_port = 7000\n{services}"
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(
+        config.tunnel,
+        TunnelSettings {
+            source: Some("198.18.0.2".parse().unwrap()),
+            source_ipv6: Some("fd00::2".parse().unwrap()),
+            gue_port: 7000,
+        }
+    );
+    let forwardings: Vec<_> = config.services.iter().map(|s| s.forwarding).collect();
+    assert_eq!(forwardings, [Forwarding::Ipip, Forwarding::Gue]);
+    // Without [tunnel]: no source for either family, and GUE's default port.
+    let config = Config::parse(&with_service_keys("")).unwrap();
+    assert_eq!(config.tunnel, TunnelSettings::default());
+    assert_eq!(config.tunnel.gue_port, 6080);
+    assert_eq!(
+        errors_of(&format!("interfaces = [\"eth0\"]\n{services}")),
+        [
+            "0:0: service \"web\": forwarding \"ipip\" needs `source` in [tunnel]: this instance's own address, the source of the outer header (like source = \"198.18.0.2\")",
+            "0:0: service \"dns\": forwarding \"gue\" needs `source_ipv6` in [tunnel]: this instance's own address, the source of the outer header (like source_ipv6 = \"fd00::2\")",
+        ]
+    );
+    let wrong = format!(
+        "interfaces = [\"eth0\"]\n[tunnel]\nsource = \"fd00::2\"\nsource_ipv6 = \"::1\"\ngue_port = 0\n{services}"
+    );
+    assert_eq!(
+        errors_of(&wrong),
+        [
+            "2:1: service \"web\": forwarding \"ipip\" needs `source` in [tunnel]: this instance's own address, the source of the outer header (like source = \"198.18.0.2\")",
+            "2:1: service \"dns\": forwarding \"gue\" needs `source_ipv6` in [tunnel]: this instance's own address, the source of the outer header (like source_ipv6 = \"fd00::2\")",
+            "3:10: tunnel: source: \"fd00::2\" is not an IPv4 address (like \"198.18.0.2\")",
+            "4:15: tunnel: source_ipv6: ::1 is not a unicast address of this host (the outer header's source, like \"fd00::2\")",
+            "5:12: tunnel: gue_port: 0 is out of range 1..=65535",
+        ]
+    );
+    let collides = format!(
+        "interfaces = [\"eth0\"]\n[tunnel]\nsource_ipv6 = \"fd00::2\"\ngue_port = 53\n{services}"
+    )
+    .replace("forwarding = \"ipip\"\n", "");
+    assert_eq!(
+        errors_of(&collides),
+        [
+            "2:1: service \"dns\": it listens on UDP port 53, which is [tunnel] gue_port, where backends take GUE packets; choose another gue_port"
+        ]
+    );
 }

@@ -10,6 +10,7 @@ mod passive;
 mod pools;
 mod scaleout;
 mod service;
+mod tunnel;
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -194,6 +195,7 @@ impl Validator<'_> {
         let fleet = raw
             .fleet
             .and_then(|fleet| self.fleet(fleet, &services, &flow_timeouts));
+        let tunnel = self.tunnel(raw.tunnel, &services);
         Config {
             interfaces,
             xdp_mode,
@@ -208,6 +210,7 @@ impl Validator<'_> {
             flow_timeouts,
             services,
             fleet,
+            tunnel,
         }
     }
 

@@ -87,8 +87,9 @@ impl Validator<'_> {
         }
     }
 
-    /// A service's `forwarding`. With DSR the backends keep the VIP's port (only the MAC
-    /// changes), and passive health cannot be set (xlb never sees the backends' answers).
+    /// A service's `forwarding`. With DSR, at layer 2 or 3, the backends keep the VIP's port
+    /// (only the MAC changes, or an outer header is added), and passive health cannot be set
+    /// (xlb never sees the backends' answers).
     pub(super) fn forwarding(
         &mut self,
         field: Field<Forwarding>,
@@ -99,16 +100,17 @@ impl Validator<'_> {
     ) -> Forwarding {
         let span = field.as_ref().map(Spanned::span);
         let forwarding = self.leaf(field, || format!("{place}:"), Forwarding::Nat);
-        let (Forwarding::Dsr, Some(span)) = (forwarding, span) else {
+        let Some(span) = span.filter(|_| forwarding.direct()) else {
             return forwarding;
         };
+        let name = forwarding.name();
         if let Some(port) = port {
             for backend in backends.iter().filter(|b| b.address.port() != port) {
-                self.error(&span, format!("{place}: forwarding \"dsr\" leaves the packets' addresses and ports as they are, so backend {} must listen on the service's port {port}", backend.address));
+                self.error(&span, format!("{place}: forwarding \"{name}\" leaves the packets' addresses and ports as they are, so backend {} must listen on the service's port {port}", backend.address));
             }
         }
         if let Some(passive) = passive {
-            self.error(passive, format!("{place}: passive health observes the backends' answers, which go straight to the clients with forwarding \"dsr\"; remove `passive`"));
+            self.error(passive, format!("{place}: passive health observes the backends' answers, which go straight to the clients with forwarding \"{name}\"; remove `passive`"));
         }
         forwarding
     }

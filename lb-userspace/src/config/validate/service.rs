@@ -84,7 +84,7 @@ impl Validator<'_> {
         });
         let passive = match forwarding {
             Forwarding::Nat => self.passive(raw.passive, protocol, &place),
-            Forwarding::Dsr => None,
+            Forwarding::Dsr | Forwarding::Ipip | Forwarding::Gue => None,
         };
         let admission = raw
             .admission

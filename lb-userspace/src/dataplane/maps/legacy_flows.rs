@@ -135,6 +135,7 @@ impl From<(FlowKey, Entry6)> for Old {
                     src_mac: old.hop_src_mac,
                     peer: old.hop_peer,
                     _pad: 0,
+                    _tail: 0,
                 },
                 epoch: old.epoch,
                 created_s: old.created_s,

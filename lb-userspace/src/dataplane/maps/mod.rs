@@ -41,6 +41,7 @@ mod persistence;
 mod reads;
 pub(crate) mod share;
 pub(crate) mod trace;
+pub(crate) mod tunnel;
 mod vip_hints;
 
 use self::{
@@ -105,6 +106,8 @@ pub struct Maps {
     pub passive: PassiveMaps,
     /// Source persistence (`PERSISTENCE`).
     pub(crate) persistence: persistence::PersistenceMap,
+    /// The tunnels' encapsulating programs and outer headers (`TUNNEL`).
+    pub tunnel: tunnel::TunnelMaps,
 }
 
 /// New TCP flows per handshake-guard window above which SYNs are placed by hash: the rate at
@@ -207,6 +210,7 @@ impl Maps {
             events: take(ebpf, map_names::EVENTS)?,
             passive: PassiveMaps::take(ebpf)?,
             persistence: persistence::PersistenceMap::take(ebpf)?,
+            tunnel: tunnel::TunnelMaps::take(ebpf)?,
         })
     }
 
