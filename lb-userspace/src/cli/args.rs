@@ -70,6 +70,30 @@ pub enum Command {
         #[arg(long)]
         iterations: Option<u64>,
     },
+    /// On a backend of a `forwarding = "ipip"` or `"gue"` service: strip the outer header of
+    /// the balancers' packets to the VIPs, at tc ingress of INTERFACE, and hand the inner
+    /// packets to the stack (for hosts without the kernel's ipip or fou modules; the VIPs
+    /// must also be on a local interface, such as lo). Everything else passes untouched;
+    /// encapsulated packets from elsewhere, to other addresses, or malformed are dropped and
+    /// counted. Runs until SIGINT or SIGTERM, then detaches and prints its counters.
+    Decap {
+        /// The interface the balancers' packets arrive on.
+        #[arg(long, value_name = "INTERFACE")]
+        interface: String,
+        /// A VIP the inner packets go to (repeat for each).
+        #[arg(long = "vip", value_name = "ADDRESS", required = true)]
+        vips: Vec<std::net::IpAddr>,
+        /// A prefix the balancers' outer source addresses (their `[tunnel] source`) are in
+        /// (repeat for each).
+        #[arg(long = "from", value_name = "PREFIX", required = true)]
+        from: Vec<ipnet::IpNet>,
+        /// GUE's UDP port (the balancers' `[tunnel] gue_port`); 0 takes no GUE.
+        #[arg(long, value_name = "PORT", default_value_t = lb_common::tunnel::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// Seconds between lines of counters while running (0: only at exit).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        report: u64,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

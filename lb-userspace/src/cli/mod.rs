@@ -2,6 +2,7 @@
 //! calls [`main`].
 
 pub mod args;
+mod decap;
 mod man;
 mod probe;
 mod render;
@@ -50,6 +51,19 @@ pub fn main() -> ExitCode {
                     reset_operator_state,
                 },
             )
+        }
+        Command::Decap {
+            interface,
+            vips,
+            from,
+            gue_port,
+            report,
+        } => {
+            if json {
+                return refuse_json("decap", "it prints logs and counters, not an answer");
+            }
+            crate::logging::init();
+            decap::run(&interface, vips, from, gue_port, report)
         }
         Command::Completions { shell } => {
             if json {

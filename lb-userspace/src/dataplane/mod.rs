@@ -1,13 +1,14 @@
 //! The data plane as userspace holds it: the loaded programs (XDP and tc) and their maps, in
 //! three groups:
 //!
-//! - loading (this module, `objects`, `pins`, `noop`): the object, verified and loaded, its
+//! - loading (this module, `objects`, `pins`, `noop`, and `decap`, the backends' program): the object, verified and loaded, its
 //!   maps pinned in bpffs; and `simulate`, which runs a packet through the loaded program;
 //! - `attach`: where each interface gets the program (`links` reads the host, `hooks`
 //!   decides, `preflight` checks it all) and the links that attach it;
 //! - `maps`: the maps' contents (tables, flows, counters, passive marks, the trace's maps).
 
 pub mod attach;
+mod decap;
 pub(crate) mod maps;
 mod noop;
 mod objects;
@@ -34,6 +35,7 @@ pub use self::{
         hooks::{Hook, Plan},
         preflight::preflight,
     },
+    decap::{DecapProgram, DecapSettings},
     maps::{
         Maps, TablePublisher, handshake_budget,
         legacy_flows::pin_as_earlier_version,

@@ -11,8 +11,9 @@
 //! Cases are written as in katran's fixtures where they can be (see [`Case`]): a description,
 //! the frame in, the interface it arrives on, the verdict and the frame out. One module per
 //! concern: `nat`, `ipv6`, `fragments`, `icmp`, `expiry`, `flood`, `locality`, `swap`, `trace`,
-//! `passive`, `scaleout`, `share`, `tunnel`.
+//! `passive`, `scaleout`, `share`, `tunnel`, `decap`.
 
+mod decap;
 mod expiry;
 mod flood;
 mod fragments;

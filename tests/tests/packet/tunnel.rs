@@ -52,7 +52,7 @@ const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 /// The frame `input` becomes through the tunnel to `backend` (an address): its IP packet, TTL
 /// decremented, behind an outer header from this instance's `source`, with GUE's UDP header
 /// if `gue`, to the gateway's MAC from s0's.
-fn encapsulated(input: &Frame, source: &str, backend: &str, gue: bool) -> Vec<u8> {
+pub(super) fn encapsulated(input: &Frame, source: &str, backend: &str, gue: bool) -> Vec<u8> {
     let inner = input.clone().with(|f| f.ttl -= 1).ip_packet();
     let v6 = input.is_ipv6();
     let (src, dst) = (ip_of(source), ip_of(backend));
