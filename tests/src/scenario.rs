@@ -194,13 +194,32 @@ pub fn run_traffic(lab: &Lab, connections: usize, flows: usize) -> Result<Traffi
 
 /// [`run_traffic`] to the services on `vip` (the IPv4 or the IPv6 VIP).
 pub fn run_traffic_to(lab: &Lab, vip: IpAddr, connections: usize, flows: usize) -> Result<Traffic> {
+    run_traffic_on(
+        lab,
+        vip,
+        (TCP_SERVICE_PORT, UDP_SERVICE_PORT),
+        connections,
+        flows,
+    )
+}
+
+/// [`run_traffic_to`] with the services on `ports` (TCP, UDP): direct server return keeps the
+/// backends' ports, [`HTTP_PORT`] and [`UDP_PORT`].
+pub fn run_traffic_on(
+    lab: &Lab,
+    vip: IpAddr,
+    ports: (u16, u16),
+    connections: usize,
+    flows: usize,
+) -> Result<Traffic> {
+    let (tcp_port, udp_port) = ports;
     lab.client.enter(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
-            let http_vip = SocketAddr::new(vip, TCP_SERVICE_PORT);
+            let http_vip = SocketAddr::new(vip, tcp_port);
             let tasks: Vec<_> = (0..connections)
                 .map(|i| {
                     let body = payload(i as u64, 20_000 + 1_000 * (i % 31));
@@ -211,7 +230,7 @@ pub fn run_traffic_to(lab: &Lab, vip: IpAddr, connections: usize, flows: usize) 
             for (i, task) in tasks.into_iter().enumerate() {
                 tcp.push(task.await?.with_context(|| format!("TCP connection {i}"))?);
             }
-            let udp_vip = SocketAddr::new(vip, UDP_SERVICE_PORT);
+            let udp_vip = SocketAddr::new(vip, udp_port);
             // Every flow's socket stays open until all are done, so that no two flows share a
             // source port (a reused port would be an old flow, not a new one: seen once as
             // 11/10/9 instead of 10/10/10).

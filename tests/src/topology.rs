@@ -79,6 +79,9 @@ pub enum Wiring {
     TwoInterfaces,
     /// As `TwoInterfaces`, with a router and a narrower link between client and balancer.
     BehindRouter,
+    /// Backends on another network, two routed hops from the balancer (layer-3 DSR): see
+    /// [`Lab::wire_tunneled`].
+    Tunneled,
 }
 
 /// A built topology. Dropping it deletes every namespace.
@@ -91,8 +94,11 @@ pub struct Lab {
     pub backends: Vec<Netns>,
     /// The switch (a bridge) between them.
     pub switch: Netns,
-    /// The router between client and balancer (`BehindRouter` only).
+    /// The router between client and balancer (`BehindRouter`), or the clients' router
+    /// (`Tunneled`).
     pub router: Option<Netns>,
+    /// The backends' router (`Tunneled` only).
+    pub far_router: Option<Netns>,
     /// The balancer's interfaces, for its config.
     pub balancer_interfaces: Vec<String>,
     /// How the links' offloads are set.
@@ -114,14 +120,18 @@ impl Lab {
             balancer: Netns::new("lb")?,
             switch: Netns::new("sw")?,
             router: match wiring {
-                Wiring::BehindRouter => Some(Netns::new("rt")?),
+                Wiring::BehindRouter | Wiring::Tunneled => Some(Netns::new("rt")?),
+                _ => None,
+            },
+            far_router: match wiring {
+                Wiring::Tunneled => Some(Netns::new("rt2")?),
                 _ => None,
             },
             backends: (0..backends)
                 .map(|i| Netns::new(&format!("b{}", i + 1)))
                 .collect::<Result<_>>()?,
             balancer_interfaces: match wiring {
-                Wiring::OneInterface => vec!["eth0".into()],
+                Wiring::OneInterface | Wiring::Tunneled => vec!["eth0".into()],
                 Wiring::TwoInterfaces | Wiring::BehindRouter => {
                     vec!["eth0".into(), "eth1".into()]
                 }
@@ -137,6 +147,9 @@ impl Lab {
         let (client, lb, sw) = (&self.client, &self.balancer, &self.switch);
         sw.ip("link add name br0 type bridge")?;
         sw.ip("link set dev br0 up")?;
+        if wiring == Wiring::Tunneled {
+            return self.wire_tunneled();
+        }
 
         // The balancer's client side: the client itself, or the router.
         let near = self.router.as_ref().unwrap_or(client);
@@ -148,6 +161,7 @@ impl Lab {
                 add_addr(lb, "eth0", "198.18.0.1/24", "fd00::1/64")?;
                 add_addr(lb, "eth1", "198.18.1.1/24", "fd00:1::1/64")?;
             }
+            Wiring::Tunneled => unreachable!("wired by wire_tunneled"),
             Wiring::OneInterface => {
                 self.veth(near, "eth0", sw, "client")?;
                 self.veth(lb, "eth0", sw, "lb")?;
@@ -214,6 +228,7 @@ impl Lab {
                 (self.router.as_ref().expect("a router"), "eth0"),
                 (&self.switch, "lb"),
             ],
+            Wiring::Tunneled => vec![(self.router.as_ref().expect("a router"), "lb")],
         }
     }
 
@@ -225,6 +240,75 @@ impl Lab {
     /// The IPv6 address of a backend server on `port`.
     pub fn backend_endpoint6(&self, index: usize, port: u16) -> SocketAddr {
         SocketAddr::new(backend_addr6(index).into(), port)
+    }
+}
+
+impl Lab {
+    /// `Tunneled`: the clients' router (`router`) routes the VIPs to a one-armed balancer and
+    /// the backends' network to the backends' router (`far_router`); the backends, on a
+    /// switch behind that router, answer the client directly through both routers. Neither
+    /// router filters by reverse path (a DSR backend's answer comes from the VIP by another
+    /// way than the VIP's route).
+    ///
+    /// ```text
+    ///  client 198.18.0.2 ── rt 198.18.0.1 ── lb 198.18.5.2 (eth0; its tunnels' source)
+    ///                        │ 198.18.6.1
+    ///                       rt2 198.18.6.2 / 198.18.1.1 ── switch ── backends 198.18.1.11, ...
+    /// ```
+    ///
+    /// IPv6 mirrors it: client fd00::2, rt fd00::1 / fd00:5::1 / fd00:6::1, lb fd00:5::2,
+    /// rt2 fd00:6::2 / fd00:1::1, backends fd00:1::11, ...
+    fn wire_tunneled(&self) -> Result<()> {
+        let (client, lb, sw) = (&self.client, &self.balancer, &self.switch);
+        let near = self.router.as_ref().expect("a router");
+        let far = self.far_router.as_ref().expect("a far router");
+        self.veth(client, "eth0", near, "eth0")?;
+        self.veth(near, "lb", lb, "eth0")?;
+        self.veth(near, "far", far, "eth0")?;
+        self.veth(far, "eth1", sw, "rt2")?;
+        sw.ip("link set dev rt2 master br0")?;
+        add_addr(client, "eth0", "198.18.0.2/24", "fd00::2/64")?;
+        add_addr(near, "eth0", "198.18.0.1/24", "fd00::1/64")?;
+        add_addr(near, "lb", "198.18.5.1/24", "fd00:5::1/64")?;
+        add_addr(lb, "eth0", "198.18.5.2/24", "fd00:5::2/64")?;
+        add_addr(near, "far", "198.18.6.1/24", "fd00:6::1/64")?;
+        add_addr(far, "eth0", "198.18.6.2/24", "fd00:6::2/64")?;
+        add_addr(far, "eth1", "198.18.1.1/24", "fd00:1::1/64")?;
+        client.ip("route add default via 198.18.0.1")?;
+        client.ip("-6 route add default via fd00::1")?;
+        near.ip(&format!("route add {VIP}/32 via 198.18.5.2"))?;
+        near.ip(&format!("-6 route add {VIP6}/128 via fd00:5::2"))?;
+        near.ip("route add 198.18.1.0/24 via 198.18.6.2")?;
+        near.ip("-6 route add fd00:1::/64 via fd00:6::2")?;
+        lb.ip("route add default via 198.18.5.1")?;
+        lb.ip("-6 route add default via fd00:5::1")?;
+        far.ip("route add default via 198.18.6.1")?;
+        far.ip("-6 route add default via fd00:6::1")?;
+        for router in [near, far] {
+            router.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            router.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            router.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        }
+        for name in ["eth0", "lb", "far"] {
+            near.sysctl(&format!("net.ipv4.conf.{name}.rp_filter"), "0")?;
+        }
+        for (i, backend) in self.backends.iter().enumerate() {
+            let port = format!("b{}", i + 1);
+            self.veth(backend, "eth0", sw, &port)?;
+            sw.ip(&format!("link set dev {port} master br0"))?;
+            add_addr(
+                backend,
+                "eth0",
+                &format!("{}/24", backend_addr(i)),
+                &format!("{}/64", backend_addr6(i)),
+            )?;
+            backend.ip("route add default via 198.18.1.1")?;
+            backend.ip("-6 route add default via fd00:1::1")?;
+        }
+        lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        Ok(())
     }
 }
 

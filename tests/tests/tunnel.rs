@@ -1,0 +1,220 @@
+//! Tier 3: layer-3 direct server return. The backends are two routed hops from the balancer
+//! (`Wiring::Tunneled`), on links left at their defaults (checksum offload and TSO on, GRO on:
+//! `auto` chooses tc), each running `xlb decap` with the VIPs on its loopback; their answers
+//! go to the client directly through both routers. Needs root: run with `cargo xtask test`.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use xlb_tests::{
+    client::{start_download, upload},
+    daemon::Xlb,
+    process::{Process, binary},
+    scenario::{HTTP_PORT, STARTUP, UDP_PORT, backend_name, run_traffic_on, start_xlb_with, tally},
+    topology::{Lab, VIP, VIP6, Wiring, backend_addr, backend_addr6},
+};
+
+/// The balancer's config: a TCP and a UDP service on each VIP over the three backends, through
+/// `forwarding`, with the balancer's own address as the tunnels' source.
+fn config(lab: &Lab, forwarding: &str) -> String {
+    let backends = |v6: bool, port: u16| {
+        (0..lab.backends.len())
+            .map(|i| {
+                let address = if v6 {
+                    SocketAddr::new(backend_addr6(i).into(), port)
+                } else {
+                    SocketAddr::new(backend_addr(i).into(), port)
+                };
+                format!("{{ address = \"{address}\" }}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut config = "interfaces = [\"eth0\"]\n\n[tunnel]\nsource = \"198.18.5.2\"\nsource_ipv6 = \"fd00:5::2\"\n".to_owned();
+    for (name, vip, protocol, port, v6) in [
+        ("web", format!("{VIP}"), "tcp", HTTP_PORT, false),
+        ("dns", format!("{VIP}"), "udp", UDP_PORT, false),
+        ("web6", format!("[{VIP6}]"), "tcp", HTTP_PORT, true),
+        ("dns6", format!("[{VIP6}]"), "udp", UDP_PORT, true),
+    ] {
+        config.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{vip}:{port}\"\nprotocol = \"{protocol}\"\nforwarding = \"{forwarding}\"\nbackends = [ {} ]\n",
+            backends(v6, port)
+        ));
+    }
+    config
+}
+
+/// Puts the VIPs on every backend's loopback, starts its servers (HTTP on every address, UDP
+/// echoes on the VIPs, which a DSR backend answers from) and `xlb decap` on its link, taking
+/// the balancer's packets (from 198.18.5.0/24 and fd00:5::/64).
+fn start_backends_and_decaps(lab: &Lab) -> (Vec<Process>, Vec<Process>) {
+    let mut servers = Vec::new();
+    let decaps = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, backend)| {
+            backend.ip(&format!("addr add {VIP}/32 dev lo")).unwrap();
+            backend
+                .ip(&format!("-6 addr add {VIP6}/128 dev lo nodad"))
+                .unwrap();
+            let name = backend_name(i);
+            for listen in [
+                ["--http".to_owned(), format!("[::]:{HTTP_PORT}")],
+                ["--udp".to_owned(), format!("{VIP}:{UDP_PORT}")],
+                ["--udp".to_owned(), format!("[{VIP6}]:{UDP_PORT}")],
+            ] {
+                let mut command = backend.command(binary("xlb-backend").unwrap());
+                command.args(["--name", &name, &listen[0], &listen[1]]);
+                let mut server = Process::spawn(&name, command).unwrap();
+                server.wait_for_output("ready", STARTUP).unwrap();
+                servers.push(server);
+            }
+            let mut command = backend.command(binary("xlb").unwrap());
+            command.args([
+                "decap",
+                "--interface",
+                "eth0",
+                "--vip",
+                &VIP.to_string(),
+                "--vip",
+                &VIP6.to_string(),
+                "--from",
+                "198.18.5.0/24",
+                "--from",
+                "fd00:5::/64",
+            ]);
+            let mut process =
+                Process::spawn(&format!("decap-{}", backend_name(i)), command).unwrap();
+            process
+                .wait_for_output("decapsulating", STARTUP)
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", process.output()));
+            process
+        })
+        .collect();
+    (servers, decaps)
+}
+
+/// Stops every `xlb decap` (SIGTERM) and returns the counters each printed at exit.
+fn stop_decaps(decaps: Vec<Process>) -> Vec<BTreeMap<String, u64>> {
+    decaps
+        .into_iter()
+        .map(|mut process| {
+            let status = process.stop(Duration::from_secs(5)).unwrap();
+            let output = process.output();
+            assert!(
+                status.success(),
+                "xlb decap exited with {status}:\n{output}"
+            );
+            let line = output
+                .lines()
+                .rev()
+                .find(|line| line.starts_with("decapsulated="))
+                .unwrap_or_else(|| panic!("no counters:\n{output}"));
+            line.split(' ')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, count)| (name.to_owned(), count.parse().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The data plane's event `name` in `xlb stats`.
+fn event(xlb: &mut Xlb, name: &str) -> u64 {
+    let (code, stdout, stderr) = xlb.cli(&["--json", "stats"]).unwrap();
+    assert_eq!(code, 0, "xlb stats: {stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    answer["stats"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .filter_map(|pair| pair[1].as_u64())
+        .sum()
+}
+
+/// 30 TCP connections and 30 UDP flows to each VIP, split 10/10/10 with every payload checked;
+/// then, with every link at MTU 1500, 100 MB uploads and downloads (which do not pass the
+/// balancer) through each VIP; then the uploads again with the client's segmentation offload
+/// off (its full-size packets draw the balancer's ICMP error, and TCP lowers its segment
+/// size).
+fn tunnel_end_to_end(forwarding: &str) {
+    let lab = Lab::new(Wiring::Tunneled, 3).unwrap();
+    let (_servers, decaps) = start_backends_and_decaps(&lab);
+    let mut xlb = start_xlb_with(
+        &lab.balancer,
+        &config(&lab, forwarding),
+        &["--detach-on-exit"],
+    )
+    .unwrap();
+    assert!(xlb.output().contains("hook=tc"), "{}", xlb.output());
+    let expected: BTreeMap<String, usize> = (0..3).map(|i| (backend_name(i), 10)).collect();
+    for vip in [VIP.into(), VIP6.into()] {
+        let traffic = run_traffic_on(&lab, vip, (HTTP_PORT, UDP_PORT), 30, 30)
+            .unwrap_or_else(|e| panic!("{forwarding} {vip}: {e:#}\nxlb:\n{}", xlb.output()));
+        assert_eq!(
+            tally(&traffic.tcp),
+            expected,
+            "{forwarding} {vip}: TCP connections"
+        );
+        assert_eq!(
+            tally(&traffic.udp),
+            expected,
+            "{forwarding} {vip}: UDP flows"
+        );
+    }
+    const BULK: usize = 100_000_000;
+    for vip in [VIP.into(), VIP6.into()] {
+        let vip = SocketAddr::new(vip, HTTP_PORT);
+        lab.client
+            .block_on(async {
+                upload(vip, BULK).await.unwrap();
+                let download = start_download(vip, BULK, 0).await.unwrap();
+                assert_eq!(download.finish().await.unwrap(), BULK);
+            })
+            .unwrap_or_else(|e| panic!("{forwarding} {vip}: {e:#}"));
+    }
+    // At the links' defaults, the client's segments reach the balancer as GSO packets, which
+    // the encapsulation cuts to fit: no error is needed. Without segmentation offload on the
+    // client, each full-size segment is a packet of 1500 bytes, which must draw the error
+    // that makes TCP lower its segment size.
+    assert_eq!(event(&mut xlb, "tunnel_too_big"), 0);
+    lab.client
+        .exec("ethtool", &["-K", "eth0", "tso", "off", "gso", "off"])
+        .unwrap();
+    for vip in [VIP.into(), VIP6.into()] {
+        let vip = SocketAddr::new(vip, HTTP_PORT);
+        lab.client
+            .block_on(upload(vip, BULK))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{forwarding} {vip} without GSO: {e:#}"));
+    }
+    assert!(
+        event(&mut xlb, "tunnel_too_big") > 0,
+        "full-size packets should have drawn ICMP errors"
+    );
+    assert_eq!(event(&mut xlb, "tunnel_failed"), 0);
+    let status = xlb.stop(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "xlb exited with {status}:\n{}",
+        xlb.output()
+    );
+    for (i, counters) in stop_decaps(decaps).iter().enumerate() {
+        assert!(counters["decapsulated"] > 0, "b{}: {counters:?}", i + 1);
+        assert_eq!(counters["malformed"], 0, "b{}: {counters:?}", i + 1);
+        assert_eq!(counters["foreign"], 0, "b{}: {counters:?}", i + 1);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn ipip_to_backends_two_routed_hops_away() {
+    tunnel_end_to_end("ipip");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn gue_to_backends_two_routed_hops_away() {
+    tunnel_end_to_end("gue");
+}
