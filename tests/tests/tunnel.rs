@@ -218,3 +218,44 @@ fn ipip_to_backends_two_routed_hops_away() {
 fn gue_to_backends_two_routed_hops_away() {
     tunnel_end_to_end("gue");
 }
+
+/// `xlb check` on the balancer: a tunnel backend behind gateways is fine; one with no route,
+/// or reached through an interface whose MTU leaves too little room for the outer header, is
+/// an error naming the service and the backend.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn tunnel_backends_need_a_route_and_room_for_the_outer_header() {
+    let lab = Lab::new(Wiring::Tunneled, 0).unwrap();
+    let config = |backend: &str| {
+        format!(
+            "interfaces = [\"eth0\"]\n[tunnel]\nsource = \"198.18.5.2\"\n[[service]]\nname = \
+             \"web\"\nlisten = \"{VIP}:8080\"\nprotocol = \"tcp\"\nforwarding = \"ipip\"\n\
+             backends = [ {{ address = \"{backend}\" }} ]\n"
+        )
+    };
+    let check = |config: &str| {
+        let (code, _, stderr) = xlb_tests::daemon::check(&lab.balancer, config).unwrap();
+        (code, stderr)
+    };
+    let (code, stderr) = check(&config("198.18.1.11:8080"));
+    assert_eq!(code, 0, "two routed hops away: {stderr}");
+    lab.balancer.ip("link set dev eth0 mtu 590").unwrap();
+    let (code, stderr) = check(&config("198.18.1.11:8080"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "service \"web\": backend 198.18.1.11 is reached through eth0 whose MTU 590 leaves \
+             570 bytes for a packet inside forwarding = \"ipip\" (20 bytes of outer headers); \
+             at least 576 are needed: raise the MTU"
+        ),
+        "{stderr}"
+    );
+    lab.balancer.ip("link set dev eth0 mtu 1500").unwrap();
+    lab.balancer.ip("route del default").unwrap();
+    let (code, stderr) = check(&config("198.18.1.11:8080"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("service \"web\": no route to backend 198.18.1.11"),
+        "{stderr}"
+    );
+}

@@ -50,47 +50,48 @@ fn forwarding(family: &str, name: &str) -> Result<bool> {
     Ok(value.trim() == "1")
 }
 
-/// The MTU of the interface with index `ifindex` (in this network namespace).
-pub fn mtu(ifindex: u32) -> Result<u32> {
-    let Some(name) = name_of(ifindex) else {
-        bail!("interface {ifindex} does not exist");
-    };
-    let path = format!("/sys/class/net/{name}/mtu");
-    let value = std::fs::read_to_string(&path)
-        .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))?;
-    value
-        .trim()
-        .parse()
-        .map_err(|error| anyhow::anyhow!("reading {path}: {error}"))
-}
-
 /// The MAC address of the interface with index `ifindex` (in this network namespace).
 pub fn mac(ifindex: u32) -> Result<[u8; 6]> {
+    let request = interface_ioctl(ifindex, libc::SIOCGIFHWADDR, "the MAC address")?;
+    // SAFETY: SIOCGIFHWADDR filled the union's hardware address.
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| address[i] as u8))
+}
+
+/// The MTU of the interface with index `ifindex` (in this network namespace: an ioctl, as
+/// /sys may show another namespace's interfaces).
+pub fn mtu(ifindex: u32) -> Result<u32> {
+    let request = interface_ioctl(ifindex, libc::SIOCGIFMTU, "the MTU")?;
+    // SAFETY: SIOCGIFMTU filled the union's MTU.
+    Ok(unsafe { request.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// An `ifreq` about interface `ifindex`, filled by ioctl `request` (`what` it reads, for the
+/// error).
+fn interface_ioctl(ifindex: u32, request: libc::c_ulong, what: &str) -> Result<libc::ifreq> {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL-terminated, into `name`.
     if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
         bail!("interface {ifindex} does not exist");
     }
     // SAFETY: an ifreq is plain data, for which all zeroes is valid.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    request.ifr_name = name;
-    // SAFETY: a datagram socket, closed below; the ioctl reads the name and writes the address
-    // into `request`.
+    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifreq.ifr_name = name;
+    // SAFETY: a datagram socket, closed below; the ioctl reads the name and writes its answer
+    // into `ifreq`.
     let (socket, result) = unsafe {
         let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if socket < 0 {
             bail!("socket: {}", std::io::Error::last_os_error());
         }
-        let result = libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request);
+        let result = libc::ioctl(socket, request, &mut ifreq);
         (socket, result)
     };
     let error = std::io::Error::last_os_error();
     // SAFETY: the descriptor opened above.
     unsafe { libc::close(socket) };
     if result != 0 {
-        bail!("reading the MAC address of interface {ifindex}: {error}");
+        bail!("reading {what} of interface {ifindex}: {error}");
     }
-    // SAFETY: SIOCGIFHWADDR filled the union's hardware address.
-    let address = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
-    Ok(std::array::from_fn(|i| address[i] as u8))
+    Ok(ifreq)
 }
