@@ -43,6 +43,29 @@ pub const PORT: u16 = 80;
 /// router's.
 const BACKENDS: &str = "198.18.1.8/29";
 
+/// How the cluster's balancers reach the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// NAT: the backends' answers go back through the balancers.
+    Nat,
+    /// Layer-2 DSR: only the MAC changes; the backends answer the client directly.
+    Dsr,
+    /// Layer-3 DSR over IPIP (each balancer's tunnel source is its own address); every
+    /// backend runs `xlb decap`, and answers the client directly.
+    Ipip,
+}
+
+impl Forwarding {
+    /// The config's name.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::Dsr => "dsr",
+            Self::Ipip => "ipip",
+        }
+    }
+}
+
 /// The address of balancer `index` (0-based): 198.18.1.21, .22, ...
 pub fn balancer_addr(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, 21 + index as u8)
@@ -71,6 +94,8 @@ pub struct Cluster {
     udp: Option<Ipv4Addr>,
     // Declared after the daemons: dropped after them.
     servers: Mutex<Vec<Option<Process>>>,
+    /// Each backend's `xlb decap` (IPIP only).
+    _decaps: Vec<Process>,
     _birds: Vec<Bird>,
     /// The router's BIRD.
     pub router_bird: Bird,
@@ -98,7 +123,12 @@ impl Cluster {
             dsr || balancers == 1,
             "NAT without shared flows needs the replies through its one balancer"
         );
-        Self::build(balancers, backends, service_keys, drain, dsr, false)
+        let forwarding = if dsr {
+            Forwarding::Dsr
+        } else {
+            Forwarding::Nat
+        };
+        Self::build(balancers, backends, service_keys, drain, forwarding, false)
     }
 
     /// [`Self::start`] with the balancers sharing their flows (`[fleet]`, with a key of their
@@ -112,9 +142,9 @@ impl Cluster {
         balancers: usize,
         backends: usize,
         service_keys: &str,
-        dsr: bool,
+        forwarding: Forwarding,
     ) -> Result<Self> {
-        Self::build(balancers, backends, service_keys, "0s", dsr, true)
+        Self::build(balancers, backends, service_keys, "0s", forwarding, true)
     }
 
     fn build(
@@ -122,9 +152,10 @@ impl Cluster {
         backends: usize,
         service_keys: &str,
         drain: &str,
-        dsr: bool,
+        forwarding: Forwarding,
         fleet: bool,
     ) -> Result<Self> {
+        let dsr = forwarding != Forwarding::Nat;
         let switch = Netns::new("sw")?;
         let client = Netns::new("client")?;
         let router = Netns::new("rt")?;
@@ -196,6 +227,10 @@ impl Cluster {
             .enumerate()
             .map(|(i, host)| start_server(host, i, udp_bind(fleet, dsr)).map(Some))
             .collect::<Result<Vec<_>>>()?;
+        let decaps = match forwarding {
+            Forwarding::Ipip => hosts.iter().map(start_decap).collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
         let router_bird = Bird::start(&router, "rt", &router_bird_config(balancers)?)?;
         let birds = lbs
             .iter()
@@ -210,12 +245,18 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, bird)| {
-                let forwarding = if dsr { "dsr" } else { "nat" };
-                let fleet = fleet_key
+                let mut fleet = fleet_key
                     .as_ref()
                     .map(|key| fleet_section(i, balancers, key))
                     .unwrap_or_default();
-                let mut config = xlb_config(listed, service_keys, &bird.socket, drain, forwarding);
+                if forwarding == Forwarding::Ipip {
+                    fleet.push_str(&format!(
+                        "tunnel = {{ source = \"{}\" }}\n",
+                        balancer_addr(i)
+                    ));
+                }
+                let mut config =
+                    xlb_config(listed, service_keys, &bird.socket, drain, forwarding.name());
                 if fleet_key.is_some() {
                     config.push_str(&udp_service(&config));
                 }
@@ -236,6 +277,7 @@ impl Cluster {
             configs,
             udp: udp_bind(fleet, dsr),
             servers: Mutex::new(servers),
+            _decaps: decaps,
             _birds: birds,
             router_bird,
             _switch: switch,
@@ -454,6 +496,23 @@ fn start_server(host: &Netns, index: usize, udp: Option<Ipv4Addr>) -> Result<Pro
     }
     let mut process = Process::spawn(&name, command)?;
     process.wait_for_output("ready", STARTUP)?;
+    Ok(process)
+}
+
+/// Starts `xlb decap` on backend `host`'s link, for the VIP, from the balancers' network.
+fn start_decap(host: &Netns) -> Result<Process> {
+    let mut command = host.command(binary("xlb")?);
+    command.args([
+        "decap",
+        "--interface",
+        "eth0",
+        "--vip",
+        &VIP.to_string(),
+        "--from",
+        "198.18.1.0/24",
+    ]);
+    let mut process = Process::spawn("decap", command)?;
+    process.wait_for_output("decapsulating", STARTUP)?;
     Ok(process)
 }
 

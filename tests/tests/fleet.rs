@@ -14,8 +14,9 @@
 //! instance's host hanging (its link cut); a new instance (no pins, no state) joining. The
 //! router's ECMP re-hash moves flows between the
 //! instances at every event: the moved ones must find their flow shared, and keep their
-//! backend. DSR with Maglev and with round robin (whose instances place a moved flow without
-//! a shared entry anywhere), and NAT with Maglev, the backends' answers spread over the
+//! backend. Layer-3 DSR (IPIP, every backend running `xlb decap`) with Maglev, layer-2 DSR
+//! with round robin (whose instances place a moved flow without a shared entry anywhere), and
+//! NAT with Maglev, the backends' answers spread over the
 //! instances as the clients' flows are (with a round of forged fleet datagrams).
 
 use std::{sync::Mutex, time::Duration};
@@ -23,7 +24,7 @@ use std::{sync::Mutex, time::Duration};
 use std::net::SocketAddrV4;
 
 use xlb_tests::{
-    cluster::{CLIENT, Cluster, FLEET_PORT, PORT, balancer_addr},
+    cluster::{CLIENT, Cluster, FLEET_PORT, Forwarding, PORT, balancer_addr},
     flood::{Flood, datagram_flood},
     scaleout::{LOAD, Load, MAGLEV, Outcome, ROUND_ROBIN, round},
     topology::{VIP, backend_addr},
@@ -52,22 +53,23 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Runs every round on a fresh fleet with `scheduler`, DSR or NAT; each round's name and
 /// outcome.
-fn rounds(scheduler: &str, dsr: bool) -> Vec<(&'static str, Outcome)> {
+fn rounds(scheduler: &str, forwarding: Forwarding) -> Vec<(&'static str, Outcome)> {
+    let dsr = forwarding != Forwarding::Nat;
     // A fourth balancer, to join at the end, retired (never announced) until then; not with
     // DSR and Maglev, whose joining instance needs no shared flow (it places a moved flow where
     // the others did), to keep the suite's time.
     let join = !dsr || scheduler != MAGLEV;
-    let cluster = Cluster::start_fleet(3 + usize::from(join), 3, scheduler, dsr).unwrap();
+    let cluster = Cluster::start_fleet(3 + usize::from(join), 3, scheduler, forwarding).unwrap();
     if join {
         cluster.retire(3).unwrap();
         cluster
             .wait_for_next_hops(3, Duration::from_secs(10))
             .unwrap();
     }
-    let scheduler = if dsr {
-        scheduler.to_owned()
-    } else {
-        format!("NAT, {scheduler}")
+    let scheduler = match forwarding {
+        Forwarding::Dsr => scheduler.to_owned(),
+        Forwarding::Nat => format!("NAT, {scheduler}"),
+        Forwarding::Ipip => format!("IPIP, {scheduler}"),
     };
     let b3 = format!("{}:{PORT}", backend_addr(2));
     let hops = |n: usize| {
@@ -261,9 +263,9 @@ fn check_forgeries_refused(cluster: &Cluster) {
     assert!(cluster.event_total("vip_unserved").unwrap() > 0);
 }
 
-fn check(scheduler: &str, dsr: bool) {
+fn check(scheduler: &str, forwarding: Forwarding) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let outcomes = rounds(scheduler, dsr);
+    let outcomes = rounds(scheduler, forwarding);
     let lost: Vec<String> = outcomes
         .iter()
         .filter(|(_, o)| {
@@ -289,7 +291,7 @@ fn check(scheduler: &str, dsr: bool) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn maglev_instances_that_share_flows_keep_every_connection() {
-    check(MAGLEV, true);
+    check(MAGLEV, Forwarding::Ipip);
 }
 
 /// NAT behind ECMP: the backends' answers come back through any balancer (the router spreads
@@ -298,13 +300,13 @@ fn maglev_instances_that_share_flows_keep_every_connection() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn nat_instances_that_share_flows_keep_every_connection() {
-    check(MAGLEV, false);
+    check(MAGLEV, Forwarding::Nat);
 }
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn round_robin_instances_that_share_flows_keep_every_connection() {
-    check(ROUND_ROBIN, true);
+    check(ROUND_ROBIN, Forwarding::Dsr);
 }
 
 /// The same cluster without `[fleet]`: when a drained backend's connections change instance,
