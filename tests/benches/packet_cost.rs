@@ -32,6 +32,9 @@ const REPEAT: u32 = 250;
 const CONFIG: &str = r#"
 interfaces = ["c0", "s0"]
 
+[tunnel]
+source = "198.18.1.1"
+
 [[service]]
 name = "loopback"
 listen = "198.18.100.1:80"
@@ -78,6 +81,22 @@ forwarding = "dsr"
 backends = [ { address = "198.18.1.11:80" }, { address = "198.18.1.12:80" }, { address = "198.18.1.13:80" } ]
 
 [[service]]
+name = "maglev-ipip"
+listen = "198.18.100.10:80"
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "ipip"
+backends = [ { address = "198.18.50.11:80" }, { address = "198.18.50.12:80" }, { address = "198.18.50.13:80" } ]
+
+[[service]]
+name = "maglev-gue"
+listen = "198.18.100.11:80"
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "gue"
+backends = [ { address = "198.18.50.11:80" }, { address = "198.18.50.12:80" }, { address = "198.18.50.13:80" } ]
+
+[[service]]
 name = "source-hash"
 listen = "198.18.100.7:80"
 protocol = "tcp"
@@ -113,6 +132,7 @@ fn main() -> Result<()> {
                 ..PassiveMark::default()
             },
         )?;
+        dataplane.maps.tunnel.set(&config.tunnel)?;
         let (c0, s0) = (netif::index("c0")?, netif::index("s0")?);
         dataplane.maps.add_egress_port(c0)?;
         dataplane.maps.add_egress_port(s0)?;
@@ -289,12 +309,15 @@ fn main() -> Result<()> {
         // run's conditions.
         let (mut new, mut single_noop, mut single_floor) = (Vec::new(), Vec::new(), Vec::new());
         let (mut maglev, mut maglev_dsr, mut source) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut maglev_ipip, mut maglev_gue) = (Vec::new(), Vec::new());
         for i in 0..new_flows {
             let client = format!("198.18.0.{}:{}", 2 + i / 60_000, 1_024 + i % 60_000);
             for (vip, times) in [
                 ("198.18.100.2:80", &mut new),
                 ("198.18.100.4:80", &mut maglev),
                 ("198.18.100.5:80", &mut maglev_dsr),
+                ("198.18.100.10:80", &mut maglev_ipip),
+                ("198.18.100.11:80", &mut maglev_gue),
                 ("198.18.100.7:80", &mut source),
             ] {
                 // Source hashing hashes the address alone: each flow from a client of its own
@@ -376,6 +399,64 @@ fn main() -> Result<()> {
             median(&mut single_established),
             single_noop_ns,
         ));
+        // Forwarding compared on established flows, single runs (an encapsulated frame grows,
+        // so a repetition would see its own output): NAT above; L2 DSR; IPIP and GUE (the
+        // balancer, its tail call, the encapsulating program). At XDP and at tc, in turn.
+        let tc = dataplane.tc_program();
+        let client = "198.18.0.3:41000";
+        let mut by_forwarding = Vec::new();
+        for (what, vip) in [
+            ("L2 DSR", "198.18.100.5:80"),
+            ("IPIP", "198.18.100.10:80"),
+            ("GUE", "198.18.100.11:80"),
+        ] {
+            ensure!(
+                packet_net::run(program, &syn(Frame::tcp(client, vip)), c0, 1)?.verdict
+                    == XDP_REDIRECT
+            );
+            by_forwarding.push((what, ack(Frame::tcp(client, vip)), Vec::new(), Vec::new()));
+        }
+        let (mut nat_tc, mut noop_tc) = (Vec::new(), Vec::new());
+        for _ in 0..new_flows {
+            for (_, frame, xdp_times, tc_times) in &mut by_forwarding {
+                let result = packet_net::run(program, frame, c0, 1)?;
+                ensure!(result.verdict == XDP_REDIRECT);
+                xdp_times.push(result.duration.as_secs_f64() * 1e9);
+                let result = packet_net::run_tc(tc, frame, c0, 1)?;
+                ensure!(result.verdict == TC_ACT_REDIRECT);
+                tc_times.push(result.duration.as_secs_f64() * 1e9);
+            }
+            let result = packet_net::run_tc(tc, &established, c0, 1)?;
+            ensure!(result.verdict == TC_ACT_REDIRECT);
+            nat_tc.push(result.duration.as_secs_f64() * 1e9);
+            let result = packet_net::run_tc(noop.tc_program(), &established, c0, 1)?;
+            noop_tc.push(result.duration.as_secs_f64() * 1e9);
+        }
+        for (what, _, xdp_times, _) in &mut by_forwarding {
+            rows.push((
+                format!("established TCP flow, {what}, single runs"),
+                median(xdp_times),
+                single_noop_ns,
+            ));
+        }
+        let noop_tc_single = median(&mut noop_tc);
+        rows.push((
+            "tc: reference, single runs".into(),
+            noop_tc_single,
+            noop_tc_single,
+        ));
+        rows.push((
+            "tc: established TCP flow, NAT, single runs".into(),
+            median(&mut nat_tc),
+            noop_tc_single,
+        ));
+        for (what, _, _, tc_times) in &mut by_forwarding {
+            rows.push((
+                format!("tc: established TCP flow, {what}, single runs"),
+                median(tc_times),
+                noop_tc_single,
+            ));
+        }
         rows.push((
             "floor, new flow: a miss, a lookup, two LRU inserts, redirect (single runs)".into(),
             median(&mut single_floor),
@@ -394,6 +475,16 @@ fn main() -> Result<()> {
         rows.push((
             "new TCP flow, Maglev and DSR (MACs only)".into(),
             median(&mut maglev_dsr),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, Maglev and IPIP (to a backend behind a gateway)".into(),
+            median(&mut maglev_ipip),
+            single_noop_ns,
+        ));
+        rows.push((
+            "new TCP flow, Maglev and GUE".into(),
+            median(&mut maglev_gue),
             single_noop_ns,
         ));
         rows.push((
