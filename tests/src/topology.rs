@@ -192,18 +192,8 @@ impl Lab {
             client.ip("-6 route add default via fd00::1")?;
         }
 
-        for (i, backend) in self.backends.iter().enumerate() {
-            let port = format!("b{}", i + 1);
-            self.veth(backend, "eth0", sw, &port)?;
-            sw.ip(&format!("link set dev {port} master br0"))?;
-            add_addr(
-                backend,
-                "eth0",
-                &format!("{}/24", backend_addr(i)),
-                &format!("{}/64", backend_addr6(i)),
-            )?;
-            backend.ip("route add default via 198.18.1.1")?;
-            backend.ip("-6 route add default via fd00:1::1")?;
+        self.wire_backends()?;
+        for backend in &self.backends {
             backend.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
             backend.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
         }
@@ -244,6 +234,25 @@ impl Lab {
 }
 
 impl Lab {
+    /// The backends on the switch, each with its addresses and a default route via
+    /// 198.18.1.1 and fd00:1::1 (the balancer, or the backends' router).
+    fn wire_backends(&self) -> Result<()> {
+        for (i, backend) in self.backends.iter().enumerate() {
+            let port = format!("b{}", i + 1);
+            self.veth(backend, "eth0", &self.switch, &port)?;
+            self.switch.ip(&format!("link set dev {port} master br0"))?;
+            add_addr(
+                backend,
+                "eth0",
+                &format!("{}/24", backend_addr(i)),
+                &format!("{}/64", backend_addr6(i)),
+            )?;
+            backend.ip("route add default via 198.18.1.1")?;
+            backend.ip("-6 route add default via fd00:1::1")?;
+        }
+        Ok(())
+    }
+
     /// `Tunneled`: the clients' router (`router`) routes the VIPs to a one-armed balancer and
     /// the backends' network to the backends' router (`far_router`); the backends, on a
     /// switch behind that router, answer the client directly through both routers. Neither
@@ -293,19 +302,7 @@ impl Lab {
         for name in ["eth0", "lb", "far"] {
             near.sysctl(&format!("net.ipv4.conf.{name}.rp_filter"), "0")?;
         }
-        for (i, backend) in self.backends.iter().enumerate() {
-            let port = format!("b{}", i + 1);
-            self.veth(backend, "eth0", sw, &port)?;
-            sw.ip(&format!("link set dev {port} master br0"))?;
-            add_addr(
-                backend,
-                "eth0",
-                &format!("{}/24", backend_addr(i)),
-                &format!("{}/64", backend_addr6(i)),
-            )?;
-            backend.ip("route add default via 198.18.1.1")?;
-            backend.ip("-6 route add default via fd00:1::1")?;
-        }
+        self.wire_backends()?;
         lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok(())

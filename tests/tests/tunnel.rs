@@ -136,8 +136,8 @@ fn event(xlb: &mut Xlb, name: &str) -> u64 {
 /// 30 TCP connections and 30 UDP flows to each VIP, split 10/10/10 with every payload checked;
 /// then, with every link at MTU 1500, 100 MB uploads and downloads (which do not pass the
 /// balancer) through each VIP; then the uploads again with the client's segmentation offload
-/// off (its full-size packets draw the balancer's ICMP error, and TCP lowers its segment
-/// size).
+/// and GRO on the way off (its full-size packets draw the balancer's ICMP error, and TCP lowers
+/// its segment size).
 fn tunnel_end_to_end(forwarding: &str) {
     let lab = Lab::new(Wiring::Tunneled, 3).unwrap();
     let (_servers, decaps) = start_backends_and_decaps(&lab);
@@ -176,12 +176,18 @@ fn tunnel_end_to_end(forwarding: &str) {
     }
     // At the links' defaults, the client's segments reach the balancer as GSO packets, which
     // the encapsulation cuts to fit: no error is needed. Without segmentation offload on the
-    // client, each full-size segment is a packet of 1500 bytes, which must draw the error
-    // that makes TCP lower its segment size.
+    // client, and GRO off on the way (the router's and the balancer's links would merge the
+    // segments again), each full-size segment is a packet of 1500 bytes, which must draw the
+    // error that makes TCP lower its segment size.
     assert_eq!(event(&mut xlb, "tunnel_too_big"), 0);
     lab.client
         .exec("ethtool", &["-K", "eth0", "tso", "off", "gso", "off"])
         .unwrap();
+    let router = lab.router.as_ref().unwrap();
+    for (host, interface) in [(router, "eth0"), (router, "lb"), (&lab.balancer, "eth0")] {
+        host.exec("ethtool", &["-K", interface, "gro", "off"])
+            .unwrap();
+    }
     for vip in [VIP.into(), VIP6.into()] {
         let vip = SocketAddr::new(vip, HTTP_PORT);
         lab.client

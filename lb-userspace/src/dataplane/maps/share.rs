@@ -16,7 +16,7 @@ use lb_common::{
     share::FlowEvent,
 };
 
-use super::take;
+use super::{program_array, take};
 
 /// The switch that turns the program's flow events on (`FLEET`), and the program arrays each
 /// program runs itself again through (held while the daemon runs: a program array keeps its
@@ -30,21 +30,9 @@ impl FleetSwitch {
     /// Takes the maps out of the loaded object, and puts each loaded program in its own
     /// program array.
     pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut rerun = |map: &str, program: &str| -> Result<ProgramArray<MapData>> {
-            let fd = ebpf
-                .program(program)
-                .with_context(|| format!("the object has no program {program}"))?
-                .fd()?
-                .try_clone()?;
-            let mut array: ProgramArray<MapData> = take(ebpf, map)?;
-            array
-                .set(0, &fd, 0)
-                .with_context(|| format!("writing {map}"))?;
-            Ok(array)
-        };
         let reruns = [
-            rerun(map_names::RERUN_XDP, program_names::BALANCER)?,
-            rerun(map_names::RERUN_TC, program_names::BALANCER_TC)?,
+            program_array(ebpf, map_names::RERUN_XDP, program_names::BALANCER)?,
+            program_array(ebpf, map_names::RERUN_TC, program_names::BALANCER_TC)?,
         ];
         Ok(Self {
             on: take(ebpf, map_names::FLEET)?,

@@ -12,7 +12,7 @@ use lb_common::{
     tunnel::TunnelConfig,
 };
 
-use super::take;
+use super::{program_array, take};
 use crate::config::TunnelSettings;
 
 /// The encapsulating programs' arrays (held: a program array keeps its programs only while a
@@ -26,21 +26,9 @@ impl TunnelMaps {
     /// Takes the maps out of the loaded object, and puts each loaded encapsulating program in
     /// its hook's array.
     pub(in crate::dataplane) fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut encapsulator = |map: &str, program: &str| -> Result<ProgramArray<MapData>> {
-            let fd = ebpf
-                .program(program)
-                .with_context(|| format!("the object has no program {program}"))?
-                .fd()?
-                .try_clone()?;
-            let mut array: ProgramArray<MapData> = take(ebpf, map)?;
-            array
-                .set(0, &fd, 0)
-                .with_context(|| format!("writing {map}"))?;
-            Ok(array)
-        };
         let encapsulators = [
-            encapsulator(map_names::ENCAP_XDP, program_names::ENCAP)?,
-            encapsulator(map_names::ENCAP_TC, program_names::ENCAP_TC)?,
+            program_array(ebpf, map_names::ENCAP_XDP, program_names::ENCAP)?,
+            program_array(ebpf, map_names::ENCAP_TC, program_names::ENCAP_TC)?,
         ];
         Ok(Self {
             settings: take(ebpf, map_names::TUNNEL)?,
