@@ -5,6 +5,19 @@
 //! (RFC 1071 §2(B)), so an update computed on native-order words and stored back in native
 //! order is correct on any host, with no byte swaps on the hot path.
 
+/// The one's-complement sum of `words` (native order, as loaded), unfolded: a header's sum
+/// before [`fold`], for headers built whole (an encapsulation's, an ICMP error's).
+#[inline(always)]
+pub fn sum_words<const N: usize>(words: &[u16; N]) -> u32 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < N {
+        sum += words[i] as u32;
+        i += 1;
+    }
+    sum
+}
+
 /// Folds a 32-bit one's-complement accumulator into 16 bits.
 #[inline(always)]
 pub const fn fold(mut sum: u32) -> u16 {

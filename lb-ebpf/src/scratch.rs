@@ -8,13 +8,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, BackendVipKey, ClientPrefix, FlowEntry, FlowKey, FlowKey4, FragmentKey4, FragmentKey6,
-    ServiceKey,
+    Hop, ServiceKey,
 };
 
 use crate::{
     clock::ClockCache,
     packet::{Packet, Quote},
-    tunnel::TunnelJob,
 };
 
 /// What one packet needs beyond registers: its parsed headers, its flow key, a backend's key,
@@ -87,4 +86,18 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 #[inline(always)]
 pub fn scratch() -> Option<*mut Scratch> {
     SCRATCH.get_ptr_mut(0)
+}
+
+/// A tunnel flow's packet's way to its backend, left in the scratch area by the balancer for
+/// the encapsulating program (see `tunnel`).
+#[repr(C)]
+pub struct TunnelJob {
+    /// The next hop toward the backend (the FIB's answer for the backend's address).
+    pub hop: Hop,
+    /// The flow's flags: which encapsulation (`flow_flags::IPIP` or `GUE`).
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 5],
+    /// The backend's address, the outer destination (IPv4: the first word).
+    pub backend: Addr,
 }

@@ -16,7 +16,6 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 use crate::{
     frame::{Frame, ptr_at},
     packet::Packet,
-    tunnel::sum_words,
 };
 
 /// Bytes of the client's packet the error quotes: its IP header and the start of its TCP or
@@ -88,7 +87,7 @@ fn write_ipv4<F: Frame>(frame: &F, vip: u32, client: u32, mtu: u32) -> Option<()
     };
     // SAFETY: a 20-byte header is ten 16-bit words.
     let words = unsafe { read_unaligned((&raw const header).cast::<[u16; 10]>()) };
-    header.check = (!csum::fold(sum_words(&words))).to_ne_bytes();
+    header.check = (!csum::fold(csum::sum_words(&words))).to_ne_bytes();
     let ip: *mut Ipv4Hdr = ptr_at(frame, ETH_LEN)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     unsafe { write_unaligned(ip, header) };
@@ -135,7 +134,7 @@ fn write_icmp<F: Frame>(frame: &F, offset: usize, icmp: [u8; 8], initial: u32) -
     unsafe {
         write_unaligned(at, icmp);
         let header = read_unaligned(at.cast::<[u16; ICMP_LEN / 2]>());
-        let sum = initial + sum_words(&header) + sum_words(&read_unaligned(quote));
+        let sum = initial + csum::sum_words(&header) + csum::sum_words(&read_unaligned(quote));
         let check = (!csum::fold(sum)).to_ne_bytes();
         (*at)[2] = check[0];
         (*at)[3] = check[1];

@@ -31,7 +31,7 @@ use crate::{
     frame::{Frame, ptr_at},
     maps::{TUNNEL, count_event},
     packet::Packet,
-    scratch::{Scratch, scratch},
+    scratch::{Scratch, TunnelJob, scratch},
     too_big,
 };
 
@@ -48,20 +48,6 @@ const PROTO_IPIP: u8 = 4;
 const PROTO_IPV6: u8 = 41;
 /// The IPv4 DF bit, in the host-order flags and fragment offset field.
 const IPV4_DF: u16 = 0x4000;
-
-/// A packet's way to its backend through a tunnel, left in the scratch area by the balancer
-/// for the encapsulating program.
-#[repr(C)]
-pub struct TunnelJob {
-    /// The next hop toward the backend (the FIB's answer for the backend's address).
-    pub hop: Hop,
-    /// The flow's flags: which encapsulation (`flow_flags::IPIP` or `GUE`).
-    pub flags: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 5],
-    /// The backend's address, the outer destination (IPv4: the first word).
-    pub backend: Addr,
-}
 
 /// Sends a packet of a flow toward its backend at `hop`: encapsulated if the flow's `flags`
 /// name a tunnel (see [`ENCAPSULATE`]), else as it is. `scratch`: this CPU's scratch area.
@@ -303,7 +289,7 @@ fn write_ipv6<F: Frame>(
         dst_addr: addr_bytes(&job.backend),
     };
     // SAFETY: a 40-byte header is twenty 16-bit words.
-    let mut sum = sum_words(unsafe { &*(&raw const header).cast::<[u16; 20]>() });
+    let mut sum = csum::sum_words(unsafe { &*(&raw const header).cast::<[u16; 20]>() });
     let ip: *mut Ipv6Hdr = ptr_at(frame, ETH_LEN)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     unsafe { write_unaligned(ip, header) };
@@ -326,17 +312,7 @@ fn addr_bytes(addr: &Addr) -> [u8; 16] {
 #[inline(always)]
 fn ipv4_checksum(header: &Ipv4Hdr) -> u16 {
     // SAFETY: a 20-byte header is ten 16-bit words.
-    !csum::fold(sum_words(unsafe {
+    !csum::fold(csum::sum_words(unsafe {
         &*(header as *const Ipv4Hdr).cast::<[u16; 10]>()
     }))
-}
-
-/// The one's-complement sum of `words`, unfolded.
-#[inline(always)]
-pub fn sum_words<const N: usize>(words: &[u16; N]) -> u32 {
-    let mut sum: u32 = 0;
-    for word in words {
-        sum += u32::from(*word);
-    }
-    sum
 }

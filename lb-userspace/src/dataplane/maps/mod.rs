@@ -38,6 +38,7 @@ pub(crate) mod legacy_flows;
 mod lone_vips;
 pub(crate) mod passive;
 mod persistence;
+mod program_arrays;
 mod reads;
 pub(crate) mod share;
 pub(crate) mod trace;
@@ -127,25 +128,6 @@ where
         .take_map(name)
         .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name}"))
-}
-
-/// Takes the program array `map` out of the loaded object with the loaded program `program`
-/// in slot 0 (a tail call's target).
-pub(in crate::dataplane) fn program_array(
-    ebpf: &mut Ebpf,
-    map: &str,
-    program: &str,
-) -> Result<aya::maps::ProgramArray<MapData>> {
-    let fd = ebpf
-        .program(program)
-        .with_context(|| format!("the object has no program {program}"))?
-        .fd()?
-        .try_clone()?;
-    let mut array: aya::maps::ProgramArray<MapData> = take(ebpf, map)?;
-    array
-        .set(0, &fd, 0)
-        .with_context(|| format!("writing {map}"))?;
-    Ok(array)
 }
 
 /// The id of the array of maps `name`, from which a second handle can be opened.

@@ -16,7 +16,7 @@ use lb_common::{
     share::FlowEvent,
 };
 
-use super::{program_array, take};
+use super::{program_arrays::program_array, take};
 
 /// The switch that turns the program's flow events on (`FLEET`), and the program arrays each
 /// program runs itself again through (held while the daemon runs: a program array keeps its

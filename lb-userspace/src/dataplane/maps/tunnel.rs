@@ -12,7 +12,7 @@ use lb_common::{
     tunnel::TunnelConfig,
 };
 
-use super::{program_array, take};
+use super::{program_arrays::program_array, take};
 use crate::config::TunnelSettings;
 
 /// The encapsulating programs' arrays (held: a program array keeps its programs only while a
