@@ -187,18 +187,12 @@ fn tunnel_end_to_end(forwarding: &str, offloads: Offloads, hook: &str) {
             })
             .unwrap_or_else(|e| panic!("{forwarding} {vip}: {e:#}"));
     }
-    // At the links' defaults, the client's segments reach the balancer as GSO packets, which
-    // the encapsulation cuts to fit: no error is needed. Without segmentation offload on the
-    // client, and GRO off on the way (the router's and the balancer's links would merge the
-    // segments again), each full-size segment is a packet of 1500 bytes, which must draw the
-    // error that makes TCP lower its segment size. On links prepared for native XDP (no
-    // transmit checksum offload, so no TSO), the frames the program sees are never larger than
-    // the MTU: the errors came already.
-    if prepared {
-        assert!(event(&mut xlb, "tunnel_too_big") > 0);
-    } else {
-        assert_eq!(event(&mut xlb, "tunnel_too_big"), 0);
-    }
+    // At the links' defaults, most of the client's segments reach the balancer as GSO
+    // packets, which the encapsulation cuts to fit; a segment sent alone is a packet of 1500
+    // bytes, which draws the error (how many there are depends on timing: one run counted 0,
+    // another 1). Without segmentation offload on the client, and GRO off on the way (the
+    // router's and the balancer's links would merge the segments again), every full-size
+    // segment is such a packet: the errors must come, and TCP lower its segment size.
     lab.client
         .exec("ethtool", &["-K", "eth0", "tso", "off", "gso", "off"])
         .unwrap();
