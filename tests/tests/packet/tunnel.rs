@@ -59,8 +59,8 @@ pub(super) fn encapsulated(input: &Frame, source: &str, backend: &str, gue: bool
     let mut udp = Vec::new();
     if gue {
         let hash = tuple_hash(
-            &addr_words(input.src),
-            &addr_words(input.dst),
+            &addr_field(input.src.ip()),
+            &addr_field(input.dst.ip()),
             u32::from(input.src.port().to_be()) | u32::from(input.dst.port().to_be()) << 16,
             u32::from(if matches!(input.transport, Transport::Udp { .. }) {
                 17u8
@@ -108,16 +108,6 @@ pub(super) fn encapsulated(input: &Frame, source: &str, backend: &str, gue: bool
 /// An address's bytes on the wire.
 fn ip_of(address: &str) -> Vec<u8> {
     ip_bytes(SocketAddr::new(address.parse().unwrap(), 0))
-}
-
-/// An address as the program's four words in network order.
-fn addr_words(address: SocketAddr) -> [u32; 4] {
-    let bytes = ip_bytes(address);
-    std::array::from_fn(|i| {
-        bytes
-            .get(4 * i..4 * i + 4)
-            .map_or(0, |w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
-    })
 }
 
 /// The ICMP error the balancer answers the too-big `input` with (its IP packet quoted as the

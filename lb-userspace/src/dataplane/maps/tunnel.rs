@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use super::{program_arrays::program_array, take};
-use crate::config::TunnelSettings;
+use crate::{config::TunnelSettings, wire::addr_field};
 
 /// The encapsulating programs' arrays (held: a program array keeps its programs only while a
 /// process or a pin holds it) and the outer headers' settings.
@@ -49,18 +49,10 @@ pub(crate) fn tunnel_config(settings: &TunnelSettings) -> TunnelConfig {
     TunnelConfig {
         source4: settings
             .source
-            .map_or(0, |address| u32::from_ne_bytes(address.octets())),
-        source6: settings.source_ipv6.map_or([0; 4], |address| {
-            let octets = address.octets();
-            std::array::from_fn(|i| {
-                u32::from_ne_bytes([
-                    octets[4 * i],
-                    octets[4 * i + 1],
-                    octets[4 * i + 2],
-                    octets[4 * i + 3],
-                ])
-            })
-        }),
+            .map_or(0, |address| addr_field(address.into())[0]),
+        source6: settings
+            .source_ipv6
+            .map_or([0; 4], |address| addr_field(address.into())),
         gue_port: settings.gue_port.to_be(),
         _pad: 0,
     }
