@@ -20,6 +20,12 @@ use common::attach_peer_programs;
 /// The balancer's config: a TCP and a UDP service on each VIP over the three backends, through
 /// `forwarding`, with the balancer's own address as the tunnels' source, at `xdp_mode`.
 fn config(lab: &Lab, forwarding: &str, xdp_mode: &str) -> String {
+    config_each(lab, xdp_mode, |_| (forwarding, String::new()))
+}
+
+/// [`config`] with each service's forwarding and further keys as `each` says of its name
+/// ("web", "dns", "web6", "dns6").
+fn config_each<'a>(lab: &Lab, xdp_mode: &str, each: impl Fn(&str) -> (&'a str, String)) -> String {
     let backends = |v6: bool, port: u16| {
         (0..lab.backends.len())
             .map(|i| {
@@ -42,63 +48,79 @@ fn config(lab: &Lab, forwarding: &str, xdp_mode: &str) -> String {
         ("web6", format!("[{VIP6}]"), "tcp", HTTP_PORT, true),
         ("dns6", format!("[{VIP6}]"), "udp", UDP_PORT, true),
     ] {
+        let (forwarding, keys) = each(name);
         config.push_str(&format!(
-            "\n[[service]]\nname = \"{name}\"\nlisten = \"{vip}:{port}\"\nprotocol = \"{protocol}\"\nforwarding = \"{forwarding}\"\nbackends = [ {} ]\n",
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{vip}:{port}\"\nprotocol = \"{protocol}\"\nforwarding = \"{forwarding}\"\nbackends = [ {} ]\n{keys}",
             backends(v6, port)
         ));
     }
     config
 }
 
-/// Puts the VIPs on every backend's loopback, starts its servers (HTTP on every address, UDP
-/// echoes on the VIPs, which a DSR backend answers from) and `xlb decap` on its link, taking
-/// the balancer's packets (from 198.18.5.0/24 and fd00:5::/64).
+/// Puts the VIPs on every backend's loopback, starts its servers and `xlb decap` on its link.
 fn start_backends_and_decaps(lab: &Lab) -> (Vec<Process>, Vec<Process>) {
     let mut servers = Vec::new();
-    let decaps = lab
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, backend)| {
-            backend.ip(&format!("addr add {VIP}/32 dev lo")).unwrap();
-            backend
-                .ip(&format!("-6 addr add {VIP6}/128 dev lo nodad"))
-                .unwrap();
-            let name = backend_name(i);
-            for listen in [
-                ["--http".to_owned(), format!("[::]:{HTTP_PORT}")],
-                ["--udp".to_owned(), format!("{VIP}:{UDP_PORT}")],
-                ["--udp".to_owned(), format!("[{VIP6}]:{UDP_PORT}")],
-            ] {
-                let mut command = backend.command(binary("xlb-backend").unwrap());
-                command.args(["--name", &name, &listen[0], &listen[1]]);
-                let mut server = Process::spawn(&name, command).unwrap();
-                server.wait_for_output("ready", STARTUP).unwrap();
-                servers.push(server);
-            }
-            let mut command = backend.command(binary("xlb").unwrap());
-            command.args([
-                "decap",
-                "--interface",
-                "eth0",
-                "--vip",
-                &VIP.to_string(),
-                "--vip",
-                &VIP6.to_string(),
-                "--from",
-                "198.18.5.0/24",
-                "--from",
-                "fd00:5::/64",
-            ]);
-            let mut process =
-                Process::spawn(&format!("decap-{}", backend_name(i)), command).unwrap();
-            process
-                .wait_for_output("decapsulating", STARTUP)
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", process.output()));
-            process
+    let decaps = (0..lab.backends.len())
+        .map(|i| {
+            add_vips(lab, i);
+            servers.extend(start_servers(lab, i));
+            start_decap(lab, i)
         })
         .collect();
     (servers, decaps)
+}
+
+/// Puts the VIPs on backend `i`'s loopback.
+fn add_vips(lab: &Lab, i: usize) {
+    let backend = &lab.backends[i];
+    backend.ip(&format!("addr add {VIP}/32 dev lo")).unwrap();
+    backend
+        .ip(&format!("-6 addr add {VIP6}/128 dev lo nodad"))
+        .unwrap();
+}
+
+/// Starts backend `i`'s servers: HTTP on every address, and UDP echoes on the VIPs (which a
+/// DSR backend answers from), which need the VIPs on its loopback.
+fn start_servers(lab: &Lab, i: usize) -> Vec<Process> {
+    let name = backend_name(i);
+    [
+        ["--http".to_owned(), format!("[::]:{HTTP_PORT}")],
+        ["--udp".to_owned(), format!("{VIP}:{UDP_PORT}")],
+        ["--udp".to_owned(), format!("[{VIP6}]:{UDP_PORT}")],
+    ]
+    .into_iter()
+    .map(|listen| {
+        let mut command = lab.backends[i].command(binary("xlb-backend").unwrap());
+        command.args(["--name", &name, &listen[0], &listen[1]]);
+        let mut server = Process::spawn(&name, command).unwrap();
+        server.wait_for_output("ready", STARTUP).unwrap();
+        server
+    })
+    .collect()
+}
+
+/// Starts `xlb decap` on backend `i`'s link, taking the balancer's packets (from
+/// 198.18.5.0/24 and fd00:5::/64) to the VIPs.
+fn start_decap(lab: &Lab, i: usize) -> Process {
+    let mut command = lab.backends[i].command(binary("xlb").unwrap());
+    command.args([
+        "decap",
+        "--interface",
+        "eth0",
+        "--vip",
+        &VIP.to_string(),
+        "--vip",
+        &VIP6.to_string(),
+        "--from",
+        "198.18.5.0/24",
+        "--from",
+        "fd00:5::/64",
+    ]);
+    let mut process = Process::spawn(&format!("decap-{}", backend_name(i)), command).unwrap();
+    process
+        .wait_for_output("decapsulating", STARTUP)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", process.output()));
+    process
 }
 
 /// Stops every `xlb decap` (SIGTERM) and returns the counters each printed at exit.
@@ -242,6 +264,133 @@ fn ipip_at_native_xdp_on_links_prepared_for_it() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn gue_to_backends_two_routed_hops_away() {
     tunnel_end_to_end("gue", Offloads::Default, "tc");
+}
+
+/// The states of every backend of every service, as `xlb status` shows them ("Up", "Down").
+fn states(xlb: &mut Xlb) -> Vec<String> {
+    let (code, stdout, stderr) = xlb.cli(&["--json", "status"]).unwrap();
+    assert_eq!(code, 0, "xlb status: {stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    answer["status"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|service| service["backends"].as_array().unwrap().iter())
+        .map(|backend| backend["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits (at most 15 s) until every service's three backends are in the states `expected`
+/// (one per backend), and returns the status's JSON.
+fn wait_for_states(xlb: &mut Xlb, expected: [&str; 3]) -> String {
+    let expected: Vec<String> = (0..4).flat_map(|_| expected.map(str::to_owned)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let states = states(xlb);
+        if states == expected {
+            return xlb.cli(&["--json", "status"]).unwrap().1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "states {states:?}, expected {expected:?}\n{}\n{}",
+            xlb.cli(&["status"]).unwrap().1,
+            xlb.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `health.via = "tunnel"`: the checks go to the VIP inside each service's tunnel (IPIP for
+/// web and dns6, GUE for dns and web6; HTTP, UDP and TCP checks), so a backend that serves on
+/// its own address but does not take the tunnel's packets (b2: no `xlb decap`) or does not
+/// hold the VIP (b3) is Down, and takes no flows; each is Up once mended. Links at their
+/// defaults.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn checks_inside_the_tunnel_find_backends_that_cannot_take_its_packets() {
+    let lab = Lab::new(Wiring::Tunneled, 3).unwrap();
+    let mut servers = Vec::new();
+    let mut decaps = Vec::new();
+    // b1 is whole; b2 has the VIPs and its servers but no decap; b3 has its decap and its
+    // HTTP server but not the VIPs.
+    add_vips(&lab, 0);
+    servers.extend(start_servers(&lab, 0));
+    decaps.push(start_decap(&lab, 0));
+    add_vips(&lab, 1);
+    servers.extend(start_servers(&lab, 1));
+    decaps.push(start_decap(&lab, 2));
+    let mut command = lab.backends[2].command(binary("xlb-backend").unwrap());
+    command.args(["--name", "b3", "--http", &format!("[::]:{HTTP_PORT}")]);
+    let mut b3_http = Process::spawn("b3", command).unwrap();
+    b3_http.wait_for_output("ready", STARTUP).unwrap();
+    let timing = "interval = \"300ms\", timeout = \"250ms\", rise = 1, fall = 1";
+    let config = config_each(&lab, "auto", |name| match name {
+        "web" => (
+            "ipip",
+            format!("health = {{ check = \"http\", via = \"tunnel\", {timing} }}\n"),
+        ),
+        "dns" => (
+            "gue",
+            format!(
+                "health = {{ check = \"udp\", send = \"ping\", via = \"tunnel\", {timing} }}\n"
+            ),
+        ),
+        "web6" => (
+            "gue",
+            format!("health = {{ check = \"tcp\", via = \"tunnel\", {timing} }}\n"),
+        ),
+        _ => (
+            "ipip",
+            format!(
+                "health = {{ check = \"udp\", send = \"ping\", via = \"tunnel\", {timing} }}\n"
+            ),
+        ),
+    });
+    let mut xlb = start_xlb_with(&lab.balancer, &config, &["--detach-on-exit"]).unwrap();
+    let status = wait_for_states(&mut xlb, ["Up", "Down", "Down"]);
+    for backend in ["198.18.1.12", "198.18.1.13"] {
+        let reason = format!("no answer inside the tunnel to {backend} within 250ms");
+        assert!(status.contains(&reason), "{reason}: {status}");
+    }
+    // The checks' sockets are marked and routed into xlb's check device.
+    let rules = lab.balancer.exec("ip", &["rule", "show"]).unwrap();
+    assert!(rules.contains("fwmark 0x786c6201"), "{rules}");
+    // Only b1 takes flows.
+    for vip in [VIP.into(), VIP6.into()] {
+        let traffic = run_traffic_on(&lab, vip, (HTTP_PORT, UDP_PORT), 6, 6)
+            .unwrap_or_else(|e| panic!("{vip}: {e:#}\nxlb:\n{}", xlb.output()));
+        let only_b1: BTreeMap<String, usize> = [("b1".to_owned(), 6)].into();
+        assert_eq!(tally(&traffic.tcp), only_b1, "{vip}: TCP connections");
+        assert_eq!(tally(&traffic.udp), only_b1, "{vip}: UDP flows");
+    }
+    // Mended: b2 takes the tunnel's packets, b3 holds the VIPs and answers on them.
+    decaps.push(start_decap(&lab, 1));
+    add_vips(&lab, 2);
+    drop(b3_http);
+    servers.extend(start_servers(&lab, 2));
+    wait_for_states(&mut xlb, ["Up", "Up", "Up"]);
+    let expected: BTreeMap<String, usize> = (0..3).map(|i| (backend_name(i), 10)).collect();
+    for vip in [VIP.into(), VIP6.into()] {
+        let traffic = run_traffic_on(&lab, vip, (HTTP_PORT, UDP_PORT), 30, 30)
+            .unwrap_or_else(|e| panic!("{vip}: {e:#}\nxlb:\n{}", xlb.output()));
+        assert_eq!(tally(&traffic.tcp), expected, "{vip}: TCP connections");
+        assert_eq!(tally(&traffic.udp), expected, "{vip}: UDP flows");
+    }
+    let status = xlb.stop(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "xlb exited with {status}:\n{}",
+        xlb.output()
+    );
+    // Its rules are gone with it (the device and its routes went with its descriptor).
+    let rules = lab.balancer.exec("ip", &["rule", "show"]).unwrap();
+    assert!(!rules.contains("fwmark 0x786c6201"), "{rules}");
+    let links = lab.balancer.exec("ip", &["link", "show"]).unwrap();
+    assert!(!links.contains("xlb-check"), "{links}");
+    for (i, counters) in stop_decaps(decaps).iter().enumerate() {
+        assert_eq!(counters["malformed"], 0, "decap {i}: {counters:?}");
+        assert_eq!(counters["foreign"], 0, "decap {i}: {counters:?}");
+    }
 }
 
 /// `xlb check` on the balancer: a tunnel backend behind gateways is fine; one with no route,

@@ -23,7 +23,7 @@ pub use edit::{NewBackend, add_backend, remove_backend};
 pub use error::{ConfigError, ConfigErrors};
 pub use locate::{Subject, locate_subject};
 pub use model::{
-    AdmissionConfig, AnnounceConfig, BackendConfig, Config, DEFAULT_MAGLEV_SEED,
+    AdmissionConfig, AnnounceConfig, BackendConfig, CheckVia, Config, DEFAULT_MAGLEV_SEED,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_PIN_PATH, DEFAULT_POOL_NAME, FleetConfig, FlowTimeouts,
     Forwarding, HealthCheck, HealthConfig, LoadConfig, MAGLEV_SLOTS_PER_BACKEND, MaglevConfig,
     OnDown, PassiveConfig, PoolConfig, Protocol, Scheduler, Secret, ServiceConfig, TunnelSettings,

@@ -475,6 +475,30 @@ pub struct HealthConfig {
     pub fall: u32,
     /// After coming Up, the backend's weight ramps from nothing to full over this time.
     pub slowstart: Option<Duration>,
+    /// The way the checks take to the backend.
+    pub via: CheckVia,
+}
+
+/// The way a service's health checks take to its backends (`health.via`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckVia {
+    /// To the backend's own address (or its `check_port`), as any client of it would.
+    #[default]
+    Direct,
+    /// To the VIP, inside the tunnel the service's packets take (`forwarding = "ipip"` or
+    /// `"gue"`): a backend that does not take them out of the tunnel, or does not hold the
+    /// VIP, fails its checks.
+    Tunnel,
+}
+
+impl CheckVia {
+    /// The name the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Tunnel => "tunnel",
+        }
+    }
 }
 
 /// One health check.

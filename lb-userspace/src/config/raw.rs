@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, ops::RangeInclusive};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use toml::Spanned;
 
-use super::model::{Forwarding, OnDown, Protocol, XdpMode};
+use super::model::{CheckVia, Forwarding, OnDown, Protocol, XdpMode};
 
 /// A typed leaf: read as its TOML type, then converted, with a message saying what is wrong
 /// with a value that does not convert.
@@ -207,6 +207,17 @@ impl Leaf for OnDown {
     }
 }
 
+impl Leaf for CheckVia {
+    type Raw = String;
+    fn from_raw(raw: String) -> Result<Self, String> {
+        one_of(
+            &raw,
+            "via",
+            &[("direct", Self::Direct), ("tunnel", Self::Tunnel)],
+        )
+    }
+}
+
 impl Leaf for Forwarding {
     type Raw = String;
     fn from_raw(raw: String) -> Result<Self, String> {
@@ -358,6 +369,7 @@ pub(super) struct RawHealth {
     pub(super) rise: Field<Count>,
     pub(super) fall: Field<Count>,
     pub(super) slowstart: Option<Spanned<String>>,
+    pub(super) via: Field<CheckVia>,
 }
 
 #[derive(Deserialize)]

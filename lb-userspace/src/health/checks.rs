@@ -11,7 +11,71 @@ use tokio::{
     time::timeout,
 };
 
+use super::tunnel::{CheckTunnel, Registration, TunnelHop};
 use crate::config::HealthCheck;
+
+/// The way a backend's checks take.
+#[derive(Clone)]
+pub(crate) enum CheckPath {
+    /// To the target as any client of it would.
+    Direct,
+    /// Inside the tunnel of the hop, to the VIP (`health.via = "tunnel"`).
+    Tunnel(CheckTunnel, TunnelHop),
+}
+
+impl CheckPath {
+    /// A TCP connection to `target` along this path, and what must be held as long as it.
+    async fn connect(
+        &self,
+        target: SocketAddr,
+    ) -> Result<(TcpStream, Option<Registration>), Failure> {
+        let connected = match self {
+            Self::Direct => TcpStream::connect(target)
+                .await
+                .map(|stream| (stream, None)),
+            Self::Tunnel(tunnel, hop) => tunnel
+                .connect(target, *hop)
+                .await
+                .map(|(stream, registration)| (stream, Some(registration))),
+        };
+        connected.map_err(|e| connect_failure(target, self, &e))
+    }
+
+    /// A UDP socket connected to `target` along this path, and what must be held as long as
+    /// it.
+    async fn udp(&self, target: SocketAddr) -> Result<(UdpSocket, Option<Registration>), Failure> {
+        let connected = match self {
+            Self::Direct => {
+                let local: SocketAddr = if target.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .expect("a valid address");
+                async {
+                    let socket = UdpSocket::bind(local).await?;
+                    socket.connect(target).await?;
+                    Ok((socket, None))
+                }
+                .await
+            }
+            Self::Tunnel(tunnel, hop) => tunnel
+                .udp(target, *hop)
+                .await
+                .map(|(socket, registration)| (socket, Some(registration))),
+        };
+        connected.map_err(|e: io::Error| format!("UDP to {target}{}: {e}", self.shown()).into())
+    }
+
+    /// How the path is shown after a target in messages.
+    fn shown(&self) -> String {
+        match self {
+            Self::Direct => String::new(),
+            Self::Tunnel(_, hop) => format!(" inside the tunnel to {}", hop.backend),
+        }
+    }
+}
 
 /// Why a check failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +115,11 @@ impl fmt::Display for Failure {
 /// A check's result.
 pub(crate) type CheckResult = Result<(), Failure>;
 
-/// A failed connection to `target`: the host is gone if the kernel says it cannot reach it.
-fn connect_failure(target: SocketAddr, error: &io::Error) -> Failure {
+/// A failed connection to `target` along `path`: the host is gone if the kernel says it
+/// cannot reach it.
+fn connect_failure(target: SocketAddr, path: &CheckPath, error: &io::Error) -> Failure {
     Failure {
-        message: format!("connect {target}: {error}"),
+        message: format!("connect {target}{}: {error}", path.shown()),
         host_gone: matches!(
             error.raw_os_error(),
             Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
@@ -75,7 +140,7 @@ pub(crate) async fn gone(target: SocketAddr, wait: Duration) -> Option<Failure> 
     let started = tokio::time::Instant::now();
     match timeout(wait, TcpStream::connect(target)).await {
         Ok(Err(error)) => {
-            let failure = connect_failure(target, &error);
+            let failure = connect_failure(target, &CheckPath::Direct, &error);
             failure.host_gone.then(|| Failure {
                 message: format!(
                     "{} (after {} ms: the host is gone)",
@@ -89,43 +154,46 @@ pub(crate) async fn gone(target: SocketAddr, wait: Duration) -> Option<Failure> 
     }
 }
 
-/// Runs `check` against `target`, failing if it takes longer than `limit`.
-pub(crate) async fn run(check: &HealthCheck, target: SocketAddr, limit: Duration) -> CheckResult {
+/// Runs `check` against `target` along `path`, failing if it takes longer than `limit`.
+pub(crate) async fn run(
+    check: &HealthCheck,
+    target: SocketAddr,
+    path: &CheckPath,
+    limit: Duration,
+) -> CheckResult {
     let attempt = async {
         match check {
             HealthCheck::None => Ok(()),
-            HealthCheck::Tcp => tcp(target).await,
-            HealthCheck::Http { path, expect, host } => {
-                http(target, path, expect, host.as_deref()).await
-            }
-            HealthCheck::Udp { send, expect } => udp(target, send, expect.as_deref()).await,
+            HealthCheck::Tcp => path.connect(target).await.map(drop),
+            HealthCheck::Http {
+                path: request,
+                expect,
+                host,
+            } => http(target, path, request, expect, host.as_deref()).await,
+            HealthCheck::Udp { send, expect } => udp(target, path, send, expect.as_deref()).await,
         }
     };
     timeout(limit, attempt).await.unwrap_or_else(|_| {
         Err(Failure {
-            message: format!("no answer within {}", humantime::format_duration(limit)),
+            message: format!(
+                "no answer{} within {}",
+                path.shown(),
+                humantime::format_duration(limit)
+            ),
             host_gone: false,
             timed_out: true,
         })
     })
 }
 
-async fn tcp(target: SocketAddr) -> CheckResult {
-    TcpStream::connect(target)
-        .await
-        .map(drop)
-        .map_err(|e| connect_failure(target, &e))
-}
-
 async fn http(
     target: SocketAddr,
+    via: &CheckPath,
     path: &str,
     expect: &[(u16, u16)],
     host: Option<&str>,
 ) -> CheckResult {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(|e| connect_failure(target, &e))?;
+    let (stream, _registration) = via.connect(target).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP to {target}: {e}"))?;
@@ -151,21 +219,13 @@ async fn http(
     }
 }
 
-async fn udp(target: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> CheckResult {
-    let local: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("a valid address");
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| format!("UDP socket: {e}"))?;
-    socket
-        .connect(target)
-        .await
-        .map_err(|e| format!("UDP to {target}: {e}"))?;
+async fn udp(
+    target: SocketAddr,
+    path: &CheckPath,
+    send: &[u8],
+    expect: Option<&[u8]>,
+) -> CheckResult {
+    let (socket, _registration) = path.udp(target).await?;
     socket
         .send(send)
         .await
@@ -195,9 +255,14 @@ mod tests {
     async fn tcp_checks_pass_on_a_listener_and_fail_without_one() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        assert_eq!(run(&HealthCheck::Tcp, address, LIMIT).await, Ok(()));
+        assert_eq!(
+            run(&HealthCheck::Tcp, address, &CheckPath::Direct, LIMIT).await,
+            Ok(())
+        );
         drop(listener);
-        let error = run(&HealthCheck::Tcp, address, LIMIT).await.unwrap_err();
+        let error = run(&HealthCheck::Tcp, address, &CheckPath::Direct, LIMIT)
+            .await
+            .unwrap_err();
         assert!(error.message.contains("Connection refused"), "{error}");
         assert!(!error.host_gone, "a host that refuses is there");
     }
@@ -232,7 +297,10 @@ mod tests {
             host: host.map(str::to_owned),
         };
         let (ok, mut requests) = http_server(204).await;
-        assert_eq!(run(&check(Some("app.example")), ok, LIMIT).await, Ok(()));
+        assert_eq!(
+            run(&check(Some("app.example")), ok, &CheckPath::Direct, LIMIT).await,
+            Ok(())
+        );
         let request = requests.recv().await.unwrap();
         assert!(
             request.starts_with("GET /healthz HTTP/1.1\r\n"),
@@ -247,7 +315,7 @@ mod tests {
 
         let (failing, _) = http_server(503).await;
         assert_eq!(
-            run(&check(None), failing, LIMIT).await,
+            run(&check(None), failing, &CheckPath::Direct, LIMIT).await,
             Err("HTTP GET /healthz: status 503".into())
         );
     }
@@ -272,10 +340,16 @@ mod tests {
             send: b"ping".to_vec(),
             expect: expect.map(<[u8]>::to_vec),
         };
-        assert_eq!(run(&check(None), address, LIMIT).await, Ok(()));
-        assert_eq!(run(&check(Some(b"pong")), address, LIMIT).await, Ok(()));
+        assert_eq!(
+            run(&check(None), address, &CheckPath::Direct, LIMIT).await,
+            Ok(())
+        );
+        assert_eq!(
+            run(&check(Some(b"pong")), address, &CheckPath::Direct, LIMIT).await,
+            Ok(())
+        );
         assert!(
-            run(&check(Some(b"other")), address, LIMIT)
+            run(&check(Some(b"other")), address, &CheckPath::Direct, LIMIT)
                 .await
                 .unwrap_err()
                 .message
@@ -293,6 +367,7 @@ mod tests {
         let error = run(
             &check,
             silent.local_addr().unwrap(),
+            &CheckPath::Direct,
             Duration::from_millis(30),
         )
         .await
@@ -309,7 +384,11 @@ mod tests {
             (libc::ENETUNREACH, true),
             (libc::ECONNREFUSED, false),
         ] {
-            let failure = connect_failure(target, &io::Error::from_raw_os_error(errno));
+            let failure = connect_failure(
+                target,
+                &CheckPath::Direct,
+                &io::Error::from_raw_os_error(errno),
+            );
             assert_eq!(failure.host_gone, gone, "{failure}");
         }
     }

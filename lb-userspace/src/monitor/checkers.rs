@@ -20,10 +20,11 @@ use tracing::{info, warn};
 
 use super::core::{BackendRef, Core};
 use crate::{
-    config::HealthCheck,
+    config::{BackendConfig, CheckVia, Config, Forwarding, HealthCheck, ServiceConfig},
     health::{
         agent::{self, AgentReport},
-        checks::{self, CheckResult, Failure},
+        checks::{self, CheckPath, CheckResult, Failure},
+        tunnel::{CheckTunnel, Encapsulation, TunnelHop},
     },
     sys::limits,
 };
@@ -76,6 +77,8 @@ pub(super) struct Checkers {
     /// The backends (service, backend index) whose checks an operator paused: their tasks
     /// skip their turns.
     paused: Arc<RwLock<HashSet<(usize, usize)>>>,
+    /// The way of the checks inside the tunnel, opened by the first of them.
+    tunnel: CheckTunnel,
 }
 
 impl Checkers {
@@ -89,6 +92,7 @@ impl Checkers {
             events,
             slots: Arc::new(Semaphore::new(in_flight())),
             paused: Arc::default(),
+            tunnel: CheckTunnel::default(),
         };
         (checkers, received)
     }
@@ -167,17 +171,14 @@ impl Checkers {
                 {
                     continue;
                 }
-                let (check, target, limit) = (
-                    service.health.check.clone(),
-                    backend.check_address(),
-                    service.health.timeout,
-                );
+                let (check, limit) = (service.health.check.clone(), service.health.timeout);
+                let (target, path) = self.target(core.config(), service, backend);
                 let at = self.at(service_index, backend_index);
                 let slots = Arc::clone(&self.slots);
                 first.spawn(async move {
                     let _slot = slots.acquire_owned().await;
                     let started = Instant::now();
-                    let result = checks::run(&check, target, limit).await;
+                    let result = checks::run(&check, target, &path, limit).await;
                     Event::Health(at, result, started.elapsed())
                 });
             }
@@ -200,7 +201,10 @@ impl Checkers {
                 let at = self.at(service_index, backend_index);
                 let offset = spread(service.health.interval, nth, count);
                 if service.health.check != HealthCheck::None {
-                    let (check, target) = (service.health.check.clone(), backend.check_address());
+                    let check = service.health.check.clone();
+                    let (target, path) = self.target(core.config(), service, backend);
+                    // Whether the host is gone is asked of its own address.
+                    let host = backend.check_address();
                     let (every, limit) = (service.health.interval, service.health.timeout);
                     // A backend checked before (at start, or before a reload) waits its
                     // offset into the interval; a new one is checked at once.
@@ -223,9 +227,9 @@ impl Checkers {
                                 break;
                             };
                             let started = Instant::now();
-                            let result = checks::run(&check, target, limit).await;
+                            let result = checks::run(&check, target, &path, limit).await;
                             if matches!(&result, Err(failure) if failure.timed_out) {
-                                gone_probe.start(at, target, &events);
+                                gone_probe.start(at, host, &events);
                             }
                             let event = Event::Health(at, result, started.elapsed());
                             if events.send(event).await.is_err() {
@@ -275,6 +279,50 @@ impl Checkers {
     pub(super) fn stop(&mut self) {
         self.tasks.abort_all();
         self.tasks = JoinSet::new();
+    }
+
+    /// Stops every checker task and removes what the checks inside the tunnel added to the
+    /// host's routing, if they ran.
+    pub(super) async fn close(&mut self) {
+        self.stop();
+        self.tunnel.close().await;
+    }
+
+    /// Where backend `backend` of `service` (of `config`) is checked, and along which path:
+    /// its own address (or check port) directly, or the VIP inside the service's tunnel.
+    fn target(
+        &self,
+        config: &Config,
+        service: &ServiceConfig,
+        backend: &BackendConfig,
+    ) -> (SocketAddr, CheckPath) {
+        let direct = (backend.check_address(), CheckPath::Direct);
+        if service.health.via != CheckVia::Tunnel {
+            return direct;
+        }
+        let source = match service.listen.ip() {
+            std::net::IpAddr::V4(_) => config.tunnel.source.map(Into::into),
+            std::net::IpAddr::V6(_) => config.tunnel.source_ipv6.map(Into::into),
+        };
+        let encapsulation = match service.forwarding {
+            Forwarding::Ipip => Encapsulation::Ipip,
+            Forwarding::Gue => Encapsulation::Gue {
+                port: config.tunnel.gue_port,
+            },
+            // The config allows `via = "tunnel"` only with a tunnel and its source.
+            Forwarding::Nat | Forwarding::Dsr => return direct,
+        };
+        let Some(source) = source else {
+            return direct;
+        };
+        let hop = TunnelHop {
+            backend: backend.address.ip(),
+            source,
+            encapsulation,
+        };
+        let port = backend.check_port.unwrap_or(service.listen.port());
+        let target = SocketAddr::new(service.listen.ip(), port);
+        (target, CheckPath::Tunnel(self.tunnel.clone(), hop))
     }
 
     /// Records a health check's or an agent's report in the backend's status; returns whether

@@ -260,7 +260,7 @@ impl Monitor {
                 }
             }
         }
-        self.checkers.stop();
+        self.checkers.close().await;
         self.passive.stop();
         self.reports.serve_metrics(None);
         Ok(())

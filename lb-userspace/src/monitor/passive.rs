@@ -22,7 +22,7 @@ use super::{
 use crate::{
     config::HealthCheck,
     dataplane::maps::passive::PassiveEvents,
-    health::checks::{self, CheckResult, Failure},
+    health::checks::{self, CheckPath, CheckResult, Failure},
 };
 
 /// Reads the data plane's reports as they come and hands them to the monitor, until the
@@ -178,7 +178,8 @@ impl Passive {
             Ok((check, target, limit)) => {
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    let result = checks::run(&check, target, limit).await;
+                    // Passive health is for NAT services, whose checks go directly.
+                    let result = checks::run(&check, target, &CheckPath::Direct, limit).await;
                     let _ = events
                         .send(Event::Confirm(at, result, started.elapsed()))
                         .await;

@@ -7,7 +7,7 @@ use super::*;
 fn the_example_configuration_is_valid_and_shows_every_key() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/xlb.toml");
     let config = Config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
-    assert_eq!(config.services.len(), 4);
+    assert_eq!(config.services.len(), 5);
     let text = std::fs::read_to_string(&path).unwrap();
     for key in [
         "interfaces",
@@ -67,6 +67,10 @@ fn the_example_configuration_is_valid_and_shows_every_key() {
         "device",
         "bird_socket",
         "drain",
+        "source",
+        "source_ipv6",
+        "gue_port",
+        "via",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

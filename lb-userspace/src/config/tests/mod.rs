@@ -311,6 +311,7 @@ load = { agent_port = 9777, interval = "1s", overload_below = "20%", max_flows =
             rise: 2,
             fall: 3,
             slowstart: Some(Duration::from_secs(5)),
+            via: CheckVia::Direct,
         }
     );
     let load = service.load.as_ref().unwrap();

@@ -1,7 +1,7 @@
 //! The Maglev scheduler's table and DSR forwarding: defaults, the documented forms, errors.
 
 use super::{errors_of, with_service_keys};
-use crate::config::{Config, Forwarding, MaglevConfig, Scheduler, TunnelSettings};
+use crate::config::{CheckVia, Config, Forwarding, MaglevConfig, Scheduler, TunnelSettings};
 
 #[test]
 fn maglev_and_dsr_as_in_the_documentation() {
@@ -236,6 +236,54 @@ backends = [ { address = "[fd00::11]:53" } ]
         errors_of(&collides),
         [
             "2:1: service \"dns\": it listens on UDP port 53, which is [tunnel] gue_port, where backends take GUE packets; choose another gue_port"
+        ]
+    );
+}
+
+#[test]
+fn health_checks_go_inside_the_tunnel_only_where_the_packets_do() {
+    let service = |forwarding: &str, health: &str| {
+        format!(
+            "interfaces = [\"eth0\"]\n[tunnel]\nsource = \"198.18.0.2\"\n[[service]]\nname = \"web\"\nlisten = \"198.18.100.1:80\"\nprotocol = \"tcp\"\nforwarding = \"{forwarding}\"\nbackends = [ {{ address = \"198.18.1.11:80\" }} ]\nhealth = {{ {health} }}\n"
+        )
+    };
+    for forwarding in ["ipip", "gue"] {
+        let config =
+            Config::parse(&service(forwarding, "check = \"http\", via = \"tunnel\"")).unwrap();
+        assert_eq!(
+            config.services[0].health.via,
+            CheckVia::Tunnel,
+            "{forwarding}"
+        );
+    }
+    let config = Config::parse(&service("ipip", "check = \"tcp\"")).unwrap();
+    assert_eq!(config.services[0].health.via, CheckVia::Direct);
+    let config = Config::parse(&with_service_keys("")).unwrap();
+    assert_eq!(config.services[0].health.via, CheckVia::Direct);
+    assert_eq!(
+        errors_of(&service("dsr", "check = \"tcp\", via = \"tunnel\"")),
+        [
+            "10:33: service \"web\": health: via = \"tunnel\" sends the checks inside the tunnel to the backends, which only forwarding \"ipip\" or \"gue\" has; this service's forwarding is \"dsr\""
+        ]
+    );
+    assert_eq!(
+        errors_of(&service("ipip", "check = \"none\", via = \"tunnel\"")),
+        [
+            "10:34: service \"web\": health: via = \"tunnel\" has no check to send (check = \"none\")"
+        ]
+    );
+    let announced = service("ipip", "check = \"tcp\", via = \"tunnel\"")
+        .replace("forwarding = ", "announce = true\nforwarding = ");
+    assert_eq!(
+        errors_of(&announced),
+        [
+            "8:12: service \"web\": announce = true cannot go with health via = \"tunnel\": announcing makes the VIP an address of this host, and the host's packets to its own addresses never leave it; check via = \"direct\""
+        ]
+    );
+    assert_eq!(
+        errors_of(&service("ipip", "check = \"tcp\", via = \"router\"")),
+        [
+            "10:33: service \"web\": health: via: unknown via \"router\", expected \"direct\" or \"tunnel\""
         ]
     );
 }

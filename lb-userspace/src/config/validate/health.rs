@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::{MAX_INTERVAL, MIN_INTERVAL, Place, Validator};
 use crate::config::{
-    model::{HealthCheck, HealthConfig, LoadConfig, Protocol},
+    model::{CheckVia, Forwarding, HealthCheck, HealthConfig, LoadConfig, Protocol},
     raw::{CheckKind, Field, RawHealth, RawLoad},
 };
 
@@ -42,11 +42,14 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
 }
 
 impl Validator<'_> {
-    /// A service's `health`: its own settings, or the defaults of the protocol.
+    /// A service's `health`: its own settings, or the defaults of the protocol. Checks go
+    /// `via = "tunnel"` only where the packets do (`forwarding` "ipip" or "gue"), and only if
+    /// there is a check to send.
     pub(super) fn health(
         &mut self,
         raw: Option<Spanned<RawHealth>>,
         protocol: Protocol,
+        forwarding: Forwarding,
         place: &Place,
     ) -> HealthConfig {
         let Some(raw) = raw else {
@@ -61,6 +64,7 @@ impl Validator<'_> {
                 rise: DEFAULT_RISE,
                 fall: DEFAULT_FALL,
                 slowstart: None,
+                via: CheckVia::Direct,
             };
         };
         let span = raw.span();
@@ -102,6 +106,7 @@ impl Validator<'_> {
                 Duration::from_millis(1)..=MAX_INTERVAL,
             )
         });
+        let via = self.check_via(raw.via, &check, forwarding, &what);
         HealthConfig {
             check,
             interval,
@@ -109,7 +114,32 @@ impl Validator<'_> {
             rise,
             fall,
             slowstart,
+            via,
         }
+    }
+
+    /// A `health` section's `via`: "direct" unless it says "tunnel", which needs a tunnel to
+    /// send the checks in and a check to send.
+    fn check_via(
+        &mut self,
+        field: Field<CheckVia>,
+        check: &HealthCheck,
+        forwarding: Forwarding,
+        what: &Place,
+    ) -> CheckVia {
+        let span = field.as_ref().map(Spanned::span);
+        let via = self.leaf(field, || format!("{what}: via:"), CheckVia::Direct);
+        if let (Some(span), CheckVia::Tunnel) = (span, via) {
+            if !forwarding.tunnel() {
+                self.error(&span, format!("{what}: via = \"tunnel\" sends the checks inside the tunnel to the backends, which only forwarding \"ipip\" or \"gue\" has; this service's forwarding is {:?}", forwarding.name()));
+            } else if *check == HealthCheck::None {
+                self.error(
+                    &span,
+                    format!("{what}: via = \"tunnel\" has no check to send (check = \"none\")"),
+                );
+            }
+        }
+        via
     }
 
     /// A `health` section's `check`: required; `None` if it names no kind of check.

@@ -16,7 +16,7 @@ use toml::Spanned;
 use super::{Place, Validator, earlier_line, not_an_address};
 use crate::config::{
     model::{
-        BackendConfig, DEFAULT_DRAIN_TIMEOUT, DEFAULT_POOL_NAME, Forwarding, LoadConfig,
+        BackendConfig, CheckVia, DEFAULT_DRAIN_TIMEOUT, DEFAULT_POOL_NAME, Forwarding, LoadConfig,
         MAX_DRAIN_TIMEOUT, MAX_PERSISTENCE, OnDown, PoolConfig, Protocol, ServiceConfig,
     },
     raw::{Field, RawBackend, RawPool, RawService},
@@ -58,7 +58,6 @@ impl Validator<'_> {
             &pools,
         );
         self.prefixes_have_pools(&client_prefixes, &pools, span, &place);
-        let health = self.health(raw.health, protocol, &place);
         let load = raw.load.map(|load| self.load(load, &place));
         let scheduler = self.scheduler(raw.scheduler, raw.maglev, backends.len(), &place);
         let passive_span = raw.passive.as_ref().map(Spanned::span);
@@ -69,6 +68,12 @@ impl Validator<'_> {
             passive_span.as_ref(),
             &place,
         );
+        let health = self.health(raw.health, protocol, forwarding, &place);
+        if health.via == CheckVia::Tunnel
+            && let Some(announce) = raw.announce.as_ref().filter(|a| *a.get_ref())
+        {
+            self.error(&announce.span(), format!("{place}: announce = true cannot go with health via = \"tunnel\": announcing makes the VIP an address of this host, and the host's packets to its own addresses never leave it; check via = \"direct\""));
+        }
         let on_down = self.leaf(raw.on_down, || format!("{place}:"), OnDown::Keep);
         let drain_timeout = self.duration_or(
             &raw.drain_timeout,
