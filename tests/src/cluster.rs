@@ -31,6 +31,7 @@ use crate::{
     process::{Process, binary, temp_file},
     scenario::STARTUP,
     topology::{self, Offloads, VIP, backend_addr},
+    tunnel,
 };
 
 /// The router's address on the balancers' network.
@@ -228,7 +229,10 @@ impl Cluster {
             .map(|(i, host)| start_server(host, i, udp_bind(fleet, dsr)).map(Some))
             .collect::<Result<Vec<_>>>()?;
         let decaps = match forwarding {
-            Forwarding::Ipip => hosts.iter().map(start_decap).collect::<Result<Vec<_>>>()?,
+            Forwarding::Ipip => hosts
+                .iter()
+                .map(|host| tunnel::start_decap(host, &[VIP.into()], &["198.18.1.0/24"]))
+                .collect::<Result<Vec<_>>>()?,
             _ => Vec::new(),
         };
         let router_bird = Bird::start(&router, "rt", &router_bird_config(balancers)?)?;
@@ -496,23 +500,6 @@ fn start_server(host: &Netns, index: usize, udp: Option<Ipv4Addr>) -> Result<Pro
     }
     let mut process = Process::spawn(&name, command)?;
     process.wait_for_output("ready", STARTUP)?;
-    Ok(process)
-}
-
-/// Starts `xlb decap` on backend `host`'s link, for the VIP, from the balancers' network.
-fn start_decap(host: &Netns) -> Result<Process> {
-    let mut command = host.command(binary("xlb")?);
-    command.args([
-        "decap",
-        "--interface",
-        "eth0",
-        "--vip",
-        &VIP.to_string(),
-        "--from",
-        "198.18.1.0/24",
-    ]);
-    let mut process = Process::spawn("decap", command)?;
-    process.wait_for_output("decapsulating", STARTUP)?;
     Ok(process)
 }
 

@@ -19,3 +19,4 @@ pub mod scaleout;
 pub mod scenario;
 pub mod server;
 pub mod topology;
+pub mod tunnel;

@@ -11,6 +11,10 @@ use xlb_tests::{
     process::{Process, binary},
     scenario::{HTTP_PORT, STARTUP, UDP_PORT, backend_name, run_traffic_on, start_xlb_with, tally},
     topology::{Lab, Offloads, VIP, VIP6, Wiring, backend_addr, backend_addr6},
+    tunnel::{
+        BALANCER_PREFIXES, add_vips, start_backends_and_decaps, start_decap, start_servers,
+        stop_decaps,
+    },
 };
 
 mod common;
@@ -57,96 +61,6 @@ fn config_each<'a>(lab: &Lab, xdp_mode: &str, each: impl Fn(&str) -> (&'a str, S
     config
 }
 
-/// Puts the VIPs on every backend's loopback, starts its servers and `xlb decap` on its link.
-fn start_backends_and_decaps(lab: &Lab) -> (Vec<Process>, Vec<Process>) {
-    let mut servers = Vec::new();
-    let decaps = (0..lab.backends.len())
-        .map(|i| {
-            add_vips(lab, i);
-            servers.extend(start_servers(lab, i));
-            start_decap(lab, i)
-        })
-        .collect();
-    (servers, decaps)
-}
-
-/// Puts the VIPs on backend `i`'s loopback.
-fn add_vips(lab: &Lab, i: usize) {
-    let backend = &lab.backends[i];
-    backend.ip(&format!("addr add {VIP}/32 dev lo")).unwrap();
-    backend
-        .ip(&format!("-6 addr add {VIP6}/128 dev lo nodad"))
-        .unwrap();
-}
-
-/// Starts backend `i`'s servers: HTTP on every address, and UDP echoes on the VIPs (which a
-/// DSR backend answers from), which need the VIPs on its loopback.
-fn start_servers(lab: &Lab, i: usize) -> Vec<Process> {
-    let name = backend_name(i);
-    [
-        ["--http".to_owned(), format!("[::]:{HTTP_PORT}")],
-        ["--udp".to_owned(), format!("{VIP}:{UDP_PORT}")],
-        ["--udp".to_owned(), format!("[{VIP6}]:{UDP_PORT}")],
-    ]
-    .into_iter()
-    .map(|listen| {
-        let mut command = lab.backends[i].command(binary("xlb-backend").unwrap());
-        command.args(["--name", &name, &listen[0], &listen[1]]);
-        let mut server = Process::spawn(&name, command).unwrap();
-        server.wait_for_output("ready", STARTUP).unwrap();
-        server
-    })
-    .collect()
-}
-
-/// Starts `xlb decap` on backend `i`'s link, taking the balancer's packets (from
-/// 198.18.5.0/24 and fd00:5::/64) to the VIPs.
-fn start_decap(lab: &Lab, i: usize) -> Process {
-    let mut command = lab.backends[i].command(binary("xlb").unwrap());
-    command.args([
-        "decap",
-        "--interface",
-        "eth0",
-        "--vip",
-        &VIP.to_string(),
-        "--vip",
-        &VIP6.to_string(),
-        "--from",
-        "198.18.5.0/24",
-        "--from",
-        "fd00:5::/64",
-    ]);
-    let mut process = Process::spawn(&format!("decap-{}", backend_name(i)), command).unwrap();
-    process
-        .wait_for_output("decapsulating", STARTUP)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", process.output()));
-    process
-}
-
-/// Stops every `xlb decap` (SIGTERM) and returns the counters each printed at exit.
-fn stop_decaps(decaps: Vec<Process>) -> Vec<BTreeMap<String, u64>> {
-    decaps
-        .into_iter()
-        .map(|mut process| {
-            let status = process.stop(Duration::from_secs(5)).unwrap();
-            let output = process.output();
-            assert!(
-                status.success(),
-                "xlb decap exited with {status}:\n{output}"
-            );
-            let line = output
-                .lines()
-                .rev()
-                .find(|line| line.starts_with("decapsulated="))
-                .unwrap_or_else(|| panic!("no counters:\n{output}"));
-            line.split(' ')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(name, count)| (name.to_owned(), count.parse().unwrap()))
-                .collect()
-        })
-        .collect()
-}
-
 /// The data plane's event `name` in `xlb stats`.
 fn event(xlb: &mut Xlb, name: &str) -> u64 {
     let (code, stdout, stderr) = xlb.cli(&["--json", "stats"]).unwrap();
@@ -170,7 +84,7 @@ fn tunnel_end_to_end(forwarding: &str, offloads: Offloads, hook: &str) {
     let lab = Lab::with_offloads(Wiring::Tunneled, 3, offloads).unwrap();
     let prepared = offloads == Offloads::Prepared;
     let _peer_programs = prepared.then(|| attach_peer_programs(&lab));
-    let (_servers, decaps) = start_backends_and_decaps(&lab);
+    let (_servers, decaps) = start_backends_and_decaps(&lab).unwrap();
     let mode = if prepared { "native" } else { "auto" };
     let mut xlb = start_xlb_with(
         &lab.balancer,
@@ -241,7 +155,7 @@ fn tunnel_end_to_end(forwarding: &str, offloads: Offloads, hook: &str) {
         "xlb exited with {status}:\n{}",
         xlb.output()
     );
-    for (i, counters) in stop_decaps(decaps).iter().enumerate() {
+    for (i, counters) in stop_decaps(decaps).unwrap().iter().enumerate() {
         assert!(counters["decapsulated"] > 0, "b{}: {counters:?}", i + 1);
         assert_eq!(counters["malformed"], 0, "b{}: {counters:?}", i + 1);
         assert_eq!(counters["foreign"], 0, "b{}: {counters:?}", i + 1);
@@ -313,12 +227,20 @@ fn checks_inside_the_tunnel_find_backends_that_cannot_take_its_packets() {
     let mut decaps = Vec::new();
     // b1 is whole; b2 has the VIPs and its servers but no decap; b3 has its decap and its
     // HTTP server but not the VIPs.
-    add_vips(&lab, 0);
-    servers.extend(start_servers(&lab, 0));
-    decaps.push(start_decap(&lab, 0));
-    add_vips(&lab, 1);
-    servers.extend(start_servers(&lab, 1));
-    decaps.push(start_decap(&lab, 2));
+    let decap = |i: usize| {
+        start_decap(
+            &lab.backends[i],
+            &[VIP.into(), VIP6.into()],
+            &BALANCER_PREFIXES,
+        )
+        .unwrap()
+    };
+    add_vips(&lab, 0).unwrap();
+    servers.extend(start_servers(&lab, 0).unwrap());
+    decaps.push(decap(0));
+    add_vips(&lab, 1).unwrap();
+    servers.extend(start_servers(&lab, 1).unwrap());
+    decaps.push(decap(2));
     let mut command = lab.backends[2].command(binary("xlb-backend").unwrap());
     command.args(["--name", "b3", "--http", &format!("[::]:{HTTP_PORT}")]);
     let mut b3_http = Process::spawn("b3", command).unwrap();
@@ -364,10 +286,10 @@ fn checks_inside_the_tunnel_find_backends_that_cannot_take_its_packets() {
         assert_eq!(tally(&traffic.udp), only_b1, "{vip}: UDP flows");
     }
     // Mended: b2 takes the tunnel's packets, b3 holds the VIPs and answers on them.
-    decaps.push(start_decap(&lab, 1));
-    add_vips(&lab, 2);
+    decaps.push(decap(1));
+    add_vips(&lab, 2).unwrap();
     drop(b3_http);
-    servers.extend(start_servers(&lab, 2));
+    servers.extend(start_servers(&lab, 2).unwrap());
     wait_for_states(&mut xlb, ["Up", "Up", "Up"]);
     let expected: BTreeMap<String, usize> = (0..3).map(|i| (backend_name(i), 10)).collect();
     for vip in [VIP.into(), VIP6.into()] {
@@ -387,7 +309,7 @@ fn checks_inside_the_tunnel_find_backends_that_cannot_take_its_packets() {
     assert!(!rules.contains("fwmark 0x786c6201"), "{rules}");
     let links = lab.balancer.exec("ip", &["link", "show"]).unwrap();
     assert!(!links.contains("xlb-check"), "{links}");
-    for (i, counters) in stop_decaps(decaps).iter().enumerate() {
+    for (i, counters) in stop_decaps(decaps).unwrap().iter().enumerate() {
         assert_eq!(counters["malformed"], 0, "decap {i}: {counters:?}");
         assert_eq!(counters["foreign"], 0, "decap {i}: {counters:?}");
     }
