@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::Netns;
+use crate::{client::http_get_body, netns::Netns, scenario::HTTP_PORT, topology::Lab};
 
 /// Line that starts a benchmark's markdown section.
 pub const BEGIN: &str = "<!-- xlb-bench-section -->";
@@ -105,6 +105,45 @@ pub fn print_section(title: &str, body: &str) {
     println!("## {title}\n");
     println!("{}", body.trim_end());
     println!("{END}");
+}
+
+/// TCP throughput from `client` to `target` in Gbit/s (iperf3, one stream, `seconds`).
+pub fn iperf(client: &Netns, target: SocketAddr, seconds: u32) -> Result<f64> {
+    let out = client.exec(
+        "iperf3",
+        &[
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
+    )?;
+    let answer: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON")?;
+    answer["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bits| bits / 1e9)
+        .context("iperf3 printed no sum_received")
+}
+
+/// Requests each backend's HTTP server has served so far (its `/count`), asked from the
+/// balancer's namespace.
+pub fn served(lab: &Lab) -> Result<Vec<u64>> {
+    lab.balancer.enter(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut counts = Vec::new();
+            for i in 0..lab.backends.len() {
+                let body = http_get_body(lab.backend_endpoint(i, HTTP_PORT), "/count").await?;
+                counts.push(body.trim().parse()?);
+            }
+            Ok(counts)
+        })
+    })?
 }
 
 #[cfg(test)]

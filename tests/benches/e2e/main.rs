@@ -11,7 +11,9 @@
 //!   baseline);
 //! - `nft`: nftables DNAT with `numgen inc mod 3` (the kernel's own answer to the same job);
 //! - `xlb MODE`: xlb with that `xdp_mode` (`auto` chooses tc on veth); on default links also
-//!   `auto` with `veth_peer_redirect = false`, to show what the veth peer handoff buys.
+//!   `auto` with `veth_peer_redirect = false`, to show what the veth peer handoff buys;
+//! - `xlb auto, dsr|ipip|gue` (a fourth group, default links, full runs only): NAT against the
+//!   backends answering the clients directly, at L2 or through a tunnel.
 //!
 //! Every variant is measured [`REPEATS`] times, the variants taking turns, and reported as the
 //! median with the spread (min–max): these machines are noisy.
@@ -36,13 +38,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::{
-    bench::{print_section, quick, wrk},
-    client::http_get_body,
+    bench::{iperf, print_section, quick, served, wrk},
     netns::Netns,
     process::{Process, temp_file},
     program_time::{ProgramTime, ProgramTimer},
-    scenario::{HTTP_PORT, balancer_config_with, start_backends, start_xlb},
+    scenario::{HTTP_PORT, Xlb, balancer_config_with, start_backends, start_xlb},
     topology::{CLIENT, Lab, Offloads, VIP, Wiring, backend_addr},
+    tunnel,
 };
 
 mod section;
@@ -66,6 +68,10 @@ enum Variant {
     /// xlb with `xdp_mode = "auto"` and `veth_peer_redirect = false`: what the veth peer
     /// handoff buys, in the same run.
     XlbTransmit,
+    /// xlb with `xdp_mode = "auto"` and that `forwarding` ("dsr", "ipip", "gue"): the backends
+    /// hold the VIP on their loopback (and run `xlb decap` for a tunnel) and answer the clients
+    /// directly, through the balancer's namespace as their router.
+    Direct(&'static str),
 }
 
 impl Variant {
@@ -76,6 +82,7 @@ impl Variant {
             Self::Xlb("auto") => "xlb auto (tc)".into(),
             Self::Xlb(mode) => format!("xlb {mode}"),
             Self::XlbTransmit => "xlb auto, no peer handoff".into(),
+            Self::Direct(forwarding) => format!("xlb auto, {forwarding}"),
         }
     }
 }
@@ -169,7 +176,7 @@ struct Group {
     variants: &'static [Variant],
 }
 
-const GROUPS: [Group; 3] = [
+const GROUPS: [Group; 4] = [
     Group {
         offloads: Offloads::Default,
         title: "veth at default offloads (transmit checksum offload and TSO on, GRO on): \
@@ -196,6 +203,19 @@ const GROUPS: [Group; 3] = [
         offloads: Offloads::PreparedNoGro,
         title: "veth prepared for generic XDP (transmit checksum offload off, GRO off)",
         variants: &[Variant::Route, Variant::Nft, Variant::Xlb("generic")],
+    },
+    Group {
+        offloads: Offloads::Default,
+        title: "veth at default offloads, the backends answering the clients directly: NAT \
+                (`xlb auto`, as above) against L2 DSR, IPIP and GUE (the backends hold the VIP \
+                and run `xlb decap` for the tunnels; their answers pass the balancer's namespace \
+                as their router, not xlb)",
+        variants: &[
+            Variant::Xlb("auto"),
+            Variant::Direct("dsr"),
+            Variant::Direct("ipip"),
+            Variant::Direct("gue"),
+        ],
     },
 ];
 
@@ -272,12 +292,13 @@ fn measure(
     let _backends = start_backends(&lab)?;
     let b1 = backend_addr(0);
     let mut iperf_command = lab.backends[0].command("iperf3");
-    iperf_command.args(["-s", "-B", &b1.to_string(), "-p", &IPERF_PORT.to_string()]);
+    iperf_command.args(["-s", "-p", &IPERF_PORT.to_string()]);
     let _iperf = Process::spawn("iperf3", iperf_command)?;
     lab.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     lab.client
         .sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
 
+    let mut decaps = Vec::new();
     let _xlb = match variant {
         Variant::Xlb(_) | Variant::XlbTransmit => {
             let (mode, handoff) = match variant {
@@ -305,6 +326,7 @@ fn measure(
             }
             Some(xlb)
         }
+        Variant::Direct(forwarding) => Some(start_direct(&lab, forwarding, &mut decaps)?),
         Variant::Nft => {
             nft_dnat(&lab.balancer)?;
             None
@@ -318,6 +340,12 @@ fn measure(
             SocketAddr::from((b1, HTTP_PORT)),
             SocketAddr::from((b1, DISCARD_PORT)),
             b1,
+        ),
+        // The backends' ports: direct return keeps them.
+        Variant::Direct(_) => (
+            SocketAddr::from((VIP, HTTP_PORT)),
+            SocketAddr::from((VIP, DISCARD_PORT)),
+            VIP,
         ),
         _ => (
             SocketAddr::from((VIP, 80)),
@@ -340,7 +368,11 @@ fn measure(
         Ok((pps, delivered as f64))
     })?;
     let (tcp_gbps, tcp_cost) = costed(timer, || {
-        let gbps = iperf(&lab.client, iperf_target, settings.seconds)?;
+        let gbps = iperf(
+            &lab.client,
+            SocketAddr::from((iperf_target, IPERF_PORT)),
+            settings.seconds,
+        )?;
         Ok((gbps, gbps * 1e3 / 8.0 * seconds))
     })?;
     let ((http_rps, http_p99_ms), http_cost) = costed(timer, || {
@@ -373,6 +405,55 @@ fn measure(
         fairness,
         costs: [udp_cost, tcp_cost, http_cost, conn_cost],
     })
+}
+
+/// Starts xlb (`auto`) with `forwarding` direct return: every backend holds the VIP on its
+/// loopback (and, for L2 DSR, neither answers nor announces it on its link); for a tunnel, its
+/// `xlb decap` (pushed on `decaps`) takes the balancer's packets (from 198.18.1.1, its address
+/// on the backends' side). The services keep the backends' ports.
+fn start_direct(lab: &Lab, forwarding: &str, decaps: &mut Vec<Process>) -> Result<Xlb> {
+    for backend in &lab.backends {
+        backend.ip(&format!("addr add {VIP}/32 dev lo"))?;
+        if forwarding == "dsr" {
+            backend.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            backend.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        } else {
+            decaps.push(tunnel::start_decap(
+                backend,
+                &[VIP.into()],
+                &["198.18.1.0/24"],
+            )?);
+        }
+    }
+    let b1 = backend_addr(0);
+    let backends = |port: u16| {
+        (0..lab.backends.len())
+            .map(|i| format!("{{ address = \"{}\" }}", lab.backend_endpoint(i, port)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let service = |name: &str, protocol: &str, port: u16, backends: &str| {
+        format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{VIP}:{port}\"\nprotocol = \"{protocol}\"\n\
+             forwarding = \"{forwarding}\"\nbackends = [ {backends} ]\n"
+        )
+    };
+    let config = format!(
+        "interfaces = [\"eth0\", \"eth1\"]\n[tunnel]\nsource = \"198.18.1.1\"\n{}{}{}health = {{ check = \"none\" }}\n",
+        service("web", "tcp", HTTP_PORT, &backends(HTTP_PORT)),
+        service("discard", "udp", DISCARD_PORT, &backends(DISCARD_PORT)),
+        service(
+            "iperf",
+            "tcp",
+            IPERF_PORT,
+            &format!("{{ address = \"{b1}:{IPERF_PORT}\" }}")
+        ),
+    );
+    let xlb = start_xlb(&lab.balancer, &config)?;
+    if !xlb.output().contains("hook=tc") {
+        bail!("auto did not choose tc on veth:\n{}", xlb.output());
+    }
+    Ok(xlb)
 }
 
 /// nftables DNAT in the balancer namespace: round robin over the three backends per new flow.
@@ -506,47 +587,4 @@ fn mac_of(host: &Netns, interface: &str) -> Result<String> {
         .nth(1)
         .map(str::to_owned)
         .context("no MAC address")
-}
-
-/// TCP throughput from the client to `target` in Gbit/s (iperf3, one stream).
-fn iperf(client: &Netns, target: std::net::Ipv4Addr, seconds: u32) -> Result<f64> {
-    let out = client.exec(
-        "iperf3",
-        &[
-            "-c",
-            &target.to_string(),
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-J",
-        ],
-    )?;
-    let marker = "\"sum_received\"";
-    let at = out.find(marker).context("iperf3 printed no sum_received")?;
-    let rest = &out[at..];
-    let bits = rest
-        .split("\"bits_per_second\":")
-        .nth(1)
-        .and_then(|s| s.split([',', '\n', '}']).next())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .context("no bits_per_second")?;
-    Ok(bits / 1e9)
-}
-
-/// Requests each backend has served so far.
-fn served(lab: &Lab) -> Result<Vec<u64>> {
-    lab.balancer.enter(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let mut counts = Vec::new();
-            for i in 0..lab.backends.len() {
-                let body = http_get_body(lab.backend_endpoint(i, HTTP_PORT), "/count").await?;
-                counts.push(body.trim().parse()?);
-            }
-            Ok(counts)
-        })
-    })?
 }

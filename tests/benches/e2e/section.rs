@@ -17,8 +17,9 @@ pub(super) fn intro(settings: &Settings) -> String {
          balancer, the balancer namespace forwards to backend 1. `nft`: nftables DNAT, `numgen inc \
          mod 3` per new flow, conntrack reversing the replies. `xlb MODE`: this project with that \
          `xdp_mode` (`auto` chose tc, as it does on veth), handing packets to the veth peers \
-         (`veth_peer_redirect`, the default); `no peer handoff`: the same with it off. Ratios \
-         divide medians.\n\n\
+         (`veth_peer_redirect`, the default); `no peer handoff`: the same with it off. `xlb auto, \
+         dsr|ipip|gue`: the backends answer the clients directly (the VIP on their loopback; \
+         `xlb decap` for the tunnels), on the backends' ports. Ratios divide medians.\n\n\
          - UDP: trafgen sends {} 60-byte frames from 1,024 source ports as fast as it can; counted \
          at the backends' interfaces.\n\
          - CPU: the whole machine's busy time during a load (generator, client, servers and \
@@ -56,13 +57,24 @@ pub(super) fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
     let position = |wanted: Variant| variants.iter().position(|v| *v == wanted);
     let (route, nft) = (position(Variant::Route), position(Variant::Nft));
     let xlbs: Vec<usize> = (0..variants.len())
-        .filter(|&i| matches!(variants[i], Variant::Xlb(_) | Variant::XlbTransmit))
+        .filter(|&i| {
+            matches!(
+                variants[i],
+                Variant::Xlb(_) | Variant::XlbTransmit | Variant::Direct(_)
+            )
+        })
         .collect();
     let mut header = vec!["metric".to_owned()];
     header.extend(variants.iter().map(|v| v.name()));
+    // Ratios to the baselines the group has.
+    let baselines: Vec<(&str, usize)> = [("route", route), ("nft", nft)]
+        .into_iter()
+        .filter_map(|(name, at)| Some((name, at?)))
+        .collect();
     for &x in &xlbs {
-        header.push(format!("{} ÷ route", variants[x].name()));
-        header.push(format!("{} ÷ nft", variants[x].name()));
+        for (name, _) in &baselines {
+            header.push(format!("{} ÷ {name}", variants[x].name()));
+        }
     }
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = Table::new(&header_refs);
@@ -99,8 +111,9 @@ pub(super) fn report(variants: &[Variant], results: &[Vec<Results>]) -> String {
             _ => "n/a".into(),
         };
         for &x in &xlbs {
-            row.push(ratio(medians[x], route));
-            row.push(ratio(medians[x], nft));
+            for (_, at) in &baselines {
+                row.push(ratio(medians[x], Some(*at)));
+            }
         }
         table.row(row);
     }
