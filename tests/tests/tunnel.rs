@@ -277,6 +277,13 @@ fn checks_inside_the_tunnel_find_backends_that_cannot_take_its_packets() {
     // The checks' sockets are marked and routed into xlb's check device.
     let rules = lab.balancer.exec("ip", &["rule", "show"]).unwrap();
     assert!(rules.contains("fwmark 0x786c6201"), "{rules}");
+    // Its TCP checks close with a RST: no TIME_WAIT for each of them on the balancer (they all
+    // go from one address to one VIP and port).
+    let waiting = lab
+        .balancer
+        .exec("ss", &["-Htan", "state", "time-wait"])
+        .unwrap();
+    assert!(waiting.trim().is_empty(), "{waiting}");
     // Only b1 takes flows.
     for vip in [VIP.into(), VIP6.into()] {
         let traffic = run_traffic_on(&lab, vip, (HTTP_PORT, UDP_PORT), 6, 6)

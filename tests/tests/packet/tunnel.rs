@@ -155,159 +155,166 @@ fn too_big(input: &Frame, mtu: u32) -> Vec<u8> {
     frame
 }
 
+/// Both checks below share one lab (each program loaded once per hook: loading and
+/// verifying them is most of a packet test's time).
 #[test]
 #[ignore = "needs root and BPF: run with `cargo xtask test`"]
-fn tunnel_flows_leave_encapsulated_to_their_backend_behind_a_gateway() {
+fn tunnel_flows_leave_encapsulated_and_packets_too_big_are_answered() {
     with_lab_config(TUNNELS, |lab| {
-        let cases = [
-            (
-                "IPIP",
-                "198.18.0.2:40001",
-                "198.18.100.7:80",
-                "198.18.1.1",
-                "198.18.50.11",
-                false,
-            ),
-            (
-                "GUE",
-                "198.18.0.2:40002",
-                "198.18.100.7:53",
-                "198.18.1.1",
-                "198.18.50.12",
-                true,
-            ),
-            (
-                "IPIP6",
-                "[fd00::2]:40003",
-                "[fd00:100::7]:80",
-                "fd00:1::1",
-                "fd00:50::11",
-                false,
-            ),
-            (
-                "GUE6",
-                "[fd00::2]:40004",
-                "[fd00:100::7]:53",
-                "fd00:1::1",
-                "fd00:50::12",
-                true,
-            ),
-        ];
-        for (what, client, vip, source, backend, gue) in cases {
-            let first = if gue {
-                Frame::udp(client, vip)
-            } else {
-                Frame::tcp(client, vip).with(|f| f.ip_id = 0x4242)
-            };
-            let out = encapsulated(&first, source, backend, gue);
-            lab.expect_bytes(
-                &format!("{what}: first packet"),
-                &first.build(),
-                lab.c0,
-                XDP_REDIRECT,
-                &out,
-            );
-            // The flow's next packet takes the established path, and the same tunnel.
-            let next = if gue {
-                first
-                    .clone()
-                    .with(|f| f.payload = b"the second datagram".to_vec())
-            } else {
-                ack_of(&first).with(|f| f.ip_frag = 0)
-            };
-            let out = encapsulated(&next, source, backend, gue);
-            lab.expect_bytes(
-                &format!("{what}: next packet"),
-                &next.build(),
-                lab.c0,
-                XDP_REDIRECT,
-                &out,
-            );
-        }
-        // Every flow is one entry, with the tunnel's flags.
-        let flows = lab.dataplane.maps.flows.all().unwrap();
-        assert_eq!(flows.len(), 4);
-        for (_, entry, _) in &flows {
-            assert_ne!(entry.flags & flow_flags::DSR, 0);
-            assert_ne!(entry.flags & flow_flags::TUNNEL, 0);
-        }
-        assert_eq!(lab.event(events::TUNNEL_FAILED), 0);
+        tunnel_flows_leave_encapsulated_to_their_backend_behind_a_gateway(lab);
+        a_packet_too_big_for_the_tunnel_is_answered_with_the_mtu_that_fits(lab);
     });
 }
 
-#[test]
-#[ignore = "needs root and BPF: run with `cargo xtask test`"]
-fn a_packet_too_big_for_the_tunnel_is_answered_with_the_mtu_that_fits() {
-    with_lab_config(TUNNELS, |lab| {
-        // Interfaces have the default MTU, 1500: a full-size packet has no room for the
-        // outer header (20 bytes for IPIP over IPv4, 28 for GUE, 40 and 48 over IPv6).
-        let cases = [
-            (
-                "IPIP",
-                "198.18.0.2:40011",
-                "198.18.100.7:80",
-                1480,
-                "198.18.1.1",
-                "198.18.50.11",
-            ),
-            (
-                "GUE",
-                "198.18.0.2:40012",
-                "198.18.100.7:53",
-                1472,
-                "198.18.1.1",
-                "198.18.50.12",
-            ),
-            (
-                "IPIP6",
-                "[fd00::2]:40013",
-                "[fd00:100::7]:80",
-                1460,
-                "fd00:1::1",
-                "fd00:50::11",
-            ),
-            (
-                "GUE6",
-                "[fd00::2]:40014",
-                "[fd00:100::7]:53",
-                1452,
-                "fd00:1::1",
-                "fd00:50::12",
-            ),
-        ];
-        for (what, client, vip, mtu, source, backend) in cases {
-            let gue = what.starts_with("GUE");
-            let first = if gue {
-                Frame::udp(client, vip)
-            } else {
-                Frame::tcp(client, vip)
-            };
-            assert_eq!(lab.run(&first.build(), lab.c0).0, XDP_REDIRECT, "{what}");
-            let next = if gue { first.clone() } else { ack_of(&first) };
-            let headers = next.ip_packet().len() - next.payload.len();
-            let full = next.with(|f| f.payload = vec![0x5a; 1500 - headers]);
-            assert_eq!(full.ip_packet().len(), 1500, "{what}");
-            lab.expect_bytes(
-                &format!("{what}: full-size packet"),
-                &full.build(),
-                lab.c0,
-                XDP_TX,
-                &too_big(&full, mtu),
-            );
-            // One that fits goes through.
-            let fits = full
+/// The first and the next packet of an IPIP and a GUE flow of each family leave inside the
+/// outer header, to the backend behind a gateway; each flow is one entry.
+fn tunnel_flows_leave_encapsulated_to_their_backend_behind_a_gateway(lab: &mut PacketLab) {
+    let cases = [
+        (
+            "IPIP",
+            "198.18.0.2:40001",
+            "198.18.100.7:80",
+            "198.18.1.1",
+            "198.18.50.11",
+            false,
+        ),
+        (
+            "GUE",
+            "198.18.0.2:40002",
+            "198.18.100.7:53",
+            "198.18.1.1",
+            "198.18.50.12",
+            true,
+        ),
+        (
+            "IPIP6",
+            "[fd00::2]:40003",
+            "[fd00:100::7]:80",
+            "fd00:1::1",
+            "fd00:50::11",
+            false,
+        ),
+        (
+            "GUE6",
+            "[fd00::2]:40004",
+            "[fd00:100::7]:53",
+            "fd00:1::1",
+            "fd00:50::12",
+            true,
+        ),
+    ];
+    for (what, client, vip, source, backend, gue) in cases {
+        let first = if gue {
+            Frame::udp(client, vip)
+        } else {
+            Frame::tcp(client, vip).with(|f| f.ip_id = 0x4242)
+        };
+        let out = encapsulated(&first, source, backend, gue);
+        lab.expect_bytes(
+            &format!("{what}: first packet"),
+            &first.build(),
+            lab.c0,
+            XDP_REDIRECT,
+            &out,
+        );
+        // The flow's next packet takes the established path, and the same tunnel.
+        let next = if gue {
+            first
                 .clone()
-                .with(|f| f.payload.truncate(1500 - headers - (1500 - mtu as usize)));
-            let out = encapsulated(&fits, source, backend, gue);
-            assert_eq!(out.len(), 1514, "{what}");
-            lab.expect_bytes(
-                &format!("{what}: the largest packet that fits"),
-                &fits.build(),
-                lab.c0,
-                XDP_REDIRECT,
-                &out,
-            );
-        }
-        assert_eq!(lab.event(events::TUNNEL_TOO_BIG), 4);
-    });
+                .with(|f| f.payload = b"the second datagram".to_vec())
+        } else {
+            ack_of(&first).with(|f| f.ip_frag = 0)
+        };
+        let out = encapsulated(&next, source, backend, gue);
+        lab.expect_bytes(
+            &format!("{what}: next packet"),
+            &next.build(),
+            lab.c0,
+            XDP_REDIRECT,
+            &out,
+        );
+    }
+    // Every flow is one entry, with the tunnel's flags.
+    let flows = lab.dataplane.maps.flows.all().unwrap();
+    assert_eq!(flows.len(), 4);
+    for (_, entry, _) in &flows {
+        assert_ne!(entry.flags & flow_flags::DSR, 0);
+        assert_ne!(entry.flags & flow_flags::TUNNEL, 0);
+    }
+    assert_eq!(lab.event(events::TUNNEL_FAILED), 0);
+}
+
+/// A full-size packet of each flow, which the outer header would make too big, is answered
+/// with an ICMP error naming the MTU that fits; the largest packet that fits goes through.
+fn a_packet_too_big_for_the_tunnel_is_answered_with_the_mtu_that_fits(lab: &mut PacketLab) {
+    // Interfaces have the default MTU, 1500: a full-size packet has no room for the
+    // outer header (20 bytes for IPIP over IPv4, 28 for GUE, 40 and 48 over IPv6).
+    let cases = [
+        (
+            "IPIP",
+            "198.18.0.2:40011",
+            "198.18.100.7:80",
+            1480,
+            "198.18.1.1",
+            "198.18.50.11",
+        ),
+        (
+            "GUE",
+            "198.18.0.2:40012",
+            "198.18.100.7:53",
+            1472,
+            "198.18.1.1",
+            "198.18.50.12",
+        ),
+        (
+            "IPIP6",
+            "[fd00::2]:40013",
+            "[fd00:100::7]:80",
+            1460,
+            "fd00:1::1",
+            "fd00:50::11",
+        ),
+        (
+            "GUE6",
+            "[fd00::2]:40014",
+            "[fd00:100::7]:53",
+            1452,
+            "fd00:1::1",
+            "fd00:50::12",
+        ),
+    ];
+    for (what, client, vip, mtu, source, backend) in cases {
+        let gue = what.starts_with("GUE");
+        let first = if gue {
+            Frame::udp(client, vip)
+        } else {
+            Frame::tcp(client, vip)
+        };
+        assert_eq!(lab.run(&first.build(), lab.c0).0, XDP_REDIRECT, "{what}");
+        let next = if gue { first.clone() } else { ack_of(&first) };
+        let headers = next.ip_packet().len() - next.payload.len();
+        let full = next.with(|f| f.payload = vec![0x5a; 1500 - headers]);
+        assert_eq!(full.ip_packet().len(), 1500, "{what}");
+        lab.expect_bytes(
+            &format!("{what}: full-size packet"),
+            &full.build(),
+            lab.c0,
+            XDP_TX,
+            &too_big(&full, mtu),
+        );
+        // One that fits goes through.
+        let fits = full
+            .clone()
+            .with(|f| f.payload.truncate(1500 - headers - (1500 - mtu as usize)));
+        let out = encapsulated(&fits, source, backend, gue);
+        assert_eq!(out.len(), 1514, "{what}");
+        lab.expect_bytes(
+            &format!("{what}: the largest packet that fits"),
+            &fits.build(),
+            lab.c0,
+            XDP_REDIRECT,
+            &out,
+        );
+    }
+    assert_eq!(lab.event(events::TUNNEL_TOO_BIG), 4);
 }

@@ -73,7 +73,12 @@ impl CheckTunnel {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
-        SockRef::from(&socket).set_mark(routing::MARK)?;
+        let options = SockRef::from(&socket);
+        options.set_mark(routing::MARK)?;
+        // Closed with a RST, as HAProxy closes its checks: no TIME_WAIT holds the port (every
+        // check of a service goes to the same VIP and port, from the same address), and the
+        // backend is left with nothing to close.
+        options.set_linger(Some(std::time::Duration::ZERO))?;
         socket.bind(SocketAddr::new(hop.source, 0))?;
         let end = (libc::IPPROTO_TCP as u8, socket.local_addr()?);
         let registration = registry.register(end, hop);

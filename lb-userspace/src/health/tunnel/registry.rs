@@ -8,10 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long after its check ends a socket's packets still go to its backend: its FIN, the last
-/// ACK and their retransmissions (TCP's TIME_WAIT is 60 s). A backend whose check's FIN never
-/// came would keep the connection open.
-const LINGER: Duration = Duration::from_secs(120);
+/// How long after its check ends a socket's packets still go to its backend: what the kernel
+/// sends as the socket closes (a TCP check closes with a RST, a UDP check sends nothing), and
+/// any retransmission of what it sent before.
+const LINGER: Duration = Duration::from_secs(10);
+/// How often released entries are looked for (at a registration, at most this often): a
+/// registry of many checks is not walked at every one of them.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// How a check's packets reach its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,10 +48,18 @@ struct Entry {
     released: Option<Instant>,
 }
 
-/// The hops of the check sockets open (and of those released less than [`LINGER`] ago).
+/// The hops of the check sockets open (and of those released less than [`LINGER`] ago, or
+/// [`PURGE_EVERY`] more).
 #[derive(Default)]
 pub(crate) struct Registry {
-    entries: Mutex<HashMap<LocalEnd, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+/// The registered ends, and when released ones were last purged.
+#[derive(Default)]
+struct Entries {
+    by_end: HashMap<LocalEnd, Entry>,
+    purged: Option<Instant>,
 }
 
 impl Registry {
@@ -58,8 +69,13 @@ impl Registry {
     pub(crate) fn register(self: &Arc<Self>, end: LocalEnd, hop: TunnelHop) -> Registration {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, entry| entry.released.is_none_or(|at| now - at < LINGER));
-        entries.insert(
+        if entries.purged.is_none_or(|at| now - at >= PURGE_EVERY) {
+            entries
+                .by_end
+                .retain(|_, entry| entry.released.is_none_or(|at| now - at < LINGER));
+            entries.purged = Some(now);
+        }
+        entries.by_end.insert(
             end,
             Entry {
                 hop,
@@ -76,19 +92,19 @@ impl Registry {
     /// The hop of the packets from `end`, if a check registered it.
     pub(crate) fn hop(&self, end: &LocalEnd) -> Option<TunnelHop> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.get(end).map(|entry| entry.hop)
+        entries.by_end.get(end).map(|entry| entry.hop)
     }
 
     /// How many ends are registered (released ones included until purged).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries.lock().unwrap().by_end.len()
     }
 
     /// Marks `end` released (unless a newer socket took it over), as of `at`.
     fn release(&self, end: &LocalEnd, hop: TunnelHop, at: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = entries.get_mut(end)
+        if let Some(entry) = entries.by_end.get_mut(end)
             && entry.hop == hop
             && entry.released.is_none()
         {
@@ -174,7 +190,9 @@ mod tests {
         let at = Instant::now() - LINGER - Duration::from_secs(1);
         {
             let mut entries = registry.entries.lock().unwrap();
-            entries.get_mut(&end("198.18.5.2:40000")).unwrap().released = Some(at);
+            let entry = entries.by_end.get_mut(&end("198.18.5.2:40000")).unwrap();
+            entry.released = Some(at);
+            entries.purged = Some(at);
         }
         // The next registration purges what lingered long enough.
         let _other = registry.register(end("198.18.5.2:40001"), hop("198.18.1.12"));
@@ -194,13 +212,13 @@ mod tests {
             Some(hop("fd00:1::12"))
         );
         assert!(
-            registry.entries.lock().unwrap()[&end("[fd00:5::2]:40000")]
+            registry.entries.lock().unwrap().by_end[&end("[fd00:5::2]:40000")]
                 .released
                 .is_none()
         );
         drop(new);
         assert!(
-            registry.entries.lock().unwrap()[&end("[fd00:5::2]:40000")]
+            registry.entries.lock().unwrap().by_end[&end("[fd00:5::2]:40000")]
                 .released
                 .is_some()
         );
