@@ -17,7 +17,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::{
-    bench::{Table, iperf, median, print_section, quick, served, wrk},
+    bench::{Table, fairness, iperf, median, print_section, quick, served, wrk},
     process::Process,
     scenario::{HTTP_PORT, start_xlb},
     topology::{Lab, VIP, Wiring, backend_addr},
@@ -193,15 +193,7 @@ fn measure(variant: Variant, seconds: u32) -> Result<Results> {
     let before = served(&lab)?;
     let (conn_rps, conn_p99_ms) = wrk(&lab.client, http_target, seconds, true)?;
     let after = served(&lab)?;
-    let fairness = (variant != Variant::Route).then(|| {
-        let counts: Vec<f64> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a - b) as f64)
-            .collect();
-        let (min, max) = spread(&counts);
-        if min > 0.0 { max / min } else { f64::INFINITY }
-    });
+    let fairness = (variant != Variant::Route).then(|| fairness(&before, &after));
     Ok(Results {
         tcp_gbps,
         http_rps,

@@ -128,6 +128,19 @@ pub fn iperf(client: &Netns, target: SocketAddr, seconds: u32) -> Result<f64> {
         .context("iperf3 printed no sum_received")
 }
 
+/// Round robin's fairness between two readings of [`served`]: the most requests a backend
+/// served in between over the fewest (infinite if one served none).
+pub fn fairness(before: &[u64], after: &[u64]) -> f64 {
+    let counts: Vec<f64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a - b) as f64)
+        .collect();
+    let max = counts.iter().copied().fold(f64::MIN, f64::max);
+    let min = counts.iter().copied().fold(f64::MAX, f64::min);
+    if min > 0.0 { max / min } else { f64::INFINITY }
+}
+
 /// Requests each backend's HTTP server has served so far (its `/count`), asked from the
 /// balancer's namespace.
 pub fn served(lab: &Lab) -> Result<Vec<u64>> {

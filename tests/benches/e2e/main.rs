@@ -38,7 +38,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use xlb_tests::{
-    bench::{iperf, print_section, quick, served, wrk},
+    bench::{fairness, iperf, print_section, quick, served, wrk},
     netns::Netns,
     process::{Process, temp_file},
     program_time::{ProgramTime, ProgramTimer},
@@ -385,16 +385,7 @@ fn measure(
         Ok(((rps, p99), rps * seconds))
     })?;
     let after = served(&lab)?;
-    let fairness = (variant != Variant::Route).then(|| {
-        let counts: Vec<f64> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a - b) as f64)
-            .collect();
-        let max = counts.iter().copied().fold(f64::MIN, f64::max);
-        let min = counts.iter().copied().fold(f64::MAX, f64::min);
-        if min > 0.0 { max / min } else { f64::INFINITY }
-    });
+    let fairness = (variant != Variant::Route).then(|| fairness(&before, &after));
     Ok(Results {
         udp_pps,
         tcp_gbps,
