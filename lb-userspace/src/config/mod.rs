@@ -10,6 +10,7 @@
 
 mod edit;
 mod error;
+mod forwarding;
 mod locate;
 mod model;
 mod prefixes;
