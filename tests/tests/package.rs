@@ -109,7 +109,7 @@ fn the_package_holds_the_binary_unit_config_docs_man_pages_and_completions() {
             .args(["check", "--offline", "--config"])
             .arg(root.join("etc/xlb/xlb.toml")),
     );
-    assert!(check.contains("ok (4 services"), "{check}");
+    assert!(check.contains("ok (5 services"), "{check}");
     let man = output(
         Command::new("gzip")
             .arg("-dc")
