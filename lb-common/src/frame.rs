@@ -382,32 +382,48 @@ pub struct Parsed {
 /// (without extension headers) frame; `None` if it does not parse.
 pub fn locate(frame: &[u8]) -> Option<Parsed> {
     let ether_type = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
-    let ip = frame.get(14..)?;
-    match ether_type {
-        ether_type::IPV4 => {
-            let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    let parsed = locate_ip(frame.get(14..)?)?;
+    let family_matches = match ether_type {
+        ether_type::IPV4 => parsed.src.len() == 4,
+        ether_type::IPV6 => parsed.src.len() == 16,
+        _ => false,
+    };
+    family_matches.then(|| Parsed {
+        l3: 14,
+        l4: 14 + parsed.l4,
+        end: 14 + parsed.end,
+        ..parsed
+    })
+}
+
+/// [`locate`] for an IP packet without a link header (as a TUN device gives them): IPv4 (with
+/// options) or IPv6 (without extension headers), by its version; `None` if it does not parse.
+pub fn locate_ip(ip: &[u8]) -> Option<Parsed> {
+    match ip.first()? >> 4 {
+        4 => {
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
-            if ip[0] >> 4 != 4 || header_len < 20 || total < header_len || total > ip.len() {
+            if header_len < 20 || total < header_len || total > ip.len() {
                 return None;
             }
             Some(Parsed {
-                l3: 14,
-                l4: 14 + header_len,
-                end: 14 + total,
+                l3: 0,
+                l4: header_len,
+                end: total,
                 proto: ip[9],
                 src: ip[12..16].to_vec(),
                 dst: ip[16..20].to_vec(),
             })
         }
-        ether_type::IPV6 => {
+        6 => {
             let payload = usize::from(u16::from_be_bytes(ip.get(4..6)?.try_into().ok()?));
-            if ip[0] >> 4 != 6 || 40 + payload > ip.len() {
+            if 40 + payload > ip.len() {
                 return None;
             }
             Some(Parsed {
-                l3: 14,
-                l4: 54,
-                end: 54 + payload,
+                l3: 0,
+                l4: 40,
+                end: 40 + payload,
                 proto: ip[6],
                 src: ip[8..24].to_vec(),
                 dst: ip[24..40].to_vec(),

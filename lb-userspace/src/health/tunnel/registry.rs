@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::frame::locate_ip;
+
 /// How long after its check ends a socket's packets still go to its backend: what the kernel
 /// sends as the socket closes (a TCP check closes with a RST, a UDP check sends nothing), and
 /// any retransmission of what it sent before.
@@ -129,25 +131,19 @@ impl Drop for Registration {
 /// The local end of an IP packet that a check socket sent (TCP or UDP, IPv4 or IPv6 without
 /// extension headers); `None` for any other packet, or one cut short.
 pub(crate) fn local_end(packet: &[u8]) -> Option<LocalEnd> {
-    let (protocol, source, transport) = match packet.first()? >> 4 {
-        4 => {
-            let header_len = usize::from(packet[0] & 0x0f) * 4;
-            let source: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-            let source = IpAddr::V4(Ipv4Addr::from(source));
-            (*packet.get(9)?, source, packet.get(header_len..)?)
-        }
-        6 => {
-            let source: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-            let source = IpAddr::V6(Ipv6Addr::from(source));
-            (*packet.get(6)?, source, packet.get(40..)?)
-        }
-        _ => return None,
-    };
-    if !matches!(protocol as i32, libc::IPPROTO_TCP | libc::IPPROTO_UDP) {
+    let parsed = locate_ip(packet)?;
+    if !matches!(parsed.proto as i32, libc::IPPROTO_TCP | libc::IPPROTO_UDP) {
         return None;
     }
-    let port = u16::from_be_bytes(transport.get(..2)?.try_into().ok()?);
-    Some((protocol, SocketAddr::new(source, port)))
+    let source = match <[u8; 16]>::try_from(parsed.src.as_slice()) {
+        Ok(v6) => IpAddr::V6(Ipv6Addr::from(v6)),
+        Err(_) => IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(parsed.src.as_slice()).ok()?,
+        )),
+    };
+    let port = packet.get(parsed.l4..parsed.l4 + 2)?;
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    Some((parsed.proto, SocketAddr::new(source, port)))
 }
 
 #[cfg(test)]
@@ -230,15 +226,18 @@ mod tests {
         v4[0] = 0x45;
         v4[9] = TCP;
         v4[12..16].copy_from_slice(&[198, 18, 5, 2]);
+        v4[2..4].copy_from_slice(&28u16.to_be_bytes());
         v4[20..22].copy_from_slice(&40000u16.to_be_bytes());
         assert_eq!(local_end(&v4), Some(end("198.18.5.2:40000")));
         // IPv4 with options: the port is after them.
         let mut options = v4.clone();
         options[0] = 0x46;
+        options[2..4].copy_from_slice(&32u16.to_be_bytes());
         options.splice(20..20, [1, 1, 1, 1]);
         assert_eq!(local_end(&options), Some(end("198.18.5.2:40000")));
         let mut v6 = vec![0u8; 48];
         v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&8u16.to_be_bytes());
         v6[6] = 17;
         v6[8..24].copy_from_slice(&"fd00:5::2".parse::<Ipv6Addr>().unwrap().octets());
         v6[40..42].copy_from_slice(&53u16.to_be_bytes());
